@@ -1,0 +1,100 @@
+"""The contract between the batching loop (or the simulator) and the schedulers. Pure Python, no I/O, no
+clock: ``now`` is passed in, so :mod:`bench`'s simulator runs exactly the code the server runs.
+
+Life of a request, as the batcher drives it:
+
+    enqueue(req, now) ─▶ next_batch(now, ...) returns it in a BatchPlan with blocks/slots/cache_len/chunk_len
+         │                     │
+         └─ cancel(id)         └─ release(id) when it finishes, fails or its client goes away
+            (still waiting)       (prompt's full blocks go into the tree, the rest is freed)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass
+class SchedRequest:
+    id: int
+    prompt_ids: Sequence[int]  # router tokenization after truncation
+    max_new_tokens: int  # tokens this round may generate (the batcher sends at most 1,024 per round)
+    arrival: float  # seconds, on the caller's clock
+    namespace: str = ""  # tenant / adapter: no cache sharing across namespaces
+    use_prefix_cache: bool = True  # False (decoder_input_details): no match, nothing inserted on release
+
+    @property
+    def input_length(self) -> int:
+        return len(self.prompt_ids)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """One request admitted into a prefill batch.
+
+    blocks: the request's lifetime block table (empty when the shard requires padding).
+    slots: ``input_length + max_new_tokens + speculate - 1`` slot ids (empty when padding).
+    cache_len: leading prompt tokens whose KV is already in ``blocks``; at most ``input_length - 1``.
+    chunk_len: tokens after ``cache_len`` computed by this first prefill; None = the whole rest of the prompt.
+    """
+
+    request: SchedRequest
+    blocks: tuple[int, ...]
+    slots: tuple[int, ...]
+    cache_len: int
+    chunk_len: int | None = None
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    admissions: list[Admission]
+    prefill_tokens: int  # tokens computed by this prefill (after cache_len, within chunk_len)
+    max_tokens: int  # TGI Batch.max_tokens
+    max_blocks: int  # TGI Batch.max_blocks
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    scheduler: str = "qas"  # fcfs | lpm | dfs-weight | qas
+    cache_policy: str = "dart"  # lru | lfu | hotprefix | lookahead-lru | dart
+    prefix_caching: bool = True
+    num_blocks: int | None = None  # None: the shard requires padding (no allocator, TGI's padded budget)
+    block_size: int = 16
+    speculate: int = 0
+    support_chunking: bool = True
+    params: dict[str, float] = field(default_factory=dict)  # scheduler/policy knobs, documented by each
+
+
+class Scheduler(Protocol):
+    def enqueue(self, request: SchedRequest, now: float) -> None:
+        """Add a request to the waiting queue (DART adds its queued demand here)."""
+        ...
+
+    def cancel(self, request_id: int) -> bool:
+        """Remove a waiting request (client gone). Returns False if it is not waiting."""
+        ...
+
+    def next_batch(
+        self,
+        now: float,
+        prefill_budget: int,
+        token_budget: int,
+        max_size: int | None = None,
+        min_size: int = 0,
+    ) -> BatchPlan | None:
+        """Choose and allocate the next prefill batch within the budgets (TGI next_batch semantics), or None.
+        Requests not chosen stay queued; allocation never leaves half-done state."""
+        ...
+
+    def release(self, request_id: int) -> None:
+        """An admitted request ended: insert its prompt's full blocks into the tree, free the rest, unlock."""
+        ...
+
+    def waiting_count(self) -> int: ...
+
+    def cache_stats(self) -> dict[str, int]:
+        """Counters for /metrics: prompt_tokens_queried, prompt_tokens_hit, blocks_total, blocks_free,
+        blocks_cached, blocks_in_use, evictions."""
+        ...
