@@ -139,11 +139,14 @@ def get_backend(name: str = "reference", device: str = "cpu", block_size: int | 
 
 
 def _auto(device: str, block_size: int | None) -> AttentionBackend:
-    """CPU -> reference. CUDA -> flash-attn when present (it serves every block size, see its module),
-    else triton when present, else reference."""
+    """CPU -> reference. CUDA -> the first of these that imports: flash-attn then triton when its paged
+    kernels take ``block_size`` (a multiple of 256) or it is unknown; triton then flash-attn otherwise, since
+    flash-attn serves smaller blocks only by copying the context out of the pool (see its module);
+    reference last."""
     if not device.startswith("cuda"):
         return _load("reference")
-    for candidate in ("flash-attn", "triton"):
+    paged_flash = block_size is None or block_size % 256 == 0
+    for candidate in ("flash-attn", "triton") if paged_flash else ("triton", "flash-attn"):
         try:
             return _load(candidate)
         except ImportError:

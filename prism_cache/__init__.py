@@ -1,0 +1,28 @@
+"""prism_cache: block pool, DART radix tree, TGI-style allocator, retention policies, hit statistics and the
+offline Belady bound. Standard library only."""
+
+from __future__ import annotations
+
+from prism_cache.allocator import Allocation, RadixAllocator
+from prism_cache.block_pool import BlockPool
+from prism_cache.demand import Demand, DemandTable
+from prism_cache.hashing import block_hashes
+from prism_cache.policies import POLICY_NAMES, RetentionPolicy, make_policy
+from prism_cache.radix_tree import Node, RadixTree
+from prism_cache.stats import CacheStats, HitCounter
+
+__all__ = [
+    "POLICY_NAMES",
+    "Allocation",
+    "BlockPool",
+    "CacheStats",
+    "Demand",
+    "DemandTable",
+    "HitCounter",
+    "Node",
+    "RadixAllocator",
+    "RadixTree",
+    "RetentionPolicy",
+    "block_hashes",
+    "make_policy",
+]

@@ -1,0 +1,234 @@
+"""``prism-bench``: compare | calibrate | replay | router-overhead.
+
+    prism-bench compare --mode sim --workload zipf-rag --cost-model qwen3-4b-a800 --qps 40,60,80 \\
+        --configs fcfs+lru,lpm+lru,qas+dart --out out/4b
+    prism-bench compare --mode live --model-id DIR --workload zipf-rag --qps 1,2 --configs ... --out out/live
+    prism-bench calibrate --model-id DIR --out measured.json      (then --cost-model measured:measured.json)
+    prism-bench replay ...            (bench.replay: hit rate vs the Belady bound, no timing)
+    prism-bench router-overhead ...   (bench.router_overhead)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from bench.workloads import WorkloadSpec
+from bench.workloads.multi_turn import MultiTurnParams
+from bench.workloads.zipf_rag import ZipfRagParams
+
+LAZY = ("replay", "router-overhead")  # their modules parse their own arguments
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _pair(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition(",")
+    return int(lo), int(hi or lo)
+
+
+# ---- parser -------------------------------------------------------------------------------------------
+
+
+def _workload_args(p: argparse.ArgumentParser) -> None:
+    z, m = ZipfRagParams(), MultiTurnParams()
+    g = p.add_argument_group("workload")
+    g.add_argument("--workload", default="zipf-rag", help="zipf-rag | multi-turn | trace:PATH")
+    g.add_argument("--requests", type=int, default=None, help="requests per point (a trace: its first N)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--warmup", type=float, default=0.1,
+                   help="fraction of the first arrivals left out of TTFT metrics (cold cache); 0 keeps all")
+    g.add_argument("--time-scale", type=float, default=1.0, help="trace: multiply gaps (2 = half the rate)")
+    g.add_argument("--system-prompts", type=int, default=z.system_prompts, help="zipf-rag S")
+    g.add_argument("--corpus", type=int, default=z.corpus, help="zipf-rag P passages")
+    g.add_argument("--alpha", type=float, default=z.alpha, help="zipf-rag popularity exponent")
+    g.add_argument("--top-k", type=int, default=z.top_k, help="zipf-rag passages per request (paper: 7, 15)")
+    g.add_argument("--system-len", type=int, default=z.system_len)
+    g.add_argument("--passage-len", type=int, default=z.passage_len)
+    g.add_argument("--question-len", type=int, default=z.question_len)
+    g.add_argument("--output-len", type=_pair, default=z.output_len, help="min,max new tokens (uniform)")
+    g.add_argument("--sessions", type=int, default=m.sessions, help="multi-turn sessions")
+    g.add_argument("--turns", type=int, default=m.turns, help="multi-turn turns per session")
+
+
+def _compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="configurations side by side over one workload and QPS sweep")
+    p.add_argument("--mode", choices=("sim", "live"), default="sim")
+    p.add_argument("--qps", type=_floats, default=None, help="comma list; a trace without it keeps its times")
+    p.add_argument("--configs", default="fcfs+lru,lpm+lru,qas+dart",
+                   help="scheduler+policy list; shorthands hotprefix, lookahead-lru")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--scheduler-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="scheduler/policy knob for every configuration (e.g. qas_max_wait_s=1); repeatable")
+    _workload_args(p)
+    s = p.add_argument_group("simulator")
+    s.add_argument("--cost-model", default="qwen3-4b-a800",
+                   help="qwen3-4b-a800 | llama2-13b-a800 | qwen3-4b-h100 | llama2-13b-h100 | measured:PATH")
+    s.add_argument("--kv-capacity-tokens", type=int, default=None, help="override the GPU-derived KV capacity")
+    s.add_argument("--max-batch-prefill-tokens", type=int, default=8192)
+    s.add_argument("--max-batch-size", type=int, default=None)
+    s.add_argument("--block-size", type=int, default=16)
+    s.add_argument("--prefill-done", action="store_true",
+                   help="publish prompts to the tree when their prefill ends (SGLang), not at release (TGI, "
+                        "our batcher today)")
+    lv = p.add_argument_group("live")
+    lv.add_argument("--model-id", default=None, help="model folder (its tokenizer.json builds the prompts)")
+    lv.add_argument("--api", choices=("generate_stream", "completions"), default="generate_stream")
+    lv.add_argument("--url", default=None, help="an already running server instead of launching one")
+    lv.add_argument("--launcher", default="prism-launcher", help="command that starts a server")
+    lv.add_argument("--launcher-args", default="", help="extra launcher arguments (one string)")
+
+
+def _calibrate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="measure our live shard and fit a cost model (measured:PATH)")
+    p.add_argument("--model-id", default=None, help="launch prism-launcher on this model folder")
+    p.add_argument("--url", default=None, help="or measure a running server (needs --model-id's tokenizer)")
+    p.add_argument("--launcher-args", default="")
+    p.add_argument("--lengths", type=lambda t: [int(x) for x in t.split(",")], default=[32, 128, 256, 512])
+    p.add_argument("--batches", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2, 4, 8])
+    p.add_argument("--out", type=Path, required=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prism-bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    _compare_parser(sub)
+    _calibrate_parser(sub)
+    for name in LAZY:
+        sub.add_parser(name, help=f"see prism-bench {name} --help", add_help=False)
+    return p
+
+
+# ---- compare ------------------------------------------------------------------------------------------
+
+
+def scheduler_params(pairs: Sequence[str]) -> dict[str, float]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--scheduler-param {pair!r} is not KEY=VALUE")
+        out[key.strip()] = float(value)
+    return out
+
+
+def workload_spec(args: argparse.Namespace) -> WorkloadSpec:
+    zipf = ZipfRagParams(
+        system_prompts=args.system_prompts, corpus=args.corpus, alpha=args.alpha, top_k=args.top_k,
+        system_len=args.system_len, passage_len=args.passage_len, question_len=args.question_len,
+        output_len=args.output_len,
+    )
+    turns = replace(MultiTurnParams(), sessions=args.sessions, turns=args.turns)
+    return WorkloadSpec(args.workload, args.requests, args.seed, args.time_scale, zipf, turns)
+
+
+def _print_row(row: dict[str, object]) -> None:
+    print(f"  {row['config']:<22} qps={row['qps']:<8} ttft p50={row['ttft_p50']:.3f}s p99={row['ttft_p99']:.3f}s "
+          f"hit={100 * float(row['hit_rate']):.1f}% errors={row['errors']}", file=sys.stderr, flush=True)
+
+
+def _run_compare(args: argparse.Namespace) -> list[dict[str, object]]:
+    from bench import compare, configs
+    from bench.cost_model import make_cost_model
+    from bench.server import LaunchSpec
+    from bench.simulator import SimConfig
+
+    spec, names = workload_spec(args), configs.parse_configs(args.configs)
+    qps, params = args.qps or [None], scheduler_params(args.scheduler_param)
+    if args.mode == "sim":
+        sim = SimConfig(
+            args.max_batch_prefill_tokens, args.kv_capacity_tokens, args.max_batch_size, args.prefill_done
+        )
+        setup = compare.SimSetup(
+            make_cost_model(args.cost_model), args.block_size, sim, args.kv_capacity_tokens, args.warmup
+        )
+        factory = lambda c, n, b: configs.make(c, n, b, params)  # noqa: E731
+        return compare.compare_sim(spec, qps, names, setup, factory, progress=_print_row)
+    if not args.model_id:
+        raise SystemExit("--mode live needs --model-id (the served model folder)")
+    extra = [*shlex.split(args.launcher_args), *(f"--scheduler-param={k}={v}" for k, v in params.items())]
+    launch = LaunchSpec(args.model_id, tuple(shlex.split(args.launcher)), tuple(extra), log_dir=args.out)
+    live = compare.LiveSetup(launch, args.api, args.url, args.warmup)
+    return compare.compare_live(spec, qps, names, live, _print_row)
+
+
+def _json_safe(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench import plots, report
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = _run_compare(args)
+    (args.out / "results.json").write_text(json.dumps(_json_safe(rows), indent=1) + "\n", encoding="utf-8")
+    title = f"{args.workload} ({args.mode}{', ' + args.cost_model if args.mode == 'sim' else ''})"
+    plots.write_plots(rows, args.out, title)
+    text = report.render(rows)
+    (args.out / "report.txt").write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
+# ---- calibrate ----------------------------------------------------------------------------------------
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from bench import calibrate
+    from bench.server import LaunchSpec, LiveServer
+    from bench.workloads.prompts import PromptBuilder, load_tokenizer
+
+    if not args.model_id:
+        raise SystemExit("calibrate needs --model-id (its tokenizer builds the prompts)")
+    builder, tag = PromptBuilder(load_tokenizer(args.model_id)), f"cal{time.time_ns()}"
+
+    def measure(url: str) -> int:
+        samples = calibrate.prefill_samples(url, builder, args.lengths, tag)
+        samples += calibrate.decode_samples(url, builder, args.batches, min(args.lengths), tag)
+        cost = calibrate.fit(samples, calibrate.server_capacity(url))
+        cost.save(args.out)
+        print(json.dumps(cost.__dict__, indent=1))
+        return 0
+
+    if args.url:
+        return measure(args.url)
+    launch = LaunchSpec(args.model_id, extra_args=tuple(shlex.split(args.launcher_args)), log_dir=args.out.parent)
+    with LiveServer(launch, "fcfs", "lru") as url:
+        return measure(url)
+
+
+# ---- lazily wired subcommands -------------------------------------------------------------------------
+
+
+def _lazy(command: str, argv: list[str]) -> int:
+    if command == "replay":
+        from bench import replay
+
+        p = argparse.ArgumentParser(prog="prism-bench replay")
+        replay.add_arguments(p)
+        return int(replay.run(p.parse_args(argv)))
+    from bench import router_overhead
+
+    return int(router_overhead.main(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LAZY:
+        return _lazy(argv[0], argv[1:])
+    args = parser().parse_args(argv)
+    return cmd_compare(args) if args.command == "compare" else cmd_calibrate(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

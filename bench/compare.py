@@ -1,0 +1,143 @@
+"""Run several configurations over one workload and one QPS sweep, in the simulator or against live servers,
+and collect one result row per (configuration, offered load).
+
+A row holds ``config`` ("scheduler+policy"), ``qps``, ``mode``, ``requests`` and the metrics of
+:func:`bench.metrics.summarize` (``ttft_p50``, ``ttft_p99`` in seconds, ``hit_rate`` in [0, 1], ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from bench import configs
+from bench.cost_model import CostModel
+from bench.loadgen import Endpoint, LoadRequest, run_load
+from bench.metrics import RequestRecord, measured, record_hit_rate, summarize
+from bench.server import LaunchSpec, LiveServer
+from bench.simulator import SimConfig, Simulator, sched_requests
+from bench.workloads import WorkloadRequest, WorkloadSpec, build, timed
+from bench.workloads.prompts import PromptBuilder, load_tokenizer
+from bench.workloads.request import offered_qps
+from router_py.scheduling import Scheduler
+
+Row = dict[str, object]
+SchedulerFactory = Callable[[str, int, int], Scheduler]  # (config, num_blocks, block_size) -> scheduler
+
+
+@dataclass(frozen=True)
+class SimSetup:
+    cost: CostModel
+    block_size: int = 16
+    sim: SimConfig = SimConfig()
+    kv_capacity_tokens: int | None = None  # None: the cost model's (from GPU memory)
+    warmup: float = 0.1  # fraction of the first arrivals left out of the metrics (cold cache)
+
+    @property
+    def num_blocks(self) -> int:
+        return (self.kv_capacity_tokens or self.cost.kv_capacity_tokens) // self.block_size
+
+
+def _default_factory(config: str, num_blocks: int, block_size: int) -> Scheduler:
+    return configs.make(config, num_blocks, block_size)
+
+
+def simulate_point(
+    config: str,
+    requests: Sequence[WorkloadRequest],
+    setup: SimSetup,
+    factory: SchedulerFactory = _default_factory,
+) -> Row:
+    """One configuration at one offered load (the requests' arrivals) in the simulator."""
+    scheduler = factory(config, setup.num_blocks, setup.block_size)
+    sim_config = setup.sim
+    if setup.kv_capacity_tokens and sim_config.max_batch_total_tokens is None:
+        sim_config = replace(sim_config, max_batch_total_tokens=setup.kv_capacity_tokens)
+    result = Simulator(scheduler, setup.cost, sim_config).run(sched_requests(requests))
+    row: Row = {"config": config, "qps": round(offered_qps(requests), 3), "mode": "sim"}
+    kept = measured(result.records, setup.warmup)
+    row.update(_summary(result.records, kept, record_hit_rate(kept)))
+    row.update(forwards=result.forwards, hit_rate_all=result.hit_rate)
+    return row
+
+
+def _summary(records: Sequence[RequestRecord], kept: Sequence[RequestRecord], hit_rate: float) -> Row:
+    """Metrics of the ``kept`` (post-warm-up) records; ``requests`` counts all, ``measured_requests`` the kept."""
+    row: Row = dict(summarize(kept, hit_rate))
+    row.update(requests=len(records), measured_requests=len(kept))
+    return row
+
+
+def compare_sim(
+    spec: WorkloadSpec,
+    qps_points: Sequence[float | None],
+    config_names: Sequence[str],
+    setup: SimSetup,
+    factory: SchedulerFactory = _default_factory,
+    progress: Callable[[Row], None] | None = None,
+) -> list[Row]:
+    """Every configuration at every load over the same requests; ``None`` as a load keeps a trace's times."""
+    base = build(spec)
+    rows = []
+    for qps in qps_points:
+        requests = timed(spec, base, qps)
+        for config in config_names:
+            row = simulate_point(config, requests, setup, factory)
+            if qps is not None:
+                row["qps"] = qps
+            rows.append(row)
+            if progress is not None:
+                progress(row)
+    return rows
+
+
+# ---- live ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LiveSetup:
+    launch: LaunchSpec
+    api: str = "generate_stream"  # or completions
+    url: str | None = None  # an already running server: no launch, one config only (whatever it runs)
+    warmup: float = 0.1  # TTFT leaves out the first arrivals; the /metrics hit rate covers the whole run
+
+
+def live_requests(requests: Sequence[WorkloadRequest], builder: PromptBuilder) -> list[LoadRequest]:
+    return [LoadRequest(r.arrival, builder.prompt(r), r.output_len, r.prompt_len) for r in requests]
+
+
+def live_point(config: str, requests: Sequence[LoadRequest], setup: LiveSetup, qps: float) -> Row:
+    """One configuration at one load against a fresh server (a cold cache for every point)."""
+    sched, _, policy = configs.canonical(config).partition("+")
+    desc = f"{config} @ {qps:g} qps"
+    if setup.url is not None:
+        result = asyncio.run(run_load(Endpoint(setup.url, setup.api), requests, desc))
+    else:
+        with LiveServer(setup.launch, sched, policy) as url:
+            result = asyncio.run(run_load(Endpoint(url, setup.api), requests, desc))
+    row: Row = {"config": config, "qps": qps, "mode": "live"}
+    row.update(_summary(result.records, measured(result.records, setup.warmup), result.hit_rate))
+    return row
+
+
+def compare_live(
+    spec: WorkloadSpec,
+    qps_points: Sequence[float | None],
+    config_names: Sequence[str],
+    setup: LiveSetup,
+    progress: Callable[[Row], None] | None = None,
+) -> list[Row]:
+    """Every configuration at every load against live servers, prompts built for the served tokenizer."""
+    builder = PromptBuilder(load_tokenizer(setup.launch.model_id))
+    base = build(spec)
+    rows = []
+    for qps in qps_points:
+        timed_reqs = timed(spec, base, qps)
+        load = live_requests(timed_reqs, builder)
+        for config in config_names:
+            row = live_point(config, load, setup, qps if qps is not None else round(offered_qps(timed_reqs), 3))
+            rows.append(row)
+            if progress is not None:
+                progress(row)
+    return rows

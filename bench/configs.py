@@ -1,0 +1,46 @@
+"""Configuration names of a comparison: ``scheduler+policy`` (``fcfs+lru`` is TGI's behaviour, ``lpm+lru``
+SGLang's, ``qas+dart`` PRISM's), plus the shorthands ``hotprefix`` and ``lookahead-lru``: HotPrefix was built on
+SGLang (so ``lpm+hotprefix``) and PCR's look-ahead LRU on vLLM (so ``fcfs+lookahead-lru``)."""
+
+from __future__ import annotations
+
+from router_py.scheduling import Scheduler, SchedulerConfig
+
+ALIASES = {"hotprefix": "lpm+hotprefix", "lookahead-lru": "fcfs+lookahead-lru"}
+BASELINES = ("fcfs+lru", "lpm+lru")
+PRISM = "qas+dart"
+
+
+def is_baseline(config: str) -> bool:
+    """A configuration with none of PRISM's parts (qas, dart): ablations such as qas+lru are not baselines."""
+    sched, _, policy = canonical(config).partition("+")
+    return sched != "qas" and policy != "dart"
+
+
+def canonical(name: str) -> str:
+    """``scheduler+policy`` for a config name or shorthand; raises ValueError on a malformed one."""
+    full = ALIASES.get(name.strip(), name.strip())
+    sched, sep, policy = full.partition("+")
+    if not sep or not sched or not policy:
+        raise ValueError(f"config {name!r} is not scheduler+policy (or one of {', '.join(ALIASES)})")
+    return full
+
+
+def parse_configs(text: str) -> list[str]:
+    return [canonical(c) for c in text.split(",") if c.strip()]
+
+
+def make(config: str, num_blocks: int, block_size: int, params: dict[str, float] | None = None) -> Scheduler:
+    """The router's scheduler for ``config`` over a KV cache of ``num_blocks`` blocks."""
+    from router_py.schedulers import make_scheduler  # NOTE: lazy, the PRISM package may land after bench
+
+    sched, _, policy = canonical(config).partition("+")
+    return make_scheduler(
+        SchedulerConfig(
+            scheduler=sched,
+            cache_policy=policy,
+            num_blocks=num_blocks,
+            block_size=block_size,
+            params=dict(params or {}),
+        )
+    )

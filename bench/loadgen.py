@@ -1,0 +1,150 @@
+"""An open-loop load generator for any TGI- or OpenAI-compatible server (ours, TGI, vLLM, SGLang).
+
+Requests are sent at their arrival times whatever the server's state (open loop: a slow server builds a queue,
+it does not slow the clients), over TGI's ``/generate_stream`` or OpenAI's ``/v1/completions`` with streaming.
+Each request's record holds its time to first token, inter-token latencies, end-to-end latency and error. When the
+server exports ``prism_prefix_cache_queried_tokens`` and ``prism_prefix_cache_hit_tokens`` on ``/metrics``, the hit
+rate of the run is the ratio of their increments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+from tqdm import tqdm
+
+from bench.metrics import RequestRecord
+
+APIS = ("generate_stream", "completions")
+QUERIED, HIT = "prism_prefix_cache_queried_tokens", "prism_prefix_cache_hit_tokens"
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    arrival: float  # seconds after the run starts
+    prompt: str
+    max_new_tokens: int
+    prompt_len: int  # intended prompt tokens (for the records)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str  # e.g. http://127.0.0.1:8080
+    api: str = "generate_stream"  # generate_stream | completions
+    model: str = "tgi"  # OpenAI "model" field
+
+    def __post_init__(self) -> None:
+        if self.api not in APIS:
+            raise ValueError(f"api must be one of {APIS}")
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    records: list[RequestRecord]
+    hit_rate: float  # NaN when the server exports no prefix-cache counters
+    duration: float
+
+
+def request_body(endpoint: Endpoint, req: LoadRequest) -> tuple[str, dict[str, object]]:
+    """(path, JSON body) of one streamed request; greedy, and asking to ignore EOS where the server allows it."""
+    if endpoint.api == "generate_stream":
+        params = {"max_new_tokens": req.max_new_tokens, "do_sample": False, "details": False}
+        return "/generate_stream", {"inputs": req.prompt, "parameters": params}
+    body = {"model": endpoint.model, "prompt": req.prompt, "max_tokens": req.max_new_tokens, "stream": True,
+            "temperature": 0.0, "ignore_eos": True}
+    return "/v1/completions", body
+
+
+def parse_event(api: str, line: str) -> tuple[int, bool, str | None]:
+    """One SSE line -> (tokens it carries, whether the stream ended, error message or None)."""
+    if not line.startswith("data:"):
+        return 0, False, None
+    data = line[len("data:") :].strip()
+    if data == "[DONE]":
+        return 0, True, None
+    event = json.loads(data)
+    if "error" in event:
+        return 0, True, str(event["error"])
+    if api == "generate_stream":
+        return 1, event.get("generated_text") is not None, None
+    choices = event.get("choices") or []
+    return (1 if choices else 0), bool(choices and choices[0].get("finish_reason")), None
+
+
+def parse_counters(text: str) -> dict[str, float]:
+    """Sum of each Prometheus sample family (labels and a ``_total`` suffix folded into the name)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        name = name.split("{")[0].strip().removesuffix("_total")
+        try:
+            out[name] = out.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return out
+
+
+async def _metrics(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    try:
+        async with session.get(url + "/metrics") as resp:
+            return parse_counters(await resp.text()) if resp.status == 200 else {}
+    except aiohttp.ClientError:
+        return {}
+
+
+def hit_rate_between(before: dict[str, float], after: dict[str, float]) -> float:
+    queried = after.get(QUERIED, math.nan) - before.get(QUERIED, 0.0)
+    hit = after.get(HIT, math.nan) - before.get(HIT, 0.0)
+    return hit / queried if queried and not math.isnan(queried) else math.nan
+
+
+async def _stream(session: aiohttp.ClientSession, endpoint: Endpoint, req: LoadRequest, sent: float) -> RequestRecord:
+    loop = asyncio.get_running_loop()
+    path, body = request_body(endpoint, req)
+    times: list[float] = []
+    error = None
+    try:
+        async with session.post(endpoint.url + path, json=body) as resp:
+            if resp.status != 200:
+                error = f"HTTP {resp.status}: {(await resp.text())[:200]}"
+            else:
+                async for raw in resp.content:
+                    n, done, error = parse_event(endpoint.api, raw.decode("utf-8", "replace").strip())
+                    times.extend([loop.time()] * n)
+                    if done:
+                        break
+    except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as e:
+        error = f"{type(e).__name__}: {e}"
+    first = times[0] if times else None
+    itl = tuple(b - a for a, b in zip(times, times[1:]))
+    end = loop.time() if error is None else None
+    return RequestRecord(sent, first, end, req.prompt_len, len(times), error=error, itl=itl)
+
+
+async def _timed(session, endpoint, req: LoadRequest, t0: float, bar: tqdm) -> RequestRecord:
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(max(0.0, t0 + req.arrival - loop.time()))
+    record = await _stream(session, endpoint, req, loop.time())
+    bar.update(1)
+    return record
+
+
+async def run_load(endpoint: Endpoint, requests: Sequence[LoadRequest], desc: str = "load") -> LoadResult:
+    """Send every request at its arrival time and wait for all; times in records are the event loop's clock."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=900)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+        before = await _metrics(session, endpoint.url)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with tqdm(total=len(requests), desc=desc, unit="req", leave=False) as bar:
+            records = await asyncio.gather(*(_timed(session, endpoint, r, t0, bar) for r in requests))
+        duration = loop.time() - t0
+        after = await _metrics(session, endpoint.url)
+    return LoadResult(list(records), hit_rate_between(before, after), duration)

@@ -1,0 +1,192 @@
+"""A discrete-event simulator of one chunking shard served by the router's real scheduler, on a virtual clock.
+
+It runs the batching loop of :mod:`router_py.batcher` (TGI's ``batching_task`` for chunking shards) one forward
+pass at a time, with the same budgets and the same order of scheduler calls:
+
+    idle:    plan = next_batch(now, max_batch_prefill_tokens, max_batch_total_tokens)
+             forward(the plan's first chunks)                                       ─┐ Prefill(new)
+    running: plan = next_batch(now, prefill_budget - current_tokens, total - max_tokens, max_size)
+             forward(the plan's first chunks + every running request's next tokens) ─┤ Prefill(new, cached)
+             forward(every running request's next tokens)                           ─┘ Decode
+    after each forward: a request whose prompt completed gets its first token at ``now``; a request that reached
+    its max_new_tokens is released to the scheduler (its blocks go to the prefix cache).
+
+Arrivals are enqueued with their own time before each next_batch call; when nothing runs and nothing is admitted
+the clock jumps to the next arrival. A running request's next tokens are the rest of its prompt (after a first
+chunk of ``chunk_len``) or one decode token, as :mod:`shard.batch` computes them. Each forward lasts
+``cost.step_seconds``. The scheduler is the one ``router_py.schedulers.make_scheduler`` builds for the server, so
+admissions, ``cache_len``, ``chunk_len`` and evictions are the server's own; only time is simulated.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from bench.cost_model import CostModel
+from bench.metrics import RequestRecord
+from bench.workloads.request import WorkloadRequest
+from bench.workloads.token_ids import prompt_token_ids
+from router_py.scheduling import BatchPlan, Scheduler, SchedRequest
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    max_batch_prefill_tokens: int = 8192  # per-step prefill budget (SGLang's chunked_prefill_size on 80 GB GPUs)
+    max_batch_total_tokens: int | None = None  # None: the cost model's KV capacity
+    max_batch_size: int | None = None
+    # Call the scheduler's optional ``prefill_done(id)`` when a prompt completes (its blocks are published to the
+    # tree before the request finishes, as SGLang does). Off = the server's batcher today: blocks reach the tree
+    # at release only (TGI). Keep it equal to what the batcher does, or the two make different decisions.
+    prefill_done: bool = False
+
+
+@dataclass
+class _Running:
+    request: SchedRequest
+    admitted: float
+    computed: int  # prompt tokens whose KV exists (cached or computed so far)
+    cached: int  # cache_len at admission: prompt tokens served by the prefix cache
+    first_chunk: int | None  # chunk_len of the first prefill, None = the whole rest
+    generated: int = 0
+    first_token: float | None = None
+
+    @property
+    def prefilling(self) -> bool:
+        return self.computed < self.request.input_length
+
+    @property
+    def next_len(self) -> int:
+        """Tokens the next forward computes for this request (shard.batch.RequestState.next_len)."""
+        if not self.prefilling:
+            return 1
+        rest = self.request.input_length - self.computed
+        return rest if self.first_chunk is None else min(self.first_chunk, rest)
+
+    @property
+    def context(self) -> int:
+        """Tokens already in KV before the next forward."""
+        return self.computed + max(0, self.generated - 1)
+
+    @property
+    def finished(self) -> bool:
+        return self.first_token is not None and self.generated >= self.request.max_new_tokens
+
+
+@dataclass(frozen=True)
+class SimResult:
+    records: list[RequestRecord]
+    cache_stats: dict[str, int]
+    forwards: int
+
+    @property
+    def hit_rate(self) -> float:
+        queried = self.cache_stats.get("prompt_tokens_queried", 0)
+        return self.cache_stats.get("prompt_tokens_hit", 0) / queried if queried else 0.0
+
+
+def sched_requests(workload: Sequence[WorkloadRequest]) -> list[SchedRequest]:
+    """The workload as the scheduler sees it: ids in arrival order, token ids from segment ids."""
+    ordered = sorted(workload, key=lambda r: r.arrival)
+    return [SchedRequest(i, tuple(prompt_token_ids(r)), r.output_len, r.arrival) for i, r in enumerate(ordered)]
+
+
+class Simulator:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        cost: CostModel,
+        config: SimConfig = SimConfig(),
+        on_plan: Callable[[BatchPlan], None] | None = None,
+    ) -> None:
+        self.scheduler, self.cost, self.config, self.on_plan = scheduler, cost, config, on_plan
+        self.running: list[_Running] = []
+        self.records: list[RequestRecord] = []
+        self.pending: deque[SchedRequest] = deque()
+        self.now = 0.0
+        self.forwards = 0
+
+    @property
+    def token_capacity(self) -> int:
+        return self.config.max_batch_total_tokens or self.cost.kv_capacity_tokens
+
+    def run(self, requests: Sequence[SchedRequest]) -> SimResult:
+        """Serve ``requests`` (arrival order) to completion; raises RuntimeError if some never fit."""
+        self.pending = deque(requests)
+        while self.pending or self.running or self.scheduler.waiting_count():
+            if self.running:
+                self._admit(self.config.max_batch_prefill_tokens - self._current_tokens())
+                if self.running:
+                    self._forward([])
+            elif not self._admit(self.config.max_batch_prefill_tokens):
+                self._idle()
+        return SimResult(self.records, dict(self.scheduler.cache_stats()), self.forwards)
+
+    def _idle(self) -> None:
+        if not self.pending:
+            raise RuntimeError("waiting requests never fit in the KV cache")
+        self.now = max(self.now, self.pending[0].arrival)
+        self._enqueue_arrived()
+
+    def _enqueue_arrived(self) -> None:
+        while self.pending and self.pending[0].arrival <= self.now:
+            req = self.pending.popleft()
+            self.scheduler.enqueue(req, req.arrival)
+
+    def _current_tokens(self) -> int:
+        return sum(r.next_len for r in self.running)
+
+    def _admit(self, prefill_budget: int) -> bool:
+        """One next_batch call as the batcher makes it; runs the (merged) prefill forward of a plan."""
+        self._enqueue_arrived()
+        if self.scheduler.waiting_count() == 0:
+            return False
+        max_size = self.config.max_batch_size
+        if max_size is not None:
+            max_size -= len(self.running)
+            if max_size <= 0:
+                return False
+        reserved = sum(r.request.input_length + r.request.max_new_tokens for r in self.running)
+        plan = self.scheduler.next_batch(
+            self.now, max(prefill_budget, 0), max(self.token_capacity - reserved, 0), max_size=max_size
+        )
+        if plan is None:
+            return False
+        if self.on_plan is not None:
+            self.on_plan(plan)
+        new = [_Running(a.request, self.now, a.cache_len, a.cache_len, a.chunk_len) for a in plan.admissions]
+        self._forward(new)
+        return True
+
+    def _forward(self, new: list[_Running]) -> None:
+        """One forward over the running requests and the ``new`` ones; then tokens, finishes and releases."""
+        batch = self.running + new
+        chunks = [(r.next_len, r.computed) for r in batch if r.prefilling]
+        decodes = [r.context for r in batch if not r.prefilling]
+        self.now += self.cost.step_seconds(chunks, decodes)
+        self.forwards += 1
+        for r in batch:
+            self._advance(r)
+        self.running = [r for r in batch if not r.finished]
+        for r in batch:
+            if r.finished:
+                self.scheduler.release(r.request.id)
+                self.records.append(self._record(r))
+
+    def _advance(self, r: _Running) -> None:
+        if not r.prefilling:
+            r.generated += 1
+            return
+        r.computed += r.next_len
+        r.first_chunk = None
+        if not r.prefilling:
+            r.first_token, r.generated = self.now, 1
+            if self.config.prefill_done and hasattr(self.scheduler, "prefill_done"):
+                self.scheduler.prefill_done(r.request.id)
+
+    def _record(self, r: _Running) -> RequestRecord:
+        req = r.request
+        return RequestRecord(
+            req.arrival, r.first_token, self.now, req.input_length, r.generated, r.admitted, cached_tokens=r.cached
+        )

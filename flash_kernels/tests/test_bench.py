@@ -1,0 +1,40 @@
+"""The benchmark's arithmetic, its no-GPU message, and its tiny CPU run (the code path the GPU run takes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flash_kernels.bench.__main__ import main
+from flash_kernels.bench.attention import cached_prefix, prefill_flops
+
+
+def test_cached_prefix_rounds_down_to_whole_blocks() -> None:
+    assert cached_prefix(4096, 0.9, 16) == 3680
+    assert cached_prefix(4096, 0.9, 256) == 3584
+    assert cached_prefix(4096, 0.5, 256) == 2048
+    assert cached_prefix(4096, 0.0, 16) == 0
+
+
+def test_prefill_flops_count_each_visible_key_once() -> None:
+    # 1 head, d = 1: 2 new tokens after 3 cached see 4 and 5 keys -> 9 pairs x 4 flops.
+    assert prefill_flops(heads=1, head_dim=1, prefix=3, new=2) == 36
+    assert prefill_flops(heads=32, head_dim=128, prefix=0, new=4096) == 4 * 32 * 128 * 4096 * 4097 // 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+def test_without_cuda_it_exits_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_tiny_cpu_run_prints_every_measure(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["--device", "cpu", "--tiny", "--backends", "reference", "triton", "--block-sizes", "16"]) == 0
+    )
+    out = capsys.readouterr().out
+    for backend in ("reference", "triton"):
+        rows = [line for line in out.splitlines() if line.startswith(backend)]
+        assert len(rows) == 4, out  # three cached fractions and decode
+        assert f"e2e decode step, {backend}" in out
+    assert "TFLOP/s" in out and "GB/s" in out and "not judged (tiny)" in out

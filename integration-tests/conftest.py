@@ -1,0 +1,124 @@
+"""Launch the real stack as a user would (``prism-launcher`` with the tiny demo model) on loopback, random
+ports and temp socket paths; wait for ``/health``; attach the processes' logs to any failing test's report.
+
+The demo model is built once into ``$PRISM_CACHE_DIR`` (default ``~/.cache/prism-serve``), as the serve command
+does. Each module launches one stack (module-scoped fixtures) to keep the suite within a few minutes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+STARTUP_TIMEOUT_S = 180.0
+_REPORTED: list[Process] = []  # processes alive during the current test: their logs go into its failure report
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    """A child process writing its output to a log file; stopped with SIGTERM (SIGKILL after 30 s)."""
+
+    def __init__(self, name: str, cmd: Sequence[str], workdir: Path) -> None:
+        self.name, self.log_path = name, workdir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(list(cmd), stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir)
+        _REPORTED.append(self)
+
+    def log_tail(self, chars: int = 6000) -> str:
+        if not self.log_path.exists():
+            return f"(log removed with {self.log_path.parent})"
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+class Stack:
+    """``prism-launcher`` serving the demo model on ``127.0.0.1:<random port>``."""
+
+    def __init__(self, extra_args: Sequence[str] = ()) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="prism-it-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.uds = str(self.workdir / "shard")
+        cmd = [str(VENV_BIN / "prism-launcher"), "--hostname", "127.0.0.1", "--port", str(self.port),
+               "--shard-uds-path", self.uds, *extra_args]
+        self.process = Process("launcher", cmd, self.workdir)
+
+    def wait_healthy(self) -> Stack:
+        wait_http_ok(f"{self.url}/health", self.process)
+        return self
+
+    def metric(self, name: str) -> float:
+        """A counter's or gauge's value from ``/metrics`` (exact series name, labels included)."""
+        return metric_value(httpx.get(f"{self.url}/metrics").text, name)
+
+    def close(self) -> int:
+        code = self.process.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return code
+
+
+def wait_http_ok(url: str, process: Process, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.proc.poll() is not None:
+            raise RuntimeError(f"{process.name} exited ({process.proc.returncode}):\n{process.log_tail()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not healthy after {timeout_s:.0f} s:\n{process.log_tail()}")
+
+
+def metric_value(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError(f"{series} not in /metrics")
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    """The product as served by default (qas + dart), with a KV pool of 1,024 blocks."""
+    s = Stack(["--num-blocks", "1024"]).wait_healthy()
+    yield s
+    assert s.close() == 0, "the launcher did not shut down cleanly on SIGTERM"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for process in _REPORTED:
+            report.sections.append((f"{process.name} log ({process.log_path})", process.log_tail()))
+    if report.when == "teardown":
+        _REPORTED[:] = [p for p in _REPORTED if p.proc.poll() is None]
+

@@ -1,0 +1,159 @@
+"""Real clients against the launched stack: the PyPI ``text-generation`` client (sync and async),
+``huggingface_hub.InferenceClient`` and the ``openai`` client, each getting TGI's documented shapes; plus a few
+bad requests end to end (the full table runs in-process in the router's tests)."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from huggingface_hub import InferenceClient
+from text_generation import AsyncClient, Client
+from text_generation.errors import ValidationError
+
+from conftest import Stack
+
+PROMPT = "The quick brown fox"
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> Client:
+    return Client(stack.url, timeout=120)
+
+
+def stop_word(client: Client) -> tuple[str, int]:
+    """A non-empty token text greedy decoding produces at step >= 2, and that step (1-based)."""
+    details = client.generate(PROMPT, max_new_tokens=12).details
+    for i, tok in enumerate(details.tokens[1:], start=2):
+        if tok.text.strip() and tok.text.isprintable():
+            return tok.text, i
+    pytest.fail(f"no printable token in {details.tokens}")
+
+
+# ---- text-generation (PyPI) ------------------------------------------------------------------------------
+
+
+def test_generate_with_details_prefill_and_top_n(client: Client) -> None:
+    r = client.generate(PROMPT, max_new_tokens=6, decoder_input_details=True, top_n_tokens=2)
+    d = r.details
+    assert d.finish_reason in ("length", "eos_token") and d.generated_tokens == len(d.tokens) <= 6
+    assert d.seed is None  # greedy
+    assert d.prefill and d.prefill[0].logprob is None and all(t.logprob is not None for t in d.prefill[1:])
+    assert len(d.top_tokens) == len(d.tokens) and all(1 <= len(top) <= 2 for top in d.top_tokens)
+    assert r.generated_text == "".join(t.text for t in d.tokens)
+
+
+def test_seeded_sampling_repeats_and_reports_the_seed(client: Client) -> None:
+    a = client.generate(PROMPT, max_new_tokens=8, do_sample=True, seed=42, temperature=0.8)
+    b = client.generate(PROMPT, max_new_tokens=8, do_sample=True, seed=42, temperature=0.8)
+    assert a.generated_text == b.generated_text and a.details.seed == 42
+
+
+def test_stop_sequence_ends_generation(client: Client) -> None:
+    word, step = stop_word(client)
+    r = client.generate(PROMPT, max_new_tokens=12, stop_sequences=[word])
+    assert r.details.finish_reason == "stop_sequence"
+    assert r.generated_text.endswith(word) and r.details.generated_tokens <= step
+
+
+def test_best_of_returns_the_other_sequences(client: Client) -> None:
+    r = client.generate(PROMPT, max_new_tokens=4, best_of=2, do_sample=True)
+    assert len(r.details.best_of_sequences) == 1
+    assert r.details.best_of_sequences[0].generated_tokens >= 1
+
+
+def test_generate_stream_ends_with_text_and_details(client: Client) -> None:
+    events = list(client.generate_stream(PROMPT, max_new_tokens=5))
+    whole = client.generate(PROMPT, max_new_tokens=5).generated_text
+    assert [e.generated_text for e in events[:-1]] == [None] * (len(events) - 1)
+    assert events[-1].generated_text == whole == "".join(e.token.text for e in events)
+    assert events[-1].details.generated_tokens == len(events)
+
+
+def test_validation_error_is_typed(client: Client) -> None:
+    with pytest.raises(ValidationError, match="Input validation error: `stop` supports up to 4"):
+        client.generate(PROMPT, stop_sequences=["a", "b", "c", "d", "e"])
+
+
+async def test_async_client_generate_and_stream(stack: Stack) -> None:
+    c = AsyncClient(stack.url, timeout=120)
+    r = await c.generate(PROMPT, max_new_tokens=5, decoder_input_details=True)
+    events = [e async for e in c.generate_stream(PROMPT, max_new_tokens=5)]
+    assert events[-1].generated_text == r.generated_text
+    assert r.details.prefill[0].logprob is None
+
+
+# ---- huggingface_hub --------------------------------------------------------------------------------------
+
+
+def test_inference_client_text_generation(stack: Stack) -> None:
+    hub = InferenceClient(model=stack.url, timeout=120)
+    text = hub.text_generation(PROMPT, max_new_tokens=5)
+    full = hub.text_generation(PROMPT, max_new_tokens=5, details=True)
+    assert isinstance(text, str) and text.startswith(PROMPT)  # "/" defaults return_full_text to true
+    assert full.details.generated_tokens == len(full.details.tokens)
+    streamed = list(hub.text_generation(PROMPT, max_new_tokens=5, stream=True, return_full_text=False))
+    assert "".join(streamed) == text[len(PROMPT):]
+
+
+def test_inference_client_chat_info_and_health(stack: Stack) -> None:
+    hub = InferenceClient(model=stack.url, provider="hf-inference", timeout=120)
+    messages = [{"role": "user", "content": "Say hi"}]
+    out = hub.chat_completion(messages, max_tokens=5, temperature=0)
+    chunks = list(hub.chat_completion(messages, max_tokens=5, temperature=0, stream=True))
+    assert out.choices[0].message.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == out.choices[0].message.content
+    assert out.usage.completion_tokens <= 5
+    info = hub.get_endpoint_info()
+    assert info["router"] == "text-generation-router" and info["max_total_tokens"] > info["max_input_tokens"]
+    assert hub.health_check() is True
+
+
+# ---- openai -----------------------------------------------------------------------------------------------
+
+
+def test_openai_chat_and_completions(stack: Stack) -> None:
+    oa = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="-", timeout=120)
+    messages = [{"role": "user", "content": "Say hi"}]
+    chat = oa.chat.completions.create(model="tgi", messages=messages, max_tokens=5, temperature=0)
+    stream = oa.chat.completions.create(model="tgi", messages=messages, max_tokens=5, temperature=0, stream=True)
+    assert chat.object == "chat.completion" and chat.choices[0].finish_reason in ("length", "stop")
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == chat.choices[0].message.content
+    comp = oa.completions.create(model="tgi", prompt=PROMPT, max_tokens=5, temperature=0)
+    parts = oa.completions.create(model="tgi", prompt=PROMPT, max_tokens=5, temperature=0, stream=True)
+    assert comp.object == "text_completion"
+    assert "".join(p.choices[0].text for p in parts) == comp.choices[0].text
+
+
+# ---- bad requests ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        ({"inputs": ""}, 422, "Input validation error: `inputs` cannot be empty"),
+        ({"inputs": "x", "parameters": {"max_new_tokens": 0}},
+         422, "Input validation error: `max_new_tokens` must be strictly positive"),
+        ({"inputs": "x", "parameters": {"top_p": 1.0}},
+         422, "Input validation error: `top_p` must be > 0.0 and < 1.0"),
+        ({"inputs": "x " * 5000}, 422, "Input validation error: `inputs` must have less than"),
+    ],
+)
+def test_bad_generate_requests(stack: Stack, body: dict, status: int, error: str) -> None:
+    r = httpx.post(f"{stack.url}/generate", json=body, timeout=60)
+    assert r.status_code == status
+    assert r.json()["error"].startswith(error) and r.json()["error_type"] == "validation"
+
+
+def test_bad_stream_request_is_one_error_event_and_server_keeps_serving(stack: Stack) -> None:
+    body = {"inputs": "x", "parameters": {"best_of": 2, "do_sample": True}}
+    r = httpx.post(f"{stack.url}/generate_stream", json=body, timeout=60)
+    assert r.status_code == 200
+    assert r.text.strip() == (
+        'data:{"error":"Input validation error: `best_of` != 1 is not supported when streaming tokens",'
+        '"error_type":"validation"}'
+    )
+    assert httpx.post(f"{stack.url}/generate", content=b"{oops", headers={"content-type": "application/json"},
+                      timeout=60).status_code == 400
+    assert httpx.post(f"{stack.url}/generate", content=b"{}", timeout=60).status_code == 415
+    assert httpx.get(f"{stack.url}/health", timeout=60).status_code == 200

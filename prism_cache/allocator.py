@@ -1,0 +1,144 @@
+"""TGI's radix allocator (tgi-compat 2.2) over a :class:`BlockPool` and a :class:`RadixTree`.
+
+    allocate(tokens, prompt)   match -> touch -> lock -> take ceil((tokens - prefix_len) / bs) fresh blocks,
+                               evicting by the retention policy if short; all or nothing
+    release(allocation, ...)   insert the prompt's full blocks, unlock, drop the allocation's references
+                               (duplicates and decode blocks return to the free list)
+    rollback(allocation)       unlock and drop references, inserting nothing (allocation never half-done)
+
+Block table of one allocation (bs = block size, P = prefix_len, T = tokens reserved):
+
+    | matched blocks (tree's, referenced) | fresh blocks (this request's)             |
+    | 0 .............................. P  | P ................................ ceil(T/bs)*bs
+    slots = every token position of the table, cut at exactly T
+
+With ``prefix_caching=False`` nothing is matched or inserted (TGI's SimpleAllocator, same block order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import chain
+
+from prism_cache.block_pool import BlockPool
+from prism_cache.demand import Demand
+from prism_cache.hashing import block_hashes
+from prism_cache.policies import make_policy
+from prism_cache.radix_tree import Node, RadixTree, Tokens
+
+
+@dataclass
+class Allocation:
+    """blocks: the lifetime block table; slots: ``tokens`` slot ids; prefix_len: tokens of the table already
+    cached (a multiple of the block size, at most the prompt's full blocks); node: the locked path's deepest
+    node, or None (moves deeper when :meth:`RadixAllocator.cache_prompt` publishes the prompt early)."""
+
+    namespace: str
+    blocks: tuple[int, ...]
+    slots: tuple[int, ...]
+    prefix_len: int
+    node: Node | None
+
+
+class RadixAllocator:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        policy: str = "lru",
+        prefix_caching: bool = True,
+        params: Mapping[str, float] | None = None,
+    ) -> None:
+        self.pool = BlockPool(num_blocks)
+        self.tree = RadixTree(self.pool, block_size)
+        self.demand = Demand()
+        self.policy = make_policy(policy, self.demand, params)
+        self.block_size = block_size
+        self.prefix_caching = prefix_caching
+        # NOTE: each block's slot ids, built on first use and shared by every table that holds the block, so a
+        # request's slots are one C-level concatenation instead of a Python loop over its tokens.
+        self._block_slots: list[tuple[int, ...] | None] = [None] * num_blocks
+
+    def hashes(self, namespace: str, prompt: Tokens) -> list[int]:
+        return block_hashes(namespace, prompt, self.block_size)
+
+    def peek(self, hashes: list[int]) -> int:
+        """Cached prefix in tokens of the prompt with these :meth:`hashes`, touching nothing (0 with prefix
+        caching off); O(log blocks), for ranking only (see :meth:`RadixTree.cached_prefix_blocks`)."""
+        return self.tree.cached_prefix_blocks(hashes) * self.block_size if self.prefix_caching else 0
+
+    def allocate(self, tokens: int, namespace: str = "", prompt: Tokens | None = None) -> Allocation | None:
+        """Reserve ``tokens`` slots, reusing the cached prefix of ``prompt`` (None: match nothing).
+
+        Returns None, with nothing held, when the free blocks plus what can be evicted fall short; the match's
+        recency stamp stays (as in TGI). On success the matched path is locked until release/rollback.
+        """
+        node: Node | None = None
+        prefix: list[int] = []
+        if prompt is not None and self.prefix_caching:
+            node, prefix = self.tree.match(namespace, prompt)
+            self.tree.touch(node)
+            self.tree.lock(node)
+        bs = self.block_size
+        need = max(0, -(-tokens // bs) - len(prefix))
+        short = need - self.pool.free_count
+        if short > 0:
+            self.tree.evict(short, self.policy)
+        fresh = self.pool.allocate(need)
+        if fresh is None:
+            if node is not None:
+                self.tree.unlock(node)
+            return None
+        self.pool.ref_all(prefix)
+        blocks = tuple(prefix + fresh)
+        return Allocation(namespace, blocks, self._slots(blocks, tokens), len(prefix) * bs, node)
+
+    def _slots(self, blocks: tuple[int, ...], tokens: int) -> tuple[int, ...]:
+        """Every slot of ``blocks`` in order, cut at ``tokens`` (TGI: ``block * bs + i``)."""
+        table, bs = self._block_slots, self.block_size
+        for b in blocks:
+            if table[b] is None:
+                table[b] = tuple(range(b * bs, b * bs + bs))
+        return tuple(chain.from_iterable(map(table.__getitem__, blocks)))[:tokens]  # type: ignore[arg-type]
+
+    def release(self, alloc: Allocation, prompt: Tokens | None, hashes: list[int] | None = None) -> None:
+        """A request ended: cache its prompt's full blocks (if ``prompt`` and prefix caching), unlock its match,
+        drop its references. ``hashes``: the prompt's :func:`block_hashes` if the caller has them."""
+        if prompt is not None and self.prefix_caching:
+            n_full = min(len(prompt) // self.block_size, len(alloc.blocks))
+            if hashes is None:
+                hashes = self.hashes(alloc.namespace, prompt)
+            self.tree.insert(
+                alloc.namespace, prompt[: n_full * self.block_size], list(alloc.blocks[:n_full]), hashes[:n_full]
+            )
+        self.rollback(alloc)
+
+    def cache_prompt(self, alloc: Allocation, prompt: Tokens, hashes: list[int]) -> None:
+        """The prompt's KV is computed (prefill done): publish its full blocks now so waiting requests can reuse
+        them, and move the allocation's lock to the new path (its blocks stay pinned until release)."""
+        if not self.prefix_caching:
+            return
+        n_full = min(len(prompt) // self.block_size, len(alloc.blocks))
+        head = prompt[: n_full * self.block_size]
+        self.tree.insert(alloc.namespace, head, list(alloc.blocks[:n_full]), hashes[:n_full])
+        node, _ = self.tree.match(alloc.namespace, head)
+        self.tree.lock(node)
+        if alloc.node is not None:
+            self.tree.unlock(alloc.node)
+        alloc.node = node
+
+    def rollback(self, alloc: Allocation) -> None:
+        """Undo :meth:`allocate` without caching anything."""
+        if alloc.node is not None:
+            self.tree.unlock(alloc.node)
+        for b in alloc.blocks:
+            self.pool.unref(b)
+
+    def free_blocks(self) -> int:
+        return self.pool.free_count
+
+    def check_integrity(self) -> set[int]:
+        """Pool and tree invariants; returns the cached blocks. Raises AssertionError."""
+        self.pool.check_integrity()
+        return self.tree.check_integrity()

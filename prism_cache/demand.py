@@ -1,0 +1,57 @@
+"""Demand counts per chained block hash, kept incrementally by the scheduler (never recomputed per step).
+
+=========== ================================================== ===============================
+table       a request is counted on each of its full blocks     added / removed
+=========== ================================================== ===============================
+queued      while it waits in the queue                          enqueue / admit or cancel
+planned     while it is in the batch being planned this step     plan / end of the step
+lookahead   while it is among the next W waiting requests        enters / leaves the window
+=========== ================================================== ===============================
+
+Active demand is not here: it is the radix node's lock count (running requests lock their matched path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class DemandTable:
+    """A multiset of block hashes; ``count`` of an absent hash is 0, and no count goes negative."""
+
+    def __init__(self) -> None:
+        self._counts: dict[int, int] = {}
+        self.get = self._counts.get  # NOTE: the hot path (eviction keys, QAS ranking) reads counts through this
+
+    def add(self, hashes: Iterable[int]) -> None:
+        counts = self._counts
+        for h in hashes:
+            counts[h] = counts.get(h, 0) + 1
+
+    def remove(self, hashes: Iterable[int]) -> None:
+        """Raises ValueError if a hash was not added (a count would go negative)."""
+        counts = self._counts
+        for h in hashes:
+            c = counts.get(h, 0)
+            if c <= 0:
+                raise ValueError("demand removed that was never added")
+            if c == 1:
+                del counts[h]
+            else:
+                counts[h] = c - 1
+
+    def count(self, h: int) -> int:
+        return self._counts.get(h, 0)
+
+    def __len__(self) -> int:
+        """Distinct hashes with a positive count."""
+        return len(self._counts)
+
+
+class Demand:
+    """The three tables DART and look-ahead LRU read; the scheduler writes them."""
+
+    def __init__(self) -> None:
+        self.queued = DemandTable()
+        self.planned = DemandTable()
+        self.lookahead = DemandTable()

@@ -1,0 +1,32 @@
+"""HotPrefix (Li et al., PACMMOD 2025) GPU eviction: lowest ``(frequency + clock) / length`` first.
+
+The clock is set to ``max_age`` on access and loses one unit every ``decay_period`` ticks (computed lazily from
+the node's last access, so no periodic sweep is needed). Neither value is in a reachable source: both are
+parameters (``hotprefix_max_age``, default 8; ``hotprefix_decay_period``, default 16 ticks; the tree's clock
+ticks once per touch or insert, about twice per request). Length is in blocks; ties go to the older node.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prism_cache.policies.base import Key
+
+if TYPE_CHECKING:
+    from prism_cache.radix_tree import Node
+
+
+class HotPrefixPolicy:
+    name = "hotprefix"
+
+    def __init__(self, max_age: float = 8.0, decay_period: float = 16.0) -> None:
+        if max_age < 0 or decay_period <= 0:
+            raise ValueError("hotprefix_max_age must be >= 0 and hotprefix_decay_period > 0")
+        self.max_age = max_age
+        self.decay_period = decay_period
+
+    def clock(self, node: Node, tick: int) -> float:
+        return max(0.0, self.max_age - (tick - node.last_access) // self.decay_period)
+
+    def key(self, node: Node, n_blocks: int, tick: int) -> Key:
+        return ((node.hits + self.clock(node, tick)) / n_blocks, node.last_access)

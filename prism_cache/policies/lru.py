@@ -1,0 +1,17 @@
+"""LRU: least recently used leaf first (TGI's and SGLang's default)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prism_cache.policies.base import Key
+
+if TYPE_CHECKING:
+    from prism_cache.radix_tree import Node
+
+
+class LruPolicy:
+    name = "lru"
+
+    def key(self, node: Node, n_blocks: int, tick: int) -> Key:
+        return (node.last_access,)

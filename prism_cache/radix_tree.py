@@ -1,0 +1,326 @@
+"""Radix tree over token ids at block granularity, one subtree per namespace.
+
+Edges hold whole blocks: a node's ``tokens`` is ``len(blocks) * block_size`` ids, and a child is keyed by the
+tuple of its first block's tokens. Each namespace (tenant, adapter) has its own root, so two namespaces never
+share a node. The tree holds one pool reference per cached block; a request that matched a path locks it
+(every node from the match up to the root) and holds its own reference on the matched blocks.
+
+Clocks are logical (one tick per touch or insert), never wall time, so tests are deterministic.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prism_cache.block_pool import BlockPool
+
+if TYPE_CHECKING:
+    from prism_cache.policies.base import RetentionPolicy
+
+Tokens = tuple[int, ...]
+
+
+class Node:
+    """One edge of the tree. ``lock`` counts live requests whose matched path runs through the node (the
+    node's active demand); ``hits`` counts matches that reused it; ``last_access`` is the tick of the last
+    match or insert through it."""
+
+    __slots__ = ("edge", "tokens", "blocks", "hashes", "parent", "children", "lock", "last_access", "hits")
+
+    def __init__(self, edge: Tokens, tokens: Tokens, blocks: list[int], hashes: list[int], parent: Node | None):
+        self.edge = edge
+        self.tokens = tokens
+        self.blocks = blocks
+        self.hashes = hashes
+        self.parent = parent
+        self.children: dict[Tokens, Node] = {}
+        self.lock = 0
+        self.last_access = 0
+        self.hits = 0
+
+    @property
+    def is_root(self) -> bool:
+        return self.parent is None
+
+
+class RadixTree:
+    """Match, insert, lock/unlock and evict over one :class:`BlockPool`.
+
+    Invariants (:meth:`check_integrity`): every cached block is in exactly one node and has a pool reference
+    from the tree; blocks of unlocked nodes have no other reference; a parent's lock is at least the sum of its
+    children's; ``leaves`` is exactly the set of non-root nodes without children.
+    """
+
+    def __init__(self, pool: BlockPool, block_size: int) -> None:
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        self.pool = pool
+        self.block_size = block_size
+        self.tick = 0
+        self.cached_blocks = 0
+        self.evicted_blocks = 0
+        self.version = 0  # bumped whenever blocks enter or leave the tree (cached peeks compare it)
+        self.cached_hashes: set[int] = set()  # chained hashes of every cached block (prefix-closed per chain)
+        self._roots: dict[str, Node] = {}
+        self._leaves: set[Node] = set()
+
+    # ---------------------------------------------------------------- lookups
+    def root(self, namespace: str) -> Node:
+        """The namespace's root (created on first use; it holds no blocks and is never evicted)."""
+        node = self._roots.get(namespace)
+        if node is None:
+            node = self._roots[namespace] = Node((), (), [], [], None)
+        return node
+
+    def peek(self, namespace: str, tokens: Tokens) -> tuple[Node | None, int]:
+        """Longest cached prefix of ``tokens`` in ``namespace``, without mutating anything.
+
+        Returns (the deepest node the prompt reaches, fully or partly; None on a miss) and the matched full
+        blocks."""
+        node, deepest = self._roots.get(namespace), None
+        bs, pos, end = self.block_size, 0, len(tokens) // self.block_size * self.block_size
+        while node is not None and pos < end:
+            child = node.children.get(tokens[pos : pos + bs])
+            if child is None:
+                break
+            k = self._common_blocks(child, tokens, pos)
+            pos += k * bs
+            deepest = child
+            node = child if k == len(child.blocks) else None
+        return deepest, pos // bs
+
+    def cached_prefix_blocks(self, hashes: list[int]) -> int:
+        """Leading blocks of a prompt cached, from its :func:`block_hashes` alone: a binary search over the
+        set of cached hashes (a chain's cached blocks are always a prefix of it), O(log blocks). Exact up to
+        hash collisions, so it may rank requests but never decides what a request reuses (``match`` does)."""
+        lo, hi, cached = 0, len(hashes), self.cached_hashes
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if hashes[mid - 1] in cached:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def match(self, namespace: str, tokens: Tokens) -> tuple[Node, list[int]]:
+        """Longest cached prefix of ``tokens`` (full blocks only).
+
+        Returns the deepest matched node and the matched blocks in order (the root and [] on a miss). When the
+        match ends inside a node, that node is split at the block boundary so the returned node covers exactly
+        the match (splitting keeps locks, hits and recency on both halves). Does not touch, lock or free.
+        """
+        node, pos, bs = self.root(namespace), 0, self.block_size
+        end = len(tokens) // bs * bs
+        blocks: list[int] = []
+        while pos < end:
+            child = node.children.get(tokens[pos : pos + bs])
+            if child is None:
+                break
+            k = self._common_blocks(child, tokens, pos)
+            partial = k < len(child.blocks)
+            if partial:
+                child = self._split(child, k)
+            blocks.extend(child.blocks)
+            node, pos = child, pos + k * bs
+            if partial:
+                break
+        return node, blocks
+
+    def _common_blocks(self, child: Node, tokens: Tokens, pos: int) -> int:
+        """Blocks of ``child`` equal to ``tokens[pos:]`` (>= 1: the first block is the child's key)."""
+        n = len(child.tokens)
+        if tokens[pos : pos + n] == child.tokens:
+            return len(child.blocks)
+        bs, k = self.block_size, 1
+        limit = min(len(child.blocks), (len(tokens) - pos) // bs)
+        while k < limit and tokens[pos + k * bs : pos + (k + 1) * bs] == child.tokens[k * bs : (k + 1) * bs]:
+            k += 1
+        return k
+
+    def _split(self, node: Node, k: int) -> Node:
+        """Cut ``node`` after its first k blocks; returns the new upper node (``node`` keeps the lower part,
+        so handles to the deepest node stay valid)."""
+        bs, parent = self.block_size, node.parent
+        assert parent is not None and 0 < k < len(node.blocks)
+        upper = Node(node.edge, node.tokens[: k * bs], node.blocks[:k], node.hashes[:k], parent)
+        upper.lock, upper.last_access, upper.hits = node.lock, node.last_access, node.hits
+        node.tokens, node.blocks, node.hashes = node.tokens[k * bs :], node.blocks[k:], node.hashes[k:]
+        node.edge, node.parent = node.tokens[:bs], upper
+        upper.children[node.edge] = node
+        parent.children[upper.edge] = upper
+        return upper
+
+    # ---------------------------------------------------------------- recency, locks
+    def touch(self, node: Node, hit: bool = True) -> None:
+        """Stamp ``node`` and its ancestors with a new tick; with ``hit``, count one reuse on each."""
+        self.tick += 1
+        while node.parent is not None:
+            node.last_access = self.tick
+            node.hits += hit
+            node = node.parent
+
+    def lock(self, node: Node) -> None:
+        """Pin ``node`` and its ancestors: a locked node is never evicted."""
+        while node.parent is not None:
+            node.lock += 1
+            node = node.parent
+
+    def unlock(self, node: Node) -> None:
+        """Undo one :meth:`lock` of the same node. Raises ValueError if that path is not locked."""
+        walk: Node | None = node
+        while walk is not None and walk.parent is not None:
+            if walk.lock <= 0:
+                raise ValueError("unlock of a path that is not locked")
+            walk.lock -= 1
+            walk = walk.parent
+
+    # ---------------------------------------------------------------- insert
+    def insert(self, namespace: str, tokens: Tokens, blocks: list[int], hashes: list[int]) -> int:
+        """Cache ``blocks`` (one per full block of ``tokens``; ``hashes`` parallel) under ``namespace``.
+
+        Returns how many leading blocks were already cached: the tree keeps its own blocks for those and takes a
+        reference only on the new ones, so the caller frees its duplicates by dropping its own references.
+        Splits a node where the new path diverges inside it; touches the inserted path.
+        """
+        node, pos, i, bs = self.root(namespace), 0, 0, self.block_size
+        existing = len(blocks)
+        while i < len(blocks):
+            child = node.children.get(tokens[pos : pos + bs])
+            if child is None:
+                existing = i
+                node = self._add_leaf(node, tokens[pos : len(blocks) * bs], blocks[i:], hashes[i:])
+                break
+            k = min(self._common_blocks(child, tokens, pos), len(blocks) - i)
+            if k < len(child.blocks):
+                child = self._split(child, k)
+            node, i, pos = child, i + k, pos + k * bs
+        self.touch(node, hit=False)
+        return existing
+
+    def _add_leaf(self, parent: Node, tokens: Tokens, blocks: list[int], hashes: list[int]) -> Node:
+        leaf = Node(tokens[: self.block_size], tokens, list(blocks), list(hashes), parent)
+        for b in leaf.blocks:
+            self.pool.ref(b)
+        parent.children[leaf.edge] = leaf
+        self._leaves.discard(parent)
+        self._leaves.add(leaf)
+        self.cached_blocks += len(blocks)
+        self.cached_hashes.update(leaf.hashes)
+        self.version += 1
+        return leaf
+
+    # ---------------------------------------------------------------- eviction
+    def evictable_blocks(self) -> int:
+        """Blocks in unlocked nodes (an upper bound on what :meth:`evict` can free right now)."""
+        return sum(len(n.blocks) for n in self.nodes() if n.lock == 0)
+
+    def evict(self, n_blocks: int, policy: RetentionPolicy) -> int:
+        """Free up to ``n_blocks`` blocks from unlocked leaves, lowest ``policy.key`` first.
+
+        A leaf loses its tail blocks one key at a time (the key is re-read for the shortened node, as policies
+        may rank a shorter node differently); an emptied leaf is removed and its parent may become a candidate.
+        Locked nodes are never touched. Returns the number of blocks freed (less than asked if nothing else is
+        evictable).
+        """
+        heap = [(policy.key(n, len(n.blocks), self.tick), id(n), n) for n in self._leaves if n.lock == 0]
+        heapq.heapify(heap)
+        freed = 0
+        while freed < n_blocks and heap:
+            _, _, node = heapq.heappop(heap)
+            cut = self._blocks_to_cut(node, n_blocks - freed, policy, heap[0][0] if heap else None)
+            freed += self._truncate(node, cut)
+            if node.blocks:
+                heapq.heappush(heap, (policy.key(node, len(node.blocks), self.tick), id(node), node))
+            else:
+                parent = self._remove_leaf(node)
+                if parent is not None and parent.lock == 0:
+                    heapq.heappush(heap, (policy.key(parent, len(parent.blocks), self.tick), id(parent), parent))
+        self.evicted_blocks += freed
+        return freed
+
+    def _blocks_to_cut(self, node: Node, need: int, policy: RetentionPolicy, next_key: object) -> int:
+        """Tail blocks of ``node`` to evict now: the c-th tail block goes too while it, as the node's tail
+        (``key(node, size - c + 1)``), ranks no higher than the next candidate. Binary search: keys never
+        decrease as a node is cut (the policy contract), so this costs O(log blocks) key calls."""
+        size = len(node.blocks)
+        lo, hi = 1, min(need, size)
+        if next_key is None:
+            return hi
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if policy.key(node, size - mid + 1, self.tick) <= next_key:  # type: ignore[operator]
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _truncate(self, node: Node, cut: int) -> int:
+        keep = len(node.blocks) - cut
+        for b in node.blocks[keep:]:
+            freed = self.pool.unref(b)
+            assert freed, f"evicted block {b} is still referenced by a request"
+        del node.blocks[keep:]
+        self.cached_hashes.difference_update(node.hashes[keep:])
+        del node.hashes[keep:]
+        node.tokens = node.tokens[: keep * self.block_size]
+        self.cached_blocks -= cut
+        self.version += 1
+        return cut
+
+    def _remove_leaf(self, node: Node) -> Node | None:
+        """Detach an emptied leaf; returns its parent if that became an evictable leaf."""
+        parent = node.parent
+        assert parent is not None and not node.children
+        del parent.children[node.edge]
+        self._leaves.discard(node)
+        if parent.parent is not None and not parent.children:
+            self._leaves.add(parent)
+            return parent
+        return None
+
+    # ---------------------------------------------------------------- introspection
+    def nodes(self) -> Iterator[Node]:
+        """Every non-root node, parents before children."""
+        stack = list(self._roots.values())
+        while stack:
+            node = stack.pop()
+            if node.parent is not None:
+                yield node
+            stack.extend(node.children.values())
+
+    def namespaces(self) -> list[str]:
+        return list(self._roots)
+
+    def node_count(self) -> int:
+        return sum(1 for _ in self.nodes())
+
+    def check_integrity(self) -> set[int]:
+        """Check the invariants in the class docstring; returns the set of cached blocks.
+        Raises AssertionError on the first violation. O(nodes + blocks)."""
+        seen: set[int] = set()
+        leaves: set[Node] = set()
+        for node in self.nodes():
+            self._check_node(node, seen)
+            if not node.children:
+                leaves.add(node)
+        for root in self._roots.values():
+            assert root.lock == 0 and not root.blocks, "roots hold no blocks and no locks"
+        assert leaves == self._leaves, "leaf set out of date"
+        assert len(seen) == self.cached_blocks, "cached block count out of date"
+        assert len(self.cached_hashes) == self.cached_blocks, "cached hash set out of date"
+        return seen
+
+    def _check_node(self, node: Node, seen: set[int]) -> None:
+        bs, parent = self.block_size, node.parent
+        assert parent is not None and parent.children.get(node.edge) is node, "parent link broken"
+        assert node.blocks and len(node.tokens) == len(node.blocks) * bs == len(node.hashes) * bs
+        assert node.edge == node.tokens[:bs], "child key differs from the first block"
+        assert node.lock >= 0 and node.lock >= sum(c.lock for c in node.children.values()), "lock counts"
+        for b in node.blocks:
+            assert b not in seen, f"block {b} cached twice"
+            seen.add(b)
+            refs = self.pool.refcount(b)
+            assert refs >= 1, f"cached block {b} has no reference"
+            assert node.lock > 0 or refs == 1, f"unlocked cached block {b} is referenced by a request"

@@ -1,0 +1,77 @@
+"""Radix tree structure, namespaces, pool, statistics and the Belady bound."""
+
+from __future__ import annotations
+
+import pytest
+
+from prism_cache import BlockPool, CacheStats, RadixAllocator
+from prism_cache.belady import belady_hits
+
+
+def test_pool_reserves_block_zero_and_refuses_negative_counts() -> None:
+    pool = BlockPool(4)
+    assert pool.allocate(4) is None and pool.allocate(3) == [1, 2, 3]
+    pool.ref(2)
+    assert not pool.unref(2) and pool.unref(2) and pool.free_count == 1
+    with pytest.raises(ValueError):
+        pool.unref(2)
+    pool.check_integrity()
+
+
+def test_match_splits_inside_a_node_and_keeps_the_lower_handle() -> None:
+    a = RadixAllocator(16, 2, "lru")
+    first = a.allocate(6, "", (1, 1, 2, 2, 3, 3))
+    assert first is not None
+    a.release(first, (1, 1, 2, 2, 3, 3))
+    (leaf,) = list(a.tree.nodes())
+    second = a.allocate(6, "", (1, 1, 2, 2, 9, 9))
+    assert second is not None and second.prefix_len == 4
+    assert second.node is leaf.parent and leaf.tokens == (3, 3) and leaf.lock == 0 and second.node.lock == 1
+    a.release(second, (1, 1, 2, 2, 9, 9))
+    assert a.tree.node_count() == 3
+    a.check_integrity()
+
+
+def test_namespaces_never_share_nodes() -> None:
+    a = RadixAllocator(32, 2, "dart")
+    prompt = (1, 1, 2, 2)
+    for ns in ("tenant-a", "tenant-b"):
+        got = a.allocate(5, ns, prompt)
+        assert got is not None and got.prefix_len == 0
+        a.release(got, prompt)
+    blocks_by_ns = {ns: [b for n in _nodes_of(a, ns) for b in n] for ns in ("tenant-a", "tenant-b")}
+    assert len(blocks_by_ns["tenant-a"]) == 2 and not set(blocks_by_ns["tenant-a"]) & set(blocks_by_ns["tenant-b"])
+    again = a.allocate(5, "tenant-b", prompt)
+    assert again is not None and again.prefix_len == 4 and set(again.blocks[:2]) == set(blocks_by_ns["tenant-b"])
+    assert a.tree.peek("tenant-c", prompt) == (None, 0)
+    a.check_integrity()
+
+
+def _nodes_of(a: RadixAllocator, namespace: str) -> list[list[int]]:
+    stack, out = [a.tree.root(namespace)], []
+    while stack:
+        node = stack.pop()
+        out.append(node.blocks)
+        stack.extend(node.children.values())
+    return out
+
+
+def test_stats_per_namespace_and_total() -> None:
+    stats = CacheStats()
+    stats.record("a", 10, 4)
+    stats.record("b", 10, 0)
+    assert (stats.total.queried, stats.total.hit, stats.by_namespace["a"].hit_rate) == (20, 4, 0.4)
+    with pytest.raises(ValueError):
+        stats.record("a", 3, 4)
+
+
+def test_belady_evicts_the_furthest_next_use() -> None:
+    seq = [[("a", 1)], [("b", 1)], [("c", 1)], [("a", 1)], [("b", 1)], [("c", 1)], [("a", 1)]]
+    # capacity 2: after c arrives, keep a and b (used next), drop c; then a, b hit; c misses, a hits
+    assert belady_hits(seq, 2) == [0, 0, 0, 1, 1, 0, 1]
+
+
+def test_belady_counts_only_the_exact_prefix_and_evicts_tails_first() -> None:
+    seq = [[("p", 2), ("x", 2)], [("p", 2), ("y", 2)], [("p", 2), ("x", 2)]]
+    assert belady_hits(seq, 4) == [0, 2, 4]
+    assert belady_hits([[("q", 1), ("r", 1)], [("z", 1), ("r", 1)]], 4) == [0, 0]

@@ -1,0 +1,78 @@
+"""Chat templates from ``tokenizer_config.json``, rendered in a sandboxed Jinja environment as TGI does.
+
+Variables: ``messages``, ``bos_token``, ``eos_token``, ``add_generation_prompt``, ``tools``; functions
+``raise_exception(msg)`` and ``strftime_now(fmt)``. Any template failure raises :class:`ChatTemplateError`,
+which the HTTP layer turns into 422 ``template_error``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+class ChatTemplateError(Exception):
+    """A template that is missing, does not compile, or raised while rendering."""
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateError(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _tojson(value: Any, indent: int | None = None) -> str:
+    # NOTE: HF templates expect json.dumps semantics (no HTML escaping, non-ASCII kept), not Jinja's tojson.
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    env.filters["tojson"] = _tojson
+    return env
+
+
+class ChatTemplate:
+    """One compiled template plus the special tokens it may reference."""
+
+    def __init__(self, source: str, bos_token: str | None, eos_token: str | None) -> None:
+        try:
+            self._template = _environment().from_string(source)
+        except TemplateError as exc:
+            raise ChatTemplateError(str(exc)) from exc
+        self.bos_token = bos_token or ""
+        self.eos_token = eos_token or ""
+
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        try:
+            return self._template.render(
+                messages=[_flatten_content(m) for m in messages],
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+                add_generation_prompt=add_generation_prompt,
+                tools=tools,
+            )
+        except TemplateError as exc:
+            raise ChatTemplateError(str(exc)) from exc
+
+
+def _flatten_content(message: dict[str, Any]) -> dict[str, Any]:
+    """Text-only templates get chunked content (``[{"type":"text","text":..}]``) joined into one string."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    texts = [c.get("text", "") for c in content if isinstance(c, dict) and c.get("type") == "text"]
+    return {**message, "content": "".join(texts)}

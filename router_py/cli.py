@@ -1,0 +1,252 @@
+"""``prism-router`` / ``text-generation-router``: TGI's router command line, plus PRISM's scheduler flags.
+
+Every flag also reads its UPPER_SNAKE environment variable (``--max-input-tokens`` <- ``MAX_INPUT_TOKENS``);
+the command line wins. Startup order as TGI's: connect to the shards, ClearCache, Info, Warmup, and only then
+open the HTTP listener, so ``/health`` refuses connections until the model is ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from router_py.backend_config import BackendConfig
+from router_py.batcher import Batcher
+from router_py.config import RouterConfig
+from router_py.env_args import EnvArgs
+from router_py.infer_types import BackendInfo
+from router_py.metrics import Metrics
+from router_py.scheduling import SchedulerConfig
+from router_py.shard_client import ShardClient, ShardError
+from router_py.shard_types import ShardInfo
+from router_py.warmup import StartupError, handshake
+
+log = logging.getLogger("router_py")
+
+SCHEDULERS = ("fcfs", "lpm", "dfs-weight", "qas")
+CACHE_POLICIES = ("lru", "lfu", "hotprefix", "lookahead-lru", "dart")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = EnvArgs(argparse.ArgumentParser(prog="prism-router", description=__doc__.split("\n\n")[0]))
+    # ---- shards and model ----
+    p.add("--master-shard-uds-path", default="/tmp/text-generation-server-0")
+    p.add("--tokenizer-name", default="bigscience/bloom", help="local model folder with tokenizer.json")
+    p.add("--served-model-name", default=None, help="model id reported by /info and /v1/models")
+    # ---- HTTP ----
+    p.add("--hostname", default="0.0.0.0")
+    p.add("--port", type=int, default=3000)
+    p.add("--api-key", default=None)
+    p.add("--payload-limit", type=int, default=2_000_000)
+    p.add("--cors-allow-origin", action="append", default=None, help="repeatable (env: comma-separated)")
+    p.add("--tenant-header", default=None, help="request header naming the cache namespace (tenant)")
+    p.add("--json-output", action="store_true")
+    p.add("--otlp-endpoint", default=None)
+    p.add("--otlp-service-name", default="text-generation-inference.router")
+    # ---- validation limits ----
+    p.add("--max-concurrent-requests", type=int, default=128)
+    p.add("--max-best-of", type=int, default=2)
+    p.add("--max-stop-sequences", type=int, default=4)
+    p.add("--max-top-n-tokens", type=int, default=5)
+    p.add("--max-client-batch-size", type=int, default=4)
+    p.add("--max-input-tokens", type=int, default=None)
+    p.add("--max-total-tokens", type=int, default=None)
+    p.add("--disable-grammar-support", action="store_true")
+    # ---- batching ----
+    p.add("--max-batch-prefill-tokens", type=int, default=4096)
+    p.add("--max-batch-total-tokens", type=int, default=None)
+    p.add("--max-batch-size", type=int, default=None)
+    p.add("--waiting-served-ratio", type=float, default=1.2)
+    p.add("--max-waiting-tokens", type=int, default=20)
+    # ---- PRISM ----
+    p.add("--scheduler", choices=SCHEDULERS, default="qas")
+    p.add("--cache-policy", choices=CACHE_POLICIES, default="dart")
+    p.add("--no-prefix-cache", action="store_true", help="never reuse cached prompt blocks")
+    p.add("--scheduler-param", action="append", default=None, metavar="KEY=VALUE",
+          help="scheduler/policy knob, repeatable (env: comma-separated)")
+    return p.parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    try:
+        args.scheduler_params = parse_params(args.scheduler_param or [])
+    except ValueError as e:
+        build_parser().error(str(e))
+    return args
+
+
+def parse_params(items: Sequence[str]) -> dict[str, float]:
+    """``["k=1.5", "w=3"]`` -> ``{"k": 1.5, "w": 3.0}``; raises ValueError on a malformed item."""
+    params: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            params[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise ValueError(f"--scheduler-param expects KEY=NUMBER, got {item!r}")
+    return params
+
+
+def bind_host(hostname: str) -> str:
+    """TGI's rule: a HOSTNAME that is not an IP address (Docker sets the container name) binds 0.0.0.0."""
+    try:
+        ipaddress.ip_address(hostname)
+    except ValueError:
+        log.warning("invalid hostname %r (not an IP address), defaulting to 0.0.0.0", hostname)
+        return "0.0.0.0"
+    return hostname
+
+
+# ---- wiring ----------------------------------------------------------------------------------------------
+
+
+def backend_config(args: argparse.Namespace) -> BackendConfig:
+    return BackendConfig(
+        max_input_tokens=args.max_input_tokens,
+        max_total_tokens=args.max_total_tokens,
+        max_batch_prefill_tokens=args.max_batch_prefill_tokens,
+        max_batch_total_tokens=args.max_batch_total_tokens,
+        max_batch_size=args.max_batch_size,
+        waiting_served_ratio=args.waiting_served_ratio,
+        max_waiting_tokens=args.max_waiting_tokens,
+    )
+
+
+def scheduler_config(args: argparse.Namespace, info: BackendInfo, shard: ShardInfo) -> SchedulerConfig:
+    return SchedulerConfig(
+        scheduler=args.scheduler,
+        cache_policy=args.cache_policy,
+        prefix_caching=shard.use_prefix_caching and not args.no_prefix_cache,
+        num_blocks=None if shard.requires_padding else info.max_batch_total_tokens // shard.block_size,
+        block_size=shard.block_size,
+        speculate=shard.speculate,
+        support_chunking=shard.support_chunking,
+        params=args.scheduler_params,
+    )
+
+
+def router_config(args: argparse.Namespace, info: BackendInfo) -> RouterConfig:
+    origins = tuple(o for item in args.cors_allow_origin or [] for o in item.split(",") if o)
+    return RouterConfig(
+        model_id=args.served_model_name or args.tokenizer_name,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_best_of=args.max_best_of,
+        max_stop_sequences=args.max_stop_sequences,
+        max_top_n_tokens=args.max_top_n_tokens,
+        max_input_tokens=info.max_input_tokens,
+        max_total_tokens=info.max_total_tokens,
+        max_batch_prefill_tokens=args.max_batch_prefill_tokens,
+        max_batch_total_tokens=info.max_batch_total_tokens,
+        max_batch_size=args.max_batch_size,
+        waiting_served_ratio=args.waiting_served_ratio,
+        max_waiting_tokens=args.max_waiting_tokens,
+        max_client_batch_size=args.max_client_batch_size,
+        payload_limit=args.payload_limit,
+        api_key=args.api_key,
+        cors_allow_origin=origins,
+        compute_type=os.environ.get("COMPUTE_TYPE", "gpu+optimized"),
+        disable_grammar_support=args.disable_grammar_support,
+        tenant_header=args.tenant_header,
+        scheduler=args.scheduler,
+        cache_policy=args.cache_policy,
+        prefix_caching=not args.no_prefix_cache,
+        scheduler_params=args.scheduler_params,
+        docker_label=os.environ.get("DOCKER_LABEL"),
+    )
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Connect, warm up, then serve HTTP until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from router_py.schedulers import make_scheduler
+    from router_py.server import create_app
+    from router_py.tokenizer import Tokenizer
+    from router_py.tracing import setup_tracing
+
+    setup_tracing(args.otlp_endpoint, args.otlp_service_name)
+    if not (Path(args.tokenizer_name) / "tokenizer.json").is_file():
+        raise StartupError(f"--tokenizer-name {args.tokenizer_name!r} is not a local model folder with tokenizer.json")
+    tokenizer = Tokenizer.from_model_dir(args.tokenizer_name)
+    client = await _connect(args.master_shard_uds_path)
+    config = backend_config(args)
+    info, shard = await handshake(client, config)
+    log.info("warmup done: %s", info)
+    metrics = Metrics(info.max_input_tokens, info.max_total_tokens)
+    scheduler = make_scheduler(scheduler_config(args, info, shard))
+    batcher = Batcher(client, info, config, scheduler, metrics, tokenizer.encode)
+    batcher.start()
+    app = create_app(batcher, tokenizer, router_config(args, info), metrics)
+    host = bind_host(args.hostname)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=args.port, log_config=None, access_log=False))
+    log.info("serving on http://%s:%d", host, args.port)
+    # NOTE: uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that was
+    # installed before it; this one lets the router exit 0 after that graceful stop, as TGI's does.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        await server.serve()
+    finally:
+        await batcher.stop()
+        await client.close()
+    return 0
+
+
+async def _connect(path: str) -> ShardClient:
+    try:
+        return await ShardClient.connect(path)
+    except ShardError as e:
+        raise StartupError(
+            f"cannot reach the master shard at {path} ({e.details}); is it running, and does it speak "
+            "generate.v3? (Server does not support v3 interface)"
+        ) from e
+
+
+# ---- logging ---------------------------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "timestamp": self.formatTime(record), "level": record.levelname, "target": record.name,
+            "fields": {"message": record.getMessage()},
+        }
+        if record.exc_info:
+            out["fields"]["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(json_output: bool) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(JsonFormatter() if json_output else logging.Formatter(fmt))
+    level = os.environ.get("LOG_LEVEL", "info").upper()
+    logging.basicConfig(level=level if level in ("DEBUG", "INFO", "WARNING", "WARN", "ERROR") else "INFO",
+                        handlers=[handler])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.json_output)
+    try:
+        return asyncio.run(serve(args))
+    except (StartupError, ShardError, ValueError) as e:
+        log.error("router failed to start: %s", e)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""Prometheus metrics in TGI's names and rendering (tgi-compat 3.9), written by hand.
+
+Counters keep their raw names (no ``_total``); histograms with configured buckets (every ``*duration``,
+``tgi_request_input_length``, ``tgi_request_generated_tokens``, ``tgi_request_max_new_tokens``,
+``tgi_batch_next_size``) render as ``_bucket``/``_sum``/``_count``; any other observed name renders as a
+summary with quantiles, as metrics-exporter-prometheus does. Everything runs on one asyncio loop, so plain
+dicts suffice.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+LabelKey = tuple[tuple[str, str], ...]
+
+SUMMARY_QUANTILES = (0.0, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0)
+SUMMARY_WINDOW = 4096  # NOTE: recent observations kept per summary series; quantiles are over this window
+
+
+def duration_buckets() -> list[float]:
+    """35 geometric buckets from 0.00015 s, factor 1.5."""
+    return [0.00015 * 1.5**i for i in range(35)]
+
+
+def linear_buckets(upper: int, count: int = 100) -> list[float]:
+    return [upper / count * (i + 1) for i in range(count)]
+
+
+@dataclass
+class _Histogram:
+    bounds: list[float]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    n: int = 0
+
+    def observe(self, value: float) -> None:
+        if not self.counts:
+            self.counts = [0] * len(self.bounds)
+        i = bisect.bisect_left(self.bounds, value)
+        if i < len(self.counts):
+            self.counts[i] += 1
+        self.total += value
+        self.n += 1
+
+
+@dataclass
+class _Summary:
+    values: deque[float] = field(default_factory=lambda: deque(maxlen=SUMMARY_WINDOW))
+    total: float = 0.0
+    n: int = 0
+
+    def observe(self, value: float) -> None:
+        self.values.append(value)
+        self.total += value
+        self.n += 1
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.values)
+        if not ordered:
+            return 0.0
+        return ordered[min(len(ordered) - 1, int(math.ceil(q * len(ordered))) - 1 if q > 0 else 0)]
+
+
+class Metrics:
+    """The process's metric registry: ``inc`` counters, ``set`` gauges, ``observe`` histograms/summaries.
+
+    ``max_input_tokens``/``max_total_tokens`` size the linear token-count buckets as TGI does; names and label
+    values are the caller's (see tgi-compat 3.9 for TGI's fixed set).
+    """
+
+    def __init__(self, max_input_tokens: int = 4095, max_total_tokens: int = 4096) -> None:
+        self._bucket_rules: dict[str, list[float]] = {
+            "tgi_request_input_length": linear_buckets(max_input_tokens),
+            "tgi_request_generated_tokens": linear_buckets(max_total_tokens),
+            "tgi_request_max_new_tokens": linear_buckets(max_total_tokens),
+            "tgi_batch_next_size": [float(i + 1) for i in range(1024)],
+        }
+        self._counters: dict[str, dict[LabelKey, float]] = {}
+        self._gauges: dict[str, dict[LabelKey, float]] = {}
+        self._histograms: dict[str, dict[LabelKey, _Histogram]] = {}
+        self._summaries: dict[str, dict[LabelKey, _Summary]] = {}
+
+    def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
+        series = self._counters.setdefault(name, {})
+        key = _key(labels)
+        series[key] = series.get(key, 0.0) + value
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        self._gauges.setdefault(name, {})[_key(labels)] = value
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        bounds = self._buckets_for(name)
+        if bounds is None:
+            self._summaries.setdefault(name, {}).setdefault(_key(labels), _Summary()).observe(value)
+        else:
+            self._histograms.setdefault(name, {}).setdefault(_key(labels), _Histogram(bounds)).observe(value)
+
+    def value(self, name: str, **labels: str) -> float:
+        """A counter's or gauge's current value (0 when never touched); for tests and /health probes."""
+        key = _key(labels)
+        return self._counters.get(name, {}).get(key, self._gauges.get(name, {}).get(key, 0.0))
+
+    def render(self) -> str:
+        """Prometheus text exposition format 0.0.4."""
+        parts: list[str] = []
+        for name in sorted(self._counters):
+            parts.append(_render_simple(name, "counter", self._counters[name]))
+        for name in sorted(self._gauges):
+            parts.append(_render_simple(name, "gauge", self._gauges[name]))
+        for name in sorted(self._histograms):
+            parts.append(_render_histogram(name, self._histograms[name]))
+        for name in sorted(self._summaries):
+            parts.append(_render_summary(name, self._summaries[name]))
+        return "\n".join(parts)
+
+    def _buckets_for(self, name: str) -> list[float] | None:
+        if name in self._bucket_rules:
+            return self._bucket_rules[name]
+        if name.endswith("duration"):
+            return duration_buckets()
+        return None
+
+
+def _key(labels: dict[str, str]) -> LabelKey:
+    return tuple(sorted((k, str(v)) for k, v in labels.items()))
+
+
+def _fmt_labels(key: LabelKey, extra: tuple[str, str] | None = None) -> str:
+    pairs = list(key) + ([extra] if extra else [])
+    if not pairs:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+    return "{" + inner + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == int(value) and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
+
+
+def _render_simple(name: str, kind: str, series: dict[LabelKey, float]) -> str:
+    lines = [f"# TYPE {name} {kind}"]
+    lines += [f"{name}{_fmt_labels(key)} {_num(v)}" for key, v in sorted(series.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _render_histogram(name: str, series: dict[LabelKey, _Histogram]) -> str:
+    lines = [f"# TYPE {name} histogram"]
+    for key, hist in sorted(series.items(), key=lambda kv: kv[0]):
+        running = 0
+        for bound, count in zip(hist.bounds, hist.counts):
+            running += count
+            lines.append(f"{name}_bucket{_fmt_labels(key, ('le', _num(bound)))} {running}")
+        lines.append(f"{name}_bucket{_fmt_labels(key, ('le', '+Inf'))} {hist.n}")
+        lines.append(f"{name}_sum{_fmt_labels(key)} {_num(hist.total)}")
+        lines.append(f"{name}_count{_fmt_labels(key)} {hist.n}")
+    return "\n".join(lines) + "\n"
+
+
+def _render_summary(name: str, series: dict[LabelKey, _Summary]) -> str:
+    lines = [f"# TYPE {name} summary"]
+    for key, summ in sorted(series.items(), key=lambda kv: kv[0]):
+        for q in SUMMARY_QUANTILES:
+            lines.append(f"{name}{_fmt_labels(key, ('quantile', _num(q)))} {_num(summ.quantile(q))}")
+        lines.append(f"{name}_sum{_fmt_labels(key)} {_num(summ.total)}")
+        lines.append(f"{name}_count{_fmt_labels(key)} {summ.n}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,89 @@
+"""Server-sent events: TGI's ``data:{json}`` (no space), the OpenAI routes' ``data: {json}`` and ``data:
+[DONE]``, and a keep-alive comment every 15 s while the producer is silent (axum's default)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+KEEP_ALIVE_SECONDS = 15.0
+KEEP_ALIVE = ":\n\n"
+OPENAI_DONE = "data: [DONE]\n\n"
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def tgi_event(obj: Any) -> str:
+    return f"data:{_dumps(obj)}\n\n"
+
+
+def openai_event(obj: Any) -> str:
+    return f"data: {_dumps(obj)}\n\n"
+
+
+async def with_keep_alive(
+    events: AsyncIterator[str], every: float = KEEP_ALIVE_SECONDS
+) -> AsyncIterator[str]:
+    """Forward ``events``, inserting a comment line when none came for ``every`` seconds.
+
+    NOTE: ``events`` runs start to end in ONE producer task (so context variables, e.g. a tracing span, stay
+    attached to one context); closing this generator (client disconnect) cancels that task, which closes
+    ``events`` and with it the backend's request."""
+    queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
+
+    async def pump() -> None:
+        async for item in events:
+            await queue.put(item)
+
+    producer = asyncio.ensure_future(pump())
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait(
+                {getter, producer}, timeout=every, return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter in done:
+                yield getter.result()
+                continue
+            getter.cancel()
+            if producer in done:
+                while not queue.empty():
+                    yield queue.get_nowait()
+                producer.result()
+                return
+            yield KEEP_ALIVE
+    finally:
+        producer.cancel()
+        await asyncio.gather(producer, return_exceptions=True)
+
+
+class EventStreamResponse(StreamingResponse):
+    """A streaming response that always watches for ``http.disconnect`` (whatever the server's ASGI version)
+    and always closes its iterator, so an abandoned stream stops generating at once."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def stream(cancel: anyio.CancelScope) -> None:
+            with contextlib.suppress(OSError):
+                await self.stream_response(send)
+            cancel.cancel()
+
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(stream, group.cancel_scope)
+                await self.listen_for_disconnect(receive)
+                group.cancel_scope.cancel()
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+def sse_response(events: AsyncIterator[str], headers: dict[str, str]) -> StreamingResponse:
+    return EventStreamResponse(with_keep_alive(events), media_type="text/event-stream", headers=headers)

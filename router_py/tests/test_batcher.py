@@ -1,0 +1,283 @@
+"""The batching loop against fake shards over real Unix-socket gRPC, with a real scheduler wrapped in
+:class:`RecordingScheduler` (which asserts the admit/release contract on every call)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from router_py.backend_config import BackendConfig
+from router_py.batcher import Batcher
+from router_py.infer_types import (
+    EndEvent,
+    InferError,
+    InferEvent,
+    PrefillTokens,
+    SamplingParams,
+    StoppingParams,
+    TokenEvent,
+    ValidRequest,
+)
+from router_py.metrics import Metrics
+from router_py.scheduling import BatchPlan, SchedulerConfig
+from router_py.schedulers import make_scheduler
+from router_py.shard_client import ShardClient
+from router_py.shard_types import U64_MAX
+from router_py.tests.fake_shard import FakeCluster, FakeOptions
+from router_py.tests.recording_scheduler import RecordingScheduler
+from router_py.warmup import handshake
+
+
+def encode(text: str, add_special_tokens: bool = True) -> list[int]:
+    """The fake shard's tokenization: one token per word."""
+    return [len(w) + 3 * i % 7 for i, w in enumerate(text.split())]
+
+
+def request(prompt: str, max_new_tokens: int = 8, **kw) -> ValidRequest:
+    ids = tuple(encode(prompt))
+    stop = kw.pop("stop", ())
+    return ValidRequest(
+        inputs=prompt, input_ids=ids, truncate=kw.pop("truncate", len(ids)), sampling=SamplingParams(),
+        stopping=StoppingParams(max_new_tokens=max_new_tokens, stop_sequences=stop), **kw,
+    )
+
+
+@dataclasses.dataclass
+class Stack:
+    cluster: FakeCluster
+    client: ShardClient
+    batcher: Batcher
+    scheduler: RecordingScheduler
+    metrics: Metrics
+    plans: list[BatchPlan]
+
+    @property
+    def shard(self):
+        return self.cluster.shards[0]
+
+
+async def make_stack(
+    tmp: Path, options: FakeOptions | None = None, world: int = 1, **config_kw
+) -> Stack:
+    options = options or FakeOptions()
+    cluster = await FakeCluster(str(tmp / "shard"), world, options).start()
+    client = await ShardClient.connect(cluster.master_path)
+    config = BackendConfig(**{"max_input_tokens": 2000, "max_total_tokens": 4000, **config_kw})
+    info, shard = await handshake(client, config)
+    num_blocks = None if shard.requires_padding else info.max_batch_total_tokens // shard.block_size
+    inner = make_scheduler(SchedulerConfig(
+        scheduler="fcfs", cache_policy="lru", num_blocks=num_blocks, block_size=shard.block_size,
+        support_chunking=shard.support_chunking,
+    ))
+    scheduler, metrics, plans = RecordingScheduler(inner), Metrics(), []
+    batcher = Batcher(client, info, config, scheduler, metrics, encode, on_plan=plans.append)
+    batcher.start()
+    return Stack(cluster, client, batcher, scheduler, metrics, plans)
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    s = await make_stack(tmp_path)
+    yield s
+    await close(s)
+
+
+async def close(s: Stack) -> None:
+    await s.batcher.stop()
+    await s.client.close()
+    await s.cluster.stop()
+
+
+async def collect(batcher: Batcher, req: ValidRequest) -> list[InferEvent]:
+    return [e async for e in batcher.generate_stream(req)]
+
+
+async def drained(s: Stack) -> None:
+    """Wait until the loop released everything, the shard holds no batch and the metrics say so."""
+    for _ in range(200):
+        idle = s.metrics.value("tgi_batch_current_size") == 0
+        if idle and not s.scheduler.live and not any(sh.batches for sh in s.cluster.shards):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not drained: live={s.scheduler.live} batches={s.shard.batches}")
+
+
+def text_of(events: list[InferEvent]) -> str:
+    return "".join(e.token.text for e in events if isinstance(e, TokenEvent))
+
+
+async def test_generates_tokens_then_end_event_and_releases(stack: Stack) -> None:
+    events = await collect(stack.batcher, request("a b c d", max_new_tokens=5))
+    assert [type(e) for e in events] == [TokenEvent] * 4 + [EndEvent]
+    end = events[-1]
+    assert isinstance(end, EndEvent)
+    assert (end.generated_tokens, end.finish_reason, end.seed) == (5, "length", None)
+    assert end.generated_text == text_of(events)
+    assert end.started_at >= end.queued_at > 0
+    await drained(stack)
+    sent = stack.shard.received[-1]
+    assert sent.cache_len == 0 and len(sent.slots) == 4 + 5 - 1 and list(sent.blocks)
+    assert 'prism_prefix_cache_blocks{state="in_use"} 0' in stack.metrics.render()
+
+
+async def test_concurrent_requests_match_their_solo_text(stack: Stack) -> None:
+    prompts = [(f"p{i} " * (i % 5 + 1), 3 + i % 7) for i in range(24)]
+    solo = [text_of(await collect(stack.batcher, request(p, n))) for p, n in prompts]
+    together = await asyncio.gather(*(collect(stack.batcher, request(p, n)) for p, n in prompts))
+    assert [text_of(evs) for evs in together] == solo
+    await drained(stack)
+    assert "FilterBatch" in stack.shard.calls  # shorter requests were filtered out of running batches
+
+
+async def test_stop_sequence_finishes_with_stop_reason(stack: Stack) -> None:
+    first = text_of(await collect(stack.batcher, request("x y", max_new_tokens=3)))
+    events = await collect(stack.batcher, request("x y", max_new_tokens=10, stop=(first.split()[-1],)))
+    end = events[-1]
+    assert isinstance(end, EndEvent) and end.finish_reason == "stop_sequence" and end.generated_tokens == 3
+
+
+async def test_long_generation_continues_past_1024_in_one_stream(stack: Stack) -> None:
+    events = await collect(stack.batcher, request("go on", max_new_tokens=1030))
+    end = events[-1]
+    assert isinstance(end, EndEvent)
+    assert end.generated_tokens == 1030 == len(events)
+    assert end.generated_text == text_of(events)
+    first, second = stack.shard.received[-2:]
+    assert first.stopping_parameters.max_new_tokens == 1024
+    assert second.stopping_parameters.max_new_tokens == 6
+    assert second.input_chunks.chunks[0].text == "go on" + text_of(events[:1024])
+    assert second.parameters.seed == first.parameters.seed
+    await drained(stack)
+
+
+async def test_client_gone_mid_stream_is_dropped_and_released(tmp_path: Path) -> None:
+    s = await make_stack(tmp_path, FakeOptions(step_delay_s=0.005))
+    try:
+        keep = asyncio.create_task(collect(s.batcher, request("stay here", max_new_tokens=30)))
+        stream = s.batcher.generate_stream(request("leave now", max_new_tokens=30))
+        for _ in range(3):
+            await stream.__anext__()
+        await stream.aclose()
+        events = await keep
+        assert isinstance(events[-1], EndEvent) and events[-1].generated_tokens == 30
+        await drained(s)
+        assert s.metrics.value("tgi_request_failure", err="dropped") == 1
+        assert len(s.scheduler.released) == 2
+    finally:
+        await close(s)
+
+
+async def test_client_gone_while_queued_is_cancelled(tmp_path: Path) -> None:
+    s = await make_stack(tmp_path, FakeOptions(step_delay_s=0.005), max_batch_size=1)
+    try:
+        running = asyncio.create_task(collect(s.batcher, request("first one", max_new_tokens=60)))
+        waiting = s.batcher.generate_stream(request("second one", max_new_tokens=20))
+        pending = asyncio.ensure_future(waiting.__anext__())
+        await asyncio.sleep(0.03)
+        pending.cancel()
+        await asyncio.gather(pending, return_exceptions=True)
+        await waiting.aclose()
+        await running
+        await drained(s)
+        assert s.scheduler.cancelled == [1] and s.scheduler.released == [0]
+    finally:
+        await close(s)
+
+
+async def test_shard_error_fails_the_batch_and_health_probes(stack: Stack) -> None:
+    stack.shard.fail_next.add("Decode")
+    with pytest.raises(InferError) as err:
+        await collect(stack.batcher, request("a b", max_new_tokens=4))
+    assert err.value.error_type == "generation"
+    assert err.value.message == "Request failed during generation: Server error: injected Decode failure"
+    await drained(stack)
+    assert await stack.batcher.health()
+    probe = stack.shard.received[-1]
+    assert (probe.id, list(probe.blocks), list(probe.slots)) == (U64_MAX, [0], [0])
+    calls = len(stack.shard.calls)
+    assert await stack.batcher.health()
+    assert stack.shard.calls[calls:] == ["Health"]
+    events = await collect(stack.batcher, request("a b", max_new_tokens=4))
+    assert isinstance(events[-1], EndEvent)
+
+
+async def test_failed_probe_keeps_unhealthy(stack: Stack) -> None:
+    stack.shard.fail_next.add("Prefill")
+    with pytest.raises(InferError):
+        await collect(stack.batcher, request("a b", max_new_tokens=4))
+    stack.shard.fail_next.add("Prefill")
+    assert not await stack.batcher.health()
+    assert await stack.batcher.health()
+
+
+async def test_padded_shard_without_blocks_concatenates_batches(tmp_path: Path) -> None:
+    opts = FakeOptions(requires_padding=True, support_chunking=False, step_delay_s=0.002)
+    s = await make_stack(tmp_path, opts, waiting_served_ratio=0.0, max_batch_prefill_tokens=2000)
+    try:
+        assert s.batcher.info.max_batch_total_tokens == 16000
+        first = asyncio.create_task(collect(s.batcher, request("one two", max_new_tokens=100)))
+        await asyncio.sleep(0.02)
+        second = await collect(s.batcher, request("three four", max_new_tokens=5))
+        assert isinstance(second[-1], EndEvent) and isinstance((await first)[-1], EndEvent)
+        assert all(not r.blocks and not r.slots for r in s.shard.received)
+        assert s.metrics.value("tgi_batch_concat", reason="backpressure") >= 1
+        await drained(s)
+    finally:
+        await close(s)
+
+
+async def test_chunked_prompt_gets_chunk_len_and_completes(tmp_path: Path) -> None:
+    s = await make_stack(tmp_path, max_batch_prefill_tokens=32, max_input_tokens=100, max_total_tokens=200)
+    try:
+        events = await collect(s.batcher, request("w " * 50, max_new_tokens=4))
+        assert isinstance(events[-1], EndEvent) and events[-1].generated_tokens == 4
+        sent = s.shard.received[-1]
+        assert sent.HasField("chunk_len") and sent.cache_len + sent.chunk_len < 50
+        await drained(s)
+    finally:
+        await close(s)
+
+
+async def test_two_shards_merge_generations(tmp_path: Path) -> None:
+    s = await make_stack(tmp_path, world=2)
+    try:
+        results = await asyncio.gather(*(collect(s.batcher, request(f"q {i}", 6)) for i in range(5)))
+        assert all(isinstance(r[-1], EndEvent) and len(r) == 6 for r in results)
+        await drained(s)
+    finally:
+        await close(s)
+
+
+async def test_decoder_input_details_streams_prefill_tokens_first(stack: Stack) -> None:
+    events = await collect(stack.batcher, request("a b", max_new_tokens=2, decoder_input_details=True))
+    assert isinstance(events[0], PrefillTokens)
+    assert events[0].tokens[0].logprob is None and events[0].tokens[1].logprob == -1.0
+    assert stack.scheduler.enqueued[-1].use_prefix_cache is False
+
+
+async def test_on_plan_sees_every_admission_and_metrics_are_recorded(stack: Stack) -> None:
+    await collect(stack.batcher, request("a b c", max_new_tokens=2, top_n_tokens=1))
+    await drained(stack)
+    assert [a.request.id for p in stack.plans for a in p.admissions] == [0]
+    text = stack.metrics.render()
+    for name in ("prism_prefix_cache_queried_tokens", "prism_prefix_cache_hit_tokens",
+                 "prism_prefix_cache_evictions", 'prism_prefix_cache_blocks{state="free"}',
+                 "tgi_batch_max_total_tokens", 'tgi_batch_inference_success{method="decode"}',
+                 "tgi_batch_current_size", "tgi_queue_size"):
+        assert name in text
+    stats = stack.scheduler.cache_stats()
+    assert stack.metrics.value("prism_prefix_cache_queried_tokens") == stats["prompt_tokens_queried"]
+    assert stack.metrics.value("prism_prefix_cache_blocks", state="free") == stats["blocks_free"]
+
+
+async def test_eos_token_finishes_with_eos_reason(stack: Stack) -> None:
+    first = await collect(stack.batcher, request("e o s", max_new_tokens=6))
+    ids = [e.token.id for e in first if isinstance(e, TokenEvent)]
+    stack.shard.options.eos_token_id = ids[2]
+    events = await collect(stack.batcher, request("e o s", max_new_tokens=6))
+    end = events[-1]
+    assert isinstance(end, EndEvent) and (end.finish_reason, end.generated_tokens) == ("eos_token", 3)

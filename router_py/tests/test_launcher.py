@@ -1,0 +1,149 @@
+"""Router and launcher command lines (flags, env fallbacks, forwarding), model resolution and the process
+supervision rules (a dying child stops everything with a non-zero exit)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from router_py import cli, launcher, model_source
+from router_py.model_source import ModelSourceError, resolve_model
+from router_py.process_group import ProcessGroup
+
+
+def test_router_flags_read_env_and_command_line_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_INPUT_TOKENS", "100")
+    monkeypatch.setenv("JSON_OUTPUT", "true")
+    monkeypatch.setenv("SCHEDULER", "lpm")
+    monkeypatch.setenv("SCHEDULER_PARAM", "hot_lane=0.5,window=8")
+    args = cli.parse_args(["--scheduler", "fcfs", "--max-total-tokens", "300"])
+    assert (args.max_input_tokens, args.max_total_tokens, args.json_output) == (100, 300, True)
+    assert args.scheduler == "fcfs" and args.cache_policy == "dart"
+    assert args.scheduler_params == {"hot_lane": 0.5, "window": 8.0}
+
+
+@pytest.mark.parametrize(("env", "value"), [("MAX_BATCH_SIZE", "many"), ("CACHE_POLICY", "fifo")])
+def test_bad_env_values_are_rejected(monkeypatch: pytest.MonkeyPatch, env: str, value: str) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(SystemExit):
+        cli.parse_args([])
+
+
+@pytest.mark.parametrize("item", ["novalue", "=3", "k=abc"])
+def test_scheduler_param_must_be_key_number(item: str) -> None:
+    with pytest.raises(ValueError, match="KEY=NUMBER"):
+        cli.parse_params([item])
+
+
+def test_hostname_that_is_not_an_ip_binds_all_interfaces() -> None:
+    assert cli.bind_host("3f2a9c1d0e7b") == "0.0.0.0"
+    assert cli.bind_host("127.0.0.1") == "127.0.0.1" and cli.bind_host("::1") == "::1"
+
+
+def test_launcher_forwards_router_and_shard_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_CONCURRENT_REQUESTS", "7")
+    args = launcher.build_parser().parse_args([
+        "--port", "8080", "--num-shard", "2", "--shard-uds-path", "/tmp/x", "--num-blocks", "64",
+        "--scheduler", "qas", "--no-prefix-cache", "--scheduler-param", "k=2", "--api-key", "secret",
+    ])
+    router = launcher.router_command(args, "/models/m", "org/m")
+    joined = " ".join(router)
+    for part in ("--master-shard-uds-path /tmp/x-0", "--tokenizer-name /models/m", "--served-model-name org/m",
+                 "--port 8080", "--max-concurrent-requests 7", "--scheduler qas", "--no-prefix-cache",
+                 "--scheduler-param k=2", "--api-key secret", "--waiting-served-ratio 0.3"):
+        assert part in joined
+    shard = launcher.shard_command(args, "/models/m")
+    assert shard[1:5] == ["serve", "/models/m", "--uds-path", "/tmp/x"] and "--num-blocks" in shard
+    env = launcher.shard_env(args, 1)
+    assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_PORT"]) == ("1", "2", "29500")
+    assert launcher.socket_paths(args) == ["/tmp/x-0", "/tmp/x-1"]
+
+
+def test_local_folder_is_used_as_is(tmp_path: Path) -> None:
+    assert resolve_model(str(tmp_path)) == (str(tmp_path.resolve()), str(tmp_path))
+
+
+def test_hub_id_without_network_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelSourceError, match="could not be downloaded from the Hugging Face Hub"):
+        resolve_model("prism-test-org/no-such-model")
+
+
+def test_missing_local_path_is_not_taken_for_a_hub_id(tmp_path: Path) -> None:
+    with pytest.raises(ModelSourceError, match="neither a model folder nor a hub id"):
+        resolve_model(str(tmp_path / "absent"))
+
+
+def test_demo_model_is_built_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PRISM_CACHE_DIR", str(tmp_path))
+    built: list[list[str]] = []
+
+    def fake_build(cmd: list[str], check: bool) -> None:
+        built.append(cmd)
+        Path(cmd[1]).mkdir()
+        (Path(cmd[1]) / "config.json").write_text("{}")
+
+    monkeypatch.setattr(model_source.subprocess, "run", fake_build)
+    first = resolve_model(None)
+    second = resolve_model(None)
+    assert first == second == (str(tmp_path / "demo-llama-tiny"), "prism-demo-llama-tiny")
+    assert len(built) == 1 and built[0][2:] == ["--arch", "llama", "--size", "tiny"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo-llama-tiny"]
+
+
+def test_child_exit_stops_the_group_with_its_code() -> None:
+    group = ProcessGroup()
+    sleeper = group.spawn("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], {})
+    group.spawn("dies", [sys.executable, "-c", "raise SystemExit(3)"], {})
+    assert group.supervise() == 3
+    group.shutdown()
+    assert sleeper.returncode is not None
+
+
+def fake_shard_script(tmp_path: Path, body: str) -> Path:
+    script = tmp_path / "prism-shard"
+    script.write_text(f"#!{sys.executable}\nimport sys, time\n{body}\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_launcher_fails_when_a_shard_dies_before_ready(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    script = fake_shard_script(tmp_path, "sys.exit(2)")
+    monkeypatch.setattr(launcher, "executable", lambda name: str(script))
+    args = launcher.build_parser().parse_args(["--model-id", str(tmp_path), "--shard-uds-path",
+                                               str(tmp_path / "s")])
+    assert launcher.run(args) == 1
+
+
+def test_launcher_stops_shards_when_the_router_dies(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The fake shard makes its socket path (a plain file), so the router starts and fails to connect."""
+    script = fake_shard_script(tmp_path, "open(sys.argv[4] + '-0', 'w').close(); time.sleep(60)")
+    monkeypatch.setattr(launcher, "executable", lambda name: str(script))
+    args = launcher.build_parser().parse_args(["--model-id", str(tmp_path), "--shard-uds-path",
+                                               str(tmp_path / "s"), "--port", "1"])
+    assert launcher.run(args) == 1
+    assert subprocess.run(["pgrep", "-f", str(script)], capture_output=True, text=True).stdout == ""
+
+
+def test_router_wiring_builds_configs_from_flags_and_warmup() -> None:
+    from router_py.infer_types import BackendInfo
+    from router_py.shard_types import ShardInfo
+
+    args = cli.parse_args(["--tokenizer-name", "/m", "--no-prefix-cache", "--cors-allow-origin", "http://a,http://b",
+                           "--scheduler", "lpm", "--cache-policy", "lfu", "--scheduler-param", "w=4"])
+    info = BackendInfo(max_input_tokens=100, max_total_tokens=200, max_batch_total_tokens=3200, block_size=16,
+                       requires_padding=False, dtype="f32", device_type="cpu", support_chunking=True,
+                       use_prefix_caching=True)
+    shard = ShardInfo(requires_padding=False, dtype="f32", device_type="cpu", window_size=None, speculate=0,
+                      support_chunking=True, use_prefix_caching=True, attention_impl="paged", block_size=16)
+    sched = cli.scheduler_config(args, info, shard)
+    assert (sched.scheduler, sched.cache_policy, sched.num_blocks, sched.prefix_caching) == ("lpm", "lfu", 200, False)
+    assert sched.params == {"w": 4.0}
+    padded = cli.scheduler_config(args, info, ShardInfo(**{**shard.__dict__, "requires_padding": True}))
+    assert padded.num_blocks is None
+    router = cli.router_config(args, info)
+    assert (router.model_id, router.max_input_tokens, router.max_total_tokens) == ("/m", 100, 200)
+    assert router.cors_allow_origin == ("http://a", "http://b") and not router.prefix_caching

@@ -1,0 +1,142 @@
+"""Cache-aware schedulers: lpm, dfs-weight and qas ordering, dedup, QAS's starvation bound, DART co-design."""
+
+from __future__ import annotations
+
+from router_py.schedulers import QueueScheduler, make_scheduler
+from router_py.scheduling import SchedRequest, SchedulerConfig
+
+
+def _sched(name: str, policy: str = "lru", num_blocks: int = 256, **params: float) -> QueueScheduler:
+    s = make_scheduler(SchedulerConfig(name, policy, num_blocks=num_blocks, block_size=4, params=dict(params)))
+    assert isinstance(s, QueueScheduler)
+    return s
+
+
+def _serve(s: QueueScheduler, rid: int, prompt: list[int]) -> None:
+    s.enqueue(SchedRequest(rid, prompt, 1, 0.0), 0.0)
+    plan = s.next_batch(0.0, 10_000, 10_000)
+    assert plan is not None
+    s.release(rid)
+
+
+def _ids(s: QueueScheduler, budget: int = 10_000, now: float = 0.0, max_size: int | None = None) -> list[int]:
+    plan = s.next_batch(now, budget, 100_000, max_size=max_size)
+    return [] if plan is None else [a.request.id for a in plan.admissions]
+
+
+SYS = list(range(100, 132))  # a 32-token shared prefix
+
+
+def test_lpm_admits_longest_cached_prefix_first() -> None:
+    s = _sched("lpm")
+    _serve(s, 0, SYS + [1] * 8)
+    s.enqueue(SchedRequest(1, [7] * 40, 1, 0.0), 0.0)
+    s.enqueue(SchedRequest(2, SYS[:16] + [5] * 24, 1, 0.0), 0.0)
+    s.enqueue(SchedRequest(3, SYS + [1] * 8 + [2] * 4, 1, 0.0), 0.0)
+    assert _ids(s) == [3, 2, 1]
+
+
+def test_in_batch_dedup_defers_followers_of_an_uncached_prefix() -> None:
+    s = _sched("lpm")
+    for rid in range(3):
+        s.enqueue(SchedRequest(rid, SYS + [rid] * 8, 1, 0.0), 0.0)
+    s.enqueue(SchedRequest(9, [9] * 40, 1, 0.0), 0.0)
+    assert _ids(s) == [0, 9, 1, 2]
+
+
+def test_dfs_weight_runs_the_heavier_subtree_first() -> None:
+    s = _sched("dfs-weight")
+    light, heavy = [3] * 16, [4] * 16
+    _serve(s, 0, light + [0] * 4)
+    _serve(s, 1, heavy + [0] * 4)
+    s.enqueue(SchedRequest(2, light + [1] * 40, 1, 0.0), 0.0)
+    s.enqueue(SchedRequest(3, heavy + [1] * 40, 1, 0.0), 0.0)
+    s.enqueue(SchedRequest(4, [8] * 40, 1, 0.0), 0.0)
+    s.enqueue(SchedRequest(5, heavy + [2] * 40, 1, 0.0), 0.0)
+    assert _ids(s) == [3, 5, 2, 4]
+
+
+def _hot_and_cold(s: QueueScheduler) -> None:
+    _serve(s, 0, SYS)
+    s.enqueue(SchedRequest(1, [6] * 40, 1, 0.0), 0.0)  # cold
+    s.enqueue(SchedRequest(2, [5] * 64 + [1], 1, 0.0), 0.0)  # uncached segment shared with 4
+    s.enqueue(SchedRequest(3, SYS + [2] * 8, 1, 0.0), 0.0)  # cached segment shared with 5
+    s.enqueue(SchedRequest(4, [5] * 64 + [2], 1, 0.0), 0.0)
+    s.enqueue(SchedRequest(5, SYS + [3] * 8, 1, 0.0), 0.0)
+
+
+def test_qas_hot_lane_admits_a_cached_segment_whole_and_pioneers_an_uncached_one() -> None:
+    s = _sched("qas", "dart")
+    _hot_and_cold(s)
+    # hot: (3, 5) reuse 2 * 32 cached tokens; cold lane FIFO: 1, then 2 as the pioneer of (2, 4)
+    assert _ids(s) == [3, 5, 1, 2]
+    assert _ids(s) == []  # 4 waits for its pioneer's prompt to reach the tree
+    s.prefill_done(2)
+    plan = s.next_batch(0.0, 10_000, 100_000)
+    assert plan is not None and [(a.request.id, a.cache_len) for a in plan.admissions] == [(4, 64)]
+
+
+def test_qas_pioneer_weight_promotes_uncached_groups() -> None:
+    s = _sched("qas", "dart", qas_pioneer_weight=1.0)
+    _hot_and_cold(s)
+    # (2, 4) now worth 1 * 64 future tokens, tied with (3, 5)'s 2 * 32: the older group goes first
+    assert _ids(s) == [2, 3, 5, 1]
+    s.release(2)  # release also publishes the prompt
+    assert _ids(s) == [4]
+
+
+def test_qas_starvation_bound_under_an_adversarial_hot_stream() -> None:
+    k = 5
+    s = _sched("qas", "dart", qas_max_bypass=k, qas_max_wait_s=1e9, qas_window=8)
+    _serve(s, 0, SYS)
+    s.enqueue(SchedRequest(1, [9] * 40, 1, 0.0), 0.0)  # the cold victim
+    passed, rid = 0, 2
+    for _ in range(50):  # a hot request arrives every step and would always win the hot lane
+        s.enqueue(SchedRequest(rid, SYS + [rid] * 4, 1, 0.0), 0.0)
+        rid += 1
+        admitted = _ids(s, max_size=1)
+        for a in admitted:
+            s.release(a)
+        if 1 in admitted:
+            break
+        passed += len(admitted)
+    assert passed == k
+
+
+def test_qas_wait_bound_takes_the_oldest_first() -> None:
+    s = _sched("qas", "dart", qas_max_wait_s=2.0)
+    _serve(s, 0, SYS)
+    s.enqueue(SchedRequest(1, [9] * 40, 1, 0.0), 0.0)
+    s.enqueue(SchedRequest(2, SYS + [1] * 4, 1, 1.0), 1.0)
+    assert _ids(s, now=1.5, max_size=1) == [2]
+    s.enqueue(SchedRequest(3, SYS + [2] * 4, 1, 1.9), 1.9)
+    assert _ids(s, now=2.5, max_size=1) == [1]
+
+
+def _evicting_batch(policy: str) -> list[int]:
+    """17 usable blocks; B (older) and A cached, 4 blocks each; FIFO order (everything aged): request 2 needs
+    10 blocks (one eviction), then request 3 reuses B. Returns the batch's cache_lens."""
+    s = _sched("qas", policy, num_blocks=18, qas_max_wait_s=0.0)
+    b_prompt = [2] * 16
+    _serve(s, 0, b_prompt + [0])
+    _serve(s, 1, [1] * 16 + [0])
+    s.enqueue(SchedRequest(2, [3] * 36, 2, 0.0), 0.0)
+    s.enqueue(SchedRequest(3, b_prompt + [5], 1, 0.0), 0.0)
+    plan = s.next_batch(1.0, 10_000, 100_000)
+    assert plan is not None and [a.request.id for a in plan.admissions] == [2, 3]
+    return [a.cache_len for a in plan.admissions]
+
+
+def test_qas_planned_batch_is_protected_from_its_own_evictions() -> None:
+    assert _evicting_batch("dart") == [0, 16]  # DART cut A, the planned request's B survived
+    assert _evicting_batch("lru") == [0, 12]  # LRU cut B's tail block
+
+
+def test_lookahead_window_tracks_the_next_requests() -> None:
+    s = _sched("fcfs", "lookahead-lru", lookahead_window=2)
+    for rid in range(4):
+        s.enqueue(SchedRequest(rid, [rid] * 8, 1, 0.0), 0.0)
+    assert s.lookahead is not None and s.lookahead.members == {0, 1}
+    assert s.cancel(0)
+    assert s.lookahead.members == {1, 2}
+    assert _ids(s, max_size=1) == [1] and s.lookahead.members == {2, 3}

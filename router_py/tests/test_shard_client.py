@@ -1,0 +1,176 @@
+"""ShardClient against fake shards over real Unix sockets: discovery, fan-out and merging, pb <-> plain data,
+errors, trace metadata; and the Warmup handshake's settling and startup checks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from router_py import tracing
+from router_py.backend_config import BackendConfig
+from router_py.infer_types import SamplingParams
+from router_py.shard_client import ShardClient, ShardError
+from router_py.shard_types import ShardBatch, ShardInfo, ShardRequest, WarmupResult
+from router_py.tests.fake_shard import FakeCluster, FakeOptions
+from router_py.warmup import StartupError, settle, warmup_batch
+
+
+async def start(tmp: Path, world: int = 1, **opts) -> tuple[FakeCluster, ShardClient]:
+    cluster = await FakeCluster(str(tmp / "s"), world, FakeOptions(**opts)).start()
+    return cluster, await ShardClient.connect(cluster.master_path)
+
+
+@pytest.fixture
+async def two(tmp_path: Path) -> AsyncIterator[tuple[FakeCluster, ShardClient]]:
+    cluster, client = await start(tmp_path, world=2)
+    yield cluster, client
+    await client.close()
+    await cluster.stop()
+
+
+def batch(batch_id: int, n: int, max_new: int = 3) -> ShardBatch:
+    reqs = tuple(
+        ShardRequest(id=batch_id * 10 + i, inputs=f"p {i}", truncate=2, sampling=SamplingParams(seed=i),
+                     max_new_tokens=max_new, blocks=(1 + i,), slots=(16 * (1 + i),), cache_len=0)
+        for i in range(n)
+    )
+    return ShardBatch(id=batch_id, requests=reqs, max_tokens=2 * n, max_blocks=1)
+
+
+async def test_discovery_connects_to_every_shard(two) -> None:
+    cluster, client = two
+    assert client.num_shards == 2
+    assert cluster.shards[0].calls == ["ServiceDiscovery"] and cluster.shards[1].calls == []
+    await client.health()
+    assert [s.calls[-1] for s in cluster.shards] == ["Health", "Health"]
+
+
+async def test_prefill_merges_generations_of_all_ranks_and_slowest_timings(two) -> None:
+    cluster, client = two
+    result = await client.prefill(batch(0, 3))
+    assert sorted(g.request_id for g in result.generations) == [0, 1, 2]
+    assert result.total_ns == 2001 and result.forward_ns == 1001  # rank 1 is the slow one
+    assert result.batch is not None and result.batch.request_ids == (0, 1, 2)
+    sent = cluster.shards[1].received[2]
+    assert (list(sent.blocks), list(sent.slots), sent.parameters.seed) == ([3], [48], 2)
+    assert not sent.HasField("chunk_len") and not sent.HasField("adapter_id")
+
+
+async def test_decode_concatenates_batches_and_filter_keeps_ids(two) -> None:
+    _, client = two
+    a = (await client.prefill(batch(0, 2))).batch
+    b = (await client.prefill(batch(1, 1))).batch
+    assert a is not None and b is not None
+    step = await client.decode([a, b])
+    assert step.batch is not None and step.batch.id == 0 and step.batch.request_ids == (0, 1, 10)
+    token = step.generations[0].tokens[0]
+    assert token.logprob == -0.5 and token.text.startswith(" w")
+    kept = await client.filter_batch(0, [10])
+    assert kept.request_ids == (10,) and kept.size == 1
+    done = await client.decode([kept])
+    assert done.generations[0].generated_text is not None
+    assert done.generations[0].generated_text.finish_reason == "length"
+    assert done.generations[0].generated_text.seed is None
+
+
+async def test_prefill_tokens_nan_becomes_none(two) -> None:
+    _, client = two
+    b = batch(0, 1)
+    req = b.requests[0]
+    b = ShardBatch(id=0, requests=(ShardRequest(**{**req.__dict__, "prefill_logprobs": True}),), max_tokens=2,
+                   max_blocks=1)
+    gen = (await client.prefill(b)).generations[0]
+    assert [t.logprob for t in gen.prefill_tokens] == [None, -1.0]
+
+
+async def test_rpc_error_raises_shard_error_with_details(two) -> None:
+    cluster, client = two
+    with pytest.raises(ShardError) as err:
+        await client.filter_batch(99, [1])
+    assert err.value.rpc == "FilterBatch" and err.value.details == "Batch ID 99 not found in cache."
+    cluster.shards[1].fail_next.add("Health")
+    with pytest.raises(ShardError, match="injected Health failure"):
+        await client.health()
+
+
+async def test_clear_cache_one_or_all(two) -> None:
+    cluster, client = two
+    await client.prefill(batch(0, 1))
+    await client.prefill(batch(1, 1))
+    await client.clear_cache(0)
+    assert list(cluster.shards[0].batches) == [1]
+    await client.clear_cache()
+    assert cluster.shards[0].batches == {} and cluster.shards[1].batches == {}
+
+
+async def test_trace_context_travels_as_grpc_metadata(two) -> None:
+    cluster, client = two
+    tracing.setup_tracing(None, "test", exporter=InMemorySpanExporter())
+    try:
+        with tracing.span("request"):
+            await client.health()
+    finally:
+        tracing.setup_tracing(None, "test")
+    assert "traceparent" in cluster.shards[0].metadata[-1]
+    await client.health()
+    assert "traceparent" not in cluster.shards[0].metadata[-1]
+
+
+async def test_connect_to_missing_socket_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ShardError) as err:
+        await ShardClient.connect(str(tmp_path / "nothing-0"))
+    assert err.value.rpc == "ServiceDiscovery"
+
+
+async def test_warmup_takes_the_minimum_over_shards(two) -> None:
+    cluster, client = two
+    cluster.shards[1].options = FakeOptions(num_blocks=10)
+    result = await client.warmup(warmup_batch(BackendConfig(100, 200, 300)), 100, 300, 200)
+    assert result == WarmupResult(max_supported_total_tokens=160, max_input_tokens=100, max_total_tokens=200)
+
+
+# ---- warmup batch and settling ------------------------------------------------------------------------------
+
+
+def test_warmup_batch_splits_the_prefill_budget_by_max_input() -> None:
+    b = warmup_batch(BackendConfig(max_input_tokens=100, max_total_tokens=150, max_batch_prefill_tokens=250))
+    assert [r.truncate for r in b.requests] == [100, 100, 50]
+    assert [r.max_new_tokens for r in b.requests] == [50, 50, 100]
+    r = b.requests[0]
+    assert r.inputs == "_test " * 100 and r.ignore_eos_token and r.prefill_logprobs and r.top_n_tokens == 20
+    assert not r.blocks and not r.slots and (b.id, b.max_tokens) == (0, 100)
+
+
+SHARD = ShardInfo(requires_padding=False, dtype="f32", device_type="cpu", window_size=None, speculate=0,
+                  support_chunking=True, use_prefix_caching=True, attention_impl="paged", block_size=16)
+
+
+def test_settle_uses_kv_capacity_on_paged_shards() -> None:
+    info = settle(BackendConfig(max_batch_total_tokens=5), SHARD, WarmupResult(8192, 4095, 4096))
+    assert (info.max_input_tokens, info.max_total_tokens, info.max_batch_total_tokens) == (4095, 4096, 8192)
+
+
+def test_settle_padded_shard_defaults_batch_total_to_16000() -> None:
+    padded = ShardInfo(**{**SHARD.__dict__, "requires_padding": True, "support_chunking": False})
+    info = settle(BackendConfig(100, 200, max_batch_prefill_tokens=300), padded, WarmupResult(None, 100, 200))
+    assert info.max_batch_total_tokens == 16000 and info.requires_padding
+
+
+@pytest.mark.parametrize(
+    ("config", "shard", "result", "message"),
+    [
+        (BackendConfig(), SHARD, WarmupResult(1000, 1000, 2000), "`max_total_tokens` must be <= "),
+        (BackendConfig(100, 200), SHARD, WarmupResult(8192, 99, 200), "settled `max_input_tokens` to 99"),
+        (BackendConfig(), SHARD, WarmupResult(8192, 300, 300), "`max_input_tokens` must be < `max_total_tokens`"),
+        (BackendConfig(max_batch_prefill_tokens=9000), SHARD, WarmupResult(8192, 100, 200),
+         "`max_batch_prefill_tokens` must be <= `max_batch_total_tokens`"),
+        (BackendConfig(max_batch_prefill_tokens=50), ShardInfo(**{**SHARD.__dict__, "support_chunking": False}),
+         WarmupResult(8192, 100, 200), "`max_batch_prefill_tokens` must be >= `max_input_tokens`"),
+    ],
+)
+def test_settle_rejects_inconsistent_limits(config, shard, result, message) -> None:
+    with pytest.raises(StartupError, match=message.replace("`", ".")):
+        settle(config, shard, result)

@@ -1,0 +1,155 @@
+"""``prism-shard bench``: prefill and decode throughput, and the cost of a 90%-cached 2,048-token prefill
+relative to the same prefill cold, for demo models built on the spot. Prints numbers; asserts nothing.
+
+It drives :class:`~shard.model_runner.ModelRunner` directly (no gRPC), with token ids instead of text, so it
+measures the model step: attention through ``flash_kernels``, sampling and detokenizing included.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from shard.batch import RequestState
+from shard.config import ShardConfig
+from shard.demo_model import build_demo_model
+from shard.factory import build_runner
+from shard.model_runner import ModelRunner
+from shard.sampling import NextTokenChooser, SamplingParams, StoppingCriteria
+
+BLOCK = 16
+POOL_BLOCKS = 1024  # 16k tokens: every phase below fits without reuse
+PREFILL_BATCH, PREFILL_LEN = 4, 512
+DECODE_BATCHES, DECODE_PROMPT = (1, 8, 32), 32
+CACHED_PROMPT, CACHED_SHARE = 2048, 0.9
+REPEATS = 3
+
+
+class BlockCounter:
+    """Fresh consecutive blocks from 1; reset between phases."""
+
+    def __init__(self) -> None:
+        self.next = 1
+
+    def take(self, tokens: int) -> list[int]:
+        count = -(-tokens // BLOCK)
+        self.next += count
+        if self.next > POOL_BLOCKS:
+            self.next = 1 + count
+        return list(range(self.next - count, self.next))
+
+
+def _request(
+    rid: int, prompt: list[int], blocks: list[int], cache_len: int = 0, max_new: int = 1000
+) -> RequestState:
+    slots = [b * BLOCK + o for b in blocks for o in range(BLOCK)]
+    return RequestState(
+        rid,
+        list(prompt),
+        len(prompt),
+        blocks,
+        slots,
+        cache_len,
+        NextTokenChooser(SamplingParams()),
+        StoppingCriteria(frozenset(), max_new, ignore_eos_token=True),
+    )
+
+
+def _prompt(rng: random.Random, n: int, vocab: int) -> list[int]:
+    return [rng.randrange(3, vocab) for _ in range(n)]
+
+
+def _timed(runner: ModelRunner, requests: list[RequestState]) -> float:
+    start = time.perf_counter()
+    runner.step(requests)
+    return time.perf_counter() - start
+
+
+def prefill_tokens_per_s(runner: ModelRunner, rng: random.Random, vocab: int, pool: BlockCounter) -> float:
+    times = []
+    for _ in range(REPEATS):
+        reqs = [
+            _request(i, _prompt(rng, PREFILL_LEN, vocab), pool.take(PREFILL_LEN + 1))
+            for i in range(PREFILL_BATCH)
+        ]
+        times.append(_timed(runner, reqs))
+    return PREFILL_BATCH * PREFILL_LEN / statistics.median(times)
+
+
+def decode_tokens_per_s(
+    runner: ModelRunner, rng: random.Random, vocab: int, pool: BlockCounter, batch: int, steps: int
+) -> float:
+    reqs = [
+        _request(i, _prompt(rng, DECODE_PROMPT, vocab), pool.take(DECODE_PROMPT + steps + 1))
+        for i in range(batch)
+    ]
+    runner.step(reqs)  # prefill, not timed
+    start = time.perf_counter()
+    for _ in range(steps):
+        runner.step(reqs)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def cached_prefill_ratio(
+    runner: ModelRunner, rng: random.Random, vocab: int, pool: BlockCounter
+) -> tuple[float, float]:
+    """(cold seconds, cached/cold) for a CACHED_PROMPT-token prompt, its first 90% (block-aligned) cached."""
+    cached = int(CACHED_PROMPT * CACHED_SHARE) // BLOCK * BLOCK
+    colds, warms = [], []
+    for _ in range(REPEATS):
+        prompt = _prompt(rng, CACHED_PROMPT, vocab)
+        first = pool.take(CACHED_PROMPT + 1)
+        colds.append(_timed(runner, [_request(0, prompt, first)]))
+        reuse = first[: cached // BLOCK] + pool.take(CACHED_PROMPT + 1 - cached)
+        warms.append(_timed(runner, [_request(1, prompt, reuse, cache_len=cached)]))
+    cold = statistics.median(colds)
+    return cold, statistics.median(warms) / cold
+
+
+def bench_model(folder: Path, label: str, cpu_threads: int | None = None) -> None:
+    runner = build_runner(
+        ShardConfig(
+            model_dir=str(folder),
+            device="cpu",
+            attention_backend="auto",
+            num_blocks=POOL_BLOCKS,
+            block_size=BLOCK,
+            cpu_threads=cpu_threads,
+        )
+    )
+    params = sum(p.numel() for p in runner.model.parameters())
+    vocab = runner.model.config.vocab_size
+    rng, pool = random.Random(0), BlockCounter()
+    runner.step([_request(0, _prompt(rng, 64, vocab), pool.take(65))])  # warm the allocator and kernels
+    print(
+        f"== {label}: {params / 1e6:.1f}M parameters, {runner.loaded.dtype}, "
+        f"attention={runner.model.model.layers[0].self_attn.backend.name}, threads={torch.get_num_threads()}"
+    )
+    print(
+        f"prefill: {prefill_tokens_per_s(runner, rng, vocab, pool):10.0f} tokens/s "
+        f"({PREFILL_BATCH} x {PREFILL_LEN} tokens)"
+    )
+    for b in DECODE_BATCHES:
+        steps = 32 if params < 10e6 else 8
+        print(f"decode batch {b:>2}: {decode_tokens_per_s(runner, rng, vocab, pool, b, steps):7.1f} tokens/s")
+    cold, ratio = cached_prefill_ratio(runner, rng, vocab, pool)
+    print(
+        f"{CACHED_PROMPT}-token prefill: cold {cold * 1000:.0f} ms; "
+        f"90% cached / cold = {ratio:.3f} (target <= 0.2)"
+    )
+
+
+def run_bench(
+    sizes: list[str], arch: str = "llama", workdir: str | None = None, cpu_threads: int | None = None
+) -> None:
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="prism-bench-"))
+    for size in sizes:
+        folder = root / f"{arch}-{size}"
+        if not (folder / "model.safetensors").is_file():
+            build_demo_model(folder, arch, size)
+        bench_model(folder, f"{arch}-{size}", cpu_threads)

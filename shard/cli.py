@@ -1,0 +1,146 @@
+"""Command lines.
+
+prism-shard serve MODEL_DIR --uds-path PATH [--dtype float32|float16|bfloat16]
+    [--attention-backend reference|triton|flash-attn|auto] [--num-blocks N | --memory-fraction F]
+    [--block-size 16] [--device cpu|cuda] [--json-output] [--logger-level INFO] [--enforce-eager]
+    [--otlp-endpoint URL] [--otlp-service-name NAME] [--cpu-threads N]
+prism-shard bench [--model tiny,100m] [--arch llama] [--workdir DIR] [--cpu-threads N]
+text-generation-server serve MODEL_ID [TGI's flags]      (so TGI's launcher can start this shard)
+text-generation-server download-weights MODEL_ID         (no-op for a local folder)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from shard.config import DTYPES, ShardConfig
+
+TGI_QUANTIZE = (
+    "bitsandbytes",
+    "bitsandbytes-nf4",
+    "bitsandbytes-fp4",
+    "gptq",
+    "awq",
+    "compressed-tensors",
+    "eetq",
+    "exl2",
+    "fp8",
+    "marlin",
+)
+
+
+def _common_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--uds-path", default="/tmp/text-generation-server")
+    p.add_argument("--dtype", choices=DTYPES)
+    p.add_argument("--logger-level", default="INFO")
+    p.add_argument("--json-output", action="store_true")
+    p.add_argument("--otlp-endpoint")
+    p.add_argument("--otlp-service-name", default="text-generation-inference.server")
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a local HF model folder over generate.v3 gRPC")
+    p.add_argument("model_dir")
+    _common_flags(p)
+    p.add_argument(
+        "--attention-backend", default="auto", choices=["reference", "triton", "flash-attn", "auto"]
+    )
+    sizing = p.add_mutually_exclusive_group()
+    sizing.add_argument("--num-blocks", type=int)
+    sizing.add_argument("--memory-fraction", type=float)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--device", help="cpu or cuda[:i]; default cuda when available")
+    p.add_argument("--enforce-eager", action="store_true", help="never capture CUDA graphs")
+    p.add_argument("--cpu-threads", type=int, help="torch intra-op threads on CPU (default 1)")
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    from shard.logs import setup_logging
+
+    setup_logging(args.logger_level, args.json_output)
+    rank, world = ShardConfig.env_rank()
+    config = ShardConfig(
+        model_dir=args.model_dir,
+        uds_path=args.uds_path,
+        dtype=args.dtype,
+        device=getattr(args, "device", None),
+        attention_backend=getattr(args, "attention_backend", "auto"),
+        num_blocks=getattr(args, "num_blocks", None),
+        memory_fraction=getattr(args, "memory_fraction", None),
+        block_size=getattr(args, "block_size", 16),
+        enforce_eager=getattr(args, "enforce_eager", False),
+        cpu_threads=getattr(args, "cpu_threads", None),
+        rank=rank,
+        world_size=world,
+        otlp_endpoint=args.otlp_endpoint,
+        otlp_service_name=args.otlp_service_name,
+    )
+    from shard.factory import build_service
+    from shard.server import serve
+
+    try:
+        service = build_service(config)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
+    asyncio.run(serve(service, config))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``prism-shard``."""
+    parser = argparse.ArgumentParser(prog="prism-shard", description="prism-serve model shard")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    b = sub.add_parser("bench", help="prefill/decode throughput and cached-prefill ratio on this machine")
+    b.add_argument("--model", default="tiny,100m", help="comma-separated demo sizes")
+    b.add_argument("--arch", default="llama", choices=["llama", "qwen3"])
+    b.add_argument("--workdir", help="where demo models are built (default: a temp dir)")
+    b.add_argument("--cpu-threads", type=int, help="torch intra-op threads (default 1)")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        _run_serve(args)
+    else:
+        from shard.bench import run_bench
+
+        run_bench(args.model.split(","), args.arch, args.workdir, args.cpu_threads)
+
+
+def tgi_main(argv: list[str] | None = None) -> None:
+    """``text-generation-server``: TGI's CLI surface; flags without meaning here are accepted and ignored."""
+    parser = argparse.ArgumentParser(prog="text-generation-server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("model_dir", metavar="MODEL_ID")
+    _common_flags(s)
+    s.add_argument("--revision")
+    s.add_argument("--sharded", action="store_true")
+    s.add_argument("--quantize", choices=TGI_QUANTIZE)
+    s.add_argument("--speculate", type=int)
+    s.add_argument("--kv-cache-dtype")
+    s.add_argument("--trust-remote-code", action="store_true")
+    s.add_argument("--max-input-tokens", type=int)
+    d = sub.add_parser("download-weights")
+    d.add_argument("model_dir", metavar="MODEL_ID")
+    d.add_argument("--revision")
+    d.add_argument("--extension")
+    d.add_argument("--auto-convert", action="store_true")
+    d.add_argument("--logger-level", default="INFO")
+    d.add_argument("--json-output", action="store_true")
+    d.add_argument("--trust-remote-code", action="store_true")
+    d.add_argument("--merge-lora", action="store_true")
+    args, _unknown = parser.parse_known_args(argv)
+    if args.command == "download-weights":
+        if not (Path(args.model_dir) / "config.json").is_file():
+            sys.exit(f"error: {args.model_dir} is not a local model folder (this shard cannot download)")
+        return
+    if args.quantize:
+        sys.exit(f"error: --quantize {args.quantize} is not supported by this shard")
+    if args.speculate:
+        sys.exit("error: --speculate is not supported by this shard")
+    _run_serve(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""``ShardConfig``: every setting of one shard process, validated once. Environment is read only in
+:func:`ShardConfig.from_env_and_args` (RANK, WORLD_SIZE)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    model_dir: str
+    uds_path: str = "/tmp/text-generation-server"
+    dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
+    device: str | None = None  # None: cuda if available else cpu
+    attention_backend: str = "auto"
+    num_blocks: int | None = None
+    memory_fraction: float | None = None
+    block_size: int = 16
+    enforce_eager: bool = False
+    cpu_threads: int | None = None  # torch intra-op threads on CPU; None = 1 (see shard.factory)
+    rank: int = 0
+    world_size: int = 1
+    otlp_endpoint: str | None = None
+    otlp_service_name: str = "text-generation-inference.server"
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.num_blocks is not None and self.memory_fraction is not None:
+            raise ValueError("give --num-blocks or --memory-fraction, not both")
+        if not 1 <= self.block_size <= 256:
+            raise ValueError(f"--block-size must be in 1..256, got {self.block_size}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"--cpu-threads must be at least 1, got {self.cpu_threads}")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"RANK {self.rank} is not below WORLD_SIZE {self.world_size}")
+
+    @property
+    def socket_path(self) -> str:
+        """The Unix socket file this shard listens on."""
+        return f"{self.uds_path}-{self.rank}"
+
+    @property
+    def urls(self) -> list[str]:
+        """Every shard's URL (ServiceDiscovery)."""
+        return [f"unix://{self.uds_path}-{r}" for r in range(self.world_size)]
+
+    @staticmethod
+    def env_rank() -> tuple[int, int]:
+        """(RANK, WORLD_SIZE) from the environment, defaults (0, 1)."""
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,0 +1,106 @@
+"""``generate.v3`` messages <-> shard domain types. Only it and the servicer see pb."""
+
+from __future__ import annotations
+
+from proto.generate.v3 import generate_pb2 as pb
+from shard.batch import RequestState, ShardBatch
+from shard.detokenize import Detokenizer
+from shard.errors import InvalidRequest
+from shard.generation import GenerationOut, TokensOut
+from shard.sampling import NextTokenChooser, SamplingParams, StoppingCriteria
+
+
+def prompt_text(r: pb.Request) -> str:
+    """The text chunks joined; image chunks are dropped (text-only models, as TGI)."""
+    texts = [c.text for c in r.input_chunks.chunks if c.WhichOneof("chunk") == "text"]
+    if not texts:
+        raise InvalidRequest(f"request {r.id}: input_chunks has no text chunk")
+    return "".join(texts)
+
+
+def _unset_as(value: float, neutral: float) -> float:
+    """proto3 cannot tell 0 from unset; 0 is invalid for these fields (TGI's router refuses it): 0 = off."""
+    return neutral if value <= 0 else value
+
+
+def sampling_params(p: pb.NextTokenChooserParameters) -> SamplingParams:
+    return SamplingParams(
+        temperature=_unset_as(p.temperature, 1.0),
+        top_k=p.top_k,
+        top_p=_unset_as(p.top_p, 1.0),
+        typical_p=_unset_as(p.typical_p, 1.0),
+        do_sample=p.do_sample,
+        seed=p.seed,
+        repetition_penalty=_unset_as(p.repetition_penalty, 1.0),
+        frequency_penalty=p.frequency_penalty,
+        watermark=p.watermark,
+    )
+
+
+def request_state(r: pb.Request, detok: Detokenizer, eos_ids: frozenset[int]) -> RequestState:
+    """Tokenize and wrap one Request (not yet validated against the pool).
+
+    Raises:
+        InvalidRequest: no text chunk, invalid sampling values, or a grammar (not supported by this shard).
+    """
+    if r.parameters.grammar:
+        raise InvalidRequest(f"request {r.id}: grammars are not supported by this shard")
+    try:
+        chooser = NextTokenChooser(sampling_params(r.parameters))
+    except ValueError as err:
+        raise InvalidRequest(f"request {r.id}: {err}") from err
+    ids = detok.encode(prompt_text(r), r.add_special_tokens, r.truncate)
+    s = r.stopping_parameters
+    stopping = StoppingCriteria(eos_ids, s.max_new_tokens, tuple(s.stop_sequences), s.ignore_eos_token)
+    prefix_offset, read_offset = detok.initial_offsets(len(ids))
+    return RequestState(
+        id=r.id,
+        token_ids=ids,
+        prompt_len=len(ids),
+        blocks=list(r.blocks),
+        slots=list(r.slots),
+        cache_len=r.cache_len,
+        chooser=chooser,
+        stopping=stopping,
+        chunk_len=r.chunk_len if r.HasField("chunk_len") else None,
+        prefill_logprobs=r.prefill_logprobs,
+        top_n_tokens=r.top_n_tokens,
+        prompt_logprobs=[float("nan")] * len(ids),
+        prefix_offset=prefix_offset,
+        read_offset=read_offset,
+    )
+
+
+def cached_batch(b: ShardBatch, block_size: int) -> pb.CachedBatch:
+    """TGI's CachedBatch: ``max_tokens`` = the batch's blocks x block size (the router subtracts it from its
+    token budget), ``current_tokens`` = tokens in the next forward."""
+    return pb.CachedBatch(
+        id=b.id,
+        request_ids=b.request_ids,
+        size=len(b.requests),
+        max_tokens=b.num_blocks * block_size,
+        current_tokens=b.current_tokens,
+    )
+
+
+def _tokens(t: TokensOut) -> pb.Tokens:
+    return pb.Tokens(ids=t.ids, logprobs=t.logprobs, texts=t.texts, is_special=t.is_special)
+
+
+def generation(g: GenerationOut) -> pb.Generation:
+    out = pb.Generation(
+        request_id=g.request_id, tokens=_tokens(g.tokens), top_tokens=[_tokens(t) for t in g.top_tokens]
+    )
+    if g.prefill_tokens is not None:
+        out.prefill_tokens.CopyFrom(_tokens(g.prefill_tokens))
+    if g.finished is not None:
+        f = g.finished
+        out.generated_text.CopyFrom(
+            pb.GeneratedText(
+                text=f.text,
+                generated_tokens=f.generated_tokens,
+                finish_reason=int(f.finish_reason),
+                seed=f.seed,
+            )
+        )
+    return out

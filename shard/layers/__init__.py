@@ -1,0 +1,1 @@
+"""Model building blocks shared by every architecture; attention goes only through ``flash_kernels``."""

@@ -1,0 +1,91 @@
+"""Paged self-attention: projections, optional per-head q/k RMSNorm (Qwen3), RoPE, then ONLY the
+``flash_kernels`` backend's ``store_kv`` / ``prefill`` / ``decode``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from flash_kernels.api import AttentionBackend
+from shard.layers.rmsnorm import RMSNorm
+from shard.layers.rotary import Rotary
+
+
+@dataclass(frozen=True)
+class AttentionMetadata:
+    """Where the step's tokens live in the paged pool; one per forward, shared by all layers.
+
+    positions: (n,) int64 context position of each new token.
+    slots: (n,) int64 pool slot each new token's K/V is written to.
+    block_tables: (b, mb) int32 block ids per request (padded with a valid id).
+    seqlens_k: (b,) int32 context length per request after this step's tokens.
+    cu_seqlens_q: (b + 1,) int32 cumulative new-token counts; None for a decode step (one token per request).
+    max_seqlen_q, max_seqlen_k: host ints (upper bounds are allowed for max_seqlen_k).
+    """
+
+    positions: torch.Tensor
+    slots: torch.Tensor
+    block_tables: torch.Tensor
+    seqlens_k: torch.Tensor
+    cu_seqlens_q: torch.Tensor | None
+    max_seqlen_q: int
+    max_seqlen_k: int
+
+    @property
+    def is_decode(self) -> bool:
+        return self.cu_seqlens_q is None
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    bias: bool = False  # Qwen2 has q/k/v biases
+    qk_norm_eps: float | None = None  # Qwen3 normalises q and k per head
+
+
+class PagedAttention(nn.Module):
+    """hidden (n, hidden) -> (n, hidden). Parameter names match HF ``self_attn.*``."""
+
+    def __init__(self, shape: AttentionShape, rotary: Rotary, backend: AttentionBackend) -> None:
+        super().__init__()
+        s = shape
+        self.shape = s
+        self.q_proj = nn.Linear(s.hidden, s.heads * s.head_dim, bias=s.bias)
+        self.k_proj = nn.Linear(s.hidden, s.kv_heads * s.head_dim, bias=s.bias)
+        self.v_proj = nn.Linear(s.hidden, s.kv_heads * s.head_dim, bias=s.bias)
+        self.o_proj = nn.Linear(s.heads * s.head_dim, s.hidden, bias=False)
+        if s.qk_norm_eps is not None:
+            self.q_norm = RMSNorm(s.head_dim, s.qk_norm_eps)
+            self.k_norm = RMSNorm(s.head_dim, s.qk_norm_eps)
+        self.rotary = rotary
+        self.backend = backend
+        self.scale = s.head_dim**-0.5
+
+    def forward(
+        self, hidden: torch.Tensor, meta: AttentionMetadata, kv: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        n, s = hidden.shape[0], self.shape
+        q = self.q_proj(hidden).view(n, s.heads, s.head_dim)
+        k = self.k_proj(hidden).view(n, s.kv_heads, s.head_dim)
+        v = self.v_proj(hidden).view(n, s.kv_heads, s.head_dim)
+        if s.qk_norm_eps is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(meta.positions, q, k)
+        key_cache, value_cache = kv
+        self.backend.store_kv(key_cache, value_cache, k, v, meta.slots)
+        out = self._attend(q, key_cache, value_cache, meta)
+        return self.o_proj(out.reshape(n, s.heads * s.head_dim))
+
+    def _attend(
+        self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, m: AttentionMetadata
+    ) -> torch.Tensor:
+        if m.is_decode:
+            return self.backend.decode(q, kc, vc, m.block_tables, m.seqlens_k, m.max_seqlen_k, self.scale)
+        return self.backend.prefill(
+            q, kc, vc, m.block_tables, m.cu_seqlens_q, m.seqlens_k, m.max_seqlen_q, m.max_seqlen_k, self.scale
+        )

@@ -1,0 +1,106 @@
+"""Load a local HuggingFace model folder: config.json, *.safetensors weights, tokenizer, EOS ids.
+
+The same code loads the demo models and real checkpoints (single-file or sharded safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from flash_kernels.api import AttentionBackend
+from shard.layers.rotary import Rotary
+from shard.models import model_class
+from shard.models.llama import LlamaForCausalLM
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, with what the shard needs around it."""
+
+    model: LlamaForCausalLM
+    hf_config: dict
+    tokenizer: object  # tokenizers.Tokenizer
+    eos_token_ids: frozenset[int]
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return self.model.config.max_positions
+
+
+def read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a model folder: config.json is missing")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in {folder}")
+    return files
+
+
+def load_weights(model: torch.nn.Module, files: list[Path]) -> None:
+    """Copy checkpoint tensors into ``model`` by HF name.
+
+    Raises:
+        ValueError: a parameter missing from the checkpoint (tied lm_head excepted).
+    """
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, _unexpected = model.load_state_dict(state, strict=False)
+    tied = getattr(model.config, "tie_embeddings", False)
+    missing = [m for m in missing if not (tied and m == "lm_head.weight")]
+    if missing:
+        raise ValueError(f"checkpoint lacks parameters: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+
+
+def eos_ids(folder: Path, cfg: dict, tokenizer: object) -> frozenset[int]:
+    """EOS ids from generation_config.json, else config.json, else tokenizer_config's eos_token."""
+    for name in ("generation_config.json", "config.json"):
+        path = folder / name
+        value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id") if path.is_file() else None
+        if value is not None:
+            return frozenset(value if isinstance(value, list) else [value])
+    tc = folder / "tokenizer_config.json"
+    token = json.loads(tc.read_text(encoding="utf-8")).get("eos_token") if tc.is_file() else None
+    if isinstance(token, dict):
+        token = token.get("content")
+    token_id = tokenizer.token_to_id(token) if token else None
+    return frozenset() if token_id is None else frozenset([token_id])
+
+
+def load_model(
+    folder: str | Path, backend: AttentionBackend, dtype: torch.dtype, device: torch.device
+) -> LoadedModel:
+    """Build the model named by config.json ``architectures`` and load its weights.
+
+    Raises:
+        ValueError: unsupported architecture (message names it and the supported ones) or missing weights.
+        FileNotFoundError: not a model folder.
+    """
+    from tokenizers import Tokenizer
+
+    folder = Path(folder)
+    cfg = read_config(folder)
+    cls = model_class(cfg.get("architectures") or [cfg.get("model_type", "?")])
+    with torch.device("cpu"):
+        model = cls.from_hf_config(cfg, backend)
+    load_weights(model, safetensors_files(folder))
+    model = model.to(device=device, dtype=dtype).eval()
+    for module in model.modules():  # NOTE: RoPE tables stay fp32 under bf16/fp16 weights, as in HF
+        if isinstance(module, Rotary):
+            module.float()
+    model.requires_grad_(False)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return LoadedModel(model, cfg, tokenizer, eos_ids(folder, cfg, tokenizer), dtype, device)

@@ -1,0 +1,202 @@
+"""Runs steps of a batch: validate, build inputs, one forward through the paged pool, choose tokens, emit.
+
+The decode forward is ONE callable over static-shaped tensors (:meth:`ModelRunner.decode_forward`) so that
+``shard.cuda_graphs.CudaGraphRunner`` can capture it on CUDA; the model never knows whether it is captured.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from shard.batch import RequestState
+from shard.detokenize import Detokenizer
+from shard.generation import FinishedText, GenerationOut, TokensOut
+from shard.inputs import StepInputs, build_step_inputs, to_device
+from shard.kv_cache import KVCache
+from shard.layers.attention import AttentionMetadata
+from shard.loader import LoadedModel
+from shard.validation import PoolLimits, check_step
+
+log = logging.getLogger(__name__)
+GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+@dataclass
+class StepTimes:
+    forward_ns: int = 0
+    decode_ns: int = 0
+
+
+@dataclass
+class StepLogits:
+    """fp32 CPU logits of the rows the step needs: ``values[row_index[row]]`` for flat row ``row``."""
+
+    values: torch.Tensor
+    row_index: dict[int, int] = field(default_factory=dict)
+
+    def row(self, row: int) -> torch.Tensor:
+        return self.values[self.row_index[row]]
+
+
+class ModelRunner:
+    """Owns the model, the KV pool and the detokenizer; stateless across batches otherwise."""
+
+    def __init__(self, loaded: LoadedModel, kv: KVCache, enforce_eager: bool = True) -> None:
+        self.loaded, self.kv = loaded, kv
+        self.model = loaded.model
+        self.detok = Detokenizer(loaded.tokenizer)
+        self.enforce_eager = enforce_eager
+        self.max_input_tokens: int | None = None
+        self.graphs = None  # CudaGraphRunner once captured
+
+    @property
+    def limits(self) -> PoolLimits:
+        return PoolLimits(
+            self.kv.num_blocks, self.kv.block_size, self.loaded.max_position_embeddings, self.max_input_tokens
+        )
+
+    # ---- forward -------------------------------------------------------------------------------------------
+
+    def decode_forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        block_tables: torch.Tensor,
+        seqlens_k: torch.Tensor,
+    ) -> torch.Tensor:
+        """One token per request -> logits (b, vocab) fp32.
+
+        Args: input_ids (b,) int64, positions (b,) int64, slots (b,) int64, block_tables (b, mb) int32,
+        seqlens_k (b,) int32. max_seqlen_k is the static upper bound mb * block_size (graph-safe).
+        """
+        meta = AttentionMetadata(
+            positions, slots, block_tables, seqlens_k, None, 1, block_tables.shape[1] * self.kv.block_size
+        )
+        return self.model.logits(self.model(input_ids, meta, self.kv.layers))
+
+    def _decode_logits(self, ids: torch.Tensor, m: AttentionMetadata) -> torch.Tensor:
+        # NOTE: the graph runner pads to a captured size and itself runs eagerly what it cannot replay.
+        run = self.graphs if self.graphs is not None else self.decode_forward
+        return run(ids, m.positions, m.slots, m.block_tables, m.seqlens_k)
+
+    def _forward(self, s: StepInputs, rows: list[int]) -> StepLogits:
+        ids, meta = to_device(s, self.loaded.device, self.kv.block_size)
+        if s.is_decode:
+            logits = self._decode_logits(ids, meta)
+            return StepLogits(logits.float().cpu(), {r: r for r in range(len(s.input_ids))})
+        hidden = self.model(ids, meta, self.kv.layers)
+        picked = hidden[torch.tensor(rows, dtype=torch.int64, device=hidden.device)]
+        return StepLogits(self.model.logits(picked).float().cpu(), {r: i for i, r in enumerate(rows)})
+
+    # ---- one step ------------------------------------------------------------------------------------------
+
+    def step(self, requests: list[RequestState]) -> tuple[list[GenerationOut], StepTimes]:
+        """Compute ``r.next_len`` tokens of every request; a Generation for each request whose prompt is done.
+
+        Raises:
+            InvalidRequest: a position without a slot / beyond RoPE, or two requests writing one slot.
+                Nothing is written and no request state changes in that case.
+        """
+        check_step(requests, self.limits)
+        inputs = build_step_inputs(requests)
+        t0 = time.perf_counter_ns()
+        with torch.inference_mode():
+            logits = self._forward(inputs, self._rows_needed(requests, inputs))
+        t1 = time.perf_counter_ns()
+        out = []
+        for r, start, end in zip(requests, inputs.cu_seqlens_q, inputs.cu_seqlens_q[1:]):
+            g = self._after_forward(r, logits, start, end)
+            if g is not None:
+                out.append(g)
+        return out, StepTimes(t1 - t0, time.perf_counter_ns() - t1)
+
+    @staticmethod
+    def _rows_needed(requests: list[RequestState], s: StepInputs) -> list[int]:
+        rows: list[int] = []
+        for r, start, end in zip(requests, s.cu_seqlens_q, s.cu_seqlens_q[1:]):
+            if r.prefill_logprobs and not r.prompt_done:
+                rows.extend(range(start, end))
+            elif r.cache_len + (end - start) >= r.prompt_len:
+                rows.append(end - 1)
+        return rows
+
+    def _after_forward(
+        self, r: RequestState, logits: StepLogits, start: int, end: int
+    ) -> GenerationOut | None:
+        if r.prefill_logprobs and not r.prompt_done:
+            self._record_prompt_logprobs(r, logits, start, end)
+        r.advance(end - start)
+        if not r.prompt_done:
+            return None
+        return self._next_token(r, logits.row(end - 1))
+
+    @staticmethod
+    def _record_prompt_logprobs(r: RequestState, logits: StepLogits, start: int, end: int) -> None:
+        """Logits at position p score prompt token p + 1; cached positions keep NaN (never computed here)."""
+        first = r.cache_len
+        count = min(end - start, r.prompt_len - 1 - first)  # the last prompt row scores a generated token
+        if count <= 0:
+            return
+        rows = torch.tensor([logits.row_index[row] for row in range(start, start + count)])
+        targets = torch.tensor(r.token_ids[first + 1 : first + 1 + count])
+        scores = torch.log_softmax(logits.values[rows], -1).gather(1, targets[:, None])[:, 0]
+        r.prompt_logprobs[first + 1 : first + 1 + count] = scores.tolist()
+
+    def _next_token(self, r: RequestState, logits: torch.Tensor) -> GenerationOut:
+        choice = r.chooser.choose(logits, r.token_ids)
+        r.token_ids.append(choice.token_id)
+        text, r.prefix_offset, r.read_offset = self.detok.next_text(
+            r.token_ids, r.prefix_offset, r.read_offset
+        )
+        reason = r.stopping(choice.token_id, text)
+        tokens = TokensOut(
+            [choice.token_id], [choice.logprob], [text], [self.detok.is_special(choice.token_id)]
+        )
+        g = GenerationOut(r.id, tokens)
+        if r.prefill_logprobs and not r.prefill_emitted:
+            g.prefill_tokens = self._prefill_tokens(r)
+        r.prefill_emitted = True
+        if r.top_n_tokens > 0:
+            g.top_tokens = [self._top_tokens(choice.logprobs, r.top_n_tokens)]
+        if reason is not None:
+            seed = r.chooser.params.seed if r.chooser.params.samples else None
+            g.finished = FinishedText(self.detok.text(r.generated_ids), r.stopping.generated, reason, seed)
+        return g
+
+    def _prefill_tokens(self, r: RequestState) -> TokensOut:
+        ids = r.token_ids[: r.prompt_len]
+        return TokensOut(ids, list(r.prompt_logprobs), [self.detok.token_text(i) for i in ids], [])
+
+    def _top_tokens(self, logprobs: torch.Tensor, n: int) -> TokensOut:
+        values, ids = torch.topk(logprobs, min(n, logprobs.numel()))
+        id_list = ids.tolist()
+        return TokensOut(
+            id_list,
+            values.tolist(),
+            [self.detok.token_text(i) for i in id_list],
+            [self.detok.is_special(i) for i in id_list],
+        )
+
+    # ---- CUDA graphs ---------------------------------------------------------------------------------------
+
+    def maybe_capture_graphs(self, max_total_tokens: int) -> None:
+        """On CUDA without --enforce-eager, capture the decode forward (eager without shard.cuda_graphs)."""
+        if self.enforce_eager or self.loaded.device.type != "cuda" or self.graphs is not None:
+            return
+        if self.model.model.layers[0].self_attn.backend.name == "reference":
+            log.info("the reference attention backend cannot be captured; decoding eagerly")
+            return
+        try:
+            from shard.cuda_graphs import CudaGraphRunner
+        except ImportError:
+            log.warning("shard.cuda_graphs not available; decoding eagerly")
+            return
+        max_blocks = -(-max_total_tokens // self.kv.block_size)
+        runner = CudaGraphRunner(self.decode_forward, list(GRAPH_BATCH_SIZES), max_blocks, self.loaded.device)
+        runner.capture()
+        self.graphs = runner

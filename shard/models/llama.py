@@ -1,0 +1,134 @@
+"""Llama family (Llama 2/3, Mistral) decoder over flat token batches and a paged KV pool.
+
+Qwen2/Qwen3 reuse this decoder with per-architecture options (see :mod:`shard.models.qwen3`). Parameter names
+match HF checkpoints, so loading is ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from flash_kernels.api import AttentionBackend
+from shard.layers.attention import AttentionMetadata, AttentionShape, PagedAttention
+from shard.layers.mlp import GatedMLP
+from shard.layers.rmsnorm import RMSNorm
+from shard.layers.rotary import Rotary
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """The HF config.json values the decoder needs (see :meth:`from_hf`)."""
+
+    vocab_size: int
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    rms_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    max_positions: int
+    tie_embeddings: bool
+    attention_bias: bool = False
+    qk_norm: bool = False
+
+    @classmethod
+    def from_hf(cls, cfg: dict, **overrides: object) -> DecoderConfig:
+        heads = cfg["num_attention_heads"]
+        values = dict(
+            vocab_size=cfg["vocab_size"],
+            hidden=cfg["hidden_size"],
+            intermediate=cfg["intermediate_size"],
+            layers=cfg["num_hidden_layers"],
+            heads=heads,
+            kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            rms_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=cfg.get("rope_theta", 10000.0),
+            rope_scaling=cfg.get("rope_scaling"),
+            max_positions=_usable_positions(cfg),
+            tie_embeddings=cfg.get("tie_word_embeddings", False),
+            attention_bias=cfg.get("attention_bias", False),
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+def _usable_positions(cfg: dict) -> int:
+    """max_position_embeddings, capped at a sliding window when one is active (Mistral v0.1).
+
+    NOTE: attention here is full, not windowed; within the window the two are identical, so capping the
+    positions (Warmup then offers max_total_tokens <= window) keeps outputs exact instead of silently wrong.
+    """
+    positions = cfg.get("max_position_embeddings", 4096)
+    window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
+    return min(positions, window) if window else positions
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c: DecoderConfig, rotary: Rotary, backend: AttentionBackend) -> None:
+        super().__init__()
+        shape = AttentionShape(
+            c.hidden, c.heads, c.kv_heads, c.head_dim, c.attention_bias, c.rms_eps if c.qk_norm else None
+        )
+        self.self_attn = PagedAttention(shape, rotary, backend)
+        self.mlp = GatedMLP(c.hidden, c.intermediate)
+        self.input_layernorm = RMSNorm(c.hidden, c.rms_eps)
+        self.post_attention_layernorm = RMSNorm(c.hidden, c.rms_eps)
+
+    def forward(
+        self, x: torch.Tensor, meta: AttentionMetadata, kv: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), meta, kv)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderModel(nn.Module):
+    """HF ``model.*``: embeddings, layers, final norm."""
+
+    def __init__(self, c: DecoderConfig, backend: AttentionBackend) -> None:
+        super().__init__()
+        rotary = Rotary(c.head_dim, c.max_positions, c.rope_theta, c.rope_scaling)
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden)
+        self.layers = nn.ModuleList(DecoderLayer(c, rotary, backend) for _ in range(c.layers))
+        self.norm = RMSNorm(c.hidden, c.rms_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    """Causal LM over a flat batch of new tokens.
+
+    ``forward(input_ids (n,) int64, meta, kv_caches) -> hidden (n, hidden)``; ``logits(hidden (m, hidden))
+    -> (m, vocab) fp32``. ``kv_caches[i]`` is layer i's (key_cache, value_cache), each (nb, bs, hk, d).
+    The model never knows whether it runs eagerly or under a CUDA graph.
+    """
+
+    def __init__(self, config: DecoderConfig, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.config = config
+        self.model = DecoderModel(config, backend)
+        self.lm_head = nn.Linear(config.hidden, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict, backend: AttentionBackend) -> LlamaForCausalLM:
+        return cls(DecoderConfig.from_hf(cfg), backend)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        x = self.model.embed_tokens(input_ids)
+        for layer, kv in zip(self.model.layers, kv_caches):
+            x = layer(x, meta, kv)
+        return self.model.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()

@@ -1,0 +1,21 @@
+"""Qwen2 and Qwen3: the Llama decoder with Qwen's differences.
+
+Qwen2 adds biases to q/k/v projections; Qwen3 has no biases but RMS-normalises q and k per head before RoPE.
+"""
+
+from __future__ import annotations
+
+from flash_kernels.api import AttentionBackend
+from shard.models.llama import DecoderConfig, LlamaForCausalLM
+
+
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    @classmethod
+    def from_hf_config(cls, cfg: dict, backend: AttentionBackend) -> Qwen2ForCausalLM:
+        return cls(DecoderConfig.from_hf(cfg, attention_bias=True), backend)
+
+
+class Qwen3ForCausalLM(LlamaForCausalLM):
+    @classmethod
+    def from_hf_config(cls, cfg: dict, backend: AttentionBackend) -> Qwen3ForCausalLM:
+        return cls(DecoderConfig.from_hf(cfg, qk_norm=True), backend)

@@ -1,0 +1,170 @@
+"""Next-token choice and stopping, per request, following TGI's order of operations.
+
+Logits processors (in order): watermark, repetition penalty, frequency penalty; then warpers: temperature,
+top_k, top_p, typical_p. A request samples when ``do_sample`` or any warper is active, else takes the argmax.
+Log-probabilities are those of the processed distribution (as TGI reports them). Sampling runs on the CPU
+with a per-request ``torch.Generator`` seeded from ``seed``: same seed, same tokens, whatever the batch.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+WATERMARK_GAMMA, WATERMARK_DELTA, WATERMARK_HASH_KEY = 0.5, 2.0, 15485863
+STOP_TAIL_CHARS = 300
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    typical_p: float = 1.0
+    do_sample: bool = False
+    seed: int = 0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    watermark: bool = False
+
+    def __post_init__(self) -> None:
+        if (
+            self.temperature <= 0
+            or self.repetition_penalty <= 0
+            or not 0 < self.top_p <= 1
+            or not 0 < self.typical_p <= 1
+        ):
+            raise ValueError(f"invalid sampling parameters {self}")
+
+    @property
+    def samples(self) -> bool:
+        """True when a token is drawn at random (TGI: do_sample or any warper active)."""
+        warped = self.temperature != 1.0 or self.top_k > 0 or self.top_p < 1.0 or self.typical_p < 1.0
+        return self.do_sample or warped
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One chosen token; ``logprobs`` is the (vocab,) fp32 processed log-distribution (for top-n)."""
+
+    token_id: int
+    logprob: float
+    logprobs: torch.Tensor
+
+
+class NextTokenChooser:
+    """Per-request sampler state (its random generator)."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.generator = torch.Generator().manual_seed(params.seed) if params.samples else None
+
+    def choose(self, logits: torch.Tensor, history: list[int]) -> Choice:
+        """Pick the next token.
+
+        Args:
+            logits: (vocab,) fp32 on the CPU, raw model output for the last position.
+            history: every token id so far (prompt + generated), for penalties and the watermark.
+        """
+        scores = self._process(logits, history)
+        scores = self._warp(scores)
+        logprobs = torch.log_softmax(scores, dim=-1)
+        if self.generator is not None:
+            token = int(torch.multinomial(logprobs.exp(), 1, generator=self.generator))
+        else:
+            token = int(torch.argmax(scores))
+        return Choice(token, float(logprobs[token]), logprobs)
+
+    def _process(self, logits: torch.Tensor, history: list[int]) -> torch.Tensor:
+        """Penalties and watermark on a copy of ``logits`` (the caller's tensor is left as it was)."""
+        p = self.params
+        if not history or (not p.watermark and p.repetition_penalty == 1.0 and p.frequency_penalty == 0.0):
+            return logits
+        scores, ids = logits.clone(), torch.tensor(history, dtype=torch.int64)
+        if p.watermark:
+            scores = watermark(scores, history[-1])
+        if p.repetition_penalty != 1.0:
+            seen = scores[ids]
+            scores[ids] = torch.where(seen < 0, seen * p.repetition_penalty, seen / p.repetition_penalty)
+        if p.frequency_penalty != 0.0:
+            freq = torch.zeros_like(scores).scatter_add_(0, ids, torch.ones_like(ids, dtype=scores.dtype))
+            scores = scores - p.frequency_penalty * freq / len(history)
+        return scores
+
+    def _warp(self, scores: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        if p.temperature != 1.0:
+            scores = scores / p.temperature
+        if p.top_k > 0 and p.top_k < scores.numel():
+            kth = torch.topk(scores, p.top_k).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if p.top_p < 1.0:
+            scores = top_p(scores, p.top_p)
+        if p.typical_p < 1.0:
+            scores = typical_p(scores, p.typical_p)
+        return scores
+
+
+def watermark(scores: torch.Tensor, previous: int) -> torch.Tensor:
+    """Kirchenbauer et al.: add DELTA to a GAMMA share of the vocabulary chosen from the previous token."""
+    gen = torch.Generator().manual_seed(WATERMARK_HASH_KEY * previous)
+    vocab = scores.numel()
+    green = torch.randperm(vocab, generator=gen)[: int(WATERMARK_GAMMA * vocab)]
+    scores[green] += WATERMARK_DELTA
+    return scores
+
+
+def top_p(scores: torch.Tensor, mass: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches ``mass`` (at least one)."""
+    sorted_scores, order = torch.sort(scores)
+    cumulative = sorted_scores.softmax(-1).cumsum(-1)
+    remove = cumulative <= 1 - mass
+    remove[-1] = False
+    return scores.masked_fill(remove.scatter(0, order, remove), float("-inf"))
+
+
+def typical_p(scores: torch.Tensor, mass: float) -> torch.Tensor:
+    """Locally typical sampling: keep tokens whose surprisal is closest to the entropy, up to ``mass``."""
+    logp = torch.log_softmax(scores, -1)
+    entropy = -(logp.exp() * logp).nansum()
+    shifted = (-logp - entropy).abs()
+    sorted_shift, order = torch.sort(shifted)
+    cumulative = scores[order].softmax(-1).cumsum(-1)
+    last = int((cumulative < mass).sum().clamp(max=scores.numel() - 1))
+    remove = sorted_shift > sorted_shift[last]
+    return scores.masked_fill(remove.scatter(0, order, remove), float("-inf"))
+
+
+class FinishReason(enum.IntEnum):
+    """Same numbers as ``generate.v3.FinishReason``."""
+
+    LENGTH = 0
+    EOS_TOKEN = 1
+    STOP_SEQUENCE = 2
+
+
+@dataclass
+class StoppingCriteria:
+    """TGI's stopping: max_new_tokens first, then EOS (unless ignored), then stop sequences on the tail."""
+
+    eos_token_ids: frozenset[int]
+    max_new_tokens: int
+    stop_sequences: tuple[str, ...] = ()
+    ignore_eos_token: bool = False
+    generated: int = 0
+    tail: str = field(default="", repr=False)
+
+    def __call__(self, token_id: int, text: str) -> FinishReason | None:
+        """Count one generated token with its incremental ``text``; the reason to stop, if any."""
+        self.generated += 1
+        if self.generated >= self.max_new_tokens:
+            return FinishReason.LENGTH
+        if not self.ignore_eos_token and token_id in self.eos_token_ids:
+            return FinishReason.EOS_TOKEN
+        if self.stop_sequences:
+            self.tail = (self.tail + text)[-STOP_TAIL_CHARS:]
+            if any(self.tail.endswith(s) for s in self.stop_sequences):
+                return FinishReason.STOP_SEQUENCE
+        return None

@@ -1,0 +1,211 @@
+"""The ``generate.v3.TextGenerationService`` servicer (TGI semantics) and the function that serves it on a
+Unix socket. Thin: pb -> domain via :mod:`shard.convert`, work in :class:`~shard.model_runner.ModelRunner`.
+
+Batches live in ``self.batches`` (id -> ShardBatch) until FilterBatch/ClearCache; finished requests keep
+generating until the router filters them (TGI). Every handler validates fully before it changes anything, so a
+bad request fails alone and the stored batches stay as they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+import grpc
+import torch
+
+from proto.generate.v3 import generate_pb2 as pb
+from proto.generate.v3 import generate_pb2_grpc as pb_grpc
+from shard import convert
+from shard.batch import ShardBatch
+from shard.config import ShardConfig
+from shard.errors import BatchNotFound, InvalidRequest
+from shard.generation import GenerationOut
+from shard.model_runner import ModelRunner
+from shard.validation import check_block_ownership, check_new_request
+from shard.warmup import assign_scratch_memory, settle_limits
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TextGenerationService"].full_name
+MAX_MESSAGE = 2**31 - 1
+
+
+class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
+    def __init__(self, runner: ModelRunner, config: ShardConfig, attention_impl: str = "paged") -> None:
+        self.runner, self.config, self.attention_impl = runner, config, attention_impl
+        self.batches: dict[int, ShardBatch] = {}
+        # NOTE: one model step at a time, run off the event loop so Health/Info answer during a long prefill.
+        self.lock = asyncio.Lock()
+
+    # ---- metadata RPCs -------------------------------------------------------------------------------------
+
+    async def Info(self, request: pb.InfoRequest, context) -> pb.InfoResponse:
+        loaded = self.runner.loaded
+        return pb.InfoResponse(
+            requires_padding=False,
+            dtype=str(loaded.dtype),
+            device_type=loaded.device.type,
+            speculate=0,
+            support_chunking=True,
+            use_prefix_caching=True,
+            attention_impl=self.attention_impl,
+            block_size=self.runner.kv.block_size,
+        )
+
+    async def ServiceDiscovery(self, request, context) -> pb.ServiceDiscoveryResponse:
+        return pb.ServiceDiscoveryResponse(urls=self.config.urls)
+
+    async def Health(self, request, context) -> pb.HealthResponse:
+        if self.runner.loaded.device.type == "cuda":
+            torch.zeros((2, 2), device=self.runner.loaded.device).sum().item()
+        return pb.HealthResponse()
+
+    async def ClearCache(self, request: pb.ClearCacheRequest, context) -> pb.ClearCacheResponse:
+        if request.HasField("id"):
+            self.batches.pop(request.id, None)
+        else:
+            self.batches.clear()
+        return pb.ClearCacheResponse()
+
+    async def FilterBatch(self, request: pb.FilterBatchRequest, context) -> pb.FilterBatchResponse:
+        batch = self._get(request.batch_id)
+        try:
+            kept = batch.filter(list(request.request_ids))
+        except KeyError as err:
+            raise InvalidRequest(err.args[0]) from err
+        self.batches[kept.id] = kept
+        return pb.FilterBatchResponse(batch=self._cached(kept))
+
+    # ---- model RPCs ----------------------------------------------------------------------------------------
+
+    async def Warmup(self, request: pb.WarmupRequest, context) -> pb.WarmupResponse:
+        kv = self.runner.kv
+        limits = settle_limits(
+            request.max_input_tokens if request.HasField("max_input_tokens") else None,
+            request.max_total_tokens if request.HasField("max_total_tokens") else None,
+            request.max_prefill_tokens,
+            kv.capacity_tokens,
+            self.runner.loaded.max_position_embeddings,
+        )
+        batch = self._new_batch(request.batch)
+        assign_scratch_memory(batch.requests, kv.num_blocks, kv.block_size)
+        self._check_new(batch)
+        async with self.lock:
+            await asyncio.to_thread(self.runner.step, batch.requests)
+            await asyncio.to_thread(self.runner.maybe_capture_graphs, limits.max_total_tokens)
+        self.runner.max_input_tokens = limits.max_input_tokens
+        return pb.WarmupResponse(
+            max_supported_total_tokens=kv.capacity_tokens,
+            max_input_tokens=limits.max_input_tokens,
+            max_total_tokens=limits.max_total_tokens,
+        )
+
+    async def Prefill(self, request: pb.PrefillRequest, context) -> pb.PrefillResponse:
+        start = time.perf_counter_ns()
+        new = self._new_batch(request.batch)
+        for r in new.requests:
+            if not r.blocks or not r.slots:
+                raise InvalidRequest(f"request {r.id}: no blocks/slots given (only Warmup may omit them)")
+        self._check_new(new)
+        parts = [self._get(request.cached_batch.id)] if request.HasField("cached_batch") else []
+        return await self._run(parts + [new], start, pb.PrefillResponse)
+
+    async def Decode(self, request: pb.DecodeRequest, context) -> pb.DecodeResponse:
+        start = time.perf_counter_ns()
+        if not request.batches:
+            raise InvalidRequest("Decode needs at least one batch")
+        return await self._run([self._get(b.id) for b in request.batches], start, pb.DecodeResponse)
+
+    # ---- helpers -------------------------------------------------------------------------------------------
+
+    async def _run(self, parts: list[ShardBatch], start: int, response_type):
+        """Concatenate ``parts`` (first id kept), step once, store the result; a Prefill/DecodeResponse."""
+        ids = [r.id for b in parts for r in b.requests]
+        if len(ids) != len(set(ids)):
+            raise InvalidRequest(f"request ids repeat across the batches: {ids}")
+        concat_start = time.perf_counter_ns()
+        batch = ShardBatch.concatenate(parts) if len(parts) > 1 else parts[0]
+        concat_ns = time.perf_counter_ns() - concat_start
+        async with self.lock:
+            generations, times = await asyncio.to_thread(self.runner.step, batch.requests)
+        for b in parts:
+            self.batches.pop(b.id, None)
+        out = response_type(
+            generations=[convert.generation(g) for g in generations],
+            forward_ns=times.forward_ns,
+            decode_ns=times.decode_ns,
+        )
+        if len(parts) > 1:
+            out.concat_ns = concat_ns
+        if not _all_stopped(batch, generations):
+            self.batches[batch.id] = batch
+            out.batch.CopyFrom(self._cached(batch))
+        out.total_ns = time.perf_counter_ns() - start
+        return out
+
+    def _new_batch(self, batch: pb.Batch) -> ShardBatch:
+        detok, eos = self.runner.detok, self.runner.loaded.eos_token_ids
+        if not batch.requests:
+            raise InvalidRequest(f"batch {batch.id} has no requests")
+        requests = [convert.request_state(r, detok, eos) for r in batch.requests]
+        return ShardBatch(batch.id, requests)
+
+    def _check_new(self, batch: ShardBatch) -> None:
+        """Every check on requests entering the shard; runs before anything is written."""
+        for r in batch.requests:
+            check_new_request(r, self.runner.limits)
+        live = [r for b in self.batches.values() for r in b.requests]
+        check_block_ownership(batch.requests, live, self.runner.kv.block_size)
+
+    def _get(self, batch_id: int) -> ShardBatch:
+        if batch_id not in self.batches:
+            raise BatchNotFound(f"batch {batch_id} not found (held: {sorted(self.batches)})")
+        return self.batches[batch_id]
+
+    def _cached(self, batch: ShardBatch) -> pb.CachedBatch:
+        return convert.cached_batch(batch, self.runner.kv.block_size)
+
+
+def _all_stopped(batch: ShardBatch, generations: list[GenerationOut]) -> bool:
+    """TGI drops a batch when every request stopped at this step (no Generation = still prefilling)."""
+    return len(generations) == len(batch.requests) and all(g.finished is not None for g in generations)
+
+
+def build_server(service: TextGenerationService, config: ShardConfig) -> grpc.aio.Server:
+    """A grpc.aio server with the servicer, reflection and interceptors, bound to the shard's socket."""
+    from grpc_reflection.v1alpha import reflection
+
+    from shard.interceptor import ExceptionInterceptor
+
+    interceptors: list = [ExceptionInterceptor()]
+    if config.otlp_endpoint:
+        from shard.tracing import TracingInterceptor, setup_tracing
+
+        setup_tracing(config.otlp_endpoint, config.otlp_service_name)
+        interceptors.insert(0, TracingInterceptor())
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ],
+    )
+    pb_grpc.add_TextGenerationServiceServicer_to_server(service, server)
+    reflection.enable_server_reflection([SERVICE_NAME, reflection.SERVICE_NAME], server)
+    if os.path.exists(config.socket_path):
+        os.unlink(config.socket_path)  # stale socket from a previous run
+    server.add_insecure_port(f"unix://{config.socket_path}")
+    return server
+
+
+async def serve(service: TextGenerationService, config: ShardConfig) -> None:
+    """Serve until cancelled or terminated."""
+    server = build_server(service, config)
+    await server.start()
+    log.info("Server started at unix://%s", config.socket_path)
+    try:
+        await server.wait_for_termination()
+    finally:
+        await server.stop(grace=1)

@@ -1,0 +1,191 @@
+"""Bad input gets a gRPC error saying what was wrong; the shard keeps serving, and no other request's KV
+or batch state changes."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from proto.generate.v3 import generate_pb2 as pb
+from shard.tests.helpers import Blocks, batch, request, slots_of
+
+INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+TEXT = "The library opens at nine and closes at six."
+
+
+def _bad_requests() -> dict[str, tuple[pb.Request, str]]:
+    """name -> (request, expected message fragment). Block 60.. are never used by the live request."""
+    good_blocks = [60, 61, 62]
+    return {
+        "block outside pool": (
+            request(9, TEXT, [60, 999], slots_of([60, 999], 20)),
+            "outside the KV pool of 64",
+        ),
+        "slot not in its block": (
+            request(9, TEXT, good_blocks, [5] + slots_of(good_blocks, 20)[1:]),
+            "slot 5 at position 0 is not in block 60",
+        ),
+        "slots shorter than prompt": (
+            request(9, TEXT, good_blocks, slots_of(good_blocks, 3)),
+            "3 slots for a prompt of",
+        ),
+        "slots beyond blocks": (request(9, TEXT, [60], slots_of(good_blocks, 20)), "do not fit in 1 blocks"),
+        "cache_len beyond prompt": (
+            request(9, TEXT, good_blocks, slots_of(good_blocks, 20), cache_len=40),
+            "cache_len 40 must be below the prompt length",
+        ),
+        "empty input": (_no_special(request(9, "", good_blocks, slots_of(good_blocks, 20))), "empty input"),
+        "no text chunk": (
+            _image_only(request(9, TEXT, good_blocks, slots_of(good_blocks, 20))),
+            "no text chunk",
+        ),
+        "no blocks": (request(9, TEXT, [], []), "no blocks/slots given"),
+        "grammar": (
+            _with_grammar(request(9, TEXT, good_blocks, slots_of(good_blocks, 20))),
+            "grammars are not supported",
+        ),
+        "prompt over max_input_tokens": (
+            request(9, TEXT * 10, list(range(40, 60)), slots_of(list(range(40, 60)), 300)),
+            "over max_input_tokens 64",
+        ),
+    }
+
+
+def _no_special(r: pb.Request) -> pb.Request:
+    r.add_special_tokens = False
+    return r
+
+
+def _image_only(r: pb.Request) -> pb.Request:
+    r.input_chunks.CopyFrom(pb.Input(chunks=[pb.InputChunk(image=pb.Image(data=b"x", mimetype="image/png"))]))
+    return r
+
+
+def _with_grammar(r: pb.Request) -> pb.Request:
+    r.parameters.grammar, r.parameters.grammar_type = "[a-z]+", pb.GRAMMAR_TYPE_REGEX
+    return r
+
+
+async def _expect(call, code: grpc.StatusCode, fragment: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    assert err.value.code() == code, err.value.details()
+    assert fragment in err.value.details()
+
+
+async def _warm(stub) -> None:
+    warm = pb.Request(
+        id=0,
+        input_chunks=pb.Input(chunks=[pb.InputChunk(text="_test " * 8)]),
+        truncate=8,
+        stopping_parameters=pb.StoppingCriteriaParameters(max_new_tokens=4),
+    )
+    await stub.Warmup(
+        pb.WarmupRequest(
+            batch=pb.Batch(id=0, requests=[warm], size=1),
+            max_input_tokens=64,
+            max_total_tokens=128,
+            max_prefill_tokens=128,
+        )
+    )
+
+
+async def _decode_ids(stub, cached: pb.CachedBatch, steps: int) -> tuple[list[int], pb.CachedBatch]:
+    ids = []
+    for _ in range(steps):
+        resp = await stub.Decode(pb.DecodeRequest(batches=[cached]))
+        ids.append(resp.generations[0].tokens.ids[0])
+        cached = resp.batch
+    return ids, cached
+
+
+async def test_each_bad_input_fails_alone_and_live_request_is_untouched(uds_stub) -> None:
+    stub, service, _ = uds_stub
+    await _warm(stub)
+    live = request(1, TEXT, *Blocks().take(40), max_new=20)
+    reference = await stub.Prefill(pb.PrefillRequest(batch=batch(1, [live])))
+    expected, _ = await _decode_ids(stub, reference.batch, 4)
+    await stub.ClearCache(pb.ClearCacheRequest(id=1))
+
+    started = await stub.Prefill(pb.PrefillRequest(batch=batch(1, [live])))
+    for bad, fragment in _bad_requests().values():
+        await _expect(stub.Prefill(pb.PrefillRequest(batch=batch(2, [bad]))), INVALID, fragment)
+        # a bad request next to a good one in the same batch fails the whole call, before any write
+        await _expect(
+            stub.Prefill(
+                pb.PrefillRequest(batch=batch(3, [request(4, TEXT, *Blocks(next_block=50).take(30)), bad]))
+            ),
+            INVALID,
+            fragment,
+        )
+    assert sorted(service.batches) == [1]
+    got, _ = await _decode_ids(stub, started.batch, 4)
+    assert got == expected
+
+
+async def test_unknown_batches_and_ids(uds_stub) -> None:
+    stub, service, _ = uds_stub
+    live = await stub.Prefill(
+        pb.PrefillRequest(batch=batch(1, [request(1, TEXT, *Blocks().take(40), max_new=9)]))
+    )
+    ghost = pb.CachedBatch(id=77, request_ids=[5], size=1)
+    await _expect(stub.Decode(pb.DecodeRequest(batches=[live.batch, ghost])), NOT_FOUND, "batch 77 not found")
+    await _expect(stub.Decode(pb.DecodeRequest()), INVALID, "at least one batch")
+    await _expect(
+        stub.FilterBatch(pb.FilterBatchRequest(batch_id=77, request_ids=[1])), NOT_FOUND, "batch 77"
+    )
+    await _expect(
+        stub.FilterBatch(pb.FilterBatchRequest(batch_id=1, request_ids=[1, 8])),
+        INVALID,
+        "request ids [8] are not in batch 1",
+    )
+    await _expect(
+        stub.Prefill(
+            pb.PrefillRequest(
+                batch=batch(2, [request(2, TEXT, *Blocks(next_block=30).take(40))]), cached_batch=ghost
+            )
+        ),
+        NOT_FOUND,
+        "batch 77 not found",
+    )
+    await _expect(stub.Prefill(pb.PrefillRequest(batch=pb.Batch(id=5))), INVALID, "has no requests")
+    ids, _ = await _decode_ids(stub, live.batch, 2)  # the live batch survived every failure unchanged
+    assert len(ids) == 2 and sorted(service.batches) == [1]
+
+
+async def test_two_requests_writing_one_slot_are_rejected(uds_stub) -> None:
+    stub, _, _ = uds_stub
+    blocks, slots = Blocks().take(40)
+    await _expect(
+        stub.Prefill(
+            pb.PrefillRequest(
+                batch=batch(1, [request(1, TEXT, blocks, slots), request(2, TEXT, blocks, slots)])
+            )
+        ),
+        INVALID,
+        "writes KV slots another request in the batch also writes",
+    )
+
+
+async def test_decoding_past_the_allocated_slots_is_an_error_not_a_crash(uds_stub) -> None:
+    stub, _, _ = uds_stub
+    n = len(
+        (
+            await stub.Prefill(
+                pb.PrefillRequest(
+                    batch=batch(9, [request(9, TEXT, *Blocks().take(40), prefill_logprobs=True)])
+                )
+            )
+        )
+        .generations[0]
+        .prefill_tokens.ids
+    )
+    blocks = Blocks(next_block=20).take(n + 1)[0]
+    resp = await stub.Prefill(
+        pb.PrefillRequest(batch=batch(1, [request(1, TEXT, blocks, slots_of(blocks, n + 1))]))
+    )
+    resp = await stub.Decode(pb.DecodeRequest(batches=[resp.batch]))  # writes position n, the last slot
+    await _expect(
+        stub.Decode(pb.DecodeRequest(batches=[resp.batch])), INVALID, f"position {n + 1} has no slot"
+    )
+    await stub.Health(pb.HealthRequest())

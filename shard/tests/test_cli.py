@@ -1,0 +1,72 @@
+"""The shard as the launcher starts it: a subprocess that logs "Server started at unix://..." and answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import grpc
+
+from proto.generate.v3 import generate_pb2 as pb
+from proto.generate.v3 import generate_pb2_grpc as pb_grpc
+
+TGI_SERVE = "import sys; from shard.cli import tgi_main; sys.argv[0] = 'text-generation-server'; tgi_main()"
+
+
+def _wait_started(proc: subprocess.Popen) -> list[str]:
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Server started at unix://" in line:
+            return lines
+    raise AssertionError(f"shard exited before listening: {''.join(lines)}")
+
+
+def test_tgi_cli_serves_on_rank_socket_with_json_logs(tiny_llama: Path) -> None:
+    folder = tempfile.mkdtemp(prefix="cli-", dir="/tmp")
+    uds = f"{folder}/tgi"
+    Path(f"{uds}-1").write_text("stale")  # a stale socket file from an earlier run is removed
+    cmd = [
+        sys.executable,
+        "-c",
+        TGI_SERVE,
+        "serve",
+        str(tiny_llama),
+        "--uds-path",
+        uds,
+        "--json-output",
+        "--max-input-tokens",
+        "100",
+        "--trust-remote-code",
+        "--logger-level",
+        "INFO",
+    ]
+    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        started = _wait_started(proc)[-1]
+        assert json.loads(started)["text"] == f"Server started at unix://{uds}-1"
+        with grpc.insecure_channel(f"unix://{uds}-1") as channel:
+            stub = pb_grpc.TextGenerationServiceStub(channel)
+            assert list(stub.ServiceDiscovery(pb.ServiceDiscoveryRequest()).urls) == [
+                f"unix://{uds}-0",
+                f"unix://{uds}-1",
+            ]
+            assert stub.Info(pb.InfoRequest()).block_size == 16
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_tgi_cli_refuses_quantization(tiny_llama: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", TGI_SERVE, "serve", str(tiny_llama), "--quantize", "gptq"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0 and "--quantize gptq is not supported" in out.stderr

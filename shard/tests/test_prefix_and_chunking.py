@@ -1,0 +1,120 @@
+"""A prefill reading a cached prefix, or a prompt prefilled in chunks, gives the cold prefill's tokens and
+logprobs (fp32, within 1e-5)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from proto.generate.v3 import generate_pb2 as pb
+from shard.factory import build_service
+from shard.tests.helpers import Blocks, batch, make_config, request, run_to_end, slots_of
+
+PROMPT = (
+    "Long system prompts, retrieved passages and tool outputs often repeat from one request to the next. "
+    "A cache that keeps them can answer the first token much sooner."
+)
+NEW = 12
+TOL = 1e-5
+
+
+def _result(gens: list[pb.Generation]) -> tuple[list[int], list[float], list[float]]:
+    """(generated ids, their logprobs, prompt logprobs from the first emission)."""
+    ids = [t for g in gens for t in g.tokens.ids]
+    logprobs = [lp for g in gens for lp in g.tokens.logprobs]
+    return ids, logprobs, list(gens[0].prefill_tokens.logprobs)
+
+
+def _close(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= TOL for x, y in zip(a, b))
+
+
+async def _generate(
+    service, rid: int, blocks: list[int], **extra
+) -> tuple[list[int], list[float], list[float]]:
+    req = request(
+        rid,
+        PROMPT,
+        blocks,
+        slots_of(blocks, _prompt_len(service) + NEW),
+        max_new=NEW,
+        prefill_logprobs=True,
+        **extra,
+    )
+    return _result((await run_to_end(service, pb.PrefillRequest(batch=batch(rid, [req]))))[rid])
+
+
+def _prompt_len(service) -> int:
+    return len(service.runner.detok.encode(PROMPT, True, 0))
+
+
+@pytest.fixture
+def service(tiny_model: Path):
+    return build_service(make_config(tiny_model))
+
+
+@pytest.mark.parametrize("cache_len", [16, 32, 37])
+async def test_cached_prefix_equals_cold_prefill(service, cache_len: int) -> None:
+    n = _prompt_len(service)
+    assert cache_len < n
+    pool = Blocks()
+    cold_ids, cold_lps, cold_prompt = await _generate(service, 1, pool.take(n + NEW)[0])
+    # an earlier request writes the prompt's KV into `shared`; a later one reuses its first cache_len tokens
+    shared = pool.take(n + NEW)[0]
+    await _generate(service, 2, shared)
+    keep = -(-cache_len // 16)
+    reused = shared[:keep] + pool.take(n + NEW - keep * 16)[0]
+    ids, lps, prompt_lps = await _generate(service, 3, reused, cache_len=cache_len)
+    assert ids == cold_ids
+    assert _close(lps, cold_lps)
+    assert all(math.isnan(x) for x in prompt_lps[: cache_len + 1])  # not computed in this prefill
+    assert _close(prompt_lps[cache_len + 1 :], cold_prompt[cache_len + 1 :])
+
+
+@pytest.mark.parametrize("chunk_len,cache_len", [(8, 0), (21, 0), (10, 16)])
+async def test_chunked_prefill_equals_unchunked(service, chunk_len: int, cache_len: int) -> None:
+    n = _prompt_len(service)
+    pool = Blocks()
+    cold_ids, cold_lps, cold_prompt = await _generate(service, 1, pool.take(n + NEW)[0])
+    shared = pool.take(n + NEW)[0]
+    if cache_len:
+        await _generate(service, 2, shared)
+    blocks = shared if cache_len else pool.take(n + NEW)[0]
+    req = request(
+        5,
+        PROMPT,
+        blocks,
+        slots_of(blocks, n + NEW),
+        max_new=NEW,
+        prefill_logprobs=True,
+        chunk_len=chunk_len,
+        cache_len=cache_len,
+    )
+    first = await service.Prefill(pb.PrefillRequest(batch=batch(5, [req])), None)
+    assert list(first.generations) == []  # no Generation before the prompt is consumed
+    assert first.batch.current_tokens == n - cache_len - chunk_len
+    gens = (
+        await run_to_end(
+            service,
+            pb.PrefillRequest(
+                batch=batch(6, [request(6, PROMPT, *pool.take(n + NEW), max_new=NEW)]),
+                cached_batch=first.batch,
+            ),
+        )
+    )[5]
+    ids, lps, prompt_lps = _result(gens)
+    assert ids == cold_ids
+    assert _close(lps, cold_lps)
+    assert _close(prompt_lps[cache_len + 1 :], cold_prompt[cache_len + 1 :])
+
+
+async def test_cache_len_really_reads_the_pool(service) -> None:
+    """Control: claiming a cached prefix over blocks nobody wrote changes the logprobs (so the tests above
+    compare KV read from the pool, not a recomputation)."""
+    n = _prompt_len(service)
+    pool = Blocks()
+    _, cold_lps, _ = await _generate(service, 1, pool.take(n + NEW)[0])
+    _, lps, _ = await _generate(service, 2, pool.take(n + NEW)[0], cache_len=16)
+    assert not _close(lps, cold_lps)

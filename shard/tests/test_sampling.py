@@ -1,0 +1,105 @@
+"""Sampling, stopping and incremental detokenization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from shard.detokenize import Detokenizer
+from shard.sampling import FinishReason, NextTokenChooser, SamplingParams, StoppingCriteria, top_p, typical_p
+
+VOCAB = 50
+
+
+def _logits(seed: int = 0) -> torch.Tensor:
+    return torch.randn(VOCAB, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def _draw(params: SamplingParams, steps: int = 30) -> list[int]:
+    chooser, history = NextTokenChooser(params), [1, 2, 3]
+    for i in range(steps):
+        history.append(chooser.choose(_logits(i), history).token_id)
+    return history[3:]
+
+
+def test_greedy_takes_the_argmax_with_its_logprob() -> None:
+    logits = _logits()
+    choice = NextTokenChooser(SamplingParams()).choose(logits, [1])
+    assert choice.token_id == int(logits.argmax())
+    assert choice.logprob == pytest.approx(float(torch.log_softmax(logits, -1).max()))
+
+
+def test_same_seed_same_tokens_other_seed_other_tokens() -> None:
+    a = _draw(SamplingParams(do_sample=True, seed=7))
+    assert a == _draw(SamplingParams(do_sample=True, seed=7))
+    assert a != _draw(SamplingParams(do_sample=True, seed=8))
+
+
+def test_warpers_turn_sampling_on_and_restrict_the_support() -> None:
+    assert SamplingParams(top_k=3).samples and not SamplingParams().samples
+    logits = _logits()
+    allowed = set(torch.topk(logits, 3).indices.tolist())
+    chooser = NextTokenChooser(SamplingParams(top_k=3, seed=1))
+    assert {chooser.choose(logits, [0]).token_id for _ in range(40)} <= allowed
+
+
+def test_top_p_and_typical_p_keep_at_least_one_token() -> None:
+    logits = _logits()
+    assert torch.isfinite(top_p(logits, 1e-6)).sum() == 1
+    assert torch.isfinite(typical_p(logits, 1e-6)).sum() >= 1
+    kept = torch.isfinite(top_p(logits, 0.9))
+    probs = logits.softmax(-1)
+    assert probs[kept].sum() >= 0.9 and probs[kept].min() >= probs[~kept].max()
+
+
+def test_repetition_and_frequency_penalties_lower_seen_tokens() -> None:
+    logits = torch.zeros(VOCAB)
+    logits[5], logits[6] = 2.0, 1.9
+    assert NextTokenChooser(SamplingParams()).choose(logits, [5]).token_id == 5
+    assert NextTokenChooser(SamplingParams(repetition_penalty=1.5)).choose(logits, [5]).token_id == 6
+    assert NextTokenChooser(SamplingParams(frequency_penalty=1.0)).choose(logits, [5, 5]).token_id == 6
+
+
+def test_watermark_depends_on_the_previous_token() -> None:
+    logits = torch.zeros(VOCAB)
+    chooser = NextTokenChooser(SamplingParams(watermark=True))
+    assert chooser.choose(logits, [3]).logprobs.tolist() != chooser.choose(logits, [4]).logprobs.tolist()
+
+
+def test_invalid_values_are_refused() -> None:
+    with pytest.raises(ValueError):
+        SamplingParams(temperature=0.0)
+
+
+def test_max_new_tokens_is_checked_before_eos() -> None:
+    stop = StoppingCriteria(frozenset({1}), max_new_tokens=2)
+    assert stop(5, "a") is None
+    assert stop(1, "") == FinishReason.LENGTH  # EOS at the last allowed step reports length, as TGI
+    assert StoppingCriteria(frozenset({1}), 9)(1, "") == FinishReason.EOS_TOKEN
+    assert StoppingCriteria(frozenset({1}), 9, ignore_eos_token=True)(1, "") is None
+
+
+def test_stop_sequences_match_the_decoded_tail() -> None:
+    stop = StoppingCriteria(frozenset(), 99, stop_sequences=("end.",))
+    assert [stop(7, t) for t in ("the", " e", "nd", ".")] == [None, None, None, FinishReason.STOP_SEQUENCE]
+
+
+def test_incremental_detokenization_rebuilds_the_text(tiny_llama: Path) -> None:
+    from tokenizers import Tokenizer
+
+    detok = Detokenizer(Tokenizer.from_file(str(tiny_llama / "tokenizer.json")))
+    text = "Hello wörld — a café ☕ by the sea"
+    ids = detok.encode(text, True, 0)
+    prompt_len = 2
+    prefix, read = detok.initial_offsets(prompt_len)
+    pieces = []
+    for n in range(prompt_len + 1, len(ids) + 1):
+        piece, prefix, read = detok.next_text(ids[:n], prefix, read)
+        assert "\ufffd" not in piece
+        pieces.append(piece)
+    assert detok.text(ids[:prompt_len]) + "".join(pieces) == text
+    assert "" in pieces  # multi-byte characters span tokens: their first tokens yield no text yet
+    assert detok.is_special(ids[0]) and not detok.is_special(ids[1])
+    assert detok.encode(text, True, 3) == ids[-3:]

@@ -1,0 +1,64 @@
+"""Warmup: settle the token limits against the KV pool, then run the router's max-size batch once.
+
+Limits not given by the router are chosen here: max_total = min(pool capacity, max_position_embeddings),
+max_input = max_total - 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shard.batch import RequestState
+from shard.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_input_tokens: int
+    max_total_tokens: int
+
+
+def settle_limits(
+    max_input: int | None, max_total: int | None, max_prefill: int, capacity: int, max_positions: int
+) -> Limits:
+    """Validate (or choose) the router's limits.
+
+    Raises:
+        InvalidRequest: a limit that cannot fit the pool / the model's positions, or input >= total.
+    """
+    total = max_total if max_total is not None else min(capacity, max_positions)
+    inp = max_input if max_input is not None else total - 1
+    if total > capacity:
+        raise InvalidRequest(
+            f"max_total_tokens {total} exceeds the KV pool capacity of {capacity} tokens; "
+            f"lower it or start the shard with more --num-blocks / --memory-fraction"
+        )
+    if total > max_positions:
+        raise InvalidRequest(
+            f"max_total_tokens {total} exceeds the model's max_position_embeddings {max_positions}"
+        )
+    if not 0 < inp < total:
+        raise InvalidRequest(f"max_input_tokens {inp} must be positive and below max_total_tokens {total}")
+    if max_prefill > capacity:
+        raise InvalidRequest(
+            f"max_batch_prefill_tokens {max_prefill} exceeds the KV pool capacity of {capacity} tokens"
+        )
+    return Limits(inp, total)
+
+
+def assign_scratch_memory(requests: list[RequestState], num_blocks: int, block_size: int) -> None:
+    """Give requests that arrived with no blocks/slots (warmup) consecutive blocks from 1 (0 stays reserved).
+
+    Raises:
+        InvalidRequest: the batch does not fit in the pool.
+    """
+    next_block = 1
+    for r in requests:
+        if r.blocks:
+            continue
+        count = -(-r.prompt_len // block_size)
+        if next_block + count > num_blocks:
+            raise InvalidRequest(f"warmup batch needs more than the {num_blocks - 1} usable KV blocks")
+        r.blocks = list(range(next_block, next_block + count))
+        r.slots = [b * block_size + o for b in r.blocks for o in range(block_size)][: r.prompt_len]
+        next_block += count
