@@ -64,11 +64,13 @@ def prefill_samples(url: str, builder: PromptBuilder, lengths: Sequence[int], ta
         base = ((f"{tag}ctx{n}", n),)
         _one(url, builder, base, 1)
         ext = _one(url, builder, base + ((f"{tag}ext{n}", 64),), 1)
-        out.append(Sample(((64, n), ), (), ext))
+        out.append(Sample(((64, n),), (), ext))
     return out
 
 
-def decode_samples(url: str, builder: PromptBuilder, batches: Sequence[int], prompt_len: int, tag: str) -> list[Sample]:
+def decode_samples(
+    url: str, builder: PromptBuilder, batches: Sequence[int], prompt_len: int, tag: str
+) -> list[Sample]:
     out = []
     for b in batches:
         reqs = [WorkloadRequest(0.0, ((f"{tag}dec{b}-{i}", prompt_len),), 32) for i in range(b)]

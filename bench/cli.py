@@ -1,6 +1,6 @@
 """``prism-bench``: compare | calibrate | replay | router-overhead.
 
-    prism-bench compare --mode sim --workload zipf-rag --cost-model qwen3-4b-a800 --qps 40,60,80 \\
+    prism-bench compare --mode sim --workload zipf-rag --cost-model qwen3-4b-a800 --qps 4,5,6,7 \\
         --configs fcfs+lru,lpm+lru,qas+dart --out out/4b
     prism-bench compare --mode live --model-id DIR --workload zipf-rag --qps 1,2 --configs ... --out out/live
     prism-bench calibrate --model-id DIR --out measured.json      (then --cost-model measured:measured.json)
@@ -73,13 +73,14 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
     s = p.add_argument_group("simulator")
     s.add_argument("--cost-model", default="qwen3-4b-a800",
                    help="qwen3-4b-a800 | llama2-13b-a800 | qwen3-4b-h100 | llama2-13b-h100 | measured:PATH")
-    s.add_argument("--kv-capacity-tokens", type=int, default=None, help="override the GPU-derived KV capacity")
+    s.add_argument("--kv-capacity-tokens", type=int, default=None,
+                   help="override the GPU-derived KV capacity")
     s.add_argument("--max-batch-prefill-tokens", type=int, default=8192)
     s.add_argument("--max-batch-size", type=int, default=None)
     s.add_argument("--block-size", type=int, default=16)
-    s.add_argument("--prefill-done", action="store_true",
-                   help="publish prompts to the tree when their prefill ends (SGLang), not at release (TGI, "
-                        "our batcher today)")
+    s.add_argument("--no-prefill-done", dest="prefill_done", action="store_false",
+                   help="publish prompts to the tree only at release (TGI), not when their prefill ends "
+                        "(SGLang and our batcher)")
     lv = p.add_argument_group("live")
     lv.add_argument("--model-id", default=None, help="model folder (its tokenizer.json builds the prompts)")
     lv.add_argument("--api", choices=("generate_stream", "completions"), default="generate_stream")
@@ -133,8 +134,9 @@ def workload_spec(args: argparse.Namespace) -> WorkloadSpec:
 
 
 def _print_row(row: dict[str, object]) -> None:
-    print(f"  {row['config']:<22} qps={row['qps']:<8} ttft p50={row['ttft_p50']:.3f}s p99={row['ttft_p99']:.3f}s "
-          f"hit={100 * float(row['hit_rate']):.1f}% errors={row['errors']}", file=sys.stderr, flush=True)
+    print(f"  {row['config']:<22} qps={row['qps']:<8} ttft p50={row['ttft_p50']:.3f}s "
+          f"p99={row['ttft_p99']:.3f}s hit={100 * float(row['hit_rate']):.1f}% errors={row['errors']}",
+          file=sys.stderr, flush=True)
 
 
 def _run_compare(args: argparse.Namespace) -> list[dict[str, object]]:
@@ -145,6 +147,8 @@ def _run_compare(args: argparse.Namespace) -> list[dict[str, object]]:
 
     spec, names = workload_spec(args), configs.parse_configs(args.configs)
     qps, params = args.qps or [None], scheduler_params(args.scheduler_param)
+    if args.qps is None and not args.workload.startswith("trace:"):
+        raise SystemExit(f"--qps is required for {args.workload} (only a trace has its own arrival times)")
     if args.mode == "sim":
         sim = SimConfig(
             args.max_batch_prefill_tokens, args.kv_capacity_tokens, args.max_batch_size, args.prefill_done
@@ -202,7 +206,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if args.url:
         return measure(args.url)
-    launch = LaunchSpec(args.model_id, extra_args=tuple(shlex.split(args.launcher_args)), log_dir=args.out.parent)
+    extra = tuple(shlex.split(args.launcher_args))
+    launch = LaunchSpec(args.model_id, extra_args=extra, log_dir=args.out.parent)
     with LiveServer(launch, "fcfs", "lru") as url:
         return measure(url)
 

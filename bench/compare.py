@@ -51,7 +51,7 @@ def simulate_point(
 ) -> Row:
     """One configuration at one offered load (the requests' arrivals) in the simulator."""
     scheduler = factory(config, setup.num_blocks, setup.block_size)
-    sim_config = setup.sim
+    sim_config = replace(setup.sim, block_size=setup.block_size)
     if setup.kv_capacity_tokens and sim_config.max_batch_total_tokens is None:
         sim_config = replace(sim_config, max_batch_total_tokens=setup.kv_capacity_tokens)
     result = Simulator(scheduler, setup.cost, sim_config).run(sched_requests(requests))
@@ -63,7 +63,8 @@ def simulate_point(
 
 
 def _summary(records: Sequence[RequestRecord], kept: Sequence[RequestRecord], hit_rate: float) -> Row:
-    """Metrics of the ``kept`` (post-warm-up) records; ``requests`` counts all, ``measured_requests`` the kept."""
+    """Metrics of the ``kept`` (post-warm-up) records; ``requests`` counts all records, ``measured_requests``
+    the kept ones."""
     row: Row = dict(summarize(kept, hit_rate))
     row.update(requests=len(records), measured_requests=len(kept))
     return row
@@ -136,7 +137,8 @@ def compare_live(
         timed_reqs = timed(spec, base, qps)
         load = live_requests(timed_reqs, builder)
         for config in config_names:
-            row = live_point(config, load, setup, qps if qps is not None else round(offered_qps(timed_reqs), 3))
+            rate = qps if qps is not None else round(offered_qps(timed_reqs), 3)
+            row = live_point(config, load, setup, rate)
             rows.append(row)
             if progress is not None:
                 progress(row)

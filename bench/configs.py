@@ -1,6 +1,6 @@
 """Configuration names of a comparison: ``scheduler+policy`` (``fcfs+lru`` is TGI's behaviour, ``lpm+lru``
-SGLang's, ``qas+dart`` PRISM's), plus the shorthands ``hotprefix`` and ``lookahead-lru``: HotPrefix was built on
-SGLang (so ``lpm+hotprefix``) and PCR's look-ahead LRU on vLLM (so ``fcfs+lookahead-lru``)."""
+SGLang's, ``qas+dart`` PRISM's), plus the shorthands ``hotprefix`` and ``lookahead-lru``: HotPrefix was built
+on SGLang (so ``lpm+hotprefix``) and PCR's look-ahead LRU on vLLM (so ``fcfs+lookahead-lru``)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """How long one forward step of the shard takes, for the simulator.
 
 A step runs a mixed batch, as a chunking shard does: prefill chunks, each ``(new_tokens, cached_context)``
-(the tokens computed now and the tokens of that request already in KV before them), and one token for each decoding
-request, given by its context length. Two kinds:
+(the tokens computed now and the tokens of that request already in KV before them), and one token for each
+decoding request, given by its context length. Two kinds:
 
-- analytic (``qwen3-4b-a800``, ``llama2-13b-a800``, ``qwen3-4b-h100``, ``llama2-13b-h100``): FLOPs and bytes against
-  the GPU's peak rates with stated efficiency factors, a roofline ``max(compute, memory)`` plus a fixed per-step
-  overhead (kernel launches, sampling, scheduling);
+- analytic (``qwen3-4b-a800``, ``llama2-13b-a800``, ``qwen3-4b-h100``, ``llama2-13b-h100``): FLOPs and bytes
+  against the GPU's peak rates with stated efficiency factors, a roofline ``max(compute, memory)`` plus a
+  fixed per-step overhead (kernel launches, sampling, scheduling);
 - ``measured:PATH``: a linear fit of our own shard's step times (the JSON ``prism-bench calibrate`` writes).
 
 KV capacity follows from the GPU memory: ``memory * mem_fraction - weights`` over the KV bytes of one token.
@@ -71,7 +71,8 @@ class GpuSpec:
 
 @dataclass(frozen=True)
 class Efficiency:
-    """What fraction of peak real kernels reach (stated, not measured: typical of SGLang/vLLM on A100-class GPUs)."""
+    """What fraction of peak real kernels reach (stated, not measured: typical of SGLang/vLLM on A100-class
+    GPUs)."""
 
     gemm: float = 0.6  # large prefill GEMMs
     attention: float = 0.4  # flash attention over long contexts
@@ -117,7 +118,8 @@ class AnalyticCost:
 
 @dataclass(frozen=True)
 class MeasuredCost:
-    """``t = base + prefill_token*Σnew + prefill_pair*Σnew·(ctx+new/2) + decode_seq*n_decode + decode_ctx*Σctx``."""
+    """``t = base + prefill_token*Σnew + prefill_pair*Σnew·(ctx+new/2) + decode_seq*n_decode
+    + decode_ctx*Σctx``."""
 
     name: str
     base_s: float
@@ -150,7 +152,8 @@ ANALYTIC_NAMES = tuple(f"{m}-{g}" for m in MODELS for g in GPUS)
 
 
 def make_cost_model(name: str, eff: Efficiency = Efficiency()) -> CostModel:
-    """``qwen3-4b-a800`` | ``llama2-13b-a800`` | ``qwen3-4b-h100`` | ``llama2-13b-h100`` | ``measured:PATH``."""
+    """A cost model by name: ``qwen3-4b-a800``, ``llama2-13b-a800``, ``qwen3-4b-h100``, ``llama2-13b-h100``
+    or ``measured:PATH``. Raises ValueError for another name."""
     if name.startswith("measured:"):
         return load_measured(name[len("measured:") :])
     model, _, gpu = name.rpartition("-")

@@ -2,9 +2,9 @@
 
 Requests are sent at their arrival times whatever the server's state (open loop: a slow server builds a queue,
 it does not slow the clients), over TGI's ``/generate_stream`` or OpenAI's ``/v1/completions`` with streaming.
-Each request's record holds its time to first token, inter-token latencies, end-to-end latency and error. When the
-server exports ``prism_prefix_cache_queried_tokens`` and ``prism_prefix_cache_hit_tokens`` on ``/metrics``, the hit
-rate of the run is the ratio of their increments.
+Each request's record holds its time to first token, inter-token latencies, end-to-end latency and error. When
+the server exports ``prism_prefix_cache_queried_tokens`` and ``prism_prefix_cache_hit_tokens`` on
+``/metrics``, the hit rate of the run is the ratio of their increments.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class LoadResult:
 
 
 def request_body(endpoint: Endpoint, req: LoadRequest) -> tuple[str, dict[str, object]]:
-    """(path, JSON body) of one streamed request; greedy, and asking to ignore EOS where the server allows it."""
+    """(path, JSON body) of one streamed request; greedy, asking to ignore EOS where the server allows it."""
     if endpoint.api == "generate_stream":
         params = {"max_new_tokens": req.max_new_tokens, "do_sample": False, "details": False}
         return "/generate_stream", {"inputs": req.prompt, "parameters": params}
@@ -105,7 +105,9 @@ def hit_rate_between(before: dict[str, float], after: dict[str, float]) -> float
     return hit / queried if queried and not math.isnan(queried) else math.nan
 
 
-async def _stream(session: aiohttp.ClientSession, endpoint: Endpoint, req: LoadRequest, sent: float) -> RequestRecord:
+async def _stream(
+    session: aiohttp.ClientSession, endpoint: Endpoint, req: LoadRequest, sent: float
+) -> RequestRecord:
     loop = asyncio.get_running_loop()
     path, body = request_body(endpoint, req)
     times: list[float] = []
@@ -137,7 +139,7 @@ async def _timed(session, endpoint, req: LoadRequest, t0: float, bar: tqdm) -> R
 
 
 async def run_load(endpoint: Endpoint, requests: Sequence[LoadRequest], desc: str = "load") -> LoadResult:
-    """Send every request at its arrival time and wait for all; times in records are the event loop's clock."""
+    """Send every request at its arrival time and wait for all; record times are the event loop's clock."""
     timeout = aiohttp.ClientTimeout(total=None, sock_read=900)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
         before = await _metrics(session, endpoint.url)

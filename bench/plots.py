@@ -1,4 +1,5 @@
-"""PNG plots of a comparison: TTFT percentiles versus QPS per configuration, and hit rate per configuration."""
+"""PNG plots of a comparison: TTFT percentiles versus QPS per configuration, and hit rate per
+configuration."""
 
 from __future__ import annotations
 
@@ -56,4 +57,7 @@ def hit_rate_plot(rows: Sequence[Row], path: Path, title: str) -> Path:
 
 
 def write_plots(rows: Sequence[Row], out_dir: Path, title: str) -> list[Path]:
-    return [ttft_plot(rows, out_dir / "ttft.png", title), hit_rate_plot(rows, out_dir / "hit_rate.png", title)]
+    return [
+        ttft_plot(rows, out_dir / "ttft.png", title),
+        hit_rate_plot(rows, out_dir / "hit_rate.png", title),
+    ]

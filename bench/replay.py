@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from prism_cache import POLICY_NAMES
 from prism_cache.belady import belady_hits
-from router_py.schedulers import SCHEDULERS, QueueScheduler
+from router_py.schedulers import SCHEDULERS, QueueScheduler, make_scheduler
 from router_py.scheduling import SchedRequest, SchedulerConfig
 
 MOONCAKE_BLOCK = 512
@@ -92,8 +92,13 @@ class ReplayResult:
     prompt_tokens: int
 
 
-def replay(requests: Sequence[TraceRequest], scheduler: QueueScheduler, window: int, prefill_tokens: int,
-           capacity_tokens: int) -> ReplayResult:
+def replay(
+    requests: Sequence[TraceRequest],
+    scheduler: QueueScheduler,
+    window: int,
+    prefill_tokens: int,
+    capacity_tokens: int,
+) -> ReplayResult:
     """Drive ``scheduler`` through ``requests`` (see the module docstring). Raises RuntimeError if a request
     can never be admitted (larger than the capacity)."""
     result = ReplayResult([], 0, 0)
@@ -116,8 +121,9 @@ def replay(requests: Sequence[TraceRequest], scheduler: QueueScheduler, window: 
     return result
 
 
-def belady_hit_tokens(requests: Sequence[TraceRequest], order: Sequence[int], capacity_blocks: int,
-                      block_size: int) -> int:
+def belady_hit_tokens(
+    requests: Sequence[TraceRequest], order: Sequence[int], capacity_blocks: int, block_size: int
+) -> int:
     seq = [requests[i] for i in order]
     hits = belady_hits([r.units(block_size) for r in seq], capacity_blocks)
     return sum(min(h * block_size, r.input_length - 1) for h, r in zip(hits, seq))
@@ -135,9 +141,11 @@ def run(args: argparse.Namespace) -> int:
     requests = load_mooncake(args.trace, args.limit)
     bs = args.block_size
     num_blocks = args.capacity_tokens // bs + 1  # + the reserved block 0
-    config = SchedulerConfig(args.scheduler, args.cache_policy, True, num_blocks, bs,
-                             params=_params(args.param, args.window))
-    scheduler = SCHEDULERS[args.scheduler](config)
+    config = SchedulerConfig(
+        args.scheduler, args.cache_policy, True, num_blocks, bs, params=_params(args.param, args.window)
+    )
+    scheduler = make_scheduler(config)
+    assert isinstance(scheduler, QueueScheduler)
     result = replay(requests, scheduler, args.window, args.prefill_tokens, args.capacity_tokens)
     bound = belady_hit_tokens(requests, result.order, num_blocks - 1, bs)
     out = {
@@ -147,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         "capacity_tokens": args.capacity_tokens,
         "block_size": bs,
         "window": args.window,
+        "params": config.params,
         "hit_rate": result.hit_tokens / max(1, result.prompt_tokens),
         "belady_hit_rate": bound / max(1, result.prompt_tokens),
         "prompt_tokens": result.prompt_tokens,
@@ -156,9 +165,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{args.scheduler}+{args.cache_policy} capacity={args.capacity_tokens} block={bs} "
-              f"window={args.window} requests={out['requests']}: hit rate {out['hit_rate']:.4f}, "
-              f"Belady (same order) {out['belady_hit_rate']:.4f}")
+        print(
+            f"{args.scheduler}+{args.cache_policy} capacity={args.capacity_tokens} block={bs} "
+            f"window={args.window} requests={out['requests']}: hit rate {out['hit_rate']:.4f}, "
+            f"Belady (same order) {out['belady_hit_rate']:.4f}"
+        )
     return 0
 
 

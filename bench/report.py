@@ -1,6 +1,7 @@
-"""Tables of a comparison: each metric per load and configuration, with its ratio to the baselines ``fcfs+lru``
-(TGI) and ``lpm+lru`` (SGLang), and the headline the paper reports: the average over the QPS points of each
-point's P99 TTFT, and of the hit rate, for PRISM against the strongest baseline (the lowest average P99)."""
+"""Tables of a comparison: each metric per load and configuration, with its ratio to the baselines
+``fcfs+lru`` (TGI) and ``lpm+lru`` (SGLang), and the headline the paper reports: the average over the QPS
+points of each point's P99 TTFT, and of the hit rate, for PRISM against the strongest baseline (the lowest
+average P99)."""
 
 from __future__ import annotations
 

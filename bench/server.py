@@ -1,5 +1,6 @@
 """A live server under test: ``prism-launcher`` started as a subprocess with one configuration on a free port,
-waited for on ``/health`` and stopped (its own process group) when done. Logs go to a file for post-mortems."""
+waited for on ``/health`` and stopped (its own process group) when done. Logs go to a file for
+post-mortems."""
 
 from __future__ import annotations
 
@@ -57,7 +58,9 @@ class LiveServer:
     def __enter__(self) -> str:
         self.spec.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + self.spec.startup_timeout_s
         while not healthy(self.url):
             if self.proc.poll() is not None or time.monotonic() > deadline:

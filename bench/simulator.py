@@ -1,21 +1,22 @@
 """A discrete-event simulator of one chunking shard served by the router's real scheduler, on a virtual clock.
 
-It runs the batching loop of :mod:`router_py.batcher` (TGI's ``batching_task`` for chunking shards) one forward
-pass at a time, with the same budgets and the same order of scheduler calls:
+It runs the batching loop of :mod:`router_py.batcher` (TGI's ``batching_task`` for chunking shards) one
+forward pass at a time, with the same budgets and the same order of scheduler calls:
 
     idle:    plan = next_batch(now, max_batch_prefill_tokens, max_batch_total_tokens)
              forward(the plan's first chunks)                                       ─┐ Prefill(new)
     running: plan = next_batch(now, prefill_budget - current_tokens, total - max_tokens, max_size)
              forward(the plan's first chunks + every running request's next tokens) ─┤ Prefill(new, cached)
              forward(every running request's next tokens)                           ─┘ Decode
-    after each forward: a request whose prompt completed gets its first token at ``now``; a request that reached
-    its max_new_tokens is released to the scheduler (its blocks go to the prefix cache).
+    after each forward: a request whose prompt completed gets its first token at ``now``; a request that
+    reached its max_new_tokens is released to the scheduler (its blocks go to the prefix cache).
 
-Arrivals are enqueued with their own time before each next_batch call; when nothing runs and nothing is admitted
-the clock jumps to the next arrival. A running request's next tokens are the rest of its prompt (after a first
-chunk of ``chunk_len``) or one decode token, as :mod:`shard.batch` computes them. Each forward lasts
-``cost.step_seconds``. The scheduler is the one ``router_py.schedulers.make_scheduler`` builds for the server, so
-admissions, ``cache_len``, ``chunk_len`` and evictions are the server's own; only time is simulated.
+Arrivals are enqueued with their own time before each next_batch call; when nothing runs and nothing is
+admitted the clock jumps to the next arrival. A running request's next tokens are the rest of its prompt
+(after a first chunk of ``chunk_len``) or one decode token, as :mod:`shard.batch` computes them. Each forward
+lasts ``cost.step_seconds``. The scheduler is the one ``router_py.schedulers.make_scheduler`` builds for the
+server, so admissions, ``cache_len``, ``chunk_len`` and evictions are the server's own; only time is
+simulated.
 """
 
 from __future__ import annotations
@@ -28,18 +29,19 @@ from bench.cost_model import CostModel
 from bench.metrics import RequestRecord
 from bench.workloads.request import WorkloadRequest
 from bench.workloads.token_ids import prompt_token_ids
-from router_py.scheduling import BatchPlan, Scheduler, SchedRequest
+from router_py.scheduling import Admission, BatchPlan, Scheduler, SchedRequest
 
 
 @dataclass(frozen=True)
 class SimConfig:
-    max_batch_prefill_tokens: int = 8192  # per-step prefill budget (SGLang's chunked_prefill_size on 80 GB GPUs)
+    max_batch_prefill_tokens: int = 8192  # per-step prefill budget (SGLang's chunked_prefill_size, 80 GB)
     max_batch_total_tokens: int | None = None  # None: the cost model's KV capacity
     max_batch_size: int | None = None
-    # Call the scheduler's optional ``prefill_done(id)`` when a prompt completes (its blocks are published to the
-    # tree before the request finishes, as SGLang does). Off = the server's batcher today: blocks reach the tree
-    # at release only (TGI). Keep it equal to what the batcher does, or the two make different decisions.
-    prefill_done: bool = False
+    block_size: int = 16  # a running request holds len(blocks) * block_size tokens of the token budget
+    # Call the scheduler's ``prefill_done(id)`` when a prompt completes, so its blocks are shared before
+    # the request finishes (as SGLang does, and as the server's batcher does). Off = TGI's behaviour:
+    # blocks reach the tree at release only. Keep it equal to the batcher, or the two decide differently.
+    prefill_done: bool = True
 
 
 @dataclass
@@ -49,6 +51,7 @@ class _Running:
     computed: int  # prompt tokens whose KV exists (cached or computed so far)
     cached: int  # cache_len at admission: prompt tokens served by the prefix cache
     first_chunk: int | None  # chunk_len of the first prefill, None = the whole rest
+    reserved: int  # tokens of the token budget it holds (its blocks; TGI's CachedBatch.max_tokens share)
     generated: int = 0
     first_token: float | None = None
 
@@ -89,7 +92,9 @@ class SimResult:
 def sched_requests(workload: Sequence[WorkloadRequest]) -> list[SchedRequest]:
     """The workload as the scheduler sees it: ids in arrival order, token ids from segment ids."""
     ordered = sorted(workload, key=lambda r: r.arrival)
-    return [SchedRequest(i, tuple(prompt_token_ids(r)), r.output_len, r.arrival) for i, r in enumerate(ordered)]
+    return [
+        SchedRequest(i, tuple(prompt_token_ids(r)), r.output_len, r.arrival) for i, r in enumerate(ordered)
+    ]
 
 
 class Simulator:
@@ -147,7 +152,7 @@ class Simulator:
             max_size -= len(self.running)
             if max_size <= 0:
                 return False
-        reserved = sum(r.request.input_length + r.request.max_new_tokens for r in self.running)
+        reserved = sum(r.reserved for r in self.running)
         plan = self.scheduler.next_batch(
             self.now, max(prefill_budget, 0), max(self.token_capacity - reserved, 0), max_size=max_size
         )
@@ -155,9 +160,14 @@ class Simulator:
             return False
         if self.on_plan is not None:
             self.on_plan(plan)
-        new = [_Running(a.request, self.now, a.cache_len, a.cache_len, a.chunk_len) for a in plan.admissions]
+        new = [self._running(a) for a in plan.admissions]
         self._forward(new)
         return True
+
+    def _running(self, adm: Admission) -> _Running:
+        req = adm.request
+        reserved = len(adm.blocks) * self.config.block_size or req.input_length + req.max_new_tokens
+        return _Running(req, self.now, adm.cache_len, adm.cache_len, adm.chunk_len, reserved)
 
     def _forward(self, new: list[_Running]) -> None:
         """One forward over the running requests and the ``new`` ones; then tokens, finishes and releases."""
@@ -182,11 +192,12 @@ class Simulator:
         r.first_chunk = None
         if not r.prefilling:
             r.first_token, r.generated = self.now, 1
-            if self.config.prefill_done and hasattr(self.scheduler, "prefill_done"):
+            if self.config.prefill_done:
                 self.scheduler.prefill_done(r.request.id)
 
     def _record(self, r: _Running) -> RequestRecord:
         req = r.request
         return RequestRecord(
-            req.arrival, r.first_token, self.now, req.input_length, r.generated, r.admitted, cached_tokens=r.cached
+            req.arrival, r.first_token, self.now, req.input_length, r.generated, r.admitted,
+            cached_tokens=r.cached,
         )

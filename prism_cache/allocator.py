@@ -17,7 +17,8 @@ With ``prefix_caching=False`` nothing is matched or inserted (TGI's SimpleAlloca
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
 
@@ -32,13 +33,15 @@ from prism_cache.radix_tree import Node, RadixTree, Tokens
 class Allocation:
     """blocks: the lifetime block table; slots: ``tokens`` slot ids; prefix_len: tokens of the table already
     cached (a multiple of the block size, at most the prompt's full blocks); node: the locked path's deepest
-    node, or None (moves deeper when :meth:`RadixAllocator.cache_prompt` publishes the prompt early)."""
+    node (the namespace root on a miss), or None without a prompt; depth: blocks on that path. node and depth
+    move deeper when :meth:`RadixAllocator.cache_prompt` publishes the prompt early."""
 
     namespace: str
     blocks: tuple[int, ...]
     slots: tuple[int, ...]
     prefix_len: int
     node: Node | None
+    depth: int = 0
 
 
 class RadixAllocator:
@@ -92,7 +95,7 @@ class RadixAllocator:
             return None
         self.pool.ref_all(prefix)
         blocks = tuple(prefix + fresh)
-        return Allocation(namespace, blocks, self._slots(blocks, tokens), len(prefix) * bs, node)
+        return Allocation(namespace, blocks, self._slots(blocks, tokens), len(prefix) * bs, node, len(prefix))
 
     def _slots(self, blocks: tuple[int, ...], tokens: int) -> tuple[int, ...]:
         """Every slot of ``blocks`` in order, cut at ``tokens`` (TGI: ``block * bs + i``)."""
@@ -106,12 +109,7 @@ class RadixAllocator:
         """A request ended: cache its prompt's full blocks (if ``prompt`` and prefix caching), unlock its match,
         drop its references. ``hashes``: the prompt's :func:`block_hashes` if the caller has them."""
         if prompt is not None and self.prefix_caching:
-            n_full = min(len(prompt) // self.block_size, len(alloc.blocks))
-            if hashes is None:
-                hashes = self.hashes(alloc.namespace, prompt)
-            self.tree.insert(
-                alloc.namespace, prompt[: n_full * self.block_size], list(alloc.blocks[:n_full]), hashes[:n_full]
-            )
+            self._insert_prompt(alloc, prompt, hashes)
         self.rollback(alloc)
 
     def cache_prompt(self, alloc: Allocation, prompt: Tokens, hashes: list[int]) -> None:
@@ -119,21 +117,43 @@ class RadixAllocator:
         them, and move the allocation's lock to the new path (its blocks stay pinned until release)."""
         if not self.prefix_caching:
             return
-        n_full = min(len(prompt) // self.block_size, len(alloc.blocks))
-        head = prompt[: n_full * self.block_size]
-        self.tree.insert(alloc.namespace, head, list(alloc.blocks[:n_full]), hashes[:n_full])
-        node, _ = self.tree.match(alloc.namespace, head)
+        old = alloc.node
+        node, depth = self._insert_prompt(alloc, prompt, hashes)
         self.tree.lock(node)
-        if alloc.node is not None:
-            self.tree.unlock(alloc.node)
-        alloc.node = node
+        if old is not None:
+            self.tree.unlock(old)
+        alloc.node, alloc.depth = node, depth
+
+    def _insert_prompt(self, alloc: Allocation, prompt: Tokens, hashes: list[int] | None) -> tuple[Node, int]:
+        """Insert the prompt's full blocks, walking from the allocation's locked node; returns the path end."""
+        n_full = min(len(prompt) // self.block_size, len(alloc.blocks))
+        if hashes is None:
+            hashes = self.hashes(alloc.namespace, prompt)
+        start = (alloc.node, alloc.depth) if alloc.node is not None and alloc.depth <= n_full else None
+        _, node = self.tree.insert(
+            alloc.namespace,
+            prompt[: n_full * self.block_size],
+            list(alloc.blocks[:n_full]),
+            hashes[:n_full],
+            start,
+        )
+        return node, n_full
 
     def rollback(self, alloc: Allocation) -> None:
         """Undo :meth:`allocate` without caching anything."""
         if alloc.node is not None:
             self.tree.unlock(alloc.node)
-        for b in alloc.blocks:
-            self.pool.unref(b)
+        self.pool.unref_all(alloc.blocks)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Allocations made inside share one eviction scan (see :meth:`RadixTree.begin_batch`); no release,
+        cache_prompt or demand change may happen inside."""
+        self.tree.begin_batch(self.policy)
+        try:
+            yield
+        finally:
+            self.tree.end_batch()
 
     def free_blocks(self) -> int:
         return self.pool.free_count

@@ -72,6 +72,19 @@ class BlockPool:
             return True
         return False
 
+    def unref_all(self, blocks: list[int] | tuple[int, ...]) -> int:
+        """:meth:`unref` each block; returns how many were freed."""
+        refs, free, freed = self._refs, self._free, 0
+        for b in blocks:
+            count = refs[b] - 1
+            if count < 0 or b == 0:
+                raise ValueError(f"block {b} has no reference to drop")
+            refs[b] = count
+            if count == 0:
+                free.append(b)
+                freed += 1
+        return freed
+
     def refcount(self, block: int) -> int:
         return self._refs[block]
 

@@ -21,7 +21,9 @@ class DemandTable:
 
     def __init__(self) -> None:
         self._counts: dict[int, int] = {}
-        self.get = self._counts.get  # NOTE: the hot path (eviction keys, QAS ranking) reads counts through this
+        self.get = (
+            self._counts.get
+        )  # NOTE: the hot path (eviction keys, QAS ranking) reads counts through this
 
     def add(self, hashes: Iterable[int]) -> None:
         counts = self._counts

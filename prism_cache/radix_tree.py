@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from prism_cache.block_pool import BlockPool
 
 if TYPE_CHECKING:
-    from prism_cache.policies.base import RetentionPolicy
+    from prism_cache.policies.base import Key, RetentionPolicy
 
 Tokens = tuple[int, ...]
 
@@ -27,9 +27,11 @@ class Node:
     node's active demand); ``hits`` counts matches that reused it; ``last_access`` is the tick of the last
     match or insert through it."""
 
-    __slots__ = ("edge", "tokens", "blocks", "hashes", "parent", "children", "lock", "last_access", "hits")
+    __slots__ = ("blocks", "children", "edge", "hashes", "hits", "last_access", "lock", "parent", "tokens")
 
-    def __init__(self, edge: Tokens, tokens: Tokens, blocks: list[int], hashes: list[int], parent: Node | None):
+    def __init__(
+        self, edge: Tokens, tokens: Tokens, blocks: list[int], hashes: list[int], parent: Node | None
+    ):
         self.edge = edge
         self.tokens = tokens
         self.blocks = blocks
@@ -65,6 +67,7 @@ class RadixTree:
         self.cached_hashes: set[int] = set()  # chained hashes of every cached block (prefix-closed per chain)
         self._roots: dict[str, Node] = {}
         self._leaves: set[Node] = set()
+        self._session: tuple[RetentionPolicy, list[tuple[Key, int, Node]] | None] | None = None
 
     # ---------------------------------------------------------------- lookups
     def root(self, namespace: str) -> Node:
@@ -174,17 +177,31 @@ class RadixTree:
             if walk.lock <= 0:
                 raise ValueError("unlock of a path that is not locked")
             walk.lock -= 1
+            if walk.lock == 0:
+                self._unlocked(walk)
             walk = walk.parent
 
     # ---------------------------------------------------------------- insert
-    def insert(self, namespace: str, tokens: Tokens, blocks: list[int], hashes: list[int]) -> int:
+    def insert(
+        self,
+        namespace: str,
+        tokens: Tokens,
+        blocks: list[int],
+        hashes: list[int],
+        start: tuple[Node, int] | None = None,
+    ) -> tuple[int, Node]:
         """Cache ``blocks`` (one per full block of ``tokens``; ``hashes`` parallel) under ``namespace``.
 
-        Returns how many leading blocks were already cached: the tree keeps its own blocks for those and takes a
-        reference only on the new ones, so the caller frees its duplicates by dropping its own references.
-        Splits a node where the new path diverges inside it; touches the inserted path.
+        Args: start: (node, n) to skip walking a known prefix: ``node`` must be a *locked* node whose path is
+        exactly the first n blocks of ``tokens`` (a locked node is never cut, and splits keep its path end).
+        Returns: how many leading blocks were already cached (the tree keeps its own blocks for those and takes a
+        reference only on the new ones, so the caller frees its duplicates by dropping its own references), and
+        the node where the inserted path ends. Splits a node where the new path diverges inside it; touches the
+        inserted path.
         """
-        node, pos, i, bs = self.root(namespace), 0, 0, self.block_size
+        node, i = start if start is not None else (self.root(namespace), 0)
+        bs = self.block_size
+        pos = i * bs
         existing = len(blocks)
         while i < len(blocks):
             child = node.children.get(tokens[pos : pos + bs])
@@ -197,12 +214,11 @@ class RadixTree:
                 child = self._split(child, k)
             node, i, pos = child, i + k, pos + k * bs
         self.touch(node, hit=False)
-        return existing
+        return existing, node
 
     def _add_leaf(self, parent: Node, tokens: Tokens, blocks: list[int], hashes: list[int]) -> Node:
         leaf = Node(tokens[: self.block_size], tokens, list(blocks), list(hashes), parent)
-        for b in leaf.blocks:
-            self.pool.ref(b)
+        self.pool.ref_all(leaf.blocks)
         parent.children[leaf.edge] = leaf
         self._leaves.discard(parent)
         self._leaves.add(leaf)
@@ -216,6 +232,16 @@ class RadixTree:
         """Blocks in unlocked nodes (an upper bound on what :meth:`evict` can free right now)."""
         return sum(len(n.blocks) for n in self.nodes() if n.lock == 0)
 
+    def begin_batch(self, policy: RetentionPolicy) -> None:
+        """Start a batch of allocations (matches, locks, evictions, rollbacks; no inserts, no demand changes):
+        the eviction candidates are gathered once and kept until :meth:`end_batch`, so k evictions cost one
+        O(leaves) scan instead of k. Only for policies with ``stable_keys`` (no key drops under those
+        operations); entries whose key rose since are re-ranked when they surface."""
+        self._session = (policy, None) if policy.stable_keys else None
+
+    def end_batch(self) -> None:
+        self._session = None
+
     def evict(self, n_blocks: int, policy: RetentionPolicy) -> int:
         """Free up to ``n_blocks`` blocks from unlocked leaves, lowest ``policy.key`` first.
 
@@ -224,11 +250,16 @@ class RadixTree:
         Locked nodes are never touched. Returns the number of blocks freed (less than asked if nothing else is
         evictable).
         """
-        heap = [(policy.key(n, len(n.blocks), self.tick), id(n), n) for n in self._leaves if n.lock == 0]
-        heapq.heapify(heap)
+        heap = self._candidates(policy)
         freed = 0
         while freed < n_blocks and heap:
-            _, _, node = heapq.heappop(heap)
+            key, _, node = heapq.heappop(heap)
+            if node.lock or node not in self._leaves:
+                continue  # locked or removed since the candidates were gathered
+            current = policy.key(node, len(node.blocks), self.tick)
+            if current != key:
+                heapq.heappush(heap, (current, id(node), node))
+                continue
             cut = self._blocks_to_cut(node, n_blocks - freed, policy, heap[0][0] if heap else None)
             freed += self._truncate(node, cut)
             if node.blocks:
@@ -236,11 +267,31 @@ class RadixTree:
             else:
                 parent = self._remove_leaf(node)
                 if parent is not None and parent.lock == 0:
-                    heapq.heappush(heap, (policy.key(parent, len(parent.blocks), self.tick), id(parent), parent))
+                    heapq.heappush(
+                        heap, (policy.key(parent, len(parent.blocks), self.tick), id(parent), parent)
+                    )
         self.evicted_blocks += freed
         return freed
 
-    def _blocks_to_cut(self, node: Node, need: int, policy: RetentionPolicy, next_key: object) -> int:
+    def _candidates(self, policy: RetentionPolicy) -> list[tuple[Key, int, Node]]:
+        """A heap of the unlocked leaves; inside a batch, the batch's heap (gathered on first use)."""
+        if self._session is not None and self._session[0] is policy and self._session[1] is not None:
+            return self._session[1]
+        heap = [(policy.key(n, len(n.blocks), self.tick), id(n), n) for n in self._leaves if n.lock == 0]
+        heapq.heapify(heap)
+        if self._session is not None and self._session[0] is policy:
+            self._session = (policy, heap)
+        return heap
+
+    def _unlocked(self, node: Node) -> None:
+        """``node`` just became unlocked: a leaf rejoins the batch's candidates."""
+        if self._session is None:
+            return
+        policy, heap = self._session
+        if heap is not None and node in self._leaves:
+            heapq.heappush(heap, (policy.key(node, len(node.blocks), self.tick), id(node), node))
+
+    def _blocks_to_cut(self, node: Node, need: int, policy: RetentionPolicy, next_key: Key | None) -> int:
         """Tail blocks of ``node`` to evict now: the c-th tail block goes too while it, as the node's tail
         (``key(node, size - c + 1)``), ranks no higher than the next candidate. Binary search: keys never
         decrease as a node is cut (the policy contract), so this costs O(log blocks) key calls."""
@@ -250,7 +301,7 @@ class RadixTree:
             return hi
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if policy.key(node, size - mid + 1, self.tick) <= next_key:  # type: ignore[operator]
+            if policy.key(node, size - mid + 1, self.tick) <= next_key:
                 lo = mid
             else:
                 hi = mid - 1
@@ -258,9 +309,8 @@ class RadixTree:
 
     def _truncate(self, node: Node, cut: int) -> int:
         keep = len(node.blocks) - cut
-        for b in node.blocks[keep:]:
-            freed = self.pool.unref(b)
-            assert freed, f"evicted block {b} is still referenced by a request"
+        freed = self.pool.unref_all(node.blocks[keep:])
+        assert freed == cut, "an evicted block is still referenced by a request"
         del node.blocks[keep:]
         self.cached_hashes.difference_update(node.hashes[keep:])
         del node.hashes[keep:]

@@ -293,6 +293,11 @@ class Batcher:
             self._send(state, gen)
 
     def _send(self, state: RequestState, gen: Generation) -> None:
+        if state.prompt_done_round != gen.request_id:
+            # First generation of this round: the whole prompt's KV is in the pool, so its full blocks can
+            # be shared with waiting requests now rather than when this request finishes.
+            state.prompt_done_round = gen.request_id
+            self._scheduler.prefill_done(gen.request_id)
         if gen.prefill_tokens and not state.prefill_sent and state.request.decoder_input_details:
             state.emit(PrefillTokens(list(gen.prefill_tokens)))
         state.prefill_sent = True

@@ -30,6 +30,7 @@ class RequestState:
     dropped: bool = False  # the client went away
     ended: bool = False  # EndEvent or error delivered
     prefill_sent: bool = False
+    prompt_done_round: int = -1  # scheduler id of the last round whose prompt finished prefilling
     events: asyncio.Queue[InferEvent | InferError] = field(default_factory=asyncio.Queue)
 
     @property

@@ -5,8 +5,9 @@ Life of a request, as the batcher drives it:
 
     enqueue(req, now) ─▶ next_batch(now, ...) returns it in a BatchPlan with blocks/slots/cache_len/chunk_len
          │                     │
-         └─ cancel(id)         └─ release(id) when it finishes, fails or its client goes away
-            (still waiting)       (prompt's full blocks go into the tree, the rest is freed)
+         └─ cancel(id)         ├─ prefill_done(id) when its first token comes back (prompt blocks shareable)
+            (still waiting)    └─ release(id) when it finishes, fails or its client goes away
+                                  (prompt's full blocks go into the tree, the rest is freed)
 """
 
 from __future__ import annotations
@@ -86,6 +87,11 @@ class Scheduler(Protocol):
     ) -> BatchPlan | None:
         """Choose and allocate the next prefill batch within the budgets (TGI next_batch semantics), or None.
         Requests not chosen stay queued; allocation never leaves half-done state."""
+        ...
+
+    def prefill_done(self, request_id: int) -> None:
+        """An admitted request's whole prompt has been prefilled (its first token came back): its full prompt
+        blocks may be shared with waiting requests from now on. Unknown ids are ignored."""
         ...
 
     def release(self, request_id: int) -> None:

@@ -15,6 +15,7 @@ import time
 
 import grpc
 import torch
+from opentelemetry import trace
 
 from proto.generate.v3 import generate_pb2 as pb
 from proto.generate.v3 import generate_pb2_grpc as pb_grpc
@@ -28,6 +29,8 @@ from shard.validation import check_block_ownership, check_new_request
 from shard.warmup import assign_scratch_memory, settle_limits
 
 log = logging.getLogger(__name__)
+# NOTE: a no-op tracer unless --otlp-endpoint installed a provider; span names follow TGI's shard.
+tracer = trace.get_tracer(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TextGenerationService"].full_name
 MAX_MESSAGE = 2**31 - 1
 
@@ -72,7 +75,8 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
     async def FilterBatch(self, request: pb.FilterBatchRequest, context) -> pb.FilterBatchResponse:
         batch = self._get(request.batch_id)
         try:
-            kept = batch.filter(list(request.request_ids))
+            with tracer.start_as_current_span("filter"):
+                kept = batch.filter(list(request.request_ids))
         except KeyError as err:
             raise InvalidRequest(err.args[0]) from err
         self.batches[kept.id] = kept
@@ -123,17 +127,21 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
     async def _run(self, parts: list[ShardBatch], start: int, response_type):
         """Concatenate ``parts`` (first id kept), step once, store the result; a Prefill/DecodeResponse."""
         ids = [r.id for b in parts for r in b.requests]
+        if not ids:
+            raise InvalidRequest(f"batch {parts[0].id} has no requests left (ClearCache it instead)")
         if len(ids) != len(set(ids)):
             raise InvalidRequest(f"request ids repeat across the batches: {ids}")
         concat_start = time.perf_counter_ns()
-        batch = ShardBatch.concatenate(parts) if len(parts) > 1 else parts[0]
+        with tracer.start_as_current_span("concatenate"):
+            batch = ShardBatch.concatenate(parts) if len(parts) > 1 else parts[0]
         concat_ns = time.perf_counter_ns() - concat_start
-        async with self.lock:
-            generations, times = await asyncio.to_thread(self.runner.step, batch.requests)
+        with tracer.start_as_current_span("generate_token"):
+            async with self.lock:
+                generations, times = await asyncio.to_thread(self.runner.step, batch.requests)
         for b in parts:
             self.batches.pop(b.id, None)
         out = response_type(
-            generations=[convert.generation(g) for g in generations],
+            generations=[convert.generation(g) for g in self._mine(batch, generations)],
             forward_ns=times.forward_ns,
             decode_ns=times.decode_ns,
         )
@@ -151,6 +159,16 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             raise InvalidRequest(f"batch {batch.id} has no requests")
         requests = [convert.request_state(r, detok, eos) for r in batch.requests]
         return ShardBatch(batch.id, requests)
+
+    def _mine(self, batch: ShardBatch, generations: list[GenerationOut]) -> list[GenerationOut]:
+        """The generations this rank reports: request i of the batch goes to rank i % world_size (TGI), so the
+        router, which concatenates every shard's generations, gets each exactly once. Each rank runs the whole
+        model (no tensor parallelism), so any rank could report any request."""
+        world, rank = self.config.world_size, self.config.rank
+        if world == 1:
+            return generations
+        index = {rid: i for i, rid in enumerate(batch.request_ids)}
+        return [g for g in generations if index[g.request_id] % world == rank]
 
     def _check_new(self, batch: ShardBatch) -> None:
         """Every check on requests entering the shard; runs before anything is written."""

@@ -1,6 +1,7 @@
 """A stand-in for ``prism-launcher`` in tests: serves /health, /metrics and a streaming /generate_stream that
 emits ``max_new_tokens`` tokens after a delay proportional to the prompt's words, and counts prompt words as
-"queried" and words seen before at the same position as "hit". Accepts and ignores the launcher's other flags."""
+"queried" and words seen before at the same position as "hit". Accepts and ignores the launcher's other
+flags."""
 
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ def test_magnitudes_are_sane() -> None:
 def test_kv_capacity_follows_model_and_memory() -> None:
     cap_4b = make_cost_model("qwen3-4b-a800").kv_capacity_tokens
     cap_13b = make_cost_model("llama2-13b-a800").kv_capacity_tokens
-    # Qwen3-4B: 144 KiB/token (GQA 8 heads), ~64 GB free -> ~430k; Llama-2-13B: 800 KiB/token (MHA), ~46 GB -> ~56k
+    # Qwen3-4B: 144 KiB/token (GQA 8 heads), ~64 GB free -> ~430k
+    # Llama-2-13B: 800 KiB/token (MHA), ~46 GB free -> ~56k
     assert 300_000 < cap_4b < 600_000
     assert 30_000 < cap_13b < 80_000
 

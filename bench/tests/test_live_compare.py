@@ -1,5 +1,6 @@
-"""``compare --mode live`` end to end against a stand-in launcher: a server per (configuration, load) is started
-on a free port, waited for, loaded with prompts built for the model folder's tokenizer, and stopped."""
+"""``compare --mode live`` end to end against a stand-in launcher: a server per (configuration, load) is
+started on a free port, waited for, loaded with prompts built for the model folder's tokenizer, and
+stopped."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ def test_live_compare_launches_loads_and_stops_a_server_per_point(tmp_path) -> N
     _train_tokenizer("bytelevel").save(str(model / "tokenizer.json"))
     out = tmp_path / "out"
     rc = main([
-        "compare", "--mode", "live", "--model-id", str(model), "--launcher", f"{sys.executable} -m bench.tests.fake_launcher",
+        "compare", "--mode", "live", "--model-id", str(model),
+        "--launcher", f"{sys.executable} -m bench.tests.fake_launcher",
         "--workload", "zipf-rag", "--qps", "20,40", "--configs", "fcfs+lru,qas+dart", "--requests", "30",
-        "--corpus", "10", "--system-len", "40", "--passage-len", "20", "--question-len", "8", "--output-len", "2,4",
+        "--corpus", "10", "--system-len", "40", "--passage-len", "20", "--question-len", "8",
+        "--output-len", "2,4",
         "--out", str(out),
     ])
     assert rc == 0

@@ -15,12 +15,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _trace(tmp_path: Path) -> Path:
-    rows = []
+    rows: list[dict[str, object]] = []
     for turn in range(6):  # three sessions, each turn extends its session's prompt by one hash id
         for session in range(3):
             ids = [1000 * session + i for i in range(turn + 2)]
-            rows.append({"timestamp": 100 * len(rows), "input_length": 512 * len(ids) - 7, "output_length": 4,
-                         "hash_ids": ids})
+            rows.append(
+                {
+                    "timestamp": 100 * len(rows),
+                    "input_length": 512 * len(ids) - 7,
+                    "output_length": 4,
+                    "hash_ids": ids,
+                }
+            )
     path = tmp_path / "trace.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
@@ -39,18 +45,49 @@ def test_replay_reports_hit_rate_beside_belady(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], scheduler: str, policy: str
 ) -> None:
     path = _trace(tmp_path)
-    args = [str(path), "--capacity-tokens", "8192", "--block-size", "64", "--scheduler", scheduler,
-            "--cache-policy", policy, "--window", "4", "--json"]
+    args = [
+        str(path),
+        "--capacity-tokens",
+        "8192",
+        "--block-size",
+        "64",
+        "--scheduler",
+        scheduler,
+        "--cache-policy",
+        policy,
+        "--window",
+        "4",
+        "--json",
+    ]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["requests"] == 18 and out["capacity_tokens"] == 8192
     assert 0 < out["hit_rate"] <= out["belady_hit_rate"] <= 1
 
 
-def test_unlimited_capacity_hits_every_repeated_block(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unlimited_capacity_hits_every_repeated_block(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = _trace(tmp_path)
-    assert main([str(path), "--capacity-tokens", "1000000", "--block-size", "512", "--scheduler", "fcfs",
-                 "--cache-policy", "lru", "--prefill-tokens", "1", "--json"]) == 0
+    assert (
+        main(
+            [
+                str(path),
+                "--capacity-tokens",
+                "1000000",
+                "--block-size",
+                "512",
+                "--scheduler",
+                "fcfs",
+                "--cache-policy",
+                "lru",
+                "--prefill-tokens",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     rows = load_mooncake(str(path))
     # one request per batch; each turn reuses the full blocks of its session's previous turn (its last is partial)
@@ -60,6 +97,11 @@ def test_unlimited_capacity_hits_every_repeated_block(tmp_path: Path, capsys: py
 
 def test_module_entry_point(tmp_path: Path) -> None:
     path = _trace(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "bench.replay", str(path), "--capacity-tokens", "4096"],
-                          cwd=ROOT, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.replay", str(path), "--capacity-tokens", "4096"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "hit rate" in done.stdout and "Belady" in done.stdout

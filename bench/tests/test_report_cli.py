@@ -41,7 +41,8 @@ def test_config_names() -> None:
 def test_compare_sim_writes_results_plots_and_table(tmp_path, capsys) -> None:
     out = tmp_path / "out"
     rc = main(["compare", "--mode", "sim", "--workload", "zipf-rag", "--cost-model", "llama2-13b-a800",
-               "--qps", "2,4", "--configs", "fcfs+lru", "--requests", "60", "--corpus", "50", "--out", str(out)])
+               "--qps", "2,4", "--configs", "fcfs+lru", "--requests", "60", "--corpus", "50",
+               "--out", str(out)])
     assert rc == 0
     rows = json.loads((out / "results.json").read_text())
     assert [(r["config"], r["qps"]) for r in rows] == [("fcfs+lru", 2.0), ("fcfs+lru", 4.0)]
@@ -55,7 +56,8 @@ def test_compare_sim_writes_results_plots_and_table(tmp_path, capsys) -> None:
 def test_compare_replays_a_trace_at_its_own_times(tmp_path) -> None:
     trace = tmp_path / "t.jsonl"
     trace.write_text("".join(
-        json.dumps({"timestamp": 0.5 * i, "segments": [["sys", 600], [f"u{i}", 50]], "output_length": 4}) + "\n"
+        json.dumps({"timestamp": 0.5 * i, "segments": [["sys", 600], [f"u{i}", 50]], "output_length": 4})
+        + "\n"
         for i in range(20)))
     out = tmp_path / "out"
     assert main(["compare", "--workload", f"trace:{trace}", "--time-scale", "2", "--configs", "fcfs+lru",
@@ -63,3 +65,24 @@ def test_compare_replays_a_trace_at_its_own_times(tmp_path) -> None:
     (row,) = json.loads((out / "results.json").read_text())
     assert row["qps"] == pytest.approx(1.0) and row["requests"] == 20
     assert row["hit_rate"] > 0.5 and not math.isnan(row["ttft_p99"])
+
+
+def test_replay_and_router_overhead_are_wired_lazily(monkeypatch) -> None:
+    import argparse
+    import sys
+    import types
+
+    import bench
+
+    calls: list[object] = []
+    replay = types.ModuleType("bench.replay")
+    replay.add_arguments = lambda p: p.add_argument("trace")  # type: ignore[attr-defined]
+    replay.run = lambda args: calls.append(args) or 3  # type: ignore[attr-defined]
+    overhead = types.ModuleType("bench.router_overhead")
+    overhead.main = lambda argv: calls.append(argv) or 4  # type: ignore[attr-defined]
+    for name, module in (("replay", replay), ("router_overhead", overhead)):
+        monkeypatch.setitem(sys.modules, f"bench.{name}", module)
+        monkeypatch.setattr(bench, name, module, raising=False)
+    assert main(["replay", "t.jsonl"]) == 3
+    assert main(["router-overhead", "--requests", "5"]) == 4
+    assert calls == [argparse.Namespace(trace="t.jsonl"), ["--requests", "5"]]

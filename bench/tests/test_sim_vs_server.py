@@ -1,10 +1,11 @@
 """The simulator and the server's batching loop make the same scheduling decisions for the same arrivals.
 
-The router's real :class:`router_py.batcher.Batcher` runs against an in-process fake shard that computes exactly
-what ``shard.batch`` computes (chunk, rest of prompt, one decode token per step) and advances a virtual clock by
-the same cost model as the simulator; both drive a fresh scheduler from ``make_scheduler``. Every BatchPlan (ids,
-cache_len, chunk_len, blocks, slots) must be equal, in order. Two waves of arrivals: all at t=0, then a second
-wave after the first has drained, so the second wave hits (and evicts from) the cache the first one left.
+The router's real :class:`router_py.batcher.Batcher` runs against an in-process fake shard that computes
+exactly what ``shard.batch`` computes (chunk, rest of prompt, one decode token per step) and advances a
+virtual clock by the same cost model as the simulator; both drive a fresh scheduler from ``make_scheduler``.
+Every BatchPlan (ids, cache_len, chunk_len, blocks, slots) must be equal, in order. Two waves of arrivals: all
+at t=0, then a second wave after the first has drained, so the second wave hits (and evicts from) the cache
+the first one left.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class _Req:
     max_new: int
     computed: int
     chunk: int | None
+    blocks: int
     generated: int = 0
 
     @property
@@ -53,7 +55,7 @@ class _Req:
 
 @dataclass
 class VirtualShard:
-    """The ShardClient calls the batcher makes, computing shard.batch's token bookkeeping on a virtual clock."""
+    """The ShardClient calls the batcher makes, with shard.batch's token bookkeeping, on a virtual clock."""
 
     now: float = 0.0
     batches: dict[int, list[_Req]] = field(default_factory=dict)
@@ -62,7 +64,10 @@ class VirtualShard:
         return self.now
 
     async def prefill(self, batch: ShardBatch, cached: CachedBatch | None = None) -> StepResult:
-        new = [_Req(r.id, len(r.inputs.split()), r.max_new_tokens, r.cache_len, r.chunk_len) for r in batch.requests]
+        new = [
+            _Req(r.id, len(r.inputs.split()), r.max_new_tokens, r.cache_len, r.chunk_len, len(r.blocks))
+            for r in batch.requests
+        ]
         old = self.batches.pop(cached.id) if cached is not None else []
         batch_id = cached.id if cached is not None else batch.id
         self.batches[batch_id] = old + new
@@ -86,8 +91,8 @@ class VirtualShard:
 
     def _cached(self, batch_id: int) -> CachedBatch:
         reqs = self.batches[batch_id]
-        return CachedBatch(batch_id, tuple(r.id for r in reqs), sum(r.prompt_len + r.max_new for r in reqs),
-                           sum(r.next_len for r in reqs))
+        max_tokens = sum(r.blocks for r in reqs) * BLOCK  # shard.convert.cached_batch: blocks x block size
+        return CachedBatch(batch_id, tuple(r.id for r in reqs), max_tokens, sum(r.next_len for r in reqs))
 
     def _forward(self, batch_id: int) -> StepResult:
         reqs = [r for r in self.batches[batch_id] if r.generated < r.max_new]
@@ -104,7 +109,9 @@ class VirtualShard:
             if r.computed < r.prompt_len:
                 return None
         r.generated += 1
-        done = GeneratedText("x" * r.generated, r.generated, "length", None) if r.generated >= r.max_new else None
+        done = None
+        if r.generated >= r.max_new:
+            done = GeneratedText("x" * r.generated, r.generated, "length", None)
         return Generation(r.id, (Token(7, "x", -0.1),), generated_text=done)
 
 
@@ -118,20 +125,27 @@ def _key(plan: BatchPlan) -> list[tuple]:
     return [(a.request.id, a.cache_len, a.chunk_len, a.blocks, a.slots) for a in plan.admissions]
 
 
-def _simulated(config: str, workload: list[WorkloadRequest]) -> list[list[tuple]]:
+def _simulated(config: str, workload: list[WorkloadRequest]) -> tuple[list[list[tuple]], dict[str, int]]:
     plans: list[BatchPlan] = []
     sim = Simulator(configs.make(config, CAPACITY // BLOCK, BLOCK), COST,
-                    SimConfig(PREFILL_BUDGET, CAPACITY), on_plan=plans.append)
-    sim.run(sched_requests(workload))
-    return [_key(p) for p in plans]
+                    SimConfig(PREFILL_BUDGET, CAPACITY, block_size=BLOCK), on_plan=plans.append)
+    result = sim.run(sched_requests(workload))
+    return [_key(p) for p in plans], result.cache_stats
 
 
 async def _served(config: str, workload: list[WorkloadRequest]) -> list[list[tuple]]:
     shard, plans = VirtualShard(), []
     info = BackendInfo(4000, 4096, CAPACITY, BLOCK, False, "bfloat16", "cuda", True, True)
-    batcher = Batcher(shard, info, BackendConfig(max_batch_prefill_tokens=PREFILL_BUDGET),  # type: ignore[arg-type]
-                      configs.make(config, CAPACITY // BLOCK, BLOCK), Metrics(4000, 4096),
-                      lambda text, special: [int(x) for x in text.split()], on_plan=plans.append, clock=shard.clock)
+    batcher = Batcher(
+        shard,  # type: ignore[arg-type]
+        info,
+        BackendConfig(max_batch_prefill_tokens=PREFILL_BUDGET),
+        configs.make(config, CAPACITY // BLOCK, BLOCK),
+        Metrics(4000, 4096),
+        lambda text, special: [int(x) for x in text.split()],
+        on_plan=plans.append,
+        clock=shard.clock,
+    )
 
     async def consume(r: SchedRequest) -> None:
         valid = ValidRequest(" ".join(map(str, r.prompt_ids)), tuple(r.prompt_ids), r.input_length,
@@ -154,8 +168,9 @@ async def _served(config: str, workload: list[WorkloadRequest]) -> list[list[tup
 @pytest.mark.parametrize("config", ["fcfs+lru", "lpm+lru", "qas+dart"])
 def test_simulator_and_batcher_make_the_same_plans(config: str) -> None:
     workload = _workload()
-    simulated = _simulated(config, workload)
+    simulated, stats = _simulated(config, workload)
     served = asyncio.run(_served(config, workload))
     assert len(simulated) > 5 and any(a[2] is not None for p in simulated for a in p)  # chunking happened
+    assert stats["evictions"] > 0
     assert any(a[1] > 0 for p in simulated[len(simulated) // 2 :] for a in p)  # the second wave hit the cache
     assert served == simulated

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from bench import configs
 from bench.compare import SimSetup, compare_sim
 from bench.cost_model import make_cost_model
 from bench.simulator import SimConfig, Simulator, sched_requests
-from bench.tests.tiny_fcfs import TinyFcfs, tiny_factory
 from bench.workloads import WorkloadSpec
 from bench.workloads.request import WorkloadRequest
 from bench.workloads.zipf_rag import ZipfRagParams
@@ -16,7 +16,7 @@ SPEC = WorkloadSpec("zipf-rag", requests=300, zipf=ZipfRagParams(corpus=60, syst
 
 def _rows(qps: list[float], seed: int = 0) -> list[dict]:
     spec = WorkloadSpec(SPEC.name, SPEC.requests, seed, zipf=SPEC.zipf)
-    return compare_sim(spec, qps, ["fcfs+lru"], SimSetup(COST), tiny_factory)
+    return compare_sim(spec, qps, ["fcfs+lru"], SimSetup(COST), configs.make)
 
 
 def test_deterministic_for_a_seed() -> None:
@@ -35,7 +35,7 @@ def _serve_pair(shared: bool) -> list[float]:
     """Two requests far apart in time; the second repeats the first's prompt when ``shared``."""
     first = WorkloadRequest(0.0, (("sys", 2048), ("q0", 32)), 4)
     second = WorkloadRequest(10.0, (("sys" if shared else "other", 2048), ("q1", 32)), 4)
-    result = Simulator(TinyFcfs(10_000), COST).run(sched_requests([first, second]))
+    result = Simulator(configs.make("fcfs+lru", 10_000, 16), COST).run(sched_requests([first, second]))
     assert result.hit_rate > 0 if shared else result.hit_rate == 0
     return [r.ttft for r in sorted(result.records, key=lambda r: r.arrival)]
 
@@ -50,7 +50,7 @@ def test_cache_hits_reduce_prefill_time() -> None:
 def test_chunked_prefill_respects_the_budget_and_finishes_everything() -> None:
     plans = []
     reqs = [WorkloadRequest(0.01 * i, ((f"p{i}", 3000),), 3) for i in range(6)]
-    sim = Simulator(TinyFcfs(10_000), COST, SimConfig(max_batch_prefill_tokens=2048), on_plan=plans.append)
+    sim = Simulator(configs.make("fcfs+lru", 10_000, 16), COST, SimConfig(max_batch_prefill_tokens=2048), on_plan=plans.append)
     result = sim.run(sched_requests(reqs))
     assert len(result.records) == 6 and all(r.output_tokens == 3 for r in result.records)
     assert all(p.prefill_tokens <= 2048 for p in plans)

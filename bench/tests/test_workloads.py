@@ -98,7 +98,8 @@ def test_segment_trace_and_time_scale(tmp_path) -> None:
 def test_mooncake_trace_blocks_become_shared_512_token_prefixes() -> None:
     reqs = load_trace(SHARED_TRACE, limit=200)
     rows = [json.loads(line) for line in SHARED_TRACE.open().readlines()[:200]]
-    assert [r.prompt_len for r in reqs] == [row["input_length"] for row in sorted(rows, key=lambda x: x["timestamp"])]
+    rows.sort(key=lambda x: x["timestamp"])
+    assert [r.prompt_len for r in reqs] == [row["input_length"] for row in rows]
     by_first = {}
     for r in reqs:
         by_first.setdefault(r.segments[0][0], []).append(r)
@@ -122,15 +123,17 @@ def _train_tokenizer(kind: str) -> Tokenizer:
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Metaspace()
         alphabet = ["\n"]
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, initial_alphabet=alphabet, special_tokens=["[UNK]"]))
+    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=alphabet, special_tokens=["[UNK]"])
+    tok.train_from_iterator(corpus, trainer)
     return tok
 
 
 @pytest.mark.parametrize("kind", ["bytelevel", "metaspace"])
 def test_real_prompts_tokenize_to_shared_segment_prefixes(kind: str) -> None:
     builder = PromptBuilder(_train_tokenizer(kind))
-    reqs = zipf_rag(ZipfRagParams(requests=40, corpus=12, top_k=3, system_prompts=2, system_len=40, passage_len=20,
-                                  question_len=8, seed=2))
+    params = ZipfRagParams(requests=40, corpus=12, top_k=3, system_prompts=2, system_len=40, passage_len=20,
+                           question_len=8, seed=2)
+    reqs = zipf_rag(params)
     texts = [builder.prompt(r) for r in reqs]
     ids = [builder.token_ids(t) for t in texts]
     for r, t, x in zip(reqs, texts, ids):

@@ -1,8 +1,8 @@
-"""``multi-turn``: chat sessions whose every turn's prompt is the previous turn's prompt, the previous answer and a
-new user message, so each turn extends the one before (the agent / chat reuse pattern).
+"""``multi-turn``: chat sessions whose every turn's prompt is the previous turn's prompt, the previous answer
+and a new user message, so each turn extends the one before (the agent / chat reuse pattern).
 
-Sessions interleave: ``concurrent`` sessions are open at a time and each next request is the next turn of a random
-open one, so turns of one session stay in order while sessions overlap.
+Sessions interleave: ``concurrent`` sessions are open at a time and each next request is the next turn of a
+random open one, so turns of one session stay in order while sessions overlap.
 """
 
 from __future__ import annotations

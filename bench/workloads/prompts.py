@@ -1,8 +1,8 @@
 """Workload segments as text for a live server, built for the served model's tokenizer.
 
-Each segment's text is ``" w1 w2 ... wn-1\\n"``: words chosen among the tokenizer's single-token words, each with a
-leading space, and a closing newline. Pre-tokenizers split on that whitespace, so a prompt's tokens are the
-concatenation of its segments' tokens and shared leading segments give shared token prefixes
+Each segment's text is ``" w1 w2 ... wn-1\\n"``: words chosen among the tokenizer's single-token words, each
+with a leading space, and a closing newline. Pre-tokenizers split on that whitespace, so a prompt's tokens are
+the concatenation of its segments' tokens and shared leading segments give shared token prefixes
 (``tests/test_workloads.py`` checks this through a real tokenizer).
 """
 

@@ -1,7 +1,8 @@
 """A workload request: when it arrives, which segments its prompt is made of, how many tokens it generates.
 
-Segments are the unit of sharing: two requests whose prompts start with the same segment ids start with the same
-tokens (see :mod:`bench.workloads.token_ids` for the simulator and :mod:`bench.workloads.prompts` for live text).
+Segments are the unit of sharing: two requests whose prompts start with the same segment ids start with the
+same tokens (see :mod:`bench.workloads.token_ids` for the simulator and :mod:`bench.workloads.prompts` for
+live text).
 """
 
 from __future__ import annotations

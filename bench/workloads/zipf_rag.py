@@ -2,8 +2,9 @@
 unique question, as in PRISM's RAG top-k workload.
 
 NOTE: the k passages are ordered by popularity rank (most popular first), as a retriever's relevance order
-correlates with popularity for hot topics; that is what makes passage *prefixes* recur (exact-prefix caching only
-reuses a passage when everything before it is equal too). ``sort_passages=False`` keeps the draw order instead.
+correlates with popularity for hot topics; that is what makes passage *prefixes* recur (exact-prefix caching
+only reuses a passage when everything before it is equal too). ``sort_passages=False`` keeps the draw order
+instead.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ class RetentionPolicy(Protocol):
     """
 
     name: str
+    # True if no key decreases while the tree is only matched, locked, unlocked or evicted from (no inserts,
+    # no demand changes): lets a batch of allocations share one eviction heap (RadixTree.begin_batch).
+    stable_keys: bool
 
     def key(self, node: Node, n_blocks: int, tick: int) -> Key:
         """Args: node: an unlocked leaf; n_blocks: rank the node as if cut to its first n_blocks blocks

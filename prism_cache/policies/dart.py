@@ -23,6 +23,7 @@ W_QUEUED = 1.0
 
 class DartPolicy:
     name = "dart"
+    stable_keys = True
 
     def __init__(self, demand: Demand) -> None:
         self.demand = demand

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 class HotPrefixPolicy:
     name = "hotprefix"
+    stable_keys = False  # the clock decays as the tree's tick advances
 
     def __init__(self, max_age: float = 8.0, decay_period: float = 16.0) -> None:
         if max_age < 0 or decay_period <= 0:

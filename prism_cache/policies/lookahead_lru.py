@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 class LookaheadLruPolicy:
     name = "lookahead-lru"
+    stable_keys = True
 
     def __init__(self, demand: Demand) -> None:
         self.demand = demand

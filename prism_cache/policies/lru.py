@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 class LruPolicy:
     name = "lru"
+    stable_keys = True
 
     def key(self, node: Node, n_blocks: int, tick: int) -> Key:
         return (node.last_access,)

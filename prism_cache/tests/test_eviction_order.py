@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prism_cache import RadixAllocator
 
 BS = 2
@@ -18,11 +20,11 @@ def _use(a: RadixAllocator, prompt: tuple[int, ...]) -> None:
     a.release(alloc, prompt)
 
 
-def _cached(a: RadixAllocator, prompts: dict[str, tuple[int, ...]]) -> dict[str, int]:
+def _cached(a: RadixAllocator, prompts: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
     return {name: a.tree.peek("", p)[1] for name, p in prompts.items()}
 
 
-def _evict_one_by_one(a: RadixAllocator, prompts: dict[str, tuple[int, ...]]) -> list[str]:
+def _evict_one_by_one(a: RadixAllocator, prompts: Mapping[str, tuple[int, ...]]) -> list[str]:
     """Evict a block at a time; for each block, the prompt (no two share a block) whose cached length drops."""
     order: list[str] = []
     before = _cached(a, prompts)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from prism_cache import BlockPool, CacheStats, RadixAllocator
+from prism_cache import Allocation, BlockPool, CacheStats, RadixAllocator
 from prism_cache.belady import belady_hits
 
 
@@ -26,7 +28,8 @@ def test_match_splits_inside_a_node_and_keeps_the_lower_handle() -> None:
     (leaf,) = list(a.tree.nodes())
     second = a.allocate(6, "", (1, 1, 2, 2, 9, 9))
     assert second is not None and second.prefix_len == 4
-    assert second.node is leaf.parent and leaf.tokens == (3, 3) and leaf.lock == 0 and second.node.lock == 1
+    assert second.node is not None and second.node is leaf.parent
+    assert leaf.tokens == (3, 3) and leaf.lock == 0 and second.node.lock == 1
     a.release(second, (1, 1, 2, 2, 9, 9))
     assert a.tree.node_count() == 3
     a.check_integrity()
@@ -40,9 +43,13 @@ def test_namespaces_never_share_nodes() -> None:
         assert got is not None and got.prefix_len == 0
         a.release(got, prompt)
     blocks_by_ns = {ns: [b for n in _nodes_of(a, ns) for b in n] for ns in ("tenant-a", "tenant-b")}
-    assert len(blocks_by_ns["tenant-a"]) == 2 and not set(blocks_by_ns["tenant-a"]) & set(blocks_by_ns["tenant-b"])
+    assert len(blocks_by_ns["tenant-a"]) == 2 and not set(blocks_by_ns["tenant-a"]) & set(
+        blocks_by_ns["tenant-b"]
+    )
     again = a.allocate(5, "tenant-b", prompt)
-    assert again is not None and again.prefix_len == 4 and set(again.blocks[:2]) == set(blocks_by_ns["tenant-b"])
+    assert (
+        again is not None and again.prefix_len == 4 and set(again.blocks[:2]) == set(blocks_by_ns["tenant-b"])
+    )
     assert a.tree.peek("tenant-c", prompt) == (None, 0)
     a.check_integrity()
 
@@ -75,3 +82,33 @@ def test_belady_counts_only_the_exact_prefix_and_evicts_tails_first() -> None:
     seq = [[("p", 2), ("x", 2)], [("p", 2), ("y", 2)], [("p", 2), ("x", 2)]]
     assert belady_hits(seq, 4) == [0, 2, 4]
     assert belady_hits([[("q", 1), ("r", 1)], [("z", 1), ("r", 1)]], 4) == [0, 0]
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu", "lookahead-lru", "dart"])
+def test_batched_evictions_match_one_scan_per_eviction(policy: str) -> None:
+    """A batch's shared eviction heap evicts exactly what a fresh scan per eviction would."""
+    rng = random.Random(7)
+    plain, batched = RadixAllocator(40, 2, policy), RadixAllocator(40, 2, policy)
+    live: list[tuple[Allocation, Allocation, tuple[int, ...]]] = []
+    for _ in range(400):
+        group = [tuple(rng.randint(0, 1) for _ in range(rng.randint(2, 12))) for _ in range(3)]
+        with batched.batch():
+            for prompt in group:
+                a, b = (
+                    plain.allocate(len(prompt) + 1, "", prompt),
+                    batched.allocate(len(prompt) + 1, "", prompt),
+                )
+                assert (a is None) == (b is None)
+                if a is not None and b is not None:
+                    assert a.blocks == b.blocks
+                    if rng.random() < 0.2:
+                        plain.rollback(a)
+                        batched.rollback(b)
+                    else:
+                        live.append((a, b, prompt))
+        while len(live) > 3:
+            a, b, prompt = live.pop(rng.randrange(len(live)))
+            plain.release(a, prompt)
+            batched.release(b, prompt)
+        assert plain.check_integrity() == batched.check_integrity()
+    assert batched.tree.evicted_blocks == plain.tree.evicted_blocks > 0

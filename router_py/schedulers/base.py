@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from prism_cache import Allocation, CacheStats, RadixAllocator
-from router_py.scheduling import BatchPlan, SchedRequest, SchedulerConfig
 from router_py.schedulers.batch_builder import BatchBuilder, Built, Limits
 from router_py.schedulers.lookahead import LookaheadWindow
 from router_py.schedulers.waiting import Waiting, WaitingQueue
+from router_py.scheduling import BatchPlan, SchedRequest, SchedulerConfig
 
 
 class QueueScheduler:
@@ -25,22 +25,30 @@ class QueueScheduler:
         self.allocator: RadixAllocator | None = None
         if config.num_blocks is not None:
             self.allocator = RadixAllocator(
-                config.num_blocks, config.block_size, config.cache_policy, config.prefix_caching, config.params
+                config.num_blocks,
+                config.block_size,
+                config.cache_policy,
+                config.prefix_caching,
+                config.params,
             )
         self.queue = WaitingQueue()
         self.running: dict[int, tuple[Waiting, Allocation | None]] = {}
         self.stats = CacheStats()
-        self.builder = BatchBuilder(self.allocator, config.block_size, config.speculate, config.support_chunking)
+        self.builder = BatchBuilder(
+            self.allocator, config.block_size, config.speculate, config.support_chunking
+        )
         self.lookahead = LookaheadWindow.for_config(config, self.allocator)
 
     # ---------------------------------------------------------------- queue
     def enqueue(self, request: SchedRequest, now: float) -> None:
+        """Raises ValueError if the id is already waiting (nothing is recorded then)."""
         tokens = tuple(request.prompt_ids)
         hashes: list[int] = []
         if self.allocator is not None and self.config.prefix_caching and request.use_prefix_cache:
             hashes = self.allocator.hashes(request.namespace, tokens)
-            self.allocator.demand.queued.add(hashes)
         entry = self.queue.push(request, tokens, hashes)
+        if self.allocator is not None and hashes:
+            self.allocator.demand.queued.add(hashes)
         self._on_enqueue(entry, now)
         self._refresh_lookahead()
 
@@ -89,7 +97,9 @@ class QueueScheduler:
             [adm for _, _, adm in built.admitted], built.prefill_tokens, built.max_tokens, built.max_blocks
         )
 
-    def _build_protected(self, order: Iterable[Waiting], planned: list[Waiting], limits: Limits) -> Built | None:
+    def _build_protected(
+        self, order: Iterable[Waiting], planned: list[Waiting], limits: Limits
+    ) -> Built | None:
         """Run the admission loop with the planned batch's blocks counted as planned demand (DART protects
         them from the evictions this very batch triggers)."""
         table = self.allocator.demand.planned if self.allocator is not None else None

@@ -11,11 +11,12 @@ Padded path (no allocator): the batch costs ``(n + 1) * max_input_length`` prefi
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from prism_cache import Allocation, RadixAllocator
-from router_py.scheduling import Admission
 from router_py.schedulers.waiting import Waiting
+from router_py.scheduling import Admission
 
 
 @dataclass
@@ -51,12 +52,14 @@ class BatchBuilder:
         bs = self.block_size
         budget = -(-limits.prefill_budget // bs) * bs
         built = Built()
-        for entry in candidates:
-            stop = self._admit_padded(entry, built, budget, limits) if self.allocator is None else (
-                self._admit_paged(entry, built, budget)
-            )
-            if stop or (limits.max_size is not None and len(built.admitted) >= limits.max_size):
-                break
+        with self.allocator.batch() if self.allocator is not None else nullcontext():
+            for entry in candidates:
+                if self.allocator is None:
+                    stop = self._admit_padded(entry, built, budget, limits)
+                else:
+                    stop = self._admit_paged(entry, built, budget)
+                if stop or (limits.max_size is not None and len(built.admitted) >= limits.max_size):
+                    break
         if not built.admitted or len(built.admitted) < limits.min_size:
             self.undo(built)
             return None

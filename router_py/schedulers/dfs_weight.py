@@ -1,7 +1,7 @@
 """``dfs-weight`` (SGLang): walk the radix tree depth first, heavier subtrees first, emitting the waiting
 requests parked at each node, so requests that share a prefix run back to back. A node's weight is the number
-of waiting requests whose match ends in its subtree. Past ``lpm_fcfs_threshold`` (default 128) waiting it is
-FCFS, which also bounds the per-step cost; the :mod:`dedup` step applies to the resulting order.
+of waiting requests whose match ends in its subtree. Like SGLang's, it never falls back to FCFS (only lpm
+does), so a step walks the tree once per waiting request; the :mod:`dedup` step applies to the resulting order.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from prism_cache import Node
-from router_py.scheduling import SchedulerConfig
 from router_py.schedulers.base import QueueScheduler
 from router_py.schedulers.batch_builder import Limits
 from router_py.schedulers.dedup import InBatchDedup
 from router_py.schedulers.waiting import Waiting
+from router_py.scheduling import SchedulerConfig
 
 
 class DfsWeightScheduler(QueueScheduler):
@@ -21,16 +21,19 @@ class DfsWeightScheduler(QueueScheduler):
 
     def __init__(self, config: SchedulerConfig) -> None:
         super().__init__(config)
-        self.fcfs_threshold = int(config.params.get("lpm_fcfs_threshold", 128))
         self.dedup = InBatchDedup(config.params, config.block_size)
 
     def _order(self, now: float, limits: Limits) -> tuple[Iterable[Waiting], list[Waiting]]:
-        if self.allocator is None or len(self.queue) > self.fcfs_threshold:
+        if self.allocator is None:
             return iter(self.queue), []
         parked: dict[Node | None, list[Waiting]] = {}
         weight: dict[Node, int] = {}
         for entry in self.queue:
-            node = self.allocator.tree.peek(entry.request.namespace, entry.tokens)[0] if entry.uses_cache else None
+            node = (
+                self.allocator.tree.peek(entry.request.namespace, entry.tokens)[0]
+                if entry.uses_cache
+                else None
+            )
             parked.setdefault(node, []).append(entry)
             while node is not None and node.parent is not None:
                 weight[node] = weight.get(node, 0) + 1
@@ -42,7 +45,11 @@ class DfsWeightScheduler(QueueScheduler):
         return self.dedup.apply(order, self.cached_prefix), []
 
     def _visit(
-        self, nodes: list[Node], weight: dict[Node, int], parked: dict[Node | None, list[Waiting]], out: list[Waiting]
+        self,
+        nodes: list[Node],
+        weight: dict[Node, int],
+        parked: dict[Node | None, list[Waiting]],
+        out: list[Waiting],
     ) -> None:
         stack = list(reversed(nodes))
         while stack:

@@ -8,8 +8,8 @@ prefetch window) count as look-ahead demand on each of their blocks, and their c
 from __future__ import annotations
 
 from prism_cache import RadixAllocator
-from router_py.scheduling import SchedulerConfig
 from router_py.schedulers.waiting import Waiting, WaitingQueue
+from router_py.scheduling import SchedulerConfig
 
 
 class LookaheadWindow:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from router_py.scheduling import SchedulerConfig
 from router_py.schedulers.base import QueueScheduler
 from router_py.schedulers.batch_builder import Limits
 from router_py.schedulers.dedup import InBatchDedup
 from router_py.schedulers.waiting import Waiting
+from router_py.scheduling import SchedulerConfig
 
 
 class LpmScheduler(QueueScheduler):

@@ -54,7 +54,9 @@ def main() -> None:
     for scheduler, policy in COMBOS:
         room = bench(scheduler, policy, 200_000)
         full = bench(scheduler, policy, 20_000)
-        print(f"  {scheduler + '+' + policy:22s}: {room[0]:9.1f} / {room[1]:7.1f}    {full[0]:9.1f} / {full[1]:7.1f}")
+        print(
+            f"  {scheduler + '+' + policy:22s}: {room[0]:9.1f} / {room[1]:7.1f}    {full[0]:9.1f} / {full[1]:7.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ promoting pioneers ahead of the cold lane cost 0.45 pp of hit rate; see docs/ben
 
 Order offered to TGI's admission loop (which stops at the first request that does not fit):
   1. aged requests (FIFO): waited ``qas_max_wait_s`` seconds (default 5.0) or passed over by
-     ``qas_max_bypass`` later arrivals (default 32);
+     ``qas_max_bypass`` later arrivals (default 128);
   2. hot lane: groups with reuse > 0, by reuse (ties: oldest member). A group whose segment is fully cached is
      admitted whole; otherwise only its oldest member (the pioneer) goes, and the rest wait until the pioneer's
      prompt is in the tree (prefill_done or release) -- the segment is prefilled once, not once per member
@@ -38,10 +38,10 @@ from collections.abc import Iterable, Iterator
 from itertools import chain
 
 from prism_cache import DemandTable
-from router_py.scheduling import SchedulerConfig
 from router_py.schedulers.base import QueueScheduler
 from router_py.schedulers.batch_builder import Limits
 from router_py.schedulers.waiting import Waiting
+from router_py.scheduling import SchedulerConfig
 
 
 class QasScheduler(QueueScheduler):
@@ -51,13 +51,15 @@ class QasScheduler(QueueScheduler):
         super().__init__(config)
         p = config.params
         self.window = int(p.get("qas_window", 32))
-        self.max_bypass = int(p.get("qas_max_bypass", 32))
+        self.max_bypass = int(p.get("qas_max_bypass", 128))
         self.max_wait_s = float(p.get("qas_max_wait_s", 5.0))
         self.dedup = bool(p.get("qas_dedup", 1))
         self.pioneer_weight = float(p.get("qas_pioneer_weight", 0.0))
         if self.window < 1 or self.max_bypass < 0 or self.max_wait_s < 0:
             raise ValueError("qas_window must be >= 1, qas_max_bypass and qas_max_wait_s >= 0")
-        self.inflight: dict[int, int] = {}  # segment hash -> id of its running pioneer (prompt not yet cached)
+        self.inflight: dict[
+            int, int
+        ] = {}  # segment hash -> id of its running pioneer (prompt not yet cached)
         self._inflight_demand = DemandTable()  # the running pioneers' blocks, until their prompt is cached
         self._inflight_hashes: dict[int, list[int]] = {}
         self._pioneers: dict[int, int] = {}  # this step: request id -> the uncached segment it would pioneer
@@ -151,7 +153,9 @@ class QasScheduler(QueueScheduler):
         for entry in candidates:
             while head is not None and (
                 head.request.id in yielded
-                or (entry.seq > head.seq and head.bypassed + self._passed(head, later_seqs) >= self.max_bypass)
+                or (
+                    entry.seq > head.seq and head.bypassed + self._passed(head, later_seqs) >= self.max_bypass
+                )
             ):
                 if head.request.id not in yielded:
                     yielded.add(head.request.id)

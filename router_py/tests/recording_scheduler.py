@@ -38,6 +38,10 @@ class RecordingScheduler:
                 self.live[adm.request.id] = adm.blocks
         return plan
 
+    def prefill_done(self, request_id: int) -> None:
+        assert request_id in self.live, f"prefill_done of {request_id}, which is not admitted"
+        self.inner.prefill_done(request_id)
+
     def release(self, request_id: int) -> None:
         assert request_id in self.live, f"release of {request_id}, which is not admitted (or released twice)"
         del self.live[request_id]

@@ -43,9 +43,13 @@ def test_churn_keeps_block_accounting(scheduler: str, policy: str, block_size: i
     for step in range(STEPS):
         op = rng.random()
         if op < 0.3:
-            prompt = [rng.randint(0, 1) for _ in range(rng.randint(1, 12))]
-            s.enqueue(SchedRequest(next_id, prompt, rng.randint(1, 4), step * 0.01, rng.choice(["", "t"]),
-                                   rng.random() > 0.1), step * 0.01)
+            ids = [rng.randint(0, 1) for _ in range(rng.randint(1, 12))]
+            s.enqueue(
+                SchedRequest(
+                    next_id, ids, rng.randint(1, 4), step * 0.01, rng.choice(["", "t"]), rng.random() > 0.1
+                ),
+                step * 0.01,
+            )
             next_id += 1
         elif op < 0.45:
             s.next_batch(step * 0.01, rng.randint(1, 24), 64, max_size=rng.choice([None, 2]))

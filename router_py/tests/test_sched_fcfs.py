@@ -6,13 +6,24 @@ from router_py.schedulers import make_scheduler
 from router_py.scheduling import SchedRequest, Scheduler, SchedulerConfig
 
 
-def _sched(num_blocks: int | None = 64, block_size: int = 4, **kw: object) -> Scheduler:
-    cfg = SchedulerConfig(scheduler="fcfs", cache_policy="lru", num_blocks=num_blocks, block_size=block_size, **kw)  # type: ignore[arg-type]
-    return make_scheduler(cfg)
+def _sched(
+    num_blocks: int | None = 64, block_size: int = 4, speculate: int = 0, support_chunking: bool = True
+) -> Scheduler:
+    return make_scheduler(
+        SchedulerConfig(
+            "fcfs",
+            "lru",
+            True,
+            num_blocks,
+            block_size,
+            speculate=speculate,
+            support_chunking=support_chunking,
+        )
+    )
 
 
-def _req(rid: int, prompt: list[int], max_new: int = 4, **kw: object) -> SchedRequest:
-    return SchedRequest(rid, prompt, max_new, float(rid), **kw)  # type: ignore[arg-type]
+def _req(rid: int, prompt: list[int], max_new: int = 4, use_prefix_cache: bool = True) -> SchedRequest:
+    return SchedRequest(rid, prompt, max_new, float(rid), use_prefix_cache=use_prefix_cache)
 
 
 def test_reserves_lifetime_and_block_zero_is_never_handed_out() -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from router_py.schedulers import QueueScheduler, make_scheduler
 from router_py.scheduling import SchedRequest, SchedulerConfig
 
 
 def _sched(name: str, policy: str = "lru", num_blocks: int = 256, **params: float) -> QueueScheduler:
-    s = make_scheduler(SchedulerConfig(name, policy, num_blocks=num_blocks, block_size=4, params=dict(params)))
+    s = make_scheduler(
+        SchedulerConfig(name, policy, num_blocks=num_blocks, block_size=4, params=dict(params))
+    )
     assert isinstance(s, QueueScheduler)
     return s
 
@@ -140,3 +144,45 @@ def test_lookahead_window_tracks_the_next_requests() -> None:
     assert s.cancel(0)
     assert s.lookahead.members == {1, 2}
     assert _ids(s, max_size=1) == [1] and s.lookahead.members == {2, 3}
+
+
+def test_tenants_never_hit_each_others_prefixes() -> None:
+    s = _sched("qas", "dart")
+    s.enqueue(SchedRequest(0, SYS, 1, 0.0, "tenant-a"), 0.0)
+    assert _ids(s) == [0]
+    s.release(0)
+    s.enqueue(SchedRequest(1, SYS + [1], 1, 0.0, "tenant-b"), 0.0)
+    s.enqueue(SchedRequest(2, SYS + [2], 1, 0.0, "tenant-a"), 0.0)
+    plan = s.next_batch(0.0, 10_000, 100_000)
+    assert plan is not None
+    assert {a.request.id: a.cache_len for a in plan.admissions} == {2: 32, 1: 0}
+    stats = s.stats.by_namespace
+    assert (stats["tenant-a"].hit, stats["tenant-b"].hit) == (32, 0)
+
+
+def test_no_prefix_cache_flag_disables_matching_and_demand() -> None:
+    s = make_scheduler(SchedulerConfig("qas", "dart", prefix_caching=False, num_blocks=64, block_size=4))
+    assert isinstance(s, QueueScheduler) and s.allocator is not None
+    for rid in range(2):
+        s.enqueue(SchedRequest(rid, SYS, 1, 0.0), 0.0)
+        plan = s.next_batch(0.0, 10_000, 100_000)
+        assert plan is not None and plan.admissions[0].cache_len == 0
+        s.release(rid)
+    assert s.cache_stats()["blocks_cached"] == 0 and len(s.allocator.demand.queued) == 0
+
+
+def test_unknown_names_and_duplicate_ids_are_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        make_scheduler(SchedulerConfig("sjf", "lru", num_blocks=8))
+    with pytest.raises(ValueError, match="unknown cache policy"):
+        make_scheduler(SchedulerConfig("fcfs", "arc", num_blocks=8))
+    with pytest.raises(ValueError, match="unknown scheduler params"):
+        make_scheduler(SchedulerConfig("qas", "dart", num_blocks=8, params={"qas_windw": 4}))
+    s = _sched("qas", "dart")
+    s.enqueue(SchedRequest(1, SYS, 1, 0.0), 0.0)
+    with pytest.raises(ValueError):
+        s.enqueue(SchedRequest(1, SYS, 1, 0.0), 0.0)
+    assert (
+        s.allocator is not None
+        and s.allocator.demand.queued.count(s.allocator.hashes("", tuple(SYS))[0]) == 1
+    )

@@ -149,6 +149,14 @@ async def test_unknown_batches_and_ids(uds_stub) -> None:
         "batch 77 not found",
     )
     await _expect(stub.Prefill(pb.PrefillRequest(batch=pb.Batch(id=5))), INVALID, "has no requests")
+    empty = await stub.Prefill(
+        pb.PrefillRequest(batch=batch(6, [request(6, TEXT, *Blocks(next_block=20).take(40))]))
+    )
+    await stub.FilterBatch(pb.FilterBatchRequest(batch_id=6, request_ids=[]))
+    await _expect(
+        stub.Decode(pb.DecodeRequest(batches=[empty.batch])), INVALID, "batch 6 has no requests left"
+    )
+    await stub.ClearCache(pb.ClearCacheRequest(id=6))
     ids, _ = await _decode_ids(stub, live.batch, 2)  # the live batch survived every failure unchanged
     assert len(ids) == 2 and sorted(service.batches) == [1]
 
@@ -156,15 +164,34 @@ async def test_unknown_batches_and_ids(uds_stub) -> None:
 async def test_two_requests_writing_one_slot_are_rejected(uds_stub) -> None:
     stub, _, _ = uds_stub
     blocks, slots = Blocks().take(40)
-    await _expect(
-        stub.Prefill(
-            pb.PrefillRequest(
-                batch=batch(1, [request(1, TEXT, blocks, slots), request(2, TEXT, blocks, slots)])
-            )
-        ),
-        INVALID,
-        "writes KV slots another request in the batch also writes",
+    two = batch(1, [request(1, TEXT, blocks, slots), request(2, TEXT, blocks, slots)])
+    await _expect(stub.Prefill(pb.PrefillRequest(batch=two)), INVALID, "would write KV block")
+
+
+async def test_a_request_cannot_overwrite_a_live_requests_blocks(uds_stub) -> None:
+    stub, service, _ = uds_stub
+    long_text = TEXT * 4
+    a_blocks = [1, 2, 3]
+    live = await stub.Prefill(
+        pb.PrefillRequest(
+            batch=batch(1, [request(1, long_text, a_blocks, slots_of(a_blocks, 40), truncate=32)])
+        )
     )
+    first_token = live.generations[0].tokens.ids[0]
+    # shares A's two full prompt blocks and rewrites only the last prompt token (identical): allowed
+    b_blocks = [1, 2, 10]
+    reuse = request(2, long_text, b_blocks, slots_of(b_blocks, 40), truncate=32, cache_len=31)
+    resp = await stub.Prefill(pb.PrefillRequest(batch=batch(2, [reuse])))
+    assert resp.generations[0].tokens.ids[0] == first_token
+    # writes its own (different) prompt into A's block 2: refused, A untouched
+    c_blocks = [2, 11, 12]
+    bad = request(3, "Different words here", c_blocks, slots_of(c_blocks, 40))
+    await _expect(
+        stub.Prefill(pb.PrefillRequest(batch=batch(3, [bad]))),
+        INVALID,
+        "request 3: would write KV block 2 held by live request 1",
+    )
+    assert sorted(service.batches) == [1, 2]
 
 
 async def test_decoding_past_the_allocated_slots_is_an_error_not_a_crash(uds_stub) -> None:

@@ -118,3 +118,14 @@ async def test_cache_len_really_reads_the_pool(service) -> None:
     _, cold_lps, _ = await _generate(service, 1, pool.take(n + NEW)[0])
     _, lps, _ = await _generate(service, 2, pool.take(n + NEW)[0], cache_len=16)
     assert not _close(lps, cold_lps)
+
+
+async def test_chunks_without_prefill_logprobs(service) -> None:
+    """No logits are needed for a mid-prompt chunk; the generated tokens still match the unchunked run."""
+    n, pool = _prompt_len(service), Blocks()
+    whole = await run_to_end(
+        service, pb.PrefillRequest(batch=batch(1, [request(1, PROMPT, *pool.take(n + NEW))]))
+    )
+    chunked = request(2, PROMPT, *pool.take(n + NEW), chunk_len=5)
+    got = await run_to_end(service, pb.PrefillRequest(batch=batch(2, [chunked])))
+    assert [t for g in got[2] for t in g.tokens.ids] == [t for g in whole[1] for t in g.tokens.ids]
