@@ -55,6 +55,9 @@ _METRIC_LABELS = {
     "incomplete_generation_stream": "incomplete",
     "template_error": "template",
     "missing_template_variable": "template",
+    # TGI's completions route counts its own two 422s (suffix, prompt count) as validation failures
+    "suffix not supported": "validation",
+    "batch size exceeded": "validation",
 }
 
 

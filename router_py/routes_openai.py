@@ -98,8 +98,13 @@ async def _chat_events(
 
 async def completions_route(request: Request) -> Response:
     state = state_of(request)
-    req = parse_completion_request(await read_json(request), state.config.max_client_batch_size)
+    body = await read_json(request)
     start = now()
+    try:
+        req = parse_completion_request(body, state.config.max_client_batch_size)
+    except HttpError:  # TGI counts the call before its suffix / prompt-count checks
+        state.metrics.inc("tgi_request_count")
+        raise
     state.metrics.inc("tgi_request_count")
     params = completion_parameters(req)
     gen_reqs = [GenerateRequest(prompt, params) for prompt in req.prompts]

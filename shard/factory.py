@@ -37,7 +37,7 @@ def build_runner(config: ShardConfig) -> ModelRunner:
     device = pick_device(config)
     if device.type == "cpu":
         # NOTE: default 1: on a small shared CPU, intra-op threads cost more in synchronisation than they gain
-        # (measured: tiny-model decode 20x faster with 1 thread than 2 under load; docs/perf-shard.md).
+        # (measured: tiny-model decode 20x faster with 1 thread than 2 under load; docs/performance.md).
         torch.set_num_threads(config.cpu_threads or 1)
     dtype = pick_dtype(config, device)
     backend = get_backend(config.attention_backend, device.type, config.block_size)

@@ -392,6 +392,7 @@ async def test_server_keeps_serving_after_all_bad_requests(tokenizer) -> None:
         assert 'tgi_request_failure{err="generation"} 2' in failures
         assert 'tgi_request_failure{err="incomplete"} 2' in failures
         assert 'tgi_request_failure{err="template"} 1' in failures
+        assert 'err="suffix' not in failures and 'err="batch' not in failures  # TGI labels them validation
 
 
 async def test_api_key_compare_is_case_insensitive(tokenizer) -> None:
