@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--scheduler", default="qas", choices=sorted(SCHEDULERS))
     parser.add_argument("--cache-policy", default="dart", choices=POLICY_NAMES)
-    parser.add_argument("--window", type=int, default=32, help="waiting requests the scheduler can see")
+    parser.add_argument("--window", type=int, default=256, help="waiting requests the scheduler can see")
     parser.add_argument("--prefill-tokens", type=int, default=16384, help="prefill budget of one batch")
     parser.add_argument("--limit", type=int, default=None, help="replay only the first N requests")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="scheduler param")

@@ -54,7 +54,7 @@ class RadixAllocator:
         params: Mapping[str, float] | None = None,
     ) -> None:
         self.pool = BlockPool(num_blocks)
-        self.tree = RadixTree(self.pool, block_size)
+        self.tree = RadixTree(self.pool, block_size, (params or {}).get("dart_heat_half_life", 3.0))
         self.demand = Demand()
         self.policy = make_policy(policy, self.demand, params)
         self.block_size = block_size
@@ -154,9 +154,6 @@ class RadixAllocator:
             yield
         finally:
             self.tree.end_batch()
-
-    def free_blocks(self) -> int:
-        return self.pool.free_count
 
     def check_integrity(self) -> set[int]:
         """Pool and tree invariants; returns the cached blocks. Raises AssertionError."""

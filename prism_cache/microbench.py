@@ -67,11 +67,13 @@ def main() -> None:
     system = tuple(rng.randrange(32000) for _ in range(SYSTEM))
     alloc = _populated(rng, system)
     tree = alloc.tree
-    hit = _prompt(rng, system)
+    misses = [_miss(alloc, rng, system) for _ in range(500)]
+    hit = _prompt(rng, system)  # cached after the misses, so the full hit below is one whatever the policy
     got = alloc.allocate(PROMPT, "", hit)
     assert got is not None
     alloc.release(got, hit)
     hashes, blocks = alloc.hashes("", hit), list(got.blocks[: PROMPT // BLOCK])
+    assert tree.peek("", hit)[1] == PROMPT // BLOCK
 
     def match_insert_hit() -> None:
         node, _ = tree.match("", hit)
@@ -80,7 +82,6 @@ def main() -> None:
         tree.insert("", hit, blocks, hashes, (node, len(blocks)))  # release walks on from the locked match
         tree.unlock(node)
 
-    misses = [_miss(alloc, rng, system) for _ in range(500)]
     rows = [
         ("match+insert, full hit", _time_us(match_insert_hit, 2000)),
         ("match+insert, miss past 1k", (statistics.median(misses), min(misses))),

@@ -6,11 +6,19 @@ share a node. The tree holds one pool reference per cached block; a request that
 (every node from the match up to the root) and holds its own reference on the matched blocks.
 
 Clocks are logical (one tick per touch or insert), never wall time, so tests are deterministic.
+
+Heat (read by DART): a node's count of uses (the request that cached it, then every match through it), each
+use decaying by half once the tree has taken in ``heat_half_life`` cache capacities of new blocks (so the
+horizon scales with the cache, not with the request rate). Stored in log form,
+``heat = ln(decayed count) + now / tau`` (``now``: blocks inserted so far; ``tau``: the half-life in blocks
+over ln 2), so comparing two nodes' stored heat compares their decayed counts at any common time: nothing
+is swept as time passes.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -25,9 +33,11 @@ Tokens = tuple[int, ...]
 class Node:
     """One edge of the tree. ``lock`` counts live requests whose matched path runs through the node (the
     node's active demand); ``hits`` counts matches that reused it; ``last_access`` is the tick of the last
-    match or insert through it."""
+    match or insert through it; ``heat`` is its decayed use count in the log form of the module docstring."""
 
-    __slots__ = ("blocks", "children", "edge", "hashes", "hits", "last_access", "lock", "parent", "tokens")
+    __slots__ = (
+        "blocks", "children", "edge", "hashes", "heat", "hits", "last_access", "lock", "parent", "tokens"
+    )
 
     def __init__(
         self, edge: Tokens, tokens: Tokens, blocks: list[int], hashes: list[int], parent: Node | None
@@ -41,10 +51,7 @@ class Node:
         self.lock = 0
         self.last_access = 0
         self.hits = 0
-
-    @property
-    def is_root(self) -> bool:
-        return self.parent is None
+        self.heat = 0.0
 
 
 class RadixTree:
@@ -55,12 +62,18 @@ class RadixTree:
     children's; ``leaves`` is exactly the set of non-root nodes without children.
     """
 
-    def __init__(self, pool: BlockPool, block_size: int) -> None:
+    def __init__(self, pool: BlockPool, block_size: int, heat_half_life: float = 3.0) -> None:
+        """Args: heat_half_life: cache capacities of newly inserted blocks after which a use counts half
+        (> 0). Raises ValueError on a block size < 1 or a half-life <= 0."""
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
+        if heat_half_life <= 0:
+            raise ValueError(f"heat_half_life must be > 0, got {heat_half_life}")
         self.pool = pool
         self.block_size = block_size
         self.tick = 0
+        self.inserted_blocks = 0  # the heat clock
+        self._heat_tau = heat_half_life * max(1, pool.usable_blocks) / math.log(2)
         self.cached_blocks = 0
         self.evicted_blocks = 0
         self.version = 0  # bumped whenever blocks enter or leave the tree (cached peeks compare it)
@@ -112,7 +125,8 @@ class RadixTree:
 
         Returns the deepest matched node and the matched blocks in order (the root and [] on a miss). When the
         match ends inside a node, that node is split at the block boundary so the returned node covers exactly
-        the match (splitting keeps locks, hits and recency on both halves). Does not touch, lock or free.
+        the match (splitting keeps locks, hits, heat and recency on both halves). Does not touch, lock or
+        free.
         """
         node, pos, bs = self.root(namespace), 0, self.block_size
         end = len(tokens) // bs * bs
@@ -149,6 +163,7 @@ class RadixTree:
         assert parent is not None and 0 < k < len(node.blocks)
         upper = Node(node.edge, node.tokens[: k * bs], node.blocks[:k], node.hashes[:k], parent)
         upper.lock, upper.last_access, upper.hits = node.lock, node.last_access, node.hits
+        upper.heat = node.heat
         node.tokens, node.blocks, node.hashes = node.tokens[k * bs :], node.blocks[k:], node.hashes[k:]
         node.edge, node.parent = node.tokens[:bs], upper
         upper.children[node.edge] = node
@@ -157,12 +172,23 @@ class RadixTree:
 
     # ---------------------------------------------------------------- recency, locks
     def touch(self, node: Node, hit: bool = True) -> None:
-        """Stamp ``node`` and its ancestors with a new tick; with ``hit``, count one reuse on each."""
+        """Stamp ``node`` and its ancestors with a new tick; with ``hit``, count one reuse (hits, heat) on
+        each."""
         self.tick += 1
         while node.parent is not None:
             node.last_access = self.tick
-            node.hits += hit
+            if hit:
+                node.hits += 1
+                self._add_use(node)
             node = node.parent
+
+    def heat_now(self) -> float:
+        """The log-form heat of one use made now (compare with :attr:`Node.heat`)."""
+        return self.inserted_blocks / self._heat_tau
+
+    def _add_use(self, node: Node) -> None:
+        now = self.heat_now()
+        node.heat = now + math.log1p(math.exp(node.heat - now))
 
     def lock(self, node: Node) -> None:
         """Pin ``node`` and its ancestors: a locked node is never evicted."""
@@ -218,6 +244,8 @@ class RadixTree:
 
     def _add_leaf(self, parent: Node, tokens: Tokens, blocks: list[int], hashes: list[int]) -> Node:
         leaf = Node(tokens[: self.block_size], tokens, list(blocks), list(hashes), parent)
+        leaf.heat = self.heat_now()  # one use: the request that cached it
+        self.inserted_blocks += len(blocks)
         self.pool.ref_all(leaf.blocks)
         parent.children[leaf.edge] = leaf
         self._leaves.discard(parent)
@@ -228,10 +256,6 @@ class RadixTree:
         return leaf
 
     # ---------------------------------------------------------------- eviction
-    def evictable_blocks(self) -> int:
-        """Blocks in unlocked nodes (an upper bound on what :meth:`evict` can free right now)."""
-        return sum(len(n.blocks) for n in self.nodes() if n.lock == 0)
-
     def begin_batch(self, policy: RetentionPolicy) -> None:
         """Start a batch of allocations (matches, locks, evictions, rollbacks; no inserts, no demand changes):
         the eviction candidates are gathered once and kept until :meth:`end_batch`, so k evictions cost one
@@ -339,9 +363,6 @@ class RadixTree:
             if node.parent is not None:
                 yield node
             stack.extend(node.children.values())
-
-    def namespaces(self) -> list[str]:
-        return list(self._roots)
 
     def node_count(self) -> int:
         return sum(1 for _ in self.nodes())

@@ -99,7 +99,7 @@ def test_lookahead_lru_protects_the_window() -> None:
     assert _evict_one_by_one(a, SINGLE) == ["B", "C", "A"]
 
 
-def test_dart_orders_by_planned_then_queued_then_recency() -> None:
+def test_dart_orders_by_planned_then_queued_demand_before_any_history() -> None:
     a = _alloc("dart")
     for p in (A, B, C, D):
         _use(a, p)
@@ -123,3 +123,39 @@ def test_dart_never_evicts_active_nodes_and_cuts_undemanded_tails_first() -> Non
     assert running is not None and running.prefix_len == 2
     assert a.tree.evict(5, a.policy) == 0
     a.check_integrity()
+
+
+def test_dart_ranks_undemanded_nodes_by_decayed_uses_then_keeps_demand_on_top() -> None:
+    a = _alloc("dart")
+    for p in (A, A, A, B, C, D):
+        _use(a, p)
+    # A is the least recent (LRU would evict it first) but has 3 uses against 1 each
+    assert _evict_one_by_one(a, {**SINGLE, "D": D}) == ["B", "C", "D", "A"]
+    a = _alloc("dart")
+    for p in (A, A, A, B, C):
+        _use(a, p)
+    a.demand.queued.add(a.hashes("", C))  # one waiting request outranks any history
+    assert _evict_one_by_one(a, SINGLE) == ["B", "A", "C"]
+
+
+def test_dart_evicts_long_single_use_tails_before_short_ones_per_block() -> None:
+    a = _alloc("dart")
+    long = (9, 9, 8, 8, 7, 7, 6, 6)
+    _use(a, A)
+    _use(a, long)  # newer, but 1 use over 4 blocks: its tail ranks below A's single block
+    assert _evict_one_by_one(a, {"long": long, "A": A}) == ["long", "long", "long", "A", "long"]
+
+
+def test_dart_heat_decays_with_the_blocks_inserted_since() -> None:
+    a = _alloc("dart", dart_heat_half_life=0.1)  # a use counts half after ~3 inserted blocks
+    _use(a, A)
+    _use(a, A)  # 2 uses
+    a.tree.inserted_blocks += 100  # the cache has turned over many times since
+    _use(a, B)  # 1 fresh use now outweighs A's 2 old ones
+    assert _evict_one_by_one(a, {"A": A, "B": B}) == ["A", "B"]
+    a = _alloc("dart")  # with the default half-life (3 capacities) the 2 uses still win
+    _use(a, A)
+    _use(a, A)
+    a.tree.inserted_blocks += 10
+    _use(a, B)
+    assert _evict_one_by_one(a, {"A": A, "B": B}) == ["B", "A"]

@@ -14,6 +14,8 @@ key                                 default  meaning
 qas_window                          32       waiting requests QAS ranks per step (the rest go FIFO after)
 qas_max_bypass                      128      K: later arrivals that may be admitted before a waiting one
 qas_max_wait_s                      5.0      T: after T seconds waiting, no later arrival goes first
+qas_wait_factor                     1.0      age earlier, after this x the recent mean queue wait (<= T);
+                                             0 = the fixed T only
 qas_dedup                           1        pioneer-only admission of an uncached shared segment
 qas_pioneer_weight                  0.0      weight of a pioneer's future reuse in the hot lane's ranking
 lpm_fcfs_threshold                  128      lpm acts as fcfs past this many waiting (SGLang)
@@ -22,6 +24,8 @@ inbatch_deprioritize_threshold      32       in-batch dedup: shared tokens that 
 lookahead_window                    4        lookahead-lru: next W waiting requests protected (PCR)
 hotprefix_max_age                   8.0      hotprefix: clock value on access
 hotprefix_decay_period              16.0     hotprefix: ticks per unit of clock decay
+dart_heat_half_life                 3.0      tree heat (DART's tie-break): cache capacities of inserted
+                                             blocks after which a past use counts half
 ==================================  =======  ==========================================================
 """
 
@@ -47,6 +51,7 @@ PARAMS = frozenset(
         "qas_window",
         "qas_max_bypass",
         "qas_max_wait_s",
+        "qas_wait_factor",
         "qas_dedup",
         "qas_pioneer_weight",
         "lpm_fcfs_threshold",
@@ -55,6 +60,7 @@ PARAMS = frozenset(
         "lookahead_window",
         "hotprefix_max_age",
         "hotprefix_decay_period",
+        "dart_heat_half_life",
     }
 )
 

@@ -43,13 +43,13 @@ class QueueScheduler:
     def enqueue(self, request: SchedRequest, now: float) -> None:
         """Raises ValueError if the id is already waiting (nothing is recorded then)."""
         tokens = tuple(request.prompt_ids)
+        uses_cache = self.allocator is not None and self.config.prefix_caching and request.use_prefix_cache
         hashes: list[int] = []
-        if self.allocator is not None and self.config.prefix_caching and request.use_prefix_cache:
+        if uses_cache and self.allocator is not None:
             hashes = self.allocator.hashes(request.namespace, tokens)
-        entry = self.queue.push(request, tokens, hashes)
+        self.queue.push(request, tokens, hashes, uses_cache)
         if self.allocator is not None and hashes:
             self.allocator.demand.queued.add(hashes)
-        self._on_enqueue(entry, now)
         self._refresh_lookahead()
 
     def cancel(self, request_id: int) -> bool:
@@ -68,7 +68,6 @@ class QueueScheduler:
             self.allocator.demand.queued.remove(entry.hashes)
         if self.lookahead is not None:
             self.lookahead.leave(entry)
-        self._on_dequeue(entry)
 
     def _refresh_lookahead(self) -> None:
         if self.lookahead is not None:
@@ -132,7 +131,7 @@ class QueueScheduler:
         if item is None:
             return
         entry, alloc = item
-        if alloc is not None and self.allocator is not None and entry.uses_cache:
+        if alloc is not None and self.allocator is not None and entry.hashes:
             self.allocator.cache_prompt(alloc, entry.tokens, entry.hashes)
         self._on_prefilled(entry)
 
@@ -143,7 +142,7 @@ class QueueScheduler:
             return
         entry, alloc = item
         if alloc is not None and self.allocator is not None:
-            self.allocator.release(alloc, entry.tokens if entry.uses_cache else None, entry.hashes)
+            self.allocator.release(alloc, entry.tokens if entry.hashes else None, entry.hashes)
         self._on_prefilled(entry)
 
     # ---------------------------------------------------------------- hooks for subclasses
@@ -151,12 +150,6 @@ class QueueScheduler:
         """The order to offer waiting requests in, and the planned batch to protect. FCFS: arrival order,
         nothing planned (TGI)."""
         return iter(self.queue), []
-
-    def _on_enqueue(self, entry: Waiting, now: float) -> None:
-        """Called after ``entry`` joined the queue."""
-
-    def _on_dequeue(self, entry: Waiting) -> None:
-        """Called after ``entry`` left the queue (admitted or cancelled)."""
 
     def _on_admitted(self, entries: list[Waiting], now: float) -> None:
         """Called once per batch with the admitted entries, in admission order."""
@@ -166,7 +159,7 @@ class QueueScheduler:
 
     def cached_prefix(self, entry: Waiting) -> int:
         """``entry``'s cached prefix in tokens, recomputed only when the tree changed since the last call."""
-        if self.allocator is None or not entry.uses_cache:
+        if self.allocator is None or not entry.hashes:
             return 0
         version = self.allocator.tree.version
         if entry.peek_version != version:

@@ -91,7 +91,7 @@ class BatchBuilder:
         assert self.allocator is not None
         req = entry.request
         tokens = req.input_length + req.max_new_tokens + self.speculate - 1
-        prompt = entry.tokens if entry.uses_cache else None
+        prompt = entry.tokens if entry.hashes else None  # a prompt shorter than a block matches nothing
         alloc = self.allocator.allocate(tokens, req.namespace, prompt)
         if alloc is None:
             return True

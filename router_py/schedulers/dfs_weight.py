@@ -31,7 +31,7 @@ class DfsWeightScheduler(QueueScheduler):
         for entry in self.queue:
             node = (
                 self.allocator.tree.peek(entry.request.namespace, entry.tokens)[0]
-                if entry.uses_cache
+                if entry.hashes
                 else None
             )
             parked.setdefault(node, []).append(entry)

@@ -14,8 +14,9 @@ pioneer has prefilled the segment, weighted by ``qas_pioneer_weight`` w (default
 promoting pioneers ahead of the cold lane cost 0.45 pp of hit rate; see docs/benchmarks-replay.md).
 
 Order offered to TGI's admission loop (which stops at the first request that does not fit):
-  1. aged requests (FIFO): waited ``qas_max_wait_s`` seconds (default 5.0) or passed over by
-     ``qas_max_bypass`` later arrivals (default 128);
+  1. aged requests (FIFO): waited longer than the wait bound (:meth:`QasScheduler.wait_bound`: the recent
+     mean queue wait x ``qas_wait_factor`` (default 1), capped at ``qas_max_wait_s`` (default 5.0)) or passed
+     over by ``qas_max_bypass`` later arrivals (default 128);
   2. hot lane: groups with reuse > 0, by reuse (ties: oldest member). A group whose segment is fully cached is
      admitted whole; otherwise only its oldest member (the pioneer) goes, and the rest wait until the pioneer's
      prompt is in the tree (prefill_done or release) -- the segment is prefilled once, not once per member
@@ -28,7 +29,8 @@ counted as DART's planned demand before any allocation, so this batch's own evic
 tree's cached state (retention) drives the reuse values and which groups are admitted whole.
 
 Starvation bound (guaranteed, tested): no waiting request is passed over by more than ``qas_max_bypass``
-later arrivals, and once it has waited ``qas_max_wait_s`` seconds no later arrival is admitted before it.
+later arrivals, and once it has waited more than ``qas_max_wait_s`` seconds (less under light load, see
+:meth:`QasScheduler.wait_bound`) no later arrival is admitted before it.
 Within those bounds it can still wait on memory or budget (TGI's head-of-line semantics), never on reordering.
 """
 
@@ -43,6 +45,8 @@ from router_py.schedulers.batch_builder import Limits
 from router_py.schedulers.waiting import Waiting
 from router_py.scheduling import SchedulerConfig
 
+WAIT_EWMA = 1 / 32  # weight of one admission in the mean queue wait (~ the last 32 admissions)
+
 
 class QasScheduler(QueueScheduler):
     name = "qas"
@@ -53,10 +57,12 @@ class QasScheduler(QueueScheduler):
         self.window = int(p.get("qas_window", 32))
         self.max_bypass = int(p.get("qas_max_bypass", 128))
         self.max_wait_s = float(p.get("qas_max_wait_s", 5.0))
+        self.wait_factor = float(p.get("qas_wait_factor", 1.0))
+        self.mean_wait = 0.0  # EWMA of admitted requests' queue waits (seconds)
         self.dedup = bool(p.get("qas_dedup", 1))
         self.pioneer_weight = float(p.get("qas_pioneer_weight", 0.0))
-        if self.window < 1 or self.max_bypass < 0 or self.max_wait_s < 0:
-            raise ValueError("qas_window must be >= 1, qas_max_bypass and qas_max_wait_s >= 0")
+        if self.window < 1 or self.max_bypass < 0 or self.max_wait_s < 0 or self.wait_factor < 0:
+            raise ValueError("qas_window must be >= 1, qas_max_bypass, qas_max_wait_s, qas_wait_factor >= 0")
         self.inflight: dict[
             int, int
         ] = {}  # segment hash -> id of its running pioneer (prompt not yet cached)
@@ -67,16 +73,28 @@ class QasScheduler(QueueScheduler):
     # ---------------------------------------------------------------- order
     def _order(self, now: float, limits: Limits) -> tuple[Iterable[Waiting], list[Waiting]]:
         window = self.queue.head(self.window)
-        aged = [e for e in window if self._aged(e, now)]
-        fresh = [e for e in window if not self._aged(e, now)]
+        bound = self.wait_bound()
+        aged = [e for e in window if self._aged(e, now, bound)]
+        fresh = [e for e in window if not self._aged(e, now, bound)]
         window_ids = {e.request.id for e in window}
         tail = (e for e in self.queue if e.request.id not in window_ids)
         order = self._guarded(chain(aged, self._hot_lane(fresh), tail), window)
         planned = self._planned(order, limits)
-        return chain(planned, order), [e for e in planned if e.uses_cache]
+        return chain(planned, order), [e for e in planned if e.hashes]
 
-    def _aged(self, entry: Waiting, now: float) -> bool:
-        return entry.bypassed >= self.max_bypass or now - entry.request.arrival >= self.max_wait_s
+    def wait_bound(self) -> float:
+        """A request that has waited longer than this is aged: ``qas_max_wait_s`` T, or with
+        ``qas_wait_factor`` f > 0 (default 1) the smaller of T and f x the recent mean queue wait. Tied to
+        load because a fixed T is the P99 near the knee (the cold lane waits T while hot groups go first);
+        with the mean wait, the cold lane stays near FIFO while queues are short and reordering grows with
+        the queue. Never above T, so the starvation bound holds. Waits of 0 (no clock: the replay) never
+        age."""
+        if self.wait_factor <= 0:
+            return self.max_wait_s
+        return min(self.max_wait_s, self.wait_factor * self.mean_wait)
+
+    def _aged(self, entry: Waiting, now: float, bound: float) -> bool:
+        return entry.bypassed >= self.max_bypass or now - entry.request.arrival > bound
 
     def _hot_lane(self, entries: list[Waiting]) -> list[Waiting]:
         """Hot groups by reuse (ties: oldest member first), then the cold lane in arrival order: requests that
@@ -109,7 +127,7 @@ class QasScheduler(QueueScheduler):
     def _segment(self, entry: Waiting) -> tuple[int, int, int, bool] | None:
         """(segment hash, cached tokens, uncached segment tokens, fully cached), or None if the request shares
         nothing with the cache or the queue."""
-        if not entry.uses_cache:
+        if not entry.hashes:
             return None
         bs = self.config.block_size
         cached_blocks = self.cached_prefix(entry) // bs
@@ -187,6 +205,7 @@ class QasScheduler(QueueScheduler):
     def _on_admitted(self, entries: list[Waiting], now: float) -> None:
         window = self.queue.head(self.window)
         for admitted in entries:
+            self.mean_wait += (now - admitted.request.arrival - self.mean_wait) * WAIT_EWMA
             for waiting in window:
                 if waiting.seq < admitted.seq:
                     waiting.bypassed += 1

@@ -13,8 +13,11 @@ from router_py.scheduling import SchedRequest
 class Waiting:
     """One queued request.
 
-    tokens: the prompt as a tuple (the radix tree's key type); hashes: chained hashes of its full blocks, [] when
-    it does not use the prefix cache; bypassed: later arrivals admitted while it waited (QAS's starvation count);
+    tokens: the prompt as a tuple (the radix tree's key type); uses_cache: the request queries the prefix
+    cache (a cache exists, is on, and the request allows it), so it counts in the hit statistics even when its
+    prompt is shorter than one block; hashes: chained hashes of its full blocks, [] when it does not use the
+    cache or has no full block (nothing to match or insert then); bypassed: later arrivals admitted while it
+    waited (QAS's starvation count);
     peek/peek_version: its cached-prefix length in tokens and the tree version it was computed at.
     """
 
@@ -22,13 +25,10 @@ class Waiting:
     seq: int
     tokens: tuple[int, ...]
     hashes: list[int]
+    uses_cache: bool
     bypassed: int = 0
     peek: int = 0
     peek_version: int = -1
-
-    @property
-    def uses_cache(self) -> bool:
-        return bool(self.hashes)
 
 
 class WaitingQueue:
@@ -38,11 +38,15 @@ class WaitingQueue:
         self._entries: dict[int, Waiting] = {}
         self._next_seq = 0
 
-    def push(self, request: SchedRequest, tokens: tuple[int, ...], hashes: list[int]) -> Waiting:
-        """Raises ValueError if the id is already waiting."""
+    def push(
+        self, request: SchedRequest, tokens: tuple[int, ...], hashes: list[int], uses_cache: bool
+    ) -> Waiting:
+        """Raises ValueError if the id is already waiting, or on ``hashes`` without ``uses_cache``."""
+        if hashes and not uses_cache:
+            raise ValueError("block hashes given for a request that does not use the cache")
         if request.id in self._entries:
             raise ValueError(f"request {request.id} is already waiting")
-        entry = Waiting(request, self._next_seq, tokens, hashes)
+        entry = Waiting(request, self._next_seq, tokens, hashes, uses_cache)
         self._next_seq += 1
         self._entries[request.id] = entry
         return entry
@@ -59,6 +63,3 @@ class WaitingQueue:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def __contains__(self, request_id: int) -> bool:
-        return request_id in self._entries

@@ -53,6 +53,18 @@ def test_prefix_hit_and_whole_prompt_cached_leaves_one_token() -> None:
     assert (stats["prompt_tokens_queried"], stats["prompt_tokens_hit"]) == (8 + 8 + 9, 11)
 
 
+def test_prompts_shorter_than_a_block_count_as_queried_with_no_hit() -> None:
+    s = _sched(block_size=4)
+    s.enqueue(_req(1, [5, 6, 7]), 0.0)  # no full block: nothing to match or insert, still queried
+    s.enqueue(_req(2, [5, 6], use_prefix_cache=False), 0.0)  # opted out: not queried
+    plan = s.next_batch(0.0, 100, 100)
+    assert plan is not None and [a.cache_len for a in plan.admissions] == [0, 0]
+    s.release(1)
+    s.release(2)
+    stats = s.cache_stats()
+    assert (stats["prompt_tokens_queried"], stats["prompt_tokens_hit"], stats["blocks_cached"]) == (3, 0, 0)
+
+
 def test_decoder_input_details_neither_matches_nor_inserts() -> None:
     s = _sched()
     s.enqueue(_req(1, list(range(8)), use_prefix_cache=False), 0.0)

@@ -108,13 +108,29 @@ def test_qas_starvation_bound_under_an_adversarial_hot_stream() -> None:
 
 
 def test_qas_wait_bound_takes_the_oldest_first() -> None:
-    s = _sched("qas", "dart", qas_max_wait_s=2.0)
+    s = _sched("qas", "dart", qas_max_wait_s=2.0, qas_wait_factor=0)
     _serve(s, 0, SYS)
     s.enqueue(SchedRequest(1, [9] * 40, 1, 0.0), 0.0)
     s.enqueue(SchedRequest(2, SYS + [1] * 4, 1, 1.0), 1.0)
     assert _ids(s, now=1.5, max_size=1) == [2]
     s.enqueue(SchedRequest(3, SYS + [2] * 4, 1, 1.9), 1.9)
     assert _ids(s, now=2.5, max_size=1) == [1]
+
+
+def test_qas_wait_bound_follows_the_mean_queue_wait_under_the_cap() -> None:
+    s = _sched("qas", "dart", qas_max_wait_s=2.0, qas_wait_factor=1.0)
+    s.enqueue(SchedRequest(0, SYS, 1, 0.0), 0.0)
+    assert _ids(s, now=0.32) == [0]  # waited 0.32 s: the mean queue wait becomes 0.32 / 32 = 0.01 s
+    assert s.wait_bound() == pytest.approx(0.01)
+    s.release(0)
+    s.enqueue(SchedRequest(1, [9] * 40, 1, 1.0), 1.0)  # cold
+    s.enqueue(SchedRequest(2, SYS + [1] * 4, 1, 1.0), 1.0)  # hot: its segment is cached
+    assert _ids(s, now=1.0, max_size=1) == [2]  # no wait yet: the hot lane goes first
+    s.enqueue(SchedRequest(3, SYS + [2] * 4, 1, 1.0), 1.0)
+    assert _ids(s, now=1.02, max_size=1) == [1]  # 0.02 s > the bound: aged, long before T = 2 s
+    for _ in range(200):  # long waits raise the bound up to its cap, never past it
+        s.mean_wait += (10.0 - s.mean_wait) / 32
+    assert s.wait_bound() == 2.0
 
 
 def _evicting_batch(policy: str) -> list[int]:
