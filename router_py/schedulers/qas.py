@@ -11,7 +11,7 @@ the same segment form a group whose value is the prefill it saves:
 
 The first term is realised now (the segment is in the tree: retention feeds admission); the second only after a
 pioneer has prefilled the segment, weighted by ``qas_pioneer_weight`` w (default 0: on the Mooncake replay,
-promoting pioneers ahead of the cold lane cost 0.45 pp of hit rate; see docs/benchmarks-replay.md).
+promoting pioneers ahead of the cold lane cost 0.45 pp of hit rate; see the trace-replay section of docs/benchmarks.md).
 
 Order offered to TGI's admission loop (which stops at the first request that does not fit):
   1. aged requests (FIFO): waited longer than the wait bound (:meth:`QasScheduler.wait_bound`: the recent
