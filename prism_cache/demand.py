@@ -21,17 +21,37 @@ class DemandTable:
 
     def __init__(self) -> None:
         self._counts: dict[int, int] = {}
+        self._watchers: list[set[int]] = []
         self.get = (
             self._counts.get
         )  # NOTE: the hot path (eviction keys, QAS ranking) reads counts through this
 
+    def watch(self, changed: set[int]) -> None:
+        """From now on, add to ``changed`` every hash whose count changes (the watcher drains the set)."""
+        if not any(w is changed for w in self._watchers):
+            self._watchers.append(changed)
+
+    def unwatch(self, changed: set[int]) -> None:
+        self._watchers = [w for w in self._watchers if w is not changed]
+
+    def _notify(self, hashes: Iterable[int]) -> Iterable[int]:
+        if not self._watchers:
+            return hashes
+        if not isinstance(hashes, (list, tuple)):
+            hashes = list(hashes)  # a generator would be read twice: by the watchers, then the counts
+        for w in self._watchers:
+            w.update(hashes)
+        return hashes
+
     def add(self, hashes: Iterable[int]) -> None:
+        hashes = self._notify(hashes)
         counts = self._counts
         for h in hashes:
             counts[h] = counts.get(h, 0) + 1
 
     def remove(self, hashes: Iterable[int]) -> None:
         """Raises ValueError if a hash was not added (a count would go negative)."""
+        hashes = self._notify(hashes)
         counts = self._counts
         for h in hashes:
             c = counts.get(h, 0)

@@ -28,15 +28,18 @@ if TYPE_CHECKING:
     from prism_cache.policies.base import Key, RetentionPolicy
 
 Tokens = tuple[int, ...]
+Entry = tuple["Key", int, int, "Node"]
 
 
 class Node:
     """One edge of the tree. ``lock`` counts live requests whose matched path runs through the node (the
     node's active demand); ``hits`` counts matches that reused it; ``last_access`` is the tick of the last
-    match or insert through it; ``heat`` is its decayed use count in the log form of the module docstring."""
+    match or insert through it; ``heat`` is its decayed use count in the log form of the module docstring;
+    ``valid_from``: eviction-heap entries of the node with a lower sequence number are void."""
 
     __slots__ = (
-        "blocks", "children", "edge", "hashes", "heat", "hits", "last_access", "lock", "parent", "tokens"
+        "blocks", "children", "edge", "hashes", "heat", "hits", "last_access", "lock", "parent", "tokens",
+        "valid_from",
     )
 
     def __init__(
@@ -52,6 +55,7 @@ class Node:
         self.last_access = 0
         self.hits = 0
         self.heat = 0.0
+        self.valid_from = 0
 
 
 class RadixTree:
@@ -80,7 +84,16 @@ class RadixTree:
         self.cached_hashes: set[int] = set()  # chained hashes of every cached block (prefix-closed per chain)
         self._roots: dict[str, Node] = {}
         self._leaves: set[Node] = set()
-        self._session: tuple[RetentionPolicy, list[tuple[Key, int, Node]] | None] | None = None
+        self._tails: dict[int, Node] = {}  # each leaf by its last block's hash (what demand keys read)
+        # The persistent eviction heap of a stable_keys policy (see _candidates): entries
+        # (key, id, seq, node), made exact again at each sync by re-keying only the nodes marked dirty since.
+        self._heap: list[Entry] | None = None
+        self._heap_policy: RetentionPolicy | None = None
+        self._seq = 0
+        self._dirty: set[Node] = set()
+        self._changed: set[int] = set()  # hashes whose demand changed since the last sync (tables add them)
+        self._batch_policy: RetentionPolicy | None = None
+        self._synced = False  # the heap was synced in the current batch: it is the batch's heap
 
     # ---------------------------------------------------------------- lookups
     def root(self, namespace: str) -> Node:
@@ -168,6 +181,7 @@ class RadixTree:
         node.edge, node.parent = node.tokens[:bs], upper
         upper.children[node.edge] = node
         parent.children[upper.edge] = upper
+        self._mark(node)  # a shorter node may rank differently
         return upper
 
     # ---------------------------------------------------------------- recency, locks
@@ -175,6 +189,7 @@ class RadixTree:
         """Stamp ``node`` and its ancestors with a new tick; with ``hit``, count one reuse (hits, heat) on
         each."""
         self.tick += 1
+        self._mark(node)  # only the deepest node can be a leaf
         while node.parent is not None:
             node.last_access = self.tick
             if hit:
@@ -192,12 +207,14 @@ class RadixTree:
 
     def lock(self, node: Node) -> None:
         """Pin ``node`` and its ancestors: a locked node is never evicted."""
+        self._mark(node)
         while node.parent is not None:
             node.lock += 1
             node = node.parent
 
     def unlock(self, node: Node) -> None:
         """Undo one :meth:`lock` of the same node. Raises ValueError if that path is not locked."""
+        self._mark(node)
         walk: Node | None = node
         while walk is not None and walk.parent is not None:
             if walk.lock <= 0:
@@ -243,13 +260,20 @@ class RadixTree:
         return existing, node
 
     def _add_leaf(self, parent: Node, tokens: Tokens, blocks: list[int], hashes: list[int]) -> Node:
-        leaf = Node(tokens[: self.block_size], tokens, list(blocks), list(hashes), parent)
+        """Takes ownership of ``blocks`` and ``hashes`` (fresh slices from :meth:`insert`)."""
+        leaf = Node(tokens[: self.block_size], tokens, blocks, hashes, parent)
         leaf.heat = self.heat_now()  # one use: the request that cached it
         self.inserted_blocks += len(blocks)
         self.pool.ref_all(leaf.blocks)
         parent.children[leaf.edge] = leaf
-        self._leaves.discard(parent)
+        if parent in self._leaves:
+            self._leaves.remove(parent)
+            del self._tails[parent.hashes[-1]]
+            self._mark(parent)  # its entries are void now
         self._leaves.add(leaf)
+        self._tails[leaf.hashes[-1]] = leaf
+        self._mark(leaf)
+        self._bound_heap_debt()
         self.cached_blocks += len(blocks)
         self.cached_hashes.update(leaf.hashes)
         self.version += 1
@@ -258,13 +282,15 @@ class RadixTree:
     # ---------------------------------------------------------------- eviction
     def begin_batch(self, policy: RetentionPolicy) -> None:
         """Start a batch of allocations (matches, locks, evictions, rollbacks; no inserts, no demand changes):
-        the eviction candidates are gathered once and kept until :meth:`end_batch`, so k evictions cost one
-        O(leaves) scan instead of k. Only for policies with ``stable_keys`` (no key drops under those
-        operations); entries whose key rose since are re-ranked when they surface."""
-        self._session = (policy, None) if policy.stable_keys else None
+        the eviction heap is made exact once, on the batch's first eviction, and kept until :meth:`end_batch`,
+        so k evictions cost one sync instead of k. Only for policies with ``stable_keys`` (no key drops under
+        those operations); entries whose key rose since are re-ranked when they surface."""
+        self._batch_policy = policy if policy.stable_keys else None
+        self._synced = False
 
     def end_batch(self) -> None:
-        self._session = None
+        self._batch_policy = None
+        self._synced = False
 
     def evict(self, n_blocks: int, policy: RetentionPolicy) -> int:
         """Free up to ``n_blocks`` blocks from unlocked leaves, lowest ``policy.key`` first.
@@ -277,43 +303,113 @@ class RadixTree:
         heap = self._candidates(policy)
         freed = 0
         while freed < n_blocks and heap:
-            key, _, node = heapq.heappop(heap)
+            key, _, seq, node = heapq.heappop(heap)
+            if seq < node.valid_from:
+                continue  # voided at a sync: not a candidate
             if node.lock or node not in self._leaves:
                 continue  # locked or removed since the candidates were gathered
             current = policy.key(node, len(node.blocks), self.tick)
             if current != key:
-                heapq.heappush(heap, (current, id(node), node))
+                self._push(heap, node, current)
                 continue
-            cut = self._blocks_to_cut(node, n_blocks - freed, policy, heap[0][0] if heap else None)
+            cut = self._blocks_to_cut(node, n_blocks - freed, policy, self._top_key(heap))
             freed += self._truncate(node, cut)
             if node.blocks:
-                heapq.heappush(heap, (policy.key(node, len(node.blocks), self.tick), id(node), node))
+                self._push(heap, node, policy.key(node, len(node.blocks), self.tick))
             else:
                 parent = self._remove_leaf(node)
                 if parent is not None and parent.lock == 0:
-                    heapq.heappush(
-                        heap, (policy.key(parent, len(parent.blocks), self.tick), id(parent), parent)
-                    )
+                    self._push(heap, parent, policy.key(parent, len(parent.blocks), self.tick))
         self.evicted_blocks += freed
         return freed
 
-    def _candidates(self, policy: RetentionPolicy) -> list[tuple[Key, int, Node]]:
-        """A heap of the unlocked leaves; inside a batch, the batch's heap (gathered on first use)."""
-        if self._session is not None and self._session[0] is policy and self._session[1] is not None:
-            return self._session[1]
-        heap = [(policy.key(n, len(n.blocks), self.tick), id(n), n) for n in self._leaves if n.lock == 0]
+    def _candidates(self, policy: RetentionPolicy) -> list[Entry]:
+        """A heap whose live entries are exactly the unlocked leaves under their current keys; inside a batch,
+        the batch's heap as synced on its first use.
+
+        For a ``stable_keys`` policy the heap persists between calls: every change that can move a leaf's
+        key (touch, lock, unlock, split, insert, eviction, a demand change on its last block) marks the node
+        dirty, and a sync voids the dirty nodes' entries and re-keys only them, so a full cache costs
+        O(changes) per eviction instead of O(leaves). Other policies get a fresh heap per call."""
+        if not policy.stable_keys:
+            return self._fresh_heap(policy)
+        if self._heap is None or self._heap_policy is not policy:
+            self._start_heap(policy)
+        elif not (self._synced and self._batch_policy is policy):
+            self._sync(policy)
+        self._synced = self._batch_policy is policy
+        assert self._heap is not None
+        return self._heap
+
+    def _fresh_heap(self, policy: RetentionPolicy) -> list[Entry]:
+        heap = []
+        for n in self._leaves:
+            if n.lock == 0:
+                heap.append((policy.key(n, len(n.blocks), self.tick), id(n), self._seq, n))
+                self._seq += 1
         heapq.heapify(heap)
-        if self._session is not None and self._session[0] is policy:
-            self._session = (policy, heap)
         return heap
+
+    def _start_heap(self, policy: RetentionPolicy) -> None:
+        self._drop_heap()
+        self._heap, self._heap_policy = self._fresh_heap(policy), policy
+        for table in policy.demand_tables():
+            table.watch(self._changed)
+
+    def _drop_heap(self) -> None:
+        if self._heap_policy is not None:
+            for table in self._heap_policy.demand_tables():
+                table.unwatch(self._changed)
+        self._heap, self._heap_policy = None, None
+        self._dirty.clear()
+        self._changed.clear()
+
+    def _sync(self, policy: RetentionPolicy) -> None:
+        """Make the persistent heap exact: void and re-key the dirty nodes (rebuild it once void entries
+        outnumber the live ones, so it stays O(leaves) in size)."""
+        heap, tails, dirty = self._heap, self._tails, self._dirty
+        assert heap is not None
+        if len(heap) > 2 * len(self._leaves) + 64:
+            self._heap = None
+            self._start_heap(policy)
+            return
+        dirty.update(map(tails.__getitem__, tails.keys() & self._changed))
+        self._changed.clear()
+        for node in dirty:
+            node.valid_from = self._seq
+            if node.lock == 0 and node in self._leaves:
+                self._push(heap, node, policy.key(node, len(node.blocks), self.tick), mark=False)
+        dirty.clear()
+
+    def _push(self, heap: list[Entry], node: Node, key: Key, mark: bool = True) -> None:
+        """Push an entry; ``mark`` (during evictions): a stale twin entry may remain, so the next sync voids
+        both and re-keys the node."""
+        heapq.heappush(heap, (key, id(node), self._seq, node))
+        self._seq += 1
+        if mark:
+            self._mark(node)
+
+    def _top_key(self, heap: list[Entry]) -> Key | None:
+        """The lowest key among the heap's non-void entries (void ones on top are dropped)."""
+        while heap and heap[0][2] < heap[0][3].valid_from:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def _mark(self, node: Node) -> None:
+        """``node``'s key may have changed: re-key it at the next sync (while a persistent heap is kept)."""
+        if self._heap is not None:
+            self._dirty.add(node)
+
+    def _bound_heap_debt(self) -> None:
+        """Without evictions nothing syncs: past O(leaves) pending changes, a rebuild is cheaper, so drop."""
+        if self._heap is not None and len(self._dirty) + len(self._changed) > 4 * len(self._leaves) + 4096:
+            self._drop_heap()
 
     def _unlocked(self, node: Node) -> None:
         """``node`` just became unlocked: a leaf rejoins the batch's candidates."""
-        if self._session is None:
-            return
-        policy, heap = self._session
-        if heap is not None and node in self._leaves:
-            heapq.heappush(heap, (policy.key(node, len(node.blocks), self.tick), id(node), node))
+        if self._synced and self._heap is not None and node in self._leaves:
+            assert self._batch_policy is not None
+            self._push(self._heap, node, self._batch_policy.key(node, len(node.blocks), self.tick))
 
     def _blocks_to_cut(self, node: Node, need: int, policy: RetentionPolicy, next_key: Key | None) -> int:
         """Tail blocks of ``node`` to evict now: the c-th tail block goes too while it, as the node's tail
@@ -336,6 +432,9 @@ class RadixTree:
         freed = self.pool.unref_all(node.blocks[keep:])
         assert freed == cut, "an evicted block is still referenced by a request"
         del node.blocks[keep:]
+        del self._tails[node.hashes[-1]]
+        if keep:
+            self._tails[node.hashes[keep - 1]] = node
         self.cached_hashes.difference_update(node.hashes[keep:])
         del node.hashes[keep:]
         node.tokens = node.tokens[: keep * self.block_size]
@@ -349,8 +448,10 @@ class RadixTree:
         assert parent is not None and not node.children
         del parent.children[node.edge]
         self._leaves.discard(node)
+        self._mark(node)  # void its entries
         if parent.parent is not None and not parent.children:
             self._leaves.add(parent)
+            self._tails[parent.hashes[-1]] = parent
             return parent
         return None
 
@@ -379,6 +480,7 @@ class RadixTree:
         for root in self._roots.values():
             assert root.lock == 0 and not root.blocks, "roots hold no blocks and no locks"
         assert leaves == self._leaves, "leaf set out of date"
+        assert self._tails == {n.hashes[-1]: n for n in leaves}, "leaf tails out of date"
         assert len(seen) == self.cached_blocks, "cached block count out of date"
         assert len(self.cached_hashes) == self.cached_blocks, "cached hash set out of date"
         return seen

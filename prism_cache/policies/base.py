@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from prism_cache.demand import DemandTable
     from prism_cache.radix_tree import Node
 
 Key = tuple[float, ...]
@@ -21,6 +22,11 @@ class RetentionPolicy(Protocol):
     # True if no key decreases while the tree is only matched, locked, unlocked or evicted from (no inserts,
     # no demand changes): lets a batch of allocations share one eviction heap (RadixTree.begin_batch).
     stable_keys: bool
+
+    def demand_tables(self) -> tuple[DemandTable, ...]:
+        """The demand tables ``key`` reads (by a node's hashes), so the tree can watch them and keep a persistent
+        eviction heap current; nothing else outside the node may enter the key of a ``stable_keys`` policy."""
+        ...
 
     def key(self, node: Node, n_blocks: int, tick: int) -> Key:
         """Args: node: an unlocked leaf; n_blocks: rank the node as if cut to its first n_blocks blocks

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from prism_cache.demand import Demand
+from prism_cache.demand import Demand, DemandTable
 from prism_cache.policies.base import Key
 
 if TYPE_CHECKING:
@@ -39,6 +39,10 @@ class DartPolicy:
         # NOTE: the tables' count lookups, bound once: key() runs for every unlocked leaf when an eviction heap
         # is built
         self._planned, self._queued = demand.planned.get, demand.queued.get
+        self._tables = (demand.planned, demand.queued)
+
+    def demand_tables(self) -> tuple[DemandTable, ...]:
+        return self._tables
 
     def key(self, node: Node, n_blocks: int, tick: int) -> Key:
         """(demand priority, log of decayed uses per block, recency): never increases with n_blocks, as queued

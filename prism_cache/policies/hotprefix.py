@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from prism_cache.policies.base import Key
 
 if TYPE_CHECKING:
+    from prism_cache.demand import DemandTable
     from prism_cache.radix_tree import Node
 
 
@@ -28,6 +29,9 @@ class HotPrefixPolicy:
 
     def clock(self, node: Node, tick: int) -> float:
         return max(0.0, self.max_age - (tick - node.last_access) // self.decay_period)
+
+    def demand_tables(self) -> tuple[DemandTable, ...]:
+        return ()
 
     def key(self, node: Node, n_blocks: int, tick: int) -> Key:
         return ((node.hits + self.clock(node, tick)) / n_blocks, node.last_access)

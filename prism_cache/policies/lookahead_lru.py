@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prism_cache.demand import Demand
+from prism_cache.demand import Demand, DemandTable
 from prism_cache.policies.base import Key
 
 if TYPE_CHECKING:
@@ -22,6 +22,9 @@ class LookaheadLruPolicy:
 
     def __init__(self, demand: Demand) -> None:
         self.demand = demand
+
+    def demand_tables(self) -> tuple[DemandTable, ...]:
+        return (self.demand.lookahead,)
 
     def key(self, node: Node, n_blocks: int, tick: int) -> Key:
         protected = self.demand.lookahead.count(node.hashes[n_blocks - 1]) > 0

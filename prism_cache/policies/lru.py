@@ -7,12 +7,16 @@ from typing import TYPE_CHECKING
 from prism_cache.policies.base import Key
 
 if TYPE_CHECKING:
+    from prism_cache.demand import DemandTable
     from prism_cache.radix_tree import Node
 
 
 class LruPolicy:
     name = "lru"
     stable_keys = True
+
+    def demand_tables(self) -> tuple[DemandTable, ...]:
+        return ()
 
     def key(self, node: Node, n_blocks: int, tick: int) -> Key:
         return (node.last_access,)

@@ -5,7 +5,7 @@
 size 16. Each step is one ``next_batch`` (4,096-token prefill budget) followed, off the clock, by releasing what
 it admitted and enqueueing as many new requests, so the queue stays at 1,000. Two memory sizes: 200,000 blocks
 (the steps measured never evict: scheduling plus allocation) and 20,000 blocks (full: every admission evicts,
-which builds a heap over the tree's unlocked leaves, O(leaves), as SGLang's evict does).
+which first re-keys the leaves whose rank changed since the last eviction in the tree's persistent heap).
 """
 
 from __future__ import annotations

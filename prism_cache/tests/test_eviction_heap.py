@@ -1,0 +1,98 @@
+"""The persistent eviction heap (RadixTree._candidates) against one rebuilt from every leaf at each sync."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from prism_cache import RadixAllocator
+from prism_cache.allocator import Allocation
+from prism_cache.policies import POLICY_NAMES
+
+BS = 2
+
+
+def _rebuilding(policy: str) -> RadixAllocator:
+    """The reference: every sync rebuilds the heap over all unlocked leaves (the brute-force order)."""
+    a = RadixAllocator(48, BS, policy)
+    a.tree._sync = a.tree._start_heap  # type: ignore[method-assign]
+    return a
+
+
+def _prompt(rng: random.Random) -> tuple[int, ...]:
+    head = rng.choice([(1, 1, 2, 2), (3, 3), (1, 1, 4, 4, 5, 5), ()])
+    return head + tuple(rng.randrange(3) for _ in range(rng.randint(1, 12)))
+
+
+class _Churn:
+    """One random operation at a time, replayed identically on several allocators."""
+
+    def __init__(self, allocs: list[RadixAllocator]) -> None:
+        self.allocs = allocs
+        self.live: list[tuple[tuple[int, ...], list[Allocation | None]]] = []
+        self.queued: list[list[list[int]]] = []
+
+    def step(self, rng: random.Random) -> None:
+        op = rng.random()
+        if op < 0.35 and len(self.live) < 4:  # few live requests, so most of the cache is evictable
+            self._batch(rng, [_prompt(rng) for _ in range(rng.randint(1, 3))])
+        elif op < 0.6 and self.live:
+            prompt, allocs = self.live.pop(rng.randrange(len(self.live)))
+            done = rng.random() < 0.8
+            for a, got in zip(self.allocs, allocs):
+                if got is not None:
+                    a.release(got, prompt) if done else a.rollback(got)
+        elif op < 0.7 and self.live:
+            prompt, allocs = rng.choice(self.live)
+            for a, got in zip(self.allocs, allocs):
+                if got is not None:
+                    a.cache_prompt(got, prompt, a.hashes("", prompt))
+        elif op < 0.85:
+            self._demand(rng)
+        else:
+            n = rng.randint(1, 6)
+            assert len({a.tree.evict(n, a.policy) for a in self.allocs}) == 1
+
+    def _batch(self, rng: random.Random, prompts: list[tuple[int, ...]]) -> None:
+        """Plan prompts (planned demand), allocate them in one batch, then clear the plan."""
+        hashes = [[a.hashes("", p) for p in prompts] for a in self.allocs]
+        for a, hs in zip(self.allocs, hashes):
+            for h in hs:
+                a.demand.planned.add(h)
+        for prompt in prompts:
+            tokens, got = len(prompt) + rng.randint(0, 3), []
+            for a in self.allocs:
+                with a.batch():
+                    got.append(a.allocate(tokens, "", prompt))
+            self.live.append((prompt, got))
+        for a, hs in zip(self.allocs, hashes):
+            for h in hs:
+                a.demand.planned.remove(h)
+
+    def _demand(self, rng: random.Random) -> None:
+        if self.queued and rng.random() < 0.5:
+            for a, h in zip(self.allocs, self.queued.pop(rng.randrange(len(self.queued)))):
+                a.demand.queued.remove(h)
+                a.demand.lookahead.remove(h)
+            return
+        prompt = _prompt(rng)
+        entry = [a.hashes("", prompt) for a in self.allocs]
+        for a, h in zip(self.allocs, entry):
+            a.demand.queued.add(h)
+            a.demand.lookahead.add(h)
+        self.queued.append(entry)
+
+
+@pytest.mark.parametrize("policy", POLICY_NAMES)
+@pytest.mark.parametrize("seed", range(3))
+def test_persistent_heap_evicts_exactly_like_a_rebuilt_one(policy: str, seed: int) -> None:
+    rng = random.Random(seed)
+    fast, ref = RadixAllocator(48, BS, policy), _rebuilding(policy)
+    churn = _Churn([fast, ref])
+    for _ in range(3000):
+        churn.step(rng)
+        assert fast.check_integrity() == ref.check_integrity()
+        assert fast.tree.evicted_blocks == ref.tree.evicted_blocks
+        assert fast.pool.free_count == ref.pool.free_count
+    assert fast.tree.evicted_blocks > 500  # the cache was full most of the time
