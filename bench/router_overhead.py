@@ -61,7 +61,7 @@ def serve(port: int, folder: str, scheduler: str, policy: str) -> None:
 
 async def _serve(port: int, folder: str, scheduler: str, policy: str) -> None:
     from router_py import cli
-    from router_py.tests.fake_shard import FakeCluster, FakeOptions
+    from bench.fake_shard import FakeCluster, FakeOptions
 
     cluster = await FakeCluster(f"{folder}/shard", 1, FakeOptions(num_blocks=8192)).start()
     args = cli.parse_args([
@@ -83,7 +83,7 @@ async def backend_latency(folder: str, args: argparse.Namespace) -> dict[str, di
     from router_py.metrics import Metrics
     from router_py.schedulers import make_scheduler
     from router_py.shard_client import ShardClient
-    from router_py.tests.fake_shard import FakeCluster, FakeOptions
+    from bench.fake_shard import FakeCluster, FakeOptions
     from router_py.warmup import handshake
 
     cluster = await FakeCluster(f"{folder}/backend-shard", 1, FakeOptions(num_blocks=8192)).start()

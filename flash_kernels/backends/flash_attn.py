@@ -107,20 +107,11 @@ class FlashAttnBackend:
             )
         cu_seqlens_k = cumulative(seqlens_k)
         if paged_kernels_accept(key_cache.shape[1]):
-            return self._varlen(
-                q,
-                key_cache,
-                value_cache,
-                cu_seqlens_q,
-                cu_seqlens_k,
-                max_seqlen_q,
-                max_seqlen_k,
-                softmax_scale=softmax_scale,
-                causal=True,
-                block_table=block_tables,
-            )
-        keys = gather_packed(key_cache, block_tables, seqlens_k)
-        values = gather_packed(value_cache, block_tables, seqlens_k)
+            keys, values, paged = key_cache, value_cache, {"block_table": block_tables}
+        else:
+            keys = gather_packed(key_cache, block_tables, seqlens_k)
+            values = gather_packed(value_cache, block_tables, seqlens_k)
+            paged = {}
         return self._varlen(
             q,
             keys,
@@ -131,6 +122,7 @@ class FlashAttnBackend:
             max_seqlen_k,
             softmax_scale=softmax_scale,
             causal=True,
+            **paged,
         )
 
     def decode(

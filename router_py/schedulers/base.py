@@ -123,7 +123,7 @@ class QueueScheduler:
         self._refresh_lookahead()
 
     def prefill_done(self, request_id: int) -> None:
-        """Optional signal (not in the Scheduler protocol): the request's whole prompt has been prefilled (its
+        """See ``Scheduler.prefill_done``: the request's whole prompt has been prefilled (its
         first token came back), so its full prompt blocks are published to the tree now instead of at release,
         and waiting requests can reuse them at once (SGLang inserts at the same point). Never required for
         correctness; unknown ids are ignored."""

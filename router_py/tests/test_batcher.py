@@ -27,7 +27,7 @@ from router_py.scheduling import BatchPlan, SchedulerConfig
 from router_py.schedulers import make_scheduler
 from router_py.shard_client import ShardClient
 from router_py.shard_types import U64_MAX
-from router_py.tests.fake_shard import FakeCluster, FakeOptions
+from bench.fake_shard import FakeCluster, FakeOptions
 from router_py.tests.recording_scheduler import RecordingScheduler
 from router_py.warmup import handshake
 

@@ -14,7 +14,7 @@ from router_py.backend_config import BackendConfig
 from router_py.infer_types import SamplingParams
 from router_py.shard_client import ShardClient, ShardError
 from router_py.shard_types import ShardBatch, ShardInfo, ShardRequest, WarmupResult
-from router_py.tests.fake_shard import FakeCluster, FakeOptions
+from bench.fake_shard import FakeCluster, FakeOptions
 from router_py.warmup import StartupError, settle, warmup_batch
 
 
