@@ -26,6 +26,7 @@ from prism_cache.block_pool import BlockPool
 from prism_cache.demand import Demand
 from prism_cache.hashing import block_hashes
 from prism_cache.policies import make_policy
+from prism_cache.popularity import SegmentPopularity
 from prism_cache.radix_tree import Node, RadixTree, Tokens
 
 
@@ -53,9 +54,15 @@ class RadixAllocator:
         prefix_caching: bool = True,
         params: Mapping[str, float] | None = None,
     ) -> None:
+        p = params or {}
         self.pool = BlockPool(num_blocks)
-        self.tree = RadixTree(self.pool, block_size, (params or {}).get("dart_heat_half_life", 3.0))
-        self.demand = Demand()
+        self.tree = RadixTree(self.pool, block_size, p.get("dart_heat_half_life", 3.0))
+        popularity = None
+        if policy == "dart" and p.get("dart_popularity_weight", 4.0):
+            popularity = SegmentPopularity(
+                self.pool.usable_blocks, p.get("dart_heat_half_life", 3.0), block_size, self._keeps_popularity
+            )
+        self.demand = Demand(popularity)
         self.policy = make_policy(policy, self.demand, params)
         self.block_size = block_size
         self.prefix_caching = prefix_caching
@@ -65,6 +72,14 @@ class RadixAllocator:
 
     def hashes(self, namespace: str, prompt: Tokens) -> list[int]:
         return block_hashes(namespace, prompt, self.block_size)
+
+    def _keeps_popularity(self, h: int) -> bool:
+        return h in self.tree.cached_hashes or h in self.demand.queued
+
+    def observe(self, namespace: str, prompt: Tokens, hashes: list[int]) -> None:
+        """A request entered the queue: count its blocks' popularity (only where the policy reads it)."""
+        if self.demand.popularity is not None:
+            self.demand.popularity.observe(namespace, prompt, hashes)
 
     def peek(self, hashes: list[int]) -> int:
         """Cached prefix in tokens of the prompt with these :meth:`hashes`, touching nothing (0 with prefix

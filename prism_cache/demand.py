@@ -14,20 +14,21 @@ Active demand is not here: it is the radix node's lock count (running requests l
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prism_cache.popularity import SegmentPopularity
 
 
-class DemandTable:
-    """A multiset of block hashes; ``count`` of an absent hash is 0, and no count goes negative."""
+class Watched:
+    """A table keyed by chained block hash whose changes the radix tree watches, to re-key only the leaves whose
+    tail entry changed (its persistent eviction heap; see ``RadixTree._candidates``)."""
 
     def __init__(self) -> None:
-        self._counts: dict[int, int] = {}
         self._watchers: list[set[int]] = []
-        self.get = (
-            self._counts.get
-        )  # NOTE: the hot path (eviction keys, QAS ranking) reads counts through this
 
     def watch(self, changed: set[int]) -> None:
-        """From now on, add to ``changed`` every hash whose count changes (the watcher drains the set)."""
+        """From now on, add to ``changed`` every hash whose entry changes (the watcher drains the set)."""
         if not any(w is changed for w in self._watchers):
             self._watchers.append(changed)
 
@@ -42,6 +43,17 @@ class DemandTable:
         for w in self._watchers:
             w.update(hashes)
         return hashes
+
+
+class DemandTable(Watched):
+    """A multiset of block hashes; ``count`` of an absent hash is 0, and no count goes negative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._counts: dict[int, int] = {}
+        self.get = (
+            self._counts.get
+        )  # NOTE: the hot path (eviction keys, QAS ranking) reads counts through this
 
     def add(self, hashes: Iterable[int]) -> None:
         hashes = self._notify(hashes)
@@ -65,15 +77,20 @@ class DemandTable:
     def count(self, h: int) -> int:
         return self._counts.get(h, 0)
 
+    def __contains__(self, h: int) -> bool:
+        return h in self._counts
+
     def __len__(self) -> int:
         """Distinct hashes with a positive count."""
         return len(self._counts)
 
 
 class Demand:
-    """The three tables DART and look-ahead LRU read; the scheduler writes them."""
+    """The tables DART and look-ahead LRU read; the scheduler writes them. ``popularity`` (DART only, else None):
+    see :mod:`prism_cache.popularity`."""
 
-    def __init__(self) -> None:
+    def __init__(self, popularity: SegmentPopularity | None = None) -> None:
         self.queued = DemandTable()
         self.planned = DemandTable()
         self.lookahead = DemandTable()
+        self.popularity = popularity

@@ -16,7 +16,8 @@ POLICY_NAMES = ("lru", "lfu", "hotprefix", "lookahead-lru", "dart")
 
 
 def make_policy(name: str, demand: Demand, params: Mapping[str, float] | None = None) -> RetentionPolicy:
-    """Build a policy by name. ``params`` may hold ``hotprefix_max_age`` and ``hotprefix_decay_period``.
+    """Build a policy by name. ``params`` may hold ``hotprefix_max_age``, ``hotprefix_decay_period`` and
+    ``dart_popularity_weight``.
     Raises ValueError for an unknown name."""
     p = params or {}
     if name == "lru":
@@ -28,7 +29,7 @@ def make_policy(name: str, demand: Demand, params: Mapping[str, float] | None = 
     if name == "lookahead-lru":
         return LookaheadLruPolicy(demand)
     if name == "dart":
-        return DartPolicy(demand)
+        return DartPolicy(demand, p.get("dart_popularity_weight", 4.0))
     raise ValueError(f"unknown cache policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")
 
 

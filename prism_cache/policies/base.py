@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from prism_cache.demand import DemandTable
+    from prism_cache.demand import Watched
     from prism_cache.radix_tree import Node
 
 Key = tuple[float, ...]
@@ -23,8 +23,8 @@ class RetentionPolicy(Protocol):
     # no demand changes): lets a batch of allocations share one eviction heap (RadixTree.begin_batch).
     stable_keys: bool
 
-    def demand_tables(self) -> tuple[DemandTable, ...]:
-        """The demand tables ``key`` reads (by a node's hashes), so the tree can watch them and keep a persistent
+    def demand_tables(self) -> tuple[Watched, ...]:
+        """The tables ``key`` reads (by a node's hashes), so the tree can watch them and keep a persistent
         eviction heap current; nothing else outside the node may enter the key of a ``stable_keys`` policy."""
         ...
 

@@ -8,10 +8,14 @@ being planned this step, queued = waiting requests whose prompt covers the block
 Among nodes of equal demand (mostly: no demand at all, the common case below the load knee, where the queue
 is a few requests deep) the paper leaves the order open. Our choice [INF]: historical demand, i.e. the node's
 decayed use count per block (``Node.heat``: the request that cached it, then every match through it;
-half-life ``dart_heat_half_life`` cache capacities of inserted blocks, default 3), then recency. Per block,
-so that long single-use tails (a request's own passages and question) go before short shared segments. On
-zipf-rag it adds about 5 points of hit rate over the recency tie-break; on the multi-turn Mooncake replay,
-where a session's long prompt is reused once by its next turn, it costs some (docs/benchmarks*.md).
+half-life ``dart_heat_half_life`` cache capacities of inserted blocks, default 3) plus
+``dart_popularity_weight`` (default 4) times the segment popularity of the tail block's path
+(:mod:`prism_cache.popularity`: how often the contents along that path were asked for, anywhere in a prompt),
+then recency. Per block, so that long single-use tails (a request's own passages and question) go before short
+shared segments; popularity, so that of two tails used once, the one made of widely retrieved passages stays.
+On zipf-rag heat adds about 4 points of hit rate over the recency tie-break and popularity about 0.6 more; on
+the multi-turn Mooncake replay, where a session's long prompt is reused once by its next turn, heat costs some
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from prism_cache.demand import Demand, DemandTable
+from prism_cache.demand import Demand, Watched
 from prism_cache.policies.base import Key
 
 if TYPE_CHECKING:
@@ -35,21 +39,34 @@ class DartPolicy:
     name = "dart"
     stable_keys = True  # heat is stored in a time-invariant log form (radix_tree) and only grows on a match
 
-    def __init__(self, demand: Demand) -> None:
-        # NOTE: the tables' count lookups, bound once: key() runs for every unlocked leaf when an eviction heap
-        # is built
+    def __init__(self, demand: Demand, popularity_weight: float = 4.0) -> None:
+        """``popularity_weight`` > 0 needs ``demand.popularity`` (ValueError otherwise); 0 ignores it."""
+        # NOTE: the tables' lookups, bound once: key() runs for every unlocked leaf when an eviction heap is built
         self._planned, self._queued = demand.planned.get, demand.queued.get
-        self._tables = (demand.planned, demand.queued)
+        self._tables: tuple[Watched, ...] = (demand.planned, demand.queued)
+        self._weight = popularity_weight
+        self._popularity = None
+        if popularity_weight:
+            if demand.popularity is None:
+                raise ValueError("dart_popularity_weight > 0 needs a SegmentPopularity in Demand")
+            self._popularity = demand.popularity.value
+            self._tables += (demand.popularity,)
 
-    def demand_tables(self) -> tuple[DemandTable, ...]:
+    def demand_tables(self) -> tuple[Watched, ...]:
         return self._tables
 
     def key(self, node: Node, n_blocks: int, tick: int) -> Key:
-        """(demand priority, log of decayed uses per block, recency): never increases with n_blocks, as queued
-        demand never grows along a prompt's chain and the per-block heat falls as the node gets longer. The
-        length is rounded to a power of two so that the key of a node being cut changes only O(log n) times:
-        with ln(n) exactly, two long tails of equal heat were cut one block each in turn (each cut copies the
-        node's token tuple), which made a Mooncake replay 4x slower."""
+        """(demand priority, log of decayed uses per block + weight x path popularity, recency). Never increases
+        with n_blocks as far as demand and heat go (queued demand never grows along a prompt's chain; per-block
+        heat falls as the node gets longer). Path popularity is non-increasing along each prompt when recorded,
+        but positions recorded by different prompts can drift apart as their contents get retrieved elsewhere;
+        the eviction cut (a binary search over this contract) may then take a few tail blocks more or fewer than
+        the exact rule would (only tail blocks, and the same ones in the persistent heap as in a rebuilt one). The length is rounded to a power of two so that the key of a node being cut
+        changes only O(log n) times: with ln(n) exactly, two long tails of equal heat were cut one block each in
+        turn (each cut copies the node's token tuple), which made a Mooncake replay 4x slower."""
         h = node.hashes[n_blocks - 1]
         demand = W_ACTIVE * node.lock + W_PLANNED * self._planned(h, 0) + W_QUEUED * self._queued(h, 0)
-        return (demand, node.heat - LN2 * n_blocks.bit_length(), node.last_access)
+        history = node.heat - LN2 * n_blocks.bit_length()
+        if self._popularity is not None:
+            history += self._weight * self._popularity(h)
+        return (demand, history, node.last_access)

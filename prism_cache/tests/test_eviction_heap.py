@@ -13,9 +13,17 @@ from prism_cache.policies import POLICY_NAMES
 BS = 2
 
 
-def _rebuilding(policy: str) -> RadixAllocator:
+def _allocator(policy: str, half_life: float = 3.0) -> RadixAllocator:
+    # small popularity bounds, so that the churn prunes its contents (a short half-life) or positions (a long one)
+    a = RadixAllocator(48, BS, policy, params={"dart_heat_half_life": half_life})
+    if a.demand.popularity is not None:
+        a.demand.popularity._bound = a.demand.popularity._content_limit = a.demand.popularity._path_limit = 6
+    return a
+
+
+def _rebuilding(policy: str, half_life: float = 3.0) -> RadixAllocator:
     """The reference: every sync rebuilds the heap over all unlocked leaves (the brute-force order)."""
-    a = RadixAllocator(48, BS, policy)
+    a = _allocator(policy, half_life)
     a.tree._sync = a.tree._start_heap  # type: ignore[method-assign]
     return a
 
@@ -81,14 +89,16 @@ class _Churn:
         for a, h in zip(self.allocs, entry):
             a.demand.queued.add(h)
             a.demand.lookahead.add(h)
+            a.observe("", prompt, h)  # as a scheduler's enqueue
         self.queued.append(entry)
 
 
 @pytest.mark.parametrize("policy", POLICY_NAMES)
 @pytest.mark.parametrize("seed", range(3))
-def test_persistent_heap_evicts_exactly_like_a_rebuilt_one(policy: str, seed: int) -> None:
+@pytest.mark.parametrize("half_life", [0.05, 3.0])
+def test_persistent_heap_evicts_exactly_like_a_rebuilt_one(policy: str, seed: int, half_life: float) -> None:
     rng = random.Random(seed)
-    fast, ref = RadixAllocator(48, BS, policy), _rebuilding(policy)
+    fast, ref = _allocator(policy, half_life), _rebuilding(policy, half_life)
     churn = _Churn([fast, ref])
     for _ in range(3000):
         churn.step(rng)
@@ -96,3 +106,6 @@ def test_persistent_heap_evicts_exactly_like_a_rebuilt_one(policy: str, seed: in
         assert fast.tree.evicted_blocks == ref.tree.evicted_blocks
         assert fast.pool.free_count == ref.pool.free_count
     assert fast.tree.evicted_blocks > 500  # the cache was full most of the time
+    if fast.demand.popularity is not None:
+        pop = fast.demand.popularity  # records were dropped along the way
+        assert (pop.dropped_contents if half_life < 1 else pop.dropped_positions) > 0

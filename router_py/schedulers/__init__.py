@@ -25,7 +25,9 @@ lookahead_window                    4        lookahead-lru: next W waiting reque
 hotprefix_max_age                   8.0      hotprefix: clock value on access
 hotprefix_decay_period              16.0     hotprefix: ticks per unit of clock decay
 dart_heat_half_life                 3.0      tree heat (DART's tie-break): cache capacities of inserted
-                                             blocks after which a past use counts half
+                                             blocks after which a past use counts half (also the half-life
+                                             of segment popularity, in capacities of enqueued blocks)
+dart_popularity_weight              4.0      weight of segment popularity in DART's tie-break; 0 = off
 ==================================  =======  ==========================================================
 """
 
@@ -61,6 +63,7 @@ PARAMS = frozenset(
         "hotprefix_max_age",
         "hotprefix_decay_period",
         "dart_heat_half_life",
+        "dart_popularity_weight",
     }
 )
 

@@ -50,6 +50,7 @@ class QueueScheduler:
         self.queue.push(request, tokens, hashes, uses_cache)
         if self.allocator is not None and hashes:
             self.allocator.demand.queued.add(hashes)
+            self.allocator.observe(request.namespace, tokens, hashes)
         self._refresh_lookahead()
 
     def cancel(self, request_id: int) -> bool:

@@ -1,0 +1,146 @@
+"""Segment popularity: DART's history signal for blocks that only one request has used so far.
+
+Exact-prefix reuse of a block needs its whole path to recur. Of two tails cached once each, the one made of
+passages that many requests retrieve (anywhere in their prompts) is likelier to recur than one ending in a
+rarely retrieved passage; the tree cannot tell them apart (each node was used once), the block *contents* can.
+So, when a request enters the queue, :meth:`SegmentPopularity.observe`
+
+1. counts one use of each full block's content (namespace + token ids, wherever it sits in the prompt), each
+   use decaying by half after ``half_life`` cache capacities of observed prompt blocks;
+2. records under each block's chained hash (its radix position) the content of the least popular block on the
+   prompt up to it: reuse at depth d needs every block before it.
+
+:meth:`value` of a position is the *current* popularity of its recorded content, so a tail cached long ago
+gains as its passages get retrieved elsewhere. Values are log-form, ``ln(decayed count) + clock / tau`` (as
+``Node.heat``): they compare across time with no sweep. Every change of a position's value (its content
+counted again, its record replaced or dropped) is notified to watchers, found through the reverse index of
+records, so the radix tree re-keys the leaves whose tail changed and DART's keys stay exact.
+
+Memory stays bounded: past a bound, contents whose decayed count fell below one half are dropped with the
+records naming them, unless a cached or waiting position names them, and so are the records of positions
+neither cached, waiting nor written since the previous prune (a position without a record reads as :data:`UNSEEN`). A deeper position is never kept when a
+shallower one on its path goes (it is cached, waiting or written only with it). A running request's positions
+are neither cached nor waiting until its prompt is published (at its first token, ``prefill_done``); a prune
+period is at least two cache capacities of observed blocks, and a position dropped in that window merely
+ranks first for eviction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from prism_cache.demand import Watched
+
+UNSEEN = -1000.0  # the value of a position without a record: below any observed one (>= 0), small enough
+# that weight x UNSEEN + heat still orders unobserved nodes by heat
+LN2 = math.log(2)
+
+
+class SegmentPopularity(Watched):
+    """Args: capacity_blocks: the cache's usable blocks (sets the decay horizon and the table bounds);
+    half_life: capacities of observed blocks after which a use counts half (> 0); block_size: tokens per block;
+    keep: whether a position must keep its record (cached or waiting), asked only when the table is pruned."""
+
+    def __init__(
+        self, capacity_blocks: int, half_life: float, block_size: int, keep: Callable[[int], bool]
+    ) -> None:
+        super().__init__()
+        if half_life <= 0:
+            raise ValueError(f"half_life must be > 0, got {half_life}")
+        self.block_size = block_size
+        self._keep = keep
+        self._tau = half_life * max(1, capacity_blocks) / LN2
+        self._clock = 0  # prompt blocks observed
+        self._bound = 4 * max(1, capacity_blocks) + 4096
+        self._content_limit = self._path_limit = self._bound
+        self._content: dict[int, float] = {}  # content key -> log-form popularity
+        self._path: dict[int, int] = {}  # chained hash -> content key of the least popular block up to it
+        self._readers: dict[int, set[int]] = {}  # content key -> the positions whose record it is
+        self._recent: set[int] = set()  # positions written since the last prune of _path
+        self.dropped_contents = self.dropped_positions = 0  # by the bounds, so far
+
+    def observe(self, namespace: str, tokens: Sequence[int], hashes: Sequence[int]) -> None:
+        """Count a request's blocks and record its path popularity. ``hashes``: the chained hashes of its full
+        blocks (``prism_cache.hashing.block_hashes`` of the same namespace and tokens)."""
+        now = self._clock / self._tau
+        ns, bs, exp, log1p = hash(namespace), self.block_size, math.exp, math.log1p
+        content, readers, path = self._content, self._readers, self._path
+        changed: list[int] = list(hashes)
+        lowest, weakest = math.inf, 0
+        for i, h in enumerate(hashes):
+            key = hash(tuple(tokens[i * bs : (i + 1) * bs])) ^ ns
+            old = content.get(key)
+            value = now if old is None else now + log1p(exp(old - now))
+            content[key] = value
+            if key in readers:
+                changed.extend(readers[key])  # positions whose value just grew
+            if value < lowest:
+                lowest, weakest = value, key
+            recorded = path.get(h)
+            if recorded != weakest:
+                if recorded is not None:
+                    self._unrecord(h)
+                path[h] = weakest
+                if weakest in readers:
+                    readers[weakest].add(h)
+                else:
+                    readers[weakest] = {h}
+        self._recent.update(hashes)
+        self._notify(changed)
+        self._clock += len(hashes)
+        if len(content) > self._content_limit:
+            self._prune_content()
+        if len(path) > self._path_limit:
+            self._prune_path()
+
+    def value(self, h: int) -> float:
+        """The popularity of position ``h``: the current value of its recorded content (UNSEEN without a
+        record)."""
+        weakest = self._path.get(h)
+        return UNSEEN if weakest is None else self._content[weakest]
+
+    def _unrecord(self, h: int) -> None:
+        weakest = self._path.pop(h, None)
+        if weakest is not None:
+            readers = self._readers[weakest]
+            readers.discard(h)
+            if not readers:
+                del self._readers[weakest]
+
+    def _prune_content(self) -> None:
+        """Drop contents whose decayed count is below one half with the records naming them (those positions read
+        UNSEEN: notified), unless a cached or waiting position names it; the bound doubles past what stays, so
+        a prune costs O(1) amortized per observed block."""
+        cut, keep, readers = self._clock / self._tau - LN2, self._keep, self._readers
+        dropped = [
+            k for k, v in self._content.items() if v < cut and not any(map(keep, readers.get(k, ())))
+        ]
+        unrecorded: list[int] = []
+        for k in dropped:
+            del self._content[k]
+            for h in readers.pop(k, ()):
+                del self._path[h]
+                unrecorded.append(h)
+        self._notify(unrecorded)
+        self.dropped_contents += len(dropped)
+        self._content_limit = max(self._bound, 2 * len(self._content))
+
+    def _prune_path(self) -> None:
+        """Drop the records of positions neither cached, waiting nor written since the last prune; the next
+        prune comes after half the bound of new records, so this costs O(1) amortized per observed block while
+        the table stays within what is cached or waiting plus one and a half bounds."""
+        keep, recent = self._keep, self._recent
+        dropped = [h for h in self._path if h not in recent and not keep(h)]
+        for h in dropped:
+            self._unrecord(h)
+        self._notify(dropped)
+        self.dropped_positions += len(dropped)
+        recent.clear()
+        # NOTE: not 2 x what stays, as for contents: what stays includes the writes since the previous prune, so
+        # the limit would grow with every period
+        self._path_limit = max(self._bound, len(self._path) + self._bound // 2)
+
+    def __len__(self) -> int:
+        """Positions with a record."""
+        return len(self._path)
