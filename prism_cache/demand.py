@@ -13,11 +13,19 @@ Active demand is not here: it is the radix node's lock count (running requests l
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from itertools import chain
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from prism_cache.popularity import SegmentPopularity
+
+
+class Watcher(Protocol):
+    """Told of changed hashes (a ``set[int]`` is one)."""
+
+    def update(self, hashes: Iterable[int], /) -> None: ...
 
 
 class Watched:
@@ -25,14 +33,14 @@ class Watched:
     tail entry changed (its persistent eviction heap; see ``RadixTree._candidates``)."""
 
     def __init__(self) -> None:
-        self._watchers: list[set[int]] = []
+        self._watchers: list[Watcher] = []
 
-    def watch(self, changed: set[int]) -> None:
-        """From now on, add to ``changed`` every hash whose entry changes (the watcher drains the set)."""
+    def watch(self, changed: Watcher) -> None:
+        """From now on, give ``changed.update`` each hash whose count changes (a set: its owner drains it)."""
         if not any(w is changed for w in self._watchers):
             self._watchers.append(changed)
 
-    def unwatch(self, changed: set[int]) -> None:
+    def unwatch(self, changed: Watcher) -> None:
         self._watchers = [w for w in self._watchers if w is not changed]
 
     def _notify(self, hashes: Iterable[int]) -> Iterable[int]:
@@ -61,24 +69,45 @@ class DemandTable(Watched):
         for h in hashes:
             counts[h] = counts.get(h, 0) + 1
 
+    def add_all(self, lists: Iterable[Iterable[int]]) -> None:
+        """:meth:`add` each of ``lists`` (a batch's plan). NOTE: counted by ``Counter`` in C, then merged in C
+        into an empty table (the usual case), instead of a Python loop per hash."""
+        added = Counter(chain.from_iterable(lists))
+        for w in self._watchers:
+            w.update(added)
+        counts = self._counts
+        if not counts:
+            counts.update(added)
+            return
+        for h, n in added.items():
+            counts[h] = counts.get(h, 0) + n
+
     def remove(self, hashes: Iterable[int]) -> None:
         """Raises ValueError if a hash was not added (a count would go negative)."""
         hashes = self._notify(hashes)
         counts = self._counts
-        for h in hashes:
-            c = counts.get(h, 0)
-            if c <= 0:
-                raise ValueError("demand removed that was never added")
-            if c == 1:
-                del counts[h]
-            else:
-                counts[h] = c - 1
+        try:
+            for h in hashes:
+                c = counts[h]  # NOTE: stored counts are >= 1; a subscript is a third cheaper than get + test
+                if c == 1:
+                    del counts[h]
+                else:
+                    counts[h] = c - 1
+        except KeyError:
+            raise ValueError("demand removed that was never added") from None
+
+    def clear(self) -> None:
+        """Remove every count (what removing each added hash as often as it was added does)."""
+        for w in self._watchers:
+            w.update(self._counts)  # NOTE: a set takes a dict's keys with their stored hashes (no rehashing)
+        self._counts.clear()
 
     def count(self, h: int) -> int:
         return self._counts.get(h, 0)
 
-    def __contains__(self, h: int) -> bool:
-        return h in self._counts
+    def __iter__(self) -> Iterator[int]:
+        """The hashes with a positive count."""
+        return iter(self._counts)
 
     def __len__(self) -> int:
         """Distinct hashes with a positive count."""

@@ -28,7 +28,7 @@ ranks first for eviction.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 
 from prism_cache.demand import Watched
 
@@ -40,16 +40,16 @@ LN2 = math.log(2)
 class SegmentPopularity(Watched):
     """Args: capacity_blocks: the cache's usable blocks (sets the decay horizon and the table bounds);
     half_life: capacities of observed blocks after which a use counts half (> 0); block_size: tokens per block;
-    keep: whether a position must keep its record (cached or waiting), asked only when the table is pruned."""
+    kept: the positions that must keep their records (cached or waiting), asked once per prune."""
 
     def __init__(
-        self, capacity_blocks: int, half_life: float, block_size: int, keep: Callable[[int], bool]
+        self, capacity_blocks: int, half_life: float, block_size: int, kept: Callable[[], Container[int]]
     ) -> None:
         super().__init__()
         if half_life <= 0:
             raise ValueError(f"half_life must be > 0, got {half_life}")
         self.block_size = block_size
-        self._keep = keep
+        self._kept = kept
         self._tau = half_life * max(1, capacity_blocks) / LN2
         self._clock = 0  # prompt blocks observed
         self._bound = 4 * max(1, capacity_blocks) + 4096
@@ -112,10 +112,10 @@ class SegmentPopularity(Watched):
         """Drop contents whose decayed count is below one half with the records naming them (those positions read
         UNSEEN: notified), unless a cached or waiting position names it; the bound doubles past what stays, so
         a prune costs O(1) amortized per observed block."""
-        cut, keep, readers = self._clock / self._tau - LN2, self._keep, self._readers
-        dropped = [
-            k for k, v in self._content.items() if v < cut and not any(map(keep, readers.get(k, ())))
-        ]
+        cut, readers = self._clock / self._tau - LN2, self._readers
+        old = [k for k, v in self._content.items() if v < cut]
+        kept = self._kept() if any(k in readers for k in old) else ()
+        dropped = [k for k in old if not any(h in kept for h in readers.get(k, ()))]
         unrecorded: list[int] = []
         for k in dropped:
             del self._content[k]
@@ -130,8 +130,8 @@ class SegmentPopularity(Watched):
         """Drop the records of positions neither cached, waiting nor written since the last prune; the next
         prune comes after half the bound of new records, so this costs O(1) amortized per observed block while
         the table stays within what is cached or waiting plus one and a half bounds."""
-        keep, recent = self._keep, self._recent
-        dropped = [h for h in self._path if h not in recent and not keep(h)]
+        kept, recent = self._kept(), self._recent
+        dropped = [h for h in self._path if h not in recent and h not in kept]
         for h in dropped:
             self._unrecord(h)
         self._notify(dropped)

@@ -1,8 +1,9 @@
 """Radix tree over token ids at block granularity, one subtree per namespace.
 
-Edges hold whole blocks: a node's ``tokens`` is ``len(blocks) * block_size`` ids, and a child is keyed by the
-tuple of its first block's tokens. Each namespace (tenant, adapter) has its own root, so two namespaces never
-share a node. The tree holds one pool reference per cached block; a request that matched a path locks it
+Edges hold whole blocks: a node's token ids are the first ``len(blocks) * block_size`` of its ``tokens`` (an
+eviction cut leaves the rest as a stale tail, dropped when the node is next compared), and a child is keyed by
+the tuple of its first block's tokens. Each namespace (tenant, adapter) has its own root, so two namespaces
+never share a node. The tree holds one pool reference per cached block; a request that matched a path locks it
 (every node from the match up to the root) and holds its own reference on the matched blocks.
 
 Clocks are logical (one tick per touch or insert), never wall time, so tests are deterministic.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prism_cache.block_pool import BlockPool
@@ -35,7 +36,9 @@ class Node:
     """One edge of the tree. ``lock`` counts live requests whose matched path runs through the node (the
     node's active demand); ``hits`` counts matches that reused it; ``last_access`` is the tick of the last
     match or insert through it; ``heat`` is its decayed use count in the log form of the module docstring;
-    ``valid_from``: eviction-heap entries of the node with a lower sequence number are void."""
+    ``valid_from``: eviction-heap entries of the node with a lower sequence number are void. ``tokens`` may
+    run past the node's blocks: an eviction cut leaves the tail (copying the kept part at every cut cost 5 us
+    a cut on a full cache), and :meth:`RadixTree._common_blocks` drops it when it next reads the node."""
 
     __slots__ = (
         "blocks", "children", "edge", "hashes", "heat", "hits", "last_access", "lock", "parent", "tokens",
@@ -56,6 +59,19 @@ class Node:
         self.hits = 0
         self.heat = 0.0
         self.valid_from = 0
+
+
+class _TailWatch:
+    """Takes a demand table's changed hashes for the eviction heap, keeping only current leaf tails (the only
+    hashes demand keys read). A hash that becomes a tail later needs no record: a node whose tail changes is
+    re-keyed then (a cut re-pushes it, a new leaf or a parent left a leaf is marked or pushed). So a sync no
+    longer intersects every changed hash (~1,000 per step on a full cache, cold in memory) with the tails."""
+
+    def __init__(self, tails: set[int], changed: set[int]) -> None:
+        self.tails, self.changed = tails, changed
+
+    def update(self, hashes: Iterable[int], /) -> None:
+        self.changed.update(self.tails.intersection(hashes))
 
 
 class RadixTree:
@@ -81,17 +97,24 @@ class RadixTree:
         self.cached_blocks = 0
         self.evicted_blocks = 0
         self.version = 0  # bumped whenever blocks enter or leave the tree (cached peeks compare it)
-        self.cached_hashes: set[int] = set()  # chained hashes of every cached block (prefix-closed per chain)
         self._roots: dict[str, Node] = {}
+        # NOTE: each node by its first block's hash, so cached_prefix_blocks walks node to node; an index of
+        # every cached block's hash cost one set insert per inserted block (a cache miss each in a big set:
+        # half of a 3,072-token insert) and one removal per evicted block.
+        self._heads: dict[int, Node] = {}
         self._leaves: set[Node] = set()
         self._tails: dict[int, Node] = {}  # each leaf by its last block's hash (what demand keys read)
+        # NOTE: the same hashes as a set, for the set operations with changed demand (_TailWatch, _sync):
+        # set & set uses the stored hashes, where a dict's keys view rehashes every int (4x slower).
+        self._tail_set: set[int] = set()
         # The persistent eviction heap of a stable_keys policy (see _candidates): entries
         # (key, id, seq, node), made exact again at each sync by re-keying only the nodes marked dirty since.
         self._heap: list[Entry] | None = None
         self._heap_policy: RetentionPolicy | None = None
         self._seq = 0
         self._dirty: set[Node] = set()
-        self._changed: set[int] = set()  # hashes whose demand changed since the last sync (tables add them)
+        self._changed: set[int] = set()  # leaf tails whose demand changed since the last sync
+        self._watch = _TailWatch(self._tail_set, self._changed)  # what the demand tables tell
         self._batch_policy: RetentionPolicy | None = None
         self._synced = False  # the heap was synced in the current batch: it is the batch's heap
 
@@ -104,7 +127,8 @@ class RadixTree:
         return node
 
     def peek(self, namespace: str, tokens: Tokens) -> tuple[Node | None, int]:
-        """Longest cached prefix of ``tokens`` in ``namespace``, without mutating anything.
+        """Longest cached prefix of ``tokens`` in ``namespace``, without changing the tree (beyond dropping
+        stale token tails, see :class:`Node`).
 
         Returns (the deepest node the prompt reaches, fully or partly; None on a miss) and the matched full
         blocks."""
@@ -121,13 +145,37 @@ class RadixTree:
         return deepest, pos // bs
 
     def cached_prefix_blocks(self, hashes: list[int]) -> int:
-        """Leading blocks of a prompt cached, from its :func:`block_hashes` alone: a binary search over the
-        set of cached hashes (a chain's cached blocks are always a prefix of it), O(log blocks). Exact up to
-        hash collisions, so it may rank requests but never decides what a request reuses (``match`` does)."""
-        lo, hi, cached = 0, len(hashes), self.cached_hashes
+        """Leading blocks of a prompt cached, from its :func:`block_hashes` alone: from node to node by their
+        first block's hash, comparing the prompt's hash with the node's at the node's end only (equal chained
+        hashes mean equal prefixes), O(depth + log blocks). Exact up to hash collisions, so it may rank
+        requests but never decides what a request reuses (``match`` does)."""
+        heads, pos, n = self._heads, 0, len(hashes)
+        while pos < n:
+            node = heads.get(hashes[pos])
+            if node is None:
+                break
+            own = node.hashes
+            end = min(n, pos + len(own))
+            if hashes[end - 1] != own[end - 1 - pos]:
+                return self._common_hashes(own, hashes, pos, end)
+            if end < pos + len(own):
+                return end  # the prompt ends inside the node
+            pos = end
+        return pos
+
+    def cached_hashes(self) -> set[int]:
+        """Every cached block's chained hash: O(cached blocks), for occasional bookkeeping (pruning segment
+        popularity), never per request."""
+        return {h for node in self._heads.values() for h in node.hashes}
+
+    @staticmethod
+    def _common_hashes(own: list[int], hashes: list[int], pos: int, end: int) -> int:
+        """End of the common run of ``hashes[pos:end]`` and a node's ``own`` hashes, knowing the first block
+        agrees and the last does not (binary search: a chain that differs once differs from there on)."""
+        lo, hi = pos + 1, end - 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if hashes[mid - 1] in cached:
+            if hashes[mid - 1] == own[mid - 1 - pos]:
                 lo = mid
             else:
                 hi = mid - 1
@@ -160,12 +208,16 @@ class RadixTree:
 
     def _common_blocks(self, child: Node, tokens: Tokens, pos: int) -> int:
         """Blocks of ``child`` equal to ``tokens[pos:]`` (>= 1: the first block is the child's key)."""
-        n = len(child.tokens)
-        if tokens[pos : pos + n] == child.tokens:
+        bs = self.block_size
+        n = len(child.blocks) * bs
+        own = child.tokens
+        if len(own) > n:
+            own = child.tokens = own[:n]  # the stale tail of eviction cuts (see Node)
+        if tokens[pos : pos + n] == own:
             return len(child.blocks)
-        bs, k = self.block_size, 1
+        k = 1
         limit = min(len(child.blocks), (len(tokens) - pos) // bs)
-        while k < limit and tokens[pos + k * bs : pos + (k + 1) * bs] == child.tokens[k * bs : (k + 1) * bs]:
+        while k < limit and tokens[pos + k * bs : pos + (k + 1) * bs] == own[k * bs : (k + 1) * bs]:
             k += 1
         return k
 
@@ -181,6 +233,8 @@ class RadixTree:
         node.edge, node.parent = node.tokens[:bs], upper
         upper.children[node.edge] = node
         parent.children[upper.edge] = upper
+        self._heads[upper.hashes[0]] = upper
+        self._heads[node.hashes[0]] = node
         self._mark(node)  # a shorter node may rank differently
         return upper
 
@@ -268,14 +322,14 @@ class RadixTree:
         parent.children[leaf.edge] = leaf
         if parent in self._leaves:
             self._leaves.remove(parent)
-            del self._tails[parent.hashes[-1]]
+            self._drop_tail(parent.hashes[-1])
             self._mark(parent)  # its entries are void now
         self._leaves.add(leaf)
-        self._tails[leaf.hashes[-1]] = leaf
+        self._set_tail(leaf.hashes[-1], leaf)
         self._mark(leaf)
         self._bound_heap_debt()
         self.cached_blocks += len(blocks)
-        self.cached_hashes.update(leaf.hashes)
+        self._heads[hashes[0]] = leaf
         self.version += 1
         return leaf
 
@@ -328,9 +382,10 @@ class RadixTree:
         the batch's heap as synced on its first use.
 
         For a ``stable_keys`` policy the heap persists between calls: every change that can move a leaf's
-        key (touch, lock, unlock, split, insert, eviction, a demand change on its last block) marks the node
-        dirty, and a sync voids the dirty nodes' entries and re-keys only them, so a full cache costs
-        O(changes) per eviction instead of O(leaves). Other policies get a fresh heap per call."""
+        key (touch, lock, unlock, split, insert, a demand change on its last block) marks the node dirty (an
+        eviction re-pushes the nodes it cuts exactly, see _push), and a sync voids the dirty nodes' entries
+        and re-keys only them, so a full cache costs O(changes) per eviction instead of O(leaves). Other
+        policies get a fresh heap per call."""
         if not policy.stable_keys:
             return self._fresh_heap(policy)
         if self._heap is None or self._heap_policy is not policy:
@@ -354,12 +409,12 @@ class RadixTree:
         self._drop_heap()
         self._heap, self._heap_policy = self._fresh_heap(policy), policy
         for table in policy.demand_tables():
-            table.watch(self._changed)
+            table.watch(self._watch)
 
     def _drop_heap(self) -> None:
         if self._heap_policy is not None:
             for table in self._heap_policy.demand_tables():
-                table.unwatch(self._changed)
+                table.unwatch(self._watch)
         self._heap, self._heap_policy = None, None
         self._dirty.clear()
         self._changed.clear()
@@ -373,21 +428,26 @@ class RadixTree:
             self._heap = None
             self._start_heap(policy)
             return
-        dirty.update(map(tails.__getitem__, tails.keys() & self._changed))
+        dirty.update(map(tails.__getitem__, self._tail_set & self._changed))
         self._changed.clear()
         for node in dirty:
-            node.valid_from = self._seq
             if node.lock == 0 and node in self._leaves:
-                self._push(heap, node, policy.key(node, len(node.blocks), self.tick), mark=False)
+                self._push(heap, node, policy.key(node, len(node.blocks), self.tick))
+            else:
+                node.valid_from = self._seq  # void: not a candidate
         dirty.clear()
 
-    def _push(self, heap: list[Entry], node: Node, key: Key, mark: bool = True) -> None:
-        """Push an entry; ``mark`` (during evictions): a stale twin entry may remain, so the next sync voids
-        both and re-keys the node."""
+    def _push(self, heap: list[Entry], node: Node, key: Key) -> None:
+        """Push ``node``'s entry under its current ``key``. Into the persistent heap: void its older entries
+        (a stale twin included), so it has one exact entry and a later sync re-keys it only if something marks
+        it again (a cut no longer costs a second key call and a void entry at the next sync). Into a fresh
+        heap: mark it, for a persistent heap of another policy."""
+        if heap is self._heap:
+            node.valid_from = self._seq
+        else:
+            self._mark(node)
         heapq.heappush(heap, (key, id(node), self._seq, node))
         self._seq += 1
-        if mark:
-            self._mark(node)
 
     def _top_key(self, heap: list[Entry]) -> Key | None:
         """The lowest key among the heap's non-void entries (void ones on top are dropped)."""
@@ -432,15 +492,23 @@ class RadixTree:
         freed = self.pool.unref_all(node.blocks[keep:])
         assert freed == cut, "an evicted block is still referenced by a request"
         del node.blocks[keep:]
-        del self._tails[node.hashes[-1]]
+        self._drop_tail(node.hashes[-1])
         if keep:
-            self._tails[node.hashes[keep - 1]] = node
-        self.cached_hashes.difference_update(node.hashes[keep:])
-        del node.hashes[keep:]
-        node.tokens = node.tokens[: keep * self.block_size]
+            self._set_tail(node.hashes[keep - 1], node)
+        else:
+            del self._heads[node.hashes[0]]
+        del node.hashes[keep:]  # node.tokens keeps its tail until next read (see Node)
         self.cached_blocks -= cut
         self.version += 1
         return cut
+
+    def _set_tail(self, h: int, leaf: Node) -> None:
+        self._tails[h] = leaf
+        self._tail_set.add(h)
+
+    def _drop_tail(self, h: int) -> None:
+        del self._tails[h]
+        self._tail_set.remove(h)
 
     def _remove_leaf(self, node: Node) -> Node | None:
         """Detach an emptied leaf; returns its parent if that became an evictable leaf."""
@@ -451,7 +519,7 @@ class RadixTree:
         self._mark(node)  # void its entries
         if parent.parent is not None and not parent.children:
             self._leaves.add(parent)
-            self._tails[parent.hashes[-1]] = parent
+            self._set_tail(parent.hashes[-1], parent)
             return parent
         return None
 
@@ -481,14 +549,16 @@ class RadixTree:
             assert root.lock == 0 and not root.blocks, "roots hold no blocks and no locks"
         assert leaves == self._leaves, "leaf set out of date"
         assert self._tails == {n.hashes[-1]: n for n in leaves}, "leaf tails out of date"
+        assert self._tail_set == self._tails.keys(), "leaf tail set out of date"
         assert len(seen) == self.cached_blocks, "cached block count out of date"
-        assert len(self.cached_hashes) == self.cached_blocks, "cached hash set out of date"
+        assert self._heads == {n.hashes[0]: n for n in self.nodes()}, "head index out of date"
         return seen
 
     def _check_node(self, node: Node, seen: set[int]) -> None:
         bs, parent = self.block_size, node.parent
         assert parent is not None and parent.children.get(node.edge) is node, "parent link broken"
-        assert node.blocks and len(node.tokens) == len(node.blocks) * bs == len(node.hashes) * bs
+        assert node.blocks and len(node.blocks) == len(node.hashes), "blocks and hashes differ in length"
+        assert len(node.tokens) >= len(node.blocks) * bs and len(node.tokens) % bs == 0, "tokens misaligned"
         assert node.edge == node.tokens[:bs], "child key differs from the first block"
         assert node.lock >= 0 and node.lock >= sum(c.lock for c in node.children.values()), "lock counts"
         for b in node.blocks:

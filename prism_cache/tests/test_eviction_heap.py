@@ -109,3 +109,43 @@ def test_persistent_heap_evicts_exactly_like_a_rebuilt_one(policy: str, seed: in
     if fast.demand.popularity is not None:
         pop = fast.demand.popularity  # records were dropped along the way
         assert (pop.dropped_contents if half_life < 1 else pop.dropped_positions) > 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_planned_demand_counted_at_the_first_eviction_evicts_like_counting_it_up_front(seed: int) -> None:
+    """``batch(planned)`` counts the plan only when the batch first evicts (and clears it at the end): the
+    same allocations as adding the plan before the batch and removing it after."""
+    rng = random.Random(seed)
+    eager, lazy = RadixAllocator(48, BS, "dart"), RadixAllocator(48, BS, "dart")
+    live: list[tuple[tuple[int, ...], Allocation | None, Allocation | None]] = []
+    for _ in range(2000):
+        op = rng.random()
+        if op < 0.4 and len(live) < 4:
+            prompts = [_prompt(rng) for _ in range(rng.randint(1, 3))]
+            plan = [eager.hashes("", p) for p in prompts]
+            sizes = [len(p) + rng.randint(0, 3) for p in prompts]
+            for h in plan:
+                eager.demand.planned.add(h)
+            with eager.batch():
+                got_eager = [eager.allocate(n, "", p) for n, p in zip(sizes, prompts)]
+            for h in plan:
+                eager.demand.planned.remove(h)
+            evicted = lazy.tree.evicted_blocks
+            with lazy.batch(plan):
+                got_lazy = [lazy.allocate(n, "", p) for n, p in zip(sizes, prompts)]
+                assert bool(len(lazy.demand.planned)) == (lazy.tree.evicted_blocks > evicted and any(plan))
+            assert [g and g.blocks for g in got_eager] == [g and g.blocks for g in got_lazy]
+            assert not len(lazy.demand.planned)
+            live += zip(prompts, got_eager, got_lazy)
+        elif op < 0.8 and live:
+            prompt, *pair = live.pop(rng.randrange(len(live)))
+            for a, got in zip((eager, lazy), pair):
+                if got is not None:
+                    a.release(got, prompt)
+        else:
+            h = eager.hashes("", _prompt(rng))
+            for a in (eager, lazy):
+                a.demand.queued.add(h)
+        assert eager.check_integrity() == lazy.check_integrity()
+        assert eager.tree.evicted_blocks == lazy.tree.evicted_blocks
+    assert lazy.tree.evicted_blocks > 300

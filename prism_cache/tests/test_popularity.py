@@ -12,8 +12,8 @@ BS = 2
 SYS, HOT, COLD, OTHER = (1, 1), (2, 2, 2, 3), (4, 4, 4, 5), (6, 6)
 
 
-def _pop(capacity: int = 100, keep=lambda h: False, half_life: float = 3.0) -> SegmentPopularity:
-    return SegmentPopularity(capacity, half_life, BS, keep)
+def _pop(capacity: int = 100, kept: frozenset[int] = frozenset(), half_life: float = 3.0) -> SegmentPopularity:
+    return SegmentPopularity(capacity, half_life, BS, lambda: kept)
 
 
 def _observe(p: SegmentPopularity, prompt: tuple[int, ...], namespace: str = "") -> list[int]:
@@ -60,8 +60,8 @@ def test_namespaces_never_share_counts() -> None:
 
 @pytest.mark.parametrize("half_life", [3.0, 1000.0])
 def test_tables_stay_bounded_and_keep_what_is_cached_or_waiting(half_life: float) -> None:
-    kept = set(block_hashes("", SYS + HOT, BS))
-    p = _pop(capacity=8, keep=kept.__contains__, half_life=half_life)
+    kept = frozenset(block_hashes("", SYS + HOT, BS))
+    p = _pop(capacity=8, kept=kept, half_life=half_life)
     _observe(p, SYS + HOT)
     for i in range(5000):  # unique prompts, each used once
         _observe(p, (10 + i, 10 + i, 20000 + i, 20000 + i, 7, 7))

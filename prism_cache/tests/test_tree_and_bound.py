@@ -112,3 +112,20 @@ def test_batched_evictions_match_one_scan_per_eviction(policy: str) -> None:
             batched.release(b, prompt)
         assert plain.check_integrity() == batched.check_integrity()
     assert batched.tree.evicted_blocks == plain.tree.evicted_blocks > 0
+
+
+def test_cached_prefix_from_hashes_agrees_with_the_token_walk_through_splits_and_cuts() -> None:
+    """The node-to-node walk over block hashes (ranking) and the token walk (``peek``) count the same cached
+    blocks while inserts split nodes and evictions cut them (cut nodes keep a stale token tail until read)."""
+    rng = random.Random(1)
+    a = RadixAllocator(40, 2, "dart")
+    heads = [tuple(rng.randrange(3) for _ in range(rng.randint(0, 10))) for _ in range(4)]
+    for _ in range(2000):
+        ns = rng.choice(["", "t"])
+        prompt = rng.choice(heads) + tuple(rng.randrange(3) for _ in range(rng.randint(1, 12)))
+        assert a.tree.cached_prefix_blocks(a.hashes(ns, prompt)) == a.tree.peek(ns, prompt)[1]
+        got = a.allocate(len(prompt) + 1, ns, prompt)
+        if got is not None:
+            a.release(got, prompt)
+        a.check_integrity()
+    assert a.tree.evicted_blocks > 500

@@ -101,17 +101,9 @@ class QueueScheduler:
         self, order: Iterable[Waiting], planned: list[Waiting], limits: Limits
     ) -> Built | None:
         """Run the admission loop with the planned batch's blocks counted as planned demand (DART protects
-        them from the evictions this very batch triggers)."""
-        table = self.allocator.demand.planned if self.allocator is not None else None
-        if table is not None:
-            for entry in planned:
-                table.add(entry.hashes)
-        try:
-            return self.builder.build(order, limits)
-        finally:
-            if table is not None:
-                for entry in planned:
-                    table.remove(entry.hashes)
+        them from the evictions this very batch triggers; counted only once it evicts, see
+        :meth:`RadixAllocator.batch`)."""
+        return self.builder.build(order, limits, [entry.hashes for entry in planned])
 
     def _commit(self, built: Built, now: float) -> None:
         for entry, alloc, adm in built.admitted:

@@ -10,7 +10,7 @@ Padded path (no allocator): the batch costs ``(n + 1) * max_input_length`` prefi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -46,13 +46,16 @@ class BatchBuilder:
         self.speculate = speculate
         self.support_chunking = support_chunking
 
-    def build(self, candidates: Iterable[Waiting], limits: Limits) -> Built | None:
+    def build(
+        self, candidates: Iterable[Waiting], limits: Limits, planned: Sequence[list[int]] = ()
+    ) -> Built | None:
         """Admit candidates in order until one does not fit. Returns None (holding nothing) if none was
-        admitted or fewer than ``limits.min_size``."""
+        admitted or fewer than ``limits.min_size``. ``planned``: block hashes counted as planned demand while
+        the batch evicts (:meth:`RadixAllocator.batch`)."""
         bs = self.block_size
         budget = -(-limits.prefill_budget // bs) * bs
         built = Built()
-        with self.allocator.batch() if self.allocator is not None else nullcontext():
+        with self.allocator.batch(planned) if self.allocator is not None else nullcontext():
             for entry in candidates:
                 if self.allocator is None:
                     stop = self._admit_padded(entry, built, budget, limits)

@@ -74,8 +74,10 @@ class QasScheduler(QueueScheduler):
     def _order(self, now: float, limits: Limits) -> tuple[Iterable[Waiting], list[Waiting]]:
         window = self.queue.head(self.window)
         bound = self.wait_bound()
-        aged = [e for e in window if self._aged(e, now, bound)]
-        fresh = [e for e in window if not self._aged(e, now, bound)]
+        aged: list[Waiting] = []
+        fresh: list[Waiting] = []
+        for e in window:
+            (aged if self._aged(e, now, bound) else fresh).append(e)
         window_ids = {e.request.id for e in window}
         tail = (e for e in self.queue if e.request.id not in window_ids)
         order = self._guarded(chain(aged, self._hot_lane(fresh), tail), window)
@@ -131,17 +133,23 @@ class QasScheduler(QueueScheduler):
             return None
         bs = self.config.block_size
         cached_blocks = self.cached_prefix(entry) // bs
-        seg_blocks = max(cached_blocks, self._shared_blocks(entry))
+        seg_blocks = self._segment_blocks(entry, cached_blocks)
         if seg_blocks == 0:
             return None
         h = entry.hashes[seg_blocks - 1]
         return h, cached_blocks * bs, (seg_blocks - cached_blocks) * bs, cached_blocks >= seg_blocks
 
-    def _shared_blocks(self, entry: Waiting) -> int:
-        """Leading blocks of ``entry`` that another waiting request, or a pioneer still prefilling, also has."""
+    def _segment_blocks(self, entry: Waiting, cached_blocks: int) -> int:
+        """Leading blocks of ``entry`` that are cached or that another waiting request, or a pioneer still
+        prefilling, also has. Shared demand never grows along a prompt's chain, so the search starts past the
+        cached blocks: one probe when sharing ends there too (a segment reused from the cache, the usual
+        case), instead of a binary search over the whole prompt."""
         assert self.allocator is not None
         queued, pioneers, hashes = self.allocator.demand.queued.get, self._inflight_demand.get, entry.hashes
-        lo, hi = 0, len(hashes)
+        lo, hi = cached_blocks, len(hashes)
+        if lo == hi or queued(hashes[lo], 0) + pioneers(hashes[lo], 0) < 2:
+            return lo
+        lo += 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
             if queued(hashes[mid - 1], 0) + pioneers(hashes[mid - 1], 0) >= 2:
