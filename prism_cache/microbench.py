@@ -86,12 +86,13 @@ def main() -> None:
         ("match+insert, full hit", _time_us(match_insert_hit, 2000)),
         ("match+insert, miss past 1k", (statistics.median(misses), min(misses))),
         ("block hashes (once/request)", _time_us(lambda: alloc.hashes("", hit), 500)),
+        ("popularity observe (once/req.)", _time_us(lambda: alloc.observe("", hit, hashes), 500)),
         ("cached prefix by hashes", _time_us(lambda: alloc.peek(hashes), 2000)),
         ("tree peek (read-only walk)", _time_us(lambda: tree.peek("", hit), 2000)),
     ]
     print(f"prism_cache microbench: block size {BLOCK}, {PROMPT}-token prompt, {tree.node_count()} nodes")
     for name, (median, best) in rows:
-        print(f"  {name:28s}: median {median:7.1f} us, min {best:7.1f} us")
+        print(f"  {name:30s}: median {median:7.1f} us, min {best:7.1f} us")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ counted again, its record replaced or dropped) is notified to watchers, found th
 records, so the radix tree re-keys the leaves whose tail changed and DART's keys stay exact.
 
 Memory stays bounded: past a bound, contents whose decayed count fell below one half are dropped with the
-records naming them, unless a cached or waiting position names them, and so are the records of positions
-neither cached, waiting nor written since the previous prune (a position without a record reads as :data:`UNSEEN`). A deeper position is never kept when a
-shallower one on its path goes (it is cached, waiting or written only with it). A running request's positions
+records naming them unless a cached or waiting position names them, and so are the records of positions
+neither cached, waiting nor written since the previous prune; a position without a record reads as
+:data:`UNSEEN`. A deeper position never keeps its record when a shallower one on its path loses it (it is
+cached, waiting or written only with it, and names a content no more popular). A running request's positions
 are neither cached nor waiting until its prompt is published (at its first token, ``prefill_done``); a prune
 period is at least two cache capacities of observed blocks, and a position dropped in that window merely
 ranks first for eviction.
@@ -59,6 +60,10 @@ class SegmentPopularity(Watched):
         self._readers: dict[int, set[int]] = {}  # content key -> the positions whose record it is
         self._recent: set[int] = set()  # positions written since the last prune of _path
         self.dropped_contents = self.dropped_positions = 0  # by the bounds, so far
+        # NOTE: value(h) is value_of(record_of(h)) when the record exists; DART's key (the eviction hot path)
+        # reads the two bound lookups directly
+        self.record_of = self._path.get
+        self.value_of = self._content.__getitem__
 
     def observe(self, namespace: str, tokens: Sequence[int], hashes: Sequence[int]) -> None:
         """Count a request's blocks and record its path popularity. ``hashes``: the chained hashes of its full
@@ -91,7 +96,7 @@ class SegmentPopularity(Watched):
         self._clock += len(hashes)
         if len(content) > self._content_limit:
             self._prune_content()
-        if len(path) > self._path_limit:
+        if len(path) > self._path_limit or len(self._recent) > self._bound:
             self._prune_path()
 
     def value(self, h: int) -> float:
@@ -128,8 +133,8 @@ class SegmentPopularity(Watched):
 
     def _prune_path(self) -> None:
         """Drop the records of positions neither cached, waiting nor written since the last prune; the next
-        prune comes after half the bound of new records, so this costs O(1) amortized per observed block while
-        the table stays within what is cached or waiting plus one and a half bounds."""
+        prune comes after half the bound of new records (or a bound of writes), so this costs O(1) amortized per
+        observed block while the table stays within what is cached or waiting plus one and a half bounds."""
         kept, recent = self._kept(), self._recent
         dropped = [h for h in self._path if h not in recent and h not in kept]
         for h in dropped:
