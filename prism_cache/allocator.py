@@ -25,6 +25,7 @@ from prism_cache.block_pool import BlockPool
 from prism_cache.demand import Demand
 from prism_cache.hashing import block_hashes
 from prism_cache.policies import make_policy
+from prism_cache.policies.dart import POPULARITY_WEIGHT
 from prism_cache.popularity import SegmentPopularity
 from prism_cache.radix_tree import Node, RadixTree, Tokens
 
@@ -55,12 +56,11 @@ class RadixAllocator:
     ) -> None:
         p = params or {}
         self.pool = BlockPool(num_blocks)
-        self.tree = RadixTree(self.pool, block_size, p.get("dart_heat_half_life", 3.0))
+        half_life = p.get("dart_heat_half_life", 3.0)
+        self.tree = RadixTree(self.pool, block_size, half_life)
         popularity = None
-        if policy == "dart" and p.get("dart_popularity_weight", 4.0):
-            popularity = SegmentPopularity(
-                self.pool.usable_blocks, p.get("dart_heat_half_life", 3.0), block_size, self._kept_positions
-            )
+        if policy == "dart" and p.get("dart_popularity_weight", POPULARITY_WEIGHT):
+            popularity = SegmentPopularity(self.pool.usable_blocks, half_life, block_size, self._kept_positions)
         self.demand = Demand(popularity)
         self.policy = make_policy(policy, self.demand, params)
         self.block_size = block_size

@@ -71,7 +71,7 @@ class SegmentPopularity(Watched):
         now = self._clock / self._tau
         ns, bs, exp, log1p = hash(namespace), self.block_size, math.exp, math.log1p
         content, readers, path = self._content, self._readers, self._path
-        changed: list[int] = list(hashes)
+        changed: list[int] = []  # positions whose value changes: a new record, or its content counted again
         lowest, weakest = math.inf, 0
         for i, h in enumerate(hashes):
             key = hash(tuple(tokens[i * bs : (i + 1) * bs])) ^ ns
@@ -84,6 +84,7 @@ class SegmentPopularity(Watched):
                 lowest, weakest = value, key
             recorded = path.get(h)
             if recorded != weakest:
+                changed.append(h)
                 if recorded is not None:
                     self._unrecord(h)
                 path[h] = weakest

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from prism_cache.demand import Demand
 from prism_cache.policies.base import Key, RetentionPolicy
-from prism_cache.policies.dart import DartPolicy
+from prism_cache.policies.dart import POPULARITY_WEIGHT, DartPolicy
 from prism_cache.policies.hotprefix import HotPrefixPolicy
 from prism_cache.policies.lfu import LfuPolicy
 from prism_cache.policies.lookahead_lru import LookaheadLruPolicy
@@ -29,7 +29,7 @@ def make_policy(name: str, demand: Demand, params: Mapping[str, float] | None = 
     if name == "lookahead-lru":
         return LookaheadLruPolicy(demand)
     if name == "dart":
-        return DartPolicy(demand, p.get("dart_popularity_weight", 4.0))
+        return DartPolicy(demand, p.get("dart_popularity_weight", POPULARITY_WEIGHT))
     raise ValueError(f"unknown cache policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")
 
 

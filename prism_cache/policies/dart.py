@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 W_ACTIVE = 1e6
 W_PLANNED = 1e5
 W_QUEUED = 1.0
+POPULARITY_WEIGHT = 4.0  # dart_popularity_weight's default
 LN4 = math.log(4)
 
 
@@ -40,7 +41,7 @@ class DartPolicy:
     name = "dart"
     stable_keys = True  # heat is stored in a time-invariant log form (radix_tree) and only grows on a match
 
-    def __init__(self, demand: Demand, popularity_weight: float = 4.0) -> None:
+    def __init__(self, demand: Demand, popularity_weight: float = POPULARITY_WEIGHT) -> None:
         """``popularity_weight`` > 0 needs ``demand.popularity`` (ValueError otherwise); 0 ignores it."""
         # NOTE: the tables' lookups, bound once: key() runs for every unlocked leaf when an eviction heap is built
         self._planned, self._queued = demand.planned.get, demand.queued.get
