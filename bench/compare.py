@@ -20,7 +20,7 @@ from bench.simulator import SimConfig, Simulator, sched_requests
 from bench.workloads import WorkloadRequest, WorkloadSpec, build, timed
 from bench.workloads.prompts import PromptBuilder, load_tokenizer
 from bench.workloads.request import offered_qps
-from router_py.scheduling import Scheduler
+from router_py.scheduling.interface import Scheduler
 
 Row = dict[str, object]
 SchedulerFactory = Callable[[str, int, int], Scheduler]  # (config, num_blocks, block_size) -> scheduler

@@ -4,7 +4,7 @@ on SGLang (so ``lpm+hotprefix``) and PCR's look-ahead LRU on vLLM (so ``fcfs+loo
 
 from __future__ import annotations
 
-from router_py.scheduling import Scheduler, SchedulerConfig
+from router_py.scheduling.interface import Scheduler, SchedulerConfig
 
 ALIASES = {"hotprefix": "lpm+hotprefix", "lookahead-lru": "fcfs+lookahead-lru"}
 BASELINES = ("fcfs+lru", "lpm+lru")
@@ -32,7 +32,7 @@ def parse_configs(text: str) -> list[str]:
 
 def make(config: str, num_blocks: int, block_size: int, params: dict[str, float] | None = None) -> Scheduler:
     """The router's scheduler for ``config`` over a KV cache of ``num_blocks`` blocks."""
-    from router_py.schedulers import make_scheduler  # NOTE: lazy, the PRISM package may land after bench
+    from router_py.scheduling.registry import make_scheduler  # NOTE: lazy, the PRISM package may land after bench
 
     sched, _, policy = canonical(config).partition("+")
     return make_scheduler(

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from prism_cache import POLICY_NAMES
 from prism_cache.belady import belady_hits
-from router_py.schedulers import SCHEDULERS, QueueScheduler, make_scheduler
-from router_py.scheduling import SchedRequest, SchedulerConfig
+from router_py.scheduling.registry import SCHEDULERS, QueueScheduler, make_scheduler
+from router_py.scheduling.interface import SchedRequest, SchedulerConfig
 
 MOONCAKE_BLOCK = 512
 

@@ -61,7 +61,7 @@ def serve(port: int, folder: str, scheduler: str, policy: str) -> None:
 
 async def _serve(port: int, folder: str, scheduler: str, policy: str) -> None:
     from router_py import cli
-    from bench.fake_shard import FakeCluster, FakeOptions
+    from router_py.shard_client.fake_shard import FakeCluster, FakeOptions
 
     cluster = await FakeCluster(f"{folder}/shard", 1, FakeOptions(num_blocks=8192)).start()
     args = cli.parse_args([
@@ -78,13 +78,13 @@ async def _serve(port: int, folder: str, scheduler: str, policy: str) -> None:
 async def backend_latency(folder: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """p50/p99 of ``Backend.generate_stream`` alone (the batching loop, scheduler and gRPC hops)."""
     from router_py import cli
-    from router_py.batcher import Batcher
-    from router_py.infer_types import SamplingParams, StoppingParams, ValidRequest
+    from router_py.engine.batcher import Batcher
+    from router_py.backend_api import SamplingParams, StoppingParams, ValidRequest
     from router_py.metrics import Metrics
-    from router_py.schedulers import make_scheduler
-    from router_py.shard_client import ShardClient
-    from bench.fake_shard import FakeCluster, FakeOptions
-    from router_py.warmup import handshake
+    from router_py.scheduling.registry import make_scheduler
+    from router_py.shard_client.client import ShardClient
+    from router_py.shard_client.fake_shard import FakeCluster, FakeOptions
+    from router_py.engine.warmup import handshake
 
     cluster = await FakeCluster(f"{folder}/backend-shard", 1, FakeOptions(num_blocks=8192)).start()
     client = await ShardClient.connect(cluster.master_path)

@@ -1,6 +1,6 @@
 """A discrete-event simulator of one chunking shard served by the router's real scheduler, on a virtual clock.
 
-It runs the batching loop of :mod:`router_py.batcher` (TGI's ``batching_task`` for chunking shards) one
+It runs the batching loop of :mod:`router_py.engine.batcher` (TGI's ``batching_task`` for chunking shards) one
 forward pass at a time, with the same budgets and the same order of scheduler calls:
 
     idle:    plan = next_batch(now, max_batch_prefill_tokens, max_batch_total_tokens)
@@ -14,7 +14,7 @@ forward pass at a time, with the same budgets and the same order of scheduler ca
 Arrivals are enqueued with their own time before each next_batch call; when nothing runs and nothing is
 admitted the clock jumps to the next arrival. A running request's next tokens are the rest of its prompt
 (after a first chunk of ``chunk_len``) or one decode token, as :mod:`shard.batch` computes them. Each forward
-lasts ``cost.step_seconds``. The scheduler is the one ``router_py.schedulers.make_scheduler`` builds for the
+lasts ``cost.step_seconds``. The scheduler is the one ``router_py.scheduling.registry.make_scheduler`` builds for the
 server, so admissions, ``cache_len``, ``chunk_len`` and evictions are the server's own; only time is
 simulated.
 """
@@ -29,7 +29,7 @@ from bench.cost_model import CostModel
 from bench.metrics import RequestRecord
 from bench.workloads.request import WorkloadRequest
 from bench.workloads.token_ids import prompt_token_ids
-from router_py.scheduling import Admission, BatchPlan, Scheduler, SchedRequest
+from router_py.scheduling.interface import Admission, BatchPlan, Scheduler, SchedRequest
 
 
 @dataclass(frozen=True)

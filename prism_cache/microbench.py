@@ -4,7 +4,7 @@ match + insert of a 4,096-token prompt at block size 16, on a tree already holdi
 1,024-token system prefix: a full hit (match, touch, lock, re-insert from the locked node as release does: nothing new, unlock) and a miss past the
 shared prefix (match, then insert of a new 3,072-token leaf). Block hashing (once per request, at enqueue) and
 the two read-only lookups are timed beside them. The scheduling step is
-``python -m router_py.schedulers.microbench`` (prism_cache cannot import the router).
+``python -m router_py.scheduling.microbench`` (prism_cache cannot import the router).
 """
 
 from __future__ import annotations

@@ -19,16 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from router_py.backend_config import BackendConfig
-from router_py.batcher import Batcher
-from router_py.config import RouterConfig
-from router_py.env_args import EnvArgs
-from router_py.infer_types import BackendInfo
+from router_py.engine.backend_config import BackendConfig
+from router_py.engine.batcher import Batcher
+from router_py.router_config import RouterConfig
+from router_py.launch.env_args import EnvArgs
+from router_py.backend_api import BackendInfo
 from router_py.metrics import Metrics
-from router_py.scheduling import SchedulerConfig
-from router_py.shard_client import ShardClient, ShardError
-from router_py.shard_types import ShardInfo
-from router_py.warmup import StartupError, handshake
+from router_py.scheduling.interface import SchedulerConfig
+from router_py.shard_client.client import ShardClient, ShardError
+from router_py.shard_client.messages import ShardInfo
+from router_py.engine.warmup import StartupError, handshake
 
 log = logging.getLogger("router_py")
 
@@ -171,8 +171,8 @@ async def serve(args: argparse.Namespace) -> int:
     """Connect, warm up, then serve HTTP until SIGINT/SIGTERM."""
     import uvicorn
 
-    from router_py.schedulers import make_scheduler
-    from router_py.server import create_app
+    from router_py.scheduling.registry import make_scheduler
+    from router_py.http.server import create_app
     from router_py.tokenizer import Tokenizer
     from router_py.tracing import setup_tracing
 

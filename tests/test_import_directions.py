@@ -47,7 +47,7 @@ def test_decision_logic_imports_without_torch() -> None:
     """prism_cache and the router's scheduling import with torch blocked in sys.modules."""
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import prism_cache, router_py.scheduling, router_py.schedulers\n"
+        "import prism_cache, router_py.scheduling.interface, router_py.scheduling.registry\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

@@ -1,6 +1,6 @@
 """The simulator and the server's batching loop make the same scheduling decisions for the same arrivals.
 
-The router's real :class:`router_py.batcher.Batcher` runs against an in-process fake shard that computes
+The router's real :class:`router_py.engine.batcher.Batcher` runs against an in-process fake shard that computes
 exactly what ``shard.batch`` computes (chunk, rest of prompt, one decode token per step) and advances a
 virtual clock by the same cost model as the simulator; both drive a fresh scheduler from ``make_scheduler``.
 Every BatchPlan (ids, cache_len, chunk_len, blocks, slots) must be equal, in order. Two waves of arrivals: all
@@ -21,12 +21,12 @@ from bench.cost_model import make_cost_model
 from bench.simulator import SimConfig, Simulator, sched_requests
 from bench.workloads.request import WorkloadRequest, with_arrivals
 from bench.workloads.zipf_rag import ZipfRagParams, zipf_rag
-from router_py.backend_config import BackendConfig
-from router_py.batcher import Batcher
-from router_py.infer_types import BackendInfo, SamplingParams, StoppingParams, Token, ValidRequest
+from router_py.engine.backend_config import BackendConfig
+from router_py.engine.batcher import Batcher
+from router_py.backend_api import BackendInfo, SamplingParams, StoppingParams, Token, ValidRequest
 from router_py.metrics import Metrics
-from router_py.scheduling import BatchPlan, SchedRequest
-from router_py.shard_types import CachedBatch, GeneratedText, Generation, ShardBatch, StepResult
+from router_py.scheduling.interface import BatchPlan, SchedRequest
+from router_py.shard_client.messages import CachedBatch, GeneratedText, Generation, ShardBatch, StepResult
 
 COST = make_cost_model("qwen3-4b-a800")
 PREFILL_BUDGET = 1024

@@ -13,8 +13,8 @@ import pytest
 from tokenizers import Tokenizer as HfTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
-from router_py.config import RouterConfig
-from router_py.infer_types import (
+from router_py.router_config import RouterConfig
+from router_py.backend_api import (
     BackendInfo,
     EndEvent,
     InferError,
@@ -25,7 +25,7 @@ from router_py.infer_types import (
     ValidRequest,
 )
 from router_py.metrics import Metrics
-from router_py.server import create_app
+from router_py.http.server import create_app
 from router_py.tokenizer import Tokenizer
 from router_py.tracing import inject_grpc_metadata
 

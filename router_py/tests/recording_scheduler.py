@@ -4,7 +4,7 @@ handed to two live requests, block 0 never handed out)."""
 
 from __future__ import annotations
 
-from router_py.scheduling import BatchPlan, SchedRequest, Scheduler
+from router_py.scheduling.interface import BatchPlan, SchedRequest, Scheduler
 
 
 class RecordingScheduler:

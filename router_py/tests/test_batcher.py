@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from router_py.backend_config import BackendConfig
-from router_py.batcher import Batcher
-from router_py.infer_types import (
+from router_py.engine.backend_config import BackendConfig
+from router_py.engine.batcher import Batcher
+from router_py.backend_api import (
     EndEvent,
     InferError,
     InferEvent,
@@ -23,13 +23,13 @@ from router_py.infer_types import (
     ValidRequest,
 )
 from router_py.metrics import Metrics
-from router_py.scheduling import BatchPlan, SchedulerConfig
-from router_py.schedulers import make_scheduler
-from router_py.shard_client import ShardClient
-from router_py.shard_types import U64_MAX
-from bench.fake_shard import FakeCluster, FakeOptions
+from router_py.scheduling.interface import BatchPlan, SchedulerConfig
+from router_py.scheduling.registry import make_scheduler
+from router_py.shard_client.client import ShardClient
+from router_py.shard_client.messages import U64_MAX
+from router_py.shard_client.fake_shard import FakeCluster, FakeOptions
 from router_py.tests.recording_scheduler import RecordingScheduler
-from router_py.warmup import handshake
+from router_py.engine.warmup import handshake
 
 
 def encode(text: str, add_special_tokens: bool = True) -> list[int]:

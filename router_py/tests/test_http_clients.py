@@ -14,9 +14,9 @@ from openai import OpenAI
 from text_generation import Client
 from text_generation.errors import GenerationError, ValidationError
 
-from router_py.config import RouterConfig
+from router_py.router_config import RouterConfig
 from router_py.metrics import Metrics
-from router_py.server import create_app
+from router_py.http.server import create_app
 from router_py.tests.conftest import FakeBackend
 
 

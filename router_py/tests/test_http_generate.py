@@ -8,9 +8,9 @@ import json
 import httpx
 import pytest
 
-from router_py.config import RouterConfig
+from router_py.router_config import RouterConfig
 from router_py.metrics import Metrics
-from router_py.server import create_app
+from router_py.http.server import create_app
 
 HELLO = " t0 t304 t305 t0 t304"  # the fake's echo of "hello world" = [<s>, hello, world]
 

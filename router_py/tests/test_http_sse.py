@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from router_py.sse import KEEP_ALIVE, OPENAI_DONE, tgi_event, with_keep_alive
+from router_py.http.sse import KEEP_ALIVE, OPENAI_DONE, tgi_event, with_keep_alive
 
 
 def test_event_framing() -> None:

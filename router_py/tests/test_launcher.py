@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from router_py import cli, launcher, model_source
-from router_py.model_source import ModelSourceError, resolve_model
-from router_py.process_group import ProcessGroup
+from router_py import cli
+from router_py.launch import launcher, model_source
+from router_py.launch.model_source import ModelSourceError, resolve_model
+from router_py.launch.process_group import ProcessGroup
 
 
 def test_router_flags_read_env_and_command_line_wins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,8 +130,8 @@ def test_launcher_stops_shards_when_the_router_dies(monkeypatch: pytest.MonkeyPa
 
 
 def test_router_wiring_builds_configs_from_flags_and_warmup() -> None:
-    from router_py.infer_types import BackendInfo
-    from router_py.shard_types import ShardInfo
+    from router_py.backend_api import BackendInfo
+    from router_py.shard_client.messages import ShardInfo
 
     args = cli.parse_args(["--tokenizer-name", "/m", "--no-prefix-cache", "--cors-allow-origin", "http://a,http://b",
                            "--scheduler", "lpm", "--cache-policy", "lfu", "--scheduler-param", "w=4"])

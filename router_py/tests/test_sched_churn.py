@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 
 from prism_cache import Allocation
-from router_py.schedulers import QueueScheduler, make_scheduler
-from router_py.scheduling import SchedRequest, SchedulerConfig
+from router_py.scheduling.registry import QueueScheduler, make_scheduler
+from router_py.scheduling.interface import SchedRequest, SchedulerConfig
 
 STEPS = 100_000
 MAX_WAITING = 40  # keeps the queue (and dfs-weight's per-step walk over it) bounded

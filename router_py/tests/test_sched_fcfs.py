@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from router_py.schedulers import make_scheduler
-from router_py.scheduling import SchedRequest, Scheduler, SchedulerConfig
+from router_py.scheduling.registry import make_scheduler
+from router_py.scheduling.interface import SchedRequest, Scheduler, SchedulerConfig
 
 
 def _sched(

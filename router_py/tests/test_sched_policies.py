@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router_py.schedulers import QueueScheduler, make_scheduler
-from router_py.scheduling import SchedRequest, SchedulerConfig
+from router_py.scheduling.registry import QueueScheduler, make_scheduler
+from router_py.scheduling.interface import SchedRequest, SchedulerConfig
 
 
 def _sched(name: str, policy: str = "lru", num_blocks: int = 256, **params: float) -> QueueScheduler:

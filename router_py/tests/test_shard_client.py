@@ -10,12 +10,12 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from router_py import tracing
-from router_py.backend_config import BackendConfig
-from router_py.infer_types import SamplingParams
-from router_py.shard_client import ShardClient, ShardError
-from router_py.shard_types import ShardBatch, ShardInfo, ShardRequest, WarmupResult
-from bench.fake_shard import FakeCluster, FakeOptions
-from router_py.warmup import StartupError, settle, warmup_batch
+from router_py.engine.backend_config import BackendConfig
+from router_py.backend_api import SamplingParams
+from router_py.shard_client.client import ShardClient, ShardError
+from router_py.shard_client.messages import ShardBatch, ShardInfo, ShardRequest, WarmupResult
+from router_py.shard_client.fake_shard import FakeCluster, FakeOptions
+from router_py.engine.warmup import StartupError, settle, warmup_batch
 
 
 async def start(tmp: Path, world: int = 1, **opts) -> tuple[FakeCluster, ShardClient]:

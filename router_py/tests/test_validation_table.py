@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from router_py.config import RouterConfig
+from router_py.router_config import RouterConfig
 from router_py.metrics import Metrics
-from router_py.server import create_app
+from router_py.http.server import create_app
 from router_py.tests.conftest import FakeBackend
 
 KEY = {"Authorization": "Bearer secret"}

@@ -1,0 +1,129 @@
+"""Plain data exchanged between the HTTP layer (server, validation) and the generation backend (batcher).
+
+The HTTP layer validates a request into a :class:`ValidRequest` and iterates
+``backend.generate_stream(request)``, which yields :class:`PrefillTokens` (only when
+``decoder_input_details``), then one :class:`TokenEvent` per generated token, the last one being an
+:class:`EndEvent`. Failures raise :class:`InferError`. best_of, return_full_text and response shaping are the
+HTTP layer's; continuing past the 1,024-token shard chunk is the backend's (the client sees one stream).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol, Union
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What the shard gets as NextTokenChooserParameters; defaults mean "off"."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    typical_p: float = 1.0
+    do_sample: bool = False
+    seed: int = 0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    watermark: bool = False
+    grammar: str = ""
+    grammar_type: int = 0  # GrammarType enum value
+
+
+@dataclass(frozen=True)
+class StoppingParams:
+    max_new_tokens: int  # total the client asked for (already defaulted); the backend chunks it by 1,024
+    stop_sequences: tuple[str, ...] = ()
+    ignore_eos_token: bool = False
+
+
+@dataclass(frozen=True)
+class ValidRequest:
+    inputs: str  # the text sent to the shard in input_chunks (the shard tokenizes it again)
+    input_ids: tuple[int, ...]  # router tokenization after truncation: what the prefix cache matches
+    truncate: int
+    sampling: SamplingParams
+    stopping: StoppingParams
+    add_special_tokens: bool = True
+    decoder_input_details: bool = False  # = prefill_logprobs; bypasses the prefix cache (TGI)
+    top_n_tokens: int = 0
+    adapter_id: str | None = None
+    namespace: str = ""  # cache namespace (tenant / adapter); never shared across namespaces
+
+    @property
+    def input_length(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    text: str
+    logprob: float | None  # None for the first prefill token (NaN on the wire)
+    special: bool = False
+
+
+@dataclass(frozen=True)
+class PrefillTokens:
+    tokens: list[Token]
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    token: Token
+    top_tokens: list[Token] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EndEvent(TokenEvent):
+    generated_text: str = ""
+    generated_tokens: int = 0
+    finish_reason: str = "length"  # "length" | "eos_token" | "stop_sequence"
+    seed: int | None = None  # set only when sampled
+    queued_at: float = 0.0  # time.monotonic() when enqueued
+    started_at: float = 0.0  # time.monotonic() when first admitted to a batch
+
+
+InferEvent = Union[PrefillTokens, TokenEvent, EndEvent]
+
+
+class InferError(Exception):
+    """A generation that could not complete. ``error_type`` is TGI's: ``generation`` (shard failure, 424),
+    ``overloaded`` (429), ``incomplete_generation`` (stream ended early), ``validation`` (422)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What Info/Warmup settled, for /info, /metrics and validation."""
+
+    max_input_tokens: int
+    max_total_tokens: int
+    max_batch_total_tokens: int
+    block_size: int
+    requires_padding: bool
+    dtype: str
+    device_type: str
+    support_chunking: bool
+    use_prefix_caching: bool
+    speculate: int = 0
+
+
+class Backend(Protocol):
+    """The generation backend seen by the HTTP layer (implemented by :mod:`router_py.engine.batcher`)."""
+
+    info: BackendInfo
+
+    def generate_stream(self, request: ValidRequest) -> AsyncIterator[InferEvent]:
+        """Queue the request and yield its events; raises InferError. Closing the iterator early (client
+        gone) removes the request from the queue or batch and releases its blocks."""
+        ...
+
+    async def health(self) -> bool:
+        """TGI's health state machine: cheap Health RPC when healthy, a 1-token Prefill probe after a failure."""
+        ...

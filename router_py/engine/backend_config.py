@@ -1,0 +1,29 @@
+"""What the router asks of its backend before Warmup settles the limits (TGI's router flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_GENERATION_LENGTH = 1024  # max_new_tokens per shard request; longer generations continue (TGI)
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Token limits and batching knobs. ``None`` limits are left to the shard (Warmup) or derived as TGI does;
+    the settled values are in :class:`router_py.backend_api.BackendInfo`."""
+
+    max_input_tokens: int | None = None
+    max_total_tokens: int | None = None
+    max_batch_prefill_tokens: int = 4096
+    max_batch_total_tokens: int | None = None
+    max_batch_size: int | None = None
+    waiting_served_ratio: float = 1.2
+    max_waiting_tokens: int = 20
+
+    def __post_init__(self) -> None:
+        if self.max_batch_prefill_tokens <= 0:
+            raise ValueError("`max_batch_prefill_tokens` must be > 0")
+        if self.max_batch_size is not None and self.max_batch_size <= 0:
+            raise ValueError("`max_batch_size` must be > 0")
+        if self.waiting_served_ratio < 0:
+            raise ValueError("`waiting_served_ratio` must be >= 0")

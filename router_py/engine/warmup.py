@@ -1,0 +1,132 @@
+"""The startup handshake with the shards (tgi-compat 1.5 steps 2-3): ClearCache(all), Info, Warmup, then the
+limits settled and checked as TGI's v3 router does, with clear errors when they cannot work."""
+
+from __future__ import annotations
+
+import logging
+
+from router_py.engine.backend_config import BackendConfig
+from router_py.backend_api import BackendInfo, SamplingParams
+from router_py.shard_client.client import ShardClient
+from router_py.shard_client.messages import ShardBatch, ShardInfo, ShardRequest, WarmupResult
+
+log = logging.getLogger(__name__)
+
+WARMUP_SAMPLING = SamplingParams(
+    temperature=0.9, top_k=10, top_p=0.9, typical_p=0.9, do_sample=False, seed=0,
+    repetition_penalty=1.2, frequency_penalty=0.1, watermark=True,
+)
+
+
+class StartupError(Exception):
+    """The shards and the router's limits do not fit together; the message says which flag to change."""
+
+
+async def handshake(client: ShardClient, config: BackendConfig) -> tuple[BackendInfo, ShardInfo]:
+    """Clear every cached batch (the router may have restarted), read Info, run Warmup and settle the limits.
+    Raises StartupError (or ShardError when an RPC fails)."""
+    await client.clear_cache(None)
+    shard = await client.info()
+    if shard.block_size <= 0 and not shard.requires_padding:
+        raise StartupError(f"the shard reported an invalid block_size {shard.block_size}")
+    result = await client.warmup(
+        warmup_batch(config), config.max_input_tokens, config.max_batch_prefill_tokens, config.max_total_tokens
+    )
+    return settle(config, shard, result), shard
+
+
+def warmup_batch(config: BackendConfig) -> ShardBatch:
+    """TGI's warmup batch: ``"_test " * truncate`` prompts whose truncations add up to the prefill budget, each
+    at most ``max_input_tokens``, generating up to ``max_total_tokens`` (ignoring EOS) with every sampling
+    feature on. Blocks and slots stay empty: the shard allocates for warmup itself.
+
+    NOTE: TGI adds a tiny JPEG chunk to the first request for vision models; text-only shards drop it, so it
+    is left out here.
+    """
+    budget = config.max_batch_prefill_tokens
+    requests: list[ShardRequest] = []
+    n_tokens = 0
+    while n_tokens < budget:
+        truncate = budget - n_tokens
+        if config.max_input_tokens is not None:
+            truncate = min(truncate, config.max_input_tokens)
+        max_new = config.max_total_tokens - truncate if config.max_total_tokens is not None else 1
+        requests.append(
+            ShardRequest(
+                id=len(requests), inputs="_test " * truncate, truncate=truncate, sampling=WARMUP_SAMPLING,
+                max_new_tokens=max(max_new, 1), ignore_eos_token=True, prefill_logprobs=True, top_n_tokens=20,
+            )
+        )
+        n_tokens += truncate
+    return ShardBatch(id=0, requests=tuple(requests), max_tokens=config.max_input_tokens or 0, max_blocks=0)
+
+
+def settle(config: BackendConfig, shard: ShardInfo, result: WarmupResult) -> BackendInfo:
+    """The limits after Warmup: the shard's answer where the router left a value open, the KV capacity as
+    ``max_batch_total_tokens`` on paged shards. Raises StartupError on any inconsistency."""
+    _check_echo("max_input_tokens", config.max_input_tokens, result.max_input_tokens)
+    _check_echo("max_total_tokens", config.max_total_tokens, result.max_total_tokens)
+    batch_total = _batch_total_tokens(config, result)
+    info = BackendInfo(
+        max_input_tokens=result.max_input_tokens,
+        max_total_tokens=result.max_total_tokens,
+        max_batch_total_tokens=batch_total,
+        block_size=shard.block_size,
+        requires_padding=shard.requires_padding,
+        dtype=shard.dtype,
+        device_type=shard.device_type,
+        support_chunking=shard.support_chunking,
+        use_prefix_caching=shard.use_prefix_caching,
+        speculate=shard.speculate,
+    )
+    _validate(config, info)
+    return info
+
+
+def _check_echo(name: str, asked: int | None, got: int) -> None:
+    if asked is not None and asked != got:
+        raise StartupError(f"the shard settled `{name}` to {got} but the router asked for {asked}")
+
+
+def _batch_total_tokens(config: BackendConfig, result: WarmupResult) -> int:
+    supported = result.max_supported_total_tokens
+    if supported is None:
+        return config.max_batch_total_tokens or max(
+            16000, result.max_total_tokens, config.max_batch_prefill_tokens
+        )
+    if config.max_batch_total_tokens is not None and config.max_batch_total_tokens != supported:
+        log.warning(
+            "`--max-batch-total-tokens` is deprecated for paged shards and ignored: the shard's KV capacity "
+            "(%d tokens) is used instead", supported,
+        )
+    if result.max_total_tokens > supported:
+        raise StartupError(
+            f"`max_total_tokens` must be <= `max_batch_total_tokens` (the shard's KV capacity). Given: "
+            f"{result.max_total_tokens} and {supported}; lower --max-total-tokens or give the shard more blocks"
+        )
+    return supported
+
+
+def _validate(config: BackendConfig, info: BackendInfo) -> None:
+    prefill = config.max_batch_prefill_tokens
+    if info.max_input_tokens >= info.max_total_tokens:
+        raise StartupError(
+            f"`max_input_tokens` must be < `max_total_tokens`. Given: {info.max_input_tokens} and "
+            f"{info.max_total_tokens} (padded shards need both passed explicitly: --max-input-tokens, "
+            "--max-total-tokens)"
+        )
+    if not info.support_chunking and prefill < info.max_input_tokens:
+        raise StartupError(
+            f"`max_batch_prefill_tokens` must be >= `max_input_tokens`. Given: {prefill} and "
+            f"{info.max_input_tokens}"
+        )
+    if prefill > info.max_batch_total_tokens:
+        raise StartupError(
+            f"`max_batch_prefill_tokens` must be <= `max_batch_total_tokens`. Given: {prefill} and "
+            f"{info.max_batch_total_tokens}"
+        )
+    if info.max_total_tokens > info.max_batch_total_tokens:
+        raise StartupError(
+            f"`max_total_tokens` must be <= `max_batch_total_tokens`. Given: {info.max_total_tokens} and "
+            f"{info.max_batch_total_tokens}"
+        )

@@ -1,0 +1,131 @@
+"""Running validated requests on the backend: the concurrency permits, whole (non-streamed) generations and
+best_of (tgi-compat 3.2/3.3). Response shaping is :mod:`router_py.http.responses`'."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
+
+from router_py.http.errors import HttpError, from_infer_error, incomplete_generation, overloaded
+from router_py.backend_api import (
+    Backend,
+    EndEvent,
+    InferError,
+    InferEvent,
+    PrefillTokens,
+    Token,
+    ValidRequest,
+)
+
+
+class Permits:
+    """``max_concurrent_requests`` as a non-blocking semaphore: a request that finds none free gets 429."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+
+    def acquire(self, count: int = 1) -> None:
+        """Take ``count`` permits (one per sequence, as TGI) or raise HttpError 429 ``overloaded`` taking
+        none; pair with :meth:`release`."""
+        if self.in_use + count > self.limit:
+            raise overloaded()
+        self.in_use += count
+
+    def release(self, count: int = 1) -> None:
+        self.in_use -= count
+
+
+@dataclass
+class Generation:
+    """One finished sequence, as collected from the backend's event stream."""
+
+    request: ValidRequest
+    end: EndEvent
+    tokens: list[Token] = field(default_factory=list)
+    top_tokens: list[list[Token]] = field(default_factory=list)
+    prefill: list[Token] = field(default_factory=list)
+
+    @property
+    def mean_logprob(self) -> float:
+        logprobs = [t.logprob for t in self.tokens if t.logprob is not None]
+        return sum(logprobs) / len(logprobs) if logprobs else float("-inf")
+
+
+@dataclass(frozen=True)
+class Timings:
+    """TGI's per-request durations in seconds (the ``x-*-time`` headers and request histograms)."""
+
+    total: float
+    validation: float
+    queue: float
+    inference: float
+    per_token: float
+
+    @classmethod
+    def of(cls, start: float, validated: float, end: EndEvent, generated: int, now: float) -> Timings:
+        queued = end.queued_at or validated
+        started = end.started_at or queued
+        inference = max(now - started, 0.0)
+        return cls(
+            total=now - start,
+            validation=max(queued - start, 0.0),
+            queue=max(started - queued, 0.0),
+            inference=inference,
+            per_token=inference / generated if generated else 0.0,
+        )
+
+
+async def stream_events(backend: Backend, request: ValidRequest) -> AsyncGenerator[InferEvent, None]:
+    """The backend's events with its InferError mapped to HttpError; the backend's generator is always closed,
+    so a caller that stops early (client gone) drops the request from the batch. Consume it under ``aclosing``
+    so leaving the loop closes it at once, not at garbage collection."""
+    events = backend.generate_stream(request)
+    try:
+        async for event in events:
+            yield event
+    except InferError as err:
+        raise from_infer_error(err) from err
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+async def generate(backend: Backend, request: ValidRequest) -> Generation:
+    """Collect a whole generation; raises HttpError (424 generation, 500 incomplete_generation, ...)."""
+    tokens: list[Token] = []
+    tops: list[list[Token]] = []
+    prefill: list[Token] = []
+    async with aclosing(stream_events(backend, request)) as events:
+        async for event in events:
+            if isinstance(event, PrefillTokens):
+                prefill = list(event.tokens)
+                continue
+            tokens.append(event.token)
+            tops.append(list(event.top_tokens))
+            if isinstance(event, EndEvent):
+                top_tokens = tops if any(tops) else []
+                return Generation(request, event, tokens, top_tokens, prefill)
+    raise incomplete_generation()
+
+
+async def generate_best_of(
+    backend: Backend, request: ValidRequest, best_of: int
+) -> tuple[Generation, list[Generation]]:
+    """Run ``best_of`` sampled sequences concurrently (each with its own random seed); the one with the
+    highest mean token logprob wins, the others are returned in order as TGI's ``best_of_sequences``."""
+    requests = [
+        replace(request, sampling=replace(request.sampling, seed=random.getrandbits(64)))
+        for _ in range(best_of)
+    ]
+    tasks = [asyncio.ensure_future(generate(backend, r)) for r in requests]
+    try:
+        results = await asyncio.gather(*tasks)
+    except HttpError:
+        for task in tasks:
+            task.cancel()
+        raise
+    best = max(range(len(results)), key=lambda i: results[i].mean_logprob)
+    return results[best], [g for i, g in enumerate(results) if i != best]

@@ -1,0 +1,211 @@
+"""OpenAI chat completions over TGI's generation (tgi-compat 3.8): ChatRequest → prompt + GenerateParameters,
+and the ``chat.completion`` / ``chat.completion.chunk`` bodies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from router_py.router_config import VERSION, RouterConfig
+from router_py.http.errors import deserialize_error, validation_error
+from router_py.backend_api import EndEvent, Token, TokenEvent
+from router_py.http.validation import GenerateParameters, check_value, unexpected
+
+_CHAT_FIELDS: dict[str, tuple[str, bool]] = {
+    "model": ("string", True),
+    "frequency_penalty": ("f32", True),
+    "logprobs": ("bool", True),
+    "top_logprobs": ("u32", True),
+    "max_tokens": ("u32", True),
+    "max_completion_tokens": ("u32", True),
+    "n": ("u32", True),
+    "presence_penalty": ("f32", True),
+    "repetition_penalty": ("f32", True),
+    "seed": ("u64", True),
+    "stop": ("strings", True),
+    "stream": ("bool", False),
+    "temperature": ("f32", True),
+    "top_p": ("f32", True),
+    "tool_prompt": ("string", True),
+}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: list[dict[str, Any]]
+    fields: dict[str, Any]
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: Any = None
+    include_usage: bool = False
+
+    def get(self, name: str) -> Any:
+        return self.fields.get(name)
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.fields.get("stream"))
+
+    @property
+    def logprobs(self) -> bool:
+        return bool(self.fields.get("logprobs"))
+
+
+def system_fingerprint(config: RouterConfig) -> str:
+    return f"{VERSION}-{config.docker_label or 'native'}"
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """Deserialize a ChatRequest (framework-level 422 text on wrong types or missing ``messages``)."""
+    if not isinstance(body, dict):
+        raise deserialize_error(f"invalid type: {unexpected(body)}, expected struct ChatRequest")
+    fields = {k: check_value(k, *_CHAT_FIELDS[k], v) for k, v in body.items() if k in _CHAT_FIELDS}
+    if "messages" not in body:
+        raise deserialize_error("missing field `messages`")
+    messages = _parse_messages(body["messages"])
+    options = body.get("stream_options")
+    include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise deserialize_error(f"tools: invalid type: {unexpected(tools)}, expected a sequence")
+    return ChatRequest(
+        messages, fields, tools, body.get("tool_choice"), body.get("response_format"), include_usage
+    )
+
+
+def _parse_messages(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise deserialize_error(f"messages: invalid type: {unexpected(raw)}, expected a sequence")
+    for i, message in enumerate(raw):
+        if not isinstance(message, dict):
+            raise deserialize_error(
+                f"messages[{i}]: invalid type: {unexpected(message)}, expected struct Message"
+            )
+        if "role" not in message:
+            raise deserialize_error(f"messages[{i}]: missing field `role`")
+        check_value(f"messages[{i}].role", "string", False, message["role"])
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise deserialize_error(
+                f"messages[{i}].content: data did not match any variant of untagged enum " "MessageContent"
+            )
+    return raw
+
+
+def tools_for_template(req: ChatRequest) -> list[dict[str, Any]] | None:
+    """Tools are only rendered when the model may not call them (``tool_choice: "none"``): calling tools needs
+    a grammar, which this server does not support (TGI with DISABLE_GRAMMAR_SUPPORT)."""
+    if req.response_format is not None:
+        raise validation_error("grammar is not supported")
+    if not req.tools:
+        return None
+    if req.tool_choice != "none":
+        raise validation_error("grammar is not supported")
+    return req.tools
+
+
+def chat_parameters(req: ChatRequest) -> GenerateParameters:
+    """TGI's mapping: temperature 0 → greedy (else sampling), repetition_penalty = presence_penalty + 2,
+    top_n_tokens = top_logprobs, details always on, a ``model`` other than ``tgi`` becomes ``adapter_id``."""
+    temperature = req.get("temperature")
+    do_sample = not (temperature is not None and temperature == 0.0)
+    presence = req.get("presence_penalty")
+    model = req.get("model")
+    return GenerateParameters(
+        temperature=temperature if do_sample else None,
+        repetition_penalty=presence + 2.0 if presence is not None else req.get("repetition_penalty"),
+        frequency_penalty=req.get("frequency_penalty"),
+        top_p=req.get("top_p"),
+        do_sample=do_sample,
+        max_new_tokens=_first_given(req.get("max_tokens"), req.get("max_completion_tokens")),
+        stop=tuple(req.get("stop") or ()),
+        details=True,
+        seed=req.get("seed"),
+        top_n_tokens=req.get("top_logprobs"),
+        adapter_id=model if model is not None and model != "tgi" else None,
+    )
+
+
+def _first_given(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def openai_finish_reason(reason: str) -> str:
+    return "stop" if reason == "eos_token" else reason
+
+
+def _logprob_entry(token: Token, top: list[Token]) -> dict[str, Any]:
+    return {
+        "token": token.text,
+        "logprob": token.logprob,
+        "top_logprobs": [{"token": t.text, "logprob": t.logprob} for t in top],
+    }
+
+
+def chat_logprobs(tokens: list[Token], tops: list[list[Token]]) -> dict[str, Any]:
+    padded = tops if tops else [[] for _ in tokens]
+    return {"content": [_logprob_entry(t, top) for t, top in zip(tokens, padded)]}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_completion(
+    config: RouterConfig,
+    created: int,
+    text: str,
+    end: EndEvent,
+    logprobs: dict[str, Any] | None,
+    prompt_tokens: int,
+) -> dict[str, Any]:
+    return {
+        "object": "chat.completion",
+        "id": "",
+        "created": created,
+        "model": config.model_id,
+        "system_fingerprint": system_fingerprint(config),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": logprobs,
+                "finish_reason": openai_finish_reason(end.finish_reason),
+            }
+        ],
+        "usage": usage(prompt_tokens, end.generated_tokens),
+    }
+
+
+def chat_chunk(
+    config: RouterConfig,
+    created: int,
+    event: TokenEvent | None,
+    logprobs: bool,
+    usage_body: dict[str, int] | None,
+) -> dict[str, Any]:
+    """One ``chat.completion.chunk``; ``event`` None makes the usage-only chunk (``choices: []``)."""
+    choices = []
+    if event is not None:
+        finish = openai_finish_reason(event.finish_reason) if isinstance(event, EndEvent) else None
+        choices.append(
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": event.token.text},
+                "logprobs": chat_logprobs([event.token], [list(event.top_tokens)]) if logprobs else None,
+                "finish_reason": finish,
+            }
+        )
+    return {
+        "object": "chat.completion.chunk",
+        "id": "",
+        "created": created,
+        "model": config.model_id,
+        "system_fingerprint": system_fingerprint(config),
+        "choices": choices,
+        "usage": usage_body,
+    }

@@ -1,0 +1,341 @@
+"""The OpenAPI document served at ``/api-doc/openapi.json`` (TGI's schema and operation names) and the Swagger
+UI page at ``/docs``. Hand-written: the routes are few and the names are the contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from router_py.router_config import VERSION
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"type": [kind, "null"], **extra}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, **_json(_ref("ErrorResponse"))}
+
+
+_ERRORS = {
+    "422": _error("Input validation error"),
+    "424": _error("Generation Error"),
+    "429": _error("Model is overloaded"),
+    "500": _error("Incomplete generation"),
+}
+
+
+def _post(
+    op: str, summary: str, request: str, response: dict[str, Any], stream: bool = False
+) -> dict[str, Any]:
+    ok: dict[str, Any] = {"description": "Generated Text", **_json(response)}
+    if stream:
+        ok = {"description": "Generated Text", "content": {"text/event-stream": {"schema": response}}}
+    return {
+        "post": {
+            "tags": ["Text Generation Inference"],
+            "summary": summary,
+            "operationId": op,
+            "requestBody": {"required": True, **_json(_ref(request))},
+            "responses": {"200": ok, **_ERRORS},
+        }
+    }
+
+
+def _get(op: str, summary: str, response: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "get": {
+            "tags": ["Text Generation Inference"],
+            "summary": summary,
+            "operationId": op,
+            "responses": {"200": {"description": summary, **response}},
+        }
+    }
+
+
+_TOKEN = {
+    "type": "object",
+    "required": ["id", "text", "logprob", "special"],
+    "properties": {
+        "id": {"type": "integer", "format": "int32", "minimum": 0},
+        "text": {"type": "string"},
+        "logprob": _nullable("number", format="float"),
+        "special": {"type": "boolean"},
+    },
+}
+
+_PARAMETERS = {
+    "type": "object",
+    "properties": {
+        "best_of": _nullable("integer", minimum=0, exclusiveMinimum=0, default="null"),
+        "temperature": _nullable("number", format="float", exclusiveMinimum=0.0),
+        "repetition_penalty": _nullable("number", format="float", exclusiveMinimum=0.0),
+        "frequency_penalty": _nullable("number", format="float", minimum=-2.0, maximum=2.0),
+        "top_k": _nullable("integer", format="int32", exclusiveMinimum=0),
+        "top_p": _nullable("number", format="float", exclusiveMinimum=0.0, exclusiveMaximum=1.0),
+        "typical_p": _nullable("number", format="float", exclusiveMinimum=0.0, exclusiveMaximum=1.0),
+        "do_sample": {"type": "boolean", "default": "false"},
+        "max_new_tokens": _nullable("integer", format="int32", minimum=0, exclusiveMinimum=0),
+        "return_full_text": _nullable("boolean", default="null"),
+        "stop": {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+        "truncate": _nullable("integer", minimum=0),
+        "watermark": {"type": "boolean", "default": "false"},
+        "details": {"type": "boolean", "default": "false"},
+        "decoder_input_details": {"type": "boolean", "default": "false"},
+        "seed": _nullable("integer", format="int64", minimum=0, exclusiveMinimum=0),
+        "top_n_tokens": _nullable("integer", format="int32", minimum=0, exclusiveMinimum=0),
+        "grammar": {"oneOf": [{"type": "null"}, _ref("GrammarType")]},
+        "adapter_id": _nullable("string"),
+    },
+}
+
+_DETAILS: dict[str, Any] = {
+    "type": "object",
+    "required": ["finish_reason", "generated_tokens", "prefill", "tokens"],
+    "properties": {
+        "finish_reason": _ref("FinishReason"),
+        "generated_tokens": {"type": "integer", "format": "int32", "minimum": 0},
+        "seed": _nullable("integer", format="int64", minimum=0),
+        "prefill": {"type": "array", "items": _ref("PrefillToken")},
+        "tokens": {"type": "array", "items": _ref("Token")},
+        "top_tokens": {"type": "array", "items": {"type": "array", "items": _ref("Token")}},
+        "best_of_sequences": {"type": "array", "items": _ref("BestOfSequence")},
+    },
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "Token": _TOKEN,
+    "SimpleToken": {
+        "type": "object",
+        "required": ["id", "text", "start", "stop"],
+        "properties": {
+            "id": {"type": "integer", "format": "int32"},
+            "text": {"type": "string"},
+            "start": {"type": "integer"},
+            "stop": {"type": "integer"},
+        },
+    },
+    "TokenizeResponse": {"type": "array", "items": _ref("SimpleToken")},
+    "PrefillToken": {
+        "type": "object",
+        "required": ["id", "text", "logprob"],
+        "properties": {"id": {"type": "integer"}, "text": {"type": "string"}, "logprob": _nullable("number")},
+    },
+    "FinishReason": {"type": "string", "enum": ["length", "eos_token", "stop_sequence"]},
+    "GrammarType": {
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["type", "value"],
+                "properties": {"type": {"enum": [t]}, "value": {}},
+            }
+            for t in ("json", "regex", "json_schema")
+        ],
+        "discriminator": {"propertyName": "type"},
+    },
+    "GenerateParameters": _PARAMETERS,
+    "GenerateRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {"inputs": {"type": "string"}, "parameters": _ref("GenerateParameters")},
+    },
+    "CompatGenerateRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "inputs": {"type": "string"},
+            "parameters": _ref("GenerateParameters"),
+            "stream": {"type": "boolean", "default": "false"},
+        },
+    },
+    "Details": _DETAILS,
+    "BestOfSequence": {
+        "type": "object",
+        "required": ["generated_text", "finish_reason", "generated_tokens", "prefill", "tokens"],
+        "properties": {"generated_text": {"type": "string"}, **_DETAILS["properties"]},
+    },
+    "GenerateResponse": {
+        "type": "object",
+        "required": ["generated_text"],
+        "properties": {
+            "generated_text": {"type": "string"},
+            "details": {"oneOf": [{"type": "null"}, _ref("Details")]},
+        },
+    },
+    "StreamDetails": {
+        "type": "object",
+        "required": ["finish_reason", "generated_tokens", "input_length"],
+        "properties": {
+            "finish_reason": _ref("FinishReason"),
+            "generated_tokens": {"type": "integer"},
+            "input_length": {"type": "integer"},
+            "seed": _nullable("integer", format="int64"),
+        },
+    },
+    "StreamResponse": {
+        "type": "object",
+        "required": ["index", "token"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0},
+            "token": _ref("Token"),
+            "top_tokens": {"type": "array", "items": _ref("Token")},
+            "generated_text": _nullable("string", default="null"),
+            "details": {"oneOf": [{"type": "null"}, _ref("StreamDetails")]},
+        },
+    },
+    "ErrorResponse": {
+        "type": "object",
+        "required": ["error", "error_type"],
+        "properties": {"error": {"type": "string"}, "error_type": {"type": "string"}},
+    },
+    "Info": {
+        "type": "object",
+        "required": [
+            "model_id",
+            "max_concurrent_requests",
+            "max_best_of",
+            "max_stop_sequences",
+            "max_input_tokens",
+            "max_total_tokens",
+            "validation_workers",
+            "max_client_batch_size",
+            "router",
+            "version",
+        ],
+        "properties": {
+            "model_id": {"type": "string"},
+            "model_sha": _nullable("string"),
+            "model_pipeline_tag": _nullable("string"),
+            "max_concurrent_requests": {"type": "integer"},
+            "max_best_of": {"type": "integer"},
+            "max_stop_sequences": {"type": "integer"},
+            "max_input_tokens": {"type": "integer"},
+            "max_total_tokens": {"type": "integer"},
+            "validation_workers": {"type": "integer"},
+            "max_client_batch_size": {"type": "integer"},
+            "router": {"type": "string"},
+            "version": {"type": "string"},
+            "sha": _nullable("string"),
+            "docker_label": _nullable("string"),
+        },
+    },
+    "ChatRequest": {
+        "type": "object",
+        "required": ["messages"],
+        "properties": {
+            "messages": {"type": "array", "items": {"type": "object"}},
+            "model": _nullable("string"),
+            "max_tokens": _nullable("integer", default="1024"),
+            "temperature": _nullable("number"),
+            "top_p": _nullable("number"),
+            "seed": _nullable("integer"),
+            "stop": {"type": ["array", "null"], "items": {"type": "string"}},
+            "stream": {"type": "boolean"},
+            "stream_options": {"type": ["object", "null"]},
+            "logprobs": _nullable("boolean"),
+            "top_logprobs": _nullable("integer"),
+            "frequency_penalty": _nullable("number"),
+            "presence_penalty": _nullable("number"),
+            "tools": {"type": ["array", "null"]},
+            "tool_choice": {},
+            "response_format": {},
+        },
+    },
+    "ChatCompletion": {"type": "object", "required": ["id", "created", "model", "choices", "usage"]},
+    "ChatCompletionChunk": {"type": "object", "required": ["id", "created", "model", "choices"]},
+    "CompletionRequest": {
+        "type": "object",
+        "required": ["prompt"],
+        "properties": {
+            "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+            "model": _nullable("string"),
+            "max_tokens": _nullable("integer"),
+            "temperature": _nullable("number"),
+            "top_p": _nullable("number"),
+            "seed": _nullable("integer"),
+            "stop": {"type": ["array", "null"], "items": {"type": "string"}},
+            "stream": {"type": "boolean"},
+            "suffix": _nullable("string"),
+            "repetition_penalty": _nullable("number"),
+            "frequency_penalty": _nullable("number"),
+        },
+    },
+    "CompletionFinal": {"type": "object", "required": ["id", "created", "model", "choices", "usage"]},
+    "ModelInfo": {"type": "object", "required": ["id", "object", "created", "owned_by"]},
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """TGI's document: version 3.3.6-dev0, the same operation ids and schema names."""
+    paths = {
+        "/": _post(
+            "compat_generate",
+            "Generate tokens if `stream == false` or a stream of token if `stream == true`",
+            "CompatGenerateRequest",
+            {"type": "array", "items": _ref("GenerateResponse")},
+        ),
+        "/generate": _post("generate", "Generate tokens", "GenerateRequest", _ref("GenerateResponse")),
+        "/generate_stream": _post(
+            "generate_stream",
+            "Generate a stream of token using Server-Sent Events",
+            "GenerateRequest",
+            _ref("StreamResponse"),
+            stream=True,
+        ),
+        "/tokenize": _post("tokenize", "Tokenize inputs", "GenerateRequest", _ref("TokenizeResponse")),
+        "/chat_tokenize": _post("get_chat_tokenize", "Template and tokenize ChatRequest", "ChatRequest", {}),
+        "/v1/chat/completions": _post(
+            "chat_completions", "Generate tokens", "ChatRequest", _ref("ChatCompletion")
+        ),
+        "/v1/completions": _post(
+            "completions", "Generate tokens", "CompletionRequest", _ref("CompletionFinal")
+        ),
+        "/invocations": _post(
+            "sagemaker_compatibility", "Generate tokens from Sagemaker request", "CompatGenerateRequest", {}
+        ),
+        "/vertex": _post(
+            "vertex_compatibility", "Generate tokens from Vertex request", "GenerateRequest", {}
+        ),
+        "/health": _get("health", "Health check method", {}),
+        "/info": _get("get_model_info", "Text Generation Inference endpoint info", _json(_ref("Info"))),
+        "/metrics": _get("metrics", "Prometheus metrics scrape endpoint", {"content": {"text/plain": {}}}),
+        "/v1/models": _get("openai_get_model_info", "Get model info", _json(_ref("ModelInfo"))),
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Text Generation Inference",
+            "description": "Text Generation Webserver",
+            "license": {"name": "Apache 2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"},
+            "version": VERSION,
+        },
+        "paths": paths,
+        "components": {"schemas": _SCHEMAS},
+        "tags": [
+            {"name": "Text Generation Inference", "description": "Hugging Face Text Generation Inference API"}
+        ],
+    }
+
+
+SWAGGER_PAGE = """<!doctype html>
+<html>
+<head><meta charset="utf-8"><title>Text Generation Inference - Swagger UI</title>
+<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"></head>
+<body>
+<div id="swagger-ui"><p>API document: <a href="/api-doc/openapi.json">/api-doc/openapi.json</a></p></div>
+<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>
+if (window.SwaggerUIBundle) {
+  window.ui = SwaggerUIBundle({url: "/api-doc/openapi.json", dom_id: "#swagger-ui"});
+}
+</script>
+</body>
+</html>
+"""

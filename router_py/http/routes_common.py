@@ -1,0 +1,146 @@
+"""What every route handler shares: the application state, JSON body extraction with axum's rejections, the
+API key check and request-level metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from router_py.router_config import RouterConfig
+from router_py.http.errors import (
+    FrameworkError,
+    HttpError,
+    malformed_json,
+    payload_too_large,
+    unauthorized,
+    unsupported_media_type,
+)
+from router_py.http.generation_runner import Generation, Permits, Timings
+from router_py.backend_api import Backend
+from router_py.metrics import Metrics
+from router_py.tokenizer import Tokenizer
+from router_py.http.validation import Validator
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass
+class AppState:
+    backend: Backend
+    tokenizer: Tokenizer
+    config: RouterConfig
+    metrics: Metrics
+    validator: Validator
+    permits: Permits
+
+    def record_failure(self, err: HttpError) -> None:
+        self.metrics.inc("tgi_request_failure", err=err.metric_label)
+
+    def record_success(self, gen: Generation, timings: Timings) -> None:
+        """TGI's per-request success metrics (durations in seconds)."""
+        m = self.metrics
+        m.observe("tgi_request_duration", timings.total)
+        m.observe("tgi_request_validation_duration", timings.validation)
+        m.observe("tgi_request_queue_duration", timings.queue)
+        m.observe("tgi_request_inference_duration", timings.inference)
+        m.observe("tgi_request_mean_time_per_token_duration", timings.per_token)
+        m.observe("tgi_request_generated_tokens", gen.end.generated_tokens)
+        m.inc("tgi_request_success")
+
+    def record_validated(self, input_length: int, max_new_tokens: int) -> None:
+        self.metrics.observe("tgi_request_input_length", input_length)
+        self.metrics.observe("tgi_request_max_new_tokens", min(max_new_tokens, 1024))
+
+
+def state_of(request: Request) -> AppState:
+    state: AppState = request.app.state.prism
+    return state
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+def _is_json(content_type: str) -> bool:
+    mime = content_type.split(";")[0].strip().lower()
+    return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
+
+
+_PARSED_KEY = "prism.json_body"
+
+
+async def read_json(request: Request) -> Any:
+    """The parsed JSON body (parsed once per request, so /invocations can dispatch it). Raises FrameworkError:
+    415 without a JSON content type, 413 past the payload limit, 400 for malformed JSON (axum's order)."""
+    if _PARSED_KEY in request.scope:
+        return request.scope[_PARSED_KEY]
+    request.scope[_PARSED_KEY] = await _parse_body(request)
+    return request.scope[_PARSED_KEY]
+
+
+async def _parse_body(request: Request) -> Any:
+    if not _is_json(request.headers.get("content-type", "")):
+        raise unsupported_media_type()
+    limit = state_of(request).config.payload_limit
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise payload_too_large()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise payload_too_large()
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and NaN/Infinity (not JSON for serde)
+        raise malformed_json(_json_error_text(exc)) from exc
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"invalid number `{name}`")
+
+
+def _json_error_text(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    return str(exc)
+
+
+def authorized(config: RouterConfig, request: Request) -> bool:
+    """TGI's check: ``Authorization`` equals ``Bearer <key>``, compared case-insensitively."""
+    if config.api_key is None:
+        return True
+    presented = request.headers.get("authorization", "")
+    return presented.lower() == f"bearer {config.api_key}".lower()
+
+
+def protected(handler: Handler) -> Handler:
+    """Wrap a handler: 401 (empty) on a bad key; framework and handler errors rendered as responses."""
+
+    async def wrapped(request: Request) -> Response:
+        if not authorized(state_of(request).config, request):
+            return unauthorized().response()
+        return await handled(handler)(request)
+
+    return wrapped
+
+
+def handled(handler: Handler) -> Handler:
+    """Render FrameworkError/HttpError raised by ``handler`` (HttpError also counts a failure)."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except FrameworkError as err:
+            return err.response()
+        except HttpError as err:
+            state_of(request).record_failure(err)
+            return err.response()
+
+    return wrapped

@@ -1,0 +1,152 @@
+"""OpenAI-compatible routes: ``/v1/chat/completions``, ``/v1/completions``, ``/chat_tokenize``,
+``/v1/models``. Chunks are ``data:{json}`` events ending with ``data: [DONE]``; errors while streaming are one
+``{"error":{"message","http_status_code"}}`` event, then ``[DONE]``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from opentelemetry.context import Context
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from router_py import tracing
+from router_py.chat_template import ChatTemplateError
+from router_py.http.errors import HttpError, template_error
+from router_py.backend_api import EndEvent
+from router_py.http.openai_chat import (
+    ChatRequest,
+    chat_chunk,
+    chat_completion,
+    chat_logprobs,
+    chat_parameters,
+    parse_chat_request,
+    tools_for_template,
+    usage,
+)
+from router_py.http.openai_completions import (
+    completion,
+    completion_chunk,
+    completion_parameters,
+    parse_completion_request,
+)
+from router_py.http.openai_chat import openai_finish_reason
+from router_py.http.routes_common import AppState, now, read_json, state_of
+from router_py.http.generation_runner import Generation
+from router_py.http.routes_generate import open_stream, run_generate
+from router_py.http.sse import OPENAI_DONE, sse_response, tgi_event
+from router_py.http.validation import GenerateRequest, tenant_namespace
+
+
+def render_chat(state: AppState, req: ChatRequest) -> str:
+    """The templated prompt; template failures are 422 ``template_error``."""
+    tools = tools_for_template(req)
+    try:
+        return state.tokenizer.apply_chat_template(req.messages, add_generation_prompt=True, tools=tools)
+    except ChatTemplateError as exc:
+        raise template_error(str(exc)) from exc
+
+
+def _error_event(err: HttpError) -> str:
+    return tgi_event({"error": {"message": err.message, "http_status_code": err.status}})
+
+
+async def chat_completions_route(request: Request) -> Response:
+    state = state_of(request)
+    req = parse_chat_request(await read_json(request))
+    start = now()
+    state.metrics.inc("tgi_request_count")
+    gen_req = GenerateRequest(render_chat(state, req), chat_parameters(req))
+    namespace = tenant_namespace(state.config, request.headers)
+    parent = tracing.parent_from_headers(request.headers)
+    if req.stream:
+        return sse_response(_chat_events(state, req, gen_req, namespace, start, parent), {})
+    with tracing.span("chat_completions", parent=parent):
+        gen, _, _ = await run_generate(state, gen_req, namespace, start, add_special_tokens=False)
+    logprobs = chat_logprobs(gen.tokens, gen.top_tokens) if req.logprobs else None
+    body = chat_completion(
+        state.config, int(time.time()), gen.end.generated_text, gen.end, logprobs, gen.request.input_length
+    )
+    return JSONResponse(body)
+
+
+async def _chat_events(
+    state: AppState,
+    req: ChatRequest,
+    gen_req: GenerateRequest,
+    namespace: str,
+    start: float,
+    parent: Context | None,
+) -> AsyncIterator[str]:
+    created = int(time.time())
+    with tracing.span("chat_completions", parent=parent):
+        try:
+            async for run, event in open_stream(state, gen_req, namespace, add_special_tokens=False):
+                yield tgi_event(chat_chunk(state.config, created, event, req.logprobs, None))
+                if isinstance(event, EndEvent):
+                    state.record_success(Generation(run.valid, event), run.timings(start, event))
+                    if req.include_usage:
+                        totals = usage(run.valid.input_length, event.generated_tokens)
+                        yield tgi_event(chat_chunk(state.config, created, None, False, totals))
+        except HttpError as err:
+            state.record_failure(err)
+            yield _error_event(err)
+    yield OPENAI_DONE
+
+
+async def completions_route(request: Request) -> Response:
+    state = state_of(request)
+    body = await read_json(request)
+    start = now()
+    try:
+        req = parse_completion_request(body, state.config.max_client_batch_size)
+    except HttpError:  # TGI counts the call before its suffix / prompt-count checks
+        state.metrics.inc("tgi_request_count")
+        raise
+    state.metrics.inc("tgi_request_count")
+    params = completion_parameters(req)
+    gen_reqs = [GenerateRequest(prompt, params) for prompt in req.prompts]
+    namespace = tenant_namespace(state.config, request.headers)
+    if req.stream:
+        return sse_response(_completion_events(state, gen_reqs, namespace, start), {})
+    results = await asyncio.gather(*(run_generate(state, r, namespace, start) for r in gen_reqs))
+    prompt_tokens = sum(gen.request.input_length for gen, _, _ in results)
+    body = completion(state.config, int(time.time()), [gen.end for gen, _, _ in results], prompt_tokens)
+    return JSONResponse(body)
+
+
+async def _completion_events(
+    state: AppState, gen_reqs: list[GenerateRequest], namespace: str, start: float
+) -> AsyncIterator[str]:
+    """Prompts are streamed one after the other, each chunk tagged with its prompt's index."""
+    created = int(time.time())
+    try:
+        for index, gen_req in enumerate(gen_reqs):
+            async for run, event in open_stream(state, gen_req, namespace):
+                finish = openai_finish_reason(event.finish_reason) if isinstance(event, EndEvent) else None
+                yield tgi_event(completion_chunk(state.config, created, index, event.token.text, finish))
+                if isinstance(event, EndEvent):
+                    state.record_success(Generation(run.valid, event), run.timings(start, event))
+    except HttpError as err:
+        state.record_failure(err)
+        yield _error_event(err)
+    yield OPENAI_DONE
+
+
+async def chat_tokenize_route(request: Request) -> Response:
+    """``{tokenize_response: [{id, text, start, stop}], templated_text}`` of the templated chat."""
+    state = state_of(request)
+    req = parse_chat_request(await read_json(request))
+    state.metrics.inc("tgi_request_count")
+    text = render_chat(state, req)
+    tokens = state.tokenizer.encode_with_offsets(text, add_special_tokens=False)
+    return JSONResponse({"tokenize_response": tokens, "templated_text": text})
+
+
+async def models_route(request: Request) -> Response:
+    model_id = state_of(request).config.model_id
+    return JSONResponse(
+        {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": model_id}]}
+    )

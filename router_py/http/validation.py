@@ -1,0 +1,324 @@
+"""Request validation in TGI's order and words (tgi-compat 3.2).
+
+Two stages, as in TGI: :func:`parse_generate_request` is the JSON deserializer (wrong types, missing
+``inputs``: text/plain 422 ``Failed to deserialize the JSON body into the target type: ...``, a
+:class:`FrameworkError`), and :class:`Validator` checks values and lengths (JSON 422 ``Input validation error:
+...``, an :class:`HttpError`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from router_py.router_config import RouterConfig
+from router_py.http.errors import FrameworkError, deserialize_error, validation_error
+from router_py.backend_api import SamplingParams, StoppingParams, ValidRequest
+from router_py.tokenizer import Tokenizer, truncate_ids
+
+DEFAULT_GENERATION_LENGTH = (
+    1024  # the shard gets at most this many new tokens per request (the backend chunks)
+)
+GRAMMAR_TYPES = ("json", "json_object", "regex", "json_schema")
+
+
+@dataclass(frozen=True)
+class GenerateParameters:
+    """TGI's ``GenerateParameters``; ``None`` is "not given". Built by the deserializer or by the OpenAI
+    routes."""
+
+    best_of: int | None = None
+    temperature: float | None = None
+    repetition_penalty: float | None = None
+    frequency_penalty: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    typical_p: float | None = None
+    do_sample: bool = False
+    max_new_tokens: int | None = None
+    return_full_text: bool | None = None
+    stop: tuple[str, ...] = ()
+    truncate: int | None = None
+    watermark: bool = False
+    details: bool = False
+    decoder_input_details: bool = False
+    seed: int | None = None
+    top_n_tokens: int | None = None
+    grammar: dict[str, Any] | None = None
+    adapter_id: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    inputs: str
+    parameters: GenerateParameters = field(default_factory=GenerateParameters)
+    stream: bool = False
+
+
+# ---- deserializer (serde semantics) ------------------------------------------------------------------------
+
+# field -> (kind, nullable); kinds name serde's expectations
+_PARAM_FIELDS: dict[str, tuple[str, bool]] = {
+    "best_of": ("usize", True),
+    "temperature": ("f32", True),
+    "repetition_penalty": ("f32", True),
+    "frequency_penalty": ("f32", True),
+    "top_k": ("i32", True),
+    "top_p": ("f32", True),
+    "typical_p": ("f32", True),
+    "do_sample": ("bool", False),
+    "max_new_tokens": ("u32", True),
+    "return_full_text": ("bool", True),
+    "stop": ("strings", False),
+    "truncate": ("usize", True),
+    "watermark": ("bool", False),
+    "details": ("bool", False),
+    "decoder_input_details": ("bool", False),
+    "seed": ("u64", True),
+    "top_n_tokens": ("u32", True),
+    "grammar": ("grammar", True),
+    "adapter_id": ("string", True),
+}
+_INT_RANGES = {
+    "u32": (0, 2**32 - 1),
+    "u64": (0, 2**64 - 1),
+    "usize": (0, 2**64 - 1),
+    "i32": (-(2**31), 2**31 - 1),
+}
+_EXPECTED = {
+    "string": "a string",
+    "bool": "a boolean",
+    "strings": "a sequence",
+    "grammar": "internally tagged enum",
+}
+
+
+def unexpected(value: Any) -> str:
+    """serde's ``Unexpected`` rendering of a JSON value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean `{str(value).lower()}`"
+    if isinstance(value, int):
+        return f"integer `{value}`"
+    if isinstance(value, float):
+        return f"floating point `{value!r}`"
+    if isinstance(value, str):
+        return f'string "{value}"'
+    return "sequence" if isinstance(value, list) else "map"
+
+
+def _type_error(path: str, value: Any, expected: str) -> FrameworkError:
+    return deserialize_error(f"{path}: invalid type: {unexpected(value)}, expected {expected}")
+
+
+def check_value(path: str, kind: str, nullable: bool, value: Any) -> Any:
+    """Return ``value`` converted to its Python type, or raise the deserializer's error."""
+    if value is None and nullable:
+        return None
+    expected = _EXPECTED.get(kind, kind)
+    if kind in _INT_RANGES:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(path, value, expected)
+        low, high = _INT_RANGES[kind]
+        if not low <= value <= high:
+            raise deserialize_error(f"{path}: invalid value: integer `{value}`, expected {kind}")
+        return value
+    if kind == "f32":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(path, value, expected)
+        return float(value)
+    if kind == "bool" and isinstance(value, bool) or kind == "string" and isinstance(value, str):
+        return value
+    if kind == "strings" and isinstance(value, list):
+        return tuple(check_value(f"{path}[{i}]", "string", False, v) for i, v in enumerate(value))
+    if kind == "grammar" and isinstance(value, dict):
+        return _check_grammar(path, value)
+    raise _type_error(path, value, expected)
+
+
+def _check_grammar(path: str, value: dict[str, Any]) -> dict[str, Any]:
+    if "type" not in value:
+        raise deserialize_error(f"{path}: missing field `type`")
+    kind = value["type"]
+    if kind not in GRAMMAR_TYPES:
+        variants = ", ".join(f"`{t}`" for t in GRAMMAR_TYPES)
+        raise deserialize_error(f"{path}: unknown variant `{kind}`, expected one of {variants}")
+    if "value" not in value:
+        raise deserialize_error(f"{path}: missing field `value`")
+    return value
+
+
+def parse_parameters(raw: Any, path: str = "parameters") -> GenerateParameters:
+    if not isinstance(raw, dict):
+        raise _type_error(path, raw, "struct GenerateParameters")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _PARAM_FIELDS:
+            kind, nullable = _PARAM_FIELDS[key]
+            values[key] = check_value(f"{path}.{key}", kind, nullable, value)
+    return GenerateParameters(**values)
+
+
+def parse_generate_request(body: Any, compat: bool = False) -> GenerateRequest:
+    """Deserialize a ``/generate`` (or, with ``compat``, a ``/``) body. Absent ``parameters`` means TGI's
+    ``default_parameters()``: sampling on."""
+    struct = "CompatGenerateRequest" if compat else "GenerateRequest"
+    if not isinstance(body, dict):
+        raise deserialize_error(f"invalid type: {unexpected(body)}, expected struct {struct}")
+    inputs = check_value("inputs", "string", False, body["inputs"]) if "inputs" in body else None
+    params = (
+        parse_parameters(body["parameters"]) if "parameters" in body else GenerateParameters(do_sample=True)
+    )
+    stream = check_value("stream", "bool", False, body["stream"]) if compat and "stream" in body else False
+    if inputs is None:
+        raise deserialize_error("missing field `inputs`")
+    return GenerateRequest(inputs=inputs, parameters=params, stream=stream)
+
+
+# ---- value validation (TGI's Validation::validate) ---------------------------------------------------------
+
+
+def tenant_namespace(config: RouterConfig, headers: Any) -> str:
+    """The cache namespace of a request: the operator's tenant header when set and present, else a hash of the
+    presented API key when keys are enforced, else the shared namespace ``""``."""
+    if config.tenant_header and headers.get(config.tenant_header):
+        return str(headers.get(config.tenant_header))
+    if config.api_key:
+        token = headers.get("authorization", "").lower()  # NOTE: keys compare case-insensitively
+        return hashlib.sha256(token.encode()).hexdigest()[:16]
+    return ""
+
+
+class Validator:
+    """Checks a :class:`GenerateRequest` and turns it into the backend's :class:`ValidRequest`."""
+
+    def __init__(self, tokenizer: Tokenizer, config: RouterConfig) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+
+    def validate_best_of(self, best_of: int) -> int:
+        if self.config.max_best_of == 1 and best_of != 1:
+            raise validation_error("`best_of` != 1 is not allowed for this endpoint")
+        if best_of > self.config.max_best_of:
+            raise validation_error(
+                f"`best_of` must be > 0 and <= {self.config.max_best_of}. Given: {best_of}"
+            )
+        return best_of
+
+    def validate(
+        self, request: GenerateRequest, namespace: str = "", add_special_tokens: bool = True
+    ) -> ValidRequest:
+        """Raises HttpError(422) with TGI's first failing check, in TGI's order."""
+        p = request.parameters
+        sampling_params = self._sampling(p)
+        top_n_tokens = self._scalar_checks(p)
+        if not request.inputs:
+            raise validation_error("`inputs` cannot be empty")
+        cfg = self.config
+        if p.truncate is not None and (p.truncate == 0 or p.truncate > cfg.max_input_tokens):
+            raise validation_error(
+                "`truncate` must be strictly positive and less than "
+                f"{cfg.max_input_tokens}. Given: {p.truncate}"
+            )
+        input_ids = self._tokenize(request.inputs, p.truncate, add_special_tokens)
+        max_new_tokens = self._check_lengths(len(input_ids), p.max_new_tokens)
+        if p.grammar is not None:
+            raise validation_error("grammar is not supported")
+        namespace = f"{namespace}@{p.adapter_id}" if p.adapter_id else namespace
+        return ValidRequest(
+            inputs=request.inputs,
+            input_ids=tuple(input_ids),
+            truncate=p.truncate if p.truncate is not None else cfg.max_input_tokens,
+            sampling=sampling_params,
+            stopping=StoppingParams(max_new_tokens=max_new_tokens, stop_sequences=p.stop),
+            add_special_tokens=add_special_tokens,
+            decoder_input_details=p.decoder_input_details,
+            top_n_tokens=top_n_tokens,
+            adapter_id=p.adapter_id,
+            namespace=namespace,
+        )
+
+    def _sampling(self, p: GenerateParameters) -> SamplingParams:
+        best_of = p.best_of if p.best_of is not None else 1
+        sampling = p.do_sample or any(v is not None for v in (p.temperature, p.top_k, p.top_p, p.typical_p))
+        if best_of > 1 and not sampling:
+            raise validation_error("you must use sampling when `best_of` is > 1")
+        temperature = _positive(p.temperature, 1.0, "temperature")
+        repetition_penalty = _positive(p.repetition_penalty, 1.0, "repetition_penalty")
+        frequency_penalty = p.frequency_penalty if p.frequency_penalty is not None else 0.0
+        if not -2.0 <= frequency_penalty <= 2.0:
+            raise validation_error("`frequency_penalty` must be >= -2.0 and <= 2.0")
+        top_p = _open_unit(p.top_p, "top_p")
+        typical_p = _open_unit(p.typical_p, "typical_p")
+        if p.top_k is not None and p.top_k <= 0:
+            raise validation_error("`top_k` must be strictly positive")
+        return SamplingParams(
+            temperature=temperature,
+            top_k=p.top_k or 0,
+            top_p=top_p,
+            typical_p=typical_p,
+            do_sample=p.do_sample,
+            seed=random.getrandbits(64) if p.seed is None else p.seed,
+            repetition_penalty=repetition_penalty,
+            frequency_penalty=frequency_penalty,
+            watermark=p.watermark,
+        )
+
+    def _scalar_checks(self, p: GenerateParameters) -> int:
+        """max_new_tokens==0, stop count, seed with best_of, top_n_tokens; returns top_n_tokens."""
+        cfg = self.config
+        if p.max_new_tokens == 0:
+            raise validation_error("`max_new_tokens` must be strictly positive")
+        if len(p.stop) > cfg.max_stop_sequences:
+            raise validation_error(
+                f"`stop` supports up to {cfg.max_stop_sequences} stop sequences. Given: {len(p.stop)}"
+            )
+        if (p.best_of or 1) > 1 and p.seed is not None:
+            raise validation_error("`seed` must not be set when `best_of` > 1")
+        top_n = p.top_n_tokens or 0
+        if top_n > cfg.max_top_n_tokens:
+            raise validation_error(
+                f"`top_n_tokens` must be >= 0 and <= {cfg.max_top_n_tokens}. Given: {top_n}"
+            )
+        return top_n
+
+    def _tokenize(self, inputs: str, truncate: int | None, add_special_tokens: bool) -> list[int]:
+        try:
+            ids = self.tokenizer.encode(inputs, add_special_tokens=add_special_tokens)
+        except Exception as exc:  # noqa: BLE001 - TGI reports any tokenizer failure this way
+            raise validation_error(f"tokenizer error {exc}") from exc
+        return truncate_ids(ids, truncate) if truncate is not None else ids
+
+    def _check_lengths(self, input_length: int, max_new_tokens: int | None) -> int:
+        cfg = self.config
+        if input_length > cfg.max_input_tokens:
+            raise validation_error(
+                f"`inputs` must have less than {cfg.max_input_tokens} tokens. Given: {input_length}"
+            )
+        if max_new_tokens is None:
+            max_new_tokens = cfg.max_total_tokens - input_length
+        if input_length + min(max_new_tokens, DEFAULT_GENERATION_LENGTH) > cfg.max_total_tokens:
+            raise validation_error(
+                f"`inputs` tokens + `max_new_tokens` must be <= {cfg.max_total_tokens}. "
+                f"Given: {input_length} `inputs` tokens and {max_new_tokens} `max_new_tokens`"
+            )
+        return max_new_tokens
+
+
+def _positive(value: float | None, default: float, name: str) -> float:
+    if value is None:
+        return default
+    if value <= 0:
+        raise validation_error(f"`{name}` must be strictly positive")
+    return value
+
+
+def _open_unit(value: float | None, name: str) -> float:
+    if value is None:
+        return 1.0
+    if value <= 0.0 or value >= 1.0:
+        raise validation_error(f"`{name}` must be > 0.0 and < 1.0")
+    return value

@@ -1,0 +1,167 @@
+"""``prism-launcher`` / ``text-generation-launcher``: one command that serves a model (tgi-compat 6).
+
+It resolves the model (a local folder, a hub id downloaded when a network is there, or the built-in demo
+model built once into a cache folder), starts ``NUM_SHARD`` shards (``prism-shard serve``, env ``RANK``),
+waits for their socket files, then starts the router on them. If any child exits, the others are stopped and
+the launcher exits non-zero; SIGTERM/SIGINT stop everything cleanly (router first, then the shards).
+Every flag also reads its UPPER_SNAKE environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from router_py.cli import CACHE_POLICIES, SCHEDULERS, setup_logging
+from router_py.launch.env_args import EnvArgs
+from router_py.launch.model_source import ModelSourceError, resolve_model
+from router_py.launch.process_group import ProcessGroup, executable
+
+log = logging.getLogger("router_py.launcher")
+
+# Launcher flags forwarded verbatim to the router when given (value flags, then boolean ones).
+ROUTER_VALUE_FLAGS = (
+    "max_input_tokens", "max_total_tokens", "max_batch_prefill_tokens", "max_batch_total_tokens",
+    "max_concurrent_requests", "max_best_of", "max_stop_sequences", "max_top_n_tokens", "max_client_batch_size",
+    "waiting_served_ratio", "max_waiting_tokens", "max_batch_size", "api_key", "payload_limit",
+    "otlp_endpoint", "otlp_service_name", "tenant_header", "scheduler", "cache_policy",
+)
+ROUTER_BOOL_FLAGS = ("json_output", "no_prefix_cache", "disable_grammar_support")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = EnvArgs(argparse.ArgumentParser(prog="prism-launcher", description=__doc__.split("\n\n")[0]))
+    p.add("--model-id", default=None, help="local folder or hub id; default: the built-in demo model")
+    p.add("--revision", default=None)
+    p.add("--num-shard", type=int, default=1)
+    p.add("--port", type=int, default=3000)
+    p.add("--hostname", default="0.0.0.0")
+    p.add("--shard-uds-path", default="/tmp/text-generation-server")
+    p.add("--master-addr", default="localhost")
+    p.add("--master-port", type=int, default=29500)
+    # ---- shard ----
+    p.add("--num-blocks", type=int, default=None, help="KV blocks per shard (default: sized from memory)")
+    p.add("--block-size", type=int, default=None)
+    p.add("--dtype", default=None)
+    p.add("--attention-backend", default=None)
+    p.add("--logger-level", default="INFO")
+    p.add("--startup-timeout", type=float, default=600.0, help="seconds to wait for the shards' sockets")
+    # ---- router (forwarded) ----
+    for flag, kind in (
+        ("--max-input-tokens", int), ("--max-total-tokens", int), ("--max-batch-prefill-tokens", int),
+        ("--max-batch-total-tokens", int), ("--max-concurrent-requests", int), ("--max-best-of", int),
+        ("--max-stop-sequences", int), ("--max-top-n-tokens", int), ("--max-client-batch-size", int),
+        ("--max-waiting-tokens", int), ("--max-batch-size", int), ("--payload-limit", int),
+    ):
+        p.add(flag, type=kind, default=None)
+    p.add("--waiting-served-ratio", type=float, default=0.3)
+    p.add("--api-key", default=None)
+    p.add("--otlp-endpoint", default=None)
+    p.add("--otlp-service-name", default="text-generation-inference.router")
+    p.add("--cors-allow-origin", action="append", default=None)
+    p.add("--tenant-header", default=None)
+    p.add("--json-output", action="store_true")
+    p.add("--disable-grammar-support", action="store_true")
+    p.add("--scheduler", choices=SCHEDULERS, default=None)
+    p.add("--cache-policy", choices=CACHE_POLICIES, default=None)
+    p.add("--no-prefix-cache", action="store_true")
+    p.add("--scheduler-param", action="append", default=None, metavar="KEY=VALUE")
+    return p.parser
+
+
+def shard_command(args: argparse.Namespace, model_dir: str) -> list[str]:
+    cmd = [executable("prism-shard"), "serve", model_dir, "--uds-path", args.shard_uds_path,
+           "--logger-level", args.logger_level, "--otlp-service-name", args.otlp_service_name]
+    for name in ("num_blocks", "block_size", "dtype", "attention_backend", "otlp_endpoint"):
+        value = getattr(args, name)
+        if value is not None:
+            cmd += [f"--{name.replace('_', '-')}", str(value)]
+    return cmd + (["--json-output"] if args.json_output else [])
+
+
+def shard_env(args: argparse.Namespace, rank: int) -> dict[str, str]:
+    return {
+        **os.environ, "RANK": str(rank), "WORLD_SIZE": str(args.num_shard),
+        "MASTER_ADDR": args.master_addr, "MASTER_PORT": str(args.master_port),
+    }
+
+
+def router_command(args: argparse.Namespace, model_dir: str, model_id: str) -> list[str]:
+    cmd = [sys.executable, "-m", "router_py.cli",
+           "--master-shard-uds-path", f"{args.shard_uds_path}-0", "--tokenizer-name", model_dir,
+           "--served-model-name", model_id, "--hostname", args.hostname, "--port", str(args.port)]
+    for name in ROUTER_VALUE_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            cmd += [f"--{name.replace('_', '-')}", str(value)]
+    cmd += [f"--{n.replace('_', '-')}" for n in ROUTER_BOOL_FLAGS if getattr(args, n)]
+    for origin in args.cors_allow_origin or []:
+        cmd += ["--cors-allow-origin", origin]
+    for param in args.scheduler_param or []:
+        cmd += ["--scheduler-param", param]
+    return cmd
+
+
+def socket_paths(args: argparse.Namespace) -> list[str]:
+    return [f"{args.shard_uds_path}-{rank}" for rank in range(args.num_shard)]
+
+
+def wait_for_sockets(group: ProcessGroup, paths: Sequence[str], timeout_s: float) -> None:
+    """Block until every shard's socket file exists (TGI's readiness rule). Raises RuntimeError when a shard
+    dies first, when the launcher is asked to stop, or on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not all(os.path.exists(p) for p in paths):
+        if group.stopping:
+            raise RuntimeError("stopped while waiting for the shards")
+        dead = group.first_exited()
+        if dead is not None:
+            raise RuntimeError(f"{dead.name} exited with code {dead.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"shards not ready after {timeout_s:.0f} s: no socket at {', '.join(paths)}")
+        time.sleep(0.1)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        model_dir, model_id = resolve_model(args.model_id, args.revision)
+    except ModelSourceError as e:
+        log.error("%s", e)
+        return 1
+    group = ProcessGroup()
+    previous = {sig: signal.signal(sig, lambda signum, frame: group.request_stop(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    paths = socket_paths(args)
+    for path in paths:
+        if os.path.exists(path):
+            os.unlink(path)  # NOTE: a stale socket would look ready
+    try:
+        for rank in range(args.num_shard):
+            log.info("starting shard %d", rank)
+            group.spawn(f"shard-{rank}", shard_command(args, model_dir), shard_env(args, rank))
+        wait_for_sockets(group, paths, args.startup_timeout)
+        log.info("shards ready; starting the router on %s:%d", args.hostname, args.port)
+        group.spawn("router", router_command(args, model_dir, model_id), dict(os.environ))
+        return group.supervise()
+    except RuntimeError as e:
+        if not group.stopping:
+            log.error("%s", e)
+        return 0 if group.stopping else 1
+    finally:
+        group.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.json_output)
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,289 @@
+"""gRPC client to the model shards (generate.v3 over Unix sockets), fanned out to every shard.
+
+The only router module that imports the generated stubs: every method takes and returns the plain data of
+:mod:`router_py.shard_client.messages`. As TGI's sharded client: each call goes to all shards in parallel; Prefill and
+Decode concatenate the generations of all shards (each shard emits those of its own ranks), keep one shard's
+batch and report the slowest shard's timings; Warmup takes the minimum over shards; Info, Health and
+FilterBatch use the last shard's answer. Every RPC carries the current trace context as metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import grpc
+
+from proto.generate.v3 import generate_pb2 as pb
+from proto.generate.v3 import generate_pb2_grpc as pb_grpc
+from router_py.backend_api import Token
+from router_py.shard_client.messages import (
+    CachedBatch,
+    GeneratedText,
+    Generation,
+    ShardBatch,
+    ShardInfo,
+    ShardRequest,
+    StepResult,
+    WarmupResult,
+)
+from router_py.tracing import inject_grpc_metadata
+
+T = TypeVar("T")
+
+UNIX_PREFIX = "unix://"
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.max_send_message_length", 2**31 - 1),
+]
+_FINISH_REASONS = {
+    pb.FINISH_REASON_LENGTH: "length",
+    pb.FINISH_REASON_EOS_TOKEN: "eos_token",
+    pb.FINISH_REASON_STOP_SEQUENCE: "stop_sequence",
+}
+
+
+class ShardError(Exception):
+    """An RPC failed; ``details`` is the shard's message (its Python exception text)."""
+
+    def __init__(self, rpc: str, details: str) -> None:
+        super().__init__(f"{rpc}: {details}")
+        self.rpc = rpc
+        self.details = details
+
+
+class ShardClient:
+    """One stub per shard. Build with :meth:`connect`; :meth:`close` releases the channels."""
+
+    def __init__(self, channels: Sequence[grpc.aio.Channel]) -> None:
+        self._channels = list(channels)
+        self._stubs = [pb_grpc.TextGenerationServiceStub(c) for c in self._channels]
+
+    @classmethod
+    async def connect(cls, master_uds_path: str) -> ShardClient:
+        """Connect to the master shard's socket (a path, with or without ``unix://``), discover every
+        shard with ServiceDiscovery and connect to each. Raises ShardError when discovery fails."""
+        master = cls([_channel(master_uds_path)])
+        request = pb.ServiceDiscoveryRequest()
+        try:
+            answers = await master._call("ServiceDiscovery", lambda s, md: s.ServiceDiscovery(request, metadata=md))
+        finally:
+            await master.close()
+        paths = [u.removeprefix(UNIX_PREFIX) for u in answers[-1].urls]
+        if not paths:
+            raise ShardError("ServiceDiscovery", "the shard reported no shard URLs")
+        return cls([_channel(p) for p in paths])
+
+    @property
+    def num_shards(self) -> int:
+        return len(self._stubs)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._channels))
+
+    # ---- RPCs ------------------------------------------------------------------------------------------
+
+    async def info(self) -> ShardInfo:
+        r = (await self._call("Info", lambda s, md: s.Info(pb.InfoRequest(), metadata=md)))[-1]
+        return ShardInfo(
+            requires_padding=r.requires_padding,
+            dtype=r.dtype,
+            device_type=r.device_type,
+            window_size=r.window_size if r.HasField("window_size") else None,
+            speculate=r.speculate,
+            support_chunking=r.support_chunking,
+            use_prefix_caching=r.use_prefix_caching,
+            attention_impl=r.attention_impl,
+            block_size=r.block_size,
+        )
+
+    async def health(self) -> None:
+        """Raises ShardError when any shard is unhealthy."""
+        await self._call("Health", lambda s, md: s.Health(pb.HealthRequest(), metadata=md))
+
+    async def clear_cache(self, batch_id: int | None = None) -> None:
+        """Drop one cached batch, or every batch when ``batch_id`` is None."""
+        req = pb.ClearCacheRequest() if batch_id is None else pb.ClearCacheRequest(id=batch_id)
+        await self._call("ClearCache", lambda s, md: s.ClearCache(req, metadata=md))
+
+    async def filter_batch(self, batch_id: int, keep_ids: Sequence[int]) -> CachedBatch:
+        req = pb.FilterBatchRequest(batch_id=batch_id, request_ids=list(keep_ids))
+        r = (await self._call("FilterBatch", lambda s, md: s.FilterBatch(req, metadata=md)))[-1]
+        return _cached_from_pb(r.batch)
+
+    async def warmup(
+        self,
+        batch: ShardBatch,
+        max_input_tokens: int | None,
+        max_prefill_tokens: int,
+        max_total_tokens: int | None,
+    ) -> WarmupResult:
+        """Run the warmup batch; returns the lexicographic minimum of the shards' answers."""
+        req = pb.WarmupRequest(batch=_batch_to_pb(batch), max_prefill_tokens=max_prefill_tokens)
+        if max_input_tokens is not None:
+            req.max_input_tokens = max_input_tokens
+        if max_total_tokens is not None:
+            req.max_total_tokens = max_total_tokens
+        answers = await self._call("Warmup", lambda s, md: s.Warmup(req, metadata=md))
+        results = [
+            WarmupResult(
+                max_supported_total_tokens=(
+                    r.max_supported_total_tokens if r.HasField("max_supported_total_tokens") else None
+                ),
+                max_input_tokens=r.max_input_tokens,
+                max_total_tokens=r.max_total_tokens,
+            )
+            for r in answers
+        ]
+        return min(results, key=_warmup_key)
+
+    async def prefill(self, batch: ShardBatch, cached: CachedBatch | None = None) -> StepResult:
+        """Prefill a new batch; with ``cached`` (chunking shards) the shard merges it after ``cached``."""
+        req = pb.PrefillRequest(batch=_batch_to_pb(batch))
+        if cached is not None:
+            req.cached_batch.CopyFrom(_cached_to_pb(cached))
+        answers = await self._call("Prefill", lambda s, md: s.Prefill(req, metadata=md))
+        return _merge_steps(answers)
+
+    async def decode(self, batches: Sequence[CachedBatch]) -> StepResult:
+        """One decode step over one or more cached batches (the shard concatenates them)."""
+        req = pb.DecodeRequest(batches=[_cached_to_pb(b) for b in batches])
+        answers = await self._call("Decode", lambda s, md: s.Decode(req, metadata=md))
+        return _merge_steps(answers)
+
+    # ---- fan-out ---------------------------------------------------------------------------------------
+
+    async def _call(
+        self, rpc: str, fn: Callable[[pb_grpc.TextGenerationServiceStub, list[tuple[str, str]]], Awaitable[T]]
+    ) -> list[T]:
+        """Call ``fn`` on every shard in parallel; any failure raises ShardError with its details."""
+        metadata = inject_grpc_metadata()
+        try:
+            return list(await asyncio.gather(*(fn(stub, metadata) for stub in self._stubs)))
+        except grpc.aio.AioRpcError as e:
+            raise ShardError(rpc, e.details() or str(e.code())) from e
+
+
+def _channel(path: str) -> grpc.aio.Channel:
+    target = path if path.startswith(UNIX_PREFIX) else UNIX_PREFIX + path
+    return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+
+
+def _warmup_key(r: WarmupResult) -> tuple[int, int, int]:
+    # NOTE: as Rust's Option ordering, an unset max_supported_total_tokens sorts before any value.
+    supported = r.max_supported_total_tokens
+    return (-1 if supported is None else supported, r.max_input_tokens, r.max_total_tokens)
+
+
+# ---- plain data -> protobuf ----------------------------------------------------------------------------
+
+
+def _request_to_pb(r: ShardRequest) -> pb.Request:
+    s = r.sampling
+    msg = pb.Request(
+        id=r.id,
+        input_chunks=pb.Input(chunks=[pb.InputChunk(text=r.inputs)]),
+        inputs=r.inputs,
+        truncate=r.truncate,
+        parameters=pb.NextTokenChooserParameters(
+            temperature=s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            typical_p=s.typical_p,
+            do_sample=s.do_sample,
+            seed=s.seed,
+            repetition_penalty=s.repetition_penalty,
+            frequency_penalty=s.frequency_penalty,
+            watermark=s.watermark,
+            grammar=s.grammar,
+            grammar_type=s.grammar_type,  # type: ignore[arg-type]
+        ),
+        stopping_parameters=pb.StoppingCriteriaParameters(
+            max_new_tokens=r.max_new_tokens,
+            stop_sequences=list(r.stop_sequences),
+            ignore_eos_token=r.ignore_eos_token,
+        ),
+        prefill_logprobs=r.prefill_logprobs,
+        top_n_tokens=r.top_n_tokens,
+        blocks=list(r.blocks),
+        slots=list(r.slots),
+        cache_len=r.cache_len,
+        add_special_tokens=r.add_special_tokens,
+    )
+    if r.adapter_id is not None:
+        msg.adapter_id = r.adapter_id
+    if r.chunk_len is not None:
+        msg.chunk_len = r.chunk_len
+    return msg
+
+
+def _batch_to_pb(b: ShardBatch) -> pb.Batch:
+    return pb.Batch(
+        id=b.id,
+        requests=[_request_to_pb(r) for r in b.requests],
+        size=len(b.requests),
+        max_tokens=b.max_tokens,
+        max_blocks=b.max_blocks,
+    )
+
+
+def _cached_to_pb(b: CachedBatch) -> pb.CachedBatch:
+    return pb.CachedBatch(
+        id=b.id,
+        request_ids=list(b.request_ids),
+        size=b.size,
+        max_tokens=b.max_tokens,
+        current_tokens=b.current_tokens,
+    )
+
+
+# ---- protobuf -> plain data ----------------------------------------------------------------------------
+
+
+def _cached_from_pb(b: pb.CachedBatch) -> CachedBatch:
+    return CachedBatch(
+        id=b.id, request_ids=tuple(b.request_ids), max_tokens=b.max_tokens, current_tokens=b.current_tokens
+    )
+
+
+def _tokens_from_pb(t: pb.Tokens) -> tuple[Token, ...]:
+    special = list(t.is_special) or [False] * len(t.ids)
+    return tuple(
+        Token(id=i, text=text, logprob=None if math.isnan(lp) else lp, special=sp)
+        for i, lp, text, sp in zip(t.ids, t.logprobs, t.texts, special)
+    )
+
+
+def _generation_from_pb(g: pb.Generation) -> Generation:
+    text = None
+    if g.HasField("generated_text"):
+        gt = g.generated_text
+        text = GeneratedText(
+            text=gt.text,
+            generated_tokens=gt.generated_tokens,
+            finish_reason=_FINISH_REASONS.get(gt.finish_reason, "length"),
+            seed=gt.seed if gt.HasField("seed") else None,
+        )
+    return Generation(
+        request_id=g.request_id,
+        tokens=_tokens_from_pb(g.tokens),
+        prefill_tokens=_tokens_from_pb(g.prefill_tokens) if g.HasField("prefill_tokens") else (),
+        generated_text=text,
+        top_tokens=tuple(_tokens_from_pb(t) for t in g.top_tokens),
+    )
+
+
+def _merge_steps(answers: Sequence[pb.PrefillResponse | pb.DecodeResponse]) -> StepResult:
+    """Concatenate generations of all shards, keep the last shard's batch, slowest shard's timings."""
+    slowest = max(answers, key=lambda r: r.total_ns)
+    last = answers[-1]
+    return StepResult(
+        generations=tuple(_generation_from_pb(g) for r in answers for g in r.generations),
+        batch=_cached_from_pb(last.batch) if last.HasField("batch") else None,
+        forward_ns=slowest.forward_ns,
+        decode_ns=slowest.decode_ns,
+        total_ns=slowest.total_ns,
+        concat_ns=slowest.concat_ns if slowest.HasField("concat_ns") else None,
+    )

@@ -1,0 +1,106 @@
+"""Plain data the batcher exchanges with the shards (the generate.v3 messages, minus protobuf).
+
+:mod:`router_py.shard_client.client` converts these to and from the generated stubs; nothing else in the router
+sees a protobuf object. Field meanings are TGI's (tgi-compat.md 1.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from router_py.backend_api import SamplingParams, Token
+
+U64_MAX = 2**64 - 1  # request and batch id of the health probe (TGI)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    requires_padding: bool
+    dtype: str
+    device_type: str
+    window_size: int | None
+    speculate: int
+    support_chunking: bool
+    use_prefix_caching: bool
+    attention_impl: str
+    block_size: int
+
+
+@dataclass(frozen=True)
+class ShardRequest:
+    """One Request message. ``blocks``/``slots`` empty = the shard allocates (warmup) or pads."""
+
+    id: int
+    inputs: str
+    truncate: int
+    sampling: SamplingParams
+    max_new_tokens: int
+    stop_sequences: tuple[str, ...] = ()
+    ignore_eos_token: bool = False
+    prefill_logprobs: bool = False
+    top_n_tokens: int = 0
+    blocks: tuple[int, ...] = ()
+    slots: tuple[int, ...] = ()
+    adapter_id: str | None = None
+    cache_len: int = 0
+    add_special_tokens: bool = True
+    chunk_len: int | None = None
+
+
+@dataclass(frozen=True)
+class ShardBatch:
+    id: int
+    requests: tuple[ShardRequest, ...]
+    max_tokens: int
+    max_blocks: int
+
+
+@dataclass(frozen=True)
+class CachedBatch:
+    """A batch the shard keeps; ``request_ids`` still lists finished requests until FilterBatch."""
+
+    id: int
+    request_ids: tuple[int, ...]
+    max_tokens: int
+    current_tokens: int
+
+    @property
+    def size(self) -> int:
+        return len(self.request_ids)
+
+
+@dataclass(frozen=True)
+class GeneratedText:
+    text: str
+    generated_tokens: int
+    finish_reason: str  # "length" | "eos_token" | "stop_sequence"
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class Generation:
+    request_id: int
+    tokens: tuple[Token, ...]
+    prefill_tokens: tuple[Token, ...] = ()
+    generated_text: GeneratedText | None = None
+    top_tokens: tuple[tuple[Token, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """A Prefill or Decode answer, merged over shards (slowest timings)."""
+
+    generations: tuple[Generation, ...]
+    batch: CachedBatch | None
+    forward_ns: int = 0
+    decode_ns: int = 0
+    total_ns: int = 0
+    concat_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class WarmupResult:
+    max_supported_total_tokens: int | None  # None: a padded (non-paged) shard
+    max_input_tokens: int
+    max_total_tokens: int
+
