@@ -8,7 +8,8 @@ from prism_cache.block_pool import BlockPool
 from prism_cache.demand import Demand, DemandTable
 from prism_cache.hashing import block_hashes
 from prism_cache.policies import POLICY_NAMES, RetentionPolicy, make_policy
-from prism_cache.radix_tree import Node, RadixTree
+from prism_cache.node import Node
+from prism_cache.radix_tree import RadixTree
 from prism_cache.stats import CacheStats, HitCounter
 
 __all__ = [

@@ -31,11 +31,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Container, Sequence
 
-from prism_cache.demand import Watched
+from prism_cache.decay import LN2, add_use, decay_tau
+from prism_cache.watched import Watched
 
 UNSEEN = -1000.0  # the value of a position without a record: below any observed one (>= 0), small enough
 # that weight x UNSEEN + heat still orders unobserved nodes by heat
-LN2 = math.log(2)
 
 
 class SegmentPopularity(Watched):
@@ -47,11 +47,9 @@ class SegmentPopularity(Watched):
         self, capacity_blocks: int, half_life: float, block_size: int, kept: Callable[[], Container[int]]
     ) -> None:
         super().__init__()
-        if half_life <= 0:
-            raise ValueError(f"half_life must be > 0, got {half_life}")
+        self._tau = decay_tau(half_life, capacity_blocks)
         self.block_size = block_size
         self._kept = kept
-        self._tau = half_life * max(1, capacity_blocks) / LN2
         self._clock = 0  # prompt blocks observed
         self._bound = 4 * max(1, capacity_blocks) + 4096
         self._content_limit = self._path_limit = self._bound
@@ -69,14 +67,14 @@ class SegmentPopularity(Watched):
         """Count a request's blocks and record its path popularity. ``hashes``: the chained hashes of its full
         blocks (``prism_cache.hashing.block_hashes`` of the same namespace and tokens)."""
         now = self._clock / self._tau
-        ns, bs, exp, log1p = hash(namespace), self.block_size, math.exp, math.log1p
+        ns, bs, add = hash(namespace), self.block_size, add_use
         content, readers, path = self._content, self._readers, self._path
         changed: list[int] = []  # positions whose value changes: a new record, or its content counted again
         lowest, weakest = math.inf, 0
         for i, h in enumerate(hashes):
             key = hash(tuple(tokens[i * bs : (i + 1) * bs])) ^ ns
             old = content.get(key)
-            value = now if old is None else now + log1p(exp(old - now))
+            value = now if old is None else add(old, now)
             content[key] = value
             if key in readers:
                 changed.extend(readers[key])  # positions whose value just grew

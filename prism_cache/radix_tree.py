@@ -10,68 +10,25 @@ Clocks are logical (one tick per touch or insert), never wall time, so tests are
 
 Heat (read by DART): a node's count of uses (the request that cached it, then every match through it), each
 use decaying by half once the tree has taken in ``heat_half_life`` cache capacities of new blocks (so the
-horizon scales with the cache, not with the request rate). Stored in log form,
-``heat = ln(decayed count) + now / tau`` (``now``: blocks inserted so far; ``tau``: the half-life in blocks
-over ln 2), so comparing two nodes' stored heat compares their decayed counts at any common time: nothing
-is swept as time passes.
+horizon scales with the cache, not with the request rate), kept in the log form of :mod:`prism_cache.decay` on
+the clock of blocks inserted so far. Eviction candidates live in :mod:`prism_cache.eviction_index`.
 """
 
 from __future__ import annotations
 
 import heapq
-import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prism_cache.block_pool import BlockPool
+from prism_cache.decay import add_use, decay_tau
+from prism_cache.eviction_index import EvictionIndex
+from prism_cache.node import Node, Tokens
 
 if TYPE_CHECKING:
     from prism_cache.policies.base import Key, RetentionPolicy
 
-Tokens = tuple[int, ...]
-Entry = tuple["Key", int, int, "Node"]
-
-
-class Node:
-    """One edge of the tree. ``lock`` counts live requests whose matched path runs through the node (the
-    node's active demand); ``hits`` counts matches that reused it; ``last_access`` is the tick of the last
-    match or insert through it; ``heat`` is its decayed use count in the log form of the module docstring;
-    ``valid_from``: eviction-heap entries of the node with a lower sequence number are void. ``tokens`` may
-    run past the node's blocks: an eviction cut leaves the tail (copying the kept part at every cut cost 5 us
-    a cut on a full cache), and :meth:`RadixTree._common_blocks` drops it when it next reads the node."""
-
-    __slots__ = (
-        "blocks", "children", "edge", "hashes", "heat", "hits", "last_access", "lock", "parent", "tokens",
-        "valid_from",
-    )
-
-    def __init__(
-        self, edge: Tokens, tokens: Tokens, blocks: list[int], hashes: list[int], parent: Node | None
-    ):
-        self.edge = edge
-        self.tokens = tokens
-        self.blocks = blocks
-        self.hashes = hashes
-        self.parent = parent
-        self.children: dict[Tokens, Node] = {}
-        self.lock = 0
-        self.last_access = 0
-        self.hits = 0
-        self.heat = 0.0
-        self.valid_from = 0
-
-
-class _TailWatch:
-    """Takes a demand table's changed hashes for the eviction heap, keeping only current leaf tails (the only
-    hashes demand keys read). A hash that becomes a tail later needs no record: a node whose tail changes is
-    re-keyed then (a cut re-pushes it, a new leaf or a parent left a leaf is marked or pushed). So a sync no
-    longer intersects every changed hash (~1,000 per step on a full cache, cold in memory) with the tails."""
-
-    def __init__(self, tails: set[int], changed: set[int]) -> None:
-        self.tails, self.changed = tails, changed
-
-    def update(self, hashes: Iterable[int], /) -> None:
-        self.changed.update(self.tails.intersection(hashes))
+__all__ = ["Node", "RadixTree", "Tokens"]
 
 
 class RadixTree:
@@ -93,7 +50,7 @@ class RadixTree:
         self.block_size = block_size
         self.tick = 0
         self.inserted_blocks = 0  # the heat clock
-        self._heat_tau = heat_half_life * max(1, pool.usable_blocks) / math.log(2)
+        self._heat_tau = decay_tau(heat_half_life, pool.usable_blocks)
         self.cached_blocks = 0
         self.evicted_blocks = 0
         self.version = 0  # bumped whenever blocks enter or leave the tree (cached peeks compare it)
@@ -102,21 +59,7 @@ class RadixTree:
         # every cached block's hash cost one set insert per inserted block (a cache miss each in a big set:
         # half of a 3,072-token insert) and one removal per evicted block.
         self._heads: dict[int, Node] = {}
-        self._leaves: set[Node] = set()
-        self._tails: dict[int, Node] = {}  # each leaf by its last block's hash (what demand keys read)
-        # NOTE: the same hashes as a set, for the set operations with changed demand (_TailWatch, _sync):
-        # set & set uses the stored hashes, where a dict's keys view rehashes every int (4x slower).
-        self._tail_set: set[int] = set()
-        # The persistent eviction heap of a stable_keys policy (see _candidates): entries
-        # (key, id, seq, node), made exact again at each sync by re-keying only the nodes marked dirty since.
-        self._heap: list[Entry] | None = None
-        self._heap_policy: RetentionPolicy | None = None
-        self._seq = 0
-        self._dirty: set[Node] = set()
-        self._changed: set[int] = set()  # leaf tails whose demand changed since the last sync
-        self._watch = _TailWatch(self._tail_set, self._changed)  # what the demand tables tell
-        self._batch_policy: RetentionPolicy | None = None
-        self._synced = False  # the heap was synced in the current batch: it is the batch's heap
+        self._index = EvictionIndex()
 
     # ---------------------------------------------------------------- lookups
     def root(self, namespace: str) -> Node:
@@ -235,7 +178,7 @@ class RadixTree:
         parent.children[upper.edge] = upper
         self._heads[upper.hashes[0]] = upper
         self._heads[node.hashes[0]] = node
-        self._mark(node)  # a shorter node may rank differently
+        self._index.mark(node)  # a shorter node may rank differently
         return upper
 
     # ---------------------------------------------------------------- recency, locks
@@ -243,7 +186,7 @@ class RadixTree:
         """Stamp ``node`` and its ancestors with a new tick; with ``hit``, count one reuse (hits, heat) on
         each."""
         self.tick += 1
-        self._mark(node)  # only the deepest node can be a leaf
+        self._index.mark(node)  # only the deepest node can be a leaf
         while node.parent is not None:
             node.last_access = self.tick
             if hit:
@@ -256,26 +199,25 @@ class RadixTree:
         return self.inserted_blocks / self._heat_tau
 
     def _add_use(self, node: Node) -> None:
-        now = self.heat_now()
-        node.heat = now + math.log1p(math.exp(node.heat - now))
+        node.heat = add_use(node.heat, self.heat_now())
 
     def lock(self, node: Node) -> None:
         """Pin ``node`` and its ancestors: a locked node is never evicted."""
-        self._mark(node)
+        self._index.mark(node)
         while node.parent is not None:
             node.lock += 1
             node = node.parent
 
     def unlock(self, node: Node) -> None:
         """Undo one :meth:`lock` of the same node. Raises ValueError if that path is not locked."""
-        self._mark(node)
+        self._index.mark(node)
         walk: Node | None = node
         while walk is not None and walk.parent is not None:
             if walk.lock <= 0:
                 raise ValueError("unlock of a path that is not locked")
             walk.lock -= 1
             if walk.lock == 0:
-                self._unlocked(walk)
+                self._index.unlocked(walk, self.tick)
             walk = walk.parent
 
     # ---------------------------------------------------------------- insert
@@ -320,14 +262,7 @@ class RadixTree:
         self.inserted_blocks += len(blocks)
         self.pool.ref_all(leaf.blocks)
         parent.children[leaf.edge] = leaf
-        if parent in self._leaves:
-            self._leaves.remove(parent)
-            self._drop_tail(parent.hashes[-1])
-            self._mark(parent)  # its entries are void now
-        self._leaves.add(leaf)
-        self._set_tail(leaf.hashes[-1], leaf)
-        self._mark(leaf)
-        self._bound_heap_debt()
+        self._index.leaf_added(parent, leaf)
         self.cached_blocks += len(blocks)
         self._heads[hashes[0]] = leaf
         self.version += 1
@@ -339,12 +274,10 @@ class RadixTree:
         the eviction heap is made exact once, on the batch's first eviction, and kept until :meth:`end_batch`,
         so k evictions cost one sync instead of k. Only for policies with ``stable_keys`` (no key drops under
         those operations); entries whose key rose since are re-ranked when they surface."""
-        self._batch_policy = policy if policy.stable_keys else None
-        self._synced = False
+        self._index.begin_batch(policy)
 
     def end_batch(self) -> None:
-        self._batch_policy = None
-        self._synced = False
+        self._index.end_batch()
 
     def evict(self, n_blocks: int, policy: RetentionPolicy) -> int:
         """Free up to ``n_blocks`` blocks from unlocked leaves, lowest ``policy.key`` first.
@@ -354,122 +287,29 @@ class RadixTree:
         Locked nodes are never touched. Returns the number of blocks freed (less than asked if nothing else is
         evictable).
         """
-        heap = self._candidates(policy)
+        index = self._index
+        heap = index.candidates(policy, self.tick)
         freed = 0
         while freed < n_blocks and heap:
             key, _, seq, node = heapq.heappop(heap)
             if seq < node.valid_from:
                 continue  # voided at a sync: not a candidate
-            if node.lock or node not in self._leaves:
+            if node.lock or node not in index.leaves:
                 continue  # locked or removed since the candidates were gathered
             current = policy.key(node, len(node.blocks), self.tick)
             if current != key:
-                self._push(heap, node, current)
+                index.push(heap, node, current)
                 continue
-            cut = self._blocks_to_cut(node, n_blocks - freed, policy, self._top_key(heap))
+            cut = self._blocks_to_cut(node, n_blocks - freed, policy, index.top_key(heap))
             freed += self._truncate(node, cut)
             if node.blocks:
-                self._push(heap, node, policy.key(node, len(node.blocks), self.tick))
+                index.push(heap, node, policy.key(node, len(node.blocks), self.tick))
             else:
                 parent = self._remove_leaf(node)
                 if parent is not None and parent.lock == 0:
-                    self._push(heap, parent, policy.key(parent, len(parent.blocks), self.tick))
+                    index.push(heap, parent, policy.key(parent, len(parent.blocks), self.tick))
         self.evicted_blocks += freed
         return freed
-
-    def _candidates(self, policy: RetentionPolicy) -> list[Entry]:
-        """A heap whose live entries are exactly the unlocked leaves under their current keys; inside a batch,
-        the batch's heap as synced on its first use.
-
-        For a ``stable_keys`` policy the heap persists between calls: every change that can move a leaf's
-        key (touch, lock, unlock, split, insert, a demand change on its last block) marks the node dirty (an
-        eviction re-pushes the nodes it cuts exactly, see _push), and a sync voids the dirty nodes' entries
-        and re-keys only them, so a full cache costs O(changes) per eviction instead of O(leaves). Other
-        policies get a fresh heap per call."""
-        if not policy.stable_keys:
-            return self._fresh_heap(policy)
-        if self._heap is None or self._heap_policy is not policy:
-            self._start_heap(policy)
-        elif not (self._synced and self._batch_policy is policy):
-            self._sync(policy)
-        self._synced = self._batch_policy is policy
-        assert self._heap is not None
-        return self._heap
-
-    def _fresh_heap(self, policy: RetentionPolicy) -> list[Entry]:
-        heap = []
-        for n in self._leaves:
-            if n.lock == 0:
-                heap.append((policy.key(n, len(n.blocks), self.tick), id(n), self._seq, n))
-                self._seq += 1
-        heapq.heapify(heap)
-        return heap
-
-    def _start_heap(self, policy: RetentionPolicy) -> None:
-        self._drop_heap()
-        self._heap, self._heap_policy = self._fresh_heap(policy), policy
-        for table in policy.demand_tables():
-            table.watch(self._watch)
-
-    def _drop_heap(self) -> None:
-        if self._heap_policy is not None:
-            for table in self._heap_policy.demand_tables():
-                table.unwatch(self._watch)
-        self._heap, self._heap_policy = None, None
-        self._dirty.clear()
-        self._changed.clear()
-
-    def _sync(self, policy: RetentionPolicy) -> None:
-        """Make the persistent heap exact: void and re-key the dirty nodes (rebuild it once void entries
-        outnumber the live ones, so it stays O(leaves) in size)."""
-        heap, tails, dirty = self._heap, self._tails, self._dirty
-        assert heap is not None
-        if len(heap) > 2 * len(self._leaves) + 64:
-            self._heap = None
-            self._start_heap(policy)
-            return
-        dirty.update(map(tails.__getitem__, self._tail_set & self._changed))
-        self._changed.clear()
-        for node in dirty:
-            if node.lock == 0 and node in self._leaves:
-                self._push(heap, node, policy.key(node, len(node.blocks), self.tick))
-            else:
-                node.valid_from = self._seq  # void: not a candidate
-        dirty.clear()
-
-    def _push(self, heap: list[Entry], node: Node, key: Key) -> None:
-        """Push ``node``'s entry under its current ``key``. Into the persistent heap: void its older entries
-        (a stale twin included), so it has one exact entry and a later sync re-keys it only if something marks
-        it again (a cut no longer costs a second key call and a void entry at the next sync). Into a fresh
-        heap: mark it, for a persistent heap of another policy."""
-        if heap is self._heap:
-            node.valid_from = self._seq
-        else:
-            self._mark(node)
-        heapq.heappush(heap, (key, id(node), self._seq, node))
-        self._seq += 1
-
-    def _top_key(self, heap: list[Entry]) -> Key | None:
-        """The lowest key among the heap's non-void entries (void ones on top are dropped)."""
-        while heap and heap[0][2] < heap[0][3].valid_from:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
-
-    def _mark(self, node: Node) -> None:
-        """``node``'s key may have changed: re-key it at the next sync (while a persistent heap is kept)."""
-        if self._heap is not None:
-            self._dirty.add(node)
-
-    def _bound_heap_debt(self) -> None:
-        """Without evictions nothing syncs: past O(leaves) pending changes, a rebuild is cheaper, so drop."""
-        if self._heap is not None and len(self._dirty) + len(self._changed) > 4 * len(self._leaves) + 4096:
-            self._drop_heap()
-
-    def _unlocked(self, node: Node) -> None:
-        """``node`` just became unlocked: a leaf rejoins the batch's candidates."""
-        if self._synced and self._heap is not None and node in self._leaves:
-            assert self._batch_policy is not None
-            self._push(self._heap, node, self._batch_policy.key(node, len(node.blocks), self.tick))
 
     def _blocks_to_cut(self, node: Node, need: int, policy: RetentionPolicy, next_key: Key | None) -> int:
         """Tail blocks of ``node`` to evict now: the c-th tail block goes too while it, as the node's tail
@@ -492,36 +332,20 @@ class RadixTree:
         freed = self.pool.unref_all(node.blocks[keep:])
         assert freed == cut, "an evicted block is still referenced by a request"
         del node.blocks[keep:]
-        self._drop_tail(node.hashes[-1])
-        if keep:
-            self._set_tail(node.hashes[keep - 1], node)
-        else:
+        self._index.tail_cut(node, keep)
+        if not keep:
             del self._heads[node.hashes[0]]
         del node.hashes[keep:]  # node.tokens keeps its tail until next read (see Node)
         self.cached_blocks -= cut
         self.version += 1
         return cut
 
-    def _set_tail(self, h: int, leaf: Node) -> None:
-        self._tails[h] = leaf
-        self._tail_set.add(h)
-
-    def _drop_tail(self, h: int) -> None:
-        del self._tails[h]
-        self._tail_set.remove(h)
-
     def _remove_leaf(self, node: Node) -> Node | None:
         """Detach an emptied leaf; returns its parent if that became an evictable leaf."""
         parent = node.parent
         assert parent is not None and not node.children
         del parent.children[node.edge]
-        self._leaves.discard(node)
-        self._mark(node)  # void its entries
-        if parent.parent is not None and not parent.children:
-            self._leaves.add(parent)
-            self._set_tail(parent.hashes[-1], parent)
-            return parent
-        return None
+        return parent if self._index.leaf_removed(node, parent) else None
 
     # ---------------------------------------------------------------- introspection
     def nodes(self) -> Iterator[Node]:
@@ -547,9 +371,7 @@ class RadixTree:
                 leaves.add(node)
         for root in self._roots.values():
             assert root.lock == 0 and not root.blocks, "roots hold no blocks and no locks"
-        assert leaves == self._leaves, "leaf set out of date"
-        assert self._tails == {n.hashes[-1]: n for n in leaves}, "leaf tails out of date"
-        assert self._tail_set == self._tails.keys(), "leaf tail set out of date"
+        self._index.check(leaves)
         assert len(seen) == self.cached_blocks, "cached block count out of date"
         assert self._heads == {n.hashes[0]: n for n in self.nodes()}, "head index out of date"
         return seen

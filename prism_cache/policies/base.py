@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from prism_cache.demand import Watched
-    from prism_cache.radix_tree import Node
+    from prism_cache.watched import Watched
+    from prism_cache.node import Node
 
 Key = tuple[float, ...]
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from prism_cache.demand import Demand, Watched
+from prism_cache.demand import Demand
+from prism_cache.watched import Watched
 from prism_cache.policies.base import Key
 from prism_cache.popularity import UNSEEN
 
 if TYPE_CHECKING:
-    from prism_cache.radix_tree import Node
+    from prism_cache.node import Node
 
 W_ACTIVE = 1e6
 W_PLANNED = 1e5

@@ -8,7 +8,7 @@ from prism_cache.policies.base import Key
 
 if TYPE_CHECKING:
     from prism_cache.demand import DemandTable
-    from prism_cache.radix_tree import Node
+    from prism_cache.node import Node
 
 
 class LruPolicy:

@@ -1,4 +1,4 @@
-"""The persistent eviction heap (RadixTree._candidates) against one rebuilt from every leaf at each sync."""
+"""The persistent eviction heap (prism_cache.eviction_index) against one rebuilt from every leaf at each sync."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _allocator(policy: str, half_life: float = 3.0) -> RadixAllocator:
 def _rebuilding(policy: str, half_life: float = 3.0) -> RadixAllocator:
     """The reference: every sync rebuilds the heap over all unlocked leaves (the brute-force order)."""
     a = _allocator(policy, half_life)
-    a.tree._sync = a.tree._start_heap  # type: ignore[method-assign]
+    a.tree._index._sync = a.tree._index._start_heap  # type: ignore[method-assign]
     return a
 
 
