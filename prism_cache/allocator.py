@@ -1,4 +1,11 @@
-"""TGI's radix allocator (tgi-compat 2.2) over a :class:`BlockPool` and a :class:`RadixTree`.
+"""The prefix cache as the schedulers see it: TGI's radix allocator (tgi-compat 2.2) over a :class:`BlockPool`
+and a :class:`RadixTree`, plus the demand the retention policy reads. The co-design boundary: schedulers use
+only the public methods below; the pool, the tree and the demand tables are private.
+
+    enqueue / dequeue          a request's prompt enters / leaves the queue (queued demand, popularity)
+    lookahead_enter / _leave   ... enters / leaves the look-ahead window (look-ahead demand, refresh)
+    peek, version              the cached prefix of a waiting request (and when to recompute it)
+    batch(planned)             allocations of one batch; the planned batch's blocks protected from its evictions
 
     allocate(tokens, prompt)   match -> touch -> lock -> take ceil((tokens - prefix_len) / bs) fresh blocks,
                                evicting by the retention policy if short; all or nothing
@@ -17,17 +24,17 @@ With ``prefix_caching=False`` nothing is matched or inserted (TGI's SimpleAlloca
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from prism_cache.block_pool import BlockPool
 from prism_cache.demand import Demand
 from prism_cache.hashing import block_hashes
-from prism_cache.policies import make_policy
-from prism_cache.policies.dart import POPULARITY_WEIGHT
+from prism_cache.node import Node, Tokens
+from prism_cache.policies import PolicyConfig, make_policy
 from prism_cache.popularity import SegmentPopularity
-from prism_cache.radix_tree import Node, RadixTree, Tokens
+from prism_cache.radix_tree import RadixTree
 
 
 @dataclass
@@ -45,24 +52,42 @@ class Allocation:
     depth: int = 0
 
 
+@dataclass(frozen=True)
+class CacheSizes:
+    """Blocks by state: ``total`` usable = ``free`` + ``cached`` (in the tree) + ``in_use`` (held only by
+    requests); ``evicted``: blocks evicted so far."""
+
+    total: int
+    free: int
+    cached: int
+    in_use: int
+    evicted: int
+
+
 class RadixAllocator:
     def __init__(
         self,
         num_blocks: int,
         block_size: int,
-        policy: str = "lru",
+        policy: PolicyConfig | str = "lru",
         prefix_caching: bool = True,
         params: Mapping[str, float] | None = None,
     ) -> None:
-        p = params or {}
-        self.pool = BlockPool(num_blocks)
-        half_life = p.get("dart_heat_half_life", 3.0)
-        self.tree = RadixTree(self.pool, block_size, half_life)
+        """Args: policy: a typed :class:`PolicyConfig`, or a policy name whose knobs ``params`` holds (flat
+        ``--scheduler-param`` keys). Raises ValueError for an unknown policy or a bad knob."""
+        config = policy if isinstance(policy, PolicyConfig) else PolicyConfig.parse(policy, params)
+        self._pool = BlockPool(num_blocks)
+        half_life = config.dart.heat_half_life
+        self._tree = RadixTree(self._pool, block_size, half_life)
         popularity = None
-        if policy == "dart" and p.get("dart_popularity_weight", POPULARITY_WEIGHT):
-            popularity = SegmentPopularity(self.pool.usable_blocks, half_life, block_size, self._kept_positions)
-        self.demand = Demand(popularity)
-        self.policy = make_policy(policy, self.demand, params)
+        if config.uses_popularity:
+            popularity = SegmentPopularity(self._pool.usable_blocks, half_life, block_size, self._kept_positions)
+        self._demand = Demand(popularity)
+        self._policy = make_policy(config, self._demand)
+        self.uses_lookahead = config.uses_lookahead  # the policy reads look-ahead demand (keep a window)
+        # NOTE: count of waiting requests covering a block hash, as a bound dict lookup ``(h, 0)``: QAS reads it
+        # in a binary search per waiting request
+        self.queued_demand: Callable[[int, int], int] = self._demand.queued.get
         self.block_size = block_size
         self.prefix_caching = prefix_caching
         # NOTE: each block's slot ids, built on first use and shared by every table that holds the block, so a
@@ -77,19 +102,58 @@ class RadixAllocator:
 
     def _kept_positions(self) -> set[int]:
         """Positions whose popularity records must stay: cached or waiting."""
-        kept = self.tree.cached_hashes()
-        kept.update(self.demand.queued)
+        kept = self._tree.cached_hashes()
+        kept.update(self._demand.queued)
         return kept
+
+    # ---------------------------------------------------------------- the queue's demand
+    def enqueue(self, namespace: str, prompt: Tokens, hashes: list[int]) -> None:
+        """A request with these :meth:`hashes` entered the queue: count its queued demand and popularity."""
+        self._demand.queued.add(hashes)
+        self.observe(namespace, prompt, hashes)
+
+    def dequeue(self, hashes: list[int]) -> None:
+        """A request left the queue (admitted or cancelled). Raises ValueError if it was never enqueued."""
+        self._demand.queued.remove(hashes)
 
     def observe(self, namespace: str, prompt: Tokens, hashes: list[int]) -> None:
         """A request entered the queue: count its blocks' popularity (only where the policy reads it)."""
-        if self.demand.popularity is not None:
-            self.demand.popularity.observe(namespace, prompt, hashes)
+        if self._demand.popularity is not None:
+            self._demand.popularity.observe(namespace, prompt, hashes)
+
+    def lookahead_enter(self, namespace: str, prompt: Tokens, hashes: list[int]) -> None:
+        """A waiting request entered the look-ahead window: count its look-ahead demand and refresh (touch)
+        its cached path (PCR)."""
+        self._demand.lookahead.add(hashes)
+        node, _ = self._tree.match(namespace, prompt)
+        self._tree.touch(node)
+
+    def lookahead_leave(self, hashes: list[int]) -> None:
+        self._demand.lookahead.remove(hashes)
+
+    # ---------------------------------------------------------------- lookups
+    @property
+    def version(self) -> int:
+        """Changes whenever blocks enter or leave the tree: a :meth:`peek` stays valid while it does not."""
+        return self._tree.version
+
+    def peek_node(self, namespace: str, prompt: Tokens) -> Node | None:
+        """The deepest cached node ``prompt`` reaches (None on a miss), touching nothing; a handle for walking
+        the tree's shape (``parent``, ``children``), never for changing it."""
+        return self._tree.peek(namespace, prompt)[0]
+
+    def sizes(self) -> CacheSizes:
+        pool, tree = self._pool, self._tree
+        cached = tree.cached_blocks
+        return CacheSizes(
+            pool.usable_blocks, pool.free_count, cached, pool.usable_blocks - pool.free_count - cached,
+            tree.evicted_blocks,
+        )
 
     def peek(self, hashes: list[int]) -> int:
         """Cached prefix in tokens of the prompt with these :meth:`hashes`, touching nothing (0 with prefix
         caching off); O(depth + log blocks), for ranking only (see :meth:`RadixTree.cached_prefix_blocks`)."""
-        return self.tree.cached_prefix_blocks(hashes) * self.block_size if self.prefix_caching else 0
+        return self._tree.cached_prefix_blocks(hashes) * self.block_size if self.prefix_caching else 0
 
     def allocate(self, tokens: int, namespace: str = "", prompt: Tokens | None = None) -> Allocation | None:
         """Reserve ``tokens`` slots, reusing the cached prefix of ``prompt`` (None: match nothing).
@@ -100,22 +164,22 @@ class RadixAllocator:
         node: Node | None = None
         prefix: list[int] = []
         if prompt is not None and self.prefix_caching:
-            node, prefix = self.tree.match(namespace, prompt)
-            self.tree.touch(node)
-            self.tree.lock(node)
+            node, prefix = self._tree.match(namespace, prompt)
+            self._tree.touch(node)
+            self._tree.lock(node)
         bs = self.block_size
         need = max(0, -(-tokens // bs) - len(prefix))
-        short = need - self.pool.free_count
+        short = need - self._pool.free_count
         if short > 0:
             if self._plan:
                 self._count_plan()
-            self.tree.evict(short, self.policy)
-        fresh = self.pool.allocate(need)
+            self._tree.evict(short, self._policy)
+        fresh = self._pool.allocate(need)
         if fresh is None:
             if node is not None:
-                self.tree.unlock(node)
+                self._tree.unlock(node)
             return None
-        self.pool.ref_all(prefix)
+        self._pool.ref_all(prefix)
         blocks = tuple(prefix + fresh)
         return Allocation(namespace, blocks, self._slots(blocks, tokens), len(prefix) * bs, node, len(prefix))
 
@@ -145,9 +209,9 @@ class RadixAllocator:
             return
         old = alloc.node
         node, depth = self._insert_prompt(alloc, prompt, hashes)
-        self.tree.lock(node)
+        self._tree.lock(node)
         if old is not None:
-            self.tree.unlock(old)
+            self._tree.unlock(old)
         alloc.node, alloc.depth = node, depth
 
     def _insert_prompt(self, alloc: Allocation, prompt: Tokens, hashes: list[int] | None) -> tuple[Node, int]:
@@ -156,7 +220,7 @@ class RadixAllocator:
         if hashes is None:
             hashes = self.hashes(alloc.namespace, prompt)
         start = (alloc.node, alloc.depth) if alloc.node is not None and alloc.depth <= n_full else None
-        _, node = self.tree.insert(
+        _, node = self._tree.insert(
             alloc.namespace,
             prompt[: n_full * self.block_size],
             list(alloc.blocks[:n_full]),
@@ -168,8 +232,8 @@ class RadixAllocator:
     def rollback(self, alloc: Allocation) -> None:
         """Undo :meth:`allocate` without caching anything."""
         if alloc.node is not None:
-            self.tree.unlock(alloc.node)
-        self.pool.unref_all(alloc.blocks)
+            self._tree.unlock(alloc.node)
+        self._pool.unref_all(alloc.blocks)
 
     @contextmanager
     def batch(self, planned: Sequence[list[int]] = ()) -> Iterator[None]:
@@ -180,26 +244,26 @@ class RadixAllocator:
         from just before the batch's first eviction until it ends. Only eviction keys read planned demand, so
         this is the same as counting it all along; a batch that evicts nothing (free memory) then skips the
         table updates and the re-keying they would cause at the next eviction."""
-        self.tree.begin_batch(self.policy)
+        self._tree.begin_batch(self._policy)
         self._plan = list(planned)
         try:
             yield
         finally:
-            self.tree.end_batch()
+            self._tree.end_batch()
             counted, self._plan, self._counted = self._counted, [], []
             if counted and self._plan_alone:
-                self.demand.planned.clear()  # NOTE: the usual case; one C-level clear, not a loop per hash
+                self._demand.planned.clear()  # NOTE: the usual case; one C-level clear, not a loop per hash
             else:
                 for hashes in counted:
-                    self.demand.planned.remove(hashes)
+                    self._demand.planned.remove(hashes)
 
     def _count_plan(self) -> None:
         """The batch's first eviction is due: count its planned demand (before the tree syncs its heap)."""
         self._counted, self._plan = self._plan, []
-        self._plan_alone = not len(self.demand.planned)
-        self.demand.planned.add_all(self._counted)
+        self._plan_alone = not len(self._demand.planned)
+        self._demand.planned.add_all(self._counted)
 
     def check_integrity(self) -> set[int]:
         """Pool and tree invariants; returns the cached blocks. Raises AssertionError."""
-        self.pool.check_integrity()
-        return self.tree.check_integrity()
+        self._pool.check_integrity()
+        return self._tree.check_integrity()

@@ -50,15 +50,15 @@ def _miss(alloc: RadixAllocator, rng: random.Random, system: tuple[int, ...]) ->
     prompt = _prompt(rng, system)
     hashes = alloc.hashes("", prompt)
     n_new = (PROMPT - SYSTEM) // BLOCK
-    if alloc.pool.free_count < n_new:
-        alloc.tree.evict(n_new, alloc.policy)
-    blocks = alloc.pool.allocate(n_new)
+    if alloc._pool.free_count < n_new:
+        alloc._tree.evict(n_new, alloc._policy)
+    blocks = alloc._pool.allocate(n_new)
     assert blocks is not None
     t0 = time.perf_counter()
-    node, prefix = alloc.tree.match("", prompt)
-    alloc.tree.insert("", prompt, prefix + blocks, hashes, (node, len(prefix)))
+    node, prefix = alloc._tree.match("", prompt)
+    alloc._tree.insert("", prompt, prefix + blocks, hashes, (node, len(prefix)))
     elapsed = (time.perf_counter() - t0) * 1e6
-    alloc.pool.unref_all(blocks)
+    alloc._pool.unref_all(blocks)
     return elapsed
 
 
@@ -66,7 +66,7 @@ def main() -> None:
     rng = random.Random(0)
     system = tuple(rng.randrange(32000) for _ in range(SYSTEM))
     alloc = _populated(rng, system)
-    tree = alloc.tree
+    tree = alloc._tree
     misses = [_miss(alloc, rng, system) for _ in range(500)]
     hit = _prompt(rng, system)  # cached after the misses, so the full hit below is one whatever the policy
     got = alloc.allocate(PROMPT, "", hit)

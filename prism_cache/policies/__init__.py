@@ -1,36 +1,85 @@
-"""Retention policies by name: ``lru``, ``lfu``, ``hotprefix``, ``lookahead-lru``, ``dart``."""
+"""Retention policies by name (``lru``, ``lfu``, ``hotprefix``, ``lookahead-lru``, ``dart``), built from a typed
+:class:`PolicyConfig`. The registry says what each policy needs (segment popularity); no caller checks names."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from prism_cache.demand import Demand
+from prism_cache.params import parse_knobs
 from prism_cache.policies.base import Key, RetentionPolicy
-from prism_cache.policies.dart import POPULARITY_WEIGHT, DartPolicy
-from prism_cache.policies.hotprefix import HotPrefixPolicy
+from prism_cache.policies.dart import DartParams, DartPolicy
+from prism_cache.policies.hotprefix import HotPrefixParams, HotPrefixPolicy
 from prism_cache.policies.lfu import LfuPolicy
 from prism_cache.policies.lookahead_lru import LookaheadLruPolicy
 from prism_cache.policies.lru import LruPolicy
 
-POLICY_NAMES = ("lru", "lfu", "hotprefix", "lookahead-lru", "dart")
 
+@dataclass(frozen=True)
+class PolicyConfig:
+    """A retention policy's name and the knobs of every policy (a policy reads its own).
 
-def make_policy(name: str, demand: Demand, params: Mapping[str, float] | None = None) -> RetentionPolicy:
-    """Build a policy by name. ``params`` may hold ``hotprefix_max_age``, ``hotprefix_decay_period`` and
-    ``dart_popularity_weight``.
     Raises ValueError for an unknown name."""
-    p = params or {}
-    if name == "lru":
-        return LruPolicy()
-    if name == "lfu":
-        return LfuPolicy()
-    if name == "hotprefix":
-        return HotPrefixPolicy(p.get("hotprefix_max_age", 8.0), p.get("hotprefix_decay_period", 16.0))
-    if name == "lookahead-lru":
-        return LookaheadLruPolicy(demand)
-    if name == "dart":
-        return DartPolicy(demand, p.get("dart_popularity_weight", POPULARITY_WEIGHT))
-    raise ValueError(f"unknown cache policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")
+
+    name: str = "lru"
+    hotprefix: HotPrefixParams = field(default_factory=HotPrefixParams)
+    dart: DartParams = field(default_factory=DartParams)
+
+    def __post_init__(self) -> None:
+        if self.name not in POLICIES:
+            raise ValueError(f"unknown cache policy {self.name!r}; choose one of {', '.join(POLICY_NAMES)}")
+
+    @classmethod
+    def parse(cls, name: str, flat: Mapping[str, float] | None = None) -> PolicyConfig:
+        """From flat ``--scheduler-param`` settings (keys of other components are ignored)."""
+        p = flat or {}
+        return cls(name, parse_knobs(HotPrefixParams, p), parse_knobs(DartParams, p))
+
+    @property
+    def uses_popularity(self) -> bool:
+        """The policy reads segment popularity, so the cache must count it as requests are enqueued."""
+        return POLICIES[self.name].uses_popularity(self)
+
+    @property
+    def uses_lookahead(self) -> bool:
+        """The policy reads look-ahead demand, so the scheduler must keep a look-ahead window."""
+        return POLICIES[self.name].uses_lookahead
 
 
-__all__ = ["POLICY_NAMES", "Key", "RetentionPolicy", "make_policy"]
+class _Entry(NamedTuple):
+    build: Callable[[Demand, PolicyConfig], RetentionPolicy]
+    uses_popularity: Callable[[PolicyConfig], bool]
+    uses_lookahead: bool = False
+
+
+def _never(config: PolicyConfig) -> bool:
+    return False
+
+
+def _hotprefix(demand: Demand, c: PolicyConfig) -> RetentionPolicy:
+    return HotPrefixPolicy(c.hotprefix.max_age, c.hotprefix.decay_period)
+
+
+def _dart(demand: Demand, c: PolicyConfig) -> RetentionPolicy:
+    return DartPolicy(demand, c.dart.popularity_weight)
+
+
+POLICIES: dict[str, _Entry] = {
+    "lru": _Entry(lambda demand, c: LruPolicy(), _never),
+    "lfu": _Entry(lambda demand, c: LfuPolicy(), _never),
+    "hotprefix": _Entry(_hotprefix, _never),
+    "lookahead-lru": _Entry(lambda demand, c: LookaheadLruPolicy(demand), _never, uses_lookahead=True),
+    "dart": _Entry(_dart, lambda c: bool(c.dart.popularity_weight)),
+}
+POLICY_NAMES = tuple(POLICIES)
+POLICY_KNOBS = (HotPrefixParams, DartParams)  # the knob classes PolicyConfig.parse reads
+
+
+def make_policy(config: PolicyConfig, demand: Demand) -> RetentionPolicy:
+    """Build the policy ``config`` names over the cache's demand tables."""
+    return POLICIES[config.name].build(demand, config)
+
+
+__all__ = ["POLICIES", "POLICY_KNOBS", "POLICY_NAMES", "Key", "PolicyConfig", "RetentionPolicy", "make_policy"]

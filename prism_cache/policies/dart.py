@@ -8,8 +8,8 @@ being planned this step, queued = waiting requests whose prompt covers the block
 Among nodes of equal demand (mostly: no demand at all, the common case below the load knee, where the queue
 is a few requests deep) the paper leaves the order open. Our choice [INF]: historical demand, i.e. the node's
 decayed use count per block (``Node.heat``: the request that cached it, then every match through it;
-half-life ``dart_heat_half_life`` cache capacities of inserted blocks, default 3) plus
-``dart_popularity_weight`` (default 4) times the segment popularity of the tail block's path
+half-life :attr:`DartParams.heat_half_life`) plus :attr:`DartParams.popularity_weight` times the segment
+popularity of the tail block's path
 (:mod:`prism_cache.popularity`: how often the contents along that path were asked for, anywhere in a prompt),
 then recency. Per block, so that long single-use tails (a request's own passages and question) go before short
 shared segments; popularity, so that of two tails used once, the one made of widely retrieved passages stays.
@@ -21,7 +21,8 @@ the multi-turn Mooncake replay, where a session's long prompt is reused once by 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 from prism_cache.demand import Demand
 from prism_cache.watched import Watched
@@ -34,15 +35,25 @@ if TYPE_CHECKING:
 W_ACTIVE = 1e6
 W_PLANNED = 1e5
 W_QUEUED = 1.0
-POPULARITY_WEIGHT = 4.0  # dart_popularity_weight's default
 LN4 = math.log(4)
+
+
+@dataclass(frozen=True)
+class DartParams:
+    """``dart_*`` knobs."""
+
+    PREFIX: ClassVar[str] = "dart_"
+    # tree heat (DART's tie-break): cache capacities of inserted blocks after which a past use counts half;
+    # also the half-life of segment popularity, in capacities of enqueued blocks
+    heat_half_life: float = 3.0
+    popularity_weight: float = 4.0  # weight of segment popularity in DART's tie-break; 0 = off (not counted)
 
 
 class DartPolicy:
     name = "dart"
     stable_keys = True  # heat is stored in a time-invariant log form (radix_tree) and only grows on a match
 
-    def __init__(self, demand: Demand, popularity_weight: float = POPULARITY_WEIGHT) -> None:
+    def __init__(self, demand: Demand, popularity_weight: float = DartParams.popularity_weight) -> None:
         """``popularity_weight`` > 0 needs ``demand.popularity`` (ValueError otherwise); 0 ignores it."""
         # NOTE: the tables' lookups, bound once: key() runs for every unlocked leaf when an eviction heap is built
         self._planned, self._queued = demand.planned.get, demand.queued.get

@@ -2,13 +2,13 @@
 
 The clock is set to ``max_age`` on access and loses one unit every ``decay_period`` ticks (computed lazily from
 the node's last access, so no periodic sweep is needed). Neither value is in a reachable source: both are
-parameters (``hotprefix_max_age``, default 8; ``hotprefix_decay_period``, default 16 ticks; the tree's clock
-ticks once per touch or insert, about twice per request). Length is in blocks; ties go to the older node.
+knobs (:class:`HotPrefixParams`). Length is in blocks; ties go to the older node.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 from prism_cache.policies.base import Key
 
@@ -17,11 +17,22 @@ if TYPE_CHECKING:
     from prism_cache.node import Node
 
 
+@dataclass(frozen=True)
+class HotPrefixParams:
+    """``hotprefix_*`` knobs."""
+
+    PREFIX: ClassVar[str] = "hotprefix_"
+    max_age: float = 8.0  # the clock's value on access
+    decay_period: float = 16.0  # ticks per unit of clock decay (the tree ticks about twice per request)
+
+
 class HotPrefixPolicy:
     name = "hotprefix"
     stable_keys = False  # the clock decays as the tree's tick advances
 
-    def __init__(self, max_age: float = 8.0, decay_period: float = 16.0) -> None:
+    def __init__(
+        self, max_age: float = HotPrefixParams.max_age, decay_period: float = HotPrefixParams.decay_period
+    ) -> None:
         if max_age < 0 or decay_period <= 0:
             raise ValueError("hotprefix_max_age must be >= 0 and hotprefix_decay_period > 0")
         self.max_age = max_age

@@ -16,15 +16,15 @@ BS = 2
 def _allocator(policy: str, half_life: float = 3.0) -> RadixAllocator:
     # small popularity bounds, so that the churn prunes its contents (a short half-life) or positions (a long one)
     a = RadixAllocator(48, BS, policy, params={"dart_heat_half_life": half_life})
-    if a.demand.popularity is not None:
-        a.demand.popularity._bound = a.demand.popularity._content_limit = a.demand.popularity._path_limit = 6
+    if a._demand.popularity is not None:
+        a._demand.popularity._bound = a._demand.popularity._content_limit = a._demand.popularity._path_limit = 6
     return a
 
 
 def _rebuilding(policy: str, half_life: float = 3.0) -> RadixAllocator:
     """The reference: every sync rebuilds the heap over all unlocked leaves (the brute-force order)."""
     a = _allocator(policy, half_life)
-    a.tree._index._sync = a.tree._index._start_heap  # type: ignore[method-assign]
+    a._tree._index._sync = a._tree._index._start_heap  # type: ignore[method-assign]
     return a
 
 
@@ -60,14 +60,14 @@ class _Churn:
             self._demand(rng)
         else:
             n = rng.randint(1, 6)
-            assert len({a.tree.evict(n, a.policy) for a in self.allocs}) == 1
+            assert len({a._tree.evict(n, a._policy) for a in self.allocs}) == 1
 
     def _batch(self, rng: random.Random, prompts: list[tuple[int, ...]]) -> None:
         """Plan prompts (planned demand), allocate them in one batch, then clear the plan."""
         hashes = [[a.hashes("", p) for p in prompts] for a in self.allocs]
         for a, hs in zip(self.allocs, hashes):
             for h in hs:
-                a.demand.planned.add(h)
+                a._demand.planned.add(h)
         for prompt in prompts:
             tokens, got = len(prompt) + rng.randint(0, 3), []
             for a in self.allocs:
@@ -76,19 +76,19 @@ class _Churn:
             self.live.append((prompt, got))
         for a, hs in zip(self.allocs, hashes):
             for h in hs:
-                a.demand.planned.remove(h)
+                a._demand.planned.remove(h)
 
     def _demand(self, rng: random.Random) -> None:
         if self.queued and rng.random() < 0.5:
             for a, h in zip(self.allocs, self.queued.pop(rng.randrange(len(self.queued)))):
-                a.demand.queued.remove(h)
-                a.demand.lookahead.remove(h)
+                a._demand.queued.remove(h)
+                a._demand.lookahead.remove(h)
             return
         prompt = _prompt(rng)
         entry = [a.hashes("", prompt) for a in self.allocs]
         for a, h in zip(self.allocs, entry):
-            a.demand.queued.add(h)
-            a.demand.lookahead.add(h)
+            a._demand.queued.add(h)
+            a._demand.lookahead.add(h)
             a.observe("", prompt, h)  # as a scheduler's enqueue
         self.queued.append(entry)
 
@@ -103,11 +103,11 @@ def test_persistent_heap_evicts_exactly_like_a_rebuilt_one(policy: str, seed: in
     for _ in range(3000):
         churn.step(rng)
         assert fast.check_integrity() == ref.check_integrity()
-        assert fast.tree.evicted_blocks == ref.tree.evicted_blocks
-        assert fast.pool.free_count == ref.pool.free_count
-    assert fast.tree.evicted_blocks > 500  # the cache was full most of the time
-    if fast.demand.popularity is not None:
-        pop = fast.demand.popularity  # records were dropped along the way
+        assert fast._tree.evicted_blocks == ref._tree.evicted_blocks
+        assert fast._pool.free_count == ref._pool.free_count
+    assert fast._tree.evicted_blocks > 500  # the cache was full most of the time
+    if fast._demand.popularity is not None:
+        pop = fast._demand.popularity  # records were dropped along the way
         assert (pop.dropped_contents if half_life < 1 else pop.dropped_positions) > 0
 
 
@@ -125,17 +125,17 @@ def test_planned_demand_counted_at_the_first_eviction_evicts_like_counting_it_up
             plan = [eager.hashes("", p) for p in prompts]
             sizes = [len(p) + rng.randint(0, 3) for p in prompts]
             for h in plan:
-                eager.demand.planned.add(h)
+                eager._demand.planned.add(h)
             with eager.batch():
                 got_eager = [eager.allocate(n, "", p) for n, p in zip(sizes, prompts)]
             for h in plan:
-                eager.demand.planned.remove(h)
-            evicted = lazy.tree.evicted_blocks
+                eager._demand.planned.remove(h)
+            evicted = lazy._tree.evicted_blocks
             with lazy.batch(plan):
                 got_lazy = [lazy.allocate(n, "", p) for n, p in zip(sizes, prompts)]
-                assert bool(len(lazy.demand.planned)) == (lazy.tree.evicted_blocks > evicted and any(plan))
+                assert bool(len(lazy._demand.planned)) == (lazy._tree.evicted_blocks > evicted and any(plan))
             assert [g and g.blocks for g in got_eager] == [g and g.blocks for g in got_lazy]
-            assert not len(lazy.demand.planned)
+            assert not len(lazy._demand.planned)
             live += zip(prompts, got_eager, got_lazy)
         elif op < 0.8 and live:
             prompt, *pair = live.pop(rng.randrange(len(live)))
@@ -145,7 +145,7 @@ def test_planned_demand_counted_at_the_first_eviction_evicts_like_counting_it_up
         else:
             h = eager.hashes("", _prompt(rng))
             for a in (eager, lazy):
-                a.demand.queued.add(h)
+                a._demand.queued.add(h)
         assert eager.check_integrity() == lazy.check_integrity()
-        assert eager.tree.evicted_blocks == lazy.tree.evicted_blocks
-    assert lazy.tree.evicted_blocks > 300
+        assert eager._tree.evicted_blocks == lazy._tree.evicted_blocks
+    assert lazy._tree.evicted_blocks > 300

@@ -21,15 +21,15 @@ def _use(a: RadixAllocator, prompt: tuple[int, ...]) -> None:
 
 
 def _cached(a: RadixAllocator, prompts: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
-    return {name: a.tree.peek("", p)[1] for name, p in prompts.items()}
+    return {name: a._tree.peek("", p)[1] for name, p in prompts.items()}
 
 
 def _evict_one_by_one(a: RadixAllocator, prompts: Mapping[str, tuple[int, ...]]) -> list[str]:
     """Evict a block at a time; for each block, the prompt (no two share a block) whose cached length drops."""
     order: list[str] = []
     before = _cached(a, prompts)
-    while a.tree.cached_blocks:
-        assert a.tree.evict(1, a.policy) == 1
+    while a._tree.cached_blocks:
+        assert a._tree.evict(1, a._policy) == 1
         after = _cached(a, prompts)
         (dropped,) = [n for n in prompts if after[n] < before[n]]
         order.append(dropped)
@@ -54,11 +54,11 @@ def test_lru_cuts_a_leaf_from_its_tail_and_keeps_the_shared_parent() -> None:
     _use(a, long)
     _use(a, other)
     _use(a, A)
-    assert a.tree.evict(1, a.policy) == 1
-    assert a.tree.peek("", long)[1] == 2 and a.tree.peek("", other)[1] == 2
-    assert a.tree.evict(2, a.policy) == 2  # the rest of `long`, then `other`'s own block
-    assert a.tree.peek("", long)[1] == 1 and a.tree.peek("", other)[1] == 1
-    assert a.tree.peek("", A)[1] == 1
+    assert a._tree.evict(1, a._policy) == 1
+    assert a._tree.peek("", long)[1] == 2 and a._tree.peek("", other)[1] == 2
+    assert a._tree.evict(2, a._policy) == 2  # the rest of `long`, then `other`'s own block
+    assert a._tree.peek("", long)[1] == 1 and a._tree.peek("", other)[1] == 1
+    assert a._tree.peek("", A)[1] == 1
 
 
 def test_lfu_evicts_least_used_then_oldest() -> None:
@@ -82,7 +82,7 @@ def test_hotprefix_clock_decays_with_age() -> None:
     a = _alloc("hotprefix", hotprefix_max_age=4, hotprefix_decay_period=2)
     _use(a, A)
     _use(a, A)  # A: 1 reuse, clock 4
-    a.tree.tick += 40  # time passes: A's clock decays to 0
+    a._tree.tick += 40  # time passes: A's clock decays to 0
     _use(a, B)  # B: no reuse, fresh clock 4
     assert _evict_one_by_one(a, {"A": A, "B": B}) == ["A", "B"]
     lfu = _alloc("lfu")
@@ -95,7 +95,7 @@ def test_lookahead_lru_protects_the_window() -> None:
     a = _alloc("lookahead-lru")
     for p in (A, B, C):
         _use(a, p)
-    a.demand.lookahead.add(a.hashes("", A))
+    a._demand.lookahead.add(a.hashes("", A))
     assert _evict_one_by_one(a, SINGLE) == ["B", "C", "A"]
 
 
@@ -103,10 +103,10 @@ def test_dart_orders_by_planned_then_queued_demand_before_any_history() -> None:
     a = _alloc("dart")
     for p in (A, B, C, D):
         _use(a, p)
-    a.demand.planned.add(a.hashes("", A))
-    a.demand.queued.add(a.hashes("", B))
-    a.demand.queued.add(a.hashes("", B))
-    a.demand.queued.add(a.hashes("", C))
+    a._demand.planned.add(a.hashes("", A))
+    a._demand.queued.add(a.hashes("", B))
+    a._demand.queued.add(a.hashes("", B))
+    a._demand.queued.add(a.hashes("", C))
     assert _evict_one_by_one(a, {**SINGLE, "D": D}) == ["D", "C", "B", "A"]
 
 
@@ -114,14 +114,14 @@ def test_dart_never_evicts_active_nodes_and_cuts_undemanded_tails_first() -> Non
     a = _alloc("dart", num_blocks=8)
     prompt = (1, 1, 2, 2, 3, 3)
     _use(a, prompt)
-    a.demand.queued.add(a.hashes("", prompt)[:1])  # a waiting request needs only the first block
+    a._demand.queued.add(a.hashes("", prompt)[:1])  # a waiting request needs only the first block
     held = a.allocate(2, "", (4, 4))  # active, not cached yet
     assert held is not None
-    assert a.tree.evict(2, a.policy) == 2
-    assert a.tree.peek("", prompt)[1] == 1
+    assert a._tree.evict(2, a._policy) == 2
+    assert a._tree.peek("", prompt)[1] == 1
     running = a.allocate(2, "", (1, 1, 9))  # locks the first block
     assert running is not None and running.prefix_len == 2
-    assert a.tree.evict(5, a.policy) == 0
+    assert a._tree.evict(5, a._policy) == 0
     a.check_integrity()
 
 
@@ -134,7 +134,7 @@ def test_dart_ranks_undemanded_nodes_by_decayed_uses_then_keeps_demand_on_top() 
     a = _alloc("dart")
     for p in (A, A, A, B, C):
         _use(a, p)
-    a.demand.queued.add(a.hashes("", C))  # one waiting request outranks any history
+    a._demand.queued.add(a.hashes("", C))  # one waiting request outranks any history
     assert _evict_one_by_one(a, SINGLE) == ["B", "A", "C"]
 
 
@@ -150,12 +150,12 @@ def test_dart_heat_decays_with_the_blocks_inserted_since() -> None:
     a = _alloc("dart", dart_heat_half_life=0.1)  # a use counts half after ~3 inserted blocks
     _use(a, A)
     _use(a, A)  # 2 uses
-    a.tree.inserted_blocks += 100  # the cache has turned over many times since
+    a._tree.inserted_blocks += 100  # the cache has turned over many times since
     _use(a, B)  # 1 fresh use now outweighs A's 2 old ones
     assert _evict_one_by_one(a, {"A": A, "B": B}) == ["A", "B"]
     a = _alloc("dart")  # with the default half-life (3 capacities) the 2 uses still win
     _use(a, A)
     _use(a, A)
-    a.tree.inserted_blocks += 10
+    a._tree.inserted_blocks += 10
     _use(a, B)
     assert _evict_one_by_one(a, {"A": A, "B": B}) == ["B", "A"]

@@ -91,7 +91,7 @@ def test_dart_keeps_the_once_used_tail_made_of_widely_retrieved_blocks() -> None
         a.observe("", OTHER + HOT, a.hashes("", OTHER + HOT))  # HOT was retrieved elsewhere (never cached there)
         _serve(a, SYS + HOT)
         _serve(a, SYS + COLD)  # newer: with equal heat, recency keeps COLD
-        assert a.tree.evict(2, a.policy) == 2
-        hot, cold = a.tree.peek("", SYS + HOT)[1], a.tree.peek("", SYS + COLD)[1]
+        assert a._tree.evict(2, a._policy) == 2
+        hot, cold = a._tree.peek("", SYS + HOT)[1], a._tree.peek("", SYS + COLD)[1]
         assert (hot, cold) == ((3, 1) if weight else (2, 2))
-    assert a.demand.popularity is None  # weight 0: not even counted
+    assert a._demand.popularity is None  # weight 0: not even counted

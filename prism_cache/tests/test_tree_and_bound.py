@@ -25,13 +25,13 @@ def test_match_splits_inside_a_node_and_keeps_the_lower_handle() -> None:
     first = a.allocate(6, "", (1, 1, 2, 2, 3, 3))
     assert first is not None
     a.release(first, (1, 1, 2, 2, 3, 3))
-    (leaf,) = list(a.tree.nodes())
+    (leaf,) = list(a._tree.nodes())
     second = a.allocate(6, "", (1, 1, 2, 2, 9, 9))
     assert second is not None and second.prefix_len == 4
     assert second.node is not None and second.node is leaf.parent
     assert leaf.tokens == (3, 3) and leaf.lock == 0 and second.node.lock == 1
     a.release(second, (1, 1, 2, 2, 9, 9))
-    assert a.tree.node_count() == 3
+    assert a._tree.node_count() == 3
     a.check_integrity()
 
 
@@ -50,12 +50,12 @@ def test_namespaces_never_share_nodes() -> None:
     assert (
         again is not None and again.prefix_len == 4 and set(again.blocks[:2]) == set(blocks_by_ns["tenant-b"])
     )
-    assert a.tree.peek("tenant-c", prompt) == (None, 0)
+    assert a._tree.peek("tenant-c", prompt) == (None, 0)
     a.check_integrity()
 
 
 def _nodes_of(a: RadixAllocator, namespace: str) -> list[list[int]]:
-    stack, out = [a.tree.root(namespace)], []
+    stack, out = [a._tree.root(namespace)], []
     while stack:
         node = stack.pop()
         out.append(node.blocks)
@@ -111,7 +111,7 @@ def test_batched_evictions_match_one_scan_per_eviction(policy: str) -> None:
             plain.release(a, prompt)
             batched.release(b, prompt)
         assert plain.check_integrity() == batched.check_integrity()
-    assert batched.tree.evicted_blocks == plain.tree.evicted_blocks > 0
+    assert batched._tree.evicted_blocks == plain._tree.evicted_blocks > 0
 
 
 def test_cached_prefix_from_hashes_agrees_with_the_token_walk_through_splits_and_cuts() -> None:
@@ -123,9 +123,9 @@ def test_cached_prefix_from_hashes_agrees_with_the_token_walk_through_splits_and
     for _ in range(2000):
         ns = rng.choice(["", "t"])
         prompt = rng.choice(heads) + tuple(rng.randrange(3) for _ in range(rng.randint(1, 12)))
-        assert a.tree.cached_prefix_blocks(a.hashes(ns, prompt)) == a.tree.peek(ns, prompt)[1]
+        assert a._tree.cached_prefix_blocks(a.hashes(ns, prompt)) == a._tree.peek(ns, prompt)[1]
         got = a.allocate(len(prompt) + 1, ns, prompt)
         if got is not None:
             a.release(got, prompt)
         a.check_integrity()
-    assert a.tree.evicted_blocks > 500
+    assert a._tree.evicted_blocks > 500

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from prism_cache import Node
+from prism_cache.params import parse_knobs
 from router_py.scheduling.queue_scheduler import QueueScheduler
 from router_py.scheduling.batch_builder import Limits
-from router_py.scheduling.dedup import InBatchDedup
+from router_py.scheduling.dedup import InBatchDedup, InBatchDedupParams
 from router_py.scheduling.waiting import Waiting
 from router_py.scheduling.interface import SchedulerConfig
 
@@ -21,7 +22,7 @@ class DfsWeightScheduler(QueueScheduler):
 
     def __init__(self, config: SchedulerConfig) -> None:
         super().__init__(config)
-        self.dedup = InBatchDedup(config.params, config.block_size)
+        self.dedup = InBatchDedup(parse_knobs(InBatchDedupParams, config.params), config.block_size)
 
     def _order(self, now: float, limits: Limits) -> tuple[Iterable[Waiting], list[Waiting]]:
         if self.allocator is None:
@@ -29,11 +30,7 @@ class DfsWeightScheduler(QueueScheduler):
         parked: dict[Node | None, list[Waiting]] = {}
         weight: dict[Node, int] = {}
         for entry in self.queue:
-            node = (
-                self.allocator.tree.peek(entry.request.namespace, entry.tokens)[0]
-                if entry.hashes
-                else None
-            )
+            node = self.allocator.peek_node(entry.request.namespace, entry.tokens) if entry.hashes else None
             parked.setdefault(node, []).append(entry)
             while node is not None and node.parent is not None:
                 weight[node] = weight.get(node, 0) + 1

@@ -37,9 +37,12 @@ Within those bounds it can still wait on memory or budget (TGI's head-of-line se
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import chain
+from typing import ClassVar
 
 from prism_cache import DemandTable
+from prism_cache.params import parse_knobs
 from router_py.scheduling.queue_scheduler import QueueScheduler
 from router_py.scheduling.batch_builder import Limits
 from router_py.scheduling.waiting import Waiting
@@ -48,21 +51,36 @@ from router_py.scheduling.interface import SchedulerConfig
 WAIT_EWMA = 1 / 32  # weight of one admission in the mean queue wait (~ the last 32 admissions)
 
 
+@dataclass(frozen=True)
+class QasParams:
+    """``qas_*`` knobs. Raises ValueError on a window < 1 or a negative bound."""
+
+    PREFIX: ClassVar[str] = "qas_"
+    window: int = 32  # waiting requests ranked per step (the rest of the queue goes FIFO after them)
+    max_bypass: int = 128  # K: later arrivals that may be admitted before a waiting one
+    max_wait_s: float = 5.0  # T: after T seconds waiting, no later arrival goes first
+    wait_factor: float = 1.0  # age earlier, after this x the recent mean queue wait (<= T); 0 = T only
+    dedup: bool = True  # pioneer-only admission of an uncached shared segment
+    pioneer_weight: float = 0.0  # weight of a pioneer's future reuse in the hot lane's ranking
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.max_bypass < 0 or self.max_wait_s < 0 or self.wait_factor < 0:
+            raise ValueError("qas_window must be >= 1, qas_max_bypass, qas_max_wait_s, qas_wait_factor >= 0")
+
+
 class QasScheduler(QueueScheduler):
     name = "qas"
 
     def __init__(self, config: SchedulerConfig) -> None:
+        p = parse_knobs(QasParams, config.params)
         super().__init__(config)
-        p = config.params
-        self.window = int(p.get("qas_window", 32))
-        self.max_bypass = int(p.get("qas_max_bypass", 128))
-        self.max_wait_s = float(p.get("qas_max_wait_s", 5.0))
-        self.wait_factor = float(p.get("qas_wait_factor", 1.0))
+        self.window = p.window
+        self.max_bypass = p.max_bypass
+        self.max_wait_s = p.max_wait_s
+        self.wait_factor = p.wait_factor
         self.mean_wait = 0.0  # EWMA of admitted requests' queue waits (seconds)
-        self.dedup = bool(p.get("qas_dedup", 1))
-        self.pioneer_weight = float(p.get("qas_pioneer_weight", 0.0))
-        if self.window < 1 or self.max_bypass < 0 or self.max_wait_s < 0 or self.wait_factor < 0:
-            raise ValueError("qas_window must be >= 1, qas_max_bypass, qas_max_wait_s, qas_wait_factor >= 0")
+        self.dedup = p.dedup
+        self.pioneer_weight = p.pioneer_weight
         self.inflight: dict[
             int, int
         ] = {}  # segment hash -> id of its running pioneer (prompt not yet cached)
@@ -145,7 +163,7 @@ class QasScheduler(QueueScheduler):
         cached blocks: one probe when sharing ends there too (a segment reused from the cache, the usual
         case), instead of a binary search over the whole prompt."""
         assert self.allocator is not None
-        queued, pioneers, hashes = self.allocator.demand.queued.get, self._inflight_demand.get, entry.hashes
+        queued, pioneers, hashes = self.allocator.queued_demand, self._inflight_demand.get, entry.hashes
         lo, hi = cached_blocks, len(hashes)
         if lo == hi or queued(hashes[lo], 0) + pioneers(hashes[lo], 0) < 2:
             return lo

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prism_cache import Allocation, CacheStats, RadixAllocator
+from prism_cache import Allocation, CacheStats, PolicyConfig, RadixAllocator
 from router_py.scheduling.batch_builder import BatchBuilder, Built, Limits
 from router_py.scheduling.lookahead import LookaheadWindow
 from router_py.scheduling.waiting import Waiting, WaitingQueue
@@ -27,9 +27,8 @@ class QueueScheduler:
             self.allocator = RadixAllocator(
                 config.num_blocks,
                 config.block_size,
-                config.cache_policy,
+                PolicyConfig.parse(config.cache_policy, config.params),
                 config.prefix_caching,
-                config.params,
             )
         self.queue = WaitingQueue()
         self.running: dict[int, tuple[Waiting, Allocation | None]] = {}
@@ -49,8 +48,7 @@ class QueueScheduler:
             hashes = self.allocator.hashes(request.namespace, tokens)
         self.queue.push(request, tokens, hashes, uses_cache)
         if self.allocator is not None and hashes:
-            self.allocator.demand.queued.add(hashes)
-            self.allocator.observe(request.namespace, tokens, hashes)
+            self.allocator.enqueue(request.namespace, tokens, hashes)
         self._refresh_lookahead()
 
     def cancel(self, request_id: int) -> bool:
@@ -66,7 +64,7 @@ class QueueScheduler:
 
     def _dequeued(self, entry: Waiting) -> None:
         if self.allocator is not None and entry.hashes:
-            self.allocator.demand.queued.remove(entry.hashes)
+            self.allocator.dequeue(entry.hashes)
         if self.lookahead is not None:
             self.lookahead.leave(entry)
 
@@ -154,7 +152,7 @@ class QueueScheduler:
         """``entry``'s cached prefix in tokens, recomputed only when the tree changed since the last call."""
         if self.allocator is None or not entry.hashes:
             return 0
-        version = self.allocator.tree.version
+        version = self.allocator.version
         if entry.peek_version != version:
             entry.peek = self.allocator.peek(entry.hashes)
             entry.peek_version = version
@@ -172,10 +170,10 @@ class QueueScheduler:
             "evictions": 0,
         }
         if self.allocator is not None:
-            pool, tree = self.allocator.pool, self.allocator.tree
-            stats["blocks_total"] = pool.usable_blocks
-            stats["blocks_free"] = pool.free_count
-            stats["blocks_cached"] = tree.cached_blocks
-            stats["blocks_in_use"] = pool.usable_blocks - pool.free_count - tree.cached_blocks
-            stats["evictions"] = tree.evicted_blocks
+            sizes = self.allocator.sizes()
+            stats["blocks_total"] = sizes.total
+            stats["blocks_free"] = sizes.free
+            stats["blocks_cached"] = sizes.cached
+            stats["blocks_in_use"] = sizes.in_use
+            stats["evictions"] = sizes.evicted
         return stats

@@ -23,8 +23,8 @@ def _check(s: QueueScheduler, direct: dict[int, tuple[Allocation, tuple[int, ...
     cached = a.check_integrity()  # pool: free list <=> refcount 0, no negatives; tree: structure and locks
     live = [alloc for _, alloc in s.running.values() if alloc is not None] + [al for al, _ in direct.values()]
     holders = Counter(b for alloc in live for b in alloc.blocks)
-    for b in range(1, a.pool.num_blocks):
-        assert a.pool.refcount(b) == holders[b] + (b in cached), f"block {b} accounting"
+    for b in range(1, a._pool.num_blocks):
+        assert a._pool.refcount(b) == holders[b] + (b in cached), f"block {b} accounting"
     for alloc in live:
         n_prefix = alloc.prefix_len // a.block_size
         assert set(alloc.blocks[:n_prefix]) <= cached, "a locked prefix was evicted"
@@ -76,7 +76,7 @@ def test_churn_keeps_block_accounting(scheduler: str, policy: str, block_size: i
             else:
                 alloc.rollback(got)
         else:
-            alloc.tree.evict(rng.randint(1, 8), alloc.policy)
+            alloc._tree.evict(rng.randint(1, 8), alloc._policy)
         _check(s, direct)
     for rid in list(s.running):
         s.release(rid)

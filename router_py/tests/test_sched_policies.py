@@ -184,7 +184,7 @@ def test_no_prefix_cache_flag_disables_matching_and_demand() -> None:
         plan = s.next_batch(0.0, 10_000, 100_000)
         assert plan is not None and plan.admissions[0].cache_len == 0
         s.release(rid)
-    assert s.cache_stats()["blocks_cached"] == 0 and len(s.allocator.demand.queued) == 0
+    assert s.cache_stats()["blocks_cached"] == 0 and len(s.allocator._demand.queued) == 0
 
 
 def test_unknown_names_and_duplicate_ids_are_rejected() -> None:
@@ -200,5 +200,5 @@ def test_unknown_names_and_duplicate_ids_are_rejected() -> None:
         s.enqueue(SchedRequest(1, SYS, 1, 0.0), 0.0)
     assert (
         s.allocator is not None
-        and s.allocator.demand.queued.count(s.allocator.hashes("", tuple(SYS))[0]) == 1
+        and s.allocator._demand.queued.count(s.allocator.hashes("", tuple(SYS))[0]) == 1
     )
