@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol, Union
 
+DEFAULT_GENERATION_LENGTH = 1024  # max_new_tokens per shard request; longer generations continue (TGI)
+
 
 @dataclass(frozen=True)
 class SamplingParams:

@@ -12,13 +12,14 @@ import asyncio
 import ipaddress
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prism_cache import POLICY_NAMES
+from router_py import env
 from router_py.engine.backend_config import BackendConfig
 from router_py.engine.batcher import Batcher
 from router_py.router_config import RouterConfig
@@ -26,14 +27,15 @@ from router_py.launch.env_args import EnvArgs
 from router_py.backend_api import BackendInfo
 from router_py.metrics import Metrics
 from router_py.scheduling.interface import SchedulerConfig
+from router_py.scheduling.registry import SCHEDULERS as SCHEDULER_REGISTRY
 from router_py.shard_client.client import ShardClient, ShardError
 from router_py.shard_client.messages import ShardInfo
 from router_py.engine.warmup import StartupError, handshake
 
 log = logging.getLogger("router_py")
 
-SCHEDULERS = ("fcfs", "lpm", "dfs-weight", "qas")
-CACHE_POLICIES = ("lru", "lfu", "hotprefix", "lookahead-lru", "dart")
+SCHEDULERS = tuple(SCHEDULER_REGISTRY)  # the CLI's choices, read from the registries
+CACHE_POLICIES = POLICY_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,23 +149,14 @@ def router_config(args: argparse.Namespace, info: BackendInfo) -> RouterConfig:
         max_top_n_tokens=args.max_top_n_tokens,
         max_input_tokens=info.max_input_tokens,
         max_total_tokens=info.max_total_tokens,
-        max_batch_prefill_tokens=args.max_batch_prefill_tokens,
-        max_batch_total_tokens=info.max_batch_total_tokens,
-        max_batch_size=args.max_batch_size,
-        waiting_served_ratio=args.waiting_served_ratio,
-        max_waiting_tokens=args.max_waiting_tokens,
         max_client_batch_size=args.max_client_batch_size,
         payload_limit=args.payload_limit,
         api_key=args.api_key,
         cors_allow_origin=origins,
-        compute_type=os.environ.get("COMPUTE_TYPE", "gpu+optimized"),
-        disable_grammar_support=args.disable_grammar_support,
+        compute_type=env.compute_type(),
         tenant_header=args.tenant_header,
-        scheduler=args.scheduler,
-        cache_policy=args.cache_policy,
         prefix_caching=not args.no_prefix_cache,
-        scheduler_params=args.scheduler_params,
-        docker_label=os.environ.get("DOCKER_LABEL"),
+        docker_label=env.docker_label(),
     )
 
 
@@ -231,7 +224,7 @@ def setup_logging(json_output: bool) -> None:
     handler = logging.StreamHandler(sys.stdout)
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     handler.setFormatter(JsonFormatter() if json_output else logging.Formatter(fmt))
-    level = os.environ.get("LOG_LEVEL", "info").upper()
+    level = env.log_level()
     logging.basicConfig(level=level if level in ("DEBUG", "INFO", "WARNING", "WARN", "ERROR") else "INFO",
                         handlers=[handler])
 

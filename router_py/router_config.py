@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 VERSION = "3.3.6-dev0"  # TGI version we are wire-compatible with; reported in /info and OpenAPI
 ROUTER_NAME = "text-generation-router"
@@ -10,8 +10,10 @@ ROUTER_NAME = "text-generation-router"
 
 @dataclass(frozen=True)
 class RouterConfig:
-    """Limits and settings of one router process. ``max_input_tokens``/``max_total_tokens`` are the values
-    settled at Warmup (the shard may choose them); ``block_size`` never lives here: it comes from shard Info."""
+    """Limits and settings of the router's HTTP front. ``max_input_tokens``/``max_total_tokens`` are the values
+    settled at Warmup (the shard may choose them); batching limits live in
+    :class:`~router_py.engine.backend_config.BackendConfig`, scheduling in
+    :class:`~router_py.scheduling.interface.SchedulerConfig`; ``block_size`` comes from shard Info."""
 
     model_id: str = "prism-demo"
     model_pipeline_tag: str | None = "text-generation"
@@ -22,26 +24,16 @@ class RouterConfig:
     max_top_n_tokens: int = 5
     max_input_tokens: int = 4095
     max_total_tokens: int = 4096
-    max_batch_prefill_tokens: int = 4096
-    max_batch_total_tokens: int | None = None
-    max_batch_size: int | None = None
-    waiting_served_ratio: float = 0.3
-    max_waiting_tokens: int = 20
     max_client_batch_size: int = 4
     validation_workers: int = 2
     payload_limit: int = 2_000_000
     api_key: str | None = None
     cors_allow_origin: tuple[str, ...] = ()
     compute_type: str = "gpu+optimized"
-    disable_grammar_support: bool = False
     # Multi-tenancy: requests are put in a cache namespace from the API key (when one is configured) or
     # from this request header when the operator names one; None = one shared namespace.
     tenant_header: str | None = None
-    # PRISM
-    scheduler: str = "qas"
-    cache_policy: str = "dart"
-    prefix_caching: bool = True
-    scheduler_params: dict[str, float] = field(default_factory=dict)
+    prefix_caching: bool = True  # reported for operators; the scheduler's SchedulerConfig is what acts on it
     docker_label: str | None = None
     sha: str | None = None
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_GENERATION_LENGTH = 1024  # max_new_tokens per shard request; longer generations continue (TGI)
-
 
 @dataclass(frozen=True)
 class BackendConfig:

@@ -15,12 +15,9 @@ from typing import Any
 
 from router_py.router_config import RouterConfig
 from router_py.http.errors import FrameworkError, deserialize_error, validation_error
-from router_py.backend_api import SamplingParams, StoppingParams, ValidRequest
+from router_py.backend_api import DEFAULT_GENERATION_LENGTH, SamplingParams, StoppingParams, ValidRequest
 from router_py.tokenizer import Tokenizer, truncate_ids
 
-DEFAULT_GENERATION_LENGTH = (
-    1024  # the shard gets at most this many new tokens per request (the backend chunks)
-)
 GRAMMAR_TYPES = ("json", "json_object", "regex", "json_schema")
 
 

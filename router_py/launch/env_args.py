@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
+
+from router_py import env as environment
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -25,7 +26,7 @@ class EnvArgs:
 
     def add(self, flag: str, **kw: Any) -> None:
         env = env_name(flag)
-        raw = os.environ.get(env)
+        raw = environment.flag_value(env)
         if raw:
             kw["default"] = self._convert(flag, env, raw, kw)
         kw["help"] = f"{kw.get('help', '')} [env: {env}]".strip()

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from router_py import env
 from router_py.cli import CACHE_POLICIES, SCHEDULERS, setup_logging
 from router_py.launch.env_args import EnvArgs
 from router_py.launch.model_source import ModelSourceError, resolve_model
@@ -86,7 +87,7 @@ def shard_command(args: argparse.Namespace, model_dir: str) -> list[str]:
 
 def shard_env(args: argparse.Namespace, rank: int) -> dict[str, str]:
     return {
-        **os.environ, "RANK": str(rank), "WORLD_SIZE": str(args.num_shard),
+        **env.inherited(), "RANK": str(rank), "WORLD_SIZE": str(args.num_shard),
         "MASTER_ADDR": args.master_addr, "MASTER_PORT": str(args.master_port),
     }
 
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
             group.spawn(f"shard-{rank}", shard_command(args, model_dir), shard_env(args, rank))
         wait_for_sockets(group, paths, args.startup_timeout)
         log.info("shards ready; starting the router on %s:%d", args.hostname, args.port)
-        group.spawn("router", router_command(args, model_dir, model_id), dict(os.environ))
+        group.spawn("router", router_command(args, model_dir, model_id), env.inherited())
         return group.supervise()
     except RuntimeError as e:
         if not group.stopping:

@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from router_py import env
 from router_py.launch.process_group import executable
 
 DEMO_NAME = "demo-llama-tiny"
@@ -20,7 +21,7 @@ class ModelSourceError(Exception):
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("PRISM_CACHE_DIR") or "~/.cache/prism-serve").expanduser()
+    return Path(env.prism_cache_dir() or "~/.cache/prism-serve").expanduser()
 
 
 def resolve_model(model_id: str | None, revision: str | None = None) -> tuple[str, str]:

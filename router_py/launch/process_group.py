@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -17,10 +16,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from router_py import env
+
 log = logging.getLogger("router_py.launcher")
 
 PR_SET_PDEATHSIG = 1
-GRACE_S = float(os.environ.get("GRACEFUL_TERMINATION_TIMEOUT", "90"))
+GRACE_S = env.graceful_termination_timeout_s()
 
 
 def executable(name: str) -> str:

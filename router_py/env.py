@@ -1,0 +1,44 @@
+"""Every environment variable the router and the launcher read, in one place (TGI's names where TGI has them).
+
+Read at call time, never cached in module globals, so a test's ``monkeypatch.setenv`` takes effect. Flags with
+an environment fallback (``--max-input-tokens`` <- ``MAX_INPUT_TOKENS``) read through :func:`flag_value`.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def flag_value(name: str) -> str | None:
+    """The raw value of a flag's UPPER_SNAKE variable (None when unset)."""
+    return os.environ.get(name)
+
+
+def compute_type() -> str:
+    """``COMPUTE_TYPE``: reported in the ``x-compute-type`` header (TGI's default)."""
+    return os.environ.get("COMPUTE_TYPE", "gpu+optimized")
+
+
+def docker_label() -> str | None:
+    """``DOCKER_LABEL``: reported in ``/info``."""
+    return os.environ.get("DOCKER_LABEL")
+
+
+def log_level() -> str:
+    """``LOG_LEVEL`` (default ``info``), upper-cased."""
+    return os.environ.get("LOG_LEVEL", "info").upper()
+
+
+def prism_cache_dir() -> str | None:
+    """``PRISM_CACHE_DIR``: where the launcher builds the demo model (None or empty: the default)."""
+    return os.environ.get("PRISM_CACHE_DIR")
+
+
+def graceful_termination_timeout_s() -> float:
+    """``GRACEFUL_TERMINATION_TIMEOUT`` (TGI's, default 90 s): how long children get to stop."""
+    return float(os.environ.get("GRACEFUL_TERMINATION_TIMEOUT", "90"))
+
+
+def inherited() -> dict[str, str]:
+    """The whole environment, for the launcher's children to inherit."""
+    return dict(os.environ)
