@@ -29,6 +29,8 @@ from bench.cost_model import CostModel
 from bench.metrics import RequestRecord
 from bench.workloads.request import WorkloadRequest
 from bench.workloads.token_ids import prompt_token_ids
+from proto.chunking import prefill_len
+from router_py.engine.budgets import admission_budgets
 from router_py.scheduling.interface import Admission, BatchPlan, Scheduler, SchedRequest
 
 
@@ -61,11 +63,10 @@ class _Running:
 
     @property
     def next_len(self) -> int:
-        """Tokens the next forward computes for this request (shard.batch.RequestState.next_len)."""
+        """Tokens the next forward computes for this request (the shard's rule, :mod:`proto.chunking`)."""
         if not self.prefilling:
             return 1
-        rest = self.request.input_length - self.computed
-        return rest if self.first_chunk is None else min(self.first_chunk, rest)
+        return prefill_len(self.request.input_length, self.computed, self.first_chunk)
 
     @property
     def context(self) -> int:
@@ -147,15 +148,16 @@ class Simulator:
         self._enqueue_arrived()
         if self.scheduler.waiting_count() == 0:
             return False
-        max_size = self.config.max_batch_size
-        if max_size is not None:
-            max_size -= len(self.running)
-            if max_size <= 0:
-                return False
-        reserved = sum(r.reserved for r in self.running)
-        plan = self.scheduler.next_batch(
-            self.now, max(prefill_budget, 0), max(self.token_capacity - reserved, 0), max_size=max_size
+        budgets = admission_budgets(
+            prefill_budget,
+            self.token_capacity,
+            sum(r.reserved for r in self.running),
+            self.config.max_batch_size,
+            len(self.running),
         )
+        if budgets is None:
+            return False
+        plan = self.scheduler.next_batch(self.now, budgets.prefill, budgets.tokens, max_size=budgets.max_size)
         if plan is None:
             return False
         if self.on_plan is not None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from proto.chunking import prefill_len
+
 if TYPE_CHECKING:
     from shard.sampling import NextTokenChooser, StoppingCriteria
 
@@ -52,10 +54,8 @@ class RequestState:
     @property
     def next_len(self) -> int:
         """Tokens the next step computes for this request."""
-        if not self.prompt_done and self.chunk_len is not None:
-            return min(self.chunk_len, self.prompt_len - self.cache_len)
         if not self.prompt_done:
-            return self.prompt_len - self.cache_len
+            return prefill_len(self.prompt_len, self.cache_len, self.chunk_len)
         return len(self.token_ids) - self.cache_len
 
     def advance(self, computed: int) -> None:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from router_py import tracing
 from router_py.backend_api import DEFAULT_GENERATION_LENGTH
 from router_py.engine.backend_config import BackendConfig
+from router_py.engine.budgets import admission_budgets
 from router_py.engine.health import HealthCheck
 from router_py.backend_api import (
     BackendInfo,
@@ -195,17 +196,17 @@ class Batcher:
     def _next_plan(self, cached: CachedBatch | None, prefill_budget: int, min_size: int) -> BatchPlan | None:
         if self._scheduler.waiting_count() == 0:
             return None
-        batch_size = cached.size if cached is not None else 0
-        max_size = self._config.max_batch_size
-        if max_size is not None:
-            max_size -= batch_size
-            if max_size <= 0:
-                return None
-        token_budget = self.info.max_batch_total_tokens - (cached.max_tokens if cached is not None else 0)
-        if prefill_budget <= 0 or token_budget <= 0:
+        budgets = admission_budgets(
+            prefill_budget,
+            self.info.max_batch_total_tokens,
+            cached.max_tokens if cached is not None else 0,
+            self._config.max_batch_size,
+            cached.size if cached is not None else 0,
+        )
+        if budgets is None:
             return None
         plan = self._scheduler.next_batch(
-            self._clock(), prefill_budget, token_budget, max_size=max_size, min_size=min_size
+            self._clock(), budgets.prefill, budgets.tokens, max_size=budgets.max_size, min_size=min_size
         )
         self._metrics.set("tgi_queue_size", self._scheduler.waiting_count())
         return plan
