@@ -79,7 +79,7 @@ async def backend_latency(folder: str, args: argparse.Namespace) -> dict[str, di
     """p50/p99 of ``Backend.generate_stream`` alone (the batching loop, scheduler and gRPC hops)."""
     from router_py import cli
     from router_py.engine.batcher import Batcher
-    from router_py.backend_api import SamplingParams, StoppingParams, ValidRequest
+    from router_py.backend_api import ChooserParams, StoppingParams, ValidRequest
     from router_py.metrics import Metrics
     from router_py.scheduling.registry import make_scheduler
     from router_py.shard_client.client import ShardClient
@@ -97,7 +97,7 @@ async def backend_latency(folder: str, args: argparse.Namespace) -> dict[str, di
     batcher.start()
 
     async def once(max_new: int) -> float:
-        req = ValidRequest(inputs=PROMPT, input_ids=tuple(range(32)), truncate=32, sampling=SamplingParams(),
+        req = ValidRequest(inputs=PROMPT, input_ids=tuple(range(32)), truncate=32, sampling=ChooserParams(),
                            stopping=StoppingParams(max_new_tokens=max_new))
         start = time.perf_counter()
         async for _ in batcher.generate_stream(req):

@@ -17,7 +17,7 @@ DEFAULT_GENERATION_LENGTH = 1024  # max_new_tokens per shard request; longer gen
 
 
 @dataclass(frozen=True)
-class SamplingParams:
+class ChooserParams:
     """What the shard gets as NextTokenChooserParameters; defaults mean "off"."""
 
     temperature: float = 1.0
@@ -45,7 +45,7 @@ class ValidRequest:
     inputs: str  # the text sent to the shard in input_chunks (the shard tokenizes it again)
     input_ids: tuple[int, ...]  # router tokenization after truncation: what the prefix cache matches
     truncate: int
-    sampling: SamplingParams
+    sampling: ChooserParams
     stopping: StoppingParams
     add_special_tokens: bool = True
     decoder_input_details: bool = False  # = prefill_logprobs; bypasses the prefix cache (TGI)

@@ -23,10 +23,10 @@ from bench.workloads.request import WorkloadRequest, with_arrivals
 from bench.workloads.zipf_rag import ZipfRagParams, zipf_rag
 from router_py.engine.backend_config import BackendConfig
 from router_py.engine.batcher import Batcher
-from router_py.backend_api import BackendInfo, SamplingParams, StoppingParams, Token, ValidRequest
+from router_py.backend_api import BackendInfo, ChooserParams, StoppingParams, Token, ValidRequest
 from router_py.metrics import Metrics
 from router_py.scheduling.interface import BatchPlan, SchedRequest
-from router_py.shard_client.messages import CachedBatch, GeneratedText, Generation, ShardBatch, StepResult
+from router_py.shard_client.messages import CachedBatch, GeneratedText, Generation, RequestBatch, StepResult
 
 COST = make_cost_model("qwen3-4b-a800")
 PREFILL_BUDGET = 1024
@@ -63,7 +63,7 @@ class VirtualShard:
     def clock(self) -> float:
         return self.now
 
-    async def prefill(self, batch: ShardBatch, cached: CachedBatch | None = None) -> StepResult:
+    async def prefill(self, batch: RequestBatch, cached: CachedBatch | None = None) -> StepResult:
         new = [
             _Req(r.id, len(r.inputs.split()), r.max_new_tokens, r.cache_len, r.chunk_len, len(r.blocks))
             for r in batch.requests
@@ -149,7 +149,7 @@ async def _served(config: str, workload: list[WorkloadRequest]) -> list[list[tup
 
     async def consume(r: SchedRequest) -> None:
         valid = ValidRequest(" ".join(map(str, r.prompt_ids)), tuple(r.prompt_ids), r.input_length,
-                             SamplingParams(), StoppingParams(r.max_new_tokens))
+                             ChooserParams(), StoppingParams(r.max_new_tokens))
         async for _ in batcher.generate_stream(valid):
             pass
 

@@ -31,10 +31,10 @@ from router_py.backend_api import (
     ValidRequest,
 )
 from router_py.metrics import Metrics
-from router_py.engine.request_state import RequestState
+from router_py.engine.active_request import ActiveRequest
 from router_py.scheduling.interface import Admission, BatchPlan, SchedRequest, Scheduler
 from router_py.shard_client.client import ShardClient, ShardError
-from router_py.shard_client.messages import CachedBatch, Generation, ShardBatch, ShardRequest, StepResult
+from router_py.shard_client.messages import CachedBatch, Generation, RequestBatch, ShardRequest, StepResult
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Batcher:
         self._client, self._config, self._scheduler = client, config, scheduler
         self._metrics, self._encode, self._on_plan, self._clock = metrics, encode, on_plan, clock
         self._health = HealthCheck(client)
-        self._states: dict[int, RequestState] = {}  # by current round id
+        self._states: dict[int, ActiveRequest] = {}  # by current round id
         self._next_request_id = 0
         self._next_batch_id = 0
         self._wakeup = asyncio.Event()
@@ -88,7 +88,7 @@ class Batcher:
         self._states.clear()
 
     async def generate_stream(self, request: ValidRequest) -> AsyncIterator[InferEvent]:
-        state = RequestState(request=request, queued_at=self._clock())
+        state = ActiveRequest(request=request, queued_at=self._clock())
         self._submit(state, request.inputs, request.input_ids)
         try:
             while True:
@@ -106,7 +106,7 @@ class Batcher:
 
     # ---- queue side ------------------------------------------------------------------------------------
 
-    def _submit(self, state: RequestState, inputs: str, input_ids: Sequence[int]) -> None:
+    def _submit(self, state: ActiveRequest, inputs: str, input_ids: Sequence[int]) -> None:
         """Enqueue the next round of ``state`` under a fresh request id."""
         state.round_id, self._next_request_id = self._next_request_id, self._next_request_id + 1
         state.round_inputs = inputs
@@ -124,7 +124,7 @@ class Batcher:
         self._metrics.set("tgi_queue_size", self._scheduler.waiting_count())
         self._wakeup.set()
 
-    def _abandon(self, state: RequestState) -> None:
+    def _abandon(self, state: ActiveRequest) -> None:
         """The consumer stopped reading. Queued: cancel now; running: dropped at the next step."""
         if state.ended:
             return
@@ -294,7 +294,7 @@ class Batcher:
                 continue
             self._send(state, gen)
 
-    def _send(self, state: RequestState, gen: Generation) -> None:
+    def _send(self, state: ActiveRequest, gen: Generation) -> None:
         if state.prompt_done_round != gen.request_id:
             # First generation of this round: the whole prompt's KV is in the pool, so its full blocks can
             # be shared with waiting requests now rather than when this request finishes.
@@ -311,7 +311,7 @@ class Batcher:
             else:
                 state.emit(TokenEvent(token=token, top_tokens=top))
 
-    def _round_end(self, state: RequestState, gen: Generation, last: TokenEvent) -> None:
+    def _round_end(self, state: ActiveRequest, gen: Generation, last: TokenEvent) -> None:
         """The shard finished this round: continue past the 1,024 cap, or deliver the EndEvent."""
         done = gen.generated_text
         assert done is not None
@@ -328,7 +328,7 @@ class Batcher:
             started_at=state.started_at,
         ))
 
-    def _continue(self, state: RequestState, text: str, tokens: int) -> bool:
+    def _continue(self, state: ActiveRequest, text: str, tokens: int) -> bool:
         """Re-enqueue ``inputs + text`` for the next round when the client wants more and it still fits."""
         if tokens < state.tokens_before + state.round_max_new or tokens >= state.request.stopping.max_new_tokens:
             return False
@@ -342,7 +342,7 @@ class Batcher:
         self._submit(state, inputs, ids)
         return True
 
-    def _end(self, state: RequestState) -> None:
+    def _end(self, state: ActiveRequest) -> None:
         """The current round left its batch: release its blocks and forget its id."""
         self._states.pop(state.round_id, None)
         state.running = False
@@ -350,7 +350,7 @@ class Batcher:
 
     # ---- batches ---------------------------------------------------------------------------------------
 
-    def _shard_batch(self, plan: BatchPlan) -> ShardBatch:
+    def _shard_batch(self, plan: BatchPlan) -> RequestBatch:
         batch_id, self._next_batch_id = self._next_batch_id, self._next_batch_id + 1
         now = self._clock()
         requests = []
@@ -359,10 +359,10 @@ class Batcher:
             state.running = True
             state.started_at = state.started_at or now
             requests.append(self._shard_request(state, adm))
-        return ShardBatch(id=batch_id, requests=tuple(requests), max_tokens=plan.max_tokens,
+        return RequestBatch(id=batch_id, requests=tuple(requests), max_tokens=plan.max_tokens,
                           max_blocks=plan.max_blocks)
 
-    def _shard_request(self, state: RequestState, adm: Admission) -> ShardRequest:
+    def _shard_request(self, state: ActiveRequest, adm: Admission) -> ShardRequest:
         req = state.request
         continuing = state.tokens_before > 0
         return ShardRequest(

@@ -4,15 +4,15 @@ success makes the backend healthy again."""
 
 from __future__ import annotations
 
-from router_py.backend_api import SamplingParams
+from router_py.backend_api import ChooserParams
 from router_py.shard_client.client import ShardClient, ShardError
-from router_py.shard_client.messages import U64_MAX, ShardBatch, ShardRequest
+from router_py.shard_client.messages import U64_MAX, RequestBatch, ShardRequest
 
-PROBE_BATCH = ShardBatch(
+PROBE_BATCH = RequestBatch(
     id=U64_MAX,
     requests=(
         ShardRequest(
-            id=U64_MAX, inputs="liveness", truncate=1, sampling=SamplingParams(), max_new_tokens=1,
+            id=U64_MAX, inputs="liveness", truncate=1, sampling=ChooserParams(), max_new_tokens=1,
             blocks=(0,), slots=(0,), add_special_tokens=False,
         ),
     ),

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 
 from router_py.engine.backend_config import BackendConfig
-from router_py.backend_api import BackendInfo, SamplingParams
+from router_py.backend_api import BackendInfo, ChooserParams
 from router_py.shard_client.client import ShardClient
-from router_py.shard_client.messages import ShardBatch, ShardInfo, ShardRequest, WarmupResult
+from router_py.shard_client.messages import RequestBatch, ShardInfo, ShardRequest, WarmupResult
 
 log = logging.getLogger(__name__)
 
-WARMUP_SAMPLING = SamplingParams(
+WARMUP_SAMPLING = ChooserParams(
     temperature=0.9, top_k=10, top_p=0.9, typical_p=0.9, do_sample=False, seed=0,
     repetition_penalty=1.2, frequency_penalty=0.1, watermark=True,
 )
@@ -35,7 +35,7 @@ async def handshake(client: ShardClient, config: BackendConfig) -> tuple[Backend
     return settle(config, shard, result), shard
 
 
-def warmup_batch(config: BackendConfig) -> ShardBatch:
+def warmup_batch(config: BackendConfig) -> RequestBatch:
     """TGI's warmup batch: ``"_test " * truncate`` prompts whose truncations add up to the prefill budget, each
     at most ``max_input_tokens``, generating up to ``max_total_tokens`` (ignoring EOS) with every sampling
     feature on. Blocks and slots stay empty: the shard allocates for warmup itself.
@@ -58,7 +58,7 @@ def warmup_batch(config: BackendConfig) -> ShardBatch:
             )
         )
         n_tokens += truncate
-    return ShardBatch(id=0, requests=tuple(requests), max_tokens=config.max_input_tokens or 0, max_blocks=0)
+    return RequestBatch(id=0, requests=tuple(requests), max_tokens=config.max_input_tokens or 0, max_blocks=0)
 
 
 def settle(config: BackendConfig, shard: ShardInfo, result: WarmupResult) -> BackendInfo:

@@ -40,7 +40,7 @@ class Permits:
 
 
 @dataclass
-class Generation:
+class FinishedSequence:
     """One finished sequence, as collected from the backend's event stream."""
 
     request: ValidRequest
@@ -93,7 +93,7 @@ async def stream_events(backend: Backend, request: ValidRequest) -> AsyncGenerat
         await events.aclose()  # type: ignore[attr-defined]
 
 
-async def generate(backend: Backend, request: ValidRequest) -> Generation:
+async def generate(backend: Backend, request: ValidRequest) -> FinishedSequence:
     """Collect a whole generation; raises HttpError (424 generation, 500 incomplete_generation, ...)."""
     tokens: list[Token] = []
     tops: list[list[Token]] = []
@@ -107,13 +107,13 @@ async def generate(backend: Backend, request: ValidRequest) -> Generation:
             tops.append(list(event.top_tokens))
             if isinstance(event, EndEvent):
                 top_tokens = tops if any(tops) else []
-                return Generation(request, event, tokens, top_tokens, prefill)
+                return FinishedSequence(request, event, tokens, top_tokens, prefill)
     raise incomplete_generation()
 
 
 async def generate_best_of(
     backend: Backend, request: ValidRequest, best_of: int
-) -> tuple[Generation, list[Generation]]:
+) -> tuple[FinishedSequence, list[FinishedSequence]]:
     """Run ``best_of`` sampled sequences concurrently (each with its own random seed); the one with the
     highest mean token logprob wins, the others are returned in order as TGI's ``best_of_sequences``."""
     requests = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from router_py.http.generation_runner import Generation, Timings
+from router_py.http.generation_runner import FinishedSequence, Timings
 from router_py.backend_api import EndEvent, Token, TokenEvent
 
 
@@ -21,7 +21,7 @@ def full_text(inputs: str, generated: str, return_full_text: bool) -> str:
     return inputs + generated if return_full_text else generated
 
 
-def _sequence_details(gen: Generation) -> dict[str, Any]:
+def _sequence_details(gen: FinishedSequence) -> dict[str, Any]:
     out: dict[str, Any] = {
         "finish_reason": gen.end.finish_reason,
         "generated_tokens": gen.end.generated_tokens,
@@ -35,11 +35,11 @@ def _sequence_details(gen: Generation) -> dict[str, Any]:
 
 
 def generate_response(
-    gen: Generation,
+    gen: FinishedSequence,
     inputs: str,
     return_full_text: bool,
     details: bool,
-    others: list[Generation] | None = None,
+    others: list[FinishedSequence] | None = None,
 ) -> dict[str, Any]:
     """``GenerateResponse``: ``details`` present only when asked (details or decoder_input_details)."""
     body: dict[str, Any] = {"generated_text": full_text(inputs, gen.end.generated_text, return_full_text)}

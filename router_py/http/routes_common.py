@@ -21,7 +21,7 @@ from router_py.http.errors import (
     unauthorized,
     unsupported_media_type,
 )
-from router_py.http.generation_runner import Generation, Permits, Timings
+from router_py.http.generation_runner import FinishedSequence, Permits, Timings
 from router_py.backend_api import Backend
 from router_py.metrics import Metrics
 from router_py.tokenizer import Tokenizer
@@ -42,7 +42,7 @@ class AppState:
     def record_failure(self, err: HttpError) -> None:
         self.metrics.inc("tgi_request_failure", err=err.metric_label)
 
-    def record_success(self, gen: Generation, timings: Timings) -> None:
+    def record_success(self, gen: FinishedSequence, timings: Timings) -> None:
         """TGI's per-request success metrics (durations in seconds)."""
         m = self.metrics
         m.observe("tgi_request_duration", timings.total)

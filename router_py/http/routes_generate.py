@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 
 from router_py import tracing
 from router_py.http.errors import HttpError, deserialize_error, incomplete_generation, validation_error
-from router_py.http.generation_runner import Generation, Timings, generate, generate_best_of, stream_events
+from router_py.http.generation_runner import FinishedSequence, Timings, generate, generate_best_of, stream_events
 from router_py.backend_api import EndEvent, PrefillTokens, TokenEvent, ValidRequest
 from router_py.http.responses import (
     generate_response,
@@ -65,7 +65,7 @@ async def run_generate(
     traceparent: Context | None = None,
     add_special_tokens: bool = True,
     span_name: str = "generate",
-) -> tuple[Generation, list[Generation], Timings]:
+) -> tuple[FinishedSequence, list[FinishedSequence], Timings]:
     """Validate and run a non-streamed request (best_of included); records the request metrics except the
     request count (the caller's, once per HTTP request)."""
     best_of = req.parameters.best_of if req.parameters.best_of is not None else 1
@@ -166,7 +166,7 @@ async def _stream_body(
         if isinstance(event, EndEvent):
             final = stream_final_event(index, event, req.inputs, run.valid.input_length, full, p.details)
             yield tgi_event(final)
-            state.record_success(Generation(run.valid, event), run.timings(start, event))
+            state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
         else:
             yield tgi_event(stream_token_event(index, event))
 

@@ -34,7 +34,7 @@ from router_py.http.openai_completions import (
 )
 from router_py.http.openai_chat import openai_finish_reason
 from router_py.http.routes_common import AppState, now, read_json, state_of
-from router_py.http.generation_runner import Generation
+from router_py.http.generation_runner import FinishedSequence
 from router_py.http.routes_generate import open_stream, run_generate
 from router_py.http.sse import OPENAI_DONE, sse_response, tgi_event
 from router_py.http.validation import GenerateRequest, tenant_namespace
@@ -86,7 +86,7 @@ async def _chat_events(
             async for run, event in open_stream(state, gen_req, namespace, add_special_tokens=False):
                 yield tgi_event(chat_chunk(state.config, created, event, req.logprobs, None))
                 if isinstance(event, EndEvent):
-                    state.record_success(Generation(run.valid, event), run.timings(start, event))
+                    state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
                     if req.include_usage:
                         totals = usage(run.valid.input_length, event.generated_tokens)
                         yield tgi_event(chat_chunk(state.config, created, None, False, totals))
@@ -128,7 +128,7 @@ async def _completion_events(
                 finish = openai_finish_reason(event.finish_reason) if isinstance(event, EndEvent) else None
                 yield tgi_event(completion_chunk(state.config, created, index, event.token.text, finish))
                 if isinstance(event, EndEvent):
-                    state.record_success(Generation(run.valid, event), run.timings(start, event))
+                    state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
     except HttpError as err:
         state.record_failure(err)
         yield _error_event(err)

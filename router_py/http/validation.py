@@ -15,7 +15,7 @@ from typing import Any
 
 from router_py.router_config import RouterConfig
 from router_py.http.errors import FrameworkError, deserialize_error, validation_error
-from router_py.backend_api import DEFAULT_GENERATION_LENGTH, SamplingParams, StoppingParams, ValidRequest
+from router_py.backend_api import DEFAULT_GENERATION_LENGTH, ChooserParams, StoppingParams, ValidRequest
 from router_py.tokenizer import Tokenizer, truncate_ids
 
 GRAMMAR_TYPES = ("json", "json_object", "regex", "json_schema")
@@ -238,7 +238,7 @@ class Validator:
             namespace=namespace,
         )
 
-    def _sampling(self, p: GenerateParameters) -> SamplingParams:
+    def _sampling(self, p: GenerateParameters) -> ChooserParams:
         best_of = p.best_of if p.best_of is not None else 1
         sampling = p.do_sample or any(v is not None for v in (p.temperature, p.top_k, p.top_p, p.typical_p))
         if best_of > 1 and not sampling:
@@ -252,7 +252,7 @@ class Validator:
         typical_p = _open_unit(p.typical_p, "typical_p")
         if p.top_k is not None and p.top_k <= 0:
             raise validation_error("`top_k` must be strictly positive")
-        return SamplingParams(
+        return ChooserParams(
             temperature=temperature,
             top_k=p.top_k or 0,
             top_p=top_p,

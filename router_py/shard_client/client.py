@@ -23,7 +23,7 @@ from router_py.shard_client.messages import (
     CachedBatch,
     GeneratedText,
     Generation,
-    ShardBatch,
+    RequestBatch,
     ShardInfo,
     ShardRequest,
     StepResult,
@@ -115,7 +115,7 @@ class ShardClient:
 
     async def warmup(
         self,
-        batch: ShardBatch,
+        batch: RequestBatch,
         max_input_tokens: int | None,
         max_prefill_tokens: int,
         max_total_tokens: int | None,
@@ -139,7 +139,7 @@ class ShardClient:
         ]
         return min(results, key=_warmup_key)
 
-    async def prefill(self, batch: ShardBatch, cached: CachedBatch | None = None) -> StepResult:
+    async def prefill(self, batch: RequestBatch, cached: CachedBatch | None = None) -> StepResult:
         """Prefill a new batch; with ``cached`` (chunking shards) the shard merges it after ``cached``."""
         req = pb.PrefillRequest(batch=_batch_to_pb(batch))
         if cached is not None:
@@ -219,7 +219,7 @@ def _request_to_pb(r: ShardRequest) -> pb.Request:
     return msg
 
 
-def _batch_to_pb(b: ShardBatch) -> pb.Batch:
+def _batch_to_pb(b: RequestBatch) -> pb.Batch:
     return pb.Batch(
         id=b.id,
         requests=[_request_to_pb(r) for r in b.requests],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from router_py.backend_api import SamplingParams, Token
+from router_py.backend_api import ChooserParams, Token
 
 U64_MAX = 2**64 - 1  # request and batch id of the health probe (TGI)
 
@@ -33,7 +33,7 @@ class ShardRequest:
     id: int
     inputs: str
     truncate: int
-    sampling: SamplingParams
+    sampling: ChooserParams
     max_new_tokens: int
     stop_sequences: tuple[str, ...] = ()
     ignore_eos_token: bool = False
@@ -48,7 +48,7 @@ class ShardRequest:
 
 
 @dataclass(frozen=True)
-class ShardBatch:
+class RequestBatch:
     id: int
     requests: tuple[ShardRequest, ...]
     max_tokens: int

@@ -17,7 +17,7 @@ from router_py.backend_api import (
     InferError,
     InferEvent,
     PrefillTokens,
-    SamplingParams,
+    ChooserParams,
     StoppingParams,
     TokenEvent,
     ValidRequest,
@@ -41,7 +41,7 @@ def request(prompt: str, max_new_tokens: int = 8, **kw) -> ValidRequest:
     ids = tuple(encode(prompt))
     stop = kw.pop("stop", ())
     return ValidRequest(
-        inputs=prompt, input_ids=ids, truncate=kw.pop("truncate", len(ids)), sampling=SamplingParams(),
+        inputs=prompt, input_ids=ids, truncate=kw.pop("truncate", len(ids)), sampling=ChooserParams(),
         stopping=StoppingParams(max_new_tokens=max_new_tokens, stop_sequences=stop), **kw,
     )
 

@@ -11,9 +11,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from router_py import tracing
 from router_py.engine.backend_config import BackendConfig
-from router_py.backend_api import SamplingParams
+from router_py.backend_api import ChooserParams
 from router_py.shard_client.client import ShardClient, ShardError
-from router_py.shard_client.messages import ShardBatch, ShardInfo, ShardRequest, WarmupResult
+from router_py.shard_client.messages import RequestBatch, ShardInfo, ShardRequest, WarmupResult
 from router_py.shard_client.fake_shard import FakeCluster, FakeOptions
 from router_py.engine.warmup import StartupError, settle, warmup_batch
 
@@ -31,13 +31,13 @@ async def two(tmp_path: Path) -> AsyncIterator[tuple[FakeCluster, ShardClient]]:
     await cluster.stop()
 
 
-def batch(batch_id: int, n: int, max_new: int = 3) -> ShardBatch:
+def batch(batch_id: int, n: int, max_new: int = 3) -> RequestBatch:
     reqs = tuple(
-        ShardRequest(id=batch_id * 10 + i, inputs=f"p {i}", truncate=2, sampling=SamplingParams(seed=i),
+        ShardRequest(id=batch_id * 10 + i, inputs=f"p {i}", truncate=2, sampling=ChooserParams(seed=i),
                      max_new_tokens=max_new, blocks=(1 + i,), slots=(16 * (1 + i),), cache_len=0)
         for i in range(n)
     )
-    return ShardBatch(id=batch_id, requests=reqs, max_tokens=2 * n, max_blocks=1)
+    return RequestBatch(id=batch_id, requests=reqs, max_tokens=2 * n, max_blocks=1)
 
 
 async def test_discovery_connects_to_every_shard(two) -> None:
@@ -80,7 +80,7 @@ async def test_prefill_tokens_nan_becomes_none(two) -> None:
     _, client = two
     b = batch(0, 1)
     req = b.requests[0]
-    b = ShardBatch(id=0, requests=(ShardRequest(**{**req.__dict__, "prefill_logprobs": True}),), max_tokens=2,
+    b = RequestBatch(id=0, requests=(ShardRequest(**{**req.__dict__, "prefill_logprobs": True}),), max_tokens=2,
                    max_blocks=1)
     gen = (await client.prefill(b)).generations[0]
     assert [t.logprob for t in gen.prefill_tokens] == [None, -1.0]

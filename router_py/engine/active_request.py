@@ -17,7 +17,7 @@ from router_py.backend_api import InferError, InferEvent, ValidRequest
 
 
 @dataclass
-class RequestState:
+class ActiveRequest:
     request: ValidRequest
     queued_at: float
     round_id: int = -1  # id of the current shard Request (scheduler and shard key)
