@@ -59,7 +59,7 @@ class DemandTable(Watched):
         counts = self._counts
         try:
             for h in hashes:
-                c = counts[h]  # NOTE: stored counts are >= 1; a subscript is a third cheaper than get + test
+                c = counts[h]  # NOTE: stored counts are >= 1; a subscript is cheaper than get + test
                 if c == 1:
                     del counts[h]
                 else:

@@ -55,9 +55,8 @@ class RadixTree:
         self.evicted_blocks = 0
         self.version = 0  # bumped whenever blocks enter or leave the tree (cached peeks compare it)
         self._roots: dict[str, Node] = {}
-        # NOTE: each node by its first block's hash, so cached_prefix_blocks walks node to node; an index of
-        # every cached block's hash cost one set insert per inserted block (a cache miss each in a big set:
-        # half of a 3,072-token insert) and one removal per evicted block.
+        # NOTE: each node by its first block's hash, so cached_prefix_blocks walks node to node (an index of
+        # every cached block's hash would cost a set insert per inserted block and a removal per evicted one)
         self._heads: dict[int, Node] = {}
         self._index = EvictionIndex()
 

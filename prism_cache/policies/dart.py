@@ -13,9 +13,7 @@ popularity of the tail block's path
 (:mod:`prism_cache.popularity`: how often the contents along that path were asked for, anywhere in a prompt),
 then recency. Per block, so that long single-use tails (a request's own passages and question) go before short
 shared segments; popularity, so that of two tails used once, the one made of widely retrieved passages stays.
-On zipf-rag heat adds about 4 points of hit rate over the recency tie-break and popularity about 0.6 more; on
-the multi-turn Mooncake replay, where a session's long prompt is reused once by its next turn, heat costs some
-(docs/benchmarks.md).
+What each term is worth, measured: docs/performance.md, "Why the cache code looks the way it does".
 """
 
 from __future__ import annotations
@@ -79,10 +77,8 @@ class DartPolicy:
         the eviction cut (a binary search over this contract) may then take a few tail blocks more or fewer than
         the exact rule would (only tail blocks, and the same ones in the persistent heap as in a rebuilt one).
         The length is rounded down to a power of four so that the key of a node being cut changes only
-        O(log n) times, in steps of 4x: with ln(n) exactly, two long tails of equal heat were cut one block
-        each in turn (each cut copied the node's token tuple: a Mooncake replay 4x slower); with powers of two,
-        a full cache's eviction still interleaved ~16 partial cuts per scheduling step (qas+dart micro-
-        benchmark; 10 with powers of four, and the same hit rates in the simulator within 0.02 points)."""
+        O(log n) times, in steps of 4x: otherwise two long tails of equal heat are cut one block each in turn,
+        and every cut costs (docs/performance.md)."""
         h = node.hashes[n_blocks - 1]
         demand = W_ACTIVE * node.lock + W_PLANNED * self._planned(h, 0) + W_QUEUED * self._queued(h, 0)
         record = self._record_of(h)

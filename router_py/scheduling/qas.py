@@ -1,7 +1,7 @@
 """``qas`` (PRISM's query-aware scheduler): a hot lane that admits requests sharing the most valuable segment
 together, and a FIFO cold lane; co-designed with DART.
 
-Each step looks at the first ``qas_window`` waiting requests (arrival order; default 32; the rest of the queue
+Each step looks at the first :attr:`QasParams.window` waiting requests (arrival order; the rest of the queue
 is offered FIFO after them, so a step costs O(window), not O(queue)). For each it finds its *segment*: its
 longest prefix that is cached or shared with another waiting request (binary search over DART's queued demand,
 which never increases along a prompt's chain of blocks), named by the segment's last block hash. Requests with
@@ -10,17 +10,17 @@ the same segment form a group whose value is the prefill it saves:
     reuse = g * cached_tokens + w * (g - 1) * (segment_tokens - cached_tokens)      g = group size
 
 The first term is realised now (the segment is in the tree: retention feeds admission); the second only after a
-pioneer has prefilled the segment, weighted by ``qas_pioneer_weight`` w (default 0: on the Mooncake replay,
-promoting pioneers ahead of the cold lane cost 0.45 pp of hit rate; see the trace-replay section of docs/benchmarks.md).
+pioneer has prefilled the segment, weighted by :attr:`QasParams.pioneer_weight` w (off by default: what
+promoting pioneers costs is in docs/benchmarks.md, trace replay).
 
 Order offered to TGI's admission loop (which stops at the first request that does not fit):
   1. aged requests (FIFO): waited longer than the wait bound (:meth:`QasScheduler.wait_bound`: the recent
-     mean queue wait x ``qas_wait_factor`` (default 1), capped at ``qas_max_wait_s`` (default 5.0)) or passed
-     over by ``qas_max_bypass`` later arrivals (default 128);
+     mean queue wait x ``qas_wait_factor``, capped at ``qas_max_wait_s``) or passed over by ``qas_max_bypass``
+     later arrivals;
   2. hot lane: groups with reuse > 0, by reuse (ties: oldest member). A group whose segment is fully cached is
      admitted whole; otherwise only its oldest member (the pioneer) goes, and the rest wait until the pioneer's
      prompt is in the tree (prefill_done or release) -- the segment is prefilled once, not once per member
-     (``qas_dedup``, default 1; 0 admits whole groups at once);
+     (``qas_dedup``; 0 admits whole groups at once);
   3. cold lane, in arrival order: requests sharing nothing, and pioneers of groups with no reuse yet.
 
 The co-design, as in the paper: the planned batch (the prefix of this order that fits the prefill budget) is
@@ -104,7 +104,7 @@ class QasScheduler(QueueScheduler):
 
     def wait_bound(self) -> float:
         """A request that has waited longer than this is aged: ``qas_max_wait_s`` T, or with
-        ``qas_wait_factor`` f > 0 (default 1) the smaller of T and f x the recent mean queue wait. Tied to
+        ``qas_wait_factor`` f > 0 the smaller of T and f x the recent mean queue wait. Tied to
         load because a fixed T is the P99 near the knee (the cold lane waits T while hot groups go first);
         with the mean wait, the cold lane stays near FIFO while queues are short and reordering grows with
         the queue. Never above T, so the starvation bound holds. Waits of 0 (no clock: the replay) never
