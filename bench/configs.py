@@ -32,7 +32,8 @@ def parse_configs(text: str) -> list[str]:
 
 def make(config: str, num_blocks: int, block_size: int, params: dict[str, float] | None = None) -> Scheduler:
     """The router's scheduler for ``config`` over a KV cache of ``num_blocks`` blocks."""
-    from router_py.scheduling.registry import make_scheduler  # NOTE: lazy, the PRISM package may land after bench
+    # NOTE: lazy, the PRISM package may land after bench
+    from router_py.scheduling.registry import make_scheduler
 
     sched, _, policy = canonical(config).partition("+")
     return make_scheduler(

@@ -5,7 +5,7 @@ only the public methods below; the pool, the tree and the demand tables are priv
     enqueue / dequeue          a request's prompt enters / leaves the queue (queued demand, popularity)
     lookahead_enter / _leave   ... enters / leaves the look-ahead window (look-ahead demand, refresh)
     peek, version              the cached prefix of a waiting request (and when to recompute it)
-    batch(planned)             allocations of one batch; the planned batch's blocks protected from its evictions
+    batch(planned)             one batch's allocations; the planned batch protected from its evictions
 
     allocate(tokens, prompt)   match -> touch -> lock -> take ceil((tokens - prefix_len) / bs) fresh blocks,
                                evicting by the retention policy if short; all or nothing
@@ -81,12 +81,13 @@ class RadixAllocator:
         self._tree = RadixTree(self._pool, block_size, half_life)
         popularity = None
         if config.uses_popularity:
-            popularity = SegmentPopularity(self._pool.usable_blocks, half_life, block_size, self._kept_positions)
+            capacity = self._pool.usable_blocks
+            popularity = SegmentPopularity(capacity, half_life, block_size, self._kept_positions)
         self._demand = Demand(popularity)
         self._policy = make_policy(config, self._demand)
         self.uses_lookahead = config.uses_lookahead  # the policy reads look-ahead demand (keep a window)
-        # NOTE: count of waiting requests covering a block hash, as a bound dict lookup ``(h, 0)``: QAS reads it
-        # in a binary search per waiting request
+        # NOTE: count of waiting requests covering a block hash, as a bound dict lookup ``(h, 0)``: QAS reads
+        # it in a binary search per waiting request
         self.queued_demand: Callable[[int, int], int] = self._demand.queued.get
         self.block_size = block_size
         self.prefix_caching = prefix_caching

@@ -2,9 +2,10 @@
 
 For a ``stable_keys`` policy the heap persists between evictions: every change that can move a leaf's key
 (touch, lock, unlock, split, insert, a demand change on its last block) marks the node dirty (an eviction
-re-pushes the nodes it cuts exactly, see :meth:`EvictionIndex.push`), and a sync voids the dirty nodes' entries
-and re-keys only them, so a full cache costs O(changes) per eviction instead of O(leaves). Other policies get a
-fresh heap per eviction. Entries are ``(key, id, seq, node)``; an entry with ``seq < node.valid_from`` is void.
+re-pushes the nodes it cuts exactly, see :meth:`EvictionIndex.push`), and a sync voids the dirty nodes'
+entries and re-keys only them, so a full cache costs O(changes) per eviction instead of O(leaves). Other
+policies get a fresh heap per eviction. Entries are ``(key, id, seq, node)``; one with ``seq <
+node.valid_from`` is void.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ Entry = tuple["Key", int, int, Node]
 
 class _TailWatch:
     """Takes a demand table's changed hashes for the eviction heap, keeping only current leaf tails (the only
-    hashes demand keys read). A hash that becomes a tail later needs no record: a node whose tail changes is
-    re-keyed then (a cut re-pushes it, a new leaf or a parent left a leaf is marked or pushed), so a sync never
-    intersects every changed hash with the tails."""
+    hashes demand keys read). A hash that becomes a tail later needs no record: a node whose tail changes
+    is re-keyed then (a cut re-pushes it, a new leaf or a parent left a leaf is marked or pushed), so a sync
+    never intersects every changed hash with the tails."""
 
     def __init__(self, tails: set[int], changed: set[int]) -> None:
         self.tails, self.changed = tails, changed

@@ -1,5 +1,5 @@
-"""What a generate.v3 Request's ``cache_len`` and ``chunk_len`` ask of the shard, as arithmetic both sides use:
-the shard to run it, the router's simulator (:mod:`bench.simulator`) to predict it. Pure, standard library only.
+"""What a generate.v3 Request's ``cache_len`` and ``chunk_len`` ask of the shard, as arithmetic both sides
+use: the shard to run it, the router's simulator (:mod:`bench.simulator`) to predict it. Standard library only.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ ROUTER_NAME = "text-generation-router"
 
 @dataclass(frozen=True)
 class RouterConfig:
-    """Limits and settings of the router's HTTP front. ``max_input_tokens``/``max_total_tokens`` are the values
-    settled at Warmup (the shard may choose them); batching limits live in
+    """Limits and settings of the router's HTTP front. ``max_input_tokens``/``max_total_tokens`` are the
+    values settled at Warmup (the shard may choose them); batching limits live in
     :class:`~router_py.engine.backend_config.BackendConfig`, scheduling in
     :class:`~router_py.scheduling.interface.SchedulerConfig`; ``block_size`` comes from shard Info."""
 

@@ -28,7 +28,8 @@ def _defined_private(trees: dict[Path, ast.Module]) -> set[str]:
     out: set[str] = set()
     for tree in trees.values():
         for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and _private(node.name):
+            named = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            if named and _private(node.name):
                 out.add(node.name)
             elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and _private(node.attr):
                 out.add(node.attr)
@@ -80,7 +81,8 @@ def test_no_private_access_across_packages() -> None:
 def test_the_check_sees_a_reach_into_the_cache() -> None:
     trees = _sources("router_py")
     probe = ROOT / "router_py" / "probe.py"
-    trees[probe] = ast.parse("import argparse\ndef f(allocator):\n    return allocator._tree, argparse._ActionsContainer\n")
+    code = "import argparse\ndef f(allocator):\n    return allocator._tree, argparse._ActionsContainer\n"
+    trees[probe] = ast.parse(code)
     assert _violations("router_py", trees) == ["router_py/probe.py:3 reaches allocator._tree"]
     trees[probe] = ast.parse("from prism_cache.radix_tree import _Hidden\n")
     assert _violations("router_py", trees) == ["router_py/probe.py:1 imports prism_cache.radix_tree._Hidden"]

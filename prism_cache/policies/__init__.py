@@ -1,5 +1,6 @@
-"""Retention policies by name (``lru``, ``lfu``, ``hotprefix``, ``lookahead-lru``, ``dart``), built from a typed
-:class:`PolicyConfig`. The registry says what each policy needs (segment popularity); no caller checks names."""
+"""Retention policies by name (``lru``, ``lfu``, ``hotprefix``, ``lookahead-lru``, ``dart``), built from a
+typed :class:`PolicyConfig`. The registry says what each policy needs (segment popularity, a look-ahead
+window), so no caller checks a policy's name."""
 
 from __future__ import annotations
 
@@ -82,4 +83,6 @@ def make_policy(config: PolicyConfig, demand: Demand) -> RetentionPolicy:
     return POLICIES[config.name].build(demand, config)
 
 
-__all__ = ["POLICIES", "POLICY_KNOBS", "POLICY_NAMES", "Key", "PolicyConfig", "RetentionPolicy", "make_policy"]
+__all__ = [
+    "POLICIES", "POLICY_KNOBS", "POLICY_NAMES", "Key", "PolicyConfig", "RetentionPolicy", "make_policy",
+]

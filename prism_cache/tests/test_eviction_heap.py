@@ -1,4 +1,4 @@
-"""The persistent eviction heap (prism_cache.eviction_index) against one rebuilt from every leaf at each sync."""
+"""The persistent eviction heap (prism_cache.eviction_index) against one rebuilt from all leaves at each sync."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def _allocator(policy: str, half_life: float = 3.0) -> RadixAllocator:
     # small popularity bounds, so that the churn prunes its contents (a short half-life) or positions (a long one)
     a = RadixAllocator(48, BS, policy, params={"dart_heat_half_life": half_life})
     if a._demand.popularity is not None:
-        a._demand.popularity._bound = a._demand.popularity._content_limit = a._demand.popularity._path_limit = 6
+        pop = a._demand.popularity
+        pop._bound = pop._content_limit = pop._path_limit = 6
     return a
 
 

@@ -1,1 +1,1 @@
-"""The engine: the batching loop that drives the shards, per-request state, the startup handshake and health."""
+"""The engine: the batching loop that drives the shards, per-request state, budgets, startup and health."""

@@ -1,8 +1,9 @@
 """SGLang's in-batch prefix deduplication, over chained block hashes.
 
 A request whose cached match is at most ``check_threshold`` tokens but whose first ``deprioritize_threshold``
-tokens (rounded up to whole blocks; both :class:`InBatchDedupParams`) equal those of a request earlier in the order is moved behind the others, so only that earlier "pioneer" computes the shared prefix in
-this batch and the rest reuse it from the cache in a later one.
+tokens (rounded up to whole blocks; both :class:`InBatchDedupParams`) equal those of a request earlier in the
+order is moved behind the others, so only that earlier "pioneer" computes the shared prefix in this batch and
+the rest reuse it from the cache in a later one.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """PCR's look-ahead window, kept incrementally for the ``lookahead-lru`` policy.
 
-The next W waiting requests (arrival order; W = :attr:`LookaheadParams.window`) count as look-ahead demand on each of their blocks, and their cached path is refreshed
-(touched) when they enter the window. Maintenance is O(W) per queue change.
+The next W waiting requests (arrival order; W = :attr:`LookaheadParams.window`) count as look-ahead demand on
+each of their blocks, and their cached path is refreshed (touched) when they enter the window. Maintenance is O(W) per queue change.
 """
 
 from __future__ import annotations

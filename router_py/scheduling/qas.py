@@ -9,8 +9,8 @@ the same segment form a group whose value is the prefill it saves:
 
     reuse = g * cached_tokens + w * (g - 1) * (segment_tokens - cached_tokens)      g = group size
 
-The first term is realised now (the segment is in the tree: retention feeds admission); the second only after a
-pioneer has prefilled the segment, weighted by :attr:`QasParams.pioneer_weight` w (off by default: what
+The first term is realised now (the segment is in the tree: retention feeds admission); the second only after
+a pioneer has prefilled the segment, weighted by :attr:`QasParams.pioneer_weight` w (off by default: what
 promoting pioneers costs is in docs/benchmarks.md, trace replay).
 
 Order offered to TGI's admission loop (which stops at the first request that does not fit):

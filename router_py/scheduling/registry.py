@@ -1,16 +1,17 @@
 """Schedulers by name: ``fcfs`` (TGI), ``lpm`` and ``dfs-weight`` (SGLang), ``qas`` (PRISM).
 
-Every scheduler is a pure synchronous object implementing :class:`router_py.scheduling.interface.Scheduler`; time is
-passed in. Besides the protocol they offer ``prefill_done(request_id)``: call it when a request's first token
+Every scheduler is a pure synchronous object implementing :class:`router_py.scheduling.interface.Scheduler`;
+time is passed in. Besides the protocol they offer ``prefill_done(request_id)``: call it when a request's first token
 comes back (its prompt KV is complete) to publish the prompt to the prefix cache at once rather than at release
 (optional; QAS's in-batch dedup then releases the followers of a pioneer a step later instead of when the
 pioneer finishes).
 
-``SchedulerConfig.params`` holds the flat ``--scheduler-param`` knobs; each key is ``PREFIX + field`` of one of
-the typed knob classes in :data:`KNOBS`, where its default and meaning are documented (an unknown key is a
+``SchedulerConfig.params`` holds the flat ``--scheduler-param`` knobs; each key is ``PREFIX + field`` of one
+of the typed knob classes in :data:`KNOBS`, where its default and meaning are documented (an unknown key is a
 ValueError): :class:`~router_py.scheduling.qas.QasParams`, :class:`~router_py.scheduling.lpm.LpmParams`,
-:class:`~router_py.scheduling.dedup.InBatchDedupParams`, :class:`~router_py.scheduling.lookahead.LookaheadParams`,
-and the cache policies' :data:`prism_cache.policies.POLICY_KNOBS`.
+:class:`~router_py.scheduling.dedup.InBatchDedupParams`,
+:class:`~router_py.scheduling.lookahead.LookaheadParams`, and the cache policies'
+:data:`prism_cache.policies.POLICY_KNOBS`.
 """
 
 from __future__ import annotations
