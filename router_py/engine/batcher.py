@@ -17,11 +17,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 from router_py import tracing
-from router_py.backend_api import DEFAULT_GENERATION_LENGTH
 from router_py.engine.backend_config import BackendConfig
 from router_py.engine.budgets import admission_budgets
 from router_py.engine.health import HealthCheck
 from router_py.backend_api import (
+    DEFAULT_GENERATION_LENGTH,
     BackendInfo,
     EndEvent,
     InferError,
