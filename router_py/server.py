@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from router_py.config import RouterConfig
 from router_py.errors import deserialize_error
+from router_py.http_guard import HttpGuard
 from router_py.infer import Permits
 from router_py.infer_types import Backend
 from router_py.metrics import Metrics
@@ -89,7 +90,7 @@ def create_app(backend: Backend, tokenizer: Tokenizer, config: RouterConfig, met
         allow_methods=["GET", "POST"],
         allow_headers=["content-type"],
     )
-    app = Starlette(routes=_routes(), middleware=[cors])
+    app = Starlette(routes=_routes(), middleware=[Middleware(HttpGuard), cors])
     app.state.prism = AppState(
         backend=backend,
         tokenizer=tokenizer,
