@@ -73,3 +73,14 @@ def test_loads_matches_json_for_ordinary_bodies() -> None:
     assert json_body.loads(escaped) == {"inputs": "\\ud800 is text"}
     brackets_in_strings = json.dumps({"inputs": "[" * 500}).encode()
     assert json_body.loads(brackets_in_strings) == {"inputs": "[" * 500}
+
+
+def test_chat_message_with_null_content_is_a_template_error() -> None:
+    """Found by the fuzzer against the demo model, whose template concatenates ``'<|role|>' + content``: a
+    null content raised TypeError (500); it is a template error (422) as in TGI."""
+    from router_py.chat_template import ChatTemplate, ChatTemplateError
+
+    template = ChatTemplate("{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] }}{% endfor %}",
+                            "<s>", "</s>")
+    with pytest.raises(ChatTemplateError):
+        template.render([{"role": "user", "content": None}])
