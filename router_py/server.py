@@ -11,7 +11,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from router_py.config import RouterConfig
 from router_py.errors import deserialize_error
@@ -19,7 +20,7 @@ from router_py.http_guard import HttpGuard
 from router_py.infer import Permits
 from router_py.infer_types import Backend
 from router_py.metrics import Metrics
-from router_py.openapi import SWAGGER_PAGE, openapi_document
+from router_py.openapi import SWAGGER_ASSETS, SWAGGER_PAGE, openapi_document, swagger_assets_dir
 from router_py.routes_common import AppState, handled, protected, read_json
 from router_py.routes_generate import (
     compat_generate,
@@ -59,11 +60,21 @@ async def docs_route(request: Request) -> Response:
     return HTMLResponse(SWAGGER_PAGE)
 
 
-def _routes() -> list[Route]:
+async def root_route(request: Request) -> Response:
+    """``GET /`` is the health check, ``POST /`` TGI's compat generate: one route, so a 405 on ``/`` lists
+    both methods in ``Allow``."""
+    if request.method == "POST":
+        return await _compat_generate(request)
+    return await health_route(request)
+
+
+_compat_generate = protected(compat_generate)
+
+
+def _routes() -> list[Route | Mount]:
     post = ["POST"]
     return [
-        Route("/", health_route, methods=["GET"]),
-        Route("/", protected(compat_generate), methods=post),
+        Route("/", root_route, methods=["GET", "POST"]),
         Route("/generate", protected(generate_route), methods=post),
         Route("/generate_stream", protected(generate_stream_route), methods=post),
         Route("/v1/chat/completions", protected(chat_completions_route), methods=post),
@@ -79,6 +90,7 @@ def _routes() -> list[Route]:
         Route("/v1/models", models_route, methods=["GET"]),
         Route("/api-doc/openapi.json", openapi_route, methods=["GET"]),
         Route("/docs", docs_route, methods=["GET"]),
+        Mount(SWAGGER_ASSETS, StaticFiles(directory=swagger_assets_dir()), name="swagger-ui"),
     ]
 
 
