@@ -15,6 +15,7 @@ import copy
 import json
 import random
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -143,34 +144,55 @@ class Report:
                 f"{len(self.findings)} findings, slowest {self.slowest[0]:.2f} s ({self.slowest[1][:100]})")
 
 
-def run(url: str, seed: int, n: int, timeout_s: float = TIMEOUT_S) -> Report:
-    """Send the cases over one keep-alive client (an error must not break the connection for the next)."""
+def run(url: str, seed: int, n: int, timeout_s: float = TIMEOUT_S, concurrency: int = 4) -> Report:
+    """Send the cases from ``concurrency`` workers, each over one keep-alive client (an error must not break
+    the connection for the worker's next request); hostile requests share batches with ordinary ones."""
     report = Report()
-    with httpx.Client(base_url=url, timeout=timeout_s) as client:
-        for case in cases(seed, n):
-            start = time.monotonic()
-            try:
-                with client.stream(case.method, case.path, content=case.body, headers=case.headers) as r:
-                    body = r.read()
-                status = r.status_code
-            except httpx.TimeoutException:
-                report.findings.append(f"HANG after {timeout_s:.0f} s: {case.describe()}")
-                continue
-            except httpx.TransportError as e:
-                report.findings.append(f"TRANSPORT {type(e).__name__}: {case.describe()}")
-                continue
-            took = time.monotonic() - start
-            report.statuses[status] += 1
-            report.slowest = max(report.slowest, (took, case.describe()))
-            if status >= 500 or b'"http_status_code":5' in body or b'"error_type":"internal"' in body:
-                report.findings.append(f"{status} {body[:200]!r}: {case.describe()}")
+    all_cases = list(cases(seed, n))
+    lock = threading.Lock()
+
+    def worker(mine: list[Case]) -> None:
+        with httpx.Client(base_url=url, timeout=timeout_s) as client:
+            for case in mine:
+                outcome = _send(client, case, timeout_s)
+                with lock:
+                    _record(report, case, *outcome)
+
+    threads = [threading.Thread(target=worker, args=(all_cases[i::concurrency],)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     return report
+
+
+def _send(client: httpx.Client, case: Case, timeout_s: float) -> tuple[int | None, bytes, float, str]:
+    start = time.monotonic()
+    try:
+        with client.stream(case.method, case.path, content=case.body, headers=case.headers) as r:
+            body = r.read()
+        return r.status_code, body, time.monotonic() - start, ""
+    except httpx.TimeoutException:
+        return None, b"", time.monotonic() - start, f"HANG after {timeout_s:.0f} s"
+    except httpx.TransportError as e:
+        return None, b"", time.monotonic() - start, f"TRANSPORT {type(e).__name__}"
+
+
+def _record(report: Report, case: Case, status: int | None, body: bytes, took: float, failure: str) -> None:
+    if status is None:
+        report.findings.append(f"{failure}: {case.describe()}")
+        return
+    report.statuses[status] += 1
+    report.slowest = max(report.slowest, (took, case.describe()))
+    if status >= 500 or b'"http_status_code":5' in body or b'"error_type":"internal"' in body:
+        report.findings.append(f"{status} {body[:200]!r}: {case.describe()}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--url", default=None, help="fuzz a running server instead of launching one")
     args = parser.parse_args(argv)
     stack = None
@@ -181,11 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack(STACK_ARGS).wait_healthy()
     try:
         start = time.monotonic()
-        report = run(args.url or stack.url, args.seed, args.requests)
+        report = run(args.url or stack.url, args.seed, args.requests, concurrency=args.concurrency)
         health = httpx.get(f"{args.url or stack.url}/health", timeout=TIMEOUT_S).status_code
         for finding in report.findings:
             print(finding)
-        print(f"seed {args.seed}: {report.summary()}; /health {health}; {time.monotonic() - start:.0f} s")
+        print(f"seed {args.seed}, {args.concurrency} workers: {report.summary()}; /health {health}; "
+              f"{time.monotonic() - start:.0f} s")
         return 1 if report.findings or health != 200 else 0
     finally:
         if stack is not None:
