@@ -137,11 +137,12 @@ def cases(seed: int, n: int) -> Iterator[Case]:
 class Report:
     statuses: Counter = field(default_factory=Counter)
     findings: list[str] = field(default_factory=list)
+    generation_errors: list[str] = field(default_factory=list)  # 424s: a shard failure (not a finding here)
     slowest: tuple[float, str] = (0.0, "")
 
     def summary(self) -> str:
         return (f"{sum(self.statuses.values())} requests, statuses {dict(sorted(self.statuses.items()))}, "
-                f"{len(self.findings)} findings, slowest {self.slowest[0]:.2f} s ({self.slowest[1][:100]})")
+                f"{len(self.findings)} findings, {len(self.generation_errors)} generation errors, slowest {self.slowest[0]:.2f} s ({self.slowest[1][:100]})")
 
 
 def run(url: str, seed: int, n: int, timeout_s: float = TIMEOUT_S, concurrency: int = 4) -> Report:
@@ -186,6 +187,8 @@ def _record(report: Report, case: Case, status: int | None, body: bytes, took: f
     report.slowest = max(report.slowest, (took, case.describe()))
     if status >= 500 or b'"http_status_code":5' in body or b'"error_type":"internal"' in body:
         report.findings.append(f"{status} {body[:200]!r}: {case.describe()}")
+    elif status == 424 or b'"http_status_code":424' in body or b'"error_type":"generation"' in body:
+        report.generation_errors.append(f"{status} {body[:160]!r}: {case.describe()}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         health = httpx.get(f"{args.url or stack.url}/health", timeout=TIMEOUT_S).status_code
         for finding in report.findings:
             print(finding)
+        for error in report.generation_errors:
+            print("generation error (not a finding):", error)
         print(f"seed {args.seed}, {args.concurrency} workers: {report.summary()}; /health {health}; "
               f"{time.monotonic() - start:.0f} s")
         return 1 if report.findings or health != 200 else 0
