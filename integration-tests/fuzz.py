@@ -1,5 +1,5 @@
 """A seeded HTTP fuzzer for the launched stack: every route, valid bodies mutated with hostile values, broken
-JSON, wrong methods and content types. A finding is a 5xx or a request that does not finish in time.
+JSON, odd headers, wrong methods and content types. A finding is a 5xx or a request that does not finish in time.
 
 CI runs a bounded slice (``test_fuzz_e2e.py``). The longer run launches its own stack (or targets ``--url``):
 
@@ -50,12 +50,18 @@ RAW = [b"", b"{", b"[", b"null", b"42", b'"s"', b"{}", b"[]", b'{"inputs": }', b
        b'{"inputs": "x"' + b" " * 1000 + b"}", b'{"inputs": "' + b"\\" + b'"}']
 
 
+HEADERS = [("traceparent", "00-zz-yy-01"), ("traceparent", "ff-" + "0" * 32 + "-" + "0" * 16 + "-00"),
+           ("traceparent", "00-" + "a" * 32 + "-" + "b" * 16 + "-01"), ("authorization", "Bearer \u00e9"),
+           ("authorization", "x" * 4000), ("x-tenant", "é" * 10), ("accept", "text/event-stream"),
+           ("content-encoding", "gzip"), ("expect", "100-continue"), ("x-request-id", "\u65e5\u672c")]
+
+
 @dataclass
 class Case:
     method: str
     path: str
     body: bytes | None = None
-    headers: dict[str, str] = field(default_factory=lambda: {"content-type": "application/json"})
+    headers: dict[str, str | bytes] = field(default_factory=lambda: {"content-type": "application/json"})
 
     def describe(self) -> str:
         body = (self.body or b"")[:160]
@@ -130,7 +136,11 @@ def cases(seed: int, n: int) -> Iterator[Case]:
         else:
             path = rng.choice(POST_ROUTES)
             body = _mutate(rng, _valid_body(rng, path))
-            yield Case("POST", path, json.dumps(body, ensure_ascii=rng.random() < 0.5).encode())
+            case = Case("POST", path, json.dumps(body, ensure_ascii=rng.random() < 0.5).encode())
+            if rng.random() < 0.15:
+                key, value = rng.choice(HEADERS)
+                case.headers[key] = value.encode("utf-8")  # NOTE: raw UTF-8 bytes on the wire
+            yield case
 
 
 @dataclass
@@ -155,7 +165,10 @@ def run(url: str, seed: int, n: int, timeout_s: float = TIMEOUT_S, concurrency: 
     def worker(mine: list[Case]) -> None:
         with httpx.Client(base_url=url, timeout=timeout_s) as client:
             for case in mine:
-                outcome = _send(client, case, timeout_s)
+                try:
+                    outcome = _send(client, case, timeout_s)
+                except Exception as e:  # noqa: BLE001 - the client refused to send it: a fuzzer bug, reported
+                    outcome = (None, b"", 0.0, f"CLIENT {type(e).__name__} {e}")
                 with lock:
                     _record(report, case, *outcome)
 
@@ -176,7 +189,7 @@ def _send(client: httpx.Client, case: Case, timeout_s: float) -> tuple[int | Non
     except httpx.TimeoutException:
         return None, b"", time.monotonic() - start, f"HANG after {timeout_s:.0f} s"
     except httpx.TransportError as e:
-        return None, b"", time.monotonic() - start, f"TRANSPORT {type(e).__name__}"
+        return None, b"", time.monotonic() - start, f"TRANSPORT {type(e).__name__} {e}"
 
 
 def _record(report: Report, case: Case, status: int | None, body: bytes, took: float, failure: str) -> None:
