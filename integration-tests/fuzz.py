@@ -1,5 +1,6 @@
 """A seeded HTTP fuzzer for the launched stack: every route, valid bodies mutated with hostile values, broken
-JSON, odd headers, wrong methods and content types. A finding is a 5xx or a request that does not finish in time.
+JSON, odd headers, wrong methods and content types. A finding is a 5xx or a request that does not finish in
+time.
 
 CI runs a bounded slice (``test_fuzz_e2e.py``). The longer run launches its own stack (or targets ``--url``):
 
@@ -69,7 +70,8 @@ class Case:
 
 
 def _prompt(rng: random.Random) -> str:
-    words = ["hello", "world", "the", "fox", "é", "日本", "\U0001F600", "<s>", "</s>", "\n", "{{", "}}", " "]
+    words = ["hello", "world", "the", "fox", "é", "日本", "\U0001F600", "<s>", "</s>", "\n", "{{", "}}",
+             " "]
     return "".join(rng.choice(words) + rng.choice(["", " "]) for _ in range(rng.randint(0, 40)))
 
 
@@ -129,8 +131,8 @@ def cases(seed: int, n: int) -> Iterator[Case]:
         elif roll < 0.26:
             yield Case("POST", rng.choice(POST_ROUTES), _nested(rng))
         elif roll < 0.30:
-            ctype = rng.choice(["text/plain", "", "application/x-www-form-urlencoded", "application/json; x=y",
-                                "application/problem+json"])
+            ctype = rng.choice(["text/plain", "", "application/x-www-form-urlencoded",
+                                "application/json; x=y", "application/problem+json"])
             path = rng.choice(POST_ROUTES)
             yield Case("POST", path, json.dumps(_valid_body(rng, path)).encode(), {"content-type": ctype})
         else:
@@ -152,7 +154,8 @@ class Report:
 
     def summary(self) -> str:
         return (f"{sum(self.statuses.values())} requests, statuses {dict(sorted(self.statuses.items()))}, "
-                f"{len(self.findings)} findings, {len(self.generation_errors)} generation errors, slowest {self.slowest[0]:.2f} s ({self.slowest[1][:100]})")
+                f"{len(self.findings)} findings, {len(self.generation_errors)} generation errors, "
+                f"slowest {self.slowest[0]:.2f} s ({self.slowest[1][:100]})")
 
 
 def run(url: str, seed: int, n: int, timeout_s: float = TIMEOUT_S, concurrency: int = 4) -> Report:

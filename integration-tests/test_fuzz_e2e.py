@@ -33,8 +33,8 @@ def test_fuzzed_requests_get_no_5xx_and_never_hang(fuzz_stack: Stack) -> None:
     while fuzz_stack.metric('prism_prefix_cache_blocks{state="in_use"}') != 0:
         assert time.monotonic() < deadline, "KV blocks still in use after the fuzz run"
         time.sleep(0.1)
-    r = httpx.post(f"{fuzz_stack.url}/generate", json={"inputs": "hello", "parameters": {"max_new_tokens": 3}},
-                   timeout=60)
+    normal = {"inputs": "hello", "parameters": {"max_new_tokens": 3}}
+    r = httpx.post(f"{fuzz_stack.url}/generate", json=normal, timeout=60)
     assert r.status_code == 200
 
 
@@ -52,7 +52,8 @@ def test_keep_alive_connection_survives_every_error(fuzz_stack: Stack, path: str
     """On ONE raw connection: each malformed body gets a 4xx, and the connection still answers the next."""
     with socket.create_connection(("127.0.0.1", fuzz_stack.port), timeout=30) as sock:
         reader = sock.makefile("rb")
-        for body in MALFORMED + [b'{"inputs": "hi", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}']:
+        ordinary = b'{"inputs": "hi", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}'
+        for body in MALFORMED + [ordinary]:
             sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
             status_line = reader.readline()

@@ -34,7 +34,9 @@ async def test_nesting_within_serde_limit_is_parsed(client: httpx.AsyncClient) -
 @pytest.mark.parametrize("path", ["/tokenize", "/generate", "/generate_stream", "/v1/completions",
                                   "/v1/chat/completions", "/chat_tokenize", "/"])
 @pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "a\\ud83d", "\\ude00b"])
-async def test_lone_surrogates_are_refused_everywhere(client: httpx.AsyncClient, path: str, escape: str) -> None:
+async def test_lone_surrogates_are_refused_everywhere(
+    client: httpx.AsyncClient, path: str, escape: str
+) -> None:
     bodies = [
         f'{{"inputs": "{escape}"}}',
         f'{{"inputs": "x", "parameters": {{"stop": "{escape}"}}}}',  # echoed in a deserialize error
@@ -52,7 +54,9 @@ async def test_surrogate_pairs_are_fine(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200 and r.json()
 
 
-async def test_unexpected_exception_is_a_json_500_and_logged(backend, tokenizer, config, metrics, caplog) -> None:
+async def test_unexpected_exception_is_a_json_500_and_logged(
+    backend, tokenizer, config, metrics, caplog
+) -> None:
     app = create_app(backend, tokenizer, config, metrics)
 
     async def broken(scope, receive, send):

@@ -1,6 +1,6 @@
 """OpenAI and TGI edges (issue 16 item 8): completions streaming honours ``stream_options.include_usage``;
-``n`` > 1 is refused clearly; ``Allow`` on ``/`` lists GET and POST; the OpenAPI document is valid 3.0 (checked
-with openapi-spec-validator); ``/docs`` serves Swagger UI from the package, no CDN."""
+``n`` > 1 is refused clearly; ``Allow`` on ``/`` lists GET and POST; the OpenAPI document is valid 3.0
+(checked with openapi-spec-validator); ``/docs`` serves Swagger UI from the package, no CDN."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ async def test_n_above_one_is_refused_clearly_and_one_is_served(client: httpx.As
                                                                  body: dict) -> None:
     r = await client.post(path, json={**body, "n": 3})
     assert r.status_code == 422
-    assert r.json() == {"error": "Input validation error: `n` must be 1: one choice per request is supported. "
-                                 "Given: 3", "error_type": "validation"}
+    message = "Input validation error: `n` must be 1: one choice per request is supported. Given: 3"
+    assert r.json() == {"error": message, "error_type": "validation"}
     for n in (1, None):
         ok = await client.post(path, json={**body, "n": n})
         assert ok.status_code == 200 and len(ok.json()["choices"]) == 1
