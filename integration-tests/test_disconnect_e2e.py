@@ -1,6 +1,7 @@
-"""Clients that leave (issue 16 item 4), against the real stack: a non-streamed request whose client
-disconnected leaves the batch within a step or two (not at the end of its 1,024-token round), its blocks
-return, and the router logs no "Task was destroyed but it is pending!"."""
+"""Clients that leave and long generations (issue 16 item 4), against the real stack: a non-streamed request
+whose client disconnected leaves the batch within a step or two (not at the end of its 1,024-token round), its
+blocks return, the router logs no "Task was destroyed but it is pending!", and a generation past 3,072 tokens
+gets every token it asked for."""
 
 from __future__ import annotations
 
@@ -59,3 +60,16 @@ def test_streams_dropped_mid_way_log_no_pending_task(stack: Stack) -> None:
     _wait_idle(stack, 10.0)
     time.sleep(0.5)
     assert "Task was destroyed but it is pending" not in stack.process.log_tail(200_000)
+
+
+def test_generation_past_3072_tokens_is_not_cut_short(stack: Stack) -> None:
+    """With the demo model, "once upon a time" generates text whose re-tokenization is longer than the tokens
+    generated: the fourth round's prompt no longer fit and the generation stopped at 3,072 with ``length``."""
+    prompt = "once upon a time"
+    n_input = len(httpx.post(f"{stack.url}/tokenize", json={"inputs": prompt}).json())
+    body = {"inputs": prompt, "parameters": {"max_new_tokens": 4000, "details": True}}
+    details = httpx.post(f"{stack.url}/generate", json=body, timeout=600).json()["details"]
+    info = httpx.get(f"{stack.url}/info").json()
+    assert n_input + 4000 <= info["max_total_tokens"]
+    # greedy on the fixed-seed demo model: no EOS in these 4,000 tokens
+    assert (details["finish_reason"], details["generated_tokens"]) == ("length", 4000)

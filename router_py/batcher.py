@@ -362,20 +362,22 @@ class Batcher:
         ))
 
     def _continue(self, state: RequestState, text: str, tokens: int) -> bool:
-        """Re-enqueue ``inputs + text`` for the next round when the client wants more and it still fits. The
-        round is shortened to what ``max_total_tokens`` leaves: re-tokenizing the text so far may count more
-        tokens than were generated, and the last round must not be refused for that."""
+        """Re-enqueue ``inputs + text`` for the next round when the client wants more. Re-tokenizing the text so
+        far may count more tokens than were generated (generated tokens are not always the canonical
+        tokenization of their text, e.g. partial UTF-8 decoded as U+FFFD), so the round's prompt is cut from the
+        left (TGI's ``truncate``) to what ``max_input_tokens`` and ``max_total_tokens`` leave; before, such
+        generations ended early with ``length`` (often right at 3,072 tokens)."""
         if tokens < state.tokens_before + state.round_max_new or tokens >= state.request.stopping.max_new_tokens:
             return False
         req = state.request
         inputs = req.inputs + text
         ids = self._encode(inputs, req.add_special_tokens)
-        room = self.info.max_total_tokens - len(ids)
-        wanted = min(req.stopping.max_new_tokens - tokens, DEFAULT_GENERATION_LENGTH, room)
-        if len(ids) > self.info.max_input_tokens or wanted <= 0:
+        wanted = min(req.stopping.max_new_tokens - tokens, DEFAULT_GENERATION_LENGTH)
+        keep = min(len(ids), self.info.max_input_tokens, self.info.max_total_tokens - wanted)
+        if keep <= 0:
             return False
         state.text_before, state.tokens_before = text, tokens
-        self._submit(state, inputs, ids, wanted)
+        self._submit(state, inputs, ids[len(ids) - keep :], wanted)
         return True
 
     def _end(self, state: RequestState) -> None:

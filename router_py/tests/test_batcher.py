@@ -154,21 +154,22 @@ async def test_long_generation_continues_past_1024_in_one_stream(stack: Stack) -
     await drained(stack)
 
 
-async def test_last_round_is_shortened_to_fit_when_retokenizing_counts_more(tmp_path: Path) -> None:
-    """Re-tokenizing ``inputs + text so far`` can count more tokens than were generated; the last round must
-    then be shortened to what max_total_tokens leaves, not refused (which ended generations past 3,072 tokens
-    with ``length``)."""
+async def test_continuation_prompt_is_cut_when_retokenizing_counts_more(tmp_path: Path) -> None:
+    """Re-tokenizing ``inputs + text so far`` can count more tokens than were generated; the continuation's
+    prompt is then cut from the left to what max_total_tokens leaves, and the client gets every token it asked
+    for (before: the round was refused and generations past 3,072 tokens ended early with ``length``)."""
     s = await make_stack(tmp_path, max_input_tokens=3999, max_total_tokens=4000)
-    s.batcher._encode = lambda text, add=True: encode(text) + [1] * (len(text.split()) // 50)
+    s.batcher._encode = lambda text, add=True: encode(text) + [1] * (len(text.split()) // 5)
     try:
         events = await collect(s.batcher, request("go on", max_new_tokens=3998))
         end = events[-1]
         assert isinstance(end, EndEvent) and end.finish_reason == "length"
-        last = s.shard.received[-1]
-        continued = len(s.batcher._encode(last.input_chunks.chunks[0].text))
-        assert end.generated_tokens == 3072 + last.stopping_parameters.max_new_tokens > 3072
-        assert continued + last.stopping_parameters.max_new_tokens == 4000
+        assert end.generated_tokens == 3998 == len(events)
         assert end.generated_text == text_of(events)
+        last = s.shard.received[-1]
+        assert last.stopping_parameters.max_new_tokens == 3998 - 3072
+        full = len(s.batcher._encode(last.input_chunks.chunks[0].text))
+        assert last.truncate == 4000 - (3998 - 3072) < full  # cut from the left, as TGI's truncate
         await drained(s)
     finally:
         await close(s)
