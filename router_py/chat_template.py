@@ -65,7 +65,7 @@ class ChatTemplate:
                 add_generation_prompt=add_generation_prompt,
                 tools=tools,
             )
-        except TemplateError as exc:
+        except Exception as exc:  # noqa: BLE001 - e.g. TypeError for a null content: TGI's template error too
             raise ChatTemplateError(str(exc)) from exc
 
 

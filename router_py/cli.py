@@ -177,6 +177,11 @@ async def serve(args: argparse.Namespace) -> int:
     config = backend_config(args)
     info, shard = await handshake(client, config)
     log.info("warmup done: %s", info)
+    log.info(
+        "limits: max_input_tokens %d, max_total_tokens %d (%s)", info.max_input_tokens, info.max_total_tokens,
+        "as set" if args.max_total_tokens is not None else "chosen by the shard: min(usable KV pool, "
+        "max_position_embeddings), input one less; see the shard's Warmup log line",
+    )
     metrics = Metrics(info.max_input_tokens, info.max_total_tokens)
     scheduler = make_scheduler(scheduler_config(args, info, shard))
     batcher = Batcher(client, info, config, scheduler, metrics, tokenizer.encode)

@@ -5,7 +5,7 @@ The folder is an ordinary HF checkpoint (``config.json``, ``model.safetensors``,
 ``tokenizer_config.json``, ``generation_config.json``): ``transformers`` loads it, and the shard loads it with
 same code it uses for real models. Same arguments -> byte-identical files.
 
-    prism-demo-model OUT_DIR [--arch llama|qwen3] [--size tiny|small|100m]
+    prism-demo-model OUT_DIR [--arch llama|qwen3] [--size tiny|small|100m] [--max-positions N]
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def train_tokenizer(vocab_size: int):  # -> tokenizers.Tokenizer
     return tok
 
 
-def hf_config(arch: str, size: Size, vocab: int, bos_id: int, eos_id: int) -> dict:
+def hf_config(
+    arch: str, size: Size, vocab: int, bos_id: int, eos_id: int, max_positions: int = 4096
+) -> dict:
     """Real HF config keys for LlamaForCausalLM / Qwen3ForCausalLM."""
     common = {
         "hidden_size": size.hidden,
@@ -80,7 +82,7 @@ def hf_config(arch: str, size: Size, vocab: int, bos_id: int, eos_id: int) -> di
         "num_key_value_heads": size.kv_heads,
         "head_dim": size.hidden // size.heads,
         "hidden_act": "silu",
-        "max_position_embeddings": 4096,
+        "max_position_embeddings": max_positions,
         "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0,
         "rope_scaling": None,
@@ -148,13 +150,16 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def build_demo_model(out_dir: str | Path, arch: str = "llama", size: str = "tiny") -> Path:
+def build_demo_model(
+    out_dir: str | Path, arch: str = "llama", size: str = "tiny", max_positions: int = 4096
+) -> Path:
     """Write a demo model folder at ``out_dir`` (created if missing) and return its path.
 
     Args:
         out_dir: target folder; existing files of the same names are overwritten.
         arch: "llama" (LlamaForCausalLM) or "qwen3" (Qwen3ForCausalLM).
         size: "tiny" (~0.2M params, tests), "small" (~3.5M), "100m" (~95M, benchmarks).
+        max_positions: ``max_position_embeddings`` (and the tokenizer's ``model_max_length``).
     Raises:
         ValueError: unknown arch or size.
     """
@@ -171,7 +176,7 @@ def build_demo_model(out_dir: str | Path, arch: str = "llama", size: str = "tiny
     vocab = tok.get_vocab_size()
     bos_id, eos_id = tok.token_to_id(BOS), tok.token_to_id(EOS)
     tok.save(str(out / "tokenizer.json"))
-    _write_json(out / "config.json", hf_config(arch, shape, vocab, bos_id, eos_id))
+    _write_json(out / "config.json", hf_config(arch, shape, vocab, bos_id, eos_id, max_positions))
     _write_json(
         out / "generation_config.json",
         {
@@ -190,7 +195,7 @@ def build_demo_model(out_dir: str | Path, arch: str = "llama", size: str = "tiny
             "unk_token": None,
             "add_bos_token": True,
             "add_eos_token": False,
-            "model_max_length": 4096,
+            "model_max_length": max_positions,
             "chat_template": CHAT_TEMPLATE,
             "tokenizer_class": "PreTrainedTokenizerFast",
             "clean_up_tokenization_spaces": False,
@@ -206,8 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir")
     parser.add_argument("--arch", choices=ARCHS, default="llama")
     parser.add_argument("--size", choices=list(SIZES), default="tiny")
+    parser.add_argument("--max-positions", type=int, default=4096, help="max_position_embeddings")
     args = parser.parse_args(argv)
-    print(build_demo_model(args.out_dir, args.arch, args.size))
+    print(build_demo_model(args.out_dir, args.arch, args.size, args.max_positions))
 
 
 if __name__ == "__main__":

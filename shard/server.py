@@ -26,7 +26,7 @@ from shard.errors import BatchNotFound, InvalidRequest
 from shard.generation import GenerationOut
 from shard.model_runner import ModelRunner
 from shard.validation import check_block_ownership, check_new_request
-from shard.warmup import assign_scratch_memory, settle_limits
+from shard.warmup import assign_scratch_memory, clamp_warmup_prompts, settle_limits, usable_capacity
 
 log = logging.getLogger(__name__)
 # NOTE: a no-op tracer unless --otlp-endpoint installed a provider; span names follow TGI's shard.
@@ -90,9 +90,14 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             request.max_input_tokens if request.HasField("max_input_tokens") else None,
             request.max_total_tokens if request.HasField("max_total_tokens") else None,
             request.max_prefill_tokens,
-            kv.capacity_tokens,
+            usable_capacity(kv.num_blocks, kv.block_size),
             self.runner.loaded.max_position_embeddings,
         )
+        log.info(
+            "Warmup: max_input_tokens %d, max_total_tokens %d (%s)",
+            limits.max_input_tokens, limits.max_total_tokens, limits.reason,
+        )
+        clamp_warmup_prompts(list(request.batch.requests), limits)
         batch = self._new_batch(request.batch)
         assign_scratch_memory(batch.requests, kv.num_blocks, kv.block_size)
         self._check_new(batch)

@@ -35,6 +35,7 @@ from router_py.engine.active_request import ActiveRequest
 from router_py.scheduling.interface import Admission, BatchPlan, SchedRequest, Scheduler
 from router_py.shard_client.client import ShardClient, ShardError
 from router_py.shard_client.messages import CachedBatch, Generation, RequestBatch, ShardRequest, StepResult
+from router_py.engine.warmup import request_capacity
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,15 @@ class Batcher:
         self._client, self._config, self._scheduler = client, config, scheduler
         self._metrics, self._encode, self._on_plan, self._clock = metrics, encode, on_plan, clock
         self._health = HealthCheck(client)
+        # NOTE: the most ``input + max_new_tokens`` one request can ever reserve (None: padded shard)
+        self._capacity = request_capacity(
+            info.max_batch_total_tokens, info.block_size, info.speculate, info.requires_padding
+        )
         self._states: dict[int, ActiveRequest] = {}  # by current round id
         self._next_request_id = 0
         self._next_batch_id = 0
         self._wakeup = asyncio.Event()
+        self._stalled = False  # idle, requests waiting, none admissible: a bug, reported by /health
         self._task: asyncio.Task[None] | None = None
         self._cache_seen: dict[str, int] = {}
         metrics.set("tgi_batch_max_total_tokens", info.max_batch_total_tokens)
@@ -84,7 +90,7 @@ class Batcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         for state in list(self._states.values()):
-            state.fail(InferError("generation", "Request failed during generation: Server error: shutdown"))
+            state.fail(InferError("generation", "Server error: shutdown"))
         self._states.clear()
 
     async def generate_stream(self, request: ValidRequest) -> AsyncIterator[InferEvent]:
@@ -102,15 +108,32 @@ class Batcher:
             self._abandon(state)
 
     async def health(self) -> bool:
+        """False when the batching loop has died or the queue is stalled (requests wait, none can be admitted
+        into an idle pool); else TGI's state machine."""
+        if self._task is not None and self._task.done():
+            return False
+        if self._stalled:
+            return False
         return await self._health.check()
 
     # ---- queue side ------------------------------------------------------------------------------------
 
-    def _submit(self, state: ActiveRequest, inputs: str, input_ids: Sequence[int]) -> None:
-        """Enqueue the next round of ``state`` under a fresh request id."""
+    def _submit(
+        self, state: ActiveRequest, inputs: str, input_ids: Sequence[int], max_new: int | None = None
+    ) -> None:
+        """Enqueue the next round of ``state`` (``max_new`` new tokens at most, default what is left up to the
+        1,024 cap) under a fresh request id. A round that could never be admitted, even into an empty pool,
+        fails at once (validation) instead of waiting at the head of the queue forever."""
+        round_max_new = max_new if max_new is not None else min(state.remaining, DEFAULT_GENERATION_LENGTH)
+        if self._capacity is not None and len(input_ids) + round_max_new > self._capacity:
+            state.fail(InferError(
+                "validation", f"`inputs` tokens + `max_new_tokens` must be <= {self._capacity}. Given: "
+                f"{len(input_ids)} `inputs` tokens and {round_max_new} `max_new_tokens`"
+            ))
+            return
         state.round_id, self._next_request_id = self._next_request_id, self._next_request_id + 1
         state.round_inputs = inputs
-        state.round_max_new = min(state.remaining, DEFAULT_GENERATION_LENGTH)
+        state.round_max_new = round_max_new
         state.running = False
         self._states[state.round_id] = state
         req = state.request
@@ -141,6 +164,7 @@ class Batcher:
         while True:
             try:
                 plan = self._next_plan(None, self._config.max_batch_prefill_tokens, min_size=0)
+                self._note_stall(plan)
                 if plan is None:
                     self._set_idle()
                     await self._wakeup.wait()
@@ -154,6 +178,16 @@ class Batcher:
                 log.exception("batching loop error")
                 running = [i for i, s in self._states.items() if s.running]
                 await self._fail(None, running, "internal router error")
+
+    def _note_stall(self, plan: BatchPlan | None) -> None:
+        """Nothing runs, so the whole pool is free or evictable: a waiting request that is still not admitted
+        never will be (``_submit`` refuses those, so this is a bug to report, not a state to wait in)."""
+        stalled = plan is None and self._scheduler.waiting_count() > 0
+        if stalled and not self._stalled:
+            log.error(
+                "%d requests wait but none can be admitted into the idle pool", self._scheduler.waiting_count()
+            )
+        self._stalled = stalled
 
     async def _serve(self, cached: CachedBatch, waiting_tokens: int) -> tuple[CachedBatch | None, int]:
         """One turn of the inner loop: maybe admit a new batch, then one Decode over everything."""
@@ -272,7 +306,8 @@ class Batcher:
     async def _fail(self, batch_ids: list[int] | None, ids: Iterable[int], details: str) -> None:
         """ClearCache the batches (all of them when ``batch_ids`` is None) and fail every listed request."""
         self._health.mark_failed()
-        error = InferError("generation", f"Request failed during generation: Server error: {details}")
+        # NOTE: the HTTP layer adds TGI's "Request failed during generation: " prefix (once)
+        error = InferError("generation", f"Server error: {details}")
         for request_id in list(ids):
             state = self._states.get(request_id)
             if state is not None and state.round_id == request_id:
@@ -329,17 +364,22 @@ class Batcher:
         ))
 
     def _continue(self, state: ActiveRequest, text: str, tokens: int) -> bool:
-        """Re-enqueue ``inputs + text`` for the next round when the client wants more and it still fits."""
+        """Re-enqueue ``inputs + text`` for the next round when the client wants more. Re-tokenizing the text so
+        far may count more tokens than were generated (generated tokens are not always the canonical
+        tokenization of their text, e.g. partial UTF-8 decoded as U+FFFD), so the round's prompt is cut from the
+        left (TGI's ``truncate``) to what ``max_input_tokens`` and ``max_total_tokens`` leave; before, such
+        generations ended early with ``length`` (often right at 3,072 tokens)."""
         if tokens < state.tokens_before + state.round_max_new or tokens >= state.request.stopping.max_new_tokens:
             return False
         req = state.request
         inputs = req.inputs + text
         ids = self._encode(inputs, req.add_special_tokens)
         wanted = min(req.stopping.max_new_tokens - tokens, DEFAULT_GENERATION_LENGTH)
-        if len(ids) > self.info.max_input_tokens or len(ids) + wanted > self.info.max_total_tokens:
+        keep = min(len(ids), self.info.max_input_tokens, self.info.max_total_tokens - wanted)
+        if keep <= 0:
             return False
         state.text_before, state.tokens_before = text, tokens
-        self._submit(state, inputs, ids)
+        self._submit(state, inputs, ids[len(ids) - keep :], wanted)
         return True
 
     def _end(self, state: ActiveRequest) -> None:

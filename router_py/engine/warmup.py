@@ -67,9 +67,10 @@ def settle(config: BackendConfig, shard: ShardInfo, result: WarmupResult) -> Bac
     _check_echo("max_input_tokens", config.max_input_tokens, result.max_input_tokens)
     _check_echo("max_total_tokens", config.max_total_tokens, result.max_total_tokens)
     batch_total = _batch_total_tokens(config, result)
+    max_input, max_total = _fit_pool(config, shard, result, batch_total)
     info = BackendInfo(
-        max_input_tokens=result.max_input_tokens,
-        max_total_tokens=result.max_total_tokens,
+        max_input_tokens=max_input,
+        max_total_tokens=max_total,
         max_batch_total_tokens=batch_total,
         block_size=shard.block_size,
         requires_padding=shard.requires_padding,
@@ -81,6 +82,41 @@ def settle(config: BackendConfig, shard: ShardInfo, result: WarmupResult) -> Bac
     )
     _validate(config, info)
     return info
+
+
+def request_capacity(batch_total: int, block_size: int, speculate: int, requires_padding: bool) -> int | None:
+    """The largest ``input + max_new_tokens`` one request can ever be admitted with on a paged shard of
+    ``batch_total`` tokens: it reserves ``input + max_new + speculate - 1`` slots, and block 0 is reserved for
+    the health probe. None on padded shards (no block pool)."""
+    if requires_padding or block_size <= 0:
+        return None
+    usable = (batch_total // block_size - 1) * block_size
+    return usable - speculate + 1
+
+
+def _fit_pool(
+    config: BackendConfig, shard: ShardInfo, result: WarmupResult, batch_total: int
+) -> tuple[int, int]:
+    """(max_input, max_total) such that every request that passes validation can be admitted. A limit the
+    shard chose (TGI's shard counts block 0 in its capacity) is lowered with a warning; one the user set is a
+    StartupError, since requests within it could wait at the head of the queue forever."""
+    max_input, max_total = result.max_input_tokens, result.max_total_tokens
+    fits = request_capacity(batch_total, shard.block_size, shard.speculate, shard.requires_padding)
+    if fits is None or max_total <= fits:
+        return max_input, max_total
+    if config.max_total_tokens is not None:
+        raise StartupError(
+            f"`max_total_tokens` {max_total} cannot fit the KV pool: {batch_total // shard.block_size} blocks "
+            f"of {shard.block_size} with block 0 reserved hold at most {fits} tokens per request; lower "
+            "--max-total-tokens or give the shard more blocks"
+        )
+    log.warning(
+        "the shard chose max_total_tokens %d, but one request can hold at most %d tokens of the KV pool "
+        "(block 0 reserved): using %d", max_total, fits, fits,
+    )
+    if config.max_input_tokens is None:
+        max_input = min(max_input, fits - 1)
+    return max_input, fits
 
 
 def _check_echo(name: str, asked: int | None, got: int) -> None:

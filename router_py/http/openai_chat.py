@@ -107,6 +107,7 @@ def tools_for_template(req: ChatRequest) -> list[dict[str, Any]] | None:
 def chat_parameters(req: ChatRequest) -> GenerateParameters:
     """TGI's mapping: temperature 0 → greedy (else sampling), repetition_penalty = presence_penalty + 2,
     top_n_tokens = top_logprobs, details always on, a ``model`` other than ``tgi`` becomes ``adapter_id``."""
+    check_single_choice(req.get("n"))
     temperature = req.get("temperature")
     do_sample = not (temperature is not None and temperature == 0.0)
     presence = req.get("presence_penalty")
@@ -124,6 +125,14 @@ def chat_parameters(req: ChatRequest) -> GenerateParameters:
         top_n_tokens=req.get("top_logprobs"),
         adapter_id=model if model is not None and model != "tgi" else None,
     )
+
+
+def check_single_choice(n: int | None) -> None:
+    """OpenAI's ``n`` (choices per prompt). TGI accepts it and ignores it (its schema says "UNUSED"), so a client
+    asking for 3 choices silently gets 1 and fails on ``choices[1]``; refused clearly here instead. Raises
+    HttpError 422 (validation) unless ``n`` is absent or 1."""
+    if n is not None and n != 1:
+        raise validation_error(f"`n` must be 1: one choice per request is supported. Given: {n}")
 
 
 def _first_given(*values: Any) -> Any:

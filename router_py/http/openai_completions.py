@@ -9,7 +9,7 @@ from typing import Any
 from router_py.router_config import RouterConfig
 from router_py.http.errors import HttpError, deserialize_error
 from router_py.backend_api import EndEvent
-from router_py.http.openai_chat import openai_finish_reason, system_fingerprint, usage
+from router_py.http.openai_chat import check_single_choice, openai_finish_reason, system_fingerprint, usage
 from router_py.http.validation import GenerateParameters, check_value, unexpected
 
 _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
@@ -23,6 +23,7 @@ _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
     "repetition_penalty": ("f32", True),
     "frequency_penalty": ("f32", True),
     "stop": ("strings", True),
+    "n": ("u32", True),
 }
 
 
@@ -30,6 +31,7 @@ _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
 class CompletionRequest:
     prompts: list[str]
     fields: dict[str, Any]
+    include_usage: bool = False  # stream_options.include_usage: a usage-only chunk before [DONE]
 
     def get(self, name: str) -> Any:
         return self.fields.get(name)
@@ -62,7 +64,9 @@ def parse_completion_request(body: Any, max_client_batch_size: int) -> Completio
             "batch size exceeded",
             f"Number of prompts exceeds the maximum allowed batch size of {max_client_batch_size}",
         )
-    return CompletionRequest(prompts, fields)
+    options = body.get("stream_options")
+    include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
+    return CompletionRequest(prompts, fields, include_usage)
 
 
 def _prompts(raw: Any) -> list[str]:
@@ -75,6 +79,7 @@ def _prompts(raw: Any) -> list[str]:
 
 def completion_parameters(req: CompletionRequest) -> GenerateParameters:
     """Temperature 0 → greedy, else sampling; details on so finish reasons and counts come back."""
+    check_single_choice(req.get("n"))
     temperature = req.get("temperature")
     do_sample = not (temperature is not None and temperature == 0.0)
     model = req.get("model")
@@ -90,6 +95,11 @@ def completion_parameters(req: CompletionRequest) -> GenerateParameters:
         seed=req.get("seed"),
         adapter_id=model if model is not None and model != "tgi" else None,
     )
+
+
+def usage_chunk(config: RouterConfig, created: int, totals: dict[str, int]) -> dict[str, Any]:
+    """The usage-only chunk (``choices: []``) sent before ``[DONE]`` when ``stream_options.include_usage``."""
+    return {**_envelope(config, created), "choices": [], "usage": totals}
 
 
 def _envelope(config: RouterConfig, created: int) -> dict[str, Any]:

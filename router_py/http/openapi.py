@@ -13,7 +13,18 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
-    return {"type": [kind, "null"], **extra}
+    """OpenAPI 3.0 spells an optional value ``nullable: true`` (3.1's ``type: [kind, "null"]`` is invalid)."""
+    return {"type": kind, "nullable": True, **extra}
+
+
+def _nullable_ref(name: str) -> dict[str, Any]:
+    """A nullable reference (3.0: a ``$ref`` takes no siblings, so it is wrapped in ``allOf``)."""
+    return {"allOf": [_ref(name)], "nullable": True}
+
+
+def _positive(kind: str, **extra: Any) -> dict[str, Any]:
+    """Strictly positive: 3.0's ``exclusiveMinimum`` is a boolean qualifying ``minimum``."""
+    return _nullable(kind, minimum=0, exclusiveMinimum=True, **extra)
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -74,24 +85,24 @@ _TOKEN = {
 _PARAMETERS = {
     "type": "object",
     "properties": {
-        "best_of": _nullable("integer", minimum=0, exclusiveMinimum=0, default="null"),
-        "temperature": _nullable("number", format="float", exclusiveMinimum=0.0),
-        "repetition_penalty": _nullable("number", format="float", exclusiveMinimum=0.0),
+        "best_of": _positive("integer", default=None),
+        "temperature": _positive("number", format="float"),
+        "repetition_penalty": _positive("number", format="float"),
         "frequency_penalty": _nullable("number", format="float", minimum=-2.0, maximum=2.0),
-        "top_k": _nullable("integer", format="int32", exclusiveMinimum=0),
-        "top_p": _nullable("number", format="float", exclusiveMinimum=0.0, exclusiveMaximum=1.0),
-        "typical_p": _nullable("number", format="float", exclusiveMinimum=0.0, exclusiveMaximum=1.0),
-        "do_sample": {"type": "boolean", "default": "false"},
-        "max_new_tokens": _nullable("integer", format="int32", minimum=0, exclusiveMinimum=0),
-        "return_full_text": _nullable("boolean", default="null"),
+        "top_k": _positive("integer", format="int32"),
+        "top_p": _positive("number", format="float", maximum=1.0, exclusiveMaximum=True),
+        "typical_p": _positive("number", format="float", maximum=1.0, exclusiveMaximum=True),
+        "do_sample": {"type": "boolean", "default": False},
+        "max_new_tokens": _positive("integer", format="int32"),
+        "return_full_text": _nullable("boolean", default=None),
         "stop": {"type": "array", "items": {"type": "string"}, "maxItems": 4},
         "truncate": _nullable("integer", minimum=0),
-        "watermark": {"type": "boolean", "default": "false"},
-        "details": {"type": "boolean", "default": "false"},
-        "decoder_input_details": {"type": "boolean", "default": "false"},
-        "seed": _nullable("integer", format="int64", minimum=0, exclusiveMinimum=0),
-        "top_n_tokens": _nullable("integer", format="int32", minimum=0, exclusiveMinimum=0),
-        "grammar": {"oneOf": [{"type": "null"}, _ref("GrammarType")]},
+        "watermark": {"type": "boolean", "default": False},
+        "details": {"type": "boolean", "default": False},
+        "decoder_input_details": {"type": "boolean", "default": False},
+        "seed": _nullable("integer", format="int64", minimum=0),
+        "top_n_tokens": _nullable("integer", format="int32", minimum=0),
+        "grammar": _nullable_ref("GrammarType"),
         "adapter_id": _nullable("string"),
     },
 }
@@ -134,7 +145,7 @@ _SCHEMAS: dict[str, Any] = {
             {
                 "type": "object",
                 "required": ["type", "value"],
-                "properties": {"type": {"enum": [t]}, "value": {}},
+                "properties": {"type": {"type": "string", "enum": [t]}, "value": {}},
             }
             for t in ("json", "regex", "json_schema")
         ],
@@ -152,7 +163,7 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "inputs": {"type": "string"},
             "parameters": _ref("GenerateParameters"),
-            "stream": {"type": "boolean", "default": "false"},
+            "stream": {"type": "boolean", "default": False},
         },
     },
     "Details": _DETAILS,
@@ -166,7 +177,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["generated_text"],
         "properties": {
             "generated_text": {"type": "string"},
-            "details": {"oneOf": [{"type": "null"}, _ref("Details")]},
+            "details": _nullable_ref("Details"),
         },
     },
     "StreamDetails": {
@@ -186,8 +197,8 @@ _SCHEMAS: dict[str, Any] = {
             "index": {"type": "integer", "minimum": 0},
             "token": _ref("Token"),
             "top_tokens": {"type": "array", "items": _ref("Token")},
-            "generated_text": _nullable("string", default="null"),
-            "details": {"oneOf": [{"type": "null"}, _ref("StreamDetails")]},
+            "generated_text": _nullable("string", default=None),
+            "details": _nullable_ref("StreamDetails"),
         },
     },
     "ErrorResponse": {
@@ -232,18 +243,19 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "messages": {"type": "array", "items": {"type": "object"}},
             "model": _nullable("string"),
-            "max_tokens": _nullable("integer", default="1024"),
+            "max_tokens": _nullable("integer", default=1024),
             "temperature": _nullable("number"),
             "top_p": _nullable("number"),
             "seed": _nullable("integer"),
-            "stop": {"type": ["array", "null"], "items": {"type": "string"}},
+            "stop": _nullable("array", items={"type": "string"}),
             "stream": {"type": "boolean"},
-            "stream_options": {"type": ["object", "null"]},
+            "stream_options": _nullable("object", properties={"include_usage": {"type": "boolean"}}),
+            "n": _nullable("integer", minimum=1, maximum=1, description="only 1 is supported"),
             "logprobs": _nullable("boolean"),
             "top_logprobs": _nullable("integer"),
             "frequency_penalty": _nullable("number"),
             "presence_penalty": _nullable("number"),
-            "tools": {"type": ["array", "null"]},
+            "tools": _nullable("array", items={"type": "object"}),
             "tool_choice": {},
             "response_format": {},
         },
@@ -260,8 +272,10 @@ _SCHEMAS: dict[str, Any] = {
             "temperature": _nullable("number"),
             "top_p": _nullable("number"),
             "seed": _nullable("integer"),
-            "stop": {"type": ["array", "null"], "items": {"type": "string"}},
+            "stop": _nullable("array", items={"type": "string"}),
             "stream": {"type": "boolean"},
+            "stream_options": _nullable("object", properties={"include_usage": {"type": "boolean"}}),
+            "n": _nullable("integer", minimum=1, maximum=1, description="only 1 is supported"),
             "suffix": _nullable("string"),
             "repetition_penalty": _nullable("number"),
             "frequency_penalty": _nullable("number"),
@@ -324,18 +338,27 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
-SWAGGER_PAGE = """<!doctype html>
+SWAGGER_ASSETS = "/docs/assets"  # the swagger-ui-bundle package's files, served by the router (no CDN)
+
+SWAGGER_PAGE = f"""<!doctype html>
 <html>
 <head><meta charset="utf-8"><title>Text Generation Inference - Swagger UI</title>
-<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"></head>
+<link rel="stylesheet" href="{SWAGGER_ASSETS}/swagger-ui.css"></head>
 <body>
 <div id="swagger-ui"><p>API document: <a href="/api-doc/openapi.json">/api-doc/openapi.json</a></p></div>
-<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script src="{SWAGGER_ASSETS}/swagger-ui-bundle.js"></script>
 <script>
-if (window.SwaggerUIBundle) {
-  window.ui = SwaggerUIBundle({url: "/api-doc/openapi.json", dom_id: "#swagger-ui"});
-}
+if (window.SwaggerUIBundle) {{
+  window.ui = SwaggerUIBundle({{url: "/api-doc/openapi.json", dom_id: "#swagger-ui"}});
+}}
 </script>
 </body>
 </html>
 """
+
+
+def swagger_assets_dir() -> str:
+    """The folder of Swagger UI's static files, from the ``swagger-ui-bundle`` package."""
+    import swagger_ui_bundle
+
+    return str(swagger_ui_bundle.swagger_ui_path)

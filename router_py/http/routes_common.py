@@ -12,6 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from router_py.http import json_body
 from router_py.router_config import RouterConfig
 from router_py.http.errors import (
     FrameworkError,
@@ -97,13 +98,9 @@ async def _parse_body(request: Request) -> Any:
         if len(body) > limit:
             raise payload_too_large()
     try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and NaN/Infinity (not JSON for serde)
+        return json_body.loads(bytes(body))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity, depth, lone surrogates
         raise malformed_json(_json_error_text(exc)) from exc
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"invalid number `{name}`")
 
 
 def _json_error_text(exc: ValueError) -> str:

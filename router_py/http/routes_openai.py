@@ -31,6 +31,7 @@ from router_py.http.openai_completions import (
     completion_chunk,
     completion_parameters,
     parse_completion_request,
+    usage_chunk,
 )
 from router_py.http.openai_chat import openai_finish_reason
 from router_py.http.routes_common import AppState, now, read_json, state_of
@@ -110,7 +111,7 @@ async def completions_route(request: Request) -> Response:
     gen_reqs = [GenerateRequest(prompt, params) for prompt in req.prompts]
     namespace = tenant_namespace(state.config, request.headers)
     if req.stream:
-        return sse_response(_completion_events(state, gen_reqs, namespace, start), {})
+        return sse_response(_completion_events(state, gen_reqs, namespace, start, req.include_usage), {})
     results = await asyncio.gather(*(run_generate(state, r, namespace, start) for r in gen_reqs))
     prompt_tokens = sum(gen.request.input_length for gen, _, _ in results)
     body = completion(state.config, int(time.time()), [gen.end for gen, _, _ in results], prompt_tokens)
@@ -118,10 +119,12 @@ async def completions_route(request: Request) -> Response:
 
 
 async def _completion_events(
-    state: AppState, gen_reqs: list[GenerateRequest], namespace: str, start: float
+    state: AppState, gen_reqs: list[GenerateRequest], namespace: str, start: float, include_usage: bool
 ) -> AsyncIterator[str]:
-    """Prompts are streamed one after the other, each chunk tagged with its prompt's index."""
+    """Prompts are streamed one after the other, each chunk tagged with its prompt's index; with
+    ``include_usage`` a usage-only chunk over all prompts follows the last one."""
     created = int(time.time())
+    prompt_tokens = completion_tokens = 0
     try:
         for index, gen_req in enumerate(gen_reqs):
             async for run, event in open_stream(state, gen_req, namespace):
@@ -129,6 +132,10 @@ async def _completion_events(
                 yield tgi_event(completion_chunk(state.config, created, index, event.token.text, finish))
                 if isinstance(event, EndEvent):
                     state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
+                    prompt_tokens += run.valid.input_length
+                    completion_tokens += event.generated_tokens
+        if include_usage:
+            yield tgi_event(usage_chunk(state.config, created, usage(prompt_tokens, completion_tokens)))
     except HttpError as err:
         state.record_failure(err)
         yield _error_event(err)

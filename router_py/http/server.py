@@ -11,14 +11,16 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from router_py.router_config import RouterConfig
 from router_py.http.errors import deserialize_error
+from router_py.http.http_guard import HttpGuard
 from router_py.http.generation_runner import Permits
 from router_py.backend_api import Backend
 from router_py.metrics import Metrics
-from router_py.http.openapi import SWAGGER_PAGE, openapi_document
+from router_py.http.openapi import SWAGGER_ASSETS, SWAGGER_PAGE, openapi_document, swagger_assets_dir
 from router_py.http.routes_common import AppState, handled, protected, read_json
 from router_py.http.routes_generate import (
     compat_generate,
@@ -58,11 +60,21 @@ async def docs_route(request: Request) -> Response:
     return HTMLResponse(SWAGGER_PAGE)
 
 
-def _routes() -> list[Route]:
+async def root_route(request: Request) -> Response:
+    """``GET /`` is the health check, ``POST /`` TGI's compat generate: one route, so a 405 on ``/`` lists
+    both methods in ``Allow``."""
+    if request.method == "POST":
+        return await _compat_generate(request)
+    return await health_route(request)
+
+
+_compat_generate = protected(compat_generate)
+
+
+def _routes() -> list[Route | Mount]:
     post = ["POST"]
     return [
-        Route("/", health_route, methods=["GET"]),
-        Route("/", protected(compat_generate), methods=post),
+        Route("/", root_route, methods=["GET", "POST"]),
         Route("/generate", protected(generate_route), methods=post),
         Route("/generate_stream", protected(generate_stream_route), methods=post),
         Route("/v1/chat/completions", protected(chat_completions_route), methods=post),
@@ -78,6 +90,7 @@ def _routes() -> list[Route]:
         Route("/v1/models", models_route, methods=["GET"]),
         Route("/api-doc/openapi.json", openapi_route, methods=["GET"]),
         Route("/docs", docs_route, methods=["GET"]),
+        Mount(SWAGGER_ASSETS, StaticFiles(directory=swagger_assets_dir()), name="swagger-ui"),
     ]
 
 
@@ -89,7 +102,7 @@ def create_app(backend: Backend, tokenizer: Tokenizer, config: RouterConfig, met
         allow_methods=["GET", "POST"],
         allow_headers=["content-type"],
     )
-    app = Starlette(routes=_routes(), middleware=[cors])
+    app = Starlette(routes=_routes(), middleware=[Middleware(HttpGuard), cors])
     app.state.prism = AppState(
         backend=backend,
         tokenizer=tokenizer,

@@ -45,6 +45,7 @@ async def with_keep_alive(
             await queue.put(item)
 
     producer = asyncio.ensure_future(pump())
+    getter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     try:
         while True:
             getter = asyncio.ensure_future(queue.get())
@@ -62,8 +63,11 @@ async def with_keep_alive(
                 return
             yield KEEP_ALIVE
     finally:
+        # NOTE: closed while waiting (client gone): the getter must be cancelled too, or asyncio reports
+        # "Task was destroyed but it is pending!" when it is collected
+        getter.cancel()
         producer.cancel()
-        await asyncio.gather(producer, return_exceptions=True)
+        await asyncio.gather(getter, producer, return_exceptions=True)
 
 
 class EventStreamResponse(StreamingResponse):

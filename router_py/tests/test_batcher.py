@@ -154,6 +154,63 @@ async def test_long_generation_continues_past_1024_in_one_stream(stack: Stack) -
     await drained(stack)
 
 
+async def test_continuation_prompt_is_cut_when_retokenizing_counts_more(tmp_path: Path) -> None:
+    """Re-tokenizing ``inputs + text so far`` can count more tokens than were generated; the continuation's
+    prompt is then cut from the left to what max_total_tokens leaves, and the client gets every token it asked
+    for (before: the round was refused and generations past 3,072 tokens ended early with ``length``)."""
+    s = await make_stack(tmp_path, max_input_tokens=3999, max_total_tokens=4000)
+    s.batcher._encode = lambda text, add=True: encode(text) + [1] * (len(text.split()) // 5)
+    try:
+        events = await collect(s.batcher, request("go on", max_new_tokens=3998))
+        end = events[-1]
+        assert isinstance(end, EndEvent) and end.finish_reason == "length"
+        assert end.generated_tokens == 3998 == len(events)
+        assert end.generated_text == text_of(events)
+        last = s.shard.received[-1]
+        assert last.stopping_parameters.max_new_tokens == 3998 - 3072
+        full = len(s.batcher._encode(last.input_chunks.chunks[0].text))
+        assert last.truncate == 4000 - (3998 - 3072) < full  # cut from the left, as TGI's truncate
+        await drained(s)
+    finally:
+        await close(s)
+
+
+async def test_round_that_can_never_fit_the_pool_fails_at_once(tmp_path: Path) -> None:
+    """A request reserving more blocks than the pool has besides the reserved block 0 fails with a
+    validation error instead of waiting at the head of the queue; the next request is served."""
+    s = await make_stack(tmp_path, FakeOptions(num_blocks=16), max_input_tokens=200, max_total_tokens=240,
+                         max_batch_prefill_tokens=240)
+    try:
+        capacity = 15 * 16 + 1  # 15 usable blocks of 16 slots; a request reserves input + max_new - 1
+        with pytest.raises(InferError) as err:
+            await collect(s.batcher, request("w " * 200, max_new_tokens=capacity - 200 + 1))
+        assert err.value.error_type == "validation"
+        assert f"must be <= {capacity}" in err.value.message
+        fits = request("w " * 200, max_new_tokens=capacity - 200)
+        events = await asyncio.wait_for(collect(s.batcher, fits), 10)
+        assert isinstance(events[-1], EndEvent)
+        await drained(s)
+    finally:
+        await close(s)
+
+
+async def test_health_tells_when_the_queue_is_stalled_or_the_loop_died(stack: Stack) -> None:
+    assert await stack.batcher.health()
+    real = stack.scheduler.next_batch
+    stack.scheduler.next_batch = lambda *a, **k: None  # a scheduler bug: nothing admissible into an idle pool
+    waiting = asyncio.ensure_future(collect(stack.batcher, request("a b", max_new_tokens=2)))
+    await asyncio.sleep(0.05)
+    assert not await stack.batcher.health()
+    stack.scheduler.next_batch = real
+    stack.batcher._wakeup.set()
+    assert isinstance((await asyncio.wait_for(waiting, 10))[-1], EndEvent)
+    assert await stack.batcher.health()
+    stack.batcher._task.cancel()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not await stack.batcher.health()
+
+
 async def test_client_gone_mid_stream_is_dropped_and_released(tmp_path: Path) -> None:
     s = await make_stack(tmp_path, FakeOptions(step_delay_s=0.005))
     try:
@@ -193,7 +250,12 @@ async def test_shard_error_fails_the_batch_and_health_probes(stack: Stack) -> No
     with pytest.raises(InferError) as err:
         await collect(stack.batcher, request("a b", max_new_tokens=4))
     assert err.value.error_type == "generation"
-    assert err.value.message == "Request failed during generation: Server error: injected Decode failure"
+    assert err.value.message == "Server error: injected Decode failure"
+    from router_py.http.errors import from_infer_error  # the HTTP layer adds TGI's prefix, once
+
+    assert from_infer_error(err.value).body()["error"] == (
+        "Request failed during generation: Server error: injected Decode failure"
+    )
     await drained(stack)
     assert await stack.batcher.health()
     probe = stack.shard.received[-1]

@@ -153,6 +153,18 @@ def test_settle_uses_kv_capacity_on_paged_shards() -> None:
     assert (info.max_input_tokens, info.max_total_tokens, info.max_batch_total_tokens) == (4095, 4096, 8192)
 
 
+def test_settle_lowers_a_shard_chosen_total_to_what_one_request_can_hold() -> None:
+    """A shard that counts the reserved block 0 in its capacity (TGI's) and chose max_total = capacity: a
+    request of that size could never be admitted, so the router lowers the limit (issue 16 item 1)."""
+    info = settle(BackendConfig(), SHARD, WarmupResult(4096, 4095, 4096))
+    assert (info.max_input_tokens, info.max_total_tokens) == (4080, 4081)
+
+
+def test_settle_refuses_a_user_total_that_cannot_fit_the_pool() -> None:
+    with pytest.raises(StartupError, match="cannot fit the KV pool"):
+        settle(BackendConfig(max_total_tokens=4096), SHARD, WarmupResult(4096, 4095, 4096))
+
+
 def test_settle_padded_shard_defaults_batch_total_to_16000() -> None:
     padded = ShardInfo(**{**SHARD.__dict__, "requires_padding": True, "support_chunking": False})
     info = settle(BackendConfig(100, 200, max_batch_prefill_tokens=300), padded, WarmupResult(None, 100, 200))

@@ -39,9 +39,9 @@ async def test_warmup_chooses_limits_when_unset(uds_stub) -> None:
         pb.WarmupRequest(batch=_router_warmup(100, 200, 300).batch, max_prefill_tokens=300)
     )
     assert (resp.max_total_tokens, resp.max_input_tokens) == (
-        64 * 16,
-        64 * 16 - 1,
-    )  # capacity < 4096 positions
+        63 * 16,
+        63 * 16 - 1,
+    )  # usable capacity (block 0 reserved) < 4096 positions
 
 
 async def test_warmup_rejects_limits_over_capacity(uds_stub) -> None:
@@ -49,7 +49,15 @@ async def test_warmup_rejects_limits_over_capacity(uds_stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Warmup(_router_warmup(max_input=100, max_total=5000, prefill=300))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "max_total_tokens 5000 exceeds the KV pool capacity of 1024 tokens" in err.value.details()
+    assert "max_total_tokens 5000 exceeds the KV pool capacity of 1008 tokens" in err.value.details()
+
+
+async def test_warmup_refuses_a_total_that_needs_the_reserved_block(uds_stub) -> None:
+    """64 blocks x 16 = 1,024 tokens reported, but block 0 is the router's: 1,024 could never be admitted."""
+    stub, _, _ = uds_stub
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Warmup(_router_warmup(max_input=100, max_total=1024, prefill=300))
+    assert "exceeds the KV pool capacity of 1008 tokens (block 0 reserved)" in err.value.details()
 
 
 def _router_warmup(max_input: int, max_total: int, prefill: int) -> pb.WarmupRequest:
@@ -238,3 +246,42 @@ async def test_ranks_split_the_generations_as_tgi_shards_do(tiny_llama) -> None:
         reported.append([g.request_id for g in resp.generations])
         assert list(resp.batch.request_ids) == [0, 1, 2, 3, 4]
     assert reported == [[0, 2, 4], [1, 3]]
+
+
+async def test_warmup_with_2048_positions_chooses_the_model_bound_and_clamps_prompts(
+    tmp_path_factory, caplog
+) -> None:
+    """A TinyLlama-sized config (max_position_embeddings 2,048), the router leaving both limits open and
+    its warmup prompt as long as the 4,096-token prefill budget: the shard picks 2,048 / 2,047, cuts the
+    warmup prompt to fit and says why in the log."""
+    import logging
+    import shutil
+    import tempfile
+
+    from proto.generate.v3 import generate_pb2_grpc as pb_grpc
+    from shard.demo_model import build_demo_model
+    from shard.factory import build_runner
+    from shard.server import TextGenerationService, build_server
+    from shard.tests.helpers import make_config
+
+    model = build_demo_model(tmp_path_factory.mktemp("pos2048"), "llama", "tiny", max_positions=2048)
+    folder = tempfile.mkdtemp(prefix="shard-", dir="/tmp")
+    config = make_config(model, uds_path=f"{folder}/s", num_blocks=1024)
+    server = build_server(TextGenerationService(build_runner(config), config), config)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"unix://{config.socket_path}")
+    try:
+        stub = pb_grpc.TextGenerationServiceStub(channel)
+        warm = _router_warmup(max_input=4096, max_total=4097, prefill=4096)
+        del warm.batch.requests[1:]
+        warm.ClearField("max_input_tokens")
+        warm.ClearField("max_total_tokens")
+        warm.batch.requests[0].stopping_parameters.max_new_tokens = 1
+        with caplog.at_level(logging.INFO, logger="shard.server"):
+            resp = await stub.Warmup(warm)
+        assert (resp.max_total_tokens, resp.max_input_tokens) == (2048, 2047)
+        assert "bound by max_position_embeddings" in caplog.text
+    finally:
+        await channel.close()
+        await server.stop(grace=None)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,71 @@
+"""OpenAI and TGI edges (issue 16 item 8): completions streaming honours ``stream_options.include_usage``;
+``n`` > 1 is refused clearly; ``Allow`` on ``/`` lists GET and POST; the OpenAPI document is valid 3.0
+(checked with openapi-spec-validator); ``/docs`` serves Swagger UI from the package, no CDN."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import pytest
+from openapi_spec_validator import OpenAPIV30SpecValidator
+
+
+def _events(text: str) -> list:
+    return [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+
+
+async def test_completions_stream_ends_with_usage_when_asked(client: httpx.AsyncClient) -> None:
+    body = {"prompt": ["hello world", "the fox"], "max_tokens": 3, "stream": True,
+            "stream_options": {"include_usage": True}}
+    r = await client.post("/v1/completions", json=body)
+    events = _events(r.text)
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])
+    assert last["choices"] == [] and last["object"] == "text_completion"
+    usage = last["usage"]
+    assert usage["completion_tokens"] == 6
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 6 and usage["prompt_tokens"] > 0
+    without = _events((await client.post("/v1/completions", json={**body, "stream_options": None})).text)
+    assert all("usage" not in json.loads(e) for e in without[:-1])
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/completions", {"prompt": "hello", "max_tokens": 2}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}),
+])
+async def test_n_above_one_is_refused_clearly_and_one_is_served(client: httpx.AsyncClient, path: str,
+                                                                 body: dict) -> None:
+    r = await client.post(path, json={**body, "n": 3})
+    assert r.status_code == 422
+    message = "Input validation error: `n` must be 1: one choice per request is supported. Given: 3"
+    assert r.json() == {"error": message, "error_type": "validation"}
+    for n in (1, None):
+        ok = await client.post(path, json={**body, "n": n})
+        assert ok.status_code == 200 and len(ok.json()["choices"]) == 1
+
+
+async def test_allow_header_on_root_lists_get_and_post(client: httpx.AsyncClient) -> None:
+    r = await client.put("/", json={})
+    assert r.status_code == 405
+    assert {m.strip() for m in r.headers["allow"].split(",")} >= {"GET", "POST"}
+    assert (await client.get("/")).status_code == 200
+
+
+async def test_openapi_document_is_valid_openapi_3_0(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/api-doc/openapi.json")).json()
+    assert doc["openapi"].startswith("3.0")
+    errors = [str(e).splitlines()[0] for e in OpenAPIV30SpecValidator(doc).iter_errors()]
+    assert errors == []
+
+
+async def test_docs_serve_swagger_ui_from_the_package(client: httpx.AsyncClient) -> None:
+    page = await client.get("/docs")
+    assert page.status_code == 200
+    assert "unpkg.com" not in page.text and "cdn" not in page.text.lower()
+    assets = re.findall(r'(?:href|src)="(/docs/assets/[^"]+)"', page.text)
+    assert len(assets) == 2
+    for asset in assets:
+        r = await client.get(asset)
+        assert r.status_code == 200 and len(r.content) > 10_000, asset
