@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--max-batch-size", type=int, default=None)
     p.add("--waiting-served-ratio", type=float, default=1.2)
     p.add("--max-waiting-tokens", type=int, default=20)
+    p.add("--shard-recovery-timeout", type=float, default=120.0,
+          help="seconds queued requests wait for a lost shard to come back before they are refused")
     # ---- PRISM ----
     p.add("--scheduler", choices=SCHEDULERS, default="qas")
     p.add("--cache-policy", choices=CACHE_POLICIES, default="dart")
@@ -121,6 +123,7 @@ def backend_config(args: argparse.Namespace) -> BackendConfig:
         max_batch_size=args.max_batch_size,
         waiting_served_ratio=args.waiting_served_ratio,
         max_waiting_tokens=args.max_waiting_tokens,
+        shard_recovery_timeout_s=args.shard_recovery_timeout,
     )
 
 
@@ -185,8 +188,9 @@ async def serve(args: argparse.Namespace) -> int:
     info, shard = await handshake(client, config)
     log.info("warmup done: %s", info)
     metrics = Metrics(info.max_input_tokens, info.max_total_tokens)
-    scheduler = make_scheduler(scheduler_config(args, info, shard))
-    batcher = Batcher(client, info, config, scheduler, metrics, tokenizer.encode)
+    sched_config = scheduler_config(args, info, shard)
+    batcher = Batcher(client, info, config, make_scheduler(sched_config), metrics, tokenizer.encode,
+                      scheduler_factory=lambda: make_scheduler(sched_config))
     batcher.start()
     app = create_app(batcher, tokenizer, router_config(args, info), metrics)
     host = bind_host(args.hostname)

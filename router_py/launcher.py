@@ -2,8 +2,10 @@
 
 It resolves the model (a local folder, a hub id downloaded when a network is there, or the built-in demo
 model built once into a cache folder), starts ``NUM_SHARD`` shards (``prism-shard serve``, env ``RANK``),
-waits for their socket files, then starts the router on them. If any child exits, the others are stopped and
-the launcher exits non-zero; SIGTERM/SIGINT stop everything cleanly (router first, then the shards).
+waits for their socket files, then starts the router on them. A child that exits is restarted in place (up to
+``--max-restarts`` times in a row, after 1, 2, 4... s, at most 30 s; the router then warms the new shard up
+and serves its queue again); past that, or with ``--max-restarts 0`` (TGI's behaviour), the others are stopped
+and the launcher exits non-zero. SIGTERM/SIGINT stop everything cleanly (router first, then the shards).
 Every flag also reads its UPPER_SNAKE environment variable.
 """
 
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from router_py.cli import CACHE_POLICIES, SCHEDULERS, setup_logging
 from router_py.env_args import EnvArgs
 from router_py.model_source import ModelSourceError, resolve_model
-from router_py.process_group import ProcessGroup, executable
+from router_py.process_group import ProcessGroup, RestartPolicy, executable
 
 log = logging.getLogger("router_py.launcher")
 
@@ -30,6 +32,7 @@ ROUTER_VALUE_FLAGS = (
     "max_concurrent_requests", "max_best_of", "max_stop_sequences", "max_top_n_tokens", "max_client_batch_size",
     "waiting_served_ratio", "max_waiting_tokens", "max_batch_size", "api_key", "payload_limit",
     "otlp_endpoint", "otlp_service_name", "tenant_header", "scheduler", "cache_policy",
+    "shard_recovery_timeout",
 )
 ROUTER_BOOL_FLAGS = ("json_output", "no_prefix_cache", "disable_grammar_support")
 
@@ -51,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--attention-backend", default=None)
     p.add("--logger-level", default="INFO")
     p.add("--startup-timeout", type=float, default=600.0, help="seconds to wait for the shards' sockets")
+    p.add("--max-restarts", type=int, default=5,
+          help="restarts in a row of a dead shard or router before giving up (0: stop everything, as TGI)")
+    p.add("--shard-recovery-timeout", type=float, default=None,
+          help="seconds queued requests wait for a restarted shard before the router refuses them")
     # ---- router (forwarded) ----
     for flag, kind in (
         ("--max-input-tokens", int), ("--max-total-tokens", int), ("--max-batch-prefill-tokens", int),
@@ -146,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         wait_for_sockets(group, paths, args.startup_timeout)
         log.info("shards ready; starting the router on %s:%d", args.hostname, args.port)
         group.spawn("router", router_command(args, model_dir, model_id), dict(os.environ))
-        return group.supervise()
+        return group.supervise(RestartPolicy(max_restarts=max(args.max_restarts, 0)))
     except RuntimeError as e:
         if not group.stopping:
             log.error("%s", e)

@@ -103,6 +103,34 @@ def test_child_exit_stops_the_group_with_its_code() -> None:
     assert sleeper.returncode is not None
 
 
+def test_dead_child_is_restarted_with_backoff_then_given_up(tmp_path: Path) -> None:
+    """Each start appends a line and exits 5: 1 start + 2 restarts, after 0.05 then 0.1 s, then exit 5."""
+    from router_py.process_group import RestartPolicy
+
+    starts = tmp_path / "starts"
+    group = ProcessGroup()
+    code = f"import time; open({str(starts)!r}, 'a').write(f'{{time.monotonic()}}\\n'); raise SystemExit(5)"
+    group.spawn("flaky", [sys.executable, "-c", code], {})
+    assert group.supervise(RestartPolicy(max_restarts=2, backoff_s=0.05, max_backoff_s=0.1)) == 5
+    times = [float(t) for t in starts.read_text().split()]
+    assert len(times) == 3
+    assert times[1] - times[0] >= 0.05 and times[2] - times[1] >= 0.1
+
+
+def test_restarted_child_keeps_serving_and_stop_ends_supervision(tmp_path: Path) -> None:
+    import threading
+
+    from router_py.process_group import RestartPolicy
+
+    group = ProcessGroup()
+    child = group.spawn("once", [sys.executable, "-c", "import time; time.sleep(0.2)"], {})
+    first = child.proc.pid
+    threading.Timer(1.5, lambda: setattr(group, "stopping", True)).start()
+    assert group.supervise(RestartPolicy(max_restarts=10, backoff_s=0.05)) == 0
+    assert child.proc.pid != first and child.restarts >= 1
+    group.shutdown()
+
+
 def fake_shard_script(tmp_path: Path, body: str) -> Path:
     script = tmp_path / "prism-shard"
     script.write_text(f"#!{sys.executable}\nimport sys, time\n{body}\n")
@@ -123,7 +151,7 @@ def test_launcher_stops_shards_when_the_router_dies(monkeypatch: pytest.MonkeyPa
     script = fake_shard_script(tmp_path, "open(sys.argv[4] + '-0', 'w').close(); time.sleep(60)")
     monkeypatch.setattr(launcher, "executable", lambda name: str(script))
     args = launcher.build_parser().parse_args(["--model-id", str(tmp_path), "--shard-uds-path",
-                                               str(tmp_path / "s"), "--port", "1"])
+                                               str(tmp_path / "s"), "--port", "1", "--max-restarts", "0"])
     assert launcher.run(args) == 1
     assert subprocess.run(["pgrep", "-f", str(script)], capture_output=True, text=True).stdout == ""
 
