@@ -93,6 +93,9 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             kv.capacity_tokens,
             self.runner.loaded.max_position_embeddings,
         )
+        # NOTE: a Warmup starts over (a restarted router warms this shard up again): the warmup batch is
+        # checked against the pool only, as on the first Warmup, not against the earlier max_input_tokens.
+        self.runner.max_input_tokens = None
         batch = self._new_batch(request.batch)
         assign_scratch_memory(batch.requests, kv.num_blocks, kv.block_size)
         self._check_new(batch)

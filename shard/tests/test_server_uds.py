@@ -44,6 +44,17 @@ async def test_warmup_chooses_limits_when_unset(uds_stub) -> None:
     )  # capacity < 4096 positions
 
 
+async def test_a_second_warmup_starts_over(uds_stub) -> None:
+    """A restarted router warms the same shard up again: the earlier Warmup's max_input_tokens must not
+    reject the new warmup batch."""
+    stub, _, _ = uds_stub
+    await stub.Warmup(_router_warmup(max_input=100, max_total=200, prefill=300))
+    resp = await stub.Warmup(
+        pb.WarmupRequest(batch=_router_warmup(300, 400, 600).batch, max_prefill_tokens=600)
+    )
+    assert resp.max_input_tokens == 64 * 16 - 1
+
+
 async def test_warmup_rejects_limits_over_capacity(uds_stub) -> None:
     stub, _, _ = uds_stub
     with pytest.raises(grpc.aio.AioRpcError) as err:
