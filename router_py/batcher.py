@@ -112,6 +112,7 @@ class Batcher:
 
     async def generate_stream(self, request: ValidRequest) -> AsyncIterator[InferEvent]:
         state = RequestState(request=request, queued_at=self._clock())
+        state.span = tracing.start_span("infer", input_length=len(request.input_ids))
         self._submit(state, request.inputs, request.input_ids)
         try:
             while True:
@@ -123,6 +124,7 @@ class Batcher:
                     return
         finally:
             self._abandon(state)
+            tracing.end_span(state.span)
 
     async def health(self) -> bool:
         return await self._health.check()
@@ -252,13 +254,19 @@ class Batcher:
         self._metrics.observe("tgi_batch_next_size", len(batch.requests))
         ids = [r.id for r in batch.requests] + list(cached.request_ids if cached is not None else ())
         batch_ids = [batch.id] + ([cached.id] if cached is not None else [])
-        with tracing.span("prefill", id=batch.id, size=len(batch.requests)):
+        with tracing.batch_span("prefill", self._request_spans(ids), id=batch.id, size=len(batch.requests)):
             return await self._step("prefill", self._client.prefill(batch, cached), batch_ids, ids)
 
     async def _decode(self, batches: list[CachedBatch]) -> CachedBatch | None:
         ids = [i for b in batches for i in b.request_ids]
-        with tracing.span("decode", size=len(ids)):
+        with tracing.batch_span("decode", self._request_spans(ids), size=len(ids)):
             return await self._step("decode", self._client.decode(batches), [b.id for b in batches], ids)
+
+    def _request_spans(self, ids: Iterable[int]) -> dict[int, object]:
+        """Shard request id -> the ``infer`` span of the request it serves (tracing on only)."""
+        if not tracing.enabled():
+            return {}
+        return {i: self._states[i].span for i in ids if i in self._states}
 
     async def _step(
         self, method: str, call: Awaitable[StepResult], batch_ids: list[int], ids: list[int]

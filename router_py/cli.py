@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--tenant-header", default=None, help="request header naming the cache namespace (tenant)")
     p.add("--json-output", action="store_true")
     p.add("--otlp-endpoint", default=None)
-    p.add("--otlp-service-name", default="text-generation-inference.router")
+    p.add("--otlp-service-name", default=None,
+          help="default: OTEL_SERVICE_NAME, else text-generation-inference.router")
     # ---- validation limits ----
     p.add("--max-concurrent-requests", type=int, default=128)
     p.add("--max-best-of", type=int, default=2)
@@ -177,9 +178,9 @@ async def serve(args: argparse.Namespace) -> int:
     from router_py.schedulers import make_scheduler
     from router_py.server import create_app
     from router_py.tokenizer import Tokenizer
-    from router_py.tracing import setup_tracing
+    from router_py.tracing import otlp_endpoint, service_name, setup_tracing
 
-    setup_tracing(args.otlp_endpoint, args.otlp_service_name)
+    setup_tracing(otlp_endpoint(args.otlp_endpoint), service_name(args.otlp_service_name))
     if not (Path(args.tokenizer_name) / "tokenizer.json").is_file():
         raise StartupError(f"--tokenizer-name {args.tokenizer_name!r} is not a local model folder with tokenizer.json")
     tokenizer = Tokenizer.from_model_dir(args.tokenizer_name)
@@ -240,6 +241,16 @@ def setup_logging(json_output: bool) -> None:
                         handlers=[handler])
 
 
+EXIT_CONFIG = 2  # a startup error that a restart cannot fix (the launcher does not restart the router)
+
+
+def startup_exit_code(e: Exception) -> int:
+    """1 when the shard could not be reached (it may be restarting: worth a retry), else EXIT_CONFIG."""
+    shard_error = e if isinstance(e, ShardError) else e.__cause__
+    unreachable = isinstance(shard_error, ShardError) and shard_error.code == "UNAVAILABLE"
+    return 1 if unreachable else EXIT_CONFIG
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.json_output)
@@ -247,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(serve(args))
     except (StartupError, ShardError, ValueError) as e:
         log.error("router failed to start: %s", e)
-        return 1
+        return startup_exit_code(e)
     except KeyboardInterrupt:
         return 0
 

@@ -23,6 +23,7 @@ from router_py.cli import CACHE_POLICIES, SCHEDULERS, setup_logging
 from router_py.env_args import EnvArgs
 from router_py.model_source import ModelSourceError, resolve_model
 from router_py.process_group import ProcessGroup, RestartPolicy, executable
+from router_py.tracing import service_name
 
 log = logging.getLogger("router_py.launcher")
 
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--waiting-served-ratio", type=float, default=0.3)
     p.add("--api-key", default=None)
     p.add("--otlp-endpoint", default=None)
-    p.add("--otlp-service-name", default="text-generation-inference.router")
+    p.add("--otlp-service-name", default=None,
+          help="given to the router and the shards; default: OTEL_SERVICE_NAME, else TGI's router name")
     p.add("--cors-allow-origin", action="append", default=None)
     p.add("--tenant-header", default=None)
     p.add("--json-output", action="store_true")
@@ -83,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def shard_command(args: argparse.Namespace, model_dir: str) -> list[str]:
     cmd = [executable("prism-shard"), "serve", model_dir, "--uds-path", args.shard_uds_path,
-           "--logger-level", args.logger_level, "--otlp-service-name", args.otlp_service_name]
+           "--logger-level", args.logger_level, "--otlp-service-name", service_name(args.otlp_service_name)]
     for name in ("num_blocks", "block_size", "dtype", "attention_backend", "otlp_endpoint"):
         value = getattr(args, name)
         if value is not None:
@@ -103,7 +105,7 @@ def router_command(args: argparse.Namespace, model_dir: str, model_id: str) -> l
            "--master-shard-uds-path", f"{args.shard_uds_path}-0", "--tokenizer-name", model_dir,
            "--served-model-name", model_id, "--hostname", args.hostname, "--port", str(args.port)]
     for name in ROUTER_VALUE_FLAGS:
-        value = getattr(args, name)
+        value = service_name(args.otlp_service_name) if name == "otlp_service_name" else getattr(args, name)
         if value is not None:
             cmd += [f"--{name.replace('_', '-')}", str(value)]
     cmd += [f"--{n.replace('_', '-')}" for n in ROUTER_BOOL_FLAGS if getattr(args, n)]

@@ -59,6 +59,7 @@ class RestartPolicy:
     """
 
     max_restarts: int = 0
+    final_codes: tuple[int, ...] = (2,)  # exit codes a restart cannot fix (configuration errors, usage)
     backoff_s: float = 1.0
     max_backoff_s: float = 30.0
     reset_after_s: float = 60.0
@@ -105,6 +106,8 @@ class ProcessGroup:
         """Restart ``child`` after its backoff; False when its restarts are used up (or a stop came first)."""
         if time.monotonic() - child.started_at >= policy.reset_after_s:
             child.restarts = 0
+        if child.returncode in policy.final_codes:
+            return False
         if child.restarts >= policy.max_restarts:
             if policy.max_restarts:
                 log.error("%s exited %d times in a row; giving up", child.name, child.restarts + 1)

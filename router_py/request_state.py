@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from router_py.infer_types import InferError, InferEvent, ValidRequest
 
@@ -32,6 +33,7 @@ class RequestState:
     ended: bool = False  # EndEvent or error delivered
     prefill_sent: bool = False
     prompt_done_round: int = -1  # scheduler id of the last round whose prompt finished prefilling
+    span: Any = None  # the request's ``infer`` tracing span (None when tracing is off)
     events: asyncio.Queue[InferEvent | InferError] = field(default_factory=asyncio.Queue)
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,27 @@ def test_dead_child_is_restarted_with_backoff_then_given_up(tmp_path: Path) -> N
     assert times[1] - times[0] >= 0.05 and times[2] - times[1] >= 0.1
 
 
+def test_a_configuration_error_is_not_retried() -> None:
+    from router_py.process_group import RestartPolicy
+
+    group = ProcessGroup()
+    group.spawn("misconfigured", [sys.executable, "-c", "raise SystemExit(2)"], {})
+    start = time.monotonic()
+    assert group.supervise(RestartPolicy(max_restarts=5)) == 2
+    assert time.monotonic() - start < 1.0
+
+
+def test_router_startup_exit_codes() -> None:
+    from router_py.shard_client import ShardError
+    from router_py.warmup import StartupError
+
+    unreachable = StartupError("cannot reach the master shard")
+    unreachable.__cause__ = ShardError("ServiceDiscovery", "failed to connect", "UNAVAILABLE")
+    assert cli.startup_exit_code(unreachable) == 1
+    assert cli.startup_exit_code(ShardError("Warmup", "needs more blocks", "INVALID_ARGUMENT")) == 2
+    assert cli.startup_exit_code(StartupError("`max_input_tokens` must be < `max_total_tokens`")) == 2
+
+
 def test_restarted_child_keeps_serving_and_stop_ends_supervision(tmp_path: Path) -> None:
     import threading
 
@@ -151,8 +173,8 @@ def test_launcher_stops_shards_when_the_router_dies(monkeypatch: pytest.MonkeyPa
     script = fake_shard_script(tmp_path, "open(sys.argv[4] + '-0', 'w').close(); time.sleep(60)")
     monkeypatch.setattr(launcher, "executable", lambda name: str(script))
     args = launcher.build_parser().parse_args(["--model-id", str(tmp_path), "--shard-uds-path",
-                                               str(tmp_path / "s"), "--port", "1", "--max-restarts", "0"])
-    assert launcher.run(args) == 1
+                                               str(tmp_path / "s"), "--port", "1"])
+    assert launcher.run(args) == 2  # the router's configuration error (no tokenizer.json): not retried
     assert subprocess.run(["pgrep", "-f", str(script)], capture_output=True, text=True).stdout == ""
 
 
