@@ -83,9 +83,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     try:
         args.scheduler_params = parse_params(args.scheduler_param or [])
+        check_batch_total(args)
     except ValueError as e:
         build_parser().error(str(e))
     return args
+
+
+def check_batch_total(args: argparse.Namespace) -> None:
+    """TGI's router refuses, at start, a ``--max-batch-total-tokens`` below the prefill budget or below
+    ``--max-total-tokens``. Raises ValueError with TGI's message."""
+    batch_total = args.max_batch_total_tokens
+    if batch_total is None:
+        return
+    prefill, total = args.max_batch_prefill_tokens, args.max_total_tokens
+    if prefill > batch_total:
+        raise ValueError(
+            f"`max_batch_prefill_tokens` must be <= `max_batch_total_tokens`. Given: {prefill} and {batch_total}"
+        )
+    if total is not None and total > batch_total:
+        raise ValueError(f"`max_total_tokens` must be <= `max_batch_total_tokens`. Given: {total} and {batch_total}")
 
 
 def parse_params(items: Sequence[str]) -> dict[str, float]:

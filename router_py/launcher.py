@@ -25,6 +25,10 @@ from router_py.model_source import ModelSourceError, resolve_model
 from router_py.process_group import ProcessGroup, RestartPolicy, executable
 from router_py.tracing import service_name
 
+# TGI's --quantize values (launcher and shard), accepted so that a TGI command line parses, then refused.
+TGI_QUANTIZE = ("awq", "compressed-tensors", "eetq", "exl2", "gptq", "marlin", "bitsandbytes", "bitsandbytes-nf4",
+                "bitsandbytes-fp4", "fp8")
+
 log = logging.getLogger("router_py.launcher")
 
 # Launcher flags forwarded verbatim to the router when given (value flags, then boolean ones).
@@ -79,8 +83,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--scheduler", choices=SCHEDULERS, default=None)
     p.add("--cache-policy", choices=CACHE_POLICIES, default=None)
     p.add("--no-prefix-cache", action="store_true")
+    p.add("--prefix-caching", type=parse_bool, default=None, metavar="BOOL",
+          help="TGI's PREFIX_CACHING: 0/false turns the prefix cache off (as --no-prefix-cache)")
+    p.add("--cuda-memory-fraction", type=float, default=None,
+          help="fraction of the device's free memory (after the weights) the shard's KV pool takes")
+    p.add("--quantize", choices=TGI_QUANTIZE, default=None,
+          help="accepted for TGI compatibility; this shard has no quantized kernels, so any value is refused")
     p.add("--scheduler-param", action="append", default=None, metavar="KEY=VALUE")
     return p.parser
+
+
+def parse_bool(raw: str) -> bool:
+    """TGI's boolean env values: 1/true/yes/on or 0/false/no/off (any case); anything else is an error."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1/0/true/false, got {raw!r}")
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """The launcher's own argument rules (TGI's launcher refuses these before starting anything); the error
+    message, or None."""
+    if args.quantize is not None:
+        return (f"`--quantize {args.quantize}` (QUANTIZE) is not supported: this shard has no quantized kernels; "
+                "serve an unquantized checkpoint (--dtype float16/bfloat16) instead")
+    if args.cuda_memory_fraction is not None:
+        if not 0 < args.cuda_memory_fraction <= 1:
+            return f"`--cuda-memory-fraction` must be in (0, 1]. Given: {args.cuda_memory_fraction}"
+        if args.num_blocks is not None:
+            return "give --num-blocks or --cuda-memory-fraction (CUDA_MEMORY_FRACTION), not both"
+    total, batch_total = args.max_total_tokens, args.max_batch_total_tokens
+    if batch_total is not None and total is not None and total > batch_total:
+        return f"`max_total_tokens` must be <= `max_batch_total_tokens`. Given: {total} and {batch_total}"
+    return None
 
 
 def shard_command(args: argparse.Namespace, model_dir: str) -> list[str]:
@@ -90,14 +127,23 @@ def shard_command(args: argparse.Namespace, model_dir: str) -> list[str]:
         value = getattr(args, name)
         if value is not None:
             cmd += [f"--{name.replace('_', '-')}", str(value)]
+    if args.cuda_memory_fraction is not None:
+        cmd += ["--memory-fraction", str(args.cuda_memory_fraction)]
     return cmd + (["--json-output"] if args.json_output else [])
 
 
 def shard_env(args: argparse.Namespace, rank: int) -> dict[str, str]:
-    return {
+    env = {
         **os.environ, "RANK": str(rank), "WORLD_SIZE": str(args.num_shard),
         "MASTER_ADDR": args.master_addr, "MASTER_PORT": str(args.master_port),
     }
+    if not prefix_caching(args):
+        env["PREFIX_CACHING"] = "0"  # the shard then reports use_prefix_caching=false in Info (TGI)
+    return env
+
+
+def prefix_caching(args: argparse.Namespace) -> bool:
+    return not args.no_prefix_cache and args.prefix_caching is not False
 
 
 def router_command(args: argparse.Namespace, model_dir: str, model_id: str) -> list[str]:
@@ -109,6 +155,8 @@ def router_command(args: argparse.Namespace, model_dir: str, model_id: str) -> l
         if value is not None:
             cmd += [f"--{name.replace('_', '-')}", str(value)]
     cmd += [f"--{n.replace('_', '-')}" for n in ROUTER_BOOL_FLAGS if getattr(args, n)]
+    if not prefix_caching(args) and not args.no_prefix_cache:
+        cmd.append("--no-prefix-cache")
     for origin in args.cors_allow_origin or []:
         cmd += ["--cors-allow-origin", origin]
     for param in args.scheduler_param or []:
@@ -136,6 +184,10 @@ def wait_for_sockets(group: ProcessGroup, paths: Sequence[str], timeout_s: float
 
 
 def run(args: argparse.Namespace) -> int:
+    error = check_args(args)
+    if error is not None:
+        log.error("%s", error)
+        return 1
     try:
         model_dir, model_id = resolve_model(args.model_id, args.revision)
     except ModelSourceError as e:

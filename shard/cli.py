@@ -63,7 +63,12 @@ def _run_serve(args: argparse.Namespace) -> None:
 
     setup_logging(args.logger_level, args.json_output)
     rank, world = ShardConfig.env_rank()
+    try:
+        prefix_caching = ShardConfig.env_prefix_caching()
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     config = ShardConfig(
+        prefix_caching=prefix_caching,
         model_dir=args.model_dir,
         uds_path=args.uds_path,
         dtype=args.dtype,

@@ -52,7 +52,7 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             device_type=loaded.device.type,
             speculate=0,
             support_chunking=True,
-            use_prefix_caching=True,
+            use_prefix_caching=self.config.prefix_caching,
             attention_impl=self.attention_impl,
             block_size=self.runner.kv.block_size,
         )

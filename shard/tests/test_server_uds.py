@@ -249,3 +249,13 @@ async def test_ranks_split_the_generations_as_tgi_shards_do(tiny_llama) -> None:
         reported.append([g.request_id for g in resp.generations])
         assert list(resp.batch.request_ids) == [0, 1, 2, 3, 4]
     assert reported == [[0, 2, 4], [1, 3]]
+
+
+async def test_info_reports_prefix_caching_off_when_configured(uds_stub) -> None:
+    """PREFIX_CACHING=0 reaches the router through Info, as TGI's shard reports it."""
+    import dataclasses
+
+    stub, service, config = uds_stub
+    assert (await stub.Info(pb.InfoRequest())).use_prefix_caching
+    service.config = dataclasses.replace(config, prefix_caching=False)
+    assert not (await stub.Info(pb.InfoRequest())).use_prefix_caching
