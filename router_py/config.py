@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from router_py.tenancy import Tenants
+
 VERSION = "3.3.6-dev0"  # TGI version we are wire-compatible with; reported in /info and OpenAPI
 ROUTER_NAME = "text-generation-router"
 
@@ -37,6 +39,8 @@ class RouterConfig:
     # Multi-tenancy: requests are put in a cache namespace from the API key (when one is configured) or
     # from this request header when the operator names one; None = one shared namespace.
     tenant_header: str | None = None
+    # Several API keys, each its own tenant (and cache namespace), from --api-keys-file.
+    tenants: Tenants | None = None
     # PRISM
     scheduler: str = "qas"
     cache_policy: str = "dart"

@@ -33,11 +33,11 @@ from router_py.openai_completions import (
     parse_completion_request,
 )
 from router_py.openai_chat import openai_finish_reason
-from router_py.routes_common import AppState, now, read_json, state_of
+from router_py.routes_common import AppState, now, read_json, request_namespace, state_of
 from router_py.infer import Generation
 from router_py.routes_generate import open_stream, run_generate
 from router_py.sse import OPENAI_DONE, sse_response, tgi_event
-from router_py.validation import GenerateRequest, tenant_namespace
+from router_py.validation import GenerateRequest
 
 
 def render_chat(state: AppState, req: ChatRequest) -> str:
@@ -59,7 +59,7 @@ async def chat_completions_route(request: Request) -> Response:
     start = now()
     state.metrics.inc("tgi_request_count")
     gen_req = GenerateRequest(render_chat(state, req), chat_parameters(req))
-    namespace = tenant_namespace(state.config, request.headers)
+    namespace = await request_namespace(request)
     parent = tracing.parent_from_headers(request.headers)
     if req.stream:
         return sse_response(_chat_events(state, req, gen_req, namespace, start, parent), {})
@@ -108,7 +108,7 @@ async def completions_route(request: Request) -> Response:
     state.metrics.inc("tgi_request_count")
     params = completion_parameters(req)
     gen_reqs = [GenerateRequest(prompt, params) for prompt in req.prompts]
-    namespace = tenant_namespace(state.config, request.headers)
+    namespace = await request_namespace(request)
     if req.stream:
         return sse_response(_completion_events(state, gen_reqs, namespace, start), {})
     results = await asyncio.gather(*(run_generate(state, r, namespace, start) for r in gen_reqs))
