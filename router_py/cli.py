@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,10 @@ from router_py.config import RouterConfig
 from router_py.env_args import EnvArgs
 from router_py.infer_types import BackendInfo
 from router_py.metrics import Metrics
-from router_py.scheduling import SchedulerConfig
+from router_py.scheduling import Scheduler, SchedulerConfig
 from router_py.shard_client import ShardClient, ShardError
 from router_py.shard_types import ShardInfo
+from router_py.tenancy import Tenants, load_keys_file
 from router_py.warmup import StartupError, handshake
 
 log = logging.getLogger("router_py")
@@ -48,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--api-key", default=None)
     p.add("--payload-limit", type=int, default=2_000_000)
     p.add("--cors-allow-origin", action="append", default=None, help="repeatable (env: comma-separated)")
-    p.add("--tenant-header", default=None, help="request header naming the cache namespace (tenant)")
+    p.add("--tenant-header", default=None,
+          help="request header naming the cache namespace (only behind a proxy that sets it; ignored for keys-file "
+               "tenants)")
+    p.add("--api-keys-file", default=None,
+          help="one tenant per line: TENANT KEY [SHARE]; each key is its own cache namespace, SHARE its fraction "
+               "of the KV blocks")
     p.add("--json-output", action="store_true")
     p.add("--otlp-endpoint", default=None)
     p.add("--otlp-service-name", default=None,
@@ -157,7 +163,22 @@ def scheduler_config(args: argparse.Namespace, info: BackendInfo, shard: ShardIn
     )
 
 
-def router_config(args: argparse.Namespace, info: BackendInfo) -> RouterConfig:
+def tenants(args: argparse.Namespace) -> Tenants | None:
+    """The keys file's tenants (None without one). Raises KeysFileError (a ValueError)."""
+    return load_keys_file(args.api_keys_file) if args.api_keys_file else None
+
+
+def scheduler_factory(config: SchedulerConfig, known: Tenants | None) -> Callable[[], Scheduler]:
+    """Builds the scheduler: one partition per tenant with a capacity share, else a single one."""
+    from router_py.schedulers import make_scheduler
+    from router_py.schedulers.tenant_partitions import TenantPartitionedScheduler
+
+    if known is not None and known.shares:
+        return lambda: TenantPartitionedScheduler(config, known.shares, make_scheduler)
+    return lambda: make_scheduler(config)
+
+
+def router_config(args: argparse.Namespace, info: BackendInfo, known: Tenants | None = None) -> RouterConfig:
     origins = tuple(o for item in args.cors_allow_origin or [] for o in item.split(",") if o)
     return RouterConfig(
         model_id=args.served_model_name or args.tokenizer_name,
@@ -179,6 +200,7 @@ def router_config(args: argparse.Namespace, info: BackendInfo) -> RouterConfig:
         compute_type=os.environ.get("COMPUTE_TYPE", "gpu+optimized"),
         disable_grammar_support=args.disable_grammar_support,
         tenant_header=args.tenant_header,
+        tenants=known,
         scheduler=args.scheduler,
         cache_policy=args.cache_policy,
         prefix_caching=not args.no_prefix_cache,
@@ -191,7 +213,6 @@ async def serve(args: argparse.Namespace) -> int:
     """Connect, warm up, then serve HTTP until SIGINT/SIGTERM."""
     import uvicorn
 
-    from router_py.schedulers import make_scheduler
     from router_py.server import create_app
     from router_py.tokenizer import Tokenizer
     from router_py.tracing import otlp_endpoint, service_name, setup_tracing
@@ -200,16 +221,16 @@ async def serve(args: argparse.Namespace) -> int:
     if not (Path(args.tokenizer_name) / "tokenizer.json").is_file():
         raise StartupError(f"--tokenizer-name {args.tokenizer_name!r} is not a local model folder with tokenizer.json")
     tokenizer = Tokenizer.from_model_dir(args.tokenizer_name)
+    known = tenants(args)  # NOTE: a bad keys file fails before the shards are touched
     client = await _connect(args.master_shard_uds_path)
     config = backend_config(args)
     info, shard = await handshake(client, config)
     log.info("warmup done: %s", info)
     metrics = Metrics(info.max_input_tokens, info.max_total_tokens)
-    sched_config = scheduler_config(args, info, shard)
-    batcher = Batcher(client, info, config, make_scheduler(sched_config), metrics, tokenizer.encode,
-                      scheduler_factory=lambda: make_scheduler(sched_config))
+    make = scheduler_factory(scheduler_config(args, info, shard), known)
+    batcher = Batcher(client, info, config, make(), metrics, tokenizer.encode, scheduler_factory=make)
     batcher.start()
-    app = create_app(batcher, tokenizer, router_config(args, info), metrics)
+    app = create_app(batcher, tokenizer, router_config(args, info, known), metrics)
     host = bind_host(args.hostname)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=args.port, log_config=None, access_log=False))
     log.info("serving on http://%s:%d", host, args.port)

@@ -37,7 +37,7 @@ ROUTER_VALUE_FLAGS = (
     "max_concurrent_requests", "max_best_of", "max_stop_sequences", "max_top_n_tokens", "max_client_batch_size",
     "waiting_served_ratio", "max_waiting_tokens", "max_batch_size", "api_key", "payload_limit",
     "otlp_endpoint", "otlp_service_name", "tenant_header", "scheduler", "cache_policy",
-    "shard_recovery_timeout",
+    "shard_recovery_timeout", "api_keys_file",
 )
 ROUTER_BOOL_FLAGS = ("json_output", "no_prefix_cache", "disable_grammar_support")
 
@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="given to the router and the shards; default: OTEL_SERVICE_NAME, else TGI's router name")
     p.add("--cors-allow-origin", action="append", default=None)
     p.add("--tenant-header", default=None)
+    p.add("--api-keys-file", default=None, help="TENANT KEY [SHARE] per line (see the router's flag)")
     p.add("--json-output", action="store_true")
     p.add("--disable-grammar-support", action="store_true")
     p.add("--scheduler", choices=SCHEDULERS, default=None)
