@@ -134,6 +134,8 @@ def test_shard_killed_under_load_recovers_without_a_manual_step(fault_stack: Sta
     failed = [r for r in in_flight if r[2] == 424]
     assert failed, "no request was running when the shard died"
     assert all(end - killed_at < 2.0 for _, end, _, _ in failed), "in-flight clients not answered fast"
+    print(f"\nshard kill: {len(failed)} in-flight 424s, slowest {max(e for _, e, _, _ in failed) - killed_at:.3f} s "
+          f"after the kill; /health 200 again after {back_at - killed_at:.1f} s")
     assert all("Request failed during generation" in body for _, _, _, body in failed)
     assert all(end > back_at for _, end, status, _ in in_flight if status == 200), "served by a dead shard?"
     served_after = [r for r in seen.requests if r[0] > back_at]
@@ -149,6 +151,7 @@ def test_shard_killed_under_load_recovers_without_a_manual_step(fault_stack: Sta
 def test_router_killed_under_load_is_restarted(fault_stack: Stack) -> None:
     seen, killed_at, back_at = run_fault(fault_stack, "router_py.cli")
     assert_health_truthful(seen, killed_at, back_at, {0})
+    print(f"\nrouter kill: /health 200 again after {back_at - killed_at:.1f} s")
     served_after = [r for r in seen.requests if r[0] > back_at]
     assert served_after and all(r[2] == 200 for r in served_after)
     assert_no_leak(fault_stack)
