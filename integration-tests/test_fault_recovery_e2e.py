@@ -20,6 +20,8 @@ from conftest import Stack
 IN_USE = 'prism_prefix_cache_blocks{state="in_use"}'
 PREFIX = "The operator on call reads the dashboard, checks every alert twice and writes it down. " * 3
 RECOVERY_TIMEOUT_S = 180.0
+# NOTE: small limits keep each warmup (start, and again after each restart) short
+SMALL = ["--max-batch-prefill-tokens", "1024", "--max-input-tokens", "1000", "--max-total-tokens", "1100"]
 
 
 def child_pid(launcher_pid: int, marker: str) -> int:
@@ -78,7 +80,7 @@ def wait_healthy_again(seen: Observed, since: float, timeout_s: float = RECOVERY
 
 @pytest.fixture(scope="module")
 def fault_stack() -> Stack:
-    s = Stack(["--num-blocks", "512", "--max-restarts", "3"]).wait_healthy()
+    s = Stack(["--num-blocks", "512", "--max-restarts", "3", *SMALL]).wait_healthy()
     yield s
     assert s.close() == 0, "the launcher did not shut down cleanly on SIGTERM"
 
@@ -91,12 +93,12 @@ def run_fault(stack: Stack, marker: str) -> tuple[Observed, float, float]:
     for t in threads:
         t.start()
     try:
-        time.sleep(2.0)
+        time.sleep(1.0)
         victim = child_pid(stack.process.proc.pid, marker)
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         back_at = wait_healthy_again(seen, killed_at + 0.3)
-        time.sleep(2.0)
+        time.sleep(1.5)
     finally:
         seen.stop.set()
         for t in threads:

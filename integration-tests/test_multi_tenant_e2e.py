@@ -23,7 +23,8 @@ PREFIX = "A long shared system prompt about the cluster, its tenants and the rul
 def tenants_stack(tmp_path_factory) -> Iterator[Stack]:
     keys = tmp_path_factory.mktemp("keys") / "keys"
     keys.write_text(f"alice {ALICE} 0.4\nbob {BOB} 0.4\ncarol {CAROL}\n")
-    s = Stack(["--num-blocks", "512", "--api-keys-file", str(keys)]).wait_healthy()
+    s = Stack(["--num-blocks", "512", "--api-keys-file", str(keys), "--max-batch-prefill-tokens", "1600",
+               "--max-input-tokens", "1500", "--max-total-tokens", "1600"]).wait_healthy()
     yield s
     assert s.close() == 0
 

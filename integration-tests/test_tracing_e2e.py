@@ -56,7 +56,8 @@ def traced() -> Iterator[tuple[Stack, Receiver]]:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # NOTE: the launcher (and so router and shard) inherit these at spawn
     try:
-        stack = Stack(["--num-blocks", "512"])
+        stack = Stack(["--num-blocks", "512", "--max-batch-prefill-tokens", "1024", "--max-input-tokens", "1000",
+                       "--max-total-tokens", "1100"])
     finally:
         for k, v in saved.items():
             if v is None:

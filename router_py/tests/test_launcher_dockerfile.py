@@ -126,7 +126,8 @@ def test_dockerfile_steps_replayed_serve_as_an_unprivileged_user() -> None:
         proc = subprocess.Popen(
             [*as_nobody, str(venv / "bin" / "text-generation-launcher"), "--model-id", str(work / "model"),
              "--hostname", "127.0.0.1", "--port", str(port), "--shard-uds-path", str(work / "shard"),
-             "--num-blocks", "512"],
+             "--num-blocks", "512", "--max-batch-prefill-tokens", "512", "--max-input-tokens", "500",
+             "--max-total-tokens", "600"],
             env=user_env, cwd=work, stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 180
