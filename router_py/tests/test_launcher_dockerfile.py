@@ -62,8 +62,8 @@ def build_context(dest: Path) -> None:
     """The COPY lines of the build stage applied to the repo, minus what .dockerignore drops."""
     build = (ROOT / "Dockerfile").read_text().split("\nFROM ")[1]
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "generate_pb2*.py", "generate_pb2*.pyi", "*.egg-info")
-    for src, _ in re.findall(r"^COPY (\S+?)(?: (\S+))? \./?\S*$", build, re.M):
-        for name in src.split():
+    for sources in re.findall(r"^COPY ((?:\S+ )+)\./?\S*$", build, re.M):
+        for name in sources.split():
             path = ROOT / name
             if path.is_dir():
                 shutil.copytree(path, dest / name, ignore=ignore)
@@ -87,6 +87,7 @@ def test_dockerfile_steps_replayed_serve_as_an_unprivileged_user() -> None:
         src, wheels, venv, work = scratch / "src", scratch / "wheels", scratch / "venv", scratch / "work"
         src.mkdir()
         build_context(src)
+        assert (src / "README.md").is_file() and (src / "shard" / "cli.py").is_file()
         assert not list((src / "proto").rglob("generate_pb2.py"))
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir",
                         str(wheels), str(src)], check=True, capture_output=True)
