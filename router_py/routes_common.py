@@ -20,11 +20,12 @@ from router_py.errors import (
     payload_too_large,
     unauthorized,
     unsupported_media_type,
+    validation_error,
 )
 from router_py.infer import Generation, Permits, Timings
 from router_py.infer_types import Backend
 from router_py.metrics import Metrics
-from router_py.tenancy import cache_salt, salted
+from router_py.tenancy import CacheSaltError, cache_salt, salted
 from router_py.tokenizer import Tokenizer
 from router_py.validation import Validator, tenant_namespace
 
@@ -130,7 +131,11 @@ async def request_namespace(request: Request) -> str:
     is invalid)."""
     config = state_of(request).config
     body = await read_json(request)
-    return salted(tenant_namespace(config, request.headers), cache_salt(body))
+    try:
+        salt = cache_salt(body)
+    except CacheSaltError as e:
+        raise validation_error(str(e)) from e
+    return salted(tenant_namespace(config, request.headers), salt)
 
 
 def protected(handler: Handler) -> Handler:

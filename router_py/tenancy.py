@@ -1,4 +1,5 @@
-"""Tenants: who a request belongs to, and which prefix-cache namespace it may read and write.
+"""Tenants: who a request belongs to, and which prefix-cache namespace it may read and write (standard library
+only, so configuration and scheduling can import it).
 
     keys file (--api-keys-file)        one tenant per line: ``TENANT KEY [SHARE]`` (``#`` comments)
         │  the presented ``Authorization: Bearer KEY`` names the tenant; a key not in the file is 401
@@ -26,14 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from router_py.errors import validation_error
-
 MAX_SALT_CHARS = 256
 SALT_SEPARATOR = "\x00"
 
 
 class KeysFileError(ValueError):
     """The keys file cannot be used; the message names the line."""
+
+
+class CacheSaltError(ValueError):
+    """An invalid ``cache_salt``; the HTTP layer answers 422 with this message."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ def base_namespace(tenants: Tenants | None, tenant_header: str | None, api_key: 
 
 
 def cache_salt(body: Any) -> str | None:
-    """The request's ``cache_salt`` (top level, or in TGI's ``parameters``), validated. Raises HttpError 422."""
+    """The request's ``cache_salt`` (top level, or in TGI's ``parameters``), validated. Raises CacheSaltError."""
     if not isinstance(body, dict):
         return None
     salt = body.get("cache_salt")
@@ -117,7 +120,7 @@ def cache_salt(body: Any) -> str | None:
     if salt is None:
         return None
     if not isinstance(salt, str) or not salt or len(salt) > MAX_SALT_CHARS:
-        raise validation_error(f"`cache_salt` must be a non-empty string of at most {MAX_SALT_CHARS} characters")
+        raise CacheSaltError(f"`cache_salt` must be a non-empty string of at most {MAX_SALT_CHARS} characters")
     return salt
 
 
