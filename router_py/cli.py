@@ -168,14 +168,23 @@ def tenants(args: argparse.Namespace) -> Tenants | None:
     return load_keys_file(args.api_keys_file) if args.api_keys_file else None
 
 
-def scheduler_factory(config: SchedulerConfig, known: Tenants | None) -> Callable[[], Scheduler]:
-    """Builds the scheduler: one partition per tenant with a capacity share, else a single one."""
+def scheduler_factory(
+    config: SchedulerConfig, known: Tenants | None, max_total_tokens: int = 0
+) -> Callable[[], Scheduler]:
+    """Builds the scheduler: one partition per tenant with a capacity share (each able to hold a request of
+    ``max_total_tokens``), else a single one. The first build runs here, so a bad share fails at start."""
     from router_py.schedulers import make_scheduler
     from router_py.schedulers.tenant_partitions import TenantPartitionedScheduler
 
-    if known is not None and known.shares:
-        return lambda: TenantPartitionedScheduler(config, known.shares, make_scheduler)
-    return lambda: make_scheduler(config)
+    if known is None or not known.shares:
+        return lambda: make_scheduler(config)
+    min_blocks = -(-max_total_tokens // config.block_size) + 1
+
+    def make() -> Scheduler:
+        return TenantPartitionedScheduler(config, known.shares, make_scheduler, min_blocks)
+
+    make()
+    return make
 
 
 def router_config(args: argparse.Namespace, info: BackendInfo, known: Tenants | None = None) -> RouterConfig:
@@ -227,7 +236,7 @@ async def serve(args: argparse.Namespace) -> int:
     info, shard = await handshake(client, config)
     log.info("warmup done: %s", info)
     metrics = Metrics(info.max_input_tokens, info.max_total_tokens)
-    make = scheduler_factory(scheduler_config(args, info, shard), known)
+    make = scheduler_factory(scheduler_config(args, info, shard), known, info.max_total_tokens)
     batcher = Batcher(client, info, config, make(), metrics, tokenizer.encode, scheduler_factory=make)
     batcher.start()
     app = create_app(batcher, tokenizer, router_config(args, info, known), metrics)

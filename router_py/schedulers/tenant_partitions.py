@@ -35,20 +35,27 @@ class _Partition:
 
 class TenantPartitionedScheduler:
     """``shares``: tenant -> fraction of ``config.num_blocks`` (0 < share, sum <= 1). ``make`` builds each inner
-    scheduler from a copy of ``config`` with its partition's ``num_blocks``. Raises ValueError when the shard
-    pads (no blocks to partition) or a partition would hold fewer than 2 blocks."""
+    scheduler from a copy of ``config`` with its partition's ``num_blocks``. ``min_blocks``: the blocks every
+    partition must hold (the router passes what one request of ``max_total_tokens`` needs, plus the reserved
+    block, so that no valid request can wait for ever in a partition too small for it). Raises ValueError when
+    the shard pads (no blocks to partition) or a partition would hold fewer than ``min_blocks`` (at least 2)."""
 
     def __init__(
-        self, config: SchedulerConfig, shares: Mapping[str, float], make: Callable[[SchedulerConfig], Scheduler]
+        self,
+        config: SchedulerConfig,
+        shares: Mapping[str, float],
+        make: Callable[[SchedulerConfig], Scheduler],
+        min_blocks: int = 2,
     ) -> None:
         if config.num_blocks is None:
             raise ValueError("tenant capacity shares need a paged shard (it reported requires_padding)")
         self.block_size = config.block_size
+        self.min_blocks = max(min_blocks, 2)
         self.partitions: list[_Partition] = []
         offset = 0
         for name, share in sorted(shares.items()):
             offset = self._add(name, int(share * config.num_blocks), offset, config, make)
-        if config.num_blocks - offset >= 2:
+        if config.num_blocks - offset >= 2:  # NOTE: shares adding up to ~1 leave no shared partition
             self._add(REST, config.num_blocks - offset, offset, config, make)
         self._by_name = {p.name: p for p in self.partitions}
         self._where: dict[int, _Partition] = {}  # waiting or running request id -> its partition
@@ -56,14 +63,16 @@ class TenantPartitionedScheduler:
 
     def _add(self, name: str, n: int, offset: int, config: SchedulerConfig,
              make: Callable[[SchedulerConfig], Scheduler]) -> int:
-        if n < 2:
+        if n < self.min_blocks:
             raise ValueError(f"tenant {name or '(others)'!r}: its share of {config.num_blocks} blocks is {n}, "
-                             "fewer than 2")
+                             f"fewer than the {self.min_blocks} one request of max_total_tokens needs; raise the "
+                             "share or lower --max-total-tokens")
         inner = make(dataclasses.replace(config, num_blocks=n))
         self.partitions.append(_Partition(name, offset, inner))
         return offset + n
 
     def partition_of(self, namespace: str) -> _Partition:
+        """A tenant's partition; the shared one for the others (the last partition when shares left none)."""
         return self._by_name.get(tenant_of(namespace)) or self._by_name.get(REST) or self.partitions[-1]
 
     # ---- Scheduler protocol ----------------------------------------------------------------------------------

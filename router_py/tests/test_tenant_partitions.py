@@ -119,8 +119,11 @@ def test_blocks_and_slots_are_global_and_disjoint() -> None:
 
 
 def test_shares_too_small_or_padded_shards_are_refused() -> None:
-    with pytest.raises(ValueError, match="fewer than 2"):
+    with pytest.raises(ValueError, match="is 0, fewer than the 2"):
         TenantPartitionedScheduler(config("fcfs", "lru", 10), {"a": 0.05}, make_scheduler)
+    # a partition that cannot hold one request of max_total_tokens would let a valid request wait for ever
+    with pytest.raises(ValueError, match="tenant '\\(others\\)'.*is 24, fewer than the 33"):
+        TenantPartitionedScheduler(config("fcfs", "lru", 64), {"a": 0.625}, make_scheduler, min_blocks=33)
     padded = SchedulerConfig(num_blocks=None)
     with pytest.raises(ValueError, match="paged shard"):
         TenantPartitionedScheduler(padded, {"a": 0.5}, make_scheduler)
