@@ -383,7 +383,9 @@ class Batcher:
         self._refusing = True
         for request_id, state in list(self._states.items()):
             self._states.pop(request_id)
+            self._scheduler.cancel(request_id)
             state.fail(InferError("generation", SHARD_LOST_REFUSED))
+        self._metrics.set("tgi_queue_size", self._scheduler.waiting_count())
 
     def _rebuild_scheduler(self) -> None:
         """A fresh scheduler (empty prefix cache, every block free); waiting requests enqueued again in their
