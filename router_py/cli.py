@@ -14,7 +14,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,12 @@ from router_py.router_config import RouterConfig
 from router_py.launch.env_args import EnvArgs
 from router_py.backend_api import BackendInfo
 from router_py.metrics import Metrics
-from router_py.scheduling.interface import SchedulerConfig
+from router_py.scheduling.interface import Scheduler, SchedulerConfig
 from router_py.scheduling.registry import SCHEDULERS as SCHEDULER_REGISTRY
 from router_py.shard_client.client import ShardClient, ShardError
 from router_py.shard_client.messages import ShardInfo
 from router_py.engine.warmup import StartupError, handshake
+from router_py.tenancy import Tenants, load_keys_file
 
 log = logging.getLogger("router_py")
 
@@ -50,10 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--api-key", default=None)
     p.add("--payload-limit", type=int, default=2_000_000)
     p.add("--cors-allow-origin", action="append", default=None, help="repeatable (env: comma-separated)")
-    p.add("--tenant-header", default=None, help="request header naming the cache namespace (tenant)")
+    p.add("--tenant-header", default=None,
+          help="request header naming the cache namespace (only behind a proxy that sets it; ignored for keys-file "
+               "tenants)")
+    p.add("--api-keys-file", default=None,
+          help="one tenant per line: TENANT KEY [SHARE]; each key is its own cache namespace, SHARE its fraction "
+               "of the KV blocks")
     p.add("--json-output", action="store_true")
     p.add("--otlp-endpoint", default=None)
-    p.add("--otlp-service-name", default="text-generation-inference.router")
+    p.add("--otlp-service-name", default=None,
+          help="default: OTEL_SERVICE_NAME, else text-generation-inference.router")
     # ---- validation limits ----
     p.add("--max-concurrent-requests", type=int, default=128)
     p.add("--max-best-of", type=int, default=2)
@@ -69,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--max-batch-size", type=int, default=None)
     p.add("--waiting-served-ratio", type=float, default=1.2)
     p.add("--max-waiting-tokens", type=int, default=20)
+    p.add("--shard-recovery-timeout", type=float, default=120.0,
+          help="seconds queued requests wait for a lost shard to come back before they are refused")
     # ---- PRISM ----
     p.add("--scheduler", choices=SCHEDULERS, default="qas")
     p.add("--cache-policy", choices=CACHE_POLICIES, default="dart")
@@ -82,9 +91,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     try:
         args.scheduler_params = parse_params(args.scheduler_param or [])
+        check_batch_total(args)
     except ValueError as e:
         build_parser().error(str(e))
     return args
+
+
+def check_batch_total(args: argparse.Namespace) -> None:
+    """TGI's router refuses, at start, a ``--max-batch-total-tokens`` below the prefill budget or below
+    ``--max-total-tokens``. Raises ValueError with TGI's message."""
+    batch_total = args.max_batch_total_tokens
+    if batch_total is None:
+        return
+    prefill, total = args.max_batch_prefill_tokens, args.max_total_tokens
+    if prefill > batch_total:
+        raise ValueError(
+            f"`max_batch_prefill_tokens` must be <= `max_batch_total_tokens`. Given: {prefill} and {batch_total}"
+        )
+    if total is not None and total > batch_total:
+        raise ValueError(f"`max_total_tokens` must be <= `max_batch_total_tokens`. Given: {total} and {batch_total}")
 
 
 def parse_params(items: Sequence[str]) -> dict[str, float]:
@@ -123,6 +148,7 @@ def backend_config(args: argparse.Namespace) -> BackendConfig:
         max_batch_size=args.max_batch_size,
         waiting_served_ratio=args.waiting_served_ratio,
         max_waiting_tokens=args.max_waiting_tokens,
+        shard_recovery_timeout_s=args.shard_recovery_timeout,
     )
 
 
@@ -139,7 +165,31 @@ def scheduler_config(args: argparse.Namespace, info: BackendInfo, shard: ShardIn
     )
 
 
-def router_config(args: argparse.Namespace, info: BackendInfo) -> RouterConfig:
+def tenants(args: argparse.Namespace) -> Tenants | None:
+    """The keys file's tenants (None without one). Raises KeysFileError (a ValueError)."""
+    return load_keys_file(args.api_keys_file) if args.api_keys_file else None
+
+
+def scheduler_factory(
+    config: SchedulerConfig, known: Tenants | None, max_total_tokens: int = 0
+) -> Callable[[], Scheduler]:
+    """Builds the scheduler: one partition per tenant with a capacity share (each able to hold a request of
+    ``max_total_tokens``), else a single one. The first build runs here, so a bad share fails at start."""
+    from router_py.scheduling.registry import make_scheduler
+    from router_py.scheduling.tenant_partitions import TenantPartitionedScheduler
+
+    if known is None or not known.shares:
+        return lambda: make_scheduler(config)
+    min_blocks = -(-max_total_tokens // config.block_size) + 1
+
+    def make() -> Scheduler:
+        return TenantPartitionedScheduler(config, known.shares, make_scheduler, min_blocks)
+
+    make()
+    return make
+
+
+def router_config(args: argparse.Namespace, info: BackendInfo, known: Tenants | None = None) -> RouterConfig:
     origins = tuple(o for item in args.cors_allow_origin or [] for o in item.split(",") if o)
     return RouterConfig(
         model_id=args.served_model_name or args.tokenizer_name,
@@ -155,6 +205,7 @@ def router_config(args: argparse.Namespace, info: BackendInfo) -> RouterConfig:
         cors_allow_origin=origins,
         compute_type=env.compute_type(),
         tenant_header=args.tenant_header,
+        tenants=known,
         prefix_caching=not args.no_prefix_cache,
         docker_label=env.docker_label(),
     )
@@ -164,15 +215,15 @@ async def serve(args: argparse.Namespace) -> int:
     """Connect, warm up, then serve HTTP until SIGINT/SIGTERM."""
     import uvicorn
 
-    from router_py.scheduling.registry import make_scheduler
     from router_py.http.server import create_app
     from router_py.tokenizer import Tokenizer
-    from router_py.tracing import setup_tracing
+    from router_py.tracing import otlp_endpoint, service_name, setup_tracing
 
-    setup_tracing(args.otlp_endpoint, args.otlp_service_name)
+    setup_tracing(otlp_endpoint(args.otlp_endpoint), service_name(args.otlp_service_name))
     if not (Path(args.tokenizer_name) / "tokenizer.json").is_file():
         raise StartupError(f"--tokenizer-name {args.tokenizer_name!r} is not a local model folder with tokenizer.json")
     tokenizer = Tokenizer.from_model_dir(args.tokenizer_name)
+    known = tenants(args)  # NOTE: a bad keys file fails before the shards are touched
     client = await _connect(args.master_shard_uds_path)
     config = backend_config(args)
     info, shard = await handshake(client, config)
@@ -183,10 +234,10 @@ async def serve(args: argparse.Namespace) -> int:
         "max_position_embeddings), input one less; see the shard's Warmup log line",
     )
     metrics = Metrics(info.max_input_tokens, info.max_total_tokens)
-    scheduler = make_scheduler(scheduler_config(args, info, shard))
-    batcher = Batcher(client, info, config, scheduler, metrics, tokenizer.encode)
+    make = scheduler_factory(scheduler_config(args, info, shard), known, info.max_total_tokens)
+    batcher = Batcher(client, info, config, make(), metrics, tokenizer.encode, scheduler_factory=make)
     batcher.start()
-    app = create_app(batcher, tokenizer, router_config(args, info), metrics)
+    app = create_app(batcher, tokenizer, router_config(args, info, known), metrics)
     host = bind_host(args.hostname)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=args.port, log_config=None, access_log=False))
     log.info("serving on http://%s:%d", host, args.port)
@@ -234,6 +285,16 @@ def setup_logging(json_output: bool) -> None:
                         handlers=[handler])
 
 
+EXIT_CONFIG = 2  # a startup error that a restart cannot fix (the launcher does not restart the router)
+
+
+def startup_exit_code(e: Exception) -> int:
+    """1 when the shard could not be reached (it may be restarting: worth a retry), else EXIT_CONFIG."""
+    shard_error = e if isinstance(e, ShardError) else e.__cause__
+    unreachable = isinstance(shard_error, ShardError) and shard_error.code == "UNAVAILABLE"
+    return 1 if unreachable else EXIT_CONFIG
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.json_output)
@@ -241,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(serve(args))
     except (StartupError, ShardError, ValueError) as e:
         log.error("router failed to start: %s", e)
-        return 1
+        return startup_exit_code(e)
     except KeyboardInterrupt:
         return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from router_py.tenancy import Tenants
+
 VERSION = "3.3.6-dev0"  # TGI version we are wire-compatible with; reported in /info and OpenAPI
 ROUTER_NAME = "text-generation-router"
 
@@ -33,6 +35,8 @@ class RouterConfig:
     # Multi-tenancy: requests are put in a cache namespace from the API key (when one is configured) or
     # from this request header when the operator names one; None = one shared namespace.
     tenant_header: str | None = None
+    # Several API keys, each its own tenant (and cache namespace), from --api-keys-file.
+    tenants: Tenants | None = None
     prefix_caching: bool = True  # reported for operators; the scheduler's SchedulerConfig is what acts on it
     docker_label: str | None = None
     sha: str | None = None

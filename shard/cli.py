@@ -38,7 +38,7 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--logger-level", default="INFO")
     p.add_argument("--json-output", action="store_true")
     p.add_argument("--otlp-endpoint")
-    p.add_argument("--otlp-service-name", default="text-generation-inference.server")
+    p.add_argument("--otlp-service-name", help="default: OTEL_SERVICE_NAME, else text-generation-inference.server")
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,10 +59,16 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_serve(args: argparse.Namespace) -> None:
     from shard.logs import setup_logging
+    from shard.tracing import otlp_endpoint, service_name
 
     setup_logging(args.logger_level, args.json_output)
     rank, world = ShardConfig.env_rank()
+    try:
+        prefix_caching = ShardConfig.env_prefix_caching()
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     config = ShardConfig(
+        prefix_caching=prefix_caching,
         model_dir=args.model_dir,
         uds_path=args.uds_path,
         dtype=args.dtype,
@@ -75,8 +81,8 @@ def _run_serve(args: argparse.Namespace) -> None:
         cpu_threads=getattr(args, "cpu_threads", None),
         rank=rank,
         world_size=world,
-        otlp_endpoint=args.otlp_endpoint,
-        otlp_service_name=args.otlp_service_name,
+        otlp_endpoint=otlp_endpoint(args.otlp_endpoint),
+        otlp_service_name=service_name(args.otlp_service_name),
     )
     from shard.factory import build_service
     from shard.server import serve

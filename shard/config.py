@@ -25,6 +25,7 @@ class ShardConfig:
     world_size: int = 1
     otlp_endpoint: str | None = None
     otlp_service_name: str = "text-generation-inference.server"
+    prefix_caching: bool = True  # reported in Info (TGI's PREFIX_CACHING env); the router owns the cache
 
     def __post_init__(self) -> None:
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -47,6 +48,16 @@ class ShardConfig:
     def urls(self) -> list[str]:
         """Every shard's URL (ServiceDiscovery)."""
         return [f"unix://{self.uds_path}-{r}" for r in range(self.world_size)]
+
+    @staticmethod
+    def env_prefix_caching() -> bool:
+        """TGI's ``PREFIX_CACHING`` (default on). Raises ValueError on a value that is not 1/0/true/false."""
+        raw = os.environ.get("PREFIX_CACHING", "1").strip().lower()
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"PREFIX_CACHING must be 1/0/true/false, got {raw!r}")
 
     @staticmethod
     def env_rank() -> tuple[int, int]:

@@ -52,7 +52,7 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             device_type=loaded.device.type,
             speculate=0,
             support_chunking=True,
-            use_prefix_caching=True,
+            use_prefix_caching=self.config.prefix_caching,
             attention_impl=self.attention_impl,
             block_size=self.runner.kv.block_size,
         )
@@ -98,6 +98,9 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             limits.max_input_tokens, limits.max_total_tokens, limits.reason,
         )
         clamp_warmup_prompts(list(request.batch.requests), limits)
+        # NOTE: a Warmup starts over (a restarted router warms this shard up again): the warmup batch is
+        # checked against the pool only, as on the first Warmup, not against the earlier max_input_tokens.
+        self.runner.max_input_tokens = None
         batch = self._new_batch(request.batch)
         assign_scratch_memory(batch.requests, kv.num_blocks, kv.block_size)
         self._check_new(batch)

@@ -17,6 +17,8 @@ class BackendConfig:
     max_batch_size: int | None = None
     waiting_served_ratio: float = 1.2
     max_waiting_tokens: int = 20
+    # Seconds queued requests wait for a lost shard to come back before they are refused.
+    shard_recovery_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         if self.max_batch_prefill_tokens <= 0:

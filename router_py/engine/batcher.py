@@ -7,6 +7,12 @@ Decode repeatedly; after each step it streams tokens to each request, drops requ
 client went away, tells the shard with FilterBatch/ClearCache and releases ended requests to the scheduler
 (which frees or caches their blocks). Every decision about what to admit, keep or evict is the scheduler's.
 An RPC error fails every request of the batch (424) and makes ``/health`` probe with a real Prefill.
+
+Shard loss (its process died: the gRPC connection dropped, or an RPC answered UNAVAILABLE): the running
+requests fail with 424 at once, ``/health`` answers 503, and the loop polls the socket until a shard
+(restarted by the launcher) passes the Warmup handshake again; then the scheduler is rebuilt empty (the new
+shard's KV pool holds nothing, so no cached prefix may be reused) and the requests still queued are enqueued
+into it in their order. Requests waiting longer than ``shard_recovery_timeout_s`` are refused clearly.
 """
 
 from __future__ import annotations
@@ -35,9 +41,15 @@ from router_py.engine.active_request import ActiveRequest
 from router_py.scheduling.interface import Admission, BatchPlan, SchedRequest, Scheduler
 from router_py.shard_client.client import ShardClient, ShardError
 from router_py.shard_client.messages import CachedBatch, Generation, RequestBatch, ShardRequest, StepResult
-from router_py.engine.warmup import request_capacity
+from router_py.engine.warmup import StartupError, handshake, request_capacity
 
 log = logging.getLogger(__name__)
+
+RECOVERY_POLL_S = 0.25
+SHARD_LOST_REFUSED = (
+    "Server error: the shard is down and did not come back in time; "
+    "retry later"
+)
 
 Encode = Callable[[str, bool], Sequence[int]]  # (text, add_special_tokens) -> router token ids
 
@@ -47,7 +59,9 @@ class Batcher:
     (:func:`router_py.engine.warmup.handshake`), then :meth:`start` the loop inside the serving event loop.
 
     ``encode`` tokenizes continuation prompts (``inputs + text so far``) for the prefix cache; ``on_plan`` is
-    called with every BatchPlan before its Prefill is sent (the benchmark's sim-vs-server check uses it).
+    called with every BatchPlan before its Prefill is sent (the benchmark's sim-vs-server check uses it);
+    ``scheduler_factory`` builds the empty scheduler that replaces ``scheduler`` after a shard restart
+    (default: the scheduler's class on its ``config``).
     """
 
     def __init__(
@@ -60,6 +74,7 @@ class Batcher:
         encode: Encode,
         on_plan: Callable[[BatchPlan], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        scheduler_factory: Callable[[], Scheduler] | None = None,
     ) -> None:
         self.info = info
         self._client, self._config, self._scheduler = client, config, scheduler
@@ -76,25 +91,35 @@ class Batcher:
         self._stalled = False  # idle, requests waiting, none admissible: a bug, reported by /health
         self._task: asyncio.Task[None] | None = None
         self._cache_seen: dict[str, int] = {}
+        self._scheduler_factory = scheduler_factory or (
+            lambda: type(scheduler)(scheduler.config)  # type: ignore[attr-defined]
+        )
+        self._shard_lost = asyncio.Event()
+        self._refusing = False  # the shard stayed lost past shard_recovery_timeout_s: refuse new requests
+        self._watch: asyncio.Task[None] | None = None
         metrics.set("tgi_batch_max_total_tokens", info.max_batch_total_tokens)
         self._record_cache_stats()
 
     # ---- Backend protocol ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="batching-loop")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="batching-loop")
+        self._watch = loop.create_task(self._watch_shard(), name="shard-watch")
 
     async def stop(self) -> None:
         """Cancel the loop; every request still in flight fails with a generation error."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._watch):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for state in list(self._states.values()):
             state.fail(InferError("generation", "Server error: shutdown"))
         self._states.clear()
 
     async def generate_stream(self, request: ValidRequest) -> AsyncIterator[InferEvent]:
         state = ActiveRequest(request=request, queued_at=self._clock())
+        state.span = tracing.start_span("infer", input_length=len(request.input_ids))
         self._submit(state, request.inputs, request.input_ids)
         try:
             while True:
@@ -106,6 +131,7 @@ class Batcher:
                     return
         finally:
             self._abandon(state)
+            tracing.end_span(state.span)
 
     async def health(self) -> bool:
         """False when the batching loop has died or the queue is stalled (requests wait, none can be admitted
@@ -119,11 +145,20 @@ class Batcher:
     # ---- queue side ------------------------------------------------------------------------------------
 
     def _submit(
-        self, state: ActiveRequest, inputs: str, input_ids: Sequence[int], max_new: int | None = None
+        self,
+        state: ActiveRequest,
+        inputs: str,
+        input_ids: Sequence[int],
+        max_new: int | None = None,
+        arrival: float | None = None,
     ) -> None:
         """Enqueue the next round of ``state`` (``max_new`` new tokens at most, default what is left up to the
-        1,024 cap) under a fresh request id. A round that could never be admitted, even into an empty pool,
-        fails at once (validation) instead of waiting at the head of the queue forever."""
+        1,024 cap) under a fresh request id, arrived at ``arrival`` (default now). A round that could never be
+        admitted, even into an empty pool, fails at once (validation) instead of waiting at the head of the queue
+        forever; while a lost shard is not coming back, new rounds are refused."""
+        if self._refusing:
+            state.fail(InferError("generation", SHARD_LOST_REFUSED))
+            return
         round_max_new = max_new if max_new is not None else min(state.remaining, DEFAULT_GENERATION_LENGTH)
         if self._capacity is not None and len(input_ids) + round_max_new > self._capacity:
             state.fail(InferError(
@@ -137,10 +172,12 @@ class Batcher:
         state.running = False
         self._states[state.round_id] = state
         req = state.request
+        state.round_ids = tuple(input_ids)
         self._scheduler.enqueue(
             SchedRequest(
-                id=state.round_id, prompt_ids=tuple(input_ids), max_new_tokens=state.round_max_new,
-                arrival=self._clock(), namespace=req.namespace, use_prefix_cache=not req.decoder_input_details,
+                id=state.round_id, prompt_ids=state.round_ids, max_new_tokens=state.round_max_new,
+                arrival=self._clock() if arrival is None else arrival, namespace=req.namespace,
+                use_prefix_cache=not req.decoder_input_details,
             ),
             self._clock(),
         )
@@ -163,6 +200,8 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             try:
+                if self._shard_lost.is_set():
+                    await self._recover()
                 plan = self._next_plan(None, self._config.max_batch_prefill_tokens, min_size=0)
                 self._note_stall(plan)
                 if plan is None:
@@ -172,7 +211,7 @@ class Batcher:
                     continue
                 cached = await self._prefill(plan, None)
                 waiting_tokens = 1
-                while cached is not None:
+                while cached is not None and not self._shard_lost.is_set():
                     cached, waiting_tokens = await self._serve(cached, waiting_tokens)
             except Exception:  # NOTE: a bug must not kill the loop; the batch fails, the server goes on
                 log.exception("batching loop error")
@@ -254,13 +293,19 @@ class Batcher:
         self._metrics.observe("tgi_batch_next_size", len(batch.requests))
         ids = [r.id for r in batch.requests] + list(cached.request_ids if cached is not None else ())
         batch_ids = [batch.id] + ([cached.id] if cached is not None else [])
-        with tracing.span("prefill", id=batch.id, size=len(batch.requests)):
+        with tracing.batch_span("prefill", self._request_spans(ids), id=batch.id, size=len(batch.requests)):
             return await self._step("prefill", self._client.prefill(batch, cached), batch_ids, ids)
 
     async def _decode(self, batches: list[CachedBatch]) -> CachedBatch | None:
         ids = [i for b in batches for i in b.request_ids]
-        with tracing.span("decode", size=len(ids)):
+        with tracing.batch_span("decode", self._request_spans(ids), size=len(ids)):
             return await self._step("decode", self._client.decode(batches), [b.id for b in batches], ids)
+
+    def _request_spans(self, ids: Iterable[int]) -> dict[int, object]:
+        """Shard request id -> the ``infer`` span of the request it serves (tracing on only)."""
+        if not tracing.enabled():
+            return {}
+        return {i: self._states[i].span for i in ids if i in self._states}
 
     async def _step(
         self, method: str, call: Awaitable[StepResult], batch_ids: list[int], ids: list[int]
@@ -275,6 +320,8 @@ class Batcher:
             batch = await self._filter(result.batch)
         except ShardError as e:
             self._metrics.inc("tgi_batch_inference_failure", method=method)
+            if e.code == "UNAVAILABLE":
+                self._lose_shard()
             await self._fail(batch_ids, ids, e.details)
             return None
         self._record_step(method, result, start, filter_start, batch)
@@ -318,6 +365,77 @@ class Batcher:
                 await self._client.clear_cache(batch_id)
         except ShardError as e:
             log.error("ClearCache after a failed batch failed too: %s", e)
+        self._record_cache_stats()
+
+    # ---- shard loss and recovery ---------------------------------------------------------------------------
+
+    async def _watch_shard(self) -> None:
+        """Notice a dropped shard connection even while idle (a shard restarted unseen would hold none of the
+        KV the prefix cache points at)."""
+        while True:
+            await self._client.wait_disconnected()
+            self._lose_shard()
+            while self._shard_lost.is_set():
+                await asyncio.sleep(0.05)
+
+    def _lose_shard(self) -> None:
+        if not self._shard_lost.is_set():
+            log.error("lost the shard connection; /health is 503 until a shard is back and warmed up")
+            self._health.mark_down()
+            self._shard_lost.set()
+            self._wakeup.set()
+
+    async def _recover(self) -> None:
+        """Fail what ran on the lost shard, wait for a shard to pass the handshake, then rebuild the scheduler
+        and enqueue the waiting requests again. Refuses waiting (and new) requests once the wait has lasted
+        ``shard_recovery_timeout_s``; keeps polling until a shard is back or the loop is cancelled."""
+        lost_at = self._clock()
+        running = [i for i, s in self._states.items() if s.running]
+        if running:
+            await self._fail(None, running, "the shard was lost")
+        while not await self._try_handshake():
+            if not self._refusing and self._clock() - lost_at > self._config.shard_recovery_timeout_s:
+                self._refuse_waiting()
+            await asyncio.sleep(RECOVERY_POLL_S)
+        self._rebuild_scheduler()
+        self._refusing = False
+        self._shard_lost.clear()
+        self._health.mark_up()
+        self._metrics.inc("prism_shard_recoveries")
+        log.info("shard back after %.1f s; %d queued requests kept", self._clock() - lost_at,
+                 self._scheduler.waiting_count())
+
+    async def _try_handshake(self) -> bool:
+        try:
+            info, _ = await handshake(self._client, self._config)
+        except (ShardError, StartupError) as e:
+            log.debug("shard not back yet: %s", e)
+            return False
+        if info != self.info:
+            log.error("the restarted shard settled other limits (%s, was %s); restart the router",
+                      info, self.info)
+            return False
+        return True
+
+    def _refuse_waiting(self) -> None:
+        log.error("the shard did not come back within %.0f s; refusing the queued and new requests",
+                  self._config.shard_recovery_timeout_s)
+        self._refusing = True
+        for request_id, state in list(self._states.items()):
+            self._states.pop(request_id)
+            self._scheduler.cancel(request_id)
+            state.fail(InferError("generation", SHARD_LOST_REFUSED))
+        self._metrics.set("tgi_queue_size", self._scheduler.waiting_count())
+
+    def _rebuild_scheduler(self) -> None:
+        """A fresh scheduler (empty prefix cache, every block free); waiting requests enqueued again in their
+        order, keeping their arrival times."""
+        waiting = sorted(self._states.values(), key=lambda st: st.round_id)
+        self._states.clear()
+        self._scheduler = self._scheduler_factory()
+        self._cache_seen = {}
+        for state in waiting:
+            self._submit(state, state.round_inputs, state.round_ids, state.round_max_new, arrival=state.queued_at)
         self._record_cache_stats()
 
     # ---- generations -----------------------------------------------------------------------------------

@@ -21,12 +21,14 @@ from router_py.http.errors import (
     payload_too_large,
     unauthorized,
     unsupported_media_type,
+    validation_error,
 )
 from router_py.http.generation_runner import FinishedSequence, Permits, Timings
 from router_py.backend_api import Backend
 from router_py.metrics import Metrics
+from router_py.tenancy import CacheSaltError, cache_salt, salted
 from router_py.tokenizer import Tokenizer
-from router_py.http.validation import Validator
+from router_py.http.validation import Validator, tenant_namespace
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -110,11 +112,27 @@ def _json_error_text(exc: ValueError) -> str:
 
 
 def authorized(config: RouterConfig, request: Request) -> bool:
-    """TGI's check: ``Authorization`` equals ``Bearer <key>``, compared case-insensitively."""
-    if config.api_key is None:
-        return True
+    """TGI's check: ``Authorization`` equals ``Bearer <key>``, compared case-insensitively; with a keys file
+    (:mod:`router_py.tenancy`) any of its keys (exactly) passes too. No key configured: everyone passes."""
     presented = request.headers.get("authorization", "")
+    tenants = config.tenants
+    if tenants is not None and tenants.by_key and tenants.tenant_of_key(presented) is not None:
+        return True
+    if config.api_key is None:
+        return tenants is None or not tenants.by_key
     return presented.lower() == f"bearer {config.api_key}".lower()
+
+
+async def request_namespace(request: Request) -> str:
+    """The request's cache namespace: its tenant's, salted by its ``cache_salt`` (HttpError 422 when the salt
+    is invalid)."""
+    config = state_of(request).config
+    body = await read_json(request)
+    try:
+        salt = cache_salt(body)
+    except CacheSaltError as e:
+        raise validation_error(str(e)) from e
+    return salted(tenant_namespace(config, request.headers), salt)
 
 
 def protected(handler: Handler) -> Handler:

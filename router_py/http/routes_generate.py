@@ -26,14 +26,13 @@ from router_py.http.responses import (
     stream_token_event,
     timing_headers,
 )
-from router_py.http.routes_common import AppState, now, read_json, state_of
+from router_py.http.routes_common import AppState, now, read_json, request_namespace, state_of
 from router_py.http.sse import sse_response, tgi_event
 from router_py.http.validation import (
     GenerateParameters,
     GenerateRequest,
     parse_generate_request,
     parse_parameters,
-    tenant_namespace,
     unexpected,
 )
 
@@ -93,7 +92,7 @@ async def run_generate(
 async def respond_generate(state: AppState, request: Request, req: GenerateRequest, compat: bool) -> Response:
     start = now()
     state.metrics.inc("tgi_request_count")
-    namespace = tenant_namespace(state.config, request.headers)
+    namespace = await request_namespace(request)
     parent = tracing.parent_from_headers(request.headers)
     name = "compat_generate" if compat else "generate"
     gen, others, timings = await run_generate(state, req, namespace, start, parent, span_name=name)
@@ -112,7 +111,7 @@ async def respond_generate(state: AppState, request: Request, req: GenerateReque
 
 async def stream_generate(state: AppState, request: Request, req: GenerateRequest, compat: bool) -> Response:
     """SSE of StreamResponse; every error after deserialization is ONE error event with status 200."""
-    namespace = tenant_namespace(state.config, request.headers)
+    namespace = await request_namespace(request)
     parent = tracing.parent_from_headers(request.headers)
     p = req.parameters
     full = return_full_text(state, p, compat)
@@ -210,7 +209,7 @@ async def vertex_route(request: Request) -> Response:
     instances = _vertex_instances(body)
     start = now()
     state.metrics.inc("tgi_request_count")
-    namespace = tenant_namespace(state.config, request.headers)
+    namespace = await request_namespace(request)
     results = await asyncio.gather(*(run_generate(state, r, namespace, start) for r in instances))
     return JSONResponse({"predictions": [gen.end.generated_text for gen, _, _ in results]})
 

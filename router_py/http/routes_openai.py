@@ -34,11 +34,11 @@ from router_py.http.openai_completions import (
     usage_chunk,
 )
 from router_py.http.openai_chat import openai_finish_reason
-from router_py.http.routes_common import AppState, now, read_json, state_of
+from router_py.http.routes_common import AppState, now, read_json, request_namespace, state_of
 from router_py.http.generation_runner import FinishedSequence
 from router_py.http.routes_generate import open_stream, run_generate
 from router_py.http.sse import OPENAI_DONE, sse_response, tgi_event
-from router_py.http.validation import GenerateRequest, tenant_namespace
+from router_py.http.validation import GenerateRequest
 
 
 def render_chat(state: AppState, req: ChatRequest) -> str:
@@ -60,7 +60,7 @@ async def chat_completions_route(request: Request) -> Response:
     start = now()
     state.metrics.inc("tgi_request_count")
     gen_req = GenerateRequest(render_chat(state, req), chat_parameters(req))
-    namespace = tenant_namespace(state.config, request.headers)
+    namespace = await request_namespace(request)
     parent = tracing.parent_from_headers(request.headers)
     if req.stream:
         return sse_response(_chat_events(state, req, gen_req, namespace, start, parent), {})
@@ -109,7 +109,7 @@ async def completions_route(request: Request) -> Response:
     state.metrics.inc("tgi_request_count")
     params = completion_parameters(req)
     gen_reqs = [GenerateRequest(prompt, params) for prompt in req.prompts]
-    namespace = tenant_namespace(state.config, request.headers)
+    namespace = await request_namespace(request)
     if req.stream:
         return sse_response(_completion_events(state, gen_reqs, namespace, start, req.include_usage), {})
     results = await asyncio.gather(*(run_generate(state, r, namespace, start) for r in gen_reqs))

@@ -8,7 +8,6 @@ Two stages, as in TGI: :func:`parse_generate_request` is the JSON deserializer (
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from router_py.router_config import RouterConfig
 from router_py.http.errors import FrameworkError, deserialize_error, validation_error
 from router_py.backend_api import DEFAULT_GENERATION_LENGTH, ChooserParams, StoppingParams, ValidRequest
+from router_py.tenancy import base_namespace
 from router_py.tokenizer import Tokenizer, truncate_ids
 
 GRAMMAR_TYPES = ("json", "json_object", "regex", "json_schema")
@@ -179,14 +179,10 @@ def parse_generate_request(body: Any, compat: bool = False) -> GenerateRequest:
 
 
 def tenant_namespace(config: RouterConfig, headers: Any) -> str:
-    """The cache namespace of a request: the operator's tenant header when set and present, else a hash of the
-    presented API key when keys are enforced, else the shared namespace ``""``."""
-    if config.tenant_header and headers.get(config.tenant_header):
-        return str(headers.get(config.tenant_header))
-    if config.api_key:
-        token = headers.get("authorization", "").lower()  # NOTE: keys compare case-insensitively
-        return hashlib.sha256(token.encode()).hexdigest()[:16]
-    return ""
+    """The cache namespace of a request's tenant (see :mod:`router_py.tenancy`): the keys-file tenant of the
+    presented key, else the operator's tenant header when set and present, else a hash of the presented API key
+    when one key is enforced, else the shared namespace ``""``."""
+    return base_namespace(config.tenants, config.tenant_header, config.api_key, headers)
 
 
 class Validator:

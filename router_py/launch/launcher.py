@@ -2,8 +2,10 @@
 
 It resolves the model (a local folder, a hub id downloaded when a network is there, or the built-in demo
 model built once into a cache folder), starts ``NUM_SHARD`` shards (``prism-shard serve``, env ``RANK``),
-waits for their socket files, then starts the router on them. If any child exits, the others are stopped and
-the launcher exits non-zero; SIGTERM/SIGINT stop everything cleanly (router first, then the shards).
+waits for their socket files, then starts the router on them. A child that exits is restarted in place (up to
+``--max-restarts`` times in a row, after 1, 2, 4... s, at most 30 s; the router then warms the new shard up
+and serves its queue again); past that, or with ``--max-restarts 0`` (TGI's behaviour), the others are stopped
+and the launcher exits non-zero. SIGTERM/SIGINT stop everything cleanly (router first, then the shards).
 Every flag also reads its UPPER_SNAKE environment variable.
 """
 
@@ -21,9 +23,14 @@ from router_py import env
 from router_py.cli import CACHE_POLICIES, SCHEDULERS, setup_logging
 from router_py.launch.env_args import EnvArgs
 from router_py.launch.model_source import ModelSourceError, resolve_model
-from router_py.launch.process_group import ProcessGroup, executable
+from router_py.launch.process_group import ProcessGroup, RestartPolicy, executable
+from router_py.tracing import service_name
 
-log = logging.getLogger("router_py.launcher")
+# TGI's --quantize values (launcher and shard), accepted so that a TGI command line parses, then refused.
+TGI_QUANTIZE = ("awq", "compressed-tensors", "eetq", "exl2", "gptq", "marlin", "bitsandbytes", "bitsandbytes-nf4",
+                "bitsandbytes-fp4", "fp8")
+
+log = logging.getLogger("router_py.launch.launcher")
 
 # Launcher flags forwarded verbatim to the router when given (value flags, then boolean ones).
 ROUTER_VALUE_FLAGS = (
@@ -31,6 +38,7 @@ ROUTER_VALUE_FLAGS = (
     "max_concurrent_requests", "max_best_of", "max_stop_sequences", "max_top_n_tokens", "max_client_batch_size",
     "waiting_served_ratio", "max_waiting_tokens", "max_batch_size", "api_key", "payload_limit",
     "otlp_endpoint", "otlp_service_name", "tenant_header", "scheduler", "cache_policy",
+    "shard_recovery_timeout", "api_keys_file",
 )
 ROUTER_BOOL_FLAGS = ("json_output", "no_prefix_cache", "disable_grammar_support")
 
@@ -52,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--attention-backend", default=None)
     p.add("--logger-level", default="INFO")
     p.add("--startup-timeout", type=float, default=600.0, help="seconds to wait for the shards' sockets")
+    p.add("--max-restarts", type=int, default=5,
+          help="restarts in a row of a dead shard or router before giving up (0: stop everything, as TGI)")
+    p.add("--shard-recovery-timeout", type=float, default=None,
+          help="seconds queued requests wait for a restarted shard before the router refuses them")
     # ---- router (forwarded) ----
     for flag, kind in (
         ("--max-input-tokens", int), ("--max-total-tokens", int), ("--max-batch-prefill-tokens", int),
@@ -63,33 +75,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--waiting-served-ratio", type=float, default=0.3)
     p.add("--api-key", default=None)
     p.add("--otlp-endpoint", default=None)
-    p.add("--otlp-service-name", default="text-generation-inference.router")
+    p.add("--otlp-service-name", default=None,
+          help="given to the router and the shards; default: OTEL_SERVICE_NAME, else TGI's router name")
     p.add("--cors-allow-origin", action="append", default=None)
     p.add("--tenant-header", default=None)
+    p.add("--api-keys-file", default=None, help="TENANT KEY [SHARE] per line (see the router's flag)")
     p.add("--json-output", action="store_true")
     p.add("--disable-grammar-support", action="store_true")
     p.add("--scheduler", choices=SCHEDULERS, default=None)
     p.add("--cache-policy", choices=CACHE_POLICIES, default=None)
     p.add("--no-prefix-cache", action="store_true")
+    p.add("--prefix-caching", type=parse_bool, default=None, metavar="BOOL",
+          help="TGI's PREFIX_CACHING: 0/false turns the prefix cache off (as --no-prefix-cache)")
+    p.add("--cuda-memory-fraction", type=float, default=None,
+          help="fraction of the device's free memory (after the weights) the shard's KV pool takes")
+    p.add("--quantize", choices=TGI_QUANTIZE, default=None,
+          help="accepted for TGI compatibility; this shard has no quantized kernels, so any value is refused")
     p.add("--scheduler-param", action="append", default=None, metavar="KEY=VALUE")
     return p.parser
 
 
+def parse_bool(raw: str) -> bool:
+    """TGI's boolean env values: 1/true/yes/on or 0/false/no/off (any case); anything else is an error."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1/0/true/false, got {raw!r}")
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """The launcher's own argument rules (TGI's launcher refuses these before starting anything); the error
+    message, or None."""
+    if args.quantize is not None:
+        return (f"`--quantize {args.quantize}` (QUANTIZE) is not supported: this shard has no quantized kernels; "
+                "serve an unquantized checkpoint (--dtype float16/bfloat16) instead")
+    if args.cuda_memory_fraction is not None:
+        if not 0 < args.cuda_memory_fraction <= 1:
+            return f"`--cuda-memory-fraction` must be in (0, 1]. Given: {args.cuda_memory_fraction}"
+        if args.num_blocks is not None:
+            return "give --num-blocks or --cuda-memory-fraction (CUDA_MEMORY_FRACTION), not both"
+    total, batch_total = args.max_total_tokens, args.max_batch_total_tokens
+    if batch_total is not None and total is not None and total > batch_total:
+        return f"`max_total_tokens` must be <= `max_batch_total_tokens`. Given: {total} and {batch_total}"
+    return None
+
+
 def shard_command(args: argparse.Namespace, model_dir: str) -> list[str]:
     cmd = [executable("prism-shard"), "serve", model_dir, "--uds-path", args.shard_uds_path,
-           "--logger-level", args.logger_level, "--otlp-service-name", args.otlp_service_name]
+           "--logger-level", args.logger_level, "--otlp-service-name", service_name(args.otlp_service_name)]
     for name in ("num_blocks", "block_size", "dtype", "attention_backend", "otlp_endpoint"):
         value = getattr(args, name)
         if value is not None:
             cmd += [f"--{name.replace('_', '-')}", str(value)]
+    if args.cuda_memory_fraction is not None:
+        cmd += ["--memory-fraction", str(args.cuda_memory_fraction)]
     return cmd + (["--json-output"] if args.json_output else [])
 
 
 def shard_env(args: argparse.Namespace, rank: int) -> dict[str, str]:
-    return {
+    child = {
         **env.inherited(), "RANK": str(rank), "WORLD_SIZE": str(args.num_shard),
         "MASTER_ADDR": args.master_addr, "MASTER_PORT": str(args.master_port),
     }
+    if not prefix_caching(args):
+        child["PREFIX_CACHING"] = "0"  # the shard then reports use_prefix_caching=false in Info (TGI)
+    return child
+
+
+def prefix_caching(args: argparse.Namespace) -> bool:
+    return not args.no_prefix_cache and args.prefix_caching is not False
 
 
 def router_command(args: argparse.Namespace, model_dir: str, model_id: str) -> list[str]:
@@ -97,10 +153,12 @@ def router_command(args: argparse.Namespace, model_dir: str, model_id: str) -> l
            "--master-shard-uds-path", f"{args.shard_uds_path}-0", "--tokenizer-name", model_dir,
            "--served-model-name", model_id, "--hostname", args.hostname, "--port", str(args.port)]
     for name in ROUTER_VALUE_FLAGS:
-        value = getattr(args, name)
+        value = service_name(args.otlp_service_name) if name == "otlp_service_name" else getattr(args, name)
         if value is not None:
             cmd += [f"--{name.replace('_', '-')}", str(value)]
     cmd += [f"--{n.replace('_', '-')}" for n in ROUTER_BOOL_FLAGS if getattr(args, n)]
+    if not prefix_caching(args) and not args.no_prefix_cache:
+        cmd.append("--no-prefix-cache")
     for origin in args.cors_allow_origin or []:
         cmd += ["--cors-allow-origin", origin]
     for param in args.scheduler_param or []:
@@ -128,6 +186,10 @@ def wait_for_sockets(group: ProcessGroup, paths: Sequence[str], timeout_s: float
 
 
 def run(args: argparse.Namespace) -> int:
+    error = check_args(args)
+    if error is not None:
+        log.error("%s", error)
+        return 1
     try:
         model_dir, model_id = resolve_model(args.model_id, args.revision)
     except ModelSourceError as e:
@@ -147,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         wait_for_sockets(group, paths, args.startup_timeout)
         log.info("shards ready; starting the router on %s:%d", args.hostname, args.port)
         group.spawn("router", router_command(args, model_dir, model_id), env.inherited())
-        return group.supervise()
+        return group.supervise(RestartPolicy(max_restarts=max(args.max_restarts, 0)))
     except RuntimeError as e:
         if not group.stopping:
             log.error("%s", e)

@@ -1,4 +1,5 @@
-"""The launcher's children: start them, notice when one dies, stop them all in reverse order.
+"""The launcher's children: start them, restart one that dies (bounded, with backoff), stop them all in
+reverse order.
 
 Children run in their own session (a terminal's Ctrl-C reaches only the launcher, which then stops them in
 order) and get SIGTERM if the launcher itself dies (Linux parent-death signal), so none is left behind.
@@ -13,12 +14,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from router_py import env
 
-log = logging.getLogger("router_py.launcher")
+log = logging.getLogger("router_py.launch.launcher")
 
 PR_SET_PDEATHSIG = 1
 GRACE_S = env.graceful_termination_timeout_s()
@@ -39,10 +40,33 @@ def _die_with_parent() -> None:
 class Child:
     name: str
     proc: subprocess.Popen[bytes]
+    cmd: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    started_at: float = 0.0
+    restarts: int = 0  # consecutive restarts (reset once it has stayed up RestartPolicy.reset_after_s)
 
     @property
     def returncode(self) -> int | None:
         return self.proc.poll()
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How :meth:`ProcessGroup.supervise` treats a child that exits. ``max_restarts`` 0: stop everything (TGI).
+
+    Otherwise restart it after ``backoff_s * 2**n`` seconds (at most ``max_backoff_s``) for its n-th
+    consecutive restart; after ``max_restarts`` consecutive ones give up and stop everything. A child that
+    stayed up ``reset_after_s`` seconds starts counting from 0 again.
+    """
+
+    max_restarts: int = 0
+    final_codes: tuple[int, ...] = (2,)  # exit codes a restart cannot fix (configuration errors, usage)
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    reset_after_s: float = 60.0
+
+    def delay(self, restarts: int) -> float:
+        return min(self.backoff_s * 2**restarts, self.max_backoff_s)
 
 
 class ProcessGroup:
@@ -52,10 +76,13 @@ class ProcessGroup:
 
     def spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> Child:
         log.debug("spawning %s: %s", name, " ".join(cmd))
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
-        child = Child(name, proc)
+        child = Child(name, self._popen(cmd, env), cmd, env, time.monotonic())
         self.children.append(child)
         return child
+
+    @staticmethod
+    def _popen(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
 
     def request_stop(self, signum: int) -> None:
         """Signal handler: ask :meth:`supervise` (or the readiness wait) to return."""
@@ -65,15 +92,39 @@ class ProcessGroup:
     def first_exited(self) -> Child | None:
         return next((c for c in self.children if c.returncode is not None), None)
 
-    def supervise(self) -> int:
-        """Wait until a stop is requested (returns 0) or a child exits (returns its non-zero code, or 1)."""
+    def supervise(self, policy: RestartPolicy = RestartPolicy()) -> int:
+        """Wait until a stop is requested (returns 0) or a child exits for good (returns its non-zero code, or
+        1); a child that exits is restarted in place as ``policy`` allows."""
         while not self.stopping:
             dead = self.first_exited()
-            if dead is not None:
+            if dead is not None and not self._restart(dead, policy):
                 log.error("%s exited with code %s; stopping everything", dead.name, dead.returncode)
                 return dead.returncode or 1
             time.sleep(0.2)
         return 0
+
+    def _restart(self, child: Child, policy: RestartPolicy) -> bool:
+        """Restart ``child`` after its backoff; False when its restarts are used up (or a stop came first)."""
+        if time.monotonic() - child.started_at >= policy.reset_after_s:
+            child.restarts = 0
+        if child.returncode in policy.final_codes:
+            return False
+        if child.restarts >= policy.max_restarts:
+            if policy.max_restarts:
+                log.error("%s exited %d times in a row; giving up", child.name, child.restarts + 1)
+            return False
+        delay = policy.delay(child.restarts)
+        child.restarts += 1
+        log.warning("%s exited with code %s; restarting it in %.1f s (restart %d of %d)", child.name,
+                    child.returncode, delay, child.restarts, policy.max_restarts)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            if self.stopping:
+                return True  # NOTE: supervise returns 0 on its next check
+            time.sleep(0.05)
+        child.proc, child.started_at = self._popen(child.cmd, child.env), time.monotonic()
+        log.info("%s restarted (pid %d)", child.name, child.proc.pid)
+        return True
 
     def shutdown(self) -> None:
         """SIGTERM every live child, newest first, each given up to GRACE_S seconds before SIGKILL."""

@@ -37,6 +37,12 @@ UNIX_PREFIX = "unix://"
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 2**31 - 1),
     ("grpc.max_send_message_length", 2**31 - 1),
+    # NOTE: a restarted shard is reached within ~0.5 s (gRPC's default backoff grows to 120 s), and an idle
+    # channel never drops its connection by itself, so a connection loss always means the shard went away.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+    ("grpc.client_idle_timeout_ms", 2**31 - 1),
 ]
 _FINISH_REASONS = {
     pb.FINISH_REASON_LENGTH: "length",
@@ -46,12 +52,14 @@ _FINISH_REASONS = {
 
 
 class ShardError(Exception):
-    """An RPC failed; ``details`` is the shard's message (its Python exception text)."""
+    """An RPC failed; ``details`` is the shard's message (its Python exception text), ``code`` the gRPC status
+    name (``"UNAVAILABLE"`` when the shard cannot be reached; ``""`` when not from gRPC)."""
 
-    def __init__(self, rpc: str, details: str) -> None:
+    def __init__(self, rpc: str, details: str, code: str = "") -> None:
         super().__init__(f"{rpc}: {details}")
         self.rpc = rpc
         self.details = details
+        self.code = code
 
 
 class ShardClient:
@@ -82,6 +90,16 @@ class ShardClient:
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels))
+
+    async def wait_disconnected(self) -> None:
+        """Return once a shard connection that was up goes down (the shard process exited or closed its
+        socket). Call after a successful RPC: a channel that never connected is not watched until it does."""
+        watchers = [asyncio.ensure_future(_wait_left_ready(c)) for c in self._channels]
+        try:
+            await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in watchers:
+                w.cancel()
 
     # ---- RPCs ------------------------------------------------------------------------------------------
 
@@ -163,7 +181,18 @@ class ShardClient:
         try:
             return list(await asyncio.gather(*(fn(stub, metadata) for stub in self._stubs)))
         except grpc.aio.AioRpcError as e:
-            raise ShardError(rpc, e.details() or str(e.code())) from e
+            raise ShardError(rpc, e.details() or str(e.code()), e.code().name) from e
+
+
+async def _wait_left_ready(channel: grpc.aio.Channel) -> None:
+    was_ready = False
+    while True:
+        state = channel.get_state()
+        if state == grpc.ChannelConnectivity.READY:
+            was_ready = True
+        elif was_ready:
+            return
+        await channel.wait_for_state_change(state)
 
 
 def _channel(path: str) -> grpc.aio.Channel:

@@ -56,11 +56,13 @@ class FakeShard(pb_grpc.TextGenerationServiceServicer):
         self.received: list[pb.Request] = []
         self.calls: list[str] = []
         self.metadata: list[dict[str, str]] = []  # invocation metadata of every call
+        self.metadata_items: list[list[tuple[str, str]]] = []  # the same, repeated keys kept
         self.fail_next: set[str] = set()  # RPC names that fail once with INTERNAL
 
     async def _enter(self, name: str, context: grpc.aio.ServicerContext) -> None:
         self.calls.append(name)
         self.metadata.append({k: v for k, v in context.invocation_metadata() or ()})
+        self.metadata_items.append([(k, v) for k, v in context.invocation_metadata() or ()])
         if name in self.fail_next:
             self.fail_next.discard(name)
             await context.abort(grpc.StatusCode.INTERNAL, f"injected {name} failure")

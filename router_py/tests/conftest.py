@@ -27,7 +27,6 @@ from router_py.backend_api import (
 from router_py.metrics import Metrics
 from router_py.http.server import create_app
 from router_py.tokenizer import Tokenizer
-from router_py.tracing import inject_grpc_metadata
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}"
@@ -85,7 +84,6 @@ class FakeBackend:
         self.closed: list[ValidRequest] = []
         self.finished: list[ValidRequest] = []
         self.gate = asyncio.Event()
-        self.grpc_metadata: list[list[tuple[str, str]]] = []
         self.healthy = True
 
     async def health(self) -> bool:
@@ -93,7 +91,6 @@ class FakeBackend:
 
     async def generate_stream(self, request: ValidRequest) -> AsyncIterator[InferEvent]:
         self.requests.append(request)
-        self.grpc_metadata.append(inject_grpc_metadata())  # what a gRPC client would send for this request
         done = False
         try:
             async for event in self._events(request):

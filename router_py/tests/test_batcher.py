@@ -69,12 +69,13 @@ async def make_stack(
     config = BackendConfig(**{"max_input_tokens": 2000, "max_total_tokens": 4000, **config_kw})
     info, shard = await handshake(client, config)
     num_blocks = None if shard.requires_padding else info.max_batch_total_tokens // shard.block_size
-    inner = make_scheduler(SchedulerConfig(
+    sched_config = SchedulerConfig(
         scheduler="fcfs", cache_policy="lru", num_blocks=num_blocks, block_size=shard.block_size,
         support_chunking=shard.support_chunking,
-    ))
-    scheduler, metrics, plans = RecordingScheduler(inner), Metrics(), []
-    batcher = Batcher(client, info, config, scheduler, metrics, encode, on_plan=plans.append)
+    )
+    scheduler, metrics, plans = RecordingScheduler(make_scheduler(sched_config)), Metrics(), []
+    batcher = Batcher(client, info, config, scheduler, metrics, encode, on_plan=plans.append,
+                      scheduler_factory=lambda: RecordingScheduler(make_scheduler(sched_config)))
     batcher.start()
     return Stack(cluster, client, batcher, scheduler, metrics, plans)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,55 @@ def test_child_exit_stops_the_group_with_its_code() -> None:
     assert sleeper.returncode is not None
 
 
+def test_dead_child_is_restarted_with_backoff_then_given_up(tmp_path: Path) -> None:
+    """Each start appends a line and exits 5: 1 start + 2 restarts, after 0.05 then 0.1 s, then exit 5."""
+    from router_py.launch.process_group import RestartPolicy
+
+    starts = tmp_path / "starts"
+    group = ProcessGroup()
+    code = f"import time; open({str(starts)!r}, 'a').write(f'{{time.monotonic()}}\\n'); raise SystemExit(5)"
+    group.spawn("flaky", [sys.executable, "-c", code], {})
+    assert group.supervise(RestartPolicy(max_restarts=2, backoff_s=0.05, max_backoff_s=0.1)) == 5
+    times = [float(t) for t in starts.read_text().split()]
+    assert len(times) == 3
+    assert times[1] - times[0] >= 0.05 and times[2] - times[1] >= 0.1
+
+
+def test_a_configuration_error_is_not_retried() -> None:
+    from router_py.launch.process_group import RestartPolicy
+
+    group = ProcessGroup()
+    group.spawn("misconfigured", [sys.executable, "-c", "raise SystemExit(2)"], {})
+    start = time.monotonic()
+    assert group.supervise(RestartPolicy(max_restarts=5)) == 2
+    assert time.monotonic() - start < 1.0
+
+
+def test_router_startup_exit_codes() -> None:
+    from router_py.shard_client.client import ShardError
+    from router_py.engine.warmup import StartupError
+
+    unreachable = StartupError("cannot reach the master shard")
+    unreachable.__cause__ = ShardError("ServiceDiscovery", "failed to connect", "UNAVAILABLE")
+    assert cli.startup_exit_code(unreachable) == 1
+    assert cli.startup_exit_code(ShardError("Warmup", "needs more blocks", "INVALID_ARGUMENT")) == 2
+    assert cli.startup_exit_code(StartupError("`max_input_tokens` must be < `max_total_tokens`")) == 2
+
+
+def test_restarted_child_keeps_serving_and_stop_ends_supervision(tmp_path: Path) -> None:
+    import threading
+
+    from router_py.launch.process_group import RestartPolicy
+
+    group = ProcessGroup()
+    child = group.spawn("once", [sys.executable, "-c", "import time; time.sleep(0.2)"], {})
+    first = child.proc.pid
+    threading.Timer(1.5, lambda: setattr(group, "stopping", True)).start()
+    assert group.supervise(RestartPolicy(max_restarts=10, backoff_s=0.05)) == 0
+    assert child.proc.pid != first and child.restarts >= 1
+    group.shutdown()
+
+
 def fake_shard_script(tmp_path: Path, body: str) -> Path:
     script = tmp_path / "prism-shard"
     script.write_text(f"#!{sys.executable}\nimport sys, time\n{body}\n")
@@ -125,7 +175,7 @@ def test_launcher_stops_shards_when_the_router_dies(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(launcher, "executable", lambda name: str(script))
     args = launcher.build_parser().parse_args(["--model-id", str(tmp_path), "--shard-uds-path",
                                                str(tmp_path / "s"), "--port", "1"])
-    assert launcher.run(args) == 1
+    assert launcher.run(args) == 2  # the router's configuration error (no tokenizer.json): not retried
     assert subprocess.run(["pgrep", "-f", str(script)], capture_output=True, text=True).stdout == ""
 
 

@@ -1,14 +1,20 @@
-"""Tracing: off by default (no-op), an incoming traceparent parents the handler span, and the metadata
-injected for the shard carries the same trace."""
+"""Tracing: off by default (no-op), an incoming traceparent parents the handler span; the real batcher over
+real gRPC (fake shard servers) sends, with every Prefill/Decode, the batch span as ``traceparent`` and each
+served request's own trace (``prism-request-traceparent``), and links its batch spans to every request; the
+standard ``OTEL_*`` variables are read. End to end with a real OTLP receiver: integration-tests/test_tracing_e2e.py.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from router_py.shard_client.fake_shard import FakeOptions
 from router_py import tracing
+from router_py.tests.test_batcher import close, collect, make_stack, request
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -51,9 +57,7 @@ def test_invalid_traceparent_starts_a_new_trace(exporter: InMemorySpanExporter) 
 
 
 @pytest.mark.parametrize("path", ["/generate", "/generate_stream"])
-async def test_incoming_traceparent_parents_handler_and_reaches_backend(
-    exporter, client, backend, path
-) -> None:
+async def test_incoming_traceparent_parents_handler(exporter, client, path) -> None:
     body = {"inputs": "hello world", "parameters": {}}
     resp = await client.post(path, json=body, headers={"traceparent": TRACEPARENT})
     assert resp.status_code == 200
@@ -61,5 +65,58 @@ async def test_incoming_traceparent_parents_handler_and_reaches_backend(
     handler = spans[path.strip("/")]
     assert f"{handler.context.trace_id:032x}" == TRACE_ID
     assert f"{handler.parent.span_id:016x}" == PARENT_ID and handler.parent.is_remote
-    (metadata,) = backend.grpc_metadata
-    assert dict(metadata)["traceparent"] == f"00-{TRACE_ID}-{handler.context.span_id:016x}-01"
+
+
+async def test_batched_steps_carry_every_requests_trace_to_the_shard(exporter, tmp_path) -> None:
+    """Two requests from two traces share one batch: every Prefill/Decode the fake shard receives names both
+    requests' ``infer`` spans, the batch spans link to both, and nothing is sent from a fake backend."""
+    stack = await make_stack(tmp_path, FakeOptions(step_delay_s=0.01))
+    other = "0af7651916cd43dd8448eb211c80319c"
+    try:
+        async def run(trace_id: str, prompt: str) -> None:
+            parent = tracing.parent_from_headers({"traceparent": f"00-{trace_id}-{PARENT_ID}-01"})
+            with tracing.span("generate", parent=parent):
+                await collect(stack.batcher, request(prompt, max_new_tokens=4))
+
+        await asyncio.gather(run(TRACE_ID, "a b c"), run(other, "d e f"))
+    finally:
+        await close(stack)
+    spans = exporter.get_finished_spans()
+    infer = {f"{s.context.trace_id:032x}": s for s in spans if s.name == "infer"}
+    assert set(infer) == {TRACE_ID, other}
+    assert all(s.parent.span_id == next(h for h in spans if h.name == "generate" and h.context.trace_id
+                                        == s.context.trace_id).context.span_id for s in infer.values())
+    steps = [(name, md, items) for name, md, items in zip(stack.shard.calls, stack.shard.metadata,
+                                                          stack.shard.metadata_items) if name in ("Prefill", "Decode")]
+    assert {step[0] for step in steps} == {"Prefill", "Decode"}
+    batch_spans = {f"{s.context.span_id:016x}": s for s in spans if s.name in ("prefill", "decode")}
+    for name, md, items in steps:
+        batch_span_id = md["traceparent"].split("-")[2]
+        assert batch_span_id in batch_spans and batch_spans[batch_span_id].name == name.lower()
+        linked = {f"{link.context.trace_id:032x}" for link in batch_spans[batch_span_id].links}
+        carried = {tp.split("-")[1] for tp in _request_traces(items)}
+        assert carried <= linked and carried, (name, md)
+    carried_all = {tp.split("-")[1] for _, _, items in steps for tp in _request_traces(items)}
+    assert carried_all == {TRACE_ID, other}
+
+
+def _request_traces(items: list[tuple[str, str]]) -> list[str]:
+    return [v.split(" ", 1)[1] for k, v in items if k == tracing.REQUEST_TRACE_KEY]
+
+
+def test_standard_otel_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SERVICE_NAME",
+                 "OTEL_SDK_DISABLED"):
+        monkeypatch.delenv(name, raising=False)
+    assert tracing.otlp_endpoint(None) is None
+    assert tracing.service_name(None) == "text-generation-inference.router"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "my-llm")
+    assert tracing.otlp_endpoint(None) == "http://collector:4317"
+    assert tracing.service_name(None) == "my-llm"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317")
+    assert tracing.otlp_endpoint(None) == "http://traces:4317"
+    assert tracing.otlp_endpoint("http://flag:4317") == "http://flag:4317"
+    assert tracing.service_name("flag-name") == "flag-name"
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert tracing.otlp_endpoint("http://flag:4317") is None

@@ -44,6 +44,17 @@ async def test_warmup_chooses_limits_when_unset(uds_stub) -> None:
     )  # usable capacity (block 0 reserved) < 4096 positions
 
 
+async def test_a_second_warmup_starts_over(uds_stub) -> None:
+    """A restarted router warms the same shard up again: the earlier Warmup's max_input_tokens must not
+    reject the new warmup batch."""
+    stub, _, _ = uds_stub
+    await stub.Warmup(_router_warmup(max_input=100, max_total=200, prefill=300))
+    resp = await stub.Warmup(
+        pb.WarmupRequest(batch=_router_warmup(300, 400, 600).batch, max_prefill_tokens=600)
+    )
+    assert resp.max_input_tokens == 64 * 16 - 1
+
+
 async def test_warmup_rejects_limits_over_capacity(uds_stub) -> None:
     stub, _, _ = uds_stub
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -285,3 +296,11 @@ async def test_warmup_with_2048_positions_chooses_the_model_bound_and_clamps_pro
         await channel.close()
         await server.stop(grace=None)
         shutil.rmtree(folder, ignore_errors=True)
+async def test_info_reports_prefix_caching_off_when_configured(uds_stub) -> None:
+    """PREFIX_CACHING=0 reaches the router through Info, as TGI's shard reports it."""
+    import dataclasses
+
+    stub, service, config = uds_stub
+    assert (await stub.Info(pb.InfoRequest())).use_prefix_caching
+    service.config = dataclasses.replace(config, prefix_caching=False)
+    assert not (await stub.Info(pb.InfoRequest())).use_prefix_caching

@@ -19,6 +19,9 @@ class _Health(pb_grpc.TextGenerationServiceServicer):
     async def Health(self, request, context):
         return pb.HealthResponse()
 
+    async def Decode(self, request, context):
+        return pb.DecodeResponse()
+
 
 async def test_server_span_continues_the_routers_trace(tmp_path) -> None:
     exporter = InMemorySpanExporter()
@@ -42,3 +45,34 @@ async def test_server_span_continues_the_routers_trace(tmp_path) -> None:
     assert format(span.context.trace_id, "032x") == TRACE_ID
     assert format(span.parent.span_id, "016x") == PARENT_ID
     assert span.attributes["rpc.method"] == "Health"
+
+
+async def test_decode_records_a_span_in_every_served_requests_trace(tmp_path) -> None:
+    """The router's batch span is the RPC's parent; each ``prism-request-traceparent`` gets a span of the same
+    name under its own trace, linked to the SERVER span."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    server = grpc.aio.server(interceptors=[TracingInterceptor(provider)])
+    pb_grpc.add_TextGenerationServiceServicer_to_server(_Health(), server)
+    address = f"unix://{tmp_path}/t"
+    server.add_insecure_port(address)
+    await server.start()
+    requests = {7: "0af7651916cd43dd8448eb211c80319c", 9: "11111111111111111111111111111111"}
+    metadata = [("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01")]
+    metadata += [("prism-request-traceparent", f"{rid} 00-{tid}-b7ad6b7169203331-01") for rid, tid in requests.items()]
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            await pb_grpc.TextGenerationServiceStub(channel).Decode(pb.DecodeRequest(), metadata=metadata)
+    finally:
+        await server.stop(None)
+    spans = exporter.get_finished_spans()
+    (rpc,) = [s for s in spans if s.kind == SpanKind.SERVER]
+    assert format(rpc.context.trace_id, "032x") == TRACE_ID
+    per_request = {s.attributes["prism.request_id"]: s for s in spans if s.kind != SpanKind.SERVER}
+    assert set(per_request) == set(requests)
+    for rid, span in per_request.items():
+        assert span.name == "/generate.v3.TextGenerationService/Decode"
+        assert format(span.context.trace_id, "032x") == requests[rid]
+        assert format(span.parent.span_id, "016x") == "b7ad6b7169203331"
+        assert [link.context.span_id for link in span.links] == [rpc.context.span_id]
