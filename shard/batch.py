@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from shard.grammar import GrammarState
     from shard.sampling import NextTokenChooser, StoppingCriteria
 
 
@@ -40,6 +41,7 @@ class RequestState:
     prefill_emitted: bool = False
     prefix_offset: int = 0  # incremental detokenization offsets (see shard.detokenize)
     read_offset: int = 0
+    grammar: GrammarState | None = None  # constrained decoding (see shard.grammar)
 
     @property
     def prompt_done(self) -> bool:

@@ -42,7 +42,7 @@ def _bad_requests() -> dict[str, tuple[pb.Request, str]]:
         "no blocks": (request(9, TEXT, [], []), "no blocks/slots given"),
         "grammar": (
             _with_grammar(request(9, TEXT, good_blocks, slots_of(good_blocks, 20))),
-            "grammars are not supported",
+            "grammar does not compile",
         ),
         "prompt over max_input_tokens": (
             request(9, TEXT * 10, list(range(40, 60)), slots_of(list(range(40, 60)), 300)),
@@ -62,7 +62,9 @@ def _image_only(r: pb.Request) -> pb.Request:
 
 
 def _with_grammar(r: pb.Request) -> pb.Request:
-    r.parameters.grammar, r.parameters.grammar_type = "[a-z]+", pb.GRAMMAR_TYPE_REGEX
+    # NOTE: "uniqueItems" is a JSON Schema keyword llguidance refuses rather than ignores
+    schema = '{"type": "array", "items": {"type": "integer"}, "uniqueItems": true}'
+    r.parameters.grammar, r.parameters.grammar_type = schema, pb.GRAMMAR_TYPE_JSON
     return r
 
 

@@ -1,0 +1,237 @@
+"""Constrained decoding with llguidance: compile a request's grammar, mask its logits, advance its state.
+
+The grammar arrives in ``NextTokenChooserParameters.grammar`` / ``grammar_type`` as TGI's router sends it:
+``GRAMMAR_TYPE_JSON`` with the JSON schema as a string, or ``GRAMMAR_TYPE_REGEX`` with a regex the whole output
+must match. Two hooks in :meth:`shard.model_runner.ModelRunner.step` drive it: :func:`apply_masks` before the
+tokens are chosen (disallowed tokens get -inf, EOS stays allowed only where the grammar accepts), and
+:func:`advance` after (each request's matcher consumes its token; the next step's masks are then computed on a
+worker thread while the next forward runs).
+
+Compiled grammars are cached (LRU keyed by type and text); each request gets a copy of the cached matcher.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import llguidance
+import torch
+
+if TYPE_CHECKING:
+    from shard.batch import RequestState
+    from shard.generation import GenerationOut
+
+GRAMMAR_TYPE_NONE, GRAMMAR_TYPE_JSON, GRAMMAR_TYPE_REGEX = 0, 1, 2
+CACHE_SIZE = 256
+PREFETCH = True  # compute the next step's masks on a worker thread, overlapping the forward (see docs)
+# NOTE: no free whitespace between JSON tokens: a model (random weights included) cannot pad output forever.
+JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+class GrammarError(ValueError):
+    """A grammar that does not compile (bad type, invalid JSON, unsupported schema keyword, limits)."""
+
+
+def grammar_source(kind: int, text: str) -> str:
+    """The llguidance grammar for one proto (grammar_type, grammar) pair.
+
+    Raises:
+        GrammarError: unknown type, or a JSON grammar that is not a JSON object.
+    """
+    if kind == GRAMMAR_TYPE_JSON:
+        try:
+            schema = json.loads(text)
+        except ValueError as err:
+            raise GrammarError(f"JSON grammar is not valid JSON: {err}") from err
+        if not isinstance(schema, dict):
+            raise GrammarError("JSON grammar must be a JSON object (a JSON schema)")
+        return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
+    if kind == GRAMMAR_TYPE_REGEX:
+        return llguidance.LLMatcher.grammar_from_regex(text)
+    raise GrammarError(f"unknown grammar type {kind}")
+
+
+class Tokenizer(Protocol):
+    def to_str(self) -> str: ...
+
+
+class GrammarCompiler:
+    """Compiles grammars against one tokenizer and vocabulary width; thread-safe; caches compiled matchers.
+
+    Args:
+        tokenizer: the model's ``tokenizers.Tokenizer``.
+        vocab_size: width of the model's logits (may exceed the tokenizer's vocabulary: the rest is masked).
+        eos_token_ids: ids that end generation; the mask allows them only where the grammar accepts.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, eos_token_ids: Sequence[int], cache_size: int = CACHE_SIZE):
+        self.vocab_size = vocab_size
+        self.eos_token_ids = tuple(sorted(eos_token_ids))
+        self.tokenizer = llguidance.LLTokenizer(tokenizer.to_str(), n_vocab=vocab_size, eos_token=sorted(eos_token_ids))
+        self.limits = llguidance.LLParserLimits(verbose_errors=False)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[int, str], llguidance.LLMatcher] = OrderedDict()
+        self._lock = threading.Lock()
+        self.compiles = 0  # cache misses, for tests and logs
+
+    def state(self, kind: int, text: str) -> GrammarState:
+        """A request's state at the start of the grammar.
+
+        Raises:
+            GrammarError: the grammar does not compile.
+        """
+        return GrammarState(self.matcher(kind, text), self.vocab_size, self.eos_token_ids)
+
+    def matcher(self, kind: int, text: str) -> llguidance.LLMatcher:
+        """A fresh matcher at the start of the grammar.
+
+        Raises:
+            GrammarError: the grammar does not compile.
+        """
+        key = (kind, text)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached.deep_copy()
+        compiled = llguidance.LLMatcher(self.tokenizer, grammar_source(kind, text), log_level=0, limits=self.limits)
+        if compiled.is_error():
+            raise GrammarError(compiled.get_error())
+        with self._lock:
+            self.compiles += 1
+            self._cache[key] = compiled
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return compiled.deep_copy()
+
+
+@dataclass
+class GrammarState:
+    """One request's matcher, plus the mask precomputed for its next step (if any)."""
+
+    matcher: llguidance.LLMatcher
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    consumed: int = 0  # tokens consumed so far
+    _prefetched: tuple[Future, torch.Tensor, int, int] | None = field(default=None, repr=False)
+
+    def mask_row(self, masks: MaskWorker) -> torch.Tensor | None:
+        """The (words,) int32 bitmask for the next token, when it was precomputed for this position."""
+        pre, self._prefetched = self._prefetched, None
+        if pre is None or pre[3] != self.consumed:
+            return None
+        future, bitmask, row, _ = pre
+        future.result()
+        return bitmask[row]
+
+
+class MaskWorker:
+    """Computes bitmasks with llguidance's parallel executor (the GIL is dropped meanwhile)."""
+
+    def __init__(self) -> None:
+        self.executor = llguidance.LLExecutor()
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-mask")
+
+    @staticmethod
+    def words(vocab_size: int) -> int:
+        return (vocab_size + 31) // 32
+
+    def fill(self, states: list[GrammarState], vocab_size: int) -> torch.Tensor:
+        """(len(states), words) int32 bitmasks, computed now."""
+        bitmask = torch.empty((len(states), self.words(vocab_size)), dtype=torch.int32)
+        self._fill_into(states, bitmask)
+        return bitmask
+
+    def _fill_into(self, states: list[GrammarState], bitmask: torch.Tensor) -> None:
+        self.executor.unsafe_compute_mask_ptr(
+            [(s.matcher, i) for i, s in enumerate(states)], bitmask.data_ptr(), bitmask.shape[1] * 4, len(states)
+        )
+
+    def prefetch(self, states: list[GrammarState], vocab_size: int) -> None:
+        """Start computing the next masks of ``states`` on the worker thread (overlaps the next forward)."""
+        if not states:
+            return
+        bitmask = torch.empty((len(states), self.words(vocab_size)), dtype=torch.int32)
+        future = self.thread.submit(self._fill_into, list(states), bitmask)
+        for i, s in enumerate(states):
+            s._prefetched = (future, bitmask, i, s.consumed)
+
+
+def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
+    """Set disallowed logits to -inf in place.
+
+    Args:
+        logits: (n, vocab) fp32 (rows may be views into a larger tensor).
+        bitmask: (n, words) int32, bit j of word w allows token 32 * w + j.
+    """
+    vocab = logits.shape[-1]
+    bits = torch.arange(32, dtype=torch.int32)
+    allowed = ((bitmask.unsqueeze(-1) >> bits) & 1).flatten(-2)[..., :vocab].bool()
+    logits.masked_fill_(~allowed, float("-inf"))
+
+
+def apply_masks(requests: Sequence[RequestState], cu_seqlens_q: Sequence[int], logits) -> None:
+    """Hook before token choice: mask the logits row of every grammar request that chooses a token this step.
+
+    Args:
+        requests: the step's requests, in batch order.
+        cu_seqlens_q: (len(requests) + 1) flat row offsets of the step's inputs.
+        logits: a ``StepLogits`` (``row(flat_row)`` returns a view of that row's fp32 logits).
+    """
+    rows, states = [], []
+    for r, start, end in zip(requests, cu_seqlens_q, cu_seqlens_q[1:]):
+        if r.grammar is not None and r.cache_len + (end - start) >= r.prompt_len:
+            rows.append(logits.row(end - 1))
+            states.append(r.grammar)
+    if not states:
+        return
+    masks = _worker()
+    ready = [s.mask_row(masks) for s in states]
+    missing = [s for s, m in zip(states, ready) if m is None]
+    if missing:
+        computed = iter(masks.fill(missing, rows[0].shape[-1]))
+        ready = [m if m is not None else next(computed) for m in ready]
+    with torch.inference_mode():  # the step's logits are inference tensors
+        for row, mask, s in zip(rows, ready, states):
+            apply_bitmask(row.unsqueeze(0), mask.unsqueeze(0))
+            if torch.isneginf(row).all():  # a matcher in error (cannot happen when masks are obeyed): end cleanly
+                row[list(s.eos_token_ids)] = 0.0
+
+
+def advance(
+    requests: Sequence[RequestState], generations: Sequence[GenerationOut], prefetch: bool | None = None
+) -> None:
+    """Hook after token choice: each grammar request that got a token consumes it; then (``prefetch``) the next
+    masks of the unfinished ones start on the worker thread."""
+    by_id = {r.id: r for r in requests if r.grammar is not None}
+    if not by_id:
+        return
+    advanced = []
+    for g in generations:
+        r = by_id.get(g.request_id)
+        if r is None:
+            continue
+        state = r.grammar
+        if not state.matcher.is_stopped():
+            state.matcher.consume_tokens(list(g.tokens.ids))
+        state.consumed += len(g.tokens.ids)
+        if g.finished is None:
+            advanced.append(state)
+    if (PREFETCH if prefetch is None else prefetch) and advanced:
+        _worker().prefetch(advanced, advanced[0].vocab_size)
+
+
+_WORKER: MaskWorker | None = None
+
+
+def _worker() -> MaskWorker:
+    global _WORKER
+    if _WORKER is None:
+        _WORKER = MaskWorker()
+    return _WORKER
