@@ -330,6 +330,8 @@ class Batcher:
         """Re-enqueue ``inputs + text`` for the next round when the client wants more and it still fits."""
         if tokens < state.tokens_before + state.round_max_new or tokens >= state.request.stopping.max_new_tokens:
             return False
+        if state.request.sampling.grammar:  # NOTE: a new round would restart the grammar at its first token
+            return False
         req = state.request
         inputs = req.inputs + text
         ids = self._encode(inputs, req.add_special_tokens)

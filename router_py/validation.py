@@ -8,6 +8,7 @@ Two stages, as in TGI: :func:`parse_generate_request` is the JSON deserializer (
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 from router_py.config import RouterConfig
 from router_py.errors import FrameworkError, deserialize_error, validation_error
+from router_py.grammar import ValidGrammar, validate_grammar
 from router_py.infer_types import SamplingParams, StoppingParams, ValidRequest
 from router_py.tokenizer import Tokenizer, truncate_ids
 
@@ -225,8 +227,11 @@ class Validator:
             )
         input_ids = self._tokenize(request.inputs, p.truncate, add_special_tokens)
         max_new_tokens = self._check_lengths(len(input_ids), p.max_new_tokens)
-        if p.grammar is not None:
-            raise validation_error("grammar is not supported")
+        grammar = (
+            validate_grammar(p.grammar, cfg.disable_grammar_support) if p.grammar is not None else None
+        )
+        if grammar is not None:
+            sampling_params = _with_grammar(sampling_params, grammar)
         namespace = f"{namespace}@{p.adapter_id}" if p.adapter_id else namespace
         return ValidRequest(
             inputs=request.inputs,
@@ -306,6 +311,10 @@ class Validator:
                 f"Given: {input_length} `inputs` tokens and {max_new_tokens} `max_new_tokens`"
             )
         return max_new_tokens
+
+
+def _with_grammar(sampling: SamplingParams, grammar: ValidGrammar) -> SamplingParams:
+    return dataclasses.replace(sampling, grammar=grammar.text, grammar_type=grammar.kind)
 
 
 def _positive(value: float | None, default: float, name: str) -> float:
