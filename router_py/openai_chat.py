@@ -190,7 +190,8 @@ def chat_chunk(
         choices.append(
             {
                 "index": 0,
-                "delta": delta or {"role": "assistant", "content": event.token.text},
+                # NOTE: TGI streams special tokens (EOS) as empty content
+                "delta": delta or {"role": "assistant", "content": "" if event.token.special else event.token.text},
                 "logprobs": chat_logprobs([event.token], [list(event.top_tokens)]) if logprobs else None,
                 "finish_reason": finish_reason or finish,
             }

@@ -123,7 +123,7 @@ async def _chat_events(
 def _tool_chunks(state: AppState, created: int, calls: ToolStream, event) -> list[dict]:
     """The chunks of one token of a tool-calling stream: tool_calls deltas (none while the name is not known
     yet); the last token's chunk carries finish_reason ``tool_calls`` (``stop``/``length`` for a text answer)."""
-    deltas = calls.push(event.token.text)
+    deltas = calls.push("" if event.token.special else event.token.text)
     if not isinstance(event, EndEvent):
         return [chat_chunk(state.config, created, event, False, None, d) for d in deltas]
     deltas += calls.finish()

@@ -176,12 +176,32 @@ def parse_output(text: str) -> ToolOutput:
         call = json.loads(text)["function"]
         name = call.pop(NAME_KEY)
     except (ValueError, KeyError, TypeError, AttributeError) as err:
+        partial = _partial_text_answer(text)
+        if partial is not None:
+            return ToolOutput(content=partial)
         raise tool_error(f"Failed to parse generated text: {err} {text!r}") from err
     if name == NO_TOOL:
         return ToolOutput(content=str(call.get("content", "")))
     arguments = json.dumps(call, ensure_ascii=False)
     return ToolOutput(calls=[{"id": new_call_id(), "type": "function",
                               "function": {"name": name, "arguments": arguments}}])
+
+
+_TEXT_PREFIX = re.compile(r'\s*\{\s*"function"\s*:\s*\{\s*"_name"\s*:\s*"no_tool"\s*,\s*"content"\s*:\s*"')
+
+
+def _partial_text_answer(text: str) -> str | None:
+    """A ``no_tool`` answer cut short (max_tokens): the content generated so far; None for anything else."""
+    match = _TEXT_PREFIX.match(text)
+    if match is None:
+        return None
+    body = text[match.end():]
+    for cut in range(min(len(body), 12) + 1):  # drop a trailing partial escape sequence
+        try:
+            return json.loads('"' + body[: len(body) - cut] + '"')
+        except ValueError:
+            continue
+    return None
 
 
 class ToolStream:

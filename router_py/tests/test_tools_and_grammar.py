@@ -38,19 +38,17 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
 
 class ScriptedBackend(FakeBackend):
-    """Answers every request with ``self.answer``, one token per 3 characters; finish ``eos_token``."""
+    """Answers every request with ``self.answer``, one token per 3 characters, then a special EOS token whose
+    text is not part of the generated text (as the shard reports it)."""
 
     answer = '{"a": 1}'
 
     async def _events(self, request: ValidRequest) -> AsyncIterator[InferEvent]:
         pieces = [self.answer[i : i + 3] for i in range(0, len(self.answer), 3)]
         for n, piece in enumerate(pieces):
-            token = Token(n, piece, -0.1)
-            if n == len(pieces) - 1:
-                yield EndEvent(token, [], generated_text=self.answer, generated_tokens=len(pieces),
-                               finish_reason="eos_token")
-                return
-            yield TokenEvent(token, [])
+            yield TokenEvent(Token(n, piece, -0.1), [])
+        yield EndEvent(Token(1, "</s>", -0.1, special=True), [], generated_text=self.answer,
+                       generated_tokens=len(pieces) + 1, finish_reason="eos_token")
 
 
 @pytest.fixture
@@ -169,7 +167,16 @@ async def test_auto_may_answer_in_text(scripted, tokenizer) -> None:
     assert plain["choices"][0]["finish_reason"] == "stop"
     chunks = [ChatCompletionChunk.model_validate(e) for e in _events(stream.text)]
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello!"
+    streamed = await _stream_text(scripted, tokenizer, {"type": "json_object"})
+    assert streamed == scripted.answer  # the EOS token's text is not content
     assert "no_tool" in scripted.requests[0].sampling.grammar
+
+
+async def _stream_text(backend, tokenizer, response_format) -> str:
+    async with _client(backend, tokenizer) as client:
+        resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True,
+                                                               "response_format": response_format})
+    return "".join(e["choices"][0]["delta"].get("content") or "" for e in _events(resp.text))
 
 
 async def test_tool_errors(scripted, tokenizer) -> None:
@@ -238,3 +245,10 @@ async def test_history_with_tool_turns_goes_through_the_template(scripted, token
     assert resp.status_code == 200, resp.text
     assert '"_name": "get_weather", "city": "Oslo"' in scripted.requests[0].inputs
     assert "12 C" in scripted.requests[0].inputs
+
+
+def test_text_answer_cut_by_max_tokens_keeps_its_content() -> None:
+    assert parse_output('{"function": {"_name": "no_tool", "content": "Hel\\u00e9lo\\u03').content == "Helélo"
+    stream = ToolStream()
+    assert stream.push('{"function": {"_name": "no_tool", "content": "Hi th') == []
+    assert stream.finish() == [{"role": "assistant", "content": "Hi th"}]
