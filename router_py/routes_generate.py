@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from router_py import tracing
-from router_py.grammar import check_off_loop
+from router_py.grammar import with_grammar
 from router_py.errors import HttpError, deserialize_error, incomplete_generation, validation_error
 from router_py.infer import Generation, Timings, generate, generate_best_of, stream_events
 from router_py.infer_types import EndEvent, PrefillTokens, TokenEvent, ValidRequest
@@ -77,7 +77,7 @@ async def run_generate(
         state.permits.acquire(sequences)
         try:
             valid = state.validator.validate(req, namespace, add_special_tokens)
-            await check_off_loop(valid.sampling.grammar_type, valid.sampling.grammar)
+            valid = await with_grammar(valid, req.parameters.grammar, state.config.disable_grammar_support)
             validated = now()
             state.record_validated(valid.input_length, valid.stopping.max_new_tokens)
             if best_of > 1:
@@ -141,7 +141,7 @@ async def open_stream(
     state.permits.acquire()
     try:
         valid = state.validator.validate(req, namespace, add_special_tokens)
-        await check_off_loop(valid.sampling.grammar_type, valid.sampling.grammar)
+        valid = await with_grammar(valid, req.parameters.grammar, state.config.disable_grammar_support)
         run = StreamRun(valid, now())
         state.record_validated(run.valid.input_length, run.valid.stopping.max_new_tokens)
         async with aclosing(stream_events(state.backend, run.valid)) as events:

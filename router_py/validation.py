@@ -8,7 +8,6 @@ Two stages, as in TGI: :func:`parse_generate_request` is the JSON deserializer (
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import random
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ from typing import Any
 
 from router_py.config import RouterConfig
 from router_py.errors import FrameworkError, deserialize_error, validation_error
-from router_py.grammar import ValidGrammar, validate_grammar
 from router_py.infer_types import SamplingParams, StoppingParams, ValidRequest
 from router_py.tokenizer import Tokenizer, truncate_ids
 
@@ -227,11 +225,7 @@ class Validator:
             )
         input_ids = self._tokenize(request.inputs, p.truncate, add_special_tokens)
         max_new_tokens = self._check_lengths(len(input_ids), p.max_new_tokens)
-        grammar = (
-            validate_grammar(p.grammar, cfg.disable_grammar_support) if p.grammar is not None else None
-        )
-        if grammar is not None:
-            sampling_params = _with_grammar(sampling_params, grammar)
+        # NOTE: the grammar, TGI's last check, is checked by router_py.grammar.with_grammar off the event loop
         namespace = f"{namespace}@{p.adapter_id}" if p.adapter_id else namespace
         return ValidRequest(
             inputs=request.inputs,
@@ -311,10 +305,6 @@ class Validator:
                 f"Given: {input_length} `inputs` tokens and {max_new_tokens} `max_new_tokens`"
             )
         return max_new_tokens
-
-
-def _with_grammar(sampling: SamplingParams, grammar: ValidGrammar) -> SamplingParams:
-    return dataclasses.replace(sampling, grammar=grammar.text, grammar_type=grammar.kind)
 
 
 def _positive(value: float | None, default: float, name: str) -> float:
