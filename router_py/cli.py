@@ -189,6 +189,10 @@ async def serve(args: argparse.Namespace) -> int:
     batcher = Batcher(client, info, config, scheduler, metrics, tokenizer.encode)
     batcher.start()
     app = create_app(batcher, tokenizer, router_config(args, info), metrics)
+    if not args.disable_grammar_support:
+        from router_py.grammar import start_workers
+
+        start_workers()  # NOTE: the grammar-check processes import in the background, not on a first request
     host = bind_host(args.hostname)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=args.port, log_config=None, access_log=False))
     log.info("serving on http://%s:%d", host, args.port)

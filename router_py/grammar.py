@@ -12,19 +12,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import multiprocessing
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
 import llguidance
 
-from router_py.errors import validation_error
+from router_py.errors import HttpError, validation_error
 from router_py.infer_types import ValidRequest
 
 # generate.v3 GrammarType
 GRAMMAR_TYPE_NONE, GRAMMAR_TYPE_JSON, GRAMMAR_TYPE_REGEX = 0, 1, 2
 # OpenAI's {"type": "json_object"}: any JSON object (no schema given)
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
+VALIDATION_PREFIX = validation_error("").message
 
 
 @dataclass(frozen=True)
@@ -109,9 +113,12 @@ def _first_error_line(message: str) -> str:
 
 
 async def with_grammar(valid: ValidRequest, grammar: dict[str, Any] | None, disabled: bool) -> ValidRequest:
-    """``valid`` with its checked grammar in the sampling parameters (TGI's last validation step). The checks
-    (meta-schema: ~35 ms, engine compile: ~40 ms for a 50 x 200-value enum schema) run on a worker thread: a slow
-    grammar delays only its own request, never the batching loop (which shares this event loop) nor the queue.
+    """``valid`` with its checked grammar in the sampling parameters (TGI's last validation step).
+
+    The checks (meta-schema ~35 ms, engine compile ~40 ms for a 50 x 200-value enum schema) hold the GIL, so they
+    run in a worker process: a slow grammar delays only its own request, never the event loop the batching loop
+    shares, nor the queue (measured in docs/structured-output.md). Results, refusals included, are cached by
+    grammar text, so a repeated schema (an agent's tools) costs one dictionary lookup.
 
     Raises:
         HttpError: 422 in TGI's words.
@@ -120,12 +127,49 @@ async def with_grammar(valid: ValidRequest, grammar: dict[str, Any] | None, disa
         return valid
     if disabled:
         raise validation_error("grammar is not supported")
-    checked = await asyncio.to_thread(_checked, grammar)
-    sampling = dataclasses.replace(valid.sampling, grammar=checked.text, grammar_type=checked.kind)
+    key = json.dumps(grammar, sort_keys=True, ensure_ascii=False)
+    result = _CHECKED.get(key)
+    if result is None:
+        result = await asyncio.get_running_loop().run_in_executor(_pool(), check_in_worker, grammar)
+        _CHECKED[key] = result
+        while len(_CHECKED) > CHECK_CACHE_SIZE:
+            _CHECKED.popitem(last=False)
+    else:
+        _CHECKED.move_to_end(key)
+    kind, text, error = result
+    if error is not None:
+        raise validation_error(error)
+    sampling = dataclasses.replace(valid.sampling, grammar=text, grammar_type=kind)
     return dataclasses.replace(valid, sampling=sampling)
 
 
-def _checked(grammar: dict[str, Any]) -> ValidGrammar:
-    valid = validate_grammar(grammar, disabled=False)
-    engine_check(valid.kind, valid.text)
-    return valid
+def check_in_worker(grammar: dict[str, Any]) -> tuple[int, str, str | None]:
+    """Runs in the worker process: (kind, text, None) for a valid grammar, (0, "", message) for a refusal."""
+    try:
+        valid = validate_grammar(grammar, disabled=False)
+        engine_check(valid.kind, valid.text)
+    except HttpError as err:
+        return GRAMMAR_TYPE_NONE, "", err.message.removeprefix(VALIDATION_PREFIX)
+    return valid.kind, valid.text, None
+
+
+CHECK_CACHE_SIZE = 512
+_CHECKED: OrderedDict[str, tuple[int, str, str | None]] = OrderedDict()
+_POOL: ProcessPoolExecutor | None = None
+
+
+def start_workers() -> None:
+    """Start the check processes now (they take ~2 s to import on a loaded 2-core machine)."""
+    for _ in range(WORKERS):
+        _pool().submit(int)
+
+
+WORKERS = 2
+
+
+def _pool() -> ProcessPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        # NOTE: spawn, not fork: the router has threads (gRPC, uvicorn) that fork would copy mid-state.
+        _POOL = ProcessPoolExecutor(max_workers=WORKERS, mp_context=multiprocessing.get_context("spawn"))
+    return _POOL

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 GRAMMAR_TYPE_NONE, GRAMMAR_TYPE_JSON, GRAMMAR_TYPE_REGEX = 0, 1, 2
 CACHE_SIZE = 256
+COMPILE_THREADS = 2
 PREFETCH = True  # compute the next step's masks on a worker thread, overlapping the forward (see docs)
 # NOTE: no free whitespace between JSON tokens: a model (random weights included) cannot pad output forever.
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -78,6 +79,7 @@ class GrammarCompiler:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[int, str], llguidance.LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
+        self._threads = ThreadPoolExecutor(max_workers=COMPILE_THREADS, thread_name_prefix="grammar-compile")
         self.compiles = 0  # cache misses, for tests and logs
 
     def state(self, kind: int, text: str) -> GrammarState:
@@ -87,6 +89,20 @@ class GrammarCompiler:
             GrammarError: the grammar does not compile.
         """
         return GrammarState(self.matcher(kind, text), self.vocab_size, self.eos_token_ids)
+
+    def precompile(self, grammars: Sequence[tuple[int, str]]) -> None:
+        """Compile the uncached ones among ``grammars`` in parallel (llguidance drops the GIL while it builds a
+        grammar); errors are left for :meth:`state` to raise for their own request."""
+        with self._lock:
+            missing = list(dict.fromkeys(g for g in grammars if g not in self._cache))
+        if len(missing) > 1:
+            list(self._threads.map(self._try_compile, missing))
+
+    def _try_compile(self, grammar: tuple[int, str]) -> None:
+        try:
+            self.matcher(*grammar)
+        except GrammarError:
+            pass
 
     def matcher(self, kind: int, text: str) -> llguidance.LLMatcher:
         """A fresh matcher at the start of the grammar.

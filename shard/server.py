@@ -161,6 +161,8 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         detok, eos = self.runner.detok, self.runner.loaded.eos_token_ids
         if not batch.requests:
             raise InvalidRequest(f"batch {batch.id} has no requests")
+        self.grammars.precompile([(r.parameters.grammar_type, r.parameters.grammar) for r in batch.requests
+                                  if r.parameters.grammar])
         requests = [convert.request_state(r, detok, eos, self.grammars) for r in batch.requests]
         return ShardBatch(batch.id, requests)
 
