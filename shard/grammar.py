@@ -13,6 +13,7 @@ Compiled grammars are cached (LRU keyed by type and text); each request gets a c
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -30,7 +31,11 @@ if TYPE_CHECKING:
 GRAMMAR_TYPE_NONE, GRAMMAR_TYPE_JSON, GRAMMAR_TYPE_REGEX = 0, 1, 2
 CACHE_SIZE = 256
 COMPILE_THREADS = 2
-PREFETCH = True  # compute the next step's masks on a worker thread, overlapping the forward (see docs)
+# NOTE: measured on the 2-core CPU box (docs/structured-output.md): a mask thread or llguidance's parallel
+# executor competes with torch's own threads for the cores, so both are used only where cores are spare (a GPU
+# host: the forward runs on the device, the CPU is free while it does).
+PREFETCH = torch.cuda.is_available()  # compute the next step's masks on a worker thread during the forward
+PARALLEL = (os.cpu_count() or 1) > 4  # spread one step's masks over llguidance's thread pool
 # NOTE: no free whitespace between JSON tokens: a model (random weights included) cannot pad output forever.
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
@@ -140,18 +145,18 @@ class GrammarState:
     def mask_row(self, masks: MaskWorker) -> torch.Tensor | None:
         """The (words,) int32 bitmask for the next token, when it was precomputed for this position."""
         pre, self._prefetched = self._prefetched, None
-        if pre is None or pre[3] != self.consumed:
+        if pre is None:
             return None
-        future, bitmask, row, _ = pre
-        future.result()
-        return bitmask[row]
+        future, bitmask, row, position = pre
+        future.result()  # NOTE: always waited for: the worker must be done with this matcher before it is used
+        return bitmask[row] if position == self.consumed else None
 
 
 class MaskWorker:
     """Computes bitmasks with llguidance's parallel executor (the GIL is dropped meanwhile)."""
 
     def __init__(self) -> None:
-        self.executor = llguidance.LLExecutor()
+        self._executor: llguidance.LLExecutor | None = None
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-mask")
 
     @staticmethod
@@ -165,9 +170,15 @@ class MaskWorker:
         return bitmask
 
     def _fill_into(self, states: list[GrammarState], bitmask: torch.Tensor) -> None:
-        self.executor.unsafe_compute_mask_ptr(
-            [(s.matcher, i) for i, s in enumerate(states)], bitmask.data_ptr(), bitmask.shape[1] * 4, len(states)
-        )
+        row_bytes = bitmask.shape[1] * 4
+        if PARALLEL and len(states) > 1:
+            pairs = [(s.matcher, i) for i, s in enumerate(states)]
+            if self._executor is None:
+                self._executor = llguidance.LLExecutor()
+            self._executor.unsafe_compute_mask_ptr(pairs, bitmask.data_ptr(), row_bytes, len(states))
+            return
+        for i, s in enumerate(states):
+            s.matcher.unsafe_compute_mask_ptr(bitmask[i].data_ptr(), row_bytes)
 
     def prefetch(self, states: list[GrammarState], vocab_size: int) -> None:
         """Start computing the next masks of ``states`` on the worker thread (overlaps the next forward)."""

@@ -3,9 +3,10 @@
     python -m shard.grammar_bench [--size tiny small] [--batch 32] [--steps 48] [--rounds 3]
 
 Drives :class:`~shard.model_runner.ModelRunner` directly: batch ``--batch`` requests, sampled (seeded), 32-token
-prompts; the same decode is run without a grammar, with a grammar (next masks prefetched on the worker thread
-while the forward runs) and with a grammar computed inline, interleaved over ``--rounds``; prints medians and the
-ratios to the no-grammar run. Prints numbers; asserts nothing.
+prompts; the same decode is run without a grammar and with a grammar whose masks are computed inline
+(sequentially on the step's thread), prefetched (on a worker thread while the next forward runs) or in parallel
+(llguidance's thread pool), interleaved over ``--rounds``; prints medians and the ratios to the no-grammar run.
+Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
@@ -114,15 +115,18 @@ def bench(folder: Path, label: str, batch: int, steps: int, rounds: int) -> None
     print(f"grammar: tokenizer setup {setup * 1e3:.0f} ms, schema compile {cold * 1e3:.2f} ms cold, "
           f"{cached * 1e3:.3f} ms cached (copy)")
     timer = MaskTimer()
-    runs: dict[str, list[float]] = {"none": [], "grammar, prefetched": [], "grammar, inline": []}
+    modes = {"none": None, "grammar, inline": (False, False), "grammar, prefetched": (True, False),
+             "grammar, parallel": (False, True)}  # (PREFETCH, PARALLEL)
+    defaults = grammar.PREFETCH, grammar.PARALLEL
+    print(f"defaults on this host: PREFETCH={defaults[0]}, PARALLEL={defaults[1]}")
+    runs: dict[str, list[float]] = {name: [] for name in modes}
     _decode_seconds(runner, _requests(runner, compiler, batch, steps, 99), 4)  # warm-up
     for r in range(rounds):
-        for name in runs:
-            grammar.PREFETCH = name != "grammar, inline"
-            reqs = _requests(runner, None if name == "none" else compiler, batch, steps, r)
-            timer.seconds.clear() if name == "grammar, inline" else None
+        for name, mode in modes.items():
+            grammar.PREFETCH, grammar.PARALLEL = mode or defaults
+            reqs = _requests(runner, None if mode is None else compiler, batch, steps, r)
             runs[name].append(_decode_seconds(runner, reqs, steps))
-    grammar.PREFETCH = True
+    grammar.PREFETCH, grammar.PARALLEL = defaults
     base = statistics.median(runs["none"])
     for name, seconds in runs.items():
         s = statistics.median(seconds)
@@ -132,7 +136,7 @@ def bench(folder: Path, label: str, batch: int, steps: int, rounds: int) -> None
     if inline:
         per_step = statistics.median(inline)
         print(f"mask cost at batch {batch}: {per_step * 1e3:.3f} ms per step = {per_step / batch * 1e6:.1f} us "
-              "per token (computed inline, median)")
+              "per token (computed on the step's thread, median over inline and parallel runs)")
 
 
 def main() -> None:

@@ -101,16 +101,18 @@ async def test_json_schema_output_always_validates_next_to_free_requests(llama_s
     assert [g.tokens.ids[0] for g in out[50]] == [g.tokens.ids[0] for g in alone[50]]
 
 
-async def test_compiled_grammars_are_cached_and_prefetch_changes_nothing(llama_service, monkeypatch) -> None:
+async def test_compiled_grammars_are_cached_and_mask_modes_change_nothing(llama_service, monkeypatch) -> None:
+    """Prefetched or inline, parallel or sequential masks: the same tokens."""
     schema = json.dumps(SCHEMA)
     runs = []
-    for prefetch in (True, False, True):
+    for prefetch, parallel in [(True, True), (False, False), (True, False), (False, True)]:
         monkeypatch.setattr(grammar, "PREFETCH", prefetch)
+        monkeypatch.setattr(grammar, "PARALLEL", parallel)
         pool = Blocks()
         reqs = [_grammar_request(i, pool, pb.GRAMMAR_TYPE_JSON, schema, seed=5 + i) for i in range(3)]
         out = await run_to_end(llama_service, pb.PrefillRequest(batch=batch(1, reqs)))
         runs.append({rid: [g.tokens.ids[0] for g in gens] for rid, gens in out.items()})
-    assert runs[0] == runs[1] == runs[2]
+    assert runs[0] == runs[1] == runs[2] == runs[3]
     assert llama_service.grammars.compiles == 1
 
 
