@@ -190,17 +190,20 @@ class MaskWorker:
             s._prefetched = (future, bitmask, i, s.consumed)
 
 
+def allowed_tokens(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
+    """(n, vocab) bool from (n, words) int32 bitmasks: bit j of word w allows token 32 * w + j."""
+    bits = torch.arange(32, dtype=torch.int32)
+    return ((bitmask.unsqueeze(-1) >> bits) & 1).flatten(-2)[..., :vocab].bool()
+
+
 def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
     """Set disallowed logits to -inf in place.
 
     Args:
-        logits: (n, vocab) fp32 (rows may be views into a larger tensor).
-        bitmask: (n, words) int32, bit j of word w allows token 32 * w + j.
+        logits: (n, vocab) fp32.
+        bitmask: (n, words) int32.
     """
-    vocab = logits.shape[-1]
-    bits = torch.arange(32, dtype=torch.int32)
-    allowed = ((bitmask.unsqueeze(-1) >> bits) & 1).flatten(-2)[..., :vocab].bool()
-    logits.masked_fill_(~allowed, float("-inf"))
+    logits.masked_fill_(~allowed_tokens(bitmask, logits.shape[-1]), float("-inf"))
 
 
 def apply_masks(requests: Sequence[RequestState], cu_seqlens_q: Sequence[int], logits) -> None:
@@ -209,26 +212,38 @@ def apply_masks(requests: Sequence[RequestState], cu_seqlens_q: Sequence[int], l
     Args:
         requests: the step's requests, in batch order.
         cu_seqlens_q: (len(requests) + 1) flat row offsets of the step's inputs.
-        logits: a ``StepLogits`` (``row(flat_row)`` returns a view of that row's fp32 logits).
+        logits: a ``StepLogits``: ``values`` (rows, vocab) fp32, ``row_index`` flat row -> row of ``values``.
     """
-    rows, states = [], []
+    index, states = [], []
     for r, start, end in zip(requests, cu_seqlens_q, cu_seqlens_q[1:]):
         if r.grammar is not None and r.cache_len + (end - start) >= r.prompt_len:
-            rows.append(logits.row(end - 1))
+            index.append(logits.row_index[end - 1])
             states.append(r.grammar)
     if not states:
         return
+    values = logits.values
+    bitmask = _bitmasks(states, values.shape[-1])
+    with torch.inference_mode():  # the step's logits are inference tensors
+        rows = torch.tensor(index, dtype=torch.int64)
+        masked = values.index_select(0, rows).masked_fill_(~allowed_tokens(bitmask, values.shape[-1]), float("-inf"))
+        dead = torch.isneginf(masked).all(-1)
+        if bool(dead.any()):  # a matcher in error (cannot happen when masks are obeyed): let it end cleanly
+            eos = torch.tensor(states[0].eos_token_ids, dtype=torch.int64)
+            masked[dead.nonzero().flatten()[:, None], eos] = 0.0
+        values.index_copy_(0, rows, masked)
+
+
+def _bitmasks(states: list[GrammarState], vocab: int) -> torch.Tensor:
+    """(len(states), words) int32: the prefetched rows where they are ready, the others computed now."""
     masks = _worker()
     ready = [s.mask_row(masks) for s in states]
     missing = [s for s, m in zip(states, ready) if m is None]
+    if len(missing) == len(states):
+        return masks.fill(states, vocab)
     if missing:
-        computed = iter(masks.fill(missing, rows[0].shape[-1]))
+        computed = iter(masks.fill(missing, vocab))
         ready = [m if m is not None else next(computed) for m in ready]
-    with torch.inference_mode():  # the step's logits are inference tensors
-        for row, mask, s in zip(rows, ready, states):
-            apply_bitmask(row.unsqueeze(0), mask.unsqueeze(0))
-            if torch.isneginf(row).all():  # a matcher in error (cannot happen when masks are obeyed): end cleanly
-                row[list(s.eos_token_ids)] = 0.0
+    return torch.stack(ready)
 
 
 def advance(

@@ -133,3 +133,20 @@ def test_bad_grammars_raise_grammar_error(llama_service) -> None:
                        (7, "x")]:
         with pytest.raises(grammar.GrammarError):
             compiler.state(kind, text)
+
+
+def test_a_matcher_in_error_can_only_end(llama_service) -> None:
+    """If a matcher ever refused a token (it cannot when its mask is obeyed), its row allows only EOS, so the
+    request ends instead of sampling from an all -inf row (NaN) and failing the batch."""
+    import torch
+
+    from shard.batch import RequestState
+    from shard.model_runner import StepLogits
+
+    state = llama_service.grammars.state(pb.GRAMMAR_TYPE_REGEX, "abc")
+    state.matcher.consume_token(1)  # EOS at the start: not accepted, the matcher enters its error state
+    assert state.matcher.is_error()
+    r = RequestState(0, [5, 6], 2, [1], [16, 17], 1, None, None, grammar=state)
+    logits = StepLogits(torch.zeros(1, 1024), {0: 0})
+    grammar.apply_masks([r], [0, 1], logits)
+    assert torch.isfinite(logits.values[0]).nonzero().flatten().tolist() == [1]
