@@ -31,11 +31,6 @@ if TYPE_CHECKING:
 GRAMMAR_TYPE_NONE, GRAMMAR_TYPE_JSON, GRAMMAR_TYPE_REGEX = 0, 1, 2
 CACHE_SIZE = 256
 COMPILE_THREADS = 2
-# NOTE: measured on the 2-core CPU box (docs/structured-output.md): a mask thread or llguidance's parallel
-# executor competes with torch's own threads for the cores, so both are used only where cores are spare (a GPU
-# host: the forward runs on the device, the CPU is free while it does).
-PREFETCH = torch.cuda.is_available()  # compute the next step's masks on a worker thread during the forward
-PARALLEL = (os.cpu_count() or 1) > 4  # spread one step's masks over llguidance's thread pool
 # NOTE: no free whitespace between JSON tokens: a model (random weights included) cannot pad output forever.
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
@@ -76,7 +71,15 @@ class GrammarCompiler:
         eos_token_ids: ids that end generation; the mask allows them only where the grammar accepts.
     """
 
-    def __init__(self, tokenizer: Tokenizer, vocab_size: int, eos_token_ids: Sequence[int], cache_size: int = CACHE_SIZE):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        vocab_size: int,
+        eos_token_ids: Sequence[int],
+        cache_size: int = CACHE_SIZE,
+        masks: MaskWorker | None = None,
+    ):
+        self.masks = masks or MaskWorker()
         self.vocab_size = vocab_size
         self.eos_token_ids = tuple(sorted(eos_token_ids))
         self.tokenizer = llguidance.LLTokenizer(tokenizer.to_str(), n_vocab=vocab_size, eos_token=sorted(eos_token_ids))
@@ -93,7 +96,7 @@ class GrammarCompiler:
         Raises:
             GrammarError: the grammar does not compile.
         """
-        return GrammarState(self.matcher(kind, text), self.vocab_size, self.eos_token_ids)
+        return GrammarState(self.matcher(kind, text), self.vocab_size, self.eos_token_ids, self.masks)
 
     def precompile(self, grammars: Sequence[tuple[int, str]]) -> None:
         """Compile the uncached ones among ``grammars`` in parallel (llguidance drops the GIL while it builds a
@@ -139,10 +142,11 @@ class GrammarState:
     matcher: llguidance.LLMatcher
     vocab_size: int
     eos_token_ids: tuple[int, ...]
+    masks: MaskWorker
     consumed: int = 0  # tokens consumed so far
     _prefetched: tuple[Future, torch.Tensor, int, int] | None = field(default=None, repr=False)
 
-    def mask_row(self, masks: MaskWorker) -> torch.Tensor | None:
+    def mask_row(self) -> torch.Tensor | None:
         """The (words,) int32 bitmask for the next token, when it was precomputed for this position."""
         pre, self._prefetched = self._prefetched, None
         if pre is None:
@@ -153,9 +157,20 @@ class GrammarState:
 
 
 class MaskWorker:
-    """Computes bitmasks with llguidance's parallel executor (the GIL is dropped meanwhile)."""
+    """Computes bitmasks (llguidance drops the GIL meanwhile).
 
-    def __init__(self) -> None:
+    Args:
+        prefetch: compute the next step's masks on a worker thread while the next forward runs.
+        parallel: spread one step's masks over llguidance's thread pool.
+
+    NOTE: measured on the 2-core CPU box (docs/structured-output.md): the mask thread and the pool compete with
+    torch's own threads for the cores, so by default both are used only where cores are spare (a GPU host: the
+    forward runs on the device, the CPU is free meanwhile; more than 4 cores).
+    """
+
+    def __init__(self, prefetch: bool | None = None, parallel: bool | None = None) -> None:
+        self.prefetch = torch.cuda.is_available() if prefetch is None else prefetch
+        self.parallel = (os.cpu_count() or 1) > 4 if parallel is None else parallel
         self._executor: llguidance.LLExecutor | None = None
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-mask")
 
@@ -171,7 +186,7 @@ class MaskWorker:
 
     def _fill_into(self, states: list[GrammarState], bitmask: torch.Tensor) -> None:
         row_bytes = bitmask.shape[1] * 4
-        if PARALLEL and len(states) > 1:
+        if self.parallel and len(states) > 1:
             pairs = [(s.matcher, i) for i, s in enumerate(states)]
             if self._executor is None:
                 self._executor = llguidance.LLExecutor()
@@ -180,7 +195,7 @@ class MaskWorker:
         for i, s in enumerate(states):
             s.matcher.unsafe_compute_mask_ptr(bitmask[i].data_ptr(), row_bytes)
 
-    def prefetch(self, states: list[GrammarState], vocab_size: int) -> None:
+    def prefetch_next(self, states: list[GrammarState], vocab_size: int) -> None:
         """Start computing the next masks of ``states`` on the worker thread (overlaps the next forward)."""
         if not states:
             return
@@ -235,8 +250,8 @@ def apply_masks(requests: Sequence[RequestState], cu_seqlens_q: Sequence[int], l
 
 def _bitmasks(states: list[GrammarState], vocab: int) -> torch.Tensor:
     """(len(states), words) int32: the prefetched rows where they are ready, the others computed now."""
-    masks = _worker()
-    ready = [s.mask_row(masks) for s in states]
+    masks = states[0].masks
+    ready = [s.mask_row() for s in states]
     missing = [s for s, m in zip(states, ready) if m is None]
     if len(missing) == len(states):
         return masks.fill(states, vocab)
@@ -246,11 +261,9 @@ def _bitmasks(states: list[GrammarState], vocab: int) -> torch.Tensor:
     return torch.stack(ready)
 
 
-def advance(
-    requests: Sequence[RequestState], generations: Sequence[GenerationOut], prefetch: bool | None = None
-) -> None:
-    """Hook after token choice: each grammar request that got a token consumes it; then (``prefetch``) the next
-    masks of the unfinished ones start on the worker thread."""
+def advance(requests: Sequence[RequestState], generations: Sequence[GenerationOut]) -> None:
+    """Hook after token choice: each grammar request that got a token consumes it; then (when its mask worker
+    prefetches) the next masks of the unfinished ones start on the worker thread."""
     by_id = {r.id: r for r in requests if r.grammar is not None}
     if not by_id:
         return
@@ -265,15 +278,5 @@ def advance(
         state.consumed += len(g.tokens.ids)
         if g.finished is None:
             advanced.append(state)
-    if (PREFETCH if prefetch is None else prefetch) and advanced:
-        _worker().prefetch(advanced, advanced[0].vocab_size)
-
-
-_WORKER: MaskWorker | None = None
-
-
-def _worker() -> MaskWorker:
-    global _WORKER
-    if _WORKER is None:
-        _WORKER = MaskWorker()
-    return _WORKER
+    if advanced and advanced[0].masks.prefetch:
+        advanced[0].masks.prefetch_next(advanced, advanced[0].vocab_size)

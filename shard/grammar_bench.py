@@ -19,12 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from shard import grammar
 from shard.batch import RequestState
 from shard.config import ShardConfig
 from shard.demo_model import build_demo_model
 from shard.factory import build_runner
-from shard.grammar import GRAMMAR_TYPE_JSON, GrammarCompiler
+from shard.grammar import GRAMMAR_TYPE_JSON, GrammarCompiler, MaskWorker
 from shard.model_runner import ModelRunner
 from shard.sampling import NextTokenChooser, SamplingParams, StoppingCriteria
 
@@ -81,10 +80,9 @@ def _decode_seconds(runner: ModelRunner, requests: list[RequestState], steps: in
 class MaskTimer:
     """Wraps the worker's synchronous fill to time every batch mask computation."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker: MaskWorker) -> None:
         self.seconds: list[float] = []
         self.rows: list[int] = []
-        worker = grammar._worker()
         self._fill = worker.fill
 
         def timed(states, vocab_size):
@@ -114,19 +112,20 @@ def bench(folder: Path, label: str, batch: int, steps: int, rounds: int) -> None
     print(f"== {label}: vocab {loaded.model.config.vocab_size}, batch {batch}, {steps} decode steps x {rounds} rounds")
     print(f"grammar: tokenizer setup {setup * 1e3:.0f} ms, schema compile {cold * 1e3:.2f} ms cold, "
           f"{cached * 1e3:.3f} ms cached (copy)")
-    timer = MaskTimer()
+    masks = compiler.masks
+    timer = MaskTimer(masks)
     modes = {"none": None, "grammar, inline": (False, False), "grammar, prefetched": (True, False),
-             "grammar, parallel": (False, True)}  # (PREFETCH, PARALLEL)
-    defaults = grammar.PREFETCH, grammar.PARALLEL
-    print(f"defaults on this host: PREFETCH={defaults[0]}, PARALLEL={defaults[1]}")
+             "grammar, parallel": (False, True)}  # (prefetch, parallel)
+    defaults = masks.prefetch, masks.parallel
+    print(f"defaults on this host: prefetch={defaults[0]}, parallel={defaults[1]}")
     runs: dict[str, list[float]] = {name: [] for name in modes}
     _decode_seconds(runner, _requests(runner, compiler, batch, steps, 99), 4)  # warm-up
     for r in range(rounds):
         for name, mode in modes.items():
-            grammar.PREFETCH, grammar.PARALLEL = mode or defaults
+            masks.prefetch, masks.parallel = mode or defaults
             reqs = _requests(runner, None if mode is None else compiler, batch, steps, r)
             runs[name].append(_decode_seconds(runner, reqs, steps))
-    grammar.PREFETCH, grammar.PARALLEL = defaults
+    masks.prefetch, masks.parallel = defaults
     base = statistics.median(runs["none"])
     for name, seconds in runs.items():
         s = statistics.median(seconds)

@@ -106,8 +106,9 @@ async def test_compiled_grammars_are_cached_and_mask_modes_change_nothing(llama_
     schema = json.dumps(SCHEMA)
     runs = []
     for prefetch, parallel in [(True, True), (False, False), (True, False), (False, True)]:
-        monkeypatch.setattr(grammar, "PREFETCH", prefetch)
-        monkeypatch.setattr(grammar, "PARALLEL", parallel)
+        masks = llama_service.grammars.masks
+        monkeypatch.setattr(masks, "prefetch", prefetch)
+        monkeypatch.setattr(masks, "parallel", parallel)
         pool = Blocks()
         reqs = [_grammar_request(i, pool, pb.GRAMMAR_TYPE_JSON, schema, seed=5 + i) for i in range(3)]
         out = await run_to_end(llama_service, pb.PrefillRequest(batch=batch(1, reqs)))
