@@ -177,3 +177,21 @@ def test_grammar_request_prompt_hits_the_prefix_cache(stack: Stack) -> None:
     assert stack.metric("prism_prefix_cache_hit_tokens") - hits >= 256  # the prompt's full blocks, reused
     assert second["generated_text"] == first["generated_text"]  # same seed, cached prefix: same output
     jsonschema.validate(json.loads(first["generated_text"]), ANSWER_SCHEMA)
+
+
+def test_disable_grammar_support_env_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TGI's env twin of --disable-grammar-support: every grammar, response format and tool call is refused."""
+    monkeypatch.setenv("DISABLE_GRAMMAR_SUPPORT", "1")
+    stack = Stack(["--num-blocks", "1024"]).wait_healthy()
+    try:
+        expected = {"error": "Input validation error: grammar is not supported", "error_type": "validation"}
+        gen = httpx.post(f"{stack.url}/generate", timeout=60, json={
+            "inputs": "x", "parameters": {"grammar": {"type": "regex", "value": "a+"}}})
+        chat = httpx.post(f"{stack.url}/v1/chat/completions", timeout=60, json={
+            "messages": MESSAGES, "tools": TOOLS, "tool_choice": "required"})
+        assert (gen.status_code, gen.json()) == (422, expected)
+        assert (chat.status_code, chat.json()) == (422, expected)
+        assert httpx.post(f"{stack.url}/generate", timeout=60, json={
+            "inputs": "x", "parameters": {"max_new_tokens": 2}}).status_code == 200
+    finally:
+        assert stack.close() == 0
