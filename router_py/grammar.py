@@ -1,8 +1,10 @@
-"""``parameters.grammar`` (and chat ``response_format``) validated as TGI does, into the v3 proto's grammar fields.
+"""``parameters.grammar`` (and chat ``response_format``) validated as TGI does, into the v3 proto's grammar
+fields.
 
-TGI's rules: a JSON grammar's value is a schema object or a string holding one; it must be a valid draft 2020-12
-schema and have ``properties``; ``json_schema`` carries ``{"name"?, "schema", "strict"?}``; a regex is passed as
-is. Errors read ``grammar is not valid: ...``; with grammars disabled every grammar is ``grammar is not supported``.
+TGI's rules: a JSON grammar's value is a schema object or a string holding one; it must be a valid draft
+2020-12 schema and have ``properties``; ``json_schema`` carries ``{"name"?, "schema", "strict"?}``; a regex is
+passed as is. Errors read ``grammar is not valid: ...``; with grammars disabled every grammar is ``grammar is
+not supported``.
 On top of TGI, the grammar is also checked by the engine the shard runs (llguidance), so a schema keyword the
 shard cannot enforce is refused here, before the request queues, and never fails a batch.
 """
@@ -115,10 +117,10 @@ def _first_error_line(message: str) -> str:
 async def with_grammar(valid: ValidRequest, grammar: dict[str, Any] | None, disabled: bool) -> ValidRequest:
     """``valid`` with its checked grammar in the sampling parameters (TGI's last validation step).
 
-    The checks (meta-schema ~35 ms, engine compile ~40 ms for a 50 x 200-value enum schema) hold the GIL, so they
-    run in a worker process: a slow grammar delays only its own request, never the event loop the batching loop
-    shares, nor the queue (measured in docs/structured-output.md). Results, refusals included, are cached by
-    grammar text, so a repeated schema (an agent's tools) costs one dictionary lookup.
+    The checks (meta-schema ~35 ms, engine compile ~40 ms for a 50 x 200-value enum schema) hold the GIL, so
+    they run in a worker process: a slow grammar delays only its own request, never the event loop the
+    batching loop shares, nor the queue (measured in docs/structured-output.md). Results, refusals included,
+    are cached by grammar text, so a repeated schema (an agent's tools) costs one dictionary lookup.
 
     Raises:
         HttpError: 422 in TGI's words.

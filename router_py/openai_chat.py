@@ -119,6 +119,10 @@ def _first_given(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
 
+def _content(event: TokenEvent) -> str:
+    return "" if event.token.special else event.token.text
+
+
 def openai_finish_reason(reason: str) -> str:
     return "stop" if reason == "eos_token" else reason
 
@@ -191,7 +195,7 @@ def chat_chunk(
             {
                 "index": 0,
                 # NOTE: TGI streams special tokens (EOS) as empty content
-                "delta": delta or {"role": "assistant", "content": "" if event.token.special else event.token.text},
+                "delta": delta or {"role": "assistant", "content": _content(event)},
                 "logprobs": chat_logprobs([event.token], [list(event.top_tokens)]) if logprobs else None,
                 "finish_reason": finish_reason or finish,
             }

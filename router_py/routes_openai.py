@@ -36,7 +36,14 @@ from router_py.routes_common import AppState, now, read_json, state_of
 from router_py.infer import Generation
 from router_py.routes_generate import open_stream, run_generate
 from router_py.sse import OPENAI_DONE, sse_response, tgi_event
-from router_py.tools import ToolPlan, ToolStream, parse_output, plan_tools, template_messages, with_tool_prompt
+from router_py.tools import (
+    ToolPlan,
+    ToolStream,
+    parse_output,
+    plan_tools,
+    template_messages,
+    with_tool_prompt,
+)
 from router_py.validation import GenerateRequest, tenant_namespace
 
 
@@ -122,7 +129,8 @@ async def _chat_events(
 
 def _tool_chunks(state: AppState, created: int, calls: ToolStream, event) -> list[dict]:
     """The chunks of one token of a tool-calling stream: tool_calls deltas (none while the name is not known
-    yet); the last token's chunk carries finish_reason ``tool_calls`` (``stop``/``length`` for a text answer)."""
+    yet); the last token's chunk carries finish_reason ``tool_calls`` (``stop``/``length`` for a text
+    answer)."""
     deltas = calls.push("" if event.token.special else event.token.text)
     if not isinstance(event, EndEvent):
         return [chat_chunk(state.config, created, event, False, None, d) for d in deltas]

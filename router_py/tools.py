@@ -1,8 +1,9 @@
 """OpenAI tool calling over a JSON-schema grammar (the approach TGI takes, in our own code).
 
-``tools`` + ``tool_choice`` become one grammar: ``{"function": <one of the tools>}``, each tool an object whose
-``_name`` is the tool's name (first, so a stream knows the name early) followed by the tool's parameters. With
-``auto`` a ``no_tool`` branch carrying a ``content`` string lets the model answer in text. The generated JSON is
+``tools`` + ``tool_choice`` become one grammar: ``{"function": <one of the tools>}``, each tool an object
+whose ``_name`` is the tool's name (first, so a stream knows the name early) followed by the tool's
+parameters. With ``auto`` a ``no_tool`` branch carrying a ``content`` string lets the model answer in text.
+The generated JSON is
 turned back into the assistant message's ``tool_calls`` (arguments as a JSON string, as OpenAI sends them), or
 into streamed ``tool_calls`` deltas whose arguments concatenate to that same string.
 """
@@ -51,8 +52,8 @@ def plan_tools(
     """The grammar and template inputs for ``tools`` / ``tool_choice`` / ``response_format``.
 
     Raises:
-        HttpError: 422 tool_error (unknown tool, bad tool definition) or validation error (response_format with
-            tools, bad response_format).
+        HttpError: 422 tool_error (unknown tool, bad tool definition) or validation error (response_format
+            with tools, bad response_format).
     """
     grammar = response_format_grammar(response_format)
     choice = _choice(tool_choice, bool(tools))
@@ -66,7 +67,9 @@ def plan_tools(
         if not functions:
             raise tool_error(f"Tool with name {choice} not found")
     schema = tool_schema(functions, allow_text=choice == "auto")
-    return ToolPlan(tools, {"type": "json", "value": schema}, tool_prompt if tool_prompt is not None else TOOL_PROMPT)
+    return ToolPlan(
+        tools, {"type": "json", "value": schema}, tool_prompt if tool_prompt is not None else TOOL_PROMPT
+    )
 
 
 def response_format_grammar(response_format: Any) -> dict[str, Any] | None:
@@ -84,13 +87,14 @@ def response_format_grammar(response_format: Any) -> dict[str, Any] | None:
     if kind == "text":
         return None
     if kind not in ("json", "json_object", "json_schema", "regex"):
-        raise validation_error(f"`response_format` type `{kind}` is not one of text, json_object, json_schema, "
-                               "json, regex")
+        raise validation_error(
+            f"`response_format` type `{kind}` is not one of text, json_object, json_schema, " "json, regex"
+        )
     return response_format
 
 
 def _choice(tool_choice: Any, has_tools: bool) -> str:
-    """"auto" | "none" | "required" | a function name (OpenAI's object form or a bare name)."""
+    """ "auto" | "none" | "required" | a function name (OpenAI's object form or a bare name)."""
     if tool_choice is None:
         return "auto" if has_tools else "none"
     if isinstance(tool_choice, str):
@@ -105,7 +109,7 @@ def _choice(tool_choice: Any, has_tools: bool) -> str:
 def _function(tool: Any, index: int) -> dict[str, Any]:
     function = tool.get("function") if isinstance(tool, dict) else None
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise tool_error(f"tools[{index}] must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}")
+        raise tool_error(f'tools[{index}] must be {{"type": "function", "function": {{"name": ...}}}}')
     if function["name"] == NO_TOOL:
         raise tool_error(f"the tool name {NO_TOOL} is reserved")
     parameters = function.get("parameters", function.get("arguments")) or {"type": "object", "properties": {}}
@@ -127,8 +131,14 @@ def tool_schema(functions: list[dict[str, Any]], allow_text: bool) -> dict[str, 
         for name, definition in params.get("$defs", {}).items():
             if defs.setdefault(name, definition) != definition:
                 raise tool_error(f"tools define `$defs/{name}` differently")
-        branches.append(_branch(f["name"], params.get("properties", {}), params.get("required", []),
-                                params.get("additionalProperties") is True))
+        branches.append(
+            _branch(
+                f["name"],
+                params.get("properties", {}),
+                params.get("required", []),
+                params.get("additionalProperties") is True,
+            )
+        )
     if allow_text:
         branches.append(_branch(NO_TOOL, {"content": {"type": "string"}}, ["content"], False))
     schema: dict[str, Any] = {
@@ -183,8 +193,9 @@ def parse_output(text: str) -> ToolOutput:
     if name == NO_TOOL:
         return ToolOutput(content=str(call.get("content", "")))
     arguments = json.dumps(call, ensure_ascii=False)
-    return ToolOutput(calls=[{"id": new_call_id(), "type": "function",
-                              "function": {"name": name, "arguments": arguments}}])
+    return ToolOutput(
+        calls=[{"id": new_call_id(), "type": "function", "function": {"name": name, "arguments": arguments}}]
+    )
 
 
 _TEXT_PREFIX = re.compile(r'\s*\{\s*"function"\s*:\s*\{\s*"_name"\s*:\s*"no_tool"\s*,\s*"content"\s*:\s*"')
@@ -195,7 +206,7 @@ def _partial_text_answer(text: str) -> str | None:
     match = _TEXT_PREFIX.match(text)
     if match is None:
         return None
-    body = text[match.end():]
+    body = text[match.end() :]
     for cut in range(min(len(body), 12) + 1):  # drop a trailing partial escape sequence
         try:
             return json.loads('"' + body[: len(body) - cut] + '"')
@@ -207,10 +218,10 @@ def _partial_text_answer(text: str) -> str | None:
 class ToolStream:
     """Turns streamed token texts into OpenAI ``tool_calls`` deltas.
 
-    The name is sent in the first delta once the text holds it; the arguments then follow as they are generated,
-    holding back trailing ``}`` and whitespace (one of those closes the outer object); their concatenation equals
-    :func:`parse_output`'s arguments up to whitespace. A ``no_tool`` answer is sent as one content delta at the
-    end.
+    The name is sent in the first delta once the text holds it; the arguments then follow as they are
+    generated, holding back trailing ``}`` and whitespace (one of those closes the outer object); their
+    concatenation equals :func:`parse_output`'s arguments up to whitespace. A ``no_tool`` answer is sent as
+    one content delta at the end.
     """
 
     def __init__(self) -> None:
@@ -232,8 +243,16 @@ class ToolStream:
             self._args_start = match.end() if match.group(2) == "," else -1
             if self.name == NO_TOOL:
                 return []
-            out.append(_tool_delta({"index": 0, "id": self.id, "type": "function",
-                                    "function": {"name": self.name, "arguments": ""}}))
+            out.append(
+                _tool_delta(
+                    {
+                        "index": 0,
+                        "id": self.id,
+                        "type": "function",
+                        "function": {"name": self.name, "arguments": ""},
+                    }
+                )
+            )
         if self.name != NO_TOOL:
             out.extend(self._arguments(self._safe_arguments()))
         return out
@@ -251,7 +270,7 @@ class ToolStream:
         return out + self._arguments(self._final_arguments())
 
     def _body(self) -> str:
-        return "" if self._args_start < 0 else self.text[self._args_start:]
+        return "" if self._args_start < 0 else self.text[self._args_start :]
 
     def _safe_arguments(self) -> str:
         if self._args_start < 0:
@@ -267,7 +286,7 @@ class ToolStream:
     def _arguments(self, full: str) -> list[dict[str, Any]]:
         if not full.startswith(self._sent) or len(full) == len(self._sent):
             return []
-        delta, self._sent = full[len(self._sent):], full
+        delta, self._sent = full[len(self._sent) :], full
         return [_tool_delta({"index": 0, "function": {"arguments": delta}})]
 
 
@@ -280,14 +299,18 @@ def _tool_delta(call: dict[str, Any]) -> dict[str, Any]:
 
 def template_messages(messages: list[dict[str, Any]], native_tool_calls: bool) -> list[dict[str, Any]]:
     """Messages as the chat template gets them. Assistant ``tool_calls`` turns: for a template that renders
-    ``tool_calls`` itself, arguments become objects (what HF templates expect); for any other template the calls
-    are written into ``content`` in the grammar's own JSON form. ``None`` content becomes "" (text templates
-    concatenate it)."""
+    ``tool_calls`` itself, arguments become objects (what HF templates expect); for any other template the
+    calls are written into ``content`` in the grammar's own JSON form. ``None`` content becomes "" (text
+    templates concatenate it)."""
     out = []
     for m in messages:
         calls = m.get("tool_calls")
         if calls and isinstance(calls, list):
-            m = _with_object_arguments(m, calls) if native_tool_calls else {**m, "content": _calls_text(calls)}
+            m = (
+                _with_object_arguments(m, calls)
+                if native_tool_calls
+                else {**m, "content": _calls_text(calls)}
+            )
         if m.get("content") is None:
             m = {**m, "content": ""}
         out.append(m)
@@ -307,7 +330,10 @@ def _with_object_arguments(message: dict[str, Any], calls: list[Any]) -> dict[st
     fixed = []
     for c in calls:
         if isinstance(c, dict) and isinstance(c.get("function"), dict):
-            c = {**c, "function": {**c["function"], "arguments": _arguments_object(c["function"].get("arguments"))}}
+            c = {
+                **c,
+                "function": {**c["function"], "arguments": _arguments_object(c["function"].get("arguments"))},
+            }
         fixed.append(c)
     return {**message, "tool_calls": fixed}
 
@@ -322,7 +348,9 @@ def _calls_text(calls: list[Any]) -> str:
     return "\n".join(texts)
 
 
-def with_tool_prompt(messages: list[dict[str, Any]], tools: list[dict[str, Any]], prompt: str) -> list[dict[str, Any]]:
+def with_tool_prompt(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]], prompt: str
+) -> list[dict[str, Any]]:
     """For a template that does not render ``tools``: the prompt and the tools' JSON appended to the last user
     message (a system message of its own when there is none)."""
     text = f"{prompt}\n{json.dumps(tools, ensure_ascii=False)}"
@@ -331,5 +359,5 @@ def with_tool_prompt(messages: list[dict[str, Any]], tools: list[dict[str, Any]]
             content = messages[i].get("content") or ""
             if isinstance(content, list):
                 content = "".join(c.get("text", "") for c in content if isinstance(c, dict))
-            return [*messages[:i], {**messages[i], "content": f"{content}\n---\n{text}"}, *messages[i + 1:]]
+            return [*messages[:i], {**messages[i], "content": f"{content}\n---\n{text}"}, *messages[i + 1 :]]
     return [{"role": "system", "content": text}, *messages]

@@ -37,7 +37,10 @@ TOOL_SCHEMA = {
                     "type": "array",
                     "items": {
                         "type": "object",
-                        "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+                        "properties": {
+                            "name": {"type": "string", "maxLength": 20},
+                            "age": {"type": "integer"},
+                        },
                         "required": ["name", "age"],
                         "additionalProperties": False,
                     },
@@ -54,49 +57,111 @@ TOOL_SCHEMA = {
 }
 
 FEATURES: dict[str, dict] = {
-    "enum/const": {"type": "object", "properties": {"a": {"enum": [1, "x", None]}, "b": {"const": "k"}},
-                   "required": ["a", "b"]},
-    "string pattern": {"type": "object", "properties": {"a": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{3}$"}},
-                       "required": ["a"]},
-    "minLength/maxLength": {"type": "object", "properties": {"a": {"type": "string", "minLength": 2, "maxLength": 5}},
-                            "required": ["a"]},
-    "integer bounds": {"type": "object", "properties": {"a": {"type": "integer", "minimum": 3, "maximum": 77}},
-                       "required": ["a"]},
-    "number exclusive bounds": {"type": "object",
-                                "properties": {"a": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}},
-                                "required": ["a"]},
-    "array min/maxItems": {"type": "object",
-                           "properties": {"a": {"type": "array", "items": {"type": "integer"}, "minItems": 2,
-                                                "maxItems": 4}}, "required": ["a"]},
-    "prefixItems": {"type": "object", "properties": {"a": {"type": "array", "prefixItems": [{"type": "string"},
-                                                                                            {"type": "integer"}],
-                                                           "items": False}}, "required": ["a"]},
-    "anyOf": {"type": "object", "properties": {"a": {"anyOf": [{"type": "integer"}, {"type": "string"}]}},
-              "required": ["a"]},
-    "oneOf": {"type": "object", "properties": {"a": {"oneOf": [{"type": "integer"}, {"type": "boolean"}]}},
-              "required": ["a"]},
-    "allOf": {"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
-                        {"properties": {"b": {"type": "string"}}, "required": ["b"]}]},
-    "$ref/$defs": {"$defs": {"p": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}},
-                   "type": "object", "properties": {"a": {"$ref": "#/$defs/p"}}, "required": ["a"]},
-    "recursive $ref": {"$defs": {"n": {"type": "object", "properties": {"v": {"type": "integer"},
-                                                                        "kids": {"type": "array", "maxItems": 2,
-                                                                                 "items": {"$ref": "#/$defs/n"}}},
-                                       "required": ["v"], "additionalProperties": False}},
-                       "$ref": "#/$defs/n"},
+    "enum/const": {
+        "type": "object",
+        "properties": {"a": {"enum": [1, "x", None]}, "b": {"const": "k"}},
+        "required": ["a", "b"],
+    },
+    "string pattern": {
+        "type": "object",
+        "properties": {"a": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{3}$"}},
+        "required": ["a"],
+    },
+    "minLength/maxLength": {
+        "type": "object",
+        "properties": {"a": {"type": "string", "minLength": 2, "maxLength": 5}},
+        "required": ["a"],
+    },
+    "integer bounds": {
+        "type": "object",
+        "properties": {"a": {"type": "integer", "minimum": 3, "maximum": 77}},
+        "required": ["a"],
+    },
+    "number exclusive bounds": {
+        "type": "object",
+        "properties": {"a": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}},
+        "required": ["a"],
+    },
+    "array min/maxItems": {
+        "type": "object",
+        "properties": {"a": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 4}},
+        "required": ["a"],
+    },
+    "prefixItems": {
+        "type": "object",
+        "properties": {
+            "a": {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}], "items": False}
+        },
+        "required": ["a"],
+    },
+    "anyOf": {
+        "type": "object",
+        "properties": {"a": {"anyOf": [{"type": "integer"}, {"type": "string"}]}},
+        "required": ["a"],
+    },
+    "oneOf": {
+        "type": "object",
+        "properties": {"a": {"oneOf": [{"type": "integer"}, {"type": "boolean"}]}},
+        "required": ["a"],
+    },
+    "allOf": {
+        "allOf": [
+            {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+            {"properties": {"b": {"type": "string"}}, "required": ["b"]},
+        ]
+    },
+    "$ref/$defs": {
+        "$defs": {"p": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}},
+        "type": "object",
+        "properties": {"a": {"$ref": "#/$defs/p"}},
+        "required": ["a"],
+    },
+    "recursive $ref": {
+        "$defs": {
+            "n": {
+                "type": "object",
+                "properties": {
+                    "v": {"type": "integer"},
+                    "kids": {"type": "array", "maxItems": 2, "items": {"$ref": "#/$defs/n"}},
+                },
+                "required": ["v"],
+                "additionalProperties": False,
+            }
+        },
+        "$ref": "#/$defs/n",
+    },
     "additionalProperties schema": {"type": "object", "additionalProperties": {"type": "integer"}},
-    "format date-time/email/uuid": {"type": "object", "properties": {"t": {"type": "string", "format": "date-time"},
-                                                                     "e": {"type": "string", "format": "email"},
-                                                                     "u": {"type": "string", "format": "uuid"}},
-                                    "required": ["t", "e", "u"]},
-    "uniqueItems": {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "integer"},
-                                                           "uniqueItems": True}}, "required": ["a"]},
-    "multipleOf": {"type": "object", "properties": {"a": {"type": "integer", "multipleOf": 5}}, "required": ["a"]},
+    "format date-time/email/uuid": {
+        "type": "object",
+        "properties": {
+            "t": {"type": "string", "format": "date-time"},
+            "e": {"type": "string", "format": "email"},
+            "u": {"type": "string", "format": "uuid"},
+        },
+        "required": ["t", "e", "u"],
+    },
+    "uniqueItems": {
+        "type": "object",
+        "properties": {"a": {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}},
+        "required": ["a"],
+    },
+    "multipleOf": {
+        "type": "object",
+        "properties": {"a": {"type": "integer", "multipleOf": 5}},
+        "required": ["a"],
+    },
     "not": {"type": "object", "properties": {"a": {"not": {"type": "string"}}}, "required": ["a"]},
-    "if/then/else": {"type": "object", "properties": {"a": {"type": "integer"}},
-                     "if": {"properties": {"a": {"const": 1}}}, "then": {"required": ["b"]}},
-    "patternProperties": {"type": "object", "patternProperties": {"^x_": {"type": "integer"}},
-                          "additionalProperties": False},
+    "if/then/else": {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}},
+        "if": {"properties": {"a": {"const": 1}}},
+        "then": {"required": ["b"]},
+    },
+    "patternProperties": {
+        "type": "object",
+        "patternProperties": {"^x_": {"type": "integer"}},
+        "additionalProperties": False,
+    },
     "minProperties": {"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 2},
 }
 
@@ -115,8 +180,12 @@ def build_tokenizer(vocab: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(lines, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
@@ -152,7 +221,9 @@ class Llguidance:
         if len(matchers) == 1:
             self.lt.fill_next_token_bitmask(matchers[0], bitmask, 0)
         else:
-            self.lt.fill_next_token_bitmask_par(self.executor, [(m, i) for i, m in enumerate(matchers)], bitmask)
+            self.lt.fill_next_token_bitmask_par(
+                self.executor, [(m, i) for i, m in enumerate(matchers)], bitmask
+            )
 
     def accept(self, m, token: int) -> None:
         assert m.consume_token(token), m.get_error()
@@ -227,7 +298,11 @@ class OutlinesCore:
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs, n = bs[:], 0
     for b in range(256):
         if b not in bs:
@@ -254,7 +329,9 @@ def drive(engine, compiled, batch: int, steps: int, vocab: int, eos: int, seed: 
         times.append(time.perf_counter() - t0)
         for row, i in enumerate(list(live)):
             ids = allowed_ids(bitmask[row], vocab)
-            token = eos if eos in ids and rng.random() < 0.5 else rng.choice([t for t in ids if t != eos] or ids)
+            token = (
+                eos if eos in ids and rng.random() < 0.5 else rng.choice([t for t in ids if t != eos] or ids)
+            )
             if token == eos:
                 live.remove(i)
                 continue
@@ -284,12 +361,18 @@ def main() -> None:
         t0 = time.perf_counter()
         compiled = engine.compile(TOOL_SCHEMA)
         compile_s = time.perf_counter() - t0
-        line = [f"{engine.name}: tokenizer setup {setup * 1e3:.0f} ms, tool schema compile {compile_s * 1e3:.1f} ms"]
+        line = [
+            f"{engine.name}: tokenizer setup {setup * 1e3:.0f} ms, "
+            f"tool schema compile {compile_s * 1e3:.1f} ms"
+        ]
         for batch in (1, 32):
             times, docs = drive(engine, compiled, batch, args.steps, vocab, eos, seed=batch)
             bad = [d for d in docs if not _valid(hf_tok.decode(d), TOOL_SCHEMA)]
-            line.append(f"b{batch}: mask median {statistics.median(times) * 1e6:.0f} us/step "
-                        f"({statistics.median(times) / batch * 1e6:.0f} us/row), {len(docs)} docs done, {len(bad)} invalid")
+            line.append(
+                f"b{batch}: mask median {statistics.median(times) * 1e6:.0f} us/step "
+                f"({statistics.median(times) / batch * 1e6:.0f} us/row), "
+                f"{len(docs)} docs done, {len(bad)} invalid"
+            )
         print("; ".join(line), flush=True)
         for feature, schema in FEATURES.items():
             try:
@@ -305,8 +388,11 @@ def main() -> None:
                 print(f"  {feature}: compiled {ms:.1f} ms, generation failed ({str(err)[:80]})")
                 continue
             bad = [hf_tok.decode(d) for d in docs if not _valid(hf_tok.decode(d), schema)]
-            print(f"  {feature}: compiled {ms:.1f} ms, {len(docs)}/16 finished, {len(bad)} invalid"
-                  + (f" e.g. {bad[0][:80]!r}" if bad else ""), flush=True)
+            print(
+                f"  {feature}: compiled {ms:.1f} ms, {len(docs)}/16 finished, {len(bad)} invalid"
+                + (f" e.g. {bad[0][:80]!r}" if bad else ""),
+                flush=True,
+            )
 
 
 def _valid(text: str, schema: dict) -> bool:

@@ -25,8 +25,11 @@ PLAIN, PLAIN_TOKENS, HEAVY = 8, 48, 6
 def heavy_schema(tag: int) -> dict:
     """50 properties x 200 enum values (~40 ms engine check + ~35 ms meta-schema check in the router, ~25 ms
     compile in the shard): distinct per ``tag`` so nothing is cached."""
-    return {"type": "object", "properties": {f"k{i}": {"enum": [f"v{tag}_{j}" for j in range(200)]} for i in range(50)},
-            "required": ["k0"]}
+    return {
+        "type": "object",
+        "properties": {f"k{i}": {"enum": [f"v{tag}_{j}" for j in range(200)]} for i in range(50)},
+        "required": ["k0"],
+    }
 
 
 async def plain_stream(client: httpx.AsyncClient, i: int) -> tuple[float, list[float]]:
@@ -41,8 +44,10 @@ async def plain_stream(client: httpx.AsyncClient, i: int) -> tuple[float, list[f
 
 
 async def heavy(client: httpx.AsyncClient, tag: int) -> float:
-    body = {"inputs": "Fill the form", "parameters": {"max_new_tokens": 8,
-                                                      "grammar": {"type": "json", "value": heavy_schema(tag)}}}
+    body = {
+        "inputs": "Fill the form",
+        "parameters": {"max_new_tokens": 8, "grammar": {"type": "json", "value": heavy_schema(tag)}},
+    }
     start = time.perf_counter()
     resp = await client.post("/generate", json=body)
     assert resp.status_code == 200, resp.text
@@ -50,7 +55,8 @@ async def heavy(client: httpx.AsyncClient, tag: int) -> float:
 
 
 async def one_round(url: str, with_heavy: bool, tag: int) -> tuple[list[float], list[float], list[float]]:
-    """Plain streams, with HEAVY grammar requests of schemas ``tag * 100 + k`` alongside when ``with_heavy``."""
+    """Plain streams, with HEAVY grammar requests (schemas ``tag * 100 + k``) alongside when
+    ``with_heavy``."""
     async with httpx.AsyncClient(base_url=url, timeout=300) as client:
         plain = [plain_stream(client, i) for i in range(PLAIN)]
         heavies = [heavy(client, tag * 100 + k) for k in range(HEAVY)] if with_heavy else []
@@ -66,8 +72,11 @@ def main() -> None:
     stack = Stack(["--num-blocks", "1024"]).wait_healthy()
     try:
         asyncio.run(one_round(stack.url, True, 0))  # warm-up; schemas of tag 0 are then cached everywhere
-        modes = {"plain only": (False, None), "with 6 cached large grammars": (True, 0),
-                 "with 6 new large grammars": (True, -1)}
+        modes = {
+            "plain only": (False, None),
+            "with 6 cached large grammars": (True, 0),
+            "with 6 new large grammars": (True, -1),
+        }
         stats: dict[str, tuple[list, list, list]] = {name: ([], [], []) for name in modes}
         for r in range(args.rounds):
             for name, (with_heavy, tag) in modes.items():
@@ -76,10 +85,17 @@ def main() -> None:
                     acc.extend(values)
         for name, (ttft, gaps, heavy_s) in stats.items():
             gaps.sort()
-            print(f"{name:<28}: plain TTFT median {statistics.median(ttft) * 1e3:6.1f} ms; inter-token gap "
-                  f"median {statistics.median(gaps) * 1e3:5.1f} ms, p99 {gaps[int(0.99 * len(gaps))] * 1e3:6.1f} ms, "
-                  f"max {gaps[-1] * 1e3:6.1f} ms"
-                  + (f"; grammar requests' latency median {statistics.median(heavy_s) * 1e3:.0f} ms" if heavy_s else ""))
+            print(
+                f"{name:<28}: plain TTFT median {statistics.median(ttft) * 1e3:6.1f} ms; inter-token gap "
+                f"median {statistics.median(gaps) * 1e3:5.1f} ms, "
+                f"p99 {gaps[int(0.99 * len(gaps))] * 1e3:6.1f} ms, "
+                f"max {gaps[-1] * 1e3:6.1f} ms"
+                + (
+                    f"; grammar requests' latency median {statistics.median(heavy_s) * 1e3:.0f} ms"
+                    if heavy_s
+                    else ""
+                )
+            )
     finally:
         stack.close()
 

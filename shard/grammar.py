@@ -1,11 +1,11 @@
 """Constrained decoding with llguidance: compile a request's grammar, mask its logits, advance its state.
 
 The grammar arrives in ``NextTokenChooserParameters.grammar`` / ``grammar_type`` as TGI's router sends it:
-``GRAMMAR_TYPE_JSON`` with the JSON schema as a string, or ``GRAMMAR_TYPE_REGEX`` with a regex the whole output
-must match. Two hooks in :meth:`shard.model_runner.ModelRunner.step` drive it: :func:`apply_masks` before the
-tokens are chosen (disallowed tokens get -inf, EOS stays allowed only where the grammar accepts), and
-:func:`advance` after (each request's matcher consumes its token; the next step's masks are then computed on a
-worker thread while the next forward runs).
+``GRAMMAR_TYPE_JSON`` with the JSON schema as a string, or ``GRAMMAR_TYPE_REGEX`` with a regex the whole
+output must match. Two hooks in :meth:`shard.model_runner.ModelRunner.step` drive it: :func:`apply_masks`
+before the tokens are chosen (disallowed tokens get -inf, EOS stays allowed only where the grammar accepts),
+and :func:`advance` after (each request's matcher consumes its token; where cores are spare, the next step's
+masks are then computed on a worker thread while the next forward runs: see :class:`MaskWorker`).
 
 Compiled grammars are cached (LRU keyed by type and text); each request gets a copy of the cached matcher.
 """
@@ -82,7 +82,9 @@ class GrammarCompiler:
         self.masks = masks or MaskWorker()
         self.vocab_size = vocab_size
         self.eos_token_ids = tuple(sorted(eos_token_ids))
-        self.tokenizer = llguidance.LLTokenizer(tokenizer.to_str(), n_vocab=vocab_size, eos_token=sorted(eos_token_ids))
+        self.tokenizer = llguidance.LLTokenizer(
+            tokenizer.to_str(), n_vocab=vocab_size, eos_token=sorted(eos_token_ids)
+        )
         self.limits = llguidance.LLParserLimits(verbose_errors=False)
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[int, str], llguidance.LLMatcher] = OrderedDict()
@@ -99,8 +101,8 @@ class GrammarCompiler:
         return GrammarState(self.matcher(kind, text), self.vocab_size, self.eos_token_ids, self.masks)
 
     def precompile(self, grammars: Sequence[tuple[int, str]]) -> None:
-        """Compile the uncached ones among ``grammars`` in parallel (llguidance drops the GIL while it builds a
-        grammar); errors are left for :meth:`state` to raise for their own request."""
+        """Compile the uncached ones among ``grammars`` in parallel (llguidance drops the GIL while it builds
+        a grammar); errors are left for :meth:`state` to raise for their own request."""
         with self._lock:
             missing = list(dict.fromkeys(g for g in grammars if g not in self._cache))
         if len(missing) > 1:
@@ -124,7 +126,9 @@ class GrammarCompiler:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached.deep_copy()
-        compiled = llguidance.LLMatcher(self.tokenizer, grammar_source(kind, text), log_level=0, limits=self.limits)
+        compiled = llguidance.LLMatcher(
+            self.tokenizer, grammar_source(kind, text), log_level=0, limits=self.limits
+        )
         if compiled.is_error():
             raise GrammarError(compiled.get_error())
         with self._lock:
@@ -152,7 +156,7 @@ class GrammarState:
         if pre is None:
             return None
         future, bitmask, row, position = pre
-        future.result()  # NOTE: always waited for: the worker must be done with this matcher before it is used
+        future.result()  # NOTE: always waited for: the worker must be done with this matcher first
         return bitmask[row] if position == self.consumed else None
 
 
@@ -163,9 +167,9 @@ class MaskWorker:
         prefetch: compute the next step's masks on a worker thread while the next forward runs.
         parallel: spread one step's masks over llguidance's thread pool.
 
-    NOTE: measured on the 2-core CPU box (docs/structured-output.md): the mask thread and the pool compete with
-    torch's own threads for the cores, so by default both are used only where cores are spare (a GPU host: the
-    forward runs on the device, the CPU is free meanwhile; more than 4 cores).
+    NOTE: measured on the 2-core CPU box (docs/structured-output.md): the mask thread and the pool compete
+    with torch's own threads for the cores, so by default both are used only where cores are spare (a GPU
+    host: the forward runs on the device, the CPU is free meanwhile; more than 4 cores).
     """
 
     def __init__(self, prefetch: bool | None = None, parallel: bool | None = None) -> None:
@@ -240,7 +244,9 @@ def apply_masks(requests: Sequence[RequestState], cu_seqlens_q: Sequence[int], l
     bitmask = _bitmasks(states, values.shape[-1])
     with torch.inference_mode():  # the step's logits are inference tensors
         rows = torch.tensor(index, dtype=torch.int64)
-        masked = values.index_select(0, rows).masked_fill_(~allowed_tokens(bitmask, values.shape[-1]), float("-inf"))
+        masked = values.index_select(0, rows).masked_fill_(
+            ~allowed_tokens(bitmask, values.shape[-1]), float("-inf")
+        )
         dead = torch.isneginf(masked).all(-1)
         if bool(dead.any()):  # a matcher in error (cannot happen when masks are obeyed): let it end cleanly
             eos = torch.tensor(states[0].eos_token_ids, dtype=torch.int64)

@@ -2,10 +2,11 @@
 
     python -m shard.grammar_bench [--size tiny small] [--batch 32] [--steps 48] [--rounds 3]
 
-Drives :class:`~shard.model_runner.ModelRunner` directly: batch ``--batch`` requests, sampled (seeded), 32-token
-prompts; the same decode is run without a grammar and with a grammar whose masks are computed inline
-(sequentially on the step's thread), prefetched (on a worker thread while the next forward runs) or in parallel
-(llguidance's thread pool), interleaved over ``--rounds``; prints medians and the ratios to the no-grammar run.
+Drives :class:`~shard.model_runner.ModelRunner` directly: batch ``--batch`` requests, sampled (seeded),
+32-token prompts; the same decode is run without a grammar and with a grammar whose masks are computed
+inline (sequentially on the step's thread), prefetched (on a worker thread while the next forward runs) or
+in parallel (llguidance's thread pool), interleaved over ``--rounds``; prints medians and the ratios to the
+no-grammar run.
 Prints numbers; asserts nothing.
 """
 
@@ -59,7 +60,11 @@ def _requests(runner: ModelRunner, compiler: GrammarCompiler | None, batch: int,
     vocab = runner.model.config.vocab_size
     out = []
     for i in range(batch):
-        blocks = list(range(1 + i * (-(-(PROMPT + steps + 2) // BLOCK)), 1 + (i + 1) * (-(-(PROMPT + steps + 2) // BLOCK))))
+        blocks = list(
+            range(
+                1 + i * (-(-(PROMPT + steps + 2) // BLOCK)), 1 + (i + 1) * (-(-(PROMPT + steps + 2) // BLOCK))
+            )
+        )
         slots = [b * BLOCK + o for b in blocks for o in range(BLOCK)]
         prompt = [rng.randrange(3, vocab) for _ in range(PROMPT)]
         chooser = NextTokenChooser(SamplingParams(do_sample=True, seed=seed * 1000 + i))
@@ -97,8 +102,15 @@ class MaskTimer:
 
 
 def bench(folder: Path, label: str, batch: int, steps: int, rounds: int) -> None:
-    runner = build_runner(ShardConfig(model_dir=str(folder), device="cpu", attention_backend="auto",
-                                      num_blocks=POOL_BLOCKS, block_size=BLOCK))
+    runner = build_runner(
+        ShardConfig(
+            model_dir=str(folder),
+            device="cpu",
+            attention_backend="auto",
+            num_blocks=POOL_BLOCKS,
+            block_size=BLOCK,
+        )
+    )
     loaded = runner.loaded
     t0 = time.perf_counter()
     compiler = GrammarCompiler(loaded.tokenizer, loaded.model.config.vocab_size, loaded.eos_token_ids)
@@ -109,13 +121,22 @@ def bench(folder: Path, label: str, batch: int, steps: int, rounds: int) -> None
     t0 = time.perf_counter()
     compiler.state(GRAMMAR_TYPE_JSON, json.dumps(SCHEMA))
     cached = time.perf_counter() - t0
-    print(f"== {label}: vocab {loaded.model.config.vocab_size}, batch {batch}, {steps} decode steps x {rounds} rounds")
-    print(f"grammar: tokenizer setup {setup * 1e3:.0f} ms, schema compile {cold * 1e3:.2f} ms cold, "
-          f"{cached * 1e3:.3f} ms cached (copy)")
+    print(
+        f"== {label}: vocab {loaded.model.config.vocab_size}, batch {batch}, "
+        f"{steps} decode steps x {rounds} rounds"
+    )
+    print(
+        f"grammar: tokenizer setup {setup * 1e3:.0f} ms, schema compile {cold * 1e3:.2f} ms cold, "
+        f"{cached * 1e3:.3f} ms cached (copy)"
+    )
     masks = compiler.masks
     timer = MaskTimer(masks)
-    modes = {"none": None, "grammar, inline": (False, False), "grammar, prefetched": (True, False),
-             "grammar, parallel": (False, True)}  # (prefetch, parallel)
+    modes = {
+        "none": None,
+        "grammar, inline": (False, False),
+        "grammar, prefetched": (True, False),
+        "grammar, parallel": (False, True),
+    }  # (prefetch, parallel)
     defaults = masks.prefetch, masks.parallel
     print(f"defaults on this host: prefetch={defaults[0]}, parallel={defaults[1]}")
     runs: dict[str, list[float]] = {name: [] for name in modes}
@@ -129,13 +150,17 @@ def bench(folder: Path, label: str, batch: int, steps: int, rounds: int) -> None
     base = statistics.median(runs["none"])
     for name, seconds in runs.items():
         s = statistics.median(seconds)
-        print(f"decode {name:<20}: {batch * steps / s:8.1f} tokens/s  ({s / base:.3f}x the time, "
-              f"{base / s:.3f}x the throughput)")
+        print(
+            f"decode {name:<20}: {batch * steps / s:8.1f} tokens/s  ({s / base:.3f}x the time, "
+            f"{base / s:.3f}x the throughput)"
+        )
     inline = [s for s, n in zip(timer.seconds, timer.rows) if n == batch]
     if inline:
         per_step = statistics.median(inline)
-        print(f"mask cost at batch {batch}: {per_step * 1e3:.3f} ms per step = {per_step / batch * 1e6:.1f} us "
-              "per token (computed on the step's thread, median over inline and parallel runs)")
+        print(
+            f"mask cost at batch {batch}: {per_step * 1e3:.3f} ms per step = {per_step / batch * 1e6:.1f} us "
+            "per token (computed on the step's thread, median over inline and parallel runs)"
+        )
 
 
 def main() -> None:

@@ -33,7 +33,10 @@ WEATHER = {
         },
     },
 }
-TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+TIME = {
+    "type": "function",
+    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+}
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -47,8 +50,13 @@ class ScriptedBackend(FakeBackend):
         pieces = [self.answer[i : i + 3] for i in range(0, len(self.answer), 3)]
         for n, piece in enumerate(pieces):
             yield TokenEvent(Token(n, piece, -0.1), [])
-        yield EndEvent(Token(1, "</s>", -0.1, special=True), [], generated_text=self.answer,
-                       generated_tokens=len(pieces) + 1, finish_reason="eos_token")
+        yield EndEvent(
+            Token(1, "</s>", -0.1, special=True),
+            [],
+            generated_text=self.answer,
+            generated_tokens=len(pieces) + 1,
+            finish_reason="eos_token",
+        )
 
 
 @pytest.fixture
@@ -65,7 +73,7 @@ def _client(backend, tokenizer, **config) -> httpx.AsyncClient:
 def _events(text: str) -> list[dict]:
     chunks = text[:-2].split("\n\n")
     assert chunks[-1] == "data: [DONE]"
-    return [json.loads(c[len("data:"):]) for c in chunks[:-1]]
+    return [json.loads(c[len("data:") :]) for c in chunks[:-1]]
 
 
 # ---- /generate grammar -----------------------------------------------------------------------------------
@@ -92,12 +100,18 @@ async def test_generate_grammar_reaches_the_shard_fields(scripted, tokenizer, gr
 
 @pytest.mark.parametrize("path", ["/generate", "/v1/chat/completions"])
 async def test_disabled_grammar_support_is_tgis_error(scripted, tokenizer, path) -> None:
-    body = ({"inputs": "x", "parameters": {"grammar": {"type": "regex", "value": "a"}}} if path == "/generate"
-            else {**CHAT, "tools": [WEATHER], "tool_choice": "required"})
+    body = (
+        {"inputs": "x", "parameters": {"grammar": {"type": "regex", "value": "a"}}}
+        if path == "/generate"
+        else {**CHAT, "tools": [WEATHER], "tool_choice": "required"}
+    )
     async with _client(scripted, tokenizer, disable_grammar_support=True) as client:
         resp = await client.post(path, json=body)
     assert resp.status_code == 422
-    assert resp.json() == {"error": "Input validation error: grammar is not supported", "error_type": "validation"}
+    assert resp.json() == {
+        "error": "Input validation error: grammar is not supported",
+        "error_type": "validation",
+    }
 
 
 # ---- chat: response_format -------------------------------------------------------------------------------
@@ -127,8 +141,9 @@ CALL = '{"function": {"_name": "get_weather", "city": "Paris}", "unit": "c"}}'
 async def test_tool_call_non_streaming_as_openai_parses_it(scripted, tokenizer) -> None:
     scripted.answer = CALL
     async with _client(scripted, tokenizer) as client:
-        resp = await client.post("/v1/chat/completions", json={**CHAT, "tools": [WEATHER, TIME],
-                                                               "tool_choice": "required"})
+        resp = await client.post(
+            "/v1/chat/completions", json={**CHAT, "tools": [WEATHER, TIME], "tool_choice": "required"}
+        )
     completion = ChatCompletion.model_validate(resp.json())
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
@@ -145,9 +160,15 @@ async def test_tool_call_non_streaming_as_openai_parses_it(scripted, tokenizer) 
 async def test_tool_call_streaming_deltas_concatenate_to_the_arguments(scripted, tokenizer) -> None:
     scripted.answer = CALL
     async with _client(scripted, tokenizer) as client:
-        resp = await client.post("/v1/chat/completions", json={**CHAT, "tools": [WEATHER], "stream": True,
-                                                               "tool_choice": {"type": "function",
-                                                                               "function": {"name": "get_weather"}}})
+        resp = await client.post(
+            "/v1/chat/completions",
+            json={
+                **CHAT,
+                "tools": [WEATHER],
+                "stream": True,
+                "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            },
+        )
     chunks = [ChatCompletionChunk.model_validate(e) for e in _events(resp.text)]
     calls = [c for ch in chunks for c in (ch.choices[0].delta.tool_calls or [])]
     assert calls[0].id.startswith("call_") and calls[0].function.name == "get_weather"
@@ -174,21 +195,40 @@ async def test_auto_may_answer_in_text(scripted, tokenizer) -> None:
 
 async def _stream_text(backend, tokenizer, response_format) -> str:
     async with _client(backend, tokenizer) as client:
-        resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True,
-                                                               "response_format": response_format})
+        resp = await client.post(
+            "/v1/chat/completions", json={**CHAT, "stream": True, "response_format": response_format}
+        )
     return "".join(e["choices"][0]["delta"].get("content") or "" for e in _events(resp.text))
 
 
 async def test_tool_errors(scripted, tokenizer) -> None:
     async with _client(scripted, tokenizer) as client:
-        unknown = await client.post("/v1/chat/completions", json={**CHAT, "tools": [WEATHER], "tool_choice": {
-            "type": "function", "function": {"name": "nope"}}})
-        both = await client.post("/v1/chat/completions", json={**CHAT, "tools": [WEATHER], "tool_choice": "required",
-                                                               "response_format": {"type": "json_object"}})
+        unknown = await client.post(
+            "/v1/chat/completions",
+            json={
+                **CHAT,
+                "tools": [WEATHER],
+                "tool_choice": {"type": "function", "function": {"name": "nope"}},
+            },
+        )
+        both = await client.post(
+            "/v1/chat/completions",
+            json={
+                **CHAT,
+                "tools": [WEATHER],
+                "tool_choice": "required",
+                "response_format": {"type": "json_object"},
+            },
+        )
         scripted.answer = '{"function": {"_name": "get_wea'  # cut by max_tokens
-        cut = await client.post("/v1/chat/completions", json={**CHAT, "tools": [WEATHER], "tool_choice": "required"})
+        cut = await client.post(
+            "/v1/chat/completions", json={**CHAT, "tools": [WEATHER], "tool_choice": "required"}
+        )
     assert unknown.status_code == 422
-    assert unknown.json() == {"error": "Tool error: Tool with name nope not found", "error_type": "tool_error"}
+    assert unknown.json() == {
+        "error": "Tool error: Tool with name nope not found",
+        "error_type": "tool_error",
+    }
     assert both.status_code == 422 and both.json()["error_type"] == "validation"
     assert cut.status_code == 422 and cut.json()["error_type"] == "tool_error"
 
@@ -196,10 +236,18 @@ async def test_tool_errors(scripted, tokenizer) -> None:
 def test_tool_schema_accepts_calls_and_nothing_else() -> None:
     plan = plan_tools([WEATHER, TIME], "auto", None, None)
     schema = plan.grammar["value"]
-    for good in [CALL, '{"function": {"_name": "get_time"}}', '{"function": {"_name": "no_tool", "content": ""}}']:
+    for good in [
+        CALL,
+        '{"function": {"_name": "get_time"}}',
+        '{"function": {"_name": "no_tool", "content": ""}}',
+    ]:
         jsonschema.validate(json.loads(good), schema)
-    for bad in ['{"function": {"_name": "get_time", "x": 1}}', '{"function": {"_name": "get_weather"}}',
-                '{"function": {"_name": "other"}}', '{"function": {"_name": "get_weather", "city": 3}}']:
+    for bad in [
+        '{"function": {"_name": "get_time", "x": 1}}',
+        '{"function": {"_name": "get_weather"}}',
+        '{"function": {"_name": "other"}}',
+        '{"function": {"_name": "get_weather", "city": 3}}',
+    ]:
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(json.loads(bad), schema)
 
@@ -207,7 +255,9 @@ def test_tool_schema_accepts_calls_and_nothing_else() -> None:
 @pytest.mark.parametrize("seed", range(20))
 def test_tool_stream_any_chunking_gives_the_parsed_arguments(seed) -> None:
     rng = random.Random(seed)
-    text = rng.choice([CALL, '{"function": {"_name": "get_time"}}', '{"function": {"_name": "f", "a": {"b": "}}"}}}'])
+    text = rng.choice(
+        [CALL, '{"function": {"_name": "get_time"}}', '{"function": {"_name": "f", "a": {"b": "}}"}}}']
+    )
     cuts = sorted(rng.sample(range(1, len(text)), rng.randint(1, 12)))
     stream = ToolStream()
     deltas = []
@@ -223,21 +273,40 @@ def test_tool_stream_any_chunking_gives_the_parsed_arguments(seed) -> None:
 def test_history_with_tool_calls_renders_for_plain_and_native_templates() -> None:
     history = [
         {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "12 C"},
     ]
     plain = template_messages(history, native_tool_calls=False)
     assert plain[1]["content"] == '{"function": {"_name": "get_weather", "city": "Oslo"}}'
     native = template_messages(history, native_tool_calls=True)
-    assert native[1]["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"} and native[1]["content"] == ""
+    assert (
+        native[1]["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"} and native[1]["content"] == ""
+    )
 
 
 async def test_history_with_tool_turns_goes_through_the_template(scripted, tokenizer) -> None:
     history = [
         {"role": "user", "content": "weather?"},
-        {"role": "assistant", "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "12 C"},
     ]
     async with _client(scripted, tokenizer) as client:
@@ -248,7 +317,8 @@ async def test_history_with_tool_turns_goes_through_the_template(scripted, token
 
 
 def test_text_answer_cut_by_max_tokens_keeps_its_content() -> None:
-    assert parse_output('{"function": {"_name": "no_tool", "content": "Hel\\u00e9lo\\u03').content == "Helélo"
+    cut = '{"function": {"_name": "no_tool", "content": "Hel\\u00e9lo\\u03'
+    assert parse_output(cut).content == "Helélo"
     stream = ToolStream()
     assert stream.push('{"function": {"_name": "no_tool", "content": "Hi th') == []
     assert stream.finish() == [{"role": "assistant", "content": "Hi th"}]

@@ -1,5 +1,6 @@
-"""Constrained decoding in the shard: with random weights only the mask makes the output valid, so every output
-must fully match its regex / validate against its schema, end with EOS only where the grammar accepts, and leave
+"""Constrained decoding in the shard: with random weights only the mask makes the output valid, so every
+output must fully match its regex / validate against its schema, end with EOS only where the grammar accepts,
+and leave
 the other requests of the batch exactly as they were."""
 
 from __future__ import annotations
@@ -39,17 +40,27 @@ SCHEMA = {
 def _params(kind: int, text: str, seed: int | None) -> pb.NextTokenChooserParameters:
     sampled = seed is not None
     return pb.NextTokenChooserParameters(
-        temperature=1.0, top_p=1.0, typical_p=1.0, repetition_penalty=1.0, do_sample=sampled,
-        seed=seed or 0, grammar=text, grammar_type=kind,
+        temperature=1.0,
+        top_p=1.0,
+        typical_p=1.0,
+        repetition_penalty=1.0,
+        do_sample=sampled,
+        seed=seed or 0,
+        grammar=text,
+        grammar_type=kind,
     )
 
 
 def _grammar_request(rid: int, pool: Blocks, kind: int, text: str, seed: int | None, max_new: int = 120):
     stopping = pb.StoppingCriteriaParameters(max_new_tokens=max_new)
-    return request(rid, TEXT, *pool.take(max_new + 16), parameters=_params(kind, text, seed), stopping=stopping)
+    return request(
+        rid, TEXT, *pool.take(max_new + 16), parameters=_params(kind, text, seed), stopping=stopping
+    )
 
 
-async def _run_filtering(service, prefill: pb.PrefillRequest, max_steps: int = 300) -> dict[int, list[pb.Generation]]:
+async def _run_filtering(
+    service, prefill: pb.PrefillRequest, max_steps: int = 300
+) -> dict[int, list[pb.Generation]]:
     """Prefill then Decode, filtering finished requests out after each step (as the router does)."""
     out: dict[int, list[pb.Generation]] = {}
     resp = await service.Prefill(prefill, None)
@@ -62,7 +73,9 @@ async def _run_filtering(service, prefill: pb.PrefillRequest, max_steps: int = 3
         cached = resp.batch
         if done:
             keep = [i for i in cached.request_ids if i not in done]
-            cached = (await service.FilterBatch(pb.FilterBatchRequest(batch_id=cached.id, request_ids=keep), None)).batch
+            cached = (
+                await service.FilterBatch(pb.FilterBatchRequest(batch_id=cached.id, request_ids=keep), None)
+            ).batch
         resp = await service.Decode(pb.DecodeRequest(batches=[cached]), None)
     raise AssertionError(f"batch still running after {max_steps} steps")
 
@@ -75,7 +88,10 @@ def _until_finished(gens: list[pb.Generation]) -> pb.GeneratedText:
 @pytest.mark.parametrize("seed", [None, 1, 2, 3])
 async def test_regex_output_always_matches(llama_service, seed) -> None:
     pool = Blocks()
-    reqs = [_grammar_request(i, pool, pb.GRAMMAR_TYPE_REGEX, REGEX, seed if seed is None else seed + i) for i in range(4)]
+    reqs = [
+        _grammar_request(i, pool, pb.GRAMMAR_TYPE_REGEX, REGEX, seed if seed is None else seed + i)
+        for i in range(4)
+    ]
     out = await run_to_end(llama_service, pb.PrefillRequest(batch=batch(1, reqs)))
     for rid in range(4):
         done = _until_finished(out[rid])
@@ -85,14 +101,32 @@ async def test_regex_output_always_matches(llama_service, seed) -> None:
 
 async def test_json_schema_output_always_validates_next_to_free_requests(llama_service) -> None:
     """Grammar and free requests in one batch: the free one's tokens are those it gets alone (same seed)."""
-    free_params = pb.NextTokenChooserParameters(temperature=0.9, top_p=1.0, typical_p=1.0, repetition_penalty=1.0,
-                                                do_sample=True, seed=99)
-    alone = await run_to_end(llama_service, pb.PrefillRequest(batch=batch(
-        1, [request(50, "Hello there", *Blocks(next_block=100).take(40), max_new=12, parameters=free_params)])))
+    free_params = pb.NextTokenChooserParameters(
+        temperature=0.9, top_p=1.0, typical_p=1.0, repetition_penalty=1.0, do_sample=True, seed=99
+    )
+    alone = await run_to_end(
+        llama_service,
+        pb.PrefillRequest(
+            batch=batch(
+                1,
+                [
+                    request(
+                        50,
+                        "Hello there",
+                        *Blocks(next_block=100).take(40),
+                        max_new=12,
+                        parameters=free_params,
+                    )
+                ],
+            )
+        ),
+    )
     pool = Blocks()
     schema = json.dumps(SCHEMA)
     reqs = [_grammar_request(i, pool, pb.GRAMMAR_TYPE_JSON, schema, seed=10 + i) for i in range(6)]
-    reqs.insert(3, request(50, "Hello there", *Blocks(next_block=100).take(40), max_new=12, parameters=free_params))
+    reqs.insert(
+        3, request(50, "Hello there", *Blocks(next_block=100).take(40), max_new=12, parameters=free_params)
+    )
     out = await _run_filtering(llama_service, pb.PrefillRequest(batch=batch(2, reqs)))
     for rid in range(6):
         done = _until_finished(out[rid])
@@ -129,9 +163,13 @@ def test_bitmask_applies_bit_order_and_vocab_tail() -> None:
 
 def test_bad_grammars_raise_grammar_error(llama_service) -> None:
     compiler = llama_service.grammars
-    for kind, text in [(pb.GRAMMAR_TYPE_JSON, "{not json"), (pb.GRAMMAR_TYPE_JSON, "[1]"),
-                       (pb.GRAMMAR_TYPE_JSON, '{"type": "object", "not": {}}'), (pb.GRAMMAR_TYPE_REGEX, "(unclosed"),
-                       (7, "x")]:
+    for kind, text in [
+        (pb.GRAMMAR_TYPE_JSON, "{not json"),
+        (pb.GRAMMAR_TYPE_JSON, "[1]"),
+        (pb.GRAMMAR_TYPE_JSON, '{"type": "object", "not": {}}'),
+        (pb.GRAMMAR_TYPE_REGEX, "(unclosed"),
+        (7, "x"),
+    ]:
         with pytest.raises(grammar.GrammarError):
             compiler.state(kind, text)
 
