@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from proto.generate.v3 import generate_pb2 as pb
 from shard.batch import RequestState, ShardBatch
 from shard.detokenize import Detokenizer
@@ -9,6 +11,8 @@ from shard.errors import InvalidRequest
 from shard.generation import GenerationOut, TokensOut
 from shard.grammar import GRAMMAR_TYPE_NONE, GrammarCompiler, GrammarError
 from shard.sampling import NextTokenChooser, SamplingParams, StoppingCriteria
+
+log = logging.getLogger(__name__)
 
 
 def prompt_text(r: pb.Request) -> str:
@@ -75,10 +79,12 @@ def request_state(
 
 
 def grammar_state(r: pb.Request, grammars: GrammarCompiler | None):
-    """The request's compiled grammar state, or None without a grammar.
+    """The request's compiled grammar state, or None without a grammar. A grammar that does not compile ends
+    its request at once (EOS, empty text) rather than failing the whole Prefill: TGI's router does not check
+    grammars with our engine (ours refuses them with a 422 before they reach the shard).
 
     Raises:
-        InvalidRequest: the grammar does not compile, or this shard has no grammar support.
+        InvalidRequest: this shard has no grammar support.
     """
     p = r.parameters
     if p.grammar_type == GRAMMAR_TYPE_NONE and not p.grammar:
@@ -88,7 +94,8 @@ def grammar_state(r: pb.Request, grammars: GrammarCompiler | None):
     try:
         return grammars.state(p.grammar_type, p.grammar)
     except GrammarError as err:
-        raise InvalidRequest(f"request {r.id}: grammar does not compile: {err}") from err
+        log.warning("request %d: grammar does not compile, ending the request: %s", r.id, err)
+        return grammars.refused()
 
 
 def cached_batch(b: ShardBatch, block_size: int) -> pb.CachedBatch:

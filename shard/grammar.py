@@ -100,6 +100,11 @@ class GrammarCompiler:
         """
         return GrammarState(self.matcher(kind, text), self.vocab_size, self.eos_token_ids, self.masks)
 
+    def refused(self) -> GrammarState:
+        """The state of a request whose grammar does not compile: only EOS is allowed, so it ends at once
+        without failing the other requests of its batch (the proto has no per-request error)."""
+        return self.state(GRAMMAR_TYPE_REGEX, "")
+
     def precompile(self, grammars: Sequence[tuple[int, str]]) -> None:
         """Compile the uncached ones among ``grammars`` in parallel (llguidance drops the GIL while it builds
         a grammar); errors are left for :meth:`state` to raise for their own request."""
@@ -244,9 +249,8 @@ def apply_masks(requests: Sequence[RequestState], cu_seqlens_q: Sequence[int], l
     bitmask = _bitmasks(states, values.shape[-1])
     with torch.inference_mode():  # the step's logits are inference tensors
         rows = torch.tensor(index, dtype=torch.int64)
-        masked = values.index_select(0, rows).masked_fill_(
-            ~allowed_tokens(bitmask, values.shape[-1]), float("-inf")
-        )
+        allowed = allowed_tokens(bitmask, values.shape[-1])
+        masked = values.index_select(0, rows).masked_fill_(~allowed, float("-inf"))
         dead = torch.isneginf(masked).all(-1)
         if bool(dead.any()):  # a matcher in error (cannot happen when masks are obeyed): let it end cleanly
             eos = torch.tensor(states[0].eos_token_ids, dtype=torch.int64)

@@ -189,3 +189,41 @@ def test_a_matcher_in_error_can_only_end(llama_service) -> None:
     logits = StepLogits(torch.zeros(1, 1024), {0: 0})
     grammar.apply_masks([r], [0, 1], logits)
     assert torch.isfinite(logits.values[0]).nonzero().flatten().tolist() == [1]
+
+
+async def test_a_grammar_that_does_not_compile_ends_only_its_request(llama_service) -> None:
+    """As TGI's router may send one (ours refuses it first): that request ends at once with EOS and no text;
+    the batch's other request generates exactly what it generates alone."""
+    free = pb.NextTokenChooserParameters(
+        temperature=0.9, top_p=1.0, typical_p=1.0, repetition_penalty=1.0, do_sample=True, seed=3
+    )
+    alone = await run_to_end(
+        llama_service,
+        pb.PrefillRequest(
+            batch=batch(1, [request(7, TEXT, *Blocks(next_block=100).take(40), max_new=6, parameters=free)])
+        ),
+    )
+    bad = '{"type": "array", "items": {"type": "integer"}, "uniqueItems": true}'
+    reqs = [
+        _grammar_request(1, Blocks(), pb.GRAMMAR_TYPE_JSON, bad, seed=1),
+        request(7, TEXT, *Blocks(next_block=100).take(40), max_new=6, parameters=free),
+    ]
+    out = await _run_filtering(llama_service, pb.PrefillRequest(batch=batch(2, reqs)))
+    done = _until_finished(out[1])
+    assert (done.text, done.generated_tokens, done.finish_reason) == ("", 1, pb.FINISH_REASON_EOS_TOKEN)
+    assert [g.tokens.ids[0] for g in out[7]] == [g.tokens.ids[0] for g in alone[7]]
+
+
+def test_no_special_token_but_eos_is_ever_allowed(llama_service) -> None:
+    """BOS and PAD (special, matching no grammar bytes) are never allowed; only EOS is, where accepted."""
+    import torch
+
+    from shard.batch import RequestState
+    from shard.model_runner import StepLogits
+
+    state = llama_service.grammars.state(pb.GRAMMAR_TYPE_JSON, json.dumps(SCHEMA))
+    r = RequestState(0, [5, 6], 2, [1], [16, 17], 1, None, None, grammar=state)
+    logits = StepLogits(torch.zeros(1, 1024), {0: 0})
+    grammar.apply_masks([r], [0, 1], logits)
+    allowed = torch.isfinite(logits.values[0]).nonzero().flatten().tolist()
+    assert allowed and 0 not in allowed and 2 not in allowed
