@@ -48,6 +48,7 @@ class ChatTemplate:
             self._template = _environment().from_string(source)
         except TemplateError as exc:
             raise ChatTemplateError(str(exc)) from exc
+        self.source = source
         self.bos_token = bos_token or ""
         self.eos_token = eos_token or ""
 

@@ -206,6 +206,7 @@ def router_config(args: argparse.Namespace, info: BackendInfo, known: Tenants | 
         compute_type=env.compute_type(),
         tenant_header=args.tenant_header,
         tenants=known,
+        disable_grammar_support=args.disable_grammar_support,
         prefix_caching=not args.no_prefix_cache,
         docker_label=env.docker_label(),
     )
@@ -238,6 +239,10 @@ async def serve(args: argparse.Namespace) -> int:
     batcher = Batcher(client, info, config, make(), metrics, tokenizer.encode, scheduler_factory=make)
     batcher.start()
     app = create_app(batcher, tokenizer, router_config(args, info, known), metrics)
+    if not args.disable_grammar_support:
+        from router_py.http.grammar import start_workers
+
+        start_workers()  # NOTE: the grammar-check processes import in the background, not on a first request
     host = bind_host(args.hostname)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=args.port, log_config=None, access_log=False))
     log.info("serving on http://%s:%d", host, args.port)

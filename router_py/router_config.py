@@ -37,6 +37,7 @@ class RouterConfig:
     tenant_header: str | None = None
     # Several API keys, each its own tenant (and cache namespace), from --api-keys-file.
     tenants: Tenants | None = None
+    disable_grammar_support: bool = False  # grammars (json/regex, response_format, tools) refused as in TGI
     prefix_caching: bool = True  # reported for operators; the scheduler's SchedulerConfig is what acts on it
     docker_label: str | None = None
     sha: str | None = None

@@ -45,6 +45,10 @@ class Tokenizer:
     def has_chat_template(self) -> bool:
         return self._template is not None
 
+    def template_mentions(self, name: str) -> bool:
+        """Whether the chat template's source names ``name`` (e.g. renders ``tools`` / ``tool_calls`` itself)."""
+        return self._template is not None and name in self._template.source
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._hf.encode(text, add_special_tokens=add_special_tokens).ids)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from proto.chunking import prefill_len
 
 if TYPE_CHECKING:
+    from shard.grammar import GrammarState
     from shard.sampling import NextTokenChooser, StoppingCriteria
 
 
@@ -42,6 +43,7 @@ class RequestState:
     prefill_emitted: bool = False
     prefix_offset: int = 0  # incremental detokenization offsets (see shard.detokenize)
     read_offset: int = 0
+    grammar: GrammarState | None = None  # constrained decoding (see shard.grammar)
 
     @property
     def prompt_done(self) -> bool:

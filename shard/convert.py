@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from proto.generate.v3 import generate_pb2 as pb
 from shard.batch import RequestState, ShardBatch
 from shard.detokenize import Detokenizer
 from shard.errors import InvalidRequest
 from shard.generation import GenerationOut, TokensOut
+from shard.grammar import GRAMMAR_TYPE_NONE, GrammarCompiler, GrammarError
 from shard.sampling import NextTokenChooser, SamplingParams, StoppingCriteria
+
+log = logging.getLogger(__name__)
 
 
 def prompt_text(r: pb.Request) -> str:
@@ -37,14 +42,15 @@ def sampling_params(p: pb.NextTokenChooserParameters) -> SamplingParams:
     )
 
 
-def request_state(r: pb.Request, detok: Detokenizer, eos_ids: frozenset[int]) -> RequestState:
-    """Tokenize and wrap one Request (not yet validated against the pool).
+def request_state(
+    r: pb.Request, detok: Detokenizer, eos_ids: frozenset[int], grammars: GrammarCompiler | None = None
+) -> RequestState:
+    """Tokenize and wrap one Request (not yet validated against the pool); compile its grammar if it has one.
 
     Raises:
-        InvalidRequest: no text chunk, invalid sampling values, or a grammar (not supported by this shard).
+        InvalidRequest: no text chunk, invalid sampling values, or a grammar that does not compile (or any
+            grammar when ``grammars`` is None).
     """
-    if r.parameters.grammar:
-        raise InvalidRequest(f"request {r.id}: grammars are not supported by this shard")
     try:
         chooser = NextTokenChooser(sampling_params(r.parameters))
     except ValueError as err:
@@ -68,7 +74,28 @@ def request_state(r: pb.Request, detok: Detokenizer, eos_ids: frozenset[int]) ->
         prompt_logprobs=[float("nan")] * len(ids),
         prefix_offset=prefix_offset,
         read_offset=read_offset,
+        grammar=grammar_state(r, grammars),
     )
+
+
+def grammar_state(r: pb.Request, grammars: GrammarCompiler | None):
+    """The request's compiled grammar state, or None without a grammar. A grammar that does not compile ends
+    its request at once (EOS, empty text) rather than failing the whole Prefill: TGI's router does not check
+    grammars with our engine (ours refuses them with a 422 before they reach the shard).
+
+    Raises:
+        InvalidRequest: this shard has no grammar support.
+    """
+    p = r.parameters
+    if p.grammar_type == GRAMMAR_TYPE_NONE and not p.grammar:
+        return None
+    if grammars is None:
+        raise InvalidRequest(f"request {r.id}: grammars are not supported by this shard")
+    try:
+        return grammars.state(p.grammar_type, p.grammar)
+    except GrammarError as err:
+        log.warning("request %d: grammar does not compile, ending the request: %s", r.id, err)
+        return grammars.refused()
 
 
 def cached_batch(b: ShardBatch, block_size: int) -> pb.CachedBatch:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from shard.batch import RequestState
+from shard import grammar
 from shard.detokenize import Detokenizer
 from shard.generation import FinishedText, GenerationOut, TokensOut
 from shard.inputs import StepInputs, build_step_inputs, to_device
@@ -108,11 +109,13 @@ class ModelRunner:
         with torch.inference_mode():
             logits = self._forward(inputs, self._rows_needed(requests, inputs))
         t1 = time.perf_counter_ns()
+        grammar.apply_masks(requests, inputs.cu_seqlens_q, logits)
         out = []
         for r, start, end in zip(requests, inputs.cu_seqlens_q, inputs.cu_seqlens_q[1:]):
             g = self._after_forward(r, logits, start, end)
             if g is not None:
                 out.append(g)
+        grammar.advance(requests, out)
         return out, StepTimes(t1 - t0, time.perf_counter_ns() - t1)
 
     @staticmethod

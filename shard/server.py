@@ -24,6 +24,7 @@ from shard.batch import ShardBatch
 from shard.config import ShardConfig
 from shard.errors import BatchNotFound, InvalidRequest
 from shard.generation import GenerationOut
+from shard.grammar import GrammarCompiler
 from shard.model_runner import ModelRunner
 from shard.validation import check_block_ownership, check_new_request
 from shard.warmup import assign_scratch_memory, clamp_warmup_prompts, settle_limits, usable_capacity
@@ -41,6 +42,8 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         self.batches: dict[int, ShardBatch] = {}
         # NOTE: one model step at a time, run off the event loop so Health/Info answer during a long prefill.
         self.lock = asyncio.Lock()
+        loaded = runner.loaded
+        self.grammars = GrammarCompiler(loaded.tokenizer, loaded.model.config.vocab_size, loaded.eos_token_ids)
 
     # ---- metadata RPCs -------------------------------------------------------------------------------------
 
@@ -116,7 +119,8 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
 
     async def Prefill(self, request: pb.PrefillRequest, context) -> pb.PrefillResponse:
         start = time.perf_counter_ns()
-        new = self._new_batch(request.batch)
+        # NOTE: off the event loop: tokenizing and compiling grammars (cached, ~1-2 ms each) do not block RPCs.
+        new = await asyncio.to_thread(self._new_batch, request.batch)
         for r in new.requests:
             if not r.blocks or not r.slots:
                 raise InvalidRequest(f"request {r.id}: no blocks/slots given (only Warmup may omit them)")
@@ -165,7 +169,9 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         detok, eos = self.runner.detok, self.runner.loaded.eos_token_ids
         if not batch.requests:
             raise InvalidRequest(f"batch {batch.id} has no requests")
-        requests = [convert.request_state(r, detok, eos) for r in batch.requests]
+        self.grammars.precompile([(r.parameters.grammar_type, r.parameters.grammar) for r in batch.requests
+                                  if r.parameters.grammar])
+        requests = [convert.request_state(r, detok, eos, self.grammars) for r in batch.requests]
         return ShardBatch(batch.id, requests)
 
     def _mine(self, batch: ShardBatch, generations: list[GenerationOut]) -> list[GenerationOut]:

@@ -489,6 +489,8 @@ class Batcher:
         generations ended early with ``length`` (often right at 3,072 tokens)."""
         if tokens < state.tokens_before + state.round_max_new or tokens >= state.request.stopping.max_new_tokens:
             return False
+        if state.request.sampling.grammar:  # NOTE: a new round would restart the grammar at its first token
+            return False
         req = state.request
         inputs = req.inputs + text
         ids = self._encode(inputs, req.add_special_tokens)

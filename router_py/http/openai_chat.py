@@ -92,19 +92,7 @@ def _parse_messages(raw: Any) -> list[dict[str, Any]]:
     return raw
 
 
-def tools_for_template(req: ChatRequest) -> list[dict[str, Any]] | None:
-    """Tools are only rendered when the model may not call them (``tool_choice: "none"``): calling tools needs
-    a grammar, which this server does not support (TGI with DISABLE_GRAMMAR_SUPPORT)."""
-    if req.response_format is not None:
-        raise validation_error("grammar is not supported")
-    if not req.tools:
-        return None
-    if req.tool_choice != "none":
-        raise validation_error("grammar is not supported")
-    return req.tools
-
-
-def chat_parameters(req: ChatRequest) -> GenerateParameters:
+def chat_parameters(req: ChatRequest, grammar: dict[str, Any] | None = None) -> GenerateParameters:
     """TGI's mapping: temperature 0 → greedy (else sampling), repetition_penalty = presence_penalty + 2,
     top_n_tokens = top_logprobs, details always on, a ``model`` other than ``tgi`` becomes ``adapter_id``."""
     check_single_choice(req.get("n"))
@@ -124,6 +112,7 @@ def chat_parameters(req: ChatRequest) -> GenerateParameters:
         seed=req.get("seed"),
         top_n_tokens=req.get("top_logprobs"),
         adapter_id=model if model is not None and model != "tgi" else None,
+        grammar=grammar,
     )
 
 
@@ -137,6 +126,10 @@ def check_single_choice(n: int | None) -> None:
 
 def _first_given(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
+
+
+def _content(event: TokenEvent) -> str:
+    return "" if event.token.special else event.token.text
 
 
 def openai_finish_reason(reason: str) -> str:
@@ -171,7 +164,10 @@ def chat_completion(
     end: EndEvent,
     logprobs: dict[str, Any] | None,
     prompt_tokens: int,
+    message: dict[str, Any] | None = None,
+    finish_reason: str | None = None,
 ) -> dict[str, Any]:
+    """``message`` / ``finish_reason`` replace the plain text answer (tool calls)."""
     return {
         "object": "chat.completion",
         "id": "",
@@ -181,9 +177,9 @@ def chat_completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message or {"role": "assistant", "content": text},
                 "logprobs": logprobs,
-                "finish_reason": openai_finish_reason(end.finish_reason),
+                "finish_reason": finish_reason or openai_finish_reason(end.finish_reason),
             }
         ],
         "usage": usage(prompt_tokens, end.generated_tokens),
@@ -196,17 +192,21 @@ def chat_chunk(
     event: TokenEvent | None,
     logprobs: bool,
     usage_body: dict[str, int] | None,
+    delta: dict[str, Any] | None = None,
+    finish_reason: str | None = None,
 ) -> dict[str, Any]:
-    """One ``chat.completion.chunk``; ``event`` None makes the usage-only chunk (``choices: []``)."""
+    """One ``chat.completion.chunk``; ``event`` None makes the usage-only chunk (``choices: []``); ``delta`` /
+    ``finish_reason`` replace the token's text delta (tool calls)."""
     choices = []
     if event is not None:
         finish = openai_finish_reason(event.finish_reason) if isinstance(event, EndEvent) else None
         choices.append(
             {
                 "index": 0,
-                "delta": {"role": "assistant", "content": event.token.text},
+                # NOTE: TGI streams special tokens (EOS) as empty content
+                "delta": delta or {"role": "assistant", "content": _content(event)},
                 "logprobs": chat_logprobs([event.token], [list(event.top_tokens)]) if logprobs else None,
-                "finish_reason": finish,
+                "finish_reason": finish_reason or finish,
             }
         )
     return {

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from router_py import tracing
+from router_py.http.grammar import with_grammar
 from router_py.http.errors import HttpError, deserialize_error, incomplete_generation, validation_error
 from router_py.http.generation_runner import FinishedSequence, Timings, generate, generate_best_of, stream_events
 from router_py.backend_api import EndEvent, PrefillTokens, TokenEvent, ValidRequest
@@ -75,6 +76,7 @@ async def run_generate(
         state.permits.acquire(sequences)
         try:
             valid = state.validator.validate(req, namespace, add_special_tokens)
+            valid = await with_grammar(valid, req.parameters.grammar, state.config.disable_grammar_support)
             validated = now()
             state.record_validated(valid.input_length, valid.stopping.max_new_tokens)
             if best_of > 1:
@@ -137,7 +139,9 @@ async def open_stream(
     Raises HttpError, including incomplete_generation_stream when the backend ends without an EndEvent."""
     state.permits.acquire()
     try:
-        run = StreamRun(state.validator.validate(req, namespace, add_special_tokens), now())
+        valid = state.validator.validate(req, namespace, add_special_tokens)
+        valid = await with_grammar(valid, req.parameters.grammar, state.config.disable_grammar_support)
+        run = StreamRun(valid, now())
         state.record_validated(run.valid.input_length, run.valid.stopping.max_new_tokens)
         async with aclosing(stream_events(state.backend, run.valid)) as events:
             async for event in events:

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from router_py import tracing
 from router_py.chat_template import ChatTemplateError
 from router_py.http.errors import HttpError, template_error
-from router_py.backend_api import EndEvent
+from router_py.backend_api import EndEvent, TokenEvent
 from router_py.http.openai_chat import (
     ChatRequest,
     chat_chunk,
@@ -23,7 +23,6 @@ from router_py.http.openai_chat import (
     chat_logprobs,
     chat_parameters,
     parse_chat_request,
-    tools_for_template,
     usage,
 )
 from router_py.http.openai_completions import (
@@ -38,14 +37,27 @@ from router_py.http.routes_common import AppState, now, read_json, request_names
 from router_py.http.generation_runner import FinishedSequence
 from router_py.http.routes_generate import open_stream, run_generate
 from router_py.http.sse import OPENAI_DONE, sse_response, tgi_event
+from router_py.http.tools import (
+    ToolPlan,
+    ToolStream,
+    parse_output,
+    plan_tools,
+    template_messages,
+    with_tool_prompt,
+)
 from router_py.http.validation import GenerateRequest
 
 
-def render_chat(state: AppState, req: ChatRequest) -> str:
-    """The templated prompt; template failures are 422 ``template_error``."""
-    tools = tools_for_template(req)
+def render_chat(state: AppState, req: ChatRequest) -> tuple[str, ToolPlan]:
+    """The templated prompt and the request's tool plan; template failures are 422 ``template_error``."""
+    plan = plan_tools(req.tools, req.tool_choice, req.response_format, req.get("tool_prompt"))
+    tok = state.tokenizer
+    messages = template_messages(req.messages, tok.template_mentions("tool_calls"))
+    tools = plan.template_tools
+    if plan.calls_tools and tools and not tok.template_mentions("tools"):
+        messages, tools = with_tool_prompt(messages, tools, plan.tool_prompt or ""), None
     try:
-        return state.tokenizer.apply_chat_template(req.messages, add_generation_prompt=True, tools=tools)
+        return tok.apply_chat_template(messages, add_generation_prompt=True, tools=tools), plan
     except ChatTemplateError as exc:
         raise template_error(str(exc)) from exc
 
@@ -59,18 +71,31 @@ async def chat_completions_route(request: Request) -> Response:
     req = parse_chat_request(await read_json(request))
     start = now()
     state.metrics.inc("tgi_request_count")
-    gen_req = GenerateRequest(render_chat(state, req), chat_parameters(req))
+    prompt, plan = render_chat(state, req)
+    gen_req = GenerateRequest(prompt, chat_parameters(req, plan.grammar))
     namespace = await request_namespace(request)
     parent = tracing.parent_from_headers(request.headers)
     if req.stream:
-        return sse_response(_chat_events(state, req, gen_req, namespace, start, parent), {})
+        return sse_response(_chat_events(state, req, gen_req, namespace, start, parent, plan), {})
     with tracing.span("chat_completions", parent=parent):
         gen, _, _ = await run_generate(state, gen_req, namespace, start, add_special_tokens=False)
     logprobs = chat_logprobs(gen.tokens, gen.top_tokens) if req.logprobs else None
+    message, finish = _tool_message(plan, gen.end.generated_text)
     body = chat_completion(
-        state.config, int(time.time()), gen.end.generated_text, gen.end, logprobs, gen.request.input_length
+        state.config, int(time.time()), gen.end.generated_text, gen.end, logprobs, gen.request.input_length,
+        message, finish,
     )
     return JSONResponse(body)
+
+
+def _tool_message(plan: ToolPlan, text: str) -> tuple[dict | None, str | None]:
+    """The assistant message and finish reason of a tool-calling answer (None, None otherwise)."""
+    if not plan.calls_tools:
+        return None, None
+    out = parse_output(text)
+    if out.content is not None:
+        return {"role": "assistant", "content": out.content}, None
+    return {"role": "assistant", "content": None, "tool_calls": out.calls}, "tool_calls"
 
 
 async def _chat_events(
@@ -80,12 +105,18 @@ async def _chat_events(
     namespace: str,
     start: float,
     parent: Context | None,
+    plan: ToolPlan,
 ) -> AsyncIterator[str]:
     created = int(time.time())
+    calls = ToolStream() if plan.calls_tools else None
     with tracing.span("chat_completions", parent=parent):
         try:
             async for run, event in open_stream(state, gen_req, namespace, add_special_tokens=False):
-                yield tgi_event(chat_chunk(state.config, created, event, req.logprobs, None))
+                if calls is None:
+                    yield tgi_event(chat_chunk(state.config, created, event, req.logprobs, None))
+                else:
+                    for chunk in _tool_chunks(state, created, calls, event):
+                        yield tgi_event(chunk)
                 if isinstance(event, EndEvent):
                     state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
                     if req.include_usage:
@@ -95,6 +126,20 @@ async def _chat_events(
             state.record_failure(err)
             yield _error_event(err)
     yield OPENAI_DONE
+
+
+def _tool_chunks(state: AppState, created: int, calls: ToolStream, event) -> list[dict]:
+    """The chunks of one token of a tool-calling stream: tool_calls deltas (none while the name is not known
+    yet); the last token's chunk carries finish_reason ``tool_calls`` (``stop``/``length`` for a text
+    answer)."""
+    deltas = calls.push("" if event.token.special else event.token.text)
+    if not isinstance(event, EndEvent):
+        return [chat_chunk(state.config, created, event, False, None, d) for d in deltas]
+    deltas += calls.finish()
+    finish = "tool_calls" if calls.name not in (None, "no_tool") else None
+    last = deltas.pop() if deltas else {"role": "assistant", "content": ""}
+    head = [chat_chunk(state.config, created, TokenEvent(event.token), False, None, d) for d in deltas]
+    return head + [chat_chunk(state.config, created, event, False, None, last, finish)]
 
 
 async def completions_route(request: Request) -> Response:
@@ -147,7 +192,7 @@ async def chat_tokenize_route(request: Request) -> Response:
     state = state_of(request)
     req = parse_chat_request(await read_json(request))
     state.metrics.inc("tgi_request_count")
-    text = render_chat(state, req)
+    text, _ = render_chat(state, req)
     tokens = state.tokenizer.encode_with_offsets(text, add_special_tokens=False)
     return JSONResponse({"tokenize_response": tokens, "templated_text": text})
 

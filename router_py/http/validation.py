@@ -218,8 +218,7 @@ class Validator:
             )
         input_ids = self._tokenize(request.inputs, p.truncate, add_special_tokens)
         max_new_tokens = self._check_lengths(len(input_ids), p.max_new_tokens)
-        if p.grammar is not None:
-            raise validation_error("grammar is not supported")
+        # NOTE: the grammar, TGI's last check, is checked by router_py.http.grammar.with_grammar off the event loop
         namespace = f"{namespace}@{p.adapter_id}" if p.adapter_id else namespace
         return ValidRequest(
             inputs=request.inputs,

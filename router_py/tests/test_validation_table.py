@@ -129,7 +129,35 @@ CASES = [
         ),
     ),
     Case(
-        "grammar", params(grammar={"type": "regex", "value": "a+"}), 422, invalid("grammar is not supported")
+        "json grammar without properties",
+        params(grammar={"type": "json", "value": {"type": "object"}}),
+        422,
+        invalid("grammar is not valid: Grammar must have a 'properties' field"),
+    ),
+    Case(
+        "json grammar not a schema",
+        params(grammar={"type": "json", "value": {"type": "object", "properties": {"a": {"type": 7}}}}),
+        422,
+        invalid("grammar is not valid: 7 is not valid under any of the given schemas"),
+    ),
+    Case(
+        "json grammar string not JSON",
+        params(grammar={"type": "json", "value": "{nope"}),
+        422,
+        invalid("grammar is not valid: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+    ),
+    Case(
+        "json grammar keyword the engine refuses",
+        params(grammar={"type": "json", "value": {"properties": {"a": {"type": "integer"}}, "not": {}}}),
+        422,
+        invalid('grammar is not valid: Unimplemented keys: ["not"]'),
+    ),
+    Case(
+        "regex grammar that does not compile",
+        params(grammar={"type": "regex", "value": "(ab"}),
+        422,
+        invalid('grammar is not valid: at 1(8): invalid regex "(ab" (in regex): regex parse error: '
+                "error: unclosed group"),
     ),
     Case(
         "stream with best_of",

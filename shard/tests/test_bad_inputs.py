@@ -40,10 +40,6 @@ def _bad_requests() -> dict[str, tuple[pb.Request, str]]:
             "no text chunk",
         ),
         "no blocks": (request(9, TEXT, [], []), "no blocks/slots given"),
-        "grammar": (
-            _with_grammar(request(9, TEXT, good_blocks, slots_of(good_blocks, 20))),
-            "grammars are not supported",
-        ),
         "prompt over max_input_tokens": (
             request(9, TEXT * 10, list(range(40, 60)), slots_of(list(range(40, 60)), 300)),
             "over max_input_tokens 64",
@@ -58,11 +54,6 @@ def _no_special(r: pb.Request) -> pb.Request:
 
 def _image_only(r: pb.Request) -> pb.Request:
     r.input_chunks.CopyFrom(pb.Input(chunks=[pb.InputChunk(image=pb.Image(data=b"x", mimetype="image/png"))]))
-    return r
-
-
-def _with_grammar(r: pb.Request) -> pb.Request:
-    r.parameters.grammar, r.parameters.grammar_type = "[a-z]+", pb.GRAMMAR_TYPE_REGEX
     return r
 
 
