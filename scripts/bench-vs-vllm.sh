@@ -6,7 +6,7 @@
 #     DIR           the peer folder of setup-vllm-cpu.sh (DIR/venv, DIR/model; installed there if missing)
 #     --quick       fewer requests and QPS points (about 4 minutes instead of about 9)
 #     --prism-only  measure prism only and reuse OUT/vllm.json from an earlier run
-#   env: OUT (default out/bench-vs-vllm), VLLM_SETUP (default /work/shared/peer/setup-vllm-cpu.sh), SEED (0)
+#   env: OUT (default bench-out/vs-vllm), VLLM_SETUP (default /work/shared/peer/setup-vllm-cpu.sh), SEED (0)
 # Run from the repository root with the project's venv active (prism-launcher on PATH, bench importable).
 # One server runs at a time; each is stopped (its whole process group) on exit, error or Ctrl-C.
 set -euo pipefail
@@ -20,7 +20,7 @@ for a in "$@"; do
     *) echo "unknown option $a" >&2; exit 2 ;;
   esac
 done
-OUT=${OUT:-out/bench-vs-vllm}; SETUP=${VLLM_SETUP:-/work/shared/peer/setup-vllm-cpu.sh}; SEED=${SEED:-0}
+OUT=${OUT:-bench-out/vs-vllm}; SETUP=${VLLM_SETUP:-/work/shared/peer/setup-vllm-cpu.sh}; SEED=${SEED:-0}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 port() { python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PGID=""
