@@ -20,12 +20,12 @@ import json
 import math
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from bench import peer_table
-from bench.loadgen import Endpoint, LoadResult, run_closed, run_load
+from bench.loadgen import Endpoint, LoadRequest, LoadResult, run_closed, run_load
 from bench.metrics import RequestRecord, summarize
 from bench.peer_loads import QUICK, PeerLoads, PeerParams, describe
 
@@ -47,24 +47,20 @@ def _median_ttft(records: Sequence[RequestRecord]) -> float:
     return statistics.median(ttfts) if ttfts else math.nan
 
 
-def _errors(result: LoadResult) -> int:
-    return sum(r.error is not None for r in result.records)
-
-
 class PeerRun:
     """Runs every load against one endpoint and keeps the measurement rows and the errors seen."""
 
-    def __init__(self, endpoint: Endpoint, loads: PeerLoads, log=print) -> None:  # noqa: ANN001
+    def __init__(self, endpoint: Endpoint, loads: PeerLoads, log: Callable[..., None] = print) -> None:
         self.endpoint, self.loads, self.log = endpoint, loads, log
         self.rows: list[Row] = []
         self.errors: list[str] = []
 
-    def _closed(self, requests, clients: int, desc: str) -> LoadResult:  # noqa: ANN001
+    def _closed(self, requests: Sequence[LoadRequest], clients: int, desc: str) -> LoadResult:
         result = asyncio.run(run_closed(self.endpoint, requests, clients, desc))
         self.errors += [f"{desc}: {r.error}" for r in result.records if r.error is not None]
         return result
 
-    def _open(self, requests, desc: str) -> LoadResult:  # noqa: ANN001
+    def _open(self, requests: Sequence[LoadRequest], desc: str) -> LoadResult:
         result = asyncio.run(run_load(self.endpoint, requests, desc))
         self.errors += [f"{desc}: {r.error}" for r in result.records if r.error is not None]
         return result
@@ -89,7 +85,9 @@ class PeerRun:
         self.rows.append(_row("clients_out_tokens", f"{what}: output tokens per request", "count", mean_out,
                               "higher"))
 
-    def _sweep(self, name: str, label: str, qps: float, requests, p99_target: float | None) -> None:  # noqa
+    def _sweep(
+        self, name: str, label: str, qps: float, requests: Sequence[LoadRequest], p99_target: float | None
+    ) -> None:
         result = self._open(requests, f"{name}@{qps:g}")
         s = summarize(result.records, result.hit_rate)
         key, at = f"{name}@{qps:g}", f"{label} @ {qps:g} req/s"
