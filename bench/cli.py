@@ -6,6 +6,7 @@
     prism-bench calibrate --model-id DIR --out measured.json      (then --cost-model measured:measured.json)
     prism-bench replay ...            (bench.replay: hit rate vs the Belady bound, no timing)
     prism-bench router-overhead ...   (bench.router_overhead)
+    prism-bench peer measure|table ... (bench.peer_run: side by side with vLLM, scripts/bench-vs-vllm.sh)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from bench.workloads import WorkloadSpec
 from bench.workloads.multi_turn import MultiTurnParams
 from bench.workloads.zipf_rag import ZipfRagParams
 
-LAZY = ("replay", "router-overhead")  # their modules parse their own arguments
+LAZY = ("replay", "router-overhead", "peer")  # their modules parse their own arguments
 
 
 def _floats(text: str) -> list[float]:
@@ -222,6 +223,10 @@ def _lazy(command: str, argv: list[str]) -> int:
         p = argparse.ArgumentParser(prog="prism-bench replay")
         replay.add_arguments(p)
         return int(replay.run(p.parse_args(argv)))
+    if command == "peer":
+        from bench import peer_run
+
+        return int(peer_run.main(argv))
     from bench import router_overhead
 
     return int(router_overhead.main(argv))

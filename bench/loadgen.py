@@ -2,9 +2,13 @@
 
 Requests are sent at their arrival times whatever the server's state (open loop: a slow server builds a queue,
 it does not slow the clients), over TGI's ``/generate_stream`` or OpenAI's ``/v1/completions`` with streaming.
-Each request's record holds its time to first token, inter-token latencies, end-to-end latency and error. When
-the server exports ``prism_prefix_cache_queried_tokens`` and ``prism_prefix_cache_hit_tokens`` on
-``/metrics``, the hit rate of the run is the ratio of their increments.
+Each request's record holds its time to first token, inter-token latencies, end-to-end latency and error;
+over ``/v1/completions`` it asks for the final ``usage`` chunk (``stream_options.include_usage``) and takes
+the output token count from it where the server sends one (vLLM may merge several tokens into one chunk when
+the client lags). When the server exports ``prism_prefix_cache_queried_tokens`` and
+``prism_prefix_cache_hit_tokens`` (ours) or ``vllm:prefix_cache_queries`` and ``vllm:prefix_cache_hits``
+(vLLM) on ``/metrics``, the hit rate of the run is the ratio of their increments. :func:`run_closed` is the
+closed-loop variant: N clients, each sending its next request when its previous one ends.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from bench.metrics import RequestRecord
 
 APIS = ("generate_stream", "completions")
 QUERIED, HIT = "prism_prefix_cache_queried_tokens", "prism_prefix_cache_hit_tokens"
+# (queried tokens, hit tokens) counter pairs, first present wins: ours, then vLLM's (``_total`` folded away)
+COUNTER_PAIRS = ((QUERIED, HIT), ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits"))
 
 
 @dataclass(frozen=True)
@@ -56,12 +62,13 @@ def request_body(endpoint: Endpoint, req: LoadRequest) -> tuple[str, dict[str, o
         params = {"max_new_tokens": req.max_new_tokens, "do_sample": False, "details": False}
         return "/generate_stream", {"inputs": req.prompt, "parameters": params}
     body = {"model": endpoint.model, "prompt": req.prompt, "max_tokens": req.max_new_tokens, "stream": True,
-            "temperature": 0.0, "ignore_eos": True}
+            "temperature": 0.0, "ignore_eos": True, "stream_options": {"include_usage": True}}
     return "/v1/completions", body
 
 
 def parse_event(api: str, line: str) -> tuple[int, bool, str | None]:
-    """One SSE line -> (tokens it carries, whether the stream ended, error message or None)."""
+    """One SSE line -> (token events it carries, whether the stream ended, error message or None). A
+    completions stream ends at ``[DONE]`` (the usage chunk follows the one with ``finish_reason``)."""
     if not line.startswith("data:"):
         return 0, False, None
     data = line[len("data:") :].strip()
@@ -72,8 +79,16 @@ def parse_event(api: str, line: str) -> tuple[int, bool, str | None]:
         return 0, True, str(event["error"])
     if api == "generate_stream":
         return 1, event.get("generated_text") is not None, None
-    choices = event.get("choices") or []
-    return (1 if choices else 0), bool(choices and choices[0].get("finish_reason")), None
+    return (1 if event.get("choices") else 0), False, None
+
+
+def parse_usage(line: str) -> int | None:
+    """``usage.completion_tokens`` of a completions chunk that carries it, else None."""
+    if '"completion_tokens"' not in line or not line.startswith("data:"):
+        return None
+    usage = json.loads(line[len("data:") :]).get("usage") or {}
+    tokens = usage.get("completion_tokens")
+    return int(tokens) if isinstance(tokens, int) else None
 
 
 def parse_counters(text: str) -> dict[str, float]:
@@ -100,9 +115,14 @@ async def _metrics(session: aiohttp.ClientSession, url: str) -> dict[str, float]
 
 
 def hit_rate_between(before: dict[str, float], after: dict[str, float]) -> float:
-    queried = after.get(QUERIED, math.nan) - before.get(QUERIED, 0.0)
-    hit = after.get(HIT, math.nan) - before.get(HIT, 0.0)
-    return hit / queried if queried and not math.isnan(queried) else math.nan
+    """Hit tokens / queried tokens between two scrapes, from the first counter pair the server exports; NaN
+    when it exports none or nothing was queried."""
+    for queried_name, hit_name in COUNTER_PAIRS:
+        if queried_name in after and hit_name in after:
+            queried = after[queried_name] - before.get(queried_name, 0.0)
+            hit = after[hit_name] - before.get(hit_name, 0.0)
+            return hit / queried if queried > 0 else math.nan
+    return math.nan
 
 
 async def _stream(
@@ -111,15 +131,18 @@ async def _stream(
     loop = asyncio.get_running_loop()
     path, body = request_body(endpoint, req)
     times: list[float] = []
-    error = None
+    error, reported = None, None
     try:
         async with session.post(endpoint.url + path, json=body) as resp:
             if resp.status != 200:
                 error = f"HTTP {resp.status}: {(await resp.text())[:200]}"
             else:
                 async for raw in resp.content:
-                    n, done, error = parse_event(endpoint.api, raw.decode("utf-8", "replace").strip())
+                    line = raw.decode("utf-8", "replace").strip()
+                    n, done, error = parse_event(endpoint.api, line)
                     times.extend([loop.time()] * n)
+                    usage = parse_usage(line) if endpoint.api == "completions" and not n else None
+                    reported = usage if usage is not None else reported
                     if done:
                         break
     except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as e:
@@ -127,7 +150,8 @@ async def _stream(
     first = times[0] if times else None
     itl = tuple(b - a for a, b in zip(times, times[1:]))
     end = loop.time() if error is None else None
-    return RequestRecord(sent, first, end, req.prompt_len, len(times), error=error, itl=itl)
+    tokens = reported if reported is not None else len(times)
+    return RequestRecord(sent, first, end, req.prompt_len, tokens, error=error, itl=itl)
 
 
 async def _timed(session, endpoint, req: LoadRequest, t0: float, bar: tqdm) -> RequestRecord:
@@ -138,10 +162,14 @@ async def _timed(session, endpoint, req: LoadRequest, t0: float, bar: tqdm) -> R
     return record
 
 
+def _session() -> aiohttp.ClientSession:
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=900)
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout)
+
+
 async def run_load(endpoint: Endpoint, requests: Sequence[LoadRequest], desc: str = "load") -> LoadResult:
     """Send every request at its arrival time and wait for all; record times are the event loop's clock."""
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=900)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+    async with _session() as session:
         before = await _metrics(session, endpoint.url)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -150,3 +178,33 @@ async def run_load(endpoint: Endpoint, requests: Sequence[LoadRequest], desc: st
         duration = loop.time() - t0
         after = await _metrics(session, endpoint.url)
     return LoadResult(list(records), hit_rate_between(before, after), duration)
+
+
+async def run_closed(
+    endpoint: Endpoint, requests: Sequence[LoadRequest], clients: int, desc: str = "load"
+) -> LoadResult:
+    """Closed loop: ``clients`` concurrent clients take the requests in order, each sending its next one as
+    soon as its previous one ends (arrivals are ignored; a record's arrival is when it was sent).
+    ``clients=1`` sends them one at a time. ``duration`` spans the first send to the last end.
+
+    Raises:
+        ValueError: ``clients`` < 1.
+    """
+    if clients < 1:
+        raise ValueError("clients must be >= 1")
+    pending = iter(requests)
+    records: list[RequestRecord] = []
+
+    async def client(session: aiohttp.ClientSession, bar: tqdm) -> None:
+        for req in pending:  # one shared iterator: each request goes to exactly one client
+            records.append(await _stream(session, endpoint, req, asyncio.get_running_loop().time()))
+            bar.update(1)
+
+    async with _session() as session:
+        before = await _metrics(session, endpoint.url)
+        t0 = asyncio.get_running_loop().time()
+        with tqdm(total=len(requests), desc=desc, unit="req", leave=False) as bar:
+            await asyncio.gather(*(client(session, bar) for _ in range(clients)))
+        duration = asyncio.get_running_loop().time() - t0
+        after = await _metrics(session, endpoint.url)
+    return LoadResult(sorted(records, key=lambda r: r.arrival), hit_rate_between(before, after), duration)

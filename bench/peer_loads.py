@@ -1,0 +1,134 @@
+"""The loads of the side-by-side comparison with a peer server (issue 10): what is sent, built
+deterministically from the seed and the served model folder's tokenizer, so every server gets the same
+prompts.
+
+- ``cold``: fresh prompts of ``cold_prompt_len`` tokens (BOS included), one at a time, each followed by the
+  same prompt again (``hit``): TTFT of a cold prefill and of a full prefix-cache hit.
+- ``clients``: ``clients`` closed-loop clients, short prompts, long outputs: decode throughput.
+- ``shared``: Poisson arrivals of one of ``shared_prefixes`` shared prefixes + a unique suffix, swept in QPS.
+- ``rag``: the zipf-rag workload (system prompt + Zipf-popular passages + question), swept in QPS.
+
+Segment ids carry the seed, the load and the point, so each point starts with nothing of its prompts cached
+(as a fresh server would); a rerun against the same running server needs another seed to start cold again.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+
+from bench.loadgen import LoadRequest
+from bench.workloads.prompts import PromptBuilder
+from bench.workloads.request import WorkloadRequest, at_qps
+from bench.workloads.zipf_rag import ZipfRagParams, zipf_rag
+
+BOS_TOKENS = 1  # both servers add the tokenizer's BOS to a completions prompt
+
+
+def rag_params() -> ZipfRagParams:
+    """512-token system prompt + 3 passages of 160 + a 48-token question = 1,040 tokens."""
+    return ZipfRagParams(system_len=512, passage_len=160, top_k=3, question_len=48, output_len=(16, 64))
+
+
+@dataclass(frozen=True)
+class PeerParams:
+    seed: int = 0
+    warmup_requests: int = 2  # a cold long prompt and a short one, before anything is measured
+    cold_prompt_len: int = 2001  # tokens the server sees, BOS included
+    cold_repeats: int = 5
+    cold_output: int = 4
+    clients: int = 32
+    client_prompt_len: int = 100
+    client_output: int = 128
+    client_requests: int = 64
+    shared_prefixes: int = 4
+    shared_prefix_len: int = 1500
+    shared_unique_len: int = 50
+    shared_output: int = 16
+    shared_requests: int = 60
+    shared_qps: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
+    rag: ZipfRagParams = field(default_factory=rag_params)
+    rag_requests: int = 60
+    rag_qps: tuple[float, ...] = (3.0, 6.0, 10.0)
+
+
+QUICK = PeerParams(
+    cold_repeats=3, client_requests=32, shared_requests=30, shared_qps=(2.0, 8.0), rag_requests=30,
+    rag_qps=(6.0,),
+)
+
+
+def _tag(requests: list[WorkloadRequest], tag: str) -> list[WorkloadRequest]:
+    return [replace(r, segments=tuple((f"{tag}/{s}", n) for s, n in r.segments)) for r in requests]
+
+
+def _load(builder: PromptBuilder, requests: list[WorkloadRequest]) -> list[LoadRequest]:
+    return [
+        LoadRequest(r.arrival, builder.prompt(r), r.output_len, r.prompt_len + BOS_TOKENS) for r in requests
+    ]
+
+
+class PeerLoads:
+    """Every load of one comparison run; the same ``params`` and tokenizer give the same prompts."""
+
+    def __init__(self, params: PeerParams, builder: PromptBuilder) -> None:
+        self.params, self.builder = params, builder
+        self.tag = f"peer{params.seed}"
+
+    def warmup(self) -> list[LoadRequest]:
+        p = self.params
+        reqs = [WorkloadRequest(0.0, (("warm-long", p.cold_prompt_len - BOS_TOKENS),), p.cold_output),
+                WorkloadRequest(0.0, (("warm-short", 16),), p.cold_output)]
+        return _load(self.builder, _tag(reqs, f"{self.tag}/warmup")[: p.warmup_requests])
+
+    def cold_and_hit(self) -> list[LoadRequest]:
+        """cold 0, the same prompt again, cold 1, its repeat, ...: to send one at a time."""
+        p = self.params
+        out = []
+        for i in range(p.cold_repeats):
+            req = WorkloadRequest(0.0, ((f"cold{i}", p.cold_prompt_len - BOS_TOKENS),), p.cold_output)
+            out += _load(self.builder, _tag([req, req], f"{self.tag}/cold"))
+        return out
+
+    def clients(self) -> list[LoadRequest]:
+        p = self.params
+        reqs = [WorkloadRequest(0.0, ((f"c{i}", p.client_prompt_len - BOS_TOKENS),), p.client_output)
+                for i in range(p.client_requests)]
+        return _load(self.builder, _tag(reqs, f"{self.tag}/clients"))
+
+    def shared(self, qps: float) -> list[LoadRequest]:
+        p = self.params
+        rng = random.Random(f"{p.seed}/shared")
+        reqs = [
+            WorkloadRequest(0.0, ((f"prefix{rng.randrange(p.shared_prefixes)}", p.shared_prefix_len),
+                                  (f"u{i}", p.shared_unique_len)), p.shared_output)
+            for i in range(p.shared_requests)
+        ]
+        return _load(self.builder, _tag(at_qps(reqs, qps, p.seed + 1), f"{self.tag}/shared@{qps:g}"))
+
+    def rag(self, qps: float) -> list[LoadRequest]:
+        p = self.params
+        reqs = zipf_rag(replace(p.rag, requests=p.rag_requests, seed=p.seed))
+        return _load(self.builder, _tag(at_qps(reqs, qps, p.seed + 1), f"{self.tag}/rag@{qps:g}"))
+
+
+def describe(params: PeerParams) -> list[str]:
+    """One line per load: what a table row's short label stands for."""
+    p, r = params, params.rag
+    rag_len = r.system_len + r.top_k * r.passage_len + r.question_len
+    return [
+        f"cold / hit: {p.cold_repeats} fresh {p.cold_prompt_len:,}-token prompts (BOS included), each sent "
+        f"alone and then once more, {p.cold_output} output tokens; after {p.warmup_requests} unmeasured "
+        "warm-up requests",
+        f"clients: {p.clients} closed-loop clients, {p.client_requests} requests of {p.client_prompt_len} "
+        f"prompt tokens and {p.client_output} output tokens (ignore_eos); output tokens/s over the whole run",
+        f"shared prefix: {p.shared_requests} Poisson requests per point, one of {p.shared_prefixes} shared "
+        f"{p.shared_prefix_len:,}-token prefixes + {p.shared_unique_len} unique tokens, {p.shared_output} "
+        "output tokens; every point starts with its prefixes uncached",
+        f"RAG: {p.rag_requests} Poisson requests per point, one of {r.system_prompts} {r.system_len}-token "
+        f"system prompts + {r.top_k} of {r.corpus:,} {r.passage_len}-token passages by Zipf({r.alpha:g}) "
+        f"popularity + a {r.question_len}-token question = {rag_len:,} tokens, "
+        f"{r.output_len[0]}-{r.output_len[1]} output tokens",
+        "TTFT P50/P99 over every request of a point; hit rate = the server's prefix-cache hit / queried "
+        "token counters over the point (vLLM counts whole blocks, 128 tokens on CPU)",
+    ]

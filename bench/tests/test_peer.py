@@ -1,0 +1,160 @@
+"""The side-by-side comparison with a peer server (``prism-bench peer``), without the peer: the table and its
+ratio arithmetic, the loads' determinism and shape, vLLM's counters and usage chunks, the closed-loop client,
+and one small run end to end against our own server on the demo model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from dataclasses import replace
+
+import pytest
+from aiohttp import web
+
+from bench import peer_table
+from bench.loadgen import Endpoint, LoadRequest, hit_rate_between, parse_counters, parse_usage, run_closed
+from bench.peer_loads import PeerLoads, PeerParams
+from bench.peer_run import PeerRun, main, write_result
+from bench.tests.test_workloads import _train_tokenizer
+from bench.workloads.prompts import PromptBuilder
+from bench.workloads.zipf_rag import ZipfRagParams
+
+
+def _row(
+    key: str, value: float, unit: str = "ms", better: str = "lower", target: float | None = None
+) -> dict:
+    return {"key": key, "label": key, "unit": unit, "value": value, "better": better, "target": target}
+
+
+def test_table_ratios_targets_and_missing_values() -> None:
+    ours = [_row("cold", 170.0, target=0.8), _row("tok", 1250.0, "tok/s", "higher", 1.25),
+            _row("hit", 0.9, "%", "higher"), _row("p99", 300.0, target=0.8), _row("only_ours", 1.0)]
+    theirs = [_row("cold", 200.0, target=0.8), _row("tok", 1000.0, "tok/s", "higher", 1.25),
+              _row("hit", 0.8, "%", "higher"), _row("p99", math.nan, target=0.8), _row("only_theirs", 2.0)]
+    lines = {ln.split(" | ")[0][2:]: ln for ln in peer_table.render(ours, theirs).splitlines()[2:]}
+    assert list(lines) == ["cold", "tok", "hit", "p99", "only_ours", "only_theirs"]
+    assert lines["cold"] == "| cold | 170 | 200 | 0.85x | lower | <= 0.8x: not met |"
+    assert lines["tok"] == "| tok | 1,250 | 1,000 | 1.25x | higher | >= 1.25x: met |"
+    assert lines["hit"] == "| hit | 90.0% | 80.0% | 1.12x | higher |  |"
+    assert lines["p99"] == "| p99 | 300 | n/a | n/a | lower | <= 0.8x: n/a |"
+    assert lines["only_ours"] == "| only_ours | 1.0 | n/a | n/a | lower |  |"
+    assert lines["only_theirs"] == "| only_theirs | n/a | 2.0 | n/a | lower |  |"
+    assert peer_table.ratio(1.0, 0.0) != peer_table.ratio(1.0, 0.0)  # NaN: no division by zero
+    assert peer_table.target_met(0.8, "lower", 0.8) and not peer_table.target_met(1.2, "higher", 1.25)
+
+
+def test_vllm_counters_and_usage_chunk() -> None:
+    text = (
+        '# TYPE vllm:prefix_cache_queries_total counter\n'
+        'vllm:prefix_cache_queries_total{engine="0",model_name="tiny"} %s\n'
+        'vllm:prefix_cache_queries_created{engine="0",model_name="tiny"} 1.7e+09\n'
+        'vllm:prefix_cache_hits_total{engine="0",model_name="tiny"} %s\n'
+    )
+    before, after = parse_counters(text % (100.0, 20.0)), parse_counters(text % (1100.0, 820.0))
+    assert hit_rate_between(before, after) == pytest.approx(0.8)
+    assert math.isnan(hit_rate_between(after, after))  # nothing queried in between
+    usage = 'data: {"choices": [], "usage": {"prompt_tokens": 6, "completion_tokens": 3}}'
+    assert parse_usage(usage) == 3
+    assert parse_usage('data: {"choices": [{"text": " a"}], "usage": null}') is None
+    assert parse_usage("data: [DONE]") is None
+
+
+def test_loads_are_deterministic_sized_and_cold_per_point() -> None:
+    builder = PromptBuilder(_train_tokenizer("bytelevel"))
+    params = PeerParams(cold_prompt_len=301, cold_repeats=2, client_requests=4, shared_prefix_len=120,
+                        shared_requests=12,
+                        rag=ZipfRagParams(corpus=20, system_len=40, passage_len=20, top_k=2))
+    a, b = PeerLoads(params, builder), PeerLoads(params, builder)
+    assert [r.prompt for r in a.shared(2.0)] == [r.prompt for r in b.shared(2.0)]
+    assert [r.prompt for r in a.rag(3.0)] == [r.prompt for r in b.rag(3.0)]
+    cold = a.cold_and_hit()
+    assert len(cold) == 4 and cold[0].prompt == cold[1].prompt != cold[2].prompt == cold[3].prompt
+    assert all(len(builder.token_ids(r.prompt)) + 1 == r.prompt_len == 301 for r in cold)  # + BOS
+    at2, at8 = a.shared(2.0), a.shared(8.0)
+    assert len({r.prompt[:200] for r in at2}) <= params.shared_prefixes  # the shared prefixes
+    assert not {r.prompt[:200] for r in at2} & {r.prompt[:200] for r in at8}  # each point starts cold
+    assert at8[-1].arrival < at2[-1].arrival
+    other = PeerLoads(replace(params, seed=1), builder)
+    assert not {r.prompt for r in other.cold_and_hit()} & {r.prompt for r in cold}
+
+
+def test_table_command_reads_both_results_and_flags_different_loads(tmp_path, capsys) -> None:
+    params = PeerParams()
+    ours = [_row("cold", 100.0), _row("p99", math.nan)]
+    write_result(tmp_path / "prism.json", "prism", "u", params, ours, [])
+    write_result(tmp_path / "vllm.json", "vllm", "v", params, [_row("cold", 400.0), _row("p99", 5.0)], [])
+    assert main(["table", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "| cold | 100 | 400 | 0.25x | lower |  |" in text and "| p99 | n/a | 5.0 | n/a |" in text
+    assert "- shared prefix: 60 Poisson requests per point" in text and "WARNING" not in text
+    assert (tmp_path / "table.md").read_text() == text
+    write_result(tmp_path / "vllm.json", "vllm", "v", replace(params, seed=1), [_row("cold", 400.0)], [])
+    assert main(["table", str(tmp_path)]) == 0
+    assert "WARNING" in capsys.readouterr().out
+
+
+async def _closed_run() -> tuple:
+    in_flight, peak = [0], [0]
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await asyncio.sleep(0.02)
+        # two tokens merged into one chunk, as vLLM does when the client lags: usage says how many
+        await resp.write(b'data: {"choices": [{"text": " a b", "finish_reason": "length"}]}\n\n')
+        usage = {"choices": [], "usage": {"completion_tokens": body["max_tokens"]}}
+        await resp.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+        in_flight[0] -= 1
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        reqs = [LoadRequest(0.0, f"p{i}", 2, 1) for i in range(10)]
+        return await run_closed(Endpoint(url, "completions", "tiny"), reqs, 3), peak[0]
+    finally:
+        await runner.cleanup()
+
+
+def test_closed_loop_keeps_n_clients_busy_and_counts_usage_tokens() -> None:
+    result, peak = asyncio.run(_closed_run())
+    assert peak == 3 and len(result.records) == 10
+    assert all(r.error is None and r.output_tokens == 2 for r in result.records)
+    assert result.duration >= 4 * 0.02  # 10 requests over 3 clients: at least 4 rounds
+    with pytest.raises(ValueError):
+        asyncio.run(run_closed(Endpoint("http://127.0.0.1:9"), [], 0))
+
+
+def test_peer_run_against_our_server_on_the_demo_model(tmp_path) -> None:
+    from bench.server import LaunchSpec, LiveServer
+    from bench.workloads.prompts import load_tokenizer
+    from router_py.model_source import demo_model
+
+    model = str(demo_model())
+    params = PeerParams(
+        warmup_requests=1, cold_prompt_len=200, cold_repeats=2, clients=3, client_prompt_len=20,
+        client_output=8, client_requests=6, shared_prefixes=2, shared_prefix_len=96, shared_unique_len=8,
+        shared_output=4,
+        shared_requests=8, shared_qps=(20.0,), rag_requests=6, rag_qps=(20.0,),
+        rag=ZipfRagParams(corpus=10, system_len=40, passage_len=20, top_k=2, question_len=8,
+                          output_len=(2, 4)),
+    )
+    loads = PeerLoads(params, PromptBuilder(load_tokenizer(model)))
+    extra = ("--num-blocks", "1024", "--hostname", "127.0.0.1", "--shard-uds-path", str(tmp_path / "shard"))
+    launch = LaunchSpec(model, extra_args=extra, log_dir=tmp_path)
+    with LiveServer(launch, "qas", "dart") as url:
+        run = PeerRun(Endpoint(url, "completions"), loads, log=print)
+        rows = {r["key"]: r["value"] for r in run.run_all()}
+    assert rows["errors"] == 0, run.errors
+    assert rows["cold_ttft_ms"] > 0 and rows["hit_ttft_ms"] > 0
+    assert 0 < rows["clients_out_tokens"] <= 8 and rows["clients_tok_s"] > 0
+    assert 0.3 < rows["shared@20_hit"] < 1 and rows["shared@20_p99_ms"] >= rows["shared@20_p50_ms"] > 0
+    assert 0 <= rows["rag@20_hit"] < 1 and rows["rag@20_p99_ms"] > 0
