@@ -136,7 +136,7 @@ def test_closed_loop_keeps_n_clients_busy_and_counts_usage_tokens() -> None:
 def test_peer_run_against_our_server_on_the_demo_model(tmp_path) -> None:
     from bench.server import LaunchSpec, LiveServer
     from bench.workloads.prompts import load_tokenizer
-    from router_py.model_source import demo_model
+    from router_py.launch.model_source import demo_model
 
     model = str(demo_model())
     params = PeerParams(
