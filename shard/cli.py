@@ -1,7 +1,7 @@
 """Command lines.
 
 prism-shard serve MODEL_DIR --uds-path PATH [--dtype float32|float16|bfloat16]
-    [--attention-backend reference|triton|flash-attn|auto] [--num-blocks N | --memory-fraction F]
+    [--attention-backend reference|sdpa|triton|flash-attn|auto] [--num-blocks N | --memory-fraction F]
     [--block-size 16] [--device cpu|cuda] [--json-output] [--logger-level INFO] [--enforce-eager]
     [--otlp-endpoint URL] [--otlp-service-name NAME] [--cpu-threads N]
 prism-shard bench [--model tiny,100m] [--arch llama] [--workdir DIR] [--cpu-threads N]
@@ -46,7 +46,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir")
     _common_flags(p)
     p.add_argument(
-        "--attention-backend", default="auto", choices=["reference", "triton", "flash-attn", "auto"]
+        "--attention-backend", default="auto", choices=["reference", "sdpa", "triton", "flash-attn", "auto"]
     )
     sizing = p.add_mutually_exclusive_group()
     sizing.add_argument("--num-blocks", type=int)
@@ -54,7 +54,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--device", help="cpu or cuda[:i]; default cuda when available")
     p.add_argument("--enforce-eager", action="store_true", help="never capture CUDA graphs")
-    p.add_argument("--cpu-threads", type=int, help="torch intra-op threads on CPU (default 1)")
+    p.add_argument(
+        "--cpu-threads", type=int, help="torch intra-op threads on CPU (default: $PRISM_SHARD_THREADS, else cores - 1)"
+    )
 
 
 def _run_serve(args: argparse.Namespace) -> None:
