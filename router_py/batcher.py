@@ -290,6 +290,11 @@ class Batcher:
             state = self._states.get(gen.request_id)
             if state is None or state.dropped or not state.running or state.round_id != gen.request_id:
                 continue
+            if gen.error is not None:
+                # Only this request failed (the shard dropped it from the batch); the others go on.
+                self._end(state)
+                state.fail(InferError("generation", f"Request failed during generation: Server error: {gen.error}"))
+                continue
             self._send(state, gen)
 
     def _send(self, state: RequestState, gen: Generation) -> None:

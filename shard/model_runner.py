@@ -19,6 +19,8 @@ from shard.inputs import StepInputs, build_step_inputs, to_device
 from shard.kv_cache import KVCache
 from shard.layers.attention import AttentionMetadata
 from shard.loader import LoadedModel
+from shard.sampling import Choice
+from shard.sampling_batch import choose_batch
 from shard.validation import PoolLimits, check_step
 
 log = logging.getLogger(__name__)
@@ -68,21 +70,23 @@ class ModelRunner:
         slots: torch.Tensor,
         block_tables: torch.Tensor,
         seqlens_k: torch.Tensor,
+        max_seqlen_k: int | None = None,
     ) -> torch.Tensor:
         """One token per request -> logits (b, vocab) fp32.
 
         Args: input_ids (b,) int64, positions (b,) int64, slots (b,) int64, block_tables (b, mb) int32,
-        seqlens_k (b,) int32. max_seqlen_k is the static upper bound mb * block_size (graph-safe).
+        seqlens_k (b,) int32; max_seqlen_k: host int bound on seqlens_k, default the static mb * block_size
+        (graph-safe; eager steps pass the real maximum so the CPU kernels read no padding).
         """
-        meta = AttentionMetadata(
-            positions, slots, block_tables, seqlens_k, None, 1, block_tables.shape[1] * self.kv.block_size
-        )
+        bound = block_tables.shape[1] * self.kv.block_size if max_seqlen_k is None else max_seqlen_k
+        meta = AttentionMetadata(positions, slots, block_tables, seqlens_k, None, 1, bound)
         return self.model.logits(self.model(input_ids, meta, self.kv.layers))
 
     def _decode_logits(self, ids: torch.Tensor, m: AttentionMetadata) -> torch.Tensor:
         # NOTE: the graph runner pads to a captured size and itself runs eagerly what it cannot replay.
-        run = self.graphs if self.graphs is not None else self.decode_forward
-        return run(ids, m.positions, m.slots, m.block_tables, m.seqlens_k)
+        if self.graphs is not None:
+            return self.graphs(ids, m.positions, m.slots, m.block_tables, m.seqlens_k)
+        return self.decode_forward(ids, m.positions, m.slots, m.block_tables, m.seqlens_k, m.max_seqlen_k)
 
     def _forward(self, s: StepInputs, rows: list[int]) -> StepLogits:
         ids, meta = to_device(s, self.loaded.device, self.kv.block_size)
@@ -108,11 +112,7 @@ class ModelRunner:
         with torch.inference_mode():
             logits = self._forward(inputs, self._rows_needed(requests, inputs))
         t1 = time.perf_counter_ns()
-        out = []
-        for r, start, end in zip(requests, inputs.cu_seqlens_q, inputs.cu_seqlens_q[1:]):
-            g = self._after_forward(r, logits, start, end)
-            if g is not None:
-                out.append(g)
+        out = self._after_forward(requests, inputs, logits)
         return out, StepTimes(t1 - t0, time.perf_counter_ns() - t1)
 
     @staticmethod
@@ -125,15 +125,58 @@ class ModelRunner:
                 rows.append(end - 1)
         return rows
 
-    def _after_forward(
-        self, r: RequestState, logits: StepLogits, start: int, end: int
-    ) -> GenerationOut | None:
-        if r.prefill_logprobs and not r.prompt_done:
-            self._record_prompt_logprobs(r, logits, start, end)
-        r.advance(end - start)
-        if not r.prompt_done:
-            return None
-        return self._next_token(r, logits.row(end - 1))
+    def _after_forward(self, requests: list[RequestState], s: StepInputs, logits: StepLogits) -> list[GenerationOut]:
+        """Advance every request; choose the next token of those whose prompt is done, all rows at once.
+
+        A failure confined to one request (its sampling, detokenization, stop check) ends only that request:
+        its Generation carries ``error`` and the others go on.
+        """
+        out: list[GenerationOut] = []
+        ready: list[tuple[RequestState, int]] = []
+        for r, start, end in zip(requests, s.cu_seqlens_q, s.cu_seqlens_q[1:]):
+            try:
+                if r.prefill_logprobs and not r.prompt_done:
+                    self._record_prompt_logprobs(r, logits, start, end)
+            except Exception as err:  # NOTE: isolate one request's failure from the batch
+                out.append(self._failed(r, err))
+                continue
+            r.advance(end - start)
+            if r.prompt_done:
+                ready.append((r, logits.row_index[end - 1]))
+        if not ready:
+            return out
+        choices = self._choose(ready, logits)
+        for (r, _), choice in zip(ready, choices):
+            try:
+                if isinstance(choice, Exception):
+                    raise choice
+                out.append(self._emit(r, choice))
+            except Exception as err:  # NOTE: isolate one request's failure from the batch
+                out.append(self._failed(r, err))
+        return out
+
+    @staticmethod
+    def _choose(ready: list[tuple[RequestState, int]], logits: StepLogits) -> list[Choice | Exception]:
+        """Batched choice; if the batched code itself raises, each row is retried alone so that only the
+        request at fault fails."""
+        rows = logits.values[torch.tensor([row for _, row in ready], dtype=torch.int64)]
+        choosers = [r.chooser for r, _ in ready]
+        try:
+            return list(choose_batch(choosers, rows, [r.token_ids for r, _ in ready]))
+        except Exception:
+            log.exception("batched sampling failed; choosing row by row")
+        out: list[Choice | Exception] = []
+        for i, (r, _) in enumerate(ready):
+            try:
+                out.append(r.chooser.choose(rows[i], r.token_ids))
+            except Exception as err:
+                out.append(err)
+        return out
+
+    @staticmethod
+    def _failed(r: RequestState, err: Exception) -> GenerationOut:
+        log.warning("request %d failed alone: %s: %s", r.id, type(err).__name__, err)
+        return GenerationOut(r.id, TokensOut(), error=f"{type(err).__name__}: {err}")
 
     @staticmethod
     def _record_prompt_logprobs(r: RequestState, logits: StepLogits, start: int, end: int) -> None:
@@ -147,8 +190,7 @@ class ModelRunner:
         scores = torch.log_softmax(logits.values[rows], -1).gather(1, targets[:, None])[:, 0]
         r.prompt_logprobs[first + 1 : first + 1 + count] = scores.tolist()
 
-    def _next_token(self, r: RequestState, logits: torch.Tensor) -> GenerationOut:
-        choice = r.chooser.choose(logits, r.token_ids)
+    def _emit(self, r: RequestState, choice: Choice) -> GenerationOut:
         r.token_ids.append(choice.token_id)
         text, r.prefix_offset, r.read_offset = self.detok.next_text(
             r.token_ids, r.prefix_offset, r.read_offset
