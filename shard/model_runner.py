@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from shard.batch import RequestState
+from shard.chunking import plan_chunks
 from shard.detokenize import Detokenizer
 from shard.generation import FinishedText, GenerationOut, TokensOut
 from shard.inputs import StepInputs, build_step_inputs, to_device
@@ -53,6 +54,7 @@ class ModelRunner:
         self.detok = Detokenizer(loaded.tokenizer)
         self.enforce_eager = enforce_eager
         self.max_input_tokens: int | None = None
+        self.max_prefill_tokens: int | None = None  # per forward, from Warmup (shard.chunking)
         self.graphs = None  # CudaGraphRunner once captured
 
     @property
@@ -106,14 +108,21 @@ class ModelRunner:
             InvalidRequest: a position without a slot / beyond RoPE, or two requests writing one slot.
                 Nothing is written and no request state changes in that case.
         """
-        check_step(requests, self.limits)
-        inputs = build_step_inputs(requests)
+        plan_chunks(requests, self.max_prefill_tokens)
+        active = [r for r in requests if r.next_len > 0]
+        check_step(active, self.limits)
+        inputs = build_step_inputs(active)
         t0 = time.perf_counter_ns()
         with torch.inference_mode():
-            logits = self._forward(inputs, self._rows_needed(requests, inputs))
+            logits = self._forward(inputs, self._rows_needed(active, inputs))
         t1 = time.perf_counter_ns()
-        out = self._after_forward(requests, inputs, logits)
+        out = self._after_forward(active, inputs, logits)
+        plan_chunks(requests, self.max_prefill_tokens)  # so that current_tokens reports the next forward
         return out, StepTimes(t1 - t0, time.perf_counter_ns() - t1)
+
+    def plan_next(self, requests: list[RequestState]) -> None:
+        """Re-plan the next forward's prompt pieces (after the batch changed, e.g. FilterBatch)."""
+        plan_chunks(requests, self.max_prefill_tokens)
 
     @staticmethod
     def _rows_needed(requests: list[RequestState], s: StepInputs) -> list[int]:

@@ -79,6 +79,7 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
                 kept = batch.filter(list(request.request_ids))
         except KeyError as err:
             raise InvalidRequest(err.args[0]) from err
+        self.runner.plan_next(kept.requests)
         self.batches[kept.id] = kept
         return pb.FilterBatchResponse(batch=self._cached(kept))
 
@@ -100,6 +101,7 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             await asyncio.to_thread(self.runner.step, batch.requests)
             await asyncio.to_thread(self.runner.maybe_capture_graphs, limits.max_total_tokens)
         self.runner.max_input_tokens = limits.max_input_tokens
+        self.runner.max_prefill_tokens = request.max_prefill_tokens or None
         return pb.WarmupResponse(
             max_supported_total_tokens=kv.capacity_tokens,
             max_input_tokens=limits.max_input_tokens,
