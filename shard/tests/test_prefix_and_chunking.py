@@ -50,9 +50,9 @@ def _prompt_len(service) -> int:
     return len(service.runner.detok.encode(PROMPT, True, 0))
 
 
-@pytest.fixture
-def service(tiny_model: Path):
-    return build_service(make_config(tiny_model))
+@pytest.fixture(params=["reference", "sdpa"])
+def service(tiny_model: Path, request: pytest.FixtureRequest):
+    return build_service(make_config(tiny_model, attention_backend=request.param))
 
 
 @pytest.mark.parametrize("cache_len", [16, 32, 37])
