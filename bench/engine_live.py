@@ -2,8 +2,8 @@
 
     cold TTFT     fresh prompts of exactly N tokens (random words, so nothing is cached), one at a time;
                   the median time to the first streamed token
-    throughput    C closed-loop clients, each sending prompts of P tokens for T output tokens (ignore_eos) back
-                  to back for D seconds; output tokens per second over the run
+    throughput    C closed-loop clients, each sending prompts of P tokens for T output tokens (ignore_eos)
+                  back to back for D seconds; output tokens per second over the run
 
 ``python -m bench.engine_live --url http://127.0.0.1:3000 --model-id DIR [--cold-tokens 2001 --cold-runs 5]
 [--clients 32 --prompt-tokens 100 --output-tokens 128 --seconds 30]``. Prints numbers; asserts nothing.
@@ -38,7 +38,8 @@ async def cold_ttft(endpoint: Endpoint, prompts: list[str], n: int) -> list[floa
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for prompt in prompts:
-            rec = await _stream(session, endpoint, LoadRequest(0.0, prompt, 4, n), asyncio.get_running_loop().time())
+            sent = asyncio.get_running_loop().time()
+            rec = await _stream(session, endpoint, LoadRequest(0.0, prompt, 4, n), sent)
             if rec.error:
                 raise RuntimeError(rec.error)
             out.append(rec.ttft)
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
             closed_loop(endpoint, prompts, args.clients, args.output_tokens, args.seconds)
         )
         print(
-            f"{args.clients} clients, {args.prompt_tokens}-token prompts, {args.output_tokens} output tokens: "
+            f"{args.clients} clients, {args.prompt_tokens}-token prompts, "
+            f"{args.output_tokens} output tokens: "
             f"{rate:.0f} output tok/s ({done} requests, median TTFT {ttft * 1000:.0f} ms)"
         )
 

@@ -293,7 +293,8 @@ class Batcher:
             if gen.error is not None:
                 # Only this request failed (the shard dropped it from the batch); the others go on.
                 self._end(state)
-                state.fail(InferError("generation", f"Request failed during generation: Server error: {gen.error}"))
+                message = f"Request failed during generation: Server error: {gen.error}"
+                state.fail(InferError("generation", message))
                 continue
             self._send(state, gen)
 

@@ -77,6 +77,7 @@ def print_forward_vs_transformers(folder: Path, dtypes: list[str], tokens: int =
     for dtype in dtypes:
         ours, theirs = forward_vs_transformers(folder, dtype, tokens)
         print(
-            f"{tokens}-token forward, {dtype}, {torch.get_num_threads()} threads: shard {ours * 1000:.0f} ms, "
+            f"{tokens}-token forward, {dtype}, {torch.get_num_threads()} threads: "
+            f"shard {ours * 1000:.0f} ms, "
             f"transformers SDPA {theirs * 1000:.0f} ms, ratio {ours / theirs:.2f} (target <= 1.2)"
         )

@@ -56,7 +56,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu or cuda[:i]; default cuda when available")
     p.add_argument("--enforce-eager", action="store_true", help="never capture CUDA graphs")
     p.add_argument(
-        "--cpu-threads", type=int, help="torch intra-op threads on CPU (default: $PRISM_SHARD_THREADS, else cores - 1)"
+        "--cpu-threads",
+        type=int,
+        help="torch intra-op threads on CPU (default: $PRISM_SHARD_THREADS, else cores - 1)",
     )
 
 

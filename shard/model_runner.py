@@ -134,7 +134,9 @@ class ModelRunner:
                 rows.append(end - 1)
         return rows
 
-    def _after_forward(self, requests: list[RequestState], s: StepInputs, logits: StepLogits) -> list[GenerationOut]:
+    def _after_forward(
+        self, requests: list[RequestState], s: StepInputs, logits: StepLogits
+    ) -> list[GenerationOut]:
         """Advance every request; choose the next token of those whose prompt is done, all rows at once.
 
         A failure confined to one request (its sampling, detokenization, stop check) ends only that request:

@@ -99,11 +99,13 @@ def _process(
             scores[i] = watermark(scores[i], histories[i][-1])
     if rows.penalized:
         idx = torch.tensor(rows.penalized)
-        counts = torch.stack([choosers[i].token_counts(histories[i], scores.shape[1]) for i in rows.penalized])
+        vocab = scores.shape[1]
+        counts = torch.stack([choosers[i].token_counts(histories[i], vocab) for i in rows.penalized])
         params = [choosers[i].params for i in rows.penalized]
         rep = torch.tensor([p.repetition_penalty for p in params]).clamp(min=FLOAT_TINY)[:, None]
         freq = torch.tensor([p.frequency_penalty for p in params])[:, None]
-        lengths = torch.tensor([max(len(histories[i]), 1) for i in rows.penalized], dtype=torch.float32)[:, None]
+        lengths = torch.tensor([max(len(histories[i]), 1) for i in rows.penalized], dtype=torch.float32)
+        lengths = lengths[:, None]
         sub = scores[idx]
         penalized = torch.where(sub < 0, sub * rep, sub / rep)
         sub = torch.where(counts > 0, penalized, sub)

@@ -4,6 +4,7 @@ No Python loop over requests; each call is a handful of batched ops:
 
     call                                  path
     prefill, one request, nothing cached  K/V gathered through the table; SDPA(is_causal=True, enable_gqa)
+    prefill, one-token rows               as decode (a decode merged with prompt pieces is not padded)
     prefill, otherwise                    queries scattered into a padded (b, h, max_q, d) batch, K/V
                                           gathered into (b, hk, max_k, d); one SDPA with a boolean mask that
                                           is causal aligned bottom-right per request and hides padded keys
@@ -24,7 +25,11 @@ import torch.nn.functional as F
 
 
 def store_kv(
-    key_cache: torch.Tensor, value_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slots: torch.Tensor
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    slots: torch.Tensor,
 ) -> None:
     """See ``AttentionBackend.store_kv``: key/value (n, hk, d) into caches (nb, bs, hk, d) at slots (n,)."""
     num_blocks, block_size, heads, dim = key_cache.shape
@@ -70,9 +75,36 @@ def prefill(
             q.transpose(0, 1).unsqueeze(0), k, v, is_causal=True, scale=softmax_scale, enable_gqa=True
         )
         return out[0].transpose(0, 1)
-    return _prefill_padded(
-        q, key_cache, value_cache, block_tables, cu_seqlens_q, seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale
+    q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
+    single = q_lens == 1
+    if max_seqlen_q <= 1 or not bool(single.any()):
+        args = (block_tables, cu_seqlens_q, seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale)
+        return _prefill_padded(q, key_cache, value_cache, *args)
+    # A mixed batch (decodes merged with prompt pieces): one-token rows take the decode path, so they are not
+    # padded to the longest prompt piece.
+    out = torch.empty_like(q)
+    ones = single.nonzero()[:, 0]
+    rows = cu_seqlens_q[:-1][ones].long()
+    out[rows] = decode(
+        q[rows], key_cache, value_cache, block_tables[ones], seqlens_k[ones], max_seqlen_k, softmax_scale
     )
+    multi = (q_lens > 1).nonzero()[:, 0]
+    requests = torch.arange(len(q_lens), device=q.device)
+    owner = torch.repeat_interleave(requests, q_lens.long(), output_size=q.shape[0])  # request of each row
+    token_rows = (q_lens[owner] > 1).nonzero()[:, 0]
+    cu_multi = F.pad(q_lens[multi].cumsum(0, dtype=torch.int32), (1, 0))
+    out[token_rows] = _prefill_padded(
+        q[token_rows],
+        key_cache,
+        value_cache,
+        block_tables[multi],
+        cu_multi,
+        seqlens_k[multi],
+        max_seqlen_q,
+        max_seqlen_k,
+        softmax_scale,
+    )
+    return out
 
 
 def _prefill_padded(
@@ -98,7 +130,8 @@ def _prefill_padded(
     # Query j of request i sits at context position prefix_i + j; padded rows (j >= q_len) see all real keys.
     q_pos = (seqlens_k.long() - q_lens)[:, None] + col[None, :]  # (b, mq)
     k_pos = torch.arange(k.shape[2], device=device)
-    mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < seqlens_k.long()[:, None, None])
+    causal = k_pos[None, None, :] <= q_pos[:, :, None]
+    mask = causal & (k_pos[None, None, :] < seqlens_k.long()[:, None, None])
     out = F.scaled_dot_product_attention(
         q_pad, k, v, attn_mask=mask.unsqueeze(1), scale=softmax_scale, enable_gqa=True
     )  # (b, h, mq, d)
@@ -120,9 +153,13 @@ def decode(
     k = gather_padded(key_cache, block_tables, max_seqlen_k)  # (b, hk, L, d)
     v = gather_padded(value_cache, block_tables, max_seqlen_k)
     mask = torch.arange(k.shape[2], device=q.device)[None, :] < seqlens_k.long()[:, None]  # (b, L)
-    # NOTE: query head j reads KV head j // group, so (b, h, d) -> (b, hk, group, d) pairs them without copies.
+    # NOTE: query head j reads KV head j // group: (b, h, d) -> (b, hk, group, d) pairs them without copies.
     out = F.scaled_dot_product_attention(
-        q.view(batch, kv_heads, heads // kv_heads, dim), k, v, attn_mask=mask[:, None, None, :], scale=softmax_scale
+        q.view(batch, kv_heads, heads // kv_heads, dim),
+        k,
+        v,
+        attn_mask=mask[:, None, None, :],
+        scale=softmax_scale,
     )
     return out.reshape(batch, heads, dim)
 

@@ -35,11 +35,20 @@ def test_decode_matches_reference(block_size: int, group: int) -> None:
     _assert_close(BACKEND.decode(*case.decode_args()), reference.decode(*case.decode_args()))
 
 
-@pytest.mark.parametrize("requests", [[(0, 37)], [(48, 20)], [(0, 1)], [(5, 0), (0, 30), (17, 1)]])
+@pytest.mark.parametrize(
+    "requests",
+    [
+        [(0, 37)],
+        [(48, 20)],
+        [(0, 1)],
+        [(5, 0), (0, 30), (17, 1)],
+        [(20, 1), (0, 30), (5, 1), (7, 0), (40, 12)],
+    ],
+)
 @pytest.mark.parametrize("block_size", [1, 16])
 def test_cold_single_cached_prefix_and_empty_rows(requests: list[tuple[int, int]], block_size: int) -> None:
-    """The is_causal path (one cold request), a cached prefix, a one-token prompt, and a request with no new
-    tokens between others."""
+    """The is_causal path (one cold request), a cached prefix, a one-token prompt, a request with no new
+    tokens between others, and decodes merged with prompt pieces (the one-token rows take the decode path)."""
     case = make_case(requests, block_size, kv_heads=2, group=2, head_dim=64, seed=5)
     _assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
 

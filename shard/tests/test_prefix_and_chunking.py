@@ -142,7 +142,8 @@ async def test_later_chunks_respect_the_prefill_budget_beside_running_decodes(se
     running = [request(10 + i, "Two short ones", *pool.take(20 + 40), max_new=40) for i in range(2)]
     resp = await service.Prefill(pb.PrefillRequest(batch=batch(10, running)), None)
     blocks = pool.take(n + NEW)[0]
-    long = request(5, PROMPT, blocks, slots_of(blocks, n + NEW), max_new=NEW, prefill_logprobs=True, chunk_len=4)
+    slots = slots_of(blocks, n + NEW)
+    long = request(5, PROMPT, blocks, slots, max_new=NEW, prefill_logprobs=True, chunk_len=4)
     resp = await service.Prefill(pb.PrefillRequest(batch=batch(5, [long]), cached_batch=resp.batch), None)
     pieces, gens = [], []
     while not any(g.request_id == 5 for g in resp.generations):
