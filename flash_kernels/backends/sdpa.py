@@ -3,7 +3,8 @@
 No Python loop over requests; each call is a handful of batched ops:
 
     call                                  path
-    prefill, one request, nothing cached  K/V gathered through the table; SDPA(is_causal=True, enable_gqa)
+    prefill, one prompt, nothing cached   K/V gathered through the table; SDPA(is_causal=True, enable_gqa)
+                                          (also when it is the only prompt piece beside one-token rows)
     prefill, one-token rows               as decode (a decode merged with prompt pieces is not padded)
     prefill, otherwise                    queries scattered into a padded (b, h, max_q, d) batch, K/V
                                           gathered into (b, hk, max_k, d); one SDPA with a boolean mask that
@@ -67,19 +68,11 @@ def prefill(
     softmax_scale: float,
 ) -> torch.Tensor:
     """See ``AttentionBackend.prefill``: q (n, h, d) -> (n, h, d)."""
-    n = q.shape[0]
-    if len(seqlens_k) == 1 and int(seqlens_k[0]) == n:
-        k = _gather_one(key_cache, block_tables[0], n)
-        v = _gather_one(value_cache, block_tables[0], n)
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1).unsqueeze(0), k, v, is_causal=True, scale=softmax_scale, enable_gqa=True
-        )
-        return out[0].transpose(0, 1)
     q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
     single = q_lens == 1
     if max_seqlen_q <= 1 or not bool(single.any()):
         args = (block_tables, cu_seqlens_q, seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale)
-        return _prefill_padded(q, key_cache, value_cache, *args)
+        return _prefill_many(q, key_cache, value_cache, *args)
     # A mixed batch (decodes merged with prompt pieces): one-token rows take the decode path, so they are not
     # padded to the longest prompt piece.
     out = torch.empty_like(q)
@@ -93,7 +86,7 @@ def prefill(
     owner = torch.repeat_interleave(requests, q_lens.long(), output_size=q.shape[0])  # request of each row
     token_rows = (q_lens[owner] > 1).nonzero()[:, 0]
     cu_multi = F.pad(q_lens[multi].cumsum(0, dtype=torch.int32), (1, 0))
-    out[token_rows] = _prefill_padded(
+    out[token_rows] = _prefill_many(
         q[token_rows],
         key_cache,
         value_cache,
@@ -105,6 +98,30 @@ def prefill(
         softmax_scale,
     )
     return out
+
+
+def _prefill_many(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    softmax_scale: float,
+) -> torch.Tensor:
+    """One cold prompt: is_causal over its own K/V; anything else: the padded, masked batch."""
+    n = q.shape[0]
+    if len(seqlens_k) == 1 and int(seqlens_k[0]) == n:
+        k = _gather_one(key_cache, block_tables[0], n)
+        v = _gather_one(value_cache, block_tables[0], n)
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1).unsqueeze(0), k, v, is_causal=True, scale=softmax_scale, enable_gqa=True
+        )
+        return out[0].transpose(0, 1)
+    args = (block_tables, cu_seqlens_q, seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale)
+    return _prefill_padded(q, key_cache, value_cache, *args)
 
 
 def _prefill_padded(
