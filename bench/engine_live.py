@@ -5,8 +5,12 @@
     throughput    C closed-loop clients, each sending prompts of P tokens for T output tokens (ignore_eos)
                   back to back for D seconds; output tokens per second over the run
 
+    stall check   (``--stall-check``) 4 streams decoding when a cold N-token prompt arrives: its TTFT and
+                  the streams' longest inter-token gap (a whole-prompt prefill stalls them for all of it)
+
 ``python -m bench.engine_live --url http://127.0.0.1:3000 --model-id DIR [--cold-tokens 2001 --cold-runs 5]
-[--clients 32 --prompt-tokens 100 --output-tokens 128 --seconds 30]``. Prints numbers; asserts nothing.
+[--clients 32 --prompt-tokens 100 --output-tokens 128 --seconds 30] [--stall-check]``. Prints numbers;
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -72,6 +76,24 @@ async def closed_loop(endpoint: Endpoint, prompts: list[str], clients: int, out_
     return tokens[0] / elapsed, done[0], statistics.median(ttfts)
 
 
+async def stall_check(endpoint: Endpoint, running: list[str], long_prompt: str) -> tuple[float, float, float]:
+    """(long prompt's TTFT, max and median inter-token gap of ``running`` streams) when ``long_prompt``
+    arrives while they decode: how long a cold prefill stalls running requests."""
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        streams = [
+            asyncio.create_task(_stream(session, endpoint, LoadRequest(0.0, p, 300, 0), loop.time()))
+            for p in running
+        ]
+        await asyncio.sleep(1.5)
+        long = await _stream(session, endpoint, LoadRequest(0.0, long_prompt, 4, 0), loop.time())
+        records = await asyncio.gather(*streams)
+    if long.error or any(r.error for r in records):
+        raise RuntimeError(long.error or next(r.error for r in records if r.error))
+    gaps = [x for r in records for x in r.itl]
+    return long.ttft, max(gaps), statistics.median(gaps)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.engine_live", description=__doc__.split("\n")[0])
     p.add_argument("--url", required=True)
@@ -84,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--skip-cold", action="store_true")
     p.add_argument("--skip-load", action="store_true")
+    p.add_argument(
+        "--stall-check", action="store_true", help="also: 4 running streams, then a cold --cold-tokens prompt"
+    )
     args = p.parse_args(argv)
     from tokenizers import Tokenizer
 
@@ -99,6 +124,15 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"cold {args.cold_tokens}-token TTFT: median {statistics.median(ttfts) * 1000:.0f} ms "
             f"(runs: {', '.join(f'{t * 1000:.0f}' for t in ttfts)})"
+        )
+    if args.stall_check:
+        running = [exact_prompt(tokenizer, words, 50, rng) for _ in range(4)]
+        long_prompt = exact_prompt(tokenizer, words, args.cold_tokens, rng)
+        ttft, worst, median = asyncio.run(stall_check(endpoint, running, long_prompt))
+        print(
+            f"stall check: cold {args.cold_tokens}-token prompt TTFT {ttft * 1000:.0f} ms; "
+            f"4 running streams' "
+            f"max inter-token gap {worst * 1000:.0f} ms (median {median * 1000:.1f} ms)"
         )
     if not args.skip_load:
         prompts = [exact_prompt(tokenizer, words, args.prompt_tokens, rng) for _ in range(4 * args.clients)]
