@@ -147,6 +147,7 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         if failed:
             # NOTE: a request that failed alone leaves the batch; the others keep their state and KV.
             batch = batch.filter([i for i in batch.request_ids if i not in failed])
+            self.runner.plan_next(batch.requests)
             generations_live = [g for g in generations if g.error is None]
         else:
             generations_live = generations
