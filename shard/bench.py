@@ -129,7 +129,7 @@ def bench_model(folder: Path, label: str, cpu_threads: int | None = None, dtype:
     runner.step([_request(0, _prompt(rng, 64, vocab), pool.take(65))])  # warm the allocator and kernels
     print(
         f"== {label}: {params / 1e6:.1f}M parameters, {runner.loaded.dtype}, "
-        f"attention={runner.model.model.layers[0].self_attn.backend.name}, threads={torch.get_num_threads()}"
+        f"attention={runner.model.model.layers[0].self_attn.backend.name}, threads={runner.cpu_threads}"
     )
     print(
         f"prefill: {prefill_tokens_per_s(runner, rng, vocab, pool):10.0f} tokens/s "

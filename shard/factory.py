@@ -12,7 +12,7 @@ from shard.config import ShardConfig
 from shard.cpu_features import native_bf16
 from shard.kv_cache import KVCache, KVShape, choose_num_blocks
 from shard.loader import load_model
-from shard.model_runner import ModelRunner
+from shard.model_runner import CpuThreads, ModelRunner
 from shard.server import TextGenerationService
 
 log = logging.getLogger(__name__)
@@ -38,16 +38,18 @@ def pick_dtype(config: ShardConfig, device: torch.device) -> tuple[torch.dtype, 
     return torch.float32, "CPU without native bf16 (no avx512_bf16 / amx_bf16)"
 
 
-def pick_cpu_threads(config: ShardConfig) -> tuple[int, str]:
-    """torch intra-op threads for a CPU shard, and why: ``--cpu-threads``, else ``PRISM_SHARD_THREADS``,
-    else every core but one (the router and the gRPC loop need one), at least 1."""
+def pick_cpu_threads(config: ShardConfig) -> tuple[CpuThreads, str]:
+    """torch intra-op threads for a CPU shard, and why: ``--cpu-threads N`` or ``PRISM_SHARD_THREADS=N`` for
+    every step; else every core for steps of at least ``PREFILL_THREADS_MIN_TOKENS`` tokens (a big prefill,
+    while the router waits for it) and every core but one for the others (decode steps, during which the
+    router streams tokens to the clients on the core left to it)."""
     if config.cpu_threads:
-        return config.cpu_threads, "--cpu-threads"
+        return CpuThreads(config.cpu_threads, config.cpu_threads), "--cpu-threads"
     env = os.environ.get(THREADS_ENV)
     if env:
-        return max(1, int(env)), THREADS_ENV
+        return CpuThreads(max(1, int(env)), max(1, int(env))), THREADS_ENV
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 1), f"{cores} cores, one left to the router"
+    return CpuThreads(max(1, cores - 1), cores), f"{cores} cores, one left to the router during decode"
 
 
 def build_runner(config: ShardConfig) -> ModelRunner:
@@ -57,11 +59,11 @@ def build_runner(config: ShardConfig) -> ModelRunner:
         ValueError: unsupported architecture, unavailable backend, bad pool size (messages say which).
     """
     device = pick_device(config)
-    threads = ""
+    threads, cpu_threads = "", None
     if device.type == "cpu":
-        count, why = pick_cpu_threads(config)
-        torch.set_num_threads(count)
-        threads = f", {count} CPU threads ({why})"
+        cpu_threads, why = pick_cpu_threads(config)
+        torch.set_num_threads(cpu_threads.small)
+        threads = f", CPU threads {cpu_threads} ({why})"
     dtype, dtype_why = pick_dtype(config, device)
     backend = get_backend(config.attention_backend, device.type, config.block_size)
     loaded = load_model(config.model_dir, backend, dtype, device)
@@ -80,7 +82,7 @@ def build_runner(config: ShardConfig) -> ModelRunner:
         blocks,
         config.block_size,
     )
-    return ModelRunner(loaded, kv, enforce_eager=config.enforce_eager)
+    return ModelRunner(loaded, kv, enforce_eager=config.enforce_eager, cpu_threads=cpu_threads)
 
 
 def build_service(config: ShardConfig) -> TextGenerationService:

@@ -28,6 +28,26 @@ log = logging.getLogger(__name__)
 GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
+PREFILL_THREADS_MIN_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class CpuThreads:
+    """torch intra-op threads per step on CPU: ``large`` for steps of at least PREFILL_THREADS_MIN_TOKENS
+    tokens, ``small`` for the others (see :func:`shard.factory.pick_cpu_threads`)."""
+
+    small: int
+    large: int
+
+    def __str__(self) -> str:
+        if self.small == self.large:
+            return str(self.small)
+        return f"{self.small} (steps under {PREFILL_THREADS_MIN_TOKENS} tokens) / {self.large} (larger steps)"
+
+    def for_tokens(self, tokens: int) -> int:
+        return self.large if tokens >= PREFILL_THREADS_MIN_TOKENS else self.small
+
+
 @dataclass
 class StepTimes:
     forward_ns: int = 0
@@ -48,8 +68,15 @@ class StepLogits:
 class ModelRunner:
     """Owns the model, the KV pool and the detokenizer; stateless across batches otherwise."""
 
-    def __init__(self, loaded: LoadedModel, kv: KVCache, enforce_eager: bool = True) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        kv: KVCache,
+        enforce_eager: bool = True,
+        cpu_threads: CpuThreads | None = None,
+    ) -> None:
         self.loaded, self.kv = loaded, kv
+        self.cpu_threads = cpu_threads  # None: leave torch's thread count alone (CUDA, tests)
         self.model = loaded.model
         self.detok = Detokenizer(loaded.tokenizer)
         self.enforce_eager = enforce_eager
@@ -112,6 +139,11 @@ class ModelRunner:
         active = [r for r in requests if r.next_len > 0]
         check_step(active, self.limits)
         inputs = build_step_inputs(active)
+        if self.cpu_threads is not None:
+            # NOTE: per calling thread (OpenMP); steps run on asyncio.to_thread workers, so set it here.
+            want = self.cpu_threads.for_tokens(len(inputs.input_ids))
+            if torch.get_num_threads() != want:
+                torch.set_num_threads(want)
         t0 = time.perf_counter_ns()
         with torch.inference_mode():
             logits = self._forward(inputs, self._rows_needed(active, inputs))
