@@ -171,4 +171,6 @@ def run_bench(
         if vs_transformers:
             from shard.bench_vs_hf import print_forward_vs_transformers
 
-            print_forward_vs_transformers(folder, [dtype] if dtype else ["float32", "bfloat16"])
+            print_forward_vs_transformers(
+                folder, [dtype] if dtype else ["float32", "bfloat16"], threads=cpu_threads
+            )

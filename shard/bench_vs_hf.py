@@ -37,9 +37,10 @@ def _cold_request(prompt: list[int], block_size: int) -> RequestState:
 
 
 def forward_vs_transformers(
-    folder: Path, dtype: str, tokens: int = 2001, repeats: int = 7, backend: str = "auto"
+    folder: Path, dtype: str, tokens: int = 2001, repeats: int = 7, backend: str = "auto", threads: int = 1
 ) -> tuple[float, float]:
-    """(shard median s, transformers median s) for one ``tokens``-token forward, interleaved."""
+    """(shard median s, transformers median s) for one ``tokens``-token forward, interleaved, both sides on
+    ``threads`` torch threads."""
     from transformers import AutoModelForCausalLM
 
     block = 16
@@ -51,7 +52,7 @@ def forward_vs_transformers(
             attention_backend=backend,
             num_blocks=-(-(tokens + 1) // block) + 2,
             block_size=block,
-            cpu_threads=torch.get_num_threads(),
+            cpu_threads=threads,
         )
     )
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), attn_implementation="sdpa")
@@ -60,6 +61,7 @@ def forward_vs_transformers(
     prompt = [rng.randrange(3, runner.model.config.vocab_size) for _ in range(tokens)]
     ids = torch.tensor([prompt])
     ours, theirs = [], []
+    torch.set_num_threads(threads)  # the runner sets the same count on this thread at each step
     with torch.inference_mode():
         runner.step([_cold_request(prompt, block)])
         hf(ids)
@@ -73,11 +75,18 @@ def forward_vs_transformers(
     return statistics.median(ours), statistics.median(theirs)
 
 
-def print_forward_vs_transformers(folder: Path, dtypes: list[str], tokens: int = 2001) -> None:
+def print_forward_vs_transformers(
+    folder: Path, dtypes: list[str], tokens: int = 2001, threads: int | None = None
+) -> None:
+    """``threads`` None: the count the shard's default gives a step of ``tokens`` tokens."""
+    if threads is None:
+        from shard.factory import pick_cpu_threads
+
+        threads = pick_cpu_threads(ShardConfig(model_dir=str(folder)))[0].for_tokens(tokens)
     for dtype in dtypes:
-        ours, theirs = forward_vs_transformers(folder, dtype, tokens)
+        ours, theirs = forward_vs_transformers(folder, dtype, tokens, threads=threads)
         print(
-            f"{tokens}-token forward, {dtype}, {torch.get_num_threads()} threads: "
+            f"{tokens}-token forward, {dtype}, {threads} threads: "
             f"shard {ours * 1000:.0f} ms, "
             f"transformers SDPA {theirs * 1000:.0f} ms, ratio {ours / theirs:.2f} (target <= 1.2)"
         )
