@@ -9,8 +9,8 @@ A request's context is the sequence of its tokens' K/V read through its row of `
 the request lives at block ``block_tables[i, p // block_size]``, offset ``p % block_size``. Callers store the
 new tokens' K/V (``store_kv``) BEFORE calling attention, so attention only ever reads the pool.
 
-Backends: ``reference`` (pure torch, the spec), ``triton``, ``flash-attn``, ``auto`` (fastest correct backend
-present on the device). They are imported lazily: importing this module never touches triton or flash-attn.
+Backends: ``reference`` (pure torch, the spec), ``sdpa`` (torch's fused CPU kernels), ``triton``,
+``flash-attn``, ``auto`` (fastest correct backend present on the device). They are imported lazily: importing this module never touches triton or flash-attn.
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ class AttentionBackend(Protocol):
 # name -> "module:factory"; modules are imported only when the backend is asked for.
 _REGISTRY = {
     "reference": "flash_kernels.reference:ReferenceBackend",
+    "sdpa": "flash_kernels.backends.sdpa:SdpaBackend",
     "triton": "flash_kernels.backends.triton_paged:TritonBackend",
     "flash-attn": "flash_kernels.backends.flash_attn:FlashAttnBackend",
 }
@@ -139,12 +140,12 @@ def get_backend(name: str = "reference", device: str = "cpu", block_size: int | 
 
 
 def _auto(device: str, block_size: int | None) -> AttentionBackend:
-    """CPU -> reference. CUDA -> the first of these that imports: flash-attn then triton when its paged
+    """CPU -> sdpa. CUDA -> the first of these that imports: flash-attn then triton when its paged
     kernels take ``block_size`` (a multiple of 256) or it is unknown; triton then flash-attn otherwise, since
     flash-attn serves smaller blocks only by copying the context out of the pool (see its module);
     reference last."""
     if not device.startswith("cuda"):
-        return _load("reference")
+        return _load("sdpa")
     paged_flash = block_size is None or block_size % 256 == 0
     for candidate in ("flash-attn", "triton") if paged_flash else ("triton", "flash-attn"):
         try:

@@ -37,7 +37,7 @@ class Shard:
         self.uds = str(self.workdir / "shard")
         self.process = Process(
             "shard", [str(VENV_BIN / "prism-shard"), "serve", str(self.model), "--uds-path", self.uds,
-                      "--num-blocks", "256"], self.workdir,
+                      "--num-blocks", "256", "--dtype", "float32"], self.workdir,  # exact oracle: fp32
         )
 
     def wait_ready(self) -> Shard:

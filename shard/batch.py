@@ -25,7 +25,9 @@ class RequestState:
     """Everything the shard remembers about one request between steps.
 
     blocks: block ids holding positions [i*bs, (i+1)*bs); slots[p] is the pool slot of position p.
-    chunk_len: for the first step only, how many prompt tokens to compute (None = the whole prompt).
+    chunk_len: how many prompt tokens the next step computes (None = the whole rest); set by the router for
+        the first step, by :func:`shard.chunking.plan_chunks` for later ones (0 = sit this step out).
+    stepped: whether a step has computed some of this request (its later prompt pieces are the shard's).
     """
 
     id: int
@@ -44,6 +46,7 @@ class RequestState:
     prefix_offset: int = 0  # incremental detokenization offsets (see shard.detokenize)
     read_offset: int = 0
     grammar: GrammarState | None = None  # constrained decoding (see shard.grammar)
+    stepped: bool = False
 
     @property
     def prompt_done(self) -> bool:
@@ -64,6 +67,7 @@ class RequestState:
         """Record that ``computed`` more tokens now have KV in the pool (after a successful forward)."""
         self.cache_len += computed
         self.chunk_len = None
+        self.stepped = True
 
 
 @dataclass

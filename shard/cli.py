@@ -1,10 +1,11 @@
 """Command lines.
 
 prism-shard serve MODEL_DIR --uds-path PATH [--dtype float32|float16|bfloat16]
-    [--attention-backend reference|triton|flash-attn|auto] [--num-blocks N | --memory-fraction F]
+    [--attention-backend reference|sdpa|triton|flash-attn|auto] [--num-blocks N | --memory-fraction F]
     [--block-size 16] [--device cpu|cuda] [--json-output] [--logger-level INFO] [--enforce-eager]
     [--otlp-endpoint URL] [--otlp-service-name NAME] [--cpu-threads N]
-prism-shard bench [--model tiny,100m] [--arch llama] [--workdir DIR] [--cpu-threads N]
+prism-shard bench [--model tiny,100m] [--arch llama] [--workdir DIR] [--cpu-threads N] [--model-dir DIR]
+    [--dtype D] [--vs-transformers]
 text-generation-server serve MODEL_ID [TGI's flags]      (so TGI's launcher can start this shard)
 text-generation-server download-weights MODEL_ID         (no-op for a local folder)
 """
@@ -46,7 +47,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir")
     _common_flags(p)
     p.add_argument(
-        "--attention-backend", default="auto", choices=["reference", "triton", "flash-attn", "auto"]
+        "--attention-backend", default="auto", choices=["reference", "sdpa", "triton", "flash-attn", "auto"]
     )
     sizing = p.add_mutually_exclusive_group()
     sizing.add_argument("--num-blocks", type=int)
@@ -54,7 +55,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--device", help="cpu or cuda[:i]; default cuda when available")
     p.add_argument("--enforce-eager", action="store_true", help="never capture CUDA graphs")
-    p.add_argument("--cpu-threads", type=int, help="torch intra-op threads on CPU (default 1)")
+    p.add_argument(
+        "--cpu-threads",
+        type=int,
+        help="torch intra-op threads on CPU (default: $PRISM_SHARD_THREADS, else cores - 1)",
+    )
 
 
 def _run_serve(args: argparse.Namespace) -> None:
@@ -103,14 +108,27 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--model", default="tiny,100m", help="comma-separated demo sizes")
     b.add_argument("--arch", default="llama", choices=["llama", "qwen3"])
     b.add_argument("--workdir", help="where demo models are built (default: a temp dir)")
-    b.add_argument("--cpu-threads", type=int, help="torch intra-op threads (default 1)")
+    b.add_argument("--cpu-threads", type=int, help="torch intra-op threads (default: as the shard)")
+    b.add_argument("--model-dir", help="bench this model folder instead of demo models")
+    b.add_argument("--dtype", choices=DTYPES, help="default: as the shard picks it")
+    b.add_argument(
+        "--vs-transformers", action="store_true", help="also time a 2,001-token forward against transformers'"
+    )
     args = parser.parse_args(argv)
     if args.command == "serve":
         _run_serve(args)
     else:
         from shard.bench import run_bench
 
-        run_bench(args.model.split(","), args.arch, args.workdir, args.cpu_threads)
+        run_bench(
+            args.model.split(","),
+            args.arch,
+            args.workdir,
+            args.cpu_threads,
+            args.model_dir,
+            args.dtype,
+            args.vs_transformers,
+        )
 
 
 def tgi_main(argv: list[str] | None = None) -> None:

@@ -13,14 +13,14 @@ DTYPES = ("float32", "float16", "bfloat16")
 class ShardConfig:
     model_dir: str
     uds_path: str = "/tmp/text-generation-server"
-    dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
+    dtype: str | None = None  # None: bfloat16 on CUDA and bf16-native CPUs, else float32 (shard.factory)
     device: str | None = None  # None: cuda if available else cpu
     attention_backend: str = "auto"
     num_blocks: int | None = None
     memory_fraction: float | None = None
     block_size: int = 16
     enforce_eager: bool = False
-    cpu_threads: int | None = None  # torch intra-op threads on CPU; None = 1 (see shard.factory)
+    cpu_threads: int | None = None  # torch intra-op threads on CPU; None: see shard.factory.pick_cpu_threads
     rank: int = 0
     world_size: int = 1
     otlp_endpoint: str | None = None

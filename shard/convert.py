@@ -118,6 +118,8 @@ def generation(g: GenerationOut) -> pb.Generation:
     out = pb.Generation(
         request_id=g.request_id, tokens=_tokens(g.tokens), top_tokens=[_tokens(t) for t in g.top_tokens]
     )
+    if g.error is not None:
+        out.error = g.error
     if g.prefill_tokens is not None:
         out.prefill_tokens.CopyFrom(_tokens(g.prefill_tokens))
     if g.finished is not None:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
 from flash_kernels.api import get_backend
 from shard.config import ShardConfig
+from shard.cpu_features import native_bf16
 from shard.kv_cache import KVCache, KVShape, choose_num_blocks
 from shard.loader import load_model
-from shard.model_runner import ModelRunner
+from shard.model_runner import CpuThreads, ModelRunner
 from shard.server import TextGenerationService
 
 log = logging.getLogger(__name__)
+THREADS_ENV = "PRISM_SHARD_THREADS"
 
 
 def pick_device(config: ShardConfig) -> torch.device:
@@ -22,10 +25,31 @@ def pick_device(config: ShardConfig) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pick_dtype(config: ShardConfig, device: torch.device) -> torch.dtype:
+def pick_dtype(config: ShardConfig, device: torch.device) -> tuple[torch.dtype, str]:
+    """Weights and KV dtype, and why: ``--dtype``; else bf16 on CUDA and on CPUs with native bf16
+    (AVX512-BF16 / AMX), fp32 on other CPUs (emulated bf16 matmuls are slower than fp32 there)."""
     if config.dtype:
-        return getattr(torch, config.dtype)
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return getattr(torch, config.dtype), "--dtype"
+    if device.type == "cuda":
+        return torch.bfloat16, "default on CUDA"
+    flag = native_bf16()
+    if flag is not None:
+        return torch.bfloat16, f"CPU has {flag}"
+    return torch.float32, "CPU without native bf16 (no avx512_bf16 / amx_bf16)"
+
+
+def pick_cpu_threads(config: ShardConfig) -> tuple[CpuThreads, str]:
+    """torch intra-op threads for a CPU shard, and why: ``--cpu-threads N`` or ``PRISM_SHARD_THREADS=N`` for
+    every step; else every core for steps of at least ``PREFILL_THREADS_MIN_TOKENS`` tokens (a big prefill,
+    while the router waits for it) and every core but one for the others (decode steps, during which the
+    router streams tokens to the clients on the core left to it)."""
+    if config.cpu_threads:
+        return CpuThreads(config.cpu_threads, config.cpu_threads), "--cpu-threads"
+    env = os.environ.get(THREADS_ENV)
+    if env:
+        return CpuThreads(max(1, int(env)), max(1, int(env))), THREADS_ENV
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return CpuThreads(max(1, cores - 1), cores), f"{cores} cores, one left to the router during decode"
 
 
 def build_runner(config: ShardConfig) -> ModelRunner:
@@ -35,11 +59,12 @@ def build_runner(config: ShardConfig) -> ModelRunner:
         ValueError: unsupported architecture, unavailable backend, bad pool size (messages say which).
     """
     device = pick_device(config)
+    threads, cpu_threads = "", None
     if device.type == "cpu":
-        # NOTE: default 1: on a small shared CPU, intra-op threads cost more in synchronisation than they gain
-        # (measured: tiny-model decode 20x faster with 1 thread than 2 under load; docs/performance.md).
-        torch.set_num_threads(config.cpu_threads or 1)
-    dtype = pick_dtype(config, device)
+        cpu_threads, why = pick_cpu_threads(config)
+        torch.set_num_threads(cpu_threads.small)
+        threads = f", CPU threads {cpu_threads} ({why})"
+    dtype, dtype_why = pick_dtype(config, device)
     backend = get_backend(config.attention_backend, device.type, config.block_size)
     loaded = load_model(config.model_dir, backend, dtype, device)
     c = loaded.model.config
@@ -47,15 +72,17 @@ def build_runner(config: ShardConfig) -> ModelRunner:
     blocks = choose_num_blocks(shape, config.block_size, device, config.num_blocks, config.memory_fraction)
     kv = KVCache(shape, blocks, config.block_size, device)
     log.info(
-        "model %s on %s (%s), attention %s, KV pool %d blocks x %d tokens",
+        "model %s on %s, dtype %s (%s)%s, attention %s, KV pool %d blocks x %d tokens",
         config.model_dir,
         device,
         dtype,
+        dtype_why,
+        threads,
         backend.name,
         blocks,
         config.block_size,
     )
-    return ModelRunner(loaded, kv, enforce_eager=config.enforce_eager)
+    return ModelRunner(loaded, kv, enforce_eager=config.enforce_eager, cpu_threads=cpu_threads)
 
 
 def build_service(config: ShardConfig) -> TextGenerationService:

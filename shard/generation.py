@@ -32,3 +32,4 @@ class GenerationOut:
     prefill_tokens: TokensOut | None = None
     finished: FinishedText | None = None
     top_tokens: list[TokensOut] = field(default_factory=list)
+    error: str | None = None  # this request failed alone; the servicer drops it from the batch

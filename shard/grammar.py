@@ -288,7 +288,7 @@ def advance(requests: Sequence[GrammarRequest], generations: Sequence[Generation
     advanced = []
     for g in generations:
         r = by_id.get(g.request_id)
-        if r is None:
+        if r is None or g.error is not None:  # a request that failed alone is dropped from the batch
             continue
         state = r.grammar
         if not state.matcher.is_stopped():

@@ -14,16 +14,39 @@ import torch
 
 from shard.batch import RequestState
 from shard import grammar
+from shard.chunking import plan_chunks
 from shard.detokenize import Detokenizer
 from shard.generation import FinishedText, GenerationOut, TokensOut
 from shard.inputs import StepInputs, build_step_inputs, to_device
 from shard.kv_cache import KVCache
 from shard.layers.attention import AttentionMetadata
 from shard.loader import LoadedModel
+from shard.sampling import Choice
+from shard.sampling_batch import choose_batch, choose_one
 from shard.validation import PoolLimits, check_step
 
 log = logging.getLogger(__name__)
 GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+PREFILL_THREADS_MIN_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class CpuThreads:
+    """torch intra-op threads per step on CPU: ``large`` for steps of at least PREFILL_THREADS_MIN_TOKENS
+    tokens, ``small`` for the others (see :func:`shard.factory.pick_cpu_threads`)."""
+
+    small: int
+    large: int
+
+    def __str__(self) -> str:
+        if self.small == self.large:
+            return str(self.small)
+        return f"{self.small} (steps under {PREFILL_THREADS_MIN_TOKENS} tokens) / {self.large} (larger steps)"
+
+    def for_tokens(self, tokens: int) -> int:
+        return self.large if tokens >= PREFILL_THREADS_MIN_TOKENS else self.small
 
 
 @dataclass
@@ -46,12 +69,20 @@ class StepLogits:
 class ModelRunner:
     """Owns the model, the KV pool and the detokenizer; stateless across batches otherwise."""
 
-    def __init__(self, loaded: LoadedModel, kv: KVCache, enforce_eager: bool = True) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        kv: KVCache,
+        enforce_eager: bool = True,
+        cpu_threads: CpuThreads | None = None,
+    ) -> None:
         self.loaded, self.kv = loaded, kv
+        self.cpu_threads = cpu_threads  # None: leave torch's thread count alone (CUDA, tests)
         self.model = loaded.model
         self.detok = Detokenizer(loaded.tokenizer)
         self.enforce_eager = enforce_eager
         self.max_input_tokens: int | None = None
+        self.max_prefill_tokens: int | None = None  # per forward, from Warmup (shard.chunking)
         self.graphs = None  # CudaGraphRunner once captured
 
     @property
@@ -69,21 +100,23 @@ class ModelRunner:
         slots: torch.Tensor,
         block_tables: torch.Tensor,
         seqlens_k: torch.Tensor,
+        max_seqlen_k: int | None = None,
     ) -> torch.Tensor:
         """One token per request -> logits (b, vocab) fp32.
 
         Args: input_ids (b,) int64, positions (b,) int64, slots (b,) int64, block_tables (b, mb) int32,
-        seqlens_k (b,) int32. max_seqlen_k is the static upper bound mb * block_size (graph-safe).
+        seqlens_k (b,) int32; max_seqlen_k: host int bound on seqlens_k, default the static mb * block_size
+        (graph-safe; eager steps pass the real maximum so the CPU kernels read no padding).
         """
-        meta = AttentionMetadata(
-            positions, slots, block_tables, seqlens_k, None, 1, block_tables.shape[1] * self.kv.block_size
-        )
+        bound = block_tables.shape[1] * self.kv.block_size if max_seqlen_k is None else max_seqlen_k
+        meta = AttentionMetadata(positions, slots, block_tables, seqlens_k, None, 1, bound)
         return self.model.logits(self.model(input_ids, meta, self.kv.layers))
 
     def _decode_logits(self, ids: torch.Tensor, m: AttentionMetadata) -> torch.Tensor:
         # NOTE: the graph runner pads to a captured size and itself runs eagerly what it cannot replay.
-        run = self.graphs if self.graphs is not None else self.decode_forward
-        return run(ids, m.positions, m.slots, m.block_tables, m.seqlens_k)
+        if self.graphs is not None:
+            return self.graphs(ids, m.positions, m.slots, m.block_tables, m.seqlens_k)
+        return self.decode_forward(ids, m.positions, m.slots, m.block_tables, m.seqlens_k, m.max_seqlen_k)
 
     def _forward(self, s: StepInputs, rows: list[int]) -> StepLogits:
         ids, meta = to_device(s, self.loaded.device, self.kv.block_size)
@@ -103,20 +136,28 @@ class ModelRunner:
             InvalidRequest: a position without a slot / beyond RoPE, or two requests writing one slot.
                 Nothing is written and no request state changes in that case.
         """
-        check_step(requests, self.limits)
-        inputs = build_step_inputs(requests)
+        plan_chunks(requests, self.max_prefill_tokens)
+        active = [r for r in requests if r.next_len > 0]
+        check_step(active, self.limits)
+        inputs = build_step_inputs(active)
+        if self.cpu_threads is not None:
+            # NOTE: per calling thread (OpenMP); steps run on asyncio.to_thread workers, so set it here.
+            want = self.cpu_threads.for_tokens(len(inputs.input_ids))
+            if torch.get_num_threads() != want:
+                torch.set_num_threads(want)
         t0 = time.perf_counter_ns()
         with torch.inference_mode():
-            logits = self._forward(inputs, self._rows_needed(requests, inputs))
+            logits = self._forward(inputs, self._rows_needed(active, inputs))
         t1 = time.perf_counter_ns()
-        grammar.apply_masks(requests, inputs.cu_seqlens_q, logits)
-        out = []
-        for r, start, end in zip(requests, inputs.cu_seqlens_q, inputs.cu_seqlens_q[1:]):
-            g = self._after_forward(r, logits, start, end)
-            if g is not None:
-                out.append(g)
-        grammar.advance(requests, out)
+        grammar.apply_masks(active, inputs.cu_seqlens_q, logits)
+        out = self._after_forward(active, inputs, logits)
+        grammar.advance(active, out)
+        plan_chunks(requests, self.max_prefill_tokens)  # so that current_tokens reports the next forward
         return out, StepTimes(t1 - t0, time.perf_counter_ns() - t1)
+
+    def plan_next(self, requests: list[RequestState]) -> None:
+        """Re-plan the next forward's prompt pieces (after the batch changed, e.g. FilterBatch)."""
+        plan_chunks(requests, self.max_prefill_tokens)
 
     @staticmethod
     def _rows_needed(requests: list[RequestState], s: StepInputs) -> list[int]:
@@ -129,14 +170,59 @@ class ModelRunner:
         return rows
 
     def _after_forward(
-        self, r: RequestState, logits: StepLogits, start: int, end: int
-    ) -> GenerationOut | None:
-        if r.prefill_logprobs and not r.prompt_done:
-            self._record_prompt_logprobs(r, logits, start, end)
-        r.advance(end - start)
-        if not r.prompt_done:
-            return None
-        return self._next_token(r, logits.row(end - 1))
+        self, requests: list[RequestState], s: StepInputs, logits: StepLogits
+    ) -> list[GenerationOut]:
+        """Advance every request; choose the next token of those whose prompt is done, all rows at once.
+
+        A failure confined to one request (its sampling, detokenization, stop check) ends only that request:
+        its Generation carries ``error`` and the others go on.
+        """
+        out: list[GenerationOut] = []
+        ready: list[tuple[RequestState, int]] = []
+        for r, start, end in zip(requests, s.cu_seqlens_q, s.cu_seqlens_q[1:]):
+            try:
+                if r.prefill_logprobs and not r.prompt_done:
+                    self._record_prompt_logprobs(r, logits, start, end)
+            except Exception as err:  # NOTE: isolate one request's failure from the batch
+                out.append(self._failed(r, err))
+                continue
+            r.advance(end - start)
+            if r.prompt_done:
+                ready.append((r, logits.row_index[end - 1]))
+        if not ready:
+            return out
+        choices = self._choose(ready, logits)
+        for (r, _), choice in zip(ready, choices):
+            try:
+                if isinstance(choice, Exception):
+                    raise choice
+                out.append(self._emit(r, choice))
+            except Exception as err:  # NOTE: isolate one request's failure from the batch
+                out.append(self._failed(r, err))
+        return out
+
+    @staticmethod
+    def _choose(ready: list[tuple[RequestState, int]], logits: StepLogits) -> list[Choice | Exception]:
+        """Batched choice; if the batched code itself raises, each row is retried alone so that only the
+        request at fault fails."""
+        rows = logits.values[torch.tensor([row for _, row in ready], dtype=torch.int64)]
+        choosers = [r.chooser for r, _ in ready]
+        try:
+            return list(choose_batch(choosers, rows, [r.token_ids for r, _ in ready]))
+        except Exception:
+            log.exception("batched sampling failed; choosing row by row")
+        out: list[Choice | Exception] = []
+        for i, (r, _) in enumerate(ready):
+            try:
+                out.append(choose_one(r.chooser, rows[i], r.token_ids))
+            except Exception as err:
+                out.append(err)
+        return out
+
+    @staticmethod
+    def _failed(r: RequestState, err: Exception) -> GenerationOut:
+        log.warning("request %d failed alone: %s: %s", r.id, type(err).__name__, err)
+        return GenerationOut(r.id, TokensOut(), error=f"{type(err).__name__}: {err}")
 
     @staticmethod
     def _record_prompt_logprobs(r: RequestState, logits: StepLogits, start: int, end: int) -> None:
@@ -150,8 +236,7 @@ class ModelRunner:
         scores = torch.log_softmax(logits.values[rows], -1).gather(1, targets[:, None])[:, 0]
         r.prompt_logprobs[first + 1 : first + 1 + count] = scores.tolist()
 
-    def _next_token(self, r: RequestState, logits: torch.Tensor) -> GenerationOut:
-        choice = r.chooser.choose(logits, r.token_ids)
+    def _emit(self, r: RequestState, choice: Choice) -> GenerationOut:
         r.token_ids.append(choice.token_id)
         text, r.prefix_offset, r.read_offset = self.detok.next_text(
             r.token_ids, r.prefix_offset, r.read_offset

@@ -55,56 +55,25 @@ class Choice:
 
 
 class NextTokenChooser:
-    """Per-request sampler state (its random generator)."""
+    """Per-request sampler state: its random generator, and its token counts when penalties need them."""
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
         self.generator = torch.Generator().manual_seed(params.seed) if params.samples else None
+        self._counts: torch.Tensor | None = None
+        self._counted = 0
 
-    def choose(self, logits: torch.Tensor, history: list[int]) -> Choice:
-        """Pick the next token.
-
-        Args:
-            logits: (vocab,) fp32 on the CPU, raw model output for the last position.
-            history: every token id so far (prompt + generated), for penalties and the watermark.
-        """
-        scores = self._process(logits, history)
-        scores = self._warp(scores)
-        logprobs = torch.log_softmax(scores, dim=-1)
-        if self.generator is not None:
-            token = int(torch.multinomial(logprobs.exp(), 1, generator=self.generator))
-        else:
-            token = int(torch.argmax(scores))
-        return Choice(token, float(logprobs[token]), logprobs)
-
-    def _process(self, logits: torch.Tensor, history: list[int]) -> torch.Tensor:
-        """Penalties and watermark on a copy of ``logits`` (the caller's tensor is left as it was)."""
-        p = self.params
-        if not history or (not p.watermark and p.repetition_penalty == 1.0 and p.frequency_penalty == 0.0):
-            return logits
-        scores, ids = logits.clone(), torch.tensor(history, dtype=torch.int64)
-        if p.watermark:
-            scores = watermark(scores, history[-1])
-        if p.repetition_penalty != 1.0:
-            seen = scores[ids]
-            scores[ids] = torch.where(seen < 0, seen * p.repetition_penalty, seen / p.repetition_penalty)
-        if p.frequency_penalty != 0.0:
-            freq = torch.zeros_like(scores).scatter_add_(0, ids, torch.ones_like(ids, dtype=scores.dtype))
-            scores = scores - p.frequency_penalty * freq / len(history)
-        return scores
-
-    def _warp(self, scores: torch.Tensor) -> torch.Tensor:
-        p = self.params
-        if p.temperature != 1.0:
-            scores = scores / p.temperature
-        if p.top_k > 0 and p.top_k < scores.numel():
-            kth = torch.topk(scores, p.top_k).values[-1]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if p.top_p < 1.0:
-            scores = top_p(scores, p.top_p)
-        if p.typical_p < 1.0:
-            scores = typical_p(scores, p.typical_p)
-        return scores
+    def token_counts(self, history: list[int], vocab: int) -> torch.Tensor:
+        """(vocab,) fp32 occurrences of each id in ``history``; kept between calls and advanced by the ids
+        appended since the last one (a request's history only grows)."""
+        if self._counts is None or self._counts.numel() != vocab or len(history) < self._counted:
+            self._counts, self._counted = torch.zeros(vocab), 0
+        new = history[self._counted :]
+        if new:
+            ids = torch.tensor(new, dtype=torch.int64)
+            self._counts.index_add_(0, ids, torch.ones(len(new)))
+            self._counted = len(history)
+        return self._counts
 
 
 def watermark(scores: torch.Tensor, previous: int) -> torch.Tensor:

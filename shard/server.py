@@ -82,6 +82,7 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
                 kept = batch.filter(list(request.request_ids))
         except KeyError as err:
             raise InvalidRequest(err.args[0]) from err
+        self.runner.plan_next(kept.requests)
         self.batches[kept.id] = kept
         return pb.FilterBatchResponse(batch=self._cached(kept))
 
@@ -111,6 +112,7 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             await asyncio.to_thread(self.runner.step, batch.requests)
             await asyncio.to_thread(self.runner.maybe_capture_graphs, limits.max_total_tokens)
         self.runner.max_input_tokens = limits.max_input_tokens
+        self.runner.max_prefill_tokens = request.max_prefill_tokens or None
         return pb.WarmupResponse(
             max_supported_total_tokens=kv.capacity_tokens,
             max_input_tokens=limits.max_input_tokens,
@@ -152,14 +154,23 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
                 generations, times = await asyncio.to_thread(self.runner.step, batch.requests)
         for b in parts:
             self.batches.pop(b.id, None)
+        stepped = batch
+        failed = {g.request_id for g in generations if g.error is not None}
+        if failed:
+            # NOTE: a request that failed alone leaves the batch; the others keep their state and KV.
+            batch = batch.filter([i for i in batch.request_ids if i not in failed])
+            self.runner.plan_next(batch.requests)
+            generations_live = [g for g in generations if g.error is None]
+        else:
+            generations_live = generations
         out = response_type(
-            generations=[convert.generation(g) for g in self._mine(batch, generations)],
+            generations=[convert.generation(g) for g in self._mine(stepped, generations)],
             forward_ns=times.forward_ns,
             decode_ns=times.decode_ns,
         )
         if len(parts) > 1:
             out.concat_ns = concat_ns
-        if not _all_stopped(batch, generations):
+        if batch.requests and not _all_stopped(batch, generations_live):
             self.batches[batch.id] = batch
             out.batch.CopyFrom(self._cached(batch))
         out.total_ns = time.perf_counter_ns() - start

@@ -48,7 +48,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--backends",
         nargs="+",
         default=None,
-        help="default: triton and flash-attn on CUDA, reference and triton on CPU",
+        help="default: triton and flash-attn on CUDA, reference, sdpa and triton on CPU",
     )
     parser.add_argument("--block-sizes", nargs="+", type=int, default=[16, 256])
     parser.add_argument("--iters", type=int, default=None, help="timed calls per figure (default 20; tiny 1)")

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> N
 
 def _backends(names: list[str] | None, device: torch.device) -> list[tuple[str, AttentionBackend]]:
     """Requested (or default) backends that load here; the others are reported and left out."""
-    wanted = names or (["triton", "flash-attn"] if device.type == "cuda" else ["reference", "triton"])
+    wanted = names or (["triton", "flash-attn"] if device.type == "cuda" else ["reference", "sdpa", "triton"])
     loaded = []
     for name in wanted:
         try:

@@ -8,7 +8,7 @@ from flash_kernels import api
 
 
 def test_named_backends_load_and_report_their_name() -> None:
-    for name in ("reference", "triton"):
+    for name in ("reference", "sdpa", "triton"):
         assert api.get_backend(name).name == name
 
 
@@ -17,8 +17,8 @@ def test_unknown_name_lists_the_choices() -> None:
         api.get_backend("nope")
 
 
-def test_auto_on_cpu_is_the_reference() -> None:
-    assert api.get_backend("auto", device="cpu", block_size=16).name == "reference"
+def test_auto_on_cpu_is_sdpa() -> None:
+    assert api.get_backend("auto", device="cpu", block_size=16).name == "sdpa"
 
 
 @pytest.mark.parametrize(

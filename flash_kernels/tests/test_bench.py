@@ -30,10 +30,10 @@ def test_without_cuda_it_exits_with_a_message(capsys: pytest.CaptureFixture[str]
 
 def test_tiny_cpu_run_prints_every_measure(capsys: pytest.CaptureFixture[str]) -> None:
     assert (
-        main(["--device", "cpu", "--tiny", "--backends", "reference", "triton", "--block-sizes", "16"]) == 0
+        main(["--device", "cpu", "--tiny", "--backends", "reference", "sdpa", "triton", "--block-sizes", "16"]) == 0
     )
     out = capsys.readouterr().out
-    for backend in ("reference", "triton"):
+    for backend in ("reference", "sdpa", "triton"):
         rows = [line for line in out.splitlines() if line.startswith(backend)]
         assert len(rows) == 4, out  # three cached fractions and decode
         assert f"e2e decode step, {backend}" in out

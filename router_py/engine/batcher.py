@@ -445,6 +445,12 @@ class Batcher:
             state = self._states.get(gen.request_id)
             if state is None or state.dropped or not state.running or state.round_id != gen.request_id:
                 continue
+            if gen.error is not None:
+                # Only this request failed (the shard dropped it from the batch); the others go on.
+                self._end(state)
+                message = f"Request failed during generation: Server error: {gen.error}"
+                state.fail(InferError("generation", message))
+                continue
             self._send(state, gen)
 
     def _send(self, state: ActiveRequest, gen: Generation) -> None:

@@ -224,6 +224,8 @@ _SCHEMAS: dict[str, Any] = {
             "model_id": {"type": "string"},
             "model_sha": _nullable("string"),
             "model_pipeline_tag": _nullable("string"),
+            "model_dtype": {"type": "string"},
+            "model_device_type": {"type": "string"},
             "max_concurrent_requests": {"type": "integer"},
             "max_best_of": {"type": "integer"},
             "max_stop_sequences": {"type": "integer"},

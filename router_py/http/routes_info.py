@@ -38,7 +38,13 @@ def info_body(config: RouterConfig) -> dict[str, Any]:
 
 
 async def info_route(request: Request) -> Response:
-    return JSONResponse(info_body(state_of(request).config))
+    state = state_of(request)
+    body = info_body(state.config)
+    # NOTE: older TGI's fields, kept so an operator can see the dtype/device the shard chose (bf16 by default
+    # on bf16-native CPUs); clients that read current TGI's /info ignore them.
+    body["model_dtype"] = state.backend.info.dtype
+    body["model_device_type"] = state.backend.info.device_type
+    return JSONResponse(body)
 
 
 async def metrics_route(request: Request) -> Response:

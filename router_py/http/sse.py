@@ -48,6 +48,9 @@ async def with_keep_alive(
     getter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     try:
         while True:
+            if not queue.empty():  # NOTE: per-token fast path: no future, no timer when an event is ready
+                yield queue.get_nowait()
+                continue
             getter = asyncio.ensure_future(queue.get())
             done, _ = await asyncio.wait(
                 {getter, producer}, timeout=every, return_when=asyncio.FIRST_COMPLETED

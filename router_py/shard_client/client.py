@@ -301,6 +301,7 @@ def _generation_from_pb(g: pb.Generation) -> Generation:
         prefill_tokens=_tokens_from_pb(g.prefill_tokens) if g.HasField("prefill_tokens") else (),
         generated_text=text,
         top_tokens=tuple(_tokens_from_pb(t) for t in g.top_tokens),
+        error=g.error if g.HasField("error") else None,
     )
 
 

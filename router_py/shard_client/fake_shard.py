@@ -28,6 +28,7 @@ class FakeOptions:
     num_blocks: int = 256
     step_delay_s: float = 0.0
     eos_token_id: int | None = None  # a generated token with this id finishes with eos_token
+    poison_word: str | None = None  # a request whose prompt holds it fails alone (Generation.error)
 
 
 @dataclass
@@ -151,7 +152,13 @@ class FakeShard(pb_grpc.TextGenerationServiceServicer):
             await asyncio.sleep(self.options.step_delay_s)
         gens = []
         world = len(self.urls)
-        for i, req in enumerate(self.batches[batch_id]):
+        poison = self.options.poison_word
+        for i, req in enumerate(list(self.batches[batch_id])):
+            if poison is not None and poison in req.pb.input_chunks.chunks[0].text.split():
+                self.batches[batch_id].remove(req)  # as the shard: a request failing alone leaves its batch
+                if i % world == self.rank:
+                    gens.append(pb.Generation(request_id=req.pb.id, error=f"poisoned by {poison!r}"))
+                continue
             gen = self._advance(req)
             if gen is not None and i % world == self.rank:
                 gens.append(gen)

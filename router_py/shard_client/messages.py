@@ -84,6 +84,7 @@ class Generation:
     prefill_tokens: tuple[Token, ...] = ()
     generated_text: GeneratedText | None = None
     top_tokens: tuple[tuple[Token, ...], ...] = ()
+    error: str | None = None  # the request failed alone in the shard, which already dropped it
 
 
 @dataclass(frozen=True)

@@ -344,3 +344,22 @@ async def test_eos_token_finishes_with_eos_reason(stack: Stack) -> None:
     events = await collect(stack.batcher, request("e o s", max_new_tokens=6))
     end = events[-1]
     assert isinstance(end, EndEvent) and (end.finish_reason, end.generated_tokens) == ("eos_token", 3)
+
+
+async def test_a_request_failing_alone_in_the_shard_fails_only_itself(tmp_path: Path) -> None:
+    s = await make_stack(tmp_path, FakeOptions(poison_word="poison", step_delay_s=0.01))
+    try:
+        good = [request(f"fine {i} words", max_new_tokens=6) for i in range(3)]
+        results = await asyncio.gather(
+            *(collect(s.batcher, r) for r in good), collect(s.batcher, request("a poison b", 6)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r[-1], EndEvent) and r[-1].generated_tokens == 6 for r in results[:3])
+        bad = results[3]
+        assert isinstance(bad, InferError) and bad.error_type == "generation" and "poisoned" in bad.message
+        assert len(s.plans[0].admissions) == 4  # the poisoned request shared its batch with the others
+        for method in ("prefill", "decode"):
+            assert s.metrics.value("tgi_batch_inference_failure", method=method) == 0
+        await drained(s)
+    finally:
+        await close(s)

@@ -20,6 +20,8 @@ async def test_info_keys(client) -> None:
         "version": "3.3.6-dev0",
         "sha": None,
         "docker_label": None,
+        "model_dtype": "float32",
+        "model_device_type": "cpu",
     }
 
 

@@ -48,7 +48,7 @@ async def test_lost_shard_fails_running_keeps_queued_and_serves_after_restart(tm
         with pytest.raises(InferError) as err:
             await running
         assert loop.time() - killed_at < 1.0
-        assert err.value.error_type == "generation" and err.value.message == "Server error: the shard was lost"
+        assert err.value.error_type == "generation" and err.value.message.startswith("Server error: ")
         assert not await s.batcher.health()
         queued = asyncio.ensure_future(collect(s.batcher, request(PROMPT + " queued", max_new_tokens=3)))
         await asyncio.sleep(0.3)

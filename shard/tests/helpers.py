@@ -12,14 +12,19 @@ BLOCK = 16
 
 
 def make_config(
-    model_dir: Path, uds_path: str = "/tmp/prism-shard-test", num_blocks: int = 256
+    model_dir: Path,
+    uds_path: str = "/tmp/prism-shard-test",
+    num_blocks: int = 256,
+    attention_backend: str = "reference",
+    dtype: str = "float32",
 ) -> ShardConfig:
-    """A CPU shard on the reference attention backend."""
+    """A CPU shard, fp32 on the reference attention backend unless told otherwise."""
     return ShardConfig(
         model_dir=str(model_dir),
         uds_path=uds_path,
+        dtype=dtype,
         device="cpu",
-        attention_backend="reference",
+        attention_backend=attention_backend,
         num_blocks=num_blocks,
         block_size=BLOCK,
     )

@@ -70,3 +70,41 @@ def test_tgi_cli_refuses_quantization(tiny_llama: Path) -> None:
         timeout=60,
     )
     assert out.returncode != 0 and "--quantize gptq is not supported" in out.stderr
+
+
+def test_dtype_defaults_to_bf16_only_on_bf16_native_cpus(monkeypatch) -> None:
+    import torch
+
+    from shard import factory
+    from shard.config import ShardConfig
+    from shard.cpu_features import native_bf16
+
+    cpu = torch.device("cpu")
+    assert native_bf16(frozenset({"avx512f", "avx512_bf16"})) == "avx512_bf16"
+    assert native_bf16(frozenset({"amx_bf16", "amx_tile"})) == "amx_bf16"
+    assert native_bf16(frozenset({"avx2", "avx512f"})) is None
+    monkeypatch.setattr(factory, "native_bf16", lambda: "avx512_bf16")
+    assert factory.pick_dtype(ShardConfig("m"), cpu) == (torch.bfloat16, "CPU has avx512_bf16")
+    assert factory.pick_dtype(ShardConfig("m", dtype="float32"), cpu)[0] == torch.float32
+    monkeypatch.setattr(factory, "native_bf16", lambda: None)
+    assert factory.pick_dtype(ShardConfig("m"), cpu)[0] == torch.float32
+    assert factory.pick_dtype(ShardConfig("m"), torch.device("cuda"))[0] == torch.bfloat16
+
+
+def test_cpu_threads_flag_then_env_then_all_cores_for_prefill_and_all_but_one_for_decode(monkeypatch) -> None:
+    import os
+
+    from shard import factory
+    from shard.config import ShardConfig
+
+    from shard.model_runner import CpuThreads
+
+    monkeypatch.setenv("PRISM_SHARD_THREADS", "3")
+    assert factory.pick_cpu_threads(ShardConfig("m", cpu_threads=5))[0] == CpuThreads(5, 5)
+    assert factory.pick_cpu_threads(ShardConfig("m")) == (CpuThreads(3, 3), "PRISM_SHARD_THREADS")
+    monkeypatch.delenv("PRISM_SHARD_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    threads = factory.pick_cpu_threads(ShardConfig("m"))[0]
+    assert threads == CpuThreads(3, 4) and threads.for_tokens(1) == 3 and threads.for_tokens(2001) == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
+    assert factory.pick_cpu_threads(ShardConfig("m"))[0] == CpuThreads(1, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from proto.generate.v3 import generate_pb2 as pb
@@ -40,8 +41,9 @@ def reference_tokens(model_dir: Path, prompts: list[str]) -> list[list[int]]:
     return outs
 
 
-async def test_batched_greedy_equals_transformers(tiny_model: Path) -> None:
-    service = build_service(make_config(tiny_model))
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+async def test_batched_greedy_equals_transformers(tiny_model: Path, backend: str) -> None:
+    service = build_service(make_config(tiny_model, attention_backend=backend))
     blocks = Blocks()
     reqs = [request(i, p, *blocks.take(40 + NEW_TOKENS), max_new=NEW_TOKENS) for i, p in enumerate(PROMPTS)]
     got = await run_to_end(service, pb.PrefillRequest(batch=batch(0, reqs)))

@@ -50,9 +50,9 @@ def _prompt_len(service) -> int:
     return len(service.runner.detok.encode(PROMPT, True, 0))
 
 
-@pytest.fixture
-def service(tiny_model: Path):
-    return build_service(make_config(tiny_model))
+@pytest.fixture(params=["reference", "sdpa"])
+def service(tiny_model: Path, request: pytest.FixtureRequest):
+    return build_service(make_config(tiny_model, attention_backend=request.param))
 
 
 @pytest.mark.parametrize("cache_len", [16, 32, 37])
@@ -129,3 +129,40 @@ async def test_chunks_without_prefill_logprobs(service) -> None:
     chunked = request(2, PROMPT, *pool.take(n + NEW), chunk_len=5)
     got = await run_to_end(service, pb.PrefillRequest(batch=batch(2, [chunked])))
     assert [t for g in got[2] for t in g.tokens.ids] == [t for g in whole[1] for t in g.tokens.ids]
+
+
+@pytest.mark.parametrize("budget", [9, 16])
+async def test_later_chunks_respect_the_prefill_budget_beside_running_decodes(service, budget: int) -> None:
+    """Warmup's max_prefill_tokens bounds every forward: a long prompt merged into a running batch is computed
+    in pieces of at most ``budget - decoding requests`` tokens, the running requests get a token at every
+    step meanwhile, and the prompt's tokens and logprobs equal the unchunked run."""
+    n, pool = _prompt_len(service), Blocks()
+    cold_ids, cold_lps, cold_prompt = await _generate(service, 1, pool.take(n + NEW)[0])
+    service.runner.max_prefill_tokens = budget
+    running = [request(10 + i, "Two short ones", *pool.take(20 + 40), max_new=40) for i in range(2)]
+    resp = await service.Prefill(pb.PrefillRequest(batch=batch(10, running)), None)
+    blocks = pool.take(n + NEW)[0]
+    slots = slots_of(blocks, n + NEW)
+    long = request(5, PROMPT, blocks, slots, max_new=NEW, prefill_logprobs=True, chunk_len=4)
+    resp = await service.Prefill(pb.PrefillRequest(batch=batch(5, [long]), cached_batch=resp.batch), None)
+    pieces, gens = [], []
+    while not any(g.request_id == 5 for g in resp.generations):
+        assert resp.batch.current_tokens <= budget
+        assert {g.request_id for g in resp.generations} == {10, 11}  # the decodes never stall
+        before = service.batches[resp.batch.id].requests[2].cache_len
+        resp = await service.Decode(pb.DecodeRequest(batches=[resp.batch]), None)
+        pieces.append(service.batches[resp.batch.id].requests[2].cache_len - before)
+    assert len(pieces) >= 2 and all(0 < p <= budget - 2 for p in pieces)
+    assert sum(pieces) + 4 == n
+    while True:
+        gens += [g for g in resp.generations if g.request_id == 5]
+        if not resp.HasField("batch") or 5 not in resp.batch.request_ids:
+            break
+        resp = await service.Decode(pb.DecodeRequest(batches=[resp.batch]), None)
+        if any(g.request_id == 5 and g.HasField("generated_text") for g in resp.generations):
+            gens += [g for g in resp.generations if g.request_id == 5]
+            break
+    ids, lps, prompt_lps = _result(gens)
+    assert ids == cold_ids
+    assert _close(lps, cold_lps)
+    assert _close(prompt_lps[1:], cold_prompt[1:])

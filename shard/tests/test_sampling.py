@@ -9,6 +9,7 @@ import torch
 
 from shard.detokenize import Detokenizer
 from shard.sampling import FinishReason, NextTokenChooser, SamplingParams, StoppingCriteria, top_p, typical_p
+from shard.sampling_batch import choose_one
 
 VOCAB = 50
 
@@ -20,13 +21,13 @@ def _logits(seed: int = 0) -> torch.Tensor:
 def _draw(params: SamplingParams, steps: int = 30) -> list[int]:
     chooser, history = NextTokenChooser(params), [1, 2, 3]
     for i in range(steps):
-        history.append(chooser.choose(_logits(i), history).token_id)
+        history.append(choose_one(chooser, _logits(i), history).token_id)
     return history[3:]
 
 
 def test_greedy_takes_the_argmax_with_its_logprob() -> None:
     logits = _logits()
-    choice = NextTokenChooser(SamplingParams()).choose(logits, [1])
+    choice = choose_one(NextTokenChooser(SamplingParams()), logits, [1])
     assert choice.token_id == int(logits.argmax())
     assert choice.logprob == pytest.approx(float(torch.log_softmax(logits, -1).max()))
 
@@ -42,7 +43,7 @@ def test_warpers_turn_sampling_on_and_restrict_the_support() -> None:
     logits = _logits()
     allowed = set(torch.topk(logits, 3).indices.tolist())
     chooser = NextTokenChooser(SamplingParams(top_k=3, seed=1))
-    assert {chooser.choose(logits, [0]).token_id for _ in range(40)} <= allowed
+    assert {choose_one(chooser, logits, [0]).token_id for _ in range(40)} <= allowed
 
 
 def test_top_p_and_typical_p_keep_at_least_one_token() -> None:
@@ -57,15 +58,15 @@ def test_top_p_and_typical_p_keep_at_least_one_token() -> None:
 def test_repetition_and_frequency_penalties_lower_seen_tokens() -> None:
     logits = torch.zeros(VOCAB)
     logits[5], logits[6] = 2.0, 1.9
-    assert NextTokenChooser(SamplingParams()).choose(logits, [5]).token_id == 5
-    assert NextTokenChooser(SamplingParams(repetition_penalty=1.5)).choose(logits, [5]).token_id == 6
-    assert NextTokenChooser(SamplingParams(frequency_penalty=1.0)).choose(logits, [5, 5]).token_id == 6
+    assert choose_one(NextTokenChooser(SamplingParams()), logits, [5]).token_id == 5
+    assert choose_one(NextTokenChooser(SamplingParams(repetition_penalty=1.5)), logits, [5]).token_id == 6
+    assert choose_one(NextTokenChooser(SamplingParams(frequency_penalty=1.0)), logits, [5, 5]).token_id == 6
 
 
 def test_watermark_depends_on_the_previous_token() -> None:
     logits = torch.zeros(VOCAB)
     chooser = NextTokenChooser(SamplingParams(watermark=True))
-    assert chooser.choose(logits, [3]).logprobs.tolist() != chooser.choose(logits, [4]).logprobs.tolist()
+    assert choose_one(chooser, logits, [3]).logprobs.tolist() != choose_one(chooser, logits, [4]).logprobs.tolist()
 
 
 def test_invalid_values_are_refused() -> None:

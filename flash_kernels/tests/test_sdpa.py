@@ -1,0 +1,100 @@
+"""The SDPA backend (torch's fused CPU kernels) against the reference, across the shapes the shard produces:
+grouped-query attention, block sizes, cached prefixes, mixed prefill/decode batches, fp32 and bf16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from flash_kernels import api, reference
+from flash_kernels.backends.sdpa import SdpaBackend
+from flash_kernels.tests.paged_cases import TOLERANCE, decode_requests, make_case, mixed_requests
+
+BACKEND = SdpaBackend()
+
+
+def _assert_close(out: torch.Tensor, expected: torch.Tensor) -> None:
+    assert out.dtype == expected.dtype and out.shape == expected.shape
+    tol = TOLERANCE[out.dtype]
+    torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("block_size", [1, 16, 256])
+@pytest.mark.parametrize("group", [1, 2, 4])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_mixed_prefill_matches_reference(block_size: int, group: int, head_dim: int) -> None:
+    case = make_case(mixed_requests(block_size), block_size, kv_heads=2, group=group, head_dim=head_dim)
+    _assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+
+
+@pytest.mark.parametrize("block_size", [1, 16, 256])
+@pytest.mark.parametrize("group", [1, 2, 4])
+def test_decode_matches_reference(block_size: int, group: int) -> None:
+    case = make_case(decode_requests(block_size), block_size, kv_heads=2, group=group, head_dim=64)
+    _assert_close(BACKEND.decode(*case.decode_args()), reference.decode(*case.decode_args()))
+
+
+@pytest.mark.parametrize(
+    "requests",
+    [
+        [(0, 37)],
+        [(48, 20)],
+        [(0, 1)],
+        [(5, 0), (0, 30), (17, 1)],
+        [(20, 1), (0, 30), (5, 1), (7, 0), (40, 12)],
+    ],
+)
+@pytest.mark.parametrize("block_size", [1, 16])
+def test_cold_single_cached_prefix_and_empty_rows(requests: list[tuple[int, int]], block_size: int) -> None:
+    """The is_causal path (one cold request), a cached prefix, a one-token prompt, a request with no new
+    tokens between others, and decodes merged with prompt pieces (the one-token rows take the decode path)."""
+    case = make_case(requests, block_size, kv_heads=2, group=2, head_dim=64, seed=5)
+    _assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+
+
+def test_decode_with_a_wider_table_and_upper_bound_length() -> None:
+    """max_seqlen_k may be an upper bound (the graph-safe decode passes the whole table width)."""
+    case = make_case(decode_requests(16), 16, kv_heads=2, group=2, head_dim=64, seed=2)
+    args = list(case.decode_args())
+    args[5] = case.block_tables.shape[1] * 16
+    _assert_close(BACKEND.decode(*args), reference.decode(*case.decode_args()))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_matches_reference(dtype: torch.dtype) -> None:
+    case = make_case(mixed_requests(16), 16, kv_heads=2, group=2, head_dim=64, dtype=dtype)
+    _assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+    cold = make_case([(0, 70)], 16, kv_heads=2, group=2, head_dim=64, dtype=dtype, seed=1)
+    _assert_close(BACKEND.prefill(*cold.prefill_args()), reference.prefill(*cold.prefill_args()))
+    step = make_case(decode_requests(16), 16, kv_heads=2, group=2, head_dim=64, dtype=dtype)
+    _assert_close(BACKEND.decode(*step.decode_args()), reference.decode(*step.decode_args()))
+
+
+def test_store_kv_matches_reference() -> None:
+    caches = [torch.zeros(5, 4, 2, 8) for _ in range(4)]
+    key, value = torch.randn(7, 2, 8), torch.randn(7, 2, 8)
+    slots = torch.tensor([19, 0, 4, 5, 9, 12, 3])
+    BACKEND.store_kv(caches[0], caches[1], key, value, slots)
+    reference.store_kv(caches[2], caches[3], key, value, slots)
+    assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
+
+
+def test_every_path_runs_the_fused_flash_kernel() -> None:
+    """Not the math fallback (materialized scores): the flash kernel for CPUs on each of the three paths."""
+    cold = make_case([(0, 40)], 16, kv_heads=2, group=2, head_dim=64)
+    mixed = make_case(mixed_requests(16), 16, kv_heads=2, group=2, head_dim=64)
+    step = make_case(decode_requests(16), 16, kv_heads=2, group=2, head_dim=64)
+    for call in (
+        lambda: BACKEND.prefill(*cold.prefill_args()),
+        lambda: BACKEND.prefill(*mixed.prefill_args()),
+        lambda: BACKEND.decode(*step.decode_args()),
+    ):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            call()
+        names = {e.key for e in prof.key_averages()}
+        assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names, sorted(names)
+
+
+def test_auto_picks_sdpa_on_cpu() -> None:
+    assert api.get_backend("auto", device="cpu", block_size=16).name == "sdpa"

@@ -1,0 +1,176 @@
+"""Next-token choice for a whole batch at once: TGI's processors and warpers (order as in
+:mod:`shard.sampling`) as batched tensor ops over a (b, vocab) fp32 logits matrix.
+
+Per-row Python remains only where a row has its own state: drawing one uniform number from the request's
+seeded generator (so a seeded request gets the same tokens whatever its batch), and the rare watermark and
+typical_p rows. Tokens are drawn by inverting the row's CDF at that number.
+
+Numerics are safe for every value validation accepts (temperature and repetition_penalty are only "> 0"): the
+row maximum is subtracted before dividing by the temperature (the best token stays at 0, the rest go to
+-inf at worst, never NaN), and +inf produced by a tiny repetition penalty is clamped to the largest finite
+float. A row that still ends without a finite choice (NaN logits from the model) fails alone: its entry in
+the result is the exception, and the other rows are unaffected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from shard.sampling import Choice, NextTokenChooser, typical_p, watermark
+
+FLOAT_MAX = torch.finfo(torch.float32).max
+# NOTE: the smallest normal fp32; a denormal divisor could be flushed to 0 (0 / 0 = NaN) under FTZ/DAZ.
+FLOAT_TINY = torch.finfo(torch.float32).tiny
+
+
+class SamplingError(ValueError):
+    """The request's distribution has no valid token (e.g. NaN logits); fails that request only."""
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Host lists of per-row parameters and the row indices each stage touches."""
+
+    penalized: list[int]
+    warped_temperature: list[int]
+    top_k: list[int]
+    top_p: list[int]
+    typical: list[int]
+    watermark: list[int]
+    sampled: list[int]
+
+    @classmethod
+    def of(cls, choosers: Sequence[NextTokenChooser]) -> Rows:
+        ps = [c.params for c in choosers]
+        idx = range(len(ps))
+        return cls(
+            penalized=[i for i in idx if ps[i].repetition_penalty != 1.0 or ps[i].frequency_penalty != 0.0],
+            warped_temperature=[i for i in idx if ps[i].temperature != 1.0],
+            top_k=[i for i in idx if 0 < ps[i].top_k],
+            top_p=[i for i in idx if ps[i].top_p < 1.0],
+            typical=[i for i in idx if ps[i].typical_p < 1.0],
+            watermark=[i for i in idx if ps[i].watermark],
+            sampled=[i for i in idx if choosers[i].generator is not None],
+        )
+
+
+def choose_batch(
+    choosers: Sequence[NextTokenChooser], logits: torch.Tensor, histories: Sequence[Sequence[int]]
+) -> list[Choice | SamplingError]:
+    """One choice per row.
+
+    Args:
+        choosers: one per row (parameters and seeded generator).
+        logits: (b, vocab) fp32 CPU, raw model output; not modified.
+        histories: per row every token id so far (prompt + generated), for penalties and the watermark.
+    Returns:
+        per row a Choice, or a SamplingError when the row has no valid token.
+    """
+    rows = Rows.of(choosers)
+    scores = _process(choosers, logits, histories, rows)
+    scores = _warp(choosers, scores, rows)
+    logprobs = torch.log_softmax(scores, dim=-1)
+    tokens = scores.argmax(dim=-1)
+    if rows.sampled:
+        tokens[rows.sampled] = _draw(choosers, logprobs, rows.sampled)
+    picked = logprobs.gather(1, tokens[:, None])[:, 0]
+    ok = torch.isfinite(picked).tolist()
+    out: list[Choice | SamplingError] = []
+    for i, (token, logprob) in enumerate(zip(tokens.tolist(), picked.tolist())):
+        if ok[i]:
+            out.append(Choice(token, logprob, logprobs[i]))
+        else:
+            out.append(SamplingError(f"no valid next token (logprob {logprob}); the logits hold NaN or inf"))
+    return out
+
+
+def _process(
+    choosers: Sequence[NextTokenChooser], logits: torch.Tensor, histories: Sequence[Sequence[int]], rows: Rows
+) -> torch.Tensor:
+    """Watermark, repetition and frequency penalties on a copy of ``logits`` (b, vocab)."""
+    if not rows.penalized and not rows.watermark:
+        return logits
+    scores = logits.clone()
+    for i in rows.watermark:
+        if histories[i]:
+            scores[i] = watermark(scores[i], histories[i][-1])
+    if rows.penalized:
+        idx = torch.tensor(rows.penalized)
+        vocab = scores.shape[1]
+        counts = torch.stack([choosers[i].token_counts(histories[i], vocab) for i in rows.penalized])
+        params = [choosers[i].params for i in rows.penalized]
+        rep = torch.tensor([p.repetition_penalty for p in params]).clamp(min=FLOAT_TINY)[:, None]
+        freq = torch.tensor([p.frequency_penalty for p in params])[:, None]
+        lengths = torch.tensor([max(len(histories[i]), 1) for i in rows.penalized], dtype=torch.float32)
+        lengths = lengths[:, None]
+        sub = scores[idx]
+        penalized = torch.where(sub < 0, sub * rep, sub / rep)
+        sub = torch.where(counts > 0, penalized, sub)
+        sub = sub - freq * counts / lengths
+        # NOTE: a penalty near 0 divides positive logits into +inf; clamp so softmax stays defined.
+        scores[idx] = sub.clamp(max=FLOAT_MAX)
+    return scores
+
+
+def _warp(choosers: Sequence[NextTokenChooser], scores: torch.Tensor, rows: Rows) -> torch.Tensor:
+    """Temperature, top_k, top_p, typical_p on the rows that ask for them; returns (b, vocab)."""
+    if not (rows.warped_temperature or rows.top_k or rows.top_p or rows.typical):
+        return scores
+    scores = scores.clone()
+    if rows.warped_temperature:
+        idx = torch.tensor(rows.warped_temperature)
+        temps = torch.tensor([choosers[i].params.temperature for i in rows.warped_temperature])
+        temps = temps.clamp(min=FLOAT_TINY)[:, None]
+        sub = scores[idx]
+        # NOTE: max first: a temperature near 0 sends every other token to -inf, the best one stays at 0.
+        scores[idx] = (sub - sub.max(dim=-1, keepdim=True).values) / temps
+    if rows.top_k:
+        idx = torch.tensor(rows.top_k)
+        ks = torch.tensor([min(choosers[i].params.top_k, scores.shape[1]) for i in rows.top_k])
+        sub = scores[idx]
+        top = torch.topk(sub, int(ks.max()), dim=-1).values
+        kth = top.gather(1, (ks - 1)[:, None])
+        scores[idx] = sub.masked_fill(sub < kth, float("-inf"))
+    if rows.top_p:
+        idx = torch.tensor(rows.top_p)
+        mass = torch.tensor([choosers[i].params.top_p for i in rows.top_p])[:, None]
+        scores[idx] = _top_p_rows(scores[idx], mass)
+    for i in rows.typical:
+        scores[i] = typical_p(scores[i], choosers[i].params.typical_p)
+    return scores
+
+
+def _top_p_rows(scores: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """Row-wise :func:`shard.sampling.top_p`: scores (k, vocab), mass (k, 1)."""
+    sorted_scores, order = torch.sort(scores, dim=-1)
+    cumulative = sorted_scores.softmax(-1).cumsum(-1)
+    remove = cumulative <= 1 - mass
+    remove[:, -1] = False
+    return scores.masked_fill(remove.scatter(1, order, remove), float("-inf"))
+
+
+def _draw(choosers: Sequence[NextTokenChooser], logprobs: torch.Tensor, sampled: list[int]) -> torch.Tensor:
+    """Tokens (len(sampled),) int64: each row's CDF inverted at a uniform number from its own generator."""
+    uniform = torch.cat([torch.rand(1, generator=choosers[i].generator) for i in sampled])
+    cdf = logprobs[sampled].exp().cumsum(-1)
+    target = (uniform * cdf[:, -1])[:, None]
+    tokens = torch.searchsorted(cdf, target, right=True)[:, 0]
+    return tokens.clamp(max=logprobs.shape[1] - 1)
+
+
+def choose_one(chooser: NextTokenChooser, logits: torch.Tensor, history: list[int]) -> Choice:
+    """Pick one request's next token (a batch of one).
+
+    Args:
+        logits: (vocab,) fp32 on the CPU, raw model output for the last position.
+        history: every token id so far (prompt + generated), for penalties and the watermark.
+    Raises:
+        ValueError: no valid token (NaN logits).
+    """
+    choice = choose_batch([chooser], logits[None, :], [history])[0]
+    if isinstance(choice, Exception):
+        raise choice
+    return choice
