@@ -12,8 +12,8 @@ forward pass at a time, with the same budgets and the same order of scheduler ca
     reached its max_new_tokens is released to the scheduler (its blocks go to the prefix cache).
 
 Arrivals are enqueued with their own time before each next_batch call; when nothing runs and nothing is
-admitted the clock jumps to the next arrival. A running request's next tokens are the rest of its prompt
-(after a first chunk of ``chunk_len``) or one decode token, as :mod:`shard.batch` computes them. Each forward
+admitted the clock jumps to the next arrival. A running request's next tokens are its prompt's next piece (``chunk_len`` first, then what the
+shard plans, :func:`proto.chunking.plan_continuing`) or one decode token, as :mod:`shard.batch` computes them. Each forward
 lasts ``cost.step_seconds``. The scheduler is the one ``router_py.scheduling.registry.make_scheduler`` builds for the
 server, so admissions, ``cache_len``, ``chunk_len`` and evictions are the server's own; only time is
 simulated.
@@ -29,7 +29,7 @@ from bench.cost_model import CostModel
 from bench.metrics import RequestRecord
 from bench.workloads.request import WorkloadRequest
 from bench.workloads.token_ids import prompt_token_ids
-from proto.chunking import prefill_len
+from proto.chunking import plan_continuing, prefill_len
 from router_py.engine.budgets import admission_budgets
 from router_py.scheduling.interface import Admission, BatchPlan, Scheduler, SchedRequest
 
@@ -52,7 +52,7 @@ class _Running:
     admitted: float
     computed: int  # prompt tokens whose KV exists (cached or computed so far)
     cached: int  # cache_len at admission: prompt tokens served by the prefix cache
-    first_chunk: int | None  # chunk_len of the first prefill, None = the whole rest
+    chunk: int | None  # prompt tokens of the next forward: chunk_len, then the shard's plan; None = the rest
     reserved: int  # tokens of the token budget it holds (its blocks; TGI's CachedBatch.max_tokens share)
     generated: int = 0
     first_token: float | None = None
@@ -66,7 +66,7 @@ class _Running:
         """Tokens the next forward computes for this request (the shard's rule, :mod:`proto.chunking`)."""
         if not self.prefilling:
             return 1
-        return prefill_len(self.request.input_length, self.computed, self.first_chunk)
+        return prefill_len(self.request.input_length, self.computed, self.chunk)
 
     @property
     def context(self) -> int:
@@ -141,7 +141,21 @@ class Simulator:
             self.scheduler.enqueue(req, req.arrival)
 
     def _current_tokens(self) -> int:
+        """``CachedBatch.current_tokens``: the next forward of the running batch, as the shard plans it."""
+        self._plan(self.running, [])
         return sum(r.next_len for r in self.running)
+
+    def _plan(self, running: list[_Running], new: list[_Running]) -> None:
+        """The shard's chunks for the running prompts in a forward that also admits ``new`` (every running
+        request has been through a forward, so its prompt, if unfinished, continues)."""
+        continuing = [r for r in running if r.prefilling]
+        if not continuing:
+            return
+        fresh = {id(r) for r in new}
+        fixed = sum(r.next_len for r in running + new if not r.prefilling or id(r) in fresh)
+        rests = [r.request.input_length - r.computed for r in continuing]
+        for r, chunk in zip(continuing, plan_continuing(fixed, rests, self.config.max_batch_prefill_tokens)):
+            r.chunk = chunk
 
     def _admit(self, prefill_budget: int) -> bool:
         """One next_batch call as the batcher makes it; runs the (merged) prefill forward of a plan."""
@@ -174,7 +188,8 @@ class Simulator:
     def _forward(self, new: list[_Running]) -> None:
         """One forward over the running requests and the ``new`` ones; then tokens, finishes and releases."""
         batch = self.running + new
-        chunks = [(r.next_len, r.computed) for r in batch if r.prefilling]
+        self._plan(self.running, new)
+        chunks = [(r.next_len, r.computed) for r in batch if r.prefilling and r.next_len]
         decodes = [r.context for r in batch if not r.prefilling]
         self.now += self.cost.step_seconds(chunks, decodes)
         self.forwards += 1
@@ -191,7 +206,7 @@ class Simulator:
             r.generated += 1
             return
         r.computed += r.next_len
-        r.first_chunk = None
+        r.chunk = None
         if not r.prefilling:
             r.first_token, r.generated = self.now, 1
             if self.config.prefill_done:

@@ -2,20 +2,14 @@
 
 TGI v3 with a chunking shard: the router admits a prompt with ``chunk_len`` = what its prefill budget had
 left, and "later chunks of a long prompt are scheduled by the shard itself" under ``max_prefill_tokens``
-from Warmup. Each forward here computes at most ``max_prefill_tokens`` tokens in all:
-
-    fixed   = tokens of requests not continuing a prompt: one per decoding request, plus each newly admitted
-              request's first piece (``chunk_len``, or its whole uncached prompt; the router budgeted those)
-    left    = max_prefill_tokens - fixed
-    continuing prompts, in batch order: chunk = min(rest of the prompt, left); left -= chunk
-              (the first one gets at least 1 token, so a prompt always progresses)
-
-A continuing prompt given 0 tokens sits this forward out. The same arithmetic gives ``CachedBatch.
-current_tokens``, which the router subtracts from its prefill budget before merging new requests in.
+from Warmup, by the arithmetic of :func:`proto.chunking.plan_continuing` (the router's simulator uses the same
+function). The same plan gives ``CachedBatch.current_tokens``, which the router subtracts from its prefill
+budget before merging new requests in.
 """
 
 from __future__ import annotations
 
+from proto.chunking import plan_continuing
 from shard.batch import RequestState
 
 
@@ -30,15 +24,8 @@ def plan_chunks(requests: list[RequestState], max_prefill_tokens: int | None) ->
     continuing = [r for r in requests if r.stepped and not r.prompt_done]
     if not continuing:
         return
-    if not max_prefill_tokens:
-        for r in continuing:
-            r.chunk_len = None
-        return
     ids = {id(r) for r in continuing}
-    left = max_prefill_tokens - sum(r.next_len for r in requests if id(r) not in ids)
-    for i, r in enumerate(continuing):
-        take = min(r.prompt_len - r.cache_len, max(left, 0))
-        if i == 0:
-            take = max(take, 1)
-        r.chunk_len = take
-        left -= take
+    fixed = sum(r.next_len for r in requests if id(r) not in ids)
+    rests = [r.prompt_len - r.cache_len for r in continuing]
+    for r, chunk in zip(continuing, plan_continuing(fixed, rests, max_prefill_tokens)):
+        r.chunk_len = chunk

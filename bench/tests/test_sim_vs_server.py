@@ -21,6 +21,7 @@ from bench.cost_model import make_cost_model
 from bench.simulator import SimConfig, Simulator, sched_requests
 from bench.workloads.request import WorkloadRequest, with_arrivals
 from bench.workloads.zipf_rag import ZipfRagParams, zipf_rag
+from proto.chunking import plan_continuing
 from router_py.engine.backend_config import BackendConfig
 from router_py.engine.batcher import Batcher
 from router_py.backend_api import BackendInfo, ChooserParams, StoppingParams, Token, ValidRequest
@@ -44,6 +45,7 @@ class _Req:
     chunk: int | None
     blocks: int
     generated: int = 0
+    stepped: bool = False  # through a forward: an unfinished prompt is then continued by the shard's plan
 
     @property
     def next_len(self) -> int:
@@ -89,20 +91,32 @@ class VirtualShard:
         else:
             self.batches.pop(batch_id, None)
 
+    @staticmethod
+    def _plan(reqs: list[_Req]) -> None:
+        """shard.chunking.plan_chunks: the shard schedules later chunks of a prompt under the prefill budget."""
+        continuing = [r for r in reqs if r.stepped and r.computed < r.prompt_len]
+        fixed = sum(r.next_len for r in reqs if r not in continuing)
+        rests = [r.prompt_len - r.computed for r in continuing]
+        for r, chunk in zip(continuing, plan_continuing(fixed, rests, PREFILL_BUDGET)):
+            r.chunk = chunk
+
     def _cached(self, batch_id: int) -> CachedBatch:
         reqs = self.batches[batch_id]
+        self._plan(reqs)
         max_tokens = sum(r.blocks for r in reqs) * BLOCK  # shard.convert.cached_batch: blocks x block size
         return CachedBatch(batch_id, tuple(r.id for r in reqs), max_tokens, sum(r.next_len for r in reqs))
 
     def _forward(self, batch_id: int) -> StepResult:
         reqs = [r for r in self.batches[batch_id] if r.generated < r.max_new]
-        chunks = [(r.next_len, r.computed) for r in reqs if r.computed < r.prompt_len]
+        self._plan(reqs)
+        chunks = [(r.next_len, r.computed) for r in reqs if r.computed < r.prompt_len and r.next_len]
         decodes = [r.computed + r.generated - 1 for r in reqs if r.computed >= r.prompt_len]
         self.now += COST.step_seconds(chunks, decodes)
         return StepResult(tuple(g for r in reqs if (g := self._advance(r))), self._cached(batch_id))
 
     @staticmethod
     def _advance(r: _Req) -> Generation | None:
+        r.stepped = True
         if r.computed < r.prompt_len:
             r.computed += r.next_len
             r.chunk = None
