@@ -53,6 +53,20 @@ def test_cold_single_cached_prefix_and_empty_rows(requests: list[tuple[int, int]
     _assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
 
 
+@pytest.mark.parametrize(
+    "requests",
+    [
+        [(0, 200)] + [(180, 6)] * 5,  # a cold prompt beside short pieces over long cached prefixes
+        [(3, 0), (0, 150), (120, 4), (2, 9), (0, 0), (60, 70)],  # classes, and requests with no new tokens
+        [(0, 2), (0, 40), (100, 3)] + [(0, 1)] * 3,  # one-token rows take the decode path first
+    ],
+)
+def test_pieces_of_far_apart_lengths_are_grouped_and_match_reference(requests: list[tuple[int, int]]) -> None:
+    """Pieces whose query or context lengths differ by 2x or more run as separate padded calls."""
+    case = make_case(requests, 16, kv_heads=2, group=2, head_dim=64, seed=7)
+    _assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+
+
 def test_decode_with_a_wider_table_and_upper_bound_length() -> None:
     """max_seqlen_k may be an upper bound (the graph-safe decode passes the whole table width)."""
     case = make_case(decode_requests(16), 16, kv_heads=2, group=2, head_dim=64, seed=2)

@@ -42,8 +42,23 @@ class ActiveRequest:
         return self.request.stopping.max_new_tokens - self.tokens_before
 
     def emit(self, event: InferEvent) -> None:
-        self.events.put_nowait(event)
+        _deliver(self.events, event)
 
     def fail(self, error: InferError) -> None:
         self.ended = True
-        self.events.put_nowait(error)
+        _deliver(self.events, error)
+
+
+def _deliver(queue: asyncio.Queue[InferEvent | InferError], item: InferEvent | InferError) -> None:
+    """Put ``item`` on the client's queue one loop turn later (FIFO, so order is kept).
+
+    Why: the batcher emits a step's tokens and then at once sends the next Decode. Woken directly, every
+    client stream (JSON, SSE, a socket write each) would run before the gRPC call task that sends that
+    Decode, and the shard would idle for all of it; deferred, the Decode goes out first and the streams are
+    written while the shard computes."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no loop (a synchronous caller): nothing to overlap with
+        queue.put_nowait(item)
+        return
+    loop.call_soon(queue.put_nowait, item)
