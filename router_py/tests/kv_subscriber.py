@@ -74,13 +74,15 @@ class BlockView:
 
 
 class Subscriber:
-    """SUB socket on ``endpoint`` (unbounded receive queue), checking that sequence numbers run without gaps."""
+    """SUB socket on ``endpoint`` (unbounded receive queue), checking that sequence numbers run without gaps.
+    ``bind``: bind instead of connecting (for a publisher whose endpoint has no wildcard: vLLM's rule makes it
+    connect)."""
 
-    def __init__(self, endpoint: str, topic: str = "") -> None:
+    def __init__(self, endpoint: str, topic: str = "", bind: bool = False) -> None:
         self.sock = zmq.Context.instance().socket(zmq.SUB)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt_string(zmq.SUBSCRIBE, topic)
-        self.sock.connect(endpoint)
+        (self.sock.bind if bind else self.sock.connect)(endpoint)
         self.topic = topic
         self.view = BlockView()
         self.last_seq: int | None = None
