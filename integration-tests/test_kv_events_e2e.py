@@ -5,12 +5,12 @@ published hash must be the chained hash of the published tokens (default namespa
 from __future__ import annotations
 
 import json
-import tempfile
+import threading
 import time
 
 import httpx
 
-from conftest import Stack
+from conftest import Stack, free_port
 from prism_cache import block_hashes
 from router_py.kv_events.wire import HASH_MASK
 from router_py.tests.kv_subscriber import Subscriber
@@ -34,12 +34,17 @@ def chain_tokens(blocks: dict, h: int) -> list[int]:
 
 
 def test_subscriber_view_equals_the_router_cache() -> None:
-    # NOTE: an ipc:// endpoint, which vLLM's rule binds: a local socket file, no network address at all
-    endpoint = f"ipc://{tempfile.mkdtemp(prefix='prism-kv-')}/events"
+    # The flag as vLLM's docs write it: an endpoint without a wildcard, which the router's PUB connects to, so
+    # the consumer binds (and keeps polling: libzmq forwards a bound SUB's subscription to a PUB that connects
+    # only when the SUB socket next polls or receives).
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     config = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": endpoint, "topic": "kv"}
     stack = Stack(["--num-blocks", "128", "--max-batch-prefill-tokens", "1024", "--dtype", "float32",
                    "--kv-events-config", json.dumps(config)])
-    sub = Subscriber(endpoint, "kv")
+    sub = Subscriber(endpoint, "kv", bind=True)
+    stop = threading.Event()
+    listener = threading.Thread(target=lambda: [sub.receive(0.05) for _ in iter(stop.is_set, True)])
+    listener.start()
     try:
         stack.wait_healthy()
         for prompt in PROMPTS * 2:
@@ -48,10 +53,12 @@ def test_subscriber_view_equals_the_router_cache() -> None:
             assert r.status_code == 200, r.text
         deadline = time.monotonic() + 30
         while True:
-            sub.drain(quiet_s=0.3, limit_s=5)
+            time.sleep(0.3)
             cached = stack.metric('prism_prefix_cache_blocks{state="cached"}')
             if len(sub.view.blocks) == cached or time.monotonic() > deadline:
                 break
+        stop.set()
+        listener.join()
         view = sub.view
         assert view.errors == [] and sub.gaps == 0
         assert view.batches > 0 and cached > 0
@@ -67,5 +74,7 @@ def test_subscriber_view_equals_the_router_cache() -> None:
         assert block_hashes("", first, block_size)[n_full - 1] & HASH_MASK in view.blocks, \
             "the first prompt's full blocks are cached and published"
     finally:
+        stop.set()
+        listener.join()
         assert stack.close() == 0
         sub.close()
