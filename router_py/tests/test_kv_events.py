@@ -234,3 +234,19 @@ def test_no_observer_no_events() -> None:
         assert a is not None
         alloc.release(a, prompt)
     assert alloc.sizes().evicted > 0
+
+
+def test_router_announces_an_empty_tree_at_each_scheduler_build() -> None:
+    """Startup and every rebuild after a shard restart: AllBlocksCleared first, then the new tree's events."""
+    from router_py.cli import announce_empty, kv_events
+
+    assert kv_events(None, 16) is None and kv_events('{"enable_kv_cache_events": false}', 16) is None
+    seen: list = []
+    collector = KvEventCollector(lambda ts, events: seen.append(list(events)))
+    build = announce_empty(lambda: RadixAllocator(8, 4, "lru", observer=collector), collector)
+    for _ in range(2):
+        alloc = build()
+        a = alloc.allocate(9, "", tuple(range(8)))
+        alloc.release(a, tuple(range(8)))
+        collector.flush()
+    assert [[e[0] for e in batch] for batch in seen] == [["cleared", "stored"], ["cleared", "stored"]]
