@@ -250,3 +250,14 @@ def test_router_announces_an_empty_tree_at_each_scheduler_build() -> None:
         alloc.release(a, tuple(range(8)))
         collector.flush()
     assert [[e[0] for e in batch] for batch in seen] == [["cleared", "stored"], ["cleared", "stored"]]
+
+
+def test_launcher_passes_the_flag_through_verbatim() -> None:
+    from router_py.launch import launcher
+
+    text = '{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://127.0.0.1:5557"}'
+    args = launcher.build_parser().parse_args(["--kv-events-config", text])
+    command = launcher.router_command(args, "/models/m", "org/m")
+    assert command[command.index("--kv-events-config") + 1] == text
+    with pytest.raises(SystemExit):
+        launcher.build_parser().parse_args(["--kv-events-config", '{"enable_kv_cache_events": 1}'])
