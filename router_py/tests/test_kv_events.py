@@ -171,18 +171,24 @@ def test_block_stored_chains_parent_hashes_and_tokens() -> None:
 
 
 def test_wire_format_is_vllms() -> None:
-    """Field order, tag, unsigned hashes, omitted defaults; the batch is [ts, events, data_parallel_rank]."""
+    """Field order, tag, unsigned hashes, every field in the array form, defaults omitted in the map form; the
+    batch is [ts, events, data_parallel_rank]."""
     events = [("stored", "", -5, (-1, 7), (1, 2, 3, 4, 5, 6, 7, 8)), ("removed", (7,)), ("cleared",)]
     array = msgpack.unpackb(encode_batch(1.5, events, 4, "array"))
     assert array == [1.5, [
         ["BlockStored", [(1 << 64) - 1, 7], (1 << 64) - 5, [1, 2, 3, 4, 5, 6, 7, 8], 4, None, "GPU", None,
-         [None, None]],
-        ["BlockRemoved", [7], "GPU"],
+         [None, None], 0, "full_attention", None],
+        ["BlockRemoved", [7], "GPU", 0],
         ["AllBlocksCleared"],
     ], 0]
-    as_map = msgpack.unpackb(encode_batch(1.5, events[1:], 4, "map"))
-    assert as_map == [1.5, [{"type": "BlockRemoved", "block_hashes": [7], "medium": "GPU"},
-                            {"type": "AllBlocksCleared"}], 0]
+    as_map = msgpack.unpackb(encode_batch(1.5, events, 4, "map"))
+    assert as_map == [1.5, [
+        {"type": "BlockStored", "block_hashes": [(1 << 64) - 1, 7], "parent_block_hash": (1 << 64) - 5,
+         "token_ids": [1, 2, 3, 4, 5, 6, 7, 8], "block_size": 4, "lora_id": None, "medium": "GPU",
+         "lora_name": None, "extra_keys": [None, None], "group_idx": 0, "kv_cache_spec_kind": "full_attention"},
+        {"type": "BlockRemoved", "block_hashes": [7], "medium": "GPU", "group_idx": 0},
+        {"type": "AllBlocksCleared"},
+    ], 0]
 
 
 def test_replay_socket_resends_from_a_sequence_number() -> None:
@@ -207,7 +213,7 @@ def test_replay_socket_resends_from_a_sequence_number() -> None:
                 break
             got.append((int.from_bytes(seq, "big"), msgpack.unpackb(payload)[1]))
         dealer.close(linger=0)
-        assert got == [(start + 1, [["BlockRemoved", [1], "GPU"]]), (start + 2, [["BlockRemoved", [2], "GPU"]])]
+        assert got == [(start + 1, [["BlockRemoved", [1], "GPU", 0]]), (start + 2, [["BlockRemoved", [2], "GPU", 0]])]
     finally:
         stream.close()
 
