@@ -9,6 +9,7 @@ from prism_cache.demand import Demand, DemandTable
 from prism_cache.hashing import block_hashes
 from prism_cache.policies import POLICY_NAMES, PolicyConfig, RetentionPolicy, make_policy
 from prism_cache.node import Node
+from prism_cache.observer import CacheObserver
 from prism_cache.radix_tree import RadixTree
 from prism_cache.stats import CacheStats, HitCounter
 
@@ -17,6 +18,7 @@ __all__ = [
     "Allocation",
     "CacheSizes",
     "BlockPool",
+    "CacheObserver",
     "CacheStats",
     "Demand",
     "DemandTable",

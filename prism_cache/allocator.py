@@ -32,6 +32,7 @@ from prism_cache.block_pool import BlockPool
 from prism_cache.demand import Demand
 from prism_cache.hashing import block_hashes
 from prism_cache.node import Node, Tokens
+from prism_cache.observer import CacheObserver
 from prism_cache.policies import PolicyConfig, make_policy
 from prism_cache.popularity import SegmentPopularity
 from prism_cache.radix_tree import RadixTree
@@ -72,13 +73,15 @@ class RadixAllocator:
         policy: PolicyConfig | str = "lru",
         prefix_caching: bool = True,
         params: Mapping[str, float] | None = None,
+        observer: CacheObserver | None = None,
     ) -> None:
         """Args: policy: a typed :class:`PolicyConfig`, or a policy name whose knobs ``params`` holds (flat
-        ``--scheduler-param`` keys). Raises ValueError for an unknown policy or a bad knob."""
+        ``--scheduler-param`` keys); observer: told of every block the tree stores and evicts
+        (:class:`CacheObserver`). Raises ValueError for an unknown policy or a bad knob."""
         config = policy if isinstance(policy, PolicyConfig) else PolicyConfig.parse(policy, params)
         self._pool = BlockPool(num_blocks)
         half_life = config.dart.heat_half_life
-        self._tree = RadixTree(self._pool, block_size, half_life)
+        self._tree = RadixTree(self._pool, block_size, half_life, observer)
         popularity = None
         if config.uses_popularity:
             capacity = self._pool.usable_blocks
@@ -268,3 +271,7 @@ class RadixAllocator:
         """Pool and tree invariants; returns the cached blocks. Raises AssertionError."""
         self._pool.check_integrity()
         return self._tree.check_integrity()
+
+    def cached_hashes(self) -> set[int]:
+        """Every cached block's chained hash, O(cached blocks): for checks and occasional bookkeeping."""
+        return self._tree.cached_hashes()

@@ -26,6 +26,7 @@ from prism_cache.eviction_index import EvictionIndex
 from prism_cache.node import Node, Tokens
 
 if TYPE_CHECKING:
+    from prism_cache.observer import CacheObserver
     from prism_cache.policies.base import Key, RetentionPolicy
 
 __all__ = ["Node", "RadixTree", "Tokens"]
@@ -39,9 +40,16 @@ class RadixTree:
     children's; ``leaves`` is exactly the set of non-root nodes without children.
     """
 
-    def __init__(self, pool: BlockPool, block_size: int, heat_half_life: float = 3.0) -> None:
+    def __init__(
+        self,
+        pool: BlockPool,
+        block_size: int,
+        heat_half_life: float = 3.0,
+        observer: CacheObserver | None = None,
+    ) -> None:
         """Args: heat_half_life: cache capacities of newly inserted blocks after which a use counts half
-        (> 0). Raises ValueError on a block size < 1 or a half-life <= 0."""
+        (> 0); observer: told of every block stored and evicted (None: nobody watches, no cost). Raises
+        ValueError on a block size < 1 or a half-life <= 0."""
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         if heat_half_life <= 0:
@@ -59,6 +67,7 @@ class RadixTree:
         # every cached block's hash would cost a set insert per inserted block and a removal per evicted one)
         self._heads: dict[int, Node] = {}
         self._index = EvictionIndex()
+        self._observer = observer
 
     # ---------------------------------------------------------------- lookups
     def root(self, namespace: str) -> Node:
@@ -245,7 +254,7 @@ class RadixTree:
             child = node.children.get(tokens[pos : pos + bs])
             if child is None:
                 existing = i
-                node = self._add_leaf(node, tokens[pos : len(blocks) * bs], blocks[i:], hashes[i:])
+                node = self._add_leaf(namespace, node, tokens[pos : len(blocks) * bs], blocks[i:], hashes[i:])
                 break
             k = min(self._common_blocks(child, tokens, pos), len(blocks) - i)
             if k < len(child.blocks):
@@ -254,7 +263,9 @@ class RadixTree:
         self.touch(node, hit=False)
         return existing, node
 
-    def _add_leaf(self, parent: Node, tokens: Tokens, blocks: list[int], hashes: list[int]) -> Node:
+    def _add_leaf(
+        self, namespace: str, parent: Node, tokens: Tokens, blocks: list[int], hashes: list[int]
+    ) -> Node:
         """Takes ownership of ``blocks`` and ``hashes`` (fresh slices from :meth:`insert`)."""
         leaf = Node(tokens[: self.block_size], tokens, blocks, hashes, parent)
         leaf.heat = self.heat_now()  # one use: the request that cached it
@@ -265,6 +276,11 @@ class RadixTree:
         self.cached_blocks += len(blocks)
         self._heads[hashes[0]] = leaf
         self.version += 1
+        if self._observer is not None:
+            parent_hash = parent.hashes[-1] if parent.parent is not None else None
+            self._observer.stored(
+                namespace, parent_hash, tuple(hashes), tokens
+            )
         return leaf
 
     # ---------------------------------------------------------------- eviction
@@ -329,6 +345,8 @@ class RadixTree:
     def _truncate(self, node: Node, cut: int) -> int:
         keep = len(node.blocks) - cut
         freed = self.pool.unref_all(node.blocks[keep:])
+        if self._observer is not None:
+            self._observer.removed(node.hashes[keep:])
         assert freed == cut, "an evicted block is still referenced by a request"
         del node.blocks[keep:]
         self._index.tail_cut(node, keep)

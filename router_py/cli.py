@@ -16,9 +16,9 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prism_cache import POLICY_NAMES
+from prism_cache import POLICY_NAMES, CacheObserver
 from router_py import env
 from router_py.engine.backend_config import BackendConfig
 from router_py.engine.batcher import Batcher
@@ -31,7 +31,12 @@ from router_py.scheduling.registry import SCHEDULERS as SCHEDULER_REGISTRY
 from router_py.shard_client.client import ShardClient, ShardError
 from router_py.shard_client.messages import ShardInfo
 from router_py.engine.warmup import StartupError, handshake
+from router_py.kv_events.config import KvEventsConfig, kv_events_arg
 from router_py.tenancy import Tenants, load_keys_file
+
+if TYPE_CHECKING:
+    from router_py.kv_events.collector import KvEventCollector
+    from router_py.kv_events.publisher import ZmqEventPublisher
 
 log = logging.getLogger("router_py")
 
@@ -84,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--no-prefix-cache", action="store_true", help="never reuse cached prompt blocks")
     p.add("--scheduler-param", action="append", default=None, metavar="KEY=VALUE",
           help="scheduler/policy knob, repeatable (env: comma-separated)")
+    # ---- KV cache events ----
+    p.add("--kv-events-config", type=kv_events_arg, default=None, metavar="JSON",
+          help="vLLM's flag: publish the prefix cache's stored/removed blocks over ZMQ, e.g. "
+               '\'{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557"}\' '
+               "(docs/kv-events.md)")
     return p.parser
 
 
@@ -152,7 +162,9 @@ def backend_config(args: argparse.Namespace) -> BackendConfig:
     )
 
 
-def scheduler_config(args: argparse.Namespace, info: BackendInfo, shard: ShardInfo) -> SchedulerConfig:
+def scheduler_config(
+    args: argparse.Namespace, info: BackendInfo, shard: ShardInfo, observer: CacheObserver | None = None
+) -> SchedulerConfig:
     return SchedulerConfig(
         scheduler=args.scheduler,
         cache_policy=args.cache_policy,
@@ -162,6 +174,7 @@ def scheduler_config(args: argparse.Namespace, info: BackendInfo, shard: ShardIn
         speculate=shard.speculate,
         support_chunking=shard.support_chunking,
         params=args.scheduler_params,
+        cache_observer=observer,
     )
 
 
@@ -235,7 +248,11 @@ async def serve(args: argparse.Namespace) -> int:
         "max_position_embeddings), input one less; see the shard's Warmup log line",
     )
     metrics = Metrics(info.max_input_tokens, info.max_total_tokens)
-    make = scheduler_factory(scheduler_config(args, info, shard), known, info.max_total_tokens)
+    events = kv_events(args.kv_events_config, shard.block_size)
+    observer = events[1] if events is not None else None
+    make = scheduler_factory(scheduler_config(args, info, shard, observer), known, info.max_total_tokens)
+    if observer is not None:
+        make = announce_empty(make, observer)
     batcher = Batcher(client, info, config, make(), metrics, tokenizer.encode, scheduler_factory=make)
     batcher.start()
     app = create_app(batcher, tokenizer, router_config(args, info, known), metrics)
@@ -254,7 +271,41 @@ async def serve(args: argparse.Namespace) -> int:
     finally:
         await batcher.stop()
         await client.close()
+        if events is not None:
+            events[1].flush()
+            events[0].shutdown()
     return 0
+
+
+def kv_events(text: str | None, block_size: int) -> tuple[ZmqEventPublisher, KvEventCollector] | None:
+    """The publisher and the tree observer of ``--kv-events-config`` (None when events are off). Raises
+    ValueError on a bad config and StartupError when the endpoint cannot be bound."""
+    config = KvEventsConfig.parse(text)
+    if not config.enabled:
+        return None
+    import zmq
+
+    from router_py.kv_events.collector import KvEventCollector
+    from router_py.kv_events.publisher import ZmqEventPublisher
+
+    try:
+        publisher = ZmqEventPublisher(config, block_size)
+    except zmq.ZMQError as e:
+        raise StartupError(f"--kv-events-config: cannot open {config.endpoint}: {e}") from None
+    log.info("kv cache events: publishing on %s (topic %r, %s encoding)", publisher.endpoint, config.topic,
+             config.encoding)
+    return publisher, KvEventCollector(publisher.publish)
+
+
+def announce_empty(make: Callable[[], Scheduler], observer: CacheObserver) -> Callable[[], Scheduler]:
+    """Each scheduler build (at start, after a shard restart) starts from an empty tree: subscribers are told
+    AllBlocksCleared first, so a view kept from before the restart is dropped."""
+
+    def build() -> Scheduler:
+        observer.cleared()
+        return make()
+
+    return build
 
 
 async def _connect(path: str) -> ShardClient:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from router_py import env
 from router_py.cli import CACHE_POLICIES, SCHEDULERS, setup_logging
+from router_py.kv_events.config import kv_events_arg
 from router_py.launch.env_args import EnvArgs
 from router_py.launch.model_source import ModelSourceError, resolve_model
 from router_py.launch.process_group import ProcessGroup, RestartPolicy, executable
@@ -38,7 +39,7 @@ ROUTER_VALUE_FLAGS = (
     "max_concurrent_requests", "max_best_of", "max_stop_sequences", "max_top_n_tokens", "max_client_batch_size",
     "waiting_served_ratio", "max_waiting_tokens", "max_batch_size", "api_key", "payload_limit",
     "otlp_endpoint", "otlp_service_name", "tenant_header", "scheduler", "cache_policy",
-    "shard_recovery_timeout", "api_keys_file",
+    "shard_recovery_timeout", "api_keys_file", "kv_events_config",
 )
 ROUTER_BOOL_FLAGS = ("json_output", "no_prefix_cache", "disable_grammar_support")
 
@@ -92,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--quantize", choices=TGI_QUANTIZE, default=None,
           help="accepted for TGI compatibility; this shard has no quantized kernels, so any value is refused")
     p.add("--scheduler-param", action="append", default=None, metavar="KEY=VALUE")
+    p.add("--kv-events-config", type=kv_events_arg, default=None, metavar="JSON",
+          help="vLLM's flag, passed to the router: publish KV cache events over ZMQ (docs/kv-events.md)")
     return p.parser
 
 

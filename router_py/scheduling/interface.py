@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from prism_cache import CacheObserver
+
 
 @dataclass
 class SchedRequest:
@@ -66,6 +68,7 @@ class SchedulerConfig:
     speculate: int = 0
     support_chunking: bool = True
     params: dict[str, float] = field(default_factory=dict)  # scheduler/policy knobs, documented by each
+    cache_observer: CacheObserver | None = None  # told of blocks stored/evicted (KV cache events; None: off)
 
 
 class Scheduler(Protocol):

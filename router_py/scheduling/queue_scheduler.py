@@ -29,6 +29,7 @@ class QueueScheduler:
                 config.block_size,
                 PolicyConfig.parse(config.cache_policy, config.params),
                 config.prefix_caching,
+                observer=config.cache_observer,
             )
         self.queue = WaitingQueue()
         self.running: dict[int, tuple[Waiting, Allocation | None]] = {}
