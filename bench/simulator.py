@@ -12,8 +12,9 @@ forward pass at a time, with the same budgets and the same order of scheduler ca
     reached its max_new_tokens is released to the scheduler (its blocks go to the prefix cache).
 
 Arrivals are enqueued with their own time before each next_batch call; when nothing runs and nothing is
-admitted the clock jumps to the next arrival. A running request's next tokens are its prompt's next piece (``chunk_len`` first, then what the
-shard plans, :func:`proto.chunking.plan_continuing`) or one decode token, as :mod:`shard.batch` computes them. Each forward
+admitted the clock jumps to the next arrival. A running request's next tokens are its prompt's next piece
+(``chunk_len`` first, then what the shard plans, :func:`proto.chunking.plan_continuing`) or one decode token, as
+:mod:`shard.batch` computes them. Each forward
 lasts ``cost.step_seconds``. The scheduler is the one ``router_py.scheduling.registry.make_scheduler`` builds for the
 server, so admissions, ``cache_len``, ``chunk_len`` and evictions are the server's own; only time is
 simulated.

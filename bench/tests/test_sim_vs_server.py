@@ -93,7 +93,7 @@ class VirtualShard:
 
     @staticmethod
     def _plan(reqs: list[_Req]) -> None:
-        """shard.chunking.plan_chunks: the shard schedules later chunks of a prompt under the prefill budget."""
+        """As ``shard.chunking.plan_chunks``: the shard schedules a prompt's later chunks under the budget."""
         continuing = [r for r in reqs if r.stepped and r.computed < r.prompt_len]
         fixed = sum(r.next_len for r in reqs if r not in continuing)
         rests = [r.prompt_len - r.computed for r in continuing]

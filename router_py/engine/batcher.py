@@ -153,9 +153,9 @@ class Batcher:
         arrival: float | None = None,
     ) -> None:
         """Enqueue the next round of ``state`` (``max_new`` new tokens at most, default what is left up to the
-        1,024 cap) under a fresh request id, arrived at ``arrival`` (default now). A round that could never be
-        admitted, even into an empty pool, fails at once (validation) instead of waiting at the head of the queue
-        forever; while a lost shard is not coming back, new rounds are refused."""
+        1,024 cap) under a fresh request id, arrived at ``arrival`` (default now). A round that could never
+        be admitted, even into an empty pool, fails at once (validation) instead of waiting at the head of
+        the queue forever; while a lost shard is not coming back, new rounds are refused."""
         if self._refusing:
             state.fail(InferError("generation", SHARD_LOST_REFUSED))
             return
@@ -435,7 +435,9 @@ class Batcher:
         self._scheduler = self._scheduler_factory()
         self._cache_seen = {}
         for state in waiting:
-            self._submit(state, state.round_inputs, state.round_ids, state.round_max_new, arrival=state.queued_at)
+            self._submit(
+                state, state.round_inputs, state.round_ids, state.round_max_new, arrival=state.queued_at
+            )
         self._record_cache_stats()
 
     # ---- generations -----------------------------------------------------------------------------------

@@ -87,18 +87,6 @@ def test_prefix_caching_junk_is_a_usage_error(monkeypatch, capsys) -> None:
     assert "PREFIX_CACHING='maybe'" in capsys.readouterr().err
 
 
-def test_shard_reads_prefix_caching(monkeypatch) -> None:
-    from shard.config import ShardConfig
-
-    monkeypatch.setenv("PREFIX_CACHING", "0")
-    assert ShardConfig.env_prefix_caching() is False
-    monkeypatch.setenv("PREFIX_CACHING", "true")
-    assert ShardConfig.env_prefix_caching() is True
-    monkeypatch.setenv("PREFIX_CACHING", "2")
-    with pytest.raises(ValueError, match="PREFIX_CACHING must be 1/0/true/false"):
-        ShardConfig.env_prefix_caching()
-
-
 @pytest.mark.parametrize(("env", "message"), [
     ({"MAX_BATCH_TOTAL_TOKENS": "1000", "MAX_TOTAL_TOKENS": "2048", "MAX_BATCH_PREFILL_TOKENS": "512"},
      "`max_total_tokens` must be <= `max_batch_total_tokens`. Given: 2048 and 1000"),

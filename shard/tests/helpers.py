@@ -85,9 +85,10 @@ def batch(bid: int, requests: list[pb.Request]) -> pb.Batch:
 
 
 async def run_to_end(
-    service, prefill: pb.PrefillRequest, max_steps: int = 200
+    service, prefill: pb.PrefillRequest, max_steps: int = 200, filter_finished: bool = False
 ) -> dict[int, list[pb.Generation]]:
-    """Prefill then Decode until the shard drops the batch; every Generation per request id, in order."""
+    """Prefill then Decode until the shard drops the batch; every Generation per request id, in order.
+    ``filter_finished``: after each step, FilterBatch the finished requests out (as the router does)."""
     out: dict[int, list[pb.Generation]] = {}
     resp = await service.Prefill(prefill, None)
     for _ in range(max_steps):
@@ -95,7 +96,13 @@ async def run_to_end(
             out.setdefault(g.request_id, []).append(g)
         if not resp.HasField("batch"):
             return out
-        resp = await service.Decode(pb.DecodeRequest(batches=[resp.batch]), None)
+        cached = resp.batch
+        done = {g.request_id for g in resp.generations if g.HasField("generated_text")}
+        if filter_finished and done:
+            keep = [i for i in cached.request_ids if i not in done]
+            request = pb.FilterBatchRequest(batch_id=cached.id, request_ids=keep)
+            cached = (await service.FilterBatch(request, None)).batch
+        resp = await service.Decode(pb.DecodeRequest(batches=[cached]), None)
     raise AssertionError(f"batch still running after {max_steps} steps")
 
 

@@ -58,28 +58,6 @@ def _grammar_request(rid: int, pool: Blocks, kind: int, text: str, seed: int | N
     )
 
 
-async def _run_filtering(
-    service, prefill: pb.PrefillRequest, max_steps: int = 300
-) -> dict[int, list[pb.Generation]]:
-    """Prefill then Decode, filtering finished requests out after each step (as the router does)."""
-    out: dict[int, list[pb.Generation]] = {}
-    resp = await service.Prefill(prefill, None)
-    for _ in range(max_steps):
-        for g in resp.generations:
-            out.setdefault(g.request_id, []).append(g)
-        if not resp.HasField("batch"):
-            return out
-        done = {g.request_id for g in resp.generations if g.HasField("generated_text")}
-        cached = resp.batch
-        if done:
-            keep = [i for i in cached.request_ids if i not in done]
-            cached = (
-                await service.FilterBatch(pb.FilterBatchRequest(batch_id=cached.id, request_ids=keep), None)
-            ).batch
-        resp = await service.Decode(pb.DecodeRequest(batches=[cached]), None)
-    raise AssertionError(f"batch still running after {max_steps} steps")
-
-
 def _until_finished(gens: list[pb.Generation]) -> pb.GeneratedText:
     """The request's GeneratedText (it may keep generating after it finished, until the router filters)."""
     return next(g.generated_text for g in gens if g.HasField("generated_text"))
@@ -127,7 +105,8 @@ async def test_json_schema_output_always_validates_next_to_free_requests(llama_s
     reqs.insert(
         3, request(50, "Hello there", *Blocks(next_block=100).take(40), max_new=12, parameters=free_params)
     )
-    out = await _run_filtering(llama_service, pb.PrefillRequest(batch=batch(2, reqs)))
+    prefill = pb.PrefillRequest(batch=batch(2, reqs))
+    out = await run_to_end(llama_service, prefill, 300, filter_finished=True)
     for rid in range(6):
         done = _until_finished(out[rid])
         assert done.finish_reason == pb.FINISH_REASON_EOS_TOKEN, done
@@ -208,7 +187,8 @@ async def test_a_grammar_that_does_not_compile_ends_only_its_request(llama_servi
         _grammar_request(1, Blocks(), pb.GRAMMAR_TYPE_JSON, bad, seed=1),
         request(7, TEXT, *Blocks(next_block=100).take(40), max_new=6, parameters=free),
     ]
-    out = await _run_filtering(llama_service, pb.PrefillRequest(batch=batch(2, reqs)))
+    prefill = pb.PrefillRequest(batch=batch(2, reqs))
+    out = await run_to_end(llama_service, prefill, 300, filter_finished=True)
     done = _until_finished(out[1])
     assert (done.text, done.generated_tokens, done.finish_reason) == ("", 1, pb.FINISH_REASON_EOS_TOKEN)
     assert [g.tokens.ids[0] for g in out[7]] == [g.tokens.ids[0] for g in alone[7]]

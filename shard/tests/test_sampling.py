@@ -66,7 +66,8 @@ def test_repetition_and_frequency_penalties_lower_seen_tokens() -> None:
 def test_watermark_depends_on_the_previous_token() -> None:
     logits = torch.zeros(VOCAB)
     chooser = NextTokenChooser(SamplingParams(watermark=True))
-    assert choose_one(chooser, logits, [3]).logprobs.tolist() != choose_one(chooser, logits, [4]).logprobs.tolist()
+    after_3, after_4 = choose_one(chooser, logits, [3]), choose_one(chooser, logits, [4])
+    assert after_3.logprobs.tolist() != after_4.logprobs.tolist()
 
 
 def test_invalid_values_are_refused() -> None:
