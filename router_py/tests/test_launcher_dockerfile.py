@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -81,7 +82,7 @@ def free_port() -> int:
                     reason="replaying the image's user switch needs root and a system Python")
 def test_dockerfile_steps_replayed_serve_as_an_unprivileged_user() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="prism-image-", dir="/tmp"))
-    proc = None
+    proc, opened = None, []
     try:
         scratch.chmod(0o755)
         src, wheels, venv, work = scratch / "src", scratch / "wheels", scratch / "venv", scratch / "work"
@@ -102,6 +103,11 @@ def test_dockerfile_steps_replayed_serve_as_an_unprivileged_user() -> None:
         deps = Path(subprocess.run([sys.executable, "-c", "import grpc, os; print(os.path.dirname(os.path.dirname("
                                     "grpc.__file__)))"], check=True, capture_output=True, text=True).stdout.strip())
         (site / "zz_shared_deps.pth").write_text(f"{deps}\n")
+        # NOTE: a checkout inside a private folder (e.g. `mktemp -d`, mode 0700) hides those dependencies from the
+        # unprivileged user; let it traverse (not list) such folders for the test, and restore them after.
+        opened = [(p, p.stat().st_mode) for p in deps.parents if not p.stat().st_mode & stat.S_IXOTH]
+        for p, mode in opened:
+            p.chmod(mode | stat.S_IXOTH)
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         subprocess.run([str(venv / "bin" / "pip"), "install", "--no-deps", "--no-index", *map(str, wheels.glob("*.whl"))],
                        check=True, capture_output=True, env=env)
@@ -146,6 +152,8 @@ def test_dockerfile_steps_replayed_serve_as_an_unprivileged_user() -> None:
         assert resp.status_code == 200, resp.text
         assert "PermissionError" not in out
     finally:
+        for p, mode in opened:
+            p.chmod(mode)
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
