@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import torch
 
@@ -11,10 +12,11 @@ from flash_kernels.api import get_backend
 from shard.config import ShardConfig
 from shard.cpu_features import native_bf16
 from shard.kv_cache import KVCache, KVShape, choose_num_blocks
-from shard.loader import load_model
+from shard.loader import load_model, read_config
+from shard.models.llama import DecoderConfig
 from shard.model_runner import CpuThreads, ModelRunner
 from shard.server import TextGenerationService
-from shard.tensor_parallel import init_tensor_parallel
+from shard.tensor_parallel import check_divisible, init_tensor_parallel
 
 log = logging.getLogger(__name__)
 THREADS_ENV = "PRISM_SHARD_THREADS"
@@ -63,8 +65,12 @@ def build_runner(config: ShardConfig) -> ModelRunner:
     """Load the model and allocate the KV pool.
 
     Raises:
-        ValueError: unsupported architecture, unavailable backend, bad pool size (messages say which).
+        ValueError: unsupported architecture, unavailable backend, bad pool size, a model that does not split
+            over WORLD_SIZE ranks (messages say which).
     """
+    if config.world_size > 1:  # NOTE: before joining the group, so a bad --num-shard fails at once on each rank
+        c = DecoderConfig.from_hf(read_config(Path(config.model_dir)))
+        check_divisible(c.heads, c.kv_heads, c.intermediate, config.world_size)
     device = pick_device(config)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)

@@ -25,7 +25,7 @@ def load_rank_weights(model: torch.nn.Module, files: list[Path], tp: TensorParal
 
     handles = [safe_open(str(f), framework="pt") for f in files]
     where = {name: h for h in handles for name in h.keys()}
-    tied = getattr(model.config, "tie_embeddings", False)
+    tied = getattr(getattr(model, "config", None), "tie_embeddings", False)
     missing: list[str] = []
     for name, param in model.state_dict(keep_vars=True).items():
         if name not in where:
