@@ -1,6 +1,6 @@
-"""``prism-launcher --num-shard 2`` on CPU: two gloo ranks of one tensor-parallel group behind the router, driven
-by the PyPI ``text-generation`` client. Greedy tokens equal transformers' on the same weights, alone and in a
-concurrent batch, streamed or not; each rank serves on its own socket."""
+"""``prism-launcher --num-shard 2`` on CPU: two gloo ranks of one tensor-parallel group behind the router,
+driven by the PyPI ``text-generation`` client. Greedy tokens equal transformers' on the same weights, alone
+and in a concurrent batch, streamed or not; each rank serves on its own socket."""
 
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ def build_runner(config: ShardConfig) -> ModelRunner:
         ValueError: unsupported architecture, unavailable backend, bad pool size, a model that does not split
             over WORLD_SIZE ranks (messages say which).
     """
-    if config.world_size > 1:  # NOTE: before joining the group, so a bad --num-shard fails at once on each rank
+    if config.world_size > 1:  # NOTE: before joining the group: a bad --num-shard fails at once on each rank
         c = DecoderConfig.from_hf(read_config(Path(config.model_dir)))
         check_divisible(c.heads, c.kv_heads, c.intermediate, config.world_size)
     device = pick_device(config)
@@ -86,7 +86,7 @@ def build_runner(config: ShardConfig) -> ModelRunner:
     c = loaded.model.config
     shape = KVShape(c.layers, c.kv_heads // tp.world, c.head_dim, dtype)  # this rank's share of the KV heads
     blocks = choose_num_blocks(shape, config.block_size, device, config.num_blocks, config.memory_fraction)
-    blocks = tp.min_int(blocks, device)  # NOTE: the router addresses one block space, so every rank's is equal
+    blocks = tp.min_int(blocks, device)  # NOTE: one block space for the router: equal on every rank
     kv = KVCache(shape, blocks, config.block_size, device)
     log.info(
         "model %s on %s%s, dtype %s (%s)%s, attention %s, KV pool %d blocks x %d tokens",

@@ -1,7 +1,7 @@
 """Tensor parallelism: the shard's process group and the two collectives the model uses.
 
-Each of the ``world`` shard ranks (launched with ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``) holds
-1/world of the attention heads, KV heads, MLP columns and vocabulary rows (see ``docs/tensor-parallel.md``).
+Each of the ``world`` shard ranks (launched with ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``)
+holds 1/world of the attention heads, KV heads, MLP columns and vocabulary rows (``docs/tensor-parallel.md``).
 A :class:`TensorParallel` of world size 1 is the single-rank shard: it never calls ``torch.distributed``.
 """
 
@@ -32,7 +32,7 @@ class TensorParallel:
         return self.rank * part, (self.rank + 1) * part
 
     def vocab_part(self, vocab: int) -> int:
-        """Rows per rank of a vocab-parallel table: ceil(vocab / world); the last rank's tail is zero padding."""
+        """Rows per rank of a vocab-parallel table: ceil(vocab / world); the last rank's tail is padding."""
         return -(-vocab // self.world)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,7 @@ class TensorParallel:
         return x
 
     def all_gather_last(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., k) on each rank -> (..., world * k), rank r's part at [r*k, (r+1)*k); identical on every rank."""
+        """(..., k) on each rank -> (..., world * k), rank r's part at [r*k, (r+1)*k), same on every rank."""
         if self.world == 1:
             return x
         parts = [torch.empty_like(x) for _ in range(self.world)]

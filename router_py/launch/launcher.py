@@ -2,9 +2,9 @@
 
 It resolves the model (a local folder, a hub id downloaded when a network is there, or the built-in demo
 model built once into a cache folder), starts ``NUM_SHARD`` shards (``prism-shard serve``, env ``RANK``,
-``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``: the ranks of one tensor-parallel group, each on its socket
-``{uds}-{rank}``), waits for their socket files, then starts the router on them. A child that exits is restarted
-in place (tensor-parallel shards excepted: with ``--num-shard`` > 1 a shard that exits stops everything) (up to
+``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``: the ranks of one tensor-parallel group, each on its
+socket ``{uds}-{rank}``), waits for their socket files, then starts the router on them. A child that exits is
+restarted in place (not a tensor-parallel shard: with ``--num-shard`` > 1 a shard that exits stops all) (up to
 ``--max-restarts`` times in a row, after 1, 2, 4... s, at most 30 s; the router then warms the new shard up
 and serves its queue again); past that, or with ``--max-restarts 0`` (TGI's behaviour), the others are stopped
 and the launcher exits non-zero. SIGTERM/SIGINT stop everything cleanly (router first, then the shards).
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--model-id", default=None, help="local folder or hub id; default: the built-in demo model")
     p.add("--revision", default=None)
     p.add("--num-shard", type=int, default=1,
-          help="tensor-parallel ranks (shards) of the model, each on its own device (docs/tensor-parallel.md)")
+          help="tensor-parallel ranks of the model, each on its own device (docs/tensor-parallel.md)")
     p.add("--port", type=int, default=3000)
     p.add("--hostname", default="0.0.0.0")
     p.add("--shard-uds-path", default="/tmp/text-generation-server")

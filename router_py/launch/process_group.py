@@ -44,7 +44,7 @@ class Child:
     env: dict[str, str] = field(default_factory=dict)
     started_at: float = 0.0
     restarts: int = 0  # consecutive restarts (reset once it has stayed up RestartPolicy.reset_after_s)
-    restartable: bool = True  # False: its exit stops everything (a tensor-parallel rank cannot rejoin its group)
+    restartable: bool = True  # False: its exit stops all (a tensor-parallel rank cannot rejoin its group)
 
     @property
     def returncode(self) -> int | None:
@@ -111,7 +111,7 @@ class ProcessGroup:
         if child.returncode in policy.final_codes:
             return False
         if not child.restartable:
-            log.error("%s cannot be restarted alone (its tensor-parallel group would need restarting)", child.name)
+            log.error("%s cannot be restarted alone (its tensor-parallel group would have to)", child.name)
             return False
         if child.restarts >= policy.max_restarts:
             if policy.max_restarts:

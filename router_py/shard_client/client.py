@@ -2,10 +2,10 @@
 
 The only router module that imports the generated stubs: every method takes and returns the plain data of
 :mod:`router_py.shard_client.messages`. As TGI's sharded client: each call goes to all shards (the
-tensor-parallel ranks of one model) in parallel, and every rank runs every step; Prefill and Decode take the
-generations and the batch of rank 0 (every rank samples the same tokens) and report the slowest rank's timings;
-Warmup takes the minimum over shards; Info, Health and FilterBatch use the last shard's answer. Every RPC
-carries the current trace context as metadata.
+tensor-parallel ranks of one model) in parallel, and every rank runs every step; Prefill and Decode take
+the generations and the batch of rank 0 (every rank samples the same tokens) and report the slowest rank's
+timings; Warmup takes the minimum over shards; Info, Health and FilterBatch use the last shard's answer. Every
+RPC carries the current trace context as metadata.
 """
 
 from __future__ import annotations

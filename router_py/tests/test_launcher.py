@@ -123,7 +123,8 @@ def test_a_tensor_parallel_rank_is_not_restarted_alone() -> None:
     from router_py.launch.process_group import RestartPolicy
 
     group = ProcessGroup()
-    sleeper = group.spawn("shard-0", [sys.executable, "-c", "import time; time.sleep(60)"], {}, restartable=False)
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    sleeper = group.spawn("shard-0", sleep, {}, restartable=False)
     group.spawn("shard-1", [sys.executable, "-c", "raise SystemExit(3)"], {}, restartable=False)
     start = time.monotonic()
     assert group.supervise(RestartPolicy(max_restarts=5, backoff_s=0.01)) == 3

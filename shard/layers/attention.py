@@ -53,8 +53,8 @@ class PagedAttention(nn.Module):
     """hidden (n, hidden) -> (n, hidden). Parameter names match HF ``self_attn.*``.
 
     Under tensor parallelism (``tp.world`` > 1) this rank holds heads/world query heads and kv_heads/world KV
-    heads: q/k/v are column-parallel (their rows of the checkpoint), o_proj row-parallel (its columns), and the
-    output is all-reduced once. ``shape`` is the whole model's; ``heads``/``kv_heads`` are this rank's.
+    heads: q/k/v are column-parallel (their rows of the checkpoint), o_proj row-parallel (its columns), and
+    the output is all-reduced once. ``shape`` is the whole model's; ``heads``/``kv_heads`` are this rank's.
     """
 
     def __init__(

@@ -19,7 +19,9 @@ class GatedMLP(nn.Module):
         ValueError: a bias with tensor parallelism (a row-parallel bias would be summed world times).
     """
 
-    def __init__(self, hidden: int, intermediate: int, bias: bool = False, tp: TensorParallel = SINGLE) -> None:
+    def __init__(
+        self, hidden: int, intermediate: int, bias: bool = False, tp: TensorParallel = SINGLE
+    ) -> None:
         super().__init__()
         if bias and tp.enabled:
             raise ValueError("tensor parallelism does not support MLP biases")

@@ -1,4 +1,4 @@
-"""Vocab-parallel embedding and LM head: each tensor-parallel rank holds ceil(vocab / world) rows of the table.
+"""Vocab-parallel embedding and LM head: each tensor-parallel rank holds ceil(vocab / world) table rows.
 
 Rank r holds token ids [r * part, (r + 1) * part); the last rank's rows past ``vocab`` are zero padding, never
 looked up, and their logit columns are cut off after the gather.

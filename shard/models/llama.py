@@ -132,7 +132,9 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     @classmethod
-    def from_hf_config(cls, cfg: dict, backend: AttentionBackend, tp: TensorParallel = SINGLE) -> LlamaForCausalLM:
+    def from_hf_config(
+        cls, cfg: dict, backend: AttentionBackend, tp: TensorParallel = SINGLE
+    ) -> LlamaForCausalLM:
         return cls(DecoderConfig.from_hf(cfg), backend, tp)
 
     def forward(

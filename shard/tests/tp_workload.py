@@ -74,7 +74,8 @@ def _record_sampled(runner) -> dict[int, list[int]]:
 def rank_config(model_dir: Path) -> ShardConfig:
     """The tests' CPU fp32 shard for this process's RANK/WORLD_SIZE, one intra-op thread per rank."""
     rank, world = ShardConfig.env_rank()
-    return dataclasses.replace(make_config(model_dir, num_blocks=64), rank=rank, world_size=world, cpu_threads=1)
+    config = make_config(model_dir, num_blocks=64)
+    return dataclasses.replace(config, rank=rank, world_size=world, cpu_threads=1)
 
 
 def main() -> None:
