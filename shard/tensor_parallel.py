@@ -58,6 +58,13 @@ class TensorParallel:
         return int(t.item())
 
 
+    def shutdown(self) -> None:
+        """Leave the group once every rank is here (a rank that exits first can abort a slower peer)."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
 SINGLE = TensorParallel()
 
 

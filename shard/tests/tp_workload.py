@@ -86,8 +86,10 @@ def main() -> None:
     results = {}
     for folder in args.model_dirs:
         config = rank_config(Path(folder))
-        results[folder] = asyncio.run(run_workload(build_service(config)))
+        service = build_service(config)
+        results[folder] = asyncio.run(run_workload(service))
     Path(f"{args.out}.{config.rank}").write_text(json.dumps(results))
+    service.runner.model.tp.shutdown()
 
 
 if __name__ == "__main__":
