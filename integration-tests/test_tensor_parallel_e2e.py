@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from text_generation import Client
 
-from conftest import Stack, free_port
+from conftest import STARTUP_TIMEOUT_S, Stack, free_port
 from router_py.launch.model_source import demo_model
 
 PROMPTS = ("The quick brown fox", "Once upon a time there was", "A cache that keeps them can answer", "Hello")
@@ -65,3 +65,15 @@ def test_greedy_tokens_equal_transformers_alone_and_batched(tp_stack: Stack, exp
     assert got == expected
     streamed = [r.token.id for r in client.generate_stream(PROMPTS[1], max_new_tokens=NEW)]
     assert streamed == expected[PROMPTS[1]]
+
+
+def test_a_model_that_does_not_split_stops_the_launcher_with_the_reason() -> None:
+    s = Stack(["--num-shard", "3", "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+               "--num-blocks", "64", "--dtype", "float32"])
+    try:
+        assert s.process.proc.wait(STARTUP_TIMEOUT_S) != 0
+        log = s.process.log_path.read_text(errors="replace")
+        reason = "--num-shard 3: the model's attention heads 4, KV heads 2, intermediate size 128 not"
+        assert reason in log
+    finally:
+        s.close()

@@ -30,8 +30,9 @@ DECODE_BATCH, DECODE_STEPS = 8, 16
 def measure(folder: str, threads: int) -> dict[str, float]:
     """This rank's run (RANK/WORLD_SIZE from the environment): prefill and decode tokens/s."""
     rank, world = ShardConfig.env_rank()
-    runner = build_runner(ShardConfig(model_dir=folder, device="cpu", dtype="float32", attention_backend="auto",
-                                      num_blocks=POOL_BLOCKS, cpu_threads=threads, rank=rank, world_size=world))
+    config = ShardConfig(model_dir=folder, device="cpu", dtype="float32", attention_backend="auto",
+                         num_blocks=POOL_BLOCKS, cpu_threads=threads, rank=rank, world_size=world)
+    runner = build_runner(config)
     vocab, pool = runner.model.config.vocab_size, BlockCounter()
     decode_tokens_per_s(runner, random.Random(1), vocab, pool, 1, 2)  # warm up
     out = {
@@ -52,7 +53,8 @@ def run_group(folder: str, world: int, threads: int) -> dict[str, float]:
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": port}
         cmd = [sys.executable, "-m", "shard.tp_bench", "--rank-run", folder, "--threads", str(threads)]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        procs.append(subprocess.Popen(cmd, env=env, text=True, **pipes))
     outs = [p.communicate() for p in procs]
     if any(p.returncode for p in procs):
         logs = "\n".join(f"rank {r} exit {p.returncode}:\n{err[-3000:]}" for r, (p, (_, err)) in
