@@ -27,6 +27,7 @@ from shard.tests.tp_workload import run_workload
 from shard.tp_loading import load_rank_weights
 
 WORLD = 2
+ODD_VOCAB = 1025
 LOGPROB_TOL = 1e-4  # two partial sums per projection instead of one: fp32 rounding differs, tokens do not
 
 
@@ -37,8 +38,27 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def models(tiny_llama: Path, tiny_qwen3: Path) -> list[str]:
-    return [str(tiny_llama), str(tiny_qwen3)]  # qwen3: tied LM head, q/k norms
+def odd_vocab_llama(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with a 1,025-row vocabulary (one zero row more, as checkpoints padded past their
+    tokenizer): 513 rows per rank, rank 1's last embedding and LM-head row is padding."""
+    from safetensors.torch import load_file
+
+    folder = tmp_path_factory.mktemp("odd-vocab")
+    for f in tiny_llama.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    weights = load_file(str(folder / "model.safetensors"))
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        w = weights[name]
+        weights[name] = torch.cat([w, w.new_zeros(ODD_VOCAB - w.shape[0], w.shape[1])])
+    save_file(weights, str(folder / "model.safetensors"))
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "vocab_size": ODD_VOCAB}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tiny_llama: Path, tiny_qwen3: Path, odd_vocab_llama: Path) -> list[str]:
+    return [str(tiny_llama), str(tiny_qwen3), str(odd_vocab_llama)]  # qwen3: tied LM head, q/k norms
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +117,9 @@ def test_each_rank_holds_half_of_attention_mlp_vocab_and_kv_pool(models, two_ran
             mine = two_ranks[rank][folder]["params"]
             assert mine.keys() == full.keys()
             for name, shape in full.items():
-                if name.endswith(column) or name in vocab:
+                if name in vocab:
+                    want = [-(-shape[0] // WORLD), shape[1]]  # ceil: 1,025 rows -> 513 per rank
+                elif name.endswith(column):
                     want = [shape[0] // WORLD, shape[1]]
                 elif name.endswith(row):
                     want = [shape[0], shape[1] // WORLD]
