@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import torch
 
@@ -11,18 +12,23 @@ from flash_kernels.api import get_backend
 from shard.config import ShardConfig
 from shard.cpu_features import native_bf16
 from shard.kv_cache import KVCache, KVShape, choose_num_blocks
-from shard.loader import load_model
+from shard.loader import load_model, read_config
+from shard.models.llama import DecoderConfig
 from shard.model_runner import CpuThreads, ModelRunner
 from shard.server import TextGenerationService
+from shard.tensor_parallel import check_divisible, init_tensor_parallel
 
 log = logging.getLogger(__name__)
 THREADS_ENV = "PRISM_SHARD_THREADS"
 
 
 def pick_device(config: ShardConfig) -> torch.device:
-    if config.device:
-        return torch.device(config.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``--device``, else cuda when available, else cpu; a tensor-parallel rank given plain cuda takes
+    cuda:RANK (one device per rank, as TGI's shards)."""
+    name = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and config.world_size > 1:
+        name = f"cuda:{config.rank}"
+    return torch.device(name)
 
 
 def pick_dtype(config: ShardConfig, device: torch.device) -> tuple[torch.dtype, str]:
@@ -49,6 +55,9 @@ def pick_cpu_threads(config: ShardConfig) -> tuple[CpuThreads, str]:
     if env:
         return CpuThreads(max(1, int(env)), max(1, int(env))), THREADS_ENV
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if config.world_size > 1:
+        share = max(1, cores // config.world_size)
+        return CpuThreads(share, share), f"{cores} cores shared by {config.world_size} tensor-parallel ranks"
     return CpuThreads(max(1, cores - 1), cores), f"{cores} cores, one left to the router during decode"
 
 
@@ -56,9 +65,16 @@ def build_runner(config: ShardConfig) -> ModelRunner:
     """Load the model and allocate the KV pool.
 
     Raises:
-        ValueError: unsupported architecture, unavailable backend, bad pool size (messages say which).
+        ValueError: unsupported architecture, unavailable backend, bad pool size, a model that does not split
+            over WORLD_SIZE ranks (messages say which).
     """
+    if config.world_size > 1:  # NOTE: before joining the group: a bad --num-shard fails at once on each rank
+        c = DecoderConfig.from_hf(read_config(Path(config.model_dir)))
+        check_divisible(c.heads, c.kv_heads, c.intermediate, config.world_size)
     device = pick_device(config)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    tp = init_tensor_parallel(config.rank, config.world_size, device)
     threads, cpu_threads = "", None
     if device.type == "cpu":
         cpu_threads, why = pick_cpu_threads(config)
@@ -66,15 +82,17 @@ def build_runner(config: ShardConfig) -> ModelRunner:
         threads = f", CPU threads {cpu_threads} ({why})"
     dtype, dtype_why = pick_dtype(config, device)
     backend = get_backend(config.attention_backend, device.type, config.block_size)
-    loaded = load_model(config.model_dir, backend, dtype, device)
+    loaded = load_model(config.model_dir, backend, dtype, device, tp)
     c = loaded.model.config
-    shape = KVShape(c.layers, c.kv_heads, c.head_dim, dtype)
+    shape = KVShape(c.layers, c.kv_heads // tp.world, c.head_dim, dtype)  # this rank's share of the KV heads
     blocks = choose_num_blocks(shape, config.block_size, device, config.num_blocks, config.memory_fraction)
+    blocks = tp.min_int(blocks, device)  # NOTE: one block space for the router: equal on every rank
     kv = KVCache(shape, blocks, config.block_size, device)
     log.info(
-        "model %s on %s, dtype %s (%s)%s, attention %s, KV pool %d blocks x %d tokens",
+        "model %s on %s%s, dtype %s (%s)%s, attention %s, KV pool %d blocks x %d tokens",
         config.model_dir,
         device,
+        f" (tensor parallel rank {tp.rank} of {tp.world})" if tp.enabled else "",
         dtype,
         dtype_why,
         threads,
@@ -82,7 +100,9 @@ def build_runner(config: ShardConfig) -> ModelRunner:
         blocks,
         config.block_size,
     )
-    return ModelRunner(loaded, kv, enforce_eager=config.enforce_eager, cpu_threads=cpu_threads)
+    # NOTE: CUDA graphs are not captured across ranks (collectives in a captured graph are untested here).
+    eager = config.enforce_eager or tp.enabled
+    return ModelRunner(loaded, kv, enforce_eager=eager, cpu_threads=cpu_threads)
 
 
 def build_service(config: ShardConfig) -> TextGenerationService:

@@ -15,6 +15,7 @@ from flash_kernels.api import AttentionBackend
 from shard.layers.rotary import Rotary
 from shard.models import model_class
 from shard.models.llama import LlamaForCausalLM
+from shard.tensor_parallel import SINGLE, TensorParallel
 
 
 @dataclass
@@ -81,12 +82,18 @@ def eos_ids(folder: Path, cfg: dict, tokenizer: object) -> frozenset[int]:
 
 
 def load_model(
-    folder: str | Path, backend: AttentionBackend, dtype: torch.dtype, device: torch.device
+    folder: str | Path,
+    backend: AttentionBackend,
+    dtype: torch.dtype,
+    device: torch.device,
+    tp: TensorParallel = SINGLE,
 ) -> LoadedModel:
-    """Build the model named by config.json ``architectures`` and load its weights.
+    """Build the model named by config.json ``architectures`` and load its weights (with ``tp`` of world > 1,
+    only this rank's slices: :mod:`shard.tp_loading`).
 
     Raises:
-        ValueError: unsupported architecture (message names it and the supported ones) or missing weights.
+        ValueError: unsupported architecture (message names it and the supported ones), missing weights, or
+            head counts / intermediate size not divisible by ``tp.world``.
         FileNotFoundError: not a model folder.
     """
     from tokenizers import Tokenizer
@@ -95,8 +102,13 @@ def load_model(
     cfg = read_config(folder)
     cls = model_class(cfg.get("architectures") or [cfg.get("model_type", "?")])
     with torch.device("cpu"):
-        model = cls.from_hf_config(cfg, backend)
-    load_weights(model, safetensors_files(folder))
+        model = cls.from_hf_config(cfg, backend, tp)
+    if tp.enabled:
+        from shard.tp_loading import load_rank_weights
+
+        load_rank_weights(model, safetensors_files(folder), tp)
+    else:
+        load_weights(model, safetensors_files(folder))
     model = model.to(device=device, dtype=dtype).eval()
     for module in model.modules():  # NOTE: RoPE tables stay fp32 under bf16/fp16 weights, as in HF
         if isinstance(module, Rotary):

@@ -186,14 +186,10 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         return ShardBatch(batch.id, requests)
 
     def _mine(self, batch: ShardBatch, generations: list[GenerationOut]) -> list[GenerationOut]:
-        """The generations this rank reports: request i of the batch goes to rank i % world_size (TGI), so the
-        router, which concatenates every shard's generations, gets each exactly once. Each rank runs the whole
-        model (no tensor parallelism), so any rank could report any request."""
-        world, rank = self.config.world_size, self.config.rank
-        if world == 1:
-            return generations
-        index = {rid: i for i, rid in enumerate(batch.request_ids)}
-        return [g for g in generations if index[g.request_id] % world == rank]
+        """The generations this rank reports: all on rank 0, none on the others. Tensor-parallel ranks sample
+        the same tokens from the same gathered logits, so rank 0's are everyone's; the router takes rank 0's
+        (and a router that concatenates every shard's answer, as TGI's, still gets each exactly once)."""
+        return generations if self.config.rank == 0 else []
 
     def _check_new(self, batch: ShardBatch) -> None:
         """Every check on requests entering the shard; runs before anything is written."""

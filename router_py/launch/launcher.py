@@ -1,8 +1,10 @@
 """``prism-launcher`` / ``text-generation-launcher``: one command that serves a model (tgi-compat 6).
 
 It resolves the model (a local folder, a hub id downloaded when a network is there, or the built-in demo
-model built once into a cache folder), starts ``NUM_SHARD`` shards (``prism-shard serve``, env ``RANK``),
-waits for their socket files, then starts the router on them. A child that exits is restarted in place (up to
+model built once into a cache folder), starts ``NUM_SHARD`` shards (``prism-shard serve``, env ``RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``: the ranks of one tensor-parallel group, each on its
+socket ``{uds}-{rank}``), waits for their socket files, then starts the router on them. A child that exits is
+restarted in place (not a tensor-parallel shard: with ``--num-shard`` > 1 a shard that exits stops all) (up to
 ``--max-restarts`` times in a row, after 1, 2, 4... s, at most 30 s; the router then warms the new shard up
 and serves its queue again); past that, or with ``--max-restarts 0`` (TGI's behaviour), the others are stopped
 and the launcher exits non-zero. SIGTERM/SIGINT stop everything cleanly (router first, then the shards).
@@ -48,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = EnvArgs(argparse.ArgumentParser(prog="prism-launcher", description=__doc__.split("\n\n")[0]))
     p.add("--model-id", default=None, help="local folder or hub id; default: the built-in demo model")
     p.add("--revision", default=None)
-    p.add("--num-shard", type=int, default=1)
+    p.add("--num-shard", type=int, default=1,
+          help="tensor-parallel ranks of the model, each on its own device (docs/tensor-parallel.md)")
     p.add("--port", type=int, default=3000)
     p.add("--hostname", default="0.0.0.0")
     p.add("--shard-uds-path", default="/tmp/text-generation-server")
@@ -208,7 +211,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         for rank in range(args.num_shard):
             log.info("starting shard %d", rank)
-            group.spawn(f"shard-{rank}", shard_command(args, model_dir), shard_env(args, rank))
+            # NOTE: tensor-parallel ranks share a process group that a restarted rank cannot rejoin
+            group.spawn(f"shard-{rank}", shard_command(args, model_dir), shard_env(args, rank),
+                        restartable=args.num_shard == 1)
         wait_for_sockets(group, paths, args.startup_timeout)
         log.info("shards ready; starting the router on %s:%d", args.hostname, args.port)
         group.spawn("router", router_command(args, model_dir, model_id), env.inherited())

@@ -44,6 +44,7 @@ class Child:
     env: dict[str, str] = field(default_factory=dict)
     started_at: float = 0.0
     restarts: int = 0  # consecutive restarts (reset once it has stayed up RestartPolicy.reset_after_s)
+    restartable: bool = True  # False: its exit stops all (a tensor-parallel rank cannot rejoin its group)
 
     @property
     def returncode(self) -> int | None:
@@ -74,9 +75,9 @@ class ProcessGroup:
         self.children: list[Child] = []
         self.stopping = False
 
-    def spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> Child:
+    def spawn(self, name: str, cmd: list[str], env: dict[str, str], restartable: bool = True) -> Child:
         log.debug("spawning %s: %s", name, " ".join(cmd))
-        child = Child(name, self._popen(cmd, env), cmd, env, time.monotonic())
+        child = Child(name, self._popen(cmd, env), cmd, env, time.monotonic(), restartable=restartable)
         self.children.append(child)
         return child
 
@@ -108,6 +109,9 @@ class ProcessGroup:
         if time.monotonic() - child.started_at >= policy.reset_after_s:
             child.restarts = 0
         if child.returncode in policy.final_codes:
+            return False
+        if not child.restartable:
+            log.error("%s cannot be restarted alone (its tensor-parallel group would have to)", child.name)
             return False
         if child.restarts >= policy.max_restarts:
             if policy.max_restarts:

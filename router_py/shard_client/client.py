@@ -1,10 +1,11 @@
 """gRPC client to the model shards (generate.v3 over Unix sockets), fanned out to every shard.
 
 The only router module that imports the generated stubs: every method takes and returns the plain data of
-:mod:`router_py.shard_client.messages`. As TGI's sharded client: each call goes to all shards in parallel; Prefill and
-Decode concatenate the generations of all shards (each shard emits those of its own ranks), keep one shard's
-batch and report the slowest shard's timings; Warmup takes the minimum over shards; Info, Health and
-FilterBatch use the last shard's answer. Every RPC carries the current trace context as metadata.
+:mod:`router_py.shard_client.messages`. As TGI's sharded client: each call goes to all shards (the
+tensor-parallel ranks of one model) in parallel, and every rank runs every step; Prefill and Decode take
+the generations and the batch of rank 0 (every rank samples the same tokens) and report the slowest rank's
+timings; Warmup takes the minimum over shards; Info, Health and FilterBatch use the last shard's answer. Every
+RPC carries the current trace context as metadata.
 """
 
 from __future__ import annotations
@@ -306,12 +307,12 @@ def _generation_from_pb(g: pb.Generation) -> Generation:
 
 
 def _merge_steps(answers: Sequence[pb.PrefillResponse | pb.DecodeResponse]) -> StepResult:
-    """Concatenate generations of all shards, keep the last shard's batch, slowest shard's timings."""
+    """Rank 0's generations and batch (tensor-parallel ranks agree on both), the slowest rank's timings."""
     slowest = max(answers, key=lambda r: r.total_ns)
-    last = answers[-1]
+    first = answers[0]
     return StepResult(
-        generations=tuple(_generation_from_pb(g) for r in answers for g in r.generations),
-        batch=_cached_from_pb(last.batch) if last.HasField("batch") else None,
+        generations=tuple(_generation_from_pb(g) for g in first.generations),
+        batch=_cached_from_pb(first.batch) if first.HasField("batch") else None,
         forward_ns=slowest.forward_ns,
         decode_ns=slowest.decode_ns,
         total_ns=slowest.total_ns,

@@ -49,7 +49,8 @@ def _token(req: _Req) -> int:
 
 
 class FakeShard(pb_grpc.TextGenerationServiceServicer):
-    """One rank of a fake shard group; it emits generations of batch positions ``i % world == rank``."""
+    """One rank of a fake shard group; as a tensor-parallel rank it steps and emits every request (the router
+    must take rank 0's generations only)."""
 
     def __init__(self, urls: list[str], rank: int, options: FakeOptions) -> None:
         self.urls, self.rank, self.options = urls, rank, options
@@ -151,16 +152,14 @@ class FakeShard(pb_grpc.TextGenerationServiceServicer):
         if self.options.step_delay_s:
             await asyncio.sleep(self.options.step_delay_s)
         gens = []
-        world = len(self.urls)
         poison = self.options.poison_word
-        for i, req in enumerate(list(self.batches[batch_id])):
+        for req in list(self.batches[batch_id]):
             if poison is not None and poison in req.pb.input_chunks.chunks[0].text.split():
                 self.batches[batch_id].remove(req)  # as the shard: a request failing alone leaves its batch
-                if i % world == self.rank:
-                    gens.append(pb.Generation(request_id=req.pb.id, error=f"poisoned by {poison!r}"))
+                gens.append(pb.Generation(request_id=req.pb.id, error=f"poisoned by {poison!r}"))
                 continue
             gen = self._advance(req)
-            if gen is not None and i % world == self.rank:
+            if gen is not None:
                 gens.append(gen)
         resp = response_type(generations=gens, forward_ns=1000 + self.rank, decode_ns=10, total_ns=2000 + self.rank)
         if all(r.finished for r in self.batches[batch_id]):

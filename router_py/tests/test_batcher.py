@@ -305,7 +305,7 @@ async def test_chunked_prompt_gets_chunk_len_and_completes(tmp_path: Path) -> No
         await close(s)
 
 
-async def test_two_shards_merge_generations(tmp_path: Path) -> None:
+async def test_two_shards_report_each_generation_once(tmp_path: Path) -> None:
     s = await make_stack(tmp_path, world=2)
     try:
         results = await asyncio.gather(*(collect(s.batcher, request(f"q {i}", 6)) for i in range(5)))

@@ -119,6 +119,20 @@ def test_dead_child_is_restarted_with_backoff_then_given_up(tmp_path: Path) -> N
     assert times[1] - times[0] >= 0.05 and times[2] - times[1] >= 0.1
 
 
+def test_a_tensor_parallel_rank_is_not_restarted_alone() -> None:
+    from router_py.launch.process_group import RestartPolicy
+
+    group = ProcessGroup()
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    sleeper = group.spawn("shard-0", sleep, {}, restartable=False)
+    group.spawn("shard-1", [sys.executable, "-c", "raise SystemExit(3)"], {}, restartable=False)
+    start = time.monotonic()
+    assert group.supervise(RestartPolicy(max_restarts=5, backoff_s=0.01)) == 3
+    assert time.monotonic() - start < 1.0
+    group.shutdown()
+    assert sleeper.returncode is not None
+
+
 def test_a_configuration_error_is_not_retried() -> None:
     from router_py.launch.process_group import RestartPolicy
 

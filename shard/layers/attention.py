@@ -11,6 +11,7 @@ from torch import nn
 from flash_kernels.api import AttentionBackend
 from shard.layers.rmsnorm import RMSNorm
 from shard.layers.rotary import Rotary
+from shard.tensor_parallel import SINGLE, TensorParallel
 
 
 @dataclass(frozen=True)
@@ -49,16 +50,24 @@ class AttentionShape:
 
 
 class PagedAttention(nn.Module):
-    """hidden (n, hidden) -> (n, hidden). Parameter names match HF ``self_attn.*``."""
+    """hidden (n, hidden) -> (n, hidden). Parameter names match HF ``self_attn.*``.
 
-    def __init__(self, shape: AttentionShape, rotary: Rotary, backend: AttentionBackend) -> None:
+    Under tensor parallelism (``tp.world`` > 1) this rank holds heads/world query heads and kv_heads/world KV
+    heads: q/k/v are column-parallel (their rows of the checkpoint), o_proj row-parallel (its columns), and
+    the output is all-reduced once. ``shape`` is the whole model's; ``heads``/``kv_heads`` are this rank's.
+    """
+
+    def __init__(
+        self, shape: AttentionShape, rotary: Rotary, backend: AttentionBackend, tp: TensorParallel = SINGLE
+    ) -> None:
         super().__init__()
         s = shape
-        self.shape = s
-        self.q_proj = nn.Linear(s.hidden, s.heads * s.head_dim, bias=s.bias)
-        self.k_proj = nn.Linear(s.hidden, s.kv_heads * s.head_dim, bias=s.bias)
-        self.v_proj = nn.Linear(s.hidden, s.kv_heads * s.head_dim, bias=s.bias)
-        self.o_proj = nn.Linear(s.heads * s.head_dim, s.hidden, bias=False)
+        self.shape, self.tp = s, tp
+        self.heads, self.kv_heads = s.heads // tp.world, s.kv_heads // tp.world
+        self.q_proj = nn.Linear(s.hidden, self.heads * s.head_dim, bias=s.bias)
+        self.k_proj = nn.Linear(s.hidden, self.kv_heads * s.head_dim, bias=s.bias)
+        self.v_proj = nn.Linear(s.hidden, self.kv_heads * s.head_dim, bias=s.bias)
+        self.o_proj = nn.Linear(self.heads * s.head_dim, s.hidden, bias=False)
         if s.qk_norm_eps is not None:
             self.q_norm = RMSNorm(s.head_dim, s.qk_norm_eps)
             self.k_norm = RMSNorm(s.head_dim, s.qk_norm_eps)
@@ -70,16 +79,17 @@ class PagedAttention(nn.Module):
         self, hidden: torch.Tensor, meta: AttentionMetadata, kv: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
         n, s = hidden.shape[0], self.shape
-        q = self.q_proj(hidden).view(n, s.heads, s.head_dim)
-        k = self.k_proj(hidden).view(n, s.kv_heads, s.head_dim)
-        v = self.v_proj(hidden).view(n, s.kv_heads, s.head_dim)
+        q = self.q_proj(hidden).view(n, self.heads, s.head_dim)
+        k = self.k_proj(hidden).view(n, self.kv_heads, s.head_dim)
+        v = self.v_proj(hidden).view(n, self.kv_heads, s.head_dim)
         if s.qk_norm_eps is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(meta.positions, q, k)
         key_cache, value_cache = kv
         self.backend.store_kv(key_cache, value_cache, k, v, meta.slots)
         out = self._attend(q, key_cache, value_cache, meta)
-        return self.o_proj(out.reshape(n, s.heads * s.head_dim))
+        out = self.o_proj(out.reshape(n, self.heads * s.head_dim))
+        return self.tp.all_reduce(out) if self.tp.enabled else out
 
     def _attend(
         self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, m: AttentionMetadata

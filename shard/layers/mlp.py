@@ -6,15 +6,31 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from shard.tensor_parallel import SINGLE, TensorParallel
+
 
 class GatedMLP(nn.Module):
-    """x (n, hidden) -> (n, hidden). Parameter names match HF (gate_proj, up_proj, down_proj)."""
+    """x (n, hidden) -> (n, hidden). Parameter names match HF (gate_proj, up_proj, down_proj).
 
-    def __init__(self, hidden: int, intermediate: int, bias: bool = False) -> None:
+    Under tensor parallelism this rank holds intermediate/world columns: gate/up column-parallel, down
+    row-parallel, one all-reduce of the output.
+
+    Raises:
+        ValueError: a bias with tensor parallelism (a row-parallel bias would be summed world times).
+    """
+
+    def __init__(
+        self, hidden: int, intermediate: int, bias: bool = False, tp: TensorParallel = SINGLE
+    ) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=bias)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=bias)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=bias)
+        if bias and tp.enabled:
+            raise ValueError("tensor parallelism does not support MLP biases")
+        part = intermediate // tp.world
+        self.tp = tp
+        self.gate_proj = nn.Linear(hidden, part, bias=bias)
+        self.up_proj = nn.Linear(hidden, part, bias=bias)
+        self.down_proj = nn.Linear(part, hidden, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        out = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.tp.all_reduce(out) if self.tp.enabled else out

@@ -16,6 +16,8 @@ from shard.layers.attention import AttentionMetadata, AttentionShape, PagedAtten
 from shard.layers.mlp import GatedMLP
 from shard.layers.rmsnorm import RMSNorm
 from shard.layers.rotary import Rotary
+from shard.layers.vocab_parallel import VocabParallelEmbedding, gather_logits
+from shard.tensor_parallel import SINGLE, TensorParallel, check_divisible
 
 
 @dataclass(frozen=True)
@@ -71,13 +73,15 @@ def _usable_positions(cfg: dict) -> int:
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, c: DecoderConfig, rotary: Rotary, backend: AttentionBackend) -> None:
+    def __init__(
+        self, c: DecoderConfig, rotary: Rotary, backend: AttentionBackend, tp: TensorParallel = SINGLE
+    ) -> None:
         super().__init__()
         shape = AttentionShape(
             c.hidden, c.heads, c.kv_heads, c.head_dim, c.attention_bias, c.rms_eps if c.qk_norm else None
         )
-        self.self_attn = PagedAttention(shape, rotary, backend)
-        self.mlp = GatedMLP(c.hidden, c.intermediate)
+        self.self_attn = PagedAttention(shape, rotary, backend, tp)
+        self.mlp = GatedMLP(c.hidden, c.intermediate, tp=tp)
         self.input_layernorm = RMSNorm(c.hidden, c.rms_eps)
         self.post_attention_layernorm = RMSNorm(c.hidden, c.rms_eps)
 
@@ -91,11 +95,14 @@ class DecoderLayer(nn.Module):
 class DecoderModel(nn.Module):
     """HF ``model.*``: embeddings, layers, final norm."""
 
-    def __init__(self, c: DecoderConfig, backend: AttentionBackend) -> None:
+    def __init__(self, c: DecoderConfig, backend: AttentionBackend, tp: TensorParallel = SINGLE) -> None:
         super().__init__()
         rotary = Rotary(c.head_dim, c.max_positions, c.rope_theta, c.rope_scaling)
-        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden)
-        self.layers = nn.ModuleList(DecoderLayer(c, rotary, backend) for _ in range(c.layers))
+        if tp.enabled:
+            self.embed_tokens = VocabParallelEmbedding(c.vocab_size, c.hidden, tp)
+        else:
+            self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden)
+        self.layers = nn.ModuleList(DecoderLayer(c, rotary, backend, tp) for _ in range(c.layers))
         self.norm = RMSNorm(c.hidden, c.rms_eps)
 
 
@@ -105,19 +112,30 @@ class LlamaForCausalLM(nn.Module):
     ``forward(input_ids (n,) int64, meta, kv_caches) -> hidden (n, hidden)``; ``logits(hidden (m, hidden))
     -> (m, vocab) fp32``. ``kv_caches[i]`` is layer i's (key_cache, value_cache), each (nb, bs, hk, d).
     The model never knows whether it runs eagerly or under a CUDA graph.
+
+    With ``tp`` of world > 1 this rank holds its part of every split tensor (:mod:`shard.tensor_parallel`);
+    ``config`` stays the whole model's, ``kv_caches`` hold this rank's kv_heads / world heads, and ``logits``
+    returns the whole vocabulary on every rank.
+
+    Raises:
+        ValueError: attention heads, KV heads or the intermediate size do not divide by ``tp.world``.
     """
 
-    def __init__(self, config: DecoderConfig, backend: AttentionBackend) -> None:
+    def __init__(self, config: DecoderConfig, backend: AttentionBackend, tp: TensorParallel = SINGLE) -> None:
         super().__init__()
-        self.config = config
-        self.model = DecoderModel(config, backend)
-        self.lm_head = nn.Linear(config.hidden, config.vocab_size, bias=False)
+        if tp.enabled:
+            check_divisible(config.heads, config.kv_heads, config.intermediate, tp.world)
+        self.config, self.tp = config, tp
+        self.model = DecoderModel(config, backend, tp)
+        self.lm_head = nn.Linear(config.hidden, tp.vocab_part(config.vocab_size), bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     @classmethod
-    def from_hf_config(cls, cfg: dict, backend: AttentionBackend) -> LlamaForCausalLM:
-        return cls(DecoderConfig.from_hf(cfg), backend)
+    def from_hf_config(
+        cls, cfg: dict, backend: AttentionBackend, tp: TensorParallel = SINGLE
+    ) -> LlamaForCausalLM:
+        return cls(DecoderConfig.from_hf(cfg), backend, tp)
 
     def forward(
         self,
@@ -131,4 +149,6 @@ class LlamaForCausalLM(nn.Module):
         return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.tp.enabled:
+            return gather_logits(self.lm_head(hidden), self.config.vocab_size, self.tp)
         return self.lm_head(hidden).float()

@@ -7,15 +7,20 @@ from __future__ import annotations
 
 from flash_kernels.api import AttentionBackend
 from shard.models.llama import DecoderConfig, LlamaForCausalLM
+from shard.tensor_parallel import SINGLE, TensorParallel
 
 
 class Qwen2ForCausalLM(LlamaForCausalLM):
     @classmethod
-    def from_hf_config(cls, cfg: dict, backend: AttentionBackend) -> Qwen2ForCausalLM:
-        return cls(DecoderConfig.from_hf(cfg, attention_bias=True), backend)
+    def from_hf_config(
+        cls, cfg: dict, backend: AttentionBackend, tp: TensorParallel = SINGLE
+    ) -> Qwen2ForCausalLM:
+        return cls(DecoderConfig.from_hf(cfg, attention_bias=True), backend, tp)
 
 
 class Qwen3ForCausalLM(LlamaForCausalLM):
     @classmethod
-    def from_hf_config(cls, cfg: dict, backend: AttentionBackend) -> Qwen3ForCausalLM:
-        return cls(DecoderConfig.from_hf(cfg, qk_norm=True), backend)
+    def from_hf_config(
+        cls, cfg: dict, backend: AttentionBackend, tp: TensorParallel = SINGLE
+    ) -> Qwen3ForCausalLM:
+        return cls(DecoderConfig.from_hf(cfg, qk_norm=True), backend, tp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -45,7 +46,13 @@ def test_tgi_cli_serves_on_rank_socket_with_json_logs(tiny_llama: Path) -> None:
         "--logger-level",
         "INFO",
     ]
-    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2"}
+    # NOTE: rank 1 of a tensor-parallel group of 2 needs its rank 0 to start (they join one process group)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        group = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(s.getsockname()[1])}
+    rank0 = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, **group, "RANK": "0"})
+    env = {**os.environ, **group, "RANK": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         started = _wait_started(proc)[-1]
@@ -58,8 +65,9 @@ def test_tgi_cli_serves_on_rank_socket_with_json_logs(tiny_llama: Path) -> None:
             ]
             assert stub.Info(pb.InfoRequest()).block_size == 16
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for p in (proc, rank0):
+            p.terminate()
+            p.wait(timeout=30)
 
 
 def test_tgi_cli_refuses_quantization(tiny_llama: Path) -> None:

@@ -239,26 +239,6 @@ async def test_routers_liveness_probe_prefill(uds_stub) -> None:
     assert service.batches == {}
 
 
-async def test_ranks_split_the_generations_as_tgi_shards_do(tiny_llama) -> None:
-    """With WORLD_SIZE=2, rank r reports requests i % 2 == r; together the ranks report each request once."""
-    import dataclasses
-
-    from shard.factory import build_runner
-    from shard.server import TextGenerationService
-    from shard.tests.helpers import make_config
-
-    reported = []
-    for rank in (0, 1):
-        config = dataclasses.replace(make_config(tiny_llama), rank=rank, world_size=2)
-        service = TextGenerationService(build_runner(config), config)
-        blocks = Blocks()
-        reqs = [request(i, f"Prompt number {i}", *blocks.take(30)) for i in range(5)]
-        resp = await service.Prefill(pb.PrefillRequest(batch=batch(1, reqs)), None)
-        reported.append([g.request_id for g in resp.generations])
-        assert list(resp.batch.request_ids) == [0, 1, 2, 3, 4]
-    assert reported == [[0, 2, 4], [1, 3]]
-
-
 async def test_warmup_with_2048_positions_chooses_the_model_bound_and_clamps_prompts(
     tmp_path_factory, caplog
 ) -> None:
