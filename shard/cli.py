@@ -4,6 +4,7 @@ prism-shard serve MODEL_DIR --uds-path PATH [--dtype float32|float16|bfloat16]
     [--attention-backend reference|sdpa|triton|flash-attn|auto] [--num-blocks N | --memory-fraction F]
     [--block-size 16] [--device cpu|cuda] [--json-output] [--logger-level INFO] [--enforce-eager]
     [--otlp-endpoint URL] [--otlp-service-name NAME] [--cpu-threads N]
+    [--kv-host-tokens N] [--kv-disk-tokens N --kv-disk-path DIR]   (env KV_HOST_TOKENS, KV_DISK_TOKENS, KV_DISK_PATH)
 prism-shard bench [--model tiny,100m] [--arch llama] [--workdir DIR] [--cpu-threads N] [--model-dir DIR]
     [--dtype D] [--vs-transformers]
 text-generation-server serve MODEL_ID [TGI's flags]      (so TGI's launcher can start this shard)
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +62,13 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="torch intra-op threads on CPU (default: $PRISM_SHARD_THREADS, else cores - 1)",
     )
+    env = os.environ.get
+    p.add_argument("--kv-host-tokens", type=int, default=int(env("KV_HOST_TOKENS") or 0),
+                   help="host-memory KV tier, in tokens (pinned on CUDA); 0: none [env: KV_HOST_TOKENS]")
+    p.add_argument("--kv-disk-tokens", type=int, default=int(env("KV_DISK_TOKENS") or 0),
+                   help="disk KV tier, in tokens, under --kv-disk-path; 0: none [env: KV_DISK_TOKENS]")
+    p.add_argument("--kv-disk-path", default=env("KV_DISK_PATH") or None,
+                   help="directory of the disk KV tier's files [env: KV_DISK_PATH]")
 
 
 def _run_serve(args: argparse.Namespace) -> None:
@@ -84,6 +93,9 @@ def _run_serve(args: argparse.Namespace) -> None:
         block_size=getattr(args, "block_size", 16),
         enforce_eager=getattr(args, "enforce_eager", False),
         cpu_threads=getattr(args, "cpu_threads", None),
+        kv_host_tokens=getattr(args, "kv_host_tokens", 0),
+        kv_disk_tokens=getattr(args, "kv_disk_tokens", 0),
+        kv_disk_path=getattr(args, "kv_disk_path", None),
         rank=rank,
         world_size=world,
         otlp_endpoint=otlp_endpoint(args.otlp_endpoint),

@@ -26,6 +26,9 @@ class ShardConfig:
     otlp_endpoint: str | None = None
     otlp_service_name: str = "text-generation-inference.server"
     prefix_caching: bool = True  # reported in Info (TGI's PREFIX_CACHING env); the router owns the cache
+    kv_host_tokens: int = 0  # host-memory KV tier (docs/kv-tiers-wire.md); 0: none
+    kv_disk_tokens: int = 0  # disk KV tier under kv_disk_path; 0: none
+    kv_disk_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -36,6 +39,10 @@ class ShardConfig:
             raise ValueError(f"--block-size must be in 1..256, got {self.block_size}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"--cpu-threads must be at least 1, got {self.cpu_threads}")
+        if self.kv_host_tokens < 0 or self.kv_disk_tokens < 0:
+            raise ValueError("--kv-host-tokens and --kv-disk-tokens must be at least 0")
+        if self.kv_disk_tokens and not self.kv_disk_path:
+            raise ValueError("--kv-disk-tokens needs --kv-disk-path (KV_DISK_PATH)")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"RANK {self.rank} is not below WORLD_SIZE {self.world_size}")
 

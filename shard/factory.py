@@ -12,6 +12,7 @@ from flash_kernels.api import get_backend
 from shard.config import ShardConfig
 from shard.cpu_features import native_bf16
 from shard.kv_cache import KVCache, KVShape, choose_num_blocks
+from shard.kv_tiers.tiers import KvTiers, TierSizes
 from shard.loader import load_model, read_config
 from shard.models.llama import DecoderConfig
 from shard.model_runner import CpuThreads, ModelRunner
@@ -106,4 +107,20 @@ def build_runner(config: ShardConfig) -> ModelRunner:
 
 
 def build_service(config: ShardConfig) -> TextGenerationService:
-    return TextGenerationService(build_runner(config), config)
+    runner = build_runner(config)
+    return TextGenerationService(runner, config, tiers=build_tiers(config, runner.kv))
+
+
+def build_tiers(config: ShardConfig, kv: KVCache) -> KvTiers | None:
+    """The host and disk KV tiers the flags ask for (whole blocks), or None. Each tensor-parallel rank keeps
+    its share of every block, on disk under ``rank-R``."""
+    host, disk = config.kv_host_tokens // config.block_size, config.kv_disk_tokens // config.block_size
+    if not host and not disk:
+        return None
+    path = config.kv_disk_path
+    if path and config.world_size > 1:
+        path = str(Path(path) / f"rank-{config.rank}")
+    tiers = KvTiers(kv, TierSizes(host, disk, path))
+    log.info("KV tiers: host %d blocks, disk %d blocks%s, %d bytes per block, layer-wise loads %s",
+             host, disk, f" under {path}" if disk else "", tiers.block_bytes, "on" if tiers.overlap else "off")
+    return tiers

@@ -25,6 +25,8 @@ from shard.config import ShardConfig
 from shard.errors import BatchNotFound, InvalidRequest
 from shard.generation import GenerationOut
 from shard.grammar import GrammarCompiler
+from shard.kv_tiers.service import KvTierServicer, parse_copies, step_with_copies
+from shard.kv_tiers.tiers import KvTiers
 from shard.model_runner import ModelRunner
 from shard.validation import check_block_ownership, check_new_request
 from shard.warmup import assign_scratch_memory, clamp_warmup_prompts, settle_limits, usable_capacity
@@ -33,12 +35,16 @@ log = logging.getLogger(__name__)
 # NOTE: a no-op tracer unless --otlp-endpoint installed a provider; span names follow TGI's shard.
 tracer = trace.get_tracer(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TextGenerationService"].full_name
+TIER_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["KvTierService"].full_name
 MAX_MESSAGE = 2**31 - 1
 
 
 class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
-    def __init__(self, runner: ModelRunner, config: ShardConfig, attention_impl: str = "paged") -> None:
+    def __init__(
+        self, runner: ModelRunner, config: ShardConfig, attention_impl: str = "paged", tiers: KvTiers | None = None
+    ) -> None:
         self.runner, self.config, self.attention_impl = runner, config, attention_impl
+        self.tiers = tiers  # host/disk KV tiers (docs/kv-tiers-wire.md); None: off
         self.batches: dict[int, ShardBatch] = {}
         # NOTE: one model step at a time, run off the event loop so Health/Info answer during a long prefill.
         self.lock = asyncio.Lock()
@@ -117,6 +123,9 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             max_supported_total_tokens=kv.capacity_tokens,
             max_input_tokens=limits.max_input_tokens,
             max_total_tokens=limits.max_total_tokens,
+            kv_host_blocks=self.tiers.sizes[1] if self.tiers else 0,
+            kv_disk_blocks=self.tiers.sizes[2] if self.tiers else 0,
+            kv_block_bytes=self.tiers.block_bytes if self.tiers else 0,
         )
 
     async def Prefill(self, request: pb.PrefillRequest, context) -> pb.PrefillResponse:
@@ -127,18 +136,20 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             if not r.blocks or not r.slots:
                 raise InvalidRequest(f"request {r.id}: no blocks/slots given (only Warmup may omit them)")
         self._check_new(new)
+        copies = parse_copies(self.tiers, request.kv_copies)
         parts = [self._get(request.cached_batch.id)] if request.HasField("cached_batch") else []
-        return await self._run(parts + [new], start, pb.PrefillResponse)
+        return await self._run(parts + [new], start, pb.PrefillResponse, copies, defer=True)
 
     async def Decode(self, request: pb.DecodeRequest, context) -> pb.DecodeResponse:
         start = time.perf_counter_ns()
         if not request.batches:
             raise InvalidRequest("Decode needs at least one batch")
-        return await self._run([self._get(b.id) for b in request.batches], start, pb.DecodeResponse)
+        copies = parse_copies(self.tiers, request.kv_copies)
+        return await self._run([self._get(b.id) for b in request.batches], start, pb.DecodeResponse, copies)
 
     # ---- helpers -------------------------------------------------------------------------------------------
 
-    async def _run(self, parts: list[ShardBatch], start: int, response_type):
+    async def _run(self, parts: list[ShardBatch], start: int, response_type, copies=(), defer: bool = False):
         """Concatenate ``parts`` (first id kept), step once, store the result; a Prefill/DecodeResponse."""
         ids = [r.id for b in parts for r in b.requests]
         if not ids:
@@ -151,7 +162,9 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         concat_ns = time.perf_counter_ns() - concat_start
         with tracer.start_as_current_span("generate_token"):
             async with self.lock:
-                generations, times = await asyncio.to_thread(self.runner.step, batch.requests)
+                generations, times, copies_failed = await step_with_copies(
+                    self.runner, self.tiers, batch.requests, list(copies), defer
+                )
         for b in parts:
             self.batches.pop(b.id, None)
         stepped = batch
@@ -167,6 +180,7 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             generations=[convert.generation(g) for g in self._mine(stepped, generations)],
             forward_ns=times.forward_ns,
             decode_ns=times.decode_ns,
+            kv_failed=copies_failed,
         )
         if len(parts) > 1:
             out.concat_ns = concat_ns
@@ -232,7 +246,8 @@ def build_server(service: TextGenerationService, config: ShardConfig) -> grpc.ai
         ],
     )
     pb_grpc.add_TextGenerationServiceServicer_to_server(service, server)
-    reflection.enable_server_reflection([SERVICE_NAME, reflection.SERVICE_NAME], server)
+    pb_grpc.add_KvTierServiceServicer_to_server(KvTierServicer(service.tiers), server)
+    reflection.enable_server_reflection([SERVICE_NAME, TIER_SERVICE_NAME, reflection.SERVICE_NAME], server)
     if os.path.exists(config.socket_path):
         os.unlink(config.socket_path)  # stale socket from a previous run
     server.add_insecure_port(f"unix://{config.socket_path}")
