@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prism_cache.block_pool import BlockPool
 from prism_cache.demand import Demand
@@ -36,6 +36,8 @@ from prism_cache.observer import CacheObserver
 from prism_cache.policies import PolicyConfig, make_policy
 from prism_cache.popularity import SegmentPopularity
 from prism_cache.radix_tree import RadixTree
+from prism_cache.tiers.manager import Found, Pending, TierManager
+from prism_cache.tiers.types import BlockCopy, Tier, TierConfig
 
 
 @dataclass
@@ -43,7 +45,12 @@ class Allocation:
     """blocks: the lifetime block table; slots: ``tokens`` slot ids; prefix_len: tokens of the table already
     cached (a multiple of the block size, at most the prompt's full blocks); node: the locked path's deepest
     node (the namespace root on a miss), or None without a prompt; depth: blocks on that path. node and depth
-    move deeper when :meth:`RadixAllocator.cache_prompt` publishes the prompt early."""
+    move deeper when :meth:`RadixAllocator.cache_prompt` publishes the prompt early.
+
+    With tiers (TIERS-CONTRACT.md): ``copies`` for the shard to run in order before the forward that uses the
+    blocks (demotions this allocation's evictions forced, then promotions of the matched host/disk blocks into
+    the table's blocks ``depth ..``, which ``prefix_len`` counts); ``hit_tokens_by_tier``: ``prefix_len`` split
+    by where the blocks came from."""
 
     namespace: str
     blocks: tuple[int, ...]
@@ -51,6 +58,10 @@ class Allocation:
     prefix_len: int
     node: Node | None
     depth: int = 0
+    copies: list[BlockCopy] = field(default_factory=list)
+    hit_tokens_by_tier: dict[Tier, int] = field(default_factory=dict)
+    _found: list[Found] = field(default_factory=list, repr=False)  # promoted blocks, pinned until inserted
+    _pending: list[Pending] = field(default_factory=list, repr=False)  # demotions taken, put back on rollback
 
 
 @dataclass(frozen=True)
@@ -74,10 +85,11 @@ class RadixAllocator:
         prefix_caching: bool = True,
         params: Mapping[str, float] | None = None,
         observer: CacheObserver | None = None,
+        tiers: TierConfig | None = None,
     ) -> None:
         """Args: policy: a typed :class:`PolicyConfig`, or a policy name whose knobs ``params`` holds (flat
         ``--scheduler-param`` keys); observer: told of every block the tree stores and evicts
-        (:class:`CacheObserver`). Raises ValueError for an unknown policy or a bad knob."""
+        (:class:`CacheObserver`); tiers: host/disk tiers below the device (None or both sizes 0: off). Raises ValueError for an unknown policy or a bad knob."""
         config = policy if isinstance(policy, PolicyConfig) else PolicyConfig.parse(policy, params)
         self._pool = BlockPool(num_blocks)
         half_life = config.dart.heat_half_life
@@ -100,6 +112,10 @@ class RadixAllocator:
         self._plan: list[list[int]] = []  # the batch's planned demand, until its first eviction counts it
         self._counted: list[list[int]] = []  # ... and once counted, until the batch ends
         self._plan_alone = False  # the planned table held nothing else when the plan was counted
+        self.tiers: TierManager | None = None
+        if tiers is not None and tiers.enabled and prefix_caching:
+            self.tiers = TierManager(tiers, self.queued_demand)
+            self._tree.spill = self.tiers.evicted
 
     def hashes(self, namespace: str, prompt: Tokens) -> list[int]:
         return block_hashes(namespace, prompt, self.block_size)
@@ -159,18 +175,26 @@ class RadixAllocator:
         caching off); O(depth + log blocks), for ranking only (see :meth:`RadixTree.cached_prefix_blocks`)."""
         return self._tree.cached_prefix_blocks(hashes) * self.block_size if self.prefix_caching else 0
 
-    def allocate(self, tokens: int, namespace: str = "", prompt: Tokens | None = None) -> Allocation | None:
-        """Reserve ``tokens`` slots, reusing the cached prefix of ``prompt`` (None: match nothing).
+    def allocate(
+        self, tokens: int, namespace: str = "", prompt: Tokens | None = None, hashes: list[int] | None = None
+    ) -> Allocation | None:
+        """Reserve ``tokens`` slots, reusing the cached prefix of ``prompt`` (None: match nothing) on the
+        device and, with tiers, its continuation below (``hashes``: the prompt's :meth:`hashes`, if known).
 
         Returns None, with nothing held, when the free blocks plus what can be evicted fall short; the match's
         recency stamp stays (as in TGI). On success the matched path is locked until release/rollback.
         """
         node: Node | None = None
         prefix: list[int] = []
+        found: list[Found] = []
         if prompt is not None and self.prefix_caching:
             node, prefix = self._tree.match(namespace, prompt)
             self._tree.touch(node)
             self._tree.lock(node)
+            if self.tiers is not None:
+                hashes = hashes if hashes is not None else self.hashes(namespace, prompt)
+                found = self.tiers.find(hashes, len(prefix), len(hashes))
+                self.tiers.pin(found)
         bs = self.block_size
         need = max(0, -(-tokens // bs) - len(prefix))
         short = need - self._pool.free_count
@@ -182,10 +206,29 @@ class RadixAllocator:
         if fresh is None:
             if node is not None:
                 self._tree.unlock(node)
+            if found:
+                self.tiers.unpin(found)  # type: ignore[union-attr]
             return None
         self._pool.ref_all(prefix)
         blocks = tuple(prefix + fresh)
-        return Allocation(namespace, blocks, self._slots(blocks, tokens), len(prefix) * bs, node, len(prefix))
+        alloc = Allocation(
+            namespace, blocks, self._slots(blocks, tokens), (len(prefix) + len(found)) * bs, node, len(prefix)
+        )
+        if self.tiers is not None:
+            self._tier_copies(alloc, found, fresh)
+        return alloc
+
+    def _tier_copies(self, alloc: Allocation, found: list[Found], fresh: list[int]) -> None:
+        """The allocation's copies: the pending demotions, then ``found``'s promotions into ``fresh``."""
+        assert self.tiers is not None
+        alloc._pending = self.tiers.take_pending()
+        alloc._found = found
+        alloc.copies = [c for _, c in alloc._pending] + self.tiers.promoted(found, fresh)
+        by_tier = {t: 0 for t in Tier}
+        by_tier[Tier.DEVICE] = alloc.depth * self.block_size
+        for tier, _, _ in found:
+            by_tier[tier] += self.block_size
+        alloc.hit_tokens_by_tier = by_tier
 
     def _slots(self, blocks: tuple[int, ...], tokens: int) -> tuple[int, ...]:
         """Every slot of ``blocks`` in order, cut at ``tokens`` (TGI: ``block * bs + i``)."""
@@ -204,7 +247,7 @@ class RadixAllocator:
         drop its references. ``hashes``: the prompt's :func:`block_hashes` if the caller has them."""
         if prompt is not None and self.prefix_caching:
             self._insert_prompt(alloc, prompt, hashes)
-        self.rollback(alloc)
+        self._let_go(alloc)
 
     def cache_prompt(self, alloc: Allocation, prompt: Tokens, hashes: list[int]) -> None:
         """The prompt's KV is computed (prefill done): publish its full blocks now so waiting requests can reuse
@@ -224,20 +267,52 @@ class RadixAllocator:
         if hashes is None:
             hashes = self.hashes(alloc.namespace, prompt)
         start = (alloc.node, alloc.depth) if alloc.node is not None and alloc.depth <= n_full else None
-        _, node = self._tree.insert(
+        existing, node = self._tree.insert(
             alloc.namespace,
             prompt[: n_full * self.block_size],
             list(alloc.blocks[:n_full]),
             hashes[:n_full],
             start,
         )
+        if self.tiers is not None:
+            self._unpin(alloc)
+            self.tiers.stored(alloc.blocks[existing:n_full], hashes[existing:n_full])
         return node, n_full
 
     def rollback(self, alloc: Allocation) -> None:
-        """Undo :meth:`allocate` without caching anything."""
+        """Undo :meth:`allocate` without caching anything (its copies were never sent)."""
+        if self.tiers is not None:
+            self.tiers.put_back(alloc._pending)
+            self.tiers.unpromoted(alloc._found)
+            alloc._pending, alloc.copies = [], []
+        self._let_go(alloc)
+
+    def _let_go(self, alloc: Allocation) -> None:
         if alloc.node is not None:
             self._tree.unlock(alloc.node)
         self._pool.unref_all(alloc.blocks)
+        if self.tiers is not None:
+            self._unpin(alloc)
+
+    def _unpin(self, alloc: Allocation) -> None:
+        if alloc._found:
+            self.tiers.unpin(alloc._found)  # type: ignore[union-attr]
+            alloc._found = []
+
+    # ---------------------------------------------------------------- tiers
+    def plan_prefetch(self, waiting: Sequence[list[int]]) -> list[BlockCopy]:
+        """Copies that bring the tier-held blocks of these waiting requests (their :meth:`hashes`, in queue
+        order, the caller's prefetch window) closer (disk -> host), after any pending demotions; [] without
+        tiers. The router sends them (KvTierService.Transfer) while the requests wait."""
+        if self.tiers is None:
+            return []
+        tree = self._tree
+        return self.tiers.plan_prefetch([(h, tree.cached_prefix_blocks(h)) for h in waiting])
+
+    def copy_failed(self, copy: BlockCopy) -> None:
+        """The shard could not run ``copy`` (see :meth:`TierManager.copy_failed`)."""
+        if self.tiers is not None:
+            self.tiers.copy_failed(copy)
 
     @contextmanager
     def batch(self, planned: Sequence[list[int]] = ()) -> Iterator[None]:
@@ -270,6 +345,8 @@ class RadixAllocator:
     def check_integrity(self) -> set[int]:
         """Pool and tree invariants; returns the cached blocks. Raises AssertionError."""
         self._pool.check_integrity()
+        if self.tiers is not None:
+            self.tiers.check()
         return self._tree.check_integrity()
 
     def cached_hashes(self) -> set[int]:

@@ -17,7 +17,7 @@ the clock of blocks inserted so far. Eviction candidates live in :mod:`prism_cac
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prism_cache.block_pool import BlockPool
@@ -68,6 +68,9 @@ class RadixTree:
         self._heads: dict[int, Node] = {}
         self._index = EvictionIndex()
         self._observer = observer
+        # NOTE: told (node, keep) before an eviction cuts ``node`` to its first ``keep`` blocks (KV tiers
+        # demote them); None: no tiers, no cost
+        self.spill: Callable[[Node, int], None] | None = None
 
     # ---------------------------------------------------------------- lookups
     def root(self, namespace: str) -> Node:
@@ -344,6 +347,8 @@ class RadixTree:
 
     def _truncate(self, node: Node, cut: int) -> int:
         keep = len(node.blocks) - cut
+        if self.spill is not None:
+            self.spill(node, keep)
         freed = self.pool.unref_all(node.blocks[keep:])
         if self._observer is not None:
             self._observer.removed(node.hashes[keep:])

@@ -1,0 +1,194 @@
+"""KV tiers under the tree: accounting and data placement under random churn (a model shard runs every copy and
+checks it moves the right block), tenant isolation, and each placement policy's behaviour."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from prism_cache import RadixAllocator
+from prism_cache.tiers import BlockCopy, Tier, TierConfig
+from prism_cache.tiers.manager import MASK
+from prism_cache.tiers.metadata_index import MetadataIndex
+
+BS = 2
+
+
+class ModelShard:
+    """What each slot of each tier holds (a block hash, or None), updated by running copies in order. Like the
+    real shard it checks the hash recorded with a copy's source and fails the copy on a mismatch (a copy that
+    read a slot an earlier failed copy should have filled); ``fail``: indices failed on purpose."""
+
+    def __init__(self) -> None:
+        self.kv: dict[tuple[Tier, int], int | None] = {}
+        self.injected = False
+
+    def run(self, copies: list[BlockCopy], fail: set[int] | None = None) -> list[int]:
+        failed = []
+        for i, c in enumerate(copies):
+            assert c.src_tier != c.dst_tier
+            if fail and i in fail:
+                self.injected = True
+            elif self.kv.get((c.src_tier, c.src_slot)) == c.block_hash:
+                self.kv[(c.dst_tier, c.dst_slot)] = c.block_hash
+                continue
+            else:
+                assert self.injected, f"copy of the wrong block with no fault injected: {c}"
+            failed.append(i)
+            self.kv[(c.dst_tier, c.dst_slot)] = None
+        return failed
+
+
+def _check_placement(a: RadixAllocator, shard: ModelShard) -> None:
+    """Every block the tree or a tier index names holds that block's KV."""
+    for node in a._tree.nodes():
+        for b, h in zip(node.blocks, node.hashes):
+            assert shard.kv.get((Tier.DEVICE, b)) == h & MASK, "device block holds another block's KV"
+    assert a.tiers is not None
+    for tier, index in a.tiers.index.tiers.items():
+        for h, slot in index.slot_of.items():
+            assert shard.kv.get((tier, slot)) == h & MASK, f"{tier.name} slot holds another block's KV"
+
+
+def _churn(policy: str, steps: int, seed: int, fail_rate: float = 0.0) -> RadixAllocator:
+    rng = random.Random(seed)
+    a = RadixAllocator(24, BS, "dart", tiers=TierConfig(host_blocks=10, disk_blocks=16, policy=policy))
+    shard = ModelShard()
+    heads = [tuple(rng.randrange(50) for _ in range(6)) for _ in range(5)]
+    running: list[tuple] = []
+    queued: list[list[int]] = []
+    for _ in range(steps):
+        op = rng.random()
+        if op < 0.45 and len(running) < 3:
+            ns = rng.choice(("t1", "t2"))
+            prompt = rng.choice(heads)[: rng.randrange(2, 7)] + tuple(rng.randrange(50) for _ in range(rng.randrange(3)))
+            hashes = a.hashes(ns, prompt)
+            alloc = a.allocate(len(prompt) + 1, ns, prompt, hashes)
+            if alloc is None:
+                continue
+            if rng.random() < 0.15:
+                a.rollback(alloc)
+                continue
+            fail = {i for i in range(len(alloc.copies)) if rng.random() < fail_rate}
+            for i in shard.run(alloc.copies, fail):
+                a.copy_failed(alloc.copies[i])
+                fail.add(i)
+            depth_blocks = alloc.prefix_len // BS
+            for i, b in enumerate(alloc.blocks):  # the forward: the shard recomputes what a copy failed to bring
+                if i < depth_blocks and not fail:
+                    assert shard.kv[(Tier.DEVICE, b)] == hashes[i] & MASK, "a cached prefix block holds other KV"
+                shard.kv[(Tier.DEVICE, b)] = hashes[i] & MASK if i < len(hashes) else None
+            assert sum(alloc.hit_tokens_by_tier.values()) == alloc.prefix_len
+            running.append((alloc, prompt, hashes))
+        elif op < 0.6 and running:
+            alloc, prompt, hashes = rng.choice(running)
+            a.cache_prompt(alloc, prompt, hashes)
+        elif op < 0.9 and running:
+            item = running.pop(rng.randrange(len(running)))
+            a.release(item[0], item[1], item[2])
+        else:
+            queued = [a.hashes(rng.choice(("t1", "t2")), h) for h in rng.sample(heads, 2)]
+            copies = a.plan_prefetch(queued)
+            for i in shard.run(copies, {i for i in range(len(copies)) if rng.random() < fail_rate}):
+                a.copy_failed(copies[i])
+        shard.run(a.plan_prefetch([]))  # pending demotions run before anything else reuses their slots
+        a.check_integrity()
+        _check_placement(a, shard)
+    return a
+
+
+@pytest.mark.parametrize(
+    "policy,steps,fail_rate",
+    [("dart", 100_000, 0.0), ("dart", 10_000, 0.03), ("hotprefix", 10_000, 0.0), ("lru-offload", 10_000, 0.03)],
+)
+def test_accounting_and_placement_hold_under_random_churn(policy: str, steps: int, fail_rate: float) -> None:
+    a = _churn(policy, steps, 7, fail_rate)
+    assert a.tiers is not None
+    moved = a.tiers.counters.moved
+    assert moved.get((Tier.HOST, Tier.DEVICE), 0) > 0, "the churn never promoted from the host"
+    if policy != "hotprefix":
+        assert moved.get((Tier.HOST, Tier.DISK), 0) > 0, "the churn never demoted to disk"
+
+
+def test_tiers_off_is_the_plain_allocator() -> None:
+    a = RadixAllocator(8, BS, "lru", tiers=TierConfig())
+    assert a.tiers is None and a.plan_prefetch([[1, 2]]) == []
+    alloc = a.allocate(5, "", (1, 2, 3, 4))
+    assert alloc is not None and alloc.copies == [] and alloc.hit_tokens_by_tier == {}
+
+
+def _fill_and_evict(policy: str, reuse: int = 0) -> tuple[RadixAllocator, tuple[int, ...]]:
+    """Cache a 4-block prompt (reused ``reuse`` times), then push it off the 5-block device with others."""
+    a = RadixAllocator(6, BS, "lru", tiers=TierConfig(host_blocks=16, policy=policy))
+    prompt = (1, 1, 2, 2, 3, 3, 4, 4)
+    for _ in range(1 + reuse):
+        got = a.allocate(8, "t", prompt)
+        assert got is not None
+        a.release(got, prompt)
+    for k in range(3):
+        other = (9, k, 9, k, 9, k, 9, k)
+        got = a.allocate(8, "t", other)
+        assert got is not None
+        a.release(got, other)
+    return a, prompt
+
+
+@pytest.mark.parametrize("policy", ["dart", "lru-offload"])
+def test_an_evicted_prompt_comes_back_from_the_host(policy: str) -> None:
+    a, prompt = _fill_and_evict(policy)
+    assert a.peek(a.hashes("t", prompt)) == 0, "the prompt should have left the device"
+    got = a.allocate(9, "t", prompt)
+    assert got is not None and got.prefix_len == 8
+    assert got.hit_tokens_by_tier[Tier.HOST] == 8
+    promotions = [c for c in got.copies if c.dst_tier == Tier.DEVICE]
+    assert [c.dst_slot for c in promotions] == list(got.blocks[:4])
+    a.release(got, prompt)
+    a.check_integrity()
+
+
+def test_hotprefix_admits_only_blocks_used_twice() -> None:
+    a, prompt = _fill_and_evict("hotprefix")
+    assert a.tiers is not None and len(a.tiers.index.host) == 0, "a block used once entered the host"
+    a, prompt = _fill_and_evict("hotprefix", reuse=1)
+    assert all(h in a.tiers.index.host for h in a.hashes("t", prompt)[:1])  # type: ignore[union-attr]
+
+
+def test_lru_offload_writes_through_and_dart_writes_back() -> None:
+    for policy, expect in (("lru-offload", 4), ("dart", 0)):
+        a = RadixAllocator(16, BS, "lru", tiers=TierConfig(host_blocks=8, policy=policy))
+        got = a.allocate(8, "t", (1, 1, 2, 2, 3, 3, 4, 4))
+        assert got is not None
+        a.release(got, (1, 1, 2, 2, 3, 3, 4, 4))
+        assert a.tiers is not None and len(a.tiers.index.host) == expect
+
+
+def test_tenants_never_share_a_block_in_any_tier() -> None:
+    a, prompt = _fill_and_evict("dart")
+    got = a.allocate(9, "other-tenant", prompt)
+    assert got is not None and got.prefix_len == 0 and not got.hit_tokens_by_tier[Tier.HOST]
+    a.rollback(got)
+
+
+def test_prefetch_moves_a_waiting_request_from_disk_to_host() -> None:
+    a = RadixAllocator(6, BS, "lru", tiers=TierConfig(host_blocks=0, disk_blocks=8, policy="dart"))
+    prompt = (1, 1, 2, 2, 3, 3, 4, 4)
+    got = a.allocate(8, "t", prompt)
+    assert got is not None
+    a.release(got, prompt)
+    got = a.allocate(9, "t", (7, 7, 7, 7, 7, 7, 7, 7))  # evicts the prompt straight to disk (no host)
+    assert got is not None and [c.dst_tier for c in got.copies] == [Tier.DISK] * 4
+    assert a.plan_prefetch([a.hashes("t", prompt)]) == []  # no host tier: nothing to prefetch into
+    a.rollback(got)
+
+
+def test_prefix_run_walks_only_a_broken_chain() -> None:
+    index = MetadataIndex(4, 4)
+    for slot, h in enumerate((10, 11, 13)):
+        index.host.put(h, slot)
+    index.disk.put(12, 0)
+    assert index.prefix_run([10, 11, 12, 13], 0, 4) == 4  # mixed host/disk, whole
+    index.disk.drop(12)
+    assert index.prefix_run([10, 11, 12, 13], 0, 4) == 2  # broken at 12
+    assert index.prefix_run([99, 11], 0, 2) == 0
+    assert index.lookup(13) is not None and index.lookup(13).tier == Tier.HOST  # type: ignore[union-attr]

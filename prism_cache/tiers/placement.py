@@ -1,0 +1,125 @@
+"""Placement policies for the tiers below the device: what a device eviction demotes, what a full tier gives up,
+and whether a block is written down as soon as the device caches it.
+
+======================= ============================= ============================== ==================
+policy                  device eviction -> host/disk  full tier gives up              write-through
+======================= ============================= ============================== ==================
+``dart``                every block (demote, not      the least recent entry no       no; host copies
+                        drop)                         waiting request needs           move up on use
+``hotprefix``           blocks with frequency >=      the coldest of the oldest       no
+                        threshold; replaces the       ``SAMPLE`` entries, only for a
+                        coldest only if hotter        hotter block
+``lru-offload``         nothing new (already written) the least recent entry          yes (vLLM, HiCache)
+======================= ============================= ============================== ==================
+
+Each tier keeps an order (an ``OrderedDict`` hash -> hotness, least recent first) that the manager updates on
+every put, hit and drop; policies only read it. Hotness is a block's use count (the node's hits + 1 at
+demotion, +1 per later hit from the tier).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Container
+
+from prism_cache.node import Node
+from prism_cache.tiers.types import TIER_POLICIES
+
+Order = OrderedDict[int, float]
+SAMPLE = 32  # entries a victim search looks at (from the least recent)
+
+
+class Placement:
+    """Write-back LRU: the base the others refine. ``exclusive``: a host copy is dropped once its block is
+    back on the device (the tiers then add capacity instead of duplicating it)."""
+
+    name = "lru"
+    write_through = False
+    exclusive = True
+
+    def hotness(self, node: Node) -> float:
+        return float(node.hits + 1)
+
+    def admit(self, hotness: float) -> bool:
+        """Whether a block of this hotness may take a slot at all."""
+        return True
+
+    def replaces(self, hotness: float, victim_hotness: float) -> bool:
+        """Whether a block of this hotness may push ``victim`` out of a full tier."""
+        return True
+
+    def victim(self, order: Order, pinned: Container[int]) -> int | None:
+        """The entry a full tier gives up (never a pinned one), or None."""
+        for h in order:
+            if h not in pinned:
+                return h
+        return None
+
+
+class LruOffload(Placement):
+    """Write-through offload with LRU in every tier (vLLM's CPU offload, SGLang HiCache's default)."""
+
+    name = "lru-offload"
+    write_through = True
+    exclusive = False
+
+
+class DartPlacement(Placement):
+    """Demote instead of drop; a full tier gives up its least recent entry that no waiting request covers (the
+    queued demand DART already counts), falling back to the least recent."""
+
+    name = "dart"
+
+    def __init__(self, queued: Callable[[int, int], int]) -> None:
+        self._queued = queued
+
+    def victim(self, order: Order, pinned: Container[int]) -> int | None:
+        first = None
+        for i, h in enumerate(order):
+            if h in pinned:
+                continue
+            if not self._queued(h, 0):
+                return h
+            if first is None:
+                first = h
+            if i >= SAMPLE:
+                break
+        return first
+
+
+class HotPrefixPlacement(Placement):
+    """HotPrefix's selective admission: only blocks used at least ``threshold`` times enter a tier, and a full
+    tier replaces its coldest (sampled) entry only with a hotter block."""
+
+    name = "hotprefix"
+
+    def __init__(self, threshold: float = 2.0) -> None:
+        self.threshold = threshold
+
+    def admit(self, hotness: float) -> bool:
+        return hotness >= self.threshold
+
+    def replaces(self, hotness: float, victim_hotness: float) -> bool:
+        return hotness > victim_hotness
+
+    def victim(self, order: Order, pinned: Container[int]) -> int | None:
+        best, best_hot = None, 0.0
+        for i, (h, hot) in enumerate(order.items()):
+            if h in pinned:
+                continue
+            if best is None or hot < best_hot:
+                best, best_hot = h, hot
+            if i >= SAMPLE:
+                break
+        return best
+
+
+def make_placement(name: str, queued: Callable[[int, int], int]) -> Placement:
+    """Raises ValueError for an unknown name."""
+    if name == "dart":
+        return DartPlacement(queued)
+    if name == "hotprefix":
+        return HotPrefixPlacement()
+    if name == "lru-offload":
+        return LruOffload()
+    raise ValueError(f"unknown tier policy {name!r}; expected one of {', '.join(TIER_POLICIES)}")
