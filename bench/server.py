@@ -1,13 +1,16 @@
-"""A live server under test: ``prism-launcher`` started as a subprocess with one configuration on a free port,
-waited for on ``/health`` and stopped (its own process group) when done. Logs go to a file for
-post-mortems."""
+"""A live server under test: ``prism-launcher`` started as a subprocess with one configuration on a free port
+and a private shard socket (unless ``extra_args`` name one: concurrent servers never share
+``/tmp/text-generation-server-0``), waited for on ``/health`` and stopped (its own process group) when done.
+Logs go to a file for post-mortems."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -48,11 +51,17 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = spec.log_dir / f"server-{scheduler}+{policy}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.socket_dir: str | None = None
 
     def argv(self) -> list[str]:
+        own_socket: list[str] = []
+        if "--shard-uds-path" not in self.spec.extra_args:
+            if self.socket_dir is None:
+                self.socket_dir = tempfile.mkdtemp(prefix="prism-live-")
+            own_socket = ["--shard-uds-path", f"{self.socket_dir}/shard"]
         return [
             *self.spec.command, "--model-id", self.spec.model_id, "--port", str(self.port),
-            "--scheduler", self.scheduler, "--cache-policy", self.policy, *self.spec.extra_args,
+            "--scheduler", self.scheduler, "--cache-policy", self.policy, *own_socket, *self.spec.extra_args,
         ]
 
     def __enter__(self) -> str:
@@ -73,12 +82,14 @@ class LiveServer:
         self.stop()
 
     def stop(self) -> None:
-        """SIGTERM our server's process group, SIGKILL it after 30 s."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        """SIGTERM our server's process group, SIGKILL it after 30 s; remove its socket folder."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            self.socket_dir = None

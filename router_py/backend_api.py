@@ -114,6 +114,9 @@ class BackendInfo:
     support_chunking: bool
     use_prefix_caching: bool
     speculate: int = 0
+    kv_host_blocks: int = 0  # the shard's KV tiers (docs/kv-tiers-wire.md); 0: none
+    kv_disk_blocks: int = 0
+    kv_block_bytes: int = 0
 
 
 class Backend(Protocol):

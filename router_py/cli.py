@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prism_cache import POLICY_NAMES, CacheObserver
+from prism_cache.tiers.types import TIER_POLICIES, TierConfig
 from router_py import env
 from router_py.engine.backend_config import BackendConfig
 from router_py.engine.batcher import Batcher
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--no-prefix-cache", action="store_true", help="never reuse cached prompt blocks")
     p.add("--scheduler-param", action="append", default=None, metavar="KEY=VALUE",
           help="scheduler/policy knob, repeatable (env: comma-separated)")
+    p.add("--kv-tier-policy", choices=TIER_POLICIES, default="dart",
+          help="placement across the shard's host/disk KV tiers, when it has them (docs/kv-tiers-wire.md)")
     # ---- KV cache events ----
     p.add("--kv-events-config", type=kv_events_arg, default=None, metavar="JSON",
           help="vLLM's flag: publish the prefix cache's stored/removed blocks over ZMQ, e.g. "
@@ -175,7 +178,15 @@ def scheduler_config(
         support_chunking=shard.support_chunking,
         params=args.scheduler_params,
         cache_observer=observer,
+        tiers=tier_config(info, args.kv_tier_policy),
     )
+
+
+def tier_config(info: BackendInfo, policy: str) -> TierConfig | None:
+    """The tiers the shard allocated at Warmup (None when it has none)."""
+    if not info.kv_host_blocks and not info.kv_disk_blocks:
+        return None
+    return TierConfig(info.kv_host_blocks, info.kv_disk_blocks, policy)
 
 
 def tenants(args: argparse.Namespace) -> Tenants | None:

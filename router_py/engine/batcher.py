@@ -26,6 +26,7 @@ from router_py import tracing
 from router_py.engine.backend_config import BackendConfig
 from router_py.engine.budgets import admission_budgets
 from router_py.engine.health import HealthCheck
+from router_py.engine.tier_link import TierLink
 from router_py.backend_api import (
     DEFAULT_GENERATION_LENGTH,
     BackendInfo,
@@ -97,6 +98,8 @@ class Batcher:
         self._shard_lost = asyncio.Event()
         self._refusing = False  # the shard stayed lost past shard_recovery_timeout_s: refuse new requests
         self._watch: asyncio.Task[None] | None = None
+        self._tiers = TierLink(client, lambda: self._scheduler, metrics, info.kv_block_bytes,
+                               enabled=info.kv_host_blocks + info.kv_disk_blocks > 0)
         metrics.set("tgi_batch_max_total_tokens", info.max_batch_total_tokens)
         self._record_cache_stats()
 
@@ -241,6 +244,7 @@ class Batcher:
             new, waiting_tokens = await self._schedule_padded(cached, waiting_tokens)
             if new is not None:
                 batches.append(new)
+        self._tiers.prefetch()
         return await self._decode(batches), waiting_tokens + 1
 
     async def _schedule(self, cached: CachedBatch) -> CachedBatch | None:
@@ -294,7 +298,8 @@ class Batcher:
         ids = [r.id for r in batch.requests] + list(cached.request_ids if cached is not None else ())
         batch_ids = [batch.id] + ([cached.id] if cached is not None else [])
         with tracing.batch_span("prefill", self._request_spans(ids), id=batch.id, size=len(batch.requests)):
-            return await self._step("prefill", self._client.prefill(batch, cached), batch_ids, ids)
+            call = self._tiers.step(lambda copies: self._client.prefill(batch, cached, copies), plan.copies)
+            return await self._step("prefill", call, batch_ids, ids)
 
     async def _decode(self, batches: list[CachedBatch]) -> CachedBatch | None:
         ids = [i for b in batches for i in b.request_ids]
@@ -434,6 +439,7 @@ class Batcher:
         self._states.clear()
         self._scheduler = self._scheduler_factory()
         self._cache_seen = {}
+        self._tiers.reset()
         for state in waiting:
             self._submit(
                 state, state.round_inputs, state.round_ids, state.round_max_new, arrival=state.queued_at
@@ -585,5 +591,6 @@ class Batcher:
             value = stats.get(key, 0)
             self._metrics.inc(metric, value - self._cache_seen.get(key, 0))
             self._cache_seen[key] = value
+        self._tiers.record(stats)
         for state in ("free", "cached", "in_use"):
             self._metrics.set("prism_prefix_cache_blocks", stats.get(f"blocks_{state}", 0), state=state)

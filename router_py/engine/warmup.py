@@ -79,6 +79,9 @@ def settle(config: BackendConfig, shard: ShardInfo, result: WarmupResult) -> Bac
         support_chunking=shard.support_chunking,
         use_prefix_caching=shard.use_prefix_caching,
         speculate=shard.speculate,
+        kv_host_blocks=result.kv_host_blocks,
+        kv_disk_blocks=result.kv_disk_blocks,
+        kv_block_bytes=result.kv_block_bytes,
     )
     _validate(config, info)
     return info

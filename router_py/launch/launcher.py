@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 
 from router_py import env
+from prism_cache.tiers.types import TIER_POLICIES
 from router_py.cli import CACHE_POLICIES, SCHEDULERS, setup_logging
 from router_py.kv_events.config import kv_events_arg
 from router_py.launch.env_args import EnvArgs
@@ -41,7 +42,7 @@ ROUTER_VALUE_FLAGS = (
     "max_concurrent_requests", "max_best_of", "max_stop_sequences", "max_top_n_tokens", "max_client_batch_size",
     "waiting_served_ratio", "max_waiting_tokens", "max_batch_size", "api_key", "payload_limit",
     "otlp_endpoint", "otlp_service_name", "tenant_header", "scheduler", "cache_policy",
-    "shard_recovery_timeout", "api_keys_file", "kv_events_config",
+    "shard_recovery_timeout", "api_keys_file", "kv_events_config", "kv_tier_policy",
 )
 ROUTER_BOOL_FLAGS = ("json_output", "no_prefix_cache", "disable_grammar_support")
 
@@ -98,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--scheduler-param", action="append", default=None, metavar="KEY=VALUE")
     p.add("--kv-events-config", type=kv_events_arg, default=None, metavar="JSON",
           help="vLLM's flag, passed to the router: publish KV cache events over ZMQ (docs/kv-events.md)")
+    # ---- KV tiers (docs/kv-tiers-wire.md) ----
+    p.add("--kv-host-tokens", type=int, default=None, help="host-memory KV tier per shard, in tokens")
+    p.add("--kv-disk-tokens", type=int, default=None, help="disk KV tier per shard, in tokens")
+    p.add("--kv-disk-path", default=None, help="directory of the disk KV tier")
+    p.add("--kv-tier-policy", choices=TIER_POLICIES, default=None, help="dart (default), hotprefix or lru-offload")
     return p.parser
 
 
@@ -131,7 +137,8 @@ def check_args(args: argparse.Namespace) -> str | None:
 def shard_command(args: argparse.Namespace, model_dir: str) -> list[str]:
     cmd = [executable("prism-shard"), "serve", model_dir, "--uds-path", args.shard_uds_path,
            "--logger-level", args.logger_level, "--otlp-service-name", service_name(args.otlp_service_name)]
-    for name in ("num_blocks", "block_size", "dtype", "attention_backend", "otlp_endpoint"):
+    for name in ("num_blocks", "block_size", "dtype", "attention_backend", "otlp_endpoint", "kv_host_tokens",
+                 "kv_disk_tokens", "kv_disk_path"):
         value = getattr(args, name)
         if value is not None:
             cmd += [f"--{name.replace('_', '-')}", str(value)]

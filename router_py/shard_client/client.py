@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import grpc
 
+from prism_cache.tiers.types import BlockCopy
 from proto.generate.v3 import generate_pb2 as pb
 from proto.generate.v3 import generate_pb2_grpc as pb_grpc
 from router_py.backend_api import Token
@@ -69,6 +70,7 @@ class ShardClient:
     def __init__(self, channels: Sequence[grpc.aio.Channel]) -> None:
         self._channels = list(channels)
         self._stubs = [pb_grpc.TextGenerationServiceStub(c) for c in self._channels]
+        self._tier_stubs = [pb_grpc.KvTierServiceStub(c) for c in self._channels]
 
     @classmethod
     async def connect(cls, master_uds_path: str) -> ShardClient:
@@ -153,24 +155,41 @@ class ShardClient:
                 ),
                 max_input_tokens=r.max_input_tokens,
                 max_total_tokens=r.max_total_tokens,
+                kv_host_blocks=r.kv_host_blocks,
+                kv_disk_blocks=r.kv_disk_blocks,
+                kv_block_bytes=r.kv_block_bytes,
             )
             for r in answers
         ]
         return min(results, key=_warmup_key)
 
-    async def prefill(self, batch: RequestBatch, cached: CachedBatch | None = None) -> StepResult:
-        """Prefill a new batch; with ``cached`` (chunking shards) the shard merges it after ``cached``."""
-        req = pb.PrefillRequest(batch=_batch_to_pb(batch))
+    async def prefill(
+        self, batch: RequestBatch, cached: CachedBatch | None = None, copies: Sequence[BlockCopy] = ()
+    ) -> StepResult:
+        """Prefill a new batch; with ``cached`` (chunking shards) the shard merges it after ``cached``.
+        ``copies``: KV block copies between tiers the shard runs first, in order (docs/kv-tiers-wire.md)."""
+        req = pb.PrefillRequest(batch=_batch_to_pb(batch), kv_copies=_copies_to_pb(copies))
         if cached is not None:
             req.cached_batch.CopyFrom(_cached_to_pb(cached))
         answers = await self._call("Prefill", lambda s, md: s.Prefill(req, metadata=md))
         return _merge_steps(answers)
 
-    async def decode(self, batches: Sequence[CachedBatch]) -> StepResult:
+    async def decode(self, batches: Sequence[CachedBatch], copies: Sequence[BlockCopy] = ()) -> StepResult:
         """One decode step over one or more cached batches (the shard concatenates them)."""
-        req = pb.DecodeRequest(batches=[_cached_to_pb(b) for b in batches])
+        req = pb.DecodeRequest(batches=[_cached_to_pb(b) for b in batches], kv_copies=_copies_to_pb(copies))
         answers = await self._call("Decode", lambda s, md: s.Decode(req, metadata=md))
         return _merge_steps(answers)
+
+    async def transfer(self, copies: Sequence[BlockCopy]) -> tuple[int, ...]:
+        """KvTierService.Transfer on every shard (prefetch while requests wait); the indices of ``copies``
+        that failed on any shard."""
+        req = pb.KvTransferRequest(copies=_copies_to_pb(copies))
+        metadata = inject_grpc_metadata()
+        try:
+            answers = await asyncio.gather(*(s.Transfer(req, metadata=metadata) for s in self._tier_stubs))
+        except grpc.aio.AioRpcError as e:
+            raise ShardError("Transfer", e.details() or str(e.code()), e.code().name) from e
+        return tuple(sorted({i for r in answers for i in r.failed}))
 
     # ---- fan-out ---------------------------------------------------------------------------------------
 
@@ -249,6 +268,14 @@ def _request_to_pb(r: ShardRequest) -> pb.Request:
     return msg
 
 
+def _copies_to_pb(copies: Sequence[BlockCopy]) -> list[pb.KvCopy]:
+    return [
+        pb.KvCopy(src_tier=int(c.src_tier), src_slot=c.src_slot, dst_tier=int(c.dst_tier), dst_slot=c.dst_slot,
+                  block_hash=c.block_hash)
+        for c in copies
+    ]
+
+
 def _batch_to_pb(b: RequestBatch) -> pb.Batch:
     return pb.Batch(
         id=b.id,
@@ -317,4 +344,5 @@ def _merge_steps(answers: Sequence[pb.PrefillResponse | pb.DecodeResponse]) -> S
         decode_ns=slowest.decode_ns,
         total_ns=slowest.total_ns,
         concat_ns=slowest.concat_ns if slowest.HasField("concat_ns") else None,
+        kv_failed=tuple(sorted({i for r in answers for i in r.kv_failed})),
     )

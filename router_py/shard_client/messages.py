@@ -97,6 +97,7 @@ class StepResult:
     decode_ns: int = 0
     total_ns: int = 0
     concat_ns: int | None = None
+    kv_failed: tuple[int, ...] = ()  # indices of the step's kv_copies the shard could not do (a miss)
 
 
 @dataclass(frozen=True)
@@ -104,4 +105,6 @@ class WarmupResult:
     max_supported_total_tokens: int | None  # None: a padded (non-paged) shard
     max_input_tokens: int
     max_total_tokens: int
-
+    kv_host_blocks: int = 0  # the KV tiers the shard allocated (docs/kv-tiers-wire.md); 0: none
+    kv_disk_blocks: int = 0
+    kv_block_bytes: int = 0

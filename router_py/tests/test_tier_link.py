@@ -1,0 +1,108 @@
+"""The batcher's KV-tier wiring (router_py/engine/tier_link.py): copies ride on Prefill, failed ones (reported
+by the shard, or all of them when the Prefill fails) go back to the scheduler, a prefetch Transfer runs
+between steps and the next Prefill waits for it (a late prefetch), and the metrics count bytes per direction."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from prism_cache.tiers.types import BlockCopy, Tier
+from router_py.engine.tier_link import TierLink
+from router_py.metrics import Metrics
+from router_py.shard_client.client import ShardError
+from router_py.shard_client.messages import StepResult
+
+D, H, K = Tier.DEVICE, Tier.HOST, Tier.DISK
+COPIES = [BlockCopy(D, 3, H, 0, 11), BlockCopy(H, 1, D, 4, 12), BlockCopy(K, 2, D, 5, 13)]
+
+
+class Scheduler:
+    def __init__(self, prefetch: list[BlockCopy] | None = None) -> None:
+        self.failed: list[BlockCopy] = []
+        self.prefetch = prefetch or []
+
+    def copy_failed(self, copies: list[BlockCopy]) -> None:
+        self.failed += copies
+
+    def plan_prefetch(self, window: int) -> list[BlockCopy]:
+        out, self.prefetch = self.prefetch, []
+        return out
+
+
+class Client:
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.log: list[str] = []
+
+    async def transfer(self, copies: list[BlockCopy]) -> tuple[int, ...]:
+        self.log.append("transfer start")
+        await self.gate.wait()
+        self.log.append("transfer end")
+        return (0,)
+
+
+def link(scheduler: Scheduler, client: Client | None = None) -> tuple[TierLink, Metrics]:
+    metrics = Metrics()
+    return TierLink(client or Client(), lambda: scheduler, metrics, 1000, enabled=True), metrics  # type: ignore[arg-type]
+
+
+async def test_copies_ride_on_the_step_and_failed_ones_go_back() -> None:
+    sched = Scheduler()
+    tiers, metrics = link(sched)
+    sent = []
+
+    async def prefill(copies):
+        sent.append(list(copies))
+        return StepResult((), None, kv_failed=(2,))
+
+    await tiers.step(prefill, COPIES)
+    assert sent == [COPIES] and sched.failed == [COPIES[2]]
+    assert metrics.value("prism_kv_tier_bytes_moved", direction="device_to_host") == 1000
+    assert metrics.value("prism_kv_tier_bytes_moved", direction="host_to_device") == 1000
+    assert metrics.value("prism_kv_tier_failed_copies") == 1
+
+
+async def test_a_failed_prefill_reports_every_copy() -> None:
+    sched = Scheduler()
+    tiers, _ = link(sched)
+
+    async def prefill(copies):
+        raise ShardError("Prefill", "boom")
+
+    with pytest.raises(ShardError):
+        await tiers.step(prefill, COPIES)
+    assert sched.failed == COPIES
+
+
+async def test_the_next_prefill_waits_for_the_prefetch_in_flight() -> None:
+    prefetch = [BlockCopy(K, 7, H, 2, 21)]
+    sched, client = Scheduler(prefetch), Client()
+    tiers, metrics = link(sched, client)
+    tiers.prefetch()
+    await asyncio.sleep(0)
+    assert client.log == ["transfer start"]
+
+    async def prefill(copies):
+        client.log.append("prefill")
+        return StepResult((), None)
+
+    step = asyncio.create_task(tiers.step(prefill, []))
+    await asyncio.sleep(0.01)
+    assert client.log == ["transfer start"]  # the Prefill waits
+    client.gate.set()
+    await step
+    assert client.log == ["transfer start", "transfer end", "prefill"]
+    assert metrics.value("prism_kv_tier_late_prefetches") == 1
+    assert sched.failed == prefetch  # the Transfer reported index 0 as failed
+
+
+def test_tier_hit_metrics_split_the_total_and_default_to_device() -> None:
+    tiers, metrics = link(Scheduler())
+    tiers.record({"prompt_tokens_hit": 64})  # tiers off in the scheduler: every hit is a device hit
+    assert metrics.value("prism_prefix_cache_tier_hit_tokens", tier="device") == 64
+    tiers.record({"prompt_tokens_hit": 96, "tier_hit_tokens_device": 64, "tier_hit_tokens_host": 16,
+                  "tier_hit_tokens_disk": 16, "prefetch_hits": 2})
+    assert metrics.value("prism_prefix_cache_tier_hit_tokens", tier="host") == 16
+    assert metrics.value("prism_kv_tier_prefetch_hits") == 2
