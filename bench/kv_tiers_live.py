@@ -98,7 +98,13 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     requests, working_set = build_load(args, PromptBuilder(load_tokenizer(args.model_id)))
     device_blocks = working_set // 4 // BLOCK + 1
-    common = ("--num-blocks", str(device_blocks), "--block-size", str(BLOCK), "--hostname", "127.0.0.1")
+    longest = args.system_tokens + args.turns * args.turn_tokens + args.max_new
+    if (device_blocks - 1) * BLOCK < longest + 8:
+        p.error(f"a device pool of W/4 = {(device_blocks - 1) * BLOCK} tokens cannot hold one request of {longest}: "
+                "more --sessions or fewer --turns")
+    common = ("--num-blocks", str(device_blocks), "--block-size", str(BLOCK), "--hostname", "127.0.0.1",
+              "--max-batch-prefill-tokens", str(min(2048, (device_blocks - 1) * BLOCK)),
+              "--max-total-tokens", str(longest + 8), "--max-input-tokens", str(longest))
     tiers = ("--kv-host-tokens", str(working_set // 2), "--kv-disk-tokens", str(2 * working_set),
              "--kv-disk-path", str(out / "disk"))
     print(f"{len(requests)} requests, working set {working_set} tokens, device pool {device_blocks} blocks "

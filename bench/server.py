@@ -66,15 +66,14 @@ class LiveServer:
 
     def __enter__(self) -> str:
         self.spec.log_dir.mkdir(parents=True, exist_ok=True)
+        argv = self.argv()
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                self.argv(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + self.spec.startup_timeout_s
         while not healthy(self.url):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"server {self.argv()} did not become healthy; see {self.log_path}")
+                raise RuntimeError(f"server {argv} did not become healthy; see {self.log_path}")
             time.sleep(0.5)
         return self.url
 

@@ -70,3 +70,4 @@ def test_outputs_equal_from_every_tier_and_after_corrupt_disk_files(stack) -> No
     total = sum(tier_hits(s, t) for t in ("device", "host", "disk"))
     assert total == s.metric("prism_prefix_cache_hit_tokens")
     assert s.metric('prism_kv_tier_bytes_moved{direction="device_to_host"}') > 0
+    assert s.metric('prism_kv_tier_blocks{tier="disk"}') > 0

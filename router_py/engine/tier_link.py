@@ -102,6 +102,9 @@ class TierLink:
             value = stats.get(key, 0)
             self._metrics.inc(metric, value - self._seen.get(key, 0), **labels)
             self._seen[key] = value
+        for name in ("host", "disk"):
+            if f"tier_blocks_used_{name}" in stats:
+                self._metrics.set("prism_kv_tier_blocks", stats[f"tier_blocks_used_{name}"], tier=name)
 
     def reset(self) -> None:
         """The scheduler was rebuilt (its counters start over)."""

@@ -209,4 +209,6 @@ class QueueScheduler:
                     stats[f"tier_hit_tokens_{TIER_NAMES[tier]}"] = tokens
                 counters = self.allocator.tiers.counters
                 stats["prefetch_blocks"], stats["prefetch_hits"] = counters.prefetched, counters.prefetch_used
+                for tier, pool in self.allocator.tiers.pools.items():
+                    stats[f"tier_blocks_used_{TIER_NAMES[tier]}"] = pool.used_count
         return stats

@@ -54,7 +54,6 @@ def check(copies: list[Copy], sizes: dict[Tier, int]) -> None:
                     f"kv_copies[{i}]: this shard has no {tier.name} tier (start it with --kv-host-tokens / "
                     "--kv-disk-tokens)"
                 )
-            if not (tier != Tier.DEVICE or slot > 0) or not 0 <= slot < size:
-                raise InvalidRequest(f"kv_copies[{i}]: {tier.name} slot {slot} is outside 1..{size - 1}"
-                                     if tier == Tier.DEVICE else
-                                     f"kv_copies[{i}]: {tier.name} slot {slot} is outside 0..{size - 1}")
+            lowest = 1 if tier == Tier.DEVICE else 0
+            if not lowest <= slot < size:
+                raise InvalidRequest(f"kv_copies[{i}]: {tier.name} slot {slot} is outside {lowest}..{size - 1}")
