@@ -137,7 +137,9 @@ def _fill_and_evict(policy: str, reuse: int = 0) -> tuple[RadixAllocator, tuple[
 @pytest.mark.parametrize("policy", ["dart", "lru-offload"])
 def test_an_evicted_prompt_comes_back_from_the_host(policy: str) -> None:
     a, prompt = _fill_and_evict(policy)
-    assert a.peek(a.hashes("t", prompt)) == 0, "the prompt should have left the device"
+    hashes = a.hashes("t", prompt)
+    assert a._tree.cached_prefix_blocks(hashes) == 0, "the prompt should have left the device"
+    assert a.peek(hashes) == 8, "schedulers rank by what a request reuses from any tier"
     got = a.allocate(9, "t", prompt)
     assert got is not None and got.prefix_len == 8
     assert got.hit_tokens_by_tier[Tier.HOST] == 8

@@ -46,12 +46,18 @@ class TierCounters:
 
 
 class TierManager:
-    def __init__(self, config: TierConfig, queued: Callable[[int, int], int], block_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        config: TierConfig,
+        queued: Callable[[int, int], int],
+        heat_now: Callable[[], float] = float,
+        block_bytes: int = 0,
+    ) -> None:
         self.config = config
         self.pools = {Tier.HOST: SlotPool(config.host_blocks), Tier.DISK: SlotPool(config.disk_blocks)}
         self.index = MetadataIndex(config.host_blocks, config.disk_blocks, block_bytes)
         self.orders: dict[Tier, Order] = {Tier.HOST: OrderedDict(), Tier.DISK: OrderedDict()}
-        self.placement = make_placement(config.policy, queued)
+        self.placement = make_placement(config.policy, queued, heat_now)
         self.pinned: dict[int, int] = {}  # hash -> pins (being promoted, or prefetched for a waiting request)
         self._pending: list[Pending] = []
         self._seq = 0
@@ -123,6 +129,15 @@ class TierManager:
         for b, h in zip(node.blocks[keep:], node.hashes[keep:]):
             self._down(b, h, hot)
 
+    def served(self, hashes: Sequence[int]) -> None:
+        """The device served these blocks: write-through policies refresh their lower copies' recency."""
+        if self.placement.write_through:
+            for tier in (Tier.HOST, Tier.DISK):
+                order = self.orders[tier]
+                for h in hashes:
+                    if h in order:
+                        order.move_to_end(h)
+
     def stored(self, blocks: Sequence[int], hashes: Sequence[int]) -> None:
         """Blocks entered the device tree (new to it): written down now by write-through policies, and
         dropped from the host by exclusive ones (the device holds them again)."""
@@ -169,7 +184,7 @@ class TierManager:
             self.counters.moved[(tier, Tier.DEVICE)] = self.counters.moved.get((tier, Tier.DEVICE), 0) + 1
             self.counters.hit_blocks[tier] += 1
             order = self.orders[tier]
-            order[h] += 1.0
+            order[h] = self.placement.hit(order[h])
             order.move_to_end(h)
             if h in self._prefetched:
                 self._prefetched.discard(h)

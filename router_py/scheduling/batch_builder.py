@@ -95,7 +95,7 @@ class BatchBuilder:
         req = entry.request
         tokens = req.input_length + req.max_new_tokens + self.speculate - 1
         prompt = entry.tokens if entry.hashes else None  # a prompt shorter than a block matches nothing
-        alloc = self.allocator.allocate(tokens, req.namespace, prompt)
+        alloc = self.allocator.allocate(tokens, req.namespace, prompt, entry.hashes if prompt else None)
         if alloc is None:
             return True
         cache_len = min(alloc.prefix_len, max(req.input_length - 1, 0))
@@ -107,7 +107,7 @@ class BatchBuilder:
                 self.allocator.rollback(alloc)
                 return True
             chunk_len = chunk
-        admission = Admission(req, alloc.blocks, alloc.slots, cache_len, chunk_len)
+        admission = Admission(req, alloc.blocks, alloc.slots, cache_len, chunk_len, alloc.copies)
         built.admitted.append((entry, alloc, admission))
         built.max_blocks = max(built.max_blocks, len(alloc.blocks))
         if chunk_len is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from prism_cache import CacheObserver
+from prism_cache.tiers import BlockCopy, TierConfig
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Admission:
     slots: ``input_length + max_new_tokens + speculate - 1`` slot ids (empty when padding).
     cache_len: leading prompt tokens whose KV is already in ``blocks``; at most ``input_length - 1``.
     chunk_len: tokens after ``cache_len`` computed by this first prefill; None = the whole rest of the prompt.
+    copies: KV tier copies the shard runs, in order, before this prefill (TIERS-CONTRACT.md; () without tiers).
     """
 
     request: SchedRequest
@@ -48,6 +50,7 @@ class Admission:
     slots: tuple[int, ...]
     cache_len: int
     chunk_len: int | None = None
+    copies: Sequence[BlockCopy] = ()
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class SchedulerConfig:
     support_chunking: bool = True
     params: dict[str, float] = field(default_factory=dict)  # scheduler/policy knobs, documented by each
     cache_observer: CacheObserver | None = None  # told of blocks stored/evicted (KV cache events; None: off)
+    tiers: TierConfig | None = None  # host/disk KV tiers below the device pool (None: off)
 
 
 class Scheduler(Protocol):

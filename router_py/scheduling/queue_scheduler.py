@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from prism_cache import Allocation, CacheStats, PolicyConfig, RadixAllocator
+from prism_cache.tiers import TIER_NAMES, BlockCopy, Tier
 from router_py.scheduling.batch_builder import BatchBuilder, Built, Limits
 from router_py.scheduling.lookahead import LookaheadWindow
 from router_py.scheduling.waiting import Waiting, WaitingQueue
@@ -30,10 +31,12 @@ class QueueScheduler:
                 PolicyConfig.parse(config.cache_policy, config.params),
                 config.prefix_caching,
                 observer=config.cache_observer,
+                tiers=config.tiers,
             )
         self.queue = WaitingQueue()
         self.running: dict[int, tuple[Waiting, Allocation | None]] = {}
         self.stats = CacheStats()
+        self.tier_hits = {t: 0 for t in Tier}  # hit tokens by the tier they came from (with tiers)
         self.builder = BatchBuilder(
             self.allocator, config.block_size, config.speculate, config.support_chunking
         )
@@ -111,8 +114,26 @@ class QueueScheduler:
             self.running[entry.request.id] = (entry, alloc)
             if entry.uses_cache:
                 self.stats.record(entry.request.namespace, entry.request.input_length, adm.cache_len)
+                if alloc is not None and alloc.hit_tokens_by_tier:
+                    self._count_tier_hits(alloc.hit_tokens_by_tier, adm.cache_len)
         self._on_admitted([e for e, _, _ in built.admitted], now)
         self._refresh_lookahead()
+
+    def _count_tier_hits(self, by_tier: dict[Tier, int], cache_len: int) -> None:
+        """Add a request's hits per tier, cut to its ``cache_len`` from the slowest tier up (the last prompt
+        token is always computed)."""
+        over = sum(by_tier.values()) - cache_len
+        for tier in (Tier.DISK, Tier.HOST, Tier.DEVICE):
+            cut = min(over, by_tier[tier])
+            over -= cut
+            self.tier_hits[tier] += by_tier[tier] - cut
+
+    def plan_prefetch(self, window: int) -> list[BlockCopy]:
+        """KV tier copies for the first ``window`` waiting requests (arrival order; PCR's queue-based
+        prefetch, disk -> host) and any pending demotions: the caller sends them while the requests wait."""
+        if self.allocator is None or self.allocator.tiers is None:
+            return []
+        return self.allocator.plan_prefetch([e.hashes for e in self.queue.head(window) if e.hashes])
 
     def prefill_done(self, request_id: int) -> None:
         """See ``Scheduler.prefill_done``: the request's whole prompt has been prefilled (its
@@ -177,4 +198,7 @@ class QueueScheduler:
             stats["blocks_cached"] = sizes.cached
             stats["blocks_in_use"] = sizes.in_use
             stats["evictions"] = sizes.evicted
+            if self.allocator.tiers is not None:
+                for tier, tokens in self.tier_hits.items():
+                    stats[f"tier_hit_tokens_{TIER_NAMES[tier]}"] = tokens
         return stats
