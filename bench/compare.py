@@ -64,7 +64,8 @@ def simulate_point(
     sim_config = replace(setup.sim, block_size=setup.block_size)
     if setup.kv_capacity_tokens and sim_config.max_batch_total_tokens is None:
         sim_config = replace(sim_config, max_batch_total_tokens=setup.kv_capacity_tokens)
-    result = Simulator(scheduler, setup.cost, sim_config).run(sched_requests(requests))
+    sim = Simulator(scheduler, setup.cost, sim_config)
+    result = sim.run(sched_requests(requests))
     row: Row = {"config": config, "qps": round(offered_qps(requests), 3), "mode": "sim"}
     kept = measured(result.records, setup.warmup)
     row.update(_summary(result.records, kept, record_hit_rate(kept)))
@@ -75,6 +76,25 @@ def simulate_point(
             name: result.cache_stats.get(f"tier_hit_tokens_{name}", 0) / queried
             for name in (TIER_NAMES[t] for t in Tier)
         }
+        row.update(tier_metrics(scheduler, sim))
+    return row
+
+
+def tier_metrics(scheduler: Scheduler, sim: Simulator) -> Row:
+    """Blocks moved per direction, prefetches (planned, later promoted, landed late) and load seconds."""
+    allocator = getattr(scheduler, "allocator", None)
+    counters = allocator.tiers.counters if allocator is not None and allocator.tiers is not None else None
+    if counters is None:
+        return {}
+    row: Row = {
+        "tier_moved_blocks": {
+            f"{TIER_NAMES[s]}->{TIER_NAMES[d]}": n for (s, d), n in sorted(counters.moved.items()) if n
+        },
+        "prefetched_blocks": counters.prefetched,
+        "prefetch_hits": counters.prefetch_used,
+    }
+    if sim.tier_clock is not None:
+        row.update(late_prefetches=sim.tier_clock.late_prefetches, tier_load_s=sim.tier_clock.load_seconds)
     return row
 
 

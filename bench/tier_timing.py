@@ -42,7 +42,8 @@ class TierClock:
     timing: TierTiming
     disk_free: float = 0.0
     host_ready: dict[int, float] = field(default_factory=dict)  # host slot -> when its prefetch lands
-    load_seconds: float = 0.0  # total, for the report
+    load_seconds: float = 0.0  # totals, for the report
+    late_prefetches: int = 0  # promoted blocks whose prefetch had not landed when their prefill started
 
     def _disk_read(self, now: float, blocks: int) -> float:
         start = max(now, self.disk_free)
@@ -67,7 +68,10 @@ class TierClock:
                 continue
             if c.src_tier == Tier.HOST:
                 host_blocks += 1
-                ready = max(ready, self.host_ready.get(c.src_slot, now))
+                landed = self.host_ready.get(c.src_slot, now)
+                if landed > now:
+                    self.late_prefetches += 1
+                    ready = max(ready, landed)
             else:
                 disk_blocks += 1
         if disk_blocks:
