@@ -21,9 +21,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from bench.tier_timing import TierTiming
 from bench.workloads import WorkloadSpec
 from bench.workloads.multi_turn import MultiTurnParams
 from bench.workloads.zipf_rag import ZipfRagParams
+from prism_cache.tiers import TierConfig
 
 LAZY = ("replay", "router-overhead", "peer")  # their modules parse their own arguments
 
@@ -79,6 +81,15 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-batch-prefill-tokens", type=int, default=8192)
     s.add_argument("--max-batch-size", type=int, default=None)
     s.add_argument("--block-size", type=int, default=16)
+    s.add_argument("--host-capacity-tokens", type=int, default=0, help="host KV tier in tokens (0: none)")
+    s.add_argument("--disk-capacity-tokens", type=int, default=0, help="disk KV tier in tokens (0: none)")
+    s.add_argument("--tier-policy", default="dart", choices=("dart", "hotprefix", "lru-offload"))
+    s.add_argument("--host-read-gbps", type=float, default=25.0, help="host -> device bandwidth, GB/s")
+    s.add_argument("--disk-read-gbps", type=float, default=3.0, help="disk read bandwidth, GB/s")
+    s.add_argument("--no-tier-overlap", dest="tier_overlap", action="store_false",
+                   help="load promoted KV before the prefill instead of layer by layer under it")
+    s.add_argument("--prefetch-window", type=int, default=4,
+                   help="waiting requests whose disk-tier KV is prefetched to the host (0: off)")
     s.add_argument("--no-prefill-done", dest="prefill_done", action="store_false",
                    help="publish prompts to the tree only at release (TGI), not when their prefill ends "
                         "(SGLang and our batcher)")
@@ -151,13 +162,21 @@ def _run_compare(args: argparse.Namespace) -> list[dict[str, object]]:
     if args.qps is None and not args.workload.startswith("trace:"):
         raise SystemExit(f"--qps is required for {args.workload} (only a trace has its own arrival times)")
     if args.mode == "sim":
+        cost = make_cost_model(args.cost_model)
+        tiers = TierConfig(
+            args.host_capacity_tokens // args.block_size, args.disk_capacity_tokens // args.block_size,
+            args.tier_policy,
+        )
         sim = SimConfig(
-            args.max_batch_prefill_tokens, args.kv_capacity_tokens, args.max_batch_size, args.prefill_done
+            max_batch_prefill_tokens=args.max_batch_prefill_tokens,
+            max_batch_total_tokens=args.kv_capacity_tokens,
+            max_batch_size=args.max_batch_size,
+            prefill_done=args.prefill_done,
+            tiers=tier_timing(cost, args) if tiers.enabled else None,
+            prefetch_window=args.prefetch_window,
         )
-        setup = compare.SimSetup(
-            make_cost_model(args.cost_model), args.block_size, sim, args.kv_capacity_tokens, args.warmup
-        )
-        factory = lambda c, n, b: configs.make(c, n, b, params)  # noqa: E731
+        setup = compare.SimSetup(cost, args.block_size, sim, args.kv_capacity_tokens, args.warmup, tiers)
+        factory = lambda c, n, b, t=None: configs.make(c, n, b, params, t)  # noqa: E731
         return compare.compare_sim(spec, qps, names, setup, factory, progress=_print_row)
     if not args.model_id:
         raise SystemExit("--mode live needs --model-id (the served model folder)")
@@ -165,6 +184,17 @@ def _run_compare(args: argparse.Namespace) -> list[dict[str, object]]:
     launch = LaunchSpec(args.model_id, tuple(shlex.split(args.launcher)), tuple(extra), log_dir=args.out)
     live = compare.LiveSetup(launch, args.api, args.url, args.warmup)
     return compare.compare_live(spec, qps, names, live, _print_row)
+
+
+def tier_timing(cost: object, args: argparse.Namespace) -> TierTiming:
+    """The tiers' bandwidths for an analytic cost model (its model's KV bytes and layers)."""
+    model = getattr(cost, "model", None)
+    if model is None:
+        raise SystemExit("KV tiers in the simulator need an analytic cost model (its KV bytes per token)")
+    return TierTiming(
+        model.kv_bytes_per_token * args.block_size, model.layers, args.host_read_gbps * 1e9,
+        args.disk_read_gbps * 1e9, args.tier_overlap,
+    )
 
 
 def _json_safe(rows: list[dict[str, object]]) -> list[dict[str, object]]:

@@ -2,7 +2,8 @@
 and collect one result row per (configuration, offered load).
 
 A row holds ``config`` ("scheduler+policy"), ``qps``, ``mode``, ``requests`` and the metrics of
-:func:`bench.metrics.summarize` (``ttft_p50``, ``ttft_p99`` in seconds, ``hit_rate`` in [0, 1], ...).
+:func:`bench.metrics.summarize` (``ttft_p50``, ``ttft_p99`` in seconds, ``hit_rate`` in [0, 1], ...). With KV
+tiers a simulated row adds ``hit_rate_by_tier`` (over all requests, like ``hit_rate_all``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from bench.simulator import SimConfig, Simulator, sched_requests
 from bench.workloads import WorkloadRequest, WorkloadSpec, build, timed
 from bench.workloads.prompts import PromptBuilder, load_tokenizer
 from bench.workloads.request import offered_qps
+from prism_cache.tiers import TIER_NAMES, Tier, TierConfig
 from router_py.scheduling.interface import Scheduler
 
 Row = dict[str, object]
-SchedulerFactory = Callable[[str, int, int], Scheduler]  # (config, num_blocks, block_size) -> scheduler
+# (config, num_blocks, block_size) -> scheduler; called with a 4th argument, the TierConfig, when tiers are on
+SchedulerFactory = Callable[..., Scheduler]
 
 
 @dataclass(frozen=True)
@@ -33,14 +36,17 @@ class SimSetup:
     sim: SimConfig = SimConfig()
     kv_capacity_tokens: int | None = None  # None: the cost model's (from GPU memory)
     warmup: float = 0.1  # fraction of the first arrivals left out of the metrics (cold cache)
+    tiers: TierConfig | None = None  # host/disk KV tiers (their timing is ``sim.tiers``)
 
     @property
     def num_blocks(self) -> int:
         return (self.kv_capacity_tokens or self.cost.kv_capacity_tokens) // self.block_size
 
 
-def _default_factory(config: str, num_blocks: int, block_size: int) -> Scheduler:
-    return configs.make(config, num_blocks, block_size)
+def _default_factory(
+    config: str, num_blocks: int, block_size: int, tiers: TierConfig | None = None
+) -> Scheduler:
+    return configs.make(config, num_blocks, block_size, tiers=tiers)
 
 
 def simulate_point(
@@ -50,15 +56,45 @@ def simulate_point(
     factory: SchedulerFactory = _default_factory,
 ) -> Row:
     """One configuration at one offered load (the requests' arrivals) in the simulator."""
-    scheduler = factory(config, setup.num_blocks, setup.block_size)
+    tiers = setup.tiers if setup.tiers is not None and setup.tiers.enabled else None
+    if tiers is None:
+        scheduler = factory(config, setup.num_blocks, setup.block_size)
+    else:
+        scheduler = factory(config, setup.num_blocks, setup.block_size, tiers)
     sim_config = replace(setup.sim, block_size=setup.block_size)
     if setup.kv_capacity_tokens and sim_config.max_batch_total_tokens is None:
         sim_config = replace(sim_config, max_batch_total_tokens=setup.kv_capacity_tokens)
-    result = Simulator(scheduler, setup.cost, sim_config).run(sched_requests(requests))
+    sim = Simulator(scheduler, setup.cost, sim_config)
+    result = sim.run(sched_requests(requests))
     row: Row = {"config": config, "qps": round(offered_qps(requests), 3), "mode": "sim"}
     kept = measured(result.records, setup.warmup)
     row.update(_summary(result.records, kept, record_hit_rate(kept)))
     row.update(forwards=result.forwards, hit_rate_all=result.hit_rate)
+    if tiers is not None:
+        queried = max(1, result.cache_stats.get("prompt_tokens_queried", 0))
+        row["hit_rate_by_tier"] = {
+            name: result.cache_stats.get(f"tier_hit_tokens_{name}", 0) / queried
+            for name in (TIER_NAMES[t] for t in Tier)
+        }
+        row.update(tier_metrics(scheduler, sim))
+    return row
+
+
+def tier_metrics(scheduler: Scheduler, sim: Simulator) -> Row:
+    """Blocks moved per direction, prefetches (planned, later promoted, landed late) and load seconds."""
+    allocator = getattr(scheduler, "allocator", None)
+    counters = allocator.tiers.counters if allocator is not None and allocator.tiers is not None else None
+    if counters is None:
+        return {}
+    row: Row = {
+        "tier_moved_blocks": {
+            f"{TIER_NAMES[s]}->{TIER_NAMES[d]}": n for (s, d), n in sorted(counters.moved.items()) if n
+        },
+        "prefetched_blocks": counters.prefetched,
+        "prefetch_hits": counters.prefetch_used,
+    }
+    if sim.tier_clock is not None:
+        row.update(late_prefetches=sim.tier_clock.late_prefetches, tier_load_s=sim.tier_clock.load_seconds)
     return row
 
 

@@ -4,6 +4,7 @@ on SGLang (so ``lpm+hotprefix``) and PCR's look-ahead LRU on vLLM (so ``fcfs+loo
 
 from __future__ import annotations
 
+from prism_cache.tiers import TierConfig
 from router_py.scheduling.interface import Scheduler, SchedulerConfig
 
 ALIASES = {"hotprefix": "lpm+hotprefix", "lookahead-lru": "fcfs+lookahead-lru"}
@@ -30,8 +31,14 @@ def parse_configs(text: str) -> list[str]:
     return [canonical(c) for c in text.split(",") if c.strip()]
 
 
-def make(config: str, num_blocks: int, block_size: int, params: dict[str, float] | None = None) -> Scheduler:
-    """The router's scheduler for ``config`` over a KV cache of ``num_blocks`` blocks."""
+def make(
+    config: str,
+    num_blocks: int,
+    block_size: int,
+    params: dict[str, float] | None = None,
+    tiers: TierConfig | None = None,
+) -> Scheduler:
+    """The router's scheduler for ``config`` over a KV cache of ``num_blocks`` blocks (and ``tiers`` below)."""
     # NOTE: lazy, the PRISM package may land after bench
     from router_py.scheduling.registry import make_scheduler
 
@@ -43,5 +50,6 @@ def make(config: str, num_blocks: int, block_size: int, params: dict[str, float]
             num_blocks=num_blocks,
             block_size=block_size,
             params=dict(params or {}),
+            tiers=tiers,
         )
     )

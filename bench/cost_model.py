@@ -4,8 +4,8 @@ A step runs a mixed batch, as a chunking shard does: prefill chunks, each ``(new
 (the tokens computed now and the tokens of that request already in KV before them), and one token for each
 decoding request, given by its context length. Two kinds:
 
-- analytic (``qwen3-4b-a800``, ``llama2-13b-a800``, ``qwen3-4b-h100``, ``llama2-13b-h100``): FLOPs and bytes
-  against the GPU's peak rates with stated efficiency factors, a roofline ``max(compute, memory)`` plus a
+- analytic (``MODEL-GPU``, MODEL one of ``qwen3-4b``, ``llama2-7b``, ``llama2-13b``, GPU one of ``a800``,
+  ``h100``, ``a6000``): FLOPs and bytes against the GPU's peak rates with stated efficiency factors, a roofline ``max(compute, memory)`` plus a
   fixed per-step overhead (kernel launches, sampling, scheduling);
 - ``measured:PATH``: a linear fit of our own shard's step times (the JSON ``prism-bench calibrate`` writes).
 
@@ -84,10 +84,12 @@ class Efficiency:
 MODELS = {
     "qwen3-4b": ModelSpec("Qwen3-4B", 4.02e9, layers=36, q_heads=32, kv_heads=8, head_dim=128),
     "llama2-13b": ModelSpec("Llama-2-13B", 13.0e9, layers=40, q_heads=40, kv_heads=40, head_dim=128),
+    "llama2-7b": ModelSpec("Llama-2-7B", 6.74e9, layers=32, q_heads=32, kv_heads=32, head_dim=128),
 }
 GPUS = {
     "a800": GpuSpec("A800-SXM4-80GB", 312e12, 2.039e12, 80e9),
     "h100": GpuSpec("H100-SXM5-80GB", 989e12, 3.35e12, 80e9),
+    "a6000": GpuSpec("RTX-A6000-48GB", 154.8e12, 768e9, 48e9),  # PCR's testbed GPU (dense fp16 tensor peak)
 }
 
 
@@ -152,8 +154,8 @@ ANALYTIC_NAMES = tuple(f"{m}-{g}" for m in MODELS for g in GPUS)
 
 
 def make_cost_model(name: str, eff: Efficiency = Efficiency()) -> CostModel:
-    """A cost model by name: ``qwen3-4b-a800``, ``llama2-13b-a800``, ``qwen3-4b-h100``, ``llama2-13b-h100``
-    or ``measured:PATH``. Raises ValueError for another name."""
+    """A cost model by name: one of :data:`ANALYTIC_NAMES` (``qwen3-4b-a800``, ``llama2-7b-a6000``, ...) or
+    ``measured:PATH``. Raises ValueError for another name."""
     if name.startswith("measured:"):
         return load_measured(name[len("measured:") :])
     model, _, gpu = name.rpartition("-")

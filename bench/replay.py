@@ -10,7 +10,9 @@ effects belong to the simulator.
 
 Prints the token-weighted exact-prefix hit rate (sum of cache_len / sum of prompt tokens) beside the Belady
 bound for the same admission order and capacity (:mod:`prism_cache.belady`), with cache_len capped at
-``input - 1`` in both.
+``input - 1`` in both. With KV tiers (``--host-capacity-tokens``, ``--disk-capacity-tokens``) ``hit_rate``
+counts hits from any tier, ``hit_rate_by_tier`` splits it, and the Belady bound is the single-tier bound at
+the summed capacity (an upper bound for the tiers: moving blocks between tiers costs nothing there).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 from prism_cache import POLICY_NAMES
 from prism_cache.belady import belady_hits
+from prism_cache.tiers import TIER_NAMES, TIER_POLICIES, TierConfig
 from router_py.scheduling.registry import SCHEDULERS, QueueScheduler, make_scheduler
 from router_py.scheduling.interface import SchedRequest, SchedulerConfig
 
@@ -82,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill-tokens", type=int, default=16384, help="prefill budget of one batch")
     parser.add_argument("--limit", type=int, default=None, help="replay only the first N requests")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="scheduler param")
+    parser.add_argument("--host-capacity-tokens", type=int, default=0, help="host KV tier in tokens (0: none)")
+    parser.add_argument("--disk-capacity-tokens", type=int, default=0, help="disk KV tier in tokens (0: none)")
+    parser.add_argument("--tier-policy", default="dart", choices=TIER_POLICIES, help="placement across tiers")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -141,13 +147,16 @@ def run(args: argparse.Namespace) -> int:
     requests = load_mooncake(args.trace, args.limit)
     bs = args.block_size
     num_blocks = args.capacity_tokens // bs + 1  # + the reserved block 0
+    tiers = TierConfig(args.host_capacity_tokens // bs, args.disk_capacity_tokens // bs, args.tier_policy)
     config = SchedulerConfig(
-        args.scheduler, args.cache_policy, True, num_blocks, bs, params=_params(args.param, args.window)
+        args.scheduler, args.cache_policy, True, num_blocks, bs, params=_params(args.param, args.window),
+        tiers=tiers if tiers.enabled else None,
     )
     scheduler = make_scheduler(config)
     assert isinstance(scheduler, QueueScheduler)
     result = replay(requests, scheduler, args.window, args.prefill_tokens, args.capacity_tokens)
-    bound = belady_hit_tokens(requests, result.order, num_blocks - 1, bs)
+    bound = belady_hit_tokens(requests, result.order, num_blocks - 1 + tiers.host_blocks + tiers.disk_blocks, bs)
+    prompt_tokens = max(1, result.prompt_tokens)
     out = {
         "scheduler": args.scheduler,
         "cache_policy": args.cache_policy,
@@ -156,12 +165,19 @@ def run(args: argparse.Namespace) -> int:
         "block_size": bs,
         "window": args.window,
         "params": config.params,
-        "hit_rate": result.hit_tokens / max(1, result.prompt_tokens),
-        "belady_hit_rate": bound / max(1, result.prompt_tokens),
+        "hit_rate": result.hit_tokens / prompt_tokens,
+        "belady_hit_rate": bound / prompt_tokens,
         "prompt_tokens": result.prompt_tokens,
         "hit_tokens": result.hit_tokens,
         "evicted_blocks": scheduler.cache_stats()["evictions"],
     }
+    if tiers.enabled:
+        out.update(
+            host_capacity_tokens=args.host_capacity_tokens,
+            disk_capacity_tokens=args.disk_capacity_tokens,
+            tier_policy=args.tier_policy,
+            hit_rate_by_tier={TIER_NAMES[t]: n / prompt_tokens for t, n in scheduler.tier_hits.items()},
+        )
     if args.json:
         print(json.dumps(out))
     else:
@@ -169,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.scheduler}+{args.cache_policy} capacity={args.capacity_tokens} block={bs} "
             f"window={args.window} requests={out['requests']}: hit rate {out['hit_rate']:.4f}, "
             f"Belady (same order) {out['belady_hit_rate']:.4f}"
+            + (f", by tier {out['hit_rate_by_tier']}" if tiers.enabled else "")
         )
     return 0
 

@@ -15,7 +15,9 @@ Arrivals are enqueued with their own time before each next_batch call; when noth
 admitted the clock jumps to the next arrival. A running request's next tokens are its prompt's next piece
 (``chunk_len`` first, then what the shard plans, :func:`proto.chunking.plan_continuing`) or one decode token, as
 :mod:`shard.batch` computes them. Each forward
-lasts ``cost.step_seconds``. The scheduler is the one ``router_py.scheduling.registry.make_scheduler`` builds for the
+lasts ``cost.step_seconds``; with KV tiers, a forward that admits requests also loads their promoted blocks
+(:mod:`bench.tier_timing`: bandwidths, layer-wise overlap) and, before each next_batch call, the scheduler's
+queue-based prefetch plan is started on the disk channel. The scheduler is the one ``router_py.scheduling.registry.make_scheduler`` builds for the
 server, so admissions, ``cache_len``, ``chunk_len`` and evictions are the server's own; only time is
 simulated.
 """
@@ -28,10 +30,12 @@ from dataclasses import dataclass
 
 from bench.cost_model import CostModel
 from bench.metrics import RequestRecord
+from bench.tier_timing import TierClock, TierTiming
 from bench.workloads.request import WorkloadRequest
 from bench.workloads.token_ids import prompt_token_ids
 from proto.chunking import plan_continuing, prefill_len
 from router_py.engine.budgets import admission_budgets
+from prism_cache.tiers import BlockCopy
 from router_py.scheduling.interface import Admission, BatchPlan, Scheduler, SchedRequest
 
 
@@ -45,6 +49,8 @@ class SimConfig:
     # the request finishes (as SGLang does, and as the server's batcher does). Off = TGI's behaviour:
     # blocks reach the tree at release only. Keep it equal to the batcher, or the two decide differently.
     prefill_done: bool = True
+    tiers: TierTiming | None = None  # the cost of KV tier copies (None: no tiers, or copies cost nothing)
+    prefetch_window: int = 0  # waiting requests whose disk blocks are prefetched to the host (PCR: 4)
 
 
 @dataclass
@@ -55,6 +61,7 @@ class _Running:
     cached: int  # cache_len at admission: prompt tokens served by the prefix cache
     chunk: int | None  # prompt tokens of the next forward: chunk_len, then the shard's plan; None = the rest
     reserved: int  # tokens of the token budget it holds (its blocks; TGI's CachedBatch.max_tokens share)
+    copies: Sequence[BlockCopy] = ()  # KV tier copies its first forward waits for
     generated: int = 0
     first_token: float | None = None
 
@@ -113,6 +120,7 @@ class Simulator:
         self.pending: deque[SchedRequest] = deque()
         self.now = 0.0
         self.forwards = 0
+        self.tier_clock = TierClock(config.tiers) if config.tiers is not None else None
 
     @property
     def token_capacity(self) -> int:
@@ -172,6 +180,8 @@ class Simulator:
         )
         if budgets is None:
             return False
+        if self.tier_clock is not None and self.config.prefetch_window:
+            self.tier_clock.prefetch(self.now, self.scheduler.plan_prefetch(self.config.prefetch_window))  # type: ignore[attr-defined]
         plan = self.scheduler.next_batch(self.now, budgets.prefill, budgets.tokens, max_size=budgets.max_size)
         if plan is None:
             return False
@@ -184,7 +194,7 @@ class Simulator:
     def _running(self, adm: Admission) -> _Running:
         req = adm.request
         reserved = len(adm.blocks) * self.config.block_size or req.input_length + req.max_new_tokens
-        return _Running(req, self.now, adm.cache_len, adm.cache_len, adm.chunk_len, reserved)
+        return _Running(req, self.now, adm.cache_len, adm.cache_len, adm.chunk_len, reserved, adm.copies)
 
     def _forward(self, new: list[_Running]) -> None:
         """One forward over the running requests and the ``new`` ones; then tokens, finishes and releases."""
@@ -192,7 +202,11 @@ class Simulator:
         self._plan(self.running, new)
         chunks = [(r.next_len, r.computed) for r in batch if r.prefilling and r.next_len]
         decodes = [r.context for r in batch if not r.prefilling]
-        self.now += self.cost.step_seconds(chunks, decodes)
+        step = self.cost.step_seconds(chunks, decodes)
+        if self.tier_clock is not None and new:
+            load = self.tier_clock.load(self.now, [c for r in new for c in r.copies])
+            step = self.tier_clock.timing.step(step, load)
+        self.now += step
         self.forwards += 1
         for r in batch:
             self._advance(r)

@@ -114,7 +114,7 @@ class RadixAllocator:
         self._plan_alone = False  # the planned table held nothing else when the plan was counted
         self.tiers: TierManager | None = None
         if tiers is not None and tiers.enabled and prefix_caching:
-            self.tiers = TierManager(tiers, self.queued_demand)
+            self.tiers = TierManager(tiers, self.queued_demand, self._tree.heat_now)
             self._tree.spill = self.tiers.evicted
 
     def hashes(self, namespace: str, prompt: Tokens) -> list[int]:
@@ -172,8 +172,14 @@ class RadixAllocator:
 
     def peek(self, hashes: list[int]) -> int:
         """Cached prefix in tokens of the prompt with these :meth:`hashes`, touching nothing (0 with prefix
-        caching off); O(depth + log blocks), for ranking only (see :meth:`RadixTree.cached_prefix_blocks`)."""
-        return self._tree.cached_prefix_blocks(hashes) * self.block_size if self.prefix_caching else 0
+        caching off), on the device and, with tiers, below it; O(depth + log blocks), for ranking only (see
+        :meth:`RadixTree.cached_prefix_blocks`)."""
+        if not self.prefix_caching:
+            return 0
+        n = self._tree.cached_prefix_blocks(hashes)
+        if self.tiers is not None:
+            n += self.tiers.index.prefix_run(hashes, n, len(hashes))  # what it would reuse from below
+        return n * self.block_size
 
     def allocate(
         self, tokens: int, namespace: str = "", prompt: Tokens | None = None, hashes: list[int] | None = None
@@ -195,6 +201,7 @@ class RadixAllocator:
                 hashes = hashes if hashes is not None else self.hashes(namespace, prompt)
                 found = self.tiers.find(hashes, len(prefix), len(hashes))
                 self.tiers.pin(found)
+                self.tiers.served(hashes[: len(prefix)])
         bs = self.block_size
         need = max(0, -(-tokens // bs) - len(prefix))
         short = need - self._pool.free_count

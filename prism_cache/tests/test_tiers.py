@@ -137,7 +137,9 @@ def _fill_and_evict(policy: str, reuse: int = 0) -> tuple[RadixAllocator, tuple[
 @pytest.mark.parametrize("policy", ["dart", "lru-offload"])
 def test_an_evicted_prompt_comes_back_from_the_host(policy: str) -> None:
     a, prompt = _fill_and_evict(policy)
-    assert a.peek(a.hashes("t", prompt)) == 0, "the prompt should have left the device"
+    hashes = a.hashes("t", prompt)
+    assert a._tree.cached_prefix_blocks(hashes) == 0, "the prompt should have left the device"
+    assert a.peek(hashes) == 8, "schedulers rank by what a request reuses from any tier"
     got = a.allocate(9, "t", prompt)
     assert got is not None and got.prefix_len == 8
     assert got.hit_tokens_by_tier[Tier.HOST] == 8
@@ -182,13 +184,33 @@ def test_prefetch_moves_a_waiting_request_from_disk_to_host() -> None:
     a.rollback(got)
 
 
-def test_prefix_run_walks_only_a_broken_chain() -> None:
-    index = MetadataIndex(4, 4)
-    for slot, h in enumerate((10, 11, 13)):
-        index.host.put(h, slot)
+def test_prefix_run_probes_once_per_whole_run_and_walks_a_broken_one() -> None:
+    index = MetadataIndex(8, 8)
+    run = [10, 11, 12, 13]
+    for slot, h in enumerate(run):
+        index.host.put(h, slot, run=run, offset=slot)
+    probes = []
+    index.host.slot_of = _Counting(index.host.slot_of, probes)  # type: ignore[assignment]
+    assert index.prefix_run([10, 11, 12, 13, 14], 0, 5) == 4 and len(probes) == 2  # the run, then 14's miss
+    assert index.prefix_run([11, 12, 99], 0, 3) == 2  # the prompt parts from the run inside it
+    index.host.slot_of = dict(index.host.slot_of)  # type: ignore[assignment]
+    index.host.drop(12)
     index.disk.put(12, 0)
-    assert index.prefix_run([10, 11, 12, 13], 0, 4) == 4  # mixed host/disk, whole
+    assert index.prefix_run([10, 11, 12, 13], 0, 4) == 4  # broken run: block by block, 12 from disk
     index.disk.drop(12)
-    assert index.prefix_run([10, 11, 12, 13], 0, 4) == 2  # broken at 12
+    assert index.prefix_run([10, 11, 12, 13], 0, 4) == 2
     assert index.prefix_run([99, 11], 0, 2) == 0
     assert index.lookup(13) is not None and index.lookup(13).tier == Tier.HOST  # type: ignore[union-attr]
+    assert not index.host.runs or all(r[1] == 3 for r in index.host.runs.values())
+
+
+class _Counting(dict):
+    """A dict that records every ``get``."""
+
+    def __init__(self, data: dict, log: list) -> None:
+        super().__init__(data)
+        self.log = log
+
+    def get(self, key, default=None):  # type: ignore[override]
+        self.log.append(key)
+        return super().get(key, default)

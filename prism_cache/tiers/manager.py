@@ -46,12 +46,18 @@ class TierCounters:
 
 
 class TierManager:
-    def __init__(self, config: TierConfig, queued: Callable[[int, int], int], block_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        config: TierConfig,
+        queued: Callable[[int, int], int],
+        heat_now: Callable[[], float] = float,
+        block_bytes: int = 0,
+    ) -> None:
         self.config = config
         self.pools = {Tier.HOST: SlotPool(config.host_blocks), Tier.DISK: SlotPool(config.disk_blocks)}
         self.index = MetadataIndex(config.host_blocks, config.disk_blocks, block_bytes)
         self.orders: dict[Tier, Order] = {Tier.HOST: OrderedDict(), Tier.DISK: OrderedDict()}
-        self.placement = make_placement(config.policy, queued)
+        self.placement = make_placement(config.policy, queued, heat_now)
         self.pinned: dict[int, int] = {}  # hash -> pins (being promoted, or prefetched for a waiting request)
         self._pending: list[Pending] = []
         self._seq = 0
@@ -75,9 +81,12 @@ class TierManager:
             self._pending = sorted([*pending, *self._pending], key=lambda p: p[0])
 
     # ---------------------------------------------------------------- placing blocks
-    def _place(self, tier: Tier, h: int, hot: float) -> int | None:
-        """A slot of ``tier`` for block ``h`` (registered in the index), or None when the policy declines.
-        A full tier gives up a victim first (a host victim goes down to disk when the disk takes it)."""
+    def _place(
+        self, tier: Tier, h: int, hot: float, run: list[int] | None = None, offset: int = 0
+    ) -> int | None:
+        """A slot of ``tier`` for block ``h`` (registered in the index, in ``run`` at ``offset`` if given), or
+        None when the policy declines. A full tier gives up a victim first (a host victim goes down to disk when
+        the disk takes it)."""
         pool, place = self.pools[tier], self.placement
         if pool.capacity == 0 or not place.admit(hot):
             return None
@@ -88,7 +97,7 @@ class TierManager:
             if victim is None or not place.replaces(hot, order[victim]):
                 return None
             slot = self._drop(tier, victim, demote=True)
-        self.index.tiers[tier].put(h, slot, hot)
+        self.index.tiers[tier].put(h, slot, hot, run=run, offset=offset)
         self.orders[tier][h] = hot
         return slot
 
@@ -103,14 +112,15 @@ class TierManager:
                 self._emit(Tier.HOST, slot, Tier.DISK, disk_slot, h)
         return slot
 
-    def _down(self, src_slot: int, h: int, hot: float) -> None:
-        """Write device block ``src_slot`` (hash ``h``) down to the host, or to disk without a host tier."""
+    def _down(self, src_slot: int, h: int, hot: float, run: list[int], offset: int) -> None:
+        """Write device block ``src_slot`` (hash ``h``, ``run[offset]``) down to the host, or to disk without a
+        host tier."""
         for tier in (Tier.HOST, Tier.DISK):
             if h in self.index.tiers[tier]:
                 self.orders[tier].move_to_end(h)
                 return
             if self.pools[tier].capacity:
-                slot = self._place(tier, h, hot)
+                slot = self._place(tier, h, hot, run, offset)
                 if slot is not None:
                     self._emit(Tier.DEVICE, src_slot, tier, slot, h)
                 return
@@ -120,16 +130,27 @@ class TierManager:
         if self.placement.write_through:
             return
         hot = self.placement.hotness(node)
-        for b, h in zip(node.blocks[keep:], node.hashes[keep:]):
-            self._down(b, h, hot)
+        run = node.hashes[keep:]
+        for i, (b, h) in enumerate(zip(node.blocks[keep:], run)):
+            self._down(b, h, hot, run, i)
+
+    def served(self, hashes: Sequence[int]) -> None:
+        """The device served these blocks: write-through policies refresh their lower copies' recency."""
+        if self.placement.write_through:
+            for tier in (Tier.HOST, Tier.DISK):
+                order = self.orders[tier]
+                for h in hashes:
+                    if h in order:
+                        order.move_to_end(h)
 
     def stored(self, blocks: Sequence[int], hashes: Sequence[int]) -> None:
         """Blocks entered the device tree (new to it): written down now by write-through policies, and
         dropped from the host by exclusive ones (the device holds them again)."""
         host = self.index.host
         if self.placement.write_through:
-            for b, h in zip(blocks, hashes):
-                self._down(b, h, 1.0)
+            run = list(hashes)
+            for i, (b, h) in enumerate(zip(blocks, run)):
+                self._down(b, h, 1.0, run, i)
         elif self.placement.exclusive:
             for h in hashes:
                 if h in host and h not in self.pinned:
@@ -169,7 +190,7 @@ class TierManager:
             self.counters.moved[(tier, Tier.DEVICE)] = self.counters.moved.get((tier, Tier.DEVICE), 0) + 1
             self.counters.hit_blocks[tier] += 1
             order = self.orders[tier]
-            order[h] += 1.0
+            order[h] = self.placement.hit(order[h])
             order.move_to_end(h)
             if h in self._prefetched:
                 self._prefetched.discard(h)
@@ -224,7 +245,13 @@ class TierManager:
             self.pools[tier].check(set(index.slot_of.values()))
             assert len(set(index.slot_of.values())) == len(index), f"{tier.name}: two blocks share a slot"
             assert index.slot_of.keys() == self.orders[tier].keys(), f"{tier.name}: order out of date"
+            members: dict[int, int] = {}
             for h, slot in index.slot_of.items():
                 assert index.hash_at[slot] == h, f"{tier.name}: slot {slot} records another hash"
+                rid = index.run_of[slot]
+                if rid:
+                    assert index.runs[rid][0][index.offset[slot]] == h, f"{tier.name}: run offset out of date"
+                    members[rid] = members.get(rid, 0) + 1
+            assert members == {rid: r[1] for rid, r in index.runs.items()}, f"{tier.name}: run counts"
         for h in self.pinned:
             assert h in self.index.host or h in self.index.disk, "a pinned block is in no tier"

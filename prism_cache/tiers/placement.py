@@ -4,8 +4,9 @@ and whether a block is written down as soon as the device caches it.
 ======================= ============================= ============================== ==================
 policy                  device eviction -> host/disk  full tier gives up              write-through
 ======================= ============================= ============================== ==================
-``dart``                every block (demote, not      the least recent entry no       no; host copies
-                        drop)                         waiting request needs           move up on use
+``dart``                every block (demote, not      the coldest (decayed heat) of   no; host copies
+                        drop)                         the oldest ``SAMPLE`` that no   move up on use
+                                                      waiting request needs
 ``hotprefix``           blocks with frequency >=      the coldest of the oldest       no
                         threshold; replaces the       ``SAMPLE`` entries, only for a
                         coldest only if hotter        hotter block
@@ -14,7 +15,9 @@ policy                  device eviction -> host/disk  full tier gives up        
 
 Each tier keeps an order (an ``OrderedDict`` hash -> hotness, least recent first) that the manager updates on
 every put, hit and drop; policies only read it. Hotness is a block's use count (the node's hits + 1 at
-demotion, +1 per later hit from the tier).
+demotion, +1 per later hit from the tier); DART's is the node's decayed heat (:mod:`prism_cache.decay`, log
+form, so values taken at different times compare), one use added per hit from the tier. LRU write-through
+also refreshes a block's lower copies when the device serves it (one recency for all tiers, as HiCache).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Container
 
+from prism_cache.decay import add_use
 from prism_cache.node import Node
 from prism_cache.tiers.types import TIER_POLICIES
 
@@ -39,6 +43,10 @@ class Placement:
 
     def hotness(self, node: Node) -> float:
         return float(node.hits + 1)
+
+    def hit(self, hotness: float) -> float:
+        """The hotness after one more use."""
+        return hotness + 1.0
 
     def admit(self, hotness: float) -> bool:
         """Whether a block of this hotness may take a slot at all."""
@@ -65,26 +73,33 @@ class LruOffload(Placement):
 
 
 class DartPlacement(Placement):
-    """Demote instead of drop; a full tier gives up its least recent entry that no waiting request covers (the
-    queued demand DART already counts), falling back to the least recent."""
+    """Demote instead of drop; a full tier gives up the coldest of its oldest entries that no waiting request
+    covers (the queued demand DART already counts), falling back to the least recent."""
 
     name = "dart"
 
-    def __init__(self, queued: Callable[[int, int], int]) -> None:
+    def __init__(self, queued: Callable[[int, int], int], heat_now: Callable[[], float]) -> None:
         self._queued = queued
+        self._heat_now = heat_now
+
+    def hotness(self, node: Node) -> float:
+        return node.heat
+
+    def hit(self, hotness: float) -> float:
+        return add_use(hotness, self._heat_now())
 
     def victim(self, order: Order, pinned: Container[int]) -> int | None:
-        first = None
-        for i, h in enumerate(order):
+        first, best, best_hot = None, None, 0.0
+        for i, (h, hot) in enumerate(order.items()):
             if h in pinned:
                 continue
-            if not self._queued(h, 0):
-                return h
             if first is None:
                 first = h
+            if not self._queued(h, 0) and (best is None or hot < best_hot):
+                best, best_hot = h, hot
             if i >= SAMPLE:
                 break
-        return first
+        return best if best is not None else first
 
 
 class HotPrefixPlacement(Placement):
@@ -114,10 +129,10 @@ class HotPrefixPlacement(Placement):
         return best
 
 
-def make_placement(name: str, queued: Callable[[int, int], int]) -> Placement:
+def make_placement(name: str, queued: Callable[[int, int], int], heat_now: Callable[[], float]) -> Placement:
     """Raises ValueError for an unknown name."""
     if name == "dart":
-        return DartPlacement(queued)
+        return DartPlacement(queued, heat_now)
     if name == "hotprefix":
         return HotPrefixPlacement()
     if name == "lru-offload":
