@@ -1,5 +1,6 @@
 """Live benchmark of the KV tiers (docs/kv-tiers-wire.md): the same multi-turn load against the same server
-without tiers and with a host and a disk tier, the device pool 4x smaller than the load's reusable working set.
+without tiers and with a host and a disk tier, the device pool 4x smaller than the load's reusable working
+set.
 
 Load: ``--sessions`` chat sessions, each a system prompt of ``--system-tokens`` and ``--turns`` user turns of
 ``--turn-tokens`` (turn t's prompt is the system prompt and turns 1..t, so each turn reuses the previous one's
@@ -74,8 +75,8 @@ def run_server(args, name: str, extra: tuple[str, ...], requests: list[LoadReque
         after = asyncio.run(scrape(url))
     delta = {k: after[k] - before.get(k, 0.0) for k in after if k.startswith(("prism_", "tgi_request_count"))}
     row = summarize(result.records, result.hit_rate)
-    row["recomputed_tokens"] = delta["prism_prefix_cache_queried_tokens"] - delta["prism_prefix_cache_hit_tokens"]
     row["queried_tokens"] = delta["prism_prefix_cache_queried_tokens"]
+    row["recomputed_tokens"] = row["queried_tokens"] - delta["prism_prefix_cache_hit_tokens"]
     row["tiers"] = {k: v for k, v in delta.items() if "tier" in k}
     return row
 
@@ -100,8 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     device_blocks = working_set // 4 // BLOCK + 1
     longest = args.system_tokens + args.turns * args.turn_tokens + args.max_new
     if (device_blocks - 1) * BLOCK < longest + 8:
-        p.error(f"a device pool of W/4 = {(device_blocks - 1) * BLOCK} tokens cannot hold one request of {longest}: "
-                "more --sessions or fewer --turns")
+        p.error(f"a device pool of W/4 = {(device_blocks - 1) * BLOCK} tokens cannot hold one request of "
+                f"{longest}: more --sessions or fewer --turns")
     common = ("--num-blocks", str(device_blocks), "--block-size", str(BLOCK), "--hostname", "127.0.0.1",
               "--max-batch-prefill-tokens", str(min(2048, (device_blocks - 1) * BLOCK)),
               "--max-total-tokens", str(longest + 8), "--max-input-tokens", str(longest))
@@ -121,8 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     (out / "kv_tiers_live.json").write_text(json.dumps(rows, indent=2, default=float))
     for name in ("no_tiers", "tiers"):
         r = rows[name]
-        print(f"{name:9s} recomputed {r['recomputed_tokens']:.0f} of {r['queried_tokens']:.0f} prompt tokens, "
-              f"TTFT p50 {r['ttft_p50']:.3f}s p99 {r['ttft_p99']:.3f}s, errors {r['errors']}  {r['tiers']}")
+        print(f"{name:9s} recomputed {r['recomputed_tokens']:.0f} of {r['queried_tokens']:.0f} prompt "
+              f"tokens, TTFT p50 {r['ttft_p50']:.3f}s p99 {r['ttft_p99']:.3f}s, errors {r['errors']}  {r['tiers']}")
     print("ratios (tiers / no tiers):", json.dumps(rows["ratios"]))
 
 

@@ -27,8 +27,8 @@ def prompt(seed: int, words: int = 40) -> str:
 def stack() -> Iterator[tuple[Stack, Path]]:
     disk = Path(tempfile.mkdtemp(prefix="prism-kv-disk-"))
     # NOTE: LRU on the device so that the flood below evicts the target (DART keeps a prompt seen twice).
-    s = Stack(["--dtype", "float32", "--cache-policy", "lru", "--num-blocks", "24", "--max-batch-prefill-tokens", "256",
-               "--max-total-tokens", "200", "--max-input-tokens", "180", "--kv-host-tokens", "96",
+    s = Stack(["--dtype", "float32", "--cache-policy", "lru", "--num-blocks", "24",
+               "--max-batch-prefill-tokens", "256", "--max-total-tokens", "200", "--max-input-tokens", "180", "--kv-host-tokens", "96",
                "--kv-disk-tokens", "2048", "--kv-disk-path", str(disk)]).wait_healthy()
     yield s, disk
     assert s.close() == 0

@@ -4,7 +4,8 @@ prism-shard serve MODEL_DIR --uds-path PATH [--dtype float32|float16|bfloat16]
     [--attention-backend reference|sdpa|triton|flash-attn|auto] [--num-blocks N | --memory-fraction F]
     [--block-size 16] [--device cpu|cuda] [--json-output] [--logger-level INFO] [--enforce-eager]
     [--otlp-endpoint URL] [--otlp-service-name NAME] [--cpu-threads N]
-    [--kv-host-tokens N] [--kv-disk-tokens N --kv-disk-path DIR]   (env KV_HOST_TOKENS, KV_DISK_TOKENS, KV_DISK_PATH)
+    [--kv-host-tokens N] [--kv-disk-tokens N --kv-disk-path DIR]
+        (env KV_HOST_TOKENS, KV_DISK_TOKENS, KV_DISK_PATH)
 prism-shard bench [--model tiny,100m] [--arch llama] [--workdir DIR] [--cpu-threads N] [--model-dir DIR]
     [--dtype D] [--vs-transformers]
 text-generation-server serve MODEL_ID [TGI's flags]      (so TGI's launcher can start this shard)

@@ -121,6 +121,6 @@ def build_tiers(config: ShardConfig, kv: KVCache) -> KvTiers | None:
     if path and config.world_size > 1:
         path = str(Path(path) / f"rank-{config.rank}")
     tiers = KvTiers(kv, TierSizes(host, disk, path))
-    log.info("KV tiers: host %d blocks, disk %d blocks%s, %d bytes per block, layer-wise loads %s",
-             host, disk, f" under {path}" if disk else "", tiers.block_bytes, "on" if tiers.overlap else "off")
+    log.info("KV tiers: host %d blocks, disk %d blocks%s, %d bytes per block, layer-wise loads %s", host, disk,
+             f" under {path}" if disk else "", tiers.block_bytes, "on" if tiers.overlap else "off")
     return tiers

@@ -41,7 +41,11 @@ MAX_MESSAGE = 2**31 - 1
 
 class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
     def __init__(
-        self, runner: ModelRunner, config: ShardConfig, attention_impl: str = "paged", tiers: KvTiers | None = None
+        self,
+        runner: ModelRunner,
+        config: ShardConfig,
+        attention_impl: str = "paged",
+        tiers: KvTiers | None = None,
     ) -> None:
         self.runner, self.config, self.attention_impl = runner, config, attention_impl
         self.tiers = tiers  # host/disk KV tiers (docs/kv-tiers-wire.md); None: off

@@ -1,6 +1,7 @@
-"""The batcher's KV-tier wiring (router_py/engine/tier_link.py): copies ride on Prefill, failed ones (reported
-by the shard, or all of them when the Prefill fails) go back to the scheduler, a prefetch Transfer runs
-between steps and the next Prefill waits for it (a late prefetch), and the metrics count bytes per direction."""
+"""The batcher's KV-tier wiring (router_py/engine/tier_link.py): copies ride on Prefill, failed ones
+(reported by the shard, or all of them when the Prefill fails) go back to the scheduler, a prefetch Transfer
+runs between steps and the next Prefill waits for it (a late prefetch), and the metrics count bytes per
+direction."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ class Client:
 
 def link(scheduler: Scheduler, client: Client | None = None) -> tuple[TierLink, Metrics]:
     metrics = Metrics()
-    return TierLink(client or Client(), lambda: scheduler, metrics, 1000, enabled=True), metrics  # type: ignore[arg-type]
+    tiers = TierLink(client or Client(), lambda: scheduler, metrics, 1000, enabled=True)  # type: ignore[arg-type]
+    return tiers, metrics
 
 
 async def test_copies_ride_on_the_step_and_failed_ones_go_back() -> None:

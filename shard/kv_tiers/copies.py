@@ -56,4 +56,6 @@ def check(copies: list[Copy], sizes: dict[Tier, int]) -> None:
                 )
             lowest = 1 if tier == Tier.DEVICE else 0
             if not lowest <= slot < size:
-                raise InvalidRequest(f"kv_copies[{i}]: {tier.name} slot {slot} is outside {lowest}..{size - 1}")
+                raise InvalidRequest(
+                    f"kv_copies[{i}]: {tier.name} slot {slot} is outside {lowest}..{size - 1}"
+                )

@@ -2,8 +2,9 @@
 
 :func:`layerwise` swaps the pool's layer list for a :class:`LayerwiseKV` during one step: it yields layer i's
 (key_cache, value_cache) only once layer i's loads have landed. On CUDA every load is queued on a side stream
-at once with one event per layer, and the compute stream waits on layer i's event (copies of later layers run
-under the compute of earlier ones); on a CPU a worker thread copies layer by layer and sets one flag per layer.
+at once with one event per layer, and the compute stream waits on layer i's event (copies of later layers
+run under the compute of earlier ones); on a CPU a worker thread copies layer by layer and sets one flag per
+layer.
 The model code does not change: it iterates ``kv_caches`` as before.
 """
 
@@ -18,7 +19,8 @@ import torch
 from shard.kv_cache import KVCache
 from shard.kv_tiers.tiers import load_block
 
-Loads = list[tuple[torch.Tensor, int]]  # (block (layers, 2, bs, kv_heads, head_dim) on the host, device block)
+# (block (layers, 2, bs, kv_heads, head_dim) in host memory, device block id)
+Loads = list[tuple[torch.Tensor, int]]
 
 
 class LayerwiseKV(list):

@@ -21,7 +21,9 @@ def parse_copies(tiers: KvTiers | None, messages) -> list[Copy]:
     if not messages:
         return []
     if tiers is None:
-        raise InvalidRequest("kv_copies: this shard runs without KV tiers (--kv-host-tokens / --kv-disk-tokens)")
+        raise InvalidRequest(
+            "kv_copies: this shard runs without KV tiers (--kv-host-tokens / --kv-disk-tokens)"
+        )
     copies = from_pb(messages)
     tiers.check(copies)
     return copies

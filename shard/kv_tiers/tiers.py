@@ -52,7 +52,9 @@ class KvTiers:
         self.block_bytes = s.bytes_per_token * kv.block_size
         device = kv.layers[0][0].device
         self.cuda = device.type == "cuda"
-        self.host = HostPool(sizes.host_blocks, self.block_shape, s.dtype, self.cuda) if sizes.host_blocks else None
+        self.host = None
+        if sizes.host_blocks:
+            self.host = HostPool(sizes.host_blocks, self.block_shape, s.dtype, pin=self.cuda)
         self.disk = None
         if sizes.disk_blocks:
             if not sizes.disk_path:
@@ -83,7 +85,8 @@ class KvTiers:
         poisoned: set[tuple[Tier, int]] = set()
         with torch.no_grad(), torch.cuda.stream(self.stream) if self.cuda else nullcontext():
             for i, c in enumerate(copies):
-                deferrable = defer and self.overlap and c.dst_tier == Tier.DEVICE and _untouched_after(copies, i)
+                deferrable = (defer and self.overlap and c.dst_tier == Tier.DEVICE
+                              and _untouched_after(copies, i))
                 ok = (c.src_tier, c.src_slot) not in poisoned and self._copy(c, out if deferrable else None)
                 if ok:
                     poisoned.discard((c.dst_tier, c.dst_slot))
@@ -144,5 +147,6 @@ def _untouched_after(copies: list[Copy], i: int) -> bool:
     """No copy after ``i`` reads or writes copy i's source or destination slot (so it may land later)."""
     c = copies[i]
     ends = {(c.src_tier, c.src_slot), (c.dst_tier, c.dst_slot)}
-    return not any((d.src_tier, d.src_slot) in ends or (d.dst_tier, d.dst_slot) in ends for d in copies[i + 1 :])
+    later = copies[i + 1 :]
+    return not any((d.src_tier, d.src_slot) in ends or (d.dst_tier, d.dst_slot) in ends for d in later)
 

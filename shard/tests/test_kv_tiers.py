@@ -122,7 +122,8 @@ def _copies(copies) -> list[pb.KvCopy]:
             for s, a, d, b, i in copies]
 
 
-async def _generate(service, rid: int, blocks: list[int], cache_len: int = 0, copies=()) -> tuple[list[int], list]:
+async def _generate(service, rid: int, blocks: list[int], cache_len: int = 0, copies=()):
+    """(greedy token ids, indices of the copies that failed)."""
     n = len(service.runner.detok.encode(PROMPT, True, 0))
     req = request(rid, PROMPT, blocks, slots_of(blocks, n + NEW), max_new=NEW, cache_len=cache_len)
     first = await service.Prefill(pb.PrefillRequest(batch=batch(rid, [req]), kv_copies=_copies(copies)), None)
@@ -153,7 +154,8 @@ async def test_greedy_tokens_equal_from_device_host_disk_and_recomputed(service)
     assert failed == []
     # host -> device promotion into new blocks
     promoted = [30, 31, 32]
-    got, failed = await _generate(service, 4, promoted + fresh, k * BLOCK, [(H, i, D, promoted[i], i) for i in range(k)])
+    got, failed = await _generate(service, 4, promoted + fresh, k * BLOCK,
+                                  [(H, i, D, promoted[i], i) for i in range(k)])
     assert failed == [] and got == cold
     # disk -> device promotion (new blocks again)
     promoted = [33, 34, 35]
@@ -174,7 +176,8 @@ async def test_greedy_tokens_equal_from_device_host_disk_and_recomputed(service)
 async def test_a_shard_without_tiers_refuses_copies(llama_service) -> None:
     req = request(1, PROMPT, [1, 2, 3, 4, 5, 6], slots_of([1, 2, 3, 4, 5, 6], 80), max_new=2)
     with pytest.raises(InvalidRequest, match="without KV tiers"):
-        await llama_service.Prefill(pb.PrefillRequest(batch=batch(1, [req]), kv_copies=_copies([(H, 0, D, 1, 0)])), None)
+        prefill = pb.PrefillRequest(batch=batch(1, [req]), kv_copies=_copies([(H, 0, D, 1, 0)]))
+        await llama_service.Prefill(prefill, None)
 
 
 async def test_transfer_over_the_socket(tiny_llama: Path, tmp_path: Path) -> None:
