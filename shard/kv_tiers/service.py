@@ -13,7 +13,7 @@ from shard.errors import InvalidRequest
 from shard.kv_tiers.copies import Copy, from_pb
 from shard.kv_tiers.layerwise import layerwise
 from shard.kv_tiers.recompute import recompute_missing
-from shard.kv_tiers.tiers import KvTiers
+from shard.kv_tiers.tiers import KvTiers, agree
 
 
 def parse_copies(tiers: KvTiers | None, messages) -> list[Copy]:
@@ -39,6 +39,9 @@ async def step_with_copies(runner, tiers: KvTiers | None, requests: list[Request
         return generations, times, []
     assert tiers is not None
     outcome = await asyncio.get_running_loop().run_in_executor(tiers.worker, tiers.run, copies, defer)
+    tp = getattr(runner.model, "tp", None)
+    if tp is not None:
+        outcome = agree(outcome, copies, tp, runner.loaded.device)
 
     def work():
         with layerwise(runner.kv, outcome.loads):

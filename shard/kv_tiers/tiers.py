@@ -134,6 +134,20 @@ class KvTiers:
         return self.disk.write(slot, block_hash, block)
 
 
+def agree(out: Outcome, copies: list[Copy], tp, device: torch.device) -> Outcome:
+    """Tensor-parallel ranks each hold a share of every block: a copy that failed on any rank counts as failed
+    on all (``tp``: :class:`shard.tensor_parallel.TensorParallel`), so that every rank recomputes the same
+    tokens and runs the same collectives. A load of such a copy that still lands is overwritten by the
+    recompute. Every rank must call this at the same point (it is a collective)."""
+    if not tp.enabled or not copies:
+        return out
+    flags = torch.zeros(len(copies), dtype=torch.int32, device=device)
+    flags[out.failed] = 1
+    failed = [i for i, f in enumerate(tp.all_reduce(flags).tolist()) if f]
+    bad = {copies[i].dst_slot for i in failed if copies[i].dst_tier == Tier.DEVICE}
+    return Outcome(failed, bad, out.loads)
+
+
 def load_block(layers: list, block: torch.Tensor, slot: int, layer: int | None = None) -> None:
     """Copy ``block`` (layers, 2, bs, kv_heads, head_dim) into device block ``slot`` of the pool's ``layers``
     (``KVCache.layers``): every layer, or one."""

@@ -203,3 +203,20 @@ async def test_transfer_over_the_socket(tiny_llama: Path, tmp_path: Path) -> Non
     finally:
         await server.stop(grace=None)
     assert torch.equal(runner.kv.layers[1][0][3], runner.kv.layers[1][0][4])
+
+
+def test_tensor_parallel_ranks_agree_on_failed_copies() -> None:
+    """A copy that failed on another rank counts as failed here too (every rank then recomputes alike)."""
+    from shard.kv_tiers.tiers import Outcome, agree
+
+    class OtherRankFailedCopy1:
+        enabled = True
+
+        def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+            x[1] += 1
+            return x
+
+    copies = [Copy(H, 0, D, 4, 1), Copy(DISK, 2, D, 5, 2), Copy(D, 6, H, 1, 3)]
+    mine = Outcome(failed=[2], bad_device=set())
+    agreed = agree(mine, copies, OtherRankFailedCopy1(), torch.device("cpu"))
+    assert agreed.failed == [1, 2] and agreed.bad_device == {5}
