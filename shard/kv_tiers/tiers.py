@@ -83,6 +83,8 @@ class KvTiers:
         slots no later copy touches become ``loads`` for :mod:`shard.kv_tiers.layerwise`."""
         out = Outcome()
         poisoned: set[tuple[Tier, int]] = set()
+        if self.cuda:  # NOTE: device blocks read here were written by forwards on the default stream
+            self.stream.wait_stream(torch.cuda.default_stream(self.stream.device))
         with torch.no_grad(), torch.cuda.stream(self.stream) if self.cuda else nullcontext():
             for i, c in enumerate(copies):
                 deferrable = (defer and self.overlap and c.dst_tier == Tier.DEVICE
