@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -27,7 +29,7 @@ def prompt(seed: int, words: int = 40) -> str:
 def stack() -> Iterator[tuple[Stack, Path]]:
     disk = Path(tempfile.mkdtemp(prefix="prism-kv-disk-"))
     # NOTE: LRU on the device so that the flood below evicts the target (DART keeps a prompt seen twice).
-    s = Stack(["--dtype", "float32", "--cache-policy", "lru", "--num-blocks", "24",
+    s = Stack(["--dtype", "float32", "--cache-policy", "lru", "--num-blocks", "20",
                "--max-batch-prefill-tokens", "256", "--max-total-tokens", "200", "--max-input-tokens", "180", "--kv-host-tokens", "96",
                "--kv-disk-tokens", "2048", "--kv-disk-path", str(disk)]).wait_healthy()
     yield s, disk
@@ -71,3 +73,29 @@ def test_outputs_equal_from_every_tier_and_after_corrupt_disk_files(stack) -> No
     assert total == s.metric("prism_prefix_cache_hit_tokens")
     assert s.metric('prism_kv_tier_bytes_moved{direction="device_to_host"}') > 0
     assert s.metric('prism_kv_tier_blocks{tier="disk"}') > 0
+
+
+def test_a_waiting_request_is_prefetched_from_disk(stack) -> None:
+    """A long generation holds 13 of the 19 device blocks; a request of 8 blocks whose prefix is on disk waits
+    for it, its blocks come up to host memory meanwhile (KvTierService.Transfer), and it is served from there."""
+    s, _ = stack
+    target = prompt(50)
+    cold = generate(s, target)
+    for i in range(51, 64):
+        generate(s, prompt(i))
+    before = s.metric("prism_kv_tier_prefetch_hits")
+
+    def long() -> None:
+        # NOTE: a prompt whose greedy continuation runs the whole 150 tokens (no EOS) on the demo model
+        body = {"inputs": " ".join(["stone"] * 15) + " 1",
+                "parameters": {"max_new_tokens": 150, "do_sample": False, "details": True}}
+        r = httpx.post(f"{s.url}/generate", json=body, timeout=120)
+        assert r.status_code == 200 and r.json()["details"]["generated_tokens"] == 150, r.text
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(long)
+        time.sleep(0.3)
+        assert generate(s, target) == cold
+        running.result()
+    assert s.metric("prism_kv_tier_prefetched_blocks") > 0
+    assert s.metric("prism_kv_tier_prefetch_hits") > before
