@@ -16,8 +16,8 @@ admitted the clock jumps to the next arrival. A running request's next tokens ar
 (``chunk_len`` first, then what the shard plans, :func:`proto.chunking.plan_continuing`) or one decode token, as
 :mod:`shard.batch` computes them. Each forward
 lasts ``cost.step_seconds``; with KV tiers, a forward that admits requests also loads their promoted blocks
-(:mod:`bench.tier_timing`: bandwidths, layer-wise overlap) and, before each next_batch call, the scheduler's
-queue-based prefetch plan is started on the disk channel. The scheduler is the one ``router_py.scheduling.registry.make_scheduler`` builds for the
+(:mod:`bench.tier_timing`: bandwidths, layer-wise overlap), and the scheduler's queue-based prefetch plan is
+started on the disk channel at each arrival and before each next_batch call. The scheduler is the one ``router_py.scheduling.registry.make_scheduler`` builds for the
 server, so admissions, ``cache_len``, ``chunk_len`` and evictions are the server's own; only time is
 simulated.
 """
@@ -148,6 +148,13 @@ class Simulator:
         while self.pending and self.pending[0].arrival <= self.now:
             req = self.pending.popleft()
             self.scheduler.enqueue(req, req.arrival)
+            self._prefetch(req.arrival)
+
+    def _prefetch(self, start: float) -> None:
+        """Start the queue-based prefetch plan's disk reads at ``start`` (an arrival: a prefetch thread reacts
+        to the queue, not to forward boundaries; or a next_batch call, when the window moves)."""
+        if self.tier_clock is not None and self.config.prefetch_window:
+            self.tier_clock.prefetch(start, self.scheduler.plan_prefetch(self.config.prefetch_window))  # type: ignore[attr-defined]
 
     def _current_tokens(self) -> int:
         """``CachedBatch.current_tokens``: the next forward of the running batch, as the shard plans it."""
@@ -180,8 +187,7 @@ class Simulator:
         )
         if budgets is None:
             return False
-        if self.tier_clock is not None and self.config.prefetch_window:
-            self.tier_clock.prefetch(self.now, self.scheduler.plan_prefetch(self.config.prefetch_window))  # type: ignore[attr-defined]
+        self._prefetch(self.now)
         plan = self.scheduler.next_batch(self.now, budgets.prefill, budgets.tokens, max_size=budgets.max_size)
         if plan is None:
             return False

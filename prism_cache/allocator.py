@@ -89,7 +89,8 @@ class RadixAllocator:
     ) -> None:
         """Args: policy: a typed :class:`PolicyConfig`, or a policy name whose knobs ``params`` holds (flat
         ``--scheduler-param`` keys); observer: told of every block the tree stores and evicts
-        (:class:`CacheObserver`); tiers: host/disk tiers below the device (None or both sizes 0: off). Raises ValueError for an unknown policy or a bad knob."""
+        (:class:`CacheObserver`); tiers: host/disk tiers below the device (None or both sizes 0: off; also off
+        without prefix caching). Raises ValueError for an unknown policy or a bad knob."""
         config = policy if isinstance(policy, PolicyConfig) else PolicyConfig.parse(policy, params)
         self._pool = BlockPool(num_blocks)
         half_life = config.dart.heat_half_life

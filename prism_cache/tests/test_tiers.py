@@ -172,16 +172,35 @@ def test_tenants_never_share_a_block_in_any_tier() -> None:
     a.rollback(got)
 
 
-def test_prefetch_moves_a_waiting_request_from_disk_to_host() -> None:
+def test_without_a_host_tier_evictions_go_to_disk_and_nothing_is_prefetched() -> None:
     a = RadixAllocator(6, BS, "lru", tiers=TierConfig(host_blocks=0, disk_blocks=8, policy="dart"))
     prompt = (1, 1, 2, 2, 3, 3, 4, 4)
     got = a.allocate(8, "t", prompt)
     assert got is not None
     a.release(got, prompt)
-    got = a.allocate(9, "t", (7, 7, 7, 7, 7, 7, 7, 7))  # evicts the prompt straight to disk (no host)
+    got = a.allocate(9, "t", (7, 7, 7, 7, 7, 7, 7, 7))  # evicts the prompt straight to disk
     assert got is not None and [c.dst_tier for c in got.copies] == [Tier.DISK] * 4
-    assert a.plan_prefetch([a.hashes("t", prompt)]) == []  # no host tier: nothing to prefetch into
+    assert a.plan_prefetch([a.hashes("t", prompt)]) == []  # no host tier to prefetch into
     a.rollback(got)
+
+
+def test_prefetch_brings_a_waiting_request_from_disk_to_host_and_admission_reads_the_host() -> None:
+    a = RadixAllocator(6, BS, "lru", tiers=TierConfig(host_blocks=4, disk_blocks=16, policy="dart"))
+    prompt = (1, 1, 2, 2, 3, 3, 4, 4)
+    for p in (prompt, *((k,) * 8 for k in range(5, 9))):  # the prompt: device -> host -> disk
+        got = a.allocate(8, "t", p)
+        assert got is not None
+        a.release(got, p)
+    hashes = a.hashes("t", prompt)
+    assert a.tiers is not None and all(h in a.tiers.index.disk and h not in a.tiers.index.host for h in hashes)
+    copies = a.plan_prefetch([hashes])
+    ups = [c for c in copies if (c.src_tier, c.dst_tier) == (Tier.DISK, Tier.HOST)]
+    assert len(ups) == 4 and copies[-1] == ups[-1]  # each after the copy that emptied its host slot
+    got = a.allocate(9, "t", prompt, hashes)
+    assert got is not None and got.hit_tokens_by_tier[Tier.HOST] == 8
+    assert a.tiers.counters.prefetch_used == 4
+    a.release(got, prompt)
+    a.check_integrity()
 
 
 def test_prefix_run_probes_once_per_whole_run_and_walks_a_broken_one() -> None:

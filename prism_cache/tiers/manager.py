@@ -36,10 +36,10 @@ Pending = tuple[int, BlockCopy]  # (sequence number, copy)
 
 @dataclass
 class TierCounters:
-    """Blocks moved per direction (src, dst), hits in blocks per tier, prefetches and those later used."""
+    """Blocks moved per direction (src, dst), prefetched blocks and those later promoted, failed copies (hits
+    per tier are the scheduler's, capped like cache_len)."""
 
     moved: dict[tuple[Tier, Tier], int] = field(default_factory=dict)
-    hit_blocks: dict[Tier, int] = field(default_factory=lambda: {t: 0 for t in Tier})
     prefetched: int = 0
     prefetch_used: int = 0
     failed: int = 0
@@ -106,6 +106,8 @@ class TierManager:
         it). With ``demote``, a host block first goes down to disk (when the disk takes it)."""
         hot = self.orders[tier].pop(h)
         slot = self.index.tiers[tier].drop(h)
+        if tier == Tier.HOST:
+            self._prefetched.discard(h)  # prefetched into the host and never used
         if demote and tier == Tier.HOST and h not in self.index.disk:
             disk_slot = self._place(Tier.DISK, h, hot)
             if disk_slot is not None:
@@ -182,13 +184,12 @@ class TierManager:
                 pinned.pop(h, None)  # also a pin copy_failed dropped
 
     def promoted(self, found: Sequence[Found], device_blocks: Sequence[int]) -> list[BlockCopy]:
-        """Copies of the ``found`` blocks into ``device_blocks`` (fresh blocks of an allocation), counted as
-        hits; the found blocks stay pinned until :meth:`unpin`."""
+        """Copies of the ``found`` blocks into ``device_blocks`` (fresh blocks of an allocation), each a use of
+        the block; the found blocks stay pinned until :meth:`unpin`."""
         out = []
         for (tier, slot, h), block in zip(found, device_blocks):
             out.append(BlockCopy(tier, slot, Tier.DEVICE, block, h & MASK))
             self.counters.moved[(tier, Tier.DEVICE)] = self.counters.moved.get((tier, Tier.DEVICE), 0) + 1
-            self.counters.hit_blocks[tier] += 1
             order = self.orders[tier]
             order[h] = self.placement.hit(order[h])
             order.move_to_end(h)
@@ -198,10 +199,9 @@ class TierManager:
         return out
 
     def unpromoted(self, found: Sequence[Found]) -> None:
-        """Promotions of a rolled-back allocation: never sent, so neither moves nor hits."""
+        """Promotions of a rolled-back allocation: never sent, so not moves."""
         for tier, _, _ in found:
             self.counters.moved[(tier, Tier.DEVICE)] -= 1
-            self.counters.hit_blocks[tier] -= 1
 
     # ---------------------------------------------------------------- prefetch, faults
     def plan_prefetch(self, waiting: Sequence[tuple[list[int], int]]) -> list[BlockCopy]:

@@ -49,6 +49,9 @@ class TenantPartitionedScheduler:
     ) -> None:
         if config.num_blocks is None:
             raise ValueError("tenant capacity shares need a paged shard (it reported requires_padding)")
+        if config.tiers is not None and config.tiers.enabled:
+            # NOTE: each partition would hand out the same host/disk slots; partitioning the tiers is not built
+            raise ValueError("KV tiers (--kv-host-tokens/--kv-disk-tokens) cannot be combined with tenant shares")
         self.block_size = config.block_size
         self.min_blocks = max(min_blocks, 2)
         self.partitions: list[_Partition] = []

@@ -4,8 +4,11 @@ move a tenant's requests; the shared scheduler, run on the same traffic, shows b
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from prism_cache.tiers import TierConfig
 from router_py.scheduling.interface import SchedRequest, SchedulerConfig
 from router_py.scheduling.registry import make_scheduler
 from router_py.scheduling.tenant_partitions import TenantPartitionedScheduler
@@ -127,6 +130,9 @@ def test_shares_too_small_or_padded_shards_are_refused() -> None:
     padded = SchedulerConfig(num_blocks=None)
     with pytest.raises(ValueError, match="paged shard"):
         TenantPartitionedScheduler(padded, {"a": 0.5}, make_scheduler)
+    tiered = dataclasses.replace(config("fcfs", "lru", 64), tiers=TierConfig(host_blocks=8))
+    with pytest.raises(ValueError, match="KV tiers"):
+        TenantPartitionedScheduler(tiered, {"a": 0.5}, make_scheduler)
 
 
 def test_salted_namespaces_use_their_tenants_partition() -> None:
