@@ -70,8 +70,7 @@ class TenantPartitionedScheduler:
             raise ValueError(f"tenant {name or '(others)'!r}: its share of {config.num_blocks} blocks is {n}, "
                              f"fewer than the {self.min_blocks} one request of max_total_tokens needs; raise the "
                              "share or lower --max-total-tokens")
-        # NOTE: KV tiers are not partitioned (their slots would collide across partitions): off here.
-        inner = make(dataclasses.replace(config, num_blocks=n, tiers=None))
+        inner = make(dataclasses.replace(config, num_blocks=n))
         self.partitions.append(_Partition(name, offset, inner))
         return offset + n
 
