@@ -63,10 +63,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="torch intra-op threads on CPU (default: $PRISM_SHARD_THREADS, else cores - 1)",
     )
-    env = os.environ.get
-    p.add_argument("--kv-host-tokens", type=int, default=int(env("KV_HOST_TOKENS") or 0),
+    env = os.environ.get  # NOTE: argparse converts a string default with ``type``: a bad value is a usage error
+    p.add_argument("--kv-host-tokens", type=int, default=env("KV_HOST_TOKENS") or "0",
                    help="host-memory KV tier, in tokens (pinned on CUDA); 0: none [env: KV_HOST_TOKENS]")
-    p.add_argument("--kv-disk-tokens", type=int, default=int(env("KV_DISK_TOKENS") or 0),
+    p.add_argument("--kv-disk-tokens", type=int, default=env("KV_DISK_TOKENS") or "0",
                    help="disk KV tier, in tokens, under --kv-disk-path; 0: none [env: KV_DISK_TOKENS]")
     p.add_argument("--kv-disk-path", default=env("KV_DISK_PATH") or None,
                    help="directory of the disk KV tier's files [env: KV_DISK_PATH]")

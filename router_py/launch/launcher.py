@@ -21,8 +21,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from router_py import env
 from prism_cache.tiers.types import TIER_POLICIES
+from router_py import env
 from router_py.cli import CACHE_POLICIES, SCHEDULERS, setup_logging
 from router_py.kv_events.config import kv_events_arg
 from router_py.launch.env_args import EnvArgs

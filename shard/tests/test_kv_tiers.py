@@ -220,3 +220,21 @@ def test_tensor_parallel_ranks_agree_on_failed_copies() -> None:
     mine = Outcome(failed=[2], bad_device=set())
     agreed = agree(mine, copies, OtherRankFailedCopy1(), torch.device("cpu"))
     assert agreed.failed == [1, 2] and agreed.bad_device == {5}
+
+
+def test_tier_flags_env_twins_and_checks(monkeypatch, tiny_llama: Path) -> None:
+    import argparse
+
+    from shard import cli
+    from shard.config import ShardConfig
+
+    monkeypatch.setenv("KV_HOST_TOKENS", "64")
+    monkeypatch.setenv("KV_DISK_PATH", "/tmp/somewhere")
+    parser = argparse.ArgumentParser()
+    cli._serve_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "m", "--kv-disk-tokens", "32"])
+    assert (args.kv_host_tokens, args.kv_disk_tokens, args.kv_disk_path) == (64, 32, "/tmp/somewhere")
+    with pytest.raises(ValueError, match="needs --kv-disk-path"):
+        ShardConfig(model_dir=str(tiny_llama), kv_disk_tokens=32)
+    with pytest.raises(ValueError, match="at least 0"):
+        ShardConfig(model_dir=str(tiny_llama), kv_host_tokens=-1)
