@@ -33,8 +33,9 @@ def stack() -> Iterator[tuple[Stack, Path]]:
                "--max-batch-prefill-tokens", "256", "--max-total-tokens", "200", "--max-input-tokens", "180", "--kv-host-tokens", "96",
                "--kv-disk-tokens", "2048", "--kv-disk-path", str(disk)]).wait_healthy()
     yield s, disk
-    assert s.close() == 0
+    code = s.close()
     shutil.rmtree(disk, ignore_errors=True)
+    assert code == 0, "the launcher did not shut down cleanly on SIGTERM"
 
 
 def generate(s: Stack, text: str) -> str:
