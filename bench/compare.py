@@ -3,7 +3,8 @@ and collect one result row per (configuration, offered load).
 
 A row holds ``config`` ("scheduler+policy"), ``qps``, ``mode``, ``requests`` and the metrics of
 :func:`bench.metrics.summarize` (``ttft_p50``, ``ttft_p99`` in seconds, ``hit_rate`` in [0, 1], ...). With KV
-tiers a simulated row adds ``hit_rate_by_tier`` (over all requests, like ``hit_rate_all``).
+tiers a simulated row adds ``hit_rate_by_tier`` (over all requests, like ``hit_rate_all``) and
+:func:`tier_metrics`.
 """
 
 from __future__ import annotations

@@ -113,9 +113,10 @@ class RadixAllocator:
         self._plan: list[list[int]] = []  # the batch's planned demand, until its first eviction counts it
         self._counted: list[list[int]] = []  # ... and once counted, until the batch ends
         self._plan_alone = False  # the planned table held nothing else when the plan was counted
+        self._batches = 0
         self.tiers: TierManager | None = None
         if tiers is not None and tiers.enabled and prefix_caching:
-            self.tiers = TierManager(tiers, self.queued_demand, self._tree.heat_now)
+            self.tiers = TierManager(tiers, self.queued_demand, self._tree.heat_now, block_size=block_size)
             self._tree.spill = self.tiers.evicted
 
     def hashes(self, namespace: str, prompt: Tokens) -> list[int]:
@@ -317,6 +318,41 @@ class RadixAllocator:
         tree = self._tree
         return self.tiers.plan_prefetch([(h, tree.cached_prefix_blocks(h)) for h in waiting])
 
+    def promote_hot(self, limit: int = 4) -> int:
+        """HotPrefix's periodic promotion: the hottest whole host runs hanging from a tree node go back on the
+        device, into free blocks or in place of colder unlocked device leaves (fewer uses); their copies join
+        the pending ones. Returns the blocks promoted."""
+        assert self.tiers is not None
+        tree, pool, done, tried = self._tree, self._pool, 0, 0
+        while tried < limit:
+            roots = [r for r in self.tiers.hot_roots(tree.leaf_ending) if tree.graftable(r[1], r[2])]
+            if not roots:
+                break
+            hot, anchor, tokens, run = roots[0]  # NOTE: recomputed after each graft: a deeper run may hang from it
+            tried, n = tried + 1, len(run)
+            if pool.free_count < n:
+                coldest = tree.coldest_leaf_uses()
+                if coldest is None or hot <= coldest:
+                    break  # the rest are no hotter
+                found = [(Tier.HOST, 0, h) for h in run]
+                self.tiers.pin(found)  # NOTE: not a victim of the demotions this eviction causes
+                tree.lock(anchor)  # nor is the node it hangs from
+                tree.evict(n - pool.free_count, self._policy)
+                tree.unlock(anchor)
+                self.tiers.unpin(found)
+                if pool.free_count < n:
+                    continue
+            blocks = pool.allocate(n)
+            assert blocks is not None
+            leaf = tree.graft(anchor, tokens, blocks, run)
+            pool.unref_all(blocks)  # the tree holds its own reference
+            if leaf is None:
+                break
+            leaf.hits = max(0, int(hot) - 1)  # its uses come back with it (HotPrefix's frequency)
+            self.tiers.promoted_run(run, blocks)
+            done += n
+        return done
+
     def copy_failed(self, copy: BlockCopy) -> None:
         """The shard could not run ``copy`` (see :meth:`TierManager.copy_failed`)."""
         if self.tiers is not None:
@@ -331,6 +367,10 @@ class RadixAllocator:
         from just before the batch's first eviction until it ends. Only eviction keys read planned demand, so
         this is the same as counting it all along; a batch that evicts nothing (free memory) then skips the
         table updates and the re-keying they would cause at the next eviction."""
+        if self.tiers is not None and self.tiers.placement.promote_period:
+            self._batches += 1
+            if self._batches % self.tiers.placement.promote_period == 0:
+                self.promote_hot()
         self._tree.begin_batch(self._policy)
         self._plan = list(planned)
         try:

@@ -82,6 +82,9 @@ class EvictionIndex:
             return True
         return False
 
+    def leaf_with_tail(self, h: int) -> Node | None:
+        return self._tails.get(h)
+
     def _set_tail(self, h: int, leaf: Node) -> None:
         self._tails[h] = leaf
         self._tail_set.add(h)

@@ -266,6 +266,38 @@ class RadixTree:
         self.touch(node, hit=False)
         return existing, node
 
+    def graftable(self, parent: Node, tokens: Tokens) -> bool:
+        """``parent`` is in the tree and has no child starting with ``tokens``' first block."""
+        up = parent.parent
+        if up is None:
+            if all(r is not parent for r in self._roots.values()):
+                return False
+        elif up.children.get(parent.edge) is not parent or not parent.blocks:
+            return False
+        return tuple(tokens[: self.block_size]) not in parent.children
+
+    def leaf_ending(self, h: int) -> Node | None:
+        """The leaf whose last block has hash ``h``, or None."""
+        return self._index.leaf_with_tail(h)
+
+    def coldest_leaf_uses(self) -> int | None:
+        """The fewest uses (hits + 1) of an unlocked leaf, or None: O(leaves), for periodic promotion."""
+        return min((n.hits + 1 for n in self._index.leaves if not n.lock), default=None)
+
+    def graft(self, parent: Node, tokens: Tokens, blocks: list[int], hashes: list[int]) -> Node | None:
+        """Hang ``blocks`` (their ``tokens`` and ``hashes``) as a new leaf under ``parent`` (KV tiers promoting
+        a block run back), taking a reference on each. Returns None, taking nothing, if ``parent`` left the tree
+        or already has a child starting with those tokens."""
+        if not self.graftable(parent, tokens):
+            return None
+        root = parent
+        while root.parent is not None:
+            root = root.parent
+        namespace = next(ns for ns, r in self._roots.items() if r is root)
+        leaf = self._add_leaf(namespace, parent, tuple(tokens), list(blocks), list(hashes))
+        self.touch(leaf, hit=False)
+        return leaf
+
     def _add_leaf(
         self, namespace: str, parent: Node, tokens: Tokens, blocks: list[int], hashes: list[int]
     ) -> Node:

@@ -58,6 +58,7 @@ def _churn(policy: str, steps: int, seed: int, fail_rate: float = 0.0) -> RadixA
     heads = [tuple(rng.randrange(50) for _ in range(6)) for _ in range(5)]
     running: list[tuple] = []
     queued: list[list[int]] = []
+    promoted = 0
     for _ in range(steps):
         op = rng.random()
         if op < 0.45 and len(running) < 3:
@@ -87,6 +88,8 @@ def _churn(policy: str, steps: int, seed: int, fail_rate: float = 0.0) -> RadixA
         elif op < 0.9 and running:
             item = running.pop(rng.randrange(len(running)))
             a.release(item[0], item[1], item[2])
+        elif op < 0.95:
+            promoted += a.promote_hot()
         else:
             queued = [a.hashes(rng.choice(("t1", "t2")), h) for h in rng.sample(heads, 2)]
             copies = a.plan_prefetch(queued)
@@ -95,6 +98,7 @@ def _churn(policy: str, steps: int, seed: int, fail_rate: float = 0.0) -> RadixA
         shard.run(a.plan_prefetch([]))  # pending demotions run before anything else reuses their slots
         a.check_integrity()
         _check_placement(a, shard)
+    assert promoted > 0 or policy != "hotprefix", "hotprefix never promoted a host run periodically"
     return a
 
 
@@ -154,6 +158,20 @@ def test_hotprefix_admits_only_blocks_used_twice() -> None:
     assert a.tiers is not None and len(a.tiers.index.host) == 0, "a block used once entered the host"
     a, prompt = _fill_and_evict("hotprefix", reuse=1)
     assert all(h in a.tiers.index.host for h in a.hashes("t", prompt)[:1])  # type: ignore[union-attr]
+
+
+def test_hotprefix_promotes_a_hot_host_run_in_place_of_colder_device_leaves() -> None:
+    a, prompt = _fill_and_evict("hotprefix", reuse=2)  # used 3 times, then pushed off by prompts used once
+    hashes = a.hashes("t", prompt)
+    assert a._tree.cached_prefix_blocks(hashes) == 0 and a.tiers is not None
+    assert a.promote_hot() == 4
+    assert a._tree.cached_prefix_blocks(hashes) == 4 and not any(h in a.tiers.index.host for h in hashes)
+    ups = [c for c in a.plan_prefetch([]) if c.dst_tier == Tier.DEVICE]
+    assert [c.block_hash for c in ups] == [h & MASK for h in hashes]
+    a.check_integrity()
+    got = a.allocate(9, "t", prompt)
+    assert got is not None and got.hit_tokens_by_tier[Tier.DEVICE] == 8
+    a.rollback(got)
 
 
 def test_lru_offload_writes_through_and_dart_writes_back() -> None:

@@ -52,6 +52,7 @@ class TierManager:
         queued: Callable[[int, int], int],
         heat_now: Callable[[], float] = float,
         block_bytes: int = 0,
+        block_size: int = 1,
     ) -> None:
         self.config = config
         self.pools = {Tier.HOST: SlotPool(config.host_blocks), Tier.DISK: SlotPool(config.disk_blocks)}
@@ -63,6 +64,10 @@ class TierManager:
         self._seq = 0
         self._prefetched: set[int] = set()
         self.counters = TierCounters()
+        self.block_size = block_size
+        # NOTE: with periodic promotion, where each run was cut off: run id -> (node it hung from, that node's
+        # last hash then, the run's token ids, the run); what grafting it back into the tree needs
+        self._anchors: dict[int, tuple[Node, int | None, tuple[int, ...], list[int]]] = {}
 
     # ---------------------------------------------------------------- copies
     def _emit(self, src: Tier, src_slot: int, dst: Tier, dst_slot: int, h: int) -> None:
@@ -135,6 +140,45 @@ class TierManager:
         run = node.hashes[keep:]
         for i, (b, h) in enumerate(zip(node.blocks[keep:], run)):
             self._down(b, h, hot, run, i)
+        if self.placement.promote_period and id(run) in self.index.host.runs:
+            anchor = node if keep else node.parent
+            assert anchor is not None
+            prev = anchor.hashes[keep - 1] if keep else (anchor.hashes[-1] if anchor.blocks else None)
+            bs = self.block_size
+            self._anchors[id(run)] = (anchor, prev, node.tokens[keep * bs : len(node.blocks) * bs], run)
+
+    def hot_roots(
+        self, leaf_ending: Callable[[int], Node | None]
+    ) -> list[tuple[float, Node, tuple[int, ...], list[int]]]:
+        """Whole host runs that no allocation is copying up and whose cut-off point is the end of a tree node
+        (the node it was cut from, or else the leaf ``leaf_ending`` finds by that hash: a run grafted back
+        before it), hottest first (their first block's hotness), as (hotness, node, token ids, hashes).
+        Forgets runs no longer whole."""
+        out = []
+        runs, order = self.index.host.runs, self.orders[Tier.HOST]
+        for rid, (anchor, prev, tokens, run) in list(self._anchors.items()):
+            record = runs.get(rid)
+            if record is None or record[1] < len(run):
+                del self._anchors[rid]
+                continue
+            if (anchor.hashes[-1] if anchor.blocks else None) != prev:
+                found = leaf_ending(prev) if prev is not None else None
+                if found is None:
+                    continue
+                anchor = found
+            if self.pinned.keys().isdisjoint(run):
+                out.append((order[run[0]], anchor, tokens, run))
+        out.sort(key=lambda item: -item[0])
+        return out
+
+    def promoted_run(self, run: list[int], device_blocks: Sequence[int]) -> None:
+        """A whole host run was grafted back into the tree on ``device_blocks``: copy it up (pending, in order)
+        and drop the host copies."""
+        host = self.index.host
+        for h, block in zip(run, device_blocks):
+            self._emit(Tier.HOST, host.slot_of[h], Tier.DEVICE, block, h)
+            self.pools[Tier.HOST].give(self._drop(Tier.HOST, h))
+        self._anchors.pop(id(run), None)
 
     def served(self, hashes: Sequence[int]) -> None:
         """The device served these blocks: write-through policies refresh their lower copies' recency."""

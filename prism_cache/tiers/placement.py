@@ -7,9 +7,12 @@ policy                  device eviction -> host/disk  full tier gives up        
 ``dart``                every block (demote, not      the coldest (decayed heat) of   no; host copies
                         drop)                         the oldest ``SAMPLE`` that no   move up on use
                                                       waiting request needs
-``hotprefix``           blocks with frequency >=      the coldest of the oldest       no
-                        threshold; replaces the       ``SAMPLE`` entries, only for a
-                        coldest only if hotter        hotter block
+``hotprefix``           blocks with frequency >=      the coldest of the oldest       no; every
+                        threshold; replaces the       ``SAMPLE`` entries, only for a  ``promote_period``
+                        coldest only if hotter        hotter block                    batches the hottest
+                                                                                      host roots swap
+                                                                                      with colder device
+                                                                                      leaves
 ``lru-offload``         nothing new (already written) the least recent entry          yes (vLLM, HiCache)
 ======================= ============================= ============================== ==================
 
@@ -40,6 +43,7 @@ class Placement:
     name = "lru"
     write_through = False
     exclusive = True
+    promote_period = 0  # batches between periodic promotions of hot host runs (0: promotion on use only)
 
     def hotness(self, node: Node) -> float:
         return float(node.hits + 1)
@@ -107,6 +111,7 @@ class HotPrefixPlacement(Placement):
     tier replaces its coldest (sampled) entry only with a hotter block."""
 
     name = "hotprefix"
+    promote_period = 16
 
     def __init__(self, threshold: float = 2.0) -> None:
         self.threshold = threshold
