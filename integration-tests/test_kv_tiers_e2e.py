@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
-import time
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,18 +28,30 @@ def prompt(seed: int, words: int = 40) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words))
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[tuple[Stack, Path]]:
+def launch(*extra: str) -> Iterator[tuple[Stack, Path]]:
+    """A 20-block device pool (LRU, so that a flood evicts the target: DART keeps a prompt seen twice), a host
+    and a disk tier that never fills."""
     disk = Path(tempfile.mkdtemp(prefix="prism-kv-disk-"))
-    # NOTE: LRU on the device so that the floods below evict the target (DART keeps a prompt seen twice); the
-    # tiers are placed by DART (the default). A disk that never fills keeps the two tests independent.
     s = Stack(["--dtype", "float32", "--cache-policy", "lru", "--num-blocks", "20",
                "--max-batch-prefill-tokens", "256", "--max-total-tokens", "200", "--max-input-tokens", "180",
-               "--kv-host-tokens", "160", "--kv-disk-tokens", "8192", "--kv-disk-path", str(disk)]).wait_healthy()
+               "--kv-disk-tokens", "8192", "--kv-disk-path", str(disk), *extra]).wait_healthy()
     yield s, disk
     code = s.close()
     shutil.rmtree(disk, ignore_errors=True)
     assert code == 0, "the launcher did not shut down cleanly on SIGTERM"
+
+
+@pytest.fixture
+def stack() -> Iterator[tuple[Stack, Path]]:
+    """Tiers placed by DART (the default), a 10-block host tier."""
+    yield from launch("--kv-host-tokens", "160")
+
+
+@pytest.fixture
+def lru_stack() -> Iterator[tuple[Stack, Path]]:
+    """Write-through LRU tiers (placement that does not depend on wall time, unlike DART's decayed heat), a
+    64-block host tier."""
+    yield from launch("--kv-host-tokens", "1024", "--kv-tier-policy", "lru-offload")
 
 
 def generate(s: Stack, text: str) -> str:
@@ -80,29 +92,39 @@ def test_outputs_equal_from_every_tier_and_after_corrupt_disk_files(stack) -> No
     assert s.metric('prism_kv_tier_blocks{tier="disk"}') > 0
 
 
-def test_a_waiting_request_is_prefetched_from_disk(stack) -> None:
+def test_a_waiting_request_is_prefetched_from_disk(lru_stack) -> None:
     """A long generation holds 13 of the 19 device blocks; a request of 8 blocks whose prefix is on disk waits
     for it, its blocks come up to host memory meanwhile (KvTierService.Transfer), and it is served from there."""
-    s, _ = stack
+    s, _ = lru_stack
     target = prompt(50)
     cold = generate(s, target)
-    for i in range(51, 64):
+    for i in range(51, 64):  # 13 x 8 blocks through a 64-block host: the target's blocks end on disk
         generate(s, prompt(i))
     before = s.metric("prism_kv_tier_prefetch_hits")
 
-    def long() -> None:
-        # NOTE: a prompt whose greedy continuation runs the whole 150 tokens (no EOS) on the demo model
-        body = {"inputs": " ".join(["stone"] * 15) + " 1",
-                "parameters": {"max_new_tokens": 150, "do_sample": False, "details": True}}
-        r = httpx.post(f"{s.url}/generate", json=body, timeout=120)
-        assert r.status_code == 200 and r.json()["details"]["generated_tokens"] == 150, r.text
+    started = threading.Event()
 
+    def long() -> int:
+        """Stream a long generation (a prompt whose greedy continuation has no EOS on the demo model); set
+        ``started`` at its first token, so that the target surely arrives while it runs."""
+        body = {"inputs": " ".join(["stone"] * 15) + " 1", "parameters": {"max_new_tokens": 150}}
+        tokens = 0
+        with httpx.stream("POST", f"{s.url}/generate_stream", json=body, timeout=120) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    tokens += 1
+                    started.set()
+        return tokens
+
+    hits = {t: tier_hits(s, t) for t in ("device", "host", "disk")}
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(long)
-        time.sleep(0.3)
+        assert started.wait(60)
         assert generate(s, target) == cold
-        running.result()
+        still_running = not running.done()
+        assert running.result() == 150
     text = httpx.get(f"{s.url}/metrics").text
     state = "\n".join(line for line in text.splitlines() if "tier" in line and not line.startswith("#"))
+    state += f"\nbefore the target {hits}; the long one still ran when the target ended: {still_running}"
     assert s.metric("prism_kv_tier_prefetched_blocks") > 0, state
     assert s.metric("prism_kv_tier_prefetch_hits") > before, state
