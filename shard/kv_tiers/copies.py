@@ -25,10 +25,6 @@ class Copy:
     dst_slot: int
     block_hash: int
 
-    @property
-    def direction(self) -> str:
-        return f"{self.src_tier.name.lower()}_to_{self.dst_tier.name.lower()}"
-
 
 def from_pb(copies: Iterable) -> list[Copy]:
     """``KvCopy`` messages -> Copy. Raises InvalidRequest for an unknown tier number."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,11 +66,6 @@ class KvTiers:
             self.overlap = os.environ[OVERLAP_ENV] not in ("0", "false")
         self.stream = torch.cuda.Stream(device) if self.cuda else None
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="kv-tiers")  # FIFO over every copy list
-        self.moved: Counter[str] = Counter()  # bytes per direction, for logs and tests
-
-    @property
-    def enabled(self) -> bool:
-        return self.host is not None or self.disk is not None
 
     def check(self, copies: list[Copy]) -> None:
         check(copies, self.sizes)
@@ -92,7 +86,6 @@ class KvTiers:
                 ok = (c.src_tier, c.src_slot) not in poisoned and self._copy(c, out if deferrable else None)
                 if ok:
                     poisoned.discard((c.dst_tier, c.dst_slot))
-                    self.moved[c.direction] += self.block_bytes
                     continue
                 out.failed.append(i)
                 poisoned.add((c.dst_tier, c.dst_slot))

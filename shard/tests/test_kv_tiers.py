@@ -82,7 +82,6 @@ def test_copies_through_every_tier_keep_the_bytes(tmp_path: Path) -> None:
     out = tiers.run(path)
     assert out.failed == [] and not out.bad_device
     assert torch.equal(_device_block(tiers, 5), want) and torch.equal(_device_block(tiers, 6), want)
-    assert tiers.moved["device_to_host"] == tiers.block_bytes
 
 
 def test_a_failed_copy_poisons_what_reads_its_destination(tmp_path: Path) -> None:
