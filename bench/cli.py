@@ -83,7 +83,7 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--block-size", type=int, default=16)
     s.add_argument("--host-capacity-tokens", type=int, default=0, help="host KV tier in tokens (0: none)")
     s.add_argument("--disk-capacity-tokens", type=int, default=0, help="disk KV tier in tokens (0: none)")
-    s.add_argument("--tier-policy", default="dart", choices=TIER_POLICIES, help="placement across the KV tiers")
+    s.add_argument("--tier-policy", default="dart", choices=TIER_POLICIES, help="placement across KV tiers")
     s.add_argument("--host-read-gbps", type=float, default=25.0, help="host -> device bandwidth, GB/s")
     s.add_argument("--disk-read-gbps", type=float, default=3.0, help="disk read bandwidth, GB/s")
     s.add_argument("--no-tier-overlap", dest="tier_overlap", action="store_false",

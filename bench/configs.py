@@ -38,7 +38,7 @@ def make(
     params: dict[str, float] | None = None,
     tiers: TierConfig | None = None,
 ) -> Scheduler:
-    """The router's scheduler for ``config`` over a KV cache of ``num_blocks`` blocks (and ``tiers`` below)."""
+    """The router's scheduler for ``config`` over ``num_blocks`` KV blocks (and ``tiers`` below them)."""
     # NOTE: lazy, the PRISM package may land after bench
     from router_py.scheduling.registry import make_scheduler
 

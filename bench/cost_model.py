@@ -5,8 +5,8 @@ A step runs a mixed batch, as a chunking shard does: prefill chunks, each ``(new
 decoding request, given by its context length. Two kinds:
 
 - analytic (``MODEL-GPU``, MODEL one of ``qwen3-4b``, ``llama2-7b``, ``llama2-13b``, GPU one of ``a800``,
-  ``h100``, ``a6000``): FLOPs and bytes against the GPU's peak rates with stated efficiency factors, a roofline ``max(compute, memory)`` plus a
-  fixed per-step overhead (kernel launches, sampling, scheduling);
+  ``h100``, ``a6000``): FLOPs and bytes against the GPU's peak rates with stated efficiency factors, a
+  roofline ``max(compute, memory)`` plus a fixed per-step overhead (kernel launches, sampling, scheduling);
 - ``measured:PATH``: a linear fit of our own shard's step times (the JSON ``prism-bench calibrate`` writes).
 
 KV capacity follows from the GPU memory: ``memory * mem_fraction - weights`` over the KV bytes of one token.

@@ -85,8 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill-tokens", type=int, default=16384, help="prefill budget of one batch")
     parser.add_argument("--limit", type=int, default=None, help="replay only the first N requests")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="scheduler param")
-    parser.add_argument("--host-capacity-tokens", type=int, default=0, help="host KV tier in tokens (0: none)")
-    parser.add_argument("--disk-capacity-tokens", type=int, default=0, help="disk KV tier in tokens (0: none)")
+    parser.add_argument("--host-capacity-tokens", type=int, default=0, help="host KV tier, tokens (0: none)")
+    parser.add_argument("--disk-capacity-tokens", type=int, default=0, help="disk KV tier, tokens (0: none)")
     parser.add_argument("--tier-policy", default="dart", choices=TIER_POLICIES, help="placement across tiers")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     scheduler = make_scheduler(config)
     assert isinstance(scheduler, QueueScheduler)
     result = replay(requests, scheduler, args.window, args.prefill_tokens, args.capacity_tokens)
-    bound = belady_hit_tokens(requests, result.order, num_blocks - 1 + tiers.host_blocks + tiers.disk_blocks, bs)
+    summed = num_blocks - 1 + tiers.host_blocks + tiers.disk_blocks
+    bound = belady_hit_tokens(requests, result.order, summed, bs)
     prompt_tokens = max(1, result.prompt_tokens)
     out = {
         "scheduler": args.scheduler,

@@ -14,10 +14,10 @@ forward pass at a time, with the same budgets and the same order of scheduler ca
 Arrivals are enqueued with their own time before each next_batch call; when nothing runs and nothing is
 admitted the clock jumps to the next arrival. A running request's next tokens are its prompt's next piece
 (``chunk_len`` first, then what the shard plans, :func:`proto.chunking.plan_continuing`) or one decode token, as
-:mod:`shard.batch` computes them. Each forward
-lasts ``cost.step_seconds``; with KV tiers, a forward that admits requests also loads their promoted blocks
-(:mod:`bench.tier_timing`: bandwidths, layer-wise overlap), and the scheduler's queue-based prefetch plan is
-started on the disk channel at each arrival and before each next_batch call. The scheduler is the one ``router_py.scheduling.registry.make_scheduler`` builds for the
+:mod:`shard.batch` computes them. Each forward lasts ``cost.step_seconds``; with KV tiers, a forward that
+admits requests also loads their promoted blocks (:mod:`bench.tier_timing`: bandwidths, layer-wise overlap),
+and the scheduler's queue-based prefetch plan is started on the disk channel at each arrival and before each
+next_batch call. The scheduler is the one ``router_py.scheduling.registry.make_scheduler`` builds for the
 server, so admissions, ``cache_len``, ``chunk_len`` and evictions are the server's own; only time is
 simulated.
 """
@@ -153,8 +153,10 @@ class Simulator:
     def _prefetch(self, start: float) -> None:
         """Start the queue-based prefetch plan's disk reads at ``start`` (an arrival: a prefetch thread reacts
         to the queue, not to forward boundaries; or a next_batch call, when the window moves)."""
-        if self.tier_clock is not None and self.config.prefetch_window:
-            self.tier_clock.prefetch(start, self.scheduler.plan_prefetch(self.config.prefetch_window))  # type: ignore[attr-defined]
+        window = self.config.prefetch_window
+        if self.tier_clock is not None and window:
+            plan = self.scheduler.plan_prefetch(window)  # type: ignore[attr-defined]
+            self.tier_clock.prefetch(start, plan)
 
     def _current_tokens(self) -> int:
         """``CachedBatch.current_tokens``: the next forward of the running batch, as the shard plans it."""

@@ -49,8 +49,8 @@ class Allocation:
 
     With tiers (TIERS-CONTRACT.md): ``copies`` for the shard to run in order before the forward that uses the
     blocks (demotions this allocation's evictions forced, then promotions of the matched host/disk blocks into
-    the table's blocks ``depth ..``, which ``prefix_len`` counts); ``hit_tokens_by_tier``: ``prefix_len`` split
-    by where the blocks came from."""
+    the table's blocks ``depth ..``, which ``prefix_len`` counts); ``hit_tokens_by_tier``: ``prefix_len``
+    split by where the blocks came from."""
 
     namespace: str
     blocks: tuple[int, ...]
@@ -328,7 +328,8 @@ class RadixAllocator:
             roots = [r for r in self.tiers.hot_roots(tree.leaf_ending) if tree.graftable(r[1], r[2])]
             if not roots:
                 break
-            hot, anchor, tokens, run = roots[0]  # NOTE: recomputed after each graft: a deeper run may hang from it
+            # NOTE: recomputed after each graft: a deeper run may hang from the leaf just grafted
+            hot, anchor, tokens, run = roots[0]
             tried, n = tried + 1, len(run)
             if pool.free_count < n:
                 coldest = tree.coldest_leaf_uses()

@@ -285,9 +285,9 @@ class RadixTree:
         return min((n.hits + 1 for n in self._index.leaves if not n.lock), default=None)
 
     def graft(self, parent: Node, tokens: Tokens, blocks: list[int], hashes: list[int]) -> Node | None:
-        """Hang ``blocks`` (their ``tokens`` and ``hashes``) as a new leaf under ``parent`` (KV tiers promoting
-        a block run back), taking a reference on each. Returns None, taking nothing, if ``parent`` left the tree
-        or already has a child starting with those tokens."""
+        """Hang ``blocks`` (their ``tokens`` and ``hashes``) as a new leaf under ``parent`` (KV tiers
+        promoting a block run back), taking a reference on each. Returns None, taking nothing, if ``parent``
+        left the tree or already has a child starting with those tokens."""
         if not self.graftable(parent, tokens):
             return None
         root = parent

@@ -1,4 +1,4 @@
-"""KV tiers in the replay (flags, hit rate by tier) and in the simulator (bandwidth cost, overlap, prefetch)."""
+"""KV tiers in the replay (flags, hit rate by tier) and the simulator (bandwidth cost, overlap, prefetch)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ def test_simulated_tiers_serve_what_the_device_dropped_and_overlap_lowers_ttft()
     tiers = TierConfig(host_blocks=2000, disk_blocks=4000)
     rows = {}
     for overlap in (False, True):
-        timing = TierTiming(cost.model.kv_bytes_per_token * 16, cost.model.layers, overlap=overlap)  # type: ignore[attr-defined]
+        model = cost.model  # type: ignore[attr-defined]
+        timing = TierTiming(model.kv_bytes_per_token * 16, model.layers, overlap=overlap)
         sim = SimConfig(tiers=timing, prefetch_window=4)
         rows[overlap] = simulate_point("qas+dart", requests, SimSetup(cost, 16, sim, 8192, 0.0, tiers))
     base = simulate_point("qas+dart", requests, SimSetup(cost, 16, SimConfig(), 8192, 0.0))

@@ -1,5 +1,5 @@
-"""KV tiers under the tree: accounting and data placement under random churn (a model shard runs every copy and
-checks it moves the right block), tenant isolation, and each placement policy's behaviour."""
+"""KV tiers under the tree: accounting and data placement under random churn (a model shard runs every copy
+and checks it moves the right block), tenant isolation, and each placement policy's behaviour."""
 
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ def _churn(policy: str, steps: int, seed: int, fail_rate: float = 0.0) -> RadixA
         op = rng.random()
         if op < 0.45 and len(running) < 3:
             ns = rng.choice(("t1", "t2"))
-            prompt = rng.choice(heads)[: rng.randrange(2, 7)] + tuple(rng.randrange(50) for _ in range(rng.randrange(3)))
+            tail = tuple(rng.randrange(50) for _ in range(rng.randrange(3)))
+            prompt = rng.choice(heads)[: rng.randrange(2, 7)] + tail
             hashes = a.hashes(ns, prompt)
             alloc = a.allocate(len(prompt) + 1, ns, prompt, hashes)
             if alloc is None:
@@ -76,9 +77,9 @@ def _churn(policy: str, steps: int, seed: int, fail_rate: float = 0.0) -> RadixA
                 a.copy_failed(alloc.copies[i])
                 fail.add(i)
             depth_blocks = alloc.prefix_len // BS
-            for i, b in enumerate(alloc.blocks):  # the forward: the shard recomputes what a copy failed to bring
+            for i, b in enumerate(alloc.blocks):  # the forward (it recomputes what a failed copy did not bring)
                 if i < depth_blocks and not fail:
-                    assert shard.kv[(Tier.DEVICE, b)] == hashes[i] & MASK, "a cached prefix block holds other KV"
+                    assert shard.kv[(Tier.DEVICE, b)] == hashes[i] & MASK, "a cached prefix block has other KV"
                 shard.kv[(Tier.DEVICE, b)] = hashes[i] & MASK if i < len(hashes) else None
             assert sum(alloc.hit_tokens_by_tier.values()) == alloc.prefix_len
             running.append((alloc, prompt, hashes))
@@ -104,7 +105,12 @@ def _churn(policy: str, steps: int, seed: int, fail_rate: float = 0.0) -> RadixA
 
 @pytest.mark.parametrize(
     "policy,steps,fail_rate",
-    [("dart", 100_000, 0.0), ("dart", 10_000, 0.03), ("hotprefix", 10_000, 0.0), ("lru-offload", 10_000, 0.03)],
+    [
+        ("dart", 100_000, 0.0),
+        ("dart", 10_000, 0.03),
+        ("hotprefix", 10_000, 0.0),
+        ("lru-offload", 10_000, 0.03),
+    ],
 )
 def test_accounting_and_placement_hold_under_random_churn(policy: str, steps: int, fail_rate: float) -> None:
     a = _churn(policy, steps, 7, fail_rate)
@@ -210,7 +216,8 @@ def test_prefetch_brings_a_waiting_request_from_disk_to_host_and_admission_reads
         assert got is not None
         a.release(got, p)
     hashes = a.hashes("t", prompt)
-    assert a.tiers is not None and all(h in a.tiers.index.disk and h not in a.tiers.index.host for h in hashes)
+    assert a.tiers is not None
+    assert all(h in a.tiers.index.disk and h not in a.tiers.index.host for h in hashes)
     copies = a.plan_prefetch([hashes])
     ups = [c for c in copies if (c.src_tier, c.dst_tier) == (Tier.DISK, Tier.HOST)]
     assert len(ups) == 4 and copies[-1] == ups[-1]  # each after the copy that emptied its host slot

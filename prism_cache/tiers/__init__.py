@@ -1,4 +1,4 @@
-"""KV tiers below the device pool (host memory, disk) under the one router-owned tree. Standard library only."""
+"""KV tiers below the device pool (host memory, disk) under the one router-owned tree. Stdlib only."""
 
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 [--entries 10000000]``.
 
 Fills the host tier's index with ``entries`` blocks as runs of 256 (4,096-token prompts at block size 16, each
-demoted as one run), then times, one call at a time: a whole-prefix lookup of a stored chain (``prefix_run``: the sequential case),
-a prefix broken in its middle (the walk), a miss, and one block's entry (``lookup``). Memory per entry is the
-process's resident-set growth over the fill, divided by the entries (dict, keys, slots and the per-slot
-arrays).
+demoted as one run), then times, one call at a time: a whole-prefix lookup of a stored chain (``prefix_run``:
+the sequential case), a prefix broken in its middle, a miss, and one block's entry (``lookup``). Memory per
+entry is the process's resident-set growth over the fill, divided by the entries (dict, keys, slots, the
+per-slot arrays and the runs' hash lists).
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ hold blocks by chained hash (:class:`MetadataIndex`), each in a slot of its :cla
 - finds a request's continuation below its device match (:meth:`TierManager.find`), pins it while an
   allocation copies it up (:meth:`TierManager.promoted`), and drops the host copy once the tree holds the block
   again (exclusive policies);
-- plans prefetch for waiting requests (disk -> host, :meth:`TierManager.plan_prefetch`).
+- plans prefetch for waiting requests (disk -> host, :meth:`TierManager.plan_prefetch`);
+- for periodic promotion (HotPrefix), remembers where each host run was cut off the tree and offers the hottest
+  whole ones (:meth:`TierManager.hot_roots`); the allocator grafts them back (:meth:`TierManager.promoted_run`).
 
 Copies wait in ``pending`` (with a sequence number) until an allocation or a prefetch plan takes them: a copy
 out of a slot always precedes, in that order, the copy that overwrites the slot, and a freed device block is

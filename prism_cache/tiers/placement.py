@@ -1,20 +1,14 @@
 """Placement policies for the tiers below the device: what a device eviction demotes, what a full tier gives up,
 and whether a block is written down as soon as the device caches it.
 
-======================= ============================= ============================== ==================
-policy                  device eviction -> host/disk  full tier gives up              write-through
-======================= ============================= ============================== ==================
-``dart``                every block (demote, not      the coldest (decayed heat) of   no; host copies
-                        drop)                         the oldest ``SAMPLE`` that no   move up on use
-                                                      waiting request needs
-``hotprefix``           blocks with frequency >=      the coldest of the oldest       no; every
-                        threshold; replaces the       ``SAMPLE`` entries, only for a  ``promote_period``
-                        coldest only if hotter        hotter block                    batches the hottest
-                                                                                      host roots swap
-                                                                                      with colder device
-                                                                                      leaves
-``lru-offload``         nothing new (already written) the least recent entry          yes (vLLM, HiCache)
-======================= ============================= ============================== ==================
+- ``dart``: a device eviction demotes every block (demote, not drop); a full tier gives up the coldest (decayed
+  heat) of its oldest ``SAMPLE`` entries that no waiting request needs; write-back, and a host copy moves up on
+  use (exclusive).
+- ``hotprefix``: only blocks used at least ``threshold`` times are admitted; a full tier gives up the coldest of
+  its oldest ``SAMPLE`` entries, and only for a hotter block; every ``promote_period`` batches the hottest host
+  runs swap with colder device leaves (:meth:`RadixAllocator.promote_hot`).
+- ``lru-offload``: write-through (vLLM's CPU offload, SGLang HiCache): every block is written down when the
+  device caches it; a full tier gives up its least recent entry; copies stay inclusive.
 
 Each tier keeps an order (an ``OrderedDict`` hash -> hotness, least recent first) that the manager updates on
 every put, hit and drop; policies only read it. Hotness is a block's use count (the node's hits + 1 at

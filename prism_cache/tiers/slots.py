@@ -17,10 +17,6 @@ class SlotPool:
     def free_count(self) -> int:
         return len(self._free)
 
-    @property
-    def used_count(self) -> int:
-        return self.capacity - len(self._free)
-
     def take(self) -> int | None:
         """A free slot, or None when the pool is full."""
         return self._free.pop() if self._free else None

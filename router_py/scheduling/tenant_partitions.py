@@ -51,7 +51,7 @@ class TenantPartitionedScheduler:
             raise ValueError("tenant capacity shares need a paged shard (it reported requires_padding)")
         if config.tiers is not None and config.tiers.enabled:
             # NOTE: each partition would hand out the same host/disk slots; partitioning the tiers is not built
-            raise ValueError("KV tiers (--kv-host-tokens/--kv-disk-tokens) cannot be combined with tenant shares")
+            raise ValueError("KV tiers (--kv-host-tokens, --kv-disk-tokens) do not work with tenant shares")
         self.block_size = config.block_size
         self.min_blocks = max(min_blocks, 2)
         self.partitions: list[_Partition] = []
