@@ -210,5 +210,5 @@ class QueueScheduler:
                 counters = self.allocator.tiers.counters
                 stats["prefetch_blocks"], stats["prefetch_hits"] = counters.prefetched, counters.prefetch_used
                 for tier, pool in self.allocator.tiers.pools.items():
-                    stats[f"tier_blocks_used_{TIER_NAMES[tier]}"] = pool.used_count
+                    stats[f"tier_blocks_used_{TIER_NAMES[tier]}"] = pool.capacity - pool.free_count
         return stats

@@ -108,3 +108,18 @@ def test_tier_hit_metrics_split_the_total_and_default_to_device() -> None:
                   "tier_hit_tokens_disk": 16, "prefetch_hits": 2})
     assert metrics.value("prism_prefix_cache_tier_hit_tokens", tier="host") == 16
     assert metrics.value("prism_kv_tier_prefetch_hits") == 2
+
+
+def test_a_scheduler_with_tiers_reports_every_tier_key() -> None:
+    from prism_cache.tiers.types import TierConfig
+    from router_py.scheduling.interface import SchedulerConfig
+    from router_py.scheduling.registry import make_scheduler
+
+    config = SchedulerConfig(num_blocks=16, block_size=16, tiers=TierConfig(4, 8))
+    stats = make_scheduler(config).cache_stats()
+    for key in ("tier_hit_tokens_device", "tier_hit_tokens_host", "tier_hit_tokens_disk", "prefetch_blocks",
+                "prefetch_hits", "tier_blocks_used_host", "tier_blocks_used_disk"):
+        assert stats[key] == 0, key
+    tiers, metrics = link(Scheduler())
+    tiers.record(stats)
+    assert metrics.value("prism_kv_tier_blocks", tier="disk") == 0
