@@ -1,0 +1,162 @@
+"""Which replica serves a request: PRISM's cache-aware choice among the shard groups one router drives
+(``--data-parallel N``, docs/data-parallel.md).
+
+The router owns every replica's tree, so what each replica has cached for a prompt is known exactly
+(``Scheduler.peek_prefix``), not guessed from past routing as SGLang's gateway does. Each replica's load is
+the work the router has sent it and not yet seen done: prompt tokens still to prefill (each request's uncached
+part, until its first token) plus ``decode_tokens`` per running request. A request goes to the replica with
+the least
+
+    cost = prompt tokens it would compute there (not cached, not in flight)  +  that replica's load
+           - (cache_weight - 1) * tokens it would reuse there
+
+that keeps the imbalance bound: a replica whose load plus this request's new tokens would exceed the least
+loaded replica's load by more than ``max_imbalance_tokens`` is not eligible (the least loaded replica
+always is). With ``cache_weight`` 1 the cost is the work ahead of the request's first token; above 1 a
+replica's cached prefix weighs more than its queue, which keeps prefixes on one replica (a hit now, and the
+next request of that prefix hits too) as long as the bound allows.
+
+Prompts routed but not yet prefilled count as cached on their replica ("in flight"): a burst of requests
+sharing a new prefix goes to one replica, where the first one's prefill serves the others, instead of being
+spread before any of them reached a tree. Plain Python over ints; no clock, no I/O, so the simulator
+(:mod:`bench.dp_sim`) runs the server's code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from prism_cache import block_hashes
+
+PeekPrefix = Callable[[str, Sequence[int]], int]  # (namespace, block hashes) -> cached prefix tokens
+
+
+@dataclass(frozen=True)
+class ReplicaChoiceParams:
+    """Knobs of :class:`ReplicaChooser`, in prompt tokens."""
+
+    max_imbalance_tokens: int = 131_072  # the bound: load after the choice <= least load + this
+    decode_tokens: int = 64  # load of one running request beyond its prefill
+    cache_weight: float = 2.0  # weight of a reused token against a token of queue (1: pure work estimate)
+
+    def __post_init__(self) -> None:
+        if self.max_imbalance_tokens < 0 or self.decode_tokens < 0 or self.cache_weight < 1:
+            raise ValueError("max_imbalance_tokens and decode_tokens must be >= 0, cache_weight >= 1")
+
+
+@dataclass
+class _Routed:
+    replica: int
+    prefill: int  # tokens counted in the replica's prefill load until the first token
+    inflight: list[int]  # block hashes counted as in flight on the replica until the first token
+
+
+@dataclass
+class ReplicaLoad:
+    """What the router sent one replica and has not seen done."""
+
+    prefill_tokens: int = 0  # uncached prompt tokens of requests still before their first token
+    running: int = 0  # requests routed and not finished
+    inflight: dict[int, int] = field(default_factory=dict)  # block hash -> routed requests not yet prefilled
+
+    def tokens(self, decode_tokens: int) -> int:
+        return self.prefill_tokens + decode_tokens * self.running
+
+    def inflight_blocks(self, hashes: Sequence[int]) -> int:
+        """Leading blocks of ``hashes`` that a request routed here and not yet prefilled also starts with."""
+        n = 0
+        for h in hashes:
+            if h not in self.inflight:
+                break
+            n += 1
+        return n
+
+
+class ReplicaChooser:
+    """Chooses replicas and keeps their loads. ``peeks[r]`` reads replica r's tree (exact, touching nothing);
+    ``block_size`` is the replicas' block size (equal for all).
+
+    Call :meth:`choose` when a request arrives, :meth:`first_token` when its first token comes back and
+    :meth:`finished` when it ends (also after a failure; both ignore unknown ids and repeated calls)."""
+
+    def __init__(
+        self, peeks: Sequence[PeekPrefix], block_size: int, params: ReplicaChoiceParams = ReplicaChoiceParams()
+    ) -> None:
+        if not peeks:
+            raise ValueError("no replica to choose from")
+        self.peeks, self.block_size, self.params = list(peeks), block_size, params
+        self.loads = [ReplicaLoad() for _ in peeks]
+        self._routed: dict[int, _Routed] = {}
+
+    def load(self, replica: int) -> int:
+        return self.loads[replica].tokens(self.params.decode_tokens)
+
+    def choose(
+        self, request_id: int, namespace: str, prompt: Sequence[int], hashes: Sequence[int] | None = None
+    ) -> int:
+        """The replica for this request (recorded as routed there). ``hashes``: the prompt's block hashes
+        when the caller has them; ``[]`` when the request must not use the cache (it then goes by load).
+        Raises ValueError if the id is already routed."""
+        if request_id in self._routed:
+            raise ValueError(f"request {request_id} is already routed")
+        if hashes is None:
+            hashes = block_hashes(namespace, prompt, self.block_size)
+        loads = [self.load(r) for r in range(len(self.loads))]
+        floor = min(loads)
+        best: tuple[float, int, int] | None = None
+        best_new = 0
+        for r, load in enumerate(loads):
+            reused = self._reused(r, namespace, hashes, len(prompt))
+            new = len(prompt) - reused
+            if load > floor and load + new > floor + self.params.max_imbalance_tokens:
+                continue
+            key = (new + load - (self.params.cache_weight - 1) * reused, load, r)
+            if best is None or key < best:
+                best, best_new = key, new
+        assert best is not None  # NOTE: a least-loaded replica is always eligible
+        replica = best[2]
+        self._route(request_id, replica, best_new, hashes)
+        return replica
+
+    def _reused(self, replica: int, namespace: str, hashes: Sequence[int], prompt_len: int) -> int:
+        if not hashes:
+            return 0
+        cached = self.peeks[replica](namespace, hashes)
+        inflight = self.loads[replica].inflight_blocks(hashes) * self.block_size
+        return max(0, min(max(cached, inflight), prompt_len - 1))  # NOTE: the last prompt token is always computed
+
+    def _route(self, request_id: int, replica: int, new: int, hashes: Sequence[int]) -> None:
+        load = self.loads[replica]
+        load.prefill_tokens += new
+        load.running += 1
+        for h in hashes:
+            load.inflight[h] = load.inflight.get(h, 0) + 1
+        self._routed[request_id] = _Routed(replica, new, list(hashes))
+
+    def replica_of(self, request_id: int) -> int | None:
+        routed = self._routed.get(request_id)
+        return None if routed is None else routed.replica
+
+    def first_token(self, request_id: int) -> None:
+        """Its prompt is prefilled: no longer prefill load, and in the tree rather than in flight."""
+        routed = self._routed.get(request_id)
+        if routed is None:
+            return
+        load = self.loads[routed.replica]
+        load.prefill_tokens -= routed.prefill
+        for h in routed.inflight:
+            left = load.inflight[h] - 1
+            if left:
+                load.inflight[h] = left
+            else:
+                del load.inflight[h]
+        routed.prefill, routed.inflight = 0, []
+
+    def finished(self, request_id: int) -> None:
+        """It ended (or failed, or its client left): its replica's load drops."""
+        if request_id not in self._routed:
+            return
+        self.first_token(request_id)
+        routed = self._routed.pop(request_id)
+        self.loads[routed.replica].running -= 1
