@@ -12,7 +12,8 @@
   granularity).
 - ``dynamo-cost``: NVIDIA Dynamo's KV router cost, ``overlap_score_weight * prefill_blocks + decode_blocks``:
   blocks of the prompt not cached on that replica (known exactly, as Dynamo knows it from KV events) plus the
-  blocks of the requests active there (routed, not finished); the least cost, temperature 0 (deterministic).
+  blocks of the requests active there (routed, not finished); the least cost, temperature 0 (deterministic;
+  ties at random, seeded).
 - ``prism``: :class:`router_py.scheduling.replica_choice.ReplicaChooser`, the server's own code.
 
 Each router is told when a routed request gets its first token and when it ends (the simulator's forward
@@ -21,6 +22,7 @@ ends), which is what the real routers see from the responses they proxy.
 
 from __future__ import annotations
 
+import random
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -136,9 +138,12 @@ class SglangApprox(_InFlight):
 
 
 class DynamoCost(_InFlight):
-    def __init__(self, peeks: Sequence[PeekPrefix], block_size: int, overlap_score_weight: float = 1.0) -> None:
+    def __init__(
+        self, peeks: Sequence[PeekPrefix], block_size: int, overlap_score_weight: float = 1.0, seed: int = 0
+    ) -> None:
         super().__init__(len(peeks))
         self.peeks, self.block_size, self.weight = list(peeks), block_size, overlap_score_weight
+        self._rng = random.Random(seed)
 
     def choose(self, req: RouteRequest) -> int:
         bs = self.block_size
@@ -146,8 +151,9 @@ class DynamoCost(_InFlight):
         costs = []
         for r, peek in enumerate(self.peeks):
             prefill_blocks = blocks - peek("", req.hashes) // bs
-            costs.append((self.weight * prefill_blocks + self.blocks[r], r))
-        replica = min(costs)[1]
+            costs.append(self.weight * prefill_blocks + self.blocks[r])
+        least = min(costs)
+        replica = self._rng.choice([r for r, c in enumerate(costs) if c == least])
         return self.add(req.id, replica, -(-(len(req.prompt) + req.output_len) // bs))
 
 

@@ -22,6 +22,7 @@ from prism_cache import POLICY_NAMES, CacheObserver
 from router_py import env
 from router_py.engine.backend_config import BackendConfig
 from router_py.engine.batcher import Batcher
+from router_py.engine.dp_backend import DataParallelBackend
 from router_py.router_config import RouterConfig
 from router_py.launch.env_args import EnvArgs
 from router_py.backend_api import BackendInfo
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = EnvArgs(argparse.ArgumentParser(prog="prism-router", description=__doc__.split("\n\n")[0]))
     # ---- shards and model ----
     p.add("--master-shard-uds-path", default="/tmp/text-generation-server-0")
+    p.add("--replica-shard-uds-path", action="append", default=None, metavar="PATH",
+          help="data parallelism: the master shard socket of each replica (shard group), repeatable; given, it "
+               "replaces --master-shard-uds-path and each request goes to the replica chosen by its cached "
+               "prefix and load (docs/data-parallel.md)")
     p.add("--tokenizer-name", default="bigscience/bloom", help="local model folder with tokenizer.json")
     p.add("--served-model-name", default=None, help="model id reported by /info and /v1/models")
     # ---- HTTP ----
@@ -238,10 +243,15 @@ async def serve(args: argparse.Namespace) -> int:
         raise StartupError(f"--tokenizer-name {args.tokenizer_name!r} is not a local model folder with tokenizer.json")
     tokenizer = Tokenizer.from_model_dir(args.tokenizer_name)
     known = tenants(args)  # NOTE: a bad keys file fails before the shards are touched
-    client = await _connect(args.master_shard_uds_path)
+    paths = args.replica_shard_uds_path or [args.master_shard_uds_path]
+    if len(paths) > 1 and KvEventsConfig.parse(args.kv_events_config).enabled:
+        raise StartupError("--kv-events-config publishes one tree; with several replicas "
+                           "(--replica-shard-uds-path) it is not supported yet")
+    clients = [await _connect(path) for path in paths]
     config = backend_config(args)
-    info, shard = await handshake(client, config)
-    log.info("warmup done: %s", info)
+    handshakes = [await handshake(client, config) for client in clients]
+    info, shard = handshakes[0]
+    log.info("warmup done: %s%s", info, f" (each of {len(paths)} replicas)" if len(paths) > 1 else "")
     log.info(
         "limits: max_input_tokens %d, max_total_tokens %d (%s)", info.max_input_tokens, info.max_total_tokens,
         "as set" if args.max_total_tokens is not None else "chosen by the shard: min(usable KV pool, "
@@ -250,12 +260,20 @@ async def serve(args: argparse.Namespace) -> int:
     metrics = Metrics(info.max_input_tokens, info.max_total_tokens)
     events = kv_events(args.kv_events_config, shard.block_size)
     observer = events[1] if events is not None else None
-    make = scheduler_factory(scheduler_config(args, info, shard, observer), known, info.max_total_tokens)
-    if observer is not None:
-        make = announce_empty(make, observer)
-    batcher = Batcher(client, info, config, make(), metrics, tokenizer.encode, scheduler_factory=make)
+    batchers = []
+    for g, (client, (replica_info, replica_shard)) in enumerate(zip(clients, handshakes)):
+        make = scheduler_factory(
+            scheduler_config(args, replica_info, replica_shard, observer), known, replica_info.max_total_tokens
+        )
+        if observer is not None:
+            make = announce_empty(make, observer)
+        replica_metrics = metrics.labeled(replica=str(g)) if len(paths) > 1 else metrics
+        batchers.append(
+            Batcher(client, replica_info, config, make(), replica_metrics, tokenizer.encode, scheduler_factory=make)
+        )
+    batcher: Batcher | DataParallelBackend = batchers[0] if len(batchers) == 1 else DataParallelBackend(batchers)
     batcher.start()
-    app = create_app(batcher, tokenizer, router_config(args, info, known), metrics)
+    app = create_app(batcher, tokenizer, router_config(args, batcher.info, known), metrics)
     if not args.disable_grammar_support:
         from router_py.http.grammar import start_workers
 
@@ -270,7 +288,8 @@ async def serve(args: argparse.Namespace) -> int:
         await server.serve()
     finally:
         await batcher.stop()
-        await client.close()
+        for client in clients:
+            await client.close()
         if events is not None:
             events[1].flush()
             events[0].shutdown()

@@ -86,6 +86,7 @@ def _run_serve(args: argparse.Namespace) -> None:
         cpu_threads=getattr(args, "cpu_threads", None),
         rank=rank,
         world_size=world,
+        local_rank=ShardConfig.env_local_rank(),
         otlp_endpoint=otlp_endpoint(args.otlp_endpoint),
         otlp_service_name=service_name(args.otlp_service_name),
     )

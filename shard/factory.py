@@ -23,10 +23,13 @@ THREADS_ENV = "PRISM_SHARD_THREADS"
 
 
 def pick_device(config: ShardConfig) -> torch.device:
-    """``--device``, else cuda when available, else cpu; a tensor-parallel rank given plain cuda takes
-    cuda:RANK (one device per rank, as TGI's shards)."""
+    """``--device``, else cuda when available, else cpu; given plain cuda, a rank with LOCAL_RANK takes
+    cuda:LOCAL_RANK (the launcher's --data-parallel groups: group g's rank r is g * ranks + r), else a
+    tensor-parallel rank takes cuda:RANK (one device per rank, as TGI's shards)."""
     name = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and config.world_size > 1:
+    if name == "cuda" and config.local_rank is not None:
+        name = f"cuda:{config.local_rank}"
+    elif name == "cuda" and config.world_size > 1:
         name = f"cuda:{config.rank}"
     return torch.device(name)
 

@@ -39,6 +39,7 @@ class ReplicaChoiceParams:
     max_imbalance_tokens: int = 131_072  # the bound: load after the choice <= least load + this
     decode_tokens: int = 64  # load of one running request beyond its prefill
     cache_weight: float = 2.0  # weight of a reused token against a token of queue (1: pure work estimate)
+    min_reuse_fraction: float = 0.0  # a replica reusing less of the prompt than this counts as reusing none
 
     def __post_init__(self) -> None:
         if self.max_imbalance_tokens < 0 or self.decode_tokens < 0 or self.cache_weight < 1:
@@ -58,6 +59,7 @@ class ReplicaLoad:
 
     prefill_tokens: int = 0  # uncached prompt tokens of requests still before their first token
     running: int = 0  # requests routed and not finished
+    written: int = 0  # prompt tokens routed here uncached, ever: what this replica's tree had to take in
     inflight: dict[int, int] = field(default_factory=dict)  # block hash -> routed requests not yet prefilled
 
     def tokens(self, decode_tokens: int) -> int:
@@ -88,6 +90,7 @@ class ReplicaChooser:
         self.peeks, self.block_size, self.params = list(peeks), block_size, params
         self.loads = [ReplicaLoad() for _ in peeks]
         self._routed: dict[int, _Routed] = {}
+        self._turn = 0  # ties (equal cost and load) go round-robin from here, so idle replicas share new prefixes
 
     def load(self, replica: int) -> int:
         return self.loads[replica].tokens(self.params.decode_tokens)
@@ -102,7 +105,8 @@ class ReplicaChooser:
             raise ValueError(f"request {request_id} is already routed")
         if hashes is None:
             hashes = block_hashes(namespace, prompt, self.block_size)
-        loads = [self.load(r) for r in range(len(self.loads))]
+        n = len(self.loads)
+        loads = [self.load(r) for r in range(n)]
         floor = min(loads)
         best: tuple[float, int, int] | None = None
         best_new = 0
@@ -111,11 +115,12 @@ class ReplicaChooser:
             new = len(prompt) - reused
             if load > floor and load + new > floor + self.params.max_imbalance_tokens:
                 continue
-            key = (new + load - (self.params.cache_weight - 1) * reused, load, r)
+            key = (new + load - (self.params.cache_weight - 1) * reused, self.loads[r].written, (r - self._turn) % n)
             if best is None or key < best:
                 best, best_new = key, new
         assert best is not None  # NOTE: a least-loaded replica is always eligible
-        replica = best[2]
+        replica = (best[2] + self._turn) % n
+        self._turn = (replica + 1) % n
         self._route(request_id, replica, best_new, hashes)
         return replica
 
@@ -124,11 +129,13 @@ class ReplicaChooser:
             return 0
         cached = self.peeks[replica](namespace, hashes)
         inflight = self.loads[replica].inflight_blocks(hashes) * self.block_size
-        return max(0, min(max(cached, inflight), prompt_len - 1))  # NOTE: the last prompt token is always computed
+        reused = max(0, min(max(cached, inflight), prompt_len - 1))  # NOTE: the last prompt token is always computed
+        return reused if reused >= self.params.min_reuse_fraction * prompt_len else 0
 
     def _route(self, request_id: int, replica: int, new: int, hashes: Sequence[int]) -> None:
         load = self.loads[replica]
         load.prefill_tokens += new
+        load.written += new
         load.running += 1
         for h in hashes:
             load.inflight[h] = load.inflight.get(h, 0) + 1
