@@ -4,17 +4,17 @@
 The router owns every replica's tree, so what each replica has cached for a prompt is known exactly
 (``Scheduler.peek_prefix``), not guessed from past routing as SGLang's gateway does. Each replica's load is
 the work the router has sent it and not yet seen done: prompt tokens still to prefill (each request's uncached
-part, until its first token) plus ``decode_tokens`` per running request. A request goes to the replica with
-the least
+part, until its first token) plus ``decode_tokens`` per running request. Among the replicas that keep the
+imbalance bound, a request goes to the one that
 
-    cost = prompt tokens it would compute there (not cached, not in flight)  +  that replica's load
-           - (cache_weight - 1) * tokens it would reuse there
+1. reuses the most of its prompt (cached in that replica's tree, or in flight there: below);
+2. then has taken in the fewest uncached prompt tokens so far (``written``: new prefixes go where the tree is
+   under the least pressure, so every replica keeps its prefixes about as long);
+3. then is the least loaded; then round-robin.
 
-that keeps the imbalance bound: a replica whose load plus this request's new tokens would exceed the least
-loaded replica's load by more than ``max_imbalance_tokens`` is not eligible (the least loaded replica
-always is). With ``cache_weight`` 1 the cost is the work ahead of the request's first token; above 1 a
-replica's cached prefix weighs more than its queue, which keeps prefixes on one replica (a hit now, and the
-next request of that prefix hits too) as long as the bound allows.
+The bound: a replica whose load plus this request's new tokens would exceed the least loaded replica's load by
+more than ``max_imbalance_tokens`` is not eligible (the least loaded replica always is). So affinity may queue
+a request behind at most that much extra work, and no replica drifts further than that from the others.
 
 Prompts routed but not yet prefilled count as cached on their replica ("in flight"): a burst of requests
 sharing a new prefix goes to one replica, where the first one's prefill serves the others, instead of being
@@ -36,14 +36,13 @@ PeekPrefix = Callable[[str, Sequence[int]], int]  # (namespace, block hashes) ->
 class ReplicaChoiceParams:
     """Knobs of :class:`ReplicaChooser`, in prompt tokens."""
 
-    max_imbalance_tokens: int = 131_072  # the bound: load after the choice <= least load + this
+    # NOTE: 2**19, about SGLang's 32-request bound in tokens of the Mooncake trace's mean prompt (15k)
+    max_imbalance_tokens: int = 524_288  # the bound: load after the choice <= least load + this
     decode_tokens: int = 64  # load of one running request beyond its prefill
-    cache_weight: float = 2.0  # weight of a reused token against a token of queue (1: pure work estimate)
-    min_reuse_fraction: float = 0.0  # a replica reusing less of the prompt than this counts as reusing none
 
     def __post_init__(self) -> None:
-        if self.max_imbalance_tokens < 0 or self.decode_tokens < 0 or self.cache_weight < 1:
-            raise ValueError("max_imbalance_tokens and decode_tokens must be >= 0, cache_weight >= 1")
+        if self.max_imbalance_tokens < 0 or self.decode_tokens < 0:
+            raise ValueError("max_imbalance_tokens and decode_tokens must be >= 0")
 
 
 @dataclass
@@ -90,7 +89,7 @@ class ReplicaChooser:
         self.peeks, self.block_size, self.params = list(peeks), block_size, params
         self.loads = [ReplicaLoad() for _ in peeks]
         self._routed: dict[int, _Routed] = {}
-        self._turn = 0  # ties (equal cost and load) go round-robin from here, so idle replicas share new prefixes
+        self._turn = 0  # full ties go round-robin from here
 
     def load(self, replica: int) -> int:
         return self.loads[replica].tokens(self.params.decode_tokens)
@@ -108,20 +107,19 @@ class ReplicaChooser:
         n = len(self.loads)
         loads = [self.load(r) for r in range(n)]
         floor = min(loads)
-        best: tuple[float, int, int] | None = None
-        best_new = 0
+        best: tuple[int, int, int, int] | None = None
         for r, load in enumerate(loads):
-            reused = self._reused(r, namespace, hashes, len(prompt))
-            new = len(prompt) - reused
+            new = len(prompt) - self._reused(r, namespace, hashes, len(prompt))
             if load > floor and load + new > floor + self.params.max_imbalance_tokens:
                 continue
-            key = (new + load - (self.params.cache_weight - 1) * reused, self.loads[r].written, (r - self._turn) % n)
+            written = self.loads[r].written if hashes else 0  # NOTE: a no-cache request writes nothing
+            key = (new, written, load, (r - self._turn) % n)  # NOTE: least new = most reused
             if best is None or key < best:
-                best, best_new = key, new
+                best = key
         assert best is not None  # NOTE: a least-loaded replica is always eligible
-        replica = (best[2] + self._turn) % n
+        replica = (best[3] + self._turn) % n
         self._turn = (replica + 1) % n
-        self._route(request_id, replica, best_new, hashes)
+        self._route(request_id, replica, best[0], hashes)
         return replica
 
     def _reused(self, replica: int, namespace: str, hashes: Sequence[int], prompt_len: int) -> int:
@@ -129,13 +127,12 @@ class ReplicaChooser:
             return 0
         cached = self.peeks[replica](namespace, hashes)
         inflight = self.loads[replica].inflight_blocks(hashes) * self.block_size
-        reused = max(0, min(max(cached, inflight), prompt_len - 1))  # NOTE: the last prompt token is always computed
-        return reused if reused >= self.params.min_reuse_fraction * prompt_len else 0
+        return max(0, min(max(cached, inflight), prompt_len - 1))  # NOTE: the last prompt token is always computed
 
     def _route(self, request_id: int, replica: int, new: int, hashes: Sequence[int]) -> None:
         load = self.loads[replica]
         load.prefill_tokens += new
-        load.written += new
+        load.written += new if hashes else 0
         load.running += 1
         for h in hashes:
             load.inflight[h] = load.inflight.get(h, 0) + 1

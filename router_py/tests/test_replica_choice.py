@@ -57,6 +57,15 @@ def test_a_burst_of_one_new_prefix_goes_to_one_replica() -> None:
     assert len(chosen) == 1  # NOTE: nothing cached anywhere; the first one's prefix is in flight
 
 
+def test_new_prefixes_go_where_the_least_was_written() -> None:
+    chooser = FakeTrees(2).chooser(ReplicaChoiceParams(decode_tokens=0))
+    assert chooser.choose(0, "", prompt(1, 500)) == 0
+    chooser.finished(0)
+    assert chooser.choose(1, "", prompt(2, 40)) == 1
+    chooser.finished(1)
+    assert chooser.choose(2, "", prompt(3, 40)) == 1  # replica 0 took 500 uncached tokens, replica 1 only 40
+
+
 def test_unrelated_prompts_on_idle_replicas_rotate() -> None:
     chooser = FakeTrees(3).chooser()
     picks = []
@@ -69,16 +78,16 @@ def test_unrelated_prompts_on_idle_replicas_rotate() -> None:
 def test_no_cache_request_goes_by_load_only() -> None:
     trees = FakeTrees(2)
     trees.cache(0, prompt(5, 64))
-    chooser = trees.chooser(ReplicaChoiceParams(cache_weight=10))
+    chooser = trees.chooser()
     assert chooser.choose(0, "", prompt(9, 20)) == 0  # idle tie: the rotation starts at 0
-    assert chooser.choose(1, "", prompt(5, 64, tail=1)) == 0  # the cache outweighs 20 tokens of load
+    assert chooser.choose(1, "", prompt(5, 64, tail=1)) == 0  # the cache wins over a lighter replica
     assert chooser.choose(2, "", prompt(5, 64, tail=2), hashes=[]) == 1  # cache ignored: least loaded
 
 
 def test_the_bound_overrides_affinity() -> None:
     trees = FakeTrees(2)
     trees.cache(0, prompt(1, 800))
-    chooser = trees.chooser(ReplicaChoiceParams(max_imbalance_tokens=1000, decode_tokens=0, cache_weight=8))
+    chooser = trees.chooser(ReplicaChoiceParams(max_imbalance_tokens=1000, decode_tokens=0))
     chooser.choose(0, "", prompt(2, 1200))  # replica 0 gets 1,200 tokens of prefill load
     assert chooser.load(0) == 1200 and chooser.load(1) == 0
     assert chooser.choose(1, "", prompt(1, 800, tail=5)) == 1  # cached on 0, but 0 is 1,200 ahead
@@ -87,7 +96,7 @@ def test_the_bound_overrides_affinity() -> None:
 @pytest.mark.parametrize("seed", range(3))
 def test_imbalance_bound_holds_and_loads_return_to_zero_under_churn(seed: int) -> None:
     rng = random.Random(seed)
-    n, params = 4, ReplicaChoiceParams(max_imbalance_tokens=2000, decode_tokens=50, cache_weight=20)
+    n, params = 4, ReplicaChoiceParams(max_imbalance_tokens=2000, decode_tokens=50)
     trees = FakeTrees(n)
     chooser = trees.chooser(params)
     live: dict[int, tuple[list[int], bool]] = {}  # id -> (prompt, prefilled)
