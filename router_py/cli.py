@@ -244,9 +244,6 @@ async def serve(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.from_model_dir(args.tokenizer_name)
     known = tenants(args)  # NOTE: a bad keys file fails before the shards are touched
     paths = args.replica_shard_uds_path or [args.master_shard_uds_path]
-    if len(paths) > 1 and KvEventsConfig.parse(args.kv_events_config).enabled:
-        raise StartupError("--kv-events-config publishes one tree; with several replicas "
-                           "(--replica-shard-uds-path) it is not supported yet")
     clients = [await _connect(path) for path in paths]
     config = backend_config(args)
     handshakes = [await handshake(client, config) for client in clients]
@@ -258,10 +255,11 @@ async def serve(args: argparse.Namespace) -> int:
         "max_position_embeddings), input one less; see the shard's Warmup log line",
     )
     metrics = Metrics(info.max_input_tokens, info.max_total_tokens)
-    events = kv_events(args.kv_events_config, shard.block_size)
-    observer = events[1] if events is not None else None
+    # NOTE: one publisher per replica (its own endpoint and data_parallel_rank), as vLLM's DP ranks publish
+    events = [kv_events(args.kv_events_config, shard.block_size, g) for g in range(len(paths))]
     batchers = []
     for g, (client, (replica_info, replica_shard)) in enumerate(zip(clients, handshakes)):
+        observer = events[g][1] if events[g] is not None else None
         make = scheduler_factory(
             scheduler_config(args, replica_info, replica_shard, observer), known, replica_info.max_total_tokens
         )
@@ -290,16 +288,20 @@ async def serve(args: argparse.Namespace) -> int:
         await batcher.stop()
         for client in clients:
             await client.close()
-        if events is not None:
-            events[1].flush()
-            events[0].shutdown()
+        for publisher_collector in events:
+            if publisher_collector is not None:
+                publisher_collector[1].flush()
+                publisher_collector[0].shutdown()
     return 0
 
 
-def kv_events(text: str | None, block_size: int) -> tuple[ZmqEventPublisher, KvEventCollector] | None:
-    """The publisher and the tree observer of ``--kv-events-config`` (None when events are off). Raises
-    ValueError on a bad config and StartupError when the endpoint cannot be bound."""
-    config = KvEventsConfig.parse(text)
+def kv_events(
+    text: str | None, block_size: int, replica: int = 0
+) -> tuple[ZmqEventPublisher, KvEventCollector] | None:
+    """The publisher and the tree observer of ``--kv-events-config`` for data-parallel replica ``replica``
+    (None when events are off; :meth:`KvEventsConfig.for_replica` gives its endpoints). Raises ValueError on a
+    bad config and StartupError when the endpoint cannot be bound."""
+    config = KvEventsConfig.parse(text).for_replica(replica)
     if not config.enabled:
         return None
     import zmq
@@ -308,11 +310,11 @@ def kv_events(text: str | None, block_size: int) -> tuple[ZmqEventPublisher, KvE
     from router_py.kv_events.publisher import ZmqEventPublisher
 
     try:
-        publisher = ZmqEventPublisher(config, block_size)
+        publisher = ZmqEventPublisher(config, block_size, dp_rank=replica)
     except zmq.ZMQError as e:
         raise StartupError(f"--kv-events-config: cannot open {config.endpoint}: {e}") from None
-    log.info("kv cache events: publishing on %s (topic %r, %s encoding)", publisher.endpoint, config.topic,
-             config.encoding)
+    log.info("kv cache events: publishing on %s (topic %r, %s encoding, data_parallel_rank %d)", publisher.endpoint,
+             config.topic, config.encoding, replica)
     return publisher, KvEventCollector(publisher.publish)
 
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from router_py import env
 from router_py.cli import CACHE_POLICIES, SCHEDULERS, setup_logging
-from router_py.kv_events.config import KvEventsConfig, kv_events_arg
+from router_py.kv_events.config import kv_events_arg
 from router_py.launch.env_args import EnvArgs
 from router_py.launch.model_source import ModelSourceError, resolve_model
 from router_py.launch.process_group import ProcessGroup, RestartPolicy, executable
@@ -122,8 +122,6 @@ def check_args(args: argparse.Namespace) -> str | None:
     message, or None."""
     if args.data_parallel < 1 or args.num_shard < 1:
         return f"`--data-parallel` and `--num-shard` must be >= 1. Given: {args.data_parallel} and {args.num_shard}"
-    if args.data_parallel > 1 and KvEventsConfig.parse(args.kv_events_config).enabled:
-        return "--kv-events-config with --data-parallel > 1 is not supported yet (the router publishes one tree)"
     if args.quantize is not None:
         return (f"`--quantize {args.quantize}` (QUANTIZE) is not supported: this shard has no quantized kernels; "
                 "serve an unquantized checkpoint (--dtype float16/bfloat16) instead")

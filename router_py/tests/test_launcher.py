@@ -81,9 +81,6 @@ def test_data_parallel_starts_groups_with_their_own_sockets_ports_and_devices(
     assert all(f"--replica-shard-uds-path /tmp/x-dp{g}-0" in router for g in range(3))
     alias = launcher.build_parser().parse_args(["--data-parallel-size", "2"])
     assert alias.data_parallel == 2 and launcher.check_args(alias) is None
-    events = launcher.build_parser().parse_args(
-        ["--data-parallel", "2", "--kv-events-config", '{"enable_kv_cache_events": true}'])
-    assert "not supported" in str(launcher.check_args(events))
     assert "must be >= 1" in str(launcher.check_args(launcher.build_parser().parse_args(["--data-parallel", "0"])))
     assert cli.parse_args(["--replica-shard-uds-path", "/a", "--replica-shard-uds-path", "/b"]
                           ).replica_shard_uds_path == ["/a", "/b"]
