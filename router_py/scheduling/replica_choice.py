@@ -8,8 +8,9 @@ part, until its first token) plus ``decode_tokens`` per running request. Among t
 imbalance bound, a request goes to the one that
 
 1. reuses the most of its prompt (cached in that replica's tree, or in flight there: below);
-2. then has taken in the fewest uncached prompt tokens so far (``written``: new prefixes go where the tree is
-   under the least pressure, so every replica keeps its prefixes about as long);
+2. then has taken in the fewest uncached prompt tokens lately (``written``, halving every
+   ``written_half_life`` routed requests: a new prefix goes where the tree is under the least write pressure
+   now, so every replica keeps its prefixes about as long);
 3. then is the least loaded; then round-robin.
 
 The bound: a replica whose load plus this request's new tokens would exceed the least loaded replica's load by
@@ -39,10 +40,11 @@ class ReplicaChoiceParams:
     # NOTE: 2**19, about SGLang's 32-request bound in tokens of the Mooncake trace's mean prompt (15k)
     max_imbalance_tokens: int = 524_288  # the bound: load after the choice <= least load + this
     decode_tokens: int = 64  # load of one running request beyond its prefill
+    written_half_life: int = 1_000  # routed requests after which a replica's written tokens count half
 
     def __post_init__(self) -> None:
-        if self.max_imbalance_tokens < 0 or self.decode_tokens < 0:
-            raise ValueError("max_imbalance_tokens and decode_tokens must be >= 0")
+        if self.max_imbalance_tokens < 0 or self.decode_tokens < 0 or self.written_half_life < 1:
+            raise ValueError("max_imbalance_tokens and decode_tokens must be >= 0, written_half_life >= 1")
 
 
 @dataclass
@@ -58,7 +60,7 @@ class ReplicaLoad:
 
     prefill_tokens: int = 0  # uncached prompt tokens of requests still before their first token
     running: int = 0  # requests routed and not finished
-    written: int = 0  # prompt tokens routed here uncached, ever: what this replica's tree had to take in
+    written: float = 0.0  # uncached prompt tokens routed here, decayed: what this replica's tree takes in lately
     inflight: dict[int, int] = field(default_factory=dict)  # block hash -> routed requests not yet prefilled
 
     def tokens(self, decode_tokens: int) -> int:
@@ -90,6 +92,7 @@ class ReplicaChooser:
         self.loads = [ReplicaLoad() for _ in peeks]
         self._routed: dict[int, _Routed] = {}
         self._turn = 0  # full ties go round-robin from here
+        self._decay = 0.5 ** (1 / params.written_half_life)
 
     def load(self, replica: int) -> int:
         return self.loads[replica].tokens(self.params.decode_tokens)
@@ -105,9 +108,11 @@ class ReplicaChooser:
         if hashes is None:
             hashes = block_hashes(namespace, prompt, self.block_size)
         n = len(self.loads)
+        for replica_load in self.loads:
+            replica_load.written *= self._decay
         loads = [self.load(r) for r in range(n)]
         floor = min(loads)
-        best: tuple[int, int, int, int] | None = None
+        best: tuple[int, float, int, int] | None = None
         for r, load in enumerate(loads):
             new = len(prompt) - self._reused(r, namespace, hashes, len(prompt))
             if load > floor and load + new > floor + self.params.max_imbalance_tokens:
