@@ -3,7 +3,7 @@
     prism-bench compare --mode sim --workload zipf-rag --cost-model qwen3-4b-a800 --qps 4,5,6,7 \\
         --configs fcfs+lru,lpm+lru,qas+dart --out out/4b
     prism-bench compare --mode live --model-id DIR --workload zipf-rag --qps 1,2 --configs ... --out out/live
-    prism-bench dp --replicas 16 --workload trace:PATH --qps 2,4,6,8 --out dp16.json   (bench.dp_sim)
+    prism-bench dp --replicas 16 --trace PATH --qps 1,2,4,6 --out dp16.json   (bench.dp_sim: replica routers)
     prism-bench calibrate --model-id DIR --out measured.json      (then --cost-model measured:measured.json)
     prism-bench replay ...            (bench.replay: hit rate vs the Belady bound, no timing)
     prism-bench router-overhead ...   (bench.router_overhead)
@@ -110,7 +110,7 @@ def _dp_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-prefill-tokens", type=int, default=8192)
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--prism-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="ReplicaChoiceParams field (max_imbalance_tokens, decode_tokens, cache_weight)")
+                   help="ReplicaChoiceParams field (max_imbalance_tokens, decode_tokens, written_half_life)")
     _workload_args(p)
 
 

@@ -89,16 +89,17 @@ def sweep(
     return rows
 
 
+def _num(row: Row, key: str) -> float:
+    return float(row[key])  # type: ignore[arg-type]
+
+
 def knee(rows: Sequence[Row], baseline: str = "round-robin") -> float | None:
     """The lowest swept load where ``baseline``'s P99 TTFT is at least twice its P99 at the lowest load swept;
     None when no swept load reaches it."""
-    base = sorted((r for r in rows if r["router"] == baseline), key=lambda r: float(r["qps"]))  # type: ignore[arg-type]
-    if not base:
-        return None
-    low = float(base[0]["ttft_p99"])  # type: ignore[arg-type]
+    base = sorted((r for r in rows if r["router"] == baseline), key=lambda r: _num(r, "qps"))
     for r in base[1:]:
-        if float(r["ttft_p99"]) >= 2 * low:  # type: ignore[arg-type]
-            return float(r["qps"])  # type: ignore[arg-type]
+        if _num(r, "ttft_p99") >= 2 * _num(base[0], "ttft_p99"):
+            return _num(r, "qps")
     return None
 
 
@@ -112,26 +113,23 @@ def verdict(rows: Sequence[Row]) -> list[str]:
     out = [f"knee: {at:g} req/s (round-robin P99 TTFT >= 2x its value at the lowest load)"]
     prism, rr, approx = point.get("prism"), point.get("round-robin"), point.get("sglang-approx")
     if prism is not None and approx is not None:
-        ph, ah = float(prism["hit_rate"]), float(approx["hit_rate"])  # type: ignore[arg-type]
+        ph, ah = _num(prism, "hit_rate"), _num(approx, "hit_rate")
         out.append(f"hit rate at knee: prism {100 * ph:.2f}% vs sglang-approx {100 * ah:.2f}% "
                    f"({'met' if ph >= ah else 'NOT met'}: >=)")
     if prism is not None and rr is not None:
-        ratio = float(prism["ttft_p99"]) / float(rr["ttft_p99"])  # type: ignore[arg-type]
-        out.append(f"P99 TTFT at knee: prism / round-robin = {ratio:.3f} ({'met' if ratio <= 0.8 else 'NOT met'}: "
-                   "<= 0.8)")
+        ratio = _num(prism, "ttft_p99") / _num(rr, "ttft_p99")
+        out.append(f"P99 TTFT at knee: prism / round-robin = {ratio:.3f} "
+                   f"({'met' if ratio <= 0.8 else 'NOT met'}: <= 0.8)")
     return out
 
 
 def table(rows: Sequence[Row]) -> str:
     """One line per (load, router): P50/P99 TTFT, P99 over round-robin's at that load, hit rate, busiest share."""
-    rr = {r["qps"]: float(r["ttft_p99"]) for r in rows if r["router"] == "round-robin"}  # type: ignore[arg-type]
+    rr = {r["qps"]: _num(r, "ttft_p99") for r in rows if r["router"] == "round-robin"}
     lines = [f"{'qps':>6} {'router':<15} {'p50 s':>8} {'p99 s':>8} {'p99/rr':>7} {'hit %':>7} {'busiest':>8}"]
     for r in rows:
-        base = rr.get(r["qps"])
-        p99 = float(r["ttft_p99"])  # type: ignore[arg-type]
+        base, p99 = rr.get(r["qps"]), _num(r, "ttft_p99")
         ratio = f"{p99 / base:.3f}" if base else "-"
-        lines.append(
-            f"{r['qps']:>6} {r['router']:<15} {float(r['ttft_p50']):>8.3f} {p99:>8.3f} {ratio:>7} "  # type: ignore[arg-type]
-            f"{100 * float(r['hit_rate']):>7.2f} {float(r['max_replica_share']):>8.3f}"  # type: ignore[arg-type]
-        )
+        lines.append(f"{r['qps']:>6} {r['router']:<15} {_num(r, 'ttft_p50'):>8.3f} {p99:>8.3f} {ratio:>7} "
+                     f"{100 * _num(r, 'hit_rate'):>7.2f} {_num(r, 'max_replica_share'):>8.3f}")
     return "\n".join(lines)

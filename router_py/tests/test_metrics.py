@@ -84,7 +84,8 @@ def test_labeled_view_writes_the_same_registry_with_its_labels() -> None:
     r1.inc("prism_prefix_cache_hit_tokens", 7)
     r1.set("tgi_queue_size", 3)
     r0.observe("tgi_batch_inference_duration", 0.1, method="prefill")
-    assert r0.value("prism_prefix_cache_hit_tokens") == 5 and m.value("prism_prefix_cache_hit_tokens", replica="1") == 7
+    assert r0.value("prism_prefix_cache_hit_tokens") == 5
+    assert m.value("prism_prefix_cache_hit_tokens", replica="1") == 7
     assert m.value("prism_prefix_cache_hit_tokens") == 0  # the unlabeled series is another series
     text = m.render()
     assert 'prism_prefix_cache_hit_tokens{replica="0"} 5' in text
