@@ -13,7 +13,6 @@ import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Sequence
 
-from prism_cache import block_hashes
 from router_py.backend_api import BackendInfo, InferEvent, ValidRequest
 from router_py.engine.batcher import Batcher
 from router_py.scheduling.replica_choice import ReplicaChoiceParams, ReplicaChooser
@@ -43,10 +42,8 @@ class DataParallelBackend:
 
     async def generate_stream(self, request: ValidRequest) -> AsyncIterator[InferEvent]:
         request_id = next(self._ids)
-        hashes = [] if request.decoder_input_details else None  # NOTE: TGI: prefill logprobs bypass the cache
-        if hashes is None:
-            hashes = block_hashes(request.namespace, request.input_ids, self.info.block_size)
-        replica = self.chooser.choose(request_id, request.namespace, request.input_ids, hashes)
+        no_cache = [] if request.decoder_input_details else None  # NOTE: TGI: prefill logprobs bypass the cache
+        replica = self.chooser.choose(request_id, request.namespace, request.input_ids, no_cache)
         try:
             async for event in self.replicas[replica].generate_stream(request):
                 self.chooser.first_token(request_id)

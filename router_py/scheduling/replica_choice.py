@@ -35,7 +35,7 @@ PeekPrefix = Callable[[str, Sequence[int]], int]  # (namespace, block hashes) ->
 
 @dataclass(frozen=True)
 class ReplicaChoiceParams:
-    """Knobs of :class:`ReplicaChooser`, in prompt tokens."""
+    """Knobs of :class:`ReplicaChooser` (the measurements behind the defaults: docs/data-parallel.md)."""
 
     # NOTE: 2**19, about SGLang's 32-request bound in tokens of the Mooncake trace's mean prompt (15k)
     max_imbalance_tokens: int = 524_288  # the bound: load after the choice <= least load + this
