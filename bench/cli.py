@@ -1,8 +1,9 @@
-"""``prism-bench``: compare | calibrate | replay | router-overhead.
+"""``prism-bench``: compare | dp | calibrate | replay | router-overhead.
 
     prism-bench compare --mode sim --workload zipf-rag --cost-model qwen3-4b-a800 --qps 4,5,6,7 \\
         --configs fcfs+lru,lpm+lru,qas+dart --out out/4b
     prism-bench compare --mode live --model-id DIR --workload zipf-rag --qps 1,2 --configs ... --out out/live
+    prism-bench dp --replicas 16 --trace PATH --qps 1,2,4,6 --out dp16.json   (bench.dp_sim: replica routers)
     prism-bench calibrate --model-id DIR --out measured.json      (then --cost-model measured:measured.json)
     prism-bench replay ...            (bench.replay: hit rate vs the Belady bound, no timing)
     prism-bench router-overhead ...   (bench.router_overhead)
@@ -20,12 +21,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.tier_timing import TierTiming
 from bench.workloads import WorkloadSpec
 from bench.workloads.multi_turn import MultiTurnParams
 from bench.workloads.zipf_rag import ZipfRagParams
 from prism_cache.tiers import TIER_POLICIES, TierConfig
+
+if TYPE_CHECKING:
+    from router_py.scheduling.replica_choice import ReplicaChoiceParams
 
 LAZY = ("replay", "router-overhead", "peer")  # their modules parse their own arguments
 
@@ -101,6 +106,25 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
     lv.add_argument("--launcher-args", default="", help="extra launcher arguments (one string)")
 
 
+def _dp_parser(sub: argparse._SubParsersAction) -> None:
+    from bench.dp_routers import ROUTERS
+
+    p = sub.add_parser("dp", help="replica routers side by side over N simulated replicas (bench.dp_sim)")
+    p.add_argument("--replicas", type=int, default=16)
+    p.add_argument("--routers", default=",".join(ROUTERS), help="comma list of " + ", ".join(ROUTERS))
+    p.add_argument("--qps", type=_floats, required=True, help="comma list of offered loads (req/s)")
+    p.add_argument("--trace", default=None, help="shorthand for --workload trace:PATH")
+    p.add_argument("--config", default="qas+dart", help="each replica's scheduler+policy")
+    p.add_argument("--out", type=Path, required=True, help="JSON file of the rows")
+    p.add_argument("--cost-model", default="qwen3-4b-a800")
+    p.add_argument("--kv-capacity-tokens", type=int, default=None, help="per replica")
+    p.add_argument("--max-batch-prefill-tokens", type=int, default=8192)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--prism-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="ReplicaChoiceParams field (max_imbalance_tokens, decode_tokens, written_half_life)")
+    _workload_args(p)
+
+
 def _calibrate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="measure our live shard and fit a cost model (measured:PATH)")
     p.add_argument("--model-id", default=None, help="launch prism-launcher on this model folder")
@@ -116,6 +140,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     _compare_parser(sub)
+    _dp_parser(sub)
     _calibrate_parser(sub)
     for name in LAZY:
         sub.add_parser(name, help=f"see prism-bench {name} --help", add_help=False)
@@ -215,6 +240,51 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- dp ---------------------------------------------------------------------------------------------------
+
+
+def _prism_params(pairs: Sequence[str]) -> ReplicaChoiceParams:
+    from router_py.scheduling.replica_choice import ReplicaChoiceParams
+
+    default = ReplicaChoiceParams()
+    try:
+        return ReplicaChoiceParams(
+            **{k: type(getattr(default, k))(v) for k, v in scheduler_params(pairs).items()}
+        )
+    except (AttributeError, TypeError, ValueError) as e:
+        raise SystemExit(f"--prism-param: {e}") from None
+
+
+def cmd_dp(args: argparse.Namespace) -> int:
+    from bench import configs, dp_sim
+    from bench.compare import SimSetup
+    from bench.cost_model import make_cost_model
+    from bench.simulator import SimConfig
+    from bench.workloads import build, timed
+
+    if args.trace:
+        args.workload = f"trace:{args.trace}"
+    spec = workload_spec(args)
+    base = build(spec)
+    routers = [r.strip() for r in args.routers.split(",") if r.strip()]
+    setup = SimSetup(make_cost_model(args.cost_model), args.block_size,
+                     SimConfig(args.max_batch_prefill_tokens, args.kv_capacity_tokens),
+                     args.kv_capacity_tokens, args.warmup)
+    rows = dp_sim.sweep(routers, lambda q: timed(spec, base, q), args.qps, setup, args.replicas, _print_dp_row,
+                        config=configs.canonical(args.config), prism=_prism_params(args.prism_param))
+    lines = [dp_sim.table(rows), *dp_sim.verdict(rows)]
+    out = {"command": shlex.join(["prism-bench", *sys.argv[1:]]), "rows": _json_safe(rows), "summary": lines[1:]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    return 0
+
+
+def _print_dp_row(row: dict[str, object]) -> None:
+    print(f"  {row['router']:<15} qps={row['qps']:<6} ttft p50={row['ttft_p50']:.3f}s p99={row['ttft_p99']:.3f}s "
+          f"hit={100 * float(row['hit_rate']):.2f}%", file=sys.stderr, flush=True)  # type: ignore[arg-type]
+
+
 # ---- calibrate ----------------------------------------------------------------------------------------
 
 
@@ -267,7 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in LAZY:
         return _lazy(argv[0], argv[1:])
     args = parser().parse_args(argv)
-    return cmd_compare(args) if args.command == "compare" else cmd_calibrate(args)
+    commands = {"compare": cmd_compare, "dp": cmd_dp, "calibrate": cmd_calibrate}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -107,14 +107,22 @@ def sched_requests(workload: Sequence[WorkloadRequest]) -> list[SchedRequest]:
 
 
 class Simulator:
+    """One replica. :meth:`run` serves a whole workload; a caller that decides arrivals as it goes (the
+    data-parallel simulator, :mod:`bench.dp_sim`) uses :meth:`submit`, :meth:`advance` and :meth:`result`
+    instead. ``on_first_token(id)`` and ``on_finish(id)`` are told, at the end of the forward that produced
+    them, of each request's first token and of its end."""
+
     def __init__(
         self,
         scheduler: Scheduler,
         cost: CostModel,
         config: SimConfig = SimConfig(),
         on_plan: Callable[[BatchPlan], None] | None = None,
+        on_first_token: Callable[[int], None] | None = None,
+        on_finish: Callable[[int], None] | None = None,
     ) -> None:
         self.scheduler, self.cost, self.config, self.on_plan = scheduler, cost, config, on_plan
+        self.on_first_token, self.on_finish = on_first_token, on_finish
         self.running: list[_Running] = []
         self.records: list[RequestRecord] = []
         self.pending: deque[SchedRequest] = deque()
@@ -129,13 +137,25 @@ class Simulator:
     def run(self, requests: Sequence[SchedRequest]) -> SimResult:
         """Serve ``requests`` (arrival order) to completion; raises RuntimeError if some never fit."""
         self.pending = deque(requests)
-        while self.pending or self.running or self.scheduler.waiting_count():
+        self.advance(float("inf"))
+        return self.result()
+
+    def submit(self, request: SchedRequest) -> None:
+        """A request arrives (at ``request.arrival``, not before any submitted earlier)."""
+        self.pending.append(request)
+
+    def advance(self, until: float) -> None:
+        """Run every loop turn that starts before ``until`` (the last forward may end after it), or until
+        nothing is left to do. Raises RuntimeError if a waiting request can never fit."""
+        while self.now < until and (self.pending or self.running or self.scheduler.waiting_count()):
             if self.running:
                 self._admit(self.config.max_batch_prefill_tokens - self._current_tokens())
                 if self.running:
                     self._forward([])
             elif not self._admit(self.config.max_batch_prefill_tokens):
                 self._idle()
+
+    def result(self) -> SimResult:
         return SimResult(self.records, dict(self.scheduler.cache_stats()), self.forwards)
 
     def _idle(self) -> None:
@@ -223,6 +243,8 @@ class Simulator:
             if r.finished:
                 self.scheduler.release(r.request.id)
                 self.records.append(self._record(r))
+                if self.on_finish is not None:
+                    self.on_finish(r.request.id)
 
     def _advance(self, r: _Running) -> None:
         if not r.prefilling:
@@ -234,6 +256,8 @@ class Simulator:
             r.first_token, r.generated = self.now, 1
             if self.config.prefill_done:
                 self.scheduler.prefill_done(r.request.id)
+            if self.on_first_token is not None:
+                self.on_first_token(r.request.id)
 
     def _record(self, r: _Running) -> RequestRecord:
         req = r.request

@@ -23,6 +23,7 @@ from prism_cache.tiers.types import TIER_POLICIES, TierConfig
 from router_py import env
 from router_py.engine.backend_config import BackendConfig
 from router_py.engine.batcher import Batcher
+from router_py.engine.dp_backend import DataParallelBackend
 from router_py.router_config import RouterConfig
 from router_py.launch.env_args import EnvArgs
 from router_py.backend_api import BackendInfo
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = EnvArgs(argparse.ArgumentParser(prog="prism-router", description=__doc__.split("\n\n")[0]))
     # ---- shards and model ----
     p.add("--master-shard-uds-path", default="/tmp/text-generation-server-0")
+    p.add("--replica-shard-uds-path", action="append", default=None, metavar="PATH",
+          help="data parallelism: the master shard socket of each replica (shard group), repeatable; given, it "
+               "replaces --master-shard-uds-path and each request goes to the replica chosen by its cached "
+               "prefix and load (docs/data-parallel.md)")
     p.add("--tokenizer-name", default="bigscience/bloom", help="local model folder with tokenizer.json")
     p.add("--served-model-name", default=None, help="model id reported by /info and /v1/models")
     # ---- HTTP ----
@@ -249,24 +254,35 @@ async def serve(args: argparse.Namespace) -> int:
         raise StartupError(f"--tokenizer-name {args.tokenizer_name!r} is not a local model folder with tokenizer.json")
     tokenizer = Tokenizer.from_model_dir(args.tokenizer_name)
     known = tenants(args)  # NOTE: a bad keys file fails before the shards are touched
-    client = await _connect(args.master_shard_uds_path)
+    paths = args.replica_shard_uds_path or [args.master_shard_uds_path]
+    clients = [await _connect(path) for path in paths]
     config = backend_config(args)
-    info, shard = await handshake(client, config)
-    log.info("warmup done: %s", info)
+    handshakes = [await handshake(client, config) for client in clients]
+    info, shard = handshakes[0]
+    log.info("warmup done: %s%s", info, f" (each of {len(paths)} replicas)" if len(paths) > 1 else "")
     log.info(
         "limits: max_input_tokens %d, max_total_tokens %d (%s)", info.max_input_tokens, info.max_total_tokens,
         "as set" if args.max_total_tokens is not None else "chosen by the shard: min(usable KV pool, "
         "max_position_embeddings), input one less; see the shard's Warmup log line",
     )
     metrics = Metrics(info.max_input_tokens, info.max_total_tokens)
-    events = kv_events(args.kv_events_config, shard.block_size)
-    observer = events[1] if events is not None else None
-    make = scheduler_factory(scheduler_config(args, info, shard, observer), known, info.max_total_tokens)
-    if observer is not None:
-        make = announce_empty(make, observer)
-    batcher = Batcher(client, info, config, make(), metrics, tokenizer.encode, scheduler_factory=make)
+    # NOTE: one publisher per replica (its own endpoint and data_parallel_rank), as vLLM's DP ranks publish
+    events = [kv_events(args.kv_events_config, shard.block_size, g) for g in range(len(paths))]
+    batchers = []
+    for g, (client, (replica_info, replica_shard)) in enumerate(zip(clients, handshakes)):
+        observer = events[g][1] if events[g] is not None else None
+        make = scheduler_factory(
+            scheduler_config(args, replica_info, replica_shard, observer), known, replica_info.max_total_tokens
+        )
+        if observer is not None:
+            make = announce_empty(make, observer)
+        replica_metrics = metrics.labeled(replica=str(g)) if len(paths) > 1 else metrics
+        batchers.append(
+            Batcher(client, replica_info, config, make(), replica_metrics, tokenizer.encode, scheduler_factory=make)
+        )
+    batcher: Batcher | DataParallelBackend = batchers[0] if len(batchers) == 1 else DataParallelBackend(batchers)
     batcher.start()
-    app = create_app(batcher, tokenizer, router_config(args, info, known), metrics)
+    app = create_app(batcher, tokenizer, router_config(args, batcher.info, known), metrics)
     if not args.disable_grammar_support:
         from router_py.http.grammar import start_workers
 
@@ -281,17 +297,22 @@ async def serve(args: argparse.Namespace) -> int:
         await server.serve()
     finally:
         await batcher.stop()
-        await client.close()
-        if events is not None:
-            events[1].flush()
-            events[0].shutdown()
+        for client in clients:
+            await client.close()
+        for publisher_collector in events:
+            if publisher_collector is not None:
+                publisher_collector[1].flush()
+                publisher_collector[0].shutdown()
     return 0
 
 
-def kv_events(text: str | None, block_size: int) -> tuple[ZmqEventPublisher, KvEventCollector] | None:
-    """The publisher and the tree observer of ``--kv-events-config`` (None when events are off). Raises
-    ValueError on a bad config and StartupError when the endpoint cannot be bound."""
-    config = KvEventsConfig.parse(text)
+def kv_events(
+    text: str | None, block_size: int, replica: int = 0
+) -> tuple[ZmqEventPublisher, KvEventCollector] | None:
+    """The publisher and the tree observer of ``--kv-events-config`` for data-parallel replica ``replica``
+    (None when events are off; :meth:`KvEventsConfig.for_replica` gives its endpoints). Raises ValueError on a
+    bad config and StartupError when the endpoint cannot be bound."""
+    config = KvEventsConfig.parse(text).for_replica(replica)
     if not config.enabled:
         return None
     import zmq
@@ -300,11 +321,11 @@ def kv_events(text: str | None, block_size: int) -> tuple[ZmqEventPublisher, KvE
     from router_py.kv_events.publisher import ZmqEventPublisher
 
     try:
-        publisher = ZmqEventPublisher(config, block_size)
+        publisher = ZmqEventPublisher(config, block_size, dp_rank=replica)
     except zmq.ZMQError as e:
         raise StartupError(f"--kv-events-config: cannot open {config.endpoint}: {e}") from None
-    log.info("kv cache events: publishing on %s (topic %r, %s encoding)", publisher.endpoint, config.topic,
-             config.encoding)
+    log.info("kv cache events: publishing on %s (topic %r, %s encoding, data_parallel_rank %d)", publisher.endpoint,
+             config.topic, config.encoding, replica)
     return publisher, KvEventCollector(publisher.publish)
 
 

@@ -10,6 +10,7 @@ dicts suffice.
 from __future__ import annotations
 
 import bisect
+import copy
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -82,25 +83,33 @@ class Metrics:
         self._gauges: dict[str, dict[LabelKey, float]] = {}
         self._histograms: dict[str, dict[LabelKey, _Histogram]] = {}
         self._summaries: dict[str, dict[LabelKey, _Summary]] = {}
+        self._labels: dict[str, str] = {}  # added to every series written through this object
+
+    def labeled(self, **labels: str) -> Metrics:
+        """A view of this registry that adds ``labels`` to every series it writes or reads (one replica's
+        batcher writes ``replica="g"``); both render the same series."""
+        view = copy.copy(self)  # NOTE: shallow: the series dicts are shared, only the labels differ
+        view._labels = {**self._labels, **labels}
+        return view
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
         series = self._counters.setdefault(name, {})
-        key = _key(labels)
+        key = self._key(labels)
         series[key] = series.get(key, 0.0) + value
 
     def set(self, name: str, value: float, **labels: str) -> None:
-        self._gauges.setdefault(name, {})[_key(labels)] = value
+        self._gauges.setdefault(name, {})[self._key(labels)] = value
 
     def observe(self, name: str, value: float, **labels: str) -> None:
         bounds = self._buckets_for(name)
         if bounds is None:
-            self._summaries.setdefault(name, {}).setdefault(_key(labels), _Summary()).observe(value)
+            self._summaries.setdefault(name, {}).setdefault(self._key(labels), _Summary()).observe(value)
         else:
-            self._histograms.setdefault(name, {}).setdefault(_key(labels), _Histogram(bounds)).observe(value)
+            self._histograms.setdefault(name, {}).setdefault(self._key(labels), _Histogram(bounds)).observe(value)
 
     def value(self, name: str, **labels: str) -> float:
         """A counter's or gauge's current value (0 when never touched); for tests and /health probes."""
-        key = _key(labels)
+        key = self._key(labels)
         return self._counters.get(name, {}).get(key, self._gauges.get(name, {}).get(key, 0.0))
 
     def render(self) -> str:
@@ -115,6 +124,9 @@ class Metrics:
         for name in sorted(self._summaries):
             parts.append(_render_summary(name, self._summaries[name]))
         return "\n".join(parts)
+
+    def _key(self, labels: dict[str, str]) -> LabelKey:
+        return _key({**self._labels, **labels} if self._labels else labels)
 
     def _buckets_for(self, name: str) -> list[float] | None:
         if name in self._bucket_rules:

@@ -99,6 +99,7 @@ def _run_serve(args: argparse.Namespace) -> None:
         kv_disk_path=getattr(args, "kv_disk_path", None),
         rank=rank,
         world_size=world,
+        local_rank=ShardConfig.env_local_rank(),
         otlp_endpoint=otlp_endpoint(args.otlp_endpoint),
         otlp_service_name=service_name(args.otlp_service_name),
     )

@@ -1,5 +1,5 @@
 """``ShardConfig``: every setting of one shard process, validated once. Environment is read only in
-:func:`ShardConfig.from_env_and_args` (RANK, WORLD_SIZE)."""
+:func:`ShardConfig.from_env_and_args` (RANK, WORLD_SIZE, LOCAL_RANK)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class ShardConfig:
     cpu_threads: int | None = None  # torch intra-op threads on CPU; None: see shard.factory.pick_cpu_threads
     rank: int = 0
     world_size: int = 1
+    local_rank: int | None = None  # LOCAL_RANK: device index on CUDA (a data-parallel group's ranks are offset)
     otlp_endpoint: str | None = None
     otlp_service_name: str = "text-generation-inference.server"
     prefix_caching: bool = True  # reported in Info (TGI's PREFIX_CACHING env); the router owns the cache
@@ -65,6 +66,12 @@ class ShardConfig:
         if raw in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"PREFIX_CACHING must be 1/0/true/false, got {raw!r}")
+
+    @staticmethod
+    def env_local_rank() -> int | None:
+        """LOCAL_RANK (torchrun's name; the launcher sets it under --data-parallel), None when unset."""
+        raw = os.environ.get("LOCAL_RANK", "").strip()
+        return int(raw) if raw else None
 
     @staticmethod
     def env_rank() -> tuple[int, int]:

@@ -24,12 +24,18 @@ THREADS_ENV = "PRISM_SHARD_THREADS"
 
 
 def pick_device(config: ShardConfig) -> torch.device:
-    """``--device``, else cuda when available, else cpu; a tensor-parallel rank given plain cuda takes
-    cuda:RANK (one device per rank, as TGI's shards)."""
+    """``--device``, else cuda when available, else cpu; given plain cuda, a rank with LOCAL_RANK takes
+    cuda:LOCAL_RANK (the launcher's --data-parallel groups: group g's rank r is g * ranks + r), else a
+    tensor-parallel rank takes cuda:RANK (one device per rank, as TGI's shards). Raises ValueError when that
+    device does not exist."""
     name = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and config.world_size > 1:
-        name = f"cuda:{config.rank}"
-    return torch.device(name)
+    index = config.local_rank if config.local_rank is not None else config.rank if config.world_size > 1 else None
+    if name != "cuda" or index is None:
+        return torch.device(name)
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"this shard needs cuda:{index} (one device per rank and replica: --num-shard x "
+                         f"--data-parallel), but {torch.cuda.device_count()} CUDA device(s) are visible")
+    return torch.device(f"cuda:{index}")
 
 
 def pick_dtype(config: ShardConfig, device: torch.device) -> tuple[torch.dtype, str]:

@@ -145,6 +145,11 @@ class Batcher:
             return False
         return await self._health.check()
 
+    def peek_prefix(self, namespace: str, hashes: Sequence[int]) -> int:
+        """Tokens of a prompt with these block hashes cached in this batcher's tree, touching nothing
+        (``Scheduler.peek_prefix``); data parallelism ranks replicas by it."""
+        return self._scheduler.peek_prefix(namespace, hashes)
+
     # ---- queue side ------------------------------------------------------------------------------------
 
     def _submit(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import dataclass, fields
 
@@ -30,6 +31,15 @@ class KvEventsConfig:
     def enabled(self) -> bool:
         return self.enable_kv_cache_events and self.publisher == "zmq"
 
+    def for_replica(self, rank: int) -> KvEventsConfig:
+        """The config of data-parallel replica ``rank`` (vLLM's convention for its DP ranks): each publishes on
+        its own endpoints, a TCP port ``rank`` above the configured one (a wildcard port stays one), an
+        ``ipc://``/``inproc://`` name with ``_dp{rank}`` appended; rank 0 keeps them as given."""
+        if rank == 0:
+            return self
+        replay = None if self.replay_endpoint is None else _offset(self.replay_endpoint, rank)
+        return dataclasses.replace(self, endpoint=_offset(self.endpoint, rank), replay_endpoint=replay)
+
     @classmethod
     def parse(cls, text: str | None) -> KvEventsConfig:
         """Parse the flag's JSON (None or "": disabled). Raises ValueError on bad JSON, an unknown key, a wrong
@@ -55,6 +65,13 @@ class KvEventsConfig:
         if config.encoding not in ENCODINGS:
             raise ValueError(f"--kv-events-config: unknown encoding {config.encoding!r} ({', '.join(ENCODINGS)})")
         return config
+
+
+def _offset(endpoint: str, rank: int) -> str:
+    if not endpoint.startswith("tcp://"):
+        return f"{endpoint}_dp{rank}"
+    host, _, port = endpoint.rpartition(":")
+    return endpoint if port == "*" else f"{host}:{int(port) + rank}"
 
 
 _TYPES: dict[str, tuple[type, ...]] = {

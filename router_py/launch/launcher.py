@@ -3,7 +3,9 @@
 It resolves the model (a local folder, a hub id downloaded when a network is there, or the built-in demo
 model built once into a cache folder), starts ``NUM_SHARD`` shards (``prism-shard serve``, env ``RANK``,
 ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``: the ranks of one tensor-parallel group, each on its
-socket ``{uds}-{rank}``), waits for their socket files, then starts the router on them. A child that exits is
+socket ``{uds}-{rank}``), waits for their socket files, then starts the router on them. With
+``--data-parallel N`` it starts N such groups (replicas; sockets ``{uds}-dp{g}-{rank}``, port
+``MASTER_PORT + g``, ``LOCAL_RANK = g * NUM_SHARD + rank``) and one router in front of them all. A child that exits is
 restarted in place (not a tensor-parallel shard: with ``--num-shard`` > 1 a shard that exits stops all) (up to
 ``--max-restarts`` times in a row, after 1, 2, 4... s, at most 30 s; the router then warms the new shard up
 and serves its queue again); past that, or with ``--max-restarts 0`` (TGI's behaviour), the others are stopped
@@ -53,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--revision", default=None)
     p.add("--num-shard", type=int, default=1,
           help="tensor-parallel ranks of the model, each on its own device (docs/tensor-parallel.md)")
+    p.add("--data-parallel", type=int, default=1,
+          help="replicas (shard groups of --num-shard ranks each) behind one cache-aware router "
+               "(docs/data-parallel.md); alias --data-parallel-size (vLLM's name)")
+    p.parser.add_argument("--data-parallel-size", dest="data_parallel", type=int, help=argparse.SUPPRESS)
     p.add("--port", type=int, default=3000)
     p.add("--hostname", default="0.0.0.0")
     p.add("--shard-uds-path", default="/tmp/text-generation-server")
@@ -120,6 +126,8 @@ def parse_bool(raw: str) -> bool:
 def check_args(args: argparse.Namespace) -> str | None:
     """The launcher's own argument rules (TGI's launcher refuses these before starting anything); the error
     message, or None."""
+    if args.data_parallel < 1 or args.num_shard < 1:
+        return f"`--data-parallel` and `--num-shard` must be >= 1. Given: {args.data_parallel} and {args.num_shard}"
     if args.quantize is not None:
         return (f"`--quantize {args.quantize}` (QUANTIZE) is not supported: this shard has no quantized kernels; "
                 "serve an unquantized checkpoint (--dtype float16/bfloat16) instead")
@@ -134,8 +142,14 @@ def check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-def shard_command(args: argparse.Namespace, model_dir: str) -> list[str]:
-    cmd = [executable("prism-shard"), "serve", model_dir, "--uds-path", args.shard_uds_path,
+def group_uds_path(args: argparse.Namespace, group: int) -> str:
+    """The socket path prefix of replica ``group``'s ranks: ``--shard-uds-path`` itself with one replica (TGI's
+    names), else ``{uds}-dp{group}``; rank r listens on ``{prefix}-{r}``."""
+    return args.shard_uds_path if args.data_parallel == 1 else f"{args.shard_uds_path}-dp{group}"
+
+
+def shard_command(args: argparse.Namespace, model_dir: str, group: int = 0) -> list[str]:
+    cmd = [executable("prism-shard"), "serve", model_dir, "--uds-path", group_uds_path(args, group),
            "--logger-level", args.logger_level, "--otlp-service-name", service_name(args.otlp_service_name)]
     for name in ("num_blocks", "block_size", "dtype", "attention_backend", "otlp_endpoint", "kv_host_tokens",
                  "kv_disk_tokens", "kv_disk_path"):
@@ -147,11 +161,15 @@ def shard_command(args: argparse.Namespace, model_dir: str) -> list[str]:
     return cmd + (["--json-output"] if args.json_output else [])
 
 
-def shard_env(args: argparse.Namespace, rank: int) -> dict[str, str]:
+def shard_env(args: argparse.Namespace, rank: int, group: int = 0) -> dict[str, str]:
+    """A rank's environment; replica ``group`` gets its own torch.distributed port (``--master-port`` + group)
+    and, with several replicas, LOCAL_RANK ``group * num_shard + rank``: its device index on CUDA."""
     child = {
         **env.inherited(), "RANK": str(rank), "WORLD_SIZE": str(args.num_shard),
-        "MASTER_ADDR": args.master_addr, "MASTER_PORT": str(args.master_port),
+        "MASTER_ADDR": args.master_addr, "MASTER_PORT": str(args.master_port + group),
     }
+    if args.data_parallel > 1:
+        child["LOCAL_RANK"] = str(group * args.num_shard + rank)
     if not prefix_caching(args):
         child["PREFIX_CACHING"] = "0"  # the shard then reports use_prefix_caching=false in Info (TGI)
     return child
@@ -162,8 +180,12 @@ def prefix_caching(args: argparse.Namespace) -> bool:
 
 
 def router_command(args: argparse.Namespace, model_dir: str, model_id: str) -> list[str]:
-    cmd = [sys.executable, "-m", "router_py.cli",
-           "--master-shard-uds-path", f"{args.shard_uds_path}-0", "--tokenizer-name", model_dir,
+    if args.data_parallel == 1:
+        shards = ["--master-shard-uds-path", f"{args.shard_uds_path}-0"]
+    else:
+        shards = [a for g in range(args.data_parallel)
+                  for a in ("--replica-shard-uds-path", f"{group_uds_path(args, g)}-0")]
+    cmd = [sys.executable, "-m", "router_py.cli", *shards, "--tokenizer-name", model_dir,
            "--served-model-name", model_id, "--hostname", args.hostname, "--port", str(args.port)]
     for name in ROUTER_VALUE_FLAGS:
         value = service_name(args.otlp_service_name) if name == "otlp_service_name" else getattr(args, name)
@@ -180,7 +202,7 @@ def router_command(args: argparse.Namespace, model_dir: str, model_id: str) -> l
 
 
 def socket_paths(args: argparse.Namespace) -> list[str]:
-    return [f"{args.shard_uds_path}-{rank}" for rank in range(args.num_shard)]
+    return [f"{group_uds_path(args, g)}-{rank}" for g in range(args.data_parallel) for rank in range(args.num_shard)]
 
 
 def wait_for_sockets(group: ProcessGroup, paths: Sequence[str], timeout_s: float) -> None:
@@ -216,11 +238,13 @@ def run(args: argparse.Namespace) -> int:
         if os.path.exists(path):
             os.unlink(path)  # NOTE: a stale socket would look ready
     try:
-        for rank in range(args.num_shard):
-            log.info("starting shard %d", rank)
-            # NOTE: tensor-parallel ranks share a process group that a restarted rank cannot rejoin
-            group.spawn(f"shard-{rank}", shard_command(args, model_dir), shard_env(args, rank),
-                        restartable=args.num_shard == 1)
+        for g in range(args.data_parallel):
+            for rank in range(args.num_shard):
+                name = f"shard-{rank}" if args.data_parallel == 1 else f"shard-dp{g}-{rank}"
+                log.info("starting %s", name)
+                # NOTE: tensor-parallel ranks share a process group that a restarted rank cannot rejoin
+                group.spawn(name, shard_command(args, model_dir, g), shard_env(args, rank, g),
+                            restartable=args.num_shard == 1)
         wait_for_sockets(group, paths, args.startup_timeout)
         log.info("shards ready; starting the router on %s:%d", args.hostname, args.port)
         group.spawn("router", router_command(args, model_dir, model_id), env.inherited())

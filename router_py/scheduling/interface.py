@@ -112,6 +112,13 @@ class Scheduler(Protocol):
 
     def waiting_count(self) -> int: ...
 
+    def peek_prefix(self, namespace: str, hashes: Sequence[int]) -> int:
+        """Tokens of the prompt with these block ``hashes`` (``prism_cache.block_hashes`` at this scheduler's
+        block size) already cached in ``namespace``'s tree, touching nothing: no recency stamp, no split, no
+        lock. 0 without a prefix cache. For ranking replicas (``replica_choice``), valid until the next call
+        that changes the tree."""
+        ...
+
     def cache_stats(self) -> dict[str, int]:
         """Counters for /metrics: prompt_tokens_queried, prompt_tokens_hit, blocks_total, blocks_free,
         blocks_cached, blocks_in_use, evictions."""

@@ -6,7 +6,7 @@ them form the planned batch that DART protects). Everything else is TGI's behavi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from prism_cache import Allocation, CacheStats, PolicyConfig, RadixAllocator
 from prism_cache.tiers import TIER_NAMES, BlockCopy, Tier
@@ -65,6 +65,11 @@ class QueueScheduler:
 
     def waiting_count(self) -> int:
         return len(self.queue)
+
+    def peek_prefix(self, namespace: str, hashes: Sequence[int]) -> int:
+        if self.allocator is None or not self.config.prefix_caching:
+            return 0
+        return self.allocator.peek(list(hashes))
 
     def _dequeued(self, entry: Waiting) -> None:
         if self.allocator is not None and entry.hashes:

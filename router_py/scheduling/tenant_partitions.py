@@ -18,7 +18,7 @@ Pure Python, no I/O; implements :class:`router_py.scheduling.interface.Scheduler
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from router_py.scheduling.interface import Admission, BatchPlan, SchedRequest, Scheduler, SchedulerConfig
 from router_py.tenancy import tenant_of
@@ -136,6 +136,9 @@ class TenantPartitionedScheduler:
         part = self._where.pop(request_id, None)
         if part is not None:
             part.scheduler.release(request_id)
+
+    def peek_prefix(self, namespace: str, hashes: Sequence[int]) -> int:
+        return self.partition_of(namespace).scheduler.peek_prefix(namespace, hashes)
 
     def waiting_count(self) -> int:
         return sum(p.scheduler.waiting_count() for p in self.partitions)

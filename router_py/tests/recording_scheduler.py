@@ -4,6 +4,8 @@ handed to two live requests, block 0 never handed out)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from router_py.scheduling.interface import BatchPlan, SchedRequest, Scheduler
 
 
@@ -50,6 +52,9 @@ class RecordingScheduler:
 
     def waiting_count(self) -> int:
         return self.inner.waiting_count()
+
+    def peek_prefix(self, namespace: str, hashes: Sequence[int]) -> int:
+        return self.inner.peek_prefix(namespace, hashes)
 
     def cache_stats(self) -> dict[str, int]:
         return self.inner.cache_stats()

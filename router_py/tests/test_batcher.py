@@ -61,7 +61,7 @@ class Stack:
 
 
 async def make_stack(
-    tmp: Path, options: FakeOptions | None = None, world: int = 1, **config_kw
+    tmp: Path, options: FakeOptions | None = None, world: int = 1, metrics: Metrics | None = None, **config_kw
 ) -> Stack:
     options = options or FakeOptions()
     cluster = await FakeCluster(str(tmp / "shard"), world, options).start()
@@ -73,7 +73,8 @@ async def make_stack(
         scheduler="fcfs", cache_policy="lru", num_blocks=num_blocks, block_size=shard.block_size,
         support_chunking=shard.support_chunking,
     )
-    scheduler, metrics, plans = RecordingScheduler(make_scheduler(sched_config)), Metrics(), []
+    scheduler, plans = RecordingScheduler(make_scheduler(sched_config)), []
+    metrics = Metrics() if metrics is None else metrics
     batcher = Batcher(client, info, config, scheduler, metrics, encode, on_plan=plans.append,
                       scheduler_factory=lambda: RecordingScheduler(make_scheduler(sched_config)))
     batcher.start()

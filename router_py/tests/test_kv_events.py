@@ -231,6 +231,33 @@ def test_config_is_vllms_flag() -> None:
             kv_events_arg(bad)
 
 
+def test_each_data_parallel_replica_publishes_on_its_own_endpoint_with_its_rank() -> None:
+    config = KvEventsConfig.parse('{"enable_kv_cache_events": true, "endpoint": "tcp://*:5557", '
+                                  '"replay_endpoint": "tcp://*:5560"}')
+    assert config.for_replica(0) == config
+    assert (config.for_replica(2).endpoint, config.for_replica(2).replay_endpoint) == ("tcp://*:5559", "tcp://*:5562")
+    assert KvEventsConfig(endpoint="ipc:///tmp/kv").for_replica(1).endpoint == "ipc:///tmp/kv_dp1"
+    assert KvEventsConfig(endpoint=LOOPBACK).for_replica(3).endpoint == LOOPBACK
+
+    from router_py.cli import kv_events
+
+    events = kv_events(f'{{"enable_kv_cache_events": true, "endpoint": "{LOOPBACK}"}}', 4, replica=1)
+    assert events is not None
+    publisher, collector = events
+    sub = Subscriber(publisher.endpoint)
+    try:
+        deadline = time.monotonic() + 10
+        while not sub.sock.poll(50):  # NOTE: PUB drops what it sends before the SUB has joined
+            assert time.monotonic() < deadline, "subscriber never joined"
+            collector.cleared()
+            collector.flush()
+        _, _, payload = sub.sock.recv_multipart()
+        assert msgpack.unpackb(payload)[2] == 1  # EventBatch.data_parallel_rank
+    finally:
+        publisher.shutdown()
+        sub.close()
+
+
 def test_no_observer_no_events() -> None:
     """Without an observer the allocator runs as before (the hook is one None check per stored/evicted run)."""
     alloc = RadixAllocator(8, 4, "lru")

@@ -63,6 +63,27 @@ def test_launcher_forwards_router_and_shard_flags(monkeypatch: pytest.MonkeyPatc
     assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_PORT"]) == ("1", "2", "29500")
     assert launcher.socket_paths(args) == ["/tmp/x-0", "/tmp/x-1"]
 
+    assert "LOCAL_RANK" not in env  # NOTE: one replica keeps TGI's rank-only device choice
+
+
+def test_data_parallel_starts_groups_with_their_own_sockets_ports_and_devices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATA_PARALLEL", "3")
+    args = launcher.build_parser().parse_args(["--num-shard", "2", "--shard-uds-path", "/tmp/x"])
+    assert args.data_parallel == 3
+    assert launcher.socket_paths(args) == [f"/tmp/x-dp{g}-{r}" for g in range(3) for r in range(2)]
+    assert launcher.shard_command(args, "/m", 2)[3:5] == ["--uds-path", "/tmp/x-dp2"]
+    env = launcher.shard_env(args, 1, 2)
+    assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_PORT"], env["LOCAL_RANK"]) == ("1", "2", "29502", "5")
+    router = " ".join(launcher.router_command(args, "/m", "m"))
+    assert "--master-shard-uds-path" not in router
+    assert all(f"--replica-shard-uds-path /tmp/x-dp{g}-0" in router for g in range(3))
+    alias = launcher.build_parser().parse_args(["--data-parallel-size", "2"])
+    assert alias.data_parallel == 2 and launcher.check_args(alias) is None
+    assert "must be >= 1" in str(launcher.check_args(launcher.build_parser().parse_args(["--data-parallel", "0"])))
+    assert cli.parse_args(["--replica-shard-uds-path", "/a", "--replica-shard-uds-path", "/b"]
+                          ).replica_shard_uds_path == ["/a", "/b"]
 
 def test_local_folder_is_used_as_is(tmp_path: Path) -> None:
     assert resolve_model(str(tmp_path)) == (str(tmp_path.resolve()), str(tmp_path))

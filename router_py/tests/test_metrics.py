@@ -75,3 +75,19 @@ def test_label_values_are_escaped() -> None:
     m = Metrics()
     m.inc("x", reason='a"b\\c')
     assert 'x{reason="a\\"b\\\\c"} 1' in m.render()
+
+
+def test_labeled_view_writes_the_same_registry_with_its_labels() -> None:
+    m = Metrics()
+    r0, r1 = m.labeled(replica="0"), m.labeled(replica="1")
+    r0.inc("prism_prefix_cache_hit_tokens", 5)
+    r1.inc("prism_prefix_cache_hit_tokens", 7)
+    r1.set("tgi_queue_size", 3)
+    r0.observe("tgi_batch_inference_duration", 0.1, method="prefill")
+    assert r0.value("prism_prefix_cache_hit_tokens") == 5
+    assert m.value("prism_prefix_cache_hit_tokens", replica="1") == 7
+    assert m.value("prism_prefix_cache_hit_tokens") == 0  # the unlabeled series is another series
+    text = m.render()
+    assert 'prism_prefix_cache_hit_tokens{replica="0"} 5' in text
+    assert 'tgi_queue_size{replica="1"} 3' in text
+    assert 'tgi_batch_inference_duration_count{method="prefill",replica="0"} 1' in text

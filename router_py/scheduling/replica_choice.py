@@ -1,0 +1,171 @@
+"""Which replica serves a request: PRISM's cache-aware choice among the shard groups one router drives
+(``--data-parallel N``, docs/data-parallel.md).
+
+The router owns every replica's tree, so what each replica has cached for a prompt is known exactly
+(``Scheduler.peek_prefix``), not guessed from past routing as SGLang's gateway does. Each replica's load is
+the work the router has sent it and not yet seen done: prompt tokens still to prefill (each request's uncached
+part, until its first token) plus ``decode_tokens`` per running request. Among the replicas that keep the
+imbalance bound, a request goes to the one that
+
+1. reuses the most of its prompt (cached in that replica's tree, or in flight there: below);
+2. then has taken in the fewest uncached prompt tokens lately (``written``, halving every
+   ``written_half_life`` routed requests: a new prefix goes where the tree is under the least write pressure
+   now, so every replica keeps its prefixes about as long);
+3. then is the least loaded; then round-robin.
+
+The bound: a replica whose load plus this request's new tokens would exceed the least loaded replica's load by
+more than ``max_imbalance_tokens`` is not eligible (the least loaded replica always is). So affinity may queue
+a request behind at most that much extra work, and no replica drifts further than that from the others.
+
+Prompts routed but not yet prefilled count as cached on their replica ("in flight"): a burst of requests
+sharing a new prefix goes to one replica, where the first one's prefill serves the others, instead of being
+spread before any of them reached a tree. Plain Python over ints; no clock, no I/O, so the simulator
+(:mod:`bench.dp_sim`) runs the server's code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from prism_cache import block_hashes
+
+PeekPrefix = Callable[[str, Sequence[int]], int]  # (namespace, block hashes) -> cached prefix tokens
+
+
+@dataclass(frozen=True)
+class ReplicaChoiceParams:
+    """Knobs of :class:`ReplicaChooser` (the measurements behind the defaults: docs/data-parallel.md)."""
+
+    # NOTE: 2**19, about SGLang's 32-request bound in tokens of the Mooncake trace's mean prompt (15k)
+    max_imbalance_tokens: int = 524_288  # the bound: load after the choice <= least load + this
+    decode_tokens: int = 64  # load of one running request beyond its prefill
+    written_half_life: int = 1_000  # routed requests after which a replica's written tokens count half
+
+    def __post_init__(self) -> None:
+        if self.max_imbalance_tokens < 0 or self.decode_tokens < 0 or self.written_half_life < 1:
+            raise ValueError("max_imbalance_tokens and decode_tokens must be >= 0, written_half_life >= 1")
+
+
+@dataclass
+class _Routed:
+    replica: int
+    prefill: int  # tokens counted in the replica's prefill load until the first token
+    inflight: list[int]  # block hashes counted as in flight on the replica until the first token
+
+
+@dataclass
+class ReplicaLoad:
+    """What the router sent one replica and has not seen done."""
+
+    prefill_tokens: int = 0  # uncached prompt tokens of requests still before their first token
+    running: int = 0  # requests routed and not finished
+    written: float = 0.0  # uncached prompt tokens routed here, decayed: what this replica's tree takes in lately
+    inflight: dict[int, int] = field(default_factory=dict)  # block hash -> routed requests not yet prefilled
+
+    def tokens(self, decode_tokens: int) -> int:
+        return self.prefill_tokens + decode_tokens * self.running
+
+    def inflight_blocks(self, hashes: Sequence[int]) -> int:
+        """Leading blocks of ``hashes`` that a request routed here and not yet prefilled also starts with."""
+        n = 0
+        for h in hashes:
+            if h not in self.inflight:
+                break
+            n += 1
+        return n
+
+
+class ReplicaChooser:
+    """Chooses replicas and keeps their loads. ``peeks[r]`` reads replica r's tree (exact, touching nothing);
+    ``block_size`` is the replicas' block size (equal for all).
+
+    Call :meth:`choose` when a request arrives, :meth:`first_token` when its first token comes back and
+    :meth:`finished` when it ends (also after a failure; both ignore unknown ids and repeated calls)."""
+
+    def __init__(
+        self, peeks: Sequence[PeekPrefix], block_size: int, params: ReplicaChoiceParams = ReplicaChoiceParams()
+    ) -> None:
+        if not peeks:
+            raise ValueError("no replica to choose from")
+        self.peeks, self.block_size, self.params = list(peeks), block_size, params
+        self.loads = [ReplicaLoad() for _ in peeks]
+        self._routed: dict[int, _Routed] = {}
+        self._turn = 0  # full ties go round-robin from here
+        self._decay = 0.5 ** (1 / params.written_half_life)
+
+    def load(self, replica: int) -> int:
+        return self.loads[replica].tokens(self.params.decode_tokens)
+
+    def choose(
+        self, request_id: int, namespace: str, prompt: Sequence[int], hashes: Sequence[int] | None = None
+    ) -> int:
+        """The replica for this request (recorded as routed there). ``hashes``: the prompt's block hashes
+        when the caller has them; ``[]`` when the request must not use the cache (it then goes by load).
+        Raises ValueError if the id is already routed."""
+        if request_id in self._routed:
+            raise ValueError(f"request {request_id} is already routed")
+        if hashes is None:
+            hashes = block_hashes(namespace, prompt, self.block_size)
+        n = len(self.loads)
+        for replica_load in self.loads:
+            replica_load.written *= self._decay
+        loads = [self.load(r) for r in range(n)]
+        floor = min(loads)
+        best: tuple[int, float, int, int] | None = None
+        for r, load in enumerate(loads):
+            new = len(prompt) - self._reused(r, namespace, hashes, len(prompt))
+            if load > floor and load + new > floor + self.params.max_imbalance_tokens:
+                continue
+            written = self.loads[r].written if hashes else 0  # NOTE: a no-cache request writes nothing
+            key = (new, written, load, (r - self._turn) % n)  # NOTE: least new = most reused
+            if best is None or key < best:
+                best = key
+        assert best is not None  # NOTE: a least-loaded replica is always eligible
+        replica = (best[3] + self._turn) % n
+        self._turn = (replica + 1) % n
+        self._route(request_id, replica, best[0], hashes)
+        return replica
+
+    def _reused(self, replica: int, namespace: str, hashes: Sequence[int], prompt_len: int) -> int:
+        if not hashes:
+            return 0
+        cached = self.peeks[replica](namespace, hashes)
+        inflight = self.loads[replica].inflight_blocks(hashes) * self.block_size
+        return max(0, min(max(cached, inflight), prompt_len - 1))  # NOTE: the last prompt token is always computed
+
+    def _route(self, request_id: int, replica: int, new: int, hashes: Sequence[int]) -> None:
+        load = self.loads[replica]
+        load.prefill_tokens += new
+        load.written += new if hashes else 0
+        load.running += 1
+        for h in hashes:
+            load.inflight[h] = load.inflight.get(h, 0) + 1
+        self._routed[request_id] = _Routed(replica, new, list(hashes))
+
+    def replica_of(self, request_id: int) -> int | None:
+        routed = self._routed.get(request_id)
+        return None if routed is None else routed.replica
+
+    def first_token(self, request_id: int) -> None:
+        """Its prompt is prefilled: no longer prefill load, and in the tree rather than in flight."""
+        routed = self._routed.get(request_id)
+        if routed is None:
+            return
+        load = self.loads[routed.replica]
+        load.prefill_tokens -= routed.prefill
+        for h in routed.inflight:
+            left = load.inflight[h] - 1
+            if left:
+                load.inflight[h] = left
+            else:
+                del load.inflight[h]
+        routed.prefill, routed.inflight = 0, []
+
+    def finished(self, request_id: int) -> None:
+        """It ended (or failed, or its client left): its replica's load drops."""
+        if request_id not in self._routed:
+            return
+        self.first_token(request_id)
+        routed = self._routed.pop(request_id)
+        self.loads[routed.replica].running -= 1

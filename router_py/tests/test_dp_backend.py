@@ -1,0 +1,97 @@
+"""DataParallelBackend over two replicas, each a fake shard over real Unix-socket gRPC with its own batcher and
+real scheduler: requests sharing a prefix land on one replica and hit its cache, outputs equal one replica's,
+each replica's metrics carry its label, replicas that differ are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from router_py.engine.dp_backend import DataParallelBackend, common_info
+from router_py.metrics import Metrics
+from router_py.shard_client.fake_shard import FakeOptions
+from router_py.tests.test_batcher import Stack, close, collect, make_stack, request, text_of
+
+PREFIX = " ".join(f"w{i}" for i in range(320))  # 320 words = 320 fake tokens = 20 blocks of 16
+
+
+@dataclasses.dataclass
+class Replicas:
+    stacks: list[Stack]
+    backend: DataParallelBackend
+    metrics: Metrics
+
+
+@pytest.fixture
+async def dp(tmp_path: Path) -> AsyncIterator[Replicas]:
+    metrics = Metrics()  # NOTE: one registry, each replica's batcher writing a labeled view (as cli.serve)
+    stacks = [await make_stack(folder(tmp_path, f"r{g}"), metrics=metrics.labeled(replica=str(g))) for g in range(2)]
+    backend = DataParallelBackend([s.batcher for s in stacks])
+    yield Replicas(stacks, backend, metrics)
+    for s in stacks:
+        await close(s)
+
+
+def folder(tmp: Path, name: str) -> Path:
+    (tmp / name).mkdir()
+    return tmp / name
+
+
+def prompts_on(s: Stack) -> list[str]:
+    return [r.inputs for r in s.shard.received]
+
+
+async def test_requests_sharing_a_prefix_land_on_one_replica_and_hit(dp: Replicas) -> None:
+    await collect(dp.backend, request(PREFIX + " first", max_new_tokens=2))
+    same = [request(PREFIX + f" q{i}", max_new_tokens=3) for i in range(4)]
+    await asyncio.gather(*(collect(dp.backend, r) for r in same))
+    counts = [sum(p.startswith(PREFIX) for p in prompts_on(s)) for s in dp.stacks]
+    assert sorted(counts) == [0, 5], counts
+    home = dp.stacks[counts.index(5)]
+    assert all(r.cache_len >= 304 for r in home.shard.received[1:])  # the prefix's blocks were reused
+    assert all(load.running == 0 and not load.inflight for load in dp.backend.chooser.loads)
+
+
+async def test_unrelated_prompts_use_both_replicas(dp: Replicas) -> None:
+    for i in range(4):
+        await collect(dp.backend, request(f"{'t' * (i + 2)} " * 20, max_new_tokens=2))  # NOTE: fake ids: word lengths
+    assert all(prompts_on(s) for s in dp.stacks)
+
+
+async def test_outputs_equal_a_single_replica(dp: Replicas, tmp_path: Path) -> None:
+    prompts = [(PREFIX + f" x{i}" if i % 2 else f"other {i} " * (i + 1), 2 + i % 5) for i in range(10)]
+    solo_stack = await make_stack(folder(tmp_path, "solo"))
+    try:
+        solo = [text_of(await collect(solo_stack.batcher, request(p, n))) for p, n in prompts]
+    finally:
+        await close(solo_stack)
+    together = await asyncio.gather(*(collect(dp.backend, request(p, n)) for p, n in prompts))
+    assert [text_of(evs) for evs in together] == solo
+
+
+async def test_each_replica_reports_under_its_label(dp: Replicas) -> None:
+    for i in range(4):
+        await collect(dp.backend, request(f"{'t' * (i + 2)} " * 20, max_new_tokens=2))
+    text = dp.metrics.render()
+    for g in ("0", "1"):
+        assert f'prism_prefix_cache_queried_tokens{{replica="{g}"}}' in text
+        assert dp.metrics.value("tgi_batch_inference_success", method="prefill", replica=g) >= 1
+    assert await dp.backend.health()
+
+
+async def test_replicas_that_differ_are_refused(tmp_path: Path) -> None:
+    a = await make_stack(folder(tmp_path, "a"))
+    b = await make_stack(folder(tmp_path, "b"), FakeOptions(block_size=8, num_blocks=512))
+    try:
+        with pytest.raises(ValueError, match="differ"):
+            DataParallelBackend([a.batcher, b.batcher])
+    finally:
+        await close(a)
+        await close(b)
+    info = a.batcher.info
+    smaller = dataclasses.replace(info, max_total_tokens=info.max_total_tokens - 1)
+    assert common_info([info, smaller]).max_total_tokens == info.max_total_tokens - 1

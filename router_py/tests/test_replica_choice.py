@@ -1,0 +1,141 @@
+"""ReplicaChooser: prefix affinity from each replica's tree and from prompts in flight, the imbalance bound
+under random churn (checked at every choice), and load bookkeeping that returns to zero."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import pytest
+
+from prism_cache import block_hashes
+from router_py.scheduling.replica_choice import ReplicaChoiceParams, ReplicaChooser
+
+BS = 4
+
+
+class FakeTrees:
+    """Per replica, the set of cached block hashes; peek counts the leading cached blocks (as the tree does)."""
+
+    def __init__(self, n: int) -> None:
+        self.cached: list[set[int]] = [set() for _ in range(n)]
+
+    def peek(self, replica: int):
+        def peek(namespace: str, hashes: Sequence[int]) -> int:
+            n = 0
+            for h in hashes:
+                if h not in self.cached[replica]:
+                    break
+                n += 1
+            return n * BS
+
+        return peek
+
+    def chooser(self, params: ReplicaChoiceParams = ReplicaChoiceParams()) -> ReplicaChooser:
+        return ReplicaChooser([self.peek(r) for r in range(len(self.cached))], BS, params)
+
+    def cache(self, replica: int, prompt: Sequence[int]) -> None:
+        self.cached[replica].update(block_hashes("", prompt, BS))
+
+
+def prompt(prefix: int, length: int, tail: int = 0) -> list[int]:
+    """``length`` tokens: a shared head named by ``prefix``, the last 4 tokens varied by ``tail``."""
+    return [prefix * 1000 + i for i in range(length - 4)] + [tail, tail + 1, tail + 2, tail + 3]
+
+
+def test_goes_to_the_replica_that_caches_the_prefix() -> None:
+    trees = FakeTrees(4)
+    trees.cache(2, prompt(7, 64))
+    chooser = trees.chooser()
+    assert chooser.choose(0, "", prompt(7, 64, tail=99)) == 2
+
+
+def test_a_burst_of_one_new_prefix_goes_to_one_replica() -> None:
+    trees = FakeTrees(4)
+    chooser = trees.chooser()
+    chosen = {chooser.choose(i, "", prompt(3, 400, tail=i)) for i in range(6)}
+    assert len(chosen) == 1  # NOTE: nothing cached anywhere; the first one's prefix is in flight
+
+
+def test_new_prefixes_go_where_the_least_was_written() -> None:
+    chooser = FakeTrees(2).chooser(ReplicaChoiceParams(decode_tokens=0))
+    assert chooser.choose(0, "", prompt(1, 500)) == 0
+    chooser.finished(0)
+    assert chooser.choose(1, "", prompt(2, 40)) == 1
+    chooser.finished(1)
+    assert chooser.choose(2, "", prompt(3, 40)) == 1  # replica 0 took 500 uncached tokens, replica 1 only 40
+
+
+def test_unrelated_prompts_on_idle_replicas_rotate() -> None:
+    chooser = FakeTrees(3).chooser()
+    picks = []
+    for i in range(6):
+        picks.append(chooser.choose(i, "", prompt(i, 40)))
+        chooser.finished(i)
+    assert picks == [0, 1, 2, 0, 1, 2]
+
+
+def test_no_cache_request_goes_by_load_only() -> None:
+    trees = FakeTrees(2)
+    trees.cache(0, prompt(5, 64))
+    chooser = trees.chooser()
+    assert chooser.choose(0, "", prompt(9, 20)) == 0  # idle tie: the rotation starts at 0
+    assert chooser.choose(1, "", prompt(5, 64, tail=1)) == 0  # the cache wins over a lighter replica
+    assert chooser.choose(2, "", prompt(5, 64, tail=2), hashes=[]) == 1  # cache ignored: least loaded
+
+
+def test_the_bound_overrides_affinity() -> None:
+    trees = FakeTrees(2)
+    trees.cache(0, prompt(1, 800))
+    chooser = trees.chooser(ReplicaChoiceParams(max_imbalance_tokens=1000, decode_tokens=0))
+    chooser.choose(0, "", prompt(2, 1200))  # replica 0 gets 1,200 tokens of prefill load
+    assert chooser.load(0) == 1200 and chooser.load(1) == 0
+    assert chooser.choose(1, "", prompt(1, 800, tail=5)) == 1  # cached on 0, but 0 is 1,200 ahead
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_imbalance_bound_holds_and_loads_return_to_zero_under_churn(seed: int) -> None:
+    rng = random.Random(seed)
+    n, params = 4, ReplicaChoiceParams(max_imbalance_tokens=2000, decode_tokens=50)
+    trees = FakeTrees(n)
+    chooser = trees.chooser(params)
+    live: dict[int, tuple[list[int], bool]] = {}  # id -> (prompt, prefilled)
+    for i in range(3000):
+        if live and rng.random() < 0.45:
+            rid = rng.choice(list(live))
+            p, prefilled = live[rid]
+            replica = chooser.replica_of(rid)
+            assert replica is not None
+            if not prefilled:
+                chooser.first_token(rid)
+                trees.cache(replica, p)
+                live[rid] = (p, True)
+            else:
+                chooser.finished(rid)
+                del live[rid]
+            continue
+        head = 0 if rng.random() < 0.7 else rng.randrange(1, 4)  # NOTE: skewed, so affinity alone would pile up
+        p = prompt(head, rng.choice((16, 200, 900)), tail=rng.randrange(1000))
+        before = [chooser.load(r) for r in range(n)]
+        replica = chooser.choose(i, "", p)
+        added = chooser.load(replica) - before[replica] - params.decode_tokens
+        assert before[replica] == min(before) or before[replica] + added <= min(before) + 2000
+        live[i] = (p, False)
+    for rid in list(live):
+        chooser.finished(rid)
+    assert all(chooser.load(r) == 0 for r in range(n))
+    assert all(not load.inflight and load.running == 0 for load in chooser.loads)
+
+
+def test_repeated_or_unknown_notifications_are_ignored() -> None:
+    chooser = FakeTrees(2).chooser()
+    chooser.choose(0, "", prompt(1, 40))
+    chooser.first_token(0)
+    chooser.first_token(0)
+    chooser.finished(0)
+    chooser.finished(0)
+    chooser.finished(42)
+    assert chooser.load(0) == chooser.load(1) == 0
+    with pytest.raises(ValueError, match="already routed"):
+        chooser.choose(1, "", prompt(1, 40))
+        chooser.choose(1, "", prompt(1, 40))
