@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from flash_kernels.api import AttentionBackend
+from shard.layers.fusion import fuse_projections
 from shard.layers.packed_linear import ENV as PACK_ENV
 from shard.layers.packed_linear import pack_cpu_linears
 from shard.layers.rotary import Rotary
@@ -119,6 +120,7 @@ def load_model(
         if isinstance(module, Rotary):
             module.float()
     model.requires_grad_(False)
+    fuse_projections(model)
     packed = pack_cpu_linears(model)
     if packed:
         log.info("%d bf16 linears prepacked for oneDNN (%s=0 turns it off)", packed, PACK_ENV)

@@ -39,7 +39,10 @@ def pack_cpu_linears(model: nn.Module) -> int:
     packed (0 when off, when torch lacks the ops, or when a packed result differs from ``F.linear``)."""
     if os.environ.get(ENV, "1") == "0":
         return 0
-    linears = [m for m in model.modules() if type(m) is nn.Linear and _eligible(m.weight)]
+    linears = [
+        m for m in model.modules()
+        if type(m) is nn.Linear and _eligible(m.weight) and not getattr(m, "fused", False)  # fused: not called
+    ]
     if not linears or not _packing_is_exact(linears[0]):
         return 0
     for m in linears:
