@@ -9,7 +9,8 @@ Variants (switched on one loaded runner, nothing rebuilt):
     +fused        and the fused q/k/v and gate/up projections (shard/layers/fusion.py)
     +packed       and the prepacked bf16 weights (shard/layers/packed_linear.py): the default
 Loads: 32 requests with 100-token prompts (the 32-client throughput load) and 12 with 1,040-token prompts (the
-RAG load's contexts), both decoding on 1 thread.
+RAG load's contexts), both decoding on 1 thread. Then decode attention alone, one layer's call at the model's
+shape: the SDPA path over a gathered copy against the compiled kernel.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from flash_kernels.backends import cpu_decode
+from flash_kernels.backends.sdpa import decode_gathered
 from shard.bench import BLOCK, _prompt, _request
 from shard.config import ShardConfig
 from shard.factory import build_runner
@@ -69,6 +71,29 @@ def step_ms(runner: ModelRunner, reqs: list, steps: int) -> float:
     return (time.thread_time() - start) / steps * 1e3
 
 
+def attention_us(runner: ModelRunner, batch: int, context: int, rounds: int) -> tuple[float, float]:
+    """(SDPA over a gathered copy, compiled kernel) thread CPU us of one decode attention call at the model's
+    head shape, ``batch`` requests of ``context`` keys in shuffled blocks; medians of interleaved rounds."""
+    c = runner.model.config
+    per = -(-context // BLOCK)
+    gen = torch.Generator().manual_seed(0)
+    shape = (batch * per + 1, BLOCK, c.kv_heads, c.head_dim)
+    kc, vc = (torch.randn(shape, generator=gen).to(runner.loaded.dtype) for _ in range(2))
+    tables = (torch.randperm(batch * per, generator=gen) + 1).view(batch, per).int()
+    lengths = torch.full((batch,), context, dtype=torch.int32)
+    q = torch.randn(batch, c.heads, c.head_dim, generator=gen).to(runner.loaded.dtype)
+    calls = (lambda: decode_gathered(q, kc, vc, tables, lengths, context, c.head_dim**-0.5),
+             lambda: cpu_decode.decode(q, kc, vc, tables, lengths, c.head_dim**-0.5))
+    times: list[list[float]] = [[], []]
+    for _ in range(rounds):
+        for i, call in enumerate(calls):
+            start = time.thread_time()
+            for _ in range(10):
+                call()
+            times[i].append((time.thread_time() - start) / 10 * 1e6)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model-dir", required=True)
@@ -98,6 +123,12 @@ def main(argv: list[str] | None = None) -> None:
         cells = [f"{v} {statistics.median(times[(load, v)]):.2f} ({statistics.median(times[(load, v)]) / base:.2f}x)"
                  for v in variants]
         print(f"{load}: " + "  ".join(cells))
+    if not cpu_decode.load():
+        return
+    print("# decode attention, one layer's call, thread CPU us: SDPA over a gathered copy / compiled kernel")
+    for batch, context in ((32, 128), (12, 1040), (9, 1568), (1, 2000)):
+        sdpa, kernel = attention_us(runner, batch, context, args.rounds)
+        print(f"b={batch} x {context} keys: {sdpa:.0f} / {kernel:.0f} ({kernel / sdpa:.2f}x)")
 
 
 if __name__ == "__main__":
