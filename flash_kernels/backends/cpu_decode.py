@@ -44,6 +44,7 @@ def _load() -> bool:
         log.warning("compiled CPU decode kernel unavailable (%s: %s); decode attention on SDPA",
                     type(err).__name__, str(err).splitlines()[0] if str(err) else "")
         return False
+    log.info("compiled CPU decode kernel loaded (%s=0 turns it off)", ENV)
     return True
 
 
