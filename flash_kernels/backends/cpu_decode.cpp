@@ -44,6 +44,8 @@ void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
   const int64_t blk = bs * row;        // stride between blocks
   int64_t max_len = 0;
   for (int64_t i = 0; i < b; ++i) max_len = std::max<int64_t>(max_len, lp[i]);
+  TORCH_CHECK(max_len <= mb * bs, "paged_decode: a context of ", max_len, " keys exceeds its block table (",
+              mb, " blocks of ", bs, ")");
   at::parallel_for(0, b * hk, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> qf(g * d), acc(g * d), kf(d), scores(g * std::max<int64_t>(max_len, 1)), mx(g), sum(g);
     for (int64_t idx = begin; idx < end; ++idx) {

@@ -4,7 +4,7 @@ loader, then loaded from its cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache
 It reads K/V in place through the block table, where the SDPA path first gathers every request's context into
 a padded copy and then pays torch's flash kernel's per-(request, head) setup, which dominates for one query
 row per KV head group (docs/performance.md has the numbers). Without a C++ compiler or ninja, or with
-``PRISM_CPU_DECODE_KERNEL=0``, :func:`load` returns None and the SDPA path serves decode (logged once).
+``PRISM_CPU_DECODE_KERNEL=0``, :func:`load` returns False and the SDPA path serves decode (logged once).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ _state: dict[str, object] = {}
 
 
 def load() -> bool:
-    """Build (first time on this machine, ~15-20 s) or load the kernel; True when
+    """Build (first time on this machine: 15-40 s on 2 cores) or load the kernel; True when
     ``torch.ops.prism_kernels.paged_decode`` is usable. Cached per process; never raises."""
     if "ok" not in _state:
         _state["ok"] = _load()

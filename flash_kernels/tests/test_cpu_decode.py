@@ -65,6 +65,16 @@ def test_backend_decode_runs_the_kernel_and_reads_no_padding() -> None:
     _assert_close(out, reference.decode(*args))
 
 
+@needs_tools
+def test_a_context_longer_than_its_table_is_refused() -> None:
+    case = make_case(decode_requests(16), 16, kv_heads=2, group=2, head_dim=64)
+    args = list(case.decode_args())
+    args[4] = args[4].clone()
+    args[4][0] = case.block_tables.shape[1] * 16 + 1
+    with pytest.raises(RuntimeError, match="exceeds its block table"):
+        cpu_decode.decode(*args[:5], args[6])
+
+
 def test_switched_off_by_env(monkeypatch) -> None:
     monkeypatch.setenv(cpu_decode.ENV, "0")
     monkeypatch.setattr(cpu_decode, "_state", {})
