@@ -60,7 +60,7 @@ def choose_num_blocks(
         fraction = CUDA_DEFAULT_FRACTION if memory_fraction is None else memory_fraction
         if not 0 < fraction <= 1:
             raise ValueError(f"--memory-fraction must be in (0, 1], got {fraction}")
-        free = _free_memory(device)
+        free = free_memory(device)
         budget = int(free * fraction)
         how = f"{fraction:g} of {free} bytes of free {device.type} memory"
     blocks = budget // per_block
@@ -75,7 +75,7 @@ def choose_num_blocks(
     return blocks
 
 
-def _free_memory(device: torch.device) -> int:
+def free_memory(device: torch.device) -> int:
     """Bytes free for the pool: CUDA's free memory; on CPU MemAvailable (free RAM plus reclaimable page cache;
     MemFree alone is near 0 on a busy host whose page cache holds the rest)."""
     if device.type == "cuda":

@@ -8,7 +8,8 @@ same oneDNN kernel's, checked equal to ``F.linear`` at pack time; fp32 is left a
 different library whose results differ in the last bits, and the exact oracles are fp32).
 
 Cost: the packed copy is held beside the original weight (kept for ``state_dict`` and tied embeddings), so
-the linears' memory doubles; ``PRISM_PACK_LINEARS=0`` turns packing off.
+the linears' memory doubles; packing is skipped (logged) when that copy would take more than a quarter of the
+host's available memory, and ``PRISM_PACK_LINEARS=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -34,21 +35,36 @@ class PackedLinear(nn.Linear):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [None], "")
 
 
-def pack_cpu_linears(model: nn.Module) -> int:
+def pack_cpu_linears(model: nn.Module, available_bytes: int | None = None) -> int:
     """Turn every bf16 CPU ``nn.Linear`` of ``model`` into a :class:`PackedLinear`, in place; how many were
-    packed (0 when off, when torch lacks the ops, or when a packed result differs from ``F.linear``)."""
+    packed (0 when off, when torch lacks the ops, when a packed result differs from ``F.linear``, or when the
+    copies would exceed a quarter of ``available_bytes``, default the host's available memory)."""
     if os.environ.get(ENV, "1") == "0":
         return 0
     linears = [
         m for m in model.modules()
         if type(m) is nn.Linear and _eligible(m.weight) and not getattr(m, "fused", False)  # fused: not called
     ]
-    if not linears or not _packing_is_exact(linears[0]):
+    if not linears:
+        return 0
+    extra = sum(m.weight.numel() * m.weight.element_size() for m in linears)
+    available = _available_memory() if available_bytes is None else available_bytes
+    if extra > available // 4:
+        log.info("not prepacking bf16 linears: the copies (%d MiB) would take over a quarter of the %d MiB "
+                 "available", extra >> 20, available >> 20)
+        return 0
+    if not _packing_is_exact(linears[0]):
         return 0
     for m in linears:
         m.register_buffer("packed", _pack(m.weight), persistent=False)
         m.__class__ = PackedLinear
     return len(linears)
+
+
+def _available_memory() -> int:
+    from shard.kv_cache import free_memory
+
+    return free_memory(torch.device("cpu"))
 
 
 def _eligible(w: torch.Tensor) -> bool:

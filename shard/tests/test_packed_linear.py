@@ -33,3 +33,10 @@ def test_fp32_and_switched_off_stay_plain(monkeypatch) -> None:
     monkeypatch.setenv(packed_linear.ENV, "0")
     bf16 = _model(torch.bfloat16)
     assert pack_cpu_linears(bf16) == 0 and all(type(m) is nn.Linear for m in bf16)
+
+
+def test_not_packed_when_the_copies_would_crowd_memory() -> None:
+    bf16 = _model(torch.bfloat16)
+    weight_bytes = sum(m.weight.numel() * 2 for m in bf16)
+    assert pack_cpu_linears(bf16, available_bytes=4 * weight_bytes - 4) == 0
+    assert pack_cpu_linears(bf16, available_bytes=4 * weight_bytes) == 2
