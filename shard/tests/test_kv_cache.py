@@ -29,7 +29,7 @@ def test_sizing_explicit_default_and_fraction() -> None:
             choose_num_blocks(SHAPE, 16, CPU, **bad)
 
 
-def test_a_pool_sized_from_littlefree_memory_is_refused_naming_the_flags(monkeypatch) -> None:
+def test_a_pool_sized_from_little_free_memory_is_refused_naming_the_flags(monkeypatch) -> None:
     """A busy host once gave the shard 35 blocks from free RAM; the router then refused its default limits at
     Warmup. Now the shard refuses such a pool at start and says which flag sizes it."""
     import shard.kv_cache as kv_cache
@@ -44,7 +44,7 @@ def test_a_pool_sized_from_littlefree_memory_is_refused_naming_the_flags(monkeyp
     assert choose_num_blocks(SHAPE, 16, CPU, num_blocks=35) == 35  # explicit: taken as given
 
 
-def test_cpufree_memory_counts_reclaimable_page_cache() -> None:
+def test_cpu_free_memory_counts_reclaimable_page_cache() -> None:
     import shard.kv_cache as kv_cache
 
     free = kv_cache.free_memory(CPU)
