@@ -40,11 +40,9 @@ def switches(runner: ModelRunner) -> dict[str, Callable[[], None]]:
     packed = [m for m in runner.model.modules() if isinstance(m, PackedLinear)]
     fused = [(m, name, getattr(m, name)) for m in runner.model.modules()
              for name in ("qkv_proj", "gate_up_proj") if getattr(m, name, None) is not None]
-    kernel = cpu_decode.load()
-
     def setter(use_kernel: bool, use_fused: bool, use_packed: bool) -> Callable[[], None]:
         def apply() -> None:
-            cpu_decode._state["ok"] = use_kernel and kernel
+            cpu_decode.set_enabled(use_kernel)
             for m, name, module in fused:
                 setattr(m, name, module if use_fused else None)
             for m in packed:

