@@ -2,7 +2,7 @@
 the layout :mod:`flash_kernels.api` defines. Slot s is ``cache[s // block_size, s % block_size]``.
 
 The router owns which blocks hold what; the pool only stores them. Sizing: an explicit block count, or a
-fraction of free device memory (CUDA) / of physical memory (CPU), or on CPU by default enough for
+fraction of free device memory (CUDA) / of available memory (CPU), or on CPU by default enough for
 ``CPU_DEFAULT_TOKENS`` tokens (capped at ``CPU_DEFAULT_BYTES``). A pool sized from memory must hold at least
 ``MIN_SIZED_TOKENS`` usable tokens: a smaller one (a busy host with little free RAM) would start, then make the
 router refuse its default limits at Warmup with no hint of the shard's flag, so the shard refuses it at once and

@@ -8,7 +8,7 @@
 // One task per (request, KV head), split over torch's intra-op threads: scores of the group's query rows
 // against every key, softmax, then the weighted sum of values. bf16 with head dim 64 / 128 and a group of
 // 1 / 2 / 4 / 8 query heads per KV head takes an AVX512-BF16 path where the compiler targets it (q.k as pairwise
-// bf16 dot products into fp32, 3-4x the generic loop); everything else the generic loop.
+// bf16 dot products into fp32, about 3x the generic loop); everything else the generic loop.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -59,7 +59,7 @@ void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
   const int64_t blk = bs * row;        // stride between blocks
   const int64_t max_len = max_length(lp, b, mb * bs);
   at::parallel_for(0, b * hk, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf(g * d), acc(g * d), kf(d), scores(g * std::max<int64_t>(max_len, 1)), mx(g), sum(g);
+    std::vector<float> qf(g * d), acc(g * d), kf(d), scores(g * max_len), mx(g), sum(g);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t i = idx / hk, kh = idx % hk;
       const int64_t len = lp[i];
