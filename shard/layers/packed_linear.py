@@ -24,6 +24,10 @@ from torch.nn import functional as F
 
 log = logging.getLogger(__name__)
 ENV = "PRISM_PACK_LINEARS"
+# NOTE: above this many rows (a prefill, whose row count is new almost every time) F.linear is used: oneDNN
+# builds a primitive per new input shape, and for the packed weight that first call costs 1-2 ms more per
+# linear at ~1,000 rows, more than packing saves there; decode batch sizes repeat, so they keep their primitives.
+PACKED_MAX_ROWS = 256
 
 
 class PackedLinear(nn.Linear):
@@ -33,6 +37,8 @@ class PackedLinear(nn.Linear):
     packed: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() > PACKED_MAX_ROWS * x.shape[-1]:
+            return F.linear(x, self.weight, self.bias)
         return _mkldnn("_linear_pointwise")(x, self.packed, self.bias, "none", [None], "")
 
 

@@ -21,7 +21,7 @@ def test_bf16_linears_are_packed_and_give_f_linear_results() -> None:
     assert pack_cpu_linears(model) == 2
     assert all(type(m) is PackedLinear for m in model)
     assert set(model.state_dict()) == keys  # the packed copy is not part of the checkpoint
-    for shape in [(1, 64), (7, 64), (300, 64), (2, 5, 64)]:
+    for shape in [(1, 64), (7, 64), (300, 64), (2, 5, 64)]:  # 300 rows: F.linear (PACKED_MAX_ROWS)
         x = torch.randn(shape, dtype=torch.bfloat16)
         expected = F.linear(F.linear(x, model[0].weight), model[1].weight, model[1].bias)
         assert torch.equal(model(x), expected)
