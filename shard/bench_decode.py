@@ -40,6 +40,7 @@ def switches(runner: ModelRunner) -> dict[str, Callable[[], None]]:
     packed = [m for m in runner.model.modules() if isinstance(m, PackedLinear)]
     fused = [(m, name, getattr(m, name)) for m in runner.model.modules()
              for name in ("qkv_proj", "gate_up_proj") if getattr(m, name, None) is not None]
+
     def setter(use_kernel: bool, use_fused: bool, use_packed: bool) -> Callable[[], None]:
         def apply() -> None:
             cpu_decode.set_enabled(use_kernel)
@@ -118,8 +119,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.rounds} interleaved rounds of {args.steps} steps) and ratio to 'before'")
     for load in loads:
         base = statistics.median(times[(load, "before")])
-        cells = [f"{v} {statistics.median(times[(load, v)]):.2f} ({statistics.median(times[(load, v)]) / base:.2f}x)"
-                 for v in variants]
+        medians = {v: statistics.median(times[(load, v)]) for v in variants}
+        cells = [f"{v} {m:.2f} ({m / base:.2f}x)" for v, m in medians.items()]
         print(f"{load}: " + "  ".join(cells))
     if not cpu_decode.load():
         return

@@ -4,9 +4,9 @@ the layout :mod:`flash_kernels.api` defines. Slot s is ``cache[s // block_size, 
 The router owns which blocks hold what; the pool only stores them. Sizing: an explicit block count, or a
 fraction of free device memory (CUDA) / of available memory (CPU), or on CPU by default enough for
 ``CPU_DEFAULT_TOKENS`` tokens (capped at ``CPU_DEFAULT_BYTES``). A pool sized from memory must hold at least
-``MIN_SIZED_TOKENS`` usable tokens: a smaller one (a busy host with little free RAM) would start, then make the
-router refuse its default limits at Warmup with no hint of the shard's flag, so the shard refuses it at once and
-names the flags. An explicit ``--num-blocks`` is taken as given.
+``MIN_SIZED_TOKENS`` usable tokens: a smaller one (a busy host with little free RAM) would start, then make
+the router refuse its default limits at Warmup with no hint of the shard's flag, so the shard refuses it at
+once and names the flags. An explicit ``--num-blocks`` is taken as given.
 """
 
 from __future__ import annotations
@@ -67,10 +67,10 @@ def choose_num_blocks(
     floor = -(-MIN_SIZED_TOKENS // block_size) + 1  # + block 0, the router's
     if blocks < floor:
         raise ValueError(
-            f"the KV pool sized from memory ({how}) holds {blocks} blocks of {block_size} tokens, fewer than "
-            f"the {floor} ({MIN_SIZED_TOKENS} tokens + block 0) the router's default limits need; set the pool "
-            f"size with --num-blocks N (launcher: --num-blocks, NUM_BLOCKS) or a larger --memory-fraction "
-            f"(launcher: --cuda-memory-fraction), or free memory"
+            f"the KV pool sized from memory ({how}) holds {blocks} blocks of {block_size} tokens, fewer "
+            f"than the {floor} ({MIN_SIZED_TOKENS} tokens + block 0) the router's default limits need; set "
+            f"the pool size with --num-blocks N (launcher: --num-blocks, NUM_BLOCKS) or a larger "
+            f"--memory-fraction (launcher: --cuda-memory-fraction), or free memory"
         )
     return blocks
 

@@ -24,7 +24,8 @@ _state: dict[str, bool] = {}  # "built": the build's outcome (once per process);
 
 def load() -> bool:
     """Build (first time on this machine: 15-40 s on 2 cores) or load the kernel; True when
-    ``torch.ops.prism_kernels.paged_decode`` is usable and not switched off. Cached per process; never raises."""
+    ``torch.ops.prism_kernels.paged_decode`` is usable and not switched off. Cached per process; never
+    raises."""
     if "built" not in _state:
         _state["built"] = _load()
     return _state["built"] and not _state.get("off", False)
@@ -55,7 +56,8 @@ def _load() -> bool:
 
 def _cpu_tag() -> str:
     try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        flags = next(line for line in lines if line.startswith("flags"))
     except (OSError, StopIteration):
         flags = os.uname().machine
     return hashlib.sha1(flags.encode()).hexdigest()[:10]

@@ -11,12 +11,13 @@ No Python loop over requests; each call is a handful of batched ops:
                                           gathered into (b, hk, max_k, d); one SDPA with a boolean mask that
                                           is causal aligned bottom-right per request and hides padded keys
     decode                                the compiled kernel of :mod:`.cpu_decode` (reads K/V in place);
-                                          without it: K/V gathered into (b, hk, max_k, d), the query heads of
-                                          one KV head folded into the query-length axis (b, hk, group, d), SDPA
-                                          with a length mask (no K/V repetition for grouped-query attention)
+                                          without it: K/V gathered into (b, hk, max_k, d), the query heads
+                                          of one KV head folded into the query-length axis (b, hk, group, d),
+                                          SDPA with a length mask (no K/V repetition for grouped queries)
 
-torch dispatches the SDPA calls to ``_scaled_dot_product_flash_attention_for_cpu`` (checked with torch.profiler
-on torch 2.13: is_causal skips the upper triangle, so the cold path costs about half of a masked call).
+torch dispatches the SDPA calls to ``_scaled_dot_product_flash_attention_for_cpu`` (checked with
+torch.profiler on torch 2.13: is_causal skips the upper triangle, so the cold path costs about half of a
+masked call).
 Padded query rows see every real key of their request, so no softmax row is empty; their output is dropped.
 Blocks are gathered with ``index_select``; ``store_kv`` is one ``index_copy_`` per cache.
 """

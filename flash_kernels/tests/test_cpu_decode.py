@@ -1,6 +1,6 @@
 """The compiled CPU decode kernel (flash_kernels/backends/cpu_decode.cpp) against the reference and the SDPA
 path it replaces: block sizes, grouped-query attention, head dims (64 / 128 specialised, 80 generic), dtypes,
-tables wider than the context; that it builds wherever a compiler is present, and the switch that turns it off.
+tables wider than the context; that it builds wherever a compiler is present, and the switches.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from flash_kernels.tests.paged_cases import TOLERANCE, decode_requests, make_cas
 
 BUILT = cpu_decode.load()
 HAVE_TOOLS = bool(shutil.which("c++") and shutil.which("ninja"))
-# NOTE: skipped only where the kernel cannot be built at all; with the tools present a failed build fails here.
+# NOTE: skipped only where the kernel cannot be built at all; with the tools present a failed build fails.
 needs_tools = pytest.mark.skipif(not HAVE_TOOLS, reason="no c++ / ninja: decode runs on SDPA (test_sdpa)")
 
 
@@ -29,7 +29,7 @@ def _assert_close(out: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 def test_kernel_builds_where_a_compiler_is_present() -> None:
-    assert BUILT == HAVE_TOOLS, "c++ and ninja are on PATH but the kernel did not build (see the warning logged)"
+    assert BUILT == HAVE_TOOLS, "c++ and ninja are on PATH but the kernel did not build (see the log)"
 
 
 @needs_tools

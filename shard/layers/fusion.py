@@ -13,8 +13,8 @@ from torch import nn
 
 
 def fuse_linears(parts: list[nn.Linear]) -> nn.Linear:
-    """One linear computing ``cat([p(x) for p in parts], -1)``; each part is flagged ``fused`` (it is not called
-    any more, so :func:`shard.layers.packed_linear.pack_cpu_linears` skips it)."""
+    """One linear computing ``cat([p(x) for p in parts], -1)``; each part is flagged ``fused`` (it is not
+    called any more, so :func:`shard.layers.packed_linear.pack_cpu_linears` skips it)."""
     weight = torch.cat([p.weight.detach() for p in parts])
     has_bias = parts[0].bias is not None
     bias = torch.cat([p.bias.detach() for p in parts]) if has_bias else None

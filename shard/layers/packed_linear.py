@@ -4,8 +4,8 @@
 call; for a small model's decode step that reordering costs more than the matmul (docs/performance.md). Here
 the weight is reordered once at load (``torch.ops.mkldnn._reorder_linear_weight``, the op torch's own
 compiler uses when it freezes CPU weights) and each call runs ``_linear_pointwise`` on it. The result is the
-same oneDNN kernel's, checked equal to ``F.linear`` at pack time; fp32 is left alone (there ``F.linear`` runs a
-different library whose results differ in the last bits, and the exact oracles are fp32).
+same oneDNN kernel's, checked equal to ``F.linear`` at pack time; fp32 is left alone (there ``F.linear`` runs
+a different library whose results differ in the last bits, and the exact oracles are fp32).
 
 Cost: the packed copy is held beside the original weight (kept for ``state_dict`` and tied embeddings), so
 the linears' memory doubles; packing is skipped (logged) when that copy would take more than a quarter of the
@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 ENV = "PRISM_PACK_LINEARS"
 # NOTE: above this many rows (a prefill, whose row count is new almost every time) F.linear is used: oneDNN
 # builds a primitive per new input shape, and for the packed weight that first call costs 1-2 ms more per
-# linear at ~1,000 rows, more than packing saves there; decode batch sizes repeat, so they keep their primitives.
+# linear at ~1,000 rows, more than packing saves there; decode batch sizes repeat, so they keep their
+# primitives.
 PACKED_MAX_ROWS = 256
 
 
@@ -50,7 +51,8 @@ def pack_cpu_linears(model: nn.Module, available_bytes: int | None = None) -> in
         return 0
     linears = [
         m for m in model.modules()
-        if type(m) is nn.Linear and _eligible(m.weight) and not getattr(m, "fused", False)  # fused: not called
+        # NOTE: a fused part is not called any more (shard.layers.fusion)
+        if type(m) is nn.Linear and _eligible(m.weight) and not getattr(m, "fused", False)
     ]
     if not linears:
         return 0
@@ -80,7 +82,7 @@ def _eligible(w: torch.Tensor) -> bool:
 
 @functools.cache
 def _mkldnn(name: str):
-    """torch's (underscored) oneDNN op ``name``; looked up by name since it is torch's private op, not ours."""
+    """torch's (underscored) oneDNN op ``name``; looked up by name: it is torch's private op, not ours."""
     return getattr(torch.ops.mkldnn, name)
 
 
@@ -92,7 +94,8 @@ def _packing_is_exact(m: nn.Linear) -> bool:
     try:
         packed = _pack(m.weight)
         for rows in (1, 33):
-            x = torch.randn(rows, m.in_features, dtype=m.weight.dtype, generator=torch.Generator().manual_seed(0))
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(rows, m.in_features, dtype=m.weight.dtype, generator=gen)
             got = _mkldnn("_linear_pointwise")(x, packed, m.bias, "none", [None], "")
             if not torch.equal(got, F.linear(x, m.weight, m.bias)):
                 log.info("prepacked bf16 linears differ from F.linear here; not packing")

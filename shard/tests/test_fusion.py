@@ -1,4 +1,4 @@
-"""Fused q/k/v and gate/up projections: bit-identical layer outputs, unchanged state_dict, no weight copies."""
+"""Fused q/k/v and gate/up projections: bit-identical outputs, unchanged state_dict, no weight copies."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from shard.layers.rotary import Rotary
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias,qk_norm", [(False, None), (True, None), (False, 1e-6)])
-def test_fused_attention_and_mlp_are_bit_identical(dtype: torch.dtype, bias: bool, qk_norm: float | None) -> None:
+def test_fused_attention_and_mlp_are_bit_identical(
+    dtype: torch.dtype, bias: bool, qk_norm: float | None
+) -> None:
     torch.manual_seed(0)
     shape = AttentionShape(64, 4, 2, 16, bias, qk_norm)
     attn = PagedAttention(shape, Rotary(16, 64, 10000.0), get_backend("sdpa")).to(dtype)
