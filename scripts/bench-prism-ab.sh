@@ -3,8 +3,8 @@
 # socket and port) from tree A, measures it with `prism-bench peer measure`, stops it, then the same for tree B;
 # rounds alternate which tree goes first. Prints one table per round, A / B (also OUT/table-rN.md).
 #   usage: scripts/bench-prism-ab.sh MODEL_DIR NAME_A:TREE_A NAME_B:TREE_B [ROUNDS]
-#     TREE: a checkout of this repository with its gRPC stubs built (`PYTHONPATH=. python -m proto.build`),
-#           e.g. `git archive main | tar -x -C /tmp/base`; it runs with PYTHONPATH=TREE in the active venv.
+#     TREE: a checkout of this repository (absolute path) with its gRPC stubs built (`PYTHONPATH=. python -m
+#           proto.build`), e.g. `git archive main | tar -x -C /tmp/base`; it runs with PYTHONPATH=TREE.
 #   env: OUT (default bench-out/prism-ab), SEED (0), QUICK=1 for --quick
 # Run from the repository root with the project's venv active. One server at a time, each stopped (its process
 # group) on exit, error or Ctrl-C.
@@ -24,8 +24,9 @@ stop() {
 trap stop EXIT INT TERM
 run() {  # NAME TREE ROUND
   local P SOCK; P=$(port); SOCK=$(mktemp -d)
-  (cd "$2" && PYTHONPATH="$2" setsid prism-launcher --model-id "$MODEL" --hostname 127.0.0.1 --port "$P" \
-     --shard-uds-path "$SOCK/shard" --master-port "$(port)" > "$OUT/$1-r$3.log" 2>&1) &
+  # NOTE: setsid as the background job itself, so that $! is the server's process group (stop kills it)
+  PYTHONPATH="$2" setsid prism-launcher --model-id "$MODEL" --hostname 127.0.0.1 --port "$P" \
+    --shard-uds-path "$SOCK/shard" --master-port "$(port)" > "$OUT/$1-r$3.log" 2>&1 &
   PGID=$!
   until curl -sf "http://127.0.0.1:$P/health" > /dev/null; do
     kill -0 "$PGID" 2>/dev/null || { tail -30 "$OUT/$1-r$3.log"; exit 1; }; sleep 1
