@@ -2,8 +2,11 @@
 the layout :mod:`flash_kernels.api` defines. Slot s is ``cache[s // block_size, s % block_size]``.
 
 The router owns which blocks hold what; the pool only stores them. Sizing: an explicit block count, or a
-fraction of free device memory (CUDA) / of physical memory (CPU), or on CPU by default enough for
-``CPU_DEFAULT_TOKENS`` tokens (capped at ``CPU_DEFAULT_BYTES``).
+fraction of free device memory (CUDA) / of available memory (CPU), or on CPU by default enough for
+``CPU_DEFAULT_TOKENS`` tokens (capped at ``CPU_DEFAULT_BYTES``). A pool sized from memory must hold at least
+``MIN_SIZED_TOKENS`` usable tokens: a smaller one (a busy host with little free RAM) would start, then make
+the router refuse its default limits at Warmup with no hint of the shard's flag, so the shard refuses it at
+once and names the flags. An explicit ``--num-blocks`` is taken as given.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 CPU_DEFAULT_TOKENS = 32768
 CPU_DEFAULT_BYTES = 2 << 30
 CUDA_DEFAULT_FRACTION = 0.9
+MIN_SIZED_TOKENS = 4096  # the router's default max_batch_prefill_tokens: its warmup batch must fit the pool
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,8 @@ def choose_num_blocks(
     """Pool size in blocks (>= 2: block 0 is reserved by the router for health probes).
 
     Raises:
-        ValueError: a non-positive count/fraction, or memory too small for two blocks.
+        ValueError: a count under 2, a fraction outside (0, 1], or a pool sized from memory holding fewer than
+            ``MIN_SIZED_TOKENS`` usable tokens (the message names --num-blocks / --memory-fraction).
     """
     if num_blocks is not None:
         if num_blocks < 2:
@@ -50,21 +55,39 @@ def choose_num_blocks(
     per_block = shape.bytes_per_token * block_size
     if memory_fraction is None and device.type == "cpu":
         budget = min(CPU_DEFAULT_TOKENS * shape.bytes_per_token, CPU_DEFAULT_BYTES)
+        how = f"the CPU default of {budget} bytes"
     else:
         fraction = CUDA_DEFAULT_FRACTION if memory_fraction is None else memory_fraction
         if not 0 < fraction <= 1:
             raise ValueError(f"--memory-fraction must be in (0, 1], got {fraction}")
-        budget = int(_free_memory(device) * fraction)
+        free = free_memory(device)
+        budget = int(free * fraction)
+        how = f"{fraction:g} of {free} bytes of free {device.type} memory"
     blocks = budget // per_block
-    if blocks < 2:
-        raise ValueError(f"memory budget {budget} bytes holds fewer than 2 KV blocks of {per_block} bytes")
+    floor = -(-MIN_SIZED_TOKENS // block_size) + 1  # + block 0, the router's
+    if blocks < floor:
+        raise ValueError(
+            f"the KV pool sized from memory ({how}) holds {blocks} blocks of {block_size} tokens, fewer "
+            f"than the {floor} ({MIN_SIZED_TOKENS} tokens + block 0) the router's default limits need; set "
+            f"the pool size with --num-blocks N (launcher: --num-blocks, NUM_BLOCKS) or a larger "
+            f"--memory-fraction (launcher: --cuda-memory-fraction), or free memory"
+        )
     return blocks
 
 
-def _free_memory(device: torch.device) -> int:
+def free_memory(device: torch.device) -> int:
+    """Bytes free for the pool: CUDA's free memory; on CPU MemAvailable (free RAM plus reclaimable page cache;
+    MemFree alone is near 0 on a busy host whose page cache holds the rest)."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return free
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 

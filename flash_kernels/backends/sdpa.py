@@ -10,12 +10,14 @@ No Python loop over requests; each call is a handful of batched ops:
     prefill, otherwise                    queries scattered into a padded (b, h, max_q, d) batch, K/V
                                           gathered into (b, hk, max_k, d); one SDPA with a boolean mask that
                                           is causal aligned bottom-right per request and hides padded keys
-    decode                                K/V gathered into (b, hk, max_k, d); the query heads of one KV head
-                                          folded into the query-length axis (b, hk, group, d); SDPA with a
-                                          length mask (no K/V repetition for grouped-query attention)
+    decode                                the compiled kernel of :mod:`.cpu_decode` (reads K/V in place);
+                                          without it: K/V gathered into (b, hk, max_k, d), the query heads
+                                          of one KV head folded into the query-length axis (b, hk, group, d),
+                                          SDPA with a length mask (no K/V repetition for grouped queries)
 
-torch dispatches all three to ``_scaled_dot_product_flash_attention_for_cpu`` (checked with torch.profiler
-on torch 2.13: is_causal skips the upper triangle, so the cold path costs about half of a masked call).
+torch dispatches the SDPA calls to ``_scaled_dot_product_flash_attention_for_cpu`` (checked with
+torch.profiler on torch 2.13: is_causal skips the upper triangle, so the cold path costs about half of a
+masked call).
 Padded query rows see every real key of their request, so no softmax row is empty; their output is dropped.
 Blocks are gathered with ``index_select``; ``store_kv`` is one ``index_copy_`` per cache.
 """
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from flash_kernels.backends import cpu_decode
 
 
 def store_kv(
@@ -209,6 +213,21 @@ def decode(
     softmax_scale: float,
 ) -> torch.Tensor:
     """See ``AttentionBackend.decode``: q (b, h, d) -> (b, h, d)."""
+    if q.device.type == "cpu" and cpu_decode.load():
+        return cpu_decode.decode(q, key_cache, value_cache, block_tables, seqlens_k, softmax_scale)
+    return decode_gathered(q, key_cache, value_cache, block_tables, seqlens_k, max_seqlen_k, softmax_scale)
+
+
+def decode_gathered(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seqlens_k: torch.Tensor,
+    max_seqlen_k: int,
+    softmax_scale: float,
+) -> torch.Tensor:
+    """Decode on SDPA over a gathered, padded copy of the context (the path without the compiled kernel)."""
     batch, heads, dim = q.shape
     kv_heads = key_cache.shape[2]
     k = gather_padded(key_cache, block_tables, max_seqlen_k)  # (b, hk, L, d)
@@ -229,6 +248,10 @@ class SdpaBackend:
     """torch SDPA as an :class:`~flash_kernels.api.AttentionBackend` (paths in the module docstring)."""
 
     name = "sdpa"
+
+    def __init__(self) -> None:
+        cpu_decode.load()  # NOTE: build / load the decode kernel now (shard start), not at the first decode
+
     store_kv = staticmethod(store_kv)
     prefill = staticmethod(prefill)
     decode = staticmethod(decode)

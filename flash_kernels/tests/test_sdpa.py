@@ -8,7 +8,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from flash_kernels import api, reference
-from flash_kernels.backends.sdpa import SdpaBackend
+from flash_kernels.backends.sdpa import SdpaBackend, decode_gathered
 from flash_kernels.tests.paged_cases import TOLERANCE, decode_requests, make_case, mixed_requests
 
 BACKEND = SdpaBackend()
@@ -95,14 +95,15 @@ def test_store_kv_matches_reference() -> None:
 
 
 def test_every_path_runs_the_fused_flash_kernel() -> None:
-    """Not the math fallback (materialized scores): the flash kernel for CPUs on each of the three paths."""
+    """Not the math fallback (materialized scores): the flash kernel for CPUs on each of the three paths (decode:
+    the path without the compiled kernel, see test_cpu_decode)."""
     cold = make_case([(0, 40)], 16, kv_heads=2, group=2, head_dim=64)
     mixed = make_case(mixed_requests(16), 16, kv_heads=2, group=2, head_dim=64)
     step = make_case(decode_requests(16), 16, kv_heads=2, group=2, head_dim=64)
     for call in (
         lambda: BACKEND.prefill(*cold.prefill_args()),
         lambda: BACKEND.prefill(*mixed.prefill_args()),
-        lambda: BACKEND.decode(*step.decode_args()),
+        lambda: decode_gathered(*step.decode_args()),
     ):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             call()

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from flash_kernels.api import AttentionBackend
+from shard.layers.fusion import fuse_linears
 from shard.layers.rmsnorm import RMSNorm
 from shard.layers.rotary import Rotary
 from shard.tensor_parallel import SINGLE, TensorParallel
@@ -74,17 +75,30 @@ class PagedAttention(nn.Module):
         self.rotary = rotary
         self.backend = backend
         self.scale = s.head_dim**-0.5
+        self.qkv_proj: nn.Linear | None = None  # set by fuse() after loading
+
+    def fuse(self) -> None:
+        """One q/k/v matmul from now on (see :mod:`shard.layers.fusion`)."""
+        self.qkv_proj = fuse_linears([self.q_proj, self.k_proj, self.v_proj])
 
     def forward(
         self, hidden: torch.Tensor, meta: AttentionMetadata, kv: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
         n, s = hidden.shape[0], self.shape
-        q = self.q_proj(hidden).view(n, self.heads, s.head_dim)
-        k = self.k_proj(hidden).view(n, self.kv_heads, s.head_dim)
-        v = self.v_proj(hidden).view(n, self.kv_heads, s.head_dim)
-        if s.qk_norm_eps is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(meta.positions, q, k)
+        h, hk, d = self.heads, self.kv_heads, s.head_dim
+        if self.qkv_proj is not None and s.qk_norm_eps is None:
+            qkv = self.qkv_proj(hidden).view(n, h + 2 * hk, d)
+            qk = self.rotary.rotate(meta.positions, qkv[:, : h + hk])  # q and k rotated as one: half the ops
+            q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + hk :]
+        else:
+            if self.qkv_proj is not None:
+                q, k, v = self.qkv_proj(hidden).split((h * d, hk * d, hk * d), dim=-1)
+            else:
+                q, k, v = self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden)
+            q, k, v = q.view(n, h, d), k.view(n, hk, d), v.view(n, hk, d)
+            if s.qk_norm_eps is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.rotary(meta.positions, q, k)
         key_cache, value_cache = kv
         self.backend.store_kv(key_cache, value_cache, k, v, meta.slots)
         out = self._attend(q, key_cache, value_cache, meta)

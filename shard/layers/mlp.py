@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from shard.layers.fusion import fuse_linears
 from shard.tensor_parallel import SINGLE, TensorParallel
 
 
@@ -30,7 +31,16 @@ class GatedMLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, part, bias=bias)
         self.up_proj = nn.Linear(hidden, part, bias=bias)
         self.down_proj = nn.Linear(part, hidden, bias=bias)
+        self.gate_up_proj: nn.Linear | None = None  # set by fuse() after loading
+
+    def fuse(self) -> None:
+        """One gate/up matmul from now on (see :mod:`shard.layers.fusion`)."""
+        self.gate_up_proj = fuse_linears([self.gate_proj, self.up_proj])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        out = self.down_proj(F.silu(gate) * up)
         return self.tp.all_reduce(out) if self.tp.enabled else out

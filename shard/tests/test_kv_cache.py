@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -25,3 +27,25 @@ def test_sizing_explicit_default_and_fraction() -> None:
     for bad in ({"num_blocks": 1}, {"memory_fraction": 1.5}):
         with pytest.raises(ValueError):
             choose_num_blocks(SHAPE, 16, CPU, **bad)
+
+
+def test_a_pool_sized_from_little_free_memory_is_refused_naming_the_flags(monkeypatch) -> None:
+    """A busy host once gave the shard 35 blocks from free RAM; the router then refused its default limits at
+    Warmup. Now the shard refuses such a pool at start and says which flag sizes it."""
+    import shard.kv_cache as kv_cache
+
+    per_block = SHAPE.bytes_per_token * 16
+    floor = -(-kv_cache.MIN_SIZED_TOKENS // 16) + 1
+    monkeypatch.setattr(kv_cache, "free_memory", lambda device: 35 * per_block)
+    with pytest.raises(ValueError, match=r"holds 35 blocks.*--num-blocks.*--cuda-memory-fraction"):
+        choose_num_blocks(SHAPE, 16, CPU, memory_fraction=1.0)
+    monkeypatch.setattr(kv_cache, "free_memory", lambda device: floor * per_block)
+    assert choose_num_blocks(SHAPE, 16, CPU, memory_fraction=1.0) == floor
+    assert choose_num_blocks(SHAPE, 16, CPU, num_blocks=35) == 35  # explicit: taken as given
+
+
+def test_cpu_free_memory_counts_reclaimable_page_cache() -> None:
+    import shard.kv_cache as kv_cache
+
+    free = kv_cache.free_memory(CPU)
+    assert free >= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") > 0

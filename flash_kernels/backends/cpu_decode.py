@@ -1,0 +1,81 @@
+"""The compiled CPU decode kernel (``cpu_decode.cpp``): built once per machine with torch's C++ extension
+loader, then loaded from its cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``).
+
+It reads K/V in place through the block table, where the SDPA path first gathers every request's context into
+a padded copy and then pays torch's flash kernel's per-(request, head) setup, which dominates for one query
+row per KV head group (docs/performance.md has the numbers). Without a C++ compiler or ninja, or with
+``PRISM_CPU_DECODE_KERNEL=0``, :func:`load` returns False and the SDPA path serves decode (logged once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_suffix(".cpp")
+ENV = "PRISM_CPU_DECODE_KERNEL"
+_state: dict[str, bool] = {}  # "built": the build's outcome (once per process); "off": set_enabled(False)
+
+
+def load() -> bool:
+    """Build (first time on this machine: 15-40 s on 2 cores) or load the kernel; True when
+    ``torch.ops.prism_kernels.paged_decode`` is usable and not switched off. Cached per process; never
+    raises."""
+    if "built" not in _state:
+        _state["built"] = _load()
+    return _state["built"] and not _state.get("off", False)
+
+
+def set_enabled(on: bool) -> None:
+    """Use the kernel (when it built) or the SDPA path from now on, in this process: for A/B benchmarks."""
+    _state["off"] = not on
+
+
+def _load() -> bool:
+    if os.environ.get(ENV, "1") == "0":
+        log.info("compiled CPU decode kernel off (%s=0): decode attention on SDPA", ENV)
+        return False
+    try:
+        from torch.utils.cpp_extension import load as build
+
+        # NOTE: -march=native code must not be reused on another CPU: the CPU's flags name the build.
+        build(name=f"prism_paged_decode_{_cpu_tag()}", sources=[str(SOURCE)],
+              extra_cflags=["-O3", "-march=native", "-ffast-math"], is_python_module=False)
+    except Exception as err:  # no compiler / ninja / headers: fall back, never fail the shard
+        log.warning("compiled CPU decode kernel unavailable (%s: %s); decode attention on SDPA",
+                    type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        return False
+    log.info("compiled CPU decode kernel loaded (%s=0 turns it off)", ENV)
+    return True
+
+
+def _cpu_tag() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        flags = next(line for line in lines if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = os.uname().machine
+    return hashlib.sha1(flags.encode()).hexdigest()[:10]
+
+
+def decode(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seqlens_k: torch.Tensor,
+    softmax_scale: float,
+) -> torch.Tensor:
+    """``AttentionBackend.decode`` on the compiled kernel (call :func:`load` first): q (b, h, d) ->
+    (b, h, d); caches (nb, bs, hk, d) contiguous; block_tables (b, mb) int32; seqlens_k (b,) int32."""
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    torch.ops.prism_kernels.paged_decode(
+        q, key_cache, value_cache, block_tables.to(torch.int32), seqlens_k.to(torch.int32), softmax_scale, out
+    )
+    return out

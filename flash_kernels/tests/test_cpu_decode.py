@@ -1,0 +1,102 @@
+"""The compiled CPU decode kernel (flash_kernels/backends/cpu_decode.cpp) against the reference and the SDPA
+path it replaces: block sizes, grouped-query attention, head dims (64 / 128 specialised, 80 generic), dtypes,
+tables wider than the context; that it builds wherever a compiler is present, and the switches.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from flash_kernels import reference
+from flash_kernels.backends import cpu_decode
+from flash_kernels.backends.sdpa import SdpaBackend, decode_gathered
+from flash_kernels.tests.paged_cases import TOLERANCE, decode_requests, make_case
+
+BUILT = cpu_decode.load()
+HAVE_TOOLS = bool(shutil.which("c++") and shutil.which("ninja"))
+# NOTE: skipped only where the kernel cannot be built at all; with the tools present a failed build fails.
+needs_tools = pytest.mark.skipif(not HAVE_TOOLS, reason="no c++ / ninja: decode runs on SDPA (test_sdpa)")
+
+
+def _assert_close(out: torch.Tensor, expected: torch.Tensor) -> None:
+    assert out.dtype == expected.dtype and out.shape == expected.shape
+    tol = TOLERANCE[out.dtype]
+    torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)
+
+
+def test_kernel_builds_where_a_compiler_is_present() -> None:
+    assert BUILT == HAVE_TOOLS, "c++ and ninja are on PATH but the kernel did not build (see the log)"
+
+
+@needs_tools
+@pytest.mark.parametrize("block_size", [1, 16, 256])
+@pytest.mark.parametrize("group", [1, 2, 4])
+@pytest.mark.parametrize("head_dim", [64, 128, 80])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_matches_reference(block_size: int, group: int, head_dim: int, dtype: torch.dtype) -> None:
+    """bf16 at head dims 64 / 128 takes the AVX512-BF16 path where compiled in, 80 the generic loop."""
+    case = make_case(decode_requests(block_size), block_size, kv_heads=2, group=group, head_dim=head_dim,
+                     dtype=dtype)
+    args = case.decode_args()
+    out = cpu_decode.decode(*args[:5], args[6])
+    _assert_close(out, reference.decode(*args))
+
+
+@needs_tools
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_kernel_matches_the_sdpa_path(dtype: torch.dtype) -> None:
+    case = make_case([(0, 1), (300, 1), (37, 1), (15, 1)], 16, kv_heads=2, group=8, head_dim=64, dtype=dtype)
+    args = case.decode_args()
+    _assert_close(cpu_decode.decode(*args[:5], args[6]), decode_gathered(*args))
+    _assert_close(cpu_decode.decode(*args[:5], args[6]), reference.decode(*args))
+
+
+@needs_tools
+def test_backend_decode_runs_the_kernel_and_reads_no_padding() -> None:
+    """SdpaBackend.decode takes the kernel; a table wider than the context (and garbage past each request's
+    length) changes nothing."""
+    case = make_case(decode_requests(16), 16, kv_heads=2, group=2, head_dim=64, seed=3)
+    args = case.decode_args()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = SdpaBackend().decode(*args)
+    names = {e.key for e in prof.key_averages()}
+    assert "prism_kernels::paged_decode" in names and not any("scaled_dot_product" in n for n in names)
+    _assert_close(out, reference.decode(*args))
+
+
+@needs_tools
+def test_a_context_longer_than_its_table_is_refused() -> None:
+    case = make_case(decode_requests(16), 16, kv_heads=2, group=2, head_dim=64)
+    args = list(case.decode_args())
+    args[4] = args[4].clone()
+    args[4][0] = case.block_tables.shape[1] * 16 + 1
+    with pytest.raises(RuntimeError, match="exceeds its block table"):
+        cpu_decode.decode(*args[:5], args[6])
+
+
+def test_set_enabled_switches_between_the_kernel_and_sdpa() -> None:
+    case = make_case(decode_requests(16), 16, kv_heads=2, group=2, head_dim=64)
+    try:
+        for on in (False, True, False):
+            cpu_decode.set_enabled(on)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                SdpaBackend().decode(*case.decode_args())
+            names = {e.key for e in prof.key_averages()}
+            assert ("prism_kernels::paged_decode" in names) == (on and BUILT)
+            assert ("aten::_scaled_dot_product_flash_attention_for_cpu" in names) == (not (on and BUILT))
+    finally:
+        cpu_decode.set_enabled(True)
+
+
+def test_switched_off_by_env(monkeypatch) -> None:
+    monkeypatch.setenv(cpu_decode.ENV, "0")
+    monkeypatch.setattr(cpu_decode, "_state", {})
+    assert cpu_decode.load() is False
+    case = make_case(decode_requests(16), 16, kv_heads=2, group=2, head_dim=64)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        SdpaBackend().decode(*case.decode_args())
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in {e.key for e in prof.key_averages()}

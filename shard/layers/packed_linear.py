@@ -1,0 +1,106 @@
+"""bf16 linears on CPU with their weights prepacked once for oneDNN (the layout its matmul wants).
+
+``F.linear`` on a bf16 CPU tensor calls oneDNN, which reorders the weight into its blocked layout on every
+call; for a small model's decode step that reordering costs more than the matmul (docs/performance.md). Here
+the weight is reordered once at load (``torch.ops.mkldnn._reorder_linear_weight``, the op torch's own
+compiler uses when it freezes CPU weights) and each call runs ``_linear_pointwise`` on it. The result is the
+same oneDNN kernel's, checked equal to ``F.linear`` at pack time; fp32 is left alone (there ``F.linear`` runs
+a different library whose results differ in the last bits, and the exact oracles are fp32).
+
+Cost: the packed copy is held beside the original weight (kept for ``state_dict`` and tied embeddings), so
+the linears' memory doubles; packing is skipped (logged) when that copy would take more than a quarter of the
+host's available memory, and ``PRISM_PACK_LINEARS=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+log = logging.getLogger(__name__)
+ENV = "PRISM_PACK_LINEARS"
+# NOTE: above this many rows (a prefill, whose row count is new almost every time) F.linear is used: oneDNN
+# builds a primitive per new input shape, and for the packed weight that first call costs 1-2 ms more per
+# linear at ~1,000 rows, more than packing saves there; decode batch sizes repeat, so they keep their
+# primitives.
+PACKED_MAX_ROWS = 256
+
+
+class PackedLinear(nn.Linear):
+    """An ``nn.Linear`` (same parameters, same state_dict) whose forward uses ``packed``, a non-persistent
+    buffer holding the weight in oneDNN's layout."""
+
+    packed: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() > PACKED_MAX_ROWS * x.shape[-1]:
+            return F.linear(x, self.weight, self.bias)
+        return _mkldnn("_linear_pointwise")(x, self.packed, self.bias, "none", [None], "")
+
+
+def pack_cpu_linears(model: nn.Module, available_bytes: int | None = None) -> int:
+    """Turn every bf16 CPU ``nn.Linear`` of ``model`` into a :class:`PackedLinear`, in place; how many were
+    packed (0 when off, when torch lacks the ops, when a packed result differs from ``F.linear``, or when the
+    copies would exceed a quarter of ``available_bytes``, default the host's available memory)."""
+    if os.environ.get(ENV, "1") == "0":
+        return 0
+    linears = [
+        m for m in model.modules()
+        # NOTE: a fused part is not called any more (shard.layers.fusion)
+        if type(m) is nn.Linear and _eligible(m.weight) and not getattr(m, "fused", False)
+    ]
+    if not linears:
+        return 0
+    extra = sum(m.weight.numel() * m.weight.element_size() for m in linears)
+    available = _available_memory() if available_bytes is None else available_bytes
+    if extra > available // 4:
+        log.info("not prepacking bf16 linears: the copies (%d MiB) would take over a quarter of the %d MiB "
+                 "available", extra >> 20, available >> 20)
+        return 0
+    if not _packing_is_exact(linears[0]):
+        return 0
+    for m in linears:
+        m.register_buffer("packed", _pack(m.weight), persistent=False)
+        m.__class__ = PackedLinear
+    return len(linears)
+
+
+def _available_memory() -> int:
+    from shard.kv_cache import free_memory
+
+    return free_memory(torch.device("cpu"))
+
+
+def _eligible(w: torch.Tensor) -> bool:
+    return w.device.type == "cpu" and w.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+
+
+@functools.cache
+def _mkldnn(name: str):
+    """torch's (underscored) oneDNN op ``name``; looked up by name: it is torch's private op, not ours."""
+    return getattr(torch.ops.mkldnn, name)
+
+
+def _pack(w: torch.Tensor) -> torch.Tensor:
+    return _mkldnn("_reorder_linear_weight")(w.detach(), None)
+
+
+def _packing_is_exact(m: nn.Linear) -> bool:
+    try:
+        packed = _pack(m.weight)
+        for rows in (1, 33):
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(rows, m.in_features, dtype=m.weight.dtype, generator=gen)
+            got = _mkldnn("_linear_pointwise")(x, packed, m.bias, "none", [None], "")
+            if not torch.equal(got, F.linear(x, m.weight, m.bias)):
+                log.info("prepacked bf16 linears differ from F.linear here; not packing")
+                return False
+    except (RuntimeError, AttributeError) as err:  # ops missing or refused in this torch build
+        log.info("bf16 linear prepacking unavailable (%s); not packing", err)
+        return False
+    return True

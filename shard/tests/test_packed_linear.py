@@ -1,0 +1,42 @@
+"""Prepacked bf16 CPU linears: same results as F.linear, same state_dict, fp32 untouched, switch off."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from shard.layers import packed_linear
+from shard.layers.packed_linear import PackedLinear, pack_cpu_linears
+
+
+def _model(dtype: torch.dtype) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 96, bias=False), nn.Linear(96, 64, bias=True)).to(dtype)
+
+
+def test_bf16_linears_are_packed_and_give_f_linear_results() -> None:
+    model = _model(torch.bfloat16)
+    keys = set(model.state_dict())
+    assert pack_cpu_linears(model) == 2
+    assert all(type(m) is PackedLinear for m in model)
+    assert set(model.state_dict()) == keys  # the packed copy is not part of the checkpoint
+    for shape in [(1, 64), (7, 64), (300, 64), (2, 5, 64)]:  # 300 rows: F.linear (PACKED_MAX_ROWS)
+        x = torch.randn(shape, dtype=torch.bfloat16)
+        expected = F.linear(F.linear(x, model[0].weight), model[1].weight, model[1].bias)
+        assert torch.equal(model(x), expected)
+
+
+def test_fp32_and_switched_off_stay_plain(monkeypatch) -> None:
+    model = _model(torch.float32)
+    assert pack_cpu_linears(model) == 0 and all(type(m) is nn.Linear for m in model)
+    monkeypatch.setenv(packed_linear.ENV, "0")
+    bf16 = _model(torch.bfloat16)
+    assert pack_cpu_linears(bf16) == 0 and all(type(m) is nn.Linear for m in bf16)
+
+
+def test_not_packed_when_the_copies_would_crowd_memory() -> None:
+    bf16 = _model(torch.bfloat16)
+    weight_bytes = sum(m.weight.numel() * 2 for m in bf16)
+    assert pack_cpu_linears(bf16, available_bytes=4 * weight_bytes - 4) == 0
+    assert pack_cpu_linears(bf16, available_bytes=4 * weight_bytes) == 2
