@@ -19,6 +19,7 @@ What each term is worth, measured: docs/performance.md, "Why the cache code look
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -29,6 +30,7 @@ from prism_cache.popularity import UNSEEN
 
 if TYPE_CHECKING:
     from prism_cache.node import Node
+    from prism_cache.session_return import Session
 
 W_ACTIVE = 1e6
 W_PLANNED = 1e5
@@ -45,14 +47,24 @@ class DartParams:
     # also the half-life of segment popularity, in capacities of enqueued blocks
     heat_half_life: float = 3.0
     popularity_weight: float = 4.0  # weight of segment popularity in DART's tie-break; 0 = off (not counted)
+    # weight of a session's expected return (prism_cache.session_return) in the tie-break; 0 = off
+    session_weight: float = 4.0
+    length_penalty: float = 0.0  # weight of the per-block normalization of heat (ln of the length, in 4x steps)
 
 
 class DartPolicy:
     name = "dart"
     stable_keys = True  # heat is stored in a time-invariant log form (radix_tree) and only grows on a match
 
-    def __init__(self, demand: Demand, popularity_weight: float = DartParams.popularity_weight) -> None:
-        """``popularity_weight`` > 0 needs ``demand.popularity`` (ValueError otherwise); 0 ignores it."""
+    def __init__(
+        self,
+        demand: Demand,
+        popularity_weight: float = DartParams.popularity_weight,
+        session_weight: float = 0.0,
+        length_penalty: float = DartParams.length_penalty,
+    ) -> None:
+        """``popularity_weight`` > 0 needs ``demand.popularity``, ``session_weight`` > 0 ``demand.sessions``
+        (ValueError otherwise); 0 ignores it."""
         # NOTE: the tables' lookups, bound once: key() runs for every unlocked leaf when an eviction heap is built
         self._planned, self._queued = demand.planned.get, demand.queued.get
         self._tables: tuple[Watched, ...] = (demand.planned, demand.queued)
@@ -65,6 +77,14 @@ class DartPolicy:
                 raise ValueError("dart_popularity_weight > 0 needs a SegmentPopularity in Demand")
             self._record_of, self._value_of = demand.popularity.record_of, demand.popularity.value_of
             self._tables += (demand.popularity,)
+        self._session_of: Callable[[int], Session | None] = {}.get
+        self._session_weight, self._no_session = session_weight, session_weight * UNSEEN
+        if session_weight:
+            if demand.sessions is None:
+                raise ValueError("dart_session_weight > 0 needs a SessionReturn in Demand")
+            self._session_of = demand.sessions.record_of
+            self._tables += (demand.sessions,)
+        self._length_step = LN4 * length_penalty
 
     def demand_tables(self) -> tuple[Watched, ...]:
         return self._tables
@@ -81,8 +101,11 @@ class DartPolicy:
         and every cut costs (docs/performance.md)."""
         h = node.hashes[n_blocks - 1]
         demand = W_ACTIVE * node.lock + W_PLANNED * self._planned(h, 0) + W_QUEUED * self._queued(h, 0)
-        record = self._record_of(h)
-        history = node.heat - LN4 * (n_blocks.bit_length() >> 1) + (
-            self._unseen if record is None else self._weight * self._value_of(record)
+        record, session = self._record_of(h), self._session_of(h)
+        history = (
+            node.heat
+            - self._length_step * (n_blocks.bit_length() >> 1)
+            + (self._unseen if record is None else self._weight * self._value_of(record))
+            + (self._no_session if session is None else self._session_weight * session.value)
         )
         return (demand, history, node.last_access)
