@@ -67,6 +67,7 @@ class SessionReturn(Watched):
         self._limit = self._bound
         self._owner: dict[int, Session] = {}  # chained hash -> the session of the latest request covering it
         self._named: dict[str, Session] = {}
+        self._shared: set[int] = set()  # positions two sessions have covered (a system prompt): no continuation
         self._recent: set[int] = set()  # positions written since the last prune
         self.starts = [0] * TURN_BUCKETS
         self.returns = [0] * TURN_BUCKETS
@@ -82,9 +83,13 @@ class SessionReturn(Watched):
         self.starts[_bucket(s.turns)] += 1
         s.last, s.depth = self._clock, len(hashes)
         s.value = math.log(self.return_probability(s.turns)) + self._clock / self._tau
-        owner = self._owner
+        owner, shared = self._owner, self._shared
         for h in hashes:
-            owner[h] = s
+            other = owner.get(h)
+            if other is not s:
+                if other is not None:
+                    shared.add(h)
+                owner[h] = s
         self._recent.update(hashes)
         self._notify(hashes)
         self._clock += len(hashes)
@@ -118,7 +123,7 @@ class SessionReturn(Watched):
                 lo = mid
             else:
                 hi = mid - 1
-        if lo:
+        if lo and hashes[lo - 1] not in self._shared:
             s = owner[hashes[lo - 1]]
             if lo >= s.depth - s.depth // 4:
                 return s
@@ -131,6 +136,7 @@ class SessionReturn(Watched):
         dropped = [h for h in owner if h not in recent and h not in kept]
         for h in dropped:
             del owner[h]
+        self._shared.difference_update(dropped)
         self._notify(dropped)
         recent.clear()
         self._limit = max(self._bound, len(owner) + self._bound // 2)
