@@ -121,7 +121,8 @@ class RadixAllocator:
         self._demand.queued.add(hashes)
         self.observe(namespace, prompt, hashes)
         if self._demand.sessions is not None:
-            self._demand.sessions.observe(hashes, f"{namespace}\x00{session}" if session else None)
+            name = f"{namespace}\x00{session}" if session else None
+            self._demand.sessions.observe(hashes, name, self._tree.heat_now())
 
     def dequeue(self, hashes: list[int]) -> None:
         """A request left the queue (admitted or cancelled). Raises ValueError if it was never enqueued."""

@@ -41,15 +41,17 @@ TURN_BUCKETS = 4  # turns 1, 2, 3 and 4+ learn separate return probabilities
 
 
 class Session:
-    """One conversation: ``turns`` requests so far, the clock of the last, the blocks of its prompt."""
+    """One conversation: ``turns`` requests so far, the clock of the last, the blocks of its prompt; ``value``:
+    its expected return (log form); ``used``: one use at its last turn, in log form on the observed-blocks
+    clock (as a popularity count), and ``heat``, the same on the tree's heat clock (as :attr:`Node.heat`)."""
 
-    __slots__ = ("depth", "last", "turns", "value")
+    __slots__ = ("depth", "heat", "last", "turns", "used", "value")
 
     def __init__(self) -> None:
         self.turns = 0
         self.last = 0
         self.depth = 0
-        self.value = 0.0
+        self.value = self.used = self.heat = 0.0
 
 
 class SessionReturn(Watched):
@@ -67,22 +69,28 @@ class SessionReturn(Watched):
         self._limit = self._bound
         self._owner: dict[int, Session] = {}  # chained hash -> the session of the latest request covering it
         self._named: dict[str, Session] = {}
-        self._shared: set[int] = set()  # positions two sessions have covered (a system prompt): no continuation
+        # positions two sessions have covered (a system prompt): they continue no session, and their uses are
+        # uses by different sessions
+        self._shared: set[int] = set()
         self._recent: set[int] = set()  # positions written since the last prune
         self.starts = [0] * TURN_BUCKETS
         self.returns = [0] * TURN_BUCKETS
-        self.record_of = self._owner.get  # NOTE: DART's key reads it (the eviction hot path)
+        # NOTE: DART's key reads them (the eviction hot path)
+        self.record_of = self._owner.get
+        self.shared = self._shared
 
-    def observe(self, hashes: Sequence[int], session: str | None = None) -> None:
+    def observe(self, hashes: Sequence[int], session: str | None = None, heat_now: float = 0.0) -> None:
         """Count a request entering the queue. ``hashes``: its full blocks' chained hashes; ``session``: the
-        id the request named, if any (ids are per cache; a namespace's hashes never meet another's)."""
+        id the request named, if any (ids are per cache; a namespace's hashes never meet another's);
+        ``heat_now``: the tree's log-form heat of one use made now (``RadixTree.heat_now``)."""
         s = self._named_session(session) if session else self._chained_session(hashes)
         if s.turns and self._clock - s.last <= self._horizon:
             self.returns[_bucket(s.turns)] += 1  # it came back in time
         s.turns += 1
         self.starts[_bucket(s.turns)] += 1
-        s.last, s.depth = self._clock, len(hashes)
-        s.value = math.log(self.return_probability(s.turns)) + self._clock / self._tau
+        s.last, s.depth, s.heat = self._clock, len(hashes), heat_now
+        s.used = self._clock / self._tau
+        s.value = math.log(self.return_probability(s.turns)) + s.used
         owner, shared = self._owner, self._shared
         for h in hashes:
             other = owner.get(h)

@@ -19,7 +19,7 @@ What each term is worth, measured: docs/performance.md, "Why the cache code look
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -78,11 +78,12 @@ class DartPolicy:
             self._record_of, self._value_of = demand.popularity.record_of, demand.popularity.value_of
             self._tables += (demand.popularity,)
         self._session_of: Callable[[int], Session | None] = {}.get
+        self._shared: Container[int] = ()
         self._session_weight, self._no_session = session_weight, session_weight * UNSEEN
         if session_weight:
             if demand.sessions is None:
                 raise ValueError("dart_session_weight > 0 needs a SessionReturn in Demand")
-            self._session_of = demand.sessions.record_of
+            self._session_of, self._shared = demand.sessions.record_of, demand.sessions.shared
             self._tables += (demand.sessions,)
         self._length_step = LN4 * length_penalty
 
@@ -101,10 +102,17 @@ class DartPolicy:
         and every cut costs (docs/performance.md)."""
         h = node.hashes[n_blocks - 1]
         demand = W_ACTIVE * node.lock + W_PLANNED * self._planned(h, 0) + W_QUEUED * self._queued(h, 0)
-        record, session = self._record_of(h), self._session_of(h)
+        penalty = self._length_step * (n_blocks.bit_length() >> 1)
+        session = self._session_of(h)
+        if session is not None and h not in self._shared:
+            # NOTE: a block only its session uses is reused only when the session comes back: its uses and the
+            # popularity of its contents count that session's turns, not more demand; one use at its last turn
+            history = session.heat + self._weight * session.used + self._session_weight * session.value
+            return (demand, history - penalty, node.last_access)
+        record = self._record_of(h)
         history = (
             node.heat
-            - self._length_step * (n_blocks.bit_length() >> 1)
+            - penalty
             + (self._unseen if record is None else self._weight * self._value_of(record))
             + (self._no_session if session is None else self._session_weight * session.value)
         )
