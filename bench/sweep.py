@@ -53,7 +53,9 @@ def points() -> Iterator[tuple[str, WorkloadSpec]]:
                 yield f"{name} {key}={v}", WorkloadSpec(name, **{field: replace(base, **{key: v})})
 
 
-def sweep(window: int, configs: Sequence[str], utilization: float) -> Iterator[dict[str, object]]:
+def sweep(
+    window: int, configs: Sequence[str], utilization: float, params: dict[str, float] | None = None
+) -> Iterator[dict[str, object]]:
     """Timed workloads (conversation, agent) replay on a virtual clock at ``utilization``; zipf-rag with no
     clock (every request waiting from the start, ``window`` visible)."""
     for label, spec in points():
@@ -63,7 +65,9 @@ def sweep(window: int, configs: Sequence[str], utilization: float) -> Iterator[d
         for x in CAPACITIES:
             for config in configs:
                 capacity = max(16, int(x * working))
-                row = replay_point(requests, config, capacity, window, bound=False, utilization=load)
+                row = replay_point(
+                    requests, config, capacity, window, params=params, bound=False, utilization=load
+                )
                 yield {"point": label, "capacity_x": x, "config": config, "hit_rate": row["hit_rate"]}
 
 
@@ -114,11 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prism-bench sweep", description=__doc__.split("\n")[0])
     parser.add_argument("--window", type=int, default=32, help="waiting requests the scheduler can see")
     parser.add_argument("--utilization", type=float, default=0.8, help="load of the timed workloads' clock")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="scheduler param")
     parser.add_argument("--out", default=None, help="write the rows and the summary as JSON")
     parser.add_argument("--plot", default=None, help="write the plot (PNG)")
     args = parser.parse_args(argv)
     rows = []
-    for row in sweep(args.window, (PRISM, *BASELINES), args.utilization):
+    params = {k: float(v) for k, _, v in (p.partition("=") for p in args.param)}
+    for row in sweep(args.window, (PRISM, *BASELINES), args.utilization, params):
         rows.append(row)
         print(json.dumps(row), flush=True)
     summary = summarize(rows)

@@ -155,3 +155,25 @@ def test_session_weight_zero_observes_nothing() -> None:
     a = _dart(dart_session_weight=0.0)
     _serve(a, (1, 1))
     assert a._demand.sessions is None
+
+
+def test_a_sessions_own_blocks_count_its_last_turn_not_its_turns() -> None:
+    # a chat's prefix, used by 3 turns, and its tail, used by 1: by heat the prefix ranks higher; with session
+    # return both are reused only if the session comes back, so both count one use at its last turn
+    a1 = (10, 10, 11, 11)
+    a3 = a1 + (12, 12, 13, 13)
+    for weight in (0.0, 4.0):
+        alloc = _dart(dart_session_weight=weight)
+        _serve(alloc, SYS + a1)
+        _serve(alloc, SYS + a1 + (12, 12))
+        _serve(alloc, SYS + a3)
+        _serve(alloc, SYS + (30, 30))  # another session: the system prompt is shared, its heat stays
+        tree, policy = alloc._tree, alloc._policy
+        prefix, tail = tree.peek("", SYS + a1)[0], tree.peek("", SYS + a3)[0]
+        system = tree.peek("", SYS)[0]
+        assert prefix is not None and tail is not None and system is not None and prefix is not tail
+        history = [policy.key(n, len(n.blocks), tree.tick)[1] for n in (prefix, tail, system)]
+        if weight:
+            assert history[0] == history[1] < history[2]
+        else:
+            assert history[0] > history[1]
