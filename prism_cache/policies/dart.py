@@ -1,4 +1,5 @@
-"""DART (PRISM): demand-aware retention, ``P = 1e6·active + 1e5·planned + 1·queued``, then heat per block.
+"""DART (PRISM): demand-aware retention, ``P = 1e6·active + 1e5·planned + 1·queued``, then predicted and
+historical demand.
 
 Per node (per tail block, as eviction cuts tail blocks first): active = requests running on it (its lock
 count; locked nodes are never evicted, so active demand is absolute protection), planned = requests of the batch
@@ -6,14 +7,18 @@ being planned this step, queued = waiting requests whose prompt covers the block
 (``w_a = 1e6, w_n = 1e5, w_g = 1``); with fewer than 10 planned users the order is lexicographic.
 
 Among nodes of equal demand (mostly: no demand at all, the common case below the load knee, where the queue
-is a few requests deep) the paper leaves the order open. Our choice [INF]: historical demand, i.e. the node's
-decayed use count per block (``Node.heat``: the request that cached it, then every match through it;
-half-life :attr:`DartParams.heat_half_life`) plus :attr:`DartParams.popularity_weight` times the segment
-popularity of the tail block's path
-(:mod:`prism_cache.popularity`: how often the contents along that path were asked for, anywhere in a prompt),
-then recency. Per block, so that long single-use tails (a request's own passages and question) go before short
-shared segments; popularity, so that of two tails used once, the one made of widely retrieved passages stays.
-What each term is worth, measured: docs/performance.md, "Why the cache code looks the way it does".
+is a few requests deep) the paper leaves the order open. Our choice [INF], one score, then recency: the node's
+decayed use count (``Node.heat``: the request that cached it, then every match through it; half-life
+:attr:`DartParams.heat_half_life`), plus :attr:`DartParams.popularity_weight` times the segment popularity of the
+tail block's path (:mod:`prism_cache.popularity`: how often the contents along that path were asked for,
+anywhere in a prompt: the expected reuse of shared segments), plus :attr:`DartParams.session_weight` times the
+expected return of the session that last used the block (:mod:`prism_cache.session_return`: a chat's or an
+agent's next turn, demand beyond the queue). So active > planned > queued > predicted and history. A block only
+its own session has used is reused only if that session comes back: its heat and popularity count the session's
+turns, not demand, so it counts one use at the session's last turn instead. With
+:attr:`DartParams.length_penalty` (off by default) heat is per block, so long single-use tails go before short
+shared segments. What each term is worth, measured: docs/performance.md, "Why the cache code looks the way it
+does", and docs/benchmarks.md, "Demand beyond the queue".
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ class DartParams:
     PREFIX: ClassVar[str] = "dart_"
     # tree heat (DART's tie-break): cache capacities of inserted blocks after which a past use counts half;
     # also the half-life of segment popularity, in capacities of enqueued blocks
-    heat_half_life: float = 3.0
+    heat_half_life: float = 1.5
     popularity_weight: float = 4.0  # weight of segment popularity in DART's tie-break; 0 = off (not counted)
     # weight of a session's expected return (prism_cache.session_return) in the tie-break; 0 = off
     session_weight: float = 4.0
