@@ -6,7 +6,8 @@ reordering scheduler can move a request at most that far); each step admits one 
 (``prefill_done``), then releases them. A ``hash_id`` becomes 512 fixed token ids (id * 512 + 0..511; a partial
 last block is a prefix of them). There is no clock: every request arrives at 0 and ``now`` stays 0, so QAS's
 wait bound never fires and only its bypass bound (``qas_max_bypass`` later arrivals) limits reordering; timing
-effects belong to the simulator.
+effects belong to the simulator. (``replay(..., tokens_per_s=R)`` runs a virtual clock instead, for timed
+generated workloads: :mod:`bench.replay_workload`.)
 
 Prints the token-weighted exact-prefix hit rate (sum of cache_len / sum of prompt tokens) beside the Belady
 bound for the same admission order and capacity (:mod:`prism_cache.belady`), with cache_len capped at

@@ -5,10 +5,11 @@ the user (or the tool) has read and typed. Whether it comes is predictable from 
 a conversation that has already come back once is much likelier to come back again than a first turn (on the
 Mooncake trace, 82 % against 18 %). So, when a request enters the queue, :meth:`SessionReturn.observe`
 
-1. finds its session: the one named by the request (a session or user id header, the OpenAI ``user`` field),
-   else the session of the latest earlier request whose prompt this one extends (it covers at least 3/4 of
-   that prompt's blocks: the previous turn, minus a partial last block that the new turn may rewrite; a prompt
-   sharing only a short system prompt with another session's starts a new session);
+1. finds its session: the one the request names (``SchedRequest.session``: a session or user id), else the
+   session of the latest earlier request whose prompt this one extends (it covers at least 3/4 of that
+   prompt's blocks: the previous turn, minus a partial last block that the new turn may rewrite). A position
+   that two sessions have covered (a system prompt) continues no session, and its uses are uses by different
+   sessions (DART keeps heat and popularity for it);
 2. learns: a session at turn k that comes back within the horizon (``half_life`` cache capacities of
    observed prompt blocks, the clock of segment popularity) counts one return for turn k; every session
    reaching turn k counts one start. The return probability of turn k (1, 2, 3, 4+) is

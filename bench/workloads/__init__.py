@@ -42,10 +42,11 @@ def build(spec: WorkloadSpec) -> list[WorkloadRequest]:
     if spec.name == "multi-turn":
         reqs = multi_turn(replace(spec.turns, seed=spec.seed))
         return reqs[: spec.requests] if spec.requests else reqs
-    if spec.name in SELF_TIMED:
-        reqs = conversation(replace(spec.conversation, seed=spec.seed)) if spec.name == "conversation" else agent(
-            replace(spec.agent, seed=spec.seed)
-        )
+    if spec.name == "conversation":
+        reqs = conversation(replace(spec.conversation, seed=spec.seed))
+        return reqs[: spec.requests] if spec.requests else reqs
+    if spec.name == "agent":
+        reqs = agent(replace(spec.agent, seed=spec.seed))
         return reqs[: spec.requests] if spec.requests else reqs
     if spec.name.startswith("trace:"):
         return load_trace(spec.name[len("trace:") :], spec.time_scale, spec.requests)
