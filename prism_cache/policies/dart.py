@@ -96,11 +96,13 @@ class DartPolicy:
         return self._tables
 
     def key(self, node: Node, n_blocks: int, tick: int) -> Key:
-        """(demand priority, log of decayed uses per block + weight x path popularity, recency). Never increases
+        """(demand priority, log of decayed uses + weight x path popularity + weight x session return, recency),
+        a block only its session uses counting one use at that session's last turn. Never increases
         with n_blocks as far as demand and heat go (queued demand never grows along a prompt's chain; per-block
         heat falls as the node gets longer). Path popularity is non-increasing along each prompt when recorded,
-        but positions recorded by different prompts can drift apart as their contents get retrieved elsewhere;
-        the eviction cut (a binary search over this contract) may then take a few tail blocks more or fewer than
+        but positions recorded by different prompts can drift apart as their contents get retrieved elsewhere,
+        and the positions of one node can belong to different sessions (or be shared by several); the eviction
+        cut (a binary search over this contract) may then take a few tail blocks more or fewer than
         the exact rule would (only tail blocks, and the same ones in the persistent heap as in a rebuilt one).
         The length is rounded down to a power of four so that the key of a node being cut changes only
         O(log n) times, in steps of 4x: otherwise two long tails of equal heat are cut one block each in turn,
