@@ -25,7 +25,8 @@ from bench.workloads import WorkloadSpec
 from bench.workloads.multi_turn import MultiTurnParams
 from bench.workloads.zipf_rag import ZipfRagParams
 
-LAZY = ("replay", "replay-workload", "sweep", "router-overhead", "peer")  # their modules parse their own arguments
+# their modules parse their own arguments
+LAZY = ("replay", "replay-workload", "sweep", "router-overhead", "peer")
 
 
 def _floats(text: str) -> list[float]:
@@ -43,7 +44,9 @@ def _pair(text: str) -> tuple[int, int]:
 def _workload_args(p: argparse.ArgumentParser) -> None:
     z, m = ZipfRagParams(), MultiTurnParams()
     g = p.add_argument_group("workload")
-    g.add_argument("--workload", default="zipf-rag", help="zipf-rag | multi-turn | conversation | agent | trace:PATH")
+    g.add_argument(
+        "--workload", default="zipf-rag", help="zipf-rag | multi-turn | conversation | agent | trace:PATH"
+    )
     g.add_argument("--requests", type=int, default=None, help="requests per point (a trace: its first N)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--warmup", type=float, default=0.1,

@@ -5,7 +5,7 @@ with the prompt tokens of :mod:`bench.workloads.token_ids` and the Belady units 
 block hash). Timed workloads (conversation, agent) replay on a virtual clock (``--utilization``): a turn is
 enqueued at its arrival, after the turn it extends has run, as on a server.
 
-    python -m bench.replay_workload --workload conversation --capacity-tokens 65536 --configs qas+dart,fcfs+lru
+    python -m bench.replay_workload --workload conversation --capacity-x 0.25 --utilization 0.8
 """
 
 from __future__ import annotations
@@ -79,9 +79,8 @@ def replay_point(
     waiting from the start (:mod:`bench.replay`)."""
     sched, _, policy = configs.canonical(config).partition("+")
     num_blocks = capacity_tokens // block_size + 1
-    scheduler = make_scheduler(
-        SchedulerConfig(sched, policy, True, num_blocks, block_size, params={"qas_window": float(window), **(params or {})})
-    )
+    knobs = {"qas_window": float(window), **(params or {})}
+    scheduler = make_scheduler(SchedulerConfig(sched, policy, True, num_blocks, block_size, params=knobs))
     assert isinstance(scheduler, QueueScheduler)
     longest = max(len(r.prompt) + r.output_length for r in requests)
     rate = None if utilization is None else prefill_rate(requests, utilization)
@@ -101,13 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workload", default="conversation")
     parser.add_argument("--requests", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--capacity-tokens", type=int, default=None, help="default: --capacity-x x working set")
+    parser.add_argument(
+        "--capacity-tokens", type=int, default=None, help="default: --capacity-x x the working set"
+    )
     parser.add_argument("--capacity-x", type=float, default=0.5)
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--configs", default="qas+dart,fcfs+lru,lpm+lru,lpm+hotprefix,fcfs+lookahead-lru")
     parser.add_argument(
-        "--utilization", type=float, default=None, help="replay on a virtual clock at this load (timed workloads)"
+        "--utilization", type=float, default=None,
+        help="replay on a virtual clock at this load (timed workloads)",
     )
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="scheduler param")
     args = parser.parse_args(argv)
@@ -116,8 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     working = working_set_tokens(requests, args.block_size)
     capacity = args.capacity_tokens or int(args.capacity_x * working)
     for config in configs.parse_configs(args.configs):
-        row = replay_point(requests, config, capacity, args.window, args.block_size, params=params, utilization=args.utilization)
-        row.update(config=config, workload=args.workload, capacity_tokens=capacity, working_set_tokens=working)
+        row = replay_point(
+            requests, config, capacity, args.window, args.block_size, params=params,
+            utilization=args.utilization,
+        )
+        row.update(config=config, workload=args.workload, capacity_tokens=capacity)
+        row["working_set_tokens"] = working
         row["ratio"] = row["hit_rate"] / max(1e-9, row["belady_hit_rate"])
         print(json.dumps(row))
     return 0

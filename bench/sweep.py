@@ -1,11 +1,12 @@
 """``prism-bench sweep``: robustness of the default knob set. Each workload generator's parameters are varied
 one at a time around its defaults (Zipf exponent, corpus size, segment lengths, top-k, session and agent
-shapes), each point replayed (:mod:`bench.replay_workload`: real scheduler and allocator; zipf-rag with no clock
-and ``--window`` waiting, conversation and agent on a virtual clock at ``--utilization``) at cache capacities from 0.25x to 4x the working set, for qas+dart and the baselines.
+shapes), each point replayed (:mod:`bench.replay_workload`: real scheduler and allocator; zipf-rag with no
+clock and ``--window`` waiting, conversation and agent on a virtual clock at ``--utilization``) at cache
+capacities from 0.25x to 4x the working set, for qas+dart and the baselines.
 Prints one JSON row per (point, capacity, config) and a summary: where qas+dart wins, ties (within 0.5
 points) or loses against the best baseline.
 
-    python -m bench.sweep --out docs/sweep.json --plot docs/sweep.png
+    python -m bench.sweep --out sweep.json --plot docs/sweep_issue14.png
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def summarize(rows: Sequence[dict[str, object]]) -> dict[str, object]:
     """Per (point, capacity): qas+dart minus the best baseline, in points; counts of wins, ties, losses."""
     by: dict[tuple[object, object], dict[object, float]] = {}
     for r in rows:
-        by.setdefault((r["point"], r["capacity_x"]), {})[r["config"]] = float(r["hit_rate"])  # type: ignore[arg-type]
+        hits = by.setdefault((r["point"], r["capacity_x"]), {})
+        hits[r["config"]] = float(r["hit_rate"])  # type: ignore[arg-type]
     deltas = []
     for (point, x), hits in by.items():
         best = max(hits[c] for c in BASELINES if c in hits)
@@ -131,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps({k: v for k, v in summary.items() if k != "deltas"}))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
-            json.dump({"window": args.window, "utilization": args.utilization, "rows": rows, "summary": summary}, f, indent=1)
+            meta = {"window": args.window, "utilization": args.utilization}
+            json.dump({**meta, "rows": rows, "summary": summary}, f, indent=1)
     if args.plot:
         plot(summary, args.plot)
     return 0

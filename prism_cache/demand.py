@@ -87,8 +87,8 @@ class DemandTable(Watched):
 
 
 class Demand:
-    """The tables DART and look-ahead LRU read; the scheduler writes them. ``popularity`` and ``sessions`` (DART
-    only, else None): see :mod:`prism_cache.popularity` and :mod:`prism_cache.session_return`."""
+    """The tables DART and look-ahead LRU read; the scheduler writes them. ``popularity`` and ``sessions``
+    (DART only, else None): see :mod:`prism_cache.popularity` and :mod:`prism_cache.session_return`."""
 
     def __init__(
         self, popularity: SegmentPopularity | None = None, sessions: SessionReturn | None = None

@@ -42,9 +42,10 @@ TURN_BUCKETS = 4  # turns 1, 2, 3 and 4+ learn separate return probabilities
 
 
 class Session:
-    """One conversation: ``turns`` requests so far, the clock of the last, the blocks of its prompt; ``value``:
-    its expected return (log form); ``used``: one use at its last turn, in log form on the observed-blocks
-    clock (as a popularity count), and ``heat``, the same on the tree's heat clock (as :attr:`Node.heat`)."""
+    """One conversation: ``turns`` requests so far, the clock of the last, the blocks of its prompt;
+    ``value``: its expected return (log form); ``used``: one use at its last turn, in log form on the
+    observed-blocks clock (as a popularity count), and ``heat``, the same on the tree's heat clock (as
+    :attr:`Node.heat`)."""
 
     __slots__ = ("depth", "heat", "last", "turns", "used", "value")
 

@@ -31,8 +31,9 @@ def test_conversation_is_seeded_timed_and_each_turn_extends_the_previous() -> No
     assert 1 in lengths and max(lengths) <= p.max_turns
     for turns in sessions.values():
         for prev, nxt in zip(turns, turns[1:]):
-            assert nxt.segments[: len(prev.segments)] == prev.segments and len(nxt.segments) == len(prev.segments) + 2
-            assert nxt.segments[len(prev.segments)] == (prev.segments[-1][0].replace("u", "a"), prev.output_len)
+            n = len(prev.segments)
+            assert nxt.segments[:n] == prev.segments and len(nxt.segments) == n + 2
+            assert nxt.segments[n] == (prev.segments[-1][0].replace("u", "a"), prev.output_len)
             assert nxt.arrival > prev.arrival
     one_turn = sum(n == 1 for n in lengths) / len(lengths)
     assert one_turn == pytest.approx(1 - p.continue_first, abs=0.15)
@@ -51,7 +52,8 @@ def test_agent_steps_append_action_and_tool_output_and_some_branch() -> None:
             if nxt.segments[: len(prev.segments)] != prev.segments:
                 branched += 1  # forks from an earlier step: still extends the task's first prompt
             assert nxt.segments[:2] == steps[0].segments
-            assert all(lo <= n <= hi + 1 for s, n in nxt.segments if s.endswith("r") for lo, hi in [p.tool_len])
+            lo, hi = p.tool_len
+            assert all(lo <= n <= hi + 1 for s, n in nxt.segments if s.endswith("r"))
     assert branched > 0
     assert not any(
         a.segments[: len(b.segments)] != b.segments
@@ -79,7 +81,8 @@ def test_replay_of_a_generated_workload_stays_under_its_belady_bound() -> None:
     small = replay_point(reqs, "qas+dart", working // 4, window=16, utilization=0.8)
     assert 0 < small["hit_rate"] <= small["belady_hit_rate"] + 1e-9
     lru = replay_point(reqs, "fcfs+lru", 4 * working, window=16, utilization=0.8)
-    assert lru["hit_rate"] >= small["hit_rate"] and lru["hit_rate"] == pytest.approx(lru["belady_hit_rate"], abs=0.02)
+    assert lru["hit_rate"] >= small["hit_rate"]
+    assert lru["hit_rate"] == pytest.approx(lru["belady_hit_rate"], abs=0.02)
 
 
 def test_sweep_summary_counts_wins_ties_and_losses_against_the_best_baseline() -> None:

@@ -50,7 +50,9 @@ def build(spec: WorkloadSpec) -> list[WorkloadRequest]:
         return reqs[: spec.requests] if spec.requests else reqs
     if spec.name.startswith("trace:"):
         return load_trace(spec.name[len("trace:") :], spec.time_scale, spec.requests)
-    raise ValueError(f"unknown workload {spec.name!r} (zipf-rag, multi-turn, conversation, agent, trace:PATH)")
+    raise ValueError(
+        f"unknown workload {spec.name!r} (zipf-rag, multi-turn, conversation, agent, trace:PATH)"
+    )
 
 
 def timed(spec: WorkloadSpec, requests: list[WorkloadRequest], qps: float | None) -> list[WorkloadRequest]:

@@ -70,7 +70,8 @@ def _hotprefix(demand: Demand, c: PolicyConfig) -> RetentionPolicy:
 
 def _dart(demand: Demand, c: PolicyConfig) -> RetentionPolicy:
     d = c.dart
-    return DartPolicy(demand, d.popularity_weight, d.session_weight if c.uses_sessions else 0.0, d.length_penalty)
+    session_weight = d.session_weight if c.uses_sessions else 0.0
+    return DartPolicy(demand, d.popularity_weight, session_weight, d.length_penalty)
 
 
 POLICIES: dict[str, _Entry] = {

@@ -7,15 +7,15 @@ being planned this step, queued = waiting requests whose prompt covers the block
 (``w_a = 1e6, w_n = 1e5, w_g = 1``); with fewer than 10 planned users the order is lexicographic.
 
 Among nodes of equal demand (mostly: no demand at all, the common case below the load knee, where the queue
-is a few requests deep) the paper leaves the order open. Our choice [INF], one score, then recency: the node's
-decayed use count (``Node.heat``: the request that cached it, then every match through it; half-life
-:attr:`DartParams.heat_half_life`), plus :attr:`DartParams.popularity_weight` times the segment popularity of the
-tail block's path (:mod:`prism_cache.popularity`: how often the contents along that path were asked for,
-anywhere in a prompt: the expected reuse of shared segments), plus :attr:`DartParams.session_weight` times the
-expected return of the session that last used the block (:mod:`prism_cache.session_return`: a chat's or an
-agent's next turn, demand beyond the queue). So active > planned > queued > predicted and history. A block only
-its own session has used is reused only if that session comes back: its heat and popularity count the session's
-turns, not demand, so it counts one use at the session's last turn instead. With
+is a few requests deep) the paper leaves the order open. Our choice [INF], one score, then recency: the
+node's decayed use count (``Node.heat``: the request that cached it, then every match through it; half-life
+:attr:`DartParams.heat_half_life`), plus :attr:`DartParams.popularity_weight` times the segment popularity of
+the tail block's path (:mod:`prism_cache.popularity`: how often the contents along that path were asked for,
+anywhere in a prompt: the expected reuse of shared segments), plus :attr:`DartParams.session_weight` times
+the expected return of the session that last used the block (:mod:`prism_cache.session_return`: a chat's or
+an agent's next turn, demand beyond the queue). So active > planned > queued > predicted and history. A block
+only its own session has used is reused only if that session comes back: its heat and popularity count the
+session's turns, not demand, so it counts one use at the session's last turn instead. With
 :attr:`DartParams.length_penalty` (off by default) heat is per block, so long single-use tails go before short
 shared segments. What each term is worth, measured: docs/performance.md, "Why the cache code looks the way it
 does", and docs/benchmarks.md, "Demand beyond the queue".
@@ -54,7 +54,7 @@ class DartParams:
     popularity_weight: float = 4.0  # weight of segment popularity in DART's tie-break; 0 = off (not counted)
     # weight of a session's expected return (prism_cache.session_return) in the tie-break; 0 = off
     session_weight: float = 4.0
-    length_penalty: float = 0.0  # weight of the per-block normalization of heat (ln of the length, in 4x steps)
+    length_penalty: float = 0.0  # weight of heat's per-block normalization (ln of the length, in 4x steps)
 
 
 class DartPolicy:
@@ -96,8 +96,8 @@ class DartPolicy:
         return self._tables
 
     def key(self, node: Node, n_blocks: int, tick: int) -> Key:
-        """(demand priority, log of decayed uses + weight x path popularity + weight x session return, recency),
-        a block only its session uses counting one use at that session's last turn. Never increases
+        """(demand priority, log of decayed uses + weight x path popularity + weight x session return,
+        recency), a block only its session uses counting one use at that session's last turn. Never increases
         with n_blocks as far as demand and heat go (queued demand never grows along a prompt's chain; per-block
         heat falls as the node gets longer). Path popularity is non-increasing along each prompt when recorded,
         but positions recorded by different prompts can drift apart as their contents get retrieved elsewhere,

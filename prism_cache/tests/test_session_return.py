@@ -93,7 +93,7 @@ def test_records_stay_bounded_and_keep_what_is_cached_or_waiting() -> None:
     assert all(s.value(h) is not None for h in kept)
 
 
-# ---------------------------------------------------------------- DART: active > planned > queued > predicted > history
+# ---------------------------------------------------- DART: active > planned > queued > predicted > history
 
 
 def _dart(**params: float) -> RadixAllocator:

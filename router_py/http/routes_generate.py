@@ -27,7 +27,9 @@ from router_py.http.responses import (
     stream_token_event,
     timing_headers,
 )
-from router_py.http.routes_common import AppState, now, read_json, request_namespace, request_session, state_of
+from router_py.http.routes_common import (
+    AppState, now, read_json, request_namespace, request_session, state_of,
+)
 from router_py.http.sse import sse_response, tgi_event
 from router_py.http.validation import (
     GenerateParameters,
