@@ -32,7 +32,8 @@ from prism_cache.tiers import TIER_POLICIES, TierConfig
 if TYPE_CHECKING:
     from router_py.scheduling.replica_choice import ReplicaChoiceParams
 
-LAZY = ("replay", "router-overhead", "peer")  # their modules parse their own arguments
+# their modules parse their own arguments
+LAZY = ("replay", "replay-workload", "sweep", "router-overhead", "peer")
 
 
 def _floats(text: str) -> list[float]:
@@ -50,7 +51,9 @@ def _pair(text: str) -> tuple[int, int]:
 def _workload_args(p: argparse.ArgumentParser) -> None:
     z, m = ZipfRagParams(), MultiTurnParams()
     g = p.add_argument_group("workload")
-    g.add_argument("--workload", default="zipf-rag", help="zipf-rag | multi-turn | trace:PATH")
+    g.add_argument(
+        "--workload", default="zipf-rag", help="zipf-rag | multi-turn | conversation | agent | trace:PATH"
+    )
     g.add_argument("--requests", type=int, default=None, help="requests per point (a trace: its first N)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--warmup", type=float, default=0.1,
@@ -184,8 +187,8 @@ def _run_compare(args: argparse.Namespace) -> list[dict[str, object]]:
 
     spec, names = workload_spec(args), configs.parse_configs(args.configs)
     qps, params = args.qps or [None], scheduler_params(args.scheduler_param)
-    if args.qps is None and not args.workload.startswith("trace:"):
-        raise SystemExit(f"--qps is required for {args.workload} (only a trace has its own arrival times)")
+    if args.qps is None and not spec.self_timed:
+        raise SystemExit(f"--qps is required for {args.workload} (it has no arrival times of its own)")
     if args.mode == "sim":
         cost = make_cost_model(args.cost_model)
         tiers = TierConfig(
@@ -323,6 +326,14 @@ def _lazy(command: str, argv: list[str]) -> int:
         p = argparse.ArgumentParser(prog="prism-bench replay")
         replay.add_arguments(p)
         return int(replay.run(p.parse_args(argv)))
+    if command == "replay-workload":
+        from bench import replay_workload
+
+        return int(replay_workload.main(argv))
+    if command == "sweep":
+        from bench import sweep
+
+        return int(sweep.main(argv))
     if command == "peer":
         from bench import peer_run
 

@@ -6,7 +6,8 @@ reordering scheduler can move a request at most that far); each step admits one 
 (``prefill_done``), then releases them. A ``hash_id`` becomes 512 fixed token ids (id * 512 + 0..511; a partial
 last block is a prefix of them). There is no clock: every request arrives at 0 and ``now`` stays 0, so QAS's
 wait bound never fires and only its bypass bound (``qas_max_bypass`` later arrivals) limits reordering; timing
-effects belong to the simulator.
+effects belong to the simulator. (``replay(..., tokens_per_s=R)`` runs a virtual clock instead, for timed
+generated workloads: :mod:`bench.replay_workload`.)
 
 Prints the token-weighted exact-prefix hit rate (sum of cache_len / sum of prompt tokens) beside the Belady
 bound for the same admission order and capacity (:mod:`prism_cache.belady`), with cache_len capped at
@@ -104,17 +105,24 @@ def replay(
     window: int,
     prefill_tokens: int,
     capacity_tokens: int,
+    tokens_per_s: float | None = None,
 ) -> ReplayResult:
-    """Drive ``scheduler`` through ``requests`` (see the module docstring). Raises RuntimeError if a request
-    can never be admitted (larger than the capacity)."""
+    """Drive ``scheduler`` through ``requests`` (see the module docstring). With ``tokens_per_s``, a virtual
+    clock instead: a request is enqueued only once its ``arrival`` has come, and each batch lasts its
+    computed prompt tokens / ``tokens_per_s`` (so a conversation's next turn never waits beside the turn it
+    extends). Raises RuntimeError if a request can never be admitted (larger than the capacity)."""
     result = ReplayResult([], 0, 0)
-    nxt = 0
+    nxt, now = 0, 0.0
     while nxt < len(requests) or scheduler.waiting_count():
+        if tokens_per_s is not None and not scheduler.waiting_count():
+            now = max(now, requests[nxt].arrival)
         while nxt < len(requests) and scheduler.waiting_count() < window:
             r = requests[nxt]
-            scheduler.enqueue(SchedRequest(nxt, r.tokens(), r.output_length, 0.0), 0.0)
+            if tokens_per_s is not None and r.arrival > now:
+                break
+            scheduler.enqueue(SchedRequest(nxt, r.tokens(), r.output_length, now), now)
             nxt += 1
-        plan = scheduler.next_batch(0.0, prefill_tokens, capacity_tokens)
+        plan = scheduler.next_batch(now, prefill_tokens, capacity_tokens)
         if plan is None:
             raise RuntimeError("a waiting request does not fit the capacity even with an empty cache")
         for adm in plan.admissions:
@@ -124,6 +132,8 @@ def replay(
             scheduler.prefill_done(adm.request.id)
         for adm in plan.admissions:
             scheduler.release(adm.request.id)
+        if tokens_per_s is not None:
+            now += plan.prefill_tokens / tokens_per_s
     return result
 
 

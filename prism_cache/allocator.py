@@ -36,6 +36,7 @@ from prism_cache.observer import CacheObserver
 from prism_cache.policies import PolicyConfig, make_policy
 from prism_cache.popularity import SegmentPopularity
 from prism_cache.radix_tree import RadixTree
+from prism_cache.session_return import SessionReturn
 from prism_cache.tiers.manager import Found, Pending, TierManager
 from prism_cache.tiers.types import BlockCopy, Tier, TierConfig
 
@@ -99,7 +100,10 @@ class RadixAllocator:
         if config.uses_popularity:
             capacity = self._pool.usable_blocks
             popularity = SegmentPopularity(capacity, half_life, block_size, self._kept_positions)
-        self._demand = Demand(popularity)
+        sessions = None
+        if config.uses_sessions:
+            sessions = SessionReturn(self._pool.usable_blocks, half_life, self._kept_positions)
+        self._demand = Demand(popularity, sessions)
         self._policy = make_policy(config, self._demand)
         self.uses_lookahead = config.uses_lookahead  # the policy reads look-ahead demand (keep a window)
         # NOTE: count of waiting requests covering a block hash, as a bound dict lookup ``(h, 0)``: QAS reads
@@ -129,10 +133,14 @@ class RadixAllocator:
         return kept
 
     # ---------------------------------------------------------------- the queue's demand
-    def enqueue(self, namespace: str, prompt: Tokens, hashes: list[int]) -> None:
-        """A request with these :meth:`hashes` entered the queue: count its queued demand and popularity."""
+    def enqueue(self, namespace: str, prompt: Tokens, hashes: list[int], session: str | None = None) -> None:
+        """A request with these :meth:`hashes` entered the queue: count its queued demand, popularity and
+        session (``session``: the id it named, if any)."""
         self._demand.queued.add(hashes)
         self.observe(namespace, prompt, hashes)
+        if self._demand.sessions is not None:
+            name = f"{namespace}\x00{session}" if session else None
+            self._demand.sessions.observe(hashes, name, self._tree.heat_now())
 
     def dequeue(self, hashes: list[int]) -> None:
         """A request left the queue (admitted or cancelled). Raises ValueError if it was never enqueued."""

@@ -22,6 +22,7 @@ from prism_cache.watched import Watched
 
 if TYPE_CHECKING:
     from prism_cache.popularity import SegmentPopularity
+    from prism_cache.session_return import SessionReturn
 
 
 class DemandTable(Watched):
@@ -86,11 +87,14 @@ class DemandTable(Watched):
 
 
 class Demand:
-    """The tables DART and look-ahead LRU read; the scheduler writes them. ``popularity`` (DART only, else None):
-    see :mod:`prism_cache.popularity`."""
+    """The tables DART and look-ahead LRU read; the scheduler writes them. ``popularity`` and ``sessions``
+    (DART only, else None): see :mod:`prism_cache.popularity` and :mod:`prism_cache.session_return`."""
 
-    def __init__(self, popularity: SegmentPopularity | None = None) -> None:
+    def __init__(
+        self, popularity: SegmentPopularity | None = None, sessions: SessionReturn | None = None
+    ) -> None:
         self.queued = DemandTable()
         self.planned = DemandTable()
         self.lookahead = DemandTable()
         self.popularity = popularity
+        self.sessions = sessions

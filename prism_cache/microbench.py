@@ -82,11 +82,14 @@ def main() -> None:
         tree.insert("", hit, blocks, hashes, (node, len(blocks)))  # release walks on from the locked match
         tree.unlock(node)
 
+    sessions = alloc._demand.sessions
+    assert sessions is not None
     rows = [
         ("match+insert, full hit", _time_us(match_insert_hit, 2000)),
         ("match+insert, miss past 1k", (statistics.median(misses), min(misses))),
         ("block hashes (once/request)", _time_us(lambda: alloc.hashes("", hit), 500)),
         ("popularity observe (once/req.)", _time_us(lambda: alloc.observe("", hit, hashes), 500)),
+        ("session observe (once/req.)", _time_us(lambda: sessions.observe(hashes), 500)),
         ("cached prefix by hashes", _time_us(lambda: alloc.peek(hashes), 2000)),
         ("tree peek (read-only walk)", _time_us(lambda: tree.peek("", hit), 2000)),
     ]

@@ -52,6 +52,7 @@ class ValidRequest:
     top_n_tokens: int = 0
     adapter_id: str | None = None
     namespace: str = ""  # cache namespace (tenant / adapter); never shared across namespaces
+    session: str | None = None  # the conversation or user it names (x-session-id, OpenAI user): DART's key
 
     @property
     def input_length(self) -> int:

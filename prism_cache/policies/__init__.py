@@ -44,6 +44,11 @@ class PolicyConfig:
         return POLICIES[self.name].uses_popularity(self)
 
     @property
+    def uses_sessions(self) -> bool:
+        """The policy reads session return, so the cache must observe sessions as requests are enqueued."""
+        return self.name == "dart" and bool(self.dart.session_weight)
+
+    @property
     def uses_lookahead(self) -> bool:
         """The policy reads look-ahead demand, so the scheduler must keep a look-ahead window."""
         return POLICIES[self.name].uses_lookahead
@@ -64,7 +69,9 @@ def _hotprefix(demand: Demand, c: PolicyConfig) -> RetentionPolicy:
 
 
 def _dart(demand: Demand, c: PolicyConfig) -> RetentionPolicy:
-    return DartPolicy(demand, c.dart.popularity_weight)
+    d = c.dart
+    session_weight = d.session_weight if c.uses_sessions else 0.0
+    return DartPolicy(demand, d.popularity_weight, session_weight, d.length_penalty)
 
 
 POLICIES: dict[str, _Entry] = {

@@ -139,7 +139,7 @@ def test_dart_ranks_undemanded_nodes_by_decayed_uses_then_keeps_demand_on_top() 
 
 
 def test_dart_evicts_long_single_use_tails_before_short_ones_per_block() -> None:
-    a = _alloc("dart")
+    a = _alloc("dart", dart_length_penalty=1.0)
     long = (9, 9, 8, 8, 7, 7, 6, 6)
     _use(a, A)
     _use(a, long)  # newer, but 1 use over 4 blocks: its tail ranks below A's single block

@@ -185,7 +185,7 @@ class Batcher:
             SchedRequest(
                 id=state.round_id, prompt_ids=state.round_ids, max_new_tokens=state.round_max_new,
                 arrival=self._clock() if arrival is None else arrival, namespace=req.namespace,
-                use_prefix_cache=not req.decoder_input_details,
+                use_prefix_cache=not req.decoder_input_details, session=req.session,
             ),
             self._clock(),
         )

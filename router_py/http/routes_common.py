@@ -123,6 +123,21 @@ def authorized(config: RouterConfig, request: Request) -> bool:
     return presented.lower() == f"bearer {config.api_key}".lower()
 
 
+SESSION_HEADER = "x-session-id"
+MAX_SESSION_LEN = 256
+
+
+async def request_session(request: Request) -> str | None:
+    """The conversation or user a request names, for DART's session return (prism_cache.session_return): the
+    ``x-session-id`` header, else the body's OpenAI ``user`` field; None when neither (the cache then follows
+    the prompt chain). Only ranks cache retention, so it is never validated, only cut to 256 characters."""
+    named = request.headers.get(SESSION_HEADER)
+    if not named:
+        body = await read_json(request)
+        named = body.get("user") if isinstance(body, dict) else None
+    return named[:MAX_SESSION_LEN] if isinstance(named, str) and named else None
+
+
 async def request_namespace(request: Request) -> str:
     """The request's cache namespace: its tenant's, salted by its ``cache_salt`` (HttpError 422 when the salt
     is invalid)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from opentelemetry.context import Context
@@ -27,7 +27,9 @@ from router_py.http.responses import (
     stream_token_event,
     timing_headers,
 )
-from router_py.http.routes_common import AppState, now, read_json, request_namespace, state_of
+from router_py.http.routes_common import (
+    AppState, now, read_json, request_namespace, request_session, state_of,
+)
 from router_py.http.sse import sse_response, tgi_event
 from router_py.http.validation import (
     GenerateParameters,
@@ -95,6 +97,7 @@ async def respond_generate(state: AppState, request: Request, req: GenerateReque
     start = now()
     state.metrics.inc("tgi_request_count")
     namespace = await request_namespace(request)
+    req = replace(req, session=await request_session(request))
     parent = tracing.parent_from_headers(request.headers)
     name = "compat_generate" if compat else "generate"
     gen, others, timings = await run_generate(state, req, namespace, start, parent, span_name=name)
@@ -114,6 +117,7 @@ async def respond_generate(state: AppState, request: Request, req: GenerateReque
 async def stream_generate(state: AppState, request: Request, req: GenerateRequest, compat: bool) -> Response:
     """SSE of StreamResponse; every error after deserialization is ONE error event with status 200."""
     namespace = await request_namespace(request)
+    req = replace(req, session=await request_session(request))
     parent = tracing.parent_from_headers(request.headers)
     p = req.parameters
     full = return_full_text(state, p, compat)

@@ -33,7 +33,9 @@ from router_py.http.openai_completions import (
     usage_chunk,
 )
 from router_py.http.openai_chat import openai_finish_reason
-from router_py.http.routes_common import AppState, now, read_json, request_namespace, state_of
+from router_py.http.routes_common import (
+    AppState, now, read_json, request_namespace, request_session, state_of,
+)
 from router_py.http.generation_runner import FinishedSequence
 from router_py.http.routes_generate import open_stream, run_generate
 from router_py.http.sse import OPENAI_DONE, sse_response, tgi_event
@@ -72,7 +74,8 @@ async def chat_completions_route(request: Request) -> Response:
     start = now()
     state.metrics.inc("tgi_request_count")
     prompt, plan = render_chat(state, req)
-    gen_req = GenerateRequest(prompt, chat_parameters(req, plan.grammar))
+    session = await request_session(request)
+    gen_req = GenerateRequest(prompt, chat_parameters(req, plan.grammar), session=session)
     namespace = await request_namespace(request)
     parent = tracing.parent_from_headers(request.headers)
     if req.stream:
@@ -153,7 +156,8 @@ async def completions_route(request: Request) -> Response:
         raise
     state.metrics.inc("tgi_request_count")
     params = completion_parameters(req)
-    gen_reqs = [GenerateRequest(prompt, params) for prompt in req.prompts]
+    session = await request_session(request)
+    gen_reqs = [GenerateRequest(prompt, params, session=session) for prompt in req.prompts]
     namespace = await request_namespace(request)
     if req.stream:
         return sse_response(_completion_events(state, gen_reqs, namespace, start, req.include_usage), {})

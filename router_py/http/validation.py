@@ -52,6 +52,7 @@ class GenerateRequest:
     inputs: str
     parameters: GenerateParameters = field(default_factory=GenerateParameters)
     stream: bool = False
+    session: str | None = None  # not in the body: set by the route (routes_common.request_session)
 
 
 # ---- deserializer (serde semantics) ------------------------------------------------------------------------
@@ -231,6 +232,7 @@ class Validator:
             top_n_tokens=top_n_tokens,
             adapter_id=p.adapter_id,
             namespace=namespace,
+            session=request.session,
         )
 
     def _sampling(self, p: GenerateParameters) -> ChooserParams:

@@ -28,6 +28,7 @@ class SchedRequest:
     arrival: float  # seconds, on the caller's clock
     namespace: str = ""  # tenant / adapter: no cache sharing across namespaces
     use_prefix_cache: bool = True  # False (decoder_input_details): no match, nothing inserted on release
+    session: str | None = None  # the conversation or user the request names (DART's session return), if any
 
     @property
     def input_length(self) -> int:

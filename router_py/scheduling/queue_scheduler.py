@@ -52,7 +52,7 @@ class QueueScheduler:
             hashes = self.allocator.hashes(request.namespace, tokens)
         self.queue.push(request, tokens, hashes, uses_cache)
         if self.allocator is not None and hashes:
-            self.allocator.enqueue(request.namespace, tokens, hashes)
+            self.allocator.enqueue(request.namespace, tokens, hashes, request.session)
         self._refresh_lookahead()
 
     def cancel(self, request_id: int) -> bool:

@@ -16,6 +16,7 @@ def test_every_knob_key_is_a_field_of_one_class() -> None:
         "qas_window", "qas_max_bypass", "qas_max_wait_s", "qas_wait_factor", "qas_dedup", "qas_pioneer_weight",
         "lpm_fcfs_threshold", "inbatch_check_threshold", "inbatch_deprioritize_threshold", "lookahead_window",
         "hotprefix_max_age", "hotprefix_decay_period", "dart_heat_half_life", "dart_popularity_weight",
+        "dart_session_weight", "dart_length_penalty",
     }
 
 

@@ -1,0 +1,179 @@
+"""Session return (prism_cache.session_return) and where DART ranks it: below queued demand, above history."""
+
+from __future__ import annotations
+
+from prism_cache import RadixAllocator
+from prism_cache.hashing import block_hashes
+from prism_cache.session_return import SessionReturn
+
+BS = 2
+SYS = (1, 1, 1, 1, 1, 1)  # a system prompt shared by every session: 3 blocks
+
+
+def _sessions(capacity: int = 100, kept: frozenset[int] = frozenset()) -> SessionReturn:
+    return SessionReturn(capacity, 3.0, lambda: kept)
+
+
+def _observe(s: SessionReturn, prompt: tuple[int, ...], name: str | None = None) -> list[int]:
+    hashes = block_hashes("", prompt, BS)
+    s.observe(hashes, name)
+    return hashes
+
+
+def _turns(s: SessionReturn, hashes: list[int]) -> int:
+    session = s.record_of(hashes[-1])
+    assert session is not None
+    return session.turns
+
+
+def test_a_prompt_extending_an_earlier_one_continues_its_session_a_shared_system_prompt_does_not() -> None:
+    s = _sessions()
+    first = _observe(s, SYS + (2, 2))
+    second = _observe(s, SYS + (2, 2, 3, 3, 4, 4))  # the previous turn, an answer and a new message
+    assert _turns(s, second) == 2 and s.record_of(first[-1]) is s.record_of(second[-1])
+    other = _observe(s, SYS + (7, 7, 8, 8, 9, 9))  # shares only the system prompt (3 of 6 blocks)
+    assert _turns(s, other) == 1
+    # a partial last block the next turn rewrites is tolerated: 7 of the 8 blocks of the last turn
+    third = _observe(s, SYS + (2, 2, 3, 3, 4, 5, 6, 6, 6, 6))
+    assert _turns(s, third) == 3
+
+
+def test_a_named_session_is_one_session_whatever_its_prompts() -> None:
+    s = _sessions()
+    a = _observe(s, (5, 5), "user-1")
+    b = _observe(s, (6, 6), "user-1")
+    assert s.record_of(a[-1]) is s.record_of(b[-1]) and _turns(s, b) == 2
+    c = _observe(s, (5, 5, 6, 6), "user-2")
+    assert _turns(s, c) == 1  # the name decides, not the prompt chain
+
+
+def test_return_probability_is_learned_per_turn_from_sessions_that_come_back() -> None:
+    s = _sessions()
+    assert s.return_probability(1) == s.return_probability(2) == 0.5  # no data yet
+    for i in range(40):  # first turns that never come back; each third session comes back twice
+        base = (100 + i, 100 + i)
+        _observe(s, base)
+        if i % 3 == 0:
+            _observe(s, base + (7, 7))
+            _observe(s, base + (7, 7, 8, 8))
+    assert s.return_probability(1) < 0.45 < s.return_probability(2)
+    assert s.starts[0] == 40 and s.returns[0] == 14
+
+
+def test_late_returns_count_as_a_new_turn_but_not_as_a_return() -> None:
+    s = SessionReturn(2, 1.0, lambda: frozenset())  # a horizon of 2 observed blocks
+    base = _observe(s, (3, 3))
+    for i in range(4):
+        _observe(s, (50 + i, 50 + i))
+    late = _observe(s, (3, 3, 4, 4))
+    assert _turns(s, late) == 2 and s.returns[0] == 0 and base[0] in late
+
+
+def test_observing_a_turn_raises_and_notifies_its_positions() -> None:
+    s = _sessions()
+    changed: set[int] = set()
+    s.watch(changed)
+    first = _observe(s, (3, 3, 4, 4))
+    before = s.value(first[-1])
+    assert before is not None and set(first) <= changed
+    _observe(s, (9, 9))
+    changed.clear()
+    second = _observe(s, (3, 3, 4, 4, 5, 5))
+    after = s.value(first[-1])
+    assert after is not None and after > before and set(second) <= changed
+
+
+def test_records_stay_bounded_and_keep_what_is_cached_or_waiting() -> None:
+    kept = frozenset(block_hashes("", (1, 1, 2, 2), BS))
+    s = _sessions(capacity=8, kept=kept)
+    _observe(s, (1, 1, 2, 2))
+    for i in range(5000):
+        _observe(s, (10 + i, 10 + i, 20000 + i, 20000 + i), f"n{i % 7}")
+    assert len(s) < 3 * s._bound and len(s._named) <= 7
+    assert all(s.value(h) is not None for h in kept)
+
+
+# ---------------------------------------------------- DART: active > planned > queued > predicted > history
+
+
+def _dart(**params: float) -> RadixAllocator:
+    return RadixAllocator(64, BS, "dart", params=params)
+
+
+def _serve(a: RadixAllocator, prompt: tuple[int, ...]) -> None:
+    """A request enters the queue, runs and is cached."""
+    hashes = a.hashes("", prompt)
+    a.enqueue("", prompt, hashes)
+    a.dequeue(hashes)
+    got = a.allocate(len(prompt) + 1, "", prompt)
+    assert got is not None
+    a.release(got, prompt)
+
+
+def _train(a: RadixAllocator) -> None:
+    """Sessions whose second turns come back and whose first turns mostly do not."""
+    for i in range(12):
+        base = (100 + i, 100 + i)
+        _serve(a, base)
+        if i % 4 == 0:
+            for t in range(3):
+                base += (200 + t, 200 + t)
+                _serve(a, base)
+    a._tree.evict(a.sizes().cached, a._policy)  # an empty cache, what was learned kept
+
+
+def test_dart_keeps_a_returning_sessions_tail_before_a_newer_first_turn() -> None:
+    a = _dart()
+    _train(a)
+    chat = (10, 10, 11, 11)
+    _serve(a, chat)
+    _serve(a, chat + (12, 12))  # a second turn: likely to come back
+    _serve(a, (20, 20, 21, 21))  # a newer first turn: likely not
+    assert a._tree.evict(2, a._policy) == 2
+    assert a._tree.peek("", chat + (12, 12))[1] == 3 and a._tree.peek("", (20, 20, 21, 21))[1] == 0
+    a.check_integrity()
+
+
+def test_queued_demand_outranks_any_predicted_return_and_active_is_never_evicted() -> None:
+    a = _dart()
+    _train(a)
+    chat = (10, 10, 11, 11)
+    _serve(a, chat)
+    _serve(a, chat + (12, 12))
+    single = (20, 20, 21, 21)
+    _serve(a, single)
+    a.enqueue("", single, a.hashes("", single))  # a first turn with a waiting request beats the session
+    running = a.allocate(5, "", (30, 30, 31, 31))  # active: never a candidate
+    assert running is not None
+    assert a._tree.evict(a.sizes().cached - 2, a._policy) == 3
+    assert a._tree.peek("", single)[1] == 2 and a._tree.peek("", chat)[1] == 0
+    a.rollback(running)
+    a.check_integrity()
+
+
+def test_session_weight_zero_observes_nothing() -> None:
+    a = _dart(dart_session_weight=0.0)
+    _serve(a, (1, 1))
+    assert a._demand.sessions is None
+
+
+def test_a_sessions_own_blocks_count_its_last_turn_not_its_turns() -> None:
+    # a chat's prefix, used by 3 turns, and its tail, used by 1: by heat the prefix ranks higher; with session
+    # return both are reused only if the session comes back, so both count one use at its last turn
+    a1 = (10, 10, 11, 11)
+    a3 = a1 + (12, 12, 13, 13)
+    for weight in (0.0, 4.0):
+        alloc = _dart(dart_session_weight=weight)
+        _serve(alloc, SYS + a1)
+        _serve(alloc, SYS + a1 + (12, 12))
+        _serve(alloc, SYS + a3)
+        _serve(alloc, SYS + (30, 30))  # another session: the system prompt is shared, its heat stays
+        tree, policy = alloc._tree, alloc._policy
+        prefix, tail = tree.peek("", SYS + a1)[0], tree.peek("", SYS + a3)[0]
+        system = tree.peek("", SYS)[0]
+        assert prefix is not None and tail is not None and system is not None and prefix is not tail
+        history = [policy.key(n, len(n.blocks), tree.tick)[1] for n in (prefix, tail, system)]
+        if weight:
+            assert history[0] == history[1] < history[2]
+        else:
+            assert history[0] > history[1]
