@@ -65,7 +65,9 @@ class VirtualShard:
     def clock(self) -> float:
         return self.now
 
-    async def prefill(self, batch: RequestBatch, cached: CachedBatch | None = None) -> StepResult:
+    async def prefill(
+        self, batch: RequestBatch, cached: CachedBatch | None = None, copies: Sequence[object] = ()
+    ) -> StepResult:
         new = [
             _Req(r.id, len(r.inputs.split()), r.max_new_tokens, r.cache_len, r.chunk_len, len(r.blocks))
             for r in batch.requests
@@ -75,7 +77,7 @@ class VirtualShard:
         self.batches[batch_id] = old + new
         return self._forward(batch_id)
 
-    async def decode(self, batches: Sequence[CachedBatch]) -> StepResult:
+    async def decode(self, batches: Sequence[CachedBatch], copies: Sequence[object] = ()) -> StepResult:
         merged = [r for b in batches for r in self.batches.pop(b.id)]
         self.batches[batches[0].id] = merged
         return self._forward(batches[0].id)
