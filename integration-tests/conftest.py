@@ -104,6 +104,25 @@ def metric_value(text: str, series: str) -> float:
     raise KeyError(f"{series} not in /metrics")
 
 
+def transformers_greedy(prompts: Sequence[str], new_tokens: int) -> dict[str, list[int]]:
+    """transformers' greedy continuation (fp32) of each prompt on the demo model: the oracle that the stack's
+    greedy tokens must equal, whatever the parallelism."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from router_py.launch.model_source import demo_model
+
+    folder = demo_model()
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    out = {}
+    for p in prompts:
+        ids = tok(p, return_tensors="pt").input_ids
+        gen = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        out[p] = gen[0, ids.shape[1]:].tolist()
+    return out
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     """The product as served by default (qas + dart), with a KV pool of 1,024 blocks, in fp32: the suites'

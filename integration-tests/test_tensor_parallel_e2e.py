@@ -11,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from text_generation import Client
 
-from conftest import STARTUP_TIMEOUT_S, Stack, free_port
-from router_py.launch.model_source import demo_model
+from conftest import STARTUP_TIMEOUT_S, Stack, free_port, transformers_greedy
 
 PROMPTS = ("The quick brown fox", "Once upon a time there was", "A cache that keeps them can answer", "Hello")
 NEW = 8
@@ -30,18 +29,7 @@ def tp_stack() -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def expected() -> dict[str, list[int]]:
     """transformers' greedy continuation of each prompt (fp32), the oracle."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = demo_model()
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
-    out = {}
-    for p in PROMPTS:
-        ids = tok(p, return_tensors="pt").input_ids
-        gen = model.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False)
-        out[p] = gen[0, ids.shape[1]:].tolist()
-    return out
+    return transformers_greedy(PROMPTS, NEW)
 
 
 def test_each_rank_serves_on_its_own_socket(tp_stack: Stack) -> None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from functools import partial
 
-from bench.workloads.request import Segment, WorkloadRequest
+from bench.workloads.request import Segment, WorkloadRequest, poisson_started
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,4 @@ def _task(p: AgentParams, tid: int, start: float, rng: random.Random) -> list[Wo
 
 def agent(params: AgentParams) -> list[WorkloadRequest]:
     """Timed requests in arrival order (deterministic for a seed)."""
-    rng = random.Random(params.seed)
-    start, out = 0.0, []
-    for tid in range(params.tasks):
-        start += rng.expovariate(params.task_rate)
-        out.extend(_task(params, tid, start, rng))
-    out.sort(key=lambda r: r.arrival)
-    return out
+    return poisson_started(params.tasks, params.task_rate, params.seed, partial(_task, params))

@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from functools import partial
 
-from bench.workloads.request import Segment, WorkloadRequest
+from bench.workloads.request import Segment, WorkloadRequest, poisson_started
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,4 @@ def _session(p: ConversationParams, sid: int, start: float, rng: random.Random) 
 
 def conversation(params: ConversationParams) -> list[WorkloadRequest]:
     """Timed requests in arrival order (deterministic for a seed)."""
-    rng = random.Random(params.seed)
-    start, out = 0.0, []
-    for sid in range(params.sessions):
-        start += rng.expovariate(params.session_rate)
-        out.extend(_session(params, sid, start, rng))
-    out.sort(key=lambda r: r.arrival)
-    return out
+    return poisson_started(params.sessions, params.session_rate, params.seed, partial(_session, params))

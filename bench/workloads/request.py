@@ -8,7 +8,7 @@ live text).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 Segment = tuple[str, int]  # (segment id, n_tokens); equal ids always mean equal token sequences
@@ -35,6 +35,21 @@ def poisson_arrivals(n: int, qps: float, seed: int) -> list[float]:
         t += rng.expovariate(qps)
         times.append(t)
     return times
+
+
+def poisson_started(
+    count: int, rate: float, seed: int, expand: Callable[[int, float, random.Random], list[WorkloadRequest]]
+) -> list[WorkloadRequest]:
+    """``count`` units (sessions, agent tasks) starting as a Poisson process at ``rate``;
+    ``expand(index, start, rng)`` gives a unit's timed requests (one rng shared: deterministic for a seed).
+    All of them in arrival order."""
+    rng = random.Random(seed)
+    start, out = 0.0, []
+    for i in range(count):
+        start += rng.expovariate(rate)
+        out.extend(expand(i, start, rng))
+    out.sort(key=lambda r: r.arrival)
+    return out
 
 
 def with_arrivals(requests: Sequence[WorkloadRequest], times: Sequence[float]) -> list[WorkloadRequest]:
