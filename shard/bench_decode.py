@@ -81,8 +81,8 @@ def attention_us(runner: ModelRunner, batch: int, context: int, rounds: int) -> 
     tables = (torch.randperm(batch * per, generator=gen) + 1).view(batch, per).int()
     lengths = torch.full((batch,), context, dtype=torch.int32)
     q = torch.randn(batch, c.heads, c.head_dim, generator=gen).to(runner.loaded.dtype)
-    calls = (lambda: decode_gathered(q, kc, vc, tables, lengths, context, c.head_dim**-0.5),
-             lambda: cpu_decode.decode(q, kc, vc, tables, lengths, c.head_dim**-0.5))
+    args = (q, kc, vc, tables, lengths, context, c.head_dim**-0.5)
+    calls = (lambda: decode_gathered(*args), lambda: cpu_decode.decode(*args))
     times: list[list[float]] = [[], []]
     for _ in range(rounds):
         for i, call in enumerate(calls):

@@ -6,7 +6,6 @@ The same code loads the demo models and real checkpoints (single-file or sharded
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,14 +13,11 @@ import torch
 
 from flash_kernels.api import AttentionBackend
 from shard.layers.fusion import fuse_projections
-from shard.layers.packed_linear import ENV as PACK_ENV
 from shard.layers.packed_linear import pack_cpu_linears
 from shard.layers.rotary import Rotary
 from shard.models import model_class
 from shard.models.llama import LlamaForCausalLM
 from shard.tensor_parallel import SINGLE, TensorParallel
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,8 +117,6 @@ def load_model(
             module.float()
     model.requires_grad_(False)
     fuse_projections(model)
-    packed = pack_cpu_linears(model)
-    if packed:
-        log.info("%d bf16 linears prepacked for oneDNN (%s=0 turns it off)", packed, PACK_ENV)
+    pack_cpu_linears(model)
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     return LoadedModel(model, cfg, tokenizer, eos_ids(folder, cfg, tokenizer), dtype, device)

@@ -25,13 +25,36 @@
 
 namespace {
 
-// The longest context, checked against the block table's width (a longer one would read past the table).
-inline int64_t max_length(const int32_t* lengths, int64_t b, int64_t table_keys) {
+// The longest context, checked against the block table's width (a longer one would read past the table), and
+// every block id a context uses checked against the pool (a wrong one would read outside the cache).
+inline int64_t max_length(const int32_t* lengths, const int32_t* tables, int64_t b, int64_t mb, int64_t bs,
+                          int64_t num_blocks) {
   int64_t out = 1;
-  for (int64_t i = 0; i < b; ++i) out = std::max<int64_t>(out, lengths[i]);
-  TORCH_CHECK(out <= table_keys, "paged_decode: a context of ", out, " keys exceeds its block table (",
-              table_keys, " keys)");
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t len = lengths[i];
+    TORCH_CHECK(len <= mb * bs, "paged_decode: a context of ", len, " keys exceeds its block table (",
+                mb * bs, " keys)");
+    for (int64_t k = 0; k < (len + bs - 1) / bs; ++k) {
+      const int64_t id = tables[i * mb + k];
+      TORCH_CHECK(0 <= id && id < num_blocks, "paged_decode: block id ", id, " outside the pool of ",
+                  num_blocks, " blocks");
+    }
+    out = std::max(out, len);
+  }
   return out;
+}
+
+// scores[j * len + p] <- exp(score - max of row j), sum[j] <- the row's sum: the unnormalized softmax of the
+// g query rows (normalized once, on the output).
+inline void softmax_rows(float* scores, int64_t len, int64_t g, const float* mx, float* sum) {
+  for (int64_t j = 0; j < g; ++j) {
+    float* __restrict sr = scores + j * len;
+    const float m = mx[j];
+    for (int64_t p = 0; p < len; ++p) sr[p] = expf(sr[p] - m);
+    float total = 0.f;
+    for (int64_t p = 0; p < len; ++p) total += sr[p];
+    sum[j] = total;
+  }
 }
 
 inline float to_float(float x) { return x; }
@@ -57,7 +80,7 @@ void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
   T* op = out.data_ptr<T>();
   const int64_t row = hk * d;          // stride between positions in a block
   const int64_t blk = bs * row;        // stride between blocks
-  const int64_t max_len = max_length(lp, b, mb * bs);
+  const int64_t max_len = max_length(lp, tp, b, mb, bs, kc.size(0));
   at::parallel_for(0, b * hk, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> qf(g * d), acc(g * d), kf(d), scores(g * max_len), mx(g), sum(g);
     for (int64_t idx = begin; idx < end; ++idx) {
@@ -80,14 +103,7 @@ void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
           mx[j] = std::max(mx[j], s);
         }
       }
-      for (int64_t j = 0; j < g; ++j) {
-        float* __restrict sr = scores.data() + j * len;
-        const float m = mx[j];
-        for (int64_t p = 0; p < len; ++p) sr[p] = expf(sr[p] - m);
-        float total = 0.f;
-        for (int64_t p = 0; p < len; ++p) total += sr[p];
-        sum[j] = total;
-      }
+      softmax_rows(scores.data(), len, g, mx.data(), sum.data());
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t p = 0; p < len; ++p) {
         const int64_t block = tp[i * mb + p / bs];
@@ -133,14 +149,7 @@ void task_bf16(const c10::BFloat16* q, const c10::BFloat16* kp, const c10::BFloa
       mx[j] = std::max(mx[j], s);
     }
   }
-  for (int j = 0; j < G; ++j) {
-    float* sr = scores + j * len;
-    const float m = mx[j];
-    for (int64_t p = 0; p < len; ++p) sr[p] = expf(sr[p] - m);
-    float total = 0.f;
-    for (int64_t p = 0; p < len; ++p) total += sr[p];
-    sum[j] = total;
-  }
+  softmax_rows(scores, len, G, mx, sum);
   __m512 acc[G][V];
   for (int j = 0; j < G; ++j)
     for (int c = 0; c < V; ++c) acc[j][c] = _mm512_setzero_ps();
@@ -175,7 +184,7 @@ void decode_bf16(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
   const int32_t* tp = tables.data_ptr<int32_t>();
   const int32_t* lp = seqlens.data_ptr<int32_t>();
   auto* op = out.data_ptr<c10::BFloat16>();
-  const int64_t max_len = max_length(lp, b, mb * bs);
+  const int64_t max_len = max_length(lp, tp, b, mb, bs, kc.size(0));
   at::parallel_for(0, b * hk, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(G * max_len);
     for (int64_t idx = begin; idx < end; ++idx) {

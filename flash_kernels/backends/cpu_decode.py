@@ -69,10 +69,12 @@ def decode(
     value_cache: torch.Tensor,
     block_tables: torch.Tensor,
     seqlens_k: torch.Tensor,
+    max_seqlen_k: int,
     softmax_scale: float,
 ) -> torch.Tensor:
     """``AttentionBackend.decode`` on the compiled kernel (call :func:`load` first): q (b, h, d) ->
-    (b, h, d); caches (nb, bs, hk, d) contiguous; block_tables (b, mb) int32; seqlens_k (b,) int32."""
+    (b, h, d); caches (nb, bs, hk, d) contiguous; block_tables (b, mb) int32; seqlens_k (b,) int32.
+    ``max_seqlen_k`` is unused (the kernel reads each request's own length), kept for the contract."""
     q = q.contiguous()
     out = torch.empty_like(q)
     torch.ops.prism_kernels.paged_decode(

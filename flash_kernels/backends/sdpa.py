@@ -213,9 +213,8 @@ def decode(
     softmax_scale: float,
 ) -> torch.Tensor:
     """See ``AttentionBackend.decode``: q (b, h, d) -> (b, h, d)."""
-    if q.device.type == "cpu" and cpu_decode.load():
-        return cpu_decode.decode(q, key_cache, value_cache, block_tables, seqlens_k, softmax_scale)
-    return decode_gathered(q, key_cache, value_cache, block_tables, seqlens_k, max_seqlen_k, softmax_scale)
+    kernel = cpu_decode.decode if q.device.type == "cpu" and cpu_decode.load() else decode_gathered
+    return kernel(q, key_cache, value_cache, block_tables, seqlens_k, max_seqlen_k, softmax_scale)
 
 
 def decode_gathered(

@@ -144,3 +144,10 @@ def decode_requests(block_size: int) -> list[tuple[int, int]]:
 
 
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+
+
+def assert_close(out: torch.Tensor, expected: torch.Tensor) -> None:
+    """Same dtype and shape, values within the dtype's :data:`TOLERANCE`."""
+    assert out.dtype == expected.dtype and out.shape == expected.shape
+    tol = TOLERANCE[out.dtype]
+    torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)

@@ -14,18 +14,12 @@ from torch.profiler import ProfilerActivity, profile
 from flash_kernels import reference
 from flash_kernels.backends import cpu_decode
 from flash_kernels.backends.sdpa import SdpaBackend, decode_gathered
-from flash_kernels.tests.paged_cases import TOLERANCE, decode_requests, make_case
+from flash_kernels.tests.paged_cases import assert_close, decode_requests, make_case
 
 BUILT = cpu_decode.load()
 HAVE_TOOLS = bool(shutil.which("c++") and shutil.which("ninja"))
 # NOTE: skipped only where the kernel cannot be built at all; with the tools present a failed build fails.
 needs_tools = pytest.mark.skipif(not HAVE_TOOLS, reason="no c++ / ninja: decode runs on SDPA (test_sdpa)")
-
-
-def _assert_close(out: torch.Tensor, expected: torch.Tensor) -> None:
-    assert out.dtype == expected.dtype and out.shape == expected.shape
-    tol = TOLERANCE[out.dtype]
-    torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)
 
 
 def test_kernel_builds_where_a_compiler_is_present() -> None:
@@ -42,8 +36,8 @@ def test_kernel_matches_reference(block_size: int, group: int, head_dim: int, dt
     case = make_case(decode_requests(block_size), block_size, kv_heads=2, group=group, head_dim=head_dim,
                      dtype=dtype)
     args = case.decode_args()
-    out = cpu_decode.decode(*args[:5], args[6])
-    _assert_close(out, reference.decode(*args))
+    out = cpu_decode.decode(*args)
+    assert_close(out, reference.decode(*args))
 
 
 @needs_tools
@@ -51,8 +45,8 @@ def test_kernel_matches_reference(block_size: int, group: int, head_dim: int, dt
 def test_half_precision_kernel_matches_the_sdpa_path(dtype: torch.dtype) -> None:
     case = make_case([(0, 1), (300, 1), (37, 1), (15, 1)], 16, kv_heads=2, group=8, head_dim=64, dtype=dtype)
     args = case.decode_args()
-    _assert_close(cpu_decode.decode(*args[:5], args[6]), decode_gathered(*args))
-    _assert_close(cpu_decode.decode(*args[:5], args[6]), reference.decode(*args))
+    assert_close(cpu_decode.decode(*args), decode_gathered(*args))
+    assert_close(cpu_decode.decode(*args), reference.decode(*args))
 
 
 @needs_tools
@@ -65,7 +59,7 @@ def test_backend_decode_runs_the_kernel_and_reads_no_padding() -> None:
         out = SdpaBackend().decode(*args)
     names = {e.key for e in prof.key_averages()}
     assert "prism_kernels::paged_decode" in names and not any("scaled_dot_product" in n for n in names)
-    _assert_close(out, reference.decode(*args))
+    assert_close(out, reference.decode(*args))
 
 
 @needs_tools
@@ -75,7 +69,18 @@ def test_a_context_longer_than_its_table_is_refused() -> None:
     args[4] = args[4].clone()
     args[4][0] = case.block_tables.shape[1] * 16 + 1
     with pytest.raises(RuntimeError, match="exceeds its block table"):
-        cpu_decode.decode(*args[:5], args[6])
+        cpu_decode.decode(*args)
+
+
+@needs_tools
+@pytest.mark.parametrize("block_id", [-1, 10_000])
+def test_a_block_id_outside_the_pool_is_refused(block_id: int) -> None:
+    case = make_case(decode_requests(16), 16, kv_heads=2, group=2, head_dim=64)
+    args = list(case.decode_args())
+    args[3] = args[3].clone()
+    args[3][2, 0] = block_id  # request 2's first block: inside its context
+    with pytest.raises(RuntimeError, match="outside the pool"):
+        cpu_decode.decode(*args)
 
 
 def test_set_enabled_switches_between_the_kernel_and_sdpa() -> None:

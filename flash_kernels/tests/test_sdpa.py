@@ -9,15 +9,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from flash_kernels import api, reference
 from flash_kernels.backends.sdpa import SdpaBackend, decode_gathered
-from flash_kernels.tests.paged_cases import TOLERANCE, decode_requests, make_case, mixed_requests
+from flash_kernels.tests.paged_cases import assert_close, decode_requests, make_case, mixed_requests
 
 BACKEND = SdpaBackend()
-
-
-def _assert_close(out: torch.Tensor, expected: torch.Tensor) -> None:
-    assert out.dtype == expected.dtype and out.shape == expected.shape
-    tol = TOLERANCE[out.dtype]
-    torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("block_size", [1, 16, 256])
@@ -25,14 +19,14 @@ def _assert_close(out: torch.Tensor, expected: torch.Tensor) -> None:
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_mixed_prefill_matches_reference(block_size: int, group: int, head_dim: int) -> None:
     case = make_case(mixed_requests(block_size), block_size, kv_heads=2, group=group, head_dim=head_dim)
-    _assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+    assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
 
 
 @pytest.mark.parametrize("block_size", [1, 16, 256])
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_decode_matches_reference(block_size: int, group: int) -> None:
     case = make_case(decode_requests(block_size), block_size, kv_heads=2, group=group, head_dim=64)
-    _assert_close(BACKEND.decode(*case.decode_args()), reference.decode(*case.decode_args()))
+    assert_close(BACKEND.decode(*case.decode_args()), reference.decode(*case.decode_args()))
 
 
 @pytest.mark.parametrize(
@@ -50,7 +44,7 @@ def test_cold_single_cached_prefix_and_empty_rows(requests: list[tuple[int, int]
     """The is_causal path (one cold request), a cached prefix, a one-token prompt, a request with no new
     tokens between others, and decodes merged with prompt pieces (the one-token rows take the decode path)."""
     case = make_case(requests, block_size, kv_heads=2, group=2, head_dim=64, seed=5)
-    _assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+    assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
 
 
 @pytest.mark.parametrize(
@@ -64,7 +58,7 @@ def test_cold_single_cached_prefix_and_empty_rows(requests: list[tuple[int, int]
 def test_pieces_of_far_apart_lengths_are_grouped_and_match_reference(requests: list[tuple[int, int]]) -> None:
     """Pieces whose query or context lengths differ by 2x or more run as separate padded calls."""
     case = make_case(requests, 16, kv_heads=2, group=2, head_dim=64, seed=7)
-    _assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+    assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
 
 
 def test_decode_with_a_wider_table_and_upper_bound_length() -> None:
@@ -72,17 +66,17 @@ def test_decode_with_a_wider_table_and_upper_bound_length() -> None:
     case = make_case(decode_requests(16), 16, kv_heads=2, group=2, head_dim=64, seed=2)
     args = list(case.decode_args())
     args[5] = case.block_tables.shape[1] * 16
-    _assert_close(BACKEND.decode(*args), reference.decode(*case.decode_args()))
+    assert_close(BACKEND.decode(*args), reference.decode(*case.decode_args()))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_matches_reference(dtype: torch.dtype) -> None:
     case = make_case(mixed_requests(16), 16, kv_heads=2, group=2, head_dim=64, dtype=dtype)
-    _assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+    assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
     cold = make_case([(0, 70)], 16, kv_heads=2, group=2, head_dim=64, dtype=dtype, seed=1)
-    _assert_close(BACKEND.prefill(*cold.prefill_args()), reference.prefill(*cold.prefill_args()))
+    assert_close(BACKEND.prefill(*cold.prefill_args()), reference.prefill(*cold.prefill_args()))
     step = make_case(decode_requests(16), 16, kv_heads=2, group=2, head_dim=64, dtype=dtype)
-    _assert_close(BACKEND.decode(*step.decode_args()), reference.decode(*step.decode_args()))
+    assert_close(BACKEND.decode(*step.decode_args()), reference.decode(*step.decode_args()))
 
 
 def test_store_kv_matches_reference() -> None:

@@ -11,15 +11,9 @@ import triton  # noqa: F401  (fail, do not skip, when triton is missing)
 
 from flash_kernels import reference
 from flash_kernels.backends.triton_paged import BLOCK_N, TritonBackend
-from flash_kernels.tests.paged_cases import DEVICE, TOLERANCE, decode_requests, make_case, mixed_requests
+from flash_kernels.tests.paged_cases import DEVICE, assert_close, decode_requests, make_case, mixed_requests
 
 BACKEND = TritonBackend()
-
-
-def _assert_close(out: torch.Tensor, expected: torch.Tensor) -> None:
-    assert out.dtype == expected.dtype and out.shape == expected.shape
-    tol = TOLERANCE[out.dtype]
-    torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("block_size", [1, 16, 256])
@@ -27,7 +21,7 @@ def _assert_close(out: torch.Tensor, expected: torch.Tensor) -> None:
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_prefill_matches_reference(block_size: int, group: int, head_dim: int) -> None:
     case = make_case(mixed_requests(block_size), block_size, kv_heads=2, group=group, head_dim=head_dim)
-    _assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+    assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
 
 
 @pytest.mark.parametrize("block_size", [1, 16, 256])
@@ -35,23 +29,23 @@ def test_prefill_matches_reference(block_size: int, group: int, head_dim: int) -
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_decode_matches_reference(block_size: int, group: int, head_dim: int) -> None:
     case = make_case(decode_requests(block_size), block_size, kv_heads=2, group=group, head_dim=head_dim)
-    _assert_close(BACKEND.decode(*case.decode_args()), reference.decode(*case.decode_args()))
+    assert_close(BACKEND.decode(*case.decode_args()), reference.decode(*case.decode_args()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_half_precision_matches_reference(dtype: torch.dtype, head_dim: int) -> None:
     case = make_case(mixed_requests(16), 16, kv_heads=2, group=4, head_dim=head_dim, dtype=dtype)
-    _assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+    assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
     step = make_case(decode_requests(16), 16, kv_heads=2, group=4, head_dim=head_dim, dtype=dtype)
-    _assert_close(BACKEND.decode(*step.decode_args()), reference.decode(*step.decode_args()))
+    assert_close(BACKEND.decode(*step.decode_args()), reference.decode(*step.decode_args()))
 
 
 def test_long_prompt_spans_several_query_and_key_tiles() -> None:
     """A 150-token suffix after a 70-token prefix: several query tiles per request and unmasked key tiles
     before the diagonal ones, with a request of zero new tokens in between (it must be skipped)."""
     case = make_case([(70, 150), (3, 0), (0, 65)], 16, kv_heads=1, group=2, head_dim=64, seed=3)
-    _assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+    assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
 
 
 def test_prefixes_around_key_tile_edges() -> None:
@@ -60,7 +54,7 @@ def test_prefixes_around_key_tile_edges() -> None:
     edges = (BLOCK_N - 9, BLOCK_N - 2, BLOCK_N - 1, BLOCK_N, BLOCK_N + 1, 2 * BLOCK_N - 1)
     requests = [(prefix, 3) for prefix in edges]
     case = make_case(requests, 16, kv_heads=1, group=4, head_dim=64, seed=5)
-    _assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+    assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
 
 
 @pytest.mark.parametrize(("block_size", "group", "head_dim"), [(7, 3, 80), (3, 2, 8)])
@@ -69,16 +63,16 @@ def test_odd_block_size_gqa_ratio_and_head_dim(block_size: int, group: int, head
     case = make_case(
         mixed_requests(block_size), block_size, kv_heads=2, group=group, head_dim=head_dim, seed=1
     )
-    _assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+    assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
     step = make_case(decode_requests(block_size), block_size, kv_heads=2, group=group, head_dim=head_dim)
-    _assert_close(BACKEND.decode(*step.decode_args()), reference.decode(*step.decode_args()))
+    assert_close(BACKEND.decode(*step.decode_args()), reference.decode(*step.decode_args()))
 
 
 def test_decode_reads_lengths_from_the_device_tensor_only() -> None:
     """CUDA graphs replay decode with the max_seqlen_k seen at capture: the result must not depend on it."""
     case = make_case(decode_requests(16), 16, kv_heads=2, group=4, head_dim=64)
     q, kc, vc, tables, seqlens, _, scale = case.decode_args()
-    _assert_close(BACKEND.decode(q, kc, vc, tables, seqlens, 1, scale), reference.decode(*case.decode_args()))
+    assert_close(BACKEND.decode(q, kc, vc, tables, seqlens, 1, scale), reference.decode(*case.decode_args()))
 
 
 def test_strided_query_as_sliced_from_a_fused_projection() -> None:
@@ -87,7 +81,7 @@ def test_strided_query_as_sliced_from_a_fused_projection() -> None:
     strided_q = fused[:, : case.q.shape[1]]
     assert not strided_q.is_contiguous()
     args = (strided_q, *case.prefill_args()[1:])
-    _assert_close(BACKEND.prefill(*args), reference.prefill(*case.prefill_args()))
+    assert_close(BACKEND.prefill(*args), reference.prefill(*case.prefill_args()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

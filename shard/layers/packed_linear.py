@@ -67,6 +67,7 @@ def pack_cpu_linears(model: nn.Module, available_bytes: int | None = None) -> in
     for m in linears:
         m.register_buffer("packed", _pack(m.weight), persistent=False)
         m.__class__ = PackedLinear
+    log.info("%d bf16 linears prepacked for oneDNN (%s=0 turns it off)", len(linears), ENV)
     return len(linears)
 
 
