@@ -268,19 +268,21 @@ async def serve(args: argparse.Namespace) -> int:
     metrics = Metrics(info.max_input_tokens, info.max_total_tokens)
     # NOTE: one publisher per replica (its own endpoint and data_parallel_rank), as vLLM's DP ranks publish
     events = [kv_events(args.kv_events_config, shard.block_size, g) for g in range(len(paths))]
-    batchers = []
+    batchers, caching = [], True
     for g, (client, (replica_info, replica_shard)) in enumerate(zip(clients, handshakes)):
         observer = events[g][1] if events[g] is not None else None
-        make = scheduler_factory(
-            scheduler_config(args, replica_info, replica_shard, observer), known, replica_info.max_total_tokens
-        )
+        sched = scheduler_config(args, replica_info, replica_shard, observer)
+        caching = caching and sched.prefix_caching and sched.num_blocks is not None  # NOTE: None: padded shard
+        make = scheduler_factory(sched, known, replica_info.max_total_tokens)
         if observer is not None:
             make = announce_empty(make, observer)
         replica_metrics = metrics.labeled(replica=str(g)) if len(paths) > 1 else metrics
         batchers.append(
             Batcher(client, replica_info, config, make(), replica_metrics, tokenizer.encode, scheduler_factory=make)
         )
-    batcher: Batcher | DataParallelBackend = batchers[0] if len(batchers) == 1 else DataParallelBackend(batchers)
+    batcher: Batcher | DataParallelBackend = (
+        batchers[0] if len(batchers) == 1 else DataParallelBackend(batchers, prefix_caching=caching)
+    )
     batcher.start()
     app = create_app(batcher, tokenizer, router_config(args, batcher.info, known), metrics)
     if not args.disable_grammar_support:

@@ -30,23 +30,35 @@ def common_info(infos: Sequence[BackendInfo]) -> BackendInfo:
 
 class DataParallelBackend:
     """``replicas``: batchers after their handshakes, with the same model, block size and dtype (raises
-    ValueError otherwise). :attr:`info` holds the least of their token limits, for validation."""
+    ValueError otherwise). :attr:`info` holds the least of their token limits, for validation.
+    ``prefix_caching``: whether the replicas' routers cache prefixes at all (off: every request goes by load,
+    none counts as reusing another's blocks in flight)."""
 
-    def __init__(self, replicas: Sequence[Batcher], params: ReplicaChoiceParams = ReplicaChoiceParams()) -> None:
+    def __init__(
+        self,
+        replicas: Sequence[Batcher],
+        params: ReplicaChoiceParams = ReplicaChoiceParams(),
+        prefix_caching: bool = True,
+    ) -> None:
         if not replicas:
             raise ValueError("no replica")
         self.info: BackendInfo = common_info([b.info for b in replicas])
         self.replicas = list(replicas)
         self.chooser = ReplicaChooser([b.peek_prefix for b in replicas], self.info.block_size, params)
+        self.prefix_caching = prefix_caching
         self._ids = itertools.count()
 
     async def generate_stream(self, request: ValidRequest) -> AsyncIterator[InferEvent]:
         request_id = next(self._ids)
-        no_cache = [] if request.decoder_input_details else None  # NOTE: TGI: prefill logprobs bypass the cache
+        # NOTE: TGI: prefill logprobs bypass the cache
+        no_cache = [] if request.decoder_input_details or not self.prefix_caching else None
         replica = self.chooser.choose(request_id, request.namespace, request.input_ids, no_cache)
         try:
+            first = True
             async for event in self.replicas[replica].generate_stream(request):
-                self.chooser.first_token(request_id)
+                if first:
+                    self.chooser.first_token(request_id)
+                    first = False
                 yield event
         finally:
             self.chooser.finished(request_id)

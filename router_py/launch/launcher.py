@@ -154,6 +154,8 @@ def shard_command(args: argparse.Namespace, model_dir: str, group: int = 0) -> l
     for name in ("num_blocks", "block_size", "dtype", "attention_backend", "otlp_endpoint", "kv_host_tokens",
                  "kv_disk_tokens", "kv_disk_path"):
         value = getattr(args, name)
+        if name == "kv_disk_path" and value is not None and args.data_parallel > 1:
+            value = f"{value}/dp{group}"  # NOTE: a replica's disk tier clears and reuses its own files only
         if value is not None:
             cmd += [f"--{name.replace('_', '-')}", str(value)]
     if args.cuda_memory_fraction is not None:
@@ -170,6 +172,8 @@ def shard_env(args: argparse.Namespace, rank: int, group: int = 0) -> dict[str, 
     }
     if args.data_parallel > 1:
         child["LOCAL_RANK"] = str(group * args.num_shard + rank)
+    else:
+        child.pop("LOCAL_RANK", None)  # NOTE: not a parent's (torchrun, SLURM): TGI's rank-only device choice
     if not prefix_caching(args):
         child["PREFIX_CACHING"] = "0"  # the shard then reports use_prefix_caching=false in Info (TGI)
     return child

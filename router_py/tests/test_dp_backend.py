@@ -56,6 +56,15 @@ async def test_requests_sharing_a_prefix_land_on_one_replica_and_hit(dp: Replica
     assert all(load.running == 0 and not load.inflight for load in dp.backend.chooser.loads)
 
 
+async def test_without_prefix_caching_a_shared_prefix_goes_by_load(dp: Replicas) -> None:
+    """Nothing is reused with the cache off, so prompts in flight must not pull their twins to one replica."""
+    backend = DataParallelBackend([s.batcher for s in dp.stacks], prefix_caching=False)
+    same = [request(PREFIX + f" q{i}", max_new_tokens=3) for i in range(4)]
+    await asyncio.gather(*(collect(backend, r) for r in same))
+    assert sorted(len(prompts_on(s)) for s in dp.stacks) == [2, 2]
+    assert all(load.running == 0 and not load.inflight for load in backend.chooser.loads)
+
+
 async def test_unrelated_prompts_use_both_replicas(dp: Replicas) -> None:
     for i in range(4):
         await collect(dp.backend, request(f"{'t' * (i + 2)} " * 20, max_new_tokens=2))  # NOTE: fake ids: word lengths

@@ -64,6 +64,8 @@ def test_launcher_forwards_router_and_shard_flags(monkeypatch: pytest.MonkeyPatc
     assert launcher.socket_paths(args) == ["/tmp/x-0", "/tmp/x-1"]
 
     assert "LOCAL_RANK" not in env  # NOTE: one replica keeps TGI's rank-only device choice
+    monkeypatch.setenv("LOCAL_RANK", "3")  # NOTE: a parent's (torchrun) is not passed on
+    assert "LOCAL_RANK" not in launcher.shard_env(args, 1)
 
 
 def test_data_parallel_starts_groups_with_their_own_sockets_ports_and_devices(
@@ -74,6 +76,9 @@ def test_data_parallel_starts_groups_with_their_own_sockets_ports_and_devices(
     assert args.data_parallel == 3
     assert launcher.socket_paths(args) == [f"/tmp/x-dp{g}-{r}" for g in range(3) for r in range(2)]
     assert launcher.shard_command(args, "/m", 2)[3:5] == ["--uds-path", "/tmp/x-dp2"]
+    args.kv_disk_path = "/d"
+    disk = [launcher.shard_command(args, "/m", g) for g in range(2)]
+    assert [c[c.index("--kv-disk-path") + 1] for c in disk] == ["/d/dp0", "/d/dp1"]  # NOTE: one folder each
     env = launcher.shard_env(args, 1, 2)
     assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_PORT"], env["LOCAL_RANK"]) == ("1", "2", "29502", "5")
     router = " ".join(launcher.router_command(args, "/m", "m"))
