@@ -156,7 +156,8 @@ async def completions_route(request: Request) -> Response:
         raise
     state.metrics.inc("tgi_request_count")
     params = completion_parameters(req)
-    session = await request_session(request)
+    # NOTE: several prompts in one call are separate conversations, not one session's turns
+    session = await request_session(request) if len(req.prompts) == 1 else None
     gen_reqs = [GenerateRequest(prompt, params, session=session) for prompt in req.prompts]
     namespace = await request_namespace(request)
     if req.stream:

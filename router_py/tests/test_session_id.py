@@ -27,6 +27,14 @@ async def test_every_route_carries_the_named_session(client, backend) -> None:
     assert sessions == ["chat-1", "chat-2", "alice", "bob", "chat-3", None, "x" * 256]
 
 
+async def test_a_completions_call_with_several_prompts_names_no_session(client, backend) -> None:
+    """Its prompts are separate conversations: one session would count prompts 2..n as that session's returns."""
+    body = {"model": "tgi", "prompt": ["hello", "world"], "max_tokens": 2, "user": "bob"}
+    resp = await client.post("/v1/completions", json=body)
+    assert resp.status_code == 200, resp.text
+    assert [r.session for r in backend.requests] == [None, None]
+
+
 def test_the_batcher_request_type_and_the_scheduler_request_both_default_to_no_session() -> None:
     valid = ValidRequest("a", (1,), 1, ChooserParams(), StoppingParams(max_new_tokens=1))
     assert valid.session is None and SchedRequest(0, (1,), 1, 0.0).session is None
