@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -184,22 +184,22 @@ class ShardClient:
         """KvTierService.Transfer on every shard (prefetch while requests wait); the indices of ``copies``
         that failed on any shard."""
         req = pb.KvTransferRequest(copies=_copies_to_pb(copies))
-        metadata = inject_grpc_metadata()
-        try:
-            answers = await asyncio.gather(*(s.Transfer(req, metadata=metadata) for s in self._tier_stubs))
-        except grpc.aio.AioRpcError as e:
-            raise ShardError("Transfer", e.details() or str(e.code()), e.code().name) from e
+        answers = await self._call("Transfer", lambda s, md: s.Transfer(req, metadata=md), self._tier_stubs)
         return tuple(sorted({i for r in answers for i in r.failed}))
 
     # ---- fan-out ---------------------------------------------------------------------------------------
 
     async def _call(
-        self, rpc: str, fn: Callable[[pb_grpc.TextGenerationServiceStub, list[tuple[str, str]]], Awaitable[T]]
+        self,
+        rpc: str,
+        fn: Callable[[Any, list[tuple[str, str]]], Awaitable[T]],
+        stubs: Sequence[Any] | None = None,
     ) -> list[T]:
-        """Call ``fn`` on every shard in parallel; any failure raises ShardError with its details."""
+        """Call ``fn`` on every shard's stub (``stubs``: another service's, default TextGenerationService's) in
+        parallel; any failure raises ShardError with its details."""
         metadata = inject_grpc_metadata()
         try:
-            return list(await asyncio.gather(*(fn(stub, metadata) for stub in self._stubs)))
+            return list(await asyncio.gather(*(fn(stub, metadata) for stub in (self._stubs if stubs is None else stubs))))
         except grpc.aio.AioRpcError as e:
             raise ShardError(rpc, e.details() or str(e.code()), e.code().name) from e
 

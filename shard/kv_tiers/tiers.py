@@ -77,12 +77,14 @@ class KvTiers:
         slots no later copy touches become ``loads`` for :mod:`shard.kv_tiers.layerwise`."""
         out = Outcome()
         poisoned: set[tuple[Tier, int]] = set()
+        last = _last_uses(copies) if defer and self.overlap else {}
         if self.cuda:  # NOTE: device blocks read here were written by forwards on the default stream
             self.stream.wait_stream(torch.cuda.default_stream(self.stream.device))
         with torch.no_grad(), torch.cuda.stream(self.stream) if self.cuda else nullcontext():
             for i, c in enumerate(copies):
-                deferrable = (defer and self.overlap and c.dst_tier == Tier.DEVICE
-                              and _untouched_after(copies, i))
+                # NOTE: a load may land later only if no later copy reads or writes either of its slots
+                deferrable = (c.dst_tier == Tier.DEVICE and last.get((c.src_tier, c.src_slot)) == i
+                              and last.get((c.dst_tier, c.dst_slot)) == i)
                 ok = (c.src_tier, c.src_slot) not in poisoned and self._copy(c, out if deferrable else None)
                 if ok:
                     poisoned.discard((c.dst_tier, c.dst_slot))
@@ -152,10 +154,10 @@ def load_block(layers: list, block: torch.Tensor, slot: int, layer: int | None =
         v[slot].copy_(block[i, 1], non_blocking=True)
 
 
-def _untouched_after(copies: list[Copy], i: int) -> bool:
-    """No copy after ``i`` reads or writes copy i's source or destination slot (so it may land later)."""
-    c = copies[i]
-    ends = {(c.src_tier, c.src_slot), (c.dst_tier, c.dst_slot)}
-    later = copies[i + 1 :]
-    return not any((d.src_tier, d.src_slot) in ends or (d.dst_tier, d.dst_slot) in ends for d in later)
-
+def _last_uses(copies: list[Copy]) -> dict[tuple[Tier, int], int]:
+    """Each (tier, slot) the copies read or write -> the index of the last copy that does (one pass)."""
+    last: dict[tuple[Tier, int], int] = {}
+    for i, c in enumerate(copies):
+        last[(c.src_tier, c.src_slot)] = i
+        last[(c.dst_tier, c.dst_slot)] = i
+    return last
