@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 DTYPES = ("float32", "float16", "bfloat16")
+LOAD_FORMATS = ("safetensors", "dummy")  # dummy: vLLM's name; module initialisation, no checkpoint read
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class ShardConfig:
     memory_fraction: float | None = None
     block_size: int = 16
     enforce_eager: bool = False
+    load_format: str = "safetensors"
+    cuda_graphs: tuple[int, ...] | None = None  # decode batch sizes to capture; None: the runner's default
     cpu_threads: int | None = None  # torch intra-op threads on CPU; None: see shard.factory.pick_cpu_threads
     rank: int = 0
     world_size: int = 1
@@ -34,6 +37,10 @@ class ShardConfig:
     def __post_init__(self) -> None:
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.cuda_graphs is not None and (not self.cuda_graphs or min(self.cuda_graphs) < 1):
+            raise ValueError(f"--cuda-graphs sizes must be positive, got {self.cuda_graphs}")
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(f"--load-format must be one of {LOAD_FORMATS}, got {self.load_format!r}")
         if self.num_blocks is not None and self.memory_fraction is not None:
             raise ValueError("give --num-blocks or --memory-fraction, not both")
         if not 1 <= self.block_size <= 256:

@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--block-size", type=int, default=None)
     p.add("--dtype", default=None)
     p.add("--attention-backend", default=None)
+    p.add("--cuda-graphs", default=None, metavar="N,N,...",
+          help="decode batch sizes the shard captures as CUDA graphs (TGI's flag); 0: none")
+    p.add("--enforce-eager", action="store_true", help="never capture CUDA graphs (vLLM's flag)")
+    p.add("--load-format", choices=("safetensors", "dummy"), default=None,
+          help="dummy: random weights from config.json alone, no checkpoint read (benchmarks; vLLM's flag)")
     p.add("--logger-level", default="INFO")
     p.add("--startup-timeout", type=float, default=600.0, help="seconds to wait for the shards' sockets")
     p.add("--max-restarts", type=int, default=5,
@@ -151,8 +156,8 @@ def group_uds_path(args: argparse.Namespace, group: int) -> str:
 def shard_command(args: argparse.Namespace, model_dir: str, group: int = 0) -> list[str]:
     cmd = [executable("prism-shard"), "serve", model_dir, "--uds-path", group_uds_path(args, group),
            "--logger-level", args.logger_level, "--otlp-service-name", service_name(args.otlp_service_name)]
-    for name in ("num_blocks", "block_size", "dtype", "attention_backend", "otlp_endpoint", "kv_host_tokens",
-                 "kv_disk_tokens", "kv_disk_path"):
+    for name in ("num_blocks", "block_size", "dtype", "attention_backend", "load_format", "cuda_graphs",
+                 "otlp_endpoint", "kv_host_tokens", "kv_disk_tokens", "kv_disk_path"):
         value = getattr(args, name)
         if name == "kv_disk_path" and value is not None and args.data_parallel > 1:
             value = f"{value}/dp{group}"  # NOTE: a replica's disk tier clears and reuses its own files only
@@ -160,6 +165,7 @@ def shard_command(args: argparse.Namespace, model_dir: str, group: int = 0) -> l
             cmd += [f"--{name.replace('_', '-')}", str(value)]
     if args.cuda_memory_fraction is not None:
         cmd += ["--memory-fraction", str(args.cuda_memory_fraction)]
+    cmd += ["--enforce-eager"] if args.enforce_eager else []
     return cmd + (["--json-output"] if args.json_output else [])
 
 
