@@ -7,6 +7,8 @@
 #     kernels  python -m flash_kernels.bench: fractions of the measured bf16 matmul peak and copy bandwidth
 #     shard    prism-shard bench on an 8B-class Llama (random weights, bf16): prefill, decode eager / graphs,
 #              90%-cached 2,048-token prefill against cold
+#     profile  python -m shard.bench_profile on the 8B-class model: torch profiles of a cold and a 90%-cached
+#              2,048-token prefill and of a 32-request decode step
 #     smoke    the launcher on the tiny demo model on CUDA: greedy over HTTP equals the shard's CPU output
 #     serve    the launcher on the 8B-class model, with and without CUDA graphs, measured by
 #              `prism-bench peer measure --quick`; then one table of the two (graphs / eager)
@@ -100,13 +102,15 @@ export -f wait_healthy serve_and_measure smoke
 prepare || { echo "prepare failed"; exit 1; }
 for s in "$@"; do
   case "$s" in
-    tests) stage tests "${T_TESTS:-150}" "$PY" -m pytest -q -p no:cacheprovider -m gpu -o addopts="" \
+    tests) stage tests "${T_TESTS:-240}" "$PY" -m pytest -q -p no:cacheprovider -m gpu -o addopts="" \
              shard/tests flash_kernels/tests ;;
     kernels) stage kernels "${T_KERNELS:-120}" "$PY" -m flash_kernels.bench --backends triton --block-sizes 16 \
                --iters 10 ;;
     shard) stage shard "${T_SHARD:-120}" prism-shard bench --model-dir "$(model8b)" --load-format dummy \
              --device cuda ;;
     smoke) stage smoke 90 smoke ;;
+    profile) stage profile 120 "$PY" -m shard.bench_profile --model-dir "$(model8b)" --load-format dummy \
+               --device cuda ;;
     serve) M=$(model8b)
            stage serve-graphs "${T_SERVE:-150}" serve_and_measure graphs "$M"
            stage serve-eager "${T_SERVE:-150}" serve_and_measure eager "$M" --enforce-eager
