@@ -9,14 +9,17 @@
 #              90%-cached 2,048-token prefill against cold
 #     profile  python -m shard.bench_profile on the 8B-class model: torch profiles of a cold and a 90%-cached
 #              2,048-token prefill and of a 32-request decode step
-#     smoke    the launcher on the tiny demo model on CUDA: greedy over HTTP equals the shard's CPU output
+#     smoke    the launcher on the tiny demo model on CUDA: greedy over HTTP equals transformers' fp32
 #     serve    the launcher on the 8B-class model, with and without CUDA graphs, measured by
 #              `prism-bench peer measure --quick`; then one table of the two (graphs / eager)
-#   env: SERVE_SIZE (demo size of shard/serve, default 8b), WHEELS (a folder of wheels installed first with --target, for packages the host lacks), T_TESTS,
-#        T_KERNELS, T_SHARD, T_SERVE (seconds per stage)
+#   env: SERVE_SIZE (demo size of shard/profile/serve, default 8b); WHEELS (a folder of wheels installed with
+#        --target first, for what the host lacks: `pip download --no-deps --only-binary=:all: --python-version
+#        3.12 --platform manylinux2014_x86_64 -d DIR PKG==V` for each of the project's dependencies missing
+#        there); T_TESTS, T_KERNELS, T_SHARD, T_SERVE (seconds per stage)
 # Run from the repository root. docs/performance.md ("GPU figures") has what it printed on an H200.
 set -uo pipefail
-OUT=$(mkdir -p "${1:?usage: scripts/gpu-check.sh OUT STAGE...}" && cd "$1" && pwd); shift
+[ $# -ge 2 ] || { sed -n 2,19p "$0"; exit 2; }
+OUT=$(mkdir -p "$1" && cd "$1" && pwd); shift
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
 
