@@ -5,8 +5,10 @@ model built once into a cache folder), starts ``NUM_SHARD`` shards (``prism-shar
 ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``: the ranks of one tensor-parallel group, each on its
 socket ``{uds}-{rank}``), waits for their socket files, then starts the router on them. With
 ``--data-parallel N`` it starts N such groups (replicas; sockets ``{uds}-dp{g}-{rank}``, port
-``MASTER_PORT + g``, ``LOCAL_RANK = g * NUM_SHARD + rank``) and one router in front of them all. A child that exits is
-restarted in place (not a tensor-parallel shard: with ``--num-shard`` > 1 a shard that exits stops all) (up to
+``MASTER_PORT + g``, ``LOCAL_RANK = g * NUM_SHARD + rank``) and one router in front of them all. The shards
+also get ``MAX_BATCH_PREFILL_TOKENS`` / ``MAX_TOTAL_TOKENS`` when given (a pool sized from memory must hold
+them). A child that exits is restarted in place (not a tensor-parallel shard: with ``--num-shard`` > 1 a
+shard that exits stops all) (up to
 ``--max-restarts`` times in a row, after 1, 2, 4... s, at most 30 s; the router then warms the new shard up
 and serves its queue again); past that, or with ``--max-restarts 0`` (TGI's behaviour), the others are stopped
 and the launcher exits non-zero. SIGTERM/SIGINT stop everything cleanly (router first, then the shards).
@@ -47,6 +49,8 @@ ROUTER_VALUE_FLAGS = (
     "shard_recovery_timeout", "api_keys_file", "kv_events_config", "kv_tier_policy",
 )
 ROUTER_BOOL_FLAGS = ("json_output", "no_prefix_cache", "disable_grammar_support")
+# Router budgets the shards also read (TGI's variable names), to size a KV pool from memory.
+SHARD_BUDGET_FLAGS = ("max_batch_prefill_tokens", "max_total_tokens")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +180,9 @@ def shard_env(args: argparse.Namespace, rank: int, group: int = 0) -> dict[str, 
         child.pop("LOCAL_RANK", None)  # NOTE: not a parent's (torchrun, SLURM): TGI's rank-only device choice
     if not prefix_caching(args):
         child["PREFIX_CACHING"] = "0"  # the shard then reports use_prefix_caching=false in Info (TGI)
+    for name in SHARD_BUDGET_FLAGS:  # NOTE: a pool sized from memory must hold what these need, no more
+        if getattr(args, name) is not None:
+            child[name.upper()] = str(getattr(args, name))
     return child
 
 

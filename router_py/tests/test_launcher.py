@@ -64,6 +64,12 @@ def test_launcher_forwards_router_and_shard_flags(monkeypatch: pytest.MonkeyPatc
     assert launcher.socket_paths(args) == ["/tmp/x-0", "/tmp/x-1"]
 
     assert "LOCAL_RANK" not in env  # NOTE: one replica keeps TGI's rank-only device choice
+    assert "MAX_BATCH_PREFILL_TOKENS" not in env and "MAX_TOTAL_TOKENS" not in env
+    small = launcher.build_parser().parse_args(
+        ["--max-batch-prefill-tokens", "256", "--max-total-tokens", "300"]
+    )
+    small_env = launcher.shard_env(small, 0)  # NOTE: the shard's KV pool floor follows these (kv_cache.py)
+    assert (small_env["MAX_BATCH_PREFILL_TOKENS"], small_env["MAX_TOTAL_TOKENS"]) == ("256", "300")
     monkeypatch.setenv("LOCAL_RANK", "3")  # NOTE: a parent's (torchrun) is not passed on
     assert "LOCAL_RANK" not in launcher.shard_env(args, 1)
 
