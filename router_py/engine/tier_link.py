@@ -4,8 +4,9 @@ scheduler (the blocks become misses, so the requests recompute), and count the t
 
 Ordering: at most one Transfer is in flight, and the next Prefill waits for it (a *late prefetch*): the
 Prefill's promotions may read what the prefetch brought up, and its forward may write device blocks whose
-demotion the prefetch carried. A Prefill that fails after its copies were taken reports all of them as
-failed: the shard may have done none, some or all, so none may be trusted.
+demotion the prefetch carried. A Prefill that fails or is cancelled after its copies were taken reports all
+of them as failed: the shard may have done none, some or all, so none may be trusted; the batcher then rolls
+its requests' allocations back (``Scheduler.release(computed=False)``).
 """
 
 from __future__ import annotations
@@ -39,14 +40,15 @@ class TierLink:
     async def step(self, call: Callable[[Sequence[BlockCopy]], Awaitable[StepResult]],
                    copies: Sequence[BlockCopy]) -> StepResult:
         """Run ``call(copies)`` (a Prefill carrying ``copies``) after any prefetch in flight, then report the
-        copies that failed. Raises ShardError as the call does (after reporting every copy)."""
+        copies that failed. Raises ShardError or CancelledError as the call does (after reporting every
+        copy)."""
         if self._prefetch is not None and not self._prefetch.done():
             self._metrics.inc("prism_kv_tier_late_prefetches")
             await asyncio.shield(self._prefetch)
         owner = self._scheduler()
         try:
             result = await call(copies)
-        except ShardError:
+        except (ShardError, asyncio.CancelledError):
             self._done(owner, copies, range(len(copies)))
             raise
         self._done(owner, copies, result.kv_failed)

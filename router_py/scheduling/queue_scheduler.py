@@ -159,14 +159,17 @@ class QueueScheduler:
             self.allocator.cache_prompt(alloc, entry.tokens, entry.hashes)
         self._on_prefilled(entry)
 
-    def release(self, request_id: int) -> None:
+    def release(self, request_id: int, computed: bool = True) -> None:
         """Idempotent: an id that is not running is ignored."""
         item = self.running.pop(request_id, None)
         if item is None:
             return
         entry, alloc = item
         if alloc is not None and self.allocator is not None:
-            self.allocator.release(alloc, entry.tokens if entry.hashes else None, entry.hashes)
+            if computed or alloc.published:
+                self.allocator.release(alloc, entry.tokens if entry.hashes else None, entry.hashes)
+            else:
+                self.allocator.rollback(alloc, sent=True)
         self._on_prefilled(entry)
 
     # ---------------------------------------------------------------- hooks for subclasses
