@@ -181,11 +181,13 @@ class Batcher:
         self._states[state.round_id] = state
         req = state.request
         state.round_ids = tuple(input_ids)
+        first_round = req.block_hashes is not None and state.round_ids == req.input_ids
         self._scheduler.enqueue(
             SchedRequest(
                 id=state.round_id, prompt_ids=state.round_ids, max_new_tokens=state.round_max_new,
                 arrival=self._clock() if arrival is None else arrival, namespace=req.namespace,
                 use_prefix_cache=not req.decoder_input_details, session=req.session,
+                block_hashes=req.block_hashes if first_round else None,
             ),
             self._clock(),
         )

@@ -183,7 +183,23 @@ def shard_env(args: argparse.Namespace, rank: int, group: int = 0) -> dict[str, 
     for name in SHARD_BUDGET_FLAGS:  # NOTE: a pool sized from memory must hold what these need, no more
         if getattr(args, name) is not None:
             child[name.upper()] = str(getattr(args, name))
+    split = replica_threads(args)
+    if split is not None:
+        child[env.SHARD_THREADS] = str(split[0])
     return child
+
+
+def replica_threads(args: argparse.Namespace) -> tuple[int, str] | None:
+    """With several replicas, each CPU shard's torch threads and why: the cores but one (the router's, as
+    with one replica) split evenly among the ``--data-parallel`` x ``--num-shard`` shards, so the replicas
+    do not oversubscribe the CPU (each would take every core). None with one replica (the shard's own rule)
+    or when ``PRISM_SHARD_THREADS`` is set (it wins). CUDA shards ignore it."""
+    shards = args.data_parallel * args.num_shard
+    if args.data_parallel == 1 or env.shard_threads() is not None:
+        return None
+    cores = env.cpu_cores()
+    share = max(1, (cores - 1) // shards)
+    return share, f"{cores} cores, one left to the router, the rest split among {shards} shards"
 
 
 def prefix_caching(args: argparse.Namespace) -> bool:
@@ -248,6 +264,10 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         if os.path.exists(path):
             os.unlink(path)  # NOTE: a stale socket would look ready
+    split = replica_threads(args)
+    if split is not None:
+        log.info("data parallel: %d CPU threads per shard (%s; %s=N sets it)", split[0], split[1],
+                 env.SHARD_THREADS)
     try:
         for g in range(args.data_parallel):
             for rank in range(args.num_shard):

@@ -29,6 +29,7 @@ class SchedRequest:
     namespace: str = ""  # tenant / adapter: no cache sharing across namespaces
     use_prefix_cache: bool = True  # False (decoder_input_details): no match, nothing inserted on release
     session: str | None = None  # the conversation or user the request names (DART's session return), if any
+    block_hashes: Sequence[int] | None = None  # prompt_ids' block hashes at this block size if known (DP)
 
     @property
     def input_length(self) -> int:

@@ -49,7 +49,8 @@ class QueueScheduler:
         uses_cache = self.allocator is not None and self.config.prefix_caching and request.use_prefix_cache
         hashes: list[int] = []
         if uses_cache and self.allocator is not None:
-            hashes = self.allocator.hashes(request.namespace, tokens)
+            known = request.block_hashes
+            hashes = list(known) if known is not None else self.allocator.hashes(request.namespace, tokens)
         self.queue.push(request, tokens, hashes, uses_cache)
         if self.allocator is not None and hashes:
             self.allocator.enqueue(request.namespace, tokens, hashes, request.session)
