@@ -162,3 +162,19 @@ def test_a_scheduler_with_tiers_reports_every_tier_key() -> None:
     tiers, metrics = link(Scheduler())
     tiers.record(stats)
     assert metrics.value("prism_kv_tier_blocks", tier="disk") == 0
+
+
+def test_with_tiers_off_only_the_device_series_moves_and_every_tier_shows() -> None:
+    """The per-step fast path (tiers off): the device series follows the hit total, host and disk show 0, and
+    a rebuilt scheduler's counters starting over do not move it back."""
+    metrics = Metrics()
+    tiers = TierLink(Client(), lambda: Scheduler(), metrics, 0, enabled=False)  # type: ignore[arg-type]
+    text = metrics.render()
+    assert all(f'prism_prefix_cache_tier_hit_tokens{{tier="{n}"}} 0' in text for n in ("device", "host", "disk"))
+    for hit in (0, 32, 32, 80):
+        tiers.record({"prompt_tokens_hit": hit})
+    assert metrics.value("prism_prefix_cache_tier_hit_tokens", tier="device") == 80
+    tiers.reset()
+    tiers.record({"prompt_tokens_hit": 16})
+    assert metrics.value("prism_prefix_cache_tier_hit_tokens", tier="device") == 96
+    assert metrics.value("prism_prefix_cache_tier_hit_tokens", tier="host") == 0
