@@ -24,6 +24,7 @@ from router_py.shard_client.messages import StepResult
 log = logging.getLogger(__name__)
 PREFETCH_WINDOW = 8  # waiting requests, in queue order, whose tier-held prefixes are prefetched
 TIER_HITS = "prism_prefix_cache_tier_hit_tokens"
+PREFETCHED, PREFETCH_HITS = "prism_kv_tier_prefetched_blocks", "prism_kv_tier_prefetch_hits"
 
 
 class TierLink:
@@ -36,9 +37,12 @@ class TierLink:
         self._block_bytes, self.enabled = block_bytes, enabled
         self._prefetch: asyncio.Task[None] | None = None
         self._seen: dict[str, int] = {}
-        # NOTE: every tier's series shows from the start, 0 until hit; the device's is advanced every step
+        # NOTE: every series shows from the start, 0 until it moves; the device hits advance every step
         hits = {name: metrics.counter(TIER_HITS, tier=name) for name in TIER_NAMES.values()}
         self._device_hits = hits["device"]
+        if enabled:
+            metrics.counter(PREFETCHED)
+            metrics.counter(PREFETCH_HITS)
         self._device_seen = 0
 
     # ---- Prefill / Decode copies -------------------------------------------------------------------------
@@ -110,8 +114,7 @@ class TierLink:
             stats = {**stats, "tier_hit_tokens_device": stats.get("prompt_tokens_hit", 0)}
         series = [(f"tier_hit_tokens_{n}", TIER_HITS, {"tier": n}) for n in TIER_NAMES.values()]
         if self.enabled:
-            series += [("prefetch_blocks", "prism_kv_tier_prefetched_blocks", {}),
-                       ("prefetch_hits", "prism_kv_tier_prefetch_hits", {})]
+            series += [("prefetch_blocks", PREFETCHED, {}), ("prefetch_hits", PREFETCH_HITS, {})]
         for key, metric, labels in series:
             self._advance(key, stats.get(key, 0), metric, **labels)
         for name in ("host", "disk"):

@@ -178,3 +178,5 @@ def test_with_tiers_off_only_the_device_series_moves_and_every_tier_shows() -> N
     tiers.record({"prompt_tokens_hit": 16})
     assert metrics.value("prism_prefix_cache_tier_hit_tokens", tier="device") == 96
     assert metrics.value("prism_prefix_cache_tier_hit_tokens", tier="host") == 0
+    assert "prism_kv_tier_prefetch_hits" not in text
+    assert "prism_kv_tier_prefetch_hits 0" in link(Scheduler())[1].render()  # NOTE: tiers on: shown at 0
