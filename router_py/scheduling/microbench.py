@@ -53,8 +53,8 @@ def bench(scheduler: str, policy: str, num_blocks: int, steps: int = 200) -> tup
 
 
 def record_cost(tiers: bool, calls: int = 20_000) -> float:
-    """Microseconds of one ``TierLink.record(cache_stats())`` after a step that hit (a qas+dart scheduler;
-    ``tiers``: a 4,096-block host tier, as ``--kv-host-tokens``)."""
+    """Microseconds of one ``TierLink.record`` of a qas+dart scheduler's ``cache_stats()`` after a step that
+    hit (``tiers``: with a 4,096-block host tier, as ``--kv-host-tokens``)."""
     from prism_cache.tiers.types import TierConfig
     from router_py.engine.tier_link import TierLink
     from router_py.metrics import Metrics
