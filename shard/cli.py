@@ -97,10 +97,12 @@ def _run_serve(args: argparse.Namespace) -> None:
     rank, world = ShardConfig.env_rank()
     try:
         prefix_caching = ShardConfig.env_prefix_caching()
+        pool_floor = ShardConfig.env_pool_floor()
     except ValueError as err:
         sys.exit(f"error: {err}")
     config = ShardConfig(
         prefix_caching=prefix_caching,
+        pool_floor=pool_floor,
         model_dir=args.model_dir,
         uds_path=args.uds_path,
         dtype=args.dtype,

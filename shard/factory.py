@@ -92,7 +92,9 @@ def build_runner(config: ShardConfig) -> ModelRunner:
     loaded = load_model(config.model_dir, backend, dtype, device, tp, dummy=config.load_format == "dummy")
     c = loaded.model.config
     shape = KVShape(c.layers, c.kv_heads // tp.world, c.head_dim, dtype)  # this rank's share of the KV heads
-    blocks = choose_num_blocks(shape, config.block_size, device, config.num_blocks, config.memory_fraction)
+    blocks = choose_num_blocks(
+        shape, config.block_size, device, config.num_blocks, config.memory_fraction, config.pool_floor
+    )
     blocks = tp.min_int(blocks, device)  # NOTE: one block space for the router: equal on every rank
     kv = KVCache(shape, blocks, config.block_size, device)
     log.info(

@@ -4,7 +4,7 @@ the layout :mod:`flash_kernels.api` defines. Slot s is ``cache[s // block_size, 
 The router owns which blocks hold what; the pool only stores them. Sizing: an explicit block count, or a
 fraction of free device memory (CUDA) / of available memory (CPU), or on CPU by default enough for
 ``CPU_DEFAULT_TOKENS`` tokens (capped at ``CPU_DEFAULT_BYTES``). A pool sized from memory must hold what the
-router's budgets need (:func:`budget_floor_tokens`: its prefill budget, and ``max_total_tokens`` when set): a
+router's budgets need (:func:`shard.config.budget_floor_tokens`: its prefill budget, and ``max_total_tokens`` when set): a
 smaller one (a busy host with little free RAM) would start, then make the router refuse its limits at Warmup
 with no hint of the shard's flag, so the shard refuses it at once and names the flags. An explicit
 ``--num-blocks`` is taken as given.
@@ -13,15 +13,16 @@ with no hint of the shard's flag, so the shard refuses it at once and names the 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
+from shard.config import DEFAULT_PREFILL_TOKENS
+
 CPU_DEFAULT_TOKENS = 32768
 CPU_DEFAULT_BYTES = 2 << 30
 CUDA_DEFAULT_FRACTION = 0.9
-DEFAULT_PREFILL_TOKENS = 4096  # the router's default max_batch_prefill_tokens: its warmup batch must fit
+DEFAULT_FLOOR_WHY = f"the default max_batch_prefill_tokens {DEFAULT_PREFILL_TOKENS}"
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,8 @@ def choose_num_blocks(
     """Pool size in blocks (>= 2: block 0 is reserved by the router for health probes).
 
     Args:
-        min_tokens: (usable tokens a pool sized from memory must hold, why); default
-            :func:`budget_floor_tokens` of this process's environment.
+        min_tokens: (usable tokens a pool sized from memory must hold, why), from
+            :func:`shard.config.budget_floor_tokens`; default the router's default prefill budget.
 
     Raises:
         ValueError: a count under 2, a fraction outside (0, 1], or a pool sized from memory holding fewer than
@@ -71,7 +72,7 @@ def choose_num_blocks(
         budget = int(free * fraction)
         how = f"{fraction:g} of {free} bytes of free {device.type} memory"
     blocks = budget // per_block
-    need, why = min_tokens if min_tokens is not None else budget_floor_tokens(os.environ)
+    need, why = min_tokens if min_tokens is not None else (DEFAULT_PREFILL_TOKENS, DEFAULT_FLOOR_WHY)
     floor = -(-need // block_size) + 1  # + block 0, the router's
     if blocks < floor:
         raise ValueError(
@@ -81,32 +82,6 @@ def choose_num_blocks(
             f"--memory-fraction (launcher: --cuda-memory-fraction), lower those limits, or free memory"
         )
     return blocks
-
-
-def budget_floor_tokens(environ: Mapping[str, str]) -> tuple[int, str]:
-    """The usable tokens the router's budgets need of the pool, and why: its warmup prefill batch
-    (``MAX_BATCH_PREFILL_TOKENS``, default 4096) and one request of ``MAX_TOTAL_TOKENS`` (when set) must fit.
-    The launcher passes its --max-batch-prefill-tokens / --max-total-tokens to its shards in these variables
-    (TGI's names). Raises ValueError on a value that is not a positive integer."""
-    prefill = _positive(environ, "MAX_BATCH_PREFILL_TOKENS") or DEFAULT_PREFILL_TOKENS
-    total = _positive(environ, "MAX_TOTAL_TOKENS")
-    if total is not None and total > prefill:
-        return total, f"MAX_TOTAL_TOKENS {total}"
-    named = "MAX_BATCH_PREFILL_TOKENS" if environ.get("MAX_BATCH_PREFILL_TOKENS") else "the default"
-    return prefill, f"{named} max_batch_prefill_tokens {prefill}"
-
-
-def _positive(environ: Mapping[str, str], name: str) -> int | None:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
-    return value
 
 
 def free_memory(device: torch.device) -> int:

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from shard.config import DEFAULT_PREFILL_TOKENS, ShardConfig, budget_floor_tokens
 from shard.kv_cache import CPU_DEFAULT_TOKENS, KVCache, KVShape, choose_num_blocks
 
 SHAPE = KVShape(layers=2, kv_heads=2, head_dim=16, dtype=torch.float32)
@@ -34,10 +35,8 @@ def test_a_pool_sized_from_little_free_memory_is_refused_naming_the_flags(monkey
     Warmup. Now the shard refuses such a pool at start and says which flag sizes it."""
     import shard.kv_cache as kv_cache
 
-    monkeypatch.delenv("MAX_BATCH_PREFILL_TOKENS", raising=False)
-    monkeypatch.delenv("MAX_TOTAL_TOKENS", raising=False)
     per_block = SHAPE.bytes_per_token * 16
-    floor = -(-kv_cache.DEFAULT_PREFILL_TOKENS // 16) + 1
+    floor = -(-DEFAULT_PREFILL_TOKENS // 16) + 1
     monkeypatch.setattr(kv_cache, "free_memory", lambda device: 35 * per_block)
     with pytest.raises(ValueError, match=r"holds 35 blocks.*--num-blocks.*--cuda-memory-fraction"):
         choose_num_blocks(SHAPE, 16, CPU, memory_fraction=1.0)
@@ -53,19 +52,20 @@ def test_the_floor_follows_the_routers_budgets(monkeypatch) -> None:
 
     per_block = SHAPE.bytes_per_token * 16
     monkeypatch.setattr(kv_cache, "free_memory", lambda device: 35 * per_block)
-    monkeypatch.setenv("MAX_BATCH_PREFILL_TOKENS", "512")
-    monkeypatch.delenv("MAX_TOTAL_TOKENS", raising=False)
-    assert choose_num_blocks(SHAPE, 16, CPU, memory_fraction=1.0) == 35  # 512 tokens = 32 blocks + block 0
-    monkeypatch.setenv("MAX_TOTAL_TOKENS", "545")  # 35 blocks + block 0
+
+    def blocks(**env: str) -> int:
+        return choose_num_blocks(SHAPE, 16, CPU, memory_fraction=1.0, min_tokens=budget_floor_tokens(env))
+
+    assert blocks(MAX_BATCH_PREFILL_TOKENS="512") == 35  # 512 tokens = 32 blocks + block 0
     with pytest.raises(ValueError, match=r"holds 35 blocks.*than the 36 \(545 tokens: MAX_TOTAL_TOKENS"):
-        choose_num_blocks(SHAPE, 16, CPU, memory_fraction=1.0)
-    monkeypatch.setenv("MAX_TOTAL_TOKENS", "544")
-    assert choose_num_blocks(SHAPE, 16, CPU, memory_fraction=1.0) == 35
-    assert kv_cache.budget_floor_tokens({}) == (4096, "the default max_batch_prefill_tokens 4096")
-    budgets = {"MAX_BATCH_PREFILL_TOKENS": "300", "MAX_TOTAL_TOKENS": "200"}
-    assert kv_cache.budget_floor_tokens(budgets)[0] == 300
+        blocks(MAX_BATCH_PREFILL_TOKENS="512", MAX_TOTAL_TOKENS="545")  # 35 blocks + block 0
+    assert blocks(MAX_BATCH_PREFILL_TOKENS="512", MAX_TOTAL_TOKENS="544") == 35
+    assert budget_floor_tokens({}) == (4096, "the default max_batch_prefill_tokens 4096")
+    assert budget_floor_tokens({"MAX_BATCH_PREFILL_TOKENS": "300", "MAX_TOTAL_TOKENS": "200"})[0] == 300
     with pytest.raises(ValueError, match="MAX_TOTAL_TOKENS must be a positive integer"):
-        kv_cache.budget_floor_tokens({"MAX_TOTAL_TOKENS": "lots"})
+        budget_floor_tokens({"MAX_TOTAL_TOKENS": "lots"})
+    monkeypatch.setenv("MAX_TOTAL_TOKENS", "5000")  # the shard reads its environment once, into ShardConfig
+    assert ShardConfig.env_pool_floor() == (5000, "MAX_TOTAL_TOKENS 5000")
 
 
 def test_cpu_free_memory_counts_reclaimable_page_cache() -> None:
