@@ -93,7 +93,7 @@ smoke() {  # greedy over HTTP on CUDA equals the shard on CPU (fp32, tiny demo m
     --shard-uds-path /tmp/prism-smoke > "$OUT/launcher-smoke.log" 2>&1 &
   local pid=$! rc=1
   if wait_healthy "$port" "$pid" "$OUT/launcher-smoke.log"; then
-    "$PY" -m bench.gpu_smoke --model-id "$model" --url "http://127.0.0.1:$port"
+    "$PY" scripts/gpu_smoke.py --model-id "$model" --url "http://127.0.0.1:$port"
     rc=$?
   fi
   kill -TERM -- "-$pid" 2> /dev/null; sleep 3; kill -KILL -- "-$pid" 2> /dev/null

@@ -1,4 +1,4 @@
-"""``python -m bench.gpu_smoke --model-id DIR --url URL``: a running server's greedy tokens over TGI's
+"""``python scripts/gpu_smoke.py --model-id DIR --url URL``: a running server's greedy tokens over TGI's
 ``/generate`` equal transformers' fp32 ``generate`` on the CPU for the same folder: each prompt alone, then the
 same prompts again (prefix-cache hits), then all at once (one batch; on a GPU its decode steps replay CUDA
 graphs). For a server started with ``--dtype float32``. Prints each difference; exit status 1 if any.
@@ -44,7 +44,7 @@ def oracle_tokens(model_dir: str, prompts: tuple[str, ...], new_tokens: int = NE
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu_smoke", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="scripts/gpu_smoke.py", description=__doc__.splitlines()[0])
     p.add_argument("--model-id", required=True)
     p.add_argument("--url", required=True)
     args = p.parse_args(argv)
