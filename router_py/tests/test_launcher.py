@@ -74,6 +74,15 @@ def test_launcher_forwards_router_and_shard_flags(monkeypatch: pytest.MonkeyPatc
     assert "LOCAL_RANK" not in launcher.shard_env(args, 1)
 
 
+def test_launcher_passes_graph_and_load_flags_to_the_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = launcher.shard_command(launcher.build_parser().parse_args([]), "/m")
+    assert not {"--cuda-graphs", "--load-format", "--enforce-eager"} & set(plain)
+    monkeypatch.setenv("CUDA_GRAPHS", "1,2,8")  # TGI's variable
+    args = launcher.build_parser().parse_args(["--load-format", "dummy", "--enforce-eager"])
+    shard = " ".join(launcher.shard_command(args, "/m"))
+    assert "--cuda-graphs 1,2,8" in shard and "--load-format dummy" in shard and "--enforce-eager" in shard
+
+
 def test_data_parallel_starts_groups_with_their_own_sockets_ports_and_devices(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
