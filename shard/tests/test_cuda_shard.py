@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from proto.generate.v3 import generate_pb2 as pb
 from shard.factory import build_runner, build_service
-from shard.tests.helpers import Blocks, batch, make_config, request, run_to_end, token_ids
+from shard.tests.helpers import make_config
 from shard.tests.test_bf16_matches_transformers import BF16_ATOL, BF16_RTOL, PROMPT, _logits
-from shard.tests.test_greedy_matches_transformers import NEW_TOKENS, PROMPTS, reference_tokens
+from shard.tests.test_greedy_matches_transformers import assert_batched_greedy_equals_transformers
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -30,12 +29,7 @@ async def test_greedy_on_cuda_equals_transformers(tiny_model: Path, graphs: bool
     if graphs:
         service.runner.maybe_capture_graphs(max_total_tokens=256)
         assert service.runner.graphs is not None and service.runner.graphs.captured
-    blocks = Blocks()
-    reqs = [request(i, p, *blocks.take(40 + NEW_TOKENS), max_new=NEW_TOKENS) for i, p in enumerate(PROMPTS)]
-    got = await run_to_end(service, pb.PrefillRequest(batch=batch(0, reqs)))
-    expected = reference_tokens(tiny_model, PROMPTS)
-    for i, prompt in enumerate(PROMPTS):
-        assert token_ids(got[i]) == expected[i], prompt
+    await assert_batched_greedy_equals_transformers(tiny_model, service)
 
 
 def test_bf16_logits_on_cuda_within_tolerance_of_transformers(tiny_model: Path) -> None:
