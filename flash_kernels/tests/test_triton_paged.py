@@ -58,7 +58,7 @@ def test_prefixes_around_key_tile_edges() -> None:
     assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
 
 
-@pytest.mark.parametrize(("rows", "keys", "warps", "stages"), [(256, 128, 8, 2), (64, 64, 4, 3), (128, 128, 8, 3)])
+@pytest.mark.parametrize(("rows", "keys", "warps", "stages"), [(256, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)])
 def test_other_launch_shapes_match_the_reference(rows: int, keys: int, warps: int, stages: int) -> None:
     """The tile sweep's shapes (flash_kernels.bench.tiles): another query tile, key tile, warps and stages
     compute the same attention, across key-tile edges and with a zero-length request."""
