@@ -2,14 +2,14 @@
 
 On chat and agent traffic the next use of a prompt's blocks is the session's next turn, which arrives after
 the user (or the tool) has read and typed. Whether it comes is predictable from what the session did so far:
-a conversation that has already come back once is much likelier to come back again than a first turn (on the
-Mooncake trace, 82 % against 18 %). So, when a request enters the queue, :meth:`SessionReturn.observe`
+a conversation that has already come back once is likelier to come back again than a first turn. So, when a
+request enters the queue, :meth:`SessionReturn.observe`
 
 1. finds its session: the one the request names (``SchedRequest.session``: a session or user id), else the
-   session of the latest earlier request whose prompt this one extends (it covers at least 3/4 of that
-   prompt's blocks: the previous turn, minus a partial last block that the new turn may rewrite). A position
-   that two sessions have covered (a system prompt) continues no session, and its uses are uses by different
-   sessions (DART keeps heat and popularity for it);
+   session whose last prompt this one extends exactly (covers every full block of it: a chat's next turn
+   repeats the previous turn's prompt). Sharing only part of it (a long system prompt, a document, an edited
+   turn) starts another session: the common prefix is then covered by two sessions, continues neither, and its
+   uses are uses by different sessions (DART keeps heat and popularity for it);
 2. learns: a session at turn k that comes back within the horizon (``half_life`` cache capacities of
    observed prompt blocks, the clock of segment popularity) counts one return for turn k; every session
    reaching turn k counts one start. The return probability of turn k (1, 2, 3, 4+) is
@@ -19,15 +19,17 @@ Mooncake trace, 82 % against 18 %). So, when a request enters the queue, :meth:`
    return decays with the session's age and compares across time with no sweep.
 
 :meth:`value` of a position is the current value of its recorded session, so the prefix of an old turn gains
-when the session comes back. Every change of a position's value is notified to watchers (the radix tree
-re-keys the leaves whose tail changed): the request's positions when it is observed. A position that an older
-turn recorded and the new turn no longer covers keeps a value that rose without notice; its eviction key then
-ranks it lower than it is, and eviction re-reads a key before it acts on it, so this errs only early.
+when the session comes back. The request's own positions change value when it is observed; watchers (the radix
+tree, which re-keys the leaves whose tail changed) learn of them from the queued-demand table, which the caller
+updates for the same positions at the same time (``RadixAllocator.enqueue``), so they are not told twice. A
+position that an older turn recorded and the new turn no longer covers keeps a value that rose without
+notice; its eviction key then ranks it lower than it is, and eviction re-reads a key before it acts on it, so
+this errs only early.
 
 Memory is bounded as in :mod:`prism_cache.popularity`: past a bound, the records of positions neither cached,
-waiting nor written since the previous prune are dropped (a position without a record reads
-:data:`prism_cache.popularity.UNSEEN`), and named sessions not seen for a bound of observed blocks are
-forgotten.
+waiting nor recorded by a session observed since the previous prune are dropped and notified (a position
+without a record reads :data:`prism_cache.popularity.UNSEEN`), and named sessions not seen for a bound of
+observed blocks are forgotten.
 """
 
 from __future__ import annotations
@@ -47,12 +49,13 @@ class Session:
     observed-blocks clock (as a popularity count), and ``heat``, the same on the tree's heat clock (as
     :attr:`Node.heat`)."""
 
-    __slots__ = ("depth", "heat", "last", "turns", "used", "value")
+    __slots__ = ("depth", "heat", "last", "tail", "turns", "used", "value")
 
     def __init__(self) -> None:
         self.turns = 0
         self.last = 0
         self.depth = 0
+        self.tail: int | None = None  # the hash of its last prompt's last full block
         self.value = self.used = self.heat = 0.0
 
 
@@ -74,7 +77,7 @@ class SessionReturn(Watched):
         # positions two sessions have covered (a system prompt): they continue no session, and their uses are
         # uses by different sessions
         self._shared: set[int] = set()
-        self._recent: set[int] = set()  # positions written since the last prune
+        self._pruned_at = 0  # the clock at the last prune
         self.starts = [0] * TURN_BUCKETS
         self.returns = [0] * TURN_BUCKETS
         # NOTE: DART's key reads them (the eviction hot path)
@@ -84,13 +87,13 @@ class SessionReturn(Watched):
     def observe(self, hashes: Sequence[int], session: str | None = None, heat_now: float = 0.0) -> None:
         """Count a request entering the queue. ``hashes``: its full blocks' chained hashes; ``session``: the
         id the request named, if any (ids are per cache; a namespace's hashes never meet another's);
-        ``heat_now``: the tree's log-form heat of one use made now (``RadixTree.heat_now``)."""
+        ``heat_now``: the tree's log-form heat of one use made now (``RadixTree.heat_now``). Watchers are not
+        told of ``hashes``: the caller counts the request as queued demand at the same time, which tells them
+        (``RadixAllocator.enqueue``); only pruned records are notified here."""
         s = self._named_session(session) if session else self._chained_session(hashes)
-        if s.turns and self._clock - s.last <= self._horizon:
-            self.returns[_bucket(s.turns)] += 1  # it came back in time
         s.turns += 1
         self.starts[_bucket(s.turns)] += 1
-        s.last, s.depth, s.heat = self._clock, len(hashes), heat_now
+        s.last, s.depth, s.tail, s.heat = self._clock, len(hashes), hashes[-1] if hashes else None, heat_now
         s.used = self._clock / self._tau
         s.value = math.log(self.return_probability(s.turns)) + s.used
         owner, shared = self._owner, self._shared
@@ -100,10 +103,8 @@ class SessionReturn(Watched):
                 if other is not None:
                     shared.add(h)
                 owner[h] = s
-        self._recent.update(hashes)
-        self._notify(hashes)
         self._clock += len(hashes)
-        if len(owner) > self._limit or len(self._recent) > self._bound:
+        if len(owner) > self._limit or self._clock - self._pruned_at > self._bound:
             self._prune()
 
     def return_probability(self, turns: int) -> float:
@@ -120,12 +121,16 @@ class SessionReturn(Watched):
         s = self._named.get(name)
         if s is None:
             s = self._named[name] = Session()
+        else:
+            self._came_back(s)
         return s
 
     def _chained_session(self, hashes: Sequence[int]) -> Session:
-        """The session of the latest request this prompt extends (covers 3/4 of), else a new one. The deepest
-        recorded position is found by binary search: records are prefix-closed (whole prompts are recorded,
-        and cached, waiting and recent positions are prefix-closed sets)."""
+        """The session whose last prompt this one extends (covers every full block of: a chat's next turn
+        repeats the previous prompt), else a new one. A prompt that shares only part of an earlier one (a
+        system prompt, a document, an edited turn) is another session, and the common prefix becomes shared.
+        The deepest recorded position is found by binary search: records are prefix-closed (whole prompts are
+        recorded, and cached, waiting and recent positions are prefix-closed sets)."""
         owner, lo, hi = self._owner, 0, len(hashes)
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -135,20 +140,27 @@ class SessionReturn(Watched):
                 hi = mid - 1
         if lo and hashes[lo - 1] not in self._shared:
             s = owner[hashes[lo - 1]]
-            if lo >= s.depth - s.depth // 4:
+            if lo >= s.depth and hashes[s.depth - 1] == s.tail:
+                self._came_back(s)
                 return s
         return Session()
 
+    def _came_back(self, s: Session) -> None:
+        """``s`` is used again: a return of its last turn if within the horizon."""
+        if s.turns and self._clock - s.last <= self._horizon:
+            self.returns[_bucket(s.turns)] += 1
+
     def _prune(self) -> None:
-        """Drop the records of positions neither cached, waiting nor written since the last prune, and named
-        sessions older than the bound; O(1) amortized per observed block (as popularity's records)."""
-        kept, recent, owner = self._kept(), self._recent, self._owner
-        dropped = [h for h in owner if h not in recent and h not in kept]
+        """Drop the records of positions neither cached, waiting nor recorded by a session observed since the
+        last prune, and named sessions older than the bound; O(1) amortized per observed block (as
+        popularity's records)."""
+        kept, owner, since = self._kept(), self._owner, self._pruned_at
+        dropped = [h for h, s in owner.items() if s.last < since and h not in kept]
         for h in dropped:
             del owner[h]
         self._shared.difference_update(dropped)
         self._notify(dropped)
-        recent.clear()
+        self._pruned_at = self._clock
         self._limit = max(self._bound, len(owner) + self._bound // 2)
         cut = self._clock - self._bound
         for name in [n for n, s in self._named.items() if s.last < cut]:

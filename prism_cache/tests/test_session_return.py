@@ -31,11 +31,39 @@ def test_a_prompt_extending_an_earlier_one_continues_its_session_a_shared_system
     first = _observe(s, SYS + (2, 2))
     second = _observe(s, SYS + (2, 2, 3, 3, 4, 4))  # the previous turn, an answer and a new message
     assert _turns(s, second) == 2 and s.record_of(first[-1]) is s.record_of(second[-1])
-    other = _observe(s, SYS + (7, 7, 8, 8, 9, 9))  # shares only the system prompt (3 of 6 blocks)
-    assert _turns(s, other) == 1
-    # a partial last block the next turn rewrites is tolerated: 7 of the 8 blocks of the last turn
-    third = _observe(s, SYS + (2, 2, 3, 3, 4, 5, 6, 6, 6, 6))
-    assert _turns(s, third) == 3
+    other = _observe(s, SYS + (7, 7, 8, 8, 9, 9))  # shares only the system prompt
+    assert _turns(s, other) == 1 and all(h in s.shared for h in other[:3]) and other[3] not in s.shared
+    # an edited turn (the end of the previous prompt rewritten) is another session on a shared prefix
+    edited = _observe(s, SYS + (2, 2, 3, 3, 4, 5, 6, 6))
+    assert _turns(s, edited) == 1 and second[3] in s.shared and second[-1] not in s.shared
+    assert _turns(s, second) == 2
+
+
+def test_two_chats_on_a_long_system_prompt_stay_two_sessions() -> None:
+    # a system prompt of 8 blocks, then one block of message: the second chat covers 8 of the first's 9 blocks
+    system = tuple(v for i in range(8) for v in (50 + i, 50 + i))
+    s = _sessions()
+    a = _observe(s, system + (1, 1))
+    b = _observe(s, system + (2, 2))
+    assert _turns(s, b) == 1 and s.record_of(a[-1]) is not s.record_of(b[-1])
+    assert s.returns == [0] * 4  # nobody came back
+    assert all(h in s.shared for h in b[:8])  # the system prompt is a shared segment now
+    c = _observe(s, system + (2, 2, 3, 3))  # b's next turn
+    assert _turns(s, c) == 2 and s.returns[0] == 1 and s.record_of(a[-1]).turns == 1
+
+
+def test_observe_leaves_the_requests_positions_to_the_queued_table_and_notifies_what_it_prunes() -> None:
+    kept: set[int] = set()
+    s = SessionReturn(2, 1.0, lambda: kept)
+    changed: set[int] = set()
+    s.watch(changed)
+    first = _observe(s, (3, 3, 4, 4))
+    assert s.value(first[-1]) is not None and not changed  # the allocator's queued table tells of them
+    kept.add(first[0])
+    for i in range(3 * s._bound):  # two prunes: the second drops what the first saw written
+        _observe(s, (60 + i, 60 + i))
+    assert first[1] in changed and s.value(first[1]) is None  # pruned: neither cached, waiting nor recent
+    assert first[0] not in changed and s.value(first[0]) is not None  # kept
 
 
 def test_a_named_session_is_one_session_whatever_its_prompts() -> None:
@@ -69,18 +97,14 @@ def test_late_returns_count_as_a_new_turn_but_not_as_a_return() -> None:
     assert _turns(s, late) == 2 and s.returns[0] == 0 and base[0] in late
 
 
-def test_observing_a_turn_raises_and_notifies_its_positions() -> None:
+def test_a_returning_turn_raises_the_value_of_its_positions() -> None:
     s = _sessions()
-    changed: set[int] = set()
-    s.watch(changed)
     first = _observe(s, (3, 3, 4, 4))
     before = s.value(first[-1])
-    assert before is not None and set(first) <= changed
     _observe(s, (9, 9))
-    changed.clear()
-    second = _observe(s, (3, 3, 4, 4, 5, 5))
+    _observe(s, (3, 3, 4, 4, 5, 5))
     after = s.value(first[-1])
-    assert after is not None and after > before and set(second) <= changed
+    assert before is not None and after is not None and after > before
 
 
 def test_records_stay_bounded_and_keep_what_is_cached_or_waiting() -> None:
