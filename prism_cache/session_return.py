@@ -38,6 +38,7 @@ import math
 from collections.abc import Callable, Container, Sequence
 
 from prism_cache.decay import decay_tau
+from prism_cache.tail_reach import TailReach
 from prism_cache.watched import Watched
 
 TURN_BUCKETS = 4  # turns 1, 2, 3 and 4+ learn separate return probabilities
@@ -78,6 +79,7 @@ class SessionReturn(Watched):
         # uses by different sessions
         self._shared: set[int] = set()
         self._pruned_at = 0  # the clock at the last prune
+        self.tails = TailReach()  # where reuses of a prompt stop (DART's admission control of tails)
         self.starts = [0] * TURN_BUCKETS
         self.returns = [0] * TURN_BUCKETS
         # NOTE: DART's key reads them (the eviction hot path)
@@ -90,7 +92,11 @@ class SessionReturn(Watched):
         ``heat_now``: the tree's log-form heat of one use made now (``RadixTree.heat_now``). Watchers are not
         told of ``hashes``: the caller counts the request as queued demand at the same time, which tells them
         (``RadixAllocator.enqueue``); only pruned records are notified here."""
-        s = self._named_session(session) if session else self._chained_session(hashes)
+        lo = self._deepest_recorded(hashes)
+        # a prompt diverging past an already shared prefix reuses that segment, not the prompt latest on it
+        if lo and hashes[lo - 1] not in self._shared:
+            self.tails.reused(self._owner[hashes[lo - 1]].depth, lo)
+        s = self._named_session(session) if session else self._chained_session(hashes, lo)
         s.turns += 1
         self.starts[_bucket(s.turns)] += 1
         s.last, s.depth, s.tail, s.heat = self._clock, len(hashes), hashes[-1] if hashes else None, heat_now
@@ -103,6 +109,7 @@ class SessionReturn(Watched):
                 if other is not None:
                     shared.add(h)
                 owner[h] = s
+        self.tails.record(hashes)
         self._clock += len(hashes)
         if len(owner) > self._limit or self._clock - self._pruned_at > self._bound:
             self._prune()
@@ -125,12 +132,9 @@ class SessionReturn(Watched):
             self._came_back(s)
         return s
 
-    def _chained_session(self, hashes: Sequence[int]) -> Session:
-        """The session whose last prompt this one extends (covers every full block of: a chat's next turn
-        repeats the previous prompt), else a new one. A prompt that shares only part of an earlier one (a
-        system prompt, a document, an edited turn) is another session, and the common prefix becomes shared.
-        The deepest recorded position is found by binary search: records are prefix-closed (whole prompts are
-        recorded, and cached, waiting and recent positions are prefix-closed sets)."""
+    def _deepest_recorded(self, hashes: Sequence[int]) -> int:
+        """How many leading positions of ``hashes`` have a record, by binary search: records are prefix-closed
+        (whole prompts are recorded, and cached, waiting and recent positions are prefix-closed sets)."""
         owner, lo, hi = self._owner, 0, len(hashes)
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -138,8 +142,15 @@ class SessionReturn(Watched):
                 lo = mid
             else:
                 hi = mid - 1
+        return lo
+
+    def _chained_session(self, hashes: Sequence[int], lo: int) -> Session:
+        """The session whose last prompt this one extends (covers every full block of: a chat's next turn
+        repeats the previous prompt), else a new one; ``lo``: its recorded leading positions. A prompt that
+        shares only part of it (a system prompt, a document, an edited turn) is another session, and the
+        common prefix becomes shared."""
         if lo and hashes[lo - 1] not in self._shared:
-            s = owner[hashes[lo - 1]]
+            s = self._owner[hashes[lo - 1]]
             if lo >= s.depth and hashes[s.depth - 1] == s.tail:
                 self._came_back(s)
                 return s
@@ -159,6 +170,7 @@ class SessionReturn(Watched):
         for h in dropped:
             del owner[h]
         self._shared.difference_update(dropped)
+        self.tails.forget(dropped)
         self._notify(dropped)
         self._pruned_at = self._clock
         self._limit = max(self._bound, len(owner) + self._bound // 2)

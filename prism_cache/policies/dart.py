@@ -83,12 +83,14 @@ class DartPolicy:
             self._record_of, self._value_of = demand.popularity.record_of, demand.popularity.value_of
             self._tables += (demand.popularity,)
         self._session_of: Callable[[int], Session | None] = {}.get
+        self._tail_of: Callable[[int], float | None] = {}.get
         self._shared: Container[int] = ()
         self._session_weight, self._no_session = session_weight, session_weight * UNSEEN
         if session_weight:
             if demand.sessions is None:
                 raise ValueError("dart_session_weight > 0 needs a SessionReturn in Demand")
             self._session_of, self._shared = demand.sessions.record_of, demand.sessions.shared
+            self._tail_of = demand.sessions.tails.value_of
             self._tables += (demand.sessions,)
         self._length_step = LN4 * length_penalty
 
@@ -110,6 +112,9 @@ class DartPolicy:
         h = node.hashes[n_blocks - 1]
         demand = W_ACTIVE * node.lock + W_PLANNED * self._planned(h, 0) + W_QUEUED * self._queued(h, 0)
         penalty = self._length_step * (n_blocks.bit_length() >> 1)
+        tail = self._tail_of(h)
+        if tail is not None:
+            penalty -= self._session_weight * tail  # a tail that reuses seldom reach (ln P < 0) goes first
         session = self._session_of(h)
         if session is not None and h not in self._shared:
             # NOTE: a block only its session uses is reused only when the session comes back: its uses and the

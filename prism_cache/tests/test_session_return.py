@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from prism_cache import RadixAllocator
 from prism_cache.hashing import block_hashes
 from prism_cache.session_return import SessionReturn
+from prism_cache.tail_reach import SPAN, TailReach
 
 BS = 2
 SYS = (1, 1, 1, 1, 1, 1)  # a system prompt shared by every session: 3 blocks
@@ -50,6 +55,11 @@ def test_two_chats_on_a_long_system_prompt_stay_two_sessions() -> None:
     assert all(h in s.shared for h in b[:8])  # the system prompt is a shared segment now
     c = _observe(s, system + (2, 2, 3, 3))  # b's next turn
     assert _turns(s, c) == 2 and s.returns[0] == 1 and s.record_of(a[-1]).turns == 1
+    # where reuses stop: b stopped 1 block short of a's end, c reached b's; a third chat reuses the (now
+    # shared) system prompt, which says nothing about the tails of the chats before it
+    assert s.tails.unreached[:2] == [1, 1]
+    _observe(s, system + (4, 4))
+    assert sum(s.tails.unreached) == 2
 
 
 def test_observe_leaves_the_requests_positions_to_the_queued_table_and_notifies_what_it_prunes() -> None:
@@ -188,6 +198,7 @@ def test_a_sessions_own_blocks_count_its_last_turn_not_its_turns() -> None:
     a3 = a1 + (12, 12, 13, 13)
     for weight in (0.0, 4.0):
         alloc = _dart(dart_session_weight=weight)
+        alloc._policy._tail_of = {}.get  # tail reach apart (tested below)
         _serve(alloc, SYS + a1)
         _serve(alloc, SYS + a1 + (12, 12))
         _serve(alloc, SYS + a3)
@@ -201,3 +212,49 @@ def test_a_sessions_own_blocks_count_its_last_turn_not_its_turns() -> None:
             assert history[0] == history[1] < history[2]
         else:
             assert history[0] > history[1]
+
+
+# ---------------------------------------------------- tail reach: admission control of tails reuses never reach
+
+
+def test_tail_reach_learns_where_reuses_stop_and_records_only_the_latest_tails() -> None:
+    t = TailReach()
+    assert t.reach(0) == 0.5  # no data yet
+    for _ in range(20):
+        t.reused(depth=10, lo=8)  # reuses stop 2 blocks before the end
+    t.reused(depth=200, lo=1)  # shares a system prompt only: says nothing about tails
+    assert t.reach(0) < 0.1 and t.reach(1) < 0.1 and t.reach(4) > 0.9
+    for d in (1, 5, 12, 40):
+        t.reused(depth=100, lo=100 - d)
+    first = list(range(100, 150))  # 50 positions: e = 49 .. 0, every bucket a different value
+    t.record(first)
+    assert len({t.value_of(h) for h in first}) == 7
+    assert [t.value_of(h) for h in first] == pytest.approx([math.log(t.reach(49 - i)) for i in range(50)])
+    t.record(first + list(range(200, 200 + SPAN)))  # a longer prompt covers the first in its body
+    assert all(t.value_of(h) is None for h in first) and len(t) == SPAN
+    short = list(range(500, 510))  # a prompt shorter than the span
+    t.record(short)
+    assert [t.value_of(h) for h in short] == pytest.approx([math.log(t.reach(9 - i)) for i in range(10)])
+    assert len(t) == SPAN + 10
+
+
+def test_dart_evicts_tails_that_reuses_never_reach_before_older_bodies() -> None:
+    # documents asked twice with different 2-block questions: reuses stop 2 blocks before a prompt's end
+    for tails in (True, False):
+        a = _dart()
+        if not tails:
+            a._policy._tail_of = {}.get
+        for i in range(12):
+            doc = tuple(v for j in range(4) for v in (300 + 10 * i + j,) * BS)
+            _serve(a, doc + (1, 1, 2, 2))
+            _serve(a, doc + (3, 3, 4, 4))
+        a._tree.evict(a.sizes().cached, a._policy)
+        old, new = (5, 5, 6, 6, 7, 7, 8, 8), (15, 15, 16, 16, 17, 17, 18, 18)
+        _serve(a, old + (1, 1, 2, 2))
+        _serve(a, new + (1, 1, 2, 2))
+        assert a._tree.evict(4, a._policy) == 4
+        if tails:  # both questions go; both documents stay
+            assert a._tree.peek("", old + (1, 1))[1] == 4 and a._tree.peek("", new + (1, 1))[1] == 4
+        else:  # the older prompt goes first, past its question
+            assert a._tree.peek("", old)[1] == 2 and a._tree.peek("", new + (1, 1, 2, 2))[1] == 6
+        a.check_integrity()
