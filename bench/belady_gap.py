@@ -2,9 +2,9 @@
 
 The replay of :mod:`bench.replay`, then, in its admission order:
 
-1. **lost hits**: per request, the blocks Belady hits and the policy does not, by the block's last earlier use:
-   how many admissions ago (the queue window W reaches ``<= W``), whether it was the block's only earlier use
-   (a prompt's first reuse) and whether the request extends that earlier prompt whole (``continuation``: a
+1. **lost hits**: per request, the blocks Belady hits and the policy does not, by the block's last earlier
+   use: how many admissions ago (the queue window W reaches ``<= W``), whether it was the block's only earlier
+   use (a prompt's first reuse) and whether the request extends that earlier prompt whole (``continuation``: a
    session's next turn) or shares only a prefix of it (``branch``: another request on a shared document or
    system prompt, or a prompt whose end was rewritten);
 2. **dead cache**: every ``--sample`` admissions, the policy's cached blocks by their uses so far (once, or
@@ -137,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = {"qas_window": float(args.window)}
     params.update({k: float(v) for k, _, v in (p.partition("=") for p in args.param)})
     num_blocks = args.capacity_tokens // args.block_size + 1
-    scheduler = make_scheduler(SchedulerConfig(sched, policy, True, num_blocks, args.block_size, params=params))
+    config = SchedulerConfig(sched, policy, True, num_blocks, args.block_size, params=params)
+    scheduler = make_scheduler(config)
     assert isinstance(scheduler, QueueScheduler)
     report = gap_report(
         load_mooncake(args.trace, args.limit), scheduler, args.capacity_tokens, args.window,

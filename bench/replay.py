@@ -111,8 +111,9 @@ def replay(
 ) -> ReplayResult:
     """Drive ``scheduler`` through ``requests`` (see the module docstring). With ``tokens_per_s``, a virtual
     clock instead: a request is enqueued only once its ``arrival`` has come, and each batch lasts its
-    computed prompt tokens / ``tokens_per_s`` (so a conversation's next turn never waits beside the turn it
-    extends). ``after_step(admitted so far)`` runs after each batch (to sample the cache). Raises RuntimeError if a request can never be admitted (larger than the capacity)."""
+    computed prompt tokens / ``tokens_per_s`` (so a conversation's next turn never waits beside the turn
+    it extends). ``after_step(admitted so far)`` runs after each batch (to sample the cache). Raises
+    RuntimeError if a request can never be admitted (larger than the capacity)."""
     result = ReplayResult([], 0, 0)
     nxt, now = 0, 0.0
     while nxt < len(requests) or scheduler.waiting_count():

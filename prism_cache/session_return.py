@@ -20,11 +20,11 @@ request enters the queue, :meth:`SessionReturn.observe`
 
 :meth:`value` of a position is the current value of its recorded session, so the prefix of an old turn gains
 when the session comes back. The request's own positions change value when it is observed; watchers (the radix
-tree, which re-keys the leaves whose tail changed) learn of them from the queued-demand table, which the caller
-updates for the same positions at the same time (``RadixAllocator.enqueue``), so they are not told twice. A
-position that an older turn recorded and the new turn no longer covers keeps a value that rose without
-notice; its eviction key then ranks it lower than it is, and eviction re-reads a key before it acts on it, so
-this errs only early.
+tree, which re-keys the leaves whose tail changed) learn of them from the queued-demand table, which the
+caller updates for the same positions at the same time (``RadixAllocator.enqueue``), so they are not told
+twice. A position that an older turn recorded and the new turn no longer covers keeps a value that rose
+without notice; its eviction key then ranks it lower than it is, and eviction re-reads a key before it acts on
+it, so this errs only early.
 
 Memory is bounded as in :mod:`prism_cache.popularity`: past a bound, the records of positions neither cached,
 waiting nor recorded by a session observed since the previous prune are dropped and notified (a position

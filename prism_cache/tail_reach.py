@@ -1,10 +1,10 @@
 """Tail reach: how far into a prompt its next reuse goes, learned online; DART's admission control for tails.
 
-A later request that reuses a prompt's blocks often stops short of its end: a chat's next turn repeats the whole
-previous prompt, but a new question on the same document, a RAG prompt with other passages or a rewritten last
-block shares only a prefix. The blocks past where reuses stop are cached like the rest and never hit again (on
-the Mooncake trace, a prompt's last 512-token block is used again 5 % of the time, its other blocks 35-85 %):
-Belady bypasses them. So :class:`TailReach`
+A later request that reuses a prompt's blocks often stops short of its end: a chat's next turn repeats the
+whole previous prompt, but a new question on the same document, a RAG prompt with other passages or a
+rewritten last block shares only a prefix. The blocks past where reuses stop are cached like the rest and
+never hit again (on the Mooncake trace, a prompt's last 512-token block is used again 5 % of the time, its
+other blocks 35-85 %): Belady bypasses them. So :class:`TailReach`
 
 1. learns, from each request that reuses the last :data:`SPAN` blocks of an earlier prompt at least in part
    (its deepest recorded position ``lo`` lies in the latest prompt through it, of ``depth`` blocks, and

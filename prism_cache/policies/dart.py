@@ -13,12 +13,15 @@ node's decayed use count (``Node.heat``: the request that cached it, then every 
 the tail block's path (:mod:`prism_cache.popularity`: how often the contents along that path were asked for,
 anywhere in a prompt: the expected reuse of shared segments), plus :attr:`DartParams.session_weight` times
 the expected return of the session that last used the block (:mod:`prism_cache.session_return`: a chat's or
-an agent's next turn, demand beyond the queue). So active > planned > queued > predicted and history. A block
-only its own session has used is reused only if that session comes back: its heat and popularity count the
-session's turns, not demand, so it counts one use at the session's last turn instead. With
-:attr:`DartParams.length_penalty` (off by default) heat is per block, so long single-use tails go before short
-shared segments. What each term is worth, measured: docs/performance.md, "Why the cache code looks the way it
-does", and docs/benchmarks.md, "Demand beyond the queue".
+an agent's next turn, demand beyond the queue), and the same weight times the log-probability that a reuse
+reaches the node's last block when it is one of the last 64 of a prompt (:mod:`prism_cache.tail_reach`: tails
+that reuses stop short of, such as a question after a shared document, rank low: admission control). So
+active > planned > queued > predicted and history. A block only its own session has used is reused only if
+that session comes back: its heat and popularity count the session's turns, not demand, so it counts one use
+at the session's last turn instead. With :attr:`DartParams.length_penalty` (off by default) heat is per
+block, so long single-use tails go before short shared segments. What each term is worth, measured:
+docs/performance.md, "Why the cache code looks the way it does", and docs/benchmarks.md, "Demand beyond the
+queue".
 """
 
 from __future__ import annotations
@@ -98,10 +101,11 @@ class DartPolicy:
         return self._tables
 
     def key(self, node: Node, n_blocks: int, tick: int) -> Key:
-        """(demand priority, log of decayed uses + weight x path popularity + weight x session return,
-        recency), a block only its session uses counting one use at that session's last turn. Never increases
-        with n_blocks as far as demand and heat go (queued demand never grows along a prompt's chain; per-block
-        heat falls as the node gets longer). Path popularity is non-increasing along each prompt when recorded,
+        """(demand priority, log of decayed uses + weight x path popularity + weight x (session return + log
+        tail reach), recency), a block only its session uses counting one use at that session's last turn.
+        Never increases with n_blocks as far as demand, heat and tail reach go (queued demand never grows
+        along a prompt's chain; per-block heat falls as the node gets longer; reuses reach a prompt's later
+        blocks less often). Path popularity is non-increasing along each prompt when recorded,
         but positions recorded by different prompts can drift apart as their contents get retrieved elsewhere,
         and the positions of one node can belong to different sessions (or be shared by several); the eviction
         cut (a binary search over this contract) may then take a few tail blocks more or fewer than

@@ -214,7 +214,7 @@ def test_a_sessions_own_blocks_count_its_last_turn_not_its_turns() -> None:
             assert history[0] > history[1]
 
 
-# ---------------------------------------------------- tail reach: admission control of tails reuses never reach
+# ---------------------------------------------------- tail reach: admission control of tails
 
 
 def test_tail_reach_learns_where_reuses_stop_and_records_only_the_latest_tails() -> None:
