@@ -7,12 +7,15 @@ request enters the queue, :meth:`SessionReturn.observe`
 
 1. finds its session: the one the request names (``SchedRequest.session``: a session or user id), else the
    session whose last prompt this one extends exactly (covers every full block of it: a chat's next turn
-   repeats the previous turn's prompt). Sharing only part of it (a long system prompt, a document, an edited
-   turn) starts another session: the common prefix is then covered by two sessions, continues neither, and its
-   uses are uses by different sessions (DART keeps heat and popularity for it);
+   repeats the previous turn's prompt). A prompt that covers at least 3/4 of that prompt but not its end (an
+   agent forking from an earlier step, an edited turn, a new question on the same document, another chat on a
+   long system prompt: the prompt cannot tell them apart) starts a *branch*: another session, never merged
+   with the first, whose returns are learned apart, and which keeps the common prefix private to the two.
+   Sharing less starts an unrelated session: the common prefix is then covered by two sessions, continues
+   neither, and its uses are uses by different sessions (DART keeps heat and popularity for it);
 2. learns: a session at turn k that comes back within the horizon (``half_life`` cache capacities of
    observed prompt blocks, the clock of segment popularity) counts one return for turn k; every session
-   reaching turn k counts one start. The return probability of turn k (1, 2, 3, 4+) is
+   reaching turn k counts one start. The return probability of turn k (1, 2, 3, 4+; branches apart) is
    ``(returns + 1) / (starts + 2)``, so it is learned online from the observed inter-turn gaps;
 3. records the session under each of the request's chained block hashes (its radix positions), with the
    value ``ln P(return | turn) + clock / tau`` in the log form of :mod:`prism_cache.decay`: the expected
@@ -50,9 +53,10 @@ class Session:
     observed-blocks clock (as a popularity count), and ``heat``, the same on the tree's heat clock (as
     :attr:`Node.heat`)."""
 
-    __slots__ = ("depth", "heat", "last", "tail", "turns", "used", "value")
+    __slots__ = ("branch", "depth", "heat", "last", "tail", "turns", "used", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, branch: bool = False) -> None:
+        self.branch = branch  # it began as a branch of another session's prompt (learns its own returns)
         self.turns = 0
         self.last = 0
         self.depth = 0
@@ -80,8 +84,8 @@ class SessionReturn(Watched):
         self._shared: set[int] = set()
         self._pruned_at = 0  # the clock at the last prune
         self.tails = TailReach()  # where reuses of a prompt stop (DART's admission control of tails)
-        self.starts = [0] * TURN_BUCKETS
-        self.returns = [0] * TURN_BUCKETS
+        self.starts = [0] * 2 * TURN_BUCKETS  # per turn bucket, sessions begun afresh then branches
+        self.returns = [0] * 2 * TURN_BUCKETS
         # NOTE: DART's key reads them (the eviction hot path)
         self.record_of = self._owner.get
         self.shared = self._shared
@@ -96,17 +100,21 @@ class SessionReturn(Watched):
         # a prompt diverging past an already shared prefix reuses that segment, not the prompt latest on it
         if lo and hashes[lo - 1] not in self._shared:
             self.tails.reused(self._owner[hashes[lo - 1]].depth, lo)
-        s = self._named_session(session) if session else self._chained_session(hashes, lo)
+        parent = None
+        if session:
+            s = self._named_session(session)
+        else:
+            s, parent = self._chained_session(hashes, lo)
         s.turns += 1
-        self.starts[_bucket(s.turns)] += 1
+        self.starts[_bucket(s.turns, s.branch)] += 1
         s.last, s.depth, s.tail, s.heat = self._clock, len(hashes), hashes[-1] if hashes else None, heat_now
         s.used = self._clock / self._tau
-        s.value = math.log(self.return_probability(s.turns)) + s.used
+        s.value = math.log(self.return_probability(s.turns, s.branch)) + s.used
         owner, shared = self._owner, self._shared
         for h in hashes:
             other = owner.get(h)
             if other is not s:
-                if other is not None:
+                if other is not None and other is not parent:  # a branch keeps its parent's prefix private
                     shared.add(h)
                 owner[h] = s
         self.tails.record(hashes)
@@ -114,9 +122,10 @@ class SessionReturn(Watched):
         if len(owner) > self._limit or self._clock - self._pruned_at > self._bound:
             self._prune()
 
-    def return_probability(self, turns: int) -> float:
-        """P(a session at ``turns`` comes back within the horizon), learned so far (1/2 before any data)."""
-        b = _bucket(turns)
+    def return_probability(self, turns: int, branch: bool = False) -> float:
+        """P(a session at ``turns`` comes back within the horizon), learned so far (1/2 before any data),
+        apart for sessions begun as a branch."""
+        b = _bucket(turns, branch)
         return (self.returns[b] + 1) / (self.starts[b] + 2)
 
     def value(self, h: int) -> float | None:
@@ -144,22 +153,26 @@ class SessionReturn(Watched):
                 hi = mid - 1
         return lo
 
-    def _chained_session(self, hashes: Sequence[int], lo: int) -> Session:
-        """The session whose last prompt this one extends (covers every full block of: a chat's next turn
-        repeats the previous prompt), else a new one; ``lo``: its recorded leading positions. A prompt that
-        shares only part of it (a system prompt, a document, an edited turn) is another session, and the
-        common prefix becomes shared."""
+    def _chained_session(self, hashes: Sequence[int], lo: int) -> tuple[Session, Session | None]:
+        """(session, parent). The session whose last prompt this one extends (covers every full block of: a
+        chat's next turn repeats the previous prompt), parent None. Else, if it covers at least 3/4 of that
+        prompt (an edited turn, an agent forking from an earlier step, a new question on the same document, or
+        another chat on a long system prompt: the prompt cannot tell them apart), a new branch of it, whose
+        return probabilities are learned apart and which keeps the common prefix private to the two (the
+        parent). Else a new session. ``lo``: the recorded leading positions."""
         if lo and hashes[lo - 1] not in self._shared:
             s = self._owner[hashes[lo - 1]]
             if lo >= s.depth and hashes[s.depth - 1] == s.tail:
                 self._came_back(s)
-                return s
-        return Session()
+                return s, None
+            if lo >= s.depth - s.depth // 4:
+                return Session(branch=True), s
+        return Session(), None
 
     def _came_back(self, s: Session) -> None:
         """``s`` is used again: a return of its last turn if within the horizon."""
         if s.turns and self._clock - s.last <= self._horizon:
-            self.returns[_bucket(s.turns)] += 1
+            self.returns[_bucket(s.turns, s.branch)] += 1
 
     def _prune(self) -> None:
         """Drop the records of positions neither cached, waiting nor recorded by a session observed since the
@@ -183,5 +196,5 @@ class SessionReturn(Watched):
         return len(self._owner)
 
 
-def _bucket(turns: int) -> int:
-    return min(turns, TURN_BUCKETS) - 1
+def _bucket(turns: int, branch: bool) -> int:
+    return min(turns, TURN_BUCKETS) - 1 + (TURN_BUCKETS if branch else 0)

@@ -8,7 +8,7 @@ import pytest
 
 from prism_cache import RadixAllocator
 from prism_cache.hashing import block_hashes
-from prism_cache.session_return import SessionReturn
+from prism_cache.session_return import TURN_BUCKETS, SessionReturn
 from prism_cache.tail_reach import SPAN, TailReach
 
 BS = 2
@@ -38,10 +38,12 @@ def test_a_prompt_extending_an_earlier_one_continues_its_session_a_shared_system
     assert _turns(s, second) == 2 and s.record_of(first[-1]) is s.record_of(second[-1])
     other = _observe(s, SYS + (7, 7, 8, 8, 9, 9))  # shares only the system prompt
     assert _turns(s, other) == 1 and all(h in s.shared for h in other[:3]) and other[3] not in s.shared
-    # an edited turn (the end of the previous prompt rewritten) is another session on a shared prefix
+    # an edited turn (the end of the previous prompt rewritten) is a branch: another session, its own turns
     edited = _observe(s, SYS + (2, 2, 3, 3, 4, 5, 6, 6))
-    assert _turns(s, edited) == 1 and second[3] in s.shared and second[-1] not in s.shared
-    assert _turns(s, second) == 2
+    branch = s.record_of(edited[-1])
+    assert branch is not None and branch.branch and branch.turns == 1 and _turns(s, second) == 2
+    assert second[3] not in s.shared  # the common prefix stays private to the two
+    assert s.starts[TURN_BUCKETS] == 1 and s.returns == [1, 0, 0, 0] + [0] * TURN_BUCKETS
 
 
 def test_two_chats_on_a_long_system_prompt_stay_two_sessions() -> None:
@@ -50,16 +52,15 @@ def test_two_chats_on_a_long_system_prompt_stay_two_sessions() -> None:
     s = _sessions()
     a = _observe(s, system + (1, 1))
     b = _observe(s, system + (2, 2))
-    assert _turns(s, b) == 1 and s.record_of(a[-1]) is not s.record_of(b[-1])
-    assert s.returns == [0] * 4  # nobody came back
-    assert all(h in s.shared for h in b[:8])  # the system prompt is a shared segment now
+    first, second = s.record_of(a[-1]), s.record_of(b[-1])
+    assert first is not None and second is not None and first is not second  # never merged
+    assert _turns(s, b) == 1 and second.branch and not first.branch
+    assert s.returns == [0] * 2 * TURN_BUCKETS  # nobody came back: a branch is no return of its parent
     c = _observe(s, system + (2, 2, 3, 3))  # b's next turn
-    assert _turns(s, c) == 2 and s.returns[0] == 1 and s.record_of(a[-1]).turns == 1
-    # where reuses stop: b stopped 1 block short of a's end, c reached b's; a third chat reuses the (now
-    # shared) system prompt, which says nothing about the tails of the chats before it
+    assert _turns(s, c) == 2 and s.record_of(c[-1]) is second and s.returns[TURN_BUCKETS] == 1
+    assert first.turns == 1 and s.value(a[-1]) == first.value  # a's tail keeps a's own value
+    # where reuses stop: b stopped 1 block short of a's end, c reached b's
     assert s.tails.unreached[:2] == [1, 1]
-    _observe(s, system + (4, 4))
-    assert sum(s.tails.unreached) == 2
 
 
 def test_observe_leaves_the_requests_positions_to_the_queued_table_and_notifies_what_it_prunes() -> None:
@@ -95,7 +96,7 @@ def test_return_probability_is_learned_per_turn_from_sessions_that_come_back() -
             _observe(s, base + (7, 7))
             _observe(s, base + (7, 7, 8, 8))
     assert s.return_probability(1) < 0.45 < s.return_probability(2)
-    assert s.starts[0] == 40 and s.returns[0] == 14
+    assert s.starts[0] == 40 and s.returns[0] == 14 and sum(s.starts[TURN_BUCKETS:]) == 0
 
 
 def test_late_returns_count_as_a_new_turn_but_not_as_a_return() -> None:
