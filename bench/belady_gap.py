@@ -8,7 +8,10 @@ The replay of :mod:`bench.replay`, then, in its admission order:
    session's next turn) or shares only a prefix of it (``branch``: another request on a shared document or
    system prompt, or a prompt whose end was rewritten);
 2. **dead cache**: every ``--sample`` admissions, the policy's cached blocks by their uses so far (once, or
-   more) and their next use (within W, 4W, later, never): what admission control or bypass could free.
+   more) and their next use (within W, 4W, later, never): what admission control or bypass could free;
+3. with ``--oracle``, a second replay in which the same scheduler's cache evicts by next use in the first
+   replay's admission order (:class:`NextUseOracle`): what retention alone could reach if it knew the future
+   (the order drifts from the first one, so the oracle is close to, not exactly, Belady's choice).
 
     python -m bench.belady_gap TRACE --capacity-tokens 1000000 [--param KEY=VALUE ...]
 """
@@ -25,6 +28,8 @@ from collections.abc import Sequence
 from bench.replay import TraceRequest, load_mooncake, replay
 from prism_cache.belady import belady_hits
 from prism_cache.hashing import block_hashes
+from prism_cache.node import Node
+from prism_cache.watched import Watched
 from router_py.scheduling.interface import SchedulerConfig
 from router_py.scheduling.registry import QueueScheduler, make_scheduler
 
@@ -87,6 +92,57 @@ def dead_cache(
     return out
 
 
+class NextUseOracle:
+    """A retention policy that evicts the block whose next use, in a given admission order, is furthest (never
+    used again first); ``admitted`` must follow the replay (``after_step``). Keys are stable: a block's next
+    use changes only when it is used, which touches its node."""
+
+    name = "next-use-oracle"
+    stable_keys = True
+
+    def __init__(self, hashes: Sequence[Sequence[int]]) -> None:
+        """``hashes``: each admitted prompt's chained block hashes, in the admission order to foresee."""
+        self.admitted = 0
+        self._uses: dict[int, list[int]] = {}
+        for i, hs in enumerate(hashes):
+            for h in hs:
+                self._uses.setdefault(h, []).append(i)
+
+    def demand_tables(self) -> tuple[Watched, ...]:
+        return ()
+
+    def key(self, node: Node, n_blocks: int, tick: int) -> tuple[float, ...]:
+        uses = self._uses.get(node.hashes[n_blocks - 1], ())
+        k = bisect.bisect_left(uses, self.admitted)
+        return (-(uses[k] if k < len(uses) else float("inf")),)
+
+
+def oracle_hit_rate(
+    requests: Sequence[TraceRequest],
+    scheduler: QueueScheduler,
+    foreseen: Sequence[int],
+    capacity_tokens: int,
+    window: int = 256,
+    prefill_tokens: int = 16384,
+) -> tuple[float, float]:
+    """(hit rate, Belady bound for its own order) of ``scheduler`` (fresh) replaying ``requests`` with its
+    cache evicting by :class:`NextUseOracle` over the admission order ``foreseen`` (trace indices)."""
+    allocator = scheduler.allocator
+    assert allocator is not None
+    bs = allocator.block_size
+    oracle = NextUseOracle([block_hashes("", requests[i].tokens(), bs) for i in foreseen])
+    allocator._policy = oracle  # NOTE: a benchmark's swap; the scheduler still reads its own demand tables
+
+    def step(admitted: int) -> None:
+        oracle.admitted = admitted
+
+    result = replay(requests, scheduler, window, prefill_tokens, capacity_tokens, after_step=step)
+    seq = [requests[i] for i in result.order]
+    bound = belady_hits([r.units(bs) for r in seq], capacity_tokens // bs)
+    total = max(1, result.prompt_tokens)
+    return result.hit_tokens / total, sum(min(h * bs, r.input_length - 1) for h, r in zip(bound, seq)) / total
+
+
 def gap_report(
     requests: Sequence[TraceRequest],
     scheduler: QueueScheduler,
@@ -96,7 +152,8 @@ def gap_report(
     sample_every: int = 200,
 ) -> dict[str, object]:
     """Replay ``requests`` through ``scheduler`` and split the distance to the bound (see the module
-    docstring); shares are of all prompt tokens (lost hits) and of all sampled cached blocks (dead cache)."""
+    docstring); shares are of all prompt tokens (lost hits) and of all sampled cached blocks (dead cache);
+    ``order``: the admission order (trace indices)."""
     allocator = scheduler.allocator
     assert allocator is not None
     bs = allocator.block_size
@@ -119,6 +176,7 @@ def gap_report(
         "belady_hit_rate": sum(min(h * bs, r.input_length - 1) for h, r in zip(bound, seq)) / total,
         "lost": {" / ".join(k): n * bs / total for k, n in sorted(lost.items())},
         "cached_by_next_use": {" / ".join(k): n / cached for k, n in sorted(dead.items())},
+        "order": result.order,
     }
 
 
@@ -132,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="the first N requests only")
     parser.add_argument("--sample", type=int, default=200, help="admissions between cache samples")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="scheduler param")
+    parser.add_argument("--oracle", action="store_true", help="also replay with next-use eviction")
     args = parser.parse_args(argv)
     sched, _, policy = args.config.partition("+")
     params = {"qas_window": float(args.window)}
@@ -140,10 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = SchedulerConfig(sched, policy, True, num_blocks, args.block_size, params=params)
     scheduler = make_scheduler(config)
     assert isinstance(scheduler, QueueScheduler)
-    report = gap_report(
-        load_mooncake(args.trace, args.limit), scheduler, args.capacity_tokens, args.window,
-        sample_every=args.sample,
-    )
+    requests = load_mooncake(args.trace, args.limit)
+    report = gap_report(requests, scheduler, args.capacity_tokens, args.window, sample_every=args.sample)
+    order = report.pop("order")
+    if args.oracle:
+        fresh = make_scheduler(config)
+        assert isinstance(fresh, QueueScheduler) and isinstance(order, list)
+        hit, bound = oracle_hit_rate(requests, fresh, order, args.capacity_tokens, args.window)
+        report.update(oracle_hit_rate=hit, oracle_belady_hit_rate=bound)
     print(json.dumps(report, indent=1))
     return 0
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.belady_gap import dead_cache, gap_report, lost_hits
+from bench.belady_gap import dead_cache, gap_report, lost_hits, oracle_hit_rate
 from bench.replay import load_mooncake
 from bench.tests.test_replay import _trace
 from router_py.scheduling.interface import SchedulerConfig
@@ -43,3 +43,19 @@ def test_gap_report_splits_what_the_policy_misses(tmp_path: Path) -> None:
     assert isinstance(lost, dict) and sum(lost.values()) == pytest.approx(bound - hit, abs=0.01)
     cached = report["cached_by_next_use"]
     assert isinstance(cached, dict) and sum(cached.values()) == pytest.approx(1.0)
+
+
+def test_next_use_eviction_in_the_replayed_order_reaches_the_bound(tmp_path: Path) -> None:
+    requests = load_mooncake(str(_trace(tmp_path)))
+
+    def fcfs(policy: str) -> QueueScheduler:
+        s = make_scheduler(SchedulerConfig("fcfs", policy, True, 8192 // 64 + 1, 64))
+        assert isinstance(s, QueueScheduler)
+        return s
+
+    lru = gap_report(requests, fcfs("lru"), 8192, window=4)
+    order = lru["order"]
+    assert isinstance(order, list) and order == list(range(len(requests)))  # fcfs: the oracle's order holds
+    hit, bound = oracle_hit_rate(requests, fcfs("lru"), order, 8192, window=4)
+    # above LRU, below the bound (which ignores what the running request holds)
+    assert bound == lru["belady_hit_rate"] and lru["hit_rate"] + 0.02 < hit <= bound  # type: ignore[operator]
