@@ -94,11 +94,11 @@ def dead_cache(
 
 class NextUseOracle:
     """A retention policy that evicts the block whose next use, in a given admission order, is furthest (never
-    used again first); ``admitted`` must follow the replay (``after_step``). Keys are stable: a block's next
-    use changes only when it is used, which touches its node."""
+    used again first); ``admitted`` must follow the replay (``after_step``). Keys are not stable: when the
+    replay's order drifts from the foreseen one, a foreseen use can pass without touching the block."""
 
     name = "next-use-oracle"
-    stable_keys = True
+    stable_keys = False
 
     def __init__(self, hashes: Sequence[Sequence[int]]) -> None:
         """``hashes``: each admitted prompt's chained block hashes, in the admission order to foresee."""
