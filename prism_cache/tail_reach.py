@@ -13,13 +13,13 @@ other blocks 35-85 %): Belady bypasses them. So :class:`TailReach`
    chat on the same system prompt): it reuses that segment, which says nothing about the earlier prompt's
    tail;
 2. records each observed prompt's last :data:`SPAN` positions, ``e`` blocks before its end, with
-   ``ln P(a reuse reaching the span reaches e)``: ``(reuses with d <= e + 1) / (reuses + 2)``, those in e's
+   ``ln P(a reuse reaching the span reaches e)``: ``(reuses with d <= e, + 1) / (reuses + 2)``, those in e's
    log2 bucket counted half, fixed when recorded (a time-invariant key). A position a later prompt covers
    short of its own tail is no tail any more.
 
 DART adds the value to the history of a leaf whose last block is a recorded tail, so a tail that reuses seldom
 reach is inserted low and evicted first ("inserted at the bottom"), and on traffic whose reuses take whole
-prompts (chats, agents) every value is about 0 and nothing changes.
+prompts (chats, agents) every value is about 0 once learned (ln 1/2 before any reuse is seen).
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ def _bucket(blocks: int) -> int:
 
 
 class TailReach:
+    """The learned reach and the tail records; memory: SPAN records per prompt, dropped with the session
+    records (:meth:`forget`) or when a later prompt covers them in its body."""
+
     def __init__(self) -> None:
         self.unreached = [0] * BUCKETS  # reuses by bucket of d
         self._tail: dict[int, float] = {}  # position -> ln P(a reuse reaches it)
