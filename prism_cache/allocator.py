@@ -138,7 +138,8 @@ class RadixAllocator:
     # ---------------------------------------------------------------- the queue's demand
     def enqueue(self, namespace: str, prompt: Tokens, hashes: list[int], session: str | None = None) -> None:
         """A request with these :meth:`hashes` entered the queue: count its queued demand, popularity and
-        session (``session``: the id it named, if any)."""
+        session (``session``: the id it named, if any). NOTE: the queued table tells the eviction heap of
+        ``hashes``, which session return does not repeat (``SessionReturn.observe``): keep them together."""
         self._demand.queued.add(hashes)
         self.observe(namespace, prompt, hashes)
         if self._demand.sessions is not None:
