@@ -5,6 +5,8 @@ No Python loop over requests; each call is a handful of batched ops:
     call                                  path
     prefill, one prompt, nothing cached   K/V gathered through the table; SDPA(is_causal=True, enable_gqa)
                                           (also when it is the only prompt piece beside one-token rows)
+    prefill, one prompt after a cached    (CPU) two flash calls merged by their log-sum-exps: the piece over
+      prefix                              the prefix (no mask) and over itself (is_causal); no mask built
     prefill, one-token rows               as decode (a decode merged with prompt pieces is not padded)
     prefill, lengths far apart            one call per (query length, context length) class (log2 buckets)
     prefill, otherwise                    queries scattered into a padded (b, h, max_q, d) batch, K/V
@@ -116,7 +118,8 @@ def _prefill_many(
     max_seqlen_k: int,
     softmax_scale: float,
 ) -> torch.Tensor:
-    """One cold prompt: is_causal over its own K/V; anything else: the padded, masked batch."""
+    """One cold prompt: is_causal over its own K/V; one prompt after a cached prefix: prefix and piece apart;
+    anything else: the padded, masked batch."""
     n = q.shape[0]
     if len(seqlens_k) == 1 and int(seqlens_k[0]) == n:
         k = _gather_one(key_cache, block_tables[0], n)
@@ -125,6 +128,8 @@ def _prefill_many(
             q.transpose(0, 1).unsqueeze(0), k, v, is_causal=True, scale=softmax_scale, enable_gqa=True
         )
         return out[0].transpose(0, 1)
+    if len(seqlens_k) == 1 and n > 0 and q.device.type == "cpu":
+        return _prefill_after_prefix(q, key_cache, value_cache, block_tables[0], int(seqlens_k[0]), softmax_scale)
     if len(seqlens_k) > 1:
         q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
         group = _length_class(q_lens) * 64 + _length_class(seqlens_k)
@@ -134,6 +139,34 @@ def _prefill_many(
                                     softmax_scale)
     args = (block_tables, cu_seqlens_q, seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale)
     return _prefill_padded(q, key_cache, value_cache, *args)
+
+
+def _prefill_after_prefix(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_row: torch.Tensor,
+    length: int,
+    softmax_scale: float,
+) -> torch.Tensor:
+    """One prompt piece q (n, h, d) after a cached prefix of ``length - n`` positions -> (n, h, d).
+
+    Two calls of the CPU flash kernel, merged by their log-sum-exps: every query over the whole prefix (no
+    mask) and the piece over itself (is_causal). The one masked call it replaces also ran the kernel over a
+    (n, length) mask and built that mask in every layer."""
+    n = q.shape[0]
+    k = _gather_one(key_cache, block_row, length)  # (1, hk, length, d)
+    v = _gather_one(value_cache, block_row, length)
+    prefix = length - n
+    qh = q.transpose(0, 1).unsqueeze(0)  # (1, h, n, d)
+    # NOTE: the aten op, not F.scaled_dot_product_attention, for its logsumexp (1, h, n) fp32; it reads
+    # grouped K/V heads itself.
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    past, past_lse = flash(qh, k[:, :, :prefix], v[:, :, :prefix], scale=softmax_scale)
+    own, own_lse = flash(qh, k[:, :, prefix:], v[:, :, prefix:], is_causal=True, scale=softmax_scale)
+    past_share = torch.sigmoid(past_lse - own_lse).unsqueeze(-1)  # exp(a) / (exp(a) + exp(b))
+    out = torch.lerp(own.float(), past.float(), past_share).to(q.dtype)
+    return out[0].transpose(0, 1)
 
 
 def _length_class(lengths: torch.Tensor) -> torch.Tensor:

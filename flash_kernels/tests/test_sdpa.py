@@ -47,6 +47,19 @@ def test_cold_single_cached_prefix_and_empty_rows(requests: list[tuple[int, int]
     assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
 
 
+@pytest.mark.parametrize("prefix,new", [(48, 20), (45, 7), (130, 100), (3, 64)])
+@pytest.mark.parametrize("group", [1, 2, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_prompt_after_a_cached_prefix_matches_reference(
+    prefix: int, new: int, group: int, dtype: torch.dtype
+) -> None:
+    """The two-call path (prefix without a mask, the piece is_causal, merged by log-sum-exp), with prefixes
+    that end inside a block and pieces longer than their prefix; also beside one-token rows."""
+    for requests in ([(prefix, new)], [(prefix, new), (9, 1)]):
+        case = make_case(requests, 16, kv_heads=2, group=group, head_dim=64, dtype=dtype, seed=prefix)
+        assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+
+
 @pytest.mark.parametrize(
     "requests",
     [
@@ -89,13 +102,15 @@ def test_store_kv_matches_reference() -> None:
 
 
 def test_every_path_runs_the_fused_flash_kernel() -> None:
-    """Not the math fallback (materialized scores): the flash kernel for CPUs on each of the three paths (decode:
+    """Not the math fallback (materialized scores): the flash kernel for CPUs on each of the four paths (decode:
     the path without the compiled kernel, see test_cpu_decode)."""
     cold = make_case([(0, 40)], 16, kv_heads=2, group=2, head_dim=64)
+    cached = make_case([(50, 30)], 16, kv_heads=2, group=2, head_dim=64)
     mixed = make_case(mixed_requests(16), 16, kv_heads=2, group=2, head_dim=64)
     step = make_case(decode_requests(16), 16, kv_heads=2, group=2, head_dim=64)
     for call in (
         lambda: BACKEND.prefill(*cold.prefill_args()),
+        lambda: BACKEND.prefill(*cached.prefill_args()),
         lambda: BACKEND.prefill(*mixed.prefill_args()),
         lambda: decode_gathered(*step.decode_args()),
     ):
