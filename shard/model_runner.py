@@ -35,7 +35,7 @@ PREFILL_THREADS_MIN_TOKENS = 256
 @dataclass(frozen=True)
 class CpuThreads:
     """torch intra-op threads per step on CPU: ``large`` for steps of at least PREFILL_THREADS_MIN_TOKENS
-    tokens, ``small`` for the others (see :func:`shard.factory.pick_cpu_threads`)."""
+    tokens (counted by :func:`step_size`), ``small`` for the others (see :func:`shard.factory.pick_cpu_threads`)."""
 
     small: int
     large: int
@@ -47,6 +47,16 @@ class CpuThreads:
 
     def for_tokens(self, tokens: int) -> int:
         return self.large if tokens >= PREFILL_THREADS_MIN_TOKENS else self.small
+
+
+def step_size(requests: list[RequestState], hidden: int) -> int:
+    """A step's work in tokens, for :meth:`CpuThreads.for_tokens`: its new tokens, plus the attention of prompt
+    pieces over their cached prefix. One (query, cached key) pair costs about 1 / (6 * hidden) of a token's
+    matmuls (2 * hidden multiply-adds against about 12 * hidden**2 for a Llama layer's projections and MLP), so a
+    208-token piece after 1,840 cached tokens counts as about 450 tokens on a hidden-256 model. Decode rows
+    count one each: their context does not make a decode step large (the router keeps its core then)."""
+    attention = sum(r.next_len * r.cache_len for r in requests if not r.prompt_done)
+    return sum(r.next_len for r in requests) + attention // (6 * hidden)
 
 
 @dataclass
@@ -149,7 +159,7 @@ class ModelRunner:
         inputs = build_step_inputs(active)
         if self.cpu_threads is not None:
             # NOTE: per calling thread (OpenMP); steps run on asyncio.to_thread workers, so set it here.
-            want = self.cpu_threads.for_tokens(len(inputs.input_ids))
+            want = self.cpu_threads.for_tokens(step_size(active, self.model.config.hidden))
             if torch.get_num_threads() != want:
                 torch.set_num_threads(want)
         t0 = time.perf_counter_ns()

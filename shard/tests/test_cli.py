@@ -120,6 +120,25 @@ def test_cpu_threads_flag_then_env_then_all_cores_for_prefill_and_all_but_one_fo
     assert factory.pick_cpu_threads(ShardConfig("m"))[0] == CpuThreads(1, 1)
 
 
+def test_step_size_counts_prompt_attention_over_a_cached_prefix() -> None:
+    """A 208-token piece after 1,840 cached tokens is a large step (both cores); a cold 208-token prompt and
+    decode rows over long contexts are not."""
+    from shard.bench import _request
+    from shard.model_runner import CpuThreads, step_size
+
+    def request(prompt: int, cached: int, generated: int = 0):
+        r = _request(0, list(range(prompt)), list(range(-(-(prompt + generated + 1) // 16))), cache_len=cached)
+        r.token_ids.extend(range(generated))
+        return r
+
+    threads = CpuThreads(1, 2)
+    assert step_size([request(2048, 1840)], hidden=256) == 208 + 208 * 1840 // 1536
+    assert threads.for_tokens(step_size([request(2048, 1840)], hidden=256)) == 2
+    assert threads.for_tokens(step_size([request(208, 0)], hidden=256)) == 1
+    decodes = [request(2000, 2000 + 9, generated=10) for _ in range(128)]  # one new token each
+    assert step_size(decodes, hidden=256) == 128
+
+
 def test_cuda_graphs_sizes_and_load_format_parse() -> None:
     from shard.cli import graph_sizes
     from shard.config import ShardConfig
