@@ -35,7 +35,8 @@ PREFILL_THREADS_MIN_TOKENS = 256
 @dataclass(frozen=True)
 class CpuThreads:
     """torch intra-op threads per step on CPU: ``large`` for steps of at least PREFILL_THREADS_MIN_TOKENS
-    tokens (counted by :func:`step_size`), ``small`` for the others (see :func:`shard.factory.pick_cpu_threads`)."""
+    tokens (counted by :func:`step_size`), ``small`` for the others (see
+    :func:`shard.factory.pick_cpu_threads`)."""
 
     small: int
     large: int
@@ -50,10 +51,10 @@ class CpuThreads:
 
 
 def step_size(requests: list[RequestState], hidden: int) -> int:
-    """A step's work in tokens, for :meth:`CpuThreads.for_tokens`: its new tokens, plus the attention of prompt
-    pieces over their cached prefix. One (query, cached key) pair costs about 1 / (6 * hidden) of a token's
-    matmuls (2 * hidden multiply-adds against about 12 * hidden**2 for a Llama layer's projections and MLP), so a
-    208-token piece after 1,840 cached tokens counts as about 450 tokens on a hidden-256 model. Decode rows
+    """A step's work in tokens, for :meth:`CpuThreads.for_tokens`: its new tokens, plus the attention of
+    prompt pieces over their cached prefix. One (query, cached key) pair costs about 1 / (6 * hidden) of a
+    token's matmuls (2 * hidden multiply-adds against about 12 * hidden**2 for a Llama layer's projections
+    and MLP), so a 208-token piece after 1,840 cached tokens counts as 457 tokens at hidden 256. Decode rows
     count one each: their context does not make a decode step large (the router keeps its core then)."""
     attention = sum(r.next_len * r.cache_len for r in requests if not r.prompt_done)
     return sum(r.next_len for r in requests) + attention // (6 * hidden)

@@ -129,7 +129,8 @@ def _prefill_many(
         )
         return out[0].transpose(0, 1)
     if len(seqlens_k) == 1 and n > 0 and q.device.type == "cpu":
-        return _prefill_after_prefix(q, key_cache, value_cache, block_tables[0], int(seqlens_k[0]), softmax_scale)
+        length = int(seqlens_k[0])
+        return _prefill_after_prefix(q, key_cache, value_cache, block_tables[0], length, softmax_scale)
     if len(seqlens_k) > 1:
         q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
         group = _length_class(q_lens) * 64 + _length_class(seqlens_k)

@@ -102,8 +102,8 @@ def test_store_kv_matches_reference() -> None:
 
 
 def test_every_path_runs_the_fused_flash_kernel() -> None:
-    """Not the math fallback (materialized scores): the flash kernel for CPUs on each of the four paths (decode:
-    the path without the compiled kernel, see test_cpu_decode)."""
+    """Not the math fallback (materialized scores): the flash kernel for CPUs on each of the four paths
+    (decode: the path without the compiled kernel, see test_cpu_decode)."""
     cold = make_case([(0, 40)], 16, kv_heads=2, group=2, head_dim=64)
     cached = make_case([(50, 30)], 16, kv_heads=2, group=2, head_dim=64)
     mixed = make_case(mixed_requests(16), 16, kv_heads=2, group=2, head_dim=64)

@@ -127,7 +127,8 @@ def test_step_size_counts_prompt_attention_over_a_cached_prefix() -> None:
     from shard.model_runner import CpuThreads, step_size
 
     def request(prompt: int, cached: int, generated: int = 0):
-        r = _request(0, list(range(prompt)), list(range(-(-(prompt + generated + 1) // 16))), cache_len=cached)
+        blocks = list(range(-(-(prompt + generated + 1) // 16)))
+        r = _request(0, list(range(prompt)), blocks, cache_len=cached)
         r.token_ids.extend(range(generated))
         return r
 
