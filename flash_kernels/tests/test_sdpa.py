@@ -49,7 +49,7 @@ def test_cold_single_cached_prefix_and_empty_rows(requests: list[tuple[int, int]
 
 @pytest.mark.parametrize("prefix,new", [(48, 20), (45, 7), (130, 100), (3, 64)])
 @pytest.mark.parametrize("group", [1, 2, 4])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_one_prompt_after_a_cached_prefix_matches_reference(
     prefix: int, new: int, group: int, dtype: torch.dtype
 ) -> None:
