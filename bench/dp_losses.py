@@ -1,14 +1,14 @@
-"""Where a replica router's hit rate goes (``prism-bench dp --losses``): per request, at routing time, how many
-of its prompt's leading tokens
+"""Where a replica router's hit rate goes (``prism-bench dp --losses``): per request, at routing time, how
+many of its prompt's leading tokens
 
 - ``seen``: any earlier request started with (what one infinite cache would hit);
 - ``cached_anywhere``: some replica's tree holds (the most any choice could hit now);
 - ``cached_chosen``: the chosen replica's tree holds;
 - ``routed_chosen``: had been routed to the chosen replica before (cached there or since evicted).
 
-Summed over the measured requests and divided by their prompt tokens, ``seen - cached_anywhere`` is lost to
-eviction everywhere, ``cached_anywhere - cached_chosen`` to the choice, and ``hit_rate - cached_chosen`` is what
-prompts in flight added (or, negative, what was evicted between routing and prefill); ``seen -
+Summed over the measured requests and divided by their prompt tokens, ``seen - cached_anywhere`` is lost
+to eviction everywhere, ``cached_anywhere - cached_chosen`` to the choice, and ``hit_rate - cached_chosen``
+is what prompts in flight added (or, negative, what was evicted between routing and prefill); ``seen -
 routed_chosen`` is the part of known prefixes sent to a replica that had never taken them (a moved
 conversation). Each is capped at the prompt's length minus one, as a hit is.
 """
