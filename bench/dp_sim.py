@@ -45,7 +45,8 @@ def simulate_dp(
     ``losses`` adds :mod:`bench.dp_losses`'s rates over the same requests."""
     schedulers = [factory(config, setup.num_blocks, setup.block_size) for _ in range(replicas)]
     peeks = [s.peek_prefix for s in schedulers]
-    router = make_router(router_name, peeks, setup.block_size, prism)
+    capacity = [setup.num_blocks * setup.block_size] * replicas
+    router = make_router(router_name, peeks, setup.block_size, prism, capacity)
     probe = LossProbe(peeks, setup.block_size) if losses else None
     sim_config = replace(setup.sim, block_size=setup.block_size)
     if setup.kv_capacity_tokens and sim_config.max_batch_total_tokens is None:

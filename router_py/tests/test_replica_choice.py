@@ -89,15 +89,38 @@ def test_a_cached_prefix_outranks_the_home() -> None:
     assert chooser.choose(1, "", first + [1, 2, 3, 4]) == 1
 
 
-def test_home_memory_forgets_the_least_recently_routed() -> None:
-    memory = HomeMemory(stride=1, entries=3)
+def test_home_memory_forgets_the_least_recently_routed_and_counts_the_live_window() -> None:
+    memory = HomeMemory(stride=1, entries=3, replicas=3, window=2)
     memory.routed([1, 2], 0)
+    assert memory.live == [2, 0, 0]
     memory.routed([3], 1)
     memory.routed([1], 2)  # NOTE: prefix 1 routed again (to replica 2): now the most recent
+    assert memory.live == [0, 1, 1]  # the window holds the last 2 routed: 3 (replica 1) and 1 (replica 2)
     memory.routed([4], 1)  # a 4th entry: 2, the least recently routed, is forgotten
     assert memory.home([1], 0) == 2 and memory.home([3], 0) == 1 and memory.home([4], 0) == 1
     assert memory.home([1, 2], 1) is None  # only 1 block remembered, not more than 1
     assert memory.home([9, 1], 0) is None  # NOTE: prefixes are matched from the first block
+    assert memory.live == [0, 1, 1]
+
+
+def _after_a_big_live_conversation(capacity_tokens: list[int]) -> int:
+    """Replica 0 holds a 800-token conversation that keeps coming back (cached: it writes almost nothing);
+    replica 1 just took a new 40-token prompt. Where does the next new prompt go?"""
+    trees = FakeTrees(2)
+    params = ReplicaChoiceParams(decode_tokens=0, written_half_life=1, home_stride_tokens=BS)
+    chooser = ReplicaChooser([trees.peek(0), trees.peek(1)], BS, params, capacity_tokens)
+    big = prompt(1, 800)
+    assert chooser.choose(0, "", big) == 0
+    trees.cache(0, big)
+    for i in range(1, 6):
+        assert chooser.choose(i, "", big[:-4] + [i] * 4) == 0
+    assert chooser.choose(6, "", prompt(6, 40)) == 1
+    return chooser.choose(7, "", prompt(7, 40))
+
+
+def test_a_new_prefix_goes_where_the_live_working_set_and_writes_are_least() -> None:
+    assert _after_a_big_live_conversation([10_000, 10_000]) == 1  # replica 0's 800 live tokens count
+    assert _after_a_big_live_conversation([]) == 0  # NOTE: capacity unknown: by written alone, replica 0
 
 
 def test_unrelated_prompts_on_idle_replicas_rotate() -> None:
