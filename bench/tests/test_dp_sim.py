@@ -8,9 +8,9 @@ import random
 import pytest
 
 from bench.compare import SimSetup
+from bench.cost_model import make_cost_model
 from bench.dp_losses import FIELDS as LOSSES
 from bench.dp_losses import LossProbe
-from bench.cost_model import make_cost_model
 from bench.dp_routers import ROUTERS, DynamoCost, RouteRequest, SglangApprox, SglangParams
 from bench.dp_sim import knee, simulate_dp, table, verdict
 from bench.workloads.request import WorkloadRequest, poisson_arrivals
