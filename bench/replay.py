@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from prism_cache import POLICY_NAMES
 from prism_cache.belady import belady_hits
@@ -97,6 +97,7 @@ class ReplayResult:
     order: list[int]  # trace indices in admission order
     hit_tokens: int
     prompt_tokens: int
+    hits: list[int] = field(default_factory=list)  # cache_len of each admission, in admission order
 
 
 def replay(
@@ -106,11 +107,13 @@ def replay(
     prefill_tokens: int,
     capacity_tokens: int,
     tokens_per_s: float | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> ReplayResult:
     """Drive ``scheduler`` through ``requests`` (see the module docstring). With ``tokens_per_s``, a virtual
     clock instead: a request is enqueued only once its ``arrival`` has come, and each batch lasts its
-    computed prompt tokens / ``tokens_per_s`` (so a conversation's next turn never waits beside the turn it
-    extends). Raises RuntimeError if a request can never be admitted (larger than the capacity)."""
+    computed prompt tokens / ``tokens_per_s`` (so a conversation's next turn never waits beside the turn
+    it extends). ``after_step(admitted so far)`` runs after each batch (to sample the cache). Raises
+    RuntimeError if a request can never be admitted (larger than the capacity)."""
     result = ReplayResult([], 0, 0)
     nxt, now = 0, 0.0
     while nxt < len(requests) or scheduler.waiting_count():
@@ -128,12 +131,15 @@ def replay(
         for adm in plan.admissions:
             result.order.append(adm.request.id)
             result.hit_tokens += adm.cache_len
+            result.hits.append(adm.cache_len)
             result.prompt_tokens += adm.request.input_length
             scheduler.prefill_done(adm.request.id)
         for adm in plan.admissions:
             scheduler.release(adm.request.id)
         if tokens_per_s is not None:
             now += plan.prefill_tokens / tokens_per_s
+        if after_step is not None:
+            after_step(len(result.order))
     return result
 
 

@@ -126,6 +126,9 @@ def assert_no_leak(stack: Stack) -> None:
     assert blocks == 512 - 1  # block 0 is reserved
 
 
+KILL_RACE_S = 0.5
+
+
 def test_shard_killed_under_load_recovers_without_a_manual_step(fault_stack: Stack) -> None:
     before = httpx.post(f"{fault_stack.url}/generate", json={"inputs": PREFIX, "parameters": {"max_new_tokens": 12}},
                         timeout=60).json()
@@ -139,7 +142,10 @@ def test_shard_killed_under_load_recovers_without_a_manual_step(fault_stack: Sta
     print(f"\nshard kill: {len(failed)} in-flight 424s, slowest {max(e for _, e, _, _ in failed) - killed_at:.3f} s "
           f"after the kill; /health 200 again after {back_at - killed_at:.1f} s")
     assert all("Request failed during generation" in body for _, _, _, body in failed)
-    assert all(end > back_at for _, end, status, _ in in_flight if status == 200), "served by a dead shard?"
+    # NOTE: a 200 may end just after the kill: its last token left the shard before it died, and the router
+    # answered the client a moment later (on a loaded machine, well after os.kill returned)
+    late = [r for r in in_flight if r[2] == 200 and not (r[1] > back_at or r[1] - killed_at < KILL_RACE_S)]
+    assert not late, f"served by a dead shard? {late[:2]}"
     served_after = [r for r in seen.requests if r[0] > back_at]
     assert served_after and all(r[2] == 200 for r in served_after)
     assert_health_truthful(seen, killed_at, back_at, {503})

@@ -11,7 +11,8 @@ only the public methods below; the pool, the tree and the demand tables are priv
                                evicting by the retention policy if short; all or nothing
     release(allocation, ...)   insert the prompt's full blocks, unlock, drop the allocation's references
                                (duplicates and decode blocks return to the free list)
-    rollback(allocation)       unlock and drop references, inserting nothing (allocation never half-done)
+    rollback(allocation, sent) unlock and drop references, inserting nothing (allocation never half-done);
+                               sent: its Prefill failed or was cancelled after its tier copies left
 
 Block table of one allocation (bs = block size, P = prefix_len, T = tokens reserved):
 
@@ -37,7 +38,7 @@ from prism_cache.policies import PolicyConfig, make_policy
 from prism_cache.popularity import SegmentPopularity
 from prism_cache.radix_tree import RadixTree
 from prism_cache.session_return import SessionReturn
-from prism_cache.tiers.manager import Found, Pending, TierManager
+from prism_cache.tiers.manager import Found, Pending, TierManager, Undo
 from prism_cache.tiers.types import BlockCopy, Tier, TierConfig
 
 
@@ -61,8 +62,10 @@ class Allocation:
     depth: int = 0
     copies: list[BlockCopy] = field(default_factory=list)
     hit_tokens_by_tier: dict[Tier, int] = field(default_factory=dict)
+    published: bool = False  # cache_prompt put the prompt in the tree (its KV was computed)
     _found: list[Found] = field(default_factory=list, repr=False)  # promoted blocks, pinned until inserted
     _pending: list[Pending] = field(default_factory=list, repr=False)  # demotions taken, put back on rollback
+    _undo: list[Undo] = field(default_factory=list, repr=False)  # the promotions' uses, undone on rollback
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,8 @@ class RadixAllocator:
     # ---------------------------------------------------------------- the queue's demand
     def enqueue(self, namespace: str, prompt: Tokens, hashes: list[int], session: str | None = None) -> None:
         """A request with these :meth:`hashes` entered the queue: count its queued demand, popularity and
-        session (``session``: the id it named, if any)."""
+        session (``session``: the id it named, if any). NOTE: the queued table tells the eviction heap of
+        ``hashes``, which session return does not repeat (``SessionReturn.observe``): keep them together."""
         self._demand.queued.add(hashes)
         self.observe(namespace, prompt, hashes)
         if self._demand.sessions is not None:
@@ -240,7 +244,8 @@ class RadixAllocator:
         assert self.tiers is not None
         alloc._pending = self.tiers.take_pending()
         alloc._found = found
-        alloc.copies = [c for _, c in alloc._pending] + self.tiers.promoted(found, fresh)
+        promotions, alloc._undo = self.tiers.promoted(found, fresh)
+        alloc.copies = [c for _, c in alloc._pending] + promotions
         by_tier = {t: 0 for t in Tier}
         by_tier[Tier.DEVICE] = alloc.depth * self.block_size
         for tier, _, _ in found:
@@ -276,7 +281,7 @@ class RadixAllocator:
         self._tree.lock(node)
         if old is not None:
             self._tree.unlock(old)
-        alloc.node, alloc.depth = node, depth
+        alloc.node, alloc.depth, alloc.published = node, depth, True
 
     def _insert_prompt(self, alloc: Allocation, prompt: Tokens, hashes: list[int] | None) -> tuple[Node, int]:
         """Insert the prompt's full blocks, walking from the allocation's locked node; returns the path end."""
@@ -296,12 +301,18 @@ class RadixAllocator:
             self.tiers.stored(alloc.blocks[existing:n_full], hashes[existing:n_full])
         return node, n_full
 
-    def rollback(self, alloc: Allocation) -> None:
-        """Undo :meth:`allocate` without caching anything (its copies were never sent)."""
+    def rollback(self, alloc: Allocation, sent: bool = False) -> None:
+        """Undo :meth:`allocate` without caching anything: the tier accounting returns to what it was, but for
+        what the copies did. ``sent=False``: the copies never left (the batch was undone): its demotions go back
+        to the queue in order and its promotions are no moves. ``sent=True``: its Prefill failed or was
+        cancelled after the copies were sent, each failed one reported with :meth:`copy_failed` (the batcher
+        reports all of them): they stay moves, and the blocks the forward may not have written are cached
+        nowhere. Either way the promoted blocks are unpinned and keep their hotness and prefetched mark."""
         if self.tiers is not None:
-            self.tiers.put_back(alloc._pending)
-            self.tiers.unpromoted(alloc._found)
-            alloc._pending, alloc.copies = [], []
+            if not sent:
+                self.tiers.put_back(alloc._pending)
+            self.tiers.unpromoted(alloc._undo, sent)
+            alloc._pending, alloc._undo, alloc.copies = [], [], []
         self._let_go(alloc)
 
     def _let_go(self, alloc: Allocation) -> None:

@@ -2,32 +2,37 @@
 
 On chat and agent traffic the next use of a prompt's blocks is the session's next turn, which arrives after
 the user (or the tool) has read and typed. Whether it comes is predictable from what the session did so far:
-a conversation that has already come back once is much likelier to come back again than a first turn (on the
-Mooncake trace, 82 % against 18 %). So, when a request enters the queue, :meth:`SessionReturn.observe`
+a conversation that has already come back once is likelier to come back again than a first turn. So, when a
+request enters the queue, :meth:`SessionReturn.observe`
 
 1. finds its session: the one the request names (``SchedRequest.session``: a session or user id), else the
-   session of the latest earlier request whose prompt this one extends (it covers at least 3/4 of that
-   prompt's blocks: the previous turn, minus a partial last block that the new turn may rewrite). A position
-   that two sessions have covered (a system prompt) continues no session, and its uses are uses by different
-   sessions (DART keeps heat and popularity for it);
+   session whose last prompt this one extends exactly (covers every full block of it: a chat's next turn
+   repeats the previous turn's prompt). A prompt that covers at least 3/4 of that prompt but not its end (an
+   agent forking from an earlier step, an edited turn, a new question on the same document, another chat on a
+   long system prompt: the prompt cannot tell them apart) starts a *branch*: another session, never merged
+   with the first, whose returns are learned apart, and which keeps the common prefix private to the two.
+   Sharing less starts an unrelated session: the common prefix is then covered by two sessions, continues
+   neither, and its uses are uses by different sessions (DART keeps heat and popularity for it);
 2. learns: a session at turn k that comes back within the horizon (``half_life`` cache capacities of
    observed prompt blocks, the clock of segment popularity) counts one return for turn k; every session
-   reaching turn k counts one start. The return probability of turn k (1, 2, 3, 4+) is
+   reaching turn k counts one start. The return probability of turn k (1, 2, 3, 4+; branches apart) is
    ``(returns + 1) / (starts + 2)``, so it is learned online from the observed inter-turn gaps;
 3. records the session under each of the request's chained block hashes (its radix positions), with the
    value ``ln P(return | turn) + clock / tau`` in the log form of :mod:`prism_cache.decay`: the expected
    return decays with the session's age and compares across time with no sweep.
 
 :meth:`value` of a position is the current value of its recorded session, so the prefix of an old turn gains
-when the session comes back. Every change of a position's value is notified to watchers (the radix tree
-re-keys the leaves whose tail changed): the request's positions when it is observed. A position that an older
-turn recorded and the new turn no longer covers keeps a value that rose without notice; its eviction key then
-ranks it lower than it is, and eviction re-reads a key before it acts on it, so this errs only early.
+when the session comes back. The request's own positions change value when it is observed; watchers (the radix
+tree, which re-keys the leaves whose tail changed) learn of them from the queued-demand table, which the
+caller updates for the same positions at the same time (``RadixAllocator.enqueue``), so they are not told
+twice. A position that an older turn recorded and the new turn no longer covers keeps a value that rose
+without notice; its eviction key then ranks it lower than it is, and eviction re-reads a key before it acts on
+it, so this errs only early.
 
 Memory is bounded as in :mod:`prism_cache.popularity`: past a bound, the records of positions neither cached,
-waiting nor written since the previous prune are dropped (a position without a record reads
-:data:`prism_cache.popularity.UNSEEN`), and named sessions not seen for a bound of observed blocks are
-forgotten.
+waiting nor recorded by a session observed since the previous prune are dropped and notified (a position
+without a record reads :data:`prism_cache.popularity.UNSEEN`), and named sessions not seen for a bound of
+observed blocks are forgotten.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import math
 from collections.abc import Callable, Container, Sequence
 
 from prism_cache.decay import decay_tau
+from prism_cache.tail_reach import TailReach
 from prism_cache.watched import Watched
 
 TURN_BUCKETS = 4  # turns 1, 2, 3 and 4+ learn separate return probabilities
@@ -47,12 +53,14 @@ class Session:
     observed-blocks clock (as a popularity count), and ``heat``, the same on the tree's heat clock (as
     :attr:`Node.heat`)."""
 
-    __slots__ = ("depth", "heat", "last", "turns", "used", "value")
+    __slots__ = ("branch", "depth", "heat", "last", "tail", "turns", "used", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, branch: bool = False) -> None:
+        self.branch = branch  # it began as a branch of another session's prompt (learns its own returns)
         self.turns = 0
         self.last = 0
         self.depth = 0
+        self.tail: int | None = None  # the hash of its last prompt's last full block
         self.value = self.used = self.heat = 0.0
 
 
@@ -74,9 +82,10 @@ class SessionReturn(Watched):
         # positions two sessions have covered (a system prompt): they continue no session, and their uses are
         # uses by different sessions
         self._shared: set[int] = set()
-        self._recent: set[int] = set()  # positions written since the last prune
-        self.starts = [0] * TURN_BUCKETS
-        self.returns = [0] * TURN_BUCKETS
+        self._pruned_at = 0  # the clock at the last prune
+        self.tails = TailReach()  # where reuses of a prompt stop (DART's admission control of tails)
+        self.starts = [0] * 2 * TURN_BUCKETS  # per turn bucket, sessions begun afresh then branches
+        self.returns = [0] * 2 * TURN_BUCKETS
         # NOTE: DART's key reads them (the eviction hot path)
         self.record_of = self._owner.get
         self.shared = self._shared
@@ -84,31 +93,39 @@ class SessionReturn(Watched):
     def observe(self, hashes: Sequence[int], session: str | None = None, heat_now: float = 0.0) -> None:
         """Count a request entering the queue. ``hashes``: its full blocks' chained hashes; ``session``: the
         id the request named, if any (ids are per cache; a namespace's hashes never meet another's);
-        ``heat_now``: the tree's log-form heat of one use made now (``RadixTree.heat_now``)."""
-        s = self._named_session(session) if session else self._chained_session(hashes)
-        if s.turns and self._clock - s.last <= self._horizon:
-            self.returns[_bucket(s.turns)] += 1  # it came back in time
+        ``heat_now``: the tree's log-form heat of one use made now (``RadixTree.heat_now``). Watchers are not
+        told of ``hashes``: the caller counts the request as queued demand at the same time, which tells them
+        (``RadixAllocator.enqueue``); only pruned records are notified here."""
+        lo = self._deepest_recorded(hashes)
+        # a prompt diverging past an already shared prefix reuses that segment, not the prompt latest on it
+        if lo and hashes[lo - 1] not in self._shared:
+            self.tails.reused(self._owner[hashes[lo - 1]].depth, lo)
+        parent = None
+        if session:
+            s = self._named_session(session)
+        else:
+            s, parent = self._chained_session(hashes, lo)
         s.turns += 1
-        self.starts[_bucket(s.turns)] += 1
-        s.last, s.depth, s.heat = self._clock, len(hashes), heat_now
+        self.starts[_bucket(s.turns, s.branch)] += 1
+        s.last, s.depth, s.tail, s.heat = self._clock, len(hashes), hashes[-1] if hashes else None, heat_now
         s.used = self._clock / self._tau
-        s.value = math.log(self.return_probability(s.turns)) + s.used
+        s.value = math.log(self.return_probability(s.turns, s.branch)) + s.used
         owner, shared = self._owner, self._shared
         for h in hashes:
             other = owner.get(h)
             if other is not s:
-                if other is not None:
+                if other is not None and other is not parent:  # a branch keeps its parent's prefix private
                     shared.add(h)
                 owner[h] = s
-        self._recent.update(hashes)
-        self._notify(hashes)
+        self.tails.record(hashes)
         self._clock += len(hashes)
-        if len(owner) > self._limit or len(self._recent) > self._bound:
+        if len(owner) > self._limit or self._clock - self._pruned_at > self._bound:
             self._prune()
 
-    def return_probability(self, turns: int) -> float:
-        """P(a session at ``turns`` comes back within the horizon), learned so far (1/2 before any data)."""
-        b = _bucket(turns)
+    def return_probability(self, turns: int, branch: bool = False) -> float:
+        """P(a session at ``turns`` comes back within the horizon), learned so far (1/2 before any data),
+        apart for sessions begun as a branch."""
+        b = _bucket(turns, branch)
         return (self.returns[b] + 1) / (self.starts[b] + 2)
 
     def value(self, h: int) -> float | None:
@@ -120,12 +137,13 @@ class SessionReturn(Watched):
         s = self._named.get(name)
         if s is None:
             s = self._named[name] = Session()
+        else:
+            self._came_back(s)
         return s
 
-    def _chained_session(self, hashes: Sequence[int]) -> Session:
-        """The session of the latest request this prompt extends (covers 3/4 of), else a new one. The deepest
-        recorded position is found by binary search: records are prefix-closed (whole prompts are recorded,
-        and cached, waiting and recent positions are prefix-closed sets)."""
+    def _deepest_recorded(self, hashes: Sequence[int]) -> int:
+        """How many leading positions of ``hashes`` have a record, by binary search: records are prefix-closed
+        (whole prompts are recorded, and cached, waiting and recent positions are prefix-closed sets)."""
         owner, lo, hi = self._owner, 0, len(hashes)
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -133,22 +151,41 @@ class SessionReturn(Watched):
                 lo = mid
             else:
                 hi = mid - 1
+        return lo
+
+    def _chained_session(self, hashes: Sequence[int], lo: int) -> tuple[Session, Session | None]:
+        """(session, parent). The session whose last prompt this one extends (covers every full block of: a
+        chat's next turn repeats the previous prompt), parent None. Else, if it covers at least 3/4 of that
+        prompt (an edited turn, an agent forking from an earlier step, a new question on the same document, or
+        another chat on a long system prompt: the prompt cannot tell them apart), a new branch of it, whose
+        return probabilities are learned apart and which keeps the common prefix private to the two (the
+        parent). Else a new session. ``lo``: the recorded leading positions."""
         if lo and hashes[lo - 1] not in self._shared:
-            s = owner[hashes[lo - 1]]
+            s = self._owner[hashes[lo - 1]]
+            if lo >= s.depth and hashes[s.depth - 1] == s.tail:
+                self._came_back(s)
+                return s, None
             if lo >= s.depth - s.depth // 4:
-                return s
-        return Session()
+                return Session(branch=True), s
+        return Session(), None
+
+    def _came_back(self, s: Session) -> None:
+        """``s`` is used again: a return of its last turn if within the horizon."""
+        if s.turns and self._clock - s.last <= self._horizon:
+            self.returns[_bucket(s.turns, s.branch)] += 1
 
     def _prune(self) -> None:
-        """Drop the records of positions neither cached, waiting nor written since the last prune, and named
-        sessions older than the bound; O(1) amortized per observed block (as popularity's records)."""
-        kept, recent, owner = self._kept(), self._recent, self._owner
-        dropped = [h for h in owner if h not in recent and h not in kept]
+        """Drop the records of positions neither cached, waiting nor recorded by a session observed since the
+        last prune, and named sessions older than the bound; O(1) amortized per observed block (as
+        popularity's records)."""
+        kept, owner, since = self._kept(), self._owner, self._pruned_at
+        dropped = [h for h, s in owner.items() if s.last < since and h not in kept]
         for h in dropped:
             del owner[h]
         self._shared.difference_update(dropped)
+        self.tails.forget(dropped)
         self._notify(dropped)
-        recent.clear()
+        self._pruned_at = self._clock
         self._limit = max(self._bound, len(owner) + self._bound // 2)
         cut = self._clock - self._bound
         for name in [n for n, s in self._named.items() if s.last < cut]:
@@ -159,5 +196,5 @@ class SessionReturn(Watched):
         return len(self._owner)
 
 
-def _bucket(turns: int) -> int:
-    return min(turns, TURN_BUCKETS) - 1
+def _bucket(turns: int, branch: bool) -> int:
+    return min(turns, TURN_BUCKETS) - 1 + (TURN_BUCKETS if branch else 0)

@@ -53,6 +53,9 @@ class ValidRequest:
     adapter_id: str | None = None
     namespace: str = ""  # cache namespace (tenant / adapter); never shared across namespaces
     session: str | None = None  # the conversation or user it names (x-session-id, OpenAI user): DART's key
+    # NOTE: input_ids' block hashes (prism_cache.block_hashes at the backend's block size) when the backend
+    # already computed them (data parallelism, to choose the replica): the replica's scheduler reuses them
+    block_hashes: tuple[int, ...] | None = None
 
     @property
     def input_length(self) -> int:

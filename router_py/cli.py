@@ -32,7 +32,7 @@ from router_py.scheduling.interface import Scheduler, SchedulerConfig
 from router_py.scheduling.registry import SCHEDULERS as SCHEDULER_REGISTRY
 from router_py.shard_client.client import ShardClient, ShardError
 from router_py.shard_client.messages import ShardInfo
-from router_py.engine.warmup import StartupError, handshake
+from router_py.engine.warmup import StartupError, handshake_all
 from router_py.kv_events.config import KvEventsConfig, kv_events_arg
 from router_py.tenancy import Tenants, load_keys_file
 
@@ -257,7 +257,7 @@ async def serve(args: argparse.Namespace) -> int:
     paths = args.replica_shard_uds_path or [args.master_shard_uds_path]
     clients = [await _connect(path) for path in paths]
     config = backend_config(args)
-    handshakes = [await handshake(client, config) for client in clients]
+    handshakes = await handshake_all(clients, config)
     info, shard = handshakes[0]
     log.info("warmup done: %s%s", info, f" (each of {len(paths)} replicas)" if len(paths) > 1 else "")
     log.info(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+SHARD_THREADS = "PRISM_SHARD_THREADS"  # the shard's (shard/factory.py); the launcher may set it
+
 
 def flag_value(name: str) -> str | None:
     """The raw value of a flag's UPPER_SNAKE variable (None when unset)."""
@@ -37,6 +39,17 @@ def prism_cache_dir() -> str | None:
 def graceful_termination_timeout_s() -> float:
     """``GRACEFUL_TERMINATION_TIMEOUT`` (TGI's, default 90 s): how long children get to stop."""
     return float(os.environ.get("GRACEFUL_TERMINATION_TIMEOUT", "90"))
+
+
+def shard_threads() -> str | None:
+    """``PRISM_SHARD_THREADS``: torch threads of every CPU shard (the shard reads it; the launcher sets it for
+    data-parallel replicas when it is not set already). None when unset or empty."""
+    return os.environ.get(SHARD_THREADS) or None
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask, as the shard counts them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def inherited() -> dict[str, str]:

@@ -13,6 +13,7 @@ import bisect
 import copy
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 LabelKey = tuple[tuple[str, str], ...]
@@ -96,6 +97,18 @@ class Metrics:
         series = self._counters.setdefault(name, {})
         key = self._key(labels)
         series[key] = series.get(key, 0.0) + value
+
+    def counter(self, name: str, **labels: str) -> Callable[[float], None]:
+        """One counter series (shown from now on, at 0) as an incrementer whose key is computed once: for
+        per-step paths, where :meth:`inc`'s key building would dominate."""
+        series = self._counters.setdefault(name, {})
+        key = self._key(labels)
+        series.setdefault(key, 0.0)
+
+        def inc(value: float) -> None:
+            series[key] += value
+
+        return inc
 
     def set(self, name: str, value: float, **labels: str) -> None:
         self._gauges.setdefault(name, {})[self._key(labels)] = value

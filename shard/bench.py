@@ -111,16 +111,24 @@ def cached_prefill_ratio(
     return cold, statistics.median(warms) / cold
 
 
-def bench_model(folder: Path, label: str, cpu_threads: int | None = None, dtype: str | None = None) -> None:
+def bench_model(
+    folder: Path,
+    label: str,
+    cpu_threads: int | None = None,
+    dtype: str | None = None,
+    device: str = "cpu",
+    load_format: str = "safetensors",
+) -> None:
     runner = build_runner(
         ShardConfig(
             model_dir=str(folder),
-            device="cpu",
+            device=device,
             dtype=dtype,
             attention_backend="auto",
             num_blocks=POOL_BLOCKS,
             block_size=BLOCK,
             cpu_threads=cpu_threads,
+            load_format=load_format,
         )
     )
     params = sum(p.numel() for p in runner.model.parameters())
@@ -135,9 +143,18 @@ def bench_model(folder: Path, label: str, cpu_threads: int | None = None, dtype:
         f"prefill: {prefill_tokens_per_s(runner, rng, vocab, pool):10.0f} tokens/s "
         f"({PREFILL_BATCH} x {PREFILL_LEN} tokens)"
     )
+    steps = 32 if params < 10e6 or runner.loaded.device.type == "cuda" else 8
     for b in DECODE_BATCHES:
-        steps = 32 if params < 10e6 else 8
         print(f"decode batch {b:>2}: {decode_tokens_per_s(runner, rng, vocab, pool, b, steps):7.1f} tokens/s")
+    if runner.loaded.device.type == "cuda":
+        runner.maybe_capture_graphs(POOL_BLOCKS * BLOCK)
+        for b in DECODE_BATCHES if runner.graphs is not None else ():
+            rate = decode_tokens_per_s(runner, rng, vocab, pool, b, steps)
+            print(f"decode batch {b:>2}, CUDA graphs: {rate:7.1f} tokens/s")
+        runner.device_choice = False
+        rate = decode_tokens_per_s(runner, rng, vocab, pool, DECODE_BATCHES[-1], steps)
+        print(f"decode batch {DECODE_BATCHES[-1]:>2}, greedy chosen on the host: {rate:7.1f} tokens/s")
+        runner.device_choice = True
     cold, ratio = cached_prefill_ratio(runner, rng, vocab, pool)
     print(
         f"{CACHED_PROMPT}-token prefill: cold {cold * 1000:.0f} ms; "
@@ -153,6 +170,8 @@ def run_bench(
     model_dir: str | None = None,
     dtype: str | None = None,
     vs_transformers: bool = False,
+    device: str = "cpu",
+    load_format: str = "safetensors",
 ) -> None:
     """Bench demo models of ``sizes`` (built under ``workdir``), or the folder ``model_dir``; with
     ``vs_transformers`` also the 2,001-token forward against transformers' (same dtype, interleaved)."""
@@ -167,7 +186,7 @@ def run_bench(
                 build_demo_model(folder, arch, size)
             folders.append((folder, f"{arch}-{size}"))
     for folder, label in folders:
-        bench_model(folder, label, cpu_threads, dtype)
+        bench_model(folder, label, cpu_threads, dtype, device, load_format)
         if vs_transformers:
             from shard.bench_vs_hf import print_forward_vs_transformers
 

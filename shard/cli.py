@@ -3,11 +3,12 @@
 prism-shard serve MODEL_DIR --uds-path PATH [--dtype float32|float16|bfloat16]
     [--attention-backend reference|sdpa|triton|flash-attn|auto] [--num-blocks N | --memory-fraction F]
     [--block-size 16] [--device cpu|cuda] [--json-output] [--logger-level INFO] [--enforce-eager]
+    [--cuda-graphs 1,2,4,...|0] [--load-format safetensors|dummy]
     [--otlp-endpoint URL] [--otlp-service-name NAME] [--cpu-threads N]
     [--kv-host-tokens N] [--kv-disk-tokens N --kv-disk-path DIR]
         (env KV_HOST_TOKENS, KV_DISK_TOKENS, KV_DISK_PATH)
 prism-shard bench [--model tiny,100m] [--arch llama] [--workdir DIR] [--cpu-threads N] [--model-dir DIR]
-    [--dtype D] [--vs-transformers]
+    [--dtype D] [--vs-transformers] [--device cpu|cuda] [--load-format safetensors|dummy]
 text-generation-server serve MODEL_ID [TGI's flags]      (so TGI's launcher can start this shard)
 text-generation-server download-weights MODEL_ID         (no-op for a local folder)
 """
@@ -20,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from shard.config import DTYPES, ShardConfig
+from shard.config import DTYPES, LOAD_FORMATS, ShardConfig
 
 TGI_QUANTIZE = (
     "bitsandbytes",
@@ -45,6 +46,19 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--otlp-service-name", help="default: OTEL_SERVICE_NAME, else text-generation-inference.server")
 
 
+def graph_sizes(text: str) -> tuple[int, ...]:
+    """TGI's --cuda-graphs value: a comma list of batch sizes; "0" (or empty) captures none."""
+    sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    if any(s < 0 for s in sizes):
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 0, got {text!r}")
+    return tuple(sorted({s for s in sizes if s > 0}))
+
+
+def _load_format_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--load-format", choices=LOAD_FORMATS, default="safetensors",
+                   help="dummy: random weights from the config alone, no checkpoint read (benchmarks, as vLLM)")
+
+
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a local HF model folder over generate.v3 gRPC")
     p.add_argument("model_dir")
@@ -58,6 +72,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--device", help="cpu or cuda[:i]; default cuda when available")
     p.add_argument("--enforce-eager", action="store_true", help="never capture CUDA graphs")
+    p.add_argument("--cuda-graphs", type=graph_sizes, default=None, metavar="N,N,...",
+                   help="decode batch sizes to capture as CUDA graphs (TGI's flag); 0: none, as --enforce-eager")
+    _load_format_flag(p)
     p.add_argument(
         "--cpu-threads",
         type=int,
@@ -80,10 +97,12 @@ def _run_serve(args: argparse.Namespace) -> None:
     rank, world = ShardConfig.env_rank()
     try:
         prefix_caching = ShardConfig.env_prefix_caching()
+        pool_floor = ShardConfig.env_pool_floor()
     except ValueError as err:
         sys.exit(f"error: {err}")
     config = ShardConfig(
         prefix_caching=prefix_caching,
+        pool_floor=pool_floor,
         model_dir=args.model_dir,
         uds_path=args.uds_path,
         dtype=args.dtype,
@@ -92,7 +111,9 @@ def _run_serve(args: argparse.Namespace) -> None:
         num_blocks=getattr(args, "num_blocks", None),
         memory_fraction=getattr(args, "memory_fraction", None),
         block_size=getattr(args, "block_size", 16),
-        enforce_eager=getattr(args, "enforce_eager", False),
+        enforce_eager=getattr(args, "enforce_eager", False) or getattr(args, "cuda_graphs", None) == (),
+        cuda_graphs=getattr(args, "cuda_graphs", None) or None,
+        load_format=getattr(args, "load_format", "safetensors"),
         cpu_threads=getattr(args, "cpu_threads", None),
         kv_host_tokens=getattr(args, "kv_host_tokens", 0),
         kv_disk_tokens=getattr(args, "kv_disk_tokens", 0),
@@ -125,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--cpu-threads", type=int, help="torch intra-op threads (default: as the shard)")
     b.add_argument("--model-dir", help="bench this model folder instead of demo models")
     b.add_argument("--dtype", choices=DTYPES, help="default: as the shard picks it")
+    b.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    _load_format_flag(b)
     b.add_argument(
         "--vs-transformers", action="store_true", help="also time a 2,001-token forward against transformers'"
     )
@@ -142,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
             args.model_dir,
             args.dtype,
             args.vs_transformers,
+            args.device,
+            args.load_format,
         )
 
 

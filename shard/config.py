@@ -1,12 +1,41 @@
 """``ShardConfig``: every setting of one shard process, validated once. Environment is read only in
-:func:`ShardConfig.from_env_and_args` (RANK, WORLD_SIZE, LOCAL_RANK)."""
+:class:`ShardConfig`'s ``env_*`` methods (RANK, WORLD_SIZE, LOCAL_RANK, PREFIX_CACHING, the router's budgets)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_PREFILL_TOKENS = 4096  # the router's default max_batch_prefill_tokens
+LOAD_FORMATS = ("safetensors", "dummy")  # dummy: vLLM's name; module initialisation, no checkpoint read
+
+
+def budget_floor_tokens(environ: Mapping[str, str]) -> tuple[int, str]:
+    """The usable tokens the router's budgets need of a KV pool sized from memory, and why: its warmup prefill
+    batch (``MAX_BATCH_PREFILL_TOKENS``, default 4096) and one request of ``MAX_TOTAL_TOKENS`` (when set) must
+    fit. The launcher passes its --max-batch-prefill-tokens / --max-total-tokens to its shards in these
+    variables (TGI's names). Raises ValueError on a value that is not a positive integer."""
+    prefill = _positive(environ, "MAX_BATCH_PREFILL_TOKENS") or DEFAULT_PREFILL_TOKENS
+    total = _positive(environ, "MAX_TOTAL_TOKENS")
+    if total is not None and total > prefill:
+        return total, f"MAX_TOTAL_TOKENS {total}"
+    named = "MAX_BATCH_PREFILL_TOKENS" if environ.get("MAX_BATCH_PREFILL_TOKENS") else "the default"
+    return prefill, f"{named} max_batch_prefill_tokens {prefill}"
+
+
+def _positive(environ: Mapping[str, str], name: str) -> int | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -20,6 +49,8 @@ class ShardConfig:
     memory_fraction: float | None = None
     block_size: int = 16
     enforce_eager: bool = False
+    load_format: str = "safetensors"
+    cuda_graphs: tuple[int, ...] | None = None  # decode batch sizes to capture; None: the runner's default
     cpu_threads: int | None = None  # torch intra-op threads on CPU; None: see shard.factory.pick_cpu_threads
     rank: int = 0
     world_size: int = 1
@@ -30,10 +61,15 @@ class ShardConfig:
     kv_host_tokens: int = 0  # host-memory KV tier (docs/kv-tiers-wire.md); 0: none
     kv_disk_tokens: int = 0  # disk KV tier under kv_disk_path; 0: none
     kv_disk_path: str | None = None
+    pool_floor: tuple[int, str] | None = None  # (tokens, why) a pool sized from memory must hold; None: default
 
     def __post_init__(self) -> None:
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.cuda_graphs is not None and (not self.cuda_graphs or min(self.cuda_graphs) < 1):
+            raise ValueError(f"--cuda-graphs sizes must be positive, got {self.cuda_graphs}")
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(f"--load-format must be one of {LOAD_FORMATS}, got {self.load_format!r}")
         if self.num_blocks is not None and self.memory_fraction is not None:
             raise ValueError("give --num-blocks or --memory-fraction, not both")
         if not 1 <= self.block_size <= 256:
@@ -66,6 +102,11 @@ class ShardConfig:
         if raw in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"PREFIX_CACHING must be 1/0/true/false, got {raw!r}")
+
+    @staticmethod
+    def env_pool_floor() -> tuple[int, str]:
+        """:func:`budget_floor_tokens` of MAX_BATCH_PREFILL_TOKENS / MAX_TOTAL_TOKENS (ValueError on a bad value)."""
+        return budget_floor_tokens(os.environ)
 
     @staticmethod
     def env_local_rank() -> int | None:

@@ -5,7 +5,10 @@ The folder is an ordinary HF checkpoint (``config.json``, ``model.safetensors``,
 ``tokenizer_config.json``, ``generation_config.json``): ``transformers`` loads it, and the shard loads it with
 same code it uses for real models. Same arguments -> byte-identical files.
 
-    prism-demo-model OUT_DIR [--arch llama|qwen3] [--size tiny|small|100m] [--max-positions N]
+    prism-demo-model OUT_DIR [--arch llama|qwen3] [--size tiny|small|100m|8b] [--max-positions N] [--config-only]
+
+``--config-only`` writes everything but the weights, for ``--load-format dummy`` (the 8b size: Llama 3 8B's
+shapes, whose 16 GB of random weights are not worth writing to disk).
 """
 
 from __future__ import annotations
@@ -39,13 +42,15 @@ class Size:
     heads: int
     kv_heads: int
     intermediate: int
-    vocab: int
+    vocab: int  # BPE vocabulary trained on the corpus
+    model_vocab: int = 0  # the model's vocabulary when larger: ids past the tokenizer's decode to nothing
 
 
 SIZES = {
     "tiny": Size(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=1024),
     "small": Size(hidden=256, layers=4, heads=8, kv_heads=4, intermediate=704, vocab=1024),
     "100m": Size(hidden=768, layers=12, heads=12, kv_heads=4, intermediate=2688, vocab=1024),
+    "8b": Size(hidden=4096, layers=32, heads=32, kv_heads=8, intermediate=14336, vocab=1024, model_vocab=128256),
 }
 ARCHS = ("llama", "qwen3")
 
@@ -151,15 +156,17 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def build_demo_model(
-    out_dir: str | Path, arch: str = "llama", size: str = "tiny", max_positions: int = 4096
+    out_dir: str | Path, arch: str = "llama", size: str = "tiny", max_positions: int = 4096, weights: bool = True
 ) -> Path:
     """Write a demo model folder at ``out_dir`` (created if missing) and return its path.
 
     Args:
         out_dir: target folder; existing files of the same names are overwritten.
         arch: "llama" (LlamaForCausalLM) or "qwen3" (Qwen3ForCausalLM).
-        size: "tiny" (~0.2M params, tests), "small" (~3.5M), "100m" (~95M, benchmarks).
+        size: "tiny" (~0.2M params, tests), "small" (~3.5M), "100m" (~95M, benchmarks), "8b" (Llama 3 8B's
+            shapes, for GPU benchmarks with ``weights=False``).
         max_positions: ``max_position_embeddings`` (and the tokenizer's ``model_max_length``).
+        weights: write model.safetensors; without it the folder is served with ``--load-format dummy``.
     Raises:
         ValueError: unknown arch or size.
     """
@@ -173,7 +180,7 @@ def build_demo_model(
     out.mkdir(parents=True, exist_ok=True)
     shape = SIZES[size]
     tok = train_tokenizer(shape.vocab)
-    vocab = tok.get_vocab_size()
+    vocab = max(tok.get_vocab_size(), shape.model_vocab)
     bos_id, eos_id = tok.token_to_id(BOS), tok.token_to_id(EOS)
     tok.save(str(out / "tokenizer.json"))
     _write_json(out / "config.json", hf_config(arch, shape, vocab, bos_id, eos_id, max_positions))
@@ -201,7 +208,8 @@ def build_demo_model(
             "clean_up_tokenization_spaces": False,
         },
     )
-    save_file(random_weights(arch, shape, vocab), str(out / "model.safetensors"), metadata={"format": "pt"})
+    if weights:
+        save_file(random_weights(arch, shape, vocab), str(out / "model.safetensors"), metadata={"format": "pt"})
     return out
 
 
@@ -212,8 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arch", choices=ARCHS, default="llama")
     parser.add_argument("--size", choices=list(SIZES), default="tiny")
     parser.add_argument("--max-positions", type=int, default=4096, help="max_position_embeddings")
+    parser.add_argument("--config-only", action="store_true", help="no weights (serve with --load-format dummy)")
     args = parser.parse_args(argv)
-    print(build_demo_model(args.out_dir, args.arch, args.size, args.max_positions))
+    print(build_demo_model(args.out_dir, args.arch, args.size, args.max_positions, not args.config_only))
 
 
 if __name__ == "__main__":

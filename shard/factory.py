@@ -89,10 +89,12 @@ def build_runner(config: ShardConfig) -> ModelRunner:
         threads = f", CPU threads {cpu_threads} ({why})"
     dtype, dtype_why = pick_dtype(config, device)
     backend = get_backend(config.attention_backend, device.type, config.block_size)
-    loaded = load_model(config.model_dir, backend, dtype, device, tp)
+    loaded = load_model(config.model_dir, backend, dtype, device, tp, dummy=config.load_format == "dummy")
     c = loaded.model.config
     shape = KVShape(c.layers, c.kv_heads // tp.world, c.head_dim, dtype)  # this rank's share of the KV heads
-    blocks = choose_num_blocks(shape, config.block_size, device, config.num_blocks, config.memory_fraction)
+    blocks = choose_num_blocks(
+        shape, config.block_size, device, config.num_blocks, config.memory_fraction, config.pool_floor
+    )
     blocks = tp.min_int(blocks, device)  # NOTE: one block space for the router: equal on every rank
     kv = KVCache(shape, blocks, config.block_size, device)
     log.info(
@@ -109,7 +111,7 @@ def build_runner(config: ShardConfig) -> ModelRunner:
     )
     # NOTE: CUDA graphs are not captured across ranks (collectives in a captured graph are untested here).
     eager = config.enforce_eager or tp.enabled
-    return ModelRunner(loaded, kv, enforce_eager=eager, cpu_threads=cpu_threads)
+    return ModelRunner(loaded, kv, enforce_eager=eager, cpu_threads=cpu_threads, graph_sizes=config.cuda_graphs)
 
 
 def build_service(config: ShardConfig) -> TextGenerationService:

@@ -3,10 +3,11 @@ the layout :mod:`flash_kernels.api` defines. Slot s is ``cache[s // block_size, 
 
 The router owns which blocks hold what; the pool only stores them. Sizing: an explicit block count, or a
 fraction of free device memory (CUDA) / of available memory (CPU), or on CPU by default enough for
-``CPU_DEFAULT_TOKENS`` tokens (capped at ``CPU_DEFAULT_BYTES``). A pool sized from memory must hold at least
-``MIN_SIZED_TOKENS`` usable tokens: a smaller one (a busy host with little free RAM) would start, then make
-the router refuse its default limits at Warmup with no hint of the shard's flag, so the shard refuses it at
-once and names the flags. An explicit ``--num-blocks`` is taken as given.
+``CPU_DEFAULT_TOKENS`` tokens (capped at ``CPU_DEFAULT_BYTES``). A pool sized from memory must hold what the
+router's budgets need (:func:`shard.config.budget_floor_tokens`: its prefill budget, and ``max_total_tokens`` when set): a
+smaller one (a busy host with little free RAM) would start, then make the router refuse its limits at Warmup
+with no hint of the shard's flag, so the shard refuses it at once and names the flags. An explicit
+``--num-blocks`` is taken as given.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
+from shard.config import DEFAULT_PREFILL_TOKENS
+
 CPU_DEFAULT_TOKENS = 32768
 CPU_DEFAULT_BYTES = 2 << 30
 CUDA_DEFAULT_FRACTION = 0.9
-MIN_SIZED_TOKENS = 4096  # the router's default max_batch_prefill_tokens: its warmup batch must fit the pool
+DEFAULT_FLOOR_WHY = f"the default max_batch_prefill_tokens {DEFAULT_PREFILL_TOKENS}"
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,17 @@ def choose_num_blocks(
     device: torch.device,
     num_blocks: int | None = None,
     memory_fraction: float | None = None,
+    min_tokens: tuple[int, str] | None = None,
 ) -> int:
     """Pool size in blocks (>= 2: block 0 is reserved by the router for health probes).
 
+    Args:
+        min_tokens: (usable tokens a pool sized from memory must hold, why), from
+            :func:`shard.config.budget_floor_tokens`; default the router's default prefill budget.
+
     Raises:
         ValueError: a count under 2, a fraction outside (0, 1], or a pool sized from memory holding fewer than
-            ``MIN_SIZED_TOKENS`` usable tokens (the message names --num-blocks / --memory-fraction).
+            ``min_tokens`` usable tokens (the message names --num-blocks / --memory-fraction).
     """
     if num_blocks is not None:
         if num_blocks < 2:
@@ -64,13 +72,14 @@ def choose_num_blocks(
         budget = int(free * fraction)
         how = f"{fraction:g} of {free} bytes of free {device.type} memory"
     blocks = budget // per_block
-    floor = -(-MIN_SIZED_TOKENS // block_size) + 1  # + block 0, the router's
+    need, why = min_tokens if min_tokens is not None else (DEFAULT_PREFILL_TOKENS, DEFAULT_FLOOR_WHY)
+    floor = -(-need // block_size) + 1  # + block 0, the router's
     if blocks < floor:
         raise ValueError(
             f"the KV pool sized from memory ({how}) holds {blocks} blocks of {block_size} tokens, fewer "
-            f"than the {floor} ({MIN_SIZED_TOKENS} tokens + block 0) the router's default limits need; set "
+            f"than the {floor} ({need} tokens: {why}; + block 0) the router's limits need; set "
             f"the pool size with --num-blocks N (launcher: --num-blocks, NUM_BLOCKS) or a larger "
-            f"--memory-fraction (launcher: --cuda-memory-fraction), or free memory"
+            f"--memory-fraction (launcher: --cuda-memory-fraction), lower those limits, or free memory"
         )
     return blocks
 

@@ -83,15 +83,31 @@ def eos_ids(folder: Path, cfg: dict, tokenizer: object) -> frozenset[int]:
     return frozenset() if token_id is None else frozenset([token_id])
 
 
+def _initialised(
+    cls: type, cfg: dict, backend: AttentionBackend, tp: TensorParallel, dtype: torch.dtype, device: torch.device
+) -> LlamaForCausalLM:
+    """The model with torch's default initialisation, built on ``device`` in ``dtype`` (no fp32 copy on the
+    host: an 8B config would need 32 GB there). RoPE tables are computed in fp32 whatever the default."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype if dtype.is_floating_point else previous)
+    try:
+        with torch.device(device):
+            return cls.from_hf_config(cfg, backend, tp)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def load_model(
     folder: str | Path,
     backend: AttentionBackend,
     dtype: torch.dtype,
     device: torch.device,
     tp: TensorParallel = SINGLE,
+    dummy: bool = False,
 ) -> LoadedModel:
     """Build the model named by config.json ``architectures`` and load its weights (with ``tp`` of world > 1,
-    only this rank's slices: :mod:`shard.tp_loading`).
+    only this rank's slices: :mod:`shard.tp_loading`); ``dummy`` (``--load-format dummy``) keeps the modules'
+    random initialisation and reads no checkpoint: a big config is benchmarked without writing its weights.
 
     Raises:
         ValueError: unsupported architecture (message names it and the supported ones), missing weights, or
@@ -103,14 +119,17 @@ def load_model(
     folder = Path(folder)
     cfg = read_config(folder)
     cls = model_class(cfg.get("architectures") or [cfg.get("model_type", "?")])
-    with torch.device("cpu"):
-        model = cls.from_hf_config(cfg, backend, tp)
-    if tp.enabled:
-        from shard.tp_loading import load_rank_weights
-
-        load_rank_weights(model, safetensors_files(folder), tp)
+    if dummy:
+        model = _initialised(cls, cfg, backend, tp, dtype, device)
     else:
-        load_weights(model, safetensors_files(folder))
+        with torch.device("cpu"):
+            model = cls.from_hf_config(cfg, backend, tp)
+        if tp.enabled:
+            from shard.tp_loading import load_rank_weights
+
+            load_rank_weights(model, safetensors_files(folder), tp)
+        else:
+            load_weights(model, safetensors_files(folder))
     model = model.to(device=device, dtype=dtype).eval()
     for module in model.modules():  # NOTE: RoPE tables stay fp32 under bf16/fp16 weights, as in HF
         if isinstance(module, Rotary):

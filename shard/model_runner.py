@@ -22,7 +22,7 @@ from shard.kv_cache import KVCache
 from shard.layers.attention import AttentionMetadata
 from shard.loader import LoadedModel
 from shard.sampling import Choice
-from shard.sampling_batch import choose_batch, choose_one
+from shard.sampling_batch import choose_batch, choose_one, device_safe
 from shard.validation import PoolLimits, check_step
 
 log = logging.getLogger(__name__)
@@ -75,12 +75,15 @@ class ModelRunner:
         kv: KVCache,
         enforce_eager: bool = True,
         cpu_threads: CpuThreads | None = None,
+        graph_sizes: tuple[int, ...] | None = None,
     ) -> None:
         self.loaded, self.kv = loaded, kv
         self.cpu_threads = cpu_threads  # None: leave torch's thread count alone (CUDA, tests)
         self.model = loaded.model
         self.detok = Detokenizer(loaded.tokenizer)
         self.enforce_eager = enforce_eager
+        self.graph_sizes = graph_sizes or GRAPH_BATCH_SIZES
+        self.device_choice = True  # plain greedy decode rows chosen on the model's device (benchmarks switch it)
         self.max_input_tokens: int | None = None
         self.max_prefill_tokens: int | None = None  # per forward, from Warmup (shard.chunking)
         self.graphs = None  # CudaGraphRunner once captured
@@ -118,11 +121,15 @@ class ModelRunner:
             return self.graphs(ids, m.positions, m.slots, m.block_tables, m.seqlens_k)
         return self.decode_forward(ids, m.positions, m.slots, m.block_tables, m.seqlens_k, m.max_seqlen_k)
 
-    def _forward(self, s: StepInputs, rows: list[int]) -> StepLogits:
+    def _forward(self, s: StepInputs, rows: list[int], requests: list[RequestState]) -> StepLogits:
         ids, meta = to_device(s, self.loaded.device, self.kv.block_size)
         if s.is_decode:
-            logits = self._decode_logits(ids, meta)
-            return StepLogits(logits.float().cpu(), {r: r for r in range(len(s.input_ids))})
+            logits = self._decode_logits(ids, meta).float()
+            # NOTE: plain greedy rows are chosen where the logits are: on a GPU, copying (b, vocab) to the host
+            # and a host softmax over it cost a large share of a decode step at a 128k vocabulary.
+            if not (self.device_choice and self._device_choosable(requests)):
+                logits = logits.cpu()
+            return StepLogits(logits, {r: r for r in range(len(s.input_ids))})
         hidden = self.model(ids, meta, self.kv.layers)
         picked = hidden[torch.tensor(rows, dtype=torch.int64, device=hidden.device)]
         return StepLogits(self.model.logits(picked).float().cpu(), {r: i for i, r in enumerate(rows)})
@@ -147,7 +154,7 @@ class ModelRunner:
                 torch.set_num_threads(want)
         t0 = time.perf_counter_ns()
         with torch.inference_mode():
-            logits = self._forward(inputs, self._rows_needed(active, inputs))
+            logits = self._forward(inputs, self._rows_needed(active, inputs), active)
         t1 = time.perf_counter_ns()
         grammar.apply_masks(active, inputs.cu_seqlens_q, logits)
         out = self._after_forward(active, inputs, logits)
@@ -158,6 +165,10 @@ class ModelRunner:
     def plan_next(self, requests: list[RequestState]) -> None:
         """Re-plan the next forward's prompt pieces (after the batch changed, e.g. FilterBatch)."""
         plan_chunks(requests, self.max_prefill_tokens)
+
+    @staticmethod
+    def _device_choosable(requests: list[RequestState]) -> bool:
+        return all(r.grammar is None for r in requests) and device_safe([r.chooser for r in requests])
 
     @staticmethod
     def _rows_needed(requests: list[RequestState], s: StepInputs) -> list[int]:
@@ -285,6 +296,6 @@ class ModelRunner:
             log.warning("shard.cuda_graphs not available; decoding eagerly")
             return
         max_blocks = -(-max_total_tokens // self.kv.block_size)
-        runner = CudaGraphRunner(self.decode_forward, list(GRAPH_BATCH_SIZES), max_blocks, self.loaded.device)
+        runner = CudaGraphRunner(self.decode_forward, list(self.graph_sizes), max_blocks, self.loaded.device)
         runner.capture()
         self.graphs = runner

@@ -57,6 +57,14 @@ class Rows:
         )
 
 
+def device_safe(choosers: Sequence[NextTokenChooser]) -> bool:
+    """True when every row is plain greedy (no penalty, warper, watermark or draw): :func:`choose_batch` then
+    runs only tensor ops on the logits' own device, so a GPU's logits need not be copied to the host."""
+    rows = Rows.of(choosers)
+    return not (rows.penalized or rows.warped_temperature or rows.top_k or rows.top_p or rows.typical
+                or rows.watermark or rows.sampled)
+
+
 def choose_batch(
     choosers: Sequence[NextTokenChooser], logits: torch.Tensor, histories: Sequence[Sequence[int]]
 ) -> list[Choice | SamplingError]:
@@ -64,7 +72,8 @@ def choose_batch(
 
     Args:
         choosers: one per row (parameters and seeded generator).
-        logits: (b, vocab) fp32 CPU, raw model output; not modified.
+        logits: (b, vocab) fp32 raw model output, not modified; on the CPU, or on any device when
+            :func:`device_safe` holds for ``choosers``.
         histories: per row every token id so far (prompt + generated), for penalties and the watermark.
     Returns:
         per row a Choice, or a SamplingError when the row has no valid token.

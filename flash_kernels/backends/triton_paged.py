@@ -32,22 +32,24 @@ MIN_DOT = 16
 
 
 @dataclass(frozen=True)
-class _Tiles:
-    """Launch shape: rows of a query tile (tokens x heads of one group), warps, software-pipeline stages."""
+class Tiles:
+    """Launch shape: rows of a query tile (tokens x heads of one group), warps, software-pipeline stages, keys
+    per KV tile."""
 
     rows: int
     num_warps: int
     num_stages: int
+    keys: int = BLOCK_N
 
 
-def _tiles(dtype: torch.dtype, block_d: int, decode: bool) -> _Tiles:
+def _tiles(dtype: torch.dtype, block_d: int, decode: bool) -> Tiles:
     """Decode uses the fewest rows tl.dot takes (its work is reading K/V). A "wide" key row (fp32 at d=128, or
     16 bit at d=256) doubles every tile's bytes, so it gets fewer rows and stages to stay within ~160 KB of
     shared memory (A100's limit; H100 has more)."""
     wide = torch.finfo(dtype).bits // 8 * block_d > 256
     if decode:
-        return _Tiles(rows=MIN_DOT, num_warps=4, num_stages=2 if wide else 3)
-    return _Tiles(rows=64, num_warps=4, num_stages=1) if wide else _Tiles(rows=128, num_warps=8, num_stages=3)
+        return Tiles(rows=MIN_DOT, num_warps=4, num_stages=2 if wide else 3)
+    return Tiles(rows=64, num_warps=4, num_stages=1) if wide else Tiles(rows=128, num_warps=8, num_stages=3)
 
 
 @triton.jit
@@ -329,9 +331,12 @@ def prefill(
     max_seqlen_q: int,
     max_seqlen_k: int,
     softmax_scale: float,
+    *,
+    tiles: Tiles | None = None,
 ) -> torch.Tensor:
     """See ``AttentionBackend.prefill``. ``max_seqlen_q`` sizes the grid; ``max_seqlen_k`` is not needed
-    (each program reads its own length from ``seqlens_k``)."""
+    (each program reads its own length from ``seqlens_k``); ``tiles`` overrides the launch shape (the tile
+    sweep of ``flash_kernels.bench.tiles``)."""
     return _launch(
         q,
         key_cache,
@@ -342,6 +347,7 @@ def prefill(
         max_seqlen_q,
         softmax_scale,
         decode=False,
+        tiles=tiles,
     )
 
 
@@ -380,8 +386,10 @@ def _launch(
     max_seqlen_q: int,
     softmax_scale: float,
     decode: bool,
+    tiles: Tiles | None = None,
 ) -> torch.Tensor:
-    """Size the tiles for this head layout and launch the attention kernel; q (n, h, d), out (n, h, d)."""
+    """Size the tiles for this head layout (or take ``tiles``) and launch the attention kernel; q (n, h, d),
+    out (n, h, d)."""
     n, heads, dim = q.shape
     kv_heads = key_cache.shape[2]
     q = _last_dim_contiguous(q)
@@ -391,7 +399,7 @@ def _launch(
     group = heads // kv_heads
     group_p = triton.next_power_of_2(group)
     block_d = max(MIN_DOT, triton.next_power_of_2(dim))
-    tiles = _tiles(q.dtype, block_d, decode)
+    tiles = tiles or _tiles(q.dtype, block_d, decode)
     block_m = max(1, tiles.rows // group_p)
     grid = (triton.cdiv(max_seqlen_q, block_m), block_tables.shape[0], kv_heads)
     _paged_attention_kernel[grid](
@@ -419,7 +427,7 @@ def _launch(
         HEAD_DIM=dim,
         BLOCK_D=block_d,
         BLOCK_M=block_m,
-        BLOCK_N=BLOCK_N,
+        BLOCK_N=tiles.keys,
         BLOCK_SIZE=key_cache.shape[1],
         DOT_FP32=_dot_in_fp32(q.dtype),
         num_warps=tiles.num_warps,

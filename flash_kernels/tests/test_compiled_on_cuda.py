@@ -5,6 +5,7 @@ fresh interpreter: a child pytest with TRITON_INTERPRET=0 and the cases moved to
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -21,8 +22,10 @@ HERE = Path(__file__).resolve().parent
 def test_compiled_kernels_match_the_reference_on_cuda() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "0", "FLASH_KERNELS_TEST_DEVICE": "cuda"}
     suites = [str(HERE / "test_triton_paged.py"), str(HERE / "test_reference.py")]
+    # NOTE: each case compiles its own kernel specialization (seconds each): spread them over workers
+    workers = ["-n", str(min(8, os.cpu_count() or 1))] if importlib.util.find_spec("xdist") else []
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *suites],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, *suites],
         env=env,
         cwd=HERE.parent.parent,
         capture_output=True,

@@ -10,7 +10,8 @@ import torch
 import triton  # noqa: F401  (fail, do not skip, when triton is missing)
 
 from flash_kernels import reference
-from flash_kernels.backends.triton_paged import BLOCK_N, TritonBackend
+from flash_kernels.backends import triton_paged
+from flash_kernels.backends.triton_paged import BLOCK_N, Tiles, TritonBackend
 from flash_kernels.tests.paged_cases import DEVICE, assert_close, decode_requests, make_case, mixed_requests
 
 BACKEND = TritonBackend()
@@ -55,6 +56,16 @@ def test_prefixes_around_key_tile_edges() -> None:
     requests = [(prefix, 3) for prefix in edges]
     case = make_case(requests, 16, kv_heads=1, group=4, head_dim=64, seed=5)
     assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+
+
+@pytest.mark.parametrize(("rows", "keys", "warps", "stages"), [(256, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)])
+def test_other_launch_shapes_match_the_reference(rows: int, keys: int, warps: int, stages: int) -> None:
+    """The tile sweep's shapes (flash_kernels.bench.tiles): another query tile, key tile, warps and stages
+    compute the same attention, across key-tile edges and with a zero-length request."""
+    tiles = Tiles(rows=rows, num_warps=warps, num_stages=stages, keys=keys)
+    case = make_case([(70, 150), (keys - 1, 3), (3, 0), (0, 65)], 16, kv_heads=2, group=4, head_dim=64, seed=7)
+    got = triton_paged.prefill(*case.prefill_args(), tiles=tiles)
+    assert_close(got, reference.prefill(*case.prefill_args()))
 
 
 @pytest.mark.parametrize(("block_size", "group", "head_dim"), [(7, 3, 80), (3, 2, 8)])

@@ -13,12 +13,15 @@ node's decayed use count (``Node.heat``: the request that cached it, then every 
 the tail block's path (:mod:`prism_cache.popularity`: how often the contents along that path were asked for,
 anywhere in a prompt: the expected reuse of shared segments), plus :attr:`DartParams.session_weight` times
 the expected return of the session that last used the block (:mod:`prism_cache.session_return`: a chat's or
-an agent's next turn, demand beyond the queue). So active > planned > queued > predicted and history. A block
-only its own session has used is reused only if that session comes back: its heat and popularity count the
-session's turns, not demand, so it counts one use at the session's last turn instead. With
-:attr:`DartParams.length_penalty` (off by default) heat is per block, so long single-use tails go before short
-shared segments. What each term is worth, measured: docs/performance.md, "Why the cache code looks the way it
-does", and docs/benchmarks.md, "Demand beyond the queue".
+an agent's next turn, demand beyond the queue), and the same weight times the log-probability that a reuse
+reaches the node's last block when it is one of the last 64 of a prompt (:mod:`prism_cache.tail_reach`: tails
+that reuses stop short of, such as a question after a shared document, rank low: admission control). So
+active > planned > queued > predicted and history. A block only its own session has used is reused only if
+that session comes back: its heat and popularity count the session's turns, not demand, so it counts one use
+at the session's last turn instead. With :attr:`DartParams.length_penalty` (off by default) heat is per
+block, so long single-use tails go before short shared segments. What each term is worth, measured:
+docs/performance.md, "Why the cache code looks the way it does", and docs/benchmarks.md, "Demand beyond the
+queue".
 """
 
 from __future__ import annotations
@@ -83,12 +86,14 @@ class DartPolicy:
             self._record_of, self._value_of = demand.popularity.record_of, demand.popularity.value_of
             self._tables += (demand.popularity,)
         self._session_of: Callable[[int], Session | None] = {}.get
+        self._tail_of: Callable[[int], float | None] = {}.get
         self._shared: Container[int] = ()
         self._session_weight, self._no_session = session_weight, session_weight * UNSEEN
         if session_weight:
             if demand.sessions is None:
                 raise ValueError("dart_session_weight > 0 needs a SessionReturn in Demand")
             self._session_of, self._shared = demand.sessions.record_of, demand.sessions.shared
+            self._tail_of = demand.sessions.tails.value_of
             self._tables += (demand.sessions,)
         self._length_step = LN4 * length_penalty
 
@@ -96,10 +101,11 @@ class DartPolicy:
         return self._tables
 
     def key(self, node: Node, n_blocks: int, tick: int) -> Key:
-        """(demand priority, log of decayed uses + weight x path popularity + weight x session return,
-        recency), a block only its session uses counting one use at that session's last turn. Never increases
-        with n_blocks as far as demand and heat go (queued demand never grows along a prompt's chain; per-block
-        heat falls as the node gets longer). Path popularity is non-increasing along each prompt when recorded,
+        """(demand priority, log of decayed uses + weight x path popularity + weight x (session return + log
+        tail reach), recency), a block only its session uses counting one use at that session's last turn.
+        Never increases with n_blocks as far as demand, heat and tail reach go (queued demand never grows
+        along a prompt's chain; per-block heat falls as the node gets longer; reuses reach a prompt's later
+        blocks less often). Path popularity is non-increasing along each prompt when recorded,
         but positions recorded by different prompts can drift apart as their contents get retrieved elsewhere,
         and the positions of one node can belong to different sessions (or be shared by several); the eviction
         cut (a binary search over this contract) may then take a few tail blocks more or fewer than
@@ -110,6 +116,9 @@ class DartPolicy:
         h = node.hashes[n_blocks - 1]
         demand = W_ACTIVE * node.lock + W_PLANNED * self._planned(h, 0) + W_QUEUED * self._queued(h, 0)
         penalty = self._length_step * (n_blocks.bit_length() >> 1)
+        tail = self._tail_of(h)
+        if tail is not None:
+            penalty -= self._session_weight * tail  # a tail that reuses seldom reach (ln P < 0) goes first
         session = self._session_of(h)
         if session is not None and h not in self._shared:
             # NOTE: a block only its session uses is reused only when the session comes back: its uses and the

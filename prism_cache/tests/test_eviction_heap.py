@@ -19,6 +19,8 @@ def _allocator(policy: str, half_life: float = 3.0) -> RadixAllocator:
     if a._demand.popularity is not None:
         pop = a._demand.popularity
         pop._bound = pop._content_limit = pop._path_limit = 6
+    if a._demand.sessions is not None:
+        a._demand.sessions._bound = a._demand.sessions._limit = 6
     return a
 
 
@@ -82,15 +84,14 @@ class _Churn:
     def _demand(self, rng: random.Random) -> None:
         if self.queued and rng.random() < 0.5:
             for a, h in zip(self.allocs, self.queued.pop(rng.randrange(len(self.queued)))):
-                a._demand.queued.remove(h)
+                a.dequeue(h)
                 a._demand.lookahead.remove(h)
             return
         prompt = _prompt(rng)
         entry = [a.hashes("", prompt) for a in self.allocs]
         for a, h in zip(self.allocs, entry):
-            a._demand.queued.add(h)
+            a.enqueue("", prompt, h)  # queued demand, popularity and session return, as a scheduler's
             a._demand.lookahead.add(h)
-            a.observe("", prompt, h)  # as a scheduler's enqueue
         self.queued.append(entry)
 
 
@@ -110,6 +111,8 @@ def test_persistent_heap_evicts_exactly_like_a_rebuilt_one(policy: str, seed: in
     if fast._demand.popularity is not None:
         pop = fast._demand.popularity  # records were dropped along the way
         assert (pop.dropped_contents if half_life < 1 else pop.dropped_positions) > 0
+    if fast._demand.sessions is not None:
+        assert fast._demand.sessions._pruned_at > 0  # session records were pruned along the way
 
 
 @pytest.mark.parametrize("seed", range(3))

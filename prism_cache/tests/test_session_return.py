@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from prism_cache import RadixAllocator
 from prism_cache.hashing import block_hashes
-from prism_cache.session_return import SessionReturn
+from prism_cache.session_return import TURN_BUCKETS, SessionReturn
+from prism_cache.tail_reach import SPAN, TailReach
 
 BS = 2
 SYS = (1, 1, 1, 1, 1, 1)  # a system prompt shared by every session: 3 blocks
@@ -31,11 +36,45 @@ def test_a_prompt_extending_an_earlier_one_continues_its_session_a_shared_system
     first = _observe(s, SYS + (2, 2))
     second = _observe(s, SYS + (2, 2, 3, 3, 4, 4))  # the previous turn, an answer and a new message
     assert _turns(s, second) == 2 and s.record_of(first[-1]) is s.record_of(second[-1])
-    other = _observe(s, SYS + (7, 7, 8, 8, 9, 9))  # shares only the system prompt (3 of 6 blocks)
-    assert _turns(s, other) == 1
-    # a partial last block the next turn rewrites is tolerated: 7 of the 8 blocks of the last turn
-    third = _observe(s, SYS + (2, 2, 3, 3, 4, 5, 6, 6, 6, 6))
-    assert _turns(s, third) == 3
+    other = _observe(s, SYS + (7, 7, 8, 8, 9, 9))  # shares only the system prompt
+    assert _turns(s, other) == 1 and all(h in s.shared for h in other[:3]) and other[3] not in s.shared
+    # an edited turn (the end of the previous prompt rewritten) is a branch: another session, its own turns
+    edited = _observe(s, SYS + (2, 2, 3, 3, 4, 5, 6, 6))
+    branch = s.record_of(edited[-1])
+    assert branch is not None and branch.branch and branch.turns == 1 and _turns(s, second) == 2
+    assert second[3] not in s.shared  # the common prefix stays private to the two
+    assert s.starts[TURN_BUCKETS] == 1 and s.returns == [1, 0, 0, 0] + [0] * TURN_BUCKETS
+
+
+def test_two_chats_on_a_long_system_prompt_stay_two_sessions() -> None:
+    # a system prompt of 8 blocks, then one block of message: the second chat covers 8 of the first's 9 blocks
+    system = tuple(v for i in range(8) for v in (50 + i, 50 + i))
+    s = _sessions()
+    a = _observe(s, system + (1, 1))
+    b = _observe(s, system + (2, 2))
+    first, second = s.record_of(a[-1]), s.record_of(b[-1])
+    assert first is not None and second is not None and first is not second  # never merged
+    assert _turns(s, b) == 1 and second.branch and not first.branch
+    assert s.returns == [0] * 2 * TURN_BUCKETS  # nobody came back: a branch is no return of its parent
+    c = _observe(s, system + (2, 2, 3, 3))  # b's next turn
+    assert _turns(s, c) == 2 and s.record_of(c[-1]) is second and s.returns[TURN_BUCKETS] == 1
+    assert first.turns == 1 and s.value(a[-1]) == first.value  # a's tail keeps a's own value
+    # where reuses stop: b stopped 1 block short of a's end, c reached b's
+    assert s.tails.unreached[:2] == [1, 1]
+
+
+def test_observe_leaves_the_requests_positions_to_the_queued_table_and_notifies_what_it_prunes() -> None:
+    kept: set[int] = set()
+    s = SessionReturn(2, 1.0, lambda: kept)
+    changed: set[int] = set()
+    s.watch(changed)
+    first = _observe(s, (3, 3, 4, 4))
+    assert s.value(first[-1]) is not None and not changed  # the allocator's queued table tells of them
+    kept.add(first[0])
+    for i in range(3 * s._bound):  # two prunes: the second drops what the first saw written
+        _observe(s, (60 + i, 60 + i))
+    assert first[1] in changed and s.value(first[1]) is None  # pruned: neither cached, waiting nor recent
+    assert first[0] not in changed and s.value(first[0]) is not None  # kept
 
 
 def test_a_named_session_is_one_session_whatever_its_prompts() -> None:
@@ -57,7 +96,7 @@ def test_return_probability_is_learned_per_turn_from_sessions_that_come_back() -
             _observe(s, base + (7, 7))
             _observe(s, base + (7, 7, 8, 8))
     assert s.return_probability(1) < 0.45 < s.return_probability(2)
-    assert s.starts[0] == 40 and s.returns[0] == 14
+    assert s.starts[0] == 40 and s.returns[0] == 14 and sum(s.starts[TURN_BUCKETS:]) == 0
 
 
 def test_late_returns_count_as_a_new_turn_but_not_as_a_return() -> None:
@@ -69,18 +108,14 @@ def test_late_returns_count_as_a_new_turn_but_not_as_a_return() -> None:
     assert _turns(s, late) == 2 and s.returns[0] == 0 and base[0] in late
 
 
-def test_observing_a_turn_raises_and_notifies_its_positions() -> None:
+def test_a_returning_turn_raises_the_value_of_its_positions() -> None:
     s = _sessions()
-    changed: set[int] = set()
-    s.watch(changed)
     first = _observe(s, (3, 3, 4, 4))
     before = s.value(first[-1])
-    assert before is not None and set(first) <= changed
     _observe(s, (9, 9))
-    changed.clear()
-    second = _observe(s, (3, 3, 4, 4, 5, 5))
+    _observe(s, (3, 3, 4, 4, 5, 5))
     after = s.value(first[-1])
-    assert after is not None and after > before and set(second) <= changed
+    assert before is not None and after is not None and after > before
 
 
 def test_records_stay_bounded_and_keep_what_is_cached_or_waiting() -> None:
@@ -164,6 +199,7 @@ def test_a_sessions_own_blocks_count_its_last_turn_not_its_turns() -> None:
     a3 = a1 + (12, 12, 13, 13)
     for weight in (0.0, 4.0):
         alloc = _dart(dart_session_weight=weight)
+        alloc._policy._tail_of = {}.get  # tail reach apart (tested below)
         _serve(alloc, SYS + a1)
         _serve(alloc, SYS + a1 + (12, 12))
         _serve(alloc, SYS + a3)
@@ -177,3 +213,49 @@ def test_a_sessions_own_blocks_count_its_last_turn_not_its_turns() -> None:
             assert history[0] == history[1] < history[2]
         else:
             assert history[0] > history[1]
+
+
+# ---------------------------------------------------- tail reach: admission control of tails
+
+
+def test_tail_reach_learns_where_reuses_stop_and_records_only_the_latest_tails() -> None:
+    t = TailReach()
+    assert t.reach(0) == 0.5  # no data yet
+    for _ in range(20):
+        t.reused(depth=10, lo=8)  # reuses stop 2 blocks before the end
+    t.reused(depth=200, lo=1)  # shares a system prompt only: says nothing about tails
+    assert t.reach(0) < 0.1 and t.reach(1) < 0.1 and t.reach(4) > 0.9
+    for d in (1, 5, 12, 40):
+        t.reused(depth=100, lo=100 - d)
+    first = list(range(100, 150))  # 50 positions: e = 49 .. 0, every bucket a different value
+    t.record(first)
+    assert len({t.value_of(h) for h in first}) == 7
+    assert [t.value_of(h) for h in first] == pytest.approx([math.log(t.reach(49 - i)) for i in range(50)])
+    t.record(first + list(range(200, 200 + SPAN)))  # a longer prompt covers the first in its body
+    assert all(t.value_of(h) is None for h in first) and len(t) == SPAN
+    short = list(range(500, 510))  # a prompt shorter than the span
+    t.record(short)
+    assert [t.value_of(h) for h in short] == pytest.approx([math.log(t.reach(9 - i)) for i in range(10)])
+    assert len(t) == SPAN + 10
+
+
+def test_dart_evicts_tails_that_reuses_never_reach_before_older_bodies() -> None:
+    # documents asked twice with different 2-block questions: reuses stop 2 blocks before a prompt's end
+    for tails in (True, False):
+        a = _dart()
+        if not tails:
+            a._policy._tail_of = {}.get
+        for i in range(12):
+            doc = tuple(v for j in range(4) for v in (300 + 10 * i + j,) * BS)
+            _serve(a, doc + (1, 1, 2, 2))
+            _serve(a, doc + (3, 3, 4, 4))
+        a._tree.evict(a.sizes().cached, a._policy)
+        old, new = (5, 5, 6, 6, 7, 7, 8, 8), (15, 15, 16, 16, 17, 17, 18, 18)
+        _serve(a, old + (1, 1, 2, 2))
+        _serve(a, new + (1, 1, 2, 2))
+        assert a._tree.evict(4, a._policy) == 4
+        if tails:  # both questions go; both documents stay
+            assert a._tree.peek("", old + (1, 1))[1] == 4 and a._tree.peek("", new + (1, 1))[1] == 4
+        else:  # the older prompt goes first, past its question
+            assert a._tree.peek("", old)[1] == 2 and a._tree.peek("", new + (1, 1, 2, 2))[1] == 6
+        a.check_integrity()

@@ -4,6 +4,7 @@ and checks it moves the right block), tenant isolation, and each placement polic
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 
@@ -18,15 +19,18 @@ BS = 2
 class ModelShard:
     """What each slot of each tier holds (a block hash, or None), updated by running copies in order. Like the
     real shard it checks the hash recorded with a copy's source and fails the copy on a mismatch (a copy that
-    read a slot an earlier failed copy should have filled); ``fail``: indices failed on purpose."""
+    read a slot an earlier failed copy should have filled); ``fail``: indices failed on purpose. ``sent``:
+    copies received per direction (what the manager's ``moved`` counters must equal once nothing is pending)."""
 
     def __init__(self) -> None:
         self.kv: dict[tuple[Tier, int], int | None] = {}
         self.injected = False
+        self.sent: Counter[tuple[Tier, Tier]] = Counter()
 
     def run(self, copies: list[BlockCopy], fail: set[int] | None = None) -> list[int]:
         failed = []
         for i, c in enumerate(copies):
+            self.sent[(c.src_tier, c.dst_tier)] += 1
             assert c.src_tier != c.dst_tier
             if fail and i in fail:
                 self.injected = True
@@ -51,6 +55,38 @@ def _check_placement(a: RadixAllocator, shard: ModelShard) -> None:
             assert shard.kv.get((tier, slot)) == h & MASK, f"{tier.name} slot holds another block's KV"
 
 
+def _check_conservation(a: RadixAllocator, shard: ModelShard, running: list[tuple]) -> None:
+    """Nothing pending: every copy counted as a move reached the shard, once; every pin is held by a running
+    allocation's promotion (a rolled-back or released one holds none)."""
+    assert a.tiers is not None
+    moved = {k: v for k, v in a.tiers.counters.moved.items() if v}
+    assert moved == dict(shard.sent), "moves counted != copies sent"
+    held = Counter(h for alloc, _, _ in running for _, _, h in alloc._found)
+    assert all(n <= held[h] for h, n in a.tiers.pinned.items()), "a pin no running allocation holds"
+
+
+def _fail_prefill(a: RadixAllocator, alloc, shard: ModelShard, rng: random.Random) -> None:
+    """The Prefill carrying ``alloc``'s copies failed or was cancelled after they were sent: the batcher reports
+    every copy failed (the shard may have run none, some or all), the forward may have written part of the
+    fresh blocks, and the scheduler rolls the allocation back (tier_link.py, queue_scheduler.release)."""
+    ran = rng.randrange(len(alloc.copies) + 1)
+    shard.run(alloc.copies[:ran])
+    shard.sent.update((c.src_tier, c.dst_tier) for c in alloc.copies[ran:])
+    for copy in alloc.copies:
+        a.copy_failed(copy)
+    for b in alloc.blocks[alloc.depth :]:
+        if rng.random() < 0.5:
+            shard.kv[(Tier.DEVICE, b)] = None  # garbage: must be cached nowhere
+    a.rollback(alloc, sent=True)
+
+
+def _undone(a: RadixAllocator, alloc, before: tuple) -> None:
+    """A batch undone before its copies left: pins and prefetch accounting are as before the allocation."""
+    a.rollback(alloc)
+    assert a.tiers is not None
+    assert (dict(a.tiers.pinned), a.tiers.counters.prefetch_used) == before, "rollback left promotion state"
+
+
 def _churn(policy: str, steps: int, seed: int, fail_rate: float = 0.0) -> RadixAllocator:
     rng = random.Random(seed)
     a = RadixAllocator(24, BS, "dart", tiers=TierConfig(host_blocks=10, disk_blocks=16, policy=policy))
@@ -66,11 +102,21 @@ def _churn(policy: str, steps: int, seed: int, fail_rate: float = 0.0) -> RadixA
             tail = tuple(rng.randrange(50) for _ in range(rng.randrange(3)))
             prompt = rng.choice(heads)[: rng.randrange(2, 7)] + tail
             hashes = a.hashes(ns, prompt)
+            assert a.tiers is not None
+            before = (dict(a.tiers.pinned), a.tiers.counters.prefetch_used)
             alloc = a.allocate(len(prompt) + 1, ns, prompt, hashes)
             if alloc is None:
                 continue
-            if rng.random() < 0.15:
-                a.rollback(alloc)
+            roll = rng.random()
+            if roll < 0.15:
+                _undone(a, alloc, before)
+            elif roll < 0.25:
+                _fail_prefill(a, alloc, shard, rng)
+            if roll < 0.25:
+                shard.run(a.plan_prefetch([]))
+                a.check_integrity()
+                _check_placement(a, shard)
+                _check_conservation(a, shard, running)
                 continue
             fail = {i for i in range(len(alloc.copies)) if rng.random() < fail_rate}
             for i in shard.run(alloc.copies, fail):
@@ -99,6 +145,7 @@ def _churn(policy: str, steps: int, seed: int, fail_rate: float = 0.0) -> RadixA
         shard.run(a.plan_prefetch([]))  # pending demotions run before anything else reuses their slots
         a.check_integrity()
         _check_placement(a, shard)
+        _check_conservation(a, shard, running)
     assert promoted > 0 or policy != "hotprefix", "hotprefix never promoted a host run periodically"
     return a
 

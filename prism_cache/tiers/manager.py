@@ -34,6 +34,7 @@ from prism_cache.tiers.types import BlockCopy, Tier, TierConfig
 MASK = (1 << 64) - 1
 Found = tuple[Tier, int, int]  # (tier, slot, hash) of a block found below the device
 Pending = tuple[int, BlockCopy]  # (sequence number, copy)
+Undo = tuple[Tier, int, float, bool]  # (tier, hash, hotness before, was prefetched) of one promotion
 
 
 @dataclass
@@ -229,25 +230,42 @@ class TierManager:
             else:
                 pinned.pop(h, None)  # also a pin copy_failed dropped
 
-    def promoted(self, found: Sequence[Found], device_blocks: Sequence[int]) -> list[BlockCopy]:
+    def promoted(
+        self, found: Sequence[Found], device_blocks: Sequence[int]
+    ) -> tuple[list[BlockCopy], list[Undo]]:
         """Copies of the ``found`` blocks into ``device_blocks`` (fresh blocks of an allocation), each a use of
-        the block; the found blocks stay pinned until :meth:`unpin`."""
-        out = []
+        the block; the found blocks stay pinned until :meth:`unpin`. Also what :meth:`unpromoted` needs to undo
+        the uses (one :data:`Undo` per block)."""
+        out, undo = [], []
         for (tier, slot, h), block in zip(found, device_blocks):
             out.append(BlockCopy(tier, slot, Tier.DEVICE, block, h & MASK))
             self.counters.moved[(tier, Tier.DEVICE)] = self.counters.moved.get((tier, Tier.DEVICE), 0) + 1
             order = self.orders[tier]
+            was_prefetched = h in self._prefetched
+            undo.append((tier, h, order[h], was_prefetched))
             order[h] = self.placement.hit(order[h])
             order.move_to_end(h)
-            if h in self._prefetched:
+            if was_prefetched:
                 self._prefetched.discard(h)
                 self.counters.prefetch_used += 1
-        return out
+        return out, undo
 
-    def unpromoted(self, found: Sequence[Found]) -> None:
-        """Promotions of a rolled-back allocation: never sent, so not moves."""
-        for tier, _, _ in found:
-            self.counters.moved[(tier, Tier.DEVICE)] -= 1
+    def unpromoted(self, undo: Sequence[Undo], sent: bool) -> None:
+        """Promotions of a rolled-back allocation (:meth:`promoted`'s undo list): the blocks were not used, so
+        a block still where it was found gets its hotness back, and a prefetched one its prefetched mark
+        (``prefetch_used`` is decremented either way: a copy_failed may have dropped it since). ``sent``: the
+        copies went to the shard (each failed one reported with :meth:`copy_failed`), so they stay moves;
+        otherwise they are not moves. The recency the use gave stays, like the device match's touch."""
+        moved = self.counters.moved
+        for tier, h, hot, was_prefetched in undo:
+            if not sent:
+                moved[(tier, Tier.DEVICE)] -= 1
+            if h in self.orders[tier]:
+                self.orders[tier][h] = hot
+                if was_prefetched and tier == Tier.HOST:
+                    self._prefetched.add(h)
+            if was_prefetched:
+                self.counters.prefetch_used -= 1
 
     # ---------------------------------------------------------------- prefetch, faults
     def plan_prefetch(self, waiting: Sequence[tuple[list[int], int]]) -> list[BlockCopy]:
@@ -301,3 +319,4 @@ class TierManager:
             assert members == {rid: r[1] for rid, r in index.runs.items()}, f"{tier.name}: run counts"
         for h in self.pinned:
             assert h in self.index.host or h in self.index.disk, "a pinned block is in no tier"
+        assert self._prefetched <= self.index.host.slot_of.keys(), "a prefetched mark on a block not in host"

@@ -181,11 +181,13 @@ class Batcher:
         self._states[state.round_id] = state
         req = state.request
         state.round_ids = tuple(input_ids)
+        first_round = req.block_hashes is not None and state.round_ids == req.input_ids
         self._scheduler.enqueue(
             SchedRequest(
                 id=state.round_id, prompt_ids=state.round_ids, max_new_tokens=state.round_max_new,
                 arrival=self._clock() if arrival is None else arrival, namespace=req.namespace,
                 use_prefix_cache=not req.decoder_input_details, session=req.session,
+                block_hashes=req.block_hashes if first_round else None,
             ),
             self._clock(),
         )
@@ -368,7 +370,7 @@ class Batcher:
         for request_id in list(ids):
             state = self._states.get(request_id)
             if state is not None and state.round_id == request_id:
-                self._end(state)
+                self._end(state, computed=False)
                 state.fail(error)  # NOTE: the HTTP layer counts tgi_request_failure{err="generation"}
         try:
             for batch_id in batch_ids if batch_ids is not None else [None]:
@@ -460,7 +462,7 @@ class Batcher:
                 continue
             if gen.error is not None:
                 # Only this request failed (the shard dropped it from the batch); the others go on.
-                self._end(state)
+                self._end(state, computed=False)
                 message = f"Request failed during generation: Server error: {gen.error}"
                 state.fail(InferError("generation", message))
                 continue
@@ -521,11 +523,12 @@ class Batcher:
         self._submit(state, inputs, ids[len(ids) - keep :], wanted)
         return True
 
-    def _end(self, state: ActiveRequest) -> None:
-        """The current round left its batch: release its blocks and forget its id."""
+    def _end(self, state: ActiveRequest, computed: bool = True) -> None:
+        """The current round left its batch: release its blocks and forget its id. ``computed=False``: it
+        failed in a step, so a prompt not yet published is cached nowhere (``Scheduler.release``)."""
         self._states.pop(state.round_id, None)
         state.running = False
-        self._scheduler.release(state.round_id)
+        self._scheduler.release(state.round_id, computed)
 
     # ---- batches ---------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Sequence
 
+from prism_cache import block_hashes
 from router_py.backend_api import BackendInfo, InferEvent, ValidRequest
 from router_py.engine.batcher import Batcher
 from router_py.scheduling.replica_choice import ReplicaChoiceParams, ReplicaChooser
@@ -52,10 +53,15 @@ class DataParallelBackend:
         self._ids = itertools.count()
 
     async def generate_stream(self, request: ValidRequest) -> AsyncIterator[InferEvent]:
+        """Choose the replica and stream from it. The prompt is hashed once: the replica's scheduler gets the
+        hashes the choice used (``ValidRequest.block_hashes``)."""
         request_id = next(self._ids)
-        # NOTE: TGI: prefill logprobs bypass the cache
-        no_cache = [] if request.decoder_input_details or not self.prefix_caching else None
-        replica = self.chooser.choose(request_id, request.namespace, request.input_ids, no_cache)
+        if request.decoder_input_details or not self.prefix_caching:  # NOTE: TGI: prefill logprobs: no cache
+            hashes: list[int] = []
+        else:
+            hashes = block_hashes(request.namespace, request.input_ids, self.info.block_size)
+            request = dataclasses.replace(request, block_hashes=tuple(hashes))
+        replica = self.chooser.choose(request_id, request.namespace, request.input_ids, hashes)
         try:
             first = True
             async for event in self.replicas[replica].generate_stream(request):

@@ -3,7 +3,9 @@ limits settled and checked as TGI's v3 router does, with clear errors when they 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 
 from router_py.engine.backend_config import BackendConfig
 from router_py.backend_api import BackendInfo, ChooserParams
@@ -33,6 +35,15 @@ async def handshake(client: ShardClient, config: BackendConfig) -> tuple[Backend
         warmup_batch(config), config.max_input_tokens, config.max_batch_prefill_tokens, config.max_total_tokens
     )
     return settle(config, shard, result), shard
+
+
+async def handshake_all(
+    clients: Sequence[ShardClient], config: BackendConfig
+) -> list[tuple[BackendInfo, ShardInfo]]:
+    """Every replica's :func:`handshake` at once (data parallelism: each Warmup runs on its own shards, so N
+    replicas start in the time of the slowest, not of all in turn); results in ``clients``' order. Raises the
+    first failure, as :func:`handshake`."""
+    return list(await asyncio.gather(*(handshake(client, config) for client in clients)))
 
 
 def warmup_batch(config: BackendConfig) -> RequestBatch:

@@ -211,13 +211,16 @@ async def tokenize_route(request: Request) -> Response:
 
 async def vertex_route(request: Request) -> Response:
     """``{instances:[{inputs, parameters?}]}`` → ``{predictions:[generated_text]}``, instances run
-    concurrently."""
+    concurrently. A single instance carries the ``x-session-id`` session as ``/generate`` does; several are
+    separate conversations and name none (as ``/v1/completions`` with several prompts)."""
     state = state_of(request)
     body = await read_json(request)
     instances = _vertex_instances(body)
     start = now()
     state.metrics.inc("tgi_request_count")
     namespace = await request_namespace(request)
+    if len(instances) == 1:
+        instances = [replace(instances[0], session=await request_session(request))]
     results = await asyncio.gather(*(run_generate(state, r, namespace, start) for r in instances))
     return JSONResponse({"predictions": [gen.end.generated_text for gen, _, _ in results]})
 

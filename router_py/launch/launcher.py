@@ -5,8 +5,10 @@ model built once into a cache folder), starts ``NUM_SHARD`` shards (``prism-shar
 ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``: the ranks of one tensor-parallel group, each on its
 socket ``{uds}-{rank}``), waits for their socket files, then starts the router on them. With
 ``--data-parallel N`` it starts N such groups (replicas; sockets ``{uds}-dp{g}-{rank}``, port
-``MASTER_PORT + g``, ``LOCAL_RANK = g * NUM_SHARD + rank``) and one router in front of them all. A child that exits is
-restarted in place (not a tensor-parallel shard: with ``--num-shard`` > 1 a shard that exits stops all) (up to
+``MASTER_PORT + g``, ``LOCAL_RANK = g * NUM_SHARD + rank``) and one router in front of them all. The shards
+also get ``MAX_BATCH_PREFILL_TOKENS`` / ``MAX_TOTAL_TOKENS`` when given (a pool sized from memory must hold
+them). A child that exits is restarted in place (not a tensor-parallel shard: with ``--num-shard`` > 1 a
+shard that exits stops all) (up to
 ``--max-restarts`` times in a row, after 1, 2, 4... s, at most 30 s; the router then warms the new shard up
 and serves its queue again); past that, or with ``--max-restarts 0`` (TGI's behaviour), the others are stopped
 and the launcher exits non-zero. SIGTERM/SIGINT stop everything cleanly (router first, then the shards).
@@ -47,6 +49,8 @@ ROUTER_VALUE_FLAGS = (
     "shard_recovery_timeout", "api_keys_file", "kv_events_config", "kv_tier_policy",
 )
 ROUTER_BOOL_FLAGS = ("json_output", "no_prefix_cache", "disable_grammar_support")
+# Router budgets the shards also read (TGI's variable names), to size a KV pool from memory.
+SHARD_BUDGET_FLAGS = ("max_batch_prefill_tokens", "max_total_tokens")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--block-size", type=int, default=None)
     p.add("--dtype", default=None)
     p.add("--attention-backend", default=None)
+    p.add("--cuda-graphs", default=None, metavar="N,N,...",
+          help="decode batch sizes the shard captures as CUDA graphs (TGI's flag); 0: none")
+    p.add("--enforce-eager", action="store_true", help="never capture CUDA graphs (vLLM's flag)")
+    p.add("--load-format", choices=("safetensors", "dummy"), default=None,
+          help="dummy: random weights from config.json alone, no checkpoint read (benchmarks; vLLM's flag)")
     p.add("--logger-level", default="INFO")
     p.add("--startup-timeout", type=float, default=600.0, help="seconds to wait for the shards' sockets")
     p.add("--max-restarts", type=int, default=5,
@@ -151,8 +160,8 @@ def group_uds_path(args: argparse.Namespace, group: int) -> str:
 def shard_command(args: argparse.Namespace, model_dir: str, group: int = 0) -> list[str]:
     cmd = [executable("prism-shard"), "serve", model_dir, "--uds-path", group_uds_path(args, group),
            "--logger-level", args.logger_level, "--otlp-service-name", service_name(args.otlp_service_name)]
-    for name in ("num_blocks", "block_size", "dtype", "attention_backend", "otlp_endpoint", "kv_host_tokens",
-                 "kv_disk_tokens", "kv_disk_path"):
+    for name in ("num_blocks", "block_size", "dtype", "attention_backend", "load_format", "cuda_graphs",
+                 "otlp_endpoint", "kv_host_tokens", "kv_disk_tokens", "kv_disk_path"):
         value = getattr(args, name)
         if name == "kv_disk_path" and value is not None and args.data_parallel > 1:
             value = f"{value}/dp{group}"  # NOTE: a replica's disk tier clears and reuses its own files only
@@ -160,6 +169,7 @@ def shard_command(args: argparse.Namespace, model_dir: str, group: int = 0) -> l
             cmd += [f"--{name.replace('_', '-')}", str(value)]
     if args.cuda_memory_fraction is not None:
         cmd += ["--memory-fraction", str(args.cuda_memory_fraction)]
+    cmd += ["--enforce-eager"] if args.enforce_eager else []
     return cmd + (["--json-output"] if args.json_output else [])
 
 
@@ -176,7 +186,26 @@ def shard_env(args: argparse.Namespace, rank: int, group: int = 0) -> dict[str, 
         child.pop("LOCAL_RANK", None)  # NOTE: not a parent's (torchrun, SLURM): TGI's rank-only device choice
     if not prefix_caching(args):
         child["PREFIX_CACHING"] = "0"  # the shard then reports use_prefix_caching=false in Info (TGI)
+    for name in SHARD_BUDGET_FLAGS:  # NOTE: a pool sized from memory must hold what these need, no more
+        if getattr(args, name) is not None:
+            child[name.upper()] = str(getattr(args, name))
+    split = replica_threads(args)
+    if split is not None:
+        child[env.SHARD_THREADS] = str(split[0])
     return child
+
+
+def replica_threads(args: argparse.Namespace) -> tuple[int, str] | None:
+    """With several replicas, each CPU shard's torch threads and why: the cores but one (the router's, as
+    with one replica) split evenly among the ``--data-parallel`` x ``--num-shard`` shards, so the replicas
+    do not oversubscribe the CPU (each would take every core). None with one replica (the shard's own rule)
+    or when ``PRISM_SHARD_THREADS`` is set (it wins). CUDA shards ignore it."""
+    shards = args.data_parallel * args.num_shard
+    if args.data_parallel == 1 or env.shard_threads() is not None:
+        return None
+    cores = env.cpu_cores()
+    share = max(1, (cores - 1) // shards)
+    return share, f"{cores} cores, one left to the router, the rest split among {shards} shards"
 
 
 def prefix_caching(args: argparse.Namespace) -> bool:
@@ -241,6 +270,10 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         if os.path.exists(path):
             os.unlink(path)  # NOTE: a stale socket would look ready
+    split = replica_threads(args)
+    if split is not None:
+        log.info("data parallel: %d CPU threads per shard (%s; %s=N sets it)", split[0], split[1],
+                 env.SHARD_THREADS)
     try:
         for g in range(args.data_parallel):
             for rank in range(args.num_shard):

@@ -29,6 +29,7 @@ class SchedRequest:
     namespace: str = ""  # tenant / adapter: no cache sharing across namespaces
     use_prefix_cache: bool = True  # False (decoder_input_details): no match, nothing inserted on release
     session: str | None = None  # the conversation or user the request names (DART's session return), if any
+    block_hashes: Sequence[int] | None = None  # prompt_ids' block hashes at this block size if known (DP)
 
     @property
     def input_length(self) -> int:
@@ -107,8 +108,11 @@ class Scheduler(Protocol):
         blocks may be shared with waiting requests from now on. Unknown ids are ignored."""
         ...
 
-    def release(self, request_id: int) -> None:
-        """An admitted request ended: insert its prompt's full blocks into the tree, free the rest, unlock."""
+    def release(self, request_id: int, computed: bool = True) -> None:
+        """An admitted request ended: insert its prompt's full blocks into the tree, free the rest, unlock.
+        ``computed=False``: it ended in a failed or cancelled step, so its prompt's KV is not known to be
+        computed: unless :meth:`prefill_done` published the prompt, nothing is cached and the allocation is
+        rolled back (its tier copies count as sent; the batcher reported them failed)."""
         ...
 
     def waiting_count(self) -> int: ...

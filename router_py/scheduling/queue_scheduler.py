@@ -49,7 +49,8 @@ class QueueScheduler:
         uses_cache = self.allocator is not None and self.config.prefix_caching and request.use_prefix_cache
         hashes: list[int] = []
         if uses_cache and self.allocator is not None:
-            hashes = self.allocator.hashes(request.namespace, tokens)
+            known = request.block_hashes
+            hashes = list(known) if known is not None else self.allocator.hashes(request.namespace, tokens)
         self.queue.push(request, tokens, hashes, uses_cache)
         if self.allocator is not None and hashes:
             self.allocator.enqueue(request.namespace, tokens, hashes, request.session)
@@ -159,14 +160,17 @@ class QueueScheduler:
             self.allocator.cache_prompt(alloc, entry.tokens, entry.hashes)
         self._on_prefilled(entry)
 
-    def release(self, request_id: int) -> None:
+    def release(self, request_id: int, computed: bool = True) -> None:
         """Idempotent: an id that is not running is ignored."""
         item = self.running.pop(request_id, None)
         if item is None:
             return
         entry, alloc = item
         if alloc is not None and self.allocator is not None:
-            self.allocator.release(alloc, entry.tokens if entry.hashes else None, entry.hashes)
+            if computed or alloc.published:
+                self.allocator.release(alloc, entry.tokens if entry.hashes else None, entry.hashes)
+            else:
+                self.allocator.rollback(alloc, sent=True)
         self._on_prefilled(entry)
 
     # ---------------------------------------------------------------- hooks for subclasses

@@ -104,3 +104,57 @@ async def test_replicas_that_differ_are_refused(tmp_path: Path) -> None:
     info = a.batcher.info
     smaller = dataclasses.replace(info, max_total_tokens=info.max_total_tokens - 1)
     assert common_info([info, smaller]).max_total_tokens == info.max_total_tokens - 1
+
+
+async def test_each_prompt_is_hashed_once(dp: Replicas, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replica's scheduler reuses the hashes the replica choice computed (ValidRequest.block_hashes), and
+    they are the ones it would have computed itself: the prefix still hits."""
+    import prism_cache.allocator as allocator_module
+    import router_py.engine.dp_backend as dp_module
+
+    calls: list[int] = []
+
+    def counted(real):
+        def hashed(namespace, tokens, block_size):
+            calls.append(len(tokens))
+            return real(namespace, tokens, block_size)
+        return hashed
+
+    monkeypatch.setattr(dp_module, "block_hashes", counted(dp_module.block_hashes))
+    monkeypatch.setattr(allocator_module, "block_hashes", counted(allocator_module.block_hashes))
+    await collect(dp.backend, request(PREFIX + " first", max_new_tokens=2))
+    await collect(dp.backend, request(PREFIX + " again", max_new_tokens=2))
+    assert calls == [321, 321], calls  # NOTE: once per request (release and cache_prompt reuse them too)
+    home = next(s for s in dp.stacks if s.shard.received)
+    assert home.shard.received[-1].cache_len >= 304
+
+
+async def test_replicas_warm_up_concurrently() -> None:
+    """cli.serve hands every replica's client to handshake_all: their Warmups overlap (each waits until all
+    have started, which would deadlock one after another) and results keep the clients' order."""
+    from router_py.engine.backend_config import BackendConfig
+    from router_py.engine.warmup import handshake_all
+    from router_py.shard_client.messages import ShardInfo, WarmupResult
+
+    started: list[int] = []
+    all_in = asyncio.Event()
+
+    class Client:
+        def __init__(self, g: int) -> None:
+            self.g = g
+
+        async def clear_cache(self, batch_id: int | None) -> None:
+            return None
+
+        async def info(self) -> ShardInfo:
+            return ShardInfo(False, "float32", "cpu", None, 0, True, True, "paged", 16)
+
+        async def warmup(self, batch, max_input, max_prefill, max_total) -> WarmupResult:
+            started.append(self.g)
+            if len(started) == 3:
+                all_in.set()
+            await asyncio.wait_for(all_in.wait(), 5)
+            return WarmupResult(16 * (400 + self.g), 1000, 1001 + self.g)
+
+    got = await handshake_all([Client(g) for g in range(3)], BackendConfig())  # type: ignore[misc]
+    assert [info.max_total_tokens for info, _ in got] == [1001, 1002, 1003]

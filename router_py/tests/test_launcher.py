@@ -64,8 +64,23 @@ def test_launcher_forwards_router_and_shard_flags(monkeypatch: pytest.MonkeyPatc
     assert launcher.socket_paths(args) == ["/tmp/x-0", "/tmp/x-1"]
 
     assert "LOCAL_RANK" not in env  # NOTE: one replica keeps TGI's rank-only device choice
+    assert "MAX_BATCH_PREFILL_TOKENS" not in env and "MAX_TOTAL_TOKENS" not in env
+    small = launcher.build_parser().parse_args(
+        ["--max-batch-prefill-tokens", "256", "--max-total-tokens", "300"]
+    )
+    small_env = launcher.shard_env(small, 0)  # NOTE: the shard's KV pool floor follows these (kv_cache.py)
+    assert (small_env["MAX_BATCH_PREFILL_TOKENS"], small_env["MAX_TOTAL_TOKENS"]) == ("256", "300")
     monkeypatch.setenv("LOCAL_RANK", "3")  # NOTE: a parent's (torchrun) is not passed on
     assert "LOCAL_RANK" not in launcher.shard_env(args, 1)
+
+
+def test_launcher_passes_graph_and_load_flags_to_the_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = launcher.shard_command(launcher.build_parser().parse_args([]), "/m")
+    assert not {"--cuda-graphs", "--load-format", "--enforce-eager"} & set(plain)
+    monkeypatch.setenv("CUDA_GRAPHS", "1,2,8")  # TGI's variable
+    args = launcher.build_parser().parse_args(["--load-format", "dummy", "--enforce-eager"])
+    shard = " ".join(launcher.shard_command(args, "/m"))
+    assert "--cuda-graphs 1,2,8" in shard and "--load-format dummy" in shard and "--enforce-eager" in shard
 
 
 def test_data_parallel_starts_groups_with_their_own_sockets_ports_and_devices(
@@ -81,6 +96,21 @@ def test_data_parallel_starts_groups_with_their_own_sockets_ports_and_devices(
     assert [c[c.index("--kv-disk-path") + 1] for c in disk] == ["/d/dp0", "/d/dp1"]  # NOTE: one folder each
     env = launcher.shard_env(args, 1, 2)
     assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_PORT"], env["LOCAL_RANK"]) == ("1", "2", "29502", "5")
+    # NOTE: CPU threads: the cores but the router's, split among the 3 x 2 shards (PRISM_SHARD_THREADS wins)
+    monkeypatch.delenv("PRISM_SHARD_THREADS", raising=False)
+    monkeypatch.setattr(launcher.env, "cpu_cores", lambda: 16)
+    assert launcher.shard_env(args, 1, 2)["PRISM_SHARD_THREADS"] == "2"
+    assert launcher.replica_threads(args) == (
+        2, "16 cores, one left to the router, the rest split among 6 shards"
+    )
+    monkeypatch.setattr(launcher.env, "cpu_cores", lambda: 4)
+    assert launcher.shard_env(args, 0, 0)["PRISM_SHARD_THREADS"] == "1"  # never 0
+    monkeypatch.setenv("PRISM_SHARD_THREADS", "3")
+    assert launcher.replica_threads(args) is None
+    assert launcher.shard_env(args, 0, 0)["PRISM_SHARD_THREADS"] == "3"
+    one = launcher.build_parser().parse_args(["--data-parallel", "1"])
+    monkeypatch.delenv("PRISM_SHARD_THREADS")
+    assert "PRISM_SHARD_THREADS" not in launcher.shard_env(one, 0)  # NOTE: one replica: the shard's own rule
     router = " ".join(launcher.router_command(args, "/m", "m"))
     assert "--master-shard-uds-path" not in router
     assert all(f"--replica-shard-uds-path /tmp/x-dp{g}-0" in router for g in range(3))

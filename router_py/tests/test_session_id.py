@@ -19,18 +19,26 @@ async def test_every_route_carries_the_named_session(client, backend) -> None:
         ("/v1/chat/completions", {**CHAT, "user": "alice"}, {"x-session-id": "chat-3"}),  # the header wins
         ("/generate", GENERATE, {}),
         ("/generate", GENERATE, {"x-session-id": "x" * 1000}),
+        ("/vertex", {"instances": [GENERATE]}, {"x-session-id": "chat-4"}),
+        ("/", GENERATE, {"x-session-id": "chat-5"}),
     ]
     for path, body, headers in calls:
         resp = await client.post(path, json=body, headers=headers)
         assert resp.status_code == 200, resp.text
     sessions = [r.session for r in backend.requests]
-    assert sessions == ["chat-1", "chat-2", "alice", "bob", "chat-3", None, "x" * 256]
+    assert sessions == ["chat-1", "chat-2", "alice", "bob", "chat-3", None, "x" * 256, "chat-4", "chat-5"]
 
 
 async def test_a_completions_call_with_several_prompts_names_no_session(client, backend) -> None:
     """Its prompts are separate conversations: one session would count prompts 2..n as that session's returns."""
     body = {"model": "tgi", "prompt": ["hello", "world"], "max_tokens": 2, "user": "bob"}
     resp = await client.post("/v1/completions", json=body)
+    assert resp.status_code == 200, resp.text
+    assert [r.session for r in backend.requests] == [None, None]
+
+
+async def test_a_vertex_call_with_several_instances_names_no_session(client, backend) -> None:
+    resp = await client.post("/vertex", json={"instances": [GENERATE, GENERATE]}, headers={"x-session-id": "c"})
     assert resp.status_code == 200, resp.text
     assert [r.session for r in backend.requests] == [None, None]
 

@@ -17,13 +17,14 @@ def make_config(
     num_blocks: int = 256,
     attention_backend: str = "reference",
     dtype: str = "float32",
+    device: str = "cpu",
 ) -> ShardConfig:
     """A CPU shard, fp32 on the reference attention backend unless told otherwise."""
     return ShardConfig(
         model_dir=str(model_dir),
         uds_path=uds_path,
         dtype=dtype,
-        device="cpu",
+        device=device,
         attention_backend=attention_backend,
         num_blocks=num_blocks,
         block_size=BLOCK,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import grpc
+import pytest
 
 from proto.generate.v3 import generate_pb2 as pb
 from proto.generate.v3 import generate_pb2_grpc as pb_grpc
@@ -116,3 +118,16 @@ def test_cpu_threads_flag_then_env_then_all_cores_for_prefill_and_all_but_one_fo
     assert threads == CpuThreads(3, 4) and threads.for_tokens(1) == 3 and threads.for_tokens(2001) == 4
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
     assert factory.pick_cpu_threads(ShardConfig("m"))[0] == CpuThreads(1, 1)
+
+
+def test_cuda_graphs_sizes_and_load_format_parse() -> None:
+    from shard.cli import graph_sizes
+    from shard.config import ShardConfig
+
+    assert graph_sizes("8,1,2,2") == (1, 2, 8) and graph_sizes("0") == () and graph_sizes("") == ()
+    with pytest.raises(argparse.ArgumentTypeError):
+        graph_sizes("-1")
+    with pytest.raises(ValueError, match="--load-format"):
+        ShardConfig(model_dir="m", load_format="pickle")
+    with pytest.raises(ValueError, match="--cuda-graphs"):
+        ShardConfig(model_dir="m", cuda_graphs=())

@@ -81,13 +81,13 @@ def test_padding_rows_leave_real_rows_and_live_blocks_untouched() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_replay_matches_eager_across_sizes_and_inputs() -> None:
     device = torch.device("cuda")
-    pool = _pool(num_blocks=40, device=device)
+    pool = _pool(num_blocks=48, device=device)
     eager_pool = [c.clone() for c in pool]
     runner = CudaGraphRunner(_tiny_model(pool), [1, 2, 4, 8], max_blocks=6, device=device)
     runner.capture()
     assert runner.captured
     for b, seed in ((3, 0), (8, 1), (1, 2), (5, 3), (11, 4)):
-        batch = [t.to(device) for t in _batch(b, width=4, seed=seed, num_blocks=40)]
+        batch = [t.to(device) for t in _batch(b, width=4, seed=seed, num_blocks=48)]
         out = runner(*batch).clone()
         torch.testing.assert_close(out, _tiny_model(eager_pool)(*batch))
         for cache, eager_cache in zip(pool, eager_pool):

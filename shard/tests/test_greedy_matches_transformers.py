@@ -43,7 +43,13 @@ def reference_tokens(model_dir: Path, prompts: list[str]) -> list[list[int]]:
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
 async def test_batched_greedy_equals_transformers(tiny_model: Path, backend: str) -> None:
-    service = build_service(make_config(tiny_model, attention_backend=backend))
+    await assert_batched_greedy_equals_transformers(
+        tiny_model, build_service(make_config(tiny_model, attention_backend=backend))
+    )
+
+
+async def assert_batched_greedy_equals_transformers(tiny_model: Path, service) -> None:  # noqa: ANN001
+    """PROMPTS as one batch through ``service``, run to the end: each continuation equals transformers'."""
     blocks = Blocks()
     reqs = [request(i, p, *blocks.take(40 + NEW_TOKENS), max_new=NEW_TOKENS) for i, p in enumerate(PROMPTS)]
     got = await run_to_end(service, pb.PrefillRequest(batch=batch(0, reqs)))

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from shard.config import DEFAULT_PREFILL_TOKENS, ShardConfig, budget_floor_tokens
 from shard.kv_cache import CPU_DEFAULT_TOKENS, KVCache, KVShape, choose_num_blocks
 
 SHAPE = KVShape(layers=2, kv_heads=2, head_dim=16, dtype=torch.float32)
@@ -35,13 +36,36 @@ def test_a_pool_sized_from_little_free_memory_is_refused_naming_the_flags(monkey
     import shard.kv_cache as kv_cache
 
     per_block = SHAPE.bytes_per_token * 16
-    floor = -(-kv_cache.MIN_SIZED_TOKENS // 16) + 1
+    floor = -(-DEFAULT_PREFILL_TOKENS // 16) + 1
     monkeypatch.setattr(kv_cache, "free_memory", lambda device: 35 * per_block)
     with pytest.raises(ValueError, match=r"holds 35 blocks.*--num-blocks.*--cuda-memory-fraction"):
         choose_num_blocks(SHAPE, 16, CPU, memory_fraction=1.0)
     monkeypatch.setattr(kv_cache, "free_memory", lambda device: floor * per_block)
     assert choose_num_blocks(SHAPE, 16, CPU, memory_fraction=1.0) == floor
     assert choose_num_blocks(SHAPE, 16, CPU, num_blocks=35) == 35  # explicit: taken as given
+
+
+def test_the_floor_follows_the_routers_budgets(monkeypatch) -> None:
+    """A small prefill budget makes a small pool legitimate; a max_total_tokens above the prefill budget
+    raises the floor to one such request (+ block 0), and the refusal names the variable it came from."""
+    import shard.kv_cache as kv_cache
+
+    per_block = SHAPE.bytes_per_token * 16
+    monkeypatch.setattr(kv_cache, "free_memory", lambda device: 35 * per_block)
+
+    def blocks(**env: str) -> int:
+        return choose_num_blocks(SHAPE, 16, CPU, memory_fraction=1.0, min_tokens=budget_floor_tokens(env))
+
+    assert blocks(MAX_BATCH_PREFILL_TOKENS="512") == 35  # 512 tokens = 32 blocks + block 0
+    with pytest.raises(ValueError, match=r"holds 35 blocks.*than the 36 \(545 tokens: MAX_TOTAL_TOKENS"):
+        blocks(MAX_BATCH_PREFILL_TOKENS="512", MAX_TOTAL_TOKENS="545")  # 35 blocks + block 0
+    assert blocks(MAX_BATCH_PREFILL_TOKENS="512", MAX_TOTAL_TOKENS="544") == 35
+    assert budget_floor_tokens({}) == (4096, "the default max_batch_prefill_tokens 4096")
+    assert budget_floor_tokens({"MAX_BATCH_PREFILL_TOKENS": "300", "MAX_TOTAL_TOKENS": "200"})[0] == 300
+    with pytest.raises(ValueError, match="MAX_TOTAL_TOKENS must be a positive integer"):
+        budget_floor_tokens({"MAX_TOTAL_TOKENS": "lots"})
+    monkeypatch.setenv("MAX_TOTAL_TOKENS", "5000")  # the shard reads its environment once, into ShardConfig
+    assert ShardConfig.env_pool_floor() == (5000, "MAX_TOTAL_TOKENS 5000")
 
 
 def test_cpu_free_memory_counts_reclaimable_page_cache() -> None:

@@ -94,3 +94,24 @@ def test_an_active_sliding_window_caps_the_positions() -> None:
         == 32768
     )  # Qwen2 lists a window it does not use
     assert DecoderConfig.from_hf({**base, "sliding_window": None}).max_positions == 32768
+
+
+def test_dummy_load_format_needs_no_weights(tmp_path: Path) -> None:
+    """--load-format dummy (vLLM's name): a config-only folder (prism-demo-model --config-only) is served with
+    random weights of the config's shapes, in the asked dtype; a checkpoint load of it names what is missing."""
+    folder = build_demo_model(tmp_path / "m", "llama", "tiny", weights=False)
+    assert not list(folder.glob("*.safetensors"))
+    backend = get_backend("reference")
+    loaded = load_model(folder, backend, torch.bfloat16, torch.device("cpu"), dummy=True)
+    params = list(loaded.model.parameters())
+    assert params and all(p.dtype == torch.bfloat16 for p in params)
+    assert loaded.model.config.vocab_size == json.loads((folder / "config.json").read_text())["vocab_size"]
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        load_model(folder, backend, torch.float32, torch.device("cpu"))
+
+
+def test_the_8b_size_keeps_llama3_shapes_over_a_small_tokenizer(tmp_path: Path) -> None:
+    cfg = json.loads((build_demo_model(tmp_path / "m8", "llama", "8b", weights=False) / "config.json").read_text())
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_key_value_heads"], cfg["vocab_size"]) == (
+        4096, 32, 8, 128256
+    )

@@ -9,7 +9,7 @@ import torch
 
 from shard.detokenize import Detokenizer
 from shard.sampling import FinishReason, NextTokenChooser, SamplingParams, StoppingCriteria, top_p, typical_p
-from shard.sampling_batch import choose_one
+from shard.sampling_batch import choose_batch, choose_one, device_safe
 
 VOCAB = 50
 
@@ -105,3 +105,19 @@ def test_incremental_detokenization_rebuilds_the_text(tiny_llama: Path) -> None:
     assert "" in pieces  # multi-byte characters span tokens: their first tokens yield no text yet
     assert detok.is_special(ids[0]) and not detok.is_special(ids[1])
     assert detok.encode(text, True, 3) == ids[-3:]
+
+
+def test_only_plain_greedy_rows_are_chosen_off_the_host() -> None:
+    plain = NextTokenChooser(SamplingParams())
+    assert device_safe([plain, NextTokenChooser(SamplingParams())])
+    for other in (SamplingParams(temperature=0.5), SamplingParams(top_k=5), SamplingParams(top_p=0.9),
+                  SamplingParams(typical_p=0.9), SamplingParams(do_sample=True, seed=1),
+                  SamplingParams(repetition_penalty=1.2), SamplingParams(frequency_penalty=0.5),
+                  SamplingParams(watermark=True)):
+        assert not device_safe([plain, NextTokenChooser(other)]), other
+    # the device path is choose_batch itself: same tokens and logprobs as one row at a time
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    batch = choose_batch([plain] * 3, logits, [[1], [2], [3]])
+    for i, choice in enumerate(batch):
+        one = choose_one(plain, logits[i], [i + 1])
+        assert (choice.token_id, choice.logprob) == (one.token_id, one.logprob)
