@@ -124,7 +124,11 @@ def _dp_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-prefill-tokens", type=int, default=8192)
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--prism-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="ReplicaChoiceParams field (max_imbalance_tokens, decode_tokens, written_half_life)")
+                   help="ReplicaChoiceParams field (max_imbalance_tokens, decode_tokens, written_half_life, "
+                        "home_share, home_stride_tokens, home_entries)")
+    p.add_argument("--losses", action="store_true",
+                   help="also where the hit rate goes: prefixes seen before, cached anywhere, cached on and "
+                        "routed to the chosen replica (bench.dp_losses)")
     _workload_args(p)
 
 
@@ -274,7 +278,8 @@ def cmd_dp(args: argparse.Namespace) -> int:
                      SimConfig(args.max_batch_prefill_tokens, args.kv_capacity_tokens),
                      args.kv_capacity_tokens, args.warmup)
     rows = dp_sim.sweep(routers, lambda q: timed(spec, base, q), args.qps, setup, args.replicas, _print_dp_row,
-                        config=configs.canonical(args.config), prism=_prism_params(args.prism_param))
+                        config=configs.canonical(args.config), prism=_prism_params(args.prism_param),
+                        losses=args.losses)
     lines = [dp_sim.table(rows), *dp_sim.verdict(rows)]
     out = {"command": shlex.join(["prism-bench", *sys.argv[1:]]), "rows": _json_safe(rows), "summary": lines[1:]}
     args.out.parent.mkdir(parents=True, exist_ok=True)

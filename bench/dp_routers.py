@@ -158,8 +158,11 @@ class DynamoCost(_InFlight):
 
 
 class Prism:
-    def __init__(self, peeks: Sequence[PeekPrefix], block_size: int, params: ReplicaChoiceParams) -> None:
-        self.chooser = ReplicaChooser(peeks, block_size, params)
+    def __init__(
+        self, peeks: Sequence[PeekPrefix], block_size: int, params: ReplicaChoiceParams,
+        capacity_tokens: Sequence[int],
+    ) -> None:
+        self.chooser = ReplicaChooser(peeks, block_size, params, capacity_tokens)
 
     def choose(self, req: RouteRequest) -> int:
         return self.chooser.choose(req.id, "", req.prompt, req.hashes)
@@ -172,9 +175,14 @@ class Prism:
 
 
 def make_router(
-    name: str, peeks: Sequence[PeekPrefix], block_size: int, prism: ReplicaChoiceParams = ReplicaChoiceParams()
+    name: str,
+    peeks: Sequence[PeekPrefix],
+    block_size: int,
+    prism: ReplicaChoiceParams = ReplicaChoiceParams(),
+    capacity_tokens: Sequence[int] = (),
 ) -> Router:
-    """One of :data:`ROUTERS` over the replicas whose trees ``peeks`` read. Raises ValueError for another."""
+    """One of :data:`ROUTERS` over the replicas whose trees ``peeks`` read (``capacity_tokens``: their KV
+    pools' tokens, which ``prism`` reads as the live working sets' bound). Raises ValueError for another."""
     n = len(peeks)
     if name == "round-robin":
         return RoundRobin(n)
@@ -185,5 +193,5 @@ def make_router(
     if name == "dynamo-cost":
         return DynamoCost(peeks, block_size)
     if name == "prism":
-        return Prism(peeks, block_size, prism)
+        return Prism(peeks, block_size, prism, capacity_tokens)
     raise ValueError(f"unknown router {name!r}: one of {', '.join(ROUTERS)}")

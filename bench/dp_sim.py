@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from bench.compare import SchedulerFactory, SimSetup, _default_factory
+from bench.dp_losses import FIELDS as LOSS_FIELDS
+from bench.dp_losses import LossProbe
 from bench.dp_routers import RouteRequest, make_router
 from bench.metrics import measured, record_hit_rate, summarize
 from bench.simulator import Simulator
@@ -36,11 +38,16 @@ def simulate_dp(
     config: str = "qas+dart",
     factory: SchedulerFactory = _default_factory,
     prism: ReplicaChoiceParams = ReplicaChoiceParams(),
+    losses: bool = False,
 ) -> Row:
     """One router at one offered load (the requests' arrivals) over ``replicas`` simulated replicas, each
-    running scheduler ``config``. Hit rate and TTFT are over the records after the warm-up fraction."""
+    running scheduler ``config``. Hit rate and TTFT are over the records after the warm-up fraction;
+    ``losses`` adds :mod:`bench.dp_losses`'s rates over the same requests."""
     schedulers = [factory(config, setup.num_blocks, setup.block_size) for _ in range(replicas)]
-    router = make_router(router_name, [s.peek_prefix for s in schedulers], setup.block_size, prism)
+    peeks = [s.peek_prefix for s in schedulers]
+    capacity = [setup.num_blocks * setup.block_size] * replicas
+    router = make_router(router_name, peeks, setup.block_size, prism, capacity)
+    probe = LossProbe(peeks, setup.block_size) if losses else None
     sim_config = replace(setup.sim, block_size=setup.block_size)
     if setup.kv_capacity_tokens and sim_config.max_batch_total_tokens is None:
         sim_config = replace(sim_config, max_batch_total_tokens=setup.kv_capacity_tokens)
@@ -49,12 +56,17 @@ def simulate_dp(
         for s in schedulers
     ]
     routed = [0] * replicas
+    first_measured = int(len(requests) * setup.warmup)  # NOTE: as metrics.measured drops them, by arrival
     for i, w in enumerate(sorted(requests, key=lambda r: r.arrival)):
         prompt = tuple(prompt_token_ids(w))
         for sim in sims:
             sim.advance(w.arrival)
         hashes = block_hashes("", prompt, setup.block_size)
+        if probe is not None:
+            probe.before(hashes)
         replica = router.choose(RouteRequest(i, prompt, hashes, w.output_len, w.segments[0][0], w.arrival))
+        if probe is not None:
+            probe.after(hashes, len(prompt), replica, i >= first_measured)
         sims[replica].submit(SchedRequest(i, prompt, w.output_len, w.arrival))
         routed[replica] += 1
     for sim in sims:
@@ -64,6 +76,8 @@ def simulate_dp(
     row: Row = {"router": router_name, "replicas": replicas, "config": config}
     row.update(summarize(kept, record_hit_rate(kept)))
     row.update(measured_requests=len(kept), max_replica_share=max(routed) / max(1, sum(routed)))
+    if probe is not None:
+        row.update(probe.rates())
     return row
 
 
@@ -124,12 +138,16 @@ def verdict(rows: Sequence[Row]) -> list[str]:
 
 
 def table(rows: Sequence[Row]) -> str:
-    """One line per (load, router): P50/P99 TTFT, P99 over round-robin's at that load, hit rate, busiest share."""
+    """One line per (load, router): P50/P99 TTFT, P99 over round-robin's at that load, hit rate, busiest share
+    (and the loss rates of :mod:`bench.dp_losses` when every row has them)."""
     rr = {r["qps"]: _num(r, "ttft_p99") for r in rows if r["router"] == "round-robin"}
-    lines = [f"{'qps':>6} {'router':<15} {'p50 s':>8} {'p99 s':>8} {'p99/rr':>7} {'hit %':>7} {'busiest':>8}"]
+    losses = [name for name in LOSS_FIELDS if all(f"{name}_rate" in r for r in rows)]
+    lines = [f"{'qps':>6} {'router':<15} {'p50 s':>8} {'p99 s':>8} {'p99/rr':>7} {'hit %':>7} {'busiest':>8}"
+             + "".join(f" {name + ' %':>17}" for name in losses)]
     for r in rows:
         base, p99 = rr.get(r["qps"]), _num(r, "ttft_p99")
         ratio = f"{p99 / base:.3f}" if base else "-"
         lines.append(f"{r['qps']:>6} {r['router']:<15} {_num(r, 'ttft_p50'):>8.3f} {p99:>8.3f} {ratio:>7} "
-                     f"{100 * _num(r, 'hit_rate'):>7.2f} {_num(r, 'max_replica_share'):>8.3f}")
+                     f"{100 * _num(r, 'hit_rate'):>7.2f} {_num(r, 'max_replica_share'):>8.3f}"
+                     + "".join(f" {100 * _num(r, name + '_rate'):>17.2f}" for name in losses))
     return "\n".join(lines)

@@ -9,9 +9,12 @@ import pytest
 
 from bench.compare import SimSetup
 from bench.cost_model import make_cost_model
+from bench.dp_losses import FIELDS as LOSSES
+from bench.dp_losses import LossProbe
 from bench.dp_routers import ROUTERS, DynamoCost, RouteRequest, SglangApprox, SglangParams
 from bench.dp_sim import knee, simulate_dp, table, verdict
 from bench.workloads.request import WorkloadRequest, poisson_arrivals
+from prism_cache import block_hashes
 
 SETUP = SimSetup(make_cost_model("qwen3-4b-a800"), block_size=16, kv_capacity_tokens=16_384, warmup=0.0)
 
@@ -82,3 +85,28 @@ def test_knee_is_where_round_robin_p99_doubles() -> None:
     lines = verdict(rows)
     assert "knee: 4" in lines[0] and "0.238" in lines[2] and "met" in lines[2]
     assert "p99/rr" in table(rows)
+
+
+def test_loss_probe_splits_a_known_prefix_into_cached_and_moved() -> None:
+    cached = {0: 32, 1: 0}  # NOTE: replica 0's tree holds 32 tokens of the prompts, replica 1's none
+    probe = LossProbe([lambda ns, h, r=r: cached[r] for r in (0, 1)], 16)
+    first = list(range(64))
+    probe.before(block_hashes("", first, 16))
+    probe.after(block_hashes("", first, 16), 64, 0, measured=False)  # the warm-up: state only
+    again = block_hashes("", first + list(range(100, 132)), 16)
+    probe.before(again)
+    probe.after(again, 96, 1, measured=True)  # sent to replica 1, which never took it
+    assert probe.sums == {"seen": 64, "cached_anywhere": 32, "cached_chosen": 0, "routed_chosen": 0,
+                          "prompt": 96}
+
+
+def test_losses_are_ordered_and_prism_takes_the_most_cached() -> None:
+    reqs = workload()
+    for name in ("round-robin", "prism"):
+        row = simulate_dp(name, reqs, SETUP, replicas=4, losses=True)
+        seen, anywhere, chosen = (float(row[f"{k}_rate"]) for k in LOSSES[:3])
+        assert seen >= anywhere >= chosen >= 0 and float(row["routed_chosen_rate"]) >= chosen, name
+        if name == "prism":
+            assert chosen == anywhere > 0.5  # NOTE: the bound never binds here: always the most reuse
+        else:
+            assert chosen < anywhere

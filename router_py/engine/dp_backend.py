@@ -45,7 +45,10 @@ class DataParallelBackend:
             raise ValueError("no replica")
         self.info: BackendInfo = common_info([b.info for b in replicas])
         self.replicas = list(replicas)
-        self.chooser = ReplicaChooser([b.peek_prefix for b in replicas], self.info.block_size, params)
+        self.chooser = ReplicaChooser(
+            [b.peek_prefix for b in replicas], self.info.block_size, params,
+            [b.info.max_batch_total_tokens for b in replicas],  # NOTE: TGI's name for the KV pool's tokens
+        )
         self.prefix_caching = prefix_caching
         self._ids = itertools.count()
 

@@ -1,5 +1,6 @@
-"""ReplicaChooser: prefix affinity from each replica's tree and from prompts in flight, the imbalance bound
-under random churn (checked at every choice), and load bookkeeping that returns to zero."""
+"""ReplicaChooser: prefix affinity from each replica's tree and from prompts in flight, a conversation's home
+when no tree holds its history, the imbalance bound under random churn (checked at every choice), and load
+bookkeeping that returns to zero."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from prism_cache import block_hashes
-from router_py.scheduling.replica_choice import ReplicaChoiceParams, ReplicaChooser
+from router_py.scheduling.replica_choice import HomeMemory, ReplicaChoiceParams, ReplicaChooser
 
 BS = 4
 
@@ -64,6 +65,62 @@ def test_new_prefixes_go_where_the_least_was_written() -> None:
     assert chooser.choose(1, "", prompt(2, 40)) == 1
     chooser.finished(1)
     assert chooser.choose(2, "", prompt(3, 40)) == 1  # replica 0 took 500 uncached tokens, replica 1 only 40
+
+
+def test_an_evicted_conversation_goes_back_to_its_home() -> None:
+    chooser = FakeTrees(3).chooser(ReplicaChoiceParams(decode_tokens=0, home_stride_tokens=BS))
+    first = prompt(1, 400)
+    home = chooser.choose(0, "", first)
+    chooser.finished(0)  # NOTE: never cached anywhere (as if evicted): only the routing is remembered
+    # the home took the most uncached tokens, so without the home rule this turn would go elsewhere
+    assert chooser.choose(1, "", first + list(range(50))) == home
+    chooser.finished(1)
+    # a prompt sharing less than half with what was routed there goes where the least was written
+    assert chooser.choose(2, "", first[:100] + list(range(5000, 5400))) != home
+
+
+def test_a_cached_prefix_outranks_the_home() -> None:
+    trees = FakeTrees(2)
+    chooser = trees.chooser(ReplicaChoiceParams(home_stride_tokens=BS))
+    first = prompt(1, 400)
+    assert chooser.choose(0, "", first) == 0
+    chooser.finished(0)
+    trees.cache(1, first[:40])  # NOTE: replica 1 really holds 40 tokens of it, replica 0 (the home) none
+    assert chooser.choose(1, "", first + [1, 2, 3, 4]) == 1
+
+
+def test_home_memory_forgets_the_least_recently_routed_and_counts_the_live_window() -> None:
+    memory = HomeMemory(stride=1, entries=3, replicas=3, window=2)
+    memory.routed([1, 2], 0)
+    assert memory.live == [2, 0, 0]
+    memory.routed([3], 1)
+    memory.routed([1], 2)  # NOTE: prefix 1 routed again (to replica 2): now the most recent
+    assert memory.live == [0, 1, 1]  # the window holds the last 2 routed: 3 (replica 1) and 1 (replica 2)
+    memory.routed([4], 1)  # a 4th entry: 2, the least recently routed, is forgotten
+    assert memory.home([1], 0) == 2 and memory.home([3], 0) == 1 and memory.home([4], 0) == 1
+    assert memory.home([1, 2], 1) is None  # only 1 block remembered, not more than 1
+    assert memory.home([9, 1], 0) is None  # NOTE: prefixes are matched from the first block
+    assert memory.live == [0, 1, 1]
+
+
+def _after_a_big_live_conversation(capacity_tokens: list[int]) -> int:
+    """Replica 0 holds a 800-token conversation that keeps coming back (cached: it writes almost nothing);
+    replica 1 just took a new 40-token prompt. Where does the next new prompt go?"""
+    trees = FakeTrees(2)
+    params = ReplicaChoiceParams(decode_tokens=0, written_half_life=1, home_stride_tokens=BS)
+    chooser = ReplicaChooser([trees.peek(0), trees.peek(1)], BS, params, capacity_tokens)
+    big = prompt(1, 800)
+    assert chooser.choose(0, "", big) == 0
+    trees.cache(0, big)
+    for i in range(1, 6):
+        assert chooser.choose(i, "", big[:-4] + [i] * 4) == 0
+    assert chooser.choose(6, "", prompt(6, 40)) == 1
+    return chooser.choose(7, "", prompt(7, 40))
+
+
+def test_a_new_prefix_goes_where_the_live_working_set_and_writes_are_least() -> None:
+    assert _after_a_big_live_conversation([10_000, 10_000]) == 1  # replica 0's 800 live tokens count
+    assert _after_a_big_live_conversation([]) == 0  # NOTE: capacity unknown: by written alone, replica 0
 
 
 def test_unrelated_prompts_on_idle_replicas_rotate() -> None:
