@@ -20,7 +20,7 @@ import torch
 
 from flash_kernels.backends import sdpa
 from shard import model_runner
-from shard.bench import BLOCK, CACHED_PROMPT, CACHED_SHARE, POOL_BLOCKS, BlockCounter, _prompt, _request
+from shard.bench import BLOCK, POOL_BLOCKS, BlockCounter, cold_and_cached
 from shard.config import ShardConfig
 from shard.factory import build_runner
 
@@ -42,7 +42,6 @@ def main() -> None:
     runner = build_runner(config)
     print(f"threads {runner.cpu_threads}, clock {clock.__name__}")
     vocab, rng, pool = runner.model.config.vocab_size, random.Random(0), BlockCounter()
-    cached = int(CACHED_PROMPT * CACHED_SHARE) // BLOCK * BLOCK
     variants = {
         "main": (masked_padded, new_tokens_only),
         "branch": (sdpa._prefill_after_prefix, model_runner.step_size),
@@ -52,13 +51,12 @@ def main() -> None:
 
     def pair(name: str) -> tuple[float, float]:
         sdpa._prefill_after_prefix, model_runner.step_size = variants[name]
-        prompt, first = _prompt(rng, CACHED_PROMPT, vocab), pool.take(CACHED_PROMPT + 1)
+        cold_step, cached_step = cold_and_cached(rng, vocab, pool)
         start = clock()
-        runner.step([_request(0, prompt, first)])
+        runner.step(cold_step)
         cold = clock() - start
-        reuse = first[: cached // BLOCK] + pool.take(CACHED_PROMPT + 1 - cached)
         start = clock()
-        runner.step([_request(1, prompt, reuse, cache_len=cached)])
+        runner.step(cached_step)
         return cold, clock() - start
 
     for name in list(variants) * 2:  # warm every path

@@ -71,37 +71,36 @@ wait_healthy() {  # PORT PID LOG
   return 1
 }
 
-serve_and_measure() {  # NAME MODEL [launcher args]: start, measure, stop
-  local name=$1 model=$2 port=$((3000 + RANDOM % 1000)); shift 2
-  setsid prism-launcher --model-id "$model" --load-format dummy --hostname 127.0.0.1 --port "$port" \
-    --shard-uds-path "/tmp/prism-$name" "$@" > "$OUT/launcher-$name.log" 2>&1 &
-  local pid=$!
+with_server() {  # NAME MODEL LAUNCHER_ARGS CMD...: start prism-launcher, run CMD (with $URL), stop the launcher
+  local name=$1 model=$2 extra=$3 port=$((3000 + RANDOM % 2000)) rc=1; shift 3
+  # shellcheck disable=SC2086  # LAUNCHER_ARGS is a list of words
+  setsid prism-launcher --model-id "$model" --hostname 127.0.0.1 --port "$port" \
+    --shard-uds-path "/tmp/prism-$name" $extra > "$OUT/launcher-$name.log" 2>&1 &
+  local pid=$! URL="http://127.0.0.1:$port"
   if wait_healthy "$port" "$pid" "$OUT/launcher-$name.log"; then
-    grep -E "KV pool|CUDA graph|captur|dtype" "$OUT/launcher-$name.log" | head -n 5
-    prism-bench peer measure --model-id "$model" --url "http://127.0.0.1:$port" --name "$name" \
-      --out "$OUT/peer" --quick
-  fi
-  local rc=$?
-  kill -TERM -- "-$pid" 2> /dev/null; sleep 5; kill -KILL -- "-$pid" 2> /dev/null
-  return $rc
-}
-
-smoke() {  # greedy over HTTP on CUDA equals the shard on CPU (fp32, tiny demo model)
-  local model=/tmp/prism-tiny port=$((4000 + RANDOM % 1000))
-  prism-demo-model "$model" > /dev/null
-  setsid prism-launcher --model-id "$model" --dtype float32 --hostname 127.0.0.1 --port "$port" \
-    --shard-uds-path /tmp/prism-smoke > "$OUT/launcher-smoke.log" 2>&1 &
-  local pid=$! rc=1
-  if wait_healthy "$port" "$pid" "$OUT/launcher-smoke.log"; then
-    "$PY" scripts/gpu_smoke.py --model-id "$model" --url "http://127.0.0.1:$port"
+    grep -E "KV pool|Warmup" "$OUT/launcher-$name.log" | head -n 3
+    "$@"
     rc=$?
   fi
   kill -TERM -- "-$pid" 2> /dev/null; sleep 3; kill -KILL -- "-$pid" 2> /dev/null
   return $rc
 }
 
+measure() {  # MODEL NAME: the peer loads against $URL
+  prism-bench peer measure --model-id "$1" --url "$URL" --name "$2" --out "$OUT/peer" --quick
+}
+
+greedy_check() {  # MODEL: greedy over HTTP ($URL) equals transformers' fp32
+  "$PY" scripts/gpu_smoke.py --model-id "$1" --url "$URL"
+}
+
+smoke() {  # the tiny demo model, fp32
+  prism-demo-model /tmp/prism-tiny > /dev/null
+  with_server smoke /tmp/prism-tiny "--dtype float32" greedy_check /tmp/prism-tiny
+}
+
 export OUT PY
-export -f wait_healthy serve_and_measure smoke
+export -f wait_healthy with_server measure greedy_check smoke
 prepare || { echo "prepare failed"; exit 1; }
 for s in "$@"; do
   case "$s" in
@@ -115,8 +114,9 @@ for s in "$@"; do
     profile) stage profile 120 "$PY" -m shard.bench_profile --model-dir "$(model8b)" --load-format dummy \
                --device cuda ;;
     serve) M=$(model8b)
-           stage serve-graphs "${T_SERVE:-150}" serve_and_measure graphs "$M"
-           stage serve-eager "${T_SERVE:-150}" serve_and_measure eager "$M" --enforce-eager
+           stage serve-graphs "${T_SERVE:-150}" with_server graphs "$M" "--load-format dummy" measure "$M" graphs
+           stage serve-eager "${T_SERVE:-150}" with_server eager "$M" "--load-format dummy --enforce-eager" \
+             measure "$M" eager
            "$PY" -m bench.cli peer table "$OUT/peer" --ours graphs --theirs eager | tee "$OUT/serve-table.md" ;;
     *) echo "unknown stage $s" ;;
   esac

@@ -28,27 +28,14 @@ def served_tokens(url: str, prompt: str, new_tokens: int = NEW_TOKENS) -> list[i
         return [t["id"] for t in json.load(resp)["details"]["tokens"]]
 
 
-def oracle_tokens(model_dir: str, prompts: tuple[str, ...], new_tokens: int = NEW_TOKENS) -> dict[str, list[int]]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    out = {}
-    for p in prompts:
-        enc = tok(p, return_tensors="pt")
-        gen = model.generate(enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        out[p] = gen[0, enc.input_ids.shape[1]:].tolist()
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scripts/gpu_smoke.py", description=__doc__.splitlines()[0])
     p.add_argument("--model-id", required=True)
     p.add_argument("--url", required=True)
     args = p.parse_args(argv)
-    expected = oracle_tokens(args.model_id, PROMPTS)
+    from shard.bench_vs_hf import transformers_greedy
+
+    expected = dict(zip(PROMPTS, transformers_greedy(args.model_id, list(PROMPTS), NEW_TOKENS)))
     rounds = {
         "alone": [served_tokens(args.url, q) for q in PROMPTS],
         "again (cache hits)": [served_tokens(args.url, q) for q in PROMPTS],

@@ -27,6 +27,7 @@ POOL_BLOCKS = 1024  # 16k tokens: every phase below fits without reuse
 PREFILL_BATCH, PREFILL_LEN = 4, 512
 DECODE_BATCHES, DECODE_PROMPT = (1, 8, 32), 32
 CACHED_PROMPT, CACHED_SHARE = 2048, 0.9
+CACHED_TOKENS = int(CACHED_PROMPT * CACHED_SHARE) // BLOCK * BLOCK  # whole blocks, as prefix-cache hits are
 REPEATS = 3
 CACHED_REPEATS = 7  # cold/cached pairs; the median of their ratios (each pair run back to back)
 
@@ -102,15 +103,22 @@ def cached_prefill_ratio(
     """(median cold seconds, median of cached/cold ratios) for a CACHED_PROMPT-token prompt, its first 90%
     (block-aligned) cached. Each ratio divides a cached step by the cold step just before it, so that a shared
     machine's load, which changes from second to second, hits both sides of a ratio alike."""
-    cached = int(CACHED_PROMPT * CACHED_SHARE) // BLOCK * BLOCK
     colds, warms = [], []
     for _ in range(CACHED_REPEATS):
-        prompt = _prompt(rng, CACHED_PROMPT, vocab)
-        first = pool.take(CACHED_PROMPT + 1)
-        colds.append(_timed(runner, [_request(0, prompt, first)]))
-        reuse = first[: cached // BLOCK] + pool.take(CACHED_PROMPT + 1 - cached)
-        warms.append(_timed(runner, [_request(1, prompt, reuse, cache_len=cached)]))
+        cold, warm = cold_and_cached(rng, vocab, pool)
+        colds.append(_timed(runner, cold))
+        warms.append(_timed(runner, warm))
     return statistics.median(colds), statistics.median(w / c for c, w in zip(colds, warms))
+
+
+def cold_and_cached(
+    rng: random.Random, vocab: int, pool: BlockCounter
+) -> tuple[list[RequestState], list[RequestState]]:
+    """One step's requests each: a fresh CACHED_PROMPT-token prompt cold, then the same prompt with its first
+    CACHED_TOKENS read from the blocks the cold step fills (so step them in this order)."""
+    prompt, first = _prompt(rng, CACHED_PROMPT, vocab), pool.take(CACHED_PROMPT + 1)
+    reuse = first[: CACHED_TOKENS // BLOCK] + pool.take(CACHED_PROMPT + 1 - CACHED_TOKENS)
+    return [_request(0, prompt, first)], [_request(1, prompt, reuse, cache_len=CACHED_TOKENS)]
 
 
 def bench_model(

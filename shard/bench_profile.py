@@ -12,7 +12,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from shard.bench import BLOCK, CACHED_PROMPT, CACHED_SHARE, POOL_BLOCKS, BlockCounter, _prompt, _request
+from shard.bench import BLOCK, CACHED_TOKENS, POOL_BLOCKS, BlockCounter, _prompt, _request, cold_and_cached
 from shard.config import ShardConfig
 from shard.factory import build_runner
 
@@ -28,26 +28,24 @@ def main(argv: list[str] | None = None) -> None:
                                       block_size=BLOCK, load_format=args.load_format))
     cuda = runner.loaded.device.type == "cuda"
     vocab, rng, pool = runner.model.config.vocab_size, random.Random(0), BlockCounter()
-    cached = int(CACHED_PROMPT * CACHED_SHARE) // BLOCK * BLOCK
-
-    prompt, first = _prompt(rng, CACHED_PROMPT, vocab), pool.take(CACHED_PROMPT + 1)
     decode = [_request(i, _prompt(rng, 100, vocab), pool.take(140)) for i in range(32)]
     runner.step(decode)  # their prefill: each later step of ``decode`` is a pure decode step
-    cases = {  # the cold step fills ``first``, which the cached step then reads its first 90% from
-        "cold 2,048-token prefill": lambda: [_request(0, prompt, first)],
-        f"same prompt, {cached} tokens cached": lambda: [
-            _request(1, prompt, first[: cached // BLOCK] + pool.take(CACHED_PROMPT + 1 - cached), cached)],
-        "decode step, 32 x 100-token contexts": lambda: decode,
-    }
-    for make in cases.values():  # compile and warm every kernel
-        runner.step(make())
+
+    def cases() -> dict[str, list]:  # fresh prompts; the cold step fills the blocks the cached one reads
+        cold, cached = cold_and_cached(rng, vocab, pool)
+        return {"cold 2,048-token prefill": cold, f"same prompt, {CACHED_TOKENS} tokens cached": cached,
+                "decode step, 32 x 100-token contexts": decode}
+
+    for reqs in cases().values():  # compile and warm every kernel
+        runner.step(reqs)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    for name, make in cases.items():
+    timed, profiled = cases(), cases()
+    for name in timed:
         start = time.perf_counter()
-        runner.step(make())
+        runner.step(timed[name])
         wall = time.perf_counter() - start
         with profile(activities=activities) as prof:
-            runner.step(make())
+            runner.step(profiled[name])
         print(f"== {name}: {wall * 1000:.2f} ms wall (unprofiled)")
         sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=args.rows, max_name_column_width=60))

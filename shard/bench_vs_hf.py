@@ -4,6 +4,7 @@ same tokens and the same dtype, timed interleaved in one process; prints both me
 The shard side is one cold prefill step through :class:`~shard.model_runner.ModelRunner` (store into the
 paged pool, attention through ``flash_kernels``, the LM head on the last row, greedy choice, detokenize);
 the transformers side is ``model(input_ids)`` under ``inference_mode`` (its logits cover every row).
+:func:`transformers_greedy` is the greedy-token oracle the tests and ``scripts/gpu_smoke.py`` compare with.
 """
 
 from __future__ import annotations
@@ -34,6 +35,28 @@ def _cold_request(prompt: list[int], block_size: int) -> RequestState:
         NextTokenChooser(SamplingParams()),
         StoppingCriteria(frozenset(), 10, ignore_eos_token=True),
     )
+
+
+def transformers_greedy(model_dir: str | Path, prompts: list[str], new_tokens: int) -> list[list[int]]:
+    """transformers' fp32 greedy continuation (``new_tokens`` ids, EOS not stopping it) of each prompt, alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+    outs = []
+    for prompt in prompts:
+        enc = tok(prompt, return_tensors="pt")
+        # NOTE: an explicit mask; generate() would otherwise infer one from pad_token_id and could mask BOS.
+        out = model.generate(
+            enc.input_ids,
+            attention_mask=enc.attention_mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+        outs.append(out[0, enc.input_ids.shape[1] :].tolist())
+    return outs
 
 
 def forward_vs_transformers(

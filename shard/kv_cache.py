@@ -17,12 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
-from shard.config import DEFAULT_PREFILL_TOKENS
+from shard.config import budget_floor_tokens
 
 CPU_DEFAULT_TOKENS = 32768
 CPU_DEFAULT_BYTES = 2 << 30
 CUDA_DEFAULT_FRACTION = 0.9
-DEFAULT_FLOOR_WHY = f"the default max_batch_prefill_tokens {DEFAULT_PREFILL_TOKENS}"
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ def choose_num_blocks(
         budget = int(free * fraction)
         how = f"{fraction:g} of {free} bytes of free {device.type} memory"
     blocks = budget // per_block
-    need, why = min_tokens if min_tokens is not None else (DEFAULT_PREFILL_TOKENS, DEFAULT_FLOOR_WHY)
+    need, why = min_tokens if min_tokens is not None else budget_floor_tokens({})
     floor = -(-need // block_size) + 1  # + block 0, the router's
     if blocks < floor:
         raise ValueError(

@@ -89,7 +89,7 @@ def _initialised(
     """The model with torch's default initialisation, built on ``device`` in ``dtype`` (no fp32 copy on the
     host: an 8B config would need 32 GB there). RoPE tables are computed in fp32 whatever the default."""
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype if dtype.is_floating_point else previous)
+    torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
             return cls.from_hf_config(cfg, backend, tp)

@@ -55,7 +55,23 @@ def bench_prefill(
     warmup: int,
     iters: int,
 ) -> Result:
-    key_cache, value_cache, tables = paged_pool(shape, shape.prefill_batch, block_size, dtype, device)
+    pool = paged_pool(shape, shape.prefill_batch, block_size, dtype, device)
+    args, flops = prefill_inputs(shape, pool, block_size, fraction, dtype, device)
+    ms = time_ms(lambda: backend.prefill(*args), device, warmup, iters)
+    return Result(ms, flops / (ms * 1e-3) / 1e12)
+
+
+def prefill_inputs(
+    shape: BenchShape,
+    pool: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    block_size: int,
+    fraction: float,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[tuple, int]:
+    """``AttentionBackend.prefill``'s arguments for ``shape.prefill_batch`` requests over ``pool`` (from
+    :func:`paged_pool`), each with ``fraction`` of its context cached, and the causal work in flops."""
+    key_cache, value_cache, tables = pool
     prefix = cached_prefix(shape.context, fraction, block_size)
     new = shape.context - prefix
     b = shape.prefill_batch
@@ -63,9 +79,7 @@ def bench_prefill(
     cu = torch.arange(0, (b + 1) * new, new, dtype=torch.int32, device=device)
     seqlens = torch.full((b,), shape.context, dtype=torch.int32, device=device)
     args = (q, key_cache, value_cache, tables, cu, seqlens, new, shape.context, shape.head_dim**-0.5)
-    ms = time_ms(lambda: backend.prefill(*args), device, warmup, iters)
-    flops = b * prefill_flops(shape.heads, shape.head_dim, prefix, new)
-    return Result(ms, flops / (ms * 1e-3) / 1e12)
+    return args, b * prefill_flops(shape.heads, shape.head_dim, prefix, new)
 
 
 def bench_decode(

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")  # NOTE: before triton is first imported
-    from flash_kernels.bench.attention import cached_prefix, paged_pool, prefill_flops
+    from flash_kernels.bench.attention import cached_prefix, paged_pool, prefill_inputs
     from flash_kernels.bench.peak import measure_peaks
     from flash_kernels.bench.shapes import QWEN3_4B, TINY
     from flash_kernels.bench.timing import time_ms
@@ -48,15 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {device} peak bf16 matmul {peak:.1f} TFLOP/s; prefill {shape.prefill_batch} x {shape.context}, "
           f"{shape.heads} q / {shape.kv_heads} kv heads, head dim {shape.head_dim}, block 16")
     print("rows keys warps stages  cached        ms     TFLOP/s  of peak  max |diff| vs default")
-    key_cache, value_cache, tables = paged_pool(shape, shape.prefill_batch, 16, torch.bfloat16, device)
+    pool = paged_pool(shape, shape.prefill_batch, 16, torch.bfloat16, device)
     for fraction in (0.0, 0.9):
+        args_, flops = prefill_inputs(shape, pool, 16, fraction, torch.bfloat16, device)
         prefix = cached_prefix(shape.context, fraction, 16)
-        new, b = shape.context - prefix, shape.prefill_batch
-        q = torch.randn(b * new, shape.heads, shape.head_dim, device=device).to(torch.bfloat16)
-        cu = torch.arange(0, (b + 1) * new, new, dtype=torch.int32, device=device)
-        seqlens = torch.full((b,), shape.context, dtype=torch.int32, device=device)
-        args_ = (q, key_cache, value_cache, tables, cu, seqlens, new, shape.context, shape.head_dim**-0.5)
-        flops = b * prefill_flops(shape.heads, shape.head_dim, prefix, new)
         default = triton_paged.prefill(*args_)
         for rows, keys, warps, stages in CANDIDATES:
             tiles = triton_paged.Tiles(rows=rows, num_warps=warps, num_stages=stages, keys=keys)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from proto.generate.v3 import generate_pb2 as pb
+from shard.bench_vs_hf import transformers_greedy
 from shard.factory import build_service
 from shard.tests.helpers import Blocks, batch, make_config, request, run_to_end, token_ids
 
@@ -21,24 +22,7 @@ NEW_TOKENS = 20
 
 
 def reference_tokens(model_dir: Path, prompts: list[str]) -> list[list[int]]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
-    outs = []
-    for prompt in prompts:
-        enc = tok(prompt, return_tensors="pt")
-        # NOTE: an explicit mask; generate() would otherwise infer one from pad_token_id and could mask BOS.
-        out = model.generate(
-            enc.input_ids,
-            attention_mask=enc.attention_mask,
-            max_new_tokens=NEW_TOKENS,
-            min_new_tokens=NEW_TOKENS,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-        )
-        outs.append(out[0, enc.input_ids.shape[1] :].tolist())
-    return outs
+    return transformers_greedy(model_dir, prompts, NEW_TOKENS)
 
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
