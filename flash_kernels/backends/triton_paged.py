@@ -17,6 +17,7 @@ Under ``TRITON_INTERPRET=1`` these kernels run on CPU tensors (that is how the t
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -42,14 +43,34 @@ class Tiles:
     keys: int = BLOCK_N
 
 
-def _tiles(dtype: torch.dtype, block_d: int, decode: bool) -> Tiles:
+# Shared memory per block (opt-in) from which prefill takes 256-row tiles: with 64 keys, 3 stages and a 16-bit
+# head dim of 128 they need ~160 KB (the Q tile plus three K/V stages), which Hopper-class devices (227 KB)
+# hold with room for Triton's own buffers and A100-class ones (163 KB) do not.
+BIG_TILE_SHARED_MEMORY = 200 * 1024
+
+
+def _tiles(dtype: torch.dtype, block_d: int, decode: bool, shared_memory: int = 0) -> Tiles:
     """Decode uses the fewest rows tl.dot takes (its work is reading K/V). A "wide" key row (fp32 at d=128, or
     16 bit at d=256) doubles every tile's bytes, so it gets fewer rows and stages to stay within ~160 KB of
-    shared memory (A100's limit; H100 has more)."""
+    shared memory (A100's limit). 16-bit prefill on a device with ``shared_memory`` bytes per block of at
+    least BIG_TILE_SHARED_MEMORY takes 256-row tiles (1.32x the 128-row tiles on an H200: docs/performance.md,
+    the tile sweep)."""
     wide = torch.finfo(dtype).bits // 8 * block_d > 256
     if decode:
         return Tiles(rows=MIN_DOT, num_warps=4, num_stages=2 if wide else 3)
-    return Tiles(rows=64, num_warps=4, num_stages=1) if wide else Tiles(rows=128, num_warps=8, num_stages=3)
+    if wide:
+        return Tiles(rows=64, num_warps=4, num_stages=1)
+    if dtype.itemsize == 2 and shared_memory >= BIG_TILE_SHARED_MEMORY:
+        return Tiles(rows=256, num_warps=8, num_stages=3)
+    return Tiles(rows=128, num_warps=8, num_stages=3)
+
+
+@functools.cache
+def _shared_memory(device: torch.device) -> int:
+    """Opt-in shared memory per block of a CUDA device in bytes; 0 elsewhere (the Triton interpreter on CPU)."""
+    if device.type != "cuda":
+        return 0
+    return getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 0)
 
 
 @triton.jit
@@ -399,7 +420,7 @@ def _launch(
     group = heads // kv_heads
     group_p = triton.next_power_of_2(group)
     block_d = max(MIN_DOT, triton.next_power_of_2(dim))
-    tiles = tiles or _tiles(q.dtype, block_d, decode)
+    tiles = tiles or _tiles(q.dtype, block_d, decode, _shared_memory(q.device))
     block_m = max(1, tiles.rows // group_p)
     grid = (triton.cdiv(max_seqlen_q, block_m), block_tables.shape[0], kv_heads)
     _paged_attention_kernel[grid](

@@ -1,8 +1,8 @@
 """``python -m flash_kernels.bench.tiles``: the Triton prefill kernel under other launch shapes (rows of a query
 tile, keys per KV tile, warps, pipeline stages), on the benchmark's Qwen3-4B-shaped prefill with 0% and 90%
 of each 4k context cached (block 16, bf16). Per shape: TFLOP/s, the fraction of the bf16 matmul peak measured
-in the same run, and the largest difference of its output from the default shape's (the shape the compiled
-test suite checks against the reference). A shape that does not compile on this device (shared memory) is
+in the same run, and the largest difference of its output from the device's default shape's (the shape the
+compiled test suite checks against the reference). A shape that does not compile on this device (shared memory) is
 reported and skipped. ``--device cpu --tiny`` runs the code path under the Triton interpreter.
 """
 
@@ -13,7 +13,8 @@ import os
 
 import torch
 
-# (rows, keys, warps, stages); the first is the default of triton_paged._tiles for 16-bit head dim 128.
+# (rows, keys, warps, stages); for 16-bit head dim 128 triton_paged._tiles picks the first on devices with less
+# than BIG_TILE_SHARED_MEMORY per block and (256, 64, 8, 3) on larger ones.
 CANDIDATES = (
     (128, 64, 8, 3),
     (128, 64, 4, 3),

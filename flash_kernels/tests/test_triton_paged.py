@@ -11,7 +11,7 @@ import triton  # noqa: F401  (fail, do not skip, when triton is missing)
 
 from flash_kernels import reference
 from flash_kernels.backends import triton_paged
-from flash_kernels.backends.triton_paged import BLOCK_N, Tiles, TritonBackend
+from flash_kernels.backends.triton_paged import BLOCK_N, MIN_DOT, Tiles, TritonBackend
 from flash_kernels.tests.paged_cases import DEVICE, assert_close, decode_requests, make_case, mixed_requests
 
 BACKEND = TritonBackend()
@@ -56,6 +56,18 @@ def test_prefixes_around_key_tile_edges() -> None:
     requests = [(prefix, 3) for prefix in edges]
     case = make_case(requests, 16, kv_heads=1, group=4, head_dim=64, seed=5)
     assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+
+
+def test_prefill_tiles_follow_the_device_shared_memory() -> None:
+    """256-row tiles only for 16-bit prefill on Hopper-class shared memory (227 KB); A100-class (163 KB) and
+    the interpreter (0) keep 128 rows; fp32 at d=128 and decode are unaffected."""
+    hopper, ampere = 227 * 1024, 163 * 1024
+    assert triton_paged._tiles(torch.bfloat16, 128, False, hopper) == Tiles(rows=256, num_warps=8, num_stages=3)
+    assert triton_paged._tiles(torch.float16, 64, False, hopper).rows == 256
+    assert triton_paged._tiles(torch.bfloat16, 128, False, ampere).rows == 128
+    assert triton_paged._tiles(torch.bfloat16, 128, False).rows == 128
+    assert triton_paged._tiles(torch.float32, 128, False, hopper).rows == 64
+    assert triton_paged._tiles(torch.bfloat16, 128, True, hopper).rows == MIN_DOT
 
 
 @pytest.mark.parametrize(("rows", "keys", "warps", "stages"), [(256, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)])
