@@ -28,11 +28,20 @@ CANDIDATES = (
 )
 
 
+def _shapes(text: str) -> tuple[tuple[int, int, int, int], ...]:
+    shapes = tuple(tuple(int(v) for v in part.split(",")) for part in text.split(";") if part.strip())
+    if not shapes or any(len(shape) != 4 for shape in shapes):
+        raise argparse.ArgumentTypeError(f"expected 'rows,keys,warps,stages;...', got {text!r}")
+    return shapes
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flash_kernels.bench.tiles", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke run)")
     p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--shapes", type=_shapes, default=CANDIDATES,
+                   help="launch shapes to time, 'rows,keys,warps,stages;...' (default: the built-in candidates)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -54,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         args_, flops = prefill_inputs(shape, pool, 16, fraction, torch.bfloat16, device)
         prefix = cached_prefix(shape.context, fraction, 16)
         default = triton_paged.prefill(*args_)
-        for rows, keys, warps, stages in CANDIDATES:
+        for rows, keys, warps, stages in args.shapes:
             tiles = triton_paged.Tiles(rows=rows, num_warps=warps, num_stages=stages, keys=keys)
             label = f"{rows:4d} {keys:4d} {warps:5d} {stages:6d}  {prefix:6d}"
             try:
