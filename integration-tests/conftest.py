@@ -106,21 +106,11 @@ def metric_value(text: str, series: str) -> float:
 
 def transformers_greedy(prompts: Sequence[str], new_tokens: int) -> dict[str, list[int]]:
     """transformers' greedy continuation (fp32) of each prompt on the demo model: the oracle that the stack's
-    greedy tokens must equal, whatever the parallelism."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    greedy tokens must equal, whatever the parallelism (the shard tests' oracle, keyed by prompt)."""
     from router_py.launch.model_source import demo_model
+    from shard.bench_vs_hf import transformers_greedy as oracle
 
-    folder = demo_model()
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
-    out = {}
-    for p in prompts:
-        ids = tok(p, return_tensors="pt").input_ids
-        gen = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        out[p] = gen[0, ids.shape[1]:].tolist()
-    return out
+    return dict(zip(prompts, oracle(demo_model(), list(prompts), new_tokens)))
 
 
 @pytest.fixture(scope="module")
