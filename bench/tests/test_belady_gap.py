@@ -68,9 +68,8 @@ def test_return_oracle_keeps_what_comes_back_and_stays_below_the_bound(tmp_path:
         rows.append(list(range(turn + 2)))
         rows += [[100 * (2 * turn + k + 1) + i for i in range(6)] for k in range(2)]
     trace = tmp_path / "trace.jsonl"
-    lines = [
-        json.dumps({"timestamp": 0, "input_length": 512 * len(r), "output_length": 1, "hash_ids": r}) for r in rows
-    ]
+    row = {"timestamp": 0, "output_length": 1}
+    lines = [json.dumps({**row, "input_length": 512 * len(r), "hash_ids": r}) for r in rows]
     trace.write_text("\n".join(lines) + "\n")
     requests = load_mooncake(str(trace))
 
