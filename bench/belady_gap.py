@@ -11,7 +11,10 @@ The replay of :mod:`bench.replay`, then, in its admission order:
    more) and their next use (within W, 4W, later, never): what admission control or bypass could free;
 3. with ``--oracle``, a second replay in which the same scheduler's cache evicts by next use in the first
    replay's admission order (:class:`NextUseOracle`): what retention alone could reach if it knew the future
-   (the order drifts from the first one, so the oracle is close to, not exactly, Belady's choice).
+   (the order drifts from the first one, so the oracle is close to, not exactly, Belady's choice);
+4. with ``--return-oracle``, replays in which DART's predicted tier is replaced by the truth about *whether*
+   a block is used again (ever, or within a horizon of admissions), not *when* (:class:`ReturnOracle`): the
+   ceiling of any online predictor of returns that feeds that tier.
 
     python -m bench.belady_gap TRACE --capacity-tokens 1000000 [--param KEY=VALUE ...]
 """
@@ -29,6 +32,8 @@ from bench.replay import TraceRequest, load_mooncake, replay
 from prism_cache.belady import belady_hits
 from prism_cache.hashing import block_hashes
 from prism_cache.node import Node
+from prism_cache.policies.base import RetentionPolicy
+from prism_cache.policies.dart import DartPolicy
 from prism_cache.watched import Watched
 from router_py.scheduling.interface import SchedulerConfig
 from router_py.scheduling.registry import QueueScheduler, make_scheduler
@@ -117,6 +122,29 @@ class NextUseOracle:
         return (-(uses[k] if k < len(uses) else float("inf")),)
 
 
+class ReturnOracle(NextUseOracle):
+    """A policy's key with the truth about a block's return put in DART's predicted tier: under DART,
+    ``(demand, used again within horizon admissions (0/1), history, recency)``; under another policy, the flag
+    first. ``horizon`` None: ever. It knows whether, not when (within the horizon): what a perfect return
+    predictor would give the policy."""
+
+    name = "return-oracle"
+
+    def __init__(self, hashes: Sequence[Sequence[int]], policy: RetentionPolicy, horizon: int | None) -> None:
+        super().__init__(hashes)
+        self._policy, self._horizon = policy, horizon
+        self._after = 1 if isinstance(policy, DartPolicy) else 0  # where the flag goes: after DART's demand
+
+    def demand_tables(self) -> tuple[Watched, ...]:
+        return self._policy.demand_tables()
+
+    def key(self, node: Node, n_blocks: int, tick: int) -> tuple[float, ...]:
+        own = tuple(self._policy.key(node, n_blocks, tick))
+        nxt = -super().key(node, n_blocks, tick)[0]
+        back = nxt < float("inf") and (self._horizon is None or nxt - self.admitted < self._horizon)
+        return (*own[: self._after], float(back), *own[self._after :])
+
+
 def oracle_hit_rate(
     requests: Sequence[TraceRequest],
     scheduler: QueueScheduler,
@@ -124,13 +152,21 @@ def oracle_hit_rate(
     capacity_tokens: int,
     window: int = 256,
     prefill_tokens: int = 16384,
+    return_horizon: int | None = None,
 ) -> tuple[float, float]:
     """(hit rate, Belady bound for its own order) of ``scheduler`` (fresh) replaying ``requests`` with its
-    cache evicting by :class:`NextUseOracle` over the admission order ``foreseen`` (trace indices)."""
+    cache evicting by :class:`NextUseOracle` over the admission order ``foreseen`` (trace indices), or, with
+    ``return_horizon``, by :class:`ReturnOracle` over the scheduler's own policy with that horizon (0:
+    ever)."""
     allocator = scheduler.allocator
     assert allocator is not None
     bs = allocator.block_size
-    oracle = NextUseOracle([block_hashes("", requests[i].tokens(), bs) for i in foreseen])
+    hashes = [block_hashes("", requests[i].tokens(), bs) for i in foreseen]
+    oracle = (
+        NextUseOracle(hashes)
+        if return_horizon is None
+        else ReturnOracle(hashes, allocator._policy, return_horizon or None)
+    )
     allocator._policy = oracle  # NOTE: a benchmark's swap; the scheduler still reads its own demand tables
 
     def step(admitted: int) -> None:
@@ -191,6 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=200, help="admissions between cache samples")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="scheduler param")
     parser.add_argument("--oracle", action="store_true", help="also replay with next-use eviction")
+    parser.add_argument(
+        "--return-oracle", type=int, action="append", default=[], metavar="H",
+        help="also replay the policy told whether each block is used again within H admissions (0: ever)",
+    )
     args = parser.parse_args(argv)
     sched, _, policy = args.config.partition("+")
     params = {"qas_window": float(args.window)}
@@ -207,6 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert isinstance(fresh, QueueScheduler) and isinstance(order, list)
         hit, bound = oracle_hit_rate(requests, fresh, order, args.capacity_tokens, args.window)
         report.update(oracle_hit_rate=hit, oracle_belady_hit_rate=bound)
+    for h in args.return_oracle:
+        fresh = make_scheduler(config)
+        assert isinstance(fresh, QueueScheduler) and isinstance(order, list)
+        hit, bound = oracle_hit_rate(
+            requests, fresh, order, args.capacity_tokens, args.window, return_horizon=h
+        )
+        name = f"return_oracle_{h or 'ever'}"
+        report[name] = {"hit_rate": hit, "belady_hit_rate": bound, "ratio": hit / bound}
     print(json.dumps(report, indent=1))
     return 0
 

@@ -16,10 +16,16 @@ request enters the queue, :meth:`SessionReturn.observe`
 2. learns: a session at turn k that comes back within the horizon (``half_life`` cache capacities of
    observed prompt blocks, the clock of segment popularity) counts one return for turn k; every session
    reaching turn k counts one start. The return probability of turn k (1, 2, 3, 4+; branches apart) is
-   ``(returns + 1) / (starts + 2)``, so it is learned online from the observed inter-turn gaps;
+   ``(returns + 1) / (starts + 2)``, so it is learned online from the observed inter-turn gaps. A first
+   turn has no history of its own; what is known of it is its prompt's length (a one-line question, a long
+   document), so first turns learn it per length as well (log4 buckets of blocks, the same estimate per
+   bucket, used once the bucket has seen :data:`CELL_MIN` first turns). Later turns do not: their turn
+   count says more, and on chat traffic a long prompt is merely a late turn, so length buckets there only
+   spread their data thin;
 3. records the session under each of the request's chained block hashes (its radix positions), with the
-   value ``ln P(return | turn) + clock / tau`` in the log form of :mod:`prism_cache.decay`: the expected
-   return decays with the session's age and compares across time with no sweep.
+   value ``ln P(return | turn) + clock / tau`` (at turn 1, P(return | length)) in the log form of
+   :mod:`prism_cache.decay`: the expected return decays with the session's age and compares across time with
+   no sweep.
 
 :meth:`value` of a position is the current value of its recorded session, so the prefix of an old turn gains
 when the session comes back. The request's own positions change value when it is observed; watchers (the radix
@@ -45,6 +51,8 @@ from prism_cache.tail_reach import TailReach
 from prism_cache.watched import Watched
 
 TURN_BUCKETS = 4  # turns 1, 2, 3 and 4+ learn separate return probabilities
+LENGTH_BUCKETS = 16  # first turns also per prompt length: 1, 2-3, 4-15, 16-63, ... blocks (log4)
+CELL_MIN = 10  # first turns a length bucket has seen before its estimate replaces the first turns' one
 
 
 class Session:
@@ -86,6 +94,8 @@ class SessionReturn(Watched):
         self.tails = TailReach()  # where reuses of a prompt stop (DART's admission control of tails)
         self.starts = [0] * 2 * TURN_BUCKETS  # per turn bucket, sessions begun afresh then branches
         self.returns = [0] * 2 * TURN_BUCKETS
+        self.first_starts = [0] * 2 * LENGTH_BUCKETS  # first turns per length bucket, afresh then branches
+        self.first_returns = [0] * 2 * LENGTH_BUCKETS
         # NOTE: DART's key reads them (the eviction hot path)
         self.record_of = self._owner.get
         self.shared = self._shared
@@ -106,10 +116,10 @@ class SessionReturn(Watched):
         else:
             s, parent = self._chained_session(hashes, lo)
         s.turns += 1
-        self.starts[_bucket(s.turns, s.branch)] += 1
         s.last, s.depth, s.tail, s.heat = self._clock, len(hashes), hashes[-1] if hashes else None, heat_now
+        self._count(s, self.starts, self.first_starts)
         s.used = self._clock / self._tau
-        s.value = math.log(self.return_probability(s.turns, s.branch)) + s.used
+        s.value = math.log(self.return_probability(s.turns, s.branch, s.depth)) + s.used
         owner, shared = self._owner, self._shared
         for h in hashes:
             other = owner.get(h)
@@ -122,11 +132,23 @@ class SessionReturn(Watched):
         if len(owner) > self._limit or self._clock - self._pruned_at > self._bound:
             self._prune()
 
-    def return_probability(self, turns: int, branch: bool = False) -> float:
+    def return_probability(self, turns: int, branch: bool = False, depth: int | None = None) -> float:
         """P(a session at ``turns`` comes back within the horizon), learned so far (1/2 before any data),
-        apart for sessions begun as a branch."""
+        apart for sessions begun as a branch; at turn 1 with ``depth`` (its prompt's blocks), for first
+        turns of about that length once :data:`CELL_MIN` of them were seen."""
         b = _bucket(turns, branch)
+        if turns == 1 and depth is not None:
+            c = _first_cell(branch, depth)
+            if self.first_starts[c] >= CELL_MIN:
+                return (self.first_returns[c] + 1) / (self.first_starts[c] + 2)
         return (self.returns[b] + 1) / (self.starts[b] + 2)
+
+    @staticmethod
+    def _count(s: Session, per_turn: list[int], per_first: list[int]) -> None:
+        """Count ``s`` at its last turn (``s.turns``, ``s.depth``) in a per-turn and a first-turn table."""
+        per_turn[_bucket(s.turns, s.branch)] += 1
+        if s.turns == 1:
+            per_first[_first_cell(s.branch, s.depth)] += 1
 
     def value(self, h: int) -> float | None:
         """The log-form expected return of position ``h`` (None without a record)."""
@@ -172,7 +194,7 @@ class SessionReturn(Watched):
     def _came_back(self, s: Session) -> None:
         """``s`` is used again: a return of its last turn if within the horizon."""
         if s.turns and self._clock - s.last <= self._horizon:
-            self.returns[_bucket(s.turns, s.branch)] += 1
+            self._count(s, self.returns, self.first_returns)
 
     def _prune(self) -> None:
         """Drop the records of positions neither cached, waiting nor recorded by a session observed since the
@@ -198,3 +220,7 @@ class SessionReturn(Watched):
 
 def _bucket(turns: int, branch: bool) -> int:
     return min(turns, TURN_BUCKETS) - 1 + (TURN_BUCKETS if branch else 0)
+
+
+def _first_cell(branch: bool, depth: int) -> int:
+    return min(LENGTH_BUCKETS - 1, depth.bit_length() >> 1) + (LENGTH_BUCKETS if branch else 0)

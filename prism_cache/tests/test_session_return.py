@@ -259,3 +259,18 @@ def test_dart_evicts_tails_that_reuses_never_reach_before_older_bodies() -> None
         else:  # the older prompt goes first, past its question
             assert a._tree.peek("", old)[1] == 2 and a._tree.peek("", new + (1, 1, 2, 2))[1] == 6
         a.check_integrity()
+
+
+def test_a_first_turn_learns_its_return_from_first_turns_of_its_length() -> None:
+    s = _sessions(capacity=1000)
+    for i in range(30):  # one-block questions never come back; 20-block documents always do
+        _observe(s, (200 + i, 200 + i))
+        doc = tuple(v for b in range(20) for v in (1000 * (i + 1) + b,) * BS)
+        _observe(s, doc)
+        _observe(s, doc + (9, 9))
+    assert s.return_probability(1, depth=1) < 0.1 < 0.9 < s.return_probability(1, depth=20)
+    assert s.return_probability(1, depth=20) > s.return_probability(1)  # the turn's own: both kinds mixed
+    doc = _observe(s, tuple(v for b in range(20) for v in (7000 + b,) * BS))
+    question = _observe(s, (300, 300))  # observed later, so it would rank higher on turn count alone
+    long_value, short_value = s.value(doc[-1]), s.value(question[-1])
+    assert long_value is not None and short_value is not None and long_value > short_value
