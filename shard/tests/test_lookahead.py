@@ -1,5 +1,5 @@
 """The decode step run ahead (shard.lookahead) changes nothing a router sees: under seeded random churn (new
-requests merged in or prefilled alone and concatenated, chunked prompts, finishes filtered out, requests
+requests merged in or prefilled alone and concatenated, chunked prompts, greedy and seeded sampling, finishes filtered out, requests
 dropped mid-stream, blocks freed and handed to the next requests at once) a shard running ahead answers
 every RPC as one that does not, and no step runs ahead on a batch once FilterBatch/ClearCache answered."""
 
@@ -61,9 +61,13 @@ class Router:
             rid, self.next_id = self.next_id, self.next_id + 1
             self.held[rid] = blocks
             text = " ".join(self.rng.choice(WORDS) for _ in range(self.rng.randrange(3, 30)))
-            chunk = {"chunk_len": self.rng.randrange(2, 8)} if self.rng.random() < 0.15 else {}
+            extra: dict = {"chunk_len": self.rng.randrange(2, 8)} if self.rng.random() < 0.15 else {}
+            if self.rng.random() < 0.3:  # seeded sampling: each request draws from its own generator
+                extra["parameters"] = pb.NextTokenChooserParameters(
+                    temperature=0.8, top_k=20, top_p=1.0, typical_p=1.0, repetition_penalty=1.1,
+                    do_sample=True, seed=rid)
             out.append(request(rid, text, blocks, slots_of(blocks, len(blocks) * BLOCK), max_new=max_new,
-                               **chunk))
+                               **extra))
         return out
 
     def new_batch(self, count: int) -> pb.Batch | None:
