@@ -1,7 +1,8 @@
 """The decode step run ahead (shard.lookahead) changes nothing a router sees: under seeded random churn (new
-requests merged in or prefilled alone and concatenated, chunked prompts, greedy and seeded sampling, finishes filtered out, requests
-dropped mid-stream, blocks freed and handed to the next requests at once) a shard running ahead answers
-every RPC as one that does not, and no step runs ahead on a batch once FilterBatch/ClearCache answered."""
+requests merged in or prefilled alone and concatenated, chunked prompts, greedy and seeded sampling, finishes
+filtered out, requests dropped mid-stream, blocks freed and handed to the next requests at once) a shard
+running ahead answers every RPC as one that does not, and no step runs ahead on a batch once
+FilterBatch/ClearCache answered."""
 
 from __future__ import annotations
 
