@@ -55,11 +55,14 @@ def _descendants(root: int) -> list[int]:
 
 
 def _process_name(pid: int) -> str:
+    if pid == os.getpid():
+        return "client"
     args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    for known in ("prism-shard", "router_py", "prism-launcher"):
-        if any(known in a for a in args):
-            return known.replace("router_py", "router")
-    return "client" if pid == os.getpid() else Path(args[0]).name
+    program = " ".join(args[:3])  # the interpreter, the script or ``-m module``
+    for known, name in (("prism-shard", "shard"), ("router_py", "router"), ("prism-launcher", "launcher")):
+        if known in program:
+            return name
+    return Path(args[0]).name
 
 
 def thread_cpu(pids: list[int]) -> dict[tuple[int, int], tuple[str, float]]:

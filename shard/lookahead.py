@@ -1,8 +1,8 @@
 """The next decode step of the running batch, run while its last tokens travel to the router and back.
 
 Without it the shard idles from answering one Decode until the next arrives: the router streams the tokens,
-filters, schedules and sends the next RPC, and gRPC carries both ways (under 32 clients on 2 cores that idle
-gap was a third of a step). When every request of the stored batch is decoding and none stopped at this
+filters, schedules and sends the next RPC, and gRPC carries both ways (docs/performance.md, "Throughput: the
+next decode step run ahead", has the measurements). When every request of the stored batch is decoding and none stopped at this
 step, the servicer starts the batch's next step at once (:meth:`Lookahead.maybe_start`); the next RPC on
 that batch takes its result instead of stepping (:meth:`Lookahead.take`).
 
@@ -60,7 +60,7 @@ class Lookahead:
         self._task: asyncio.Task | None = None
         self._task_batch = -1
         self._ready: dict[int, AheadResult] = {}
-        self.started = 0  # steps run ahead so far (tests, logs)
+        self.started = 0  # steps run ahead so far (for tests)
 
     def maybe_start(self, batch: ShardBatch, generations: list[GenerationOut], stored_batches: int) -> None:
         """Start ``batch``'s next step if it is the only stored batch and every request of it got a token at
@@ -91,9 +91,6 @@ class Lookahead:
         except BaseException as err:  # NOTE: kept and raised by the RPC that takes it
             log.warning("the step run ahead on batch %d failed: %r", self._task_batch, err)
             self._ready[self._task_batch] = AheadResult([], StepTimes(), err)
-
-    def has(self, batch_id: int) -> bool:
-        return batch_id in self._ready
 
     def take(self, batch_id: int) -> AheadResult | None:
         """The settled result of ``batch_id`` (removed); raises the step's exception if it failed."""

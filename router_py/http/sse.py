@@ -39,8 +39,8 @@ async def with_keep_alive(
     NOTE: ``events`` runs start to end in ONE producer task (so context variables, e.g. a tracing span, stay
     attached to one context); closing this generator (client disconnect) cancels that task, which closes
     ``events`` and with it the backend's request. Per item this costs one queue hand-off: the silence is
-    watched by one timer that re-arms itself, not by a timeout per item (a task and a timer per token were
-    a tenth of the router's CPU under 32 streaming clients)."""
+    watched by one timer that re-arms itself, not by a task and a timeout per item (per token, under many
+    streaming clients; docs/performance.md)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue()
     last = loop.time()

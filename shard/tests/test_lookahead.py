@@ -156,4 +156,4 @@ async def test_a_failed_step_run_ahead_fails_the_next_rpc_on_its_batch(tiny_llam
     with pytest.raises(RuntimeError, match="device lost"):
         await service.Decode(pb.DecodeRequest(batches=[second.batch]), None)
     await service.ClearCache(pb.ClearCacheRequest(), None)
-    assert not service.batches and not service.lookahead.has(1)
+    assert not service.batches and service.lookahead.take(1) is None
