@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -29,6 +29,25 @@ def tgi_event(obj: Any) -> str:
 
 def openai_event(obj: Any) -> str:
     return f"data: {_dumps(obj)}\n\n"
+
+
+class TgiEventTemplate:
+    """``tgi_event(build(text))`` for a stream whose events differ only in one string (a per-token chunk's
+    text): the rest is rendered once, so each event encodes only ``text``. Byte-identical to the plain
+    rendering (a JSON string encodes the same alone as inside an object); falls back to it if the probe
+    text cannot be located exactly once in the rendered template."""
+
+    _PROBE = "\x00prism-probe\x00"
+
+    def __init__(self, build: Callable[[str], Any]) -> None:
+        self._build = build
+        parts = tgi_event(build(self._PROBE)).split(_dumps(self._PROBE))
+        self._parts = parts if len(parts) == 2 else None
+
+    def render(self, text: str) -> str:
+        if self._parts is None:
+            return tgi_event(self._build(text))
+        return self._parts[0] + _dumps(text) + self._parts[1]
 
 
 async def with_keep_alive(
