@@ -30,6 +30,7 @@ from bench.metrics import RequestRecord, summarize
 from bench.peer_loads import QUICK, PeerLoads, PeerParams, describe
 
 Row = dict[str, object]
+LOADS = ("cold", "clients", "shared", "rag")  # PeerRun's methods, in the order run_all runs them
 
 
 def _row(
@@ -104,10 +105,13 @@ class PeerRun:
         for qps in self.loads.params.rag_qps:
             self._sweep("rag", "RAG", qps, self.loads.rag(qps), None)
 
-    def run_all(self) -> list[Row]:
+    def run_all(self, loads: Sequence[str] = LOADS) -> list[Row]:
+        """Warm up, then the named loads (``LOADS``, in that order)."""
         self._closed(self.loads.warmup(), 1, "warmup")
-        for step in (self.cold, self.clients, self.shared, self.rag):
-            step()
+        for name in LOADS:
+            if name not in loads:
+                continue
+            getattr(self, name)()
             self.log(f"  {self.rows[-1]['label']}: {self.rows[-1]['value']}", file=sys.stderr, flush=True)
         self.rows.append(_row("errors", "failed requests (all loads)", "count", float(len(self.errors))))
         return self.rows
@@ -128,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--out", type=Path, required=True)
     m.add_argument("--quick", action="store_true", help="fewer requests and QPS points (about a third)")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--loads", default=",".join(LOADS),
+                   help=f"comma-separated subset of {','.join(LOADS)} (e.g. `clients` for throughput only)")
     t = sub.add_parser("table", help="print the side-by-side table of two measured servers")
     t.add_argument("out", type=Path)
     t.add_argument("--ours", default="prism")
@@ -152,10 +158,15 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     from bench.workloads.prompts import PromptBuilder, load_tokenizer
 
+    loads_wanted = [name.strip() for name in args.loads.split(",") if name.strip()]
+    unknown = sorted(set(loads_wanted) - set(LOADS))
+    if unknown or not loads_wanted:
+        print(f"error: --loads takes a subset of {','.join(LOADS)}; got {args.loads!r}", file=sys.stderr)
+        return 2
     params = replace(QUICK if args.quick else PeerParams(), seed=args.seed)
     loads = PeerLoads(params, PromptBuilder(load_tokenizer(args.model_id)))
     run = PeerRun(Endpoint(args.url.rstrip("/"), "completions", args.served_model_name), loads)
-    rows = run.run_all()
+    rows = run.run_all(loads_wanted)
     write_result(args.out / f"{args.name}.json", args.name, args.url, params, rows, run.errors)
     for e in run.errors[:5]:
         print(f"error: {e}", file=sys.stderr)

@@ -5,13 +5,15 @@
 #   usage: scripts/bench-prism-ab.sh MODEL_DIR NAME_A:TREE_A NAME_B:TREE_B [ROUNDS]
 #     TREE: a checkout of this repository (absolute path) with its gRPC stubs built (`PYTHONPATH=. python -m
 #           proto.build`), e.g. `git archive main | tar -x -C /tmp/base`; it runs with PYTHONPATH=TREE.
-#   env: OUT (default bench-out/prism-ab), SEED (0), QUICK=1 for --quick
+#   env: OUT (default bench-out/prism-ab), SEED (0), QUICK=1 for --quick, LOADS (a subset for --loads, e.g.
+#        LOADS=clients for the 32-client throughput only; default all)
 # Run from the repository root with the project's venv active. One server at a time, each stopped (its process
 # group) on exit, error or Ctrl-C.
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n 2,10p "$0"; exit 2; }
+[ $# -ge 3 ] || { sed -n 2,11p "$0"; exit 2; }
 MODEL=$(cd "$1" && pwd); A=$2; B=$3; ROUNDS=${4:-1}
 OUT=${OUT:-bench-out/prism-ab}; SEED=${SEED:-0}; FLAGS=(); [ "${QUICK:-0}" = 1 ] && FLAGS=(--quick)
+[ -n "${LOADS:-}" ] && FLAGS+=(--loads "$LOADS")
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd); HERE=$(pwd)
 port() { python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PGID=""

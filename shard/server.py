@@ -20,14 +20,15 @@ from opentelemetry import trace
 from proto.generate.v3 import generate_pb2 as pb
 from proto.generate.v3 import generate_pb2_grpc as pb_grpc
 from shard import convert
-from shard.batch import ShardBatch
+from shard.batch import RequestState, ShardBatch
 from shard.config import ShardConfig
 from shard.errors import BatchNotFound, InvalidRequest
 from shard.generation import GenerationOut
 from shard.grammar import GrammarCompiler
 from shard.kv_tiers.service import KvTierServicer, parse_copies, step_with_copies
 from shard.kv_tiers.tiers import KvTiers
-from shard.model_runner import ModelRunner
+from shard.lookahead import AheadResult, Lookahead, enabled_by_env
+from shard.model_runner import ModelRunner, StepTimes
 from shard.validation import check_block_ownership, check_new_request
 from shard.warmup import assign_scratch_memory, clamp_warmup_prompts, settle_limits, usable_capacity
 
@@ -54,6 +55,8 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         self.lock = asyncio.Lock()
         loaded = runner.loaded
         self.grammars = GrammarCompiler(loaded.tokenizer, loaded.model.config.vocab_size, loaded.eos_token_ids)
+        ahead = enabled_by_env() and tiers is None and config.world_size == 1
+        self.lookahead = Lookahead(self._step_ahead, ahead)
 
     # ---- metadata RPCs -------------------------------------------------------------------------------------
 
@@ -79,19 +82,24 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         return pb.HealthResponse()
 
     async def ClearCache(self, request: pb.ClearCacheRequest, context) -> pb.ClearCacheResponse:
-        if request.HasField("id"):
-            self.batches.pop(request.id, None)
+        batch_id = request.id if request.HasField("id") else None
+        await self.lookahead.settle(batch_id)  # its KV writes land before the router reuses the blocks
+        self.lookahead.drop(batch_id)
+        if batch_id is not None:
+            self.batches.pop(batch_id, None)
         else:
             self.batches.clear()
         return pb.ClearCacheResponse()
 
     async def FilterBatch(self, request: pb.FilterBatchRequest, context) -> pb.FilterBatchResponse:
+        await self.lookahead.settle(request.batch_id)
         batch = self._get(request.batch_id)
         try:
             with tracer.start_as_current_span("filter"):
                 kept = batch.filter(list(request.request_ids))
         except KeyError as err:
             raise InvalidRequest(err.args[0]) from err
+        self.lookahead.filter(batch.id, kept)
         self.runner.plan_next(kept.requests)
         self.batches[kept.id] = kept
         return pb.FilterBatchResponse(batch=self._cached(kept))
@@ -154,21 +162,21 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
     # ---- helpers -------------------------------------------------------------------------------------------
 
     async def _run(self, parts: list[ShardBatch], start: int, response_type, copies=(), defer: bool = False):
-        """Concatenate ``parts`` (first id kept), step once, store the result; a Prefill/DecodeResponse."""
+        """Concatenate ``parts`` (first id kept), step once, store the result; a Prefill/DecodeResponse. Then,
+        when the stored batch only decodes, its next step starts ahead (shard.lookahead)."""
         ids = [r.id for b in parts for r in b.requests]
         if not ids:
             raise InvalidRequest(f"batch {parts[0].id} has no requests left (ClearCache it instead)")
         if len(ids) != len(set(ids)):
             raise InvalidRequest(f"request ids repeat across the batches: {ids}")
+        for b in parts:
+            await self.lookahead.settle(b.id)
+        ahead = [self.lookahead.take(b.id) for b in parts]
         concat_start = time.perf_counter_ns()
         with tracer.start_as_current_span("concatenate"):
             batch = ShardBatch.concatenate(parts) if len(parts) > 1 else parts[0]
         concat_ns = time.perf_counter_ns() - concat_start
-        with tracer.start_as_current_span("generate_token"):
-            async with self.lock:
-                generations, times, copies_failed = await step_with_copies(
-                    self.runner, self.tiers, batch.requests, list(copies), defer
-                )
+        generations, times, copies_failed = await self._step(parts, ahead, batch, copies, defer)
         for b in parts:
             self.batches.pop(b.id, None)
         stepped = batch
@@ -191,8 +199,34 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         if batch.requests and not _all_stopped(batch, generations_live):
             self.batches[batch.id] = batch
             out.batch.CopyFrom(self._cached(batch))
+            self.lookahead.maybe_start(batch, generations, len(self.batches))
         out.total_ns = time.perf_counter_ns() - start
         return out
+
+    async def _step(self, parts: list[ShardBatch], ahead: list[AheadResult | None], batch: ShardBatch,
+                    copies, defer: bool) -> tuple[list[GenerationOut], StepTimes, list[int]]:
+        """One step of the ``parts`` whose step did not run ahead (shard.lookahead); the results of those that
+        did come first. Returns (generations, times, failed copy indices)."""
+        fresh = [r for b, a in zip(parts, ahead) if a is None for r in b.requests]
+        generations = [g for a in ahead if a is not None for g in a.generations]
+        times = [a.times for a in ahead if a is not None]
+        copies_failed: list[int] = []
+        if fresh or copies:
+            with tracer.start_as_current_span("generate_token"):
+                async with self.lock:
+                    stepped, stepped_times, copies_failed = await step_with_copies(
+                        self.runner, self.tiers, fresh, list(copies), defer
+                    )
+            generations += stepped
+            times.append(stepped_times)
+            if len(fresh) < len(batch.requests):
+                self.runner.plan_next(batch.requests)
+        total = StepTimes(sum(t.forward_ns for t in times), sum(t.decode_ns for t in times))
+        return generations, total, copies_failed
+
+    async def _step_ahead(self, requests: list[RequestState]) -> tuple[list[GenerationOut], StepTimes]:
+        async with self.lock:
+            return await asyncio.to_thread(self.runner.step, requests)
 
     def _new_batch(self, batch: pb.Batch) -> ShardBatch:
         detok, eos = self.runner.detok, self.runner.loaded.eos_token_ids

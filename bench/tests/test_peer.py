@@ -8,6 +8,7 @@ import asyncio
 import json
 import math
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
@@ -158,3 +159,16 @@ def test_peer_run_against_our_server_on_the_demo_model(tmp_path) -> None:
     assert 0 < rows["clients_out_tokens"] <= 8 and rows["clients_tok_s"] > 0
     assert 0.3 < rows["shared@20_hit"] < 1 and rows["shared@20_p99_ms"] >= rows["shared@20_p50_ms"] > 0
     assert 0 <= rows["rag@20_hit"] < 1 and rows["rag@20_p99_ms"] > 0
+
+
+def test_measure_runs_only_the_named_loads_and_refuses_unknown_names(monkeypatch, capsys) -> None:
+    ran: list[str] = []
+    loads = SimpleNamespace(warmup=list)
+    run = PeerRun(Endpoint("http://127.0.0.1:9"), loads, log=lambda *a, **k: None)  # type: ignore[arg-type]
+    monkeypatch.setattr(run, "_closed", lambda *a: ran.append("warmup"))
+    for name in ("cold", "clients", "shared", "rag"):
+        monkeypatch.setattr(run, name, lambda n=name: (ran.append(n), run.rows.append(_row(n, 1.0))))
+    rows = run.run_all(["rag", "clients"])
+    assert ran == ["warmup", "clients", "rag"] and [r["key"] for r in rows] == ["clients", "rag", "errors"]
+    args = ["measure", "--model-id", "m", "--url", "u", "--name", "n", "--out", "o", "--loads", "clients,x"]
+    assert main(args) == 2 and "--loads takes a subset" in capsys.readouterr().err

@@ -38,7 +38,7 @@ from router_py.http.routes_common import (
 )
 from router_py.http.generation_runner import FinishedSequence
 from router_py.http.routes_generate import open_stream, run_generate
-from router_py.http.sse import OPENAI_DONE, sse_response, tgi_event
+from router_py.http.sse import OPENAI_DONE, TgiEventTemplate, sse_response, tgi_event
 from router_py.http.tools import (
     ToolPlan,
     ToolStream,
@@ -177,13 +177,19 @@ async def _completion_events(
     prompt_tokens = completion_tokens = 0
     try:
         for index, gen_req in enumerate(gen_reqs):
+            # NOTE: a token's chunk is the same but for its text: rendered once, per token only the text
+            chunk = TgiEventTemplate(
+                lambda text, i=index: completion_chunk(state.config, created, i, text, None)
+            )
             async for run, event in open_stream(state, gen_req, namespace):
-                finish = openai_finish_reason(event.finish_reason) if isinstance(event, EndEvent) else None
+                if not isinstance(event, EndEvent):
+                    yield chunk.render(event.token.text)
+                    continue
+                finish = openai_finish_reason(event.finish_reason)
                 yield tgi_event(completion_chunk(state.config, created, index, event.token.text, finish))
-                if isinstance(event, EndEvent):
-                    state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
-                    prompt_tokens += run.valid.input_length
-                    completion_tokens += event.generated_tokens
+                state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
+                prompt_tokens += run.valid.input_length
+                completion_tokens += event.generated_tokens
         if include_usage:
             yield tgi_event(usage_chunk(state.config, created, usage(prompt_tokens, completion_tokens)))
     except HttpError as err:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 KEEP_ALIVE_SECONDS = 15.0
 KEEP_ALIVE = ":\n\n"
 OPENAI_DONE = "data: [DONE]\n\n"
+_END = object()  # with_keep_alive: the producer is done
 
 
 def _dumps(obj: Any) -> str:
@@ -30,6 +31,25 @@ def openai_event(obj: Any) -> str:
     return f"data: {_dumps(obj)}\n\n"
 
 
+class TgiEventTemplate:
+    """``tgi_event(build(text))`` for a stream whose events differ only in one string (a per-token chunk's
+    text): the rest is rendered once, so each event encodes only ``text``. Byte-identical to the plain
+    rendering (a JSON string encodes the same alone as inside an object); falls back to it if the probe
+    text cannot be located exactly once in the rendered template."""
+
+    _PROBE = "\x00prism-probe\x00"
+
+    def __init__(self, build: Callable[[str], Any]) -> None:
+        self._build = build
+        parts = tgi_event(build(self._PROBE)).split(_dumps(self._PROBE))
+        self._parts = parts if len(parts) == 2 else None
+
+    def render(self, text: str) -> str:
+        if self._parts is None:
+            return tgi_event(self._build(text))
+        return self._parts[0] + _dumps(text) + self._parts[1]
+
+
 async def with_keep_alive(
     events: AsyncIterator[str], every: float = KEEP_ALIVE_SECONDS
 ) -> AsyncIterator[str]:
@@ -37,40 +57,44 @@ async def with_keep_alive(
 
     NOTE: ``events`` runs start to end in ONE producer task (so context variables, e.g. a tracing span, stay
     attached to one context); closing this generator (client disconnect) cancels that task, which closes
-    ``events`` and with it the backend's request."""
-    queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
+    ``events`` and with it the backend's request. Per item this costs one queue hand-off: the silence is
+    watched by one timer that re-arms itself, not by a task and a timeout per item (per token, under many
+    streaming clients; docs/performance.md)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    last = loop.time()
 
     async def pump() -> None:
-        async for item in events:
-            await queue.put(item)
+        try:
+            async for item in events:
+                queue.put_nowait(item)
+        finally:
+            queue.put_nowait(_END)
+
+    def watch() -> None:
+        nonlocal timer
+        silent = loop.time() - last
+        if silent >= every and queue.empty():
+            queue.put_nowait(KEEP_ALIVE)
+            silent = 0.0
+        timer = loop.call_later(every - silent, watch)
 
     producer = asyncio.ensure_future(pump())
-    getter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    timer = loop.call_later(every, watch)
     try:
         while True:
-            if not queue.empty():  # NOTE: per-token fast path: no future, no timer when an event is ready
-                yield queue.get_nowait()
-                continue
-            getter = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait(
-                {getter, producer}, timeout=every, return_when=asyncio.FIRST_COMPLETED
-            )
-            if getter in done:
-                yield getter.result()
-                continue
-            getter.cancel()
-            if producer in done:
-                while not queue.empty():
-                    yield queue.get_nowait()
-                producer.result()
+            item = await queue.get()
+            if item is _END:
+                await producer  # NOTE: raises the producer's error, after every item it yielded
                 return
-            yield KEEP_ALIVE
+            last = loop.time()
+            yield item  # type: ignore[misc]
     finally:
-        # NOTE: closed while waiting (client gone): the getter must be cancelled too, or asyncio reports
+        # NOTE: closed while waiting (client gone): the producer must be cancelled too, or asyncio reports
         # "Task was destroyed but it is pending!" when it is collected
-        getter.cancel()
+        timer.cancel()
         producer.cancel()
-        await asyncio.gather(getter, producer, return_exceptions=True)
+        await asyncio.gather(producer, return_exceptions=True)
 
 
 class EventStreamResponse(StreamingResponse):

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from router_py.http.sse import KEEP_ALIVE, OPENAI_DONE, tgi_event, with_keep_alive
+from router_py.http.sse import KEEP_ALIVE, OPENAI_DONE, TgiEventTemplate, tgi_event, with_keep_alive
 
 
 def test_event_framing() -> None:
@@ -57,3 +57,15 @@ async def test_producer_errors_propagate() -> None:
     assert await stream.__anext__() == "first"
     with pytest.raises(RuntimeError, match="boom"):
         await stream.__anext__()
+
+
+@pytest.mark.parametrize("text", ["", " guxilath", 'quote " back \\ slash', "é ü 中文 😀", "\x00\x15\x0c\n\t",
+                                  "\u2028\ud800", "\x00prism-probe\x00"])
+def test_event_template_renders_as_the_plain_event(text: str) -> None:
+    def chunk(t: str) -> dict:
+        return {"object": "text_completion", "model": "m/é", "choices": [{"index": 1, "text": t, "x": None}]}
+
+    assert TgiEventTemplate(chunk).render(text) == tgi_event(chunk(text))
+    # a probe that shows twice in the template: the plain rendering, still identical
+    twice = TgiEventTemplate(lambda t: {"a": TgiEventTemplate._PROBE, "text": t})
+    assert twice.render(text) == tgi_event({"a": TgiEventTemplate._PROBE, "text": text})

@@ -1,0 +1,156 @@
+"""Output tokens/s and per-thread CPU time of a live prism-serve under the 32-client load of
+:mod:`bench.peer_loads` (issue 10's throughput load), one server from one code tree.
+
+    python -m bench.live_threads --model-id /work/peer/model [--tree DIR] [--reps 4] [--env PRISM_LOOKAHEAD=0]
+
+Starts ``prism-launcher`` (defaults, loopback, random port, private socket dir) with ``PYTHONPATH=TREE``, warms
+it up, then runs the clients load ``--reps`` times (a new seed each, so prompts start cold) and reads
+``/proc/PID/task/TID/stat`` of every server process and of this client before and after: CPU seconds per
+thread and per output token. Thread CPU is what each part costs whatever else the machine runs; the tokens/s
+are wall-clock and move with the machine's load. The server is stopped (its session) on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+from bench.loadgen import Endpoint, run_closed
+from bench.peer_loads import PeerLoads, PeerParams
+from bench.workloads.prompts import PromptBuilder, load_tokenizer
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(root: int) -> list[int]:
+    parent: dict[int, int] = {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        parent[int(d)] = int(stat[stat.rfind(")") + 2 :].split()[1])
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += [c for c, p in parent.items() if p == pid]
+    return out
+
+
+def _process_name(pid: int) -> str:
+    if pid == os.getpid():
+        return "client"
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    program = " ".join(args[:3])  # the interpreter, the script or ``-m module``
+    for known, name in (("prism-shard", "shard"), ("router_py", "router"), ("prism-launcher", "launcher")):
+        if known in program:
+            return name
+    return Path(args[0]).name
+
+
+def thread_cpu(pids: list[int]) -> dict[tuple[int, int], tuple[str, float]]:
+    """(pid, tid) -> ("process/thread name", CPU seconds so far)."""
+    out = {}
+    for pid in pids:
+        try:
+            name, tids = _process_name(pid), os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()
+            thread = stat[stat.find("(") + 1 : stat.rfind(")")]
+            out[(pid, int(tid))] = (f"{name}/{thread} {tid}", (int(fields[11]) + int(fields[12])) / TICK)
+    return out
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"the server exited with {proc.returncode}") from None
+            time.sleep(1)
+    raise SystemExit("the server did not get healthy")
+
+
+def measure(url: str, model: str, reps: int, server_pid: int) -> None:
+    params = PeerParams()
+    builder = PromptBuilder(load_tokenizer(model))
+    endpoint = Endpoint(url, "completions")
+    asyncio.run(run_closed(endpoint, PeerLoads(params, builder).warmup(), 1, "warmup"))
+    asyncio.run(run_closed(endpoint, PeerLoads(replace(params, seed=99), builder).clients(), params.clients,
+                           "warm"))
+    pids = _descendants(server_pid) + [os.getpid()]
+    before, start, rates, tokens, errors = thread_cpu(pids), time.perf_counter(), [], 0, 0
+    for i in range(reps):
+        loads = PeerLoads(replace(params, seed=100 + i), builder)
+        result = asyncio.run(run_closed(endpoint, loads.clients(), params.clients, f"clients {i + 1}/{reps}"))
+        done = sum(r.output_tokens for r in result.records if r.error is None)
+        errors += sum(r.error is not None for r in result.records)
+        rates.append(done / result.duration)
+        tokens += done
+    wall, after = time.perf_counter() - start, thread_cpu(pids)
+    print(f"output tok/s per rep: {', '.join(f'{r:,.0f}' for r in rates)}; {tokens:,} tokens in {wall:.1f} s, "
+          f"{errors} failed requests; "
+          f"load average {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    rows = [(cpu - before.get(key, (name, 0.0))[1], name) for key, (name, cpu) in after.items()]
+    rows = sorted((r for r in rows if r[0] >= 0.05), reverse=True)
+    for cpu, name in rows:
+        print(f"  {name:40s} {cpu:6.2f} s  {1e6 * cpu / tokens:6.1f} us/token")
+    total = sum(cpu for cpu, _ in rows)
+    print(f"  {'total':40s} {total:6.2f} s  {1e6 * total / tokens:6.1f} us/token; {total / wall:.2f} cores busy")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--model-id", required=True)
+    p.add_argument("--tree", default=os.getcwd(), help="the code tree to serve from (PYTHONPATH)")
+    p.add_argument("--reps", type=int, default=4)
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="for the server")
+    args = p.parse_args(argv)
+    env = dict(os.environ, PYTHONPATH=str(Path(args.tree).resolve()))
+    env.update(kv.split("=", 1) for kv in args.env)
+    folder, port = tempfile.mkdtemp(prefix="live-threads-"), _port()
+    cmd = ["prism-launcher", "--model-id", args.model_id, "--hostname", "127.0.0.1", "--port", str(port),
+           "--shard-uds-path", f"{folder}/shard", "--master-port", str(_port())]
+    with open(f"{folder}/server.log", "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", proc)
+        measure(f"http://127.0.0.1:{port}", args.model_id, args.reps, proc.pid)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
