@@ -1,5 +1,6 @@
 """The compiled CPU decode kernel (``cpu_decode.cpp``): built once per machine with torch's C++ extension
-loader, then loaded from its cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``).
+loader, then loaded from its cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). The same
+extension carries the bf16 prefill kernel (``cpu_prefill.cpp``, used through :mod:`.cpu_prefill`).
 
 It reads K/V in place through the block table, where the SDPA path first gathers every request's context into
 a padded copy and then pays torch's flash kernel's per-(request, head) setup, which dominates for one query
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_suffix(".cpp")
+SOURCES = [Path(__file__).with_suffix(".cpp"), Path(__file__).with_name("cpu_prefill.cpp")]
 ENV = "PRISM_CPU_DECODE_KERNEL"
 _state: dict[str, bool] = {}  # "built": the build's outcome (once per process); "off": set_enabled(False)
 
@@ -43,8 +44,9 @@ def _load() -> bool:
     try:
         from torch.utils.cpp_extension import load as build
 
-        # NOTE: -march=native code must not be reused on another CPU: the CPU's flags name the build.
-        build(name=f"prism_paged_decode_{_cpu_tag()}", sources=[str(SOURCE)],
+        # NOTE: -march=native code must not be reused on another CPU: the CPU's flags name the build; so do
+        # the sources, so that checkouts with other kernels beside each other do not rebuild one another's.
+        build(name=f"prism_paged_decode_{_cpu_tag()}", sources=[str(p) for p in SOURCES],
               extra_cflags=["-O3", "-march=native", "-ffast-math"], is_python_module=False)
     except Exception as err:  # no compiler / ninja / headers: fall back, never fail the shard
         log.warning("compiled CPU decode kernel unavailable (%s: %s); decode attention on SDPA",
@@ -60,7 +62,8 @@ def _cpu_tag() -> str:
         flags = next(line for line in lines if line.startswith("flags"))
     except (OSError, StopIteration):
         flags = os.uname().machine
-    return hashlib.sha1(flags.encode()).hexdigest()[:10]
+    sources = b"".join(p.read_bytes() for p in SOURCES)
+    return hashlib.sha1(flags.encode() + sources).hexdigest()[:10]
 
 
 def decode(
