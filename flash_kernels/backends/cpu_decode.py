@@ -47,7 +47,8 @@ def _load() -> bool:
         # NOTE: -march=native code must not be reused on another CPU: the CPU's flags name the build; so do
         # the sources, so that checkouts with other kernels beside each other do not rebuild one another's.
         build(name=f"prism_paged_decode_{_cpu_tag()}", sources=[str(p) for p in SOURCES],
-              extra_cflags=["-O3", "-march=native", "-ffast-math"], is_python_module=False)
+              extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"], extra_ldflags=["-fopenmp"],
+              is_python_module=False)
     except Exception as err:  # no compiler / ninja / headers: fall back, never fail the shard
         log.warning("compiled CPU decode kernel unavailable (%s: %s); decode attention on SDPA",
                     type(err).__name__, str(err).splitlines()[0] if str(err) else "")

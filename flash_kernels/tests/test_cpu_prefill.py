@@ -99,3 +99,18 @@ def test_bad_tables_are_refused() -> None:
     more_queries[1] = 4  # 5 new tokens over a context of 4
     with pytest.raises(RuntimeError, match="queries for"):
         cpu_prefill.prefill(*args[:5], more_queries, case.scale)
+
+
+@needs_kernel
+def test_threads_split_tiles_without_changing_a_bit() -> None:
+    """Tiles are handed out dynamically over torch's intra-op threads; each is computed by one thread alone."""
+    case = make_case([(512, 300), (3, 40), (0, 77)], 16, kv_heads=2, group=2, head_dim=64, dtype=torch.bfloat16)
+    args = (*case.prefill_args()[:6], case.scale)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = cpu_prefill.prefill(*args)
+        torch.set_num_threads(2)
+        assert torch.equal(cpu_prefill.prefill(*args), one)
+    finally:
+        torch.set_num_threads(before)
