@@ -5,7 +5,8 @@ extension carries the bf16 prefill kernel (``cpu_prefill.cpp``, used through :mo
 It reads K/V in place through the block table, where the SDPA path first gathers every request's context into
 a padded copy and then pays torch's flash kernel's per-(request, head) setup, which dominates for one query
 row per KV head group (docs/performance.md has the numbers). Without a C++ compiler or ninja, or with
-``PRISM_CPU_DECODE_KERNEL=0``, :func:`load` returns False and the SDPA path serves decode (logged once).
+``PRISM_CPU_DECODE_KERNEL=0``, :func:`load` returns False and the SDPA path serves decode and prefill (logged
+once). Built with OpenMP, so that ``at::parallel_for`` in it uses torch's intra-op threads.
 """
 
 from __future__ import annotations

@@ -77,8 +77,8 @@ void pack_values(const c10::BFloat16* vc, const int32_t* table, int64_t len, int
   }
 }
 
-// One tile: rows r = head j * T + position t (T = R / G positions from t0); ctx = context length, start = the
-// context position of the piece's first query.
+// One tile of one piece: rows r = head j * T + position t (T = R / G positions from the piece's query t0);
+// start = the context position of the piece's first query, so row (j, t) sees keys 0 .. start + t0 + t.
 template <int G, int D>
 void tile(const c10::BFloat16* q, const c10::BFloat16* kc, const uint32_t* vp, const int32_t* table, int64_t bs,
           int64_t row, int64_t h, int64_t kh, int64_t q_len, int64_t start, int64_t t0, float scale,
