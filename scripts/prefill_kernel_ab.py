@@ -1,5 +1,6 @@
-"""``python scripts/prefill_kernel_ab.py MODEL_DIR THREADS ROUNDS``: whole prefill steps of the shard with the
-compiled bf16 prefill kernel (flash_kernels/backends/cpu_prefill.cpp) against torch's CPU flash kernel,
+"""``python scripts/prefill_kernel_ab.py MODEL_DIR THREADS ROUNDS [pointwise]``: whole prefill steps of the shard
+with the compiled bf16 prefill kernel (flash_kernels/backends/cpu_prefill.cpp) against torch's CPU flash kernel
+(with ``pointwise``: the fused elementwise ops of cpu_pointwise.cpp against the torch ops, the prefill kernel on),
 switched per round in alternating order in one process, so that a shared machine's load hits both alike.
 
 Each round and path: for every (cached, new) shape, a fresh random prompt is stepped cold (all its tokens), then
@@ -11,12 +12,13 @@ took away), otherwise wall clock. Round 0 warms up and is dropped. Prints median
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import sys
 import time
 
-from flash_kernels.backends import cpu_prefill
+from flash_kernels.backends import cpu_pointwise, cpu_prefill
 from shard.bench import BLOCK, POOL_BLOCKS, BlockCounter, _prompt, _request
 from shard.config import ShardConfig
 from shard.factory import build_runner
@@ -26,6 +28,13 @@ SHAPES = ((512, 529), (672, 369), (0, 2001), (1840, 208))  # (cached, new)
 
 def main() -> None:
     model_dir, threads, rounds = sys.argv[1], int(sys.argv[2]) or None, int(sys.argv[3])
+    pointwise = sys.argv[4:] == ["pointwise"]
+
+    def switch(on: bool) -> None:
+        if pointwise:
+            os.environ[cpu_pointwise.ENV] = "1" if on else "0"
+        else:
+            cpu_prefill.set_enabled(on)
     runner = build_runner(ShardConfig(model_dir=model_dir, num_blocks=POOL_BLOCKS, block_size=BLOCK,
                                       cpu_threads=threads))
     clock = time.thread_time if threads == 1 else time.perf_counter
@@ -49,20 +58,22 @@ def main() -> None:
     try:
         for i in range(rounds + 1):
             for on in (True, False) if i % 2 else (False, True):
-                cpu_prefill.set_enabled(on)
+                switch(on)
                 for cached, new in SHAPES:
                     timing = pair(cached, new)
                     if i > 0:
                         results.setdefault((on, cached, new), []).append(timing)
     finally:
-        cpu_prefill.set_enabled(True)
+        switch(True)
+    names = ("torch ops", "fused") if pointwise else ("flash", "kernel")
     for cached, new in SHAPES:
         off, on = results[(False, cached, new)], results[(True, cached, new)]
         cold = [statistics.median(c for c, _ in runs) * 1e3 for runs in (off, on)]
         warm = [statistics.median(w for _, w in runs) * 1e3 for runs in (off, on)]
-        line = f"cold {cached + new:5,d}: flash {cold[0]:6.1f} ms, kernel {cold[1]:6.1f} ms ({cold[1] / cold[0]:.2f}x)"
+        a, b = names
+        line = f"cold {cached + new:5,d}: {a} {cold[0]:6.1f} ms, {b} {cold[1]:6.1f} ms ({cold[1] / cold[0]:.2f}x)"
         if cached:
-            line += (f" | {new} new over {cached} cached: flash {warm[0]:6.1f} ms, kernel {warm[1]:6.1f} ms "
+            line += (f" | {new} new over {cached} cached: {a} {warm[0]:6.1f} ms, {b} {warm[1]:6.1f} ms "
                      f"({warm[1] / warm[0]:.2f}x)")
         print(line)
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-SOURCES = [Path(__file__).with_suffix(".cpp"), Path(__file__).with_name("cpu_prefill.cpp")]
+SOURCES = [Path(__file__).with_suffix(".cpp")] + [Path(__file__).with_name(f"cpu_{part}.cpp")
+                                                  for part in ("prefill", "pointwise")]
 ENV = "PRISM_CPU_DECODE_KERNEL"
 _state: dict[str, bool] = {}  # "built": the build's outcome (once per process); "off": set_enabled(False)
 
