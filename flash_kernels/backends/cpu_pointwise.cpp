@@ -50,19 +50,21 @@ void rope_bf16(const at::Tensor& x, const at::Tensor& positions, const at::Tenso
   });
 }
 
-// gate_up (n, 2 I) bf16 contiguous, gate first -> out (n, I) bf16: round(round(silu(gate)) * up), as
-// F.silu(gate) * up rounds in bf16.
-void silu_mul_bf16(const at::Tensor& gate_up, at::Tensor out) {
-  TORCH_CHECK(gate_up.scalar_type() == at::kBFloat16 && out.scalar_type() == at::kBFloat16 &&
-              gate_up.dim() == 2 && gate_up.is_contiguous() && out.is_contiguous() &&
-              out.size(0) == gate_up.size(0) && out.size(1) * 2 == gate_up.size(1), "silu_mul_bf16: shapes");
-  const int64_t n = gate_up.size(0), inter = out.size(1);
-  const bf16* gp = gate_up.data_ptr<bf16>();
+// gate, up (n, I) bf16, last dim contiguous (e.g. the two halves of a fused gate/up output) -> out (n, I) bf16:
+// round(round(silu(gate)) * up), as F.silu(gate) * up rounds in bf16.
+void silu_mul_bf16(const at::Tensor& gate, const at::Tensor& up, at::Tensor out) {
+  TORCH_CHECK(gate.scalar_type() == at::kBFloat16 && up.scalar_type() == at::kBFloat16 &&
+              out.scalar_type() == at::kBFloat16 && gate.dim() == 2 && gate.stride(1) == 1 && up.stride(1) == 1 &&
+              out.is_contiguous() && up.sizes() == gate.sizes() && out.sizes() == gate.sizes(),
+              "silu_mul_bf16: shapes");
+  const int64_t n = gate.size(0), inter = gate.size(1), sg = gate.stride(0), su = up.stride(0);
+  const bf16* gp = gate.data_ptr<bf16>();
+  const bf16* up_p = up.data_ptr<bf16>();
   bf16* op = out.data_ptr<bf16>();
   at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const bf16* g = gp + i * 2 * inter;
-      const bf16* u = g + inter;
+      const bf16* g = gp + i * sg;
+      const bf16* u = up_p + i * su;
       bf16* o = op + i * inter;
       for (int64_t k = 0; k < inter; ++k) {
         const float x = static_cast<float>(g[k]);
@@ -105,7 +107,7 @@ void rms_norm_bf16(const at::Tensor& x, const at::Tensor& weight, double eps, at
 
 TORCH_LIBRARY_FRAGMENT(prism_kernels, m) {
   m.def("rope_bf16(Tensor x, Tensor positions, Tensor cos, Tensor sin, Tensor(a!) out) -> ()");
-  m.def("silu_mul_bf16(Tensor gate_up, Tensor(a!) out) -> ()");
+  m.def("silu_mul_bf16(Tensor gate, Tensor up, Tensor(a!) out) -> ()");
   m.def("rms_norm_bf16(Tensor x, Tensor weight, float eps, Tensor(a!) out) -> ()");
 }
 TORCH_LIBRARY_IMPL(prism_kernels, CPU, m) {

@@ -30,11 +30,11 @@ def rope(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch
     return out
 
 
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """gate_up (n, 2 I) bf16, gate first -> silu(gate) * up (n, I)."""
-    gate_up = gate_up.contiguous()
-    out = gate_up.new_empty(gate_up.shape[0], gate_up.shape[1] // 2)
-    torch.ops.prism_kernels.silu_mul_bf16(gate_up, out)
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up: gate, up (n, I) bf16 (views of a fused gate/up output are fine) -> (n, I)."""
+    gate, up = (t if t.stride(-1) == 1 else t.contiguous() for t in (gate, up))
+    out = torch.empty(gate.shape, dtype=gate.dtype)
+    torch.ops.prism_kernels.silu_mul_bf16(gate, up, out)
     return out
 
 

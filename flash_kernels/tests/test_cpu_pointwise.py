@@ -35,7 +35,7 @@ def test_ops_match_the_torch_ops(rows: int) -> None:
     _close(cpu_pointwise.rope(qkv[:, :6], positions, rot.cos, rot.sin), expected)  # a strided view of qkv
     gate_up = (torch.randn(rows, 2 * 96, generator=gen) * 3).bfloat16()
     gate, up = gate_up.chunk(2, dim=-1)
-    _close(cpu_pointwise.silu_mul(gate_up), F.silu(gate) * up)
+    _close(cpu_pointwise.silu_mul(gate, up), F.silu(gate) * up)  # views of one fused output
     x, weight = (torch.randn(rows, 64, generator=gen) * 2).bfloat16(), torch.randn(64, generator=gen).bfloat16()
     _close(cpu_pointwise.rms_norm(x, weight, 1e-5), weight * F.rms_norm(x.float(), (64,), eps=1e-5).bfloat16())
 

@@ -40,12 +40,11 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_proj is not None:
-            gate_up = self.gate_up_proj(x)
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         else:
-            gate_up = torch.cat((self.gate_proj(x), self.up_proj(x)), dim=-1)
-        if cpu_pointwise.usable(gate_up):  # bf16 on a CPU: silu(gate) * up in one pass
-            out = self.down_proj(cpu_pointwise.silu_mul(gate_up))
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        if cpu_pointwise.usable(gate):  # bf16 on a CPU: silu(gate) * up in one pass
+            out = self.down_proj(cpu_pointwise.silu_mul(gate, up))
         else:
-            gate, up = gate_up.chunk(2, dim=-1)
             out = self.down_proj(F.silu(gate) * up)
         return self.tp.all_reduce(out) if self.tp.enabled else out
