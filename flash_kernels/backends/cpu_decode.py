@@ -1,10 +1,12 @@
 """The compiled CPU decode kernel (``cpu_decode.cpp``): built once per machine with torch's C++ extension
-loader, then loaded from its cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``).
+loader, then loaded from its cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). The same
+extension carries the bf16 prefill kernel (``cpu_prefill.cpp``, used through :mod:`.cpu_prefill`).
 
 It reads K/V in place through the block table, where the SDPA path first gathers every request's context into
 a padded copy and then pays torch's flash kernel's per-(request, head) setup, which dominates for one query
 row per KV head group (docs/performance.md has the numbers). Without a C++ compiler or ninja, or with
-``PRISM_CPU_DECODE_KERNEL=0``, :func:`load` returns False and the SDPA path serves decode (logged once).
+``PRISM_CPU_DECODE_KERNEL=0``, :func:`load` returns False and the SDPA path serves decode and prefill (logged
+once). Built with OpenMP, so that ``at::parallel_for`` in it uses torch's intra-op threads.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_suffix(".cpp")
+SOURCES = [Path(__file__).with_suffix(".cpp")] + [Path(__file__).with_name(f"cpu_{part}.cpp")
+                                                  for part in ("prefill", "pointwise")]
 ENV = "PRISM_CPU_DECODE_KERNEL"
 _state: dict[str, bool] = {}  # "built": the build's outcome (once per process); "off": set_enabled(False)
 
@@ -43,9 +46,11 @@ def _load() -> bool:
     try:
         from torch.utils.cpp_extension import load as build
 
-        # NOTE: -march=native code must not be reused on another CPU: the CPU's flags name the build.
-        build(name=f"prism_paged_decode_{_cpu_tag()}", sources=[str(SOURCE)],
-              extra_cflags=["-O3", "-march=native", "-ffast-math"], is_python_module=False)
+        # NOTE: -march=native code must not be reused on another CPU: the CPU's flags name the build; so do
+        # the sources, so that checkouts with other kernels beside each other do not rebuild one another's.
+        build(name=f"prism_paged_decode_{_cpu_tag()}", sources=[str(p) for p in SOURCES],
+              extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"], extra_ldflags=["-fopenmp"],
+              is_python_module=False)
     except Exception as err:  # no compiler / ninja / headers: fall back, never fail the shard
         log.warning("compiled CPU decode kernel unavailable (%s: %s); decode attention on SDPA",
                     type(err).__name__, str(err).splitlines()[0] if str(err) else "")
@@ -60,7 +65,8 @@ def _cpu_tag() -> str:
         flags = next(line for line in lines if line.startswith("flags"))
     except (OSError, StopIteration):
         flags = os.uname().machine
-    return hashlib.sha1(flags.encode()).hexdigest()[:10]
+    sources = b"".join(p.read_bytes() for p in SOURCES)
+    return hashlib.sha1(flags.encode() + sources).hexdigest()[:10]
 
 
 def decode(

@@ -3,6 +3,8 @@
 No Python loop over requests; each call is a handful of batched ops:
 
     call                                  path
+    prefill, bf16 with AVX512-BF16        the compiled kernel of :mod:`.cpu_prefill` (every piece, one call;
+                                          reads K/V in place); otherwise:
     prefill, one prompt, nothing cached   K/V gathered through the table; SDPA(is_causal=True, enable_gqa)
                                           (also when it is the only prompt piece beside one-token rows)
     prefill, one prompt after a cached    (CPU) two flash calls merged by their log-sum-exps: the piece over
@@ -29,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flash_kernels.backends import cpu_decode
+from flash_kernels.backends import cpu_decode, cpu_prefill
 
 
 def store_kv(
@@ -118,8 +120,11 @@ def _prefill_many(
     max_seqlen_k: int,
     softmax_scale: float,
 ) -> torch.Tensor:
-    """One cold prompt: is_causal over its own K/V; one prompt after a cached prefix: prefix and piece apart;
-    anything else: the padded, masked batch."""
+    """bf16 where the compiled kernel applies: every piece in one call of it. Otherwise one cold prompt:
+    is_causal over its own K/V; one prompt after a cached prefix: prefix and piece apart; anything else: the
+    padded, masked batch."""
+    if cpu_prefill.usable(q, key_cache):
+        return cpu_prefill.prefill(q, key_cache, value_cache, block_tables, cu_seqlens_q, seqlens_k, softmax_scale)
     n = q.shape[0]
     if len(seqlens_k) == 1 and int(seqlens_k[0]) == n:
         k = _gather_one(key_cache, block_tables[0], n)

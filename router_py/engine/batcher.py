@@ -563,6 +563,7 @@ class Batcher:
             cache_len=adm.cache_len,
             add_special_tokens=req.add_special_tokens,
             chunk_len=adm.chunk_len,
+            input_ids=tuple(adm.request.prompt_ids),  # the ids its blocks were planned for
         )
 
     # ---- metrics ---------------------------------------------------------------------------------------

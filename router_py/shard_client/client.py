@@ -260,6 +260,7 @@ def _request_to_pb(r: ShardRequest) -> pb.Request:
         slots=list(r.slots),
         cache_len=r.cache_len,
         add_special_tokens=r.add_special_tokens,
+        input_ids=list(r.input_ids),
     )
     if r.adapter_id is not None:
         msg.adapter_id = r.adapter_id

@@ -45,6 +45,7 @@ class ShardRequest:
     cache_len: int = 0
     add_special_tokens: bool = True
     chunk_len: int | None = None
+    input_ids: tuple[int, ...] = ()  # the router's ids of ``inputs`` (empty: the shard tokenizes)
 
 
 @dataclass(frozen=True)

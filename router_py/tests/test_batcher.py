@@ -123,6 +123,7 @@ async def test_generates_tokens_then_end_event_and_releases(stack: Stack) -> Non
     await drained(stack)
     sent = stack.shard.received[-1]
     assert sent.cache_len == 0 and len(sent.slots) == 4 + 5 - 1 and list(sent.blocks)
+    assert list(sent.input_ids) == list(encode("a b c d"))  # the shard need not tokenize again
     assert 'prism_prefix_cache_blocks{state="in_use"} 0' in stack.metrics.render()
 
 

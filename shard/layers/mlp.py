@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from flash_kernels.backends import cpu_pointwise
 from shard.layers.fusion import fuse_linears
 from shard.tensor_parallel import SINGLE, TensorParallel
 
@@ -42,5 +43,8 @@ class GatedMLP(nn.Module):
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        out = self.down_proj(F.silu(gate) * up)
+        if cpu_pointwise.usable(gate):  # bf16 on a CPU: silu(gate) * up in one pass
+            out = self.down_proj(cpu_pointwise.silu_mul(gate, up))
+        else:
+            out = self.down_proj(F.silu(gate) * up)
         return self.tp.all_reduce(out) if self.tp.enabled else out

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from flash_kernels.backends import cpu_pointwise
+
 
 class RMSNorm(nn.Module):
     """y = x / rms(x) * weight over the last dim; x (..., dim) any float dtype, returns x's dtype."""
@@ -16,5 +18,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and self.weight.dtype == x.dtype and cpu_pointwise.usable(x):  # bf16 on a CPU: one pass
+            return cpu_pointwise.rms_norm(x, self.weight, self.eps)
         # NOTE: F.rms_norm is x * rsqrt(mean(x^2) + eps), bit-identical to the spelled-out ops, in one call.
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)

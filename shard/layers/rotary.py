@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from flash_kernels.backends import cpu_pointwise
+
 
 def inv_frequencies(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
     """(head_dim // 2,) fp32 inverse frequencies; applies ``rope_type: llama3`` scaling when configured.
@@ -50,12 +52,16 @@ class Rotary(nn.Module):
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cos = self.cos[positions].unsqueeze(1)  # (n, 1, d/2)
-        sin = self.sin[positions].unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        return self.rotate(positions, q), self.rotate(positions, k)
 
     def rotate(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """RoPE of x (n, heads, d) at ``positions`` (n,): q and k heads side by side in one call."""
+        """RoPE of x (n, heads, d) at ``positions`` (n,), e.g. q and k heads side by side in one call (bf16 on
+        a CPU: one fused pass, :mod:`flash_kernels.backends.cpu_pointwise`, the same values per element whichever
+        heads are passed together)."""
+        if cpu_pointwise.usable(x):
+            # NOTE: .float() is free for the fp32 tables the loader builds; a module moved with .to(bf16) has
+            # bf16 tables, which _rotate widens too
+            return cpu_pointwise.rope(x, positions, self.cos.float(), self.sin.float())
         return _rotate(x, self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1))
 
 

@@ -84,3 +84,23 @@ async def test_stop_sequence_ends_the_request(llama_service) -> None:
     )[2]
     assert gens[-1].generated_text.finish_reason == pb.FINISH_REASON_STOP_SEQUENCE
     assert gens[-1].generated_text.text.endswith(stop) and len(gens) <= stop_at + 1
+
+
+async def test_the_routers_input_ids_are_used_as_given(llama_service) -> None:
+    """Our router sends its token ids (``input_ids``): the shard does not tokenize ``inputs`` again. Same ids as
+    the text's own tokenization -> the same output; ids beside an unrelated text -> the ids win; truncate keeps
+    the last ids as tokenizing would."""
+    pool = Blocks()
+    ids = llama_service.runner.detok.encode(TEXT, True, 0)
+
+    async def tokens(text: str, **extra) -> tuple[list[int], list[int]]:
+        req = request(pool.next_block, text, *pool.take(40), max_new=4, prefill_logprobs=True, **extra)
+        gens = (await run_to_end(llama_service, pb.PrefillRequest(batch=batch(req.id, [req]))))[req.id]
+        return list(gens[0].prefill_tokens.ids), token_ids(gens)
+
+    plain = await tokens(TEXT)
+    assert plain[0] == ids
+    assert await tokens(TEXT, input_ids=ids) == plain
+    assert await tokens("something else entirely", input_ids=ids) == plain
+    cut = await tokens("x", input_ids=[5, 6] + ids[-6:], truncate=6)
+    assert cut[0] == ids[-6:]

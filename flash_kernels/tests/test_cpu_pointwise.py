@@ -1,0 +1,67 @@
+"""The fused bf16 elementwise ops (flash_kernels/backends/cpu_pointwise.cpp) against the torch ops they replace in
+shard.layers (RoPE, SiLU(gate) * up, RMSNorm): equal up to the order of fp32 operations (at most one bf16 step
+apart, almost all elements identical); that the layers use them for bf16 only, and the switch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from flash_kernels.backends import cpu_decode, cpu_pointwise
+from shard.layers.mlp import GatedMLP
+from shard.layers.rmsnorm import RMSNorm
+from shard.layers.rotary import Rotary, _rotate
+
+BUILT = cpu_decode.load()
+needs_kernels = pytest.mark.skipif(not BUILT, reason="no c++ / ninja: the torch ops run (test_cpu_decode)")
+
+
+def _close(out: torch.Tensor, expected: torch.Tensor) -> None:
+    assert out.dtype == expected.dtype == torch.bfloat16 and out.shape == expected.shape
+    torch.testing.assert_close(out.float(), expected.float(), rtol=1.6e-2, atol=1e-3)  # one bf16 step
+    assert (out == expected).float().mean() > 0.99
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_ops_match_the_torch_ops(rows: int) -> None:
+    gen = torch.Generator().manual_seed(rows)
+    rot = Rotary(64, 4096, 10000.0)
+    qkv = (torch.randn(rows, 8, 64, generator=gen) * 3).bfloat16()
+    positions = torch.randint(0, 4096, (rows,), generator=gen)
+    expected = _rotate(qkv[:, :6], rot.cos[positions].unsqueeze(1), rot.sin[positions].unsqueeze(1))
+    _close(cpu_pointwise.rope(qkv[:, :6], positions, rot.cos, rot.sin), expected)  # a strided view of qkv
+    gate_up = (torch.randn(rows, 2 * 96, generator=gen) * 3).bfloat16()
+    gate, up = gate_up.chunk(2, dim=-1)
+    _close(cpu_pointwise.silu_mul(gate, up), F.silu(gate) * up)  # views of one fused output
+    x, weight = (torch.randn(rows, 64, generator=gen) * 2).bfloat16(), torch.randn(64, generator=gen).bfloat16()
+    _close(cpu_pointwise.rms_norm(x, weight, 1e-5), weight * F.rms_norm(x.float(), (64,), eps=1e-5).bfloat16())
+
+
+@needs_kernels
+def test_a_position_outside_the_tables_is_refused() -> None:
+    rot = Rotary(16, 8, 10000.0)
+    with pytest.raises(RuntimeError, match="position out of range"):
+        cpu_pointwise.rope(torch.zeros(1, 2, 16).bfloat16(), torch.tensor([8]), rot.cos, rot.sin)
+
+
+@needs_kernels
+def test_layers_use_them_for_bf16_only_and_the_switch_turns_them_off(monkeypatch) -> None:
+    rot, mlp, norm = Rotary(16, 64, 10000.0), GatedMLP(32, 48), RMSNorm(32, 1e-6)
+    positions = torch.arange(3)
+
+    def ops(dtype: torch.dtype) -> set[str]:
+        x = torch.randn(3, 32, dtype=dtype)
+        with profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
+            rot.rotate(positions, torch.randn(3, 2, 16, dtype=dtype))
+            mlp.to(dtype)(x)
+            norm.to(dtype)(x)
+        return {e.key for e in prof.key_averages() if e.key.startswith("prism_kernels::")}
+
+    fused = {"prism_kernels::rope_bf16", "prism_kernels::silu_mul_bf16", "prism_kernels::rms_norm_bf16"}
+    assert ops(torch.bfloat16) == fused
+    assert ops(torch.float32) == set()
+    monkeypatch.setenv(cpu_pointwise.ENV, "0")
+    assert ops(torch.bfloat16) == set()
