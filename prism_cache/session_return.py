@@ -51,7 +51,7 @@ from prism_cache.tail_reach import TailReach
 from prism_cache.watched import Watched
 
 TURN_BUCKETS = 4  # turns 1, 2, 3 and 4+ learn separate return probabilities
-LENGTH_BUCKETS = 16  # first turns also per prompt length: 1, 2-3, 4-15, 16-63, ... blocks (log4)
+LENGTH_BUCKETS = 16  # first turns also per prompt length: 0-1, 2-7, 8-31, 32-127, ... blocks (log4)
 CELL_MIN = 10  # first turns a length bucket has seen before its estimate replaces the first turns' one
 
 
@@ -136,11 +136,11 @@ class SessionReturn(Watched):
         """P(a session at ``turns`` comes back within the horizon), learned so far (1/2 before any data),
         apart for sessions begun as a branch; at turn 1 with ``depth`` (its prompt's blocks), for first
         turns of about that length once :data:`CELL_MIN` of them were seen."""
-        b = _bucket(turns, branch)
         if turns == 1 and depth is not None:
             c = _first_cell(branch, depth)
             if self.first_starts[c] >= CELL_MIN:
                 return (self.first_returns[c] + 1) / (self.first_starts[c] + 2)
+        b = _bucket(turns, branch)
         return (self.returns[b] + 1) / (self.starts[b] + 2)
 
     @staticmethod
