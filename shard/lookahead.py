@@ -35,7 +35,10 @@ from shard.model_runner import StepTimes
 log = logging.getLogger(__name__)
 ENV = "PRISM_LOOKAHEAD"
 
-StepFn = Callable[[list[RequestState]], Awaitable[tuple[list[GenerationOut], StepTimes]]]
+StepResult = tuple[list[GenerationOut], StepTimes]
+# NOTE: starts the step before it returns (the worker thread runs at once); the awaitable it returns ends
+# with the step's result (None: not started)
+StartFn = Callable[[list[RequestState]], Awaitable[Awaitable[StepResult] | None]]
 
 
 def enabled_by_env() -> bool:
@@ -55,25 +58,30 @@ class AheadResult:
 class Lookahead:
     """At most one step run ahead at a time (a single stored batch); results wait here, by batch id."""
 
-    def __init__(self, step: StepFn, enabled: bool) -> None:
-        self._step, self.enabled = step, enabled
+    def __init__(self, start: StartFn, enabled: bool) -> None:
+        self._start, self.enabled = start, enabled
         self._task: asyncio.Task | None = None
         self._task_batch = -1
         self._ready: dict[int, AheadResult] = {}
         self.started = 0  # steps run ahead so far (for tests)
 
-    def maybe_start(self, batch: ShardBatch, generations: list[GenerationOut], stored_batches: int) -> None:
+    async def maybe_start(
+        self, batch: ShardBatch, generations: list[GenerationOut], stored_batches: int
+    ) -> None:
         """Start ``batch``'s next step if it is the only stored batch and every request of it got a token at
-        this step, none stopped or failed (so all are decoding). Call after the answer to this step is
-        built: the step run ahead changes the requests' state."""
+        this step, none stopped or failed (so all are decoding). Call once nothing more reads the requests'
+        state for this step's answer: the step run ahead changes it."""
         if not self.enabled or stored_batches != 1 or self._task is not None or batch.id in self._ready:
             return
         ids = {g.request_id for g in generations if g.error is None and g.finished is None}
         if len(generations) != len(batch.requests) or ids != set(batch.request_ids):
             return
+        running = await self._start(list(batch.requests))
+        if running is None:
+            return
         self.started += 1
         self._task_batch = batch.id
-        self._task = asyncio.get_running_loop().create_task(self._step(list(batch.requests)))
+        self._task = asyncio.ensure_future(running)
 
     async def settle(self, batch_id: int | None = None) -> None:
         """Wait until no step runs ahead on ``batch_id`` (None: on any batch); its result is then ready.

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable
 
 import grpc
 import torch
@@ -27,7 +28,7 @@ from shard.generation import GenerationOut
 from shard.grammar import GrammarCompiler
 from shard.kv_tiers.service import KvTierServicer, parse_copies, step_with_copies
 from shard.kv_tiers.tiers import KvTiers
-from shard.lookahead import AheadResult, Lookahead, enabled_by_env
+from shard.lookahead import AheadResult, Lookahead, StepResult, enabled_by_env
 from shard.model_runner import ModelRunner, StepTimes
 from shard.validation import check_block_ownership, check_new_request
 from shard.warmup import assign_scratch_memory, clamp_warmup_prompts, settle_limits, usable_capacity
@@ -56,7 +57,7 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         loaded = runner.loaded
         self.grammars = GrammarCompiler(loaded.tokenizer, loaded.model.config.vocab_size, loaded.eos_token_ids)
         ahead = enabled_by_env() and tiers is None and config.world_size == 1
-        self.lookahead = Lookahead(self._step_ahead, ahead)
+        self.lookahead = Lookahead(self._start_ahead, ahead)
 
     # ---- metadata RPCs -------------------------------------------------------------------------------------
 
@@ -188,6 +189,12 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             generations_live = [g for g in generations if g.error is None]
         else:
             generations_live = generations
+        cached = None
+        if batch.requests and not _all_stopped(batch, generations_live):
+            self.batches[batch.id] = batch
+            cached = self._cached(batch)
+            # NOTE: before the answer is built: only the GenerationOut objects are read from here on
+            await self.lookahead.maybe_start(batch, generations, len(self.batches))
         out = response_type(
             generations=[convert.generation(g) for g in self._mine(stepped, generations)],
             forward_ns=times.forward_ns,
@@ -196,10 +203,8 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         )
         if len(parts) > 1:
             out.concat_ns = concat_ns
-        if batch.requests and not _all_stopped(batch, generations_live):
-            self.batches[batch.id] = batch
-            out.batch.CopyFrom(self._cached(batch))
-            self.lookahead.maybe_start(batch, generations, len(self.batches))
+        if cached is not None:
+            out.batch.CopyFrom(cached)
         out.total_ns = time.perf_counter_ns() - start
         return out
 
@@ -224,9 +229,26 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         total = StepTimes(sum(t.forward_ns for t in times), sum(t.decode_ns for t in times))
         return generations, total, copies_failed
 
-    async def _step_ahead(self, requests: list[RequestState]) -> tuple[list[GenerationOut], StepTimes]:
-        async with self.lock:
-            return await asyncio.to_thread(self.runner.step, requests)
+    async def _start_ahead(self, requests: list[RequestState]) -> Awaitable[StepResult] | None:
+        """Take the step lock and hand ``runner.step(requests)`` to a worker thread now (no loop turn in
+        between: the shard's step is the bottleneck); the returned awaitable ends with its result and
+        releases the lock. None (nothing started) while another RPC holds the lock: that one goes first."""
+        if self.lock.locked():
+            return None
+        await self.lock.acquire()
+        try:
+            running = asyncio.get_running_loop().run_in_executor(None, self.runner.step, requests)
+        except BaseException:
+            self.lock.release()
+            raise
+
+        async def finish() -> StepResult:
+            try:
+                return await running
+            finally:
+                self.lock.release()
+
+        return finish()
 
     def _new_batch(self, batch: pb.Batch) -> ShardBatch:
         detok, eos = self.runner.detok, self.runner.loaded.eos_token_ids
