@@ -11,9 +11,13 @@ once). Built with OpenMP, so that ``at::parallel_for`` in it uses torch's intra-
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -48,15 +52,43 @@ def _load() -> bool:
 
         # NOTE: -march=native code must not be reused on another CPU: the CPU's flags name the build; so do
         # the sources, so that checkouts with other kernels beside each other do not rebuild one another's.
-        build(name=f"prism_paged_decode_{_cpu_tag()}", sources=[str(p) for p in SOURCES],
-              extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"], extra_ldflags=["-fopenmp"],
-              is_python_module=False)
+        name = f"prism_paged_decode_{_cpu_tag()}"
+        folder = _build_folder(name)
+        with _build_lock(folder):
+            build(name=name, sources=[str(p) for p in SOURCES], build_directory=str(folder),
+                  extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                  is_python_module=False)
     except Exception as err:  # no compiler / ninja / headers: fall back, never fail the shard
         log.warning("compiled CPU decode kernel unavailable (%s: %s); decode attention on SDPA",
                     type(err).__name__, str(err).splitlines()[0] if str(err) else "")
         return False
     log.info("compiled CPU decode kernel loaded (%s=0 turns it off)", ENV)
     return True
+
+
+def _build_folder(name: str) -> Path:
+    """Where torch's loader itself would build ``name``: TORCH_EXTENSIONS_DIR or its default root, per Python."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    folder = Path(root) / f"py{sys.version_info.major}{sys.version_info.minor}_cpu" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    """Hold an OS file lock on ``folder`` while torch's loader builds or loads there. torch guards a build with
+    a ``lock`` file that a build killed midway leaves behind, and every later loader then waits on it forever
+    (a shard that never starts). Every loader of ours takes this lock first, and the OS releases it when its
+    holder dies, so a ``lock`` file found while holding it is a dead build's: removed."""
+    with open(folder / "prism-build.flock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        stale = folder / "lock"
+        if stale.exists():
+            log.warning("removing %s, left by a kernel build that did not finish", stale)
+            stale.unlink(missing_ok=True)
+        yield
 
 
 def _cpu_tag() -> str:
@@ -66,7 +98,7 @@ def _cpu_tag() -> str:
     except (OSError, StopIteration):
         flags = os.uname().machine
     sources = b"".join(p.read_bytes() for p in SOURCES)
-    return hashlib.sha1(flags.encode() + sources).hexdigest()[:10]
+    return hashlib.sha1(flags.encode() + torch.__version__.encode() + sources).hexdigest()[:10]
 
 
 def decode(

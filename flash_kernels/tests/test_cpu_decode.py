@@ -105,3 +105,34 @@ def test_switched_off_by_env(monkeypatch) -> None:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         SdpaBackend().decode(*case.decode_args())
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in {e.key for e in prof.key_averages()}
+
+
+def test_a_killed_build_leaves_no_lock_that_blocks_the_next_load(tmp_path) -> None:
+    """A loader killed while building (its process gone) must not make later loaders wait forever: the OS
+    drops its lock, and torch's own `lock` file it left is removed by the next holder."""
+    import fcntl
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+         "from flash_kernels.backends.cpu_decode import _build_lock\n"
+         "with _build_lock(Path(sys.argv[1])):\n"
+         "    (Path(sys.argv[1]) / 'lock').touch(); print('held', flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with open(tmp_path / "prism-build.flock", "w") as handle:  # held by the child: not ours to take
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (tmp_path / "lock").exists()
+    start = time.monotonic()
+    with cpu_decode._build_lock(tmp_path):
+        assert not (tmp_path / "lock").exists()
+    assert time.monotonic() - start < 5
