@@ -27,6 +27,7 @@ _CHAT_FIELDS: dict[str, tuple[str, bool]] = {
     "temperature": ("f32", True),
     "top_p": ("f32", True),
     "tool_prompt": ("string", True),
+    "ignore_eos": ("bool", True),  # vLLM's extension: generate past EOS up to max_tokens
 }
 
 
@@ -110,6 +111,7 @@ def chat_parameters(req: ChatRequest, grammar: dict[str, Any] | None = None) -> 
         stop=tuple(req.get("stop") or ()),
         details=True,
         seed=req.get("seed"),
+        ignore_eos=bool(req.get("ignore_eos")),
         top_n_tokens=req.get("top_logprobs"),
         adapter_id=model if model is not None and model != "tgi" else None,
         grammar=grammar,

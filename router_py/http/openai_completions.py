@@ -24,6 +24,7 @@ _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
     "frequency_penalty": ("f32", True),
     "stop": ("strings", True),
     "n": ("u32", True),
+    "ignore_eos": ("bool", True),  # vLLM's extension: generate past EOS up to max_tokens
 }
 
 
@@ -93,6 +94,7 @@ def completion_parameters(req: CompletionRequest) -> GenerateParameters:
         stop=tuple(req.get("stop") or ()),
         details=True,
         seed=req.get("seed"),
+        ignore_eos=bool(req.get("ignore_eos")),
         adapter_id=model if model is not None and model != "tgi" else None,
     )
 

@@ -45,6 +45,7 @@ class GenerateParameters:
     top_n_tokens: int | None = None
     grammar: dict[str, Any] | None = None
     adapter_id: str | None = None
+    ignore_eos: bool = False  # OpenAI routes only (vLLM's `ignore_eos`); not a field of TGI's body
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,9 @@ class Validator:
             input_ids=tuple(input_ids),
             truncate=p.truncate if p.truncate is not None else cfg.max_input_tokens,
             sampling=sampling_params,
-            stopping=StoppingParams(max_new_tokens=max_new_tokens, stop_sequences=p.stop),
+            stopping=StoppingParams(
+                max_new_tokens=max_new_tokens, stop_sequences=p.stop, ignore_eos_token=p.ignore_eos
+            ),
             add_special_tokens=add_special_tokens,
             decoder_input_details=p.decoder_input_details,
             top_n_tokens=top_n_tokens,

@@ -116,3 +116,13 @@ async def test_vertex(client) -> None:
     }
     resp = await client.post("/vertex", json=body)
     assert resp.json() == {"predictions": [" t0 t304 t305 t0 t304", " t0"]}
+
+
+async def test_ignore_eos_reaches_the_stopping_criteria(client, backend) -> None:
+    """vLLM's `ignore_eos` extension on both routes: generate past EOS up to max_tokens; off by default."""
+    await client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 2, "ignore_eos": True})
+    await client.post("/v1/chat/completions", json={**CHAT, "ignore_eos": True})
+    await client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 2})
+    assert [r.stopping.ignore_eos_token for r in backend.requests] == [True, True, False]
+    resp = await client.post("/v1/completions", json={"prompt": "hello", "ignore_eos": "yes"})
+    assert resp.status_code == 422 and "invalid type" in resp.text  # serde's plain-text rejection, as TGI
