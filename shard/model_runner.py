@@ -138,7 +138,7 @@ class ModelRunner:
             logits = self._decode_logits(ids, meta).float()
             # NOTE: plain greedy rows are chosen where the logits are: on a GPU, copying (b, vocab) to the host
             # and a host softmax over it cost a large share of a decode step at a 128k vocabulary.
-            if not (self.device_choice and self._device_choosable(requests)):
+            if logits.device.type != "cpu" and not (self.device_choice and self._device_choosable(requests)):
                 logits = logits.cpu()
             return StepLogits(logits, {r: r for r in range(len(s.input_ids))})
         hidden = self.model(ids, meta, self.kv.layers)
