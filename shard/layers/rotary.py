@@ -52,7 +52,11 @@ class Rotary(nn.Module):
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.rotate(positions, q), self.rotate(positions, k)
+        if cpu_pointwise.usable(q):
+            return self.rotate(positions, q), self.rotate(positions, k)
+        cos = self.cos[positions].unsqueeze(1)  # (n, 1, d/2), gathered once for q and k
+        sin = self.sin[positions].unsqueeze(1)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
     def rotate(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """RoPE of x (n, heads, d) at ``positions`` (n,), e.g. q and k heads side by side in one call (bf16 on
