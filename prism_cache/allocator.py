@@ -107,7 +107,6 @@ class RadixAllocator:
         if config.uses_sessions:
             sessions = SessionReturn(self._pool.usable_blocks, half_life, self._kept_positions)
         self._demand = Demand(popularity, sessions)
-        self._waiting = 0  # requests enqueued and not yet dequeued
         self._policy = make_policy(config, self._demand)
         self.uses_lookahead = config.uses_lookahead  # the policy reads look-ahead demand (keep a window)
         # NOTE: count of waiting requests covering a block hash, as a bound dict lookup ``(h, 0)``: QAS reads
@@ -142,16 +141,14 @@ class RadixAllocator:
         session (``session``: the id it named, if any). NOTE: the queued table tells the eviction heap of
         ``hashes``, which session return does not repeat (``SessionReturn.observe``): keep them together."""
         self._demand.queued.add(hashes)
-        self._waiting += 1
         self.observe(namespace, prompt, hashes)
         if self._demand.sessions is not None:
             name = f"{namespace}\x00{session}" if session else None
-            self._demand.sessions.observe(hashes, name, self._tree.heat_now(), self._waiting)
+            self._demand.sessions.observe(hashes, name, self._tree.heat_now())
 
     def dequeue(self, hashes: list[int]) -> None:
         """A request left the queue (admitted or cancelled). Raises ValueError if it was never enqueued."""
         self._demand.queued.remove(hashes)
-        self._waiting -= 1
 
     def observe(self, namespace: str, prompt: Tokens, hashes: list[int]) -> None:
         """A request entered the queue: count its blocks' popularity (only where the policy reads it)."""

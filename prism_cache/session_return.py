@@ -50,8 +50,6 @@ from prism_cache.decay import decay_tau
 from prism_cache.tail_reach import TailReach
 from prism_cache.watched import Watched
 
-import os
-_V = int(os.environ.get('DV', '0'))
 TURN_BUCKETS = 4  # turns 1, 2, 3 and 4+ learn separate return probabilities
 LENGTH_BUCKETS = 16  # first turns also per prompt length: 0-1, 2-7, 8-31, 32-127, ... blocks (log4)
 CELL_MIN = 10  # first turns a length bucket has seen before its estimate replaces the first turns' one
@@ -63,13 +61,12 @@ class Session:
     observed-blocks clock (as a popularity count), and ``heat``, the same on the tree's heat clock (as
     :attr:`Node.heat`)."""
 
-    __slots__ = ("branch", "depth", "heat", "last", "req", "tail", "turns", "used", "value")
+    __slots__ = ("branch", "depth", "heat", "last", "tail", "turns", "used", "value")
 
     def __init__(self, branch: bool = False) -> None:
         self.branch = branch  # it began as a branch of another session's prompt (learns its own returns)
         self.turns = 0
         self.last = 0
-        self.req = 0
         self.depth = 0
         self.tail: int | None = None  # the hash of its last prompt's last full block
         self.value = self.used = self.heat = 0.0
@@ -86,11 +83,6 @@ class SessionReturn(Watched):
         self._horizon = half_life * max(1, capacity_blocks)
         self._kept = kept
         self._clock = 0  # prompt blocks observed
-        self._requests = 0  # requests observed
-        self._waiting = 0
-        self.early = [0] * 2 * TURN_BUCKETS
-        self.first_early = [0] * 2 * LENGTH_BUCKETS
-        self.pos_early = [0] * POS_CELLS
         self._bound = 4 * max(1, capacity_blocks) + 4096
         self._limit = self._bound
         self._owner: dict[int, Session] = {}  # chained hash -> the session of the latest request covering it
@@ -104,18 +96,11 @@ class SessionReturn(Watched):
         self.returns = [0] * 2 * TURN_BUCKETS
         self.first_starts = [0] * 2 * LENGTH_BUCKETS  # first turns per length bucket, afresh then branches
         self.first_returns = [0] * 2 * LENGTH_BUCKETS
-        # per position: (ln P(reused) + clock / tau, uses, clock, cell) at its latest use; reuse learned per cell
-        self._pos: dict[int, tuple[float, int, int, int]] = {}
-        self.pos_starts = [0] * POS_CELLS
-        self.pos_returns = [0] * POS_CELLS
-        self.position_of = self._pos.get  # NOTE: DART's key reads it
         # NOTE: DART's key reads them (the eviction hot path)
         self.record_of = self._owner.get
         self.shared = self._shared
 
-    def observe(
-        self, hashes: Sequence[int], session: str | None = None, heat_now: float = 0.0, waiting: int = 0
-    ) -> None:
+    def observe(self, hashes: Sequence[int], session: str | None = None, heat_now: float = 0.0) -> None:
         """Count a request entering the queue. ``hashes``: its full blocks' chained hashes; ``session``: the
         id the request named, if any (ids are per cache; a namespace's hashes never meet another's);
         ``heat_now``: the tree's log-form heat of one use made now (``RadixTree.heat_now``). Watchers are not
@@ -125,7 +110,6 @@ class SessionReturn(Watched):
         # a prompt diverging past an already shared prefix reuses that segment, not the prompt latest on it
         if lo and hashes[lo - 1] not in self._shared:
             self.tails.reused(self._owner[hashes[lo - 1]].depth, lo)
-        self._waiting = waiting
         parent = None
         if session:
             s = self._named_session(session)
@@ -133,11 +117,9 @@ class SessionReturn(Watched):
             s, parent = self._chained_session(hashes, lo)
         s.turns += 1
         s.last, s.depth, s.tail, s.heat = self._clock, len(hashes), hashes[-1] if hashes else None, heat_now
-        s.req = self._requests
         self._count(s, self.starts, self.first_starts)
         s.used = self._clock / self._tau
         s.value = math.log(self.return_probability(s.turns, s.branch, s.depth)) + s.used
-        self._learn_positions(hashes, s)
         owner, shared = self._owner, self._shared
         for h in hashes:
             other = owner.get(h)
@@ -147,48 +129,8 @@ class SessionReturn(Watched):
                 owner[h] = s
         self.tails.record(hashes)
         self._clock += len(hashes)
-        self._requests += 1
         if len(owner) > self._limit or self._clock - self._pruned_at > self._bound:
             self._prune()
-
-    def _learn_positions(self, hashes: Sequence[int], s: Session) -> None:
-        """Count each position's reuse (within the horizon) for the cell of its previous use, and record it
-        with the reuse probability of its new cell (its uses so far, its session's turn and kind, the prompt's
-        length)."""
-        pos, clock, horizon = self._pos, self._clock, self._horizon
-        starts, returns, early = self.pos_starts, self.pos_returns, self.pos_early
-        req, waiting = self._requests, self._waiting
-        base = _pos_base(s)
-        est: dict[int, float] = {}
-        now = clock / self._tau
-        for h in hashes:
-            rec = pos.get(h)
-            if rec is None:
-                uses = 1
-            else:
-                if req - rec[4] <= waiting:
-                    early[rec[3]] += 1
-                elif clock - rec[2] <= horizon:
-                    returns[rec[3]] += 1
-                uses = rec[1] + 1
-            cell = base + min(uses, USE_BUCKETS) - 1
-            starts[cell] += 1
-            v = est.get(cell)
-            if v is None:
-                v = est[cell] = self._pos_log_p(cell) + now
-            pos[h] = (v, uses, clock, cell, req)
-
-    def _pos_log_p(self, cell: int) -> float:
-        """ln P(reused within the horizon) of a fine cell, or of its coarse cell (no length) while thin."""
-        st, rt, et = self.pos_starts, self.pos_returns, self.pos_early
-        if st[cell] >= POS_CELL_MIN:
-            return math.log((rt[cell] + 1) / (max(0, st[cell] - et[cell]) + 2))
-        c = cell % COARSE_CELLS
-        n = r = 0
-        for k in range(c, POS_CELLS, COARSE_CELLS):
-            n += st[k] - et[k]
-            r += rt[k]
-        return math.log((r + 1) / (max(0, n) + 2))
 
     def return_probability(self, turns: int, branch: bool = False, depth: int | None = None) -> float:
         """P(a session at ``turns`` comes back within the horizon), learned so far (1/2 before any data),
@@ -197,11 +139,9 @@ class SessionReturn(Watched):
         if turns == 1 and depth is not None:
             c = _first_cell(branch, depth)
             if self.first_starts[c] >= CELL_MIN:
-                e = self.first_early[c] if _V == 3 else 0
-                return (self.first_returns[c] + 1) / (max(0, self.first_starts[c] - e) + 2)
+                return (self.first_returns[c] + 1) / (self.first_starts[c] + 2)
         b = _bucket(turns, branch)
-        e = self.early[b] if _V == 3 else 0
-        return (self.returns[b] + 1) / (max(0, self.starts[b] - e) + 2)
+        return (self.returns[b] + 1) / (self.starts[b] + 2)
 
     @staticmethod
     def _count(s: Session, per_turn: list[int], per_first: list[int]) -> None:
@@ -253,9 +193,7 @@ class SessionReturn(Watched):
 
     def _came_back(self, s: Session) -> None:
         """``s`` is used again: a return of its last turn if within the horizon."""
-        if _V == 3 and s.turns and self._requests - s.req <= self._waiting:
-            self._count(s, self.early, self.first_early)
-        elif s.turns and self._clock - s.last <= self._horizon:
+        if s.turns and self._clock - s.last <= self._horizon:
             self._count(s, self.returns, self.first_returns)
 
     def _prune(self) -> None:
@@ -264,10 +202,8 @@ class SessionReturn(Watched):
         popularity's records)."""
         kept, owner, since = self._kept(), self._owner, self._pruned_at
         dropped = [h for h, s in owner.items() if s.last < since and h not in kept]
-        pos = self._pos
         for h in dropped:
             del owner[h]
-            pos.pop(h, None)
         self._shared.difference_update(dropped)
         self.tails.forget(dropped)
         self._notify(dropped)
@@ -284,17 +220,6 @@ class SessionReturn(Watched):
 
 def _bucket(turns: int, branch: bool) -> int:
     return min(turns, TURN_BUCKETS) - 1 + (TURN_BUCKETS if branch else 0)
-
-
-USE_BUCKETS = 4  # a position's uses so far: 1, 2, 3, 4+
-COARSE_CELLS = USE_BUCKETS * 2 * TURN_BUCKETS  # (uses, branch, turn)
-POS_CELLS = COARSE_CELLS * LENGTH_BUCKETS  # and the prompt's length
-POS_CELL_MIN = 64  # positions a fine cell has seen before its estimate replaces the coarse one
-
-
-def _pos_base(s: Session) -> int:
-    length = min(LENGTH_BUCKETS - 1, s.depth.bit_length() >> 1)
-    return (length * 2 * TURN_BUCKETS + _bucket(s.turns, s.branch)) * USE_BUCKETS
 
 
 def _first_cell(branch: bool, depth: int) -> int:

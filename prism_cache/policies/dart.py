@@ -44,8 +44,6 @@ W_ACTIVE = 1e6
 W_PLANNED = 1e5
 W_QUEUED = 1.0
 LN4 = math.log(4)
-import os
-_V = int(os.environ.get('DV', '0'))
 
 
 @dataclass(frozen=True)
@@ -90,14 +88,12 @@ class DartPolicy:
         self._session_of: Callable[[int], Session | None] = {}.get
         self._tail_of: Callable[[int], float | None] = {}.get
         self._shared: Container[int] = ()
-        self._position_of = {}.get
         self._session_weight, self._no_session = session_weight, session_weight * UNSEEN
         if session_weight:
             if demand.sessions is None:
                 raise ValueError("dart_session_weight > 0 needs a SessionReturn in Demand")
             self._session_of, self._shared = demand.sessions.record_of, demand.sessions.shared
             self._tail_of = demand.sessions.tails.value_of
-            self._position_of = demand.sessions.position_of
             self._tables += (demand.sessions,)
         self._length_step = LN4 * length_penalty
 
@@ -127,12 +123,7 @@ class DartPolicy:
         if session is not None and h not in self._shared:
             # NOTE: a block only its session uses is reused only when the session comes back: its uses and the
             # popularity of its contents count that session's turns, not more demand; one use at its last turn
-            value = session.value
-            if _V:
-                rec = self._position_of(h)
-                if rec is not None:
-                    value = rec[0] if _V == 1 else max(value, rec[0])
-            history = session.heat + self._weight * session.used + self._session_weight * value
+            history = session.heat + self._weight * session.used + self._session_weight * session.value
             return (demand, history - penalty, node.last_access)
         record = self._record_of(h)
         history = (
