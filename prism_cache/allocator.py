@@ -136,15 +136,18 @@ class RadixAllocator:
         return kept
 
     # ---------------------------------------------------------------- the queue's demand
-    def enqueue(self, namespace: str, prompt: Tokens, hashes: list[int], session: str | None = None) -> None:
+    def enqueue(
+        self, namespace: str, prompt: Tokens, hashes: list[int], session: str | None = None, max_new: int = 0
+    ) -> None:
         """A request with these :meth:`hashes` entered the queue: count its queued demand, popularity and
-        session (``session``: the id it named, if any). NOTE: the queued table tells the eviction heap of
-        ``hashes``, which session return does not repeat (``SessionReturn.observe``): keep them together."""
+        session (``session``: the id it named, if any; ``max_new``: the tokens it may generate). NOTE: the
+        queued table tells the eviction heap of ``hashes``, which session return does not repeat
+        (``SessionReturn.observe``): keep them together."""
         self._demand.queued.add(hashes)
         self.observe(namespace, prompt, hashes)
         if self._demand.sessions is not None:
             name = f"{namespace}\x00{session}" if session else None
-            self._demand.sessions.observe(hashes, name, self._tree.heat_now())
+            self._demand.sessions.observe(hashes, name, self._tree.heat_now(), max_new)
 
     def dequeue(self, hashes: list[int]) -> None:
         """A request left the queue (admitted or cancelled). Raises ValueError if it was never enqueued."""

@@ -18,12 +18,14 @@ request enters the queue, :meth:`SessionReturn.observe`
    reaching turn k counts one start. The return probability of turn k (1, 2, 3, 4+; branches apart) is
    ``(returns + 1) / (starts + 2)``, so it is learned online from the observed inter-turn gaps. A first
    turn has no history of its own; what is known of it is its prompt's length (a one-line question, a long
-   document), so first turns learn it per length as well (log4 buckets of blocks, the same estimate per
-   bucket, used once the bucket has seen :data:`CELL_MIN` first turns). Later turns do not: their turn
-   count says more, and on chat traffic a long prompt is merely a late turn, so length buckets there only
-   spread their data thin;
+   document) and how many tokens it asks for (``max_new_tokens``: a classifier's few, a chat's many: what
+   the application sets), so first turns learn it per length and per requested output as well (log4 buckets,
+   the same estimate per bucket, each used once the bucket has seen :data:`CELL_MIN` first turns, and the
+   two combined as independent evidence, adding their log-odds less the first turns' own). Later turns do
+   not: their turn count says more, and on chat traffic a long prompt is merely a late turn, so length
+   buckets there only spread their data thin;
 3. records the session under each of the request's chained block hashes (its radix positions), with the
-   value ``ln P(return | turn) + clock / tau`` (at turn 1, P(return | length)) in the log form of
+   value ``ln P(return | turn) + clock / tau`` (at turn 1, P(return | length, output)) in the log form of
    :mod:`prism_cache.decay`: the expected return decays with the session's age and compares across time with
    no sweep.
 
@@ -53,6 +55,7 @@ from prism_cache.watched import Watched
 TURN_BUCKETS = 4  # turns 1, 2, 3 and 4+ learn separate return probabilities
 LENGTH_BUCKETS = 16  # first turns also per prompt length: 0-1, 2-7, 8-31, 32-127, ... blocks (log4)
 CELL_MIN = 10  # first turns a length bucket has seen before its estimate replaces the first turns' one
+OUT_BUCKETS = 6  # and per requested output (max_new_tokens): 0-1, 2-7, 8-31, 32-127, 128-511, 512+ (log4)
 
 
 class Session:
@@ -61,11 +64,12 @@ class Session:
     observed-blocks clock (as a popularity count), and ``heat``, the same on the tree's heat clock (as
     :attr:`Node.heat`)."""
 
-    __slots__ = ("branch", "depth", "heat", "last", "tail", "turns", "used", "value")
+    __slots__ = ("branch", "depth", "heat", "last", "out", "tail", "turns", "used", "value")
 
     def __init__(self, branch: bool = False) -> None:
         self.branch = branch  # it began as a branch of another session's prompt (learns its own returns)
         self.turns = 0
+        self.out = 0
         self.last = 0
         self.depth = 0
         self.tail: int | None = None  # the hash of its last prompt's last full block
@@ -96,11 +100,15 @@ class SessionReturn(Watched):
         self.returns = [0] * 2 * TURN_BUCKETS
         self.first_starts = [0] * 2 * LENGTH_BUCKETS  # first turns per length bucket, afresh then branches
         self.first_returns = [0] * 2 * LENGTH_BUCKETS
+        self.out_starts = [0] * 2 * OUT_BUCKETS  # first turns per output bucket, afresh then branches
+        self.out_returns = [0] * 2 * OUT_BUCKETS
         # NOTE: DART's key reads them (the eviction hot path)
         self.record_of = self._owner.get
         self.shared = self._shared
 
-    def observe(self, hashes: Sequence[int], session: str | None = None, heat_now: float = 0.0) -> None:
+    def observe(
+        self, hashes: Sequence[int], session: str | None = None, heat_now: float = 0.0, max_new: int = 0
+    ) -> None:
         """Count a request entering the queue. ``hashes``: its full blocks' chained hashes; ``session``: the
         id the request named, if any (ids are per cache; a namespace's hashes never meet another's);
         ``heat_now``: the tree's log-form heat of one use made now (``RadixTree.heat_now``). Watchers are not
@@ -116,10 +124,11 @@ class SessionReturn(Watched):
         else:
             s, parent = self._chained_session(hashes, lo)
         s.turns += 1
+        s.out = min(OUT_BUCKETS - 1, max_new.bit_length() >> 1)
         s.last, s.depth, s.tail, s.heat = self._clock, len(hashes), hashes[-1] if hashes else None, heat_now
-        self._count(s, self.starts, self.first_starts)
+        self._count(s, self.starts, self.first_starts, self.out_starts)
         s.used = self._clock / self._tau
-        s.value = math.log(self.return_probability(s.turns, s.branch, s.depth)) + s.used
+        s.value = math.log(self.return_probability(s.turns, s.branch, s.depth, s.out)) + s.used
         owner, shared = self._owner, self._shared
         for h in hashes:
             other = owner.get(h)
@@ -132,23 +141,37 @@ class SessionReturn(Watched):
         if len(owner) > self._limit or self._clock - self._pruned_at > self._bound:
             self._prune()
 
-    def return_probability(self, turns: int, branch: bool = False, depth: int | None = None) -> float:
+    def return_probability(
+        self, turns: int, branch: bool = False, depth: int | None = None, out: int | None = None
+    ) -> float:
         """P(a session at ``turns`` comes back within the horizon), learned so far (1/2 before any data),
-        apart for sessions begun as a branch; at turn 1 with ``depth`` (its prompt's blocks), for first
-        turns of about that length once :data:`CELL_MIN` of them were seen."""
-        if turns == 1 and depth is not None:
+        apart for sessions begun as a branch. At turn 1, with ``depth`` (its prompt's blocks), that of first
+        turns of about that length, and with ``out`` (its output bucket) that of first turns asking for about
+        as many tokens; each once :data:`CELL_MIN` first turns were seen there, combined as independent
+        evidence (log-odds added, less the first turns' shared prior)."""
+        b = _bucket(turns, branch)
+        p = (self.returns[b] + 1) / (self.starts[b] + 2)
+        if turns != 1:
+            return p
+        logit = prior = _logit(p)
+        if depth is not None:
             c = _first_cell(branch, depth)
             if self.first_starts[c] >= CELL_MIN:
-                return (self.first_returns[c] + 1) / (self.first_starts[c] + 2)
-        b = _bucket(turns, branch)
-        return (self.returns[b] + 1) / (self.starts[b] + 2)
+                logit = _logit((self.first_returns[c] + 1) / (self.first_starts[c] + 2))
+        if out is not None:
+            o = out + (OUT_BUCKETS if branch else 0)
+            if self.out_starts[o] >= CELL_MIN:
+                logit += _logit((self.out_returns[o] + 1) / (self.out_starts[o] + 2)) - prior
+        return 1.0 / (1.0 + math.exp(-logit))
 
     @staticmethod
-    def _count(s: Session, per_turn: list[int], per_first: list[int]) -> None:
-        """Count ``s`` at its last turn (``s.turns``, ``s.depth``) in a per-turn and a first-turn table."""
+    def _count(s: Session, per_turn: list[int], per_first: list[int], per_out: list[int]) -> None:
+        """Count ``s`` at its last turn (``s.turns``, ``s.depth``, ``s.out``) in a per-turn, a first-turn
+        length and a first-turn output table."""
         per_turn[_bucket(s.turns, s.branch)] += 1
         if s.turns == 1:
             per_first[_first_cell(s.branch, s.depth)] += 1
+            per_out[s.out + (OUT_BUCKETS if s.branch else 0)] += 1
 
     def value(self, h: int) -> float | None:
         """The log-form expected return of position ``h`` (None without a record)."""
@@ -194,7 +217,7 @@ class SessionReturn(Watched):
     def _came_back(self, s: Session) -> None:
         """``s`` is used again: a return of its last turn if within the horizon."""
         if s.turns and self._clock - s.last <= self._horizon:
-            self._count(s, self.returns, self.first_returns)
+            self._count(s, self.returns, self.first_returns, self.out_returns)
 
     def _prune(self) -> None:
         """Drop the records of positions neither cached, waiting nor recorded by a session observed since the
@@ -220,6 +243,10 @@ class SessionReturn(Watched):
 
 def _bucket(turns: int, branch: bool) -> int:
     return min(turns, TURN_BUCKETS) - 1 + (TURN_BUCKETS if branch else 0)
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
 
 
 def _first_cell(branch: bool, depth: int) -> int:

@@ -84,3 +84,20 @@ def test_return_oracle_keeps_what_comes_back_and_stays_below_the_bound(tmp_path:
     hit, bound = oracle_hit_rate(requests, fcfs(), order, 8192, window=1, return_horizon=0)
     # LRU told which blocks are used again (not when) keeps the session: above plain LRU, at most the bound
     assert bound == lru["belady_hit_rate"] and lru["hit_rate"] + 0.02 < hit <= bound  # type: ignore[operator]
+
+
+def test_workload_gap_rows_stay_under_their_own_bound() -> None:
+    from bench.replay_workload import prefill_rate, replay_requests, working_set_tokens
+    from bench.workload_gap import workload_gap
+    from bench.workloads import WorkloadSpec, build
+    from bench.workloads.conversation import ConversationParams
+
+    spec = WorkloadSpec("conversation", None, 0, conversation=ConversationParams(sessions=30))
+    requests = replay_requests(build(spec))
+    longest = max(len(r.prompt) + r.output_length for r in requests)
+    capacity = max(working_set_tokens(requests, 16) // 4, longest + 16)
+    config = SchedulerConfig("qas", "dart", True, capacity // 16 + 1, 16, params={"qas_window": 8.0})
+    report = workload_gap(requests, config, capacity, 8, prefill_rate(requests, 0.8), horizons=(0, 16))
+    assert set(report) == {"policy", "next_use_oracle", "return_oracle_ever", "return_oracle_16"}
+    for row in report.values():
+        assert 0 < row["hit_rate"] <= row["belady_hit_rate"] + 1e-9

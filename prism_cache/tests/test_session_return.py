@@ -274,3 +274,20 @@ def test_a_first_turn_learns_its_return_from_first_turns_of_its_length() -> None
     question = _observe(s, (300, 300))  # observed later, so it would rank higher on turn count alone
     long_value, short_value = s.value(doc[-1]), s.value(question[-1])
     assert long_value is not None and short_value is not None and long_value > short_value
+
+
+def test_a_first_turn_also_learns_from_first_turns_asking_for_as_many_tokens() -> None:
+    s = _sessions(capacity=1000)
+    for i in range(30):  # same length; short answers come back, long ones never do
+        short = block_hashes("", (100 + i,) * 4, BS)
+        s.observe(short, max_new=4)
+        s.observe(short + block_hashes("", (100 + i,) * 4 + (9, 9), BS)[2:], max_new=4)
+        s.observe(block_hashes("", (500 + i,) * 4, BS), max_new=1000)
+    first = s.return_probability(1, depth=2)  # output buckets (log4 of max_new): 4 -> 1, 1000 -> 5
+    short, long = s.return_probability(1, depth=2, out=1), s.return_probability(1, depth=2, out=5)
+    assert short > 0.8 > first > 0.2 > long
+    assert s.return_probability(1, depth=2, out=3) == pytest.approx(first)  # an output bucket never seen
+    # the length's evidence still counts: a length whose first turns never came back stays low
+    for i in range(30):
+        s.observe(block_hashes("", (900 + i,) * 40, BS), max_new=4)
+    assert s.return_probability(1, depth=20, out=1) < s.return_probability(1, depth=2, out=1)

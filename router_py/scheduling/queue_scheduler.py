@@ -53,7 +53,7 @@ class QueueScheduler:
             hashes = list(known) if known is not None else self.allocator.hashes(request.namespace, tokens)
         self.queue.push(request, tokens, hashes, uses_cache)
         if self.allocator is not None and hashes:
-            self.allocator.enqueue(request.namespace, tokens, hashes, request.session)
+            self.allocator.enqueue(request.namespace, tokens, hashes, request.session, request.max_new_tokens)
         self._refresh_lookahead()
 
     def cancel(self, request_id: int) -> bool:
