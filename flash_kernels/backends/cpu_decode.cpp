@@ -7,8 +7,8 @@
 //
 // One task per (request, KV head), split over torch's intra-op threads: scores of the group's query rows
 // against every key, softmax, then the weighted sum of values. bf16 with head dim 64 / 128 and a group of
-// 1 / 2 / 4 / 8 query heads per KV head takes an AVX512-BF16 path where the compiler targets it (q.k as pairwise
-// bf16 dot products into fp32, about 3x the generic loop); everything else the generic loop.
+// 1 / 2 / 4 / 8 query heads per KV head takes an AVX512-BF16 path where the compiler targets it (16 keys at a
+// time, see task_bf16); everything else the generic loop.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -21,6 +21,7 @@
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
 #include <immintrin.h>
 #define PRISM_AVX512_BF16 1
+#include "cpu_simd.h"
 #endif
 
 namespace {
@@ -125,53 +126,168 @@ void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
 
 
 #ifdef PRISM_AVX512_BF16
-// bf16 with AVX512-BF16: q.k as pairwise bf16 dot products into fp32 (vdpbf16ps), values widened to fp32.
-// One (request, KV head) task; G query rows, head dim D (a multiple of 32).
+// bf16 with AVX512-BF16, one (request, KV head) task in three passes over its context, 16 keys at a time:
+//   scores  s[j][p] = scale * q_j . k_p: per key, vdpbf16ps (pairwise bf16 products into fp32 lanes) over the
+//           head dim, then the lanes of 16 keys summed by a transpose-and-add tree into one vector (key t of
+//           the chunk in lane t); keys past the context masked to the lowest float; the row max kept per lane
+//   softmax s <- exp(s - row max) in place (vector polynomial), row sums
+//   values  out_j = sum_p s[j][p] v_p / sum_j: V widened to fp32 two lanes at a time (even head dims from the
+//           low halves, odd from the high: two ops per 32 values, re-interleaved once at the end), fp32 sums
+//           held in registers over the whole context, the head dim split into slices of at most 16 of them
+// K / V rows are found through a per-task offset list (no division per position) and prefetched: K two chunks
+// ahead, V into L2 during the scores pass, then into L1 a chunk ahead. Inside a decode step K / V mostly come
+// from memory, not cache (the rest of the step evicts them), and a block is one page on the peer model, which
+// the hardware prefetchers do not cross.
+constexpr int KC = 16;  // keys per chunk: one score vector per query row
+constexpr int PK = 2;   // chunks of K prefetched ahead (1 and 4 were slower with K/V out of cache)
+
+// Of four vectors, per 128-bit lane: element x = a partial sum of vector x's lanes.
+inline __m512 sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  const __m512d x = _mm512_castps_pd(ab), y = _mm512_castps_pd(cd);
+  return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                       _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+}
+
+// Of four sum4 results (keys 0-3, 4-7, 8-11, 12-15): the totals, key t's in lane t.
+inline __m512 sum16(__m512 z0, __m512 z1, __m512 z2, __m512 z3) {
+  constexpr int even = _MM_SHUFFLE(2, 0, 2, 0), odd = _MM_SHUFFLE(3, 1, 3, 1);
+  const __m512 a = _mm512_add_ps(_mm512_shuffle_f32x4(z0, z1, even), _mm512_shuffle_f32x4(z0, z1, odd));
+  const __m512 b = _mm512_add_ps(_mm512_shuffle_f32x4(z2, z3, even), _mm512_shuffle_f32x4(z2, z3, odd));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, even), _mm512_shuffle_f32x4(a, b, odd));
+}
+
+// off[p] = element offset of position p's row in the cache, p < len (>= 1); then, up to a whole chunk, the
+// last row again (its scores are masked).
+inline void row_offsets(const int32_t* table, int64_t len, int64_t bs, int64_t row, int64_t* off) {
+  int64_t p = 0;
+  for (int64_t b = 0; p < len; ++b) {
+    const int64_t base = int64_t(table[b]) * bs * row;
+    for (int64_t t = 0; t < bs && p < len; ++t, ++p) off[p] = base + t * row;
+  }
+  for (; p % KC != 0; ++p) off[p] = off[len - 1];
+}
+
+// Cache lines of head-dim elements [d0, d0 + n) of rows off[0..count), into L1 (T0) or L2 (T1).
+template <int HINT = _MM_HINT_T0>
+inline void prefetch_rows(const c10::BFloat16* base, const int64_t* off, int64_t count, int d0, int n) {
+  for (int64_t t = 0; t < count; ++t)
+    for (int x = 0; x < n; x += 32)
+      _mm_prefetch(reinterpret_cast<const char*>(base + off[t] + d0 + x), static_cast<_mm_hint>(HINT));
+}
+
+// Keys of the chunk `chunks` chunks after the one at p0 (0 past len): the one to prefetch now.
+inline int64_t ahead(int64_t len, int64_t p0, int64_t chunks) {
+  return std::min<int64_t>(KC, std::max<int64_t>(0, len - p0 - chunks * KC));
+}
+
+// s[j * L + p] (L = len rounded up to KC) = scale * q_j . k_p, the lowest float past len; mx[j]: row j's max.
 template <int G, int D>
-void task_bf16(const c10::BFloat16* q, const c10::BFloat16* kp, const c10::BFloat16* vp, const int32_t* table,
-               int64_t len, int64_t bs, int64_t row, int64_t kh, float scale, float* scores, c10::BFloat16* out) {
-  constexpr int C = D / 32, V = D / 16;
+void scores_bf16(const c10::BFloat16* q, const c10::BFloat16* k, const c10::BFloat16* v, const int64_t* off,
+                 int64_t len, float scale, float* s, int64_t L, float* mx) {
+  constexpr int C = D / 32;
   __m512bh qv[G][C];
-  float mx[G], sum[G];
+  __m512 m[G];
+  const __m512 lowest = _mm512_set1_ps(std::numeric_limits<float>::lowest()), sc = _mm512_set1_ps(scale);
   for (int j = 0; j < G; ++j) {
     for (int c = 0; c < C; ++c) qv[j][c] = (__m512bh)_mm512_loadu_si512(q + j * D + c * 32);
-    mx[j] = std::numeric_limits<float>::lowest();
+    m[j] = lowest;
   }
-  for (int64_t p = 0; p < len; ++p) {
-    const c10::BFloat16* k = kp + (table[p / bs] * bs + p % bs) * row + kh * D;
-    __m512bh kv[C];
-    for (int c = 0; c < C; ++c) kv[c] = (__m512bh)_mm512_loadu_si512(k + c * 32);
+  prefetch_rows(k, off, std::min<int64_t>(PK * KC, len), 0, D);
+  for (int64_t p0 = 0; p0 < len; p0 += KC) {
+    prefetch_rows(k, off + p0 + PK * KC, ahead(len, p0, PK), 0, D);
+    prefetch_rows<_MM_HINT_T1>(v, off + p0, std::min<int64_t>(KC, len - p0), 0, D);  // for the values pass
+    __m512 z[G][4];
+    for (int u = 0; u < 4; ++u) {
+      __m512bh kv[4][C];
+      for (int t = 0; t < 4; ++t)
+        for (int c = 0; c < C; ++c) kv[t][c] = (__m512bh)_mm512_loadu_si512(k + off[p0 + 4 * u + t] + c * 32);
+      for (int j = 0; j < G; ++j) {
+        __m512 a[4];
+        for (int t = 0; t < 4; ++t) {
+          a[t] = _mm512_dpbf16_ps(_mm512_setzero_ps(), qv[j][0], kv[t][0]);
+          for (int c = 1; c < C; ++c) a[t] = _mm512_dpbf16_ps(a[t], qv[j][c], kv[t][c]);
+        }
+        z[j][u] = sum4(a[0], a[1], a[2], a[3]);
+      }
+    }
+    const __mmask16 live = len - p0 >= KC ? __mmask16(0xFFFF) : __mmask16((1u << (len - p0)) - 1);
     for (int j = 0; j < G; ++j) {
-      __m512 acc = _mm512_setzero_ps();
-      for (int c = 0; c < C; ++c) acc = _mm512_dpbf16_ps(acc, qv[j][c], kv[c]);
-      const float s = _mm512_reduce_add_ps(acc) * scale;
-      scores[j * len + p] = s;
-      mx[j] = std::max(mx[j], s);
+      const __m512 sj = _mm512_mask_mul_ps(lowest, live, sum16(z[j][0], z[j][1], z[j][2], z[j][3]), sc);
+      _mm512_storeu_ps(s + j * L + p0, sj);
+      m[j] = _mm512_max_ps(m[j], sj);
     }
   }
-  softmax_rows(scores, len, G, mx, sum);
-  __m512 acc[G][V];
-  for (int j = 0; j < G; ++j)
-    for (int c = 0; c < V; ++c) acc[j][c] = _mm512_setzero_ps();
-  for (int64_t p = 0; p < len; ++p) {
-    const c10::BFloat16* v = vp + (table[p / bs] * bs + p % bs) * row + kh * D;
-    __m512 vf[V];
-    for (int c = 0; c < V; ++c) {
-      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + c * 16));
-      vf[c] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-    }
-    for (int j = 0; j < G; ++j) {
-      const __m512 w = _mm512_set1_ps(scores[j * len + p]);
-      for (int c = 0; c < V; ++c) acc[j][c] = _mm512_fmadd_ps(w, vf[c], acc[j][c]);
-    }
-  }
+  for (int j = 0; j < G; ++j) mx[j] = _mm512_reduce_max_ps(m[j]);
+}
+
+// s <- exp(s - mx[j]) per row j (0 past the context), inv[j] = 1 / the row's sum.
+template <int G>
+void softmax_bf16(float* s, int64_t L, const float* mx, float* inv) {
   for (int j = 0; j < G; ++j) {
-    const __m512 inv = _mm512_set1_ps(len > 0 ? 1.f / sum[j] : 0.f);
-    for (int c = 0; c < V; ++c) {
-      const __m256bh o = _mm512_cvtneps_pbh(_mm512_mul_ps(acc[j][c], inv));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j * D + c * 16), (__m256i)o);
+    const __m512 m = _mm512_set1_ps(mx[j]);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t p = 0; p < L; p += KC) {
+      const __m512 e = prism_simd::exp_neg(_mm512_sub_ps(_mm512_loadu_ps(s + j * L + p), m));
+      _mm512_storeu_ps(s + j * L + p, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    inv[j] = 1.f / _mm512_reduce_add_ps(sum);
+  }
+}
+
+// out_j = inv[j] * sum_p w[j * L + p] v_p, in slices of S head dims (G * S / 16 fp32 sums in registers).
+template <int G, int D>
+void values_bf16(const float* w, int64_t L, const c10::BFloat16* v, const int64_t* off, int64_t len,
+                 const float* inv, c10::BFloat16* out) {
+  constexpr int S = D < 256 / G ? D : 256 / G, W = S / 32;
+  const __m512i high = _mm512_set1_epi32(int32_t(0xFFFF0000u));
+  for (int d0 = 0; d0 < D; d0 += S) {
+    __m512 ev[G][W], od[G][W];  // sums of even / odd head dims: element 2i of the 32 in lane i / lane i
+    for (int j = 0; j < G; ++j)
+      for (int x = 0; x < W; ++x) ev[j][x] = od[j][x] = _mm512_setzero_ps();
+    prefetch_rows(v, off, std::min<int64_t>(KC, len), d0, S);
+    for (int64_t p = 0; p < len; ++p) {
+      if (p % KC == 0) prefetch_rows(v, off + p + KC, ahead(len, p, 1), d0, S);
+      const c10::BFloat16* r = v + off[p] + d0;
+      for (int x = 0; x < W; ++x) {
+        const __m512i raw = _mm512_loadu_si512(r + 32 * x);
+        const __m512 e = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+        const __m512 o = _mm512_castsi512_ps(_mm512_and_si512(raw, high));
+        for (int j = 0; j < G; ++j) {
+          const __m512 pj = _mm512_set1_ps(w[j * L + p]);
+          ev[j][x] = _mm512_fmadd_ps(pj, e, ev[j][x]);
+          od[j][x] = _mm512_fmadd_ps(pj, o, od[j][x]);
+        }
+      }
+    }
+    for (int j = 0; j < G; ++j) {
+      const __m512 scale = _mm512_set1_ps(inv[j]);
+      for (int x = 0; x < W; ++x) {
+        const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(ev[j][x], scale)));
+        const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(od[j][x], scale)));
+        _mm512_storeu_si512(out + j * D + d0 + 32 * x, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+      }
     }
   }
+}
+
+// One (request, KV head): G query rows at q / out, K / V rows at k / v + off (filled here); s: G * L floats.
+template <int G, int D>
+void task_bf16(const c10::BFloat16* q, const c10::BFloat16* k, const c10::BFloat16* v, const int32_t* table,
+               int64_t len, int64_t bs, int64_t row, float scale, float* s, int64_t* off,
+               c10::BFloat16* out) {
+  if (len == 0) {
+    std::fill(out, out + G * D, c10::BFloat16(0.f));
+    return;
+  }
+  const int64_t L = (len + KC - 1) / KC * KC;
+  float mx[G], inv[G];
+  row_offsets(table, len, bs, row, off);
+  scores_bf16<G, D>(q, k, v, off, len, scale, s, L, mx);
+  softmax_bf16<G>(s, L, mx, inv);
+  values_bf16<G, D>(s, L, v, off, len, inv, out);
 }
 
 template <int G, int D>
@@ -184,13 +300,14 @@ void decode_bf16(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
   const int32_t* tp = tables.data_ptr<int32_t>();
   const int32_t* lp = seqlens.data_ptr<int32_t>();
   auto* op = out.data_ptr<c10::BFloat16>();
-  const int64_t max_len = max_length(lp, tp, b, mb, bs, kc.size(0));
+  const int64_t L = (max_length(lp, tp, b, mb, bs, kc.size(0)) + KC - 1) / KC * KC;
   at::parallel_for(0, b * hk, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(G * max_len);
+    std::vector<float> s(G * L);
+    std::vector<int64_t> off(L);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t i = idx / hk, kh = idx % hk, first = (i * h + kh * G) * D;
-      task_bf16<G, D>(qp + first, kp, vp, tp + i * mb, lp[i], bs, hk * D, kh, static_cast<float>(scale),
-                      scores.data(), op + first);
+      task_bf16<G, D>(qp + first, kp + kh * D, vp + kh * D, tp + i * mb, lp[i], bs, hk * D,
+                      static_cast<float>(scale), s.data(), off.data(), op + first);
     }
   });
 }

@@ -25,7 +25,9 @@ import torch
 log = logging.getLogger(__name__)
 SOURCES = [Path(__file__).with_suffix(".cpp")] + [Path(__file__).with_name(f"cpu_{part}.cpp")
                                                   for part in ("prefill", "pointwise")]
+HEADERS = [Path(__file__).with_name("cpu_simd.h")]  # included by SOURCES: part of the build's name
 ENV = "PRISM_CPU_DECODE_KERNEL"
+CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 _state: dict[str, bool] = {}  # "built": the build's outcome (once per process); "off": set_enabled(False)
 
 
@@ -56,7 +58,7 @@ def _load() -> bool:
         folder = _build_folder(name)
         with _build_lock(folder):
             build(name=name, sources=[str(p) for p in SOURCES], build_directory=str(folder),
-                  extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                  extra_cflags=list(CFLAGS), extra_ldflags=["-fopenmp"],
                   is_python_module=False)
     except Exception as err:  # no compiler / ninja / headers: fall back, never fail the shard
         log.warning("compiled CPU decode kernel unavailable (%s: %s); decode attention on SDPA",
@@ -97,7 +99,7 @@ def _cpu_tag() -> str:
         flags = next(line for line in lines if line.startswith("flags"))
     except (OSError, StopIteration):
         flags = os.uname().machine
-    sources = b"".join(p.read_bytes() for p in SOURCES)
+    sources = b"".join(p.read_bytes() for p in SOURCES + HEADERS)
     return hashlib.sha1(flags.encode() + torch.__version__.encode() + sources).hexdigest()[:10]
 
 

@@ -27,6 +27,7 @@
 #if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define PRISM_PREFILL_BF16 1
+#include "cpu_simd.h"
 #endif
 
 namespace {
@@ -36,24 +37,7 @@ constexpr int R = 32;   // query rows per tile (two 16-lane groups)
 constexpr int KB = 64;  // keys per online-softmax block
 constexpr int KT = 8;   // keys per scores micro-tile
 constexpr int DT = 8;   // head dims per values micro-tile
-
-// exp for x <= 0 (scores minus their running max); 0 below -87 (masked scores sit at the lowest float).
-inline __m512 exp_neg(__m512 x) {
-  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.f), _CMP_GE_OQ);
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, n));
-}
+using prism_simd::exp_neg;
 
 inline uint32_t word(const c10::BFloat16* p) {  // two adjacent bf16 as one 32-bit lane
   uint32_t w;

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -38,3 +40,15 @@ def test_tiny_cpu_run_prints_every_measure(capsys: pytest.CaptureFixture[str]) -
         assert len(rows) == 4, out  # three cached fractions and decode
         assert f"e2e decode step, {backend}" in out
     assert "TFLOP/s" in out and "GB/s" in out and "not judged (tiny)" in out
+
+
+@pytest.mark.skipif(not (shutil.which("c++") and shutil.which("ninja")), reason="no c++ / ninja: no kernel")
+def test_decode_cpu_bench_runs_a_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    from flash_kernels.bench import decode_cpu
+
+    q, kc, _, tables, lengths, _, _ = decode_cpu.make_args(decode_cpu.Shape(3, 40, 2, 2, 64))
+    assert q.shape == (3, 4, 64) and kc.shape[1:] == (16, 2, 64)
+    used = torch.cat([tables[i, : (int(n) + 15) // 16] for i, n in enumerate(lengths)])
+    assert len(set(used.tolist())) == len(used)  # no block shared between requests
+    assert decode_cpu.main(["--shapes", "0", "--rounds", "1", "--budget-ms", "1", "--evict", "1"]) == 0
+    assert "32 x 170, hk 2, G 2, d 64, bf16, block 16" in capsys.readouterr().out

@@ -1,6 +1,8 @@
 """The compiled CPU decode kernel (flash_kernels/backends/cpu_decode.cpp) against the reference and the SDPA
 path it replaces: block sizes, grouped-query attention, head dims (64 / 128 specialised, 80 generic), dtypes,
-tables wider than the context; that it builds wherever a compiler is present, and the switches.
+tables wider than the context, contexts of every length around the kernel's 16-key chunks, blocks smaller
+than a chunk, long contexts and scores spread wide; that it builds wherever a compiler is present, and the
+switches.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 from flash_kernels import reference
 from flash_kernels.backends import cpu_decode
 from flash_kernels.backends.sdpa import SdpaBackend, decode_gathered
-from flash_kernels.tests.paged_cases import assert_close, decode_requests, make_case
+from flash_kernels.tests.paged_cases import assert_close, brute_force, decode_requests, make_case
 
 BUILT = cpu_decode.load()
 HAVE_TOOLS = bool(shutil.which("c++") and shutil.which("ninja"))
@@ -28,7 +30,7 @@ def test_kernel_builds_where_a_compiler_is_present() -> None:
 
 @needs_tools
 @pytest.mark.parametrize("block_size", [1, 16, 256])
-@pytest.mark.parametrize("group", [1, 2, 4])
+@pytest.mark.parametrize("group", [1, 2, 4, 8])
 @pytest.mark.parametrize("head_dim", [64, 128, 80])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kernel_matches_reference(block_size: int, group: int, head_dim: int, dtype: torch.dtype) -> None:
@@ -38,6 +40,36 @@ def test_kernel_matches_reference(block_size: int, group: int, head_dim: int, dt
     args = case.decode_args()
     out = cpu_decode.decode(*args)
     assert_close(out, reference.decode(*args))
+
+
+@needs_tools
+@pytest.mark.parametrize("block_size", [5, 16, 48])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_context_length_around_the_chunks(block_size: int, dtype: torch.dtype) -> None:
+    """Lengths 1-40 and around 64 / 256: partial 16-key chunks at every offset, chunks that span blocks
+    (block 5) and blocks holding several chunks; blocks handed out in a random order."""
+    lengths = [*range(1, 41), 63, 64, 65, 255, 257]
+    requests = [(n - 1, 1) for n in lengths]
+    for group, head_dim in ((2, 64), (8, 128)):
+        case = make_case(requests, block_size, kv_heads=2, group=group, head_dim=head_dim, dtype=dtype,
+                         seed=5)
+        args = case.decode_args()
+        assert_close(cpu_decode.decode(*args), reference.decode(*args))
+
+
+@needs_tools
+@pytest.mark.parametrize("group", [1, 2, 4, 8])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_long_contexts_and_wide_scores_stay_finite(group: int, head_dim: int) -> None:
+    """2,000 and 1,500 keys with q scaled so that scores span thousands (softmax near one-hot, most weights
+    below exp(-87)): finite, and equal to an fp64 softmax."""
+    case = make_case([(1999, 1), (1499, 1), (0, 1)], 16, kv_heads=2, group=group, head_dim=head_dim,
+                     dtype=torch.bfloat16, seed=7)
+    case.q = (case.q.float() * 300).to(torch.bfloat16)
+    args = case.decode_args()
+    out = cpu_decode.decode(*args)
+    assert torch.isfinite(out.float()).all()
+    assert_close(out, brute_force(case).to(torch.bfloat16))
 
 
 @needs_tools
