@@ -44,8 +44,8 @@ from router_py.http.sse import RAW_SEND
 
 class _App(Starlette):
     """Starlette, with the server's own ``send`` in the scope: a streamed response's chunks between its start
-    and its end skip the middlewares, which act only on those two (:class:`router_py.http.sse.EventStreamResponse`;
-    a middleware that needs every chunk must not be added without dropping that)."""
+    and its end skip the middlewares, which act only on those two (``sse.EventStreamResponse``; a middleware
+    that needs every chunk must not be added without dropping that)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[RAW_SEND] = send

@@ -20,8 +20,10 @@ OPENAI_DONE = "data: [DONE]\n\n"
 RAW_SEND = "prism.raw_send"  # scope key: the server's own ``send`` (EventStreamResponse)
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# NOTE: one encoder for every event: json.dumps with these options builds a new one per call
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_dumps = _ENCODER.encode
+_dumps_str = json.encoder.encode_basestring  # what _ENCODER.encode does with a str (ensure_ascii=False)
 
 
 def tgi_event(obj: Any) -> str:
@@ -48,7 +50,7 @@ class TgiEventTemplate:
     def render(self, text: str) -> str:
         if self._parts is None:
             return tgi_event(self._build(text))
-        return self._parts[0] + _dumps(text) + self._parts[1]
+        return self._parts[0] + _dumps_str(text) + self._parts[1]
 
 
 class EventStreamResponse(StreamingResponse):
@@ -56,8 +58,8 @@ class EventStreamResponse(StreamingResponse):
     ``every`` seconds of silence, always watches for ``http.disconnect`` (whatever the server's ASGI version)
     and always closes ``events``, so an abandoned stream stops generating at once.
 
-    NOTE: per streamed token this is one task step and one ``send`` (docs/performance.md, "the router's send
-    path"): ``events`` runs start to end in the one task that writes (so context variables, e.g. a tracing
+    NOTE: per streamed token this is one task step and one ``send`` (docs/performance.md, "The router's CPU
+    per streamed token"): ``events`` runs start to end in the one task that writes (so context variables, e.g. a tracing
     span, stay attached to one context, and it is closed there too); silence is watched by one timer that
     re-arms itself and writes the comment from a short task of its own. The chunks between the response's
     start and its end go straight to the server's ``send`` (``RAW_SEND`` in the scope, set by
@@ -85,7 +87,8 @@ class EventStreamResponse(StreamingResponse):
                 await self.listen_for_disconnect(receive)
                 group.cancel_scope.cancel()
         finally:
-            await events.aclose()  # type: ignore[attr-defined]  # NOTE: closed by ``stream`` already but if it never ran
+            # NOTE: ``stream`` closed it already, unless it never ran
+            await events.aclose()  # type: ignore[attr-defined]
 
 
 class _Writer:
@@ -112,10 +115,11 @@ class _Writer:
                 await send({"type": "http.response.body", "body": event.encode(), "more_body": True})
         finally:
             self._timer.cancel()
-            if self._beat is not None:
-                self._beat.cancel()
-                await asyncio.gather(self._beat, return_exceptions=True)
-            with anyio.CancelScope(shield=True):  # NOTE: closed in this task (its context), even when cancelled
+            # NOTE: ``events`` closed in this task (its context), even when the stream is cancelled
+            with anyio.CancelScope(shield=True):
+                if self._beat is not None:
+                    self._beat.cancel()
+                    await asyncio.gather(self._beat, return_exceptions=True)
                 await events.aclose()  # type: ignore[attr-defined]
         await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -130,3 +130,31 @@ async def test_producer_errors_propagate() -> None:
         await serve(producer(), client)
     assert "boom" in repr(info.value) or any("boom" in repr(e) for e in getattr(info.value, "exceptions", ()))
     assert client.text() == ["first"]
+
+
+async def test_a_blocked_keep_alive_is_cancelled_when_the_client_goes() -> None:
+    class Stuck(Client):
+        def send_as(self, name: str):
+            inner = super().send_as(name)
+
+            async def send(message: dict) -> None:
+                if message.get("body") == KEEP_ALIVE.encode():
+                    await asyncio.Event().wait()  # a write waiting for the socket to drain, forever
+                await inner(message)
+            return send
+
+    async def producer() -> AsyncIterator[str]:
+        yield "first"
+        await asyncio.sleep(0.05)
+        yield "second"  # waits for the keep-alive write in flight
+
+    before = set(asyncio.all_tasks())
+    client = Stuck()
+    task = asyncio.ensure_future(serve(producer(), client, every=0.01))
+    await asyncio.sleep(0.1)
+    client.gone.set()
+    await asyncio.wait_for(task, 1)
+    assert client.text() == ["first"]
+    await asyncio.sleep(0)
+    left = [t for t in asyncio.all_tasks() - before if t is not asyncio.current_task() and not t.done()]
+    assert left == []
