@@ -11,6 +11,8 @@ round is a separate shard Request with its own id; when a round stops at its 1,0
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +36,7 @@ class ActiveRequest:
     prefill_sent: bool = False
     prompt_done_round: int = -1  # scheduler id of the last round whose prompt finished prefilling
     span: Any = None  # the request's ``infer`` tracing span (None when tracing is off)
-    events: asyncio.Queue[InferEvent | InferError] = field(default_factory=asyncio.Queue)
+    events: Mailbox = field(default_factory=lambda: Mailbox())
 
     @property
     def remaining(self) -> int:
@@ -49,16 +51,66 @@ class ActiveRequest:
         _deliver(self.events, error)
 
 
-def _deliver(queue: asyncio.Queue[InferEvent | InferError], item: InferEvent | InferError) -> None:
-    """Put ``item`` on the client's queue one loop turn later (FIFO, so order is kept).
+class Mailbox:
+    """The client's FIFO of events, read by one task (the request's stream). ``asyncio.Queue``'s
+    ``put_nowait``/``get_nowait``/``qsize``/``get`` without what one reader does not need (sizes, putters,
+    ``task_done``): per streamed token one append and, when the reader waits, one future."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[InferEvent | InferError] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: InferEvent | InferError) -> None:
+        self._items.append(item)
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():  # NOTE: done when its get was cancelled
+            waiter.set_result(None)
+
+    def get_nowait(self) -> InferEvent | InferError:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    async def get(self) -> InferEvent | InferError:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._items.popleft()
+
+
+# Events waiting for the next loop turn, per loop: one callback delivers a whole step's (_deliver)
+_later: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[tuple[Mailbox, object]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _deliver(box: Mailbox, item: InferEvent | InferError) -> None:
+    """Put ``item`` in the client's mailbox one loop turn later (FIFO, so order is kept).
 
     Why: the batcher emits a step's tokens and then at once sends the next Decode. Woken directly, every
     client stream (JSON, SSE, a socket write each) would run before the gRPC call task that sends that
     Decode, and the shard would idle for all of it; deferred, the Decode goes out first and the streams are
-    written while the shard computes."""
+    written while the shard computes. One callback per loop turn delivers every item emitted in the turn
+    (not one each: a step emits one per request)."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # no loop (a synchronous caller): nothing to overlap with
-        queue.put_nowait(item)
+        box.put_nowait(item)
         return
-    loop.call_soon(queue.put_nowait, item)
+    batch = _later.get(loop)
+    if batch is None:
+        batch = _later[loop] = []
+        loop.call_soon(_deliver_batch, loop, batch)
+    batch.append((box, item))
+
+
+def _deliver_batch(loop: asyncio.AbstractEventLoop, batch: list[tuple[Mailbox, object]]) -> None:
+    if _later.get(loop) is batch:
+        del _later[loop]
+    for box, item in batch:
+        box.put_nowait(item)  # type: ignore[arg-type]

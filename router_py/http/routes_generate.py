@@ -17,9 +17,11 @@ from starlette.responses import JSONResponse, Response
 
 from router_py import tracing
 from router_py.http.grammar import with_grammar
-from router_py.http.errors import HttpError, deserialize_error, incomplete_generation, validation_error
-from router_py.http.generation_runner import FinishedSequence, Timings, generate, generate_best_of, stream_events
-from router_py.backend_api import EndEvent, PrefillTokens, TokenEvent, ValidRequest
+from router_py.http.errors import (
+    HttpError, deserialize_error, from_infer_error, incomplete_generation, validation_error,
+)
+from router_py.http.generation_runner import FinishedSequence, Timings, generate, generate_best_of
+from router_py.backend_api import EndEvent, InferError, PrefillTokens, TokenEvent, ValidRequest
 from router_py.http.responses import (
     generate_response,
     stream_final_event,
@@ -147,13 +149,17 @@ async def open_stream(
         valid = await with_grammar(valid, req.parameters.grammar, state.config.disable_grammar_support)
         run = StreamRun(valid, now())
         state.record_validated(run.valid.input_length, run.valid.stopping.max_new_tokens)
-        async with aclosing(stream_events(state.backend, run.valid)) as events:
-            async for event in events:
-                if isinstance(event, PrefillTokens):
-                    continue
-                yield run, event
-                if isinstance(event, EndEvent):
-                    return
+        # NOTE: the backend's stream read here, not through stream_events: one generator less per token
+        async with aclosing(state.backend.generate_stream(run.valid)) as events:
+            try:
+                async for event in events:
+                    if isinstance(event, PrefillTokens):
+                        continue
+                    yield run, event
+                    if isinstance(event, EndEvent):
+                        return
+            except InferError as err:
+                raise from_infer_error(err) from err
         raise incomplete_generation(stream=True)
     finally:
         state.permits.release()

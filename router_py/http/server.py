@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from router_py.router_config import RouterConfig
 from router_py.http.errors import deserialize_error
@@ -38,6 +39,17 @@ from router_py.http.routes_openai import (
 )
 from router_py.tokenizer import Tokenizer
 from router_py.http.validation import Validator
+from router_py.http.sse import RAW_SEND
+
+
+class _App(Starlette):
+    """Starlette, with the server's own ``send`` in the scope: a streamed response's chunks between its start
+    and its end skip the middlewares, which act only on those two (``sse.EventStreamResponse``; a middleware
+    that needs every chunk must not be added without dropping that)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[RAW_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 async def invocations_route(request: Request) -> Response:
@@ -102,7 +114,7 @@ def create_app(backend: Backend, tokenizer: Tokenizer, config: RouterConfig, met
         allow_methods=["GET", "POST"],
         allow_headers=["content-type"],
     )
-    app = Starlette(routes=_routes(), middleware=[Middleware(HttpGuard), cors])
+    app = _App(routes=_routes(), middleware=[Middleware(HttpGuard), cors])
     app.state.prism = AppState(
         backend=backend,
         tokenizer=tokenizer,

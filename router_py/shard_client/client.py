@@ -307,10 +307,14 @@ def _cached_from_pb(b: pb.CachedBatch) -> CachedBatch:
 
 
 def _tokens_from_pb(t: pb.Tokens) -> tuple[Token, ...]:
-    special = list(t.is_special) or [False] * len(t.ids)
+    ids, logprobs, texts, special = t.ids, t.logprobs, t.texts, t.is_special
+    if len(ids) == 1 and len(logprobs) == 1 and len(texts) == 1:  # NOTE: a decode step's (per token)
+        lp = logprobs[0]
+        return (Token(ids[0], texts[0], None if math.isnan(lp) else lp, special[0] if special else False),)
+    flags = list(special) or [False] * len(ids)
     return tuple(
         Token(id=i, text=text, logprob=None if math.isnan(lp) else lp, special=sp)
-        for i, lp, text, sp in zip(t.ids, t.logprobs, t.texts, special)
+        for i, lp, text, sp in zip(ids, logprobs, texts, flags)
     )
 
 
@@ -329,7 +333,7 @@ def _generation_from_pb(g: pb.Generation) -> Generation:
         tokens=_tokens_from_pb(g.tokens),
         prefill_tokens=_tokens_from_pb(g.prefill_tokens) if g.HasField("prefill_tokens") else (),
         generated_text=text,
-        top_tokens=tuple(_tokens_from_pb(t) for t in g.top_tokens),
+        top_tokens=tuple(map(_tokens_from_pb, g.top_tokens)) if len(g.top_tokens) else (),
         error=g.error if g.HasField("error") else None,
     )
 

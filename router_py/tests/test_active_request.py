@@ -34,3 +34,32 @@ def test_without_a_running_loop_events_are_put_at_once() -> None:
     state = ActiveRequest(request=request("a"), queued_at=0.0)
     state.emit(_token(7))
     assert state.events.get_nowait().token.id == 7
+
+
+def test_one_turn_delivers_every_mailbox_in_order() -> None:
+    async def run() -> list[tuple[int, int]]:
+        a = ActiveRequest(request=request("a"), queued_at=0.0)
+        b = ActiveRequest(request=request("b"), queued_at=0.0)
+        for i in range(3):
+            a.emit(_token(i))
+            b.emit(_token(10 + i))
+        await asyncio.sleep(0)
+        return [(a.events.qsize(), b.events.qsize())] + [
+            ((await a.events.get()).token.id, (await b.events.get()).token.id) for _ in range(3)
+        ]
+
+    assert asyncio.run(run()) == [(3, 3), (0, 10), (1, 11), (2, 12)]
+
+
+def test_a_cancelled_wait_loses_nothing() -> None:
+    async def run() -> int:
+        state = ActiveRequest(request=request("a"), queued_at=0.0)
+        waiting = asyncio.ensure_future(state.events.get())
+        await asyncio.sleep(0)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        state.emit(_token(5))
+        got = await asyncio.wait_for(state.events.get(), 1)
+        return got.token.id
+
+    assert asyncio.run(run()) == 5

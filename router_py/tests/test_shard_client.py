@@ -187,3 +187,18 @@ def test_settle_padded_shard_defaults_batch_total_to_16000() -> None:
 def test_settle_rejects_inconsistent_limits(config, shard, result, message) -> None:
     with pytest.raises(StartupError, match=message.replace("`", ".")):
         settle(config, shard, result)
+
+
+@pytest.mark.parametrize("special", [[], [True], [False]])
+@pytest.mark.parametrize("logprob", [-0.25, float("nan")])
+def test_one_token_converts_as_the_general_path(special: list[bool], logprob: float) -> None:
+    from proto.generate.v3 import generate_pb2 as pb
+    from router_py.backend_api import Token
+    from router_py.shard_client.client import _tokens_from_pb
+
+    one = pb.Tokens(ids=[7], logprobs=[logprob], texts=[" é"], is_special=special)
+    two = pb.Tokens(ids=[7, 7], logprobs=[logprob] * 2, texts=[" é"] * 2, is_special=special * 2)
+    flag = bool(special and special[0])
+    expected = Token(id=7, text=" é", logprob=None if logprob != logprob else logprob, special=flag)
+    assert _tokens_from_pb(one) == (expected,) and _tokens_from_pb(two) == (expected, expected)
+    assert _tokens_from_pb(pb.Tokens()) == ()
