@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from shard.batch import RequestState
 
 # NOTE: host lists become tensors through array's C conversion: torch.tensor takes ~70 ns per Python int (a
-# decode step's block table alone is b x blocks ints), array ~10x less, and torch.frombuffer shares its memory.
+# decode step's block table alone is b x blocks ints), array ~10x less; torch.frombuffer shares its memory.
 INT32, INT64 = "i", "q"
 assert array(INT32).itemsize == 4 and array(INT64).itemsize == 8
 
@@ -78,9 +78,9 @@ def to_device(s: StepInputs, device: torch.device, block_size: int) -> tuple[tor
 
     from shard.layers.attention import AttentionMetadata
 
-    def t(values: array, dtype: torch.dtype, rows: int = -1) -> torch.Tensor:
+    def t(values: array, dtype: torch.dtype, shape: tuple[int, ...] = (-1,)) -> torch.Tensor:
         host = torch.frombuffer(values, dtype=dtype) if len(values) else torch.empty(0, dtype=dtype)
-        return host.view(rows, -1).to(device, non_blocking=True) if rows >= 0 else host.to(device, non_blocking=True)
+        return host.view(shape).to(device, non_blocking=True)
 
     # NOTE: only the blocks up to max_seqlen_k are read; a request holds its blocks for all its tokens to come
     width = min(-(-max(s.seqlens_k) // block_size), len(s.block_tables[0]))
@@ -90,7 +90,7 @@ def to_device(s: StepInputs, device: torch.device, block_size: int) -> tuple[tor
     meta = AttentionMetadata(
         positions=t(array(INT64, s.positions), torch.int64),
         slots=t(array(INT64, s.slots), torch.int64),
-        block_tables=t(tables, torch.int32, len(s.block_tables)),
+        block_tables=t(tables, torch.int32, (len(s.block_tables), width)),
         seqlens_k=t(array(INT32, s.seqlens_k), torch.int32),
         cu_seqlens_q=None if s.is_decode else t(array(INT32, s.cu_seqlens_q), torch.int32),
         max_seqlen_q=max(b - a for a, b in zip(s.cu_seqlens_q, s.cu_seqlens_q[1:])),

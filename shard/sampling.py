@@ -49,8 +49,8 @@ class SamplingParams:
 class Choice(NamedTuple):
     """One chosen token; ``logprobs`` is the (vocab,) fp32 processed log-distribution (for top-n).
 
-    With ``row`` None, ``scores`` is that log-distribution; else (the plain greedy path, which does not compute
-    it for every row) it is row ``row`` of ``scores`` (b, vocab) put through log_softmax, on first use.
+    With ``row`` None, ``scores`` is that log-distribution; else (the plain greedy path, which does not
+    compute it for every row) it is row ``row`` of ``scores`` (b, vocab) put through log_softmax, when read.
     NOTE: a tuple: one is made per request and step, and a frozen dataclass costs several times more to make.
     """
 

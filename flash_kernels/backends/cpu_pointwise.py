@@ -2,7 +2,8 @@
 kernels by :mod:`.cpu_decode`): RoPE, SiLU(gate) * up and RMSNorm, used by ``shard.layers`` for bf16 on CPUs in
 place of several torch ops each (every op a pass over the rows, fp32 copies in between). Results equal the torch
 ops up to the order of fp32 operations. ``PRISM_CPU_POINTWISE=0`` turns them off; docs/performance.md has the
-numbers. :func:`greedy_rows` is the plain greedy choice over fp32 logits (``shard.sampling_batch``) in one call.
+numbers. :func:`greedy_rows` is the plain greedy choice over fp32 logits (``shard.sampling_batch``) in one
+call.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ def test_plain_greedy_path_matches_the_general_path(monkeypatch, one_pass_kernel
         logits[2, : vocab // 2] = float("-inf")  # a grammar mask
         logits[3] = 0.0
         fast = choose_batch([NextTokenChooser(SamplingParams())] * 6, logits, [[0]] * 6)
-        slow = choose_batch([_general(NextTokenChooser(SamplingParams())) for _ in range(6)], logits, [[0]] * 6)
+        general = [_general(NextTokenChooser(SamplingParams())) for _ in range(6)]
+        slow = choose_batch(general, logits, [[0]] * 6)
         exact = torch.log_softmax(logits.double(), -1)
         for row, (f, s) in enumerate(zip(fast, slow)):
             assert f.token_id == s.token_id == int(logits[row].argmax())
