@@ -6,10 +6,16 @@ Rows of the flat token arrays follow request order; request i's new tokens are r
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shard.batch import RequestState
+
+# NOTE: host lists become tensors through array's C conversion: torch.tensor takes ~70 ns per Python int (a
+# decode step's block table alone is b x blocks ints), array ~10x less; torch.frombuffer shares its memory.
+INT32, INT64 = "i", "q"
+assert array(INT32).itemsize == 4 and array(INT64).itemsize == 8
 
 if TYPE_CHECKING:
     import torch
@@ -66,21 +72,28 @@ def build_step_inputs(requests: list[RequestState]) -> StepInputs:
 
 
 def to_device(s: StepInputs, device: torch.device, block_size: int) -> tuple[torch.Tensor, AttentionMetadata]:
-    """input_ids (n,) int64 and the attention metadata, on ``device``."""
+    """input_ids (n,) int64 and the attention metadata, on ``device``; the block tables cut to the blocks that
+    hold the context (``max_seqlen_k`` tokens)."""
     import torch
 
     from shard.layers.attention import AttentionMetadata
 
-    def t(values: list, dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+    def t(values: array, dtype: torch.dtype, shape: tuple[int, ...] = (-1,)) -> torch.Tensor:
+        host = torch.frombuffer(values, dtype=dtype) if len(values) else torch.empty(0, dtype=dtype)
+        return host.view(shape).to(device, non_blocking=True)
 
+    # NOTE: only the blocks up to max_seqlen_k are read; a request holds its blocks for all its tokens to come
+    width = min(-(-max(s.seqlens_k) // block_size), len(s.block_tables[0]))
+    tables = array(INT32)
+    for row in s.block_tables:
+        tables.extend(row[:width])
     meta = AttentionMetadata(
-        positions=t(s.positions, torch.int64),
-        slots=t(s.slots, torch.int64),
-        block_tables=t(s.block_tables, torch.int32),
-        seqlens_k=t(s.seqlens_k, torch.int32),
-        cu_seqlens_q=None if s.is_decode else t(s.cu_seqlens_q, torch.int32),
+        positions=t(array(INT64, s.positions), torch.int64),
+        slots=t(array(INT64, s.slots), torch.int64),
+        block_tables=t(tables, torch.int32, (len(s.block_tables), width)),
+        seqlens_k=t(array(INT32, s.seqlens_k), torch.int32),
+        cu_seqlens_q=None if s.is_decode else t(array(INT32, s.cu_seqlens_q), torch.int32),
         max_seqlen_q=max(b - a for a, b in zip(s.cu_seqlens_q, s.cu_seqlens_q[1:])),
         max_seqlen_k=max(s.seqlens_k),
     )
-    return t(s.input_ids, torch.int64), meta
+    return t(array(INT64, s.input_ids), torch.int64), meta

@@ -227,7 +227,11 @@ class ModelRunner:
     def _choose(ready: list[tuple[RequestState, int]], logits: StepLogits) -> list[Choice | Exception]:
         """Batched choice; if the batched code itself raises, each row is retried alone so that only the
         request at fault fails."""
-        rows = logits.values[torch.tensor([row for _, row in ready], dtype=torch.int64)]
+        picked = [row for _, row in ready]
+        if picked == list(range(logits.values.shape[0])):  # a decode step: every row, in order (no copy)
+            rows = logits.values
+        else:
+            rows = logits.values[torch.tensor(picked, dtype=torch.int64)]
         choosers = [r.chooser for r, _ in ready]
         try:
             return list(choose_batch(choosers, rows, [r.token_ids for r, _ in ready]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -45,13 +46,22 @@ class SamplingParams:
         return self.do_sample or warped
 
 
-@dataclass(frozen=True)
-class Choice:
-    """One chosen token; ``logprobs`` is the (vocab,) fp32 processed log-distribution (for top-n)."""
+class Choice(NamedTuple):
+    """One chosen token; ``logprobs`` is the (vocab,) fp32 processed log-distribution (for top-n).
+
+    With ``row`` None, ``scores`` is that log-distribution; else (the plain greedy path, which does not
+    compute it for every row) it is row ``row`` of ``scores`` (b, vocab) put through log_softmax, when read.
+    NOTE: a tuple: one is made per request and step, and a frozen dataclass costs several times more to make.
+    """
 
     token_id: int
     logprob: float
-    logprobs: torch.Tensor
+    scores: torch.Tensor
+    row: int | None = None
+
+    @property
+    def logprobs(self) -> torch.Tensor:
+        return self.scores if self.row is None else torch.log_softmax(self.scores[self.row], -1)
 
 
 class NextTokenChooser:
@@ -59,6 +69,9 @@ class NextTokenChooser:
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
+        # NOTE: plain greedy (no penalty, watermark or draw): the batched choice's one-pass path
+        self.plain = not params.samples and not params.watermark and params.repetition_penalty == 1.0 \
+            and params.frequency_penalty == 0.0
         self.generator = torch.Generator().manual_seed(params.seed) if params.samples else None
         self._counts: torch.Tensor | None = None
         self._counted = 0

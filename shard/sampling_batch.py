@@ -10,15 +10,22 @@ row maximum is subtracted before dividing by the temperature (the best token sta
 -inf at worst, never NaN), and +inf produced by a tiny repetition penalty is clamped to the largest finite
 float. A row that still ends without a finite choice (NaN logits from the model) fails alone: its entry in
 the result is the exception, and the other rows are unaffected.
+
+Plain greedy rows (every chooser ``plain``: no penalty, warper, watermark or draw; the common case) take one
+pass over the logits: the argmax and its log-probability, without a (b, vocab) log_softmax (on a CPU one call,
+:func:`flash_kernels.backends.cpu_pointwise.greedy_rows`); a row's full log-distribution is computed only if
+its Choice's ``logprobs`` is read (top-n tokens).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from flash_kernels.backends import cpu_pointwise
 from shard.sampling import Choice, NextTokenChooser, typical_p, watermark
 
 FLOAT_MAX = torch.finfo(torch.float32).max
@@ -60,6 +67,8 @@ class Rows:
 def device_safe(choosers: Sequence[NextTokenChooser]) -> bool:
     """True when every row is plain greedy (no penalty, warper, watermark or draw): :func:`choose_batch` then
     runs only tensor ops on the logits' own device, so a GPU's logits need not be copied to the host."""
+    if all(c.plain for c in choosers):
+        return True
     rows = Rows.of(choosers)
     return not (rows.penalized or rows.warped_temperature or rows.top_k or rows.top_p or rows.typical
                 or rows.watermark or rows.sampled)
@@ -78,6 +87,8 @@ def choose_batch(
     Returns:
         per row a Choice, or a SamplingError when the row has no valid token.
     """
+    if all(c.plain for c in choosers):
+        return _choose_greedy(logits)
     rows = Rows.of(choosers)
     scores = _process(choosers, logits, histories, rows)
     scores = _warp(choosers, scores, rows)
@@ -92,8 +103,30 @@ def choose_batch(
         if ok[i]:
             out.append(Choice(token, logprob, logprobs[i]))
         else:
-            out.append(SamplingError(f"no valid next token (logprob {logprob}); the logits hold NaN or inf"))
+            out.append(_no_token(logprob))
     return out
+
+
+def _choose_greedy(logits: torch.Tensor) -> list[Choice | SamplingError]:
+    """Plain greedy rows: argmax and its logprob (max - logsumexp) per row, one pass over (b, vocab) logits.
+    A row fails where the general path's would: its logprob is not finite (NaN, +inf, or only -inf)."""
+    if cpu_pointwise.greedy_usable(logits):
+        tokens, picked = cpu_pointwise.greedy_rows(logits)
+    else:
+        top = logits.amax(dim=-1, keepdim=True)
+        picked = -(logits - top).exp().sum(dim=-1).log()
+        tokens = logits.argmax(dim=-1)
+    out: list[Choice | SamplingError] = []
+    for i, (token, logprob) in enumerate(zip(tokens.tolist(), picked.tolist())):
+        if math.isfinite(logprob):
+            out.append(Choice(token, logprob, logits, i))
+        else:
+            out.append(_no_token(logprob))
+    return out
+
+
+def _no_token(logprob: float) -> SamplingError:
+    return SamplingError(f"no valid next token (logprob {logprob}); the logits hold NaN or inf")
 
 
 def _process(

@@ -195,12 +195,8 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             cached = self._cached(batch)
             # NOTE: before the answer is built: only the GenerationOut objects are read from here on
             await self.lookahead.maybe_start(batch, generations, len(self.batches))
-        out = response_type(
-            generations=[convert.generation(g) for g in self._mine(stepped, generations)],
-            forward_ns=times.forward_ns,
-            decode_ns=times.decode_ns,
-            kv_failed=copies_failed,
-        )
+        out = response_type(forward_ns=times.forward_ns, decode_ns=times.decode_ns, kv_failed=copies_failed)
+        convert.add_generations(out.generations, self._mine(stepped, generations))
         if len(parts) > 1:
             out.concat_ns = concat_ns
         if cached is not None:

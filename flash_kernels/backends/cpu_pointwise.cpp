@@ -1,12 +1,16 @@
 // bf16 elementwise steps of a decoder layer in one pass each, for CPUs (built with the decode and prefill kernels
 // by flash_kernels/backends/cpu_decode.py): RoPE, SiLU(gate) * up, RMSNorm. Each computes in fp32 and rounds as
 // the torch ops it replaces do (shard/layers: rotary._rotate, GatedMLP, RMSNorm), so results match them up to
-// the order of fp32 operations (an occasional last-bit difference in bf16); fp32 models keep the torch ops.
+// the order of fp32 operations (an occasional last-bit difference in bf16); fp32 models keep the torch ops. Also
+// the greedy choice over fp32 logits rows (greedy_rows_f32, at the end).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <c10/util/BFloat16.h>
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 
 namespace {
 
@@ -103,15 +107,86 @@ void rms_norm_bf16(const at::Tensor& x, const at::Tensor& weight, double eps, at
   });
 }
 
+// Greedy choice over fp32 logits rows (shard/sampling_batch.py, its plain greedy path): per row the first index
+// of the maximum and its log-probability (-logsumexp(x - max)), without a (b, vocab) log_softmax. A row
+// with NaN or +inf, or only -inf, gets NaN (log_softmax is NaN there too). NOTE: built with -ffast-math, which
+// lets the compiler assume no NaN/inf: those are found from the bits, and -inf entries (grammar masks) are
+// skipped from the bits too.
+constexpr uint32_t POS_INF_BITS = 0x7f800000u, NEG_INF_BITS = 0xff800000u, ABS_MASK = 0x7fffffffu;
+
+// x (vocab,) fp32 -> whether the row has a valid choice (no NaN, no +inf, something above -inf); m <- its max.
+bool row_max(const float* x, int32_t vocab, float& m) {
+  // NOTE: flags and max in two loops, each shaped so that the compiler vectorizes it (one loop did not).
+  const uint32_t* bits = reinterpret_cast<const uint32_t*>(x);
+  uint32_t nan_or_pos_inf = 0, finite = 0;
+  for (int32_t k = 0; k < vocab; ++k) {
+    const uint32_t b = bits[k], u = b & ABS_MASK;
+    nan_or_pos_inf |= (u > POS_INF_BITS) | (b == POS_INF_BITS);
+    finite |= u < POS_INF_BITS;
+  }
+  float best = -std::numeric_limits<float>::infinity();
+  for (int32_t k = 0; k < vocab; ++k) best = best > x[k] ? best : x[k];
+  m = best;
+  return !nan_or_pos_inf && finite;
+}
+
+// The log-probability of entry ``first``, the row's max m: -log(1 + sum over the other entries of exp(x - m)),
+// -inf entries counted as 0. NOTE: log1p of the others' mass keeps its precision when the token is near certain
+// (log of a sum near 1 would lose it: ~1e-7 absolute, all of a logprob of -1e-6).
+float row_logprob_of_max(const float* x, int32_t vocab, float m, int32_t first) {
+  const uint32_t* bits = reinterpret_cast<const uint32_t*>(x);
+  float rest = 0.f;
+  for (int32_t k = 0; k < vocab; ++k) {
+    const float e = std::exp(x[k] - m);
+    rest += (bits[k] == NEG_INF_BITS) | (k == first) ? 0.f : e;
+  }
+  return -std::log1p(rest);
+}
+
+// logits (b, vocab) fp32, rows contiguous -> tokens (b,) int64, logprobs (b,) fp32.
+void greedy_rows_f32(const at::Tensor& logits, at::Tensor tokens, at::Tensor logprobs) {
+  TORCH_CHECK(logits.scalar_type() == at::kFloat && logits.dim() == 2 && logits.stride(1) == 1 &&
+              logits.size(1) > 0 && logits.size(1) < std::numeric_limits<int32_t>::max(),
+              "greedy_rows_f32: logits (b, vocab) fp32, rows contiguous");
+  TORCH_CHECK(tokens.scalar_type() == at::kLong && tokens.is_contiguous() && tokens.numel() == logits.size(0) &&
+              logprobs.scalar_type() == at::kFloat && logprobs.is_contiguous() &&
+              logprobs.numel() == logits.size(0), "greedy_rows_f32: tokens (b,) int64, logprobs (b,) fp32");
+  const int64_t b = logits.size(0), stride = logits.stride(0);
+  const int32_t vocab = static_cast<int32_t>(logits.size(1));
+  const float* lp = logits.data_ptr<float>();
+  int64_t* tp = tokens.data_ptr<int64_t>();
+  float* op = logprobs.data_ptr<float>();
+  at::parallel_for(0, b, GRAIN, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* x = lp + i * stride;
+      float m;
+      if (!row_max(x, vocab, m)) {
+        tp[i] = 0;
+        op[i] = std::numeric_limits<float>::quiet_NaN();
+        continue;
+      }
+      int32_t first = vocab;
+      for (int32_t k = 0; k < vocab; ++k) {
+        const int32_t at = x[k] == m ? k : vocab;
+        first = first < at ? first : at;
+      }
+      tp[i] = first;
+      op[i] = row_logprob_of_max(x, vocab, m, first);
+    }
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(prism_kernels, m) {
   m.def("rope_bf16(Tensor x, Tensor positions, Tensor cos, Tensor sin, Tensor(a!) out) -> ()");
   m.def("silu_mul_bf16(Tensor gate, Tensor up, Tensor(a!) out) -> ()");
   m.def("rms_norm_bf16(Tensor x, Tensor weight, float eps, Tensor(a!) out) -> ()");
+  m.def("greedy_rows_f32(Tensor logits, Tensor(a!) tokens, Tensor(b!) logprobs) -> ()");
 }
 TORCH_LIBRARY_IMPL(prism_kernels, CPU, m) {
   m.impl("rope_bf16", &rope_bf16);
   m.impl("silu_mul_bf16", &silu_mul_bf16);
   m.impl("rms_norm_bf16", &rms_norm_bf16);
+  m.impl("greedy_rows_f32", &greedy_rows_f32);
 }

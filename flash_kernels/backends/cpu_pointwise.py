@@ -2,7 +2,8 @@
 kernels by :mod:`.cpu_decode`): RoPE, SiLU(gate) * up and RMSNorm, used by ``shard.layers`` for bf16 on CPUs in
 place of several torch ops each (every op a pass over the rows, fp32 copies in between). Results equal the torch
 ops up to the order of fp32 operations. ``PRISM_CPU_POINTWISE=0`` turns them off; docs/performance.md has the
-numbers.
+numbers. :func:`greedy_rows` is the plain greedy choice over fp32 logits (``shard.sampling_batch``) in one
+call.
 """
 
 from __future__ import annotations
@@ -44,3 +45,20 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty_like(x)
     torch.ops.prism_kernels.rms_norm_bf16(x, weight, eps, out)
     return out
+
+
+def greedy_usable(logits: torch.Tensor) -> bool:
+    """Whether :func:`greedy_rows` takes ``logits``: (b, vocab) fp32 on a CPU, rows contiguous, the extension
+    built, not switched off."""
+    return (logits.dtype == torch.float32 and logits.device.type == "cpu" and logits.dim() == 2
+            and logits.stride(1) == 1 and os.environ.get(ENV, "1") != "0" and cpu_decode.load())
+
+
+def greedy_rows(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row the first index of the maximum and its log-probability (``log_softmax(row)[index]``), in one
+    pass over the row: logits (b, vocab) fp32 -> tokens (b,) int64, logprobs (b,) fp32; NaN where the row has
+    NaN or +inf, or only -inf (as ``log_softmax`` there)."""
+    tokens = torch.empty(logits.shape[0], dtype=torch.int64)
+    logprobs = torch.empty(logits.shape[0], dtype=torch.float32)
+    torch.ops.prism_kernels.greedy_rows_f32(logits, tokens, logprobs)
+    return tokens, logprobs

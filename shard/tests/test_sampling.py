@@ -29,7 +29,53 @@ def test_greedy_takes_the_argmax_with_its_logprob() -> None:
     logits = _logits()
     choice = choose_one(NextTokenChooser(SamplingParams()), logits, [1])
     assert choice.token_id == int(logits.argmax())
-    assert choice.logprob == pytest.approx(float(torch.log_softmax(logits, -1).max()))
+    # NOTE: float64 is the oracle: fp32 log_softmax loses the precision of a near-certain token's logprob
+    assert choice.logprob == pytest.approx(float(torch.log_softmax(logits.double(), -1).max()), rel=1e-5)
+
+
+def _general(chooser: NextTokenChooser) -> NextTokenChooser:
+    """The same chooser made to take the general path (as a plain chooser did before its one-pass path)."""
+    chooser.plain = False
+    return chooser
+
+
+@pytest.mark.parametrize("one_pass_kernel", ["1", "0"])
+def test_plain_greedy_path_matches_the_general_path(monkeypatch, one_pass_kernel: str) -> None:
+    from flash_kernels.backends import cpu_pointwise
+
+    monkeypatch.setenv(cpu_pointwise.ENV, one_pass_kernel)  # "0": the torch ops (as on a GPU)
+    gen = torch.Generator().manual_seed(3)
+    for vocab in (1, 7, 50, 2000, 32000):
+        logits = torch.randn(6, vocab, generator=gen) * 8
+        logits[1] = logits[1].round()  # ties: the first maximum, as argmax
+        logits[2, : vocab // 2] = float("-inf")  # a grammar mask
+        logits[3] = 0.0
+        fast = choose_batch([NextTokenChooser(SamplingParams())] * 6, logits, [[0]] * 6)
+        general = [_general(NextTokenChooser(SamplingParams())) for _ in range(6)]
+        slow = choose_batch(general, logits, [[0]] * 6)
+        exact = torch.log_softmax(logits.double(), -1)
+        for row, (f, s) in enumerate(zip(fast, slow)):
+            assert f.token_id == s.token_id == int(logits[row].argmax())
+            assert f.logprob == pytest.approx(float(exact[row, f.token_id]), rel=1e-5, abs=1e-7)
+            assert torch.allclose(f.logprobs, s.logprobs, atol=1e-5)  # top-n reads the whole distribution
+
+
+@pytest.mark.parametrize("one_pass_kernel", ["1", "0"])
+def test_plain_greedy_rows_without_a_valid_token_fail_alone(monkeypatch, one_pass_kernel: str) -> None:
+    from flash_kernels.backends import cpu_pointwise
+
+    monkeypatch.setenv(cpu_pointwise.ENV, one_pass_kernel)
+    logits = torch.randn(5, 40, generator=torch.Generator().manual_seed(1))
+    logits[0, 3] = float("nan")
+    logits[1, 7] = float("inf")
+    logits[2] = float("-inf")
+    logits[3, :39] = float("-inf")  # one finite entry: a valid, certain choice
+    plain = [NextTokenChooser(SamplingParams()) for _ in range(5)]
+    general = [_general(NextTokenChooser(SamplingParams())) for _ in range(5)]
+    for out in (choose_batch(plain, logits, [[0]] * 5), choose_batch(general, logits, [[0]] * 5)):
+        assert [isinstance(c, ValueError) for c in out] == [True, True, True, False, False]
+        assert (out[3].token_id, out[3].logprob) == (39, 0.0)
+        assert out[4].token_id == int(logits[4].argmax())
 
 
 def test_same_seed_same_tokens_other_seed_other_tokens() -> None:
