@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import zmq
 from text_generation import Client
 
 from conftest import Stack, free_port, transformers_greedy
@@ -24,14 +25,26 @@ NEW = 6
 SHARED = "A long shared instruction that every question repeats before it asks anything. " * 6
 
 
-PORT = free_port()  # NOTE: replica g publishes on PORT + g
+def _bind_pair() -> list[Subscriber]:
+    """SUBs bound on two adjacent free ports (replica g publishes on the first + g), tried again when a port
+    was taken meanwhile (another test's server)."""
+    for _ in range(50):
+        port, subs = free_port(), []
+        try:
+            for g in range(2):
+                subs.append(Subscriber(f"tcp://127.0.0.1:{port + g}", "", bind=True))
+            return subs
+        except zmq.ZMQError:
+            for sub in subs:
+                sub.close()
+    raise RuntimeError("no two adjacent free ports")
 
 
 @pytest.fixture(scope="module")
 def subscribers() -> Iterator[list[Subscriber]]:
     """One bound SUB per replica endpoint (vLLM's endpoint without a wildcard: the router's PUB connects),
     polled by a thread from before the stack starts."""
-    subs = [Subscriber(f"tcp://127.0.0.1:{PORT + g}", "", bind=True) for g in range(2)]
+    subs = _bind_pair()
     stop = threading.Event()
     listener = threading.Thread(target=lambda: [s.receive(0.02) for _ in iter(stop.is_set, True) for s in subs])
     listener.start()
@@ -44,7 +57,8 @@ def subscribers() -> Iterator[list[Subscriber]]:
 
 @pytest.fixture(scope="module")
 def dp_stack(subscribers: list[Subscriber]) -> Iterator[Stack]:
-    events = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://127.0.0.1:{PORT}"}
+    endpoint = subscribers[0].sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    events = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": endpoint}
     s = Stack(["--data-parallel", "2", "--num-blocks", "256", "--dtype", "float32",
                "--max-batch-prefill-tokens", "512", "--max-input-tokens", "400", "--max-total-tokens", "512",
                "--kv-events-config", json.dumps(events)]).wait_healthy()

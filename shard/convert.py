@@ -113,12 +113,8 @@ def cached_batch(b: ShardBatch, block_size: int) -> pb.CachedBatch:
     )
 
 
-def _tokens(t: TokensOut) -> pb.Tokens:
-    return pb.Tokens(ids=t.ids, logprobs=t.logprobs, texts=t.texts, is_special=t.is_special)
-
-
 def _fill_tokens(out: pb.Tokens, t: TokensOut) -> None:
-    out.SetInParent()  # NOTE: present even when empty (a failed request's tokens), as _tokens sets it
+    out.SetInParent()  # NOTE: present even when empty (a failed request's tokens)
     out.ids.extend(t.ids)
     out.logprobs.extend(t.logprobs)
     out.texts.extend(t.texts)
@@ -126,9 +122,9 @@ def _fill_tokens(out: pb.Tokens, t: TokensOut) -> None:
 
 
 def add_generations(out, generations: list[GenerationOut]) -> None:
-    """Append each generation to ``out``, a repeated ``pb.Generation`` field (a response's ``generations``):
-    the same messages as :func:`generation`, built in place (a decode step answers for every request, and
-    building each message apart and copying it in costs twice as much)."""
+    """Append each generation to ``out``, a repeated ``pb.Generation`` field (a response's ``generations``),
+    built in place (a decode step answers for every request, and building each message apart and copying it
+    in costs twice as much)."""
     for g in generations:
         msg = out.add(request_id=g.request_id)
         _fill_tokens(msg.tokens, g.tokens)
@@ -142,31 +138,8 @@ def add_generations(out, generations: list[GenerationOut]) -> None:
             f = g.finished
             text = msg.generated_text
             text.SetInParent()
-            text.text, text.generated_tokens, text.finish_reason = f.text, f.generated_tokens, int(f.finish_reason)
+            text.text, text.generated_tokens = f.text, f.generated_tokens
+            text.finish_reason = int(f.finish_reason)
             if f.seed is not None:
                 text.seed = f.seed
 
-
-def _tokens(t: TokensOut) -> pb.Tokens:
-    return pb.Tokens(ids=t.ids, logprobs=t.logprobs, texts=t.texts, is_special=t.is_special)
-
-
-def generation(g: GenerationOut) -> pb.Generation:
-    out = pb.Generation(
-        request_id=g.request_id, tokens=_tokens(g.tokens), top_tokens=[_tokens(t) for t in g.top_tokens]
-    )
-    if g.error is not None:
-        out.error = g.error
-    if g.prefill_tokens is not None:
-        out.prefill_tokens.CopyFrom(_tokens(g.prefill_tokens))
-    if g.finished is not None:
-        f = g.finished
-        out.generated_text.CopyFrom(
-            pb.GeneratedText(
-                text=f.text,
-                generated_tokens=f.generated_tokens,
-                finish_reason=int(f.finish_reason),
-                seed=f.seed,
-            )
-        )
-    return out

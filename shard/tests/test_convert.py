@@ -1,4 +1,4 @@
-"""Answer building: the in-place path gives byte-for-byte the messages of ``convert.generation``."""
+"""Answer building: the in-place path gives byte-for-byte the messages built one by one (the former form)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,29 @@ def _generations() -> list[GenerationOut]:
     return [plain, failed, prefill, top, *finished]
 
 
+def _tokens(t: TokensOut) -> pb.Tokens:
+    return pb.Tokens(ids=t.ids, logprobs=t.logprobs, texts=t.texts, is_special=t.is_special)
+
+
+def _reference(g: GenerationOut) -> pb.Generation:
+    out = pb.Generation(
+        request_id=g.request_id, tokens=_tokens(g.tokens), top_tokens=[_tokens(t) for t in g.top_tokens]
+    )
+    if g.error is not None:
+        out.error = g.error
+    if g.prefill_tokens is not None:
+        out.prefill_tokens.CopyFrom(_tokens(g.prefill_tokens))
+    if g.finished is not None:
+        f = g.finished
+        out.generated_text.CopyFrom(pb.GeneratedText(
+            text=f.text, generated_tokens=f.generated_tokens, finish_reason=int(f.finish_reason), seed=f.seed
+        ))
+    return out
+
+
 def test_generations_built_in_place_are_the_same_bytes() -> None:
     gens = _generations()
-    expected = pb.DecodeResponse(generations=[convert.generation(g) for g in gens], forward_ns=7)
+    expected = pb.DecodeResponse(generations=[_reference(g) for g in gens], forward_ns=7)
     got = pb.DecodeResponse(forward_ns=7)
     convert.add_generations(got.generations, gens)
     assert got.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True)
