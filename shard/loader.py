@@ -13,7 +13,7 @@ import torch
 
 from flash_kernels.api import AttentionBackend
 from shard.layers.fusion import fuse_projections
-from shard.layers.packed_linear import pack_cpu_linears
+from shard.layers.packed_linear import pack_cpu_linears, warm_packed_linears
 from shard.layers.rotary import Rotary
 from shard.models import model_class
 from shard.models.llama import LlamaForCausalLM
@@ -136,6 +136,7 @@ def load_model(
             module.float()
     model.requires_grad_(False)
     fuse_projections(model)
-    pack_cpu_linears(model)
+    if pack_cpu_linears(model):
+        warm_packed_linears(model)
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     return LoadedModel(model, cfg, tokenizer, eos_ids(folder, cfg, tokenizer), dtype, device)

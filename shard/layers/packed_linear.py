@@ -29,6 +29,9 @@ ENV = "PRISM_PACK_LINEARS"
 # linear at ~1,000 rows, more than packing saves there; decode batch sizes repeat, so they keep their
 # primitives.
 PACKED_MAX_ROWS = 256
+# Decode batch sizes warmed at load (:func:`warm_packed_linears`), within a budget of multiply-adds so that a
+# large model warms only its smallest sizes.
+WARM_ROWS, WARM_MACS = 64, 2 * 10**10
 
 
 class PackedLinear(nn.Linear):
@@ -69,6 +72,26 @@ def pack_cpu_linears(model: nn.Module, available_bytes: int | None = None) -> in
         m.__class__ = PackedLinear
     log.info("%d bf16 linears prepacked for oneDNN (%s=0 turns it off)", len(linears), ENV)
     return len(linears)
+
+
+def warm_packed_linears(model: nn.Module, rows: int = WARM_ROWS, budget_macs: int = WARM_MACS) -> int:
+    """Call every distinct packed linear shape of ``model`` once per row count 1..``rows`` (zeros, bf16), so
+    that oneDNN builds its primitive for each decode batch size now rather than in a live step (2-5 ms each
+    on the peer model, paid by the first steps at each new batch size: docs/performance.md). Stops at the
+    first row count that would take the calls past ``budget_macs``. Call with the intra-op thread count the
+    decode steps use (a primitive is kept per thread count). Returns the row counts warmed."""
+    shapes = {(m.in_features, m.out_features, m.bias is not None): m
+              for m in model.modules() if isinstance(m, PackedLinear)}
+    per_row = sum(i * o for i, o, _ in shapes)
+    spent = 0
+    with torch.inference_mode():
+        for n in range(1, rows + 1):
+            spent += n * per_row
+            if not shapes or spent > budget_macs:
+                return n - 1
+            for (i, _, _), m in shapes.items():
+                m(torch.zeros(n, i, dtype=m.weight.dtype))
+    return rows
 
 
 def _available_memory() -> int:

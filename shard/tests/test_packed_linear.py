@@ -40,3 +40,15 @@ def test_not_packed_when_the_copies_would_crowd_memory() -> None:
     weight_bytes = sum(m.weight.numel() * 2 for m in bf16)
     assert pack_cpu_linears(bf16, available_bytes=4 * weight_bytes - 4) == 0
     assert pack_cpu_linears(bf16, available_bytes=4 * weight_bytes) == 2
+
+
+def test_warming_covers_each_row_count_within_the_budget() -> None:
+    model = _model(torch.bfloat16)
+    assert packed_linear.warm_packed_linears(model) == 0  # nothing packed: nothing to warm
+    assert pack_cpu_linears(model) == 2
+    per_row = 64 * 96 + 96 * 64
+    assert packed_linear.warm_packed_linears(model) == packed_linear.WARM_ROWS
+    assert packed_linear.warm_packed_linears(model, rows=10, budget_macs=3 * per_row) == 2  # 1 + 2 rows fit
+    assert packed_linear.warm_packed_linears(model, rows=10, budget_macs=per_row - 1) == 0
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    assert torch.equal(model(x), F.linear(F.linear(x, model[0].weight), model[1].weight, model[1].bias))
