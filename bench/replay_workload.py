@@ -88,11 +88,19 @@ def replay_point(
     total = max(1, result.prompt_tokens)
     if not bound:
         return {"hit_rate": result.hit_tokens / total}
-    seq = [requests[i] for i in result.order]
-    units = [[(h, 1) for h in block_hashes("", r.prompt, block_size)] for r in seq]
-    hits = belady_hits(units, num_blocks - 1)
-    best = sum(min(h * block_size, len(r.prompt) - 1) for h, r in zip(hits, seq))
+    best = belady_hit_tokens(requests, result.order, num_blocks - 1, block_size)
     return {"hit_rate": result.hit_tokens / total, "belady_hit_rate": best / total}
+
+
+def belady_hit_tokens(
+    requests: Sequence[_Replayed], order: Sequence[int], capacity_blocks: int, block_size: int
+) -> int:
+    """Prompt tokens Belady's choice hits over ``requests`` admitted in ``order`` (indices), each capped at its
+    prompt's length - 1 (:func:`bench.replay.belady_hit_tokens` for generated workloads)."""
+    seq = [requests[i] for i in order]
+    units = [[(h, 1) for h in block_hashes("", r.prompt, block_size)] for r in seq]
+    hits = belady_hits(units, capacity_blocks)
+    return sum(min(h * block_size, len(r.prompt) - 1) for h, r in zip(hits, seq))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

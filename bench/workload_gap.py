@@ -18,10 +18,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from bench.belady_gap import NextUseOracle, ReturnOracle
-from bench.replay import replay
-from bench.replay_workload import _Replayed, prefill_rate, replay_requests, working_set_tokens
+from bench.replay import _params, replay
+from bench.replay_workload import (
+    _Replayed, belady_hit_tokens, prefill_rate, replay_requests, working_set_tokens,
+)
 from bench.workloads import WorkloadSpec, build
-from prism_cache.belady import belady_hits
 from prism_cache.hashing import block_hashes
 from router_py.scheduling.interface import SchedulerConfig
 from router_py.scheduling.registry import QueueScheduler, make_scheduler
@@ -50,11 +51,8 @@ def _run(
     bs = scheduler.allocator.block_size if scheduler.allocator is not None else 16
     longest = max(len(r.prompt) + r.output_length for r in requests)
     result = replay(requests, scheduler, window, 16384, max(capacity_tokens, longest), rate, after_step=step)
-    seq = [requests[i] for i in result.order]
-    units = [[(h, 1) for h in block_hashes("", r.prompt, bs)] for r in seq]
-    bound = belady_hits(units, capacity_tokens // bs)
     total = max(1, result.prompt_tokens)
-    best = sum(min(h * bs, len(r.prompt) - 1) for h, r in zip(bound, seq)) / total
+    best = belady_hit_tokens(requests, result.order, capacity_tokens // bs, bs) / total
     return result.order, result.hit_tokens / total, best
 
 
@@ -110,8 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     requests = replay_requests(build(WorkloadSpec(args.workload, None, args.seed)))
     capacity = int(args.capacity_x * working_set_tokens(requests, args.block_size))
     sched, _, policy = args.config.partition("+")
-    params = {"qas_window": float(args.window)}
-    params.update({k: float(v) for k, _, v in (p.partition("=") for p in args.param)})
+    params = _params(args.param, args.window)
     blocks = capacity // args.block_size + 1
     config = SchedulerConfig(sched, policy, True, blocks, args.block_size, params=params)
     rate = prefill_rate(requests, args.utilization) if args.utilization else None
