@@ -19,8 +19,12 @@ ENV = "PRISM_CPU_POINTWISE"
 
 def usable(x: torch.Tensor) -> bool:
     """Whether the fused ops take ``x``: bf16 on a CPU, the extension built, not switched off."""
-    return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and os.environ.get(ENV, "1") != "0"
-            and cpu_decode.load())
+    return x.dtype == torch.bfloat16 and x.device.type == "cpu" and _switched_on()
+
+
+def _switched_on() -> bool:
+    """Not switched off (read per call: tests and A/B scripts flip it) and the extension built."""
+    return os.environ.get(ENV, "1") != "0" and cpu_decode.load()
 
 
 def rope(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -51,7 +55,7 @@ def greedy_usable(logits: torch.Tensor) -> bool:
     """Whether :func:`greedy_rows` takes ``logits``: (b, vocab) fp32 on a CPU, rows contiguous, the extension
     built, not switched off."""
     return (logits.dtype == torch.float32 and logits.device.type == "cpu" and logits.dim() == 2
-            and logits.stride(1) == 1 and os.environ.get(ENV, "1") != "0" and cpu_decode.load())
+            and logits.stride(1) == 1 and _switched_on())
 
 
 def greedy_rows(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

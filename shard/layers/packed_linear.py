@@ -82,12 +82,14 @@ def warm_packed_linears(model: nn.Module, rows: int = WARM_ROWS, budget_macs: in
     decode steps use (a primitive is kept per thread count). Returns the row counts warmed."""
     shapes = {(m.in_features, m.out_features, m.bias is not None): m
               for m in model.modules() if isinstance(m, PackedLinear)}
+    if not shapes:
+        return 0
     per_row = sum(i * o for i, o, _ in shapes)
     spent = 0
     with torch.inference_mode():
         for n in range(1, rows + 1):
             spent += n * per_row
-            if not shapes or spent > budget_macs:
+            if spent > budget_macs:
                 return n - 1
             for (i, _, _), m in shapes.items():
                 m(torch.zeros(n, i, dtype=m.weight.dtype))
