@@ -67,11 +67,7 @@ class Rows:
 def device_safe(choosers: Sequence[NextTokenChooser]) -> bool:
     """True when every row is plain greedy (no penalty, warper, watermark or draw): :func:`choose_batch` then
     runs only tensor ops on the logits' own device, so a GPU's logits need not be copied to the host."""
-    if all(c.plain for c in choosers):
-        return True
-    rows = Rows.of(choosers)
-    return not (rows.penalized or rows.warped_temperature or rows.top_k or rows.top_p or rows.typical
-                or rows.watermark or rows.sampled)
+    return all(c.plain for c in choosers)
 
 
 def choose_batch(
