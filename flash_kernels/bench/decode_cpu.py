@@ -93,6 +93,11 @@ def build_baseline(rev: str) -> Callable:
     folder.mkdir(exist_ok=True)
     source = folder / "cpu_decode_base.cpp"
     source.write_text(text.replace("prism_kernels", "prism_kernels_base"))
+    for header in cpu_decode.HEADERS:  # NOTE: the revision's own, where it had them (cpu_simd.h is newer)
+        path = f"{sha}:flash_kernels/backends/{header.name}"
+        shown = subprocess.run([*git, "show", path], capture_output=True, text=True)
+        if shown.returncode == 0:
+            (folder / header.name).write_text(shown.stdout)
     build(name=f"prism_paged_decode_base_{sha}", sources=[str(source)], build_directory=str(folder),
           extra_cflags=list(cpu_decode.CFLAGS), extra_ldflags=["-fopenmp"], is_python_module=False)
     return torch.ops.prism_kernels_base.paged_decode
