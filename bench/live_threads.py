@@ -15,27 +15,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
 from bench.loadgen import Endpoint, run_closed
 from bench.peer_loads import PeerLoads, PeerParams
+from bench.server import LaunchSpec, LiveServer, free_port
 from bench.workloads.prompts import PromptBuilder, load_tokenizer
 
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _descendants(root: int) -> list[int]:
@@ -84,19 +75,6 @@ def thread_cpu(pids: list[int]) -> dict[tuple[int, int], tuple[str, float]]:
     return out
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            return
-        except OSError:
-            if proc.poll() is not None:
-                raise SystemExit(f"the server exited with {proc.returncode}") from None
-            time.sleep(1)
-    raise SystemExit("the server did not get healthy")
-
-
 def measure(url: str, model: str, reps: int, server_pid: int) -> None:
     params = PeerParams()
     builder = PromptBuilder(load_tokenizer(model))
@@ -133,22 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=4)
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="for the server")
     args = p.parse_args(argv)
-    env = dict(os.environ, PYTHONPATH=str(Path(args.tree).resolve()))
-    env.update(kv.split("=", 1) for kv in args.env)
-    folder, port = tempfile.mkdtemp(prefix="live-threads-"), _port()
-    cmd = ["prism-launcher", "--model-id", args.model_id, "--hostname", "127.0.0.1", "--port", str(port),
-           "--shard-uds-path", f"{folder}/shard", "--master-port", str(_port())]
-    with open(f"{folder}/server.log", "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_healthy(f"http://127.0.0.1:{port}", proc)
-        measure(f"http://127.0.0.1:{port}", args.model_id, args.reps, proc.pid)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    env = [("PYTHONPATH", str(Path(args.tree).resolve()))] + [tuple(kv.split("=", 1)) for kv in args.env]
+    folder = Path(tempfile.mkdtemp(prefix="live-threads-"))
+    spec = LaunchSpec(args.model_id, extra_args=("--hostname", "127.0.0.1", "--master-port", str(free_port())),
+                      log_dir=folder, env=tuple(env))
+    server = LiveServer(spec, "qas", "dart")  # the launcher's defaults
+    with server as url:
+        assert server.proc is not None
+        measure(url, args.model_id, args.reps, server.proc.pid)
     return 0
 
 

@@ -26,6 +26,7 @@ class LaunchSpec:
     extra_args: tuple[str, ...] = ()
     startup_timeout_s: float = 600.0
     log_dir: Path = Path(".")
+    env: tuple[tuple[str, str], ...] = ()  # set for the server over this process's environment
 
 
 def free_port() -> int:
@@ -68,7 +69,8 @@ class LiveServer:
         self.spec.log_dir.mkdir(parents=True, exist_ok=True)
         argv = self.argv()
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env=dict(os.environ, **dict(self.spec.env)))
         deadline = time.monotonic() + self.spec.startup_timeout_s
         while not healthy(self.url):
             if self.proc.poll() is not None or time.monotonic() > deadline:
