@@ -173,6 +173,9 @@ def shard_command(args: argparse.Namespace, model_dir: str, group: int = 0) -> l
     return cmd + (["--json-output"] if args.json_output else [])
 
 
+THP_ALLOC = "THP_MEM_ALLOC_ENABLE"  # read by torch once, at its first allocation: only a process env works
+
+
 def shard_env(args: argparse.Namespace, rank: int, group: int = 0) -> dict[str, str]:
     """A rank's environment; replica ``group`` gets its own torch.distributed port (``--master-port`` + group)
     and, with several replicas, LOCAL_RANK ``group * num_shard + rank``: its device index on CUDA."""
@@ -180,6 +183,9 @@ def shard_env(args: argparse.Namespace, rank: int, group: int = 0) -> dict[str, 
         **env.inherited(), "RANK": str(rank), "WORLD_SIZE": str(args.num_shard),
         "MASTER_ADDR": args.master_addr, "MASTER_PORT": str(args.master_port + group),
     }
+    # torch's CPU allocator then backs tensors of 2 MB and more (the KV pool) with transparent huge pages: a
+    # 16-token block of the peer model is one 4 KB page, and a decode step walks thousands of them.
+    child.setdefault(THP_ALLOC, "1")
     if args.data_parallel > 1:
         child["LOCAL_RANK"] = str(group * args.num_shard + rank)
     else:

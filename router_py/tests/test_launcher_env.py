@@ -80,6 +80,14 @@ def test_prefix_caching_default_and_true_keep_the_cache(monkeypatch) -> None:
     assert launcher.shard_env(args, 0)["PREFIX_CACHING"] == "1"  # inherited as given
 
 
+def test_shards_get_huge_page_allocations_unless_the_user_says_otherwise(monkeypatch) -> None:
+    monkeypatch.delenv(launcher.THP_ALLOC, raising=False)
+    args = launcher.build_parser().parse_args([])
+    assert launcher.shard_env(args, 0)[launcher.THP_ALLOC] == "1"
+    monkeypatch.setenv(launcher.THP_ALLOC, "0")
+    assert launcher.shard_env(args, 0)[launcher.THP_ALLOC] == "0"
+
+
 def test_prefix_caching_junk_is_a_usage_error(monkeypatch, capsys) -> None:
     monkeypatch.setenv("PREFIX_CACHING", "maybe")
     with pytest.raises(SystemExit):
