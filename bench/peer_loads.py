@@ -41,6 +41,7 @@ class PeerParams:
     client_prompt_len: int = 100
     client_output: int = 128
     client_requests: int = 64
+    client_runs: int = 3  # the clients load this many times, fresh prompts each: its tok/s is their median
     shared_prefixes: int = 4
     shared_prefix_len: int = 1500
     shared_unique_len: int = 50
@@ -53,7 +54,7 @@ class PeerParams:
 
 
 QUICK = PeerParams(
-    cold_repeats=3, client_requests=32, shared_requests=30, shared_qps=(2.0, 8.0), rag_requests=30,
+    cold_repeats=3, client_requests=32, client_runs=1, shared_requests=30, shared_qps=(2.0, 8.0), rag_requests=30,
     rag_qps=(6.0,),
 )
 
@@ -90,11 +91,12 @@ class PeerLoads:
             out += _load(self.builder, _tag([req, req], f"{self.tag}/cold"))
         return out
 
-    def clients(self) -> list[LoadRequest]:
+    def clients(self, run: int = 0) -> list[LoadRequest]:
+        """The ``run``-th clients load: its own prompts, so no run hits another's cache."""
         p = self.params
         reqs = [WorkloadRequest(0.0, ((f"c{i}", p.client_prompt_len - BOS_TOKENS),), p.client_output)
                 for i in range(p.client_requests)]
-        return _load(self.builder, _tag(reqs, f"{self.tag}/clients"))
+        return _load(self.builder, _tag(reqs, f"{self.tag}/clients{run or ''}"))
 
     def shared(self, qps: float) -> list[LoadRequest]:
         p = self.params
@@ -121,7 +123,8 @@ def describe(params: PeerParams) -> list[str]:
         f"alone and then once more, {p.cold_output} output tokens; after {p.warmup_requests} unmeasured "
         "warm-up requests",
         f"clients: {p.clients} closed-loop clients, {p.client_requests} requests of {p.client_prompt_len} "
-        f"prompt tokens and {p.client_output} output tokens (ignore_eos); output tokens/s over the whole run",
+        f"prompt tokens and {p.client_output} output tokens (ignore_eos); output tokens/s over the whole run, "
+        f"the median of {p.client_runs} runs with fresh prompts",
         f"shared prefix: {p.shared_requests} Poisson requests per point, one of {p.shared_prefixes} shared "
         f"{p.shared_prefix_len:,}-token prefixes + {p.shared_unique_len} unique tokens, {p.shared_output} "
         "output tokens; every point starts with its prefixes uncached",

@@ -142,7 +142,7 @@ def test_peer_run_against_our_server_on_the_demo_model(tmp_path) -> None:
     model = str(demo_model())
     params = PeerParams(
         warmup_requests=1, cold_prompt_len=200, cold_repeats=2, clients=3, client_prompt_len=20,
-        client_output=8, client_requests=6, shared_prefixes=2, shared_prefix_len=96, shared_unique_len=8,
+        client_output=8, client_requests=6, client_runs=2, shared_prefixes=2, shared_prefix_len=96, shared_unique_len=8,
         shared_output=4,
         shared_requests=8, shared_qps=(20.0,), rag_requests=6, rag_qps=(20.0,),
         rag=ZipfRagParams(corpus=10, system_len=40, passage_len=20, top_k=2, question_len=8,
