@@ -83,7 +83,8 @@ class PeerRun:
             ok = [r for r in result.records if r.error is None]
             rates.append(sum(r.output_tokens for r in ok) / result.duration if result.duration > 0 else math.nan)
             outs += [r.output_tokens for r in ok]
-        self.log(f"clients: output tok/s per run {', '.join(f'{r:,.0f}' for r in rates)}", file=sys.stderr, flush=True)
+        per_run = ", ".join(f"{r:,.0f}" for r in rates)
+        self.log(f"clients: output tok/s per run {per_run}", file=sys.stderr, flush=True)
         what = f"{p.clients} clients x {p.client_output} output tokens"
         self.rows.append(_row("clients_tok_s", f"{what}: output tokens/s (median of {p.client_runs} runs)",
                               "tok/s", statistics.median(rates), "higher", 1.25))
