@@ -54,7 +54,8 @@ class PeerParams:
 
 
 QUICK = PeerParams(
-    cold_repeats=3, client_requests=32, client_runs=1, shared_requests=30, shared_qps=(2.0, 8.0), rag_requests=30,
+    cold_repeats=3, client_requests=32, client_runs=1, shared_requests=30, shared_qps=(2.0, 8.0),
+    rag_requests=30,
     rag_qps=(6.0,),
 )
 
@@ -123,7 +124,7 @@ def describe(params: PeerParams) -> list[str]:
         f"alone and then once more, {p.cold_output} output tokens; after {p.warmup_requests} unmeasured "
         "warm-up requests",
         f"clients: {p.clients} closed-loop clients, {p.client_requests} requests of {p.client_prompt_len} "
-        f"prompt tokens and {p.client_output} output tokens (ignore_eos); output tokens/s over the whole run, "
+        f"prompt tokens and {p.client_output} output tokens (ignore_eos); output tokens/s over a run, "
         f"the median of {p.client_runs} runs with fresh prompts",
         f"shared prefix: {p.shared_requests} Poisson requests per point, one of {p.shared_prefixes} shared "
         f"{p.shared_prefix_len:,}-token prefixes + {p.shared_unique_len} unique tokens, {p.shared_output} "

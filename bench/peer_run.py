@@ -81,7 +81,8 @@ class PeerRun:
         for run in range(p.client_runs):  # NOTE: the host's neighbours move one run's tok/s by up to 30%
             result = self._closed(self.loads.clients(run), p.clients, f"clients {run + 1}/{p.client_runs}")
             ok = [r for r in result.records if r.error is None]
-            rates.append(sum(r.output_tokens for r in ok) / result.duration if result.duration > 0 else math.nan)
+            tokens = sum(r.output_tokens for r in ok)
+            rates.append(tokens / result.duration if result.duration > 0 else math.nan)
             outs += [r.output_tokens for r in ok]
         per_run = ", ".join(f"{r:,.0f}" for r in rates)
         self.log(f"clients: output tok/s per run {per_run}", file=sys.stderr, flush=True)
