@@ -198,8 +198,11 @@ class ShardClient:
         """Call ``fn`` on every shard's stub (``stubs``: another service's, default TextGenerationService's) in
         parallel; any failure raises ShardError with its details."""
         metadata = inject_grpc_metadata()
+        stubs = self._stubs if stubs is None else stubs
         try:
-            return list(await asyncio.gather(*(fn(stub, metadata) for stub in (self._stubs if stubs is None else stubs))))
+            if len(stubs) == 1:  # one shard: the call itself, without gather's task (one per decode step)
+                return [await fn(stubs[0], metadata)]
+            return list(await asyncio.gather(*(fn(stub, metadata) for stub in stubs)))
         except grpc.aio.AioRpcError as e:
             raise ShardError(rpc, e.details() or str(e.code()), e.code().name) from e
 
