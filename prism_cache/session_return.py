@@ -46,24 +46,13 @@ observed blocks are forgotten.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Container, Sequence
 
 from prism_cache.decay import decay_tau
-from prism_cache.return_hazard import ReturnHazard
 from prism_cache.tail_reach import TailReach
 from prism_cache.watched import Watched
 
-# NOTE: development switches (issue 14, fifth pass, measured and reverted): HZ=1 hazard Q re-keyed at age
-# boundaries, 2 exact at every eviction, 3 P(ever) from the life table at the start only; HZS=R the hazard on the
-# caller's seconds x R; HZI=1 the index; HZLOAD=F frozen tables (bench/hazard_inspect.py --dump F); TB=n turns
-HAZARD = os.environ.get("HZ", "0") in ("1", "2", "3")
-EVER = os.environ.get("HZ", "0") == "3"  # NOTE: development: P(ever) from the life table, no re-keying
-EXACT = os.environ.get("HZ", "0") == "2"
-SECONDS = float(os.environ.get("HZS") or "0")  # NOTE: development: the hazard on wall seconds x this rate
-NOW_S = [0.0]
-INDEX = os.environ.get("HZI", "0") == "1"  # NOTE: development: the index instead of Q
-TURN_BUCKETS = int(os.environ.get("TB") or 4)  # turns 1, 2, 3 and 4+ learn separate return probabilities
+TURN_BUCKETS = 4  # turns 1, 2, 3 and 4+ learn separate return probabilities
 LENGTH_BUCKETS = 16  # first turns also per prompt length: 0-1, 2-7, 8-31, 32-127, ... blocks (log4)
 CELL_MIN = 10  # first turns a length bucket has seen before its estimate replaces the first turns' one
 OUT_BUCKETS = 6  # and per requested output (max_new_tokens): 0-1, 2-7, 8-31, 32-127, 128-511, 512+ (log4)
@@ -75,9 +64,7 @@ class Session:
     observed-blocks clock (as a popularity count), and ``heat``, the same on the tree's heat clock (as
     :attr:`Node.heat`)."""
 
-    __slots__ = (
-        "age", "born", "branch", "depth", "factor", "group", "heat", "last", "out", "tail", "turns", "used", "value",
-    )
+    __slots__ = ("branch", "depth", "heat", "last", "out", "tail", "turns", "used", "value")
 
     def __init__(self, branch: bool = False) -> None:
         self.branch = branch  # it began as a branch of another session's prompt (learns its own returns)
@@ -87,9 +74,6 @@ class Session:
         self.depth = 0
         self.tail: int | None = None  # the hash of its last prompt's last full block
         self.value = self.used = self.heat = 0.0
-        self.born = 0.0  # the hazard clock at its last turn
-        self.age = self.group = 0  # its age bucket and group in the return hazard
-        self.factor = 1.0  # its return rate over its group's (a first turn's length and output)
 
 
 class SessionReturn(Watched):
@@ -118,13 +102,6 @@ class SessionReturn(Watched):
         self.first_returns = [0] * 2 * LENGTH_BUCKETS
         self.out_starts = [0] * 2 * OUT_BUCKETS  # first turns per output bucket, afresh then branches
         self.out_returns = [0] * 2 * OUT_BUCKETS
-        self.hazard = ReturnHazard(self._horizon, 2 * TURN_BUCKETS) if HAZARD else None
-        if HAZARD and os.environ.get("HZLOAD"):
-            import pickle
-            frozen = pickle.load(open(os.environ["HZLOAD"], "rb"))
-            self.hazard.returns, self.hazard.exposure = frozen
-            self.hazard._refit()
-            self.hazard._refit = lambda: None
         # NOTE: DART's key reads them (the eviction hot path)
         self.record_of = self._owner.get
         self.shared = self._shared
@@ -151,17 +128,7 @@ class SessionReturn(Watched):
         s.last, s.depth, s.tail, s.heat = self._clock, len(hashes), hashes[-1] if hashes else None, heat_now
         self._count(s, self.starts, self.first_starts, self.out_starts)
         s.used = self._clock / self._tau
-        p = self.return_probability(s.turns, s.branch, s.depth, s.out)
-        if self.hazard is None:
-            s.value = math.log(p) + s.used
-        else:
-            s.factor = p / self.return_probability(s.turns, s.branch) if s.turns == 1 else 1.0
-            s.born = self._hclock()
-            self.hazard.start(s, _bucket(s.turns, s.branch))
-            if EVER:
-                s.value = math.log(max(1e-12, self.hazard.ever(s.group, s.factor))) + s.used
-            else:
-                s.value = math.log(max(1e-12, self.hazard.probability(s.group, 0.0, s.factor))) + s.used
+        s.value = math.log(self.return_probability(s.turns, s.branch, s.depth, s.out)) + s.used
         owner, shared = self._owner, self._shared
         for h in hashes:
             other = owner.get(h)
@@ -171,42 +138,8 @@ class SessionReturn(Watched):
                 owner[h] = s
         self.tails.record(hashes)
         self._clock += len(hashes)
-        self.heat_latest = heat_now
-        if self.hazard is not None and not EVER:
-            self._rekey(heat_now)
-        elif self.hazard is not None:
-            self.hazard.advance(int(self._hclock()))
         if len(owner) > self._limit or self._clock - self._pruned_at > self._bound:
             self._prune()
-
-    def _rekey(self, heat_now: float) -> None:
-        """Take again the value of every session whose age crossed a hazard boundary, as if used now with
-        probability Q(age) of coming back, and tell the watchers of its tail."""
-        assert self.hazard is not None
-        now, hz, tails = self._clock, self.hazard, []
-        used = now / self._tau
-        for s in hz.advance(self._hclock()):
-            if INDEX:
-                q = hz.index(s.group, self._hclock() - s.born, s.factor)
-            else:
-                q = hz.probability(s.group, self._hclock() - s.born, s.factor)
-            s.value, s.used, s.heat = math.log(max(1e-12, q)) + used, used, heat_now
-            if s.tail is not None:
-                tails.append(s.tail)
-        if tails:
-            self._notify(tails)
-
-    def _hclock(self) -> float:
-        return NOW_S[0] * SECONDS if SECONDS else float(self._clock)
-
-    def current(self, s: Session) -> tuple[float, float, float]:
-        """(heat, used, value) of ``s`` as if re-keyed now (the exact hazard, for measurement)."""
-        assert self.hazard is not None
-        used = self._clock / self._tau
-        age = self._hclock() - s.born
-        hz = self.hazard
-        q = hz.index(s.group, age, s.factor) if INDEX else hz.probability(s.group, age, s.factor)
-        return self.heat_latest, used, math.log(max(1e-12, q)) + used
 
     def return_probability(
         self, turns: int, branch: bool = False, depth: int | None = None, out: int | None = None
@@ -285,8 +218,6 @@ class SessionReturn(Watched):
         """``s`` is used again: a return of its last turn if within the horizon."""
         if s.turns and self._clock - s.last <= self._horizon:
             self._count(s, self.returns, self.first_returns, self.out_returns)
-        if s.turns and self.hazard is not None:
-            self.hazard.returned(s, self._hclock())
 
     def _prune(self) -> None:
         """Drop the records of positions neither cached, waiting nor recorded by a session observed since the

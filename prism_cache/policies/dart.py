@@ -96,10 +96,6 @@ class DartPolicy:
             self._tail_of = demand.sessions.tails.value_of
             self._tables += (demand.sessions,)
         self._length_step = LN4 * length_penalty
-        import os
-        self._exact = demand.sessions if (session_weight and os.environ.get("HZ") == "2") else None
-        if self._exact is not None:
-            self.stable_keys = False
 
     def demand_tables(self) -> tuple[Watched, ...]:
         return self._tables
@@ -127,9 +123,6 @@ class DartPolicy:
         if session is not None and h not in self._shared:
             # NOTE: a block only its session uses is reused only when the session comes back: its uses and the
             # popularity of its contents count that session's turns, not more demand; one use at its last turn
-            if self._exact is not None:
-                heat, used, value = self._exact.current(session)
-                return (demand, heat + self._weight * used + self._session_weight * value - penalty, node.last_access)
             history = session.heat + self._weight * session.used + self._session_weight * session.value
             return (demand, history - penalty, node.last_access)
         record = self._record_of(h)
@@ -137,7 +130,6 @@ class DartPolicy:
             node.heat
             - penalty
             + (self._unseen if record is None else self._weight * self._value_of(record))
-            + (self._no_session if session is None else self._session_weight * (
-                session.value if self._exact is None else self._exact.current(session)[2]))
+            + (self._no_session if session is None else self._session_weight * session.value)
         )
         return (demand, history, node.last_access)

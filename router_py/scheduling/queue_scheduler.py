@@ -53,8 +53,6 @@ class QueueScheduler:
             hashes = list(known) if known is not None else self.allocator.hashes(request.namespace, tokens)
         self.queue.push(request, tokens, hashes, uses_cache)
         if self.allocator is not None and hashes:
-            from prism_cache import session_return
-            session_return.NOW_S[0] = now
             self.allocator.enqueue(request.namespace, tokens, hashes, request.session, request.max_new_tokens)
         self._refresh_lookahead()
 
