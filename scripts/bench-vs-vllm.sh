@@ -6,7 +6,8 @@
 #     DIR           the peer folder of setup-vllm-cpu.sh (DIR/venv, DIR/model; installed there if missing)
 #     --quick       fewer requests and QPS points (about 4 minutes instead of about 9)
 #     --prism-only  measure prism only and reuse OUT/vllm.json from an earlier run
-#   env: OUT (default bench-out/vs-vllm), VLLM_SETUP (default /work/shared/peer/setup-vllm-cpu.sh), SEED (0)
+#   env: OUT (default bench-out/vs-vllm), VLLM_SETUP (default /work/shared/peer/setup-vllm-cpu.sh), SEED (0),
+#        LOADS (default all: cold,clients,shared,rag; e.g. LOADS=clients for the throughput load alone)
 # Run from the repository root with the project's venv active (prism-launcher on PATH, bench importable).
 # One server runs at a time; each is stopped (its whole process group) on exit, error or Ctrl-C.
 set -euo pipefail
@@ -21,6 +22,7 @@ for a in "$@"; do
   esac
 done
 OUT=${OUT:-bench-out/vs-vllm}; SETUP=${VLLM_SETUP:-/work/shared/peer/setup-vllm-cpu.sh}; SEED=${SEED:-0}
+LOADS=${LOADS:-cold,clients,shared,rag}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 port() { python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PGID=""
@@ -33,7 +35,7 @@ stop() {  # SIGTERM the server's process group, SIGKILL after 60 s
 trap stop EXIT INT TERM
 measure() {  # NAME URL [extra args]
   python -m bench.cli peer measure --model-id "$D/model" --url "$2" --name "$1" --out "$OUT" --seed "$SEED" \
-    "${QUICK[@]}" "${@:3}"
+    --loads "$LOADS" "${QUICK[@]}" "${@:3}"
 }
 echo "start $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/run.txt"
 
