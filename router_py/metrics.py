@@ -15,6 +15,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 LabelKey = tuple[tuple[str, str], ...]
 
@@ -25,6 +26,9 @@ SUMMARY_WINDOW = 4096  # NOTE: recent observations kept per summary series; quan
 def duration_buckets() -> list[float]:
     """35 geometric buckets from 0.00015 s, factor 1.5."""
     return [0.00015 * 1.5**i for i in range(35)]
+
+
+_DURATION_BUCKETS = duration_buckets()  # shared by every duration histogram; never mutated
 
 
 def linear_buckets(upper: int, count: int = 100) -> list[float]:
@@ -114,11 +118,14 @@ class Metrics:
         self._gauges.setdefault(name, {})[self._key(labels)] = value
 
     def observe(self, name: str, value: float, **labels: str) -> None:
+        key = self._key(labels)
         bounds = self._buckets_for(name)
-        if bounds is None:
-            self._summaries.setdefault(name, {}).setdefault(self._key(labels), _Summary()).observe(value)
-        else:
-            self._histograms.setdefault(name, {}).setdefault(self._key(labels), _Histogram(bounds)).observe(value)
+        table: dict[str, Any] = self._summaries if bounds is None else self._histograms
+        series = table.setdefault(name, {})
+        metric = series.get(key)
+        if metric is None:  # NOTE: built once per series, not on every observation (several per request)
+            metric = series[key] = _Summary() if bounds is None else _Histogram(bounds)
+        metric.observe(value)
 
     def value(self, name: str, **labels: str) -> float:
         """A counter's or gauge's current value (0 when never touched); for tests and /health probes."""
@@ -145,7 +152,7 @@ class Metrics:
         if name in self._bucket_rules:
             return self._bucket_rules[name]
         if name.endswith("duration"):
-            return duration_buckets()
+            return _DURATION_BUCKETS
         return None
 
 
