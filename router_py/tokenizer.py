@@ -50,7 +50,8 @@ class Tokenizer:
         return self._template is not None and name in self._template.source
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self._hf.encode(text, add_special_tokens=add_special_tokens).ids)
+        # NOTE: the batch call that skips offsets: the same ids for about 2/3 of encode's CPU (on every request)
+        return list(self._hf.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids)
 
     def encode_with_offsets(self, text: str, add_special_tokens: bool = True) -> list[dict[str, Any]]:
         """TGI's /tokenize shape ``[{id, text, start, stop}]`` with UTF-8 byte offsets into ``text``."""

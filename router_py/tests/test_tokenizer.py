@@ -22,6 +22,13 @@ def test_encode_decode_round_trip(tokenizer: Tokenizer) -> None:
     assert tokenizer.decode(ids, skip_special_tokens=False) == "<s>hello world"
 
 
+@pytest.mark.parametrize("text", ["", "hello world", "wörld ünïcode \U0001f600", "  spaced\n\ttabs  ", "x" * 3000,
+                                  "<s>special</s> in text", "\x00\x7f control"])
+@pytest.mark.parametrize("special", [True, False])
+def test_encode_ids_equal_the_tokenizers_encode(tokenizer: Tokenizer, text: str, special: bool) -> None:
+    assert tokenizer.encode(text, special) == tokenizer._hf.encode(text, add_special_tokens=special).ids
+
+
 def test_offsets_are_utf8_bytes(tokenizer: Tokenizer) -> None:
     text = "wörld ünïcode"
     tokens = tokenizer.encode_with_offsets(text, add_special_tokens=False)
