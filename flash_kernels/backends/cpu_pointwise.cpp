@@ -5,6 +5,8 @@
 // forms cut a decode step's op count (docs/performance.md): RoPE with the KV store (rope_store_kv_bf16), SiLU * up
 // on the fused gate/up output (gated_silu_bf16), the residual add with the next RMSNorm (add_rms_norm_bf16); each
 // runs the same row function as its plain op, so it equals that op (and the torch add / index_copy_) bit for bit.
+// SiLU and RMSNorm rows have AVX512 forms (exp by cpu_simd.h's polynomial, bf16 rounding by vcvtneps2bf16; the
+// same agreement with torch as the plain loops, which serve CPUs without AVX512-BF16).
 // Also the greedy choice over fp32 logits rows (greedy_rows_f32, at the end).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -14,11 +16,36 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define PRISM_POINTWISE_AVX512 1
+#include "cpu_simd.h"
+#endif
 
 namespace {
 
 using bf16 = c10::BFloat16;
 constexpr int64_t GRAIN = 16;  // rows per parallel chunk
+
+#ifdef PRISM_POINTWISE_AVX512
+// 16 lanes at a time; the last, partial group masked, so that every element of a row takes the same path.
+inline __mmask16 lanes(int64_t k, int64_t len) {
+  return len - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (len - k)) - 1);
+}
+
+// bf16 (up to 16, masked) -> fp32, exact.
+inline __m512 load_bf16(const bf16* p, __mmask16 m) {
+  const __m256i raw = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// fp32 -> bf16 rounded to nearest even (as c10's bf16 conversion, except that denormals flush to zero).
+inline __m256i round_bf16(__m512 x) { return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x)); }
+
+inline __m512 widen_bf16(__m256i b) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+}
+#endif
 
 // One head of rotate-half RoPE: x (d,) bf16 -> out (d,) bf16, [x1 c - x2 s, x2 c + x1 s]; c, s (d / 2,) fp32, the
 // position's rows of the tables. NOTE: every rope op below runs this one function, so fused and plain calls
@@ -115,20 +142,34 @@ at::Tensor rope_store_kv_bf16(const at::Tensor& qkv, const at::Tensor& positions
   return q;
 }
 
+// One row of round(round(silu(gate)) * up): g, u (I,) bf16 -> o (I,) bf16.
+inline void silu_mul_row(const bf16* g, const bf16* u, int64_t inter, bf16* o) {
+#ifdef PRISM_POINTWISE_AVX512
+  const __m512 one = _mm512_set1_ps(1.f);
+  for (int64_t k = 0; k < inter; k += 16) {
+    const __mmask16 m = lanes(k, inter);
+    const __m512 x = load_bf16(g + k, m);
+    // sigmoid(x) from e = exp(-|x|) <= 1: 1 / (1 + e) for x >= 0, e / (1 + e) below (no overflow either way)
+    const __m512 e = prism_simd::exp_neg(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)));
+    const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    const __m512 sig = _mm512_div_ps(_mm512_mask_blend_ps(neg, one, e), _mm512_add_ps(one, e));
+    const __m512 act = widen_bf16(round_bf16(_mm512_mul_ps(x, sig)));
+    _mm256_mask_storeu_epi16(o + k, m, round_bf16(_mm512_mul_ps(act, load_bf16(u + k, m))));
+  }
+#else
+  for (int64_t k = 0; k < inter; ++k) {
+    const float x = static_cast<float>(g[k]);
+    const float act = static_cast<float>(bf16(x / (1.f + std::exp(-x))));
+    o[k] = bf16(act * static_cast<float>(u[k]));
+  }
+#endif
+}
+
 // gate, up (n, I) bf16 with row strides sg, su, rows contiguous -> out (n, I) bf16 contiguous:
 // round(round(silu(gate)) * up), as F.silu(gate) * up rounds in bf16.
 void silu_mul_rows(const bf16* gp, int64_t sg, const bf16* up_p, int64_t su, int64_t n, int64_t inter, bf16* op) {
   at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const bf16* g = gp + i * sg;
-      const bf16* u = up_p + i * su;
-      bf16* o = op + i * inter;
-      for (int64_t k = 0; k < inter; ++k) {
-        const float x = static_cast<float>(g[k]);
-        const float act = static_cast<float>(bf16(x / (1.f + std::exp(-x))));
-        o[k] = bf16(act * static_cast<float>(u[k]));
-      }
-    }
+    for (int64_t i = begin; i < end; ++i) silu_mul_row(gp + i * sg, up_p + i * su, inter, op + i * inter);
   });
 }
 
@@ -158,6 +199,19 @@ at::Tensor gated_silu_bf16(const at::Tensor& gate_up) {
 // One row: r (H,) bf16, w (H,) bf16 -> o (H,) bf16: w * round(r / rms(r)), the norm in fp32 (Llama). NOTE: both
 // norm ops run this one function, so fused and plain calls give the same bits.
 inline void rms_norm_row(const bf16* r, const bf16* w, int64_t hid, float eps, bf16* o) {
+#ifdef PRISM_POINTWISE_AVX512
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t k = 0; k < hid; k += 16) {
+    const __m512 v = load_bf16(r + k, lanes(k, hid));
+    acc = _mm512_fmadd_ps(v, v, acc);
+  }
+  const __m512 inv = _mm512_set1_ps(1.f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(hid) + eps));
+  for (int64_t k = 0; k < hid; k += 16) {
+    const __mmask16 m = lanes(k, hid);
+    const __m512 normed = widen_bf16(round_bf16(_mm512_mul_ps(load_bf16(r + k, m), inv)));
+    _mm256_mask_storeu_epi16(o + k, m, round_bf16(_mm512_mul_ps(load_bf16(w + k, m), normed)));
+  }
+#else
   float sum = 0.f;
   for (int64_t k = 0; k < hid; ++k) {
     const float v = static_cast<float>(r[k]);
@@ -168,6 +222,7 @@ inline void rms_norm_row(const bf16* r, const bf16* w, int64_t hid, float eps, b
     const float normed = static_cast<float>(bf16(static_cast<float>(r[k]) * inv));
     o[k] = bf16(static_cast<float>(w[k]) * normed);
   }
+#endif
 }
 
 // x (n, H) bf16 contiguous, weight (H,) bf16 -> out (n, H): weight * round(x / rms(x)), the norm in fp32 (Llama).
