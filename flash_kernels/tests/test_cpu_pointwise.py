@@ -65,3 +65,57 @@ def test_layers_use_them_for_bf16_only_and_the_switch_turns_them_off(monkeypatch
     assert ops(torch.float32) == set()
     monkeypatch.setenv(cpu_pointwise.ENV, "0")
     assert ops(torch.bfloat16) == set()
+
+
+def _pool(gen: torch.Generator, hk: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple((torch.randn(6, 16, hk, d, generator=gen) * 2).bfloat16() for _ in range(2))
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 7, 40])
+def test_rope_store_kv_equals_rope_then_the_store(rows: int) -> None:
+    """Bit for bit the plain kernel and sdpa's store_kv (index_copy_), and within a bf16 step of the torch
+    RoPE; pool slots other than the step's are left alone."""
+    from flash_kernels.backends.sdpa import store_kv
+
+    gen = torch.Generator().manual_seed(rows)
+    h, hk, d = 4, 2, 64
+    rot = Rotary(d, 4096, 10000.0)
+    qkv = (torch.randn(rows, h + 2 * hk + 1, d, generator=gen) * 3).bfloat16()[:, : h + 2 * hk]  # rows strided
+    positions = torch.randint(0, 4096, (rows,), generator=gen)
+    slots = torch.randperm(6 * 16, generator=gen)[:rows]
+    kc, vc = _pool(gen, hk, d)
+    want_kc, want_vc = kc.clone(), vc.clone()
+    qk = cpu_pointwise.rope(qkv[:, : h + hk], positions, rot.cos, rot.sin)
+    store_kv(want_kc, want_vc, qk[:, h:], qkv[:, h + hk :], slots)
+    q = cpu_pointwise.rope_store_kv(qkv, positions, rot.cos, rot.sin, kc, vc, slots)
+    assert q.is_contiguous() and torch.equal(q, qk[:, :h])
+    assert torch.equal(kc, want_kc) and torch.equal(vc, want_vc)
+    expected = _rotate(qkv[:, : h + hk], rot.cos[positions].unsqueeze(1), rot.sin[positions].unsqueeze(1))
+    _close(q, expected[:, :h])
+
+
+@needs_kernels
+def test_rope_store_kv_refuses_a_slot_outside_the_pool() -> None:
+    rot, gen = Rotary(16, 8, 10000.0), torch.Generator().manual_seed(0)
+    kc, vc = _pool(gen, 1, 16)
+    with pytest.raises(RuntimeError, match="slot out of range"):
+        cpu_pointwise.rope_store_kv(torch.zeros(1, 4, 16).bfloat16(), torch.tensor([0]), rot.cos, rot.sin, kc, vc,
+                                    torch.tensor([6 * 16]))
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_fused_add_norm_and_gated_silu_equal_the_plain_ops(rows: int) -> None:
+    """add_rms_norm: the bf16 add (bit for bit) then rms_norm; gated_silu: silu_mul of the halves (bit for bit)."""
+    gen = torch.Generator().manual_seed(rows)
+    x, residual = ((torch.randn(rows, 96, generator=gen) * 2).bfloat16() for _ in range(2))
+    weight = torch.randn(96, generator=gen).bfloat16()
+    total = residual + x
+    out = cpu_pointwise.add_rms_norm(x, residual, weight, 1e-5)
+    assert torch.equal(residual, total)  # updated in place
+    assert torch.equal(out, cpu_pointwise.rms_norm(total, weight, 1e-5))
+    _close(out, weight * F.rms_norm(total.float(), (96,), eps=1e-5).bfloat16())
+    gate_up = (torch.randn(rows, 2 * 88, generator=gen) * 3).bfloat16()
+    gate, up = gate_up.chunk(2, dim=-1)
+    assert torch.equal(cpu_pointwise.gated_silu(gate_up), cpu_pointwise.silu_mul(gate, up))

@@ -1,5 +1,6 @@
 """Paged self-attention: projections, optional per-head q/k RMSNorm (Qwen3), RoPE, then ONLY the
-``flash_kernels`` backend's ``store_kv`` / ``prefill`` / ``decode``."""
+``flash_kernels`` backend's ``store_kv`` / ``prefill`` / ``decode`` (for bf16 on a CPU the KV store is fused
+into the RoPE pass: :func:`flash_kernels.backends.cpu_pointwise.rope_store_kv`, the same pool writes)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from flash_kernels.api import AttentionBackend
+from flash_kernels.backends import cpu_pointwise
 from shard.layers.fusion import fuse_linears
 from shard.layers.rmsnorm import RMSNorm
 from shard.layers.rotary import Rotary
@@ -84,10 +86,27 @@ class PagedAttention(nn.Module):
     def forward(
         self, hidden: torch.Tensor, meta: AttentionMetadata, kv: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
+        q = self._query_and_store(hidden, meta, kv)
+        out = self._attend(q, *kv, meta)
+        out = self.o_proj(out.reshape(hidden.shape[0], self.heads * self.shape.head_dim))
+        return self.tp.all_reduce(out) if self.tp.enabled else out
+
+    def _query_and_store(
+        self, hidden: torch.Tensor, meta: AttentionMetadata, kv: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """hidden (n, hidden) -> q (n, h, d) after RoPE; this step's K/V (k after RoPE) written to the pool."""
         n, s = hidden.shape[0], self.shape
         h, hk, d = self.heads, self.kv_heads, s.head_dim
+        key_cache, value_cache = kv
         if self.qkv_proj is not None and s.qk_norm_eps is None:
             qkv = self.qkv_proj(hidden).view(n, h + 2 * hk, d)
+            if cpu_pointwise.store_usable(qkv, key_cache, value_cache):
+                # bf16 on a CPU: RoPE and the store in one pass; the pool's layout is every backend's
+                # (flash_kernels.api), so writing it here is what the backend's store_kv writes
+                cos, sin = self.rotary.tables()
+                return cpu_pointwise.rope_store_kv(
+                    qkv, meta.positions, cos, sin, key_cache, value_cache, meta.slots
+                )
             qk = self.rotary.rotate(meta.positions, qkv[:, : h + hk])  # q and k rotated as one: half the ops
             q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + hk :]
         else:
@@ -99,11 +118,8 @@ class PagedAttention(nn.Module):
             if s.qk_norm_eps is not None:
                 q, k = self.q_norm(q), self.k_norm(k)
             q, k = self.rotary(meta.positions, q, k)
-        key_cache, value_cache = kv
         self.backend.store_kv(key_cache, value_cache, k, v, meta.slots)
-        out = self._attend(q, key_cache, value_cache, meta)
-        out = self.o_proj(out.reshape(n, self.heads * s.head_dim))
-        return self.tp.all_reduce(out) if self.tp.enabled else out
+        return q
 
     def _attend(
         self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, m: AttentionMetadata

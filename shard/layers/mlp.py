@@ -39,12 +39,18 @@ class GatedMLP(nn.Module):
         self.gate_up_proj = fuse_linears([self.gate_proj, self.up_proj])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.down_proj(self._gated(x))
+        return self.tp.all_reduce(out) if self.tp.enabled else out
+
+    def _gated(self, x: torch.Tensor) -> torch.Tensor:
+        """silu(gate(x)) * up(x): x (n, hidden) -> (n, intermediate / world)."""
         if self.gate_up_proj is not None:
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            gate_up = self.gate_up_proj(x)
+            if cpu_pointwise.usable(gate_up):  # bf16 on a CPU: one pass over the fused output, no views
+                return cpu_pointwise.gated_silu(gate_up)
+            gate, up = gate_up.chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
         if cpu_pointwise.usable(gate):  # bf16 on a CPU: silu(gate) * up in one pass
-            out = self.down_proj(cpu_pointwise.silu_mul(gate, up))
-        else:
-            out = self.down_proj(F.silu(gate) * up)
-        return self.tp.all_reduce(out) if self.tp.enabled else out
+            return cpu_pointwise.silu_mul(gate, up)
+        return F.silu(gate) * up

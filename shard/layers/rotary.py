@@ -63,10 +63,15 @@ class Rotary(nn.Module):
         a CPU: one fused pass, :mod:`flash_kernels.backends.cpu_pointwise`, the same values per element whichever
         heads are passed together)."""
         if cpu_pointwise.usable(x):
-            # NOTE: .float() is free for the fp32 tables the loader builds; a module moved with .to(bf16) has
-            # bf16 tables, which _rotate widens too
-            return cpu_pointwise.rope(x, positions, self.cos.float(), self.sin.float())
+            return cpu_pointwise.rope(x, positions, *self.tables())
         return _rotate(x, self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1))
+
+    def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (max_positions, d / 2) fp32, as the fused CPU ops take them. NOTE: the loader builds fp32
+        tables; a module moved with .to(bf16) has bf16 ones, widened here (as _rotate widens them)."""
+        if self.cos.dtype == torch.float32:
+            return self.cos, self.sin
+        return self.cos.float(), self.sin.float()
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -86,10 +86,24 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden, c.rms_eps)
 
     def forward(
-        self, x: torch.Tensor, meta: AttentionMetadata, kv: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), meta, kv)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        meta: AttentionMetadata,
+        kv: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """HF's ``h = r + attn(norm(r)); h + mlp(norm(h))`` with the residual stream carried in two parts, so
+        that each add goes into the norm after it (:meth:`RMSNorm.add_norm`, one pass on bf16 CPUs): x (n,
+        hidden) the previous layer's MLP output (the embeddings for the first layer, with ``residual`` None),
+        residual (n, hidden) the stream before it -> (this layer's MLP output, the stream before it); their sum
+        is the HF layer's output. ``residual`` may be updated in place."""
+        if residual is None:
+            h, residual = self.input_layernorm(x), x
+        else:
+            h, residual = self.input_layernorm.add_norm(x, residual)
+        h = self.self_attn(h, meta, kv)
+        h, residual = self.post_attention_layernorm.add_norm(h, residual)
+        return self.mlp(h), residual
 
 
 class DecoderModel(nn.Module):
@@ -143,10 +157,13 @@ class LlamaForCausalLM(nn.Module):
         meta: AttentionMetadata,
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
     ) -> torch.Tensor:
-        x = self.model.embed_tokens(input_ids)
+        # NOTE: the embeddings become the residual stream, which the layers update in place (a new tensor here)
+        x, residual = self.model.embed_tokens(input_ids), None
         for layer, kv in zip(self.model.layers, kv_caches):
-            x = layer(x, meta, kv)
-        return self.model.norm(x)
+            x, residual = layer(x, residual, meta, kv)
+        if residual is None:  # no layers
+            return self.model.norm(x)
+        return self.model.norm.add_norm(x, residual)[0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.tp.enabled:
