@@ -139,6 +139,8 @@ async def test_later_chunks_respect_the_prefill_budget_beside_running_decodes(se
     n, pool = _prompt_len(service), Blocks()
     cold_ids, cold_lps, cold_prompt = await _generate(service, 1, pool.take(n + NEW)[0])
     service.runner.max_prefill_tokens = budget
+    # NOTE: no step run ahead (shard.lookahead, tested apart): it would move cache_len while this test reads it
+    service.lookahead.enabled = False
     running = [request(10 + i, "Two short ones", *pool.take(20 + 40), max_new=40) for i in range(2)]
     resp = await service.Prefill(pb.PrefillRequest(batch=batch(10, running)), None)
     blocks = pool.take(n + NEW)[0]
