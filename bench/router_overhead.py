@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
+import os
+import signal
 import socket
 import statistics
 import sys
@@ -56,6 +59,7 @@ def write_tokenizer(folder: Path) -> None:
 
 
 def serve(port: int, folder: str, scheduler: str, policy: str) -> None:
+    os.setsid()  # NOTE: a process group of its own, with the router's grammar workers: stopped as one
     asyncio.run(_serve(port, folder, scheduler, policy))
 
 
@@ -212,19 +216,29 @@ def report(result: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def _stop_group(server: multiprocessing.process.BaseProcess) -> None:
+    """SIGTERM the server's process group (the router and its workers), SIGKILL what is left after 10 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, sig)  # type: ignore[arg-type]
+        server.join(10)
+        if not server.is_alive():
+            return
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="router-overhead-") as folder:
         write_tokenizer(Path(folder))
         port = free_port()
         ctx = multiprocessing.get_context("spawn")
-        server = ctx.Process(target=serve, args=(port, folder, args.scheduler, args.cache_policy), daemon=True)
+        # NOTE: not a daemon: the router starts its grammar-check worker processes, which a daemon may not have
+        server = ctx.Process(target=serve, args=(port, folder, args.scheduler, args.cache_policy))
         server.start()
         try:
             result = asyncio.run(measure(f"http://127.0.0.1:{port}", args))
         finally:
-            server.terminate()
-            server.join(10)
+            _stop_group(server)
         result.update(asyncio.run(backend_latency(folder, args)))
     print(json.dumps(result, indent=2) if args.json else report(result, args))
     return 0
