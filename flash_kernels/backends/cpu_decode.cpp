@@ -137,7 +137,9 @@ void decode_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
 // K / V rows are found through a per-task offset list (no division per position) and prefetched: K two chunks
 // ahead, V into L2 during the scores pass, then into L1 a chunk ahead. Inside a decode step K / V mostly come
 // from memory, not cache (the rest of the step evicts them), and a block is one page on the peer model, which
-// the hardware prefetchers do not cross.
+// the hardware prefetchers do not cross; so each task's scores pass also prefetches into L2 a share of the
+// next request's whole K and V rows (every KV head: each block page read once, in order), and a request's
+// tasks start on warm rows instead of a cold miss per page (docs/performance.md has the numbers).
 constexpr int KC = 16;  // keys per chunk: one score vector per query row
 constexpr int PK = 2;   // chunks of K prefetched ahead (1 and 4 were slower with K/V out of cache)
 
@@ -182,10 +184,37 @@ inline int64_t ahead(int64_t len, int64_t p0, int64_t chunks) {
   return std::min<int64_t>(KC, std::max<int64_t>(0, len - p0 - chunks * KC));
 }
 
+// off[t] = element offset of the row of position p0 + t, p0 <= p < p1 (a range of one request's context), plus
+// shift.
+inline int64_t range_offsets(const int32_t* table, int64_t p0, int64_t p1, int64_t bs, int64_t row,
+                             int64_t shift, int64_t* off) {
+  int64_t b = p0 / bs, t = p0 % bs;  // one division, not one per position
+  for (int64_t p = p0; p < p1; ++p) {
+    off[p - p0] = (int64_t(table[b]) * bs + t) * row + shift;
+    if (++t == bs) t = 0, ++b;
+  }
+  return p1 - p0;
+}
+
+// Whole K and V rows (`bytes` each, every KV head) at off[0..count), into L2.
+inline void prefetch_whole_rows(const c10::BFloat16* k, const c10::BFloat16* v, const int64_t* off,
+                                int64_t count, int64_t bytes) {
+  for (int64_t t = 0; t < count; ++t) {
+    const char* kr = reinterpret_cast<const char*>(k + off[t]);
+    const char* vr = reinterpret_cast<const char*>(v + off[t]);
+    for (int64_t x = 0; x < bytes; x += 64) {
+      _mm_prefetch(kr + x, _MM_HINT_T1);
+      _mm_prefetch(vr + x, _MM_HINT_T1);
+    }
+  }
+}
+
 // s[j * L + p] (L = len rounded up to KC) = scale * q_j . k_p, the lowest float past len; mx[j]: row j's max.
+// Also prefetches the next_rows rows at next (row_bytes each, from k / v), a share per chunk.
 template <int G, int D>
 void scores_bf16(const c10::BFloat16* q, const c10::BFloat16* k, const c10::BFloat16* v, const int64_t* off,
-                 int64_t len, float scale, float* s, int64_t L, float* mx) {
+                 int64_t len, float scale, float* s, int64_t L, float* mx, const int64_t* next,
+                 int64_t next_rows, int64_t row_bytes) {
   constexpr int C = D / 32;
   __m512bh qv[G][C];
   __m512 m[G];
@@ -198,6 +227,9 @@ void scores_bf16(const c10::BFloat16* q, const c10::BFloat16* k, const c10::BFlo
   for (int64_t p0 = 0; p0 < len; p0 += KC) {
     prefetch_rows(k, off + p0 + PK * KC, ahead(len, p0, PK), 0, D);
     prefetch_rows<_MM_HINT_T1>(v, off + p0, std::min<int64_t>(KC, len - p0), 0, D);  // for the values pass
+    // NOTE: all in the scores pass; spread over the values pass too, the last rows came too late (slower)
+    const int64_t n0 = p0 * next_rows / L, n1 = (p0 + KC) * next_rows / L;
+    prefetch_whole_rows(k, v, next + n0, n1 - n0, row_bytes);
     __m512 z[G][4];
     for (int u = 0; u < 4; ++u) {
       __m512bh kv[4][C];
@@ -277,7 +309,7 @@ void values_bf16(const float* w, int64_t L, const c10::BFloat16* v, const int64_
 template <int G, int D>
 void task_bf16(const c10::BFloat16* q, const c10::BFloat16* k, const c10::BFloat16* v, const int32_t* table,
                int64_t len, int64_t bs, int64_t row, float scale, float* s, int64_t* off,
-               c10::BFloat16* out) {
+               const int64_t* next, int64_t next_rows, c10::BFloat16* out) {
   if (len == 0) {
     std::fill(out, out + G * D, c10::BFloat16(0.f));
     return;
@@ -285,7 +317,7 @@ void task_bf16(const c10::BFloat16* q, const c10::BFloat16* k, const c10::BFloat
   const int64_t L = (len + KC - 1) / KC * KC;
   float mx[G], inv[G];
   row_offsets(table, len, bs, row, off);
-  scores_bf16<G, D>(q, k, v, off, len, scale, s, L, mx);
+  scores_bf16<G, D>(q, k, v, off, len, scale, s, L, mx, next, next_rows, row * 2);
   softmax_bf16<G>(s, L, mx, inv);
   values_bf16<G, D>(s, L, v, off, len, inv, out);
 }
@@ -303,11 +335,15 @@ void decode_bf16(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
   const int64_t L = (max_length(lp, tp, b, mb, bs, kc.size(0)) + KC - 1) / KC * KC;
   at::parallel_for(0, b * hk, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> s(G * L);
-    std::vector<int64_t> off(L);
+    std::vector<int64_t> off(L), next(L);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t i = idx / hk, kh = idx % hk, first = (i * h + kh * G) * D;
+      // this task's share (kh of hk) of the next request's rows; none past this thread's tasks
+      const int64_t n = i + 1, nlen = n * hk < end ? lp[n] : 0;
+      const int64_t rows = range_offsets(tp + n * mb, nlen * kh / hk, nlen * (kh + 1) / hk, bs, hk * D,
+                                         -kh * D, next.data());
       task_bf16<G, D>(qp + first, kp + kh * D, vp + kh * D, tp + i * mb, lp[i], bs, hk * D,
-                      static_cast<float>(scale), s.data(), off.data(), op + first);
+                      static_cast<float>(scale), s.data(), off.data(), next.data(), rows, op + first);
     }
   });
 }
