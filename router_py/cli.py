@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import ipaddress
 import json
 import logging
@@ -295,6 +296,10 @@ async def serve(args: argparse.Namespace) -> int:
     # NOTE: uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that was
     # installed before it; this one lets the router exit 0 after that graceful stop, as TGI's does.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    # NOTE: what start-up built (libraries, app, tokenizer) leaves the collector's generations, so a full
+    # collection scans only what serving made since, not the whole heap with the loop stalled
+    gc.collect()
+    gc.freeze()
     try:
         await server.serve()
     finally:

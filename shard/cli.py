@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sys
 from pathlib import Path
@@ -136,6 +137,10 @@ def _run_serve(args: argparse.Namespace) -> None:
     # NOTE: the step's worker thread and the gRPC event loop share the GIL; a step waiting for it gets it after
     # 0.5 ms instead of Python's 5 (docs/performance.md, "The GIL's switch interval")
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    # NOTE: the ~180k objects of the loaded model and libraries leave the collector's generations: a full
+    # collection scanned them all, 40-80 ms with the GIL held, the whole shard stalled (docs/performance.md)
+    gc.collect()
+    gc.freeze()
     asyncio.run(serve(service, config))
 
 
