@@ -55,8 +55,7 @@ class PeerParams:
 
 QUICK = PeerParams(
     cold_repeats=3, client_requests=32, client_runs=1, shared_requests=30, shared_qps=(2.0, 8.0),
-    rag_requests=30,
-    rag_qps=(6.0,),
+    rag_requests=30, rag_qps=(6.0,),
 )
 
 
