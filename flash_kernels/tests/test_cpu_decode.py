@@ -43,6 +43,17 @@ def test_kernel_matches_reference(block_size: int, group: int, head_dim: int, dt
 
 
 @needs_tools
+@pytest.mark.parametrize("kv_heads", [1, 3, 8])
+@pytest.mark.parametrize("group", [1, 2, 4])
+def test_kv_head_counts_other_than_two(kv_heads: int, group: int) -> None:
+    """Every other test has 2 KV heads. The bf16 path splits each row offset by head and shares the next
+    request's rows out among its heads' tasks for prefetching (unevenly for 3)."""
+    case = make_case(decode_requests(16), 16, kv_heads=kv_heads, group=group, head_dim=64, dtype=torch.bfloat16)
+    args = case.decode_args()
+    assert_close(cpu_decode.decode(*args), reference.decode(*args))
+
+
+@needs_tools
 @pytest.mark.parametrize("block_size", [5, 16, 48])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_every_context_length_around_the_chunks(block_size: int, dtype: torch.dtype) -> None:
