@@ -160,14 +160,22 @@ inline __m512 sum16(__m512 z0, __m512 z1, __m512 z2, __m512 z3) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, even), _mm512_shuffle_f32x4(a, b, odd));
 }
 
+// off[t] = element offset of the row of position p0 + t, p0 <= p < p1 (a range of one request's context), plus
+// shift.
+inline int64_t range_offsets(const int32_t* table, int64_t p0, int64_t p1, int64_t bs, int64_t row,
+                             int64_t shift, int64_t* off) {
+  int64_t b = p0 / bs, t = p0 % bs;  // one division, not one per position
+  for (int64_t p = p0; p < p1; ++p) {
+    off[p - p0] = (int64_t(table[b]) * bs + t) * row + shift;
+    if (++t == bs) t = 0, ++b;
+  }
+  return p1 - p0;
+}
+
 // off[p] = element offset of position p's row in the cache, p < len (>= 1); then, up to a whole chunk, the
 // last row again (its scores are masked).
 inline void row_offsets(const int32_t* table, int64_t len, int64_t bs, int64_t row, int64_t* off) {
-  int64_t p = 0;
-  for (int64_t b = 0; p < len; ++b) {
-    const int64_t base = int64_t(table[b]) * bs * row;
-    for (int64_t t = 0; t < bs && p < len; ++t, ++p) off[p] = base + t * row;
-  }
+  int64_t p = range_offsets(table, 0, len, bs, row, 0, off);
   for (; p % KC != 0; ++p) off[p] = off[len - 1];
 }
 
@@ -182,18 +190,6 @@ inline void prefetch_rows(const c10::BFloat16* base, const int64_t* off, int64_t
 // Keys of the chunk `chunks` chunks after the one at p0 (0 past len): the one to prefetch now.
 inline int64_t ahead(int64_t len, int64_t p0, int64_t chunks) {
   return std::min<int64_t>(KC, std::max<int64_t>(0, len - p0 - chunks * KC));
-}
-
-// off[t] = element offset of the row of position p0 + t, p0 <= p < p1 (a range of one request's context), plus
-// shift.
-inline int64_t range_offsets(const int32_t* table, int64_t p0, int64_t p1, int64_t bs, int64_t row,
-                             int64_t shift, int64_t* off) {
-  int64_t b = p0 / bs, t = p0 % bs;  // one division, not one per position
-  for (int64_t p = p0; p < p1; ++p) {
-    off[p - p0] = (int64_t(table[b]) * bs + t) * row + shift;
-    if (++t == bs) t = 0, ++b;
-  }
-  return p1 - p0;
 }
 
 // Whole K and V rows (`bytes` each, every KV head) at off[0..count), into L2.

@@ -33,18 +33,16 @@ inline __mmask16 lanes(int64_t k, int64_t len) {
   return len - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (len - k)) - 1);
 }
 
-// bf16 (up to 16, masked) -> fp32, exact.
-inline __m512 load_bf16(const bf16* p, __mmask16 m) {
-  const __m256i raw = _mm256_maskz_loadu_epi16(m, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-
-// fp32 -> bf16 rounded to nearest even (as c10's bf16 conversion, except that denormals flush to zero).
-inline __m256i round_bf16(__m512 x) { return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x)); }
-
+// 16 bf16 -> fp32, exact.
 inline __m512 widen_bf16(__m256i b) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
 }
+
+// bf16 (up to 16, masked) -> fp32, exact.
+inline __m512 load_bf16(const bf16* p, __mmask16 m) { return widen_bf16(_mm256_maskz_loadu_epi16(m, p)); }
+
+// fp32 -> bf16 rounded to nearest even (as c10's bf16 conversion, except that denormals flush to zero).
+inline __m256i round_bf16(__m512 x) { return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x)); }
 #endif
 
 // One head of rotate-half RoPE: x (d,) bf16 -> out (d,) bf16, [x1 c - x2 s, x2 c + x1 s]; c, s (d / 2,) fp32, the

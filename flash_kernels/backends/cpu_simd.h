@@ -1,5 +1,5 @@
-// AVX512 helpers shared by the CPU attention kernels (cpu_decode.cpp, cpu_prefill.cpp); included inside their
-// AVX512 sections only.
+// AVX512 helpers shared by the CPU kernels (cpu_decode.cpp, cpu_prefill.cpp, cpu_pointwise.cpp); included inside
+// their AVX512 sections only.
 #pragma once
 #include <immintrin.h>
 
