@@ -18,7 +18,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2 and self.weight.dtype == x.dtype and cpu_pointwise.usable(x):  # bf16 on a CPU: one pass
+        if self._one_pass(x):
             return cpu_pointwise.rms_norm(x, self.weight, self.eps)
         # NOTE: F.rms_norm is x * rsqrt(mean(x^2) + eps), bit-identical to the spelled-out ops, in one call.
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
@@ -27,8 +27,12 @@ class RMSNorm(nn.Module):
         """A decoder layer's residual add and this norm: x, residual (n, dim) -> (norm(residual + x),
         residual + x). bf16 on a CPU: one pass that writes the sum INTO ``residual`` (so it must be the caller's
         own running sum, read by nothing else) and returns it; otherwise the add makes a new tensor."""
-        if (x.dim() == 2 and self.weight.dtype == x.dtype == residual.dtype and cpu_pointwise.usable(x)
-                and x.is_contiguous() and residual.is_contiguous()):
+        if (self._one_pass(x) and residual.dtype == x.dtype and x.is_contiguous()
+                and residual.is_contiguous()):
             return cpu_pointwise.add_rms_norm(x, residual, self.weight, self.eps), residual
         total = residual + x
         return self(total), total
+
+    def _one_pass(self, x: torch.Tensor) -> bool:
+        """bf16 rows (n, dim) on a CPU with bf16 weights: the fused kernels take them."""
+        return x.dim() == 2 and self.weight.dtype == x.dtype and cpu_pointwise.usable(x)
