@@ -138,7 +138,8 @@ def _run_serve(args: argparse.Namespace) -> None:
     # 0.5 ms instead of Python's 5 (docs/performance.md, "The GIL's switch interval")
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     # NOTE: the ~180k objects of the loaded model and libraries leave the collector's generations: a full
-    # collection scanned them all, 58-82 ms measured, with the GIL held, the whole shard stalled (docs/performance.md)
+    # collection scanned them all (58-82 ms measured) with the GIL held, the whole shard stalled
+    # (docs/performance.md)
     gc.collect()
     gc.freeze()
     asyncio.run(serve(service, config))
