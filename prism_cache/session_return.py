@@ -46,12 +46,9 @@ observed blocks are forgotten.
 from __future__ import annotations
 
 import math
-import os
-import zlib
 from collections.abc import Callable, Container, Sequence
 
 from prism_cache.decay import decay_tau
-from prism_cache.session_lottery import GapMedian, best_span, lottery
 from prism_cache.tail_reach import TailReach
 from prism_cache.watched import Watched
 
@@ -59,13 +56,6 @@ TURN_BUCKETS = 4  # turns 1, 2, 3 and 4+ learn separate return probabilities
 LENGTH_BUCKETS = 16  # first turns also per prompt length: 0-1, 2-7, 8-31, 32-127, ... blocks (log4)
 CELL_MIN = 10  # first turns a length bucket has seen before its estimate replaces the first turns' one
 OUT_BUCKETS = 6  # and per requested output (max_new_tokens): 0-1, 2-7, 8-31, 32-127, 128-511, 512+ (log4)
-# EXPERIMENT (sixth pass): the session lottery's span, in return horizons (LOT) or in learned median gaps
-# (LOTG); LOTB=1: a branch inherits its parent's draw
-LOT_SPAN = float(os.environ.get("LOT", "0"))
-LOT_GAPS = float(os.environ.get("LOTG", "0"))
-LOT_INHERIT = os.environ.get("LOTB", "0") == "1"
-LOT_FIRST = os.environ.get("LOTF", "0") == "1"  # only first turns draw (later turns: no offset)
-LOT_ADAPT = os.environ.get("LOTA", "0") == "1"  # the span chosen from the learned gaps and residence
 
 
 class Session:
@@ -74,11 +64,9 @@ class Session:
     observed-blocks clock (as a popularity count), and ``heat``, the same on the tree's heat clock (as
     :attr:`Node.heat`)."""
 
-    __slots__ = ("branch", "depth", "heat", "last", "lot", "out", "stick", "tail", "turns", "used", "value")
+    __slots__ = ("branch", "depth", "heat", "last", "out", "tail", "turns", "used", "value")
 
-    def __init__(self, branch: bool = False, lot: float = 0.0) -> None:
-        self.lot = lot  # its lottery draw u in [0, 1)
-        self.stick = 0.0  # u x the lottery's span, in the log form's time units (clock / tau)
+    def __init__(self, branch: bool = False) -> None:
         self.branch = branch  # it began as a branch of another session's prompt (learns its own returns)
         self.turns = 0
         self.out = 0
@@ -114,11 +102,6 @@ class SessionReturn(Watched):
         self.first_returns = [0] * 2 * LENGTH_BUCKETS
         self.out_starts = [0] * 2 * OUT_BUCKETS  # first turns per output bucket, afresh then branches
         self.out_returns = [0] * 2 * OUT_BUCKETS
-        self.gaps = GapMedian()
-        self._capacity = max(1, capacity_blocks)
-        self._span = 0.0  # the adaptive lottery span (ticks)
-        self._mark = (0, 0.0)  # (clock, inserted blocks) when the residence was last measured
-        self._residence = 0.0
         # NOTE: DART's key reads them (the eviction hot path)
         self.record_of = self._owner.get
         self.shared = self._shared
@@ -140,26 +123,12 @@ class SessionReturn(Watched):
             s = self._named_session(session)
         else:
             s, parent = self._chained_session(hashes, lo)
-        if not s.turns:
-            if parent is not None and LOT_INHERIT:
-                s.lot = parent.lot
-            elif session:
-                s.lot = lottery(zlib.crc32(session.encode()))
-            else:
-                s.lot = lottery(hashes[-1] if hashes else self._clock)
         s.turns += 1
         s.out = min(OUT_BUCKETS - 1, max_new.bit_length() >> 1)
         s.last, s.depth, s.tail, s.heat = self._clock, len(hashes), hashes[-1] if hashes else None, heat_now
         self._count(s, self.starts, self.first_starts, self.out_starts)
         s.used = self._clock / self._tau
         s.value = math.log(self.return_probability(s.turns, s.branch, s.depth, s.out)) + s.used
-        if LOT_ADAPT:
-            self._adapt(heat_now)
-        if (LOT_SPAN or LOT_GAPS or LOT_ADAPT) and not (LOT_FIRST and s.turns > 1):
-            span = LOT_SPAN * self._horizon + LOT_GAPS * self.gaps.median(self._horizon) + self._span
-            s.stick = s.lot * span / self._tau
-        else:
-            s.stick = 0.0
         owner, shared = self._owner, self._shared
         for h in hashes:
             other = owner.get(h)
@@ -171,19 +140,6 @@ class SessionReturn(Watched):
         self._clock += len(hashes)
         if len(owner) > self._limit or self._clock - self._pruned_at > self._bound:
             self._prune()
-
-    def _adapt(self, heat_now: float) -> None:
-        """Every capacity of observed blocks: the residence (capacity x observed / inserted blocks since the
-        last measure; heat runs on the inserted-blocks clock with the same tau) and the best span for it."""
-        clock, inserted = self._mark
-        if self._clock - clock < self._capacity:
-            return
-        now = heat_now * self._tau
-        if now > inserted:
-            r = self._capacity * (self._clock - clock) / (now - inserted)
-            self._residence = r if not self._residence else 0.5 * (self._residence + r)
-        self._mark = (self._clock, now)
-        self._span = best_span(self.gaps.counts, self.gaps.total, self._residence)
 
     def return_probability(
         self, turns: int, branch: bool = False, depth: int | None = None, out: int | None = None
@@ -260,8 +216,6 @@ class SessionReturn(Watched):
 
     def _came_back(self, s: Session) -> None:
         """``s`` is used again: a return of its last turn if within the horizon."""
-        if s.turns:
-            self.gaps.add(self._clock - s.last)
         if s.turns and self._clock - s.last <= self._horizon:
             self._count(s, self.returns, self.first_returns, self.out_returns)
 

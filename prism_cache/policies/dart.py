@@ -96,9 +96,6 @@ class DartPolicy:
             self._tail_of = demand.sessions.tails.value_of
             self._tables += (demand.sessions,)
         self._length_step = LN4 * length_penalty
-        # EXPERIMENT (session lottery): the history's slope per unit of the log form's time, roughly (heat runs
-        # on the inserted-blocks clock)
-        self._stick_weight = 1.0 + popularity_weight + session_weight
 
     def demand_tables(self) -> tuple[Watched, ...]:
         return self._tables
@@ -127,7 +124,6 @@ class DartPolicy:
             # NOTE: a block only its session uses is reused only when the session comes back: its uses and the
             # popularity of its contents count that session's turns, not more demand; one use at its last turn
             history = session.heat + self._weight * session.used + self._session_weight * session.value
-            history += self._stick_weight * session.stick
             return (demand, history - penalty, node.last_access)
         record = self._record_of(h)
         history = (
