@@ -101,15 +101,15 @@ def grammar_state(r: pb.Request, grammars: GrammarCompiler | None):
         return grammars.refused()
 
 
-def cached_batch(b: ShardBatch, block_size: int) -> pb.CachedBatch:
+def cached_batch(b: ShardBatch, block_size: int, current_tokens: int | None = None) -> pb.CachedBatch:
     """TGI's CachedBatch: ``max_tokens`` = the batch's blocks x block size (the router subtracts it from its
-    token budget), ``current_tokens`` = tokens in the next forward."""
+    token budget), ``current_tokens`` = tokens in the next forward (``b``'s own count unless given)."""
     return pb.CachedBatch(
         id=b.id,
         request_ids=b.request_ids,
         size=len(b.requests),
         max_tokens=b.num_blocks * block_size,
-        current_tokens=b.current_tokens,
+        current_tokens=b.current_tokens if current_tokens is None else current_tokens,
     )
 
 

@@ -33,3 +33,33 @@ class GenerationOut:
     finished: FinishedText | None = None
     top_tokens: list[TokensOut] = field(default_factory=list)
     error: str | None = None  # this request failed alone; the servicer drops it from the batch
+
+
+def merge_steps(steps: list[list[GenerationOut]]) -> list[GenerationOut]:
+    """Consecutive steps of one batch as one answer (the steps run ahead, shard.lookahead): each request's
+    tokens in order in one Generation, as TGI carries speculated tokens, with the finish of its last step.
+    A request that failed at a later step keeps its earlier tokens in a Generation of their own, followed by
+    the failure. Requests keep the order of the first step."""
+    if len(steps) == 1:
+        return steps[0]
+    by_request: dict[int, list[GenerationOut]] = {}
+    for step in steps:
+        for g in step:
+            by_request.setdefault(g.request_id, []).append(g)
+    return [g for gens in by_request.values() for g in _join(gens)]
+
+
+def _join(gens: list[GenerationOut]) -> list[GenerationOut]:
+    ok = [g for g in gens if g.error is None]
+    failed = [g for g in gens if g.error is not None]
+    if len(ok) <= 1:
+        return ok + failed
+    tokens = TokensOut(
+        [i for g in ok for i in g.tokens.ids],
+        [p for g in ok for p in g.tokens.logprobs],
+        [t for g in ok for t in g.tokens.texts],
+        [s for g in ok for s in g.tokens.is_special],
+    )
+    top = [t for g in ok for t in g.top_tokens]
+    first, last = ok[0], ok[-1]
+    return [GenerationOut(first.request_id, tokens, first.prefill_tokens, last.finished, top)] + failed

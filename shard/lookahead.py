@@ -1,23 +1,28 @@
-"""The next decode step of the running batch, run while its last tokens travel to the router and back.
+"""The next decode steps of the running batch, run while its last tokens travel to the router and back.
 
-Without it the shard idles from answering one Decode until the next arrives: the router streams the tokens,
+Without them the shard idles from answering one Decode until the next arrives: the router streams the tokens,
 filters, schedules and sends the next RPC, and gRPC carries both ways (docs/performance.md, "Throughput: the
-next decode step run ahead", has the measurements). When every request of the stored batch is decoding and none stopped at this
-step, the servicer starts the batch's next step at once (:meth:`Lookahead.maybe_start`); the next RPC on
-that batch takes its result instead of stepping (:meth:`Lookahead.take`).
+next decode step run ahead" and "Two steps ahead"). When every request of the stored batch is decoding and
+none stopped at this step, the servicer starts the batch's next step at once (:meth:`Lookahead.maybe_start`),
+and each finished step starts the next (a chain) until ``depth`` results wait to be taken. A Decode of that
+batch alone takes every step that is ready, merged per request (several tokens in one Generation, as TGI
+carries speculated tokens), and waits only when none is (:meth:`Lookahead.next_ready`): a token never waits
+for a later one, and when the router turns an answer around faster than a step, each answer carries one
+token as before.
 
-Why this changes nothing the router sees: the shard decides stops (EOS, stop sequences, max_new_tokens)
-and a step is run ahead only when no request of the batch has stopped, so no token past a stop is
-computed; a step's KV write is the KV of the last token the router already has, at a slot the router
-allocated to that request. Every RPC touching the batch first waits for the step run ahead
-(:meth:`Lookahead.settle`), so its writes are done before FilterBatch/ClearCache answer and the router
-reuses the blocks of the requests they drop. FilterBatch keeps the results of the requests it keeps; a
-Prefill merged into the batch (``cached_batch``) computes only the new requests and answers with the
-batch's results from the step run ahead. Each request's tokens are those of the plain schedule, one
-step per request per answer.
+Why this changes nothing else the router sees: the shard decides stops (EOS, stop sequences,
+max_new_tokens) and no step is chained after one where a request stopped or failed, so no token past a stop
+is computed; a step's KV write is the KV of a token the shard already chose, at a slot the router allocated
+to that request (it reserves prompt + max_new_tokens up front). Every other RPC touching the batch first
+stops the chain and waits for its step (:meth:`Lookahead.settle`), so its writes are done before
+FilterBatch/ClearCache answer and the router reuses the blocks of the requests they drop. FilterBatch keeps
+the results of the requests it keeps; a Prefill merged into the batch (``cached_batch``) computes only the
+new requests and answers with the batch's results from the steps run ahead. Each request's tokens are those
+of the plain schedule.
 
-Off with ``PRISM_LOOKAHEAD=0``, and with KV tiers (their copies run before a step's forward) or tensor
-parallelism (every rank would have to run ahead alike).
+``PRISM_LOOKAHEAD``: the depth (default 2; 0, ``off``: none; 1: one step, never two tokens in an answer).
+Off with KV tiers (their copies run before a step's forward) or tensor parallelism (every rank would have to
+run ahead alike).
 """
 
 from __future__ import annotations
@@ -25,30 +30,43 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from shard.batch import RequestState, ShardBatch
-from shard.generation import GenerationOut
+from shard.generation import GenerationOut, merge_steps
 from shard.model_runner import StepTimes
 
 log = logging.getLogger(__name__)
 ENV = "PRISM_LOOKAHEAD"
 
 StepResult = tuple[list[GenerationOut], StepTimes]
-# NOTE: starts the step before it returns (the worker thread runs at once); the awaitable it returns ends
-# with the step's result (None: not started)
-StartFn = Callable[[list[RequestState]], Awaitable[Awaitable[StepResult] | None]]
+StepFn = Callable[[list[RequestState]], StepResult]
+# NOTE: runs the callable on a worker thread holding the step lock, started before it returns; the awaitable it
+# returns ends with the callable and releases the lock (None: the lock is taken, nothing started)
+StartFn = Callable[[Callable[[], None]], Awaitable[Awaitable[None] | None]]
 
 
-def enabled_by_env() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+DEFAULT_DEPTH = 2
+
+
+def depth_from_env() -> int:
+    """``PRISM_LOOKAHEAD``: a step count >= 0, or on/off words (unset or on: :data:`DEFAULT_DEPTH`)."""
+    raw = os.environ.get(ENV, "").strip().lower()
+    if raw in ("", "on", "true", "yes"):
+        return DEFAULT_DEPTH
+    if raw in ("off", "false", "no"):
+        return 0
+    if raw.isdigit():
+        return int(raw)
+    raise ValueError(f"{ENV}={raw!r}: expected a number of steps (0 = off) or on/off")
 
 
 @dataclass
 class AheadResult:
-    """One batch's step run ahead: its generations (of the requests still in the batch) and times, or the
-    exception the step raised (raised again by the RPC that takes it, as the step itself would have)."""
+    """A batch's steps run ahead, merged: its generations (of the requests still in the batch) and times, or
+    the exception a step raised (raised again by the RPC that takes it, as the step itself would have)."""
 
     generations: list[GenerationOut]
     times: StepTimes
@@ -56,70 +74,141 @@ class AheadResult:
 
 
 class Lookahead:
-    """At most one step run ahead at a time (a single stored batch); results wait here, by batch id."""
+    """At most one chain at a time (a single stored batch), stepping on one worker thread while it holds the
+    step lock; results wait here, by batch id, in step order."""
 
-    def __init__(self, start: StartFn, enabled: bool) -> None:
-        self._start, self.enabled = start, enabled
+    def __init__(self, start: StartFn, step: StepFn, depth: int) -> None:
+        self._start, self._step, self.depth = start, step, depth
+        self.enabled = depth > 0
         self._task: asyncio.Task | None = None
         self._task_batch = -1
-        self._ready: dict[int, AheadResult] = {}
+        self._mutex = threading.Lock()  # the worker's and the loop's view of _ready and _stop
+        self._stop = False  # end the chain after its current step
+        self._ready: dict[int, list[AheadResult]] = {}
+        self._waiter: asyncio.Future[None] | None = None  # next_ready's, done when a result is kept
         self.started = 0  # steps run ahead so far (for tests)
 
     async def maybe_start(
         self, batch: ShardBatch, generations: list[GenerationOut], stored_batches: int
     ) -> None:
-        """Start ``batch``'s next step if it is the only stored batch and every request of it got a token at
-        this step, none stopped or failed (so all are decoding). Call once nothing more reads the requests'
-        state for this step's answer: the step run ahead changes it."""
-        if not self.enabled or stored_batches != 1 or self._task is not None or batch.id in self._ready:
+        """Start ``batch``'s chain if it is the only stored batch, none runs, fewer than ``depth`` of its
+        results wait, and at its latest step (the last result waiting, else this step's ``generations``)
+        every request of it got a token, none stopped or failed (so all are decoding). Call once nothing more
+        reads the requests' state for this step's answer but the fields of its CachedBatch: a step changes
+        the rest."""
+        if not self.enabled or stored_batches != 1 or self._task is not None:
             return
-        ids = {g.request_id for g in generations if g.error is None and g.finished is None}
-        if len(generations) != len(batch.requests) or ids != set(batch.request_ids):
+        with self._mutex:
+            ready = self._ready.get(batch.id, [])
+            if len(ready) >= self.depth or (ready and ready[-1].error is not None):
+                return
+            latest = ready[-1].generations if ready else generations
+            self._stop = False
+        if not _continues(batch, latest):
             return
-        running = await self._start(list(batch.requests))
+        loop = asyncio.get_running_loop()
+        running = await self._start(lambda: self._steps(loop, batch))
         if running is None:
             return
-        self.started += 1
         self._task_batch = batch.id
-        self._task = asyncio.ensure_future(running)
+        self._task = asyncio.ensure_future(self._end(running))
+
+    def _steps(self, loop: asyncio.AbstractEventLoop, batch: ShardBatch) -> None:
+        """The chain, on the worker thread: keep each step's result and go on at once unless told to stop, a
+        request stopped or failed, or ``depth`` results wait."""
+        requests = list(batch.requests)
+        while True:
+            try:
+                result = AheadResult(*self._step(requests))
+            except Exception as err:  # NOTE: kept and raised by the RPC that takes it
+                log.warning("a step run ahead on batch %d failed: %r", batch.id, err)
+                result = AheadResult([], StepTimes(), err)
+            with self._mutex:
+                ready = self._ready.setdefault(batch.id, [])
+                ready.append(result)
+                self.started += 1
+                more = result.error is None and not self._stop and len(ready) < self.depth
+            loop.call_soon_threadsafe(self._wake)
+            if not more or not _continues(batch, result.generations):
+                return
+
+    async def _end(self, running: Awaitable[None]) -> None:
+        try:
+            await running
+        finally:
+            self._task = None
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def running(self, batch_id: int) -> bool:
+        """A chain steps ``batch_id`` now."""
+        return self._task is not None and self._task_batch == batch_id
+
+    def stop_soon(self) -> None:
+        """End the chain after its current step (another RPC waits for the step lock)."""
+        with self._mutex:
+            self._stop = True
 
     async def settle(self, batch_id: int | None = None) -> None:
-        """Wait until no step runs ahead on ``batch_id`` (None: on any batch); its result is then ready.
-        A cancelled caller does not cancel the step (its KV writes must finish)."""
+        """Stop the chain on ``batch_id`` (None: on any batch) after its current step and wait for it; its
+        results are then ready. A cancelled caller does not cancel the step (its KV writes must finish)."""
         task = self._task
         if task is None or (batch_id is not None and batch_id != self._task_batch):
             return
+        self.stop_soon()
         await asyncio.wait({task})
-        if self._task is not task:  # another caller settled it meanwhile
-            return
-        self._task = None
-        try:
-            generations, times = task.result()
-            self._ready[self._task_batch] = AheadResult(generations, times)
-        except BaseException as err:  # NOTE: kept and raised by the RPC that takes it
-            log.warning("the step run ahead on batch %d failed: %r", self._task_batch, err)
-            self._ready[self._task_batch] = AheadResult([], StepTimes(), err)
+
+    async def next_ready(self, batch_id: int) -> AheadResult | None:
+        """For a Decode of ``batch_id`` alone: its ready steps, merged (:meth:`take`); when none is ready but
+        its chain runs, waits for the first. The chain goes on. None: nothing ran ahead."""
+        while not self._waiting(batch_id) and self.running(batch_id):
+            if self._waiter is None:
+                self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._waiter)
+        return self.take(batch_id)
+
+    def _waiting(self, batch_id: int) -> int:
+        with self._mutex:
+            return len(self._ready.get(batch_id, ()))
 
     def take(self, batch_id: int) -> AheadResult | None:
-        """The settled result of ``batch_id`` (removed); raises the step's exception if it failed."""
-        got = self._ready.pop(batch_id, None)
-        if got is not None and got.error is not None:
-            raise got.error
-        return got
+        """The ready steps of ``batch_id`` (removed), merged into one result (:func:`merge_steps`); raises a
+        step's exception if one failed."""
+        with self._mutex:
+            got = self._ready.pop(batch_id, None)
+        if not got:
+            return None
+        for r in got:
+            if r.error is not None:
+                raise r.error
+        times = StepTimes(sum(r.times.forward_ns for r in got), sum(r.times.decode_ns for r in got))
+        return AheadResult(merge_steps([r.generations for r in got]), times)
 
     def filter(self, batch_id: int, kept: ShardBatch) -> None:
-        """FilterBatch kept ``kept``: drop the settled results of the requests it removed (raises the step's
-        exception if it failed: the batch's state is then unknown)."""
+        """FilterBatch kept ``kept``: drop the ready results of the requests it removed (raises a step's
+        exception if one failed: the batch's state is then unknown). Settle first."""
         got = self.take(batch_id)
         if got is None:
             return
         keep = set(kept.request_ids)
         got.generations = [g for g in got.generations if g.request_id in keep]
-        self._ready[kept.id] = got
+        with self._mutex:
+            self._ready[kept.id] = [got]
 
     def drop(self, batch_id: int | None) -> None:
-        """ClearCache: forget the settled results of ``batch_id`` (None: of every batch). Settle first."""
-        if batch_id is None:
-            self._ready.clear()
-        else:
-            self._ready.pop(batch_id, None)
+        """ClearCache: forget the ready results of ``batch_id`` (None: of every batch). Settle first."""
+        with self._mutex:
+            if batch_id is None:
+                self._ready.clear()
+            else:
+                self._ready.pop(batch_id, None)
+
+
+def _continues(batch: ShardBatch, generations: list[GenerationOut]) -> bool:
+    """Every request of ``batch`` got a token and none stopped or failed: all are decoding."""
+    ids = {g.request_id for g in generations if g.error is None and g.finished is None}
+    return len(generations) == len(batch.requests) and ids == set(batch.request_ids)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import grpc
 import torch
@@ -28,7 +28,7 @@ from shard.generation import GenerationOut
 from shard.grammar import GrammarCompiler
 from shard.kv_tiers.service import KvTierServicer, parse_copies, step_with_copies
 from shard.kv_tiers.tiers import KvTiers
-from shard.lookahead import AheadResult, Lookahead, StepResult, enabled_by_env
+from shard.lookahead import AheadResult, Lookahead, depth_from_env
 from shard.model_runner import ModelRunner, StepTimes
 from shard.validation import check_block_ownership, check_new_request
 from shard.warmup import assign_scratch_memory, clamp_warmup_prompts, settle_limits, usable_capacity
@@ -56,8 +56,8 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         self.lock = asyncio.Lock()
         loaded = runner.loaded
         self.grammars = GrammarCompiler(loaded.tokenizer, loaded.model.config.vocab_size, loaded.eos_token_ids)
-        ahead = enabled_by_env() and tiers is None and config.world_size == 1
-        self.lookahead = Lookahead(self._start_ahead, ahead)
+        ahead = depth_from_env() if tiers is None and config.world_size == 1 else 0
+        self.lookahead = Lookahead(self._start_ahead, lambda requests: self.runner.step(requests), ahead)
 
     # ---- metadata RPCs -------------------------------------------------------------------------------------
 
@@ -170,9 +170,13 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             raise InvalidRequest(f"batch {parts[0].id} has no requests left (ClearCache it instead)")
         if len(ids) != len(set(ids)):
             raise InvalidRequest(f"request ids repeat across the batches: {ids}")
-        for b in parts:
-            await self.lookahead.settle(b.id)
-        ahead = [self.lookahead.take(b.id) for b in parts]
+        if len(parts) == 1 and not copies:
+            # NOTE: the batch's chain of steps run ahead goes on; this takes what is ready
+            ahead = [await self.lookahead.next_ready(parts[0].id)]
+        else:
+            for b in parts:
+                await self.lookahead.settle(b.id)
+            ahead = [self.lookahead.take(b.id) for b in parts]
         concat_start = time.perf_counter_ns()
         with tracer.start_as_current_span("concatenate"):
             batch = ShardBatch.concatenate(parts) if len(parts) > 1 else parts[0]
@@ -184,6 +188,7 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         failed = {g.request_id for g in generations if g.error is not None}
         if failed:
             # NOTE: a request that failed alone leaves the batch; the others keep their state and KV.
+            await self.lookahead.settle(batch.id)  # a no-op: a chain ends at a failure
             batch = batch.filter([i for i in batch.request_ids if i not in failed])
             self.runner.plan_next(batch.requests)
             generations_live = [g for g in generations if g.error is None]
@@ -192,7 +197,7 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         cached = None
         if batch.requests and not _all_stopped(batch, generations_live):
             self.batches[batch.id] = batch
-            cached = self._cached(batch)
+            cached = self._cached(batch, decoding=self.lookahead.running(batch.id))
             # NOTE: before the answer is built: only the GenerationOut objects are read from here on
             await self.lookahead.maybe_start(batch, generations, len(self.batches))
         out = response_type(forward_ns=times.forward_ns, decode_ns=times.decode_ns, kv_failed=copies_failed)
@@ -214,6 +219,7 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         copies_failed: list[int] = []
         if fresh or copies:
             with tracer.start_as_current_span("generate_token"):
+                self.lookahead.stop_soon()  # a chain on another batch holds the lock until it ends
                 async with self.lock:
                     stepped, stepped_times, copies_failed = await step_with_copies(
                         self.runner, self.tiers, fresh, list(copies), defer
@@ -225,22 +231,22 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         total = StepTimes(sum(t.forward_ns for t in times), sum(t.decode_ns for t in times))
         return generations, total, copies_failed
 
-    async def _start_ahead(self, requests: list[RequestState]) -> Awaitable[StepResult] | None:
-        """Take the step lock and hand ``runner.step(requests)`` to a worker thread now (no loop turn in
-        between: the shard's step is the bottleneck); the returned awaitable ends with its result and
+    async def _start_ahead(self, work: Callable[[], None]) -> Awaitable[None] | None:
+        """Take the step lock and hand ``work`` (shard.lookahead's chain of steps) to a worker thread now (no
+        loop turn in between: the shard's step is the bottleneck); the returned awaitable ends with it and
         releases the lock. None (nothing started) while another RPC holds the lock: that one goes first."""
         if self.lock.locked():
             return None
         await self.lock.acquire()
         try:
-            running = asyncio.get_running_loop().run_in_executor(None, self.runner.step, requests)
+            running = asyncio.get_running_loop().run_in_executor(None, work)
         except BaseException:
             self.lock.release()
             raise
 
-        async def finish() -> StepResult:
+        async def finish() -> None:
             try:
-                return await running
+                await running
             finally:
                 self.lock.release()
 
@@ -273,13 +279,17 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             raise BatchNotFound(f"batch {batch_id} not found (held: {sorted(self.batches)})")
         return self.batches[batch_id]
 
-    def _cached(self, batch: ShardBatch) -> pb.CachedBatch:
-        return convert.cached_batch(batch, self.runner.kv.block_size)
+    def _cached(self, batch: ShardBatch, decoding: bool = False) -> pb.CachedBatch:
+        """``decoding``: a chain steps the batch now (shard.lookahead), so its requests' next lengths are in
+        flux; each decodes one token per step (its ids and blocks stay as they are)."""
+        current = len(batch.requests) if decoding else None
+        return convert.cached_batch(batch, self.runner.kv.block_size, current)
 
 
 def _all_stopped(batch: ShardBatch, generations: list[GenerationOut]) -> bool:
     """TGI drops a batch when every request stopped at this step (no Generation = still prefilling)."""
-    return len(generations) == len(batch.requests) and all(g.finished is not None for g in generations)
+    stopped = {g.request_id for g in generations if g.finished is not None}
+    return all(i in stopped for i in batch.request_ids)
 
 
 def build_server(service: TextGenerationService, config: ShardConfig) -> grpc.aio.Server:

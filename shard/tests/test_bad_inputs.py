@@ -81,11 +81,12 @@ async def _warm(stub) -> None:
     )
 
 
-async def _decode_ids(stub, cached: pb.CachedBatch, steps: int) -> tuple[list[int], pb.CachedBatch]:
-    ids = []
-    for _ in range(steps):
+async def _decode_ids(stub, cached: pb.CachedBatch, tokens: int) -> tuple[list[int], pb.CachedBatch]:
+    """Decode until at least ``tokens`` new tokens (an answer may carry several: shard.lookahead)."""
+    ids: list[int] = []
+    while len(ids) < tokens:
         resp = await stub.Decode(pb.DecodeRequest(batches=[cached]))
-        ids.append(resp.generations[0].tokens.ids[0])
+        ids.extend(resp.generations[0].tokens.ids)
         cached = resp.batch
     return ids, cached
 
@@ -111,7 +112,7 @@ async def test_each_bad_input_fails_alone_and_live_request_is_untouched(uds_stub
         )
     assert sorted(service.batches) == [1]
     got, _ = await _decode_ids(stub, started.batch, 4)
-    assert got == expected
+    assert got[:4] == expected[:4]
 
 
 async def test_unknown_batches_and_ids(uds_stub) -> None:
@@ -149,7 +150,7 @@ async def test_unknown_batches_and_ids(uds_stub) -> None:
     )
     await stub.ClearCache(pb.ClearCacheRequest(id=6))
     ids, _ = await _decode_ids(stub, live.batch, 2)  # the live batch survived every failure unchanged
-    assert len(ids) == 2 and sorted(service.batches) == [1]
+    assert len(ids) >= 2 and sorted(service.batches) == [1]
 
 
 async def test_two_requests_writing_one_slot_are_rejected(uds_stub) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from proto.generate.v3 import generate_pb2 as pb
 from shard import grammar
-from shard.tests.helpers import Blocks, batch, request, run_to_end
+from shard.tests.helpers import Blocks, batch, request, run_to_end, token_ids
 
 TEXT = "The cat slept on the warm windowsill"
 REGEX = r"(yes|no|maybe) [0-9]{2,4}"
@@ -111,7 +111,7 @@ async def test_json_schema_output_always_validates_next_to_free_requests(llama_s
         done = _until_finished(out[rid])
         assert done.finish_reason == pb.FINISH_REASON_EOS_TOKEN, done
         jsonschema.validate(json.loads(done.text), SCHEMA)
-    assert [g.tokens.ids[0] for g in out[50]] == [g.tokens.ids[0] for g in alone[50]]
+    assert token_ids(out[50]) == token_ids(alone[50])
 
 
 async def test_compiled_grammars_are_cached_and_mask_modes_change_nothing(llama_service, monkeypatch) -> None:
@@ -125,7 +125,7 @@ async def test_compiled_grammars_are_cached_and_mask_modes_change_nothing(llama_
         pool = Blocks()
         reqs = [_grammar_request(i, pool, pb.GRAMMAR_TYPE_JSON, schema, seed=5 + i) for i in range(3)]
         out = await run_to_end(llama_service, pb.PrefillRequest(batch=batch(1, reqs)))
-        runs.append({rid: [g.tokens.ids[0] for g in gens] for rid, gens in out.items()})
+        runs.append({rid: token_ids(gens) for rid, gens in out.items()})
     assert runs[0] == runs[1] == runs[2] == runs[3]
     assert llama_service.grammars.compiles == 1
 
@@ -191,7 +191,7 @@ async def test_a_grammar_that_does_not_compile_ends_only_its_request(llama_servi
     out = await run_to_end(llama_service, prefill, 300, filter_finished=True)
     done = _until_finished(out[1])
     assert (done.text, done.generated_tokens, done.finish_reason) == ("", 1, pb.FINISH_REASON_EOS_TOKEN)
-    assert [g.tokens.ids[0] for g in out[7]] == [g.tokens.ids[0] for g in alone[7]]
+    assert token_ids(out[7]) == token_ids(alone[7])
 
 
 def test_no_special_token_but_eos_is_ever_allowed(llama_service) -> None:

@@ -1,17 +1,22 @@
-"""The decode step run ahead (shard.lookahead) changes nothing a router sees: under seeded random churn (new
-requests merged in or prefilled alone and concatenated, chunked prompts, greedy and seeded sampling, finishes
-filtered out, requests dropped mid-stream, blocks freed and handed to the next requests at once) a shard
-running ahead answers every RPC as one that does not, and no step runs ahead on a batch once
+"""The decode steps run ahead (shard.lookahead) change nothing a router sees but how many of a request's tokens
+one answer carries: under seeded random churn (new requests merged in or prefilled alone and concatenated,
+chunked prompts, greedy and seeded sampling, finishes filtered out, requests dropped mid-stream, blocks freed
+and handed to the next requests at once) a shard running ahead answers every RPC as one that does not, after
+as many Decodes of that one as the answer carries steps, and no step runs ahead on a batch once
 FilterBatch/ClearCache answered."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
 
 from proto.generate.v3 import generate_pb2 as pb
 from shard.factory import build_runner
+from shard.generation import FinishedText, GenerationOut, TokensOut, merge_steps
+from shard.lookahead import depth_from_env
+from shard.sampling import FinishReason
 from shard.server import TextGenerationService
 from shard.tests.helpers import BLOCK, batch, make_config, request, slots_of
 
@@ -29,21 +34,35 @@ class Router:
         self.held: dict[int, list[int]] = {}
         self.next_id, self.next_batch = 0, 100
         self.tokens: dict[int, list[int]] = {}
+        self.extra_steps = 0  # Decodes the plain shard needed to match an answer of several steps
 
     async def call(self, method: str, message):
-        answers = [await getattr(s, method)(message, None) for s in self.shards]
-        self._compare(answers[0], answers[1])
-        return answers[0]
+        """``message`` to the shard running ahead; the same to the plain one, after as many Decodes of the
+        running batch as the first answer carries extra steps of it (several tokens per request), and the
+        plain answers, joined per request, compared with the first."""
+        ahead, plain = self.shards
+        if self.rng.random() < 0.5:
+            await _chain_idle(ahead)  # so that answers often carry every step the chain may run
+        a = await getattr(ahead, method)(message, None)
+        running = _running_batch(message)
+        answers = []
+        for _ in range(_steps_of(a, running) - 1):
+            answers.append(await plain.Decode(pb.DecodeRequest(batches=[running]), None))
+            self.extra_steps += 1
+        answers.append(await getattr(plain, method)(message, None))
+        self._compare(a, answers)
+        return a
 
-    def _compare(self, a, b) -> None:
+    def _compare(self, a, plain: list) -> None:
+        b = plain[-1]
         if hasattr(a, "generations"):
-            def view(resp):
-                return [(g.request_id, list(g.tokens.ids), g.HasField("generated_text"),
-                         g.generated_text.finish_reason, g.error) for g in resp.generations]
-            assert view(a) == view(b)
-            for ga, gb in zip(a.generations, b.generations):
-                assert list(ga.tokens.logprobs) == pytest.approx(list(gb.tokens.logprobs), abs=1e-4)
-                self.tokens.setdefault(ga.request_id, []).extend(ga.tokens.ids)
+            joined = _joined(plain)
+            assert [g.request_id for g in a.generations] == [g.request_id for g in b.generations]
+            assert _joined([a]).keys() == joined.keys()
+            for rid, (ids, logprobs, finish) in _joined([a]).items():
+                assert (ids, finish) == (joined[rid][0], joined[rid][2])
+                assert logprobs == pytest.approx(joined[rid][1], abs=1e-4)
+                self.tokens.setdefault(rid, []).extend(ids)
         if not hasattr(a, "batch"):
             return
         assert a.HasField("batch") == b.HasField("batch")
@@ -51,17 +70,20 @@ class Router:
             fields = ("id", "request_ids", "size", "max_tokens", "current_tokens")
             assert [getattr(a.batch, f) for f in fields] == [getattr(b.batch, f) for f in fields]
 
+    def prompt_tokens(self, text: str) -> int:
+        return len(self.shards[0].runner.loaded.tokenizer.encode(text)) + 1  # NOTE: room for a BOS token
+
     def new_requests(self, count: int) -> list[pb.Request]:
         out = []
         for _ in range(count):
             max_new = self.rng.randrange(1, 14)
-            need = -(-(48 + max_new) // BLOCK)
+            text = " ".join(self.rng.choice(WORDS) for _ in range(self.rng.randrange(3, 30)))
+            need = -(-(self.prompt_tokens(text) + max_new) // BLOCK)
             if len(self.free) < need:
                 break
             blocks = [self.free.pop(0) for _ in range(need)]
             rid, self.next_id = self.next_id, self.next_id + 1
             self.held[rid] = blocks
-            text = " ".join(self.rng.choice(WORDS) for _ in range(self.rng.randrange(3, 30)))
             extra: dict = {"chunk_len": self.rng.randrange(2, 8)} if self.rng.random() < 0.15 else {}
             if self.rng.random() < 0.3:  # seeded sampling: each request draws from its own generator
                 extra["parameters"] = pb.NextTokenChooserParameters(
@@ -106,6 +128,39 @@ class Router:
         return cached
 
 
+async def _chain_idle(service: TextGenerationService) -> None:
+    while service.lookahead._task is not None:
+        await asyncio.sleep(0.001)
+
+
+def _running_batch(message) -> pb.CachedBatch | None:
+    """The stored batch a Prefill or Decode steps (whose steps may have run ahead)."""
+    if isinstance(message, pb.DecodeRequest):
+        return message.batches[0]
+    if isinstance(message, pb.PrefillRequest) and message.HasField("cached_batch"):
+        return message.cached_batch
+    return None
+
+
+def _steps_of(answer, running: pb.CachedBatch | None) -> int:
+    """How many steps of ``running`` one answer carries: its requests' token count."""
+    if running is None or not hasattr(answer, "generations"):
+        return 1
+    ids = set(running.request_ids)
+    return max((len(g.tokens.ids) for g in answer.generations if g.request_id in ids), default=1)
+
+
+def _joined(answers: list) -> dict[int, tuple[list[int], list[float], tuple]]:
+    """Per request over ``answers``: token ids, logprobs, and (finished, reason, error) of its last."""
+    out: dict[int, tuple[list[int], list[float], tuple]] = {}
+    for resp in answers:
+        for g in resp.generations:
+            ids, logprobs, _ = out.get(g.request_id, ([], [], None))
+            finish = (g.HasField("generated_text"), g.generated_text.finish_reason, g.error)
+            out[g.request_id] = (ids + list(g.tokens.ids), logprobs + list(g.tokens.logprobs), finish)
+    return out
+
+
 async def _churn(tiny_llama, seed: int, steps: int) -> tuple[Router, TextGenerationService]:
     config = make_config(tiny_llama, num_blocks=POOL_BLOCKS)
     ahead, plain = (TextGenerationService(build_runner(config), config) for _ in range(2))
@@ -135,25 +190,59 @@ async def _churn(tiny_llama, seed: int, steps: int) -> tuple[Router, TextGenerat
 async def test_running_ahead_answers_every_rpc_as_a_plain_shard(tiny_llama) -> None:
     router, ahead = await _churn(tiny_llama, seed=10, steps=160)
     assert ahead.lookahead.started > 40  # it did run ahead, and through every kind of RPC above
+    assert router.extra_steps > 10  # answers of several steps, each checked against the plain steps
     assert sum(len(t) for t in router.tokens.values()) > 300 and router.next_id > 30
 
 
 async def test_a_failed_step_run_ahead_fails_the_next_rpc_on_its_batch(tiny_llama) -> None:
     config = make_config(tiny_llama, num_blocks=POOL_BLOCKS)
     service = TextGenerationService(build_runner(config), config)
+    service.lookahead.depth = 1  # one step per answer
     blocks = list(range(1, 5))
     first = await service.Prefill(pb.PrefillRequest(batch=batch(1, [
         request(0, "a bee kept", blocks, slots_of(blocks, 64), max_new=8)])), None)
-    assert service.lookahead.started == 1
     await service.lookahead.settle()
+    assert service.lookahead.started == 1
 
     def broken(requests):
         raise RuntimeError("device lost")
 
     service.runner.step = broken  # the next step run ahead fails
     second = await service.Decode(pb.DecodeRequest(batches=[first.batch]), None)
+    await service.lookahead.settle()
     assert len(second.generations) == 1 and service.lookahead.started == 2
     with pytest.raises(RuntimeError, match="device lost"):
         await service.Decode(pb.DecodeRequest(batches=[second.batch]), None)
     await service.ClearCache(pb.ClearCacheRequest(), None)
     assert not service.batches and service.lookahead.take(1) is None
+
+
+def _gen(rid: int, ids: list[int], finished=None, error=None, top: int = 0) -> GenerationOut:
+    tokens = TokensOut(ids, [-0.5] * len(ids), [f"t{i}" for i in ids], [False] * len(ids))
+    return GenerationOut(rid, tokens, None, finished, [TokensOut([9], [-1.0], ["n"], [False])] * top, error)
+
+
+def test_merged_steps_keep_each_request_s_tokens_in_order_and_its_last_finish() -> None:
+    done = FinishedText("abc", 3, FinishReason.LENGTH, None)
+    merged = merge_steps([[_gen(1, [5], top=1), _gen(2, [6])], [_gen(1, [7], top=1), _gen(2, [8], done)]])
+    assert [(g.request_id, g.tokens.ids, g.tokens.texts, g.finished) for g in merged] == [
+        (1, [5, 7], ["t5", "t7"], None), (2, [6, 8], ["t6", "t8"], done)]
+    assert len(merged[0].top_tokens) == 2 and merged[0].tokens.logprobs == [-0.5, -0.5]
+
+
+def test_a_request_failing_at_a_later_step_keeps_its_earlier_tokens_apart() -> None:
+    merged = merge_steps([[_gen(1, [5]), _gen(2, [6])], [_gen(1, [], error="boom"), _gen(2, [8])]])
+    assert [(g.request_id, g.tokens.ids, g.error) for g in merged] == [
+        (1, [5], None), (1, [], "boom"), (2, [6, 8], None)]
+
+
+@pytest.mark.parametrize("raw, depth", [("", 2), ("on", 2), ("0", 0), ("off", 0), ("1", 1), ("3", 3)])
+def test_the_depth_comes_from_the_environment(monkeypatch, raw: str, depth: int) -> None:
+    monkeypatch.setenv("PRISM_LOOKAHEAD", raw)
+    assert depth_from_env() == depth
+
+
+def test_a_bad_depth_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv("PRISM_LOOKAHEAD", "two")
+    with pytest.raises(ValueError, match="PRISM_LOOKAHEAD"):
+        depth_from_env()

@@ -32,10 +32,11 @@ async def test_prefill_and_top_tokens_shape(llama_service) -> None:
     assert list(prefill.is_special) == [] and prefill.texts[0] == "<s>"
     assert all(not g.HasField("prefill_tokens") for g in gens[1:])  # only on the first emission
     for g in gens:
-        (top,) = g.top_tokens
-        assert len(top.ids) == 4 and list(top.logprobs) == sorted(top.logprobs, reverse=True)
-        assert top.ids[0] == g.tokens.ids[0]  # greedy: the chosen token is the most likely one
-        assert len(top.is_special) == 4
+        assert len(g.top_tokens) == len(g.tokens.ids)  # one per token (an answer may carry several)
+        for top, chosen in zip(g.top_tokens, g.tokens.ids):
+            assert len(top.ids) == 4 and list(top.logprobs) == sorted(top.logprobs, reverse=True)
+            assert top.ids[0] == chosen  # greedy: the chosen token is the most likely one
+            assert len(top.is_special) == 4
     done = gens[-1].generated_text
     assert done.generated_tokens == 3 and not done.HasField("seed")
     detok = llama_service.runner.detok

@@ -116,16 +116,18 @@ async def _solo_tokens(stub, text: str, steps: int, bid: int) -> list[int]:
     resp = await stub.Prefill(
         pb.PrefillRequest(batch=batch(bid, [request(bid, text, *blocks.take(60), max_new=50)]))
     )
-    ids = [resp.generations[0].tokens.ids[0]]
-    for _ in range(steps - 1):
+    ids = list(resp.generations[0].tokens.ids)
+    while len(ids) < steps:  # NOTE: an answer may carry several tokens (shard.lookahead)
         resp = await stub.Decode(pb.DecodeRequest(batches=[resp.batch]))
-        ids.append(resp.generations[0].tokens.ids[0])
+        ids.extend(resp.generations[0].tokens.ids)
     await stub.ClearCache(pb.ClearCacheRequest(id=bid))
     return ids
 
 
 async def test_concatenate_filter_clear_as_tgi(uds_stub) -> None:
-    stub, _, _ = uds_stub
+    stub, service, _ = uds_stub
+    # NOTE: one step per answer, as the steps below count (several: shard/tests/test_lookahead.py)
+    service.lookahead.depth = 1
     texts = {0: "The train to the coast", 1: "My grandmother kept bees", 2: "Hello!"}
     solo = {rid: await _solo_tokens(stub, t, 6, 100 + rid) for rid, t in texts.items()}
     blocks = Blocks()
