@@ -4,7 +4,8 @@ Without them the shard idles from answering one Decode until the next arrives: t
 filters, schedules and sends the next RPC, and gRPC carries both ways (docs/performance.md, "Throughput: the
 next decode step run ahead" and "Two steps ahead"). When every request of the stored batch is decoding and
 none stopped at this step, the servicer starts the batch's next step at once (:meth:`Lookahead.maybe_start`),
-and each finished step starts the next (a chain) until ``depth`` results wait to be taken. A Decode of that
+and the worker thread running it goes on to the next step at once (a chain) until ``depth`` results wait to
+be taken, a request stops or fails, or an RPC asks it to stop (:meth:`Lookahead.stop_soon`). A Decode of that
 batch alone takes every step that is ready, merged per request (several tokens in one Generation, as TGI
 carries speculated tokens), and waits only when none is (:meth:`Lookahead.next_ready`): a token never waits
 for a later one, and when the router turns an answer around faster than a step, each answer carries one
