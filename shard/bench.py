@@ -18,6 +18,7 @@ import torch
 from shard.batch import RequestState
 from shard.config import ShardConfig
 from shard.demo_model import build_demo_model
+from shard.detokenize import Detokenizer
 from shard.factory import build_runner
 from shard.model_runner import ModelRunner
 from shard.sampling import NextTokenChooser, SamplingParams, StoppingCriteria
@@ -50,6 +51,7 @@ def _request(
     rid: int, prompt: list[int], blocks: list[int], cache_len: int = 0, max_new: int = 1000
 ) -> RequestState:
     slots = [b * BLOCK + o for b in blocks for o in range(BLOCK)]
+    prefix_offset, read_offset = Detokenizer.initial_offsets(len(prompt))  # as the server sets them
     return RequestState(
         rid,
         list(prompt),
@@ -59,6 +61,8 @@ def _request(
         cache_len,
         NextTokenChooser(SamplingParams()),
         StoppingCriteria(frozenset(), max_new, ignore_eos_token=True),
+        prefix_offset=prefix_offset,
+        read_offset=read_offset,
     )
 
 
