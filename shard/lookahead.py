@@ -79,8 +79,8 @@ class Lookahead:
     step lock; results wait here, by batch id, in step order."""
 
     def __init__(self, start: StartFn, step: StepFn, depth: int) -> None:
-        self._start, self._step, self.depth = start, step, depth
-        self.enabled = depth > 0
+        self._start, self._step = start, step
+        self.depth = depth  # 0: off
         self._task: asyncio.Task | None = None
         self._task_batch = -1
         self._mutex = threading.Lock()  # the worker's and the loop's view of _ready and _stop
@@ -97,7 +97,7 @@ class Lookahead:
         every request of it got a token, none stopped or failed (so all are decoding). Call once nothing more
         reads the requests' state for this step's answer but the fields of its CachedBatch: a step changes
         the rest."""
-        if not self.enabled or stored_batches != 1 or self._task is not None:
+        if self.depth == 0 or stored_batches != 1 or self._task is not None:
             return
         with self._mutex:
             ready = self._ready.get(batch.id, [])

@@ -188,7 +188,8 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         failed = {g.request_id for g in generations if g.error is not None}
         if failed:
             # NOTE: a request that failed alone leaves the batch; the others keep their state and KV.
-            await self.lookahead.settle(batch.id)  # a no-op: a chain ends at a failure
+            # NOTE: a chain ends at a failure; this waits for its worker to return before the batch changes
+            await self.lookahead.settle(batch.id)
             batch = batch.filter([i for i in batch.request_ids if i not in failed])
             self.runner.plan_next(batch.requests)
             generations_live = [g for g in generations if g.error is None]

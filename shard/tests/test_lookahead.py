@@ -56,10 +56,10 @@ class Router:
     def _compare(self, a, plain: list) -> None:
         b = plain[-1]
         if hasattr(a, "generations"):
-            joined = _joined(plain)
+            mine, joined = _joined([a]), _joined(plain)
             assert [g.request_id for g in a.generations] == [g.request_id for g in b.generations]
-            assert _joined([a]).keys() == joined.keys()
-            for rid, (ids, logprobs, finish) in _joined([a]).items():
+            assert mine.keys() == joined.keys()
+            for rid, (ids, logprobs, finish) in mine.items():
                 assert (ids, finish) == (joined[rid][0], joined[rid][2])
                 assert logprobs == pytest.approx(joined[rid][1], abs=1e-4)
                 self.tokens.setdefault(rid, []).extend(ids)
@@ -164,7 +164,7 @@ def _joined(answers: list) -> dict[int, tuple[list[int], list[float], tuple]]:
 async def _churn(tiny_llama, seed: int, steps: int) -> tuple[Router, TextGenerationService]:
     config = make_config(tiny_llama, num_blocks=POOL_BLOCKS)
     ahead, plain = (TextGenerationService(build_runner(config), config) for _ in range(2))
-    plain.lookahead.enabled = False
+    plain.lookahead.depth = 0
     router = Router(ahead, plain, seed)
     cached = None
     for _ in range(steps):

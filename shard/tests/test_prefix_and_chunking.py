@@ -140,7 +140,7 @@ async def test_later_chunks_respect_the_prefill_budget_beside_running_decodes(se
     cold_ids, cold_lps, cold_prompt = await _generate(service, 1, pool.take(n + NEW)[0])
     service.runner.max_prefill_tokens = budget
     # NOTE: no step run ahead (shard.lookahead, tested apart): it would move cache_len while this test reads it
-    service.lookahead.enabled = False
+    service.lookahead.depth = 0
     running = [request(10 + i, "Two short ones", *pool.take(20 + 40), max_new=40) for i in range(2)]
     resp = await service.Prefill(pb.PrefillRequest(batch=batch(10, running)), None)
     blocks = pool.take(n + NEW)[0]

@@ -92,7 +92,7 @@ async def test_one_failing_request_leaves_the_others_running(
     llama_service: TextGenerationService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # NOTE: no step run ahead (shard.lookahead): it could call the victim's stop check before it is patched
-    llama_service.lookahead.enabled = False
+    llama_service.lookahead.depth = 0
     blocks = Blocks()
     reqs = [request(i, TEXT, *blocks.take(40)) for i in range(3)]
     first = await llama_service.Prefill(pb.PrefillRequest(batch=batch(0, reqs)), None)
