@@ -3,8 +3,8 @@
 No Python loop over requests; each call is a handful of batched ops:
 
     call                                  path
-    prefill, bf16 with AVX512-BF16        the compiled kernel of :mod:`.cpu_prefill` (every piece, one call;
-                                          reads K/V in place); otherwise:
+    prefill, bf16 with AVX512-BF16 and    the compiled kernel of :mod:`.cpu_prefill` (every piece, one call;
+      no AMX                              reads K/V in place); otherwise:
     prefill, one prompt, nothing cached   K/V gathered through the table; SDPA(is_causal=True, enable_gqa)
                                           (also when it is the only prompt piece beside one-token rows)
     prefill, one prompt after a cached    (CPU) two flash calls merged by their log-sum-exps: the piece over

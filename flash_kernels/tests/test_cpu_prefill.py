@@ -56,8 +56,16 @@ def test_head_dim_128_and_one_kv_head_match_brute_force() -> None:
         assert_close(out, brute_force(case).to(torch.bfloat16))
 
 
+@pytest.fixture
+def forced_on():
+    """The kernel wherever it applies, AMX CPUs too (where the default leaves prefill to torch's flash)."""
+    cpu_prefill.set_enabled(True)
+    yield
+    cpu_prefill.set_enabled(None)
+
+
 @needs_kernel
-def test_backend_prefill_runs_the_kernel_for_bf16_only() -> None:
+def test_backend_prefill_runs_the_kernel_for_bf16_only(forced_on) -> None:
     """bf16 prompt pieces (beside a one-token row, which takes the decode kernel) run no flash kernel; fp32
     keeps torch's."""
     bf16 = make_case([(50, 30), (9, 1), (0, 12)], 16, kv_heads=2, group=2, head_dim=64, dtype=torch.bfloat16)
@@ -70,7 +78,7 @@ def test_backend_prefill_runs_the_kernel_for_bf16_only() -> None:
 
 
 @needs_kernel
-def test_set_enabled_and_env_switch_it_off(monkeypatch) -> None:
+def test_set_enabled_and_env_switch_it(monkeypatch) -> None:
     case = make_case([(50, 30)], 16, kv_heads=2, group=2, head_dim=64, dtype=torch.bfloat16)
     try:
         for on in (False, True):
@@ -78,9 +86,23 @@ def test_set_enabled_and_env_switch_it_off(monkeypatch) -> None:
             names = _ops(lambda: SdpaBackend().prefill(*case.prefill_args()))
             assert (KERNEL in names) == on and (FLASH in names) == (not on)
     finally:
-        cpu_prefill.set_enabled(True)
-    monkeypatch.setenv(cpu_prefill.ENV, "0")
-    assert FLASH in _ops(lambda: SdpaBackend().prefill(*case.prefill_args()))
+        cpu_prefill.set_enabled(None)
+    monkeypatch.setattr(cpu_prefill, "amx_tiles", lambda: True)
+    for setting, on in (("0", False), ("1", True), ("auto", False)):
+        monkeypatch.setenv(cpu_prefill.ENV, setting)
+        assert (KERNEL in _ops(lambda: SdpaBackend().prefill(*case.prefill_args()))) == on, setting
+
+
+@needs_kernel
+@pytest.mark.parametrize("amx", [True, False])
+def test_default_leaves_amx_cpus_to_torchs_flash(monkeypatch, amx: bool) -> None:
+    """By default the kernel serves CPUs without AMX tiles; with them, torch's flash kernel (on AMX) is faster."""
+    monkeypatch.delenv(cpu_prefill.ENV, raising=False)
+    monkeypatch.setattr(cpu_prefill, "amx_tiles", lambda: amx)
+    case = make_case([(50, 30), (0, 12)], 16, kv_heads=2, group=2, head_dim=64, dtype=torch.bfloat16)
+    names = _ops(lambda: SdpaBackend().prefill(*case.prefill_args()))
+    assert (KERNEL in names) == (not amx) and (FLASH in names) == amx
+    assert_close(SdpaBackend().prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
 
 
 @needs_kernel

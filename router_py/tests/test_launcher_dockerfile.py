@@ -24,11 +24,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from router_py.launch.model_source import demo_model
+
 ROOT = Path(__file__).resolve().parents[2]
 HADOLINT = Path(sys.executable).parent / "hadolint"
 NOBODY = 65534
 SYSTEM_PYTHON = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-DEMO_MODEL = Path(os.environ.get("PRISM_CACHE_DIR", Path.home() / ".cache" / "prism-serve")) / "demo-llama-tiny"
 
 
 def final_stage(text: str) -> str:
@@ -115,7 +116,7 @@ def test_dockerfile_steps_replayed_serve_as_an_unprivileged_user() -> None:
         assert (site / "proto" / "generate" / "v3" / "generate_pb2_grpc.py").is_file()
 
         work.mkdir()
-        shutil.copytree(DEMO_MODEL, work / "model")
+        shutil.copytree(demo_model(), work / "model")  # built here on a fresh machine
         os.chown(work, NOBODY, NOBODY)
         for path in work.rglob("*"):
             os.chown(path, NOBODY, NOBODY)
