@@ -15,6 +15,9 @@ import asyncio
 import dataclasses
 import json
 import multiprocessing
+import os
+import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -173,5 +176,19 @@ def _pool() -> ProcessPoolExecutor:
     global _POOL
     if _POOL is None:
         # NOTE: spawn, not fork: the router has threads (gRPC, uvicorn) that fork would copy mid-state.
-        _POOL = ProcessPoolExecutor(max_workers=WORKERS, mp_context=multiprocessing.get_context("spawn"))
+        _POOL = ProcessPoolExecutor(max_workers=WORKERS, mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=_exit_with_router, initargs=(os.getpid(),))
     return _POOL
+
+
+def _exit_with_router(router: int) -> None:
+    """In each check process: exit once the router is gone, however it ended (a killed router's pool does not
+    stop its workers, which then outlived it). Polled, since a parent-death signal would follow the router's
+    thread that happened to start the process, not the router."""
+
+    def watch() -> None:
+        while os.getppid() == router:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-router", daemon=True).start()
