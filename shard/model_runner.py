@@ -159,7 +159,7 @@ class ModelRunner:
         check_step(active, self.limits)
         inputs = build_step_inputs(active)
         if self.cpu_threads is not None:
-            # NOTE: per calling thread (OpenMP); steps run on asyncio.to_thread workers, so set it here.
+            # NOTE: per calling thread (OpenMP); steps run on shard.step_thread, so set it here.
             want = self.cpu_threads.for_tokens(step_size(active, self.model.config.hidden))
             if torch.get_num_threads() != want:
                 torch.set_num_threads(want)

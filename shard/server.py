@@ -29,6 +29,7 @@ from shard.grammar import GrammarCompiler
 from shard.kv_tiers.service import KvTierServicer, parse_copies, step_with_copies
 from shard.kv_tiers.tiers import KvTiers
 from shard.lookahead import AheadResult, Lookahead, depth_from_env
+from shard import step_thread
 from shard.model_runner import ModelRunner, StepTimes
 from shard.validation import check_block_ownership, check_new_request
 from shard.warmup import assign_scratch_memory, clamp_warmup_prompts, settle_limits, usable_capacity
@@ -128,8 +129,8 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         assign_scratch_memory(batch.requests, kv.num_blocks, kv.block_size)
         self._check_new(batch)
         async with self.lock:
-            await asyncio.to_thread(self.runner.step, batch.requests)
-            await asyncio.to_thread(self.runner.maybe_capture_graphs, limits.max_total_tokens)
+            await step_thread.run(self.runner.step, batch.requests)
+            await step_thread.run(self.runner.maybe_capture_graphs, limits.max_total_tokens)
         self.runner.max_input_tokens = limits.max_input_tokens
         self.runner.max_prefill_tokens = request.max_prefill_tokens or None
         return pb.WarmupResponse(
@@ -240,7 +241,7 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             return None
         await self.lock.acquire()
         try:
-            running = asyncio.get_running_loop().run_in_executor(None, work)
+            running = step_thread.run(work)
         except BaseException:
             self.lock.release()
             raise

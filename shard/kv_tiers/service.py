@@ -8,6 +8,7 @@ import asyncio
 
 from proto.generate.v3 import generate_pb2 as pb
 from proto.generate.v3 import generate_pb2_grpc as pb_grpc
+from shard import step_thread
 from shard.batch import RequestState
 from shard.errors import InvalidRequest
 from shard.kv_tiers.copies import Copy, from_pb
@@ -35,7 +36,7 @@ async def step_with_copies(runner, tiers: KvTiers | None, requests: list[Request
     have provided, then ``runner.step(requests)`` with deferred loads landing layer by layer (``defer``: a
     Prefill, whose forward is eager). Returns (generations, times, failed copy indices)."""
     if not copies:
-        generations, times = await asyncio.to_thread(runner.step, requests)
+        generations, times = await step_thread.run(runner.step, requests)
         return generations, times, []
     assert tiers is not None
     outcome = await asyncio.get_running_loop().run_in_executor(tiers.worker, tiers.run, copies, defer)
@@ -49,7 +50,7 @@ async def step_with_copies(runner, tiers: KvTiers | None, requests: list[Request
                 recompute_missing(runner, requests, outcome.bad_device)
             return runner.step(requests)
 
-    generations, times = await asyncio.to_thread(work)
+    generations, times = await step_thread.run(work)
     return generations, times, outcome.failed
 
 
