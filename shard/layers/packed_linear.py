@@ -24,13 +24,14 @@ from torch.nn import functional as F
 
 log = logging.getLogger(__name__)
 ENV = "PRISM_PACK_LINEARS"
-# NOTE: above this many rows (a prefill, whose row count is new almost every time) F.linear is used: oneDNN
-# builds a primitive per new input shape, and for the packed weight that first call costs 1-2 ms more per
-# linear at ~1,000 rows, more than packing saves there; decode batch sizes repeat, so they keep their
-# primitives.
+# NOTE: above this many rows (a prefill) F.linear is used: for the packed weight a new row count's first call
+# costs 1-2 ms more per linear at ~1,000 rows, more than packing saves there.
 PACKED_MAX_ROWS = 256
-# Decode batch sizes warmed at load (:func:`warm_packed_linears`), within a budget of multiply-adds so that a
-# large model warms only its smallest sizes.
+# Row counts warmed at load (:func:`warm_packed_linears`): every decode batch size up to WARM_ROWS, then the
+# buckets above it (:func:`bucket_rows`) up to PACKED_MAX_ROWS, within a budget of multiply-adds so that a
+# large model warms only its smallest sizes. Above WARM_ROWS rows are padded to their bucket: oneDNN builds a
+# primitive per new row count (about 1 ms per linear at 70-250 rows on an AMX CPU, 3-4 ms at 1,650, against
+# 0.2 / 0.6 ms for the products), and a step mixing decode rows and prompt pieces has a new count every time.
 WARM_ROWS, WARM_MACS = 64, 2 * 10**10
 
 
@@ -41,9 +42,30 @@ class PackedLinear(nn.Linear):
     packed: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() > PACKED_MAX_ROWS * x.shape[-1]:
-            return F.linear(x, self.weight, self.bias)
+        """x (rows, in) bf16 -> (rows, out)."""
+        rows = x.shape[0]
+        if rows <= WARM_ROWS:
+            return self._packed(x)
+        padded = _pad_rows(x, bucket_rows(rows))
+        if rows > PACKED_MAX_ROWS:
+            return F.linear(padded, self.weight, self.bias)[:rows]
+        return self._packed(padded)[:rows]
+
+    def _packed(self, x: torch.Tensor) -> torch.Tensor:
         return _mkldnn("_linear_pointwise")(x, self.packed, self.bias, "none", [None], "")
+
+
+def bucket_rows(rows: int) -> int:
+    """``rows`` rounded up to a multiple of an eighth of its power of two (at least 32): at most 8 row counts
+    per octave, at most 12.5% of padding."""
+    step = max(32, 1 << max(rows.bit_length() - 4, 0))
+    return -(-rows // step) * step
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """x (n, in) with zero rows appended up to ``rows``: rows are computed independently, so the padding
+    changes no real row (checked bit for bit in the tests)."""
+    return x if x.shape[0] == rows else F.pad(x, (0, 0, 0, rows - x.shape[0]))
 
 
 def pack_cpu_linears(model: nn.Module, available_bytes: int | None = None) -> int:
@@ -75,8 +97,9 @@ def pack_cpu_linears(model: nn.Module, available_bytes: int | None = None) -> in
 
 
 def warm_packed_linears(model: nn.Module, rows: int = WARM_ROWS, budget_macs: int = WARM_MACS) -> int:
-    """Call every distinct packed linear shape of ``model`` once per row count 1..``rows`` (zeros, bf16), so
-    that oneDNN builds its primitive for each decode batch size now rather than in a live step (2-5 ms each
+    """Call every distinct packed linear shape of ``model`` once per row count 1..``rows``, then once per
+    bucket (:func:`bucket_rows`) above it up to ``PACKED_MAX_ROWS`` (zeros, bf16), so that oneDNN builds its
+    primitive for each decode batch size and small mixed step now rather than in a live step (2-5 ms each
     on the peer model, paid by the first steps at each new batch size: docs/performance.md). Stops at the
     first row count that would take the calls past ``budget_macs``. Call with the intra-op thread count the
     decode steps use (a primitive is kept per thread count). Returns the row counts warmed."""
@@ -85,15 +108,16 @@ def warm_packed_linears(model: nn.Module, rows: int = WARM_ROWS, budget_macs: in
     if not shapes:
         return 0
     per_row = sum(i * o for i, o, _ in shapes)
+    counts = list(range(1, rows + 1)) + sorted({bucket_rows(n) for n in range(rows + 1, PACKED_MAX_ROWS + 1)})
     spent = 0
     with torch.inference_mode():
-        for n in range(1, rows + 1):
+        for done, n in enumerate(counts):
             spent += n * per_row
             if spent > budget_macs:
-                return n - 1
+                return done
             for (i, _, _), m in shapes.items():
                 m(torch.zeros(n, i, dtype=m.weight.dtype))
-    return rows
+    return len(counts)
 
 
 def _available_memory() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -47,8 +48,22 @@ def test_warming_covers_each_row_count_within_the_budget() -> None:
     assert packed_linear.warm_packed_linears(model) == 0  # nothing packed: nothing to warm
     assert pack_cpu_linears(model) == 2
     per_row = 64 * 96 + 96 * 64
-    assert packed_linear.warm_packed_linears(model) == packed_linear.WARM_ROWS
+    assert packed_linear.warm_packed_linears(model) == packed_linear.WARM_ROWS + 6  # and 96, 128, ..., 256
     assert packed_linear.warm_packed_linears(model, rows=10, budget_macs=3 * per_row) == 2  # 1 + 2 rows fit
     assert packed_linear.warm_packed_linears(model, rows=10, budget_macs=per_row - 1) == 0
     x = torch.randn(3, 64, dtype=torch.bfloat16)
     assert torch.equal(model(x), F.linear(F.linear(x, model[0].weight), model[1].weight, model[1].bias))
+
+
+@pytest.mark.parametrize("rows", [63, 65, 100, 256, 257, 300, 1650])
+def test_rows_padded_to_their_bucket_change_no_row(rows: int) -> None:
+    model = _model(torch.bfloat16)
+    assert pack_cpu_linears(model) == 2
+    x = torch.randn(rows, 64, dtype=torch.bfloat16)
+    assert torch.equal(model(x), F.linear(F.linear(x, model[0].weight), model[1].weight, model[1].bias))
+
+
+def test_buckets_are_few_and_tight() -> None:
+    counts = {packed_linear.bucket_rows(n) for n in range(65, 4097)}
+    assert len(counts) <= 40 and all(packed_linear.bucket_rows(n) >= n for n in range(1, 5000))
+    assert max(packed_linear.bucket_rows(n) / n for n in range(257, 5000)) <= 1.125
