@@ -42,14 +42,13 @@ class PackedLinear(nn.Linear):
     packed: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (rows, in) bf16 -> (rows, out)."""
-        rows = x.shape[0]
+        """x (..., in) bf16 -> (..., out); the leading dims are flattened into rows."""
+        rows = x.numel() // x.shape[-1]
         if rows <= WARM_ROWS:
             return self._packed(x)
-        padded = _pad_rows(x, bucket_rows(rows))
-        if rows > PACKED_MAX_ROWS:
-            return F.linear(padded, self.weight, self.bias)[:rows]
-        return self._packed(padded)[:rows]
+        padded = _pad_rows(x.reshape(rows, x.shape[-1]), bucket_rows(rows))
+        out = F.linear(padded, self.weight, self.bias) if rows > PACKED_MAX_ROWS else self._packed(padded)
+        return out[:rows].view(*x.shape[:-1], self.out_features)
 
     def _packed(self, x: torch.Tensor) -> torch.Tensor:
         return _mkldnn("_linear_pointwise")(x, self.packed, self.bias, "none", [None], "")

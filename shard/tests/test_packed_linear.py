@@ -63,6 +63,13 @@ def test_rows_padded_to_their_bucket_change_no_row(rows: int) -> None:
     assert torch.equal(model(x), F.linear(F.linear(x, model[0].weight), model[1].weight, model[1].bias))
 
 
+def test_leading_dims_are_rows() -> None:
+    model = _model(torch.bfloat16)
+    assert pack_cpu_linears(model) == 2
+    x = torch.randn(3, 100, 64, dtype=torch.bfloat16)
+    assert torch.equal(model(x), F.linear(F.linear(x, model[0].weight), model[1].weight, model[1].bias))
+
+
 def test_buckets_are_few_and_tight() -> None:
     counts = {packed_linear.bucket_rows(n) for n in range(65, 4097)}
     assert len(counts) <= 40 and all(packed_linear.bucket_rows(n) >= n for n in range(1, 5000))
