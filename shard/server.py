@@ -20,7 +20,7 @@ from opentelemetry import trace
 
 from proto.generate.v3 import generate_pb2 as pb
 from proto.generate.v3 import generate_pb2_grpc as pb_grpc
-from shard import convert
+from shard import convert, step_thread
 from shard.batch import RequestState, ShardBatch
 from shard.config import ShardConfig
 from shard.errors import BatchNotFound, InvalidRequest
@@ -29,7 +29,6 @@ from shard.grammar import GrammarCompiler
 from shard.kv_tiers.service import KvTierServicer, parse_copies, step_with_copies
 from shard.kv_tiers.tiers import KvTiers
 from shard.lookahead import AheadResult, Lookahead, depth_from_env
-from shard import step_thread
 from shard.model_runner import ModelRunner, StepTimes
 from shard.validation import check_block_ownership, check_new_request
 from shard.warmup import assign_scratch_memory, clamp_warmup_prompts, settle_limits, usable_capacity

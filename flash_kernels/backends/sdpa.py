@@ -33,11 +33,6 @@ import torch.nn.functional as F
 
 from flash_kernels.backends import cpu_decode, cpu_prefill
 
-# NOTE: torch's CPU flash kernel builds (oneDNN brgemm, JIT) a kernel for every new size of its last query /
-# key block, so every new prompt length paid about 3 ms more in its first layer (docs/performance.md); prompt
-# pieces are padded to a multiple of this many rows (the padded rows' outputs are dropped).
-ROW_PAD = 64
-
 
 def store_kv(
     key_cache: torch.Tensor,
@@ -132,14 +127,12 @@ def _prefill_many(
         return cpu_prefill.prefill(q, key_cache, value_cache, block_tables, cu_seqlens_q, seqlens_k, softmax_scale)
     n = q.shape[0]
     if len(seqlens_k) == 1 and int(seqlens_k[0]) == n:
-        rows = _padded_rows(n, q.device)
-        k = _pad_rows(_gather_one(key_cache, block_tables[0], n), rows)
-        v = _pad_rows(_gather_one(value_cache, block_tables[0], n), rows)
+        k = _gather_one(key_cache, block_tables[0], n)
+        v = _gather_one(value_cache, block_tables[0], n)
         out = F.scaled_dot_product_attention(
-            _pad_rows(q.transpose(0, 1).unsqueeze(0), rows), k, v, is_causal=True, scale=softmax_scale,
-            enable_gqa=True,
-        )  # NOTE: causal, so no real query sees the padded keys at the end
-        return out[0, :, :n].transpose(0, 1)
+            q.transpose(0, 1).unsqueeze(0), k, v, is_causal=True, scale=softmax_scale, enable_gqa=True
+        )
+        return out[0].transpose(0, 1)
     if len(seqlens_k) == 1 and n > 0 and q.device.type == "cpu":
         length = int(seqlens_k[0])
         return _prefill_after_prefix(q, key_cache, value_cache, block_tables[0], length, softmax_scale)
@@ -170,27 +163,16 @@ def _prefill_after_prefix(
     n = q.shape[0]
     k = _gather_one(key_cache, block_row, length)  # (1, hk, length, d)
     v = _gather_one(value_cache, block_row, length)
-    prefix, rows = length - n, _padded_rows(n, q.device)
-    qh = _pad_rows(q.transpose(0, 1).unsqueeze(0), rows)  # (1, h, rows, d)
-    # NOTE: the aten op, not F.scaled_dot_product_attention, for its logsumexp (1, h, rows) fp32; it reads
+    prefix = length - n
+    qh = q.transpose(0, 1).unsqueeze(0)  # (1, h, n, d)
+    # NOTE: the aten op, not F.scaled_dot_product_attention, for its logsumexp (1, h, n) fp32; it reads
     # grouped K/V heads itself. Looked up by name: it is torch's underscored op, not one of ours.
     flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
     past, past_lse = flash(qh, k[:, :, :prefix], v[:, :, :prefix], scale=softmax_scale)
-    own, own_lse = flash(qh, _pad_rows(k[:, :, prefix:], rows), _pad_rows(v[:, :, prefix:], rows), is_causal=True,
-                         scale=softmax_scale)
-    past_share = torch.sigmoid(past_lse[..., :n] - own_lse[..., :n]).unsqueeze(-1)  # exp(a) / (exp(a) + exp(b))
-    out = torch.lerp(own[:, :, :n].float(), past[:, :, :n].float(), past_share).to(q.dtype)
+    own, own_lse = flash(qh, k[:, :, prefix:], v[:, :, prefix:], is_causal=True, scale=softmax_scale)
+    past_share = torch.sigmoid(past_lse - own_lse).unsqueeze(-1)  # exp(a) / (exp(a) + exp(b))
+    out = torch.lerp(own.float(), past.float(), past_share).to(q.dtype)
     return out[0].transpose(0, 1)
-
-
-def _padded_rows(n: int, device: torch.device) -> int:
-    """``n`` rounded up to ``ROW_PAD`` on CPUs (elsewhere ``n``)."""
-    return -(-n // ROW_PAD) * ROW_PAD if device.type == "cpu" else n
-
-
-def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """t (1, heads, L, d) with zero rows appended along L up to ``rows``."""
-    return t if t.shape[2] == rows else F.pad(t, (0, 0, 0, rows - t.shape[2]))
 
 
 def _length_class(lengths: torch.Tensor) -> torch.Tensor:
