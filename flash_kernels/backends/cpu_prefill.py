@@ -17,13 +17,15 @@ import torch
 from flash_kernels.backends import cpu_decode
 
 ENV = "PRISM_CPU_PREFILL_KERNEL"
-_state: dict[object, bool | None] = {}  # (group, head dim) -> compiled for it; "forced": set_enabled's choice
+_supported: dict[tuple[int, int], bool] = {}  # (group, head dim) -> compiled for it
+_forced: bool | None = None  # set_enabled's choice; None: the default
 
 
 def set_enabled(on: bool | None) -> None:
     """From now on, in this process: True uses the kernel wherever it applies (AMX CPUs too), False never,
     None goes back to the default (the environment's setting, else: not on AMX CPUs). For A/B runs and tests."""
-    _state["forced"] = on
+    global _forced
+    _forced = on
 
 
 @lru_cache(maxsize=1)
@@ -34,9 +36,8 @@ def amx_tiles() -> bool:
 
 
 def _wanted() -> bool:
-    forced = _state.get("forced")
-    if forced is not None:
-        return forced
+    if _forced is not None:
+        return _forced
     setting = os.environ.get(ENV, "auto")
     return setting != "0" and (setting == "1" or not amx_tiles())
 
@@ -48,9 +49,9 @@ def usable(q: torch.Tensor, key_cache: torch.Tensor) -> bool:
     if q.dtype != torch.bfloat16 or q.device.type != "cpu" or not _wanted() or not cpu_decode.load():
         return False
     shape = (q.shape[1] // key_cache.shape[2], q.shape[2])
-    if shape not in _state:
-        _state[shape] = bool(torch.ops.prism_kernels.paged_prefill_supported(*shape))
-    return bool(_state[shape])
+    if shape not in _supported:
+        _supported[shape] = bool(torch.ops.prism_kernels.paged_prefill_supported(*shape))
+    return _supported[shape]
 
 
 def prefill(

@@ -97,17 +97,18 @@ def pack_cpu_linears(model: nn.Module, available_bytes: int | None = None) -> in
 
 def warm_packed_linears(model: nn.Module, rows: int = WARM_ROWS, budget_macs: int = WARM_MACS) -> int:
     """Call every distinct packed linear shape of ``model`` once per row count 1..``rows``, then once per
-    bucket (:func:`bucket_rows`) above it up to ``PACKED_MAX_ROWS`` (zeros, bf16), so that oneDNN builds its
-    primitive for each decode batch size and small mixed step now rather than in a live step (2-5 ms each
-    on the peer model, paid by the first steps at each new batch size: docs/performance.md). Stops at the
-    first row count that would take the calls past ``budget_macs``. Call with the intra-op thread count the
-    decode steps use (a primitive is kept per thread count). Returns the row counts warmed."""
+    bucket (:func:`bucket_rows`) that forward pads to, up to ``PACKED_MAX_ROWS`` (zeros, bf16), so that
+    oneDNN builds its primitive for each decode batch size and small mixed step now rather than in a live
+    step (2-5 ms each on the peer model, paid by the first steps at each new batch size: docs/performance.md).
+    Stops at the first row count that would take the calls past ``budget_macs``. Call with the intra-op
+    thread count the decode steps use (a primitive is kept per thread count). Returns the row counts warmed."""
     shapes = {(m.in_features, m.out_features, m.bias is not None): m
               for m in model.modules() if isinstance(m, PackedLinear)}
     if not shapes:
         return 0
     per_row = sum(i * o for i, o, _ in shapes)
-    counts = list(range(1, rows + 1)) + sorted({bucket_rows(n) for n in range(rows + 1, PACKED_MAX_ROWS + 1)})
+    # NOTE: the buckets forward pads to: those of row counts above WARM_ROWS, whatever ``rows`` is
+    counts = list(range(1, rows + 1)) + sorted({bucket_rows(n) for n in range(WARM_ROWS + 1, PACKED_MAX_ROWS + 1)})
     spent = 0
     with torch.inference_mode():
         for done, n in enumerate(counts):
