@@ -5,7 +5,8 @@ No Python loop over requests; each call is a handful of batched ops:
     call                                  path
     prefill, bf16 with AVX512-BF16 and    the compiled kernel of :mod:`.cpu_prefill` (every piece, one call;
       no AMX                              reads K/V in place); otherwise:
-    prefill, one prompt, nothing cached   K/V gathered through the table; SDPA(is_causal=True, enable_gqa)
+    prefill, one prompt, nothing cached   K/V gathered through the table; SDPA(is_causal=True, enable_gqa),
+                                          bf16 from 512 rows padded to a multiple of 64 (see PAD_MIN_ROWS)
                                           (also when it is the only prompt piece beside one-token rows)
     prefill, one prompt after a cached    (CPU) two flash calls merged by their log-sum-exps: the piece over
       prefix                              the prefix (no mask) and over itself (is_causal); no mask built
@@ -127,12 +128,7 @@ def _prefill_many(
         return cpu_prefill.prefill(q, key_cache, value_cache, block_tables, cu_seqlens_q, seqlens_k, softmax_scale)
     n = q.shape[0]
     if len(seqlens_k) == 1 and int(seqlens_k[0]) == n:
-        k = _gather_one(key_cache, block_tables[0], n)
-        v = _gather_one(value_cache, block_tables[0], n)
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1).unsqueeze(0), k, v, is_causal=True, scale=softmax_scale, enable_gqa=True
-        )
-        return out[0].transpose(0, 1)
+        return _prefill_cold(q, key_cache, value_cache, block_tables[0], softmax_scale)
     if len(seqlens_k) == 1 and n > 0 and q.device.type == "cpu":
         length = int(seqlens_k[0])
         return _prefill_after_prefix(q, key_cache, value_cache, block_tables[0], length, softmax_scale)
@@ -145,6 +141,30 @@ def _prefill_many(
                                     softmax_scale)
     args = (block_tables, cu_seqlens_q, seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale)
     return _prefill_padded(q, key_cache, value_cache, *args)
+
+
+# A cold bf16 prompt of at least PAD_MIN_ROWS tokens is padded to a multiple of PAD_MULTIPLE rows: torch's CPU
+# flash kernel JIT-builds an AMX brgemm kernel for each new size of its last query / key block (a few ms at
+# 1,500-2,000 tokens, and real prompts have a new length almost every time); padded, the tails take
+# PAD_MULTIPLE's few sizes. At most 1/8 more rows at 512; shorter prompts and pieces after a prefix are left
+# alone (there the padding costs more than the build: docs/performance.md).
+PAD_MIN_ROWS, PAD_MULTIPLE = 512, 64
+
+
+def _prefill_cold(
+    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, block_row: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """One prompt with nothing cached: q (n, h, d) -> (n, h, d), is_causal over its own K/V. Zero rows padded
+    at the end change no real row: a causal query never sees a later key."""
+    n = q.shape[0]
+    k = _gather_one(key_cache, block_row, n)  # (1, hk, n, d)
+    v = _gather_one(value_cache, block_row, n)
+    qh = q.transpose(0, 1).unsqueeze(0)  # (1, h, n, d)
+    pad = -n % PAD_MULTIPLE if n >= PAD_MIN_ROWS and q.dtype != torch.float32 else 0
+    if pad:
+        qh, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (qh, k, v))
+    out = F.scaled_dot_product_attention(qh, k, v, is_causal=True, scale=scale, enable_gqa=True)
+    return out[0, :, :n].transpose(0, 1)
 
 
 def _prefill_after_prefix(

@@ -92,6 +92,30 @@ def test_half_precision_matches_reference(dtype: torch.dtype) -> None:
     assert_close(BACKEND.decode(*step.decode_args()), reference.decode(*step.decode_args()))
 
 
+@pytest.mark.parametrize("n", [512, 530, 601])
+def test_long_cold_bf16_prompt_is_padded_and_matches_reference(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cold bf16 prompt of PAD_MIN_ROWS or more runs padded to PAD_MULTIPLE rows (fewer JIT'd flash shapes):
+    the real rows match the reference and the call without padding."""
+    from flash_kernels.backends import sdpa
+
+    case = make_case([(0, n)], 16, kv_heads=2, group=2, head_dim=64, dtype=torch.bfloat16, seed=n)
+    calls: list[int] = []
+    real = sdpa.F.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        calls.append(q.shape[2])
+        return real(q, *args, **kwargs)
+
+    monkeypatch.setattr(sdpa.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(sdpa.cpu_prefill, "usable", lambda *args: False)  # the compiled kernel takes it otherwise
+    padded = BACKEND.prefill(*case.prefill_args())
+    assert calls == [-(-n // sdpa.PAD_MULTIPLE) * sdpa.PAD_MULTIPLE]
+    assert_close(padded, reference.prefill(*case.prefill_args()))
+    monkeypatch.setattr(sdpa, "PAD_MIN_ROWS", 10**9)
+    assert_close(padded, BACKEND.prefill(*case.prefill_args()))
+    assert calls[-1] == n
+
+
 def test_store_kv_matches_reference() -> None:
     caches = [torch.zeros(5, 4, 2, 8) for _ in range(4)]
     key, value = torch.randn(7, 2, 8), torch.randn(7, 2, 8)
