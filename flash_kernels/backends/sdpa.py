@@ -160,7 +160,8 @@ def _prefill_cold(
     k = _gather_one(key_cache, block_row, n)  # (1, hk, n, d)
     v = _gather_one(value_cache, block_row, n)
     qh = q.transpose(0, 1).unsqueeze(0)  # (1, h, n, d)
-    pad = -n % PAD_MULTIPLE if n >= PAD_MIN_ROWS and q.dtype != torch.float32 else 0
+    jit = q.device.type == "cpu" and q.dtype != torch.float32  # fp32 runs a BLAS, no JIT'd kernels
+    pad = -n % PAD_MULTIPLE if jit and n >= PAD_MIN_ROWS else 0
     if pad:
         qh, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (qh, k, v))
     out = F.scaled_dot_product_attention(qh, k, v, is_causal=True, scale=scale, enable_gqa=True)
