@@ -6,7 +6,8 @@ No Python loop over requests; each call is a handful of batched ops:
     prefill, bf16 with AVX512-BF16 and    the compiled kernel of :mod:`.cpu_prefill` (every piece, one call;
       no AMX                              reads K/V in place); otherwise:
     prefill, one prompt, nothing cached   K/V gathered through the table; SDPA(is_causal=True, enable_gqa),
-                                          bf16 from 512 rows padded to a multiple of 64 (see PAD_MIN_ROWS)
+                                          on CPU bf16 / fp16 from 512 rows padded to a multiple of 64
+                                          (see PAD_MIN_ROWS)
                                           (also when it is the only prompt piece beside one-token rows)
     prefill, one prompt after a cached    (CPU) two flash calls merged by their log-sum-exps: the piece over
       prefix                              the prefix (no mask) and over itself (is_causal); no mask built
@@ -143,11 +144,11 @@ def _prefill_many(
     return _prefill_padded(q, key_cache, value_cache, *args)
 
 
-# A cold bf16 prompt of at least PAD_MIN_ROWS tokens is padded to a multiple of PAD_MULTIPLE rows: torch's CPU
-# flash kernel JIT-builds an AMX brgemm kernel for each new size of its last query / key block (a few ms at
-# 1,500-2,000 tokens, and real prompts have a new length almost every time); padded, the tails take
-# PAD_MULTIPLE's few sizes. At most 1/8 more rows at 512; shorter prompts and pieces after a prefix are left
-# alone (there the padding costs more than the build: docs/performance.md).
+# A cold bf16 / fp16 prompt on CPU of at least PAD_MIN_ROWS tokens is padded to a multiple of PAD_MULTIPLE
+# rows: torch's CPU flash kernel JIT-builds an AMX brgemm kernel for each new size of its last query / key
+# block (a few ms at 1,500-2,000 tokens, and real prompts have a new length almost every time); padded, the
+# tails take PAD_MULTIPLE's few sizes. At most 1/8 more rows at 512; shorter prompts and pieces after a
+# prefix are left alone (there the padding costs more than the build: docs/performance.md).
 PAD_MIN_ROWS, PAD_MULTIPLE = 512, 64
 
 
