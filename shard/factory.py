@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from flash_kernels.api import get_backend
 from shard.config import ShardConfig
+from shard.cpu_affinity import pin_cpus
 from shard.cpu_features import native_bf16
 from shard.kv_cache import KVCache, KVShape, choose_num_blocks
 from shard.kv_tiers.tiers import KvTiers, TierSizes
@@ -68,6 +70,14 @@ def pick_cpu_threads(config: ShardConfig) -> tuple[CpuThreads, str]:
     return CpuThreads(max(1, cores - 1), cores), f"{cores} cores, one left to the router during decode"
 
 
+def with_pinning(threads: CpuThreads, config: ShardConfig) -> tuple[CpuThreads, str]:
+    """``threads`` with the CPUs its largest team is pinned to (:mod:`shard.cpu_affinity`), and where: this
+    shard's slot on the host is its LOCAL_RANK (replicas), else its tensor-parallel rank."""
+    slot = config.local_rank if config.local_rank is not None else config.rank if config.world_size > 1 else 0
+    cpus, why = pin_cpus(threads.large, slot)
+    return replace(threads, cpus=cpus), why
+
+
 def build_runner(config: ShardConfig) -> ModelRunner:
     """Load the model and allocate the KV pool.
 
@@ -85,8 +95,9 @@ def build_runner(config: ShardConfig) -> ModelRunner:
     threads, cpu_threads = "", None
     if device.type == "cpu":
         cpu_threads, why = pick_cpu_threads(config)
+        cpu_threads, pinned = with_pinning(cpu_threads, config)
         torch.set_num_threads(cpu_threads.small)
-        threads = f", CPU threads {cpu_threads} ({why})"
+        threads = f", CPU threads {cpu_threads} ({why}; {pinned})"
     dtype, dtype_why = pick_dtype(config, device)
     backend = get_backend(config.attention_backend, device.type, config.block_size)
     loaded = load_model(config.model_dir, backend, dtype, device, tp, dummy=config.load_format == "dummy")

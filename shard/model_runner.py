@@ -15,10 +15,12 @@ import torch
 from shard.batch import RequestState
 from shard import grammar
 from shard.chunking import plan_chunks
+from shard.cpu_affinity import TeamPinning
 from shard.detokenize import Detokenizer
 from shard.generation import FinishedText, GenerationOut, TokensOut
 from shard.inputs import StepInputs, build_step_inputs, to_device
 from shard.kv_cache import KVCache
+from shard.layers.packed_linear import warm_prefill_linears
 from shard.layers.attention import AttentionMetadata
 from shard.loader import LoadedModel
 from shard.sampling import Choice
@@ -40,6 +42,7 @@ class CpuThreads:
 
     small: int
     large: int
+    cpus: tuple[int, ...] = ()  # where the ``large`` team's threads are pinned (shard.cpu_affinity); () not
 
     def __str__(self) -> str:
         if self.small == self.large:
@@ -90,6 +93,7 @@ class ModelRunner:
     ) -> None:
         self.loaded, self.kv = loaded, kv
         self.cpu_threads = cpu_threads  # None: leave torch's thread count alone (CUDA, tests)
+        self._pinning = TeamPinning(cpu_threads.cpus if cpu_threads is not None else ())
         self.model = loaded.model
         self.detok = Detokenizer(loaded.tokenizer)
         self.enforce_eager = enforce_eager
@@ -163,6 +167,7 @@ class ModelRunner:
             want = self.cpu_threads.for_tokens(step_size(active, self.model.config.hidden))
             if torch.get_num_threads() != want:
                 torch.set_num_threads(want)
+            self._pinning.maybe_pin(want)
         t0 = time.perf_counter_ns()
         with torch.inference_mode():
             logits = self._forward(inputs, self._rows_needed(active, inputs), active)
@@ -295,6 +300,18 @@ class ModelRunner:
             [self.detok.token_text(i) for i in id_list],
             [self.detok.is_special(i) for i in id_list],
         )
+
+    def warm_prefill(self, max_rows: int) -> None:
+        """Build oneDNN's primitives for prompt pieces of up to ``max_rows`` rows now, at the prefill steps'
+        thread count (:func:`shard.layers.packed_linear.warm_prefill_linears`), not in a live step. CPU only;
+        run it on the step thread."""
+        if self.cpu_threads is None:
+            return
+        torch.set_num_threads(self.cpu_threads.large)
+        self._pinning.maybe_pin(self.cpu_threads.large)
+        warmed = warm_prefill_linears(self.model, max_rows)
+        if warmed:
+            log.info("linears warmed for %d prompt piece sizes up to %d rows", warmed, max_rows)
 
     # ---- CUDA graphs ---------------------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ No Python loop over requests; each call is a handful of batched ops:
     prefill, one prompt after a cached    (CPU) two flash calls merged by their log-sum-exps: the piece over
       prefix                              the prefix (no mask) and over itself (is_causal); no mask built
     prefill, one-token rows               as decode (a decode merged with prompt pieces is not padded)
+    prefill, several pieces, some long    (CPU) each piece of EACH_MIN_ROWS rows or more alone, as above; the
+                                          others together, as below
     prefill, lengths far apart            one call per (query length, context length) class (log2 buckets)
     prefill, otherwise                    queries scattered into a padded (b, h, max_q, d) batch, K/V
                                           gathered into (b, hk, max_k, d); one SDPA with a boolean mask that
@@ -135,6 +137,10 @@ def _prefill_many(
         return _prefill_after_prefix(q, key_cache, value_cache, block_tables[0], length, softmax_scale)
     if len(seqlens_k) > 1:
         q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
+        long = q_lens >= EACH_MIN_ROWS
+        if q.device.type == "cpu" and bool(long.any()):
+            return _prefill_long_apart(q, key_cache, value_cache, block_tables, cu_seqlens_q, seqlens_k, long,
+                                       softmax_scale)
         group = _length_class(q_lens) * 64 + _length_class(seqlens_k)
         classes = group.unique()
         if len(classes) > 1:
@@ -142,6 +148,48 @@ def _prefill_many(
                                     softmax_scale)
     args = (block_tables, cu_seqlens_q, seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale)
     return _prefill_padded(q, key_cache, value_cache, *args)
+
+
+# On CPU a piece of EACH_MIN_ROWS rows or more runs alone (is_causal, or two flash calls after its prefix), not
+# in a masked batch, which computes every masked-out (query, key) pair and reads an (mq, mk) mask: two cold
+# 1,551-token prompts took 20 ms a layer batched, 7.3 apart; from 128 rows apart costs less than batched
+# (docs/performance.md). Many short pieces stay batched.
+EACH_MIN_ROWS = 128
+
+
+def _prefill_long_apart(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seqlens_k: torch.Tensor,
+    long: torch.Tensor,
+    softmax_scale: float,
+) -> torch.Tensor:
+    """q (n, h, d) -> (n, h, d): each ``long`` (b,) bool request's piece through the one-request paths (its
+    rows are one contiguous slice), the other requests' rows together through :func:`_prefill_many`."""
+    out = torch.empty_like(q)
+    bounds, lengths = cu_seqlens_q.tolist(), seqlens_k.tolist()
+    for i in long.nonzero()[:, 0].tolist():
+        start, end = bounds[i], bounds[i + 1]
+        piece = q[start:end]
+        if end - start == lengths[i]:
+            out[start:end] = _prefill_cold(piece, key_cache, value_cache, block_tables[i], softmax_scale)
+        else:
+            out[start:end] = _prefill_after_prefix(piece, key_cache, value_cache, block_tables[i], lengths[i],
+                                                   softmax_scale)
+    short = (~long).nonzero()[:, 0]
+    q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
+    owner = torch.repeat_interleave(torch.arange(len(q_lens), device=q.device), q_lens.long(), output_size=q.shape[0])
+    rows = (~long)[owner].nonzero()[:, 0]
+    if len(rows):
+        cu_short = F.pad(q_lens[short].cumsum(0, dtype=torch.int32), (1, 0))
+        out[rows] = _prefill_many(
+            q[rows], key_cache, value_cache, block_tables[short], cu_short, seqlens_k[short],
+            int(q_lens[short].max()), int(seqlens_k[short].max()), softmax_scale,
+        )
+    return out
 
 
 # A cold bf16 / fp16 prompt on CPU of at least PAD_MIN_ROWS tokens is padded to a multiple of PAD_MULTIPLE

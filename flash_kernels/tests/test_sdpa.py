@@ -74,6 +74,36 @@ def test_pieces_of_far_apart_lengths_are_grouped_and_match_reference(requests: l
     assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "requests",
+    [
+        [(0, 200), (0, 150)],  # two cold prompts of one length class
+        [(0, 300), (40, 130), (180, 6), (170, 5), (7, 0), (50, 1), (0, 40)],  # long, after a prefix, short, empty
+    ],
+)
+def test_long_pieces_run_apart_and_match_reference(
+    requests: list[tuple[int, int]], dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pieces of EACH_MIN_ROWS rows or more run one at a time, never in the masked batch; the others still
+    batch; every row matches the reference."""
+    from flash_kernels.backends import sdpa
+
+    case = make_case(requests, 16, kv_heads=2, group=2, head_dim=64, dtype=dtype, seed=len(requests))
+    batched: list[list[int]] = []
+    real = sdpa._prefill_padded
+
+    def spy(q, key_cache, value_cache, block_tables, cu_seqlens_q, *args):
+        batched.append((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).tolist())
+        return real(q, key_cache, value_cache, block_tables, cu_seqlens_q, *args)
+
+    monkeypatch.setattr(sdpa, "_prefill_padded", spy)
+    monkeypatch.setattr(sdpa.cpu_prefill, "usable", lambda *args: False)  # the compiled kernel takes it otherwise
+    assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+    assert all(n < sdpa.EACH_MIN_ROWS for lens in batched for n in lens)
+    assert batched == ([] if len(requests) == 2 else [[6, 5]])
+
+
 def test_decode_with_a_wider_table_and_upper_bound_length() -> None:
     """max_seqlen_k may be an upper bound (the graph-safe decode passes the whole table width)."""
     case = make_case(decode_requests(16), 16, kv_heads=2, group=2, head_dim=64, seed=2)

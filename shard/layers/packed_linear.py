@@ -33,6 +33,7 @@ PACKED_MAX_ROWS = 256
 # primitive per new row count (about 1 ms per linear at 70-250 rows on an AMX CPU, 3-4 ms at 1,650, against
 # 0.2 / 0.6 ms for the products), and a step mixing decode rows and prompt pieces has a new count every time.
 WARM_ROWS, WARM_MACS = 64, 2 * 10**10
+PREFILL_WARM_MACS = 4 * WARM_MACS  # prompt buckets up to 4,096 rows on the peer model: about 0.5 s at load
 
 
 class PackedLinear(nn.Linear):
@@ -108,13 +109,26 @@ def warm_packed_linears(model: nn.Module, rows: int = WARM_ROWS, budget_macs: in
     step (2-5 ms each on the peer model, paid by the first steps at each new batch size: docs/performance.md).
     Stops at the first row count that would take the calls past ``budget_macs``. Call with the intra-op
     thread count the decode steps use (a primitive is kept per thread count). Returns the row counts warmed."""
+    # NOTE: the buckets forward pads to: those of row counts above WARM_ROWS, whatever ``rows`` is
+    counts = list(range(1, rows + 1)) + sorted({bucket_rows(n) for n in range(WARM_ROWS + 1, PACKED_MAX_ROWS + 1)})
+    return _warm(model, counts, budget_macs)
+
+
+def warm_prefill_linears(model: nn.Module, max_rows: int, budget_macs: int = PREFILL_WARM_MACS) -> int:
+    """As :func:`warm_packed_linears` for the buckets above ``PACKED_MAX_ROWS`` up to ``max_rows``'s (prompt
+    pieces, on ``F.linear``): a new bucket's first step cost 6-8 ms more at 1,500-2,000 rows on the peer
+    model. Call with the thread count of prefill steps. Returns the row counts warmed."""
+    counts = sorted({bucket_rows(n) for n in range(PACKED_MAX_ROWS + 1, max_rows + 1)})
+    return _warm(model, counts, budget_macs)
+
+
+def _warm(model: nn.Module, counts: list[int], budget_macs: int) -> int:
+    """One call of every distinct packed linear shape per row count, smallest first, within the budget."""
     shapes = {(m.in_features, m.out_features, m.bias is not None): m
               for m in model.modules() if isinstance(m, PackedLinear)}
     if not shapes:
         return 0
     per_row = sum(i * o for i, o, _ in shapes)
-    # NOTE: the buckets forward pads to: those of row counts above WARM_ROWS, whatever ``rows`` is
-    counts = list(range(1, rows + 1)) + sorted({bucket_rows(n) for n in range(WARM_ROWS + 1, PACKED_MAX_ROWS + 1)})
     spent = 0
     with torch.inference_mode():
         for done, n in enumerate(counts):

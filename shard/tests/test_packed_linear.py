@@ -51,6 +51,9 @@ def test_warming_covers_each_row_count_within_the_budget() -> None:
     assert packed_linear.warm_packed_linears(model) == packed_linear.WARM_ROWS + 12  # and 80, 96, ..., 256
     assert packed_linear.warm_packed_linears(model, rows=10, budget_macs=3 * per_row) == 2  # 1 + 2 rows fit
     assert packed_linear.warm_packed_linears(model, rows=10, budget_macs=per_row - 1) == 0
+    assert packed_linear.warm_prefill_linears(model, 512) == 8  # the prompt buckets 288, 320, ..., 512
+    assert packed_linear.warm_prefill_linears(model, 512, budget_macs=(288 + 320) * per_row) == 2
+    assert packed_linear.warm_prefill_linears(model, 256) == 0
     x = torch.randn(3, 64, dtype=torch.bfloat16)
     assert torch.equal(model(x), F.linear(F.linear(x, model[0].weight), model[1].weight, model[1].bias))
 
