@@ -28,10 +28,11 @@ def run_seed(endpoint: Endpoint, builder: PromptBuilder, seed: int) -> None:
         records = asyncio.run(run_load(endpoint, loads.shared(qps), f"seed {seed} @ {qps:g}")).records
         ttft = [1e3 * r.ttft if r.ttft is not None else float("inf") for r in records]
         slowest = sorted(range(len(ttft)), key=lambda i: -ttft[i])[:5]
-        gaps = [1e3 * (records[i].arrival - records[i - 1].arrival) if i else 0.0 for i in range(len(records))]
+        arrivals = [r.arrival for r in records]
+        gaps = [1e3 * (arrivals[i] - arrivals[i - 1]) if i else 0.0 for i in range(len(records))]
         top = " ".join(f"#{i}{'C' if i in cold else ''} {ttft[i]:.1f} (gap {gaps[i]:.0f})" for i in slowest)
-        print(f"seed {seed} @ {qps:g} req/s: P50 {percentile(ttft, 50):.1f} P99 {percentile(ttft, 99):.1f} ms; "
-              f"slowest {top}", flush=True)
+        p50, p99 = percentile(ttft, 50), percentile(ttft, 99)
+        print(f"seed {seed} @ {qps:g} req/s: P50 {p50:.1f} P99 {p99:.1f} ms; slowest {top}", flush=True)
 
 
 def main() -> None:

@@ -1,10 +1,11 @@
 """Which CPUs a CPU shard's step threads are pinned to, and the pinning itself (once, from the step thread).
 
-With two busy threads on a two-core VM, Linux at times kept both on one core for tens of milliseconds while the
-other core idled (a cold prefill of 30 ms took 45-80; docs/performance.md, session 13). Pinned, each of torch's
-intra-op threads owns a core: thread i of the step thread's OpenMP team runs on ``cpus[i]``. Decode steps use
-the first ``small`` of them, so the cores after those stay the router's. Several shards on one host (tensor- or
-data-parallel ranks on CPU) each take their own slice, by ``slot``. ``PRISM_PIN_THREADS=0`` turns it off.
+With two busy threads on a two-core VM, Linux at times kept both on one core for tens of milliseconds while
+the other core idled (a cold prefill of 30 ms took 45-80; docs/performance.md, session 13). Pinned, each of
+torch's intra-op threads owns a core: thread i of the step thread's OpenMP team runs on ``cpus[i]``. Decode
+steps use the first ``small`` of them, so the cores after those stay the router's. Several shards on one host
+(tensor- or data-parallel ranks on CPU) each take their own run of CPUs, by ``slot``. ``PRISM_PIN_THREADS=0``
+turns it off.
 """
 
 from __future__ import annotations

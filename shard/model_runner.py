@@ -20,8 +20,8 @@ from shard.detokenize import Detokenizer
 from shard.generation import FinishedText, GenerationOut, TokensOut
 from shard.inputs import StepInputs, build_step_inputs, to_device
 from shard.kv_cache import KVCache
-from shard.layers.packed_linear import warm_prefill_linears
 from shard.layers.attention import AttentionMetadata
+from shard.layers.packed_linear import warm_prefill_linears
 from shard.loader import LoadedModel
 from shard.sampling import Choice
 from shard.sampling_batch import choose_batch, choose_one, device_safe
@@ -42,7 +42,7 @@ class CpuThreads:
 
     small: int
     large: int
-    cpus: tuple[int, ...] = ()  # where the ``large`` team's threads are pinned (shard.cpu_affinity); () not
+    cpus: tuple[int, ...] = ()  # large team's thread i on cpus[i] (shard.cpu_affinity); (): unpinned
 
     def __str__(self) -> str:
         if self.small == self.large:

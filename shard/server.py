@@ -130,7 +130,8 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         async with self.lock:
             await step_thread.run(self.runner.step, batch.requests)
             await step_thread.run(self.runner.maybe_capture_graphs, limits.max_total_tokens)
-            await step_thread.run(self.runner.warm_prefill, request.max_prefill_tokens or limits.max_input_tokens)
+            prefill_rows = request.max_prefill_tokens or limits.max_input_tokens
+            await step_thread.run(self.runner.warm_prefill, prefill_rows)
         self.runner.max_input_tokens = limits.max_input_tokens
         self.runner.max_prefill_tokens = request.max_prefill_tokens or None
         return pb.WarmupResponse(

@@ -1,6 +1,6 @@
 """CPU backend on torch's fused ``scaled_dot_product_attention`` (its flash kernel for CPUs, fp32 and bf16).
 
-No Python loop over requests; each call is a handful of batched ops:
+No Python loop over requests but for long prompt pieces on CPU; each call is a handful of batched ops:
 
     call                                  path
     prefill, bf16 with AVX512-BF16 and    the compiled kernel of :mod:`.cpu_prefill` (every piece, one call;
@@ -95,10 +95,7 @@ def prefill(
         q[rows], key_cache, value_cache, block_tables[ones], seqlens_k[ones], max_seqlen_k, softmax_scale
     )
     multi = (q_lens > 1).nonzero()[:, 0]
-    requests = torch.arange(len(q_lens), device=q.device)
-    owner = torch.repeat_interleave(requests, q_lens.long(), output_size=q.shape[0])  # request of each row
-    token_rows = (q_lens[owner] > 1).nonzero()[:, 0]
-    cu_multi = F.pad(q_lens[multi].cumsum(0, dtype=torch.int32), (1, 0))
+    token_rows, cu_multi = _rows_of(q_lens, q_lens > 1, q.shape[0])
     out[token_rows] = _prefill_many(
         q[token_rows],
         key_cache,
@@ -150,10 +147,10 @@ def _prefill_many(
     return _prefill_padded(q, key_cache, value_cache, *args)
 
 
-# On CPU a piece of EACH_MIN_ROWS rows or more runs alone (is_causal, or two flash calls after its prefix), not
-# in a masked batch, which computes every masked-out (query, key) pair and reads an (mq, mk) mask: two cold
-# 1,551-token prompts took 20 ms a layer batched, 7.3 apart; from 128 rows apart costs less than batched
-# (docs/performance.md). Many short pieces stay batched.
+# On CPU a piece of EACH_MIN_ROWS rows or more runs alone (is_causal, or two flash calls after its prefix),
+# not in a masked batch, which computes every masked-out (query, key) pair and reads an (mq, mk) mask: two
+# cold 1,551-token prompts took 20 ms a layer batched, 7.7-8.1 apart; from 128 rows apart costs less than
+# batched (docs/performance.md). Many short pieces stay batched.
 EACH_MIN_ROWS = 128
 
 
@@ -181,15 +178,20 @@ def _prefill_long_apart(
                                                    softmax_scale)
     short = (~long).nonzero()[:, 0]
     q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
-    owner = torch.repeat_interleave(torch.arange(len(q_lens), device=q.device), q_lens.long(), output_size=q.shape[0])
-    rows = (~long)[owner].nonzero()[:, 0]
+    rows, cu_short = _rows_of(q_lens, ~long, q.shape[0])
     if len(rows):
-        cu_short = F.pad(q_lens[short].cumsum(0, dtype=torch.int32), (1, 0))
         out[rows] = _prefill_many(
             q[rows], key_cache, value_cache, block_tables[short], cu_short, seqlens_k[short],
             int(q_lens[short].max()), int(seqlens_k[short].max()), softmax_scale,
         )
     return out
+
+
+def _rows_of(q_lens: torch.Tensor, keep: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows (of ``n``) of the requests where ``keep`` (b,) bool is set, and their cu_seqlens (int32)."""
+    requests = torch.arange(len(q_lens), device=q_lens.device)
+    owner = torch.repeat_interleave(requests, q_lens.long(), output_size=n)  # request of each row
+    return keep[owner].nonzero()[:, 0], F.pad(q_lens[keep].cumsum(0, dtype=torch.int32), (1, 0))
 
 
 # A cold bf16 / fp16 prompt on CPU of at least PAD_MIN_ROWS tokens is padded to a multiple of PAD_MULTIPLE

@@ -79,7 +79,8 @@ def test_pieces_of_far_apart_lengths_are_grouped_and_match_reference(requests: l
     "requests",
     [
         [(0, 200), (0, 150)],  # two cold prompts of one length class
-        [(0, 300), (40, 130), (180, 6), (170, 5), (7, 0), (50, 1), (0, 40)],  # long, after a prefix, short, empty
+        # long cold, long after a prefix, two short of one class, empty, one row, one short alone
+        [(0, 300), (40, 130), (180, 6), (170, 5), (7, 0), (50, 1), (0, 40)],
     ],
 )
 def test_long_pieces_run_apart_and_match_reference(
@@ -98,7 +99,7 @@ def test_long_pieces_run_apart_and_match_reference(
         return real(q, key_cache, value_cache, block_tables, cu_seqlens_q, *args)
 
     monkeypatch.setattr(sdpa, "_prefill_padded", spy)
-    monkeypatch.setattr(sdpa.cpu_prefill, "usable", lambda *args: False)  # the compiled kernel takes it otherwise
+    monkeypatch.setattr(sdpa.cpu_prefill, "usable", lambda *args: False)  # else the compiled kernel takes it
     assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
     assert all(n < sdpa.EACH_MIN_ROWS for lens in batched for n in lens)
     assert batched == ([] if len(requests) == 2 else [[6, 5]])
