@@ -4,8 +4,8 @@ With two busy threads on a two-core VM, Linux at times kept both on one core for
 the other core idled (a cold prefill of 30 ms took 45-80; docs/performance.md, session 13). Pinned, each of
 torch's intra-op threads owns a core: thread i of the step thread's OpenMP team runs on ``cpus[i]``. Decode
 steps use the first ``small`` of them, so the cores after those stay the router's. Several shards on one host
-(tensor- or data-parallel ranks on CPU) each take their own run of CPUs, by ``slot``. ``PRISM_PIN_THREADS=0``
-turns it off.
+(tensor- or data-parallel ranks on CPU) each take their own run of CPUs, by ``slot``; a lone shard given fewer
+threads than CPUs is left unpinned. ``PRISM_PIN_THREADS=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -17,15 +17,20 @@ log = logging.getLogger(__name__)
 ENV = "PRISM_PIN_THREADS"
 
 
-def pin_cpus(threads: int, slot: int) -> tuple[tuple[int, ...], str]:
-    """The CPUs for a team of ``threads`` of shard number ``slot`` on this host (0 for a lone shard): the
-    ``slot``-th run of ``threads`` CPUs among those allowed to the process; empty, with why, when off or when
-    the host has too few."""
+def pin_cpus(threads: int, slot: int | None) -> tuple[tuple[int, ...], str]:
+    """The CPUs for a team of ``threads`` of shard number ``slot`` among the launcher's shards on this host:
+    the ``slot``-th run of ``threads`` CPUs among those allowed to the process. A lone shard (``slot`` None)
+    is pinned only when its team takes every allowed CPU: with fewer threads (``--cpu-threads``), other
+    processes of the host may be meant to use the rest, and a pinned team could not move away from them.
+    Empty, with why, when off, not pinned, or the host has too few CPUs."""
     if os.environ.get(ENV, "1") == "0":
         return (), f"{ENV}=0"
     if not hasattr(os, "sched_getaffinity"):
         return (), "no sched_getaffinity on this platform"
     allowed = sorted(os.sched_getaffinity(0))
+    if slot is None and threads != len(allowed):
+        return (), f"not pinned: {threads} threads for {len(allowed)} CPUs"
+    slot = slot or 0
     cpus = tuple(allowed[slot * threads:(slot + 1) * threads])
     if len(cpus) < threads:
         return (), f"{len(allowed)} CPUs allowed, too few for shard {slot}'s {threads} threads"

@@ -72,8 +72,8 @@ def pick_cpu_threads(config: ShardConfig) -> tuple[CpuThreads, str]:
 
 def with_pinning(threads: CpuThreads, config: ShardConfig) -> tuple[CpuThreads, str]:
     """``threads`` with the CPUs its largest team is pinned to (:mod:`shard.cpu_affinity`), and where: this
-    shard's slot on the host is its LOCAL_RANK (replicas), else its tensor-parallel rank."""
-    slot = config.local_rank if config.local_rank is not None else config.rank if config.world_size > 1 else 0
+    shard's slot on the host is its LOCAL_RANK (replicas), else its tensor-parallel rank; None alone."""
+    slot = config.local_rank if config.local_rank is not None else config.rank if config.world_size > 1 else None
     cpus, why = pin_cpus(threads.large, slot)
     return replace(threads, cpus=cpus), why
 

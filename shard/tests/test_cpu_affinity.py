@@ -16,6 +16,8 @@ def test_each_shard_on_the_host_takes_its_own_run_of_cpus(monkeypatch) -> None:
     assert cpu_affinity.pin_cpus(3, 1)[0] == (3, 4, 5)
     cpus, why = cpu_affinity.pin_cpus(3, 2)
     assert cpus == () and "too few" in why
+    assert cpu_affinity.pin_cpus(8, None)[0] == tuple(range(8))  # a lone shard taking every CPU
+    assert cpu_affinity.pin_cpus(3, None) == ((), "not pinned: 3 threads for 8 CPUs")  # --cpu-threads 3
     monkeypatch.setenv(cpu_affinity.ENV, "0")
     assert cpu_affinity.pin_cpus(3, 0) == ((), f"{cpu_affinity.ENV}=0")
 
@@ -27,6 +29,7 @@ def test_the_slot_is_the_replica_rank_then_the_tensor_parallel_rank(monkeypatch)
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)))
     lone = factory.with_pinning(CpuThreads(7, 8), ShardConfig("m"))[0]
     assert lone == CpuThreads(7, 8, tuple(range(8)))
+    assert factory.with_pinning(CpuThreads(4, 4), ShardConfig("m", cpu_threads=4))[0].cpus == ()
     rank = factory.with_pinning(CpuThreads(4, 4), ShardConfig("m", rank=1, world_size=2))[0]
     assert rank.cpus == (4, 5, 6, 7)
     replica = factory.with_pinning(CpuThreads(2, 2), ShardConfig("m", local_rank=2))[0]
