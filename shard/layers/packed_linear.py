@@ -33,7 +33,7 @@ PACKED_MAX_ROWS = 256
 # primitive per new row count (about 1 ms per linear at 70-250 rows on an AMX CPU, 3-4 ms at 1,650, against
 # 0.2 / 0.6 ms for the products), and a step mixing decode rows and prompt pieces has a new count every time.
 WARM_ROWS, WARM_MACS = 64, 2 * 10**10
-PREFILL_WARM_MACS = 4 * WARM_MACS  # all 32 prompt buckets to 4,096 rows of the peer model: about 1 s at load
+PREFILL_WARM_MACS = 4 * WARM_MACS  # all 32 prompt buckets to 4,096 rows of the peer model: ~1 s at load
 
 
 class PackedLinear(nn.Linear):
