@@ -31,7 +31,7 @@ def pick_device(config: ShardConfig) -> torch.device:
     tensor-parallel rank takes cuda:RANK (one device per rank, as TGI's shards). Raises ValueError when that
     device does not exist."""
     name = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    index = config.local_rank if config.local_rank is not None else config.rank if config.world_size > 1 else None
+    index = host_slot(config)
     if name != "cuda" or index is None:
         return torch.device(name)
     if index >= torch.cuda.device_count():
@@ -70,11 +70,18 @@ def pick_cpu_threads(config: ShardConfig) -> tuple[CpuThreads, str]:
     return CpuThreads(max(1, cores - 1), cores), f"{cores} cores, one left to the router during decode"
 
 
+def host_slot(config: ShardConfig) -> int | None:
+    """This shard's index among the launcher's shards on the host: its LOCAL_RANK (``--data-parallel``
+    replicas), else its tensor-parallel rank; None for a lone shard. Its CUDA device, or its run of CPUs."""
+    if config.local_rank is not None:
+        return config.local_rank
+    return config.rank if config.world_size > 1 else None
+
+
 def with_pinning(threads: CpuThreads, config: ShardConfig) -> tuple[CpuThreads, str]:
-    """``threads`` with the CPUs its largest team is pinned to (:mod:`shard.cpu_affinity`), and where: this
-    shard's slot on the host is its LOCAL_RANK (replicas), else its tensor-parallel rank; None alone."""
-    slot = config.local_rank if config.local_rank is not None else config.rank if config.world_size > 1 else None
-    cpus, why = pin_cpus(threads.large, slot)
+    """``threads`` with the CPUs its largest team is pinned to (:mod:`shard.cpu_affinity`), and why, by this
+    shard's :func:`host_slot`."""
+    cpus, why = pin_cpus(threads.large, host_slot(config))
     return replace(threads, cpus=cpus), why
 
 

@@ -127,17 +127,17 @@ def _prefill_many(
     if cpu_prefill.usable(q, key_cache):
         return cpu_prefill.prefill(q, key_cache, value_cache, block_tables, cu_seqlens_q, seqlens_k, softmax_scale)
     n = q.shape[0]
-    if len(seqlens_k) == 1 and int(seqlens_k[0]) == n:
-        return _prefill_cold(q, key_cache, value_cache, block_tables[0], softmax_scale)
-    if len(seqlens_k) == 1 and n > 0 and q.device.type == "cpu":
+    if len(seqlens_k) == 1:
         length = int(seqlens_k[0])
-        return _prefill_after_prefix(q, key_cache, value_cache, block_tables[0], length, softmax_scale)
+        if length == n or (n > 0 and q.device.type == "cpu"):
+            return _prefill_one(q, key_cache, value_cache, block_tables[0], length, softmax_scale)
     if len(seqlens_k) > 1:
         q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
         long = q_lens >= EACH_MIN_ROWS
         if q.device.type == "cpu" and bool(long.any()):
-            return _prefill_long_apart(q, key_cache, value_cache, block_tables, cu_seqlens_q, seqlens_k, long,
-                                       softmax_scale)
+            return _prefill_long_apart(
+                q, key_cache, value_cache, block_tables, cu_seqlens_q, q_lens, seqlens_k, long, softmax_scale
+            )
         group = _length_class(q_lens) * 64 + _length_class(seqlens_k)
         classes = group.unique()
         if len(classes) > 1:
@@ -160,24 +160,21 @@ def _prefill_long_apart(
     value_cache: torch.Tensor,
     block_tables: torch.Tensor,
     cu_seqlens_q: torch.Tensor,
+    q_lens: torch.Tensor,
     seqlens_k: torch.Tensor,
     long: torch.Tensor,
     softmax_scale: float,
 ) -> torch.Tensor:
-    """q (n, h, d) -> (n, h, d): each ``long`` (b,) bool request's piece through the one-request paths (its
-    rows are one contiguous slice), the other requests' rows together through :func:`_prefill_many`."""
+    """q (n, h, d) -> (n, h, d): each ``long`` (b,) bool request's piece through :func:`_prefill_one` (its
+    rows are one contiguous slice), the other requests' rows together through :func:`_prefill_many`. q_lens
+    (b,): each request's rows, ``cu_seqlens_q``'s differences."""
     out = torch.empty_like(q)
     bounds, lengths = cu_seqlens_q.tolist(), seqlens_k.tolist()
     for i in long.nonzero()[:, 0].tolist():
         start, end = bounds[i], bounds[i + 1]
-        piece = q[start:end]
-        if end - start == lengths[i]:
-            out[start:end] = _prefill_cold(piece, key_cache, value_cache, block_tables[i], softmax_scale)
-        else:
-            out[start:end] = _prefill_after_prefix(piece, key_cache, value_cache, block_tables[i], lengths[i],
-                                                   softmax_scale)
+        out[start:end] = _prefill_one(q[start:end], key_cache, value_cache, block_tables[i], lengths[i],
+                                      softmax_scale)
     short = (~long).nonzero()[:, 0]
-    q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
     rows, cu_short = _rows_of(q_lens, ~long, q.shape[0])
     if len(rows):
         out[rows] = _prefill_many(
@@ -185,6 +182,17 @@ def _prefill_long_apart(
             int(q_lens[short].max()), int(seqlens_k[short].max()), softmax_scale,
         )
     return out
+
+
+def _prefill_one(
+    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, block_row: torch.Tensor, length: int,
+    scale: float,
+) -> torch.Tensor:
+    """One request's piece q (n, h, d) ending its context of ``length`` positions -> (n, h, d): is_causal when
+    nothing is cached (any device), else the two flash calls after the prefix (CPU, n > 0)."""
+    if q.shape[0] == length:
+        return _prefill_cold(q, key_cache, value_cache, block_row, scale)
+    return _prefill_after_prefix(q, key_cache, value_cache, block_row, length, scale)
 
 
 def _rows_of(q_lens: torch.Tensor, keep: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
