@@ -1,7 +1,8 @@
 """The compiled CPU decode kernel (``cpu_decode.cpp``): built once per machine with torch's C++ extension
 loader, then loaded from its cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). The same
 extension carries the bf16 prefill kernel (``cpu_prefill.cpp``, used through :mod:`.cpu_prefill`), the fused
-pointwise ops (:mod:`.cpu_pointwise`) and the thread pinning (:mod:`.cpu_threads`).
+pointwise ops (:mod:`.cpu_pointwise`), the thread pinning (:mod:`.cpu_threads`) and the AMX linears
+(:mod:`.cpu_linear`).
 
 It reads K/V in place through the block table, where the SDPA path first gathers every request's context into
 a padded copy and then pays torch's flash kernel's per-(request, head) setup, which dominates for one query
@@ -25,7 +26,7 @@ import torch
 
 log = logging.getLogger(__name__)
 SOURCES = [Path(__file__).with_suffix(".cpp")] + [Path(__file__).with_name(f"cpu_{part}.cpp")
-                                                  for part in ("prefill", "pointwise", "threads")]
+                                                  for part in ("prefill", "pointwise", "threads", "linear")]
 HEADERS = [Path(__file__).with_name("cpu_simd.h")]  # included by SOURCES: part of the build's name
 ENV = "PRISM_CPU_DECODE_KERNEL"
 CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")

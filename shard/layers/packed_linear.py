@@ -1,17 +1,22 @@
-"""bf16 linears on CPU with their weights prepacked once for oneDNN (the layout its matmul wants).
+"""bf16 linears on CPU with their weights prepacked once: for AMX tiles where the CPU has them, else for oneDNN.
 
 ``F.linear`` on a bf16 CPU tensor calls oneDNN, which reorders the weight into its blocked layout on every
 call; for a small model's decode step that reordering costs more than the matmul (docs/performance.md). Here
-the weight is reordered once at load (``torch.ops.mkldnn._reorder_linear_weight``, the op torch's own
-compiler uses when it freezes CPU weights) and each call runs ``_linear_pointwise`` on it. The result is the
-same oneDNN kernel's, checked equal to ``F.linear`` at pack time; fp32 is left alone (there ``F.linear`` runs
-a different library whose results differ in the last bits, and the exact oracles are fp32).
+the weight is packed once at load, in one of two forms:
 
-Cost: the packed copy is held beside the original weight (kept for ``state_dict`` and tied embeddings), so
-the linears' memory doubles; packing is skipped (logged) when that copy would take more than a quarter of the
-host's available memory, and ``PRISM_PACK_LINEARS=0`` turns it off.
+- :class:`TiledLinear`, on CPUs with AMX (``flash_kernels.backends.cpu_linear``): up to ``PACKED_MAX_ROWS`` rows
+  run our tile kernel on its packed copy, with no per-call set-up (oneDNN's costs 15-25 us a call, more than a
+  decode step's product); more rows (prompts) run ``F.linear``. fp32 sums rounded once, as oneDNN's, but in
+  another order: checked at pack time to be within one bf16 rounding step of the fp32 product.
+- :class:`PackedLinear`, elsewhere: reordered for oneDNN (``torch.ops.mkldnn._reorder_linear_weight``, the op
+  torch's own compiler uses when it freezes CPU weights), each call ``_linear_pointwise`` on it: the same
+  oneDNN kernel's result, checked equal to ``F.linear`` at pack time.
+
+fp32 is left alone (there ``F.linear`` runs a different library whose results differ in the last bits, and the
+exact oracles are fp32). Cost: the packed copy is held beside the original weight (kept for ``state_dict`` and
+tied embeddings), so the linears' memory doubles; packing is skipped (logged) when that copy would take more
+than a quarter of the host's available memory, and ``PRISM_PACK_LINEARS=0`` turns it off.
 """
-
 from __future__ import annotations
 
 import functools
@@ -21,6 +26,8 @@ import os
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from flash_kernels.backends import cpu_linear
 
 log = logging.getLogger(__name__)
 ENV = "PRISM_PACK_LINEARS"
@@ -53,6 +60,23 @@ class PackedLinear(nn.Linear):
 
     def _packed(self, x: torch.Tensor) -> torch.Tensor:
         return _mkldnn("_linear_pointwise")(x, self.packed, self.bias, "none", [None], "")
+
+
+class TiledLinear(nn.Linear):
+    """An ``nn.Linear`` (same parameters, same state_dict) whose forward runs up to ``PACKED_MAX_ROWS`` rows on
+    ``tiles``, a non-persistent buffer holding the weight packed for AMX tiles (``cpu_linear.pack``)."""
+
+    tiles: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) bf16 -> (..., out); the leading dims are flattened into rows."""
+        rows = x.numel() // x.shape[-1]
+        flat = x.reshape(rows, x.shape[-1])
+        if rows <= PACKED_MAX_ROWS:
+            out = cpu_linear.linear(flat, self.tiles, self.out_features, self.bias)
+        else:
+            out = F.linear(_pad_rows(flat, bucket_rows(rows)), self.weight, self.bias)[:rows]
+        return out.view(*x.shape[:-1], self.out_features)
 
 
 def bucket_rows(rows: int) -> int:
@@ -93,6 +117,13 @@ def pack_cpu_linears(model: nn.Module, available_bytes: int | None = None) -> in
         log.info("not prepacking bf16 linears: the copies (%d MiB) would take over a quarter of the %d MiB "
                  "available", extra >> 20, available >> 20)
         return 0
+    if cpu_linear.usable() and _tiles_are_close(linears[0]):
+        for m in linears:
+            m.register_buffer("tiles", cpu_linear.pack(m.weight), persistent=False)
+            m.__class__ = TiledLinear
+        log.info("%d bf16 linears packed for AMX tiles (%s=0 turns it off, %s=0 uses oneDNN)", len(linears),
+                 ENV, cpu_linear.ENV)
+        return len(linears)
     if not _packing_is_exact(linears[0]):
         return 0
     for m in linears:
@@ -111,7 +142,7 @@ def warm_packed_linears(model: nn.Module, rows: int = WARM_ROWS, budget_macs: in
     thread count the decode steps use (a primitive is kept per thread count). Returns the row counts warmed."""
     # NOTE: the buckets forward pads to: those of row counts above WARM_ROWS, whatever ``rows`` is
     counts = list(range(1, rows + 1)) + sorted({bucket_rows(n) for n in range(WARM_ROWS + 1, PACKED_MAX_ROWS + 1)})
-    return _warm(model, counts, budget_macs)
+    return _warm(model, counts, budget_macs, (PackedLinear,))  # a TiledLinear has nothing to build there
 
 
 def warm_prefill_linears(model: nn.Module, max_rows: int, budget_macs: int = PREFILL_WARM_MACS) -> int:
@@ -119,13 +150,13 @@ def warm_prefill_linears(model: nn.Module, max_rows: int, budget_macs: int = PRE
     pieces, on ``F.linear``): a new bucket's first step cost 6-8 ms more at 1,500-2,000 rows on the peer
     model. Call with the thread count of prefill steps. Returns the row counts warmed."""
     counts = sorted({bucket_rows(n) for n in range(PACKED_MAX_ROWS + 1, max_rows + 1)})
-    return _warm(model, counts, budget_macs)
+    return _warm(model, counts, budget_macs, (PackedLinear, TiledLinear))
 
 
-def _warm(model: nn.Module, counts: list[int], budget_macs: int) -> int:
-    """One call of every distinct packed linear shape per row count, smallest first, within the budget."""
+def _warm(model: nn.Module, counts: list[int], budget_macs: int, kinds: tuple[type, ...]) -> int:
+    """One call of every distinct linear shape of ``kinds`` per row count, smallest first, within the budget."""
     shapes = {(m.in_features, m.out_features, m.bias is not None): m
-              for m in model.modules() if isinstance(m, PackedLinear)}
+              for m in model.modules() if isinstance(m, kinds)}
     if not shapes:
         return 0
     per_row = sum(i * o for i, o, _ in shapes)
@@ -158,6 +189,23 @@ def _mkldnn(name: str):
 
 def _pack(w: torch.Tensor) -> torch.Tensor:
     return _mkldnn("_reorder_linear_weight")(w.detach(), None)
+
+
+def _tiles_are_close(m: nn.Linear) -> bool:
+    """Whether the tile kernel's result is within one bf16 rounding step of the fp32 product here (it sums in
+    another order than oneDNN, so the last bit may differ; anything more is a broken build or CPU)."""
+    tiles = cpu_linear.pack(m.weight)
+    for rows in (1, 33):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(rows, m.in_features, dtype=m.weight.dtype, generator=gen)
+        exact = F.linear(x.float(), m.weight.float(), None if m.bias is None else m.bias.float())
+        got = cpu_linear.linear(x, tiles, m.out_features, m.bias).float()
+        # NOTE: one bf16 step (2^-7 relative at most), plus the fp32 sums' order against the terms' magnitude
+        bound = exact.abs() * 2**-7 + (x.float().abs() @ m.weight.float().abs().T) * 2**-16
+        if not bool(((got - exact).abs() <= bound).all()):
+            log.warning("AMX tile linears differ from the fp32 product here; prepacking for oneDNN instead")
+            return False
+    return True
 
 
 def _packing_is_exact(m: nn.Linear) -> bool:
