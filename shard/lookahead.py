@@ -7,9 +7,12 @@ none stopped at this step, the servicer starts the batch's next step at once (:m
 and the worker thread running it goes on to the next step at once (a chain) until ``depth`` results wait to
 be taken, a request stops or fails, or an RPC asks it to stop (:meth:`Lookahead.stop_soon`). A Decode of that
 batch alone takes every step that is ready, merged per request (several tokens in one Generation, as TGI
-carries speculated tokens), and waits only when none is (:meth:`Lookahead.next_ready`): a token never waits
-for a later one, and when the router turns an answer around faster than a step, each answer carries one
-token as before.
+carries speculated tokens), and waits only when none is (:meth:`Lookahead.next_ready`). Under load (a batch of
+``BUSY_ROWS`` requests or more) it waits until ``answer_steps`` steps are ready (default 2, unless the chain
+ends first: a stop, a failure, another RPC), so each answer carries two tokens per request: half the Decode
+RPCs and half the router's per-step work, whose CPU the steps compete with for the cores (docs/performance.md,
+"Two tokens per answer under load"); the first token of each pair waits for the second, one step. Below
+``BUSY_ROWS`` a token never waits for a later one.
 
 Why this changes nothing else the router sees: the shard decides stops (EOS, stop sequences,
 max_new_tokens) and no step is chained after one where a request stopped or failed, so no token past a stop
@@ -21,7 +24,8 @@ the results of the requests it keeps; a Prefill merged into the batch (``cached_
 new requests and answers with the batch's results from the steps run ahead. Each request's tokens are those
 of the plain schedule.
 
-``PRISM_LOOKAHEAD``: the depth (default 2; 0, ``off``: none; 1: one step, never two tokens in an answer).
+``PRISM_LOOKAHEAD``: the depth (default 3; 0, ``off``: none; 1: one step, never two tokens in an answer).
+``PRISM_ANSWER_STEPS``: the steps an answer waits for under load (default 2; 1: never waits for a second).
 Off with KV tiers (their copies run before a step's forward) or tensor parallelism (every rank would have to
 run ahead alike).
 """
@@ -41,6 +45,7 @@ from shard.model_runner import StepTimes
 
 log = logging.getLogger(__name__)
 ENV = "PRISM_LOOKAHEAD"
+ANSWER_STEPS_ENV = "PRISM_ANSWER_STEPS"
 
 StepResult = tuple[list[GenerationOut], StepTimes]
 StepFn = Callable[[list[RequestState]], StepResult]
@@ -49,7 +54,10 @@ StepFn = Callable[[list[RequestState]], StepResult]
 StartFn = Callable[[Callable[[], None]], Awaitable[Awaitable[None] | None]]
 
 
-DEFAULT_DEPTH = 2
+# NOTE: one more than DEFAULT_ANSWER_STEPS, so that the chain goes on while an answer of two steps travels
+DEFAULT_DEPTH = 3
+DEFAULT_ANSWER_STEPS = 2
+BUSY_ROWS = 16  # a batch this large waits for answer_steps steps per answer (Lookahead.busy_rows)
 
 
 def depth_from_env() -> int:
@@ -62,6 +70,16 @@ def depth_from_env() -> int:
     if raw.isdigit():
         return int(raw)
     raise ValueError(f"{ENV}={raw!r}: expected a number of steps (0 = off) or on/off")
+
+
+def answer_steps_from_env() -> int:
+    """``PRISM_ANSWER_STEPS``: a step count >= 1 (unset: :data:`DEFAULT_ANSWER_STEPS`)."""
+    raw = os.environ.get(ANSWER_STEPS_ENV, "").strip()
+    if raw == "":
+        return DEFAULT_ANSWER_STEPS
+    if raw.isdigit() and int(raw) >= 1:
+        return int(raw)
+    raise ValueError(f"{ANSWER_STEPS_ENV}={raw!r}: expected a number of steps >= 1")
 
 
 @dataclass
@@ -78,9 +96,11 @@ class Lookahead:
     """At most one chain at a time (a single stored batch), stepping on one worker thread while it holds the
     step lock; results wait here, by batch id, in step order."""
 
-    def __init__(self, start: StartFn, step: StepFn, depth: int) -> None:
+    def __init__(self, start: StartFn, step: StepFn, depth: int, answer_steps: int = 1) -> None:
         self._start, self._step = start, step
         self.depth = depth  # 0: off
+        self.answer_steps = answer_steps  # ready steps a Decode of a busy batch waits for
+        self.busy_rows = BUSY_ROWS
         self._task: asyncio.Task | None = None
         self._task_batch = -1
         self._mutex = threading.Lock()  # the worker's and the loop's view of _ready and _stop
@@ -163,10 +183,12 @@ class Lookahead:
         self.stop_soon()
         await asyncio.wait({task})
 
-    async def next_ready(self, batch_id: int) -> AheadResult | None:
-        """For a Decode of ``batch_id`` alone: its ready steps, merged (:meth:`take`); when none is ready but
-        its chain runs, waits for the first. The chain goes on. None: nothing ran ahead."""
-        while not self._waiting(batch_id) and self.running(batch_id):
+    async def next_ready(self, batch_id: int, rows: int) -> AheadResult | None:
+        """For a Decode of ``batch_id`` (``rows`` requests) alone: its ready steps, merged (:meth:`take`); while
+        fewer are ready than it wants (one; ``answer_steps`` from ``busy_rows`` requests up) and its chain
+        runs, waits. The chain goes on. None: nothing ran ahead."""
+        want = self.answer_steps if rows >= self.busy_rows else 1
+        while self._waiting(batch_id) < want and self.running(batch_id):
             if self._waiter is None:
                 self._waiter = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._waiter)

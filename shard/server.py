@@ -28,7 +28,7 @@ from shard.generation import GenerationOut
 from shard.grammar import GrammarCompiler
 from shard.kv_tiers.service import KvTierServicer, parse_copies, step_with_copies
 from shard.kv_tiers.tiers import KvTiers
-from shard.lookahead import AheadResult, Lookahead, depth_from_env
+from shard.lookahead import AheadResult, Lookahead, answer_steps_from_env, depth_from_env
 from shard.model_runner import ModelRunner, StepTimes
 from shard.validation import check_block_ownership, check_new_request
 from shard.warmup import assign_scratch_memory, clamp_warmup_prompts, settle_limits, usable_capacity
@@ -57,7 +57,8 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
         loaded = runner.loaded
         self.grammars = GrammarCompiler(loaded.tokenizer, loaded.model.config.vocab_size, loaded.eos_token_ids)
         ahead = depth_from_env() if tiers is None and config.world_size == 1 else 0
-        self.lookahead = Lookahead(self._start_ahead, lambda requests: self.runner.step(requests), ahead)
+        self.lookahead = Lookahead(self._start_ahead, lambda requests: self.runner.step(requests), ahead,
+                                   answer_steps_from_env())
 
     # ---- metadata RPCs -------------------------------------------------------------------------------------
 
@@ -174,7 +175,7 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             raise InvalidRequest(f"request ids repeat across the batches: {ids}")
         if len(parts) == 1 and not copies:
             # NOTE: the batch's chain of steps run ahead goes on; this takes what is ready
-            ahead = [await self.lookahead.next_ready(parts[0].id)]
+            ahead = [await self.lookahead.next_ready(parts[0].id, len(parts[0].requests))]
         else:
             for b in parts:
                 await self.lookahead.settle(b.id)

@@ -15,7 +15,8 @@ import pytest
 from proto.generate.v3 import generate_pb2 as pb
 from shard.factory import build_runner
 from shard.generation import FinishedText, GenerationOut, TokensOut, merge_steps
-from shard.lookahead import depth_from_env
+from shard.lookahead import BUSY_ROWS, AheadResult, Lookahead, answer_steps_from_env, depth_from_env
+from shard.model_runner import StepTimes
 from shard.sampling import FinishReason
 from shard.server import TextGenerationService
 from shard.tests.helpers import BLOCK, batch, make_config, request, slots_of
@@ -161,10 +162,12 @@ def _joined(answers: list) -> dict[int, tuple[list[int], list[float], tuple]]:
     return out
 
 
-async def _churn(tiny_llama, seed: int, steps: int) -> tuple[Router, TextGenerationService]:
+async def _churn(tiny_llama, seed: int, steps: int, busy_rows: int | None = None) -> tuple[Router, TextGenerationService]:
     config = make_config(tiny_llama, num_blocks=POOL_BLOCKS)
     ahead, plain = (TextGenerationService(build_runner(config), config) for _ in range(2))
     plain.lookahead.depth = 0
+    if busy_rows is not None:
+        ahead.lookahead.busy_rows = busy_rows
     router = Router(ahead, plain, seed)
     cached = None
     for _ in range(steps):
@@ -192,6 +195,49 @@ async def test_running_ahead_answers_every_rpc_as_a_plain_shard(tiny_llama) -> N
     assert ahead.lookahead.started > 40  # it did run ahead, and through every kind of RPC above
     assert router.extra_steps > 10  # answers of several steps, each checked against the plain steps
     assert sum(len(t) for t in router.tokens.values()) > 300 and router.next_id > 30
+
+
+async def test_busy_batches_answer_two_steps_and_still_as_a_plain_shard(tiny_llama) -> None:
+    """Every batch counted busy: Decodes wait for two ready steps (unless the chain ends), and the answers
+    still join to the plain shard's."""
+    router, ahead = await _churn(tiny_llama, seed=11, steps=120, busy_rows=1)
+    assert ahead.lookahead.answer_steps == 2
+    assert router.extra_steps > 30
+    assert sum(len(t) for t in router.tokens.values()) > 200
+
+
+async def test_a_busy_decode_carries_two_tokens(tiny_llama) -> None:
+    config = make_config(tiny_llama, num_blocks=POOL_BLOCKS)
+    service = TextGenerationService(build_runner(config), config)
+    service.lookahead.depth, service.lookahead.busy_rows = 2, 2  # this batch of 2 is busy
+    blocks = [list(range(1 + 4 * i, 5 + 4 * i)) for i in range(2)]
+    first = await service.Prefill(pb.PrefillRequest(batch=batch(1, [
+        request(i, "a bee kept", blocks[i], slots_of(blocks[i], 64), max_new=20) for i in range(2)])), None)
+    second = await service.Decode(pb.DecodeRequest(batches=[first.batch]), None)
+    assert [len(g.tokens.ids) for g in second.generations] == [2, 2]  # waited for the second step
+    await service.lookahead.settle()
+    await service.ClearCache(pb.ClearCacheRequest(), None)
+
+
+async def test_only_a_busy_batch_waits_for_a_second_step() -> None:
+    lookahead = Lookahead(None, None, depth=3, answer_steps=2)  # type: ignore[arg-type]
+    lookahead._task, lookahead._task_batch = asyncio.get_running_loop().create_future(), 1  # a chain runs
+    step = [_gen(1, [5])]
+    lookahead._ready[1] = [AheadResult(step, StepTimes())]
+    quiet = await lookahead.next_ready(1, rows=BUSY_ROWS - 1)  # does not wait for a later token
+    assert quiet is not None and [g.tokens.ids for g in quiet.generations] == [[5]]
+    lookahead._ready[1] = [AheadResult(step, StepTimes())]
+    waiting = asyncio.ensure_future(lookahead.next_ready(1, rows=BUSY_ROWS))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    lookahead._ready[1].append(AheadResult([_gen(1, [6])], StepTimes()))
+    lookahead._wake()
+    busy = await asyncio.wait_for(waiting, 5)
+    assert busy is not None and [g.tokens.ids for g in busy.generations] == [[5, 6]]
+    lookahead._ready[1] = [AheadResult(step, StepTimes())]
+    lookahead._task = None  # the chain ended after one step: no wait for a second
+    ended = await lookahead.next_ready(1, rows=BUSY_ROWS)
+    assert ended is not None and [g.tokens.ids for g in ended.generations] == [[5]]
 
 
 async def test_a_failed_step_run_ahead_fails_the_next_rpc_on_its_batch(tiny_llama) -> None:
@@ -236,7 +282,7 @@ def test_a_request_failing_at_a_later_step_keeps_its_earlier_tokens_apart() -> N
         (1, [5], None), (1, [], "boom"), (2, [6, 8], None)]
 
 
-@pytest.mark.parametrize("raw, depth", [("", 2), ("on", 2), ("0", 0), ("off", 0), ("1", 1), ("3", 3)])
+@pytest.mark.parametrize("raw, depth", [("", 3), ("on", 3), ("0", 0), ("off", 0), ("1", 1), ("2", 2)])
 def test_the_depth_comes_from_the_environment(monkeypatch, raw: str, depth: int) -> None:
     monkeypatch.setenv("PRISM_LOOKAHEAD", raw)
     assert depth_from_env() == depth
@@ -246,3 +292,16 @@ def test_a_bad_depth_is_refused(monkeypatch) -> None:
     monkeypatch.setenv("PRISM_LOOKAHEAD", "two")
     with pytest.raises(ValueError, match="PRISM_LOOKAHEAD"):
         depth_from_env()
+
+
+@pytest.mark.parametrize("raw, steps", [("", 2), ("1", 1), ("3", 3)])
+def test_the_answer_steps_come_from_the_environment(monkeypatch, raw: str, steps: int) -> None:
+    monkeypatch.setenv("PRISM_ANSWER_STEPS", raw)
+    assert answer_steps_from_env() == steps
+
+
+@pytest.mark.parametrize("raw", ["0", "two", "-1"])
+def test_bad_answer_steps_are_refused(monkeypatch, raw: str) -> None:
+    monkeypatch.setenv("PRISM_ANSWER_STEPS", raw)
+    with pytest.raises(ValueError, match="PRISM_ANSWER_STEPS"):
+        answer_steps_from_env()
