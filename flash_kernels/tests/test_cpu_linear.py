@@ -29,7 +29,7 @@ def _within_one_step(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: tor
     assert bool(((got.float() - exact).abs() <= bound).all())
 
 
-@pytest.mark.parametrize("m", [1, 5, 16, 17, 32, 33, 64, 100, 256])
+@pytest.mark.parametrize("m", [1, 5, 16, 17, 32, 33, 64, 100, 256, 700])
 @pytest.mark.parametrize(("k", "n"), [(64, 32), (100, 70), (256, 512), (688, 256), (256, 2000)])
 def test_matches_the_fp32_product(m: int, k: int, n: int) -> None:
     for bias in (False, True):

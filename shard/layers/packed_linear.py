@@ -4,7 +4,7 @@
 call; for a small model's decode step that reordering costs more than the matmul (docs/performance.md). Here
 the weight is packed once at load, in one of two forms:
 
-- :class:`TiledLinear`, on CPUs with AMX (``flash_kernels.backends.cpu_linear``): up to ``PACKED_MAX_ROWS`` rows
+- :class:`TiledLinear`, on CPUs with AMX (``flash_kernels.backends.cpu_linear``): up to ``TILED_MAX_ROWS`` rows
   run our tile kernel on its packed copy, with no per-call set-up (oneDNN's costs 15-25 us a call, more than a
   decode step's product); more rows (prompts) run ``F.linear``. fp32 sums rounded once, as oneDNN's, but in
   another order: checked at pack time to be within one bf16 rounding step of the fp32 product.
@@ -34,6 +34,9 @@ ENV = "PRISM_PACK_LINEARS"
 # NOTE: above this many rows (a prefill) F.linear is used: for the packed weight a new row count's first call
 # costs 1-2 ms more per linear at ~1,000 rows, more than packing saves there.
 PACKED_MAX_ROWS = 256
+# NOTE: up to here the tile kernel beats F.linear (oneDNN) on the peer model's shapes at 2 threads; at ~1,000
+# rows they meet (docs/performance.md)
+TILED_MAX_ROWS = 768
 # Row counts warmed at load (:func:`warm_packed_linears`): every decode batch size up to WARM_ROWS, then the
 # buckets above it (:func:`bucket_rows`) up to PACKED_MAX_ROWS, within a budget of multiply-adds so that a
 # large model warms only its smallest sizes. Above WARM_ROWS rows are padded to their bucket: oneDNN builds a
@@ -63,7 +66,7 @@ class PackedLinear(nn.Linear):
 
 
 class TiledLinear(nn.Linear):
-    """An ``nn.Linear`` (same parameters, same state_dict) whose forward runs up to ``PACKED_MAX_ROWS`` rows on
+    """An ``nn.Linear`` (same parameters, same state_dict) whose forward runs up to ``TILED_MAX_ROWS`` rows on
     ``tiles``, a non-persistent buffer holding the weight packed for AMX tiles (``cpu_linear.pack``)."""
 
     tiles: torch.Tensor
@@ -72,7 +75,7 @@ class TiledLinear(nn.Linear):
         """x (..., in) bf16 -> (..., out); the leading dims are flattened into rows."""
         rows = x.numel() // x.shape[-1]
         flat = x.reshape(rows, x.shape[-1])
-        if rows <= PACKED_MAX_ROWS:
+        if rows <= TILED_MAX_ROWS:
             out = cpu_linear.linear(flat, self.tiles, self.out_features, self.bias)
         else:
             out = F.linear(_pad_rows(flat, bucket_rows(rows)), self.weight, self.bias)[:rows]
@@ -146,10 +149,12 @@ def warm_packed_linears(model: nn.Module, rows: int = WARM_ROWS, budget_macs: in
 
 
 def warm_prefill_linears(model: nn.Module, max_rows: int, budget_macs: int = PREFILL_WARM_MACS) -> int:
-    """As :func:`warm_packed_linears` for the buckets above ``PACKED_MAX_ROWS`` up to ``max_rows``'s (prompt
-    pieces, on ``F.linear``): a new bucket's first step cost 6-8 ms more at 1,500-2,000 rows on the peer
-    model. Call with the thread count of prefill steps. Returns the row counts warmed."""
-    counts = sorted({bucket_rows(n) for n in range(PACKED_MAX_ROWS + 1, max_rows + 1)})
+    """As :func:`warm_packed_linears` for the buckets of prompt pieces that run ``F.linear`` (above
+    ``PACKED_MAX_ROWS`` rows, or ``TILED_MAX_ROWS`` for tiles) up to ``max_rows``'s: a new bucket's first step
+    cost 6-8 ms more at 1,500-2,000 rows on the peer model. Call with the thread count of prefill steps.
+    Returns the row counts warmed."""
+    floor = TILED_MAX_ROWS if any(isinstance(m, TiledLinear) for m in model.modules()) else PACKED_MAX_ROWS
+    counts = sorted({bucket_rows(n) for n in range(floor + 1, max_rows + 1)})
     return _warm(model, counts, budget_macs, (PackedLinear, TiledLinear))
 
 

@@ -1,6 +1,6 @@
 """Prepacked bf16 CPU linears, in both forms (AMX tiles where the CPU has them, oneDNN's layout elsewhere): the
 results F.linear gives (oneDNN: bit for bit; tiles: within one bf16 step of the fp32 product, F.linear's own
-above PACKED_MAX_ROWS), same state_dict, fp32 untouched, switched off."""
+above their rows), same state_dict, fp32 untouched, switched off."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_tiles_on_amx_within_one_bf16_step_and_f_linear_above_the_rows() -> None
     keys = set(layer.state_dict())
     assert pack_cpu_linears(layer) == 1 and type(layer) is TiledLinear
     assert set(layer.state_dict()) == keys
-    x = torch.randn(2, 150, 100, dtype=torch.bfloat16)  # 300 rows: F.linear
+    x = torch.randn(2, 400, 100, dtype=torch.bfloat16)  # 800 rows: F.linear
     assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
     x = torch.randn(3, 17, 100, dtype=torch.bfloat16)
     exact = F.linear(x.float(), layer.weight.float(), layer.bias.float())
@@ -93,8 +93,8 @@ def test_warming_covers_each_row_count_within_the_budget(onednn) -> None:
 def test_tiles_warm_only_the_prompt_buckets() -> None:
     model = _model(torch.bfloat16)
     assert pack_cpu_linears(model) == 2 and all(type(m) is TiledLinear for m in model)
-    assert packed_linear.warm_packed_linears(model) == 0  # no oneDNN primitive below PACKED_MAX_ROWS
-    assert packed_linear.warm_prefill_linears(model, 512) == 8
+    assert packed_linear.warm_packed_linears(model) == 0  # no oneDNN primitive below TILED_MAX_ROWS
+    assert packed_linear.warm_prefill_linears(model, 1024) == 4  # 832, 896, 960, 1,024
 
 
 @pytest.mark.parametrize("rows", [63, 65, 100, 256, 257, 300, 1650])
