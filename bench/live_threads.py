@@ -6,7 +6,7 @@
 Starts ``prism-launcher`` (defaults, loopback, random port, private socket dir) with ``PYTHONPATH=TREE``, warms
 it up, then runs the clients load ``--reps`` times (a new seed each, so prompts start cold) and reads
 ``/proc/PID/task/TID/stat`` of every server process and of this client before and after: CPU seconds per
-thread and per output token. Thread CPU is what each part costs whatever else the machine runs; the tokens/s
+thread and per output token, and the streams' inter-token gaps. Thread CPU is what each part costs whatever else the machine runs; the tokens/s
 are wall-clock and move with the machine's load. The server is stopped (its session) on exit.
 """
 
@@ -83,18 +83,23 @@ def measure(url: str, model: str, reps: int, server_pid: int) -> None:
     asyncio.run(run_closed(endpoint, PeerLoads(replace(params, seed=99), builder).clients(), params.clients,
                            "warm"))
     pids = _descendants(server_pid) + [os.getpid()]
-    before, start, rates, tokens, errors = thread_cpu(pids), time.perf_counter(), [], 0, 0
+    before, start, rates, tokens, errors, gaps = thread_cpu(pids), time.perf_counter(), [], 0, 0, []
     for i in range(reps):
         loads = PeerLoads(replace(params, seed=100 + i), builder)
         result = asyncio.run(run_closed(endpoint, loads.clients(), params.clients, f"clients {i + 1}/{reps}"))
         done = sum(r.output_tokens for r in result.records if r.error is None)
         errors += sum(r.error is not None for r in result.records)
+        gaps += [g for r in result.records if r.error is None for g in r.itl]
         rates.append(done / result.duration)
         tokens += done
     wall, after = time.perf_counter() - start, thread_cpu(pids)
     print(f"output tok/s per rep: {', '.join(f'{r:,.0f}' for r in rates)}; {tokens:,} tokens in {wall:.1f} s, "
           f"{errors} failed requests; "
           f"load average {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    gaps.sort()
+    if gaps:
+        print("inter-token gaps (ms): " + ", ".join(
+            f"P{q} {1e3 * gaps[min(len(gaps) - 1, int(q / 100 * len(gaps)))]:.1f}" for q in (10, 50, 90, 99)))
     rows = [(cpu - before.get(key, (name, 0.0))[1], name) for key, (name, cpu) in after.items()]
     rows = sorted((r for r in rows if r[0] >= 0.05), reverse=True)
     for cpu, name in rows:
