@@ -6,8 +6,9 @@
 Starts ``prism-launcher`` (defaults, loopback, random port, private socket dir) with ``PYTHONPATH=TREE``, warms
 it up, then runs the clients load ``--reps`` times (a new seed each, so prompts start cold) and reads
 ``/proc/PID/task/TID/stat`` of every server process and of this client before and after: CPU seconds per
-thread and per output token, and the streams' inter-token gaps. Thread CPU is what each part costs whatever else the machine runs; the tokens/s
-are wall-clock and move with the machine's load. The server is stopped (its session) on exit.
+thread and per output token; also the streams' inter-token gaps. Thread CPU is what each part costs, whatever
+else the machine runs; the tokens/s are wall-clock and move with the machine's load. The server is stopped
+(its session) on exit.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ carries speculated tokens), and waits only when none is (:meth:`Lookahead.next_r
 ``BUSY_ROWS`` requests or more) it waits until ``answer_steps`` steps are ready (default 2, unless the chain
 ends first: a stop, a failure, another RPC), so each answer carries two tokens per request: half the Decode
 RPCs and half the router's per-step work, whose CPU the steps compete with for the cores (docs/performance.md,
-"Two tokens per answer under load"); the first token of each pair waits for the second, one step. Below
-``BUSY_ROWS`` a token never waits for a later one.
+"AMX tile linears and two tokens per answer under load"); the first token of each pair waits for the second,
+one step. Below ``BUSY_ROWS`` a token never waits for a later one.
 
 Why this changes nothing else the router sees: the shard decides stops (EOS, stop sequences,
 max_new_tokens) and no step is chained after one where a request stopped or failed, so no token past a stop
@@ -184,9 +184,9 @@ class Lookahead:
         await asyncio.wait({task})
 
     async def next_ready(self, batch_id: int, rows: int) -> AheadResult | None:
-        """For a Decode of ``batch_id`` (``rows`` requests) alone: its ready steps, merged (:meth:`take`); while
-        fewer are ready than it wants (one; ``answer_steps`` from ``busy_rows`` requests up) and its chain
-        runs, waits. The chain goes on. None: nothing ran ahead."""
+        """For a Decode of ``batch_id`` (``rows`` requests) alone: its ready steps, merged (:meth:`take`);
+        while fewer are ready than it wants (one; ``answer_steps`` from ``busy_rows`` requests up) and its
+        chain runs, waits. The chain goes on. None: nothing ran ahead."""
         want = self.answer_steps if rows >= self.busy_rows else 1
         while self._waiting(batch_id) < want and self.running(batch_id):
             if self._waiter is None:

@@ -1,13 +1,14 @@
-// bf16 linears of a few rows (decode steps) on Intel AMX tiles (built with the decode kernel by
-// flash_kernels/backends/cpu_decode.py). oneDNN runs the same products on AMX, but each call builds its primitive
-// descriptors and scratchpad again: 17-30 us per linear at 1-32 rows, where the product itself takes a few us
-// (docs/performance.md). Here a call is one loop over a weight packed once for the tiles.
+// bf16 linears of up to a few hundred rows (decode steps, short prompt pieces) on Intel AMX tiles (built with
+// the decode kernel by flash_kernels/backends/cpu_decode.py). oneDNN runs the same products on AMX, but each
+// call builds its primitive descriptors and scratchpad again: 17-30 us per linear at 1-32 rows, where the
+// product itself takes a few us (docs/performance.md). Here a call is one loop over a weight packed once for
+// the tiles.
 //
-// Packed weight (amx_pack_linear's layout, built in Python by flash_kernels/backends/cpu_linear.py): for a (n, k)
-// weight, (ceil(n / 32), ceil(k / 32), 2, 16, 32) bf16, zero-padded: block b, depth chunk c, tile t, row r holds
-// the pairs (w[j][32c + 2r], w[j][32c + 2r + 1]) of the 16 output columns j = 32b + 16t + 0..15, as TDPBF16PS
-// reads its second operand. Products accumulate in fp32 and round to bf16 once, as oneDNN's do (the order of
-// the fp32 sums differs, so a result may differ from oneDNN's in the last bf16 bit).
+// Packed weight (the layout of flash_kernels/backends/cpu_linear.py's pack): for a (n, k) weight, (ceil(n
+// / 32), ceil(k / 32), 2, 16, 32) bf16, zero-padded: block b, depth chunk c, tile t, row r holds the pairs
+// (w[j][32c + 2r], w[j][32c + 2r + 1]) of the 16 output columns j = 32b + 16t + 0..15, as TDPBF16PS reads its
+// second operand. Products accumulate in fp32 and round to bf16 once, as oneDNN's do (the order of the fp32
+// sums differs, so a result may differ from oneDNN's in the last bf16 bit).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
@@ -152,7 +153,8 @@ bool amx_linear_usable() {
 at::Tensor amx_linear(const at::Tensor& x, const at::Tensor& packed, int64_t n,
                       const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(amx_linear_usable(), "amx_linear: no AMX tiles on this CPU or build");
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous(), "amx_linear: x (m, k) bf16");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous(),
+              "amx_linear: x (m, k) bf16");
   TORCH_CHECK(packed.dim() == 5 && packed.scalar_type() == at::kBFloat16 && packed.is_contiguous() &&
                   packed.size(2) == 2 && packed.size(3) == 16 && packed.size(4) == 32,
               "amx_linear: packed (nb, kc, 2, 16, 32) bf16");
@@ -175,8 +177,9 @@ at::Tensor amx_linear(const at::Tensor& x, const at::Tensor& packed, int64_t n,
     bf16* dst = tail.data_ptr<bf16>();
     for (int64_t r = 0; r < m; ++r) std::memcpy(dst + r * DEPTH, src + r * k, (k % DEPTH) * sizeof(bf16));
   }
-  const Operands o{x.data_ptr<bf16>(), tail.defined() ? tail.data_ptr<bf16>() : nullptr, packed.data_ptr<bf16>(),
-                   b, out.data_ptr<bf16>(), m, k, n, kc};
+  const bf16* tail_ptr = tail.defined() ? tail.data_ptr<bf16>() : nullptr;
+  const Operands o{x.data_ptr<bf16>(), tail_ptr, packed.data_ptr<bf16>(), b, out.data_ptr<bf16>(),
+                   m, k, n, kc};
   at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) { blocks(o, b0, b1); });
 #endif
   return out;

@@ -1,7 +1,8 @@
-"""bf16 linears of up to a few hundred rows on Intel AMX tiles (``cpu_linear.cpp``, built with the decode kernel
-by :mod:`.cpu_decode`): a decode step's products without oneDNN's per-call set-up, which costs more than the
-product at these sizes (docs/performance.md). The weight is packed once (:func:`pack`); a call is one loop over
-it. ``PRISM_CPU_AMX_LINEAR=0`` turns it off (then :mod:`shard.layers.packed_linear` prepacks for oneDNN).
+"""bf16 linears of up to a few hundred rows on Intel AMX tiles (``cpu_linear.cpp``, built with the decode
+kernel by :mod:`.cpu_decode`): a decode step's products without oneDNN's per-call set-up, which costs more
+than the product at these sizes (docs/performance.md). The weight is packed once (:func:`pack`); a call is one
+loop over it. ``PRISM_CPU_AMX_LINEAR=0`` turns it off (then :mod:`shard.layers.packed_linear` prepacks for
+oneDNN).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ BLOCK, DEPTH = 32, 32  # output columns per packed block, depth (input features)
 
 
 def usable() -> bool:
-    """Whether :func:`linear` runs here: not switched off, the extension built with AMX, the OS grants tiles."""
+    """Whether :func:`linear` runs here: not switched off, the extension built with AMX, the OS grants
+    tiles."""
     return os.environ.get(ENV, "1") != "0" and _built()
 
 
@@ -29,8 +31,8 @@ def _built() -> bool:
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
-    """weight (n, k) bf16 -> (ceil(n / 32), ceil(k / 32), 2, 16, 32) bf16, zero-padded: block b, depth chunk c,
-    tile t, row r holds (w[j, 32c + 2r], w[j, 32c + 2r + 1]) for the 16 columns j = 32b + 16t + 0..15."""
+    """weight (n, k) bf16 -> (ceil(n / 32), ceil(k / 32), 2, 16, 32) bf16, zero-padded: block b, depth chunk
+    c, tile t, row r holds (w[j, 32c + 2r], w[j, 32c + 2r + 1]) for the 16 columns j = 32b + 16t + 0..15."""
     n, k = weight.shape
     nb, kc = -(-n // BLOCK), -(-k // DEPTH)
     padded = F.pad(weight.detach(), (0, kc * DEPTH - k, 0, nb * BLOCK - n))
@@ -39,7 +41,9 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     return tiles.reshape(nb, kc, 2, 16, 2 * 16).contiguous()
 
 
-def linear(x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None) -> torch.Tensor:
-    """x (m, k) bf16, packed = :func:`pack` of the (out_features, k) weight, bias (out_features,) bf16 or None
-    -> (m, out_features) bf16: x @ weight.T + bias, fp32 sums rounded once (call only where :func:`usable`)."""
+def linear(x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None
+           ) -> torch.Tensor:
+    """x (m, k) bf16, packed = :func:`pack` of the (out_features, k) weight, bias (out_features,) bf16 or
+    None -> (m, out_features) bf16: x @ weight.T + bias, fp32 sums rounded once (only where
+    :func:`usable`)."""
     return torch.ops.prism_kernels.amx_linear(x.contiguous(), packed, out_features, bias)

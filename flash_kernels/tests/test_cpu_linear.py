@@ -1,7 +1,7 @@
-"""The AMX tile linear (flash_kernels/backends/cpu_linear.cpp) against the fp32 product: within one bf16 rounding
-step for every shape (partial row tiles, depth chunks and column blocks, bias or none), each row independent of
-the batch, the same on 1 and 2 threads, and torch's AMX flash attention unchanged around it (the tile
-configuration each leaves behind)."""
+"""The AMX tile linear (flash_kernels/backends/cpu_linear.cpp) against the fp32 product: within one bf16
+rounding step for every shape (partial row tiles, depth chunks and column blocks, bias or none), each row
+independent of the batch, the same on 1 and 2 threads, and torch's AMX flash attention unchanged around it
+(the tile configuration each leaves behind)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from flash_kernels.backends import cpu_linear
 
-pytestmark = pytest.mark.skipif(not cpu_linear.usable(), reason="needs a CPU with AMX tiles (and the extension)")
+pytestmark = pytest.mark.skipif(not cpu_linear.usable(), reason="needs AMX tiles and the extension")
 
 
 def _case(m: int, k: int, n: int, bias: bool, seed: int = 0):

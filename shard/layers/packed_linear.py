@@ -1,13 +1,13 @@
-"""bf16 linears on CPU with their weights prepacked once: for AMX tiles where the CPU has them, else for oneDNN.
+"""bf16 linears on CPU with their weights prepacked once: for AMX tiles where the CPU has them, else oneDNN.
 
 ``F.linear`` on a bf16 CPU tensor calls oneDNN, which reorders the weight into its blocked layout on every
 call; for a small model's decode step that reordering costs more than the matmul (docs/performance.md). Here
 the weight is packed once at load, in one of two forms:
 
-- :class:`TiledLinear`, on CPUs with AMX (``flash_kernels.backends.cpu_linear``): up to ``TILED_MAX_ROWS`` rows
-  run our tile kernel on its packed copy, with no per-call set-up (oneDNN's costs 15-25 us a call, more than a
-  decode step's product); more rows (prompts) run ``F.linear``. fp32 sums rounded once, as oneDNN's, but in
-  another order: checked at pack time to be within one bf16 rounding step of the fp32 product.
+- :class:`TiledLinear`, on CPUs with AMX (``flash_kernels.backends.cpu_linear``): up to ``TILED_MAX_ROWS``
+  rows run our tile kernel on its packed copy, with no per-call set-up (oneDNN's costs 15-25 us a call, more
+  than a decode step's product); more rows (prompts) run ``F.linear``. fp32 sums rounded once, as oneDNN's,
+  but in another order: checked at pack time to be within one bf16 rounding step of the fp32 product.
 - :class:`PackedLinear`, elsewhere: reordered for oneDNN (``torch.ops.mkldnn._reorder_linear_weight``, the op
   torch's own compiler uses when it freezes CPU weights), each call ``_linear_pointwise`` on it: the same
   oneDNN kernel's result, checked equal to ``F.linear`` at pack time.
@@ -17,6 +17,7 @@ exact oracles are fp32). Cost: the packed copy is held beside the original weigh
 tied embeddings), so the linears' memory doubles; packing is skipped (logged) when that copy would take more
 than a quarter of the host's available memory, and ``PRISM_PACK_LINEARS=0`` turns it off.
 """
+
 from __future__ import annotations
 
 import functools
@@ -159,7 +160,7 @@ def warm_prefill_linears(model: nn.Module, max_rows: int, budget_macs: int = PRE
 
 
 def _warm(model: nn.Module, counts: list[int], budget_macs: int, kinds: tuple[type, ...]) -> int:
-    """One call of every distinct linear shape of ``kinds`` per row count, smallest first, within the budget."""
+    """One call of every distinct linear shape of ``kinds`` per row count, smallest first, within budget."""
     shapes = {(m.in_features, m.out_features, m.bias is not None): m
               for m in model.modules() if isinstance(m, kinds)}
     if not shapes:

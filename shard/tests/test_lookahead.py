@@ -162,7 +162,9 @@ def _joined(answers: list) -> dict[int, tuple[list[int], list[float], tuple]]:
     return out
 
 
-async def _churn(tiny_llama, seed: int, steps: int, busy_rows: int | None = None) -> tuple[Router, TextGenerationService]:
+async def _churn(
+    tiny_llama, seed: int, steps: int, busy_rows: int | None = None
+) -> tuple[Router, TextGenerationService]:
     config = make_config(tiny_llama, num_blocks=POOL_BLOCKS)
     ahead, plain = (TextGenerationService(build_runner(config), config) for _ in range(2))
     plain.lookahead.depth = 0

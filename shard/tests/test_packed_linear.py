@@ -1,6 +1,6 @@
-"""Prepacked bf16 CPU linears, in both forms (AMX tiles where the CPU has them, oneDNN's layout elsewhere): the
-results F.linear gives (oneDNN: bit for bit; tiles: within one bf16 step of the fp32 product, F.linear's own
-above their rows), same state_dict, fp32 untouched, switched off."""
+"""Prepacked bf16 CPU linears, in both forms (AMX tiles where the CPU has them, oneDNN's layout elsewhere):
+the results F.linear gives (oneDNN: bit for bit; tiles: within one bf16 step of the fp32 product, F.linear's
+own above their rows), same state_dict, fp32 untouched, switched off."""
 
 from __future__ import annotations
 
