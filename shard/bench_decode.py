@@ -7,7 +7,7 @@ Variants (switched on one loaded runner, nothing rebuilt):
     before        SDPA decode over a gathered copy of K/V; separate q/k/v and gate/up matmuls; F.linear
     +kernel       the compiled decode kernel (flash_kernels/backends/cpu_decode.cpp)
     +fused        and the fused q/k/v and gate/up projections (shard/layers/fusion.py)
-    +packed       and the prepacked bf16 weights (shard/layers/packed_linear.py): the default
+    +packed       and the prepacked bf16 weights (shard/layers/packed_linear.py, AMX tiles or oneDNN): the default
 Loads: 32 requests with 100-token prompts (the 32-client throughput load) and 12 with 1,040-token prompts (the
 RAG load's contexts), both decoding on 1 thread. Then decode attention alone, one layer's call at the model's
 shape: the SDPA path over a gathered copy against the compiled kernel.
@@ -29,7 +29,7 @@ from flash_kernels.backends.sdpa import decode_gathered
 from shard.bench import BLOCK, _prompt, _request
 from shard.config import ShardConfig
 from shard.factory import build_runner
-from shard.layers.packed_linear import PackedLinear
+from shard.layers.packed_linear import PackedLinear, TiledLinear
 from shard.model_runner import ModelRunner
 
 LOADS = {"32 x 100-token prompts": (32, 100), "12 x 1,040-token prompts": (12, 1040)}
@@ -37,7 +37,7 @@ LOADS = {"32 x 100-token prompts": (32, 100), "12 x 1,040-token prompts": (12, 1
 
 def switches(runner: ModelRunner) -> dict[str, Callable[[], None]]:
     """name -> a function that puts the runner in that variant."""
-    packed = [m for m in runner.model.modules() if isinstance(m, PackedLinear)]
+    packed = [(m, type(m)) for m in runner.model.modules() if isinstance(m, (PackedLinear, TiledLinear))]
     fused = [(m, name, getattr(m, name)) for m in runner.model.modules()
              for name in ("qkv_proj", "gate_up_proj") if getattr(m, name, None) is not None]
 
@@ -46,8 +46,8 @@ def switches(runner: ModelRunner) -> dict[str, Callable[[], None]]:
             cpu_decode.set_enabled(use_kernel)
             for m, name, module in fused:
                 setattr(m, name, module if use_fused else None)
-            for m in packed:
-                m.__class__ = PackedLinear if use_packed else nn.Linear
+            for m, kind in packed:
+                m.__class__ = kind if use_packed else nn.Linear
         return apply
 
     return {"before": setter(False, False, False), "+kernel": setter(True, False, False),
