@@ -30,6 +30,7 @@ constexpr int64_t ROWS = 16;            // rows of an A / C tile
 constexpr int64_t DEPTH = 32;           // bf16 elements of a row of an A tile (one depth chunk)
 constexpr int64_t BLOCK = 32;           // output columns per weight block (two 16-column C tiles)
 constexpr int64_t CHUNK = 2 * 16 * 32;  // bf16 elements of one block's depth chunk (two B tiles)
+constexpr int64_t GROUP_BYTES = 512 * 1024;  // weight blocks computed for all rows before the next ones
 
 #ifdef PRISM_LINEAR_AMX
 // Linux hands out the AMX tile state only to a process that asked for it (arch_prctl ARCH_REQ_XCOMP_PERM,
@@ -127,11 +128,15 @@ void row_pair(const Operands& o, int64_t r, int64_t rows0, int64_t rows1, int64_
   }
 }
 
-// Output blocks [b0, b1), every row.
+// Output blocks [b0, b1), every row: a group of blocks (GROUP_BYTES of weight, which stays in L2) for every pair
+// of row tiles, then the next group, so that a large weight is read from memory once, not once per row pair.
 void blocks(const Operands& o, int64_t b0, int64_t b1) {
-  for (int64_t r = 0; r < o.m; r += 2 * ROWS) {
-    const int64_t rows0 = std::min<int64_t>(ROWS, o.m - r);
-    row_pair(o, r, rows0, std::min<int64_t>(ROWS, o.m - r - rows0), b0, b1);
+  const int64_t group = std::max<int64_t>(1, GROUP_BYTES / (o.kc * CHUNK * static_cast<int64_t>(sizeof(bf16))));
+  for (int64_t g = b0; g < b1; g += group) {
+    for (int64_t r = 0; r < o.m; r += 2 * ROWS) {
+      const int64_t rows0 = std::min<int64_t>(ROWS, o.m - r);
+      row_pair(o, r, rows0, std::min<int64_t>(ROWS, o.m - r - rows0), g, std::min(b1, g + group));
+    }
   }
   // NOTE: not a bare tile release: torch's brgemm users (its CPU flash attention) keep the configuration they
   // last set per thread and skip setting it again; this resets that record too
