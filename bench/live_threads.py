@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.loadgen import Endpoint, run_closed
+from bench.metrics import percentile
 from bench.peer_loads import PeerLoads, PeerParams
 from bench.server import LaunchSpec, LiveServer, free_port
 from bench.workloads.prompts import PromptBuilder, load_tokenizer
@@ -97,10 +98,9 @@ def measure(url: str, model: str, reps: int, server_pid: int) -> None:
     print(f"output tok/s per rep: {', '.join(f'{r:,.0f}' for r in rates)}; {tokens:,} tokens in {wall:.1f} s, "
           f"{errors} failed requests; "
           f"load average {' '.join(open('/proc/loadavg').read().split()[:3])}")
-    gaps.sort()
     if gaps:
-        print("inter-token gaps (ms): " + ", ".join(
-            f"P{q} {1e3 * gaps[min(len(gaps) - 1, int(q / 100 * len(gaps)))]:.1f}" for q in (10, 50, 90, 99)))
+        quantiles = ", ".join(f"P{q} {1e3 * percentile(gaps, q):.1f}" for q in (10, 50, 90, 99))
+        print(f"inter-token gaps (ms): {quantiles}")
     rows = [(cpu - before.get(key, (name, 0.0))[1], name) for key, (name, cpu) in after.items()]
     rows = sorted((r for r in rows if r[0] >= 0.05), reverse=True)
     for cpu, name in rows:

@@ -121,9 +121,11 @@ def pack_cpu_linears(model: nn.Module, available_bytes: int | None = None) -> in
         log.info("not prepacking bf16 linears: the copies (%d MiB) would take over a quarter of the %d MiB "
                  "available", extra >> 20, available >> 20)
         return 0
-    if cpu_linear.usable() and _tiles_are_close(linears[0]):
+    first = cpu_linear.pack(linears[0].weight) if cpu_linear.usable() else None
+    if first is not None and _tiles_are_close(linears[0], first):
         for m in linears:
-            m.register_buffer("tiles", cpu_linear.pack(m.weight), persistent=False)
+            tiles = first if m is linears[0] else cpu_linear.pack(m.weight)
+            m.register_buffer("tiles", tiles, persistent=False)
             m.__class__ = TiledLinear
         log.info("%d bf16 linears packed for AMX tiles (%s=0 turns it off, %s=0 uses oneDNN)", len(linears),
                  ENV, cpu_linear.ENV)
@@ -197,10 +199,10 @@ def _pack(w: torch.Tensor) -> torch.Tensor:
     return _mkldnn("_reorder_linear_weight")(w.detach(), None)
 
 
-def _tiles_are_close(m: nn.Linear) -> bool:
-    """Whether the tile kernel's result is within one bf16 rounding step of the fp32 product here (it sums in
-    another order than oneDNN, so the last bit may differ; anything more is a broken build or CPU)."""
-    tiles = cpu_linear.pack(m.weight)
+def _tiles_are_close(m: nn.Linear, tiles: torch.Tensor) -> bool:
+    """Whether the tile kernel's result on ``tiles`` (``m``'s packed weight) is within one bf16 rounding step
+    of the fp32 product here (it sums in another order than oneDNN, so the last bit may differ; anything more
+    is a broken build or CPU)."""
     for rows in (1, 33):
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(rows, m.in_features, dtype=m.weight.dtype, generator=gen)
