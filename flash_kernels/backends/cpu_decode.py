@@ -26,8 +26,9 @@ import torch
 
 log = logging.getLogger(__name__)
 SOURCES = [Path(__file__).with_suffix(".cpp")] + [Path(__file__).with_name(f"cpu_{part}.cpp")
-                                                  for part in ("prefill", "pointwise", "threads", "linear")]
-HEADERS = [Path(__file__).with_name("cpu_simd.h")]  # included by SOURCES: part of the build's name
+                                                  for part in ("prefill", "prefill_amx", "pointwise", "threads", "linear")]
+HEADERS = [Path(__file__).with_name(f"cpu_{part}.h") for part in ("simd", "amx", "prefill_args")]  # included by
+# SOURCES: part of the build's name
 ENV = "PRISM_CPU_DECODE_KERNEL"
 CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 _state: dict[str, bool] = {}  # "built": the build's outcome (once per process); "off": set_enabled(False)

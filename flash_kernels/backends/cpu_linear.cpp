@@ -17,10 +17,8 @@
 #include <cstdint>
 #include <cstring>
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
-#include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 #define PRISM_LINEAR_AMX 1
+#include "cpu_amx.h"
 #endif
 
 namespace {
@@ -33,29 +31,13 @@ constexpr int64_t CHUNK = 2 * 16 * 32;  // bf16 elements of one block's depth ch
 constexpr int64_t GROUP_BYTES = 512 * 1024;  // weight blocks computed for all rows before the next ones
 
 #ifdef PRISM_LINEAR_AMX
-// Linux hands out the AMX tile state only to a process that asked for it (arch_prctl ARCH_REQ_XCOMP_PERM,
-// XFEATURE_XTILEDATA); oneDNN asks too, asking again is harmless.
-bool tiles_permitted() {
-  static const bool ok = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-  return ok;
-}
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
+using prism_amx::tiles_permitted;
 
 // Tiles 0-3: C (fp32) of row tiles 0/1 x column tiles 0/1; 4-5: A (row tiles 0/1, 32 bf16 deep); 6-7: B. Row
 // tile t has rows[t] rows (the last ones of x may be fewer than 16; a tile load reads only those).
 void configure(int64_t rows0, int64_t rows1) {
-  TileConfig cfg;
-  const int64_t rows[8] = {rows0, rows0, rows1, rows1, rows0, rows1, 16, 16};
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = static_cast<uint8_t>(rows[t]);
-    cfg.colsb[t] = 64;
-  }
-  _tile_loadconfig(&cfg);
+  const uint8_t r0 = static_cast<uint8_t>(rows0), r1 = static_cast<uint8_t>(rows1);
+  prism_amx::configure({r0, r0, r1, r1, r0, r1, 16, 16});
 }
 
 // C tile (fp32, row r of `acc` at r * 16) -> out rows [0, rows), columns [0, cols) bf16, bias added.

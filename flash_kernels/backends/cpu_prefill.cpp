@@ -24,6 +24,7 @@
 #include <cstring>
 #include <limits>
 #include <vector>
+#include "cpu_prefill_args.h"
 #if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define PRISM_PREFILL_BF16 1
@@ -226,36 +227,10 @@ bool paged_prefill_supported(int64_t group, int64_t dim) {
 
 void paged_prefill(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& tables,
                    const at::Tensor& cu, const at::Tensor& seqlens, double scale, at::Tensor out) {
-  TORCH_CHECK(q.is_contiguous() && kc.is_contiguous() && vc.is_contiguous() && out.is_contiguous(),
-              "paged_prefill: q, caches and out must be contiguous");
-  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && kc.scalar_type() == at::kBFloat16 &&
-              vc.scalar_type() == at::kBFloat16 && out.scalar_type() == at::kBFloat16,
-              "paged_prefill: bf16 only");
-  TORCH_CHECK(q.dim() == 3 && kc.dim() == 4 && q.size(2) == kc.size(3) && q.size(1) % kc.size(2) == 0 &&
-              out.sizes() == q.sizes() && tables.size(0) == seqlens.size(0) && cu.size(0) == seqlens.size(0) + 1,
-              "paged_prefill: shapes do not match the contract");
-  TORCH_CHECK(tables.scalar_type() == at::kInt && seqlens.scalar_type() == at::kInt && cu.scalar_type() == at::kInt,
-              "paged_prefill: block_tables, cu_seqlens_q and seqlens_k must be int32");
-  const int64_t g = q.size(1) / kc.size(2), d = q.size(2);
+  const prism_prefill::Args a = prism_prefill::check("paged_prefill", q, kc, vc, tables, cu, seqlens, out);
+  const int64_t g = a.group, d = a.dim;
   TORCH_CHECK(paged_prefill_supported(g, d), "paged_prefill: not compiled for group ", g, ", head dim ", d);
-  auto t = tables.contiguous();
-  auto c = cu.contiguous();
-  auto l = seqlens.contiguous();
-  const int32_t* tp = t.data_ptr<int32_t>();
-  const int32_t* cp = c.data_ptr<int32_t>();
-  const int32_t* lp = l.data_ptr<int32_t>();
-  const int64_t b = l.size(0), mb = t.size(1), bs = kc.size(1);
-  TORCH_CHECK(cp[0] == 0 && cp[b] == q.size(0), "paged_prefill: cu_seqlens_q must run from 0 to n");
-  for (int64_t i = 0; i < b; ++i) {
-    const int64_t q_len = cp[i + 1] - cp[i], len = lp[i];
-    TORCH_CHECK(0 <= q_len && q_len <= len, "paged_prefill: request ", i, " has ", q_len, " queries for ", len,
-                " keys");
-    TORCH_CHECK(len <= mb * bs, "paged_prefill: a context of ", len, " keys exceeds its block table");
-    for (int64_t k = 0; k < (len + bs - 1) / bs; ++k) {
-      const int64_t id = tp[i * mb + k];
-      TORCH_CHECK(0 <= id && id < kc.size(0), "paged_prefill: block id ", id, " outside the pool");
-    }
-  }
+  const at::Tensor &t = a.tables, &c = a.cu, &l = a.seqlens;
 #ifdef PRISM_PREFILL_BF16
 #define PRISM_CASE(G, D) if (g == G && d == D) { prefill_bf16<G, D>(q, kc, vc, t, c, l, scale, out); return; }
   PRISM_CASE(1, 64) PRISM_CASE(2, 64) PRISM_CASE(4, 64) PRISM_CASE(8, 64)

@@ -1,10 +1,13 @@
-"""The compiled bf16 prefill kernel (``cpu_prefill.cpp``, built with the decode kernel by :mod:`.cpu_decode`):
-every prompt piece of a step against its paged context in one call, AVX512-BF16 dot products, rows of a
-tile in vector lanes. It serves bf16 prefill on CPUs with AVX512-BF16 but no AMX (head dims 64 / 128, 1 / 2 /
-4 / 8 query heads per KV head); other dtypes and CPUs keep torch's flash kernel (:mod:`.sdpa`), which runs its
-matrix products on AMX tiles where the CPU has them and there beats this kernel 1.1-2.8x on every prefill shape
-measured (docs/performance.md). ``PRISM_CPU_PREFILL_KERNEL=0`` turns it off, ``=1`` uses it on AMX CPUs too;
-:func:`set_enabled` does the same in-process.
+"""The compiled bf16 prefill kernels (built with the decode kernel by :mod:`.cpu_decode`): every prompt piece of
+a step against its paged context in one call, rows of a tile in vector lanes. Two forms of one contract:
+
+    form     source                  serves (bf16; head dims 64 / 128; 1 / 2 / 4 / 8 query heads per KV head)
+    amx      cpu_prefill_amx.cpp     CPUs with AMX tiles: both products on tiles, the softmax in AVX512
+    avx512   cpu_prefill.cpp         CPUs with AVX512-BF16 and no AMX: vdpbf16ps dot products
+
+Both beat torch's flash kernel on the shapes measured (docs/performance.md); other dtypes and CPUs keep it
+(:mod:`.sdpa`). ``PRISM_CPU_PREFILL_KERNEL``: ``auto`` (default: the CPU's form), ``avx512`` (that form on AMX
+CPUs too, for A/B runs), ``0`` (torch's flash kernel); :func:`set_enabled` switches in-process.
 """
 
 from __future__ import annotations
@@ -17,41 +20,55 @@ import torch
 from flash_kernels.backends import cpu_decode
 
 ENV = "PRISM_CPU_PREFILL_KERNEL"
-_supported: dict[tuple[int, int], bool] = {}  # (group, head dim) -> compiled for it
+_forms: dict[tuple[str, int, int], str | None] = {}  # (setting, group, head dim) -> the form compiled for it
 _forced: bool | None = None  # set_enabled's choice; None: the default
 
 
 def set_enabled(on: bool | None) -> None:
-    """From now on, in this process: True uses the kernel wherever it applies (AMX CPUs too), False never,
-    None goes back to the default (the environment's setting, else: not on AMX CPUs). For A/B runs and tests."""
+    """From now on, in this process: True uses the kernel (the CPU's form) wherever it applies, False never, None
+    goes back to the environment's setting. For A/B runs and tests."""
     global _forced
     _forced = on
 
 
 @lru_cache(maxsize=1)
 def amx_tiles() -> bool:
-    """Whether torch sees usable AMX tiles (CPU and OS): then its flash kernel's products run on them."""
+    """Whether torch sees usable AMX tiles (CPU and OS)."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe()) if probe is not None else False
 
 
-def _wanted() -> bool:
+def _setting() -> str:
     if _forced is not None:
-        return _forced
-    setting = os.environ.get(ENV, "auto")
-    return setting != "0" and (setting == "1" or not amx_tiles())
+        return "auto" if _forced else "0"
+    return os.environ.get(ENV, "auto")
+
+
+def form(group: int, head_dim: int) -> str | None:
+    """``"amx"``, ``"avx512"`` or None (torch's flash kernel): the form that serves bf16 prefill of this query
+    group and head dim here, by the setting, the CPU and what the extension was built with."""
+    setting = _setting()
+    key = (setting, group, head_dim)
+    if key not in _forms:
+        _forms[key] = _pick(setting, group, head_dim)
+    return _forms[key]
+
+
+def _pick(setting: str, group: int, head_dim: int) -> str | None:
+    if setting == "0" or not cpu_decode.load():
+        return None
+    ops = torch.ops.prism_kernels
+    if setting != "avx512" and amx_tiles() and ops.paged_prefill_amx_supported(group, head_dim):
+        return "amx"
+    return "avx512" if ops.paged_prefill_supported(group, head_dim) else None
 
 
 def usable(q: torch.Tensor, key_cache: torch.Tensor) -> bool:
-    """Whether :func:`prefill` takes these q (n, h, d) / key_cache (nb, bs, hk, d): bf16 on a CPU, wanted
-    (:func:`set_enabled`, the environment, AMX), the extension built with its AVX512-BF16 path for this group
-    and head dim."""
-    if q.dtype != torch.bfloat16 or q.device.type != "cpu" or not _wanted() or not cpu_decode.load():
+    """Whether :func:`prefill` takes these q (n, h, d) / key_cache (nb, bs, hk, d): bf16 on a CPU, a form of
+    the kernel for this group and head dim (:func:`form`)."""
+    if q.dtype != torch.bfloat16 or q.device.type != "cpu" or not cpu_decode.load():
         return False
-    shape = (q.shape[1] // key_cache.shape[2], q.shape[2])
-    if shape not in _supported:
-        _supported[shape] = bool(torch.ops.prism_kernels.paged_prefill_supported(*shape))
-    return _supported[shape]
+    return form(q.shape[1] // key_cache.shape[2], q.shape[2]) is not None
 
 
 def prefill(
@@ -69,8 +86,9 @@ def prefill(
     aligned bottom-right)."""
     q = q.contiguous()
     out = torch.empty_like(q)
-    torch.ops.prism_kernels.paged_prefill(
-        q, key_cache, value_cache, block_tables.to(torch.int32), cu_seqlens_q.to(torch.int32),
-        seqlens_k.to(torch.int32), softmax_scale, out,
-    )
+    op = torch.ops.prism_kernels.paged_prefill
+    if form(q.shape[1] // key_cache.shape[2], q.shape[2]) == "amx":
+        op = torch.ops.prism_kernels.paged_prefill_amx
+    op(q, key_cache, value_cache, block_tables.to(torch.int32), cu_seqlens_q.to(torch.int32),
+       seqlens_k.to(torch.int32), softmax_scale, out)
     return out

@@ -1,7 +1,8 @@
-"""The compiled bf16 prefill kernel (flash_kernels/backends/cpu_prefill.cpp) against the reference: cold prompts,
-pieces after cached prefixes ending inside a block, several pieces of far-apart lengths in one call, requests
-with no new tokens, block sizes, grouped-query attention, head dims; that the SDPA backend routes bf16 prefill to
-it (and fp32 not), the switches, and the checks on bad tables."""
+"""The compiled bf16 prefill kernels, both forms (AVX512-BF16: flash_kernels/backends/cpu_prefill.cpp; AMX tiles:
+cpu_prefill_amx.cpp), against the reference: cold prompts, pieces after cached prefixes ending inside a block,
+several pieces of far-apart lengths in one call, requests with no new tokens, block sizes, grouped-query
+attention, head dims; that the SDPA backend routes bf16 prefill to the CPU's form (and fp32 not), the switches,
+and the checks on bad tables."""
 
 from __future__ import annotations
 
@@ -15,11 +16,24 @@ from flash_kernels.backends.sdpa import SdpaBackend
 from flash_kernels.tests.paged_cases import assert_close, brute_force, make_case
 
 KERNEL = "prism_kernels::paged_prefill"
+AMX_KERNEL = "prism_kernels::paged_prefill_amx"
 FLASH = "aten::_scaled_dot_product_flash_attention_for_cpu"
-# NOTE: the kernel exists only where the compiler targets AVX512-BF16 (-march=native on such a CPU); elsewhere
-# bf16 prefill stays on torch's flash kernel (test_sdpa covers that path).
+# NOTE: the kernels exist only where the compiler targets AVX512-BF16 / AMX (-march=native on such a CPU);
+# elsewhere bf16 prefill stays on torch's flash kernel (test_sdpa covers that path).
 USABLE = cpu_decode.load() and bool(torch.ops.prism_kernels.paged_prefill_supported(2, 64))
+AMX = USABLE and bool(torch.ops.prism_kernels.paged_prefill_amx_supported(2, 64))
 needs_kernel = pytest.mark.skipif(not USABLE, reason="no AVX512-BF16 build: bf16 prefill runs on SDPA")
+FORMS = [pytest.param("avx512", marks=needs_kernel),
+         pytest.param("amx", marks=pytest.mark.skipif(not AMX, reason="no AMX tiles: the AVX512 form serves"))]
+
+
+def _run(form: str, *args) -> torch.Tensor:
+    """One form's op on prefill_args()[:6] + scale (what cpu_prefill.prefill passes it)."""
+    q = args[0]
+    out = torch.empty_like(q)
+    op = torch.ops.prism_kernels.paged_prefill_amx if form == "amx" else torch.ops.prism_kernels.paged_prefill
+    op(q, args[1], args[2], *(t.to(torch.int32) for t in args[3:6]), args[6], out)
+    return out
 
 
 def _ops(call) -> set[str]:
@@ -28,7 +42,7 @@ def _ops(call) -> set[str]:
     return {e.key for e in prof.key_averages()}
 
 
-@needs_kernel
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize(
     "requests",
     [
@@ -36,103 +50,124 @@ def _ops(call) -> set[str]:
         [(512, 529)],  # the RAG step: a piece over a cached prefix, longer than one key block
         [(45, 7)],  # prefix ending inside a block, piece shorter than a tile
         [(3, 130), (0, 2), (200, 1), (7, 0), (60, 70)],  # far-apart lengths, a one-token and a zero-token row
+        [(1840, 208)],  # the 90%-cached 2,048-token prompt: many key blocks, a last one partly past the context
     ],
 )
 @pytest.mark.parametrize("block_size", [1, 16, 256])
 @pytest.mark.parametrize("group", [1, 2, 4, 8])
-def test_kernel_matches_reference(requests: list[tuple[int, int]], block_size: int, group: int) -> None:
+def test_kernel_matches_reference(form: str, requests: list[tuple[int, int]], block_size: int, group: int) -> None:
     case = make_case(requests, block_size, kv_heads=2, group=group, head_dim=64, dtype=torch.bfloat16, seed=group)
     args = case.prefill_args()
-    out = cpu_prefill.prefill(*args[:6], case.scale)
-    assert_close(out, reference.prefill(*args))
+    assert_close(_run(form, *args[:6], case.scale), reference.prefill(*args))
 
 
-@needs_kernel
-def test_head_dim_128_and_one_kv_head_match_brute_force() -> None:
+@pytest.mark.parametrize("form", FORMS)
+def test_head_dim_128_and_one_kv_head_match_brute_force(form: str) -> None:
     for kv_heads, head_dim in ((1, 128), (4, 64)):
         case = make_case([(100, 40), (0, 65)], 16, kv_heads=kv_heads, group=2, head_dim=head_dim,
                          dtype=torch.bfloat16, seed=kv_heads)
-        out = cpu_prefill.prefill(*case.prefill_args()[:6], case.scale)
+        out = _run(form, *case.prefill_args()[:6], case.scale)
         assert_close(out, brute_force(case).to(torch.bfloat16))
 
 
+CPU_FORM = AMX_KERNEL if AMX else KERNEL  # the op the default picks on this machine
+
+
 @pytest.fixture
-def forced_on():
-    """The kernel wherever it applies, AMX CPUs too (where the default leaves prefill to torch's flash)."""
-    cpu_prefill.set_enabled(True)
-    yield
+def fresh(monkeypatch):
+    """The environment's default and no form picked yet (the pick is cached per setting)."""
+    monkeypatch.delenv(cpu_prefill.ENV, raising=False)
+    monkeypatch.setattr(cpu_prefill, "_forms", {})
+    yield monkeypatch
     cpu_prefill.set_enabled(None)
 
 
 @needs_kernel
-def test_backend_prefill_runs_the_kernel_for_bf16_only(forced_on) -> None:
-    """bf16 prompt pieces (beside a one-token row, which takes the decode kernel) run no flash kernel; fp32
-    keeps torch's."""
+def test_backend_prefill_runs_the_cpus_form_for_bf16_only(fresh) -> None:
+    """bf16 prompt pieces (beside a one-token row, which takes the decode kernel) run the CPU's form and no flash
+    kernel; fp32 keeps torch's."""
     bf16 = make_case([(50, 30), (9, 1), (0, 12)], 16, kv_heads=2, group=2, head_dim=64, dtype=torch.bfloat16)
     names = _ops(lambda: SdpaBackend().prefill(*bf16.prefill_args()))
-    assert KERNEL in names and FLASH not in names
+    assert CPU_FORM in names and FLASH not in names
     assert_close(SdpaBackend().prefill(*bf16.prefill_args()), reference.prefill(*bf16.prefill_args()))
     fp32 = make_case([(50, 30)], 16, kv_heads=2, group=2, head_dim=64)
     names = _ops(lambda: SdpaBackend().prefill(*fp32.prefill_args()))
-    assert KERNEL not in names and FLASH in names
+    assert KERNEL not in names and AMX_KERNEL not in names and FLASH in names
 
 
 @needs_kernel
-def test_set_enabled_and_env_switch_it(monkeypatch) -> None:
+def test_set_enabled_and_env_switch_it(fresh) -> None:
     case = make_case([(50, 30)], 16, kv_heads=2, group=2, head_dim=64, dtype=torch.bfloat16)
-    try:
-        for on in (False, True):
-            cpu_prefill.set_enabled(on)
-            names = _ops(lambda: SdpaBackend().prefill(*case.prefill_args()))
-            assert (KERNEL in names) == on and (FLASH in names) == (not on)
-    finally:
-        cpu_prefill.set_enabled(None)
-    monkeypatch.setattr(cpu_prefill, "amx_tiles", lambda: True)
-    for setting, on in (("0", False), ("1", True), ("auto", False)):
-        monkeypatch.setenv(cpu_prefill.ENV, setting)
-        assert (KERNEL in _ops(lambda: SdpaBackend().prefill(*case.prefill_args()))) == on, setting
+    for on in (False, True):
+        cpu_prefill.set_enabled(on)
+        names = _ops(lambda: SdpaBackend().prefill(*case.prefill_args()))
+        assert (CPU_FORM in names) == on and (FLASH in names) == (not on)
+    cpu_prefill.set_enabled(None)
+    for setting, op in (("0", FLASH), ("auto", CPU_FORM), ("avx512", KERNEL)):
+        fresh.setenv(cpu_prefill.ENV, setting)
+        names = _ops(lambda: SdpaBackend().prefill(*case.prefill_args()))
+        assert op in names and len(names & {FLASH, KERNEL, AMX_KERNEL}) == 1, setting
 
 
 @needs_kernel
-@pytest.mark.parametrize("amx", [True, False])
-def test_default_leaves_amx_cpus_to_torchs_flash(monkeypatch, amx: bool) -> None:
-    """By default the kernel serves CPUs without AMX tiles; with them, torch's flash kernel (on AMX) is faster."""
-    monkeypatch.delenv(cpu_prefill.ENV, raising=False)
-    monkeypatch.setattr(cpu_prefill, "amx_tiles", lambda: amx)
+@pytest.mark.parametrize("amx", [pytest.param(True, marks=pytest.mark.skipif(not AMX, reason="no AMX build")), False])
+def test_the_default_form_follows_the_cpu(fresh, amx: bool) -> None:
+    """AMX tiles where torch sees them, else the AVX512-BF16 form; both agree with the reference."""
+    fresh.setattr(cpu_prefill, "amx_tiles", lambda: amx)
     case = make_case([(50, 30), (0, 12)], 16, kv_heads=2, group=2, head_dim=64, dtype=torch.bfloat16)
+    assert cpu_prefill.form(2, 64) == ("amx" if amx else "avx512")
     names = _ops(lambda: SdpaBackend().prefill(*case.prefill_args()))
-    assert (KERNEL in names) == (not amx) and (FLASH in names) == amx
+    assert (AMX_KERNEL if amx else KERNEL) in names and FLASH not in names
     assert_close(SdpaBackend().prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
 
 
-@needs_kernel
-def test_bad_tables_are_refused() -> None:
+@pytest.mark.parametrize("form", FORMS)
+def test_bad_tables_are_refused(form: str) -> None:
     case = make_case([(20, 10), (0, 5)], 16, kv_heads=2, group=2, head_dim=64, dtype=torch.bfloat16)
     args = list(case.prefill_args()[:6]) + [case.scale]
     too_long = case.seqlens_k.clone()
     too_long[0] = case.block_tables.shape[1] * 16 + 1
     with pytest.raises(RuntimeError, match="exceeds its block table"):
-        cpu_prefill.prefill(*args[:5], too_long, case.scale)
+        _run(form, *args[:5], too_long, case.scale)
     outside = case.block_tables.clone()
     outside[0, 0] = 10_000
     with pytest.raises(RuntimeError, match="outside the pool"):
-        cpu_prefill.prefill(*args[:3], outside, *args[4:])
+        _run(form, *args[:3], outside, *args[4:])
     more_queries = case.seqlens_k.clone()
     more_queries[1] = 4  # 5 new tokens over a context of 4
     with pytest.raises(RuntimeError, match="queries for"):
-        cpu_prefill.prefill(*args[:5], more_queries, case.scale)
+        _run(form, *args[:5], more_queries, case.scale)
 
 
-@needs_kernel
-def test_threads_split_tiles_without_changing_a_bit() -> None:
+@pytest.mark.parametrize("form", FORMS)
+def test_threads_split_tiles_without_changing_a_bit(form: str) -> None:
     """Tiles are handed out dynamically over torch's intra-op threads; each is computed by one thread alone."""
     case = make_case([(512, 300), (3, 40), (0, 77)], 16, kv_heads=2, group=2, head_dim=64, dtype=torch.bfloat16)
     args = (*case.prefill_args()[:6], case.scale)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = cpu_prefill.prefill(*args)
+        one = _run(form, *args)
         torch.set_num_threads(2)
-        assert torch.equal(cpu_prefill.prefill(*args), one)
+        assert torch.equal(_run(form, *args), one)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not AMX, reason="no AMX build")
+def test_torchs_amx_products_are_unchanged_around_the_amx_form() -> None:
+    """The AMX form sets its own tile configuration; torch's brgemm users (flash attention, here) set theirs
+    again after it, and the AMX linear after both."""
+    from flash_kernels.backends import cpu_linear
+
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 4, 300, 64, generator=gen).bfloat16() for _ in range(3))
+    x, w = torch.randn(33, 100, generator=gen).bfloat16(), torch.randn(70, 100, generator=gen).bfloat16()
+    before = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    linear = cpu_linear.linear(x, cpu_linear.pack(w), 70, None) if cpu_linear.usable() else None
+    case = make_case([(40, 70)], 16, kv_heads=2, group=2, head_dim=64, dtype=torch.bfloat16)
+    for _ in range(3):
+        _run("amx", *case.prefill_args()[:6], case.scale)
+        assert torch.equal(torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True), before)
+        if linear is not None:
+            assert torch.equal(cpu_linear.linear(x, cpu_linear.pack(w), 70, None), linear)
