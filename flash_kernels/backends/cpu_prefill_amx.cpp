@@ -72,12 +72,13 @@ void pack_values_t(const bf16* vc, const int32_t* table, int64_t len, int64_t lp
 }
 
 // Scores of one block, keys [k0, k0 + 16 nt) (nt <= 4 tiles, k0 < keys): S[key][row] fp32 into s (16 nt x 16),
-// scaled, masked (a key past the row's position, or past `keys`: the lowest float); returns max(mx, each row's
-// scores). K rows are read in place when a tile's 16 share a cache block. Tiles: C 0-3, A 4 / 6, B 5 / 7
-// (alternating, so a load need not wait for the product that read the tile before).
+// unscaled; where the block reaches past the first row's position (first_pos), masked (a key past the row's
+// position, or past `keys`: the lowest float). Returns max(mx, each row's scores). K rows are read in place when
+// a tile's 16 share a cache block. Tiles: C 0-3, A 4 / 6, B 5 / 7 (alternating, so a load need not wait for the
+// product that read the tile before).
 template <int D>
 __m512 score_block(const bf16* kc, const int32_t* table, int64_t bs, int64_t row, int64_t kh, int64_t k0, int nt,
-                   int64_t keys, const uint32_t (*qp)[R], const __m512i pos, float scale, float (*s)[R],
+                   int64_t keys, const uint32_t (*qp)[R], const __m512i pos, int64_t first_pos, float (*s)[R],
                    __m512 mx) {
   alignas(64) bf16 kbuf[4][16][D];
   const bf16* a[4] = {};
@@ -118,12 +119,19 @@ __m512 score_block(const bf16* kc, const int32_t* table, int64_t bs, int64_t row
   if (nt > 1) _tile_stored(1, s[16], 64);
   if (nt > 2) _tile_stored(2, s[32], 64);
   if (nt > 3) _tile_stored(3, s[48], 64);
-  const __m512 lowest = _mm512_set1_ps(std::numeric_limits<float>::lowest()), sc = _mm512_set1_ps(scale);
-  __m512 m0 = mx, m1 = lowest;  // two chains: the max's latency, not its throughput, bounds this loop
+  const __m512 lowest = _mm512_set1_ps(std::numeric_limits<float>::lowest());
+  __m512 m0 = mx, m1 = lowest;  // two chains: the max's latency, not its throughput, bounds these loops
+  if (k0 + 16 * nt - 1 <= first_pos) {  // every row sees every key of the block
+    for (int x = 0; x < 16 * nt; x += 2) {
+      m0 = _mm512_max_ps(m0, _mm512_load_ps(s[x]));
+      m1 = _mm512_max_ps(m1, _mm512_load_ps(s[x + 1]));
+    }
+    return _mm512_max_ps(m0, m1);
+  }
   for (int x = 0; x < 16 * nt; x += 2) {
-    const __m512 u = _mm512_mask_mov_ps(_mm512_mul_ps(_mm512_load_ps(s[x]), sc),
+    const __m512 u = _mm512_mask_mov_ps(_mm512_load_ps(s[x]),
                                         _mm512_cmpgt_epi32_mask(_mm512_set1_epi32(int32_t(k0 + x)), pos), lowest);
-    const __m512 w = _mm512_mask_mov_ps(_mm512_mul_ps(_mm512_load_ps(s[x + 1]), sc),
+    const __m512 w = _mm512_mask_mov_ps(_mm512_load_ps(s[x + 1]),
                                         _mm512_cmpgt_epi32_mask(_mm512_set1_epi32(int32_t(k0 + x + 1)), pos), lowest);
     _mm512_store_ps(s[x], u);
     _mm512_store_ps(s[x + 1], w);
@@ -159,7 +167,7 @@ void task(const bf16* q, const bf16* kc, const bf16* vt, int64_t lp, const int32
   }
   std::memset(o, 0, sizeof(o));
   const __m512i pos = _mm512_load_si512(pos_r);
-  const __m512 lowest = _mm512_set1_ps(std::numeric_limits<float>::lowest());
+  const __m512 lowest = _mm512_set1_ps(std::numeric_limits<float>::lowest()), sc = _mm512_set1_ps(scale);
   __m512 m = lowest, l = _mm512_setzero_ps();
   const int64_t keys = start + t0 + rows;  // the last row sees keys 0 .. keys - 1
   const __m512i ilv = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
@@ -167,15 +175,17 @@ void task(const bf16* q, const bf16* kc, const bf16* vt, int64_t lp, const int32
   for (int64_t k0 = 0; k0 < keys; k0 += KB) {
     const int64_t kp = std::min<int64_t>(KB, round_up(keys - k0, 32));  // keys scored: whole 32-key A tiles
     const int nt = int((std::min<int64_t>(KB, keys - k0) + 15) / 16);  // score tiles with a key
-    const __m512 b = score_block<D>(kc, table, bs, row, kh, k0, nt, keys, qp, pos, scale, s, m);
+    const __m512 b = score_block<D>(kc, table, bs, row, kh, k0, nt, keys, qp, pos, start + t0, s, m);
     for (int64_t x = 16 * nt; x < kp; ++x) _mm512_store_ps(s[x], lowest);  // the rest of the last A tile
-    const __m512 alpha = exp2_nonpos(_mm512_sub_ps(m, b));
+    // P = 2^((S - max) scale): the max of unscaled scores, the scale applied in the exponent's one FMA
+    const __m512 alpha = exp2_nonpos(_mm512_mul_ps(_mm512_sub_ps(m, b), sc));
     m = b;
+    const __m512 shift = _mm512_mul_ps(m, _mm512_set1_ps(-scale));
     l = _mm512_mul_ps(l, alpha);
     __m512 l1 = _mm512_setzero_ps();
     for (int64_t x = 0; x < kp; x += 2) {
-      const __m512 e = exp2_nonpos(_mm512_sub_ps(_mm512_load_ps(s[x]), m));
-      const __m512 f = exp2_nonpos(_mm512_sub_ps(_mm512_load_ps(s[x + 1]), m));
+      const __m512 e = exp2_nonpos(_mm512_fmadd_ps(_mm512_load_ps(s[x]), sc, shift));
+      const __m512 f = exp2_nonpos(_mm512_fmadd_ps(_mm512_load_ps(s[x + 1]), sc, shift));
       l = _mm512_add_ps(l, e);
       l1 = _mm512_add_ps(l1, f);
       // (P[x][r], P[x + 1][r]) as one 32-bit lane per row, P[x] in the low half
