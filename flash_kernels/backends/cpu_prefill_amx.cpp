@@ -59,15 +59,51 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // an L1 set, and 16 of them missed the cache in turn).
 inline int64_t vt_width(int64_t len) { return round_up(std::max<int64_t>(len, 1), KB) + 32; }
 
+// 16 x 16 bf16 transpose: a[i] holds row i (16 values) -> out row j (at out + j * ld) holds a[0..15][j]. Four
+// rounds of interleaving (16-, 32-, 64-bit, then 128-bit lanes), rows i and i + 8 sharing a register.
+inline void transpose16(const __m256i (&a)[16], bf16* out, int64_t ld) {
+  __m512i z[8], u[8], v[8];
+  for (int i = 0; i < 8; ++i) z[i] = _mm512_inserti64x4(_mm512_castsi256_si512(a[i]), a[i + 8], 1);
+  for (int i = 0; i < 8; i += 2) {
+    u[i] = _mm512_unpacklo_epi16(z[i], z[i + 1]);
+    u[i + 1] = _mm512_unpackhi_epi16(z[i], z[i + 1]);
+  }
+  for (int h = 0; h < 8; h += 4) {  // rows 0-3 / 8-11, then 4-7 / 12-15
+    v[h] = _mm512_unpacklo_epi32(u[h], u[h + 2]);
+    v[h + 1] = _mm512_unpackhi_epi32(u[h], u[h + 2]);
+    v[h + 2] = _mm512_unpacklo_epi32(u[h + 1], u[h + 3]);
+    v[h + 3] = _mm512_unpackhi_epi32(u[h + 1], u[h + 3]);
+  }
+  for (int m = 0; m < 4; ++m) {  // columns 2m, 2m + 1 (and + 8) of all 16 rows
+    for (int k = 0; k < 2; ++k) {
+      const __m512i w = k == 0 ? _mm512_unpacklo_epi64(v[m], v[m + 4]) : _mm512_unpackhi_epi64(v[m], v[m + 4]);
+      const __m512i o = _mm512_shuffle_i32x4(w, w, 0xD8);  // lanes 0, 2 | 1, 3: column c | column c + 8
+      const int c = 2 * m + k;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c * ld), _mm512_castsi512_si256(o));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (c + 8) * ld), _mm512_extracti64x4_epi64(o, 1));
+    }
+  }
+}
+
 // V of one (request, KV head) transposed: (D, lp) bf16, row d holding V[0..len)[d], zeros past len (lp: see
-// vt_width).
+// vt_width), 16 keys x 16 dims at a time.
 template <int D>
 void pack_values_t(const bf16* vc, const int32_t* table, int64_t len, int64_t lp, int64_t bs, int64_t row,
                    int64_t kh, bf16* out) {
-  for (int d = 0; d < D; ++d) std::memset(out + d * lp + len, 0, (lp - len) * sizeof(bf16));
-  for (int64_t p = 0; p < len; ++p) {
-    const bf16* v = vc + (table[p / bs] * bs + p % bs) * row + kh * D;
-    for (int d = 0; d < D; ++d) out[d * lp + p] = v[d];
+  alignas(32) static const bf16 zeros[D] = {};
+  const int64_t full = round_up(len, 16);
+  for (int d = 0; d < D; ++d) std::memset(out + d * lp + full, 0, (lp - full) * sizeof(bf16));
+  for (int64_t k0 = 0; k0 < len; k0 += 16) {
+    const bf16* rows[16];
+    for (int i = 0; i < 16; ++i) {
+      const int64_t p = k0 + i;
+      rows[i] = p < len ? vc + (table[p / bs] * bs + p % bs) * row + kh * D : zeros;
+    }
+    for (int d0 = 0; d0 < D; d0 += 16) {
+      __m256i a[16];
+      for (int i = 0; i < 16; ++i) a[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i] + d0));
+      transpose16(a, out + d0 * lp + k0, lp);
+    }
   }
 }
 
