@@ -261,13 +261,17 @@ void task(const bf16* q, const bf16* kc, const bf16* vt, int64_t lp, const int32
     }
     for (int d = 0; d < D; ++d) _mm512_store_ps(o[d], _mm512_fmadd_ps(_mm512_load_ps(o[d]), alpha, _mm512_load_ps(pv[d])));
   }
-  alignas(64) float inv[R];
-  _mm512_store_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.f), l));
+  // O / l rounded to bf16 (as c10's conversion), turned from (d, row) to (row, d), then each real row out
+  const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.f), l);
+  alignas(64) bf16 rowwise[R][D];
+  for (int d0 = 0; d0 < D; d0 += 16) {
+    __m256i a[16];
+    for (int i = 0; i < 16; ++i) a[i] = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_load_ps(o[d0 + i]), inv));
+    transpose16(a, rowwise[0] + d0, D);
+  }
   for (int r = 0; r < R; ++r) {
     const int j = r / T, t = r % T;
-    if (t >= rows) continue;
-    bf16* orow = out + ((t0 + t) * h + kh * G + j) * D;
-    for (int d = 0; d < D; ++d) orow[d] = bf16(o[d][r] * inv[r]);
+    if (t < rows) std::memcpy(out + ((t0 + t) * h + kh * G + j) * D, rowwise[r], D * sizeof(bf16));
   }
 }
 
