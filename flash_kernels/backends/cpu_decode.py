@@ -1,8 +1,8 @@
 """The compiled CPU decode kernel (``cpu_decode.cpp``): built once per machine with torch's C++ extension
 loader, then loaded from its cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). The same
-extension carries the bf16 prefill kernel (``cpu_prefill.cpp``, used through :mod:`.cpu_prefill`), the fused
-pointwise ops (:mod:`.cpu_pointwise`), the thread pinning (:mod:`.cpu_threads`) and the AMX linears
-(:mod:`.cpu_linear`).
+extension carries the bf16 prefill kernels (``cpu_prefill.cpp``, ``cpu_prefill_amx.cpp``, used through
+:mod:`.cpu_prefill`), the fused pointwise ops (:mod:`.cpu_pointwise`), the thread pinning (:mod:`.cpu_threads`)
+and the AMX linears (:mod:`.cpu_linear`).
 
 It reads K/V in place through the block table, where the SDPA path first gathers every request's context into
 a padded copy and then pays torch's flash kernel's per-(request, head) setup, which dominates for one query
@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-SOURCES = [Path(__file__).with_suffix(".cpp")] + [Path(__file__).with_name(f"cpu_{part}.cpp")
-                                                  for part in ("prefill", "prefill_amx", "pointwise", "threads", "linear")]
-HEADERS = [Path(__file__).with_name(f"cpu_{part}.h") for part in ("simd", "amx", "prefill_args")]  # included by
-# SOURCES: part of the build's name
+_PARTS = ("prefill", "prefill_amx", "pointwise", "threads", "linear")
+SOURCES = [Path(__file__).with_suffix(".cpp")] + [Path(__file__).with_name(f"cpu_{part}.cpp") for part in _PARTS]
+# included by SOURCES: part of the build's name
+HEADERS = [Path(__file__).with_name(f"cpu_{part}.h") for part in ("simd", "amx", "prefill_args")]
 ENV = "PRISM_CPU_DECODE_KERNEL"
 CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 _state: dict[str, bool] = {}  # "built": the build's outcome (once per process); "off": set_enabled(False)

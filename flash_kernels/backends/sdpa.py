@@ -3,8 +3,8 @@
 No Python loop over requests but for long prompt pieces on CPU; each call is a handful of batched ops:
 
     call                                  path
-    prefill, bf16 with AVX512-BF16 and    the compiled kernel of :mod:`.cpu_prefill` (every piece, one call;
-      no AMX                              reads K/V in place); otherwise:
+    prefill, bf16 on a CPU with AMX or    the compiled kernel of :mod:`.cpu_prefill` (every piece, one call;
+      AVX512-BF16                         reads K/V in place; AMX tiles where the CPU has them); otherwise:
     prefill, one prompt, nothing cached   K/V gathered through the table; SDPA(is_causal=True, enable_gqa),
                                           on CPU bf16 / fp16 from 512 rows padded to a multiple of 64
                                           (see PAD_MIN_ROWS)

@@ -61,7 +61,8 @@ def _paths(case: tuple) -> dict[str, Callable[[], object]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flash_kernels.bench.prefill_cpu", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m flash_kernels.bench.prefill_cpu",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--calls", type=int, default=15, help="timed calls per path, shape and thread count")
     args = p.parse_args(argv)

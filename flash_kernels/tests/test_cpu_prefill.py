@@ -110,7 +110,8 @@ def test_set_enabled_and_env_switch_it(fresh) -> None:
 
 
 @needs_kernel
-@pytest.mark.parametrize("amx", [pytest.param(True, marks=pytest.mark.skipif(not AMX, reason="no AMX build")), False])
+@pytest.mark.parametrize("amx", [pytest.param(True, marks=pytest.mark.skipif(not AMX, reason="no AMX build")),
+                                 False])
 def test_the_default_form_follows_the_cpu(fresh, amx: bool) -> None:
     """AMX tiles where torch sees them, else the AVX512-BF16 form; both agree with the reference."""
     fresh.setattr(cpu_prefill, "amx_tiles", lambda: amx)
