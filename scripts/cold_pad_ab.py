@@ -5,7 +5,8 @@ of 64 (``sdpa.PAD_MIN_ROWS``, the default) against unpadded, in one process.
 Each length is stepped once per path, in alternating order, with a fresh prompt and 0.1 s between steps (as a
 server's requests arrive), so that a shared machine's load and the shapes the other path already built hit both
 alike. Steps run on the shard's step thread. The first 4 steps of each path are dropped; prints the median, P90
-and mean per path; asserts nothing. Meant for bf16 on a CPU where ``cpu_prefill.usable`` is off (AMX).
+and mean per path; asserts nothing. For bf16 on torch's flash kernel: run it with PRISM_CPU_PREFILL_KERNEL=0
+(else the compiled prefill kernel takes these steps and the padding is not used).
 """
 
 from __future__ import annotations
