@@ -314,7 +314,8 @@ void prefill_amx(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
     for (int64_t tk = 0; tk < tasks; ++tk) {
       const int64_t i = std::upper_bound(toff.begin(), toff.end(), tk) - toff.begin() - 1;
       const int64_t q_len = cp[i + 1] - cp[i], local = toff[i + 1] - 1 - tk;  // last tiles first
-      const int64_t kh = local % hk, t0 = local / hk * T;
+      const int64_t tiles = (q_len + T - 1) / T;  // per KV head: a head's tiles run one after another, so its
+      const int64_t kh = local / tiles, t0 = local % tiles * T;  // K / V stay in cache (not every head's at once)
       task<G, D>(qp + cp[i] * h * D, kp, vpack.get() + voff[i] + kh * width[i] * D, width[i], tp + i * mb, bs,
                  row, h, kh, q_len, lp[i] - q_len, t0, scale2, op + cp[i] * h * D);
     }
