@@ -304,7 +304,8 @@ void prefill_amx(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
     }
   });
   // NOTE: tasks differ in cost (a causal tile reads every key before its last row), so they are handed out one
-  // at a time (dynamic), last tiles of each piece first.
+  // at a time (dynamic), last tiles of each piece first; a KV head's tiles one after another, so that its K / V
+  // stay in cache (with 8 KV heads, every head's at once missed L2).
   const int64_t tasks = toff[b];
   const float scale2 = float(scale * 1.4426950408889634);  // scores in log2 units: P = 2^(S - max)
 #pragma omp parallel num_threads(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks)))
@@ -314,8 +315,8 @@ void prefill_amx(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
     for (int64_t tk = 0; tk < tasks; ++tk) {
       const int64_t i = std::upper_bound(toff.begin(), toff.end(), tk) - toff.begin() - 1;
       const int64_t q_len = cp[i + 1] - cp[i], local = toff[i + 1] - 1 - tk;  // last tiles first
-      const int64_t tiles = (q_len + T - 1) / T;  // per KV head: a head's tiles run one after another, so its
-      const int64_t kh = local / tiles, t0 = local % tiles * T;  // K / V stay in cache (not every head's at once)
+      const int64_t tiles = (q_len + T - 1) / T;  // per KV head
+      const int64_t kh = local / tiles, t0 = local % tiles * T;
       task<G, D>(qp + cp[i] * h * D, kp, vpack.get() + voff[i] + kh * width[i] * D, width[i], tp + i * mb, bs,
                  row, h, kh, q_len, lp[i] - q_len, t0, scale2, op + cp[i] * h * D);
     }
