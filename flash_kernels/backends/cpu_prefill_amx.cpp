@@ -26,7 +26,6 @@
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
 #define PRISM_PREFILL_AMX 1
 #include "cpu_amx.h"
-#include "cpu_simd.h"
 #endif
 
 namespace {
