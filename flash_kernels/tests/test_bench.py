@@ -52,3 +52,23 @@ def test_decode_cpu_bench_runs_a_shape(capsys: pytest.CaptureFixture[str]) -> No
     assert len(set(used.tolist())) == len(used)  # no block shared between requests
     assert decode_cpu.main(["--shapes", "0", "--rounds", "1", "--budget-ms", "1", "--evict", "1"]) == 0
     assert "32 x 170, hk 2, G 2, d 64, bf16, block 16" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (shutil.which("c++") and shutil.which("ninja")), reason="no c++ / ninja: no kernel")
+def test_prefill_cpu_bench_times_every_shape_and_form(capsys: pytest.CaptureFixture[str]) -> None:
+    from flash_kernels.backends import cpu_decode
+    from flash_kernels.bench import prefill_cpu
+
+    q, kc, _, tables, cu, lengths = prefill_cpu._case([(40, 9), (0, 20)], 4, 2, 64, torch.Generator())
+    assert q.shape == (29, 4, 64) and kc.shape[1:] == (16, 2, 64) and cu.tolist() == [0, 9, 29]
+    assert lengths.tolist() == [49, 20] and len(set(tables.flatten().tolist())) == tables.numel()
+    if not cpu_decode.load():
+        pytest.skip("the compiled CPU kernels did not build here")
+    assert prefill_cpu.main(["--threads", "1", "--calls", "1"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == len(prefill_cpu.SHAPES)
+    ops = torch.ops.prism_kernels
+    forms = [f for f, ok in (("amx", ops.paged_prefill_amx_supported(2, 64)),
+                             ("avx512", ops.paged_prefill_supported(2, 64))) if ok]
+    for (name, _), row in zip(prefill_cpu.SHAPES, rows):
+        assert name in row and "torch flash" in row and all(f"{f} " in row for f in forms), row
