@@ -6,7 +6,8 @@
 // handed out dynamically over torch's intra-op threads. Rows sit in the 16 vector lanes, as in cpu_prefill.cpp,
 // so the online softmax's per-row max / sum / rescale are plain vector ops; the two products run on tiles with
 // the rows as the tiles' columns:
-//   scores  S[key][row] (16 keys x 16 rows per C tile) = K[key][d] (A: 16 cache rows read in place) .
+//   scores  S[key][row] (16 keys x 16 rows per C tile) = K[key][d] (A: 16 cache rows read in place, or from a
+//           copy per (request, KV head) where cache rows lie far apart: Keys) .
 //           Qp[d pair][row] (B: the tile's queries packed once as (d / 2, 16) pairs)
 //   values  O[d][row] (16 dims x 16 rows) += Vt[d][key] (A: V packed once per (request, KV head) as (d, keys))
 //           . Pp[key pair][row] (B: P rounded to bf16, as torch's CPU flash kernel does)
@@ -106,31 +107,47 @@ void pack_values_t(const bf16* vc, const int32_t* table, int64_t len, int64_t lp
   }
 }
 
+// Row stride (bf16) of packed K: a row's D values plus 32, so that a tile's 16 rows are not 4 KB apart.
+template <int D>
+constexpr int64_t KS = D + 32;
+
+// Where a (request, KV head)'s K rows are: in the cache, read in place through the block table, or packed
+// (pack_keys). Packed when a score tile's 16 rows would not share one cache block, or when cache rows are more
+// than 256 bytes apart: then the tiles of a 64-key block fall into a few L1 sets (8 KV heads x d 128: 2 KB
+// apart, two sets) and miss the cache in turn; the peer model's 256-byte rows read in place (packing there cost
+// more than it saved on many short pieces).
+struct Keys {
+  const bf16* base;      // the cache's first row plus the head's offset, or the packed rows
+  const int32_t* table;  // the request's block table; null: packed
+  int64_t bs, stride;    // block size (in place); row stride in bf16
+  const bf16* row(int64_t p) const {
+    return table ? base + (table[p / bs] * bs + p % bs) * stride : base + p * stride;
+  }
+};
+
+inline bool pack_keys_wanted(int64_t bs, int64_t row_bytes) { return bs % 16 != 0 || row_bytes > 256; }
+
+// K of one (request, KV head) copied into (lp, KS) rows, zeros past len.
+template <int D>
+void pack_keys(const bf16* kc, const int32_t* table, int64_t len, int64_t lp, int64_t bs, int64_t row, int64_t kh,
+               bf16* out) {
+  for (int64_t p = 0; p < len; ++p) {
+    std::memcpy(out + p * KS<D>, kc + (table[p / bs] * bs + p % bs) * row + kh * D, D * sizeof(bf16));
+  }
+  std::memset(out + len * KS<D>, 0, (lp - len) * KS<D> * sizeof(bf16));
+}
+
 // Scores of one block, keys [k0, k0 + 16 nt) (nt <= 4 tiles, k0 < keys): S[key][row] fp32 into s (16 nt x 16),
 // unscaled; where the block reaches past the first row's position (first_pos), masked (a key past the row's
-// position, or past `keys`: the lowest float). Returns max(mx, each row's scores). K rows are read in place when
-// a tile's 16 share a cache block. Tiles: C 0-3, A 4 / 6, B 5 / 7 (alternating, so a load need not wait for the
-// product that read the tile before).
+// position, or past `keys`: the lowest float; rows past `keys` read in place are such). Returns max(mx, each row's
+// scores). Tiles: C 0-3, A 4 / 6, B 5 / 7 (alternating, so a load need not wait for the product that read the
+// tile before).
 template <int D>
-__m512 score_block(const bf16* kc, const int32_t* table, int64_t bs, int64_t row, int64_t kh, int64_t k0, int nt,
-                   int64_t keys, const uint32_t (*qp)[R], const __m512i pos, int64_t first_pos, float (*s)[R],
-                   __m512 mx) {
-  alignas(64) bf16 kbuf[4][16][D];
+__m512 score_block(const Keys& k, int64_t k0, int nt, const uint32_t (*qp)[R], const __m512i pos, int64_t first_pos,
+                   float (*s)[R], __m512 mx) {
   const bf16* a[4] = {};
-  int64_t lda = row * static_cast<int64_t>(sizeof(bf16));
-  for (int t = 0; t < nt; ++t) {
-    const int64_t kb = k0 + 16 * t;
-    if (bs % 16 == 0) {
-      a[t] = kc + (table[kb / bs] * bs + kb % bs) * row + kh * D;  // rows past `keys` are masked below
-    } else {
-      for (int x = 0; x < 16; ++x) {
-        const int64_t p = std::min<int64_t>(kb + x, keys - 1);
-        std::memcpy(kbuf[t][x], kc + (table[p / bs] * bs + p % bs) * row + kh * D, D * sizeof(bf16));
-      }
-      a[t] = kbuf[t][0];
-      lda = D * static_cast<int64_t>(sizeof(bf16));
-    }
-  }
+  for (int t = 0; t < nt; ++t) a[t] = k.row(k0 + 16 * t);
+  const int64_t lda = k.stride * static_cast<int64_t>(sizeof(bf16));
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -176,12 +193,13 @@ __m512 score_block(const bf16* kc, const int32_t* table, int64_t bs, int64_t row
   return _mm512_max_ps(m0, m1);
 }
 
-// One task (scale: the softmax scale times log2 e): rows r = head j * T + position t (T = R / G positions from the piece's query t0); start = the
-// context position of the piece's first query, so row (j, t) sees keys 0 .. start + t0 + t. vt: this (request,
-// KV head)'s pack_values_t, lp keys wide. Tiles: 0-3 C, 4 / 6 A, 5 / 7 B (configured by the caller).
+// One task (scale: the softmax scale times log2 e): rows r = head j * T + position t (T = R / G positions from the
+// piece's query t0); start = the context position of the piece's first query, so row (j, t) sees keys 0 .. start
+// + t0 + t. keys_at: this (request, KV head)'s K; vt: its pack_values_t, lp keys wide. Tiles: 0-3 C, 4 / 6 A, 5 /
+// 7 B (configured by the caller).
 template <int G, int D>
-void task(const bf16* q, const bf16* kc, const bf16* vt, int64_t lp, const int32_t* table, int64_t bs, int64_t row,
-          int64_t h, int64_t kh, int64_t q_len, int64_t start, int64_t t0, float scale, bf16* out) {
+void task(const bf16* q, const Keys& keys_at, const bf16* vt, int64_t lp, int64_t h, int64_t kh, int64_t q_len,
+          int64_t start, int64_t t0, float scale, bf16* out) {
   constexpr int T = R / G, C = D / 2;
   alignas(64) uint32_t qp[C][R];
   alignas(64) float s[KB][R];
@@ -210,7 +228,7 @@ void task(const bf16* q, const bf16* kc, const bf16* vt, int64_t lp, const int32
   for (int64_t k0 = 0; k0 < keys; k0 += KB) {
     const int64_t kp = std::min<int64_t>(KB, round_up(keys - k0, 32));  // keys scored: whole 32-key A tiles
     const int nt = int((std::min<int64_t>(KB, keys - k0) + 15) / 16);  // score tiles with a key
-    const __m512 b = score_block<D>(kc, table, bs, row, kh, k0, nt, keys, qp, pos, start + t0, s, m);
+    const __m512 b = score_block<D>(keys_at, k0, nt, qp, pos, start + t0, s, m);
     for (int64_t x = 16 * nt; x < kp; ++x) _mm512_store_ps(s[x], lowest);  // the rest of the last A tile
     // P = 2^((S - max) scale): the max of unscaled scores, the scale applied in the exponent's one FMA
     const __m512 alpha = exp2_nonpos(_mm512_mul_ps(_mm512_sub_ps(m, b), sc));
@@ -258,7 +276,9 @@ void task(const bf16* q, const bf16* kc, const bf16* vt, int64_t lp, const int32
       _tile_stored(2, pv[d0 + 32], 64);
       _tile_stored(3, pv[d0 + 48], 64);
     }
-    for (int d = 0; d < D; ++d) _mm512_store_ps(o[d], _mm512_fmadd_ps(_mm512_load_ps(o[d]), alpha, _mm512_load_ps(pv[d])));
+    for (int d = 0; d < D; ++d) {
+      _mm512_store_ps(o[d], _mm512_fmadd_ps(_mm512_load_ps(o[d]), alpha, _mm512_load_ps(pv[d])));
+    }
   }
   // O / l rounded to bf16 (as c10's conversion), turned from (d, row) to (row, d), then each real row out
   const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.f), l);
@@ -294,12 +314,21 @@ void prefill_amx(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
     voff[i + 1] = voff[i] + width[i] * D * hk;
     toff[i + 1] = toff[i] + (cp[i + 1] - cp[i] + T - 1) / T * hk;
   }
-  std::unique_ptr<bf16[]> vpack(new bf16[std::max<int64_t>(voff[b], 1)]);  // written by its pack before it is read
+  // written by their packs before they are read (K, when packed: width rows of KS per head, the offsets scaled)
+  const bool pack_k = pack_keys_wanted(bs, row * static_cast<int64_t>(sizeof(bf16)));
+  std::unique_ptr<bf16[]> vpack(new bf16[std::max<int64_t>(voff[b], 1)]);
+  std::unique_ptr<bf16[]> kpack(new bf16[pack_k ? std::max<int64_t>(voff[b] / D * KS<D>, 1) : 1]);
+  const auto packed_keys = [&](int64_t i, int64_t kh) { return kpack.get() + (voff[i] / D + kh * width[i]) * KS<D>; };
+  const auto keys_of = [&](int64_t i, int64_t kh) {
+    return pack_k ? Keys{packed_keys(i, kh), nullptr, bs, KS<D>} : Keys{kp + kh * D, tp + i * mb, bs, row};
+  };
+  const auto values_of = [&](int64_t i, int64_t kh) { return vpack.get() + voff[i] + kh * width[i] * D; };
   at::parallel_for(0, b * hk, 1, [&](int64_t begin, int64_t end) {
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t i = idx / hk, kh = idx % hk;
-      if (cp[i + 1] == cp[i]) continue;  // no queries this step: its values are not read
-      pack_values_t<D>(vcp, tp + i * mb, lp[i], width[i], bs, row, kh, vpack.get() + voff[i] + kh * width[i] * D);
+      if (cp[i + 1] == cp[i]) continue;  // no queries this step: its keys and values are not read
+      if (pack_k) pack_keys<D>(kp, tp + i * mb, lp[i], width[i], bs, row, kh, packed_keys(i, kh));
+      pack_values_t<D>(vcp, tp + i * mb, lp[i], width[i], bs, row, kh, values_of(i, kh));
     }
   });
   // NOTE: tasks differ in cost (a causal tile reads every key before its last row), so they are handed out one
@@ -316,8 +345,8 @@ void prefill_amx(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
       const int64_t q_len = cp[i + 1] - cp[i], local = toff[i + 1] - 1 - tk;  // last tiles first
       const int64_t tiles = (q_len + T - 1) / T;  // per KV head
       const int64_t kh = local / tiles, t0 = local % tiles * T;
-      task<G, D>(qp + cp[i] * h * D, kp, vpack.get() + voff[i] + kh * width[i] * D, width[i], tp + i * mb, bs,
-                 row, h, kh, q_len, lp[i] - q_len, t0, scale2, op + cp[i] * h * D);
+      task<G, D>(qp + cp[i] * h * D, keys_of(i, kh), values_of(i, kh), width[i], h, kh, q_len, lp[i] - q_len, t0,
+                 scale2, op + cp[i] * h * D);
     }
     // NOTE: not a bare tile release: torch's brgemm users keep the configuration they last set per thread and
     // skip setting it again; this resets that record too
