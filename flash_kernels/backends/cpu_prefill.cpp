@@ -217,7 +217,7 @@ void prefill_bf16(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& v
 // Whether the compiled path takes (group, head dim) in bf16.
 bool paged_prefill_supported(int64_t group, int64_t dim) {
 #ifdef PRISM_PREFILL_BF16
-  return (group == 1 || group == 2 || group == 4 || group == 8) && (dim == 64 || dim == 128);
+  return prism_prefill::compiled_shape(group, dim);
 #else
   (void)group;
   (void)dim;
@@ -230,12 +230,10 @@ void paged_prefill(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& 
   const prism_prefill::Args a = prism_prefill::check("paged_prefill", q, kc, vc, tables, cu, seqlens, out);
   const int64_t g = a.group, d = a.dim;
   TORCH_CHECK(paged_prefill_supported(g, d), "paged_prefill: not compiled for group ", g, ", head dim ", d);
-  const at::Tensor &t = a.tables, &c = a.cu, &l = a.seqlens;
 #ifdef PRISM_PREFILL_BF16
-#define PRISM_CASE(G, D) if (g == G && d == D) { prefill_bf16<G, D>(q, kc, vc, t, c, l, scale, out); return; }
-  PRISM_CASE(1, 64) PRISM_CASE(2, 64) PRISM_CASE(4, 64) PRISM_CASE(8, 64)
-  PRISM_CASE(1, 128) PRISM_CASE(2, 128) PRISM_CASE(4, 128) PRISM_CASE(8, 128)
-#undef PRISM_CASE
+  prism_prefill::dispatch(g, d, [&](auto G, auto D) {
+    prefill_bf16<decltype(G)::value, decltype(D)::value>(q, kc, vc, a.tables, a.cu, a.seqlens, scale, out);
+  });
 #endif
 }
 

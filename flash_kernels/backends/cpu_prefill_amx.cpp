@@ -358,8 +358,7 @@ void prefill_amx(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
 // Whether paged_prefill_amx runs here for (group, head dim): built with AMX, the OS grants the tile state.
 bool paged_prefill_amx_supported(int64_t group, int64_t dim) {
 #ifdef PRISM_PREFILL_AMX
-  return prism_amx::tiles_permitted() && (group == 1 || group == 2 || group == 4 || group == 8) &&
-         (dim == 64 || dim == 128);
+  return prism_amx::tiles_permitted() && prism_prefill::compiled_shape(group, dim);
 #else
   (void)group;
   (void)dim;
@@ -373,10 +372,9 @@ void paged_prefill_amx(const at::Tensor& q, const at::Tensor& kc, const at::Tens
   const int64_t g = a.group, d = a.dim;
   TORCH_CHECK(paged_prefill_amx_supported(g, d), "paged_prefill_amx: no AMX path for group ", g, ", head dim ", d);
 #ifdef PRISM_PREFILL_AMX
-#define PRISM_CASE(G, D) if (g == G && d == D) { prefill_amx<G, D>(q, kc, vc, a, scale, out); return; }
-  PRISM_CASE(1, 64) PRISM_CASE(2, 64) PRISM_CASE(4, 64) PRISM_CASE(8, 64)
-  PRISM_CASE(1, 128) PRISM_CASE(2, 128) PRISM_CASE(4, 128) PRISM_CASE(8, 128)
-#undef PRISM_CASE
+  prism_prefill::dispatch(g, d, [&](auto G, auto D) {
+    prefill_amx<decltype(G)::value, decltype(D)::value>(q, kc, vc, a, scale, out);
+  });
 #endif
 }
 

@@ -1,10 +1,31 @@
 // The argument checks of the paged prefill ops (cpu_prefill.cpp, cpu_prefill_amx.cpp): their shared contract,
-// AttentionBackend.prefill's (see cpu_prefill.cpp's header), enforced once per call before any pointer is read.
+// AttentionBackend.prefill's (see cpu_prefill.cpp's header), enforced once per call before any pointer is read;
+// and the (group, head dim) shapes both are compiled for, with the dispatch onto them.
 #pragma once
 #include <ATen/ATen.h>
 #include <cstdint>
+#include <type_traits>
 
 namespace prism_prefill {
+
+// Query heads per KV head 1 / 2 / 4 / 8, head dims 64 / 128.
+inline bool compiled_shape(int64_t group, int64_t dim) {
+  return (group == 1 || group == 2 || group == 4 || group == 8) && (dim == 64 || dim == 128);
+}
+
+// Calls f(std::integral_constant<int, G>{}, std::integral_constant<int, D>{}) for (group, dim) = (G, D), one of
+// compiled_shape's; nothing for another shape (check it first).
+template <class F>
+void dispatch(int64_t group, int64_t dim, F&& f) {
+  const auto with_dim = [&](auto g) {
+    if (dim == 64) f(g, std::integral_constant<int, 64>{});
+    if (dim == 128) f(g, std::integral_constant<int, 128>{});
+  };
+  if (group == 1) with_dim(std::integral_constant<int, 1>{});
+  if (group == 2) with_dim(std::integral_constant<int, 2>{});
+  if (group == 4) with_dim(std::integral_constant<int, 4>{});
+  if (group == 8) with_dim(std::integral_constant<int, 8>{});
+}
 
 struct Args {
   at::Tensor tables, cu, seqlens;  // contiguous int32 copies (or the tensors themselves)
