@@ -1,4 +1,4 @@
-"""``prism-bench``: compare | dp | calibrate | replay | router-overhead.
+"""``prism-bench``: compare | dp | calibrate | replay | floor | router-overhead.
 
     prism-bench compare --mode sim --workload zipf-rag --cost-model qwen3-4b-a800 --qps 4,5,6,7 \\
         --configs fcfs+lru,lpm+lru,qas+dart --out out/4b
@@ -6,6 +6,7 @@
     prism-bench dp --replicas 16 --trace PATH --qps 1,2,4,6 --out dp16.json   (bench.dp_sim: replica routers)
     prism-bench calibrate --model-id DIR --out measured.json      (then --cost-model measured:measured.json)
     prism-bench replay ...            (bench.replay: hit rate vs the Belady bound, no timing)
+    prism-bench floor ...             (bench.floor: hit ceiling and TTFT P99 floor of any policy)
     prism-bench router-overhead ...   (bench.router_overhead)
     prism-bench peer measure|table ... (bench.peer_run: side by side with vLLM, scripts/bench-vs-vllm.sh)
 """
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from router_py.scheduling.replica_choice import ReplicaChoiceParams
 
 # their modules parse their own arguments
-LAZY = ("replay", "replay-workload", "sweep", "router-overhead", "peer")
+LAZY = ("replay", "replay-workload", "sweep", "floor", "router-overhead", "peer")
 
 
 def _floats(text: str) -> list[float]:
@@ -339,6 +340,10 @@ def _lazy(command: str, argv: list[str]) -> int:
         from bench import sweep
 
         return int(sweep.main(argv))
+    if command == "floor":
+        from bench import floor
+
+        return int(floor.main(argv))
     if command == "peer":
         from bench import peer_run
 

@@ -36,6 +36,13 @@ class CostModel(Protocol):
         (``decode_contexts`` are their context lengths). An empty step takes 0."""
         ...
 
+    def work_floor(self, prefill_tokens: int, prefill_pairs: float, decodes: int, decode_context: int,
+                   steps: int) -> float:
+        """A lower bound on the summed ``step_seconds`` of any ``steps`` steps that together compute
+        ``prefill_tokens`` prompt tokens with ``prefill_pairs`` (query, key) pairs in all, and ``decodes``
+        decode tokens whose contexts sum to ``decode_context`` (:mod:`bench.floor`)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -110,12 +117,21 @@ class AnalyticCost:
         if tokens == 0:
             return 0.0
         pairs = sum(n * (ctx + (n + 1) / 2) for n, ctx in prefill) + sum(decode_contexts)
-        compute = 2.0 * self.model.params * tokens / (self.gpu.peak_flops * self.eff.gemm)
-        compute += self.model.attn_flops_per_pair * pairs / (self.gpu.peak_flops * self.eff.attention)
+        compute = self._compute_seconds(tokens, pairs)
         kv_tokens = sum(n + ctx for n, ctx in prefill) + sum(decode_contexts)
         moved = self.model.weight_bytes + kv_tokens * self.model.kv_bytes_per_token
         memory = moved / (self.gpu.mem_bandwidth * self.eff.bandwidth)
         return max(compute, memory) + self.eff.step_overhead_s
+
+    def _compute_seconds(self, tokens: int, pairs: float) -> float:
+        gemm = 2.0 * self.model.params * tokens / (self.gpu.peak_flops * self.eff.gemm)
+        return gemm + self.model.attn_flops_per_pair * pairs / (self.gpu.peak_flops * self.eff.attention)
+
+    def work_floor(self, prefill_tokens: int, prefill_pairs: float, decodes: int, decode_context: int,
+                   steps: int) -> float:
+        # compute is additive over tokens and pairs, and a step lasts at least its compute
+        compute = self._compute_seconds(prefill_tokens + decodes, prefill_pairs + decode_context)
+        return compute + steps * self.eff.step_overhead_s
 
 
 @dataclass(frozen=True)
@@ -140,6 +156,16 @@ class MeasuredCost:
             + self.prefill_pair_s * sum(n * (ctx + (n + 1) / 2) for n, ctx in prefill)
             + self.decode_seq_s * len(decode_contexts)
             + self.decode_ctx_s * sum(decode_contexts)
+        )
+
+    def work_floor(self, prefill_tokens: int, prefill_pairs: float, decodes: int, decode_context: int,
+                   steps: int) -> float:
+        return (
+            self.base_s * steps
+            + self.prefill_token_s * prefill_tokens
+            + self.prefill_pair_s * prefill_pairs
+            + self.decode_seq_s * decodes
+            + self.decode_ctx_s * decode_context
         )
 
     def save(self, path: str | Path) -> None:
