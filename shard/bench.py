@@ -7,6 +7,7 @@ measures the model step: attention through ``flash_kernels``, sampling and detok
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import tempfile
@@ -200,7 +201,12 @@ def run_bench(
                 build_demo_model(folder, arch, size)
             folders.append((folder, f"{arch}-{size}"))
     for folder, label in folders:
+        # NOTE: a CPU runner pins its step thread (this one here) to one CPU; restored, or the next model's
+        # runner would see one core
+        allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
         bench_model(folder, label, cpu_threads, dtype, device, load_format)
+        if allowed is not None:
+            os.sched_setaffinity(0, allowed)
         if vs_transformers:
             from shard.bench_vs_hf import print_forward_vs_transformers
 
