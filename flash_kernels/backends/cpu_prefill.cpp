@@ -77,9 +77,10 @@ void tile(const c10::BFloat16* q, const c10::BFloat16* kc, const uint32_t* vp, c
   const int64_t rows = std::min<int64_t>(T, q_len - t0);
   for (int r = 0; r < R; ++r) {
     const int j = r / T, t = r % T;
+    const bool real = j < G && t < rows;  // rows past G T (G not dividing R) or past the piece are padding
     pos[r] = int32_t(start + t0 + std::min<int64_t>(t, rows - 1));  // padded rows repeat the last position
     const c10::BFloat16* qr = q + ((t0 + t) * h + kh * G + j) * D;
-    for (int c = 0; c < C; ++c) qp[c][r] = t < rows ? word(qr + 2 * c) : 0u;
+    for (int c = 0; c < C; ++c) qp[c][r] = real ? word(qr + 2 * c) : 0u;
   }
   std::memset(o, 0, sizeof(o));
   const __m512i pos0 = _mm512_load_si512(pos), pos1 = _mm512_load_si512(pos + 16);
@@ -166,7 +167,7 @@ void tile(const c10::BFloat16* q, const c10::BFloat16* kc, const uint32_t* vp, c
   _mm512_store_ps(inv + 16, _mm512_div_ps(_mm512_set1_ps(1.f), l1));
   for (int r = 0; r < R; ++r) {
     const int j = r / T, t = r % T;
-    if (t >= rows) continue;
+    if (j >= G || t >= rows) continue;
     c10::BFloat16* orow = out + ((t0 + t) * h + kh * G + j) * D;
     for (int d = 0; d < D; ++d) orow[d] = c10::BFloat16(o[d][r] * inv[r]);
   }

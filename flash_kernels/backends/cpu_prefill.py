@@ -1,7 +1,7 @@
 """The compiled bf16 prefill kernels (built with the decode kernel by :mod:`.cpu_decode`): every prompt piece of
 a step against its paged context in one call, rows of a tile in vector lanes. Two forms of one contract:
 
-    form     source                  serves (bf16; head dims 64 / 128; 1 / 2 / 4 / 8 query heads per KV head)
+    form     source                  serves (bf16; head dims 64 / 128; 1 to 8 query heads per KV head)
     amx      cpu_prefill_amx.cpp     CPUs with AMX tiles: both products on tiles, the softmax in AVX512
     avx512   cpu_prefill.cpp         CPUs with AVX512-BF16 and no AMX: vdpbf16ps dot products
 

@@ -2,7 +2,8 @@
 // same arguments, checks and results up to fp32 summation order), for CPUs with AMX-BF16. Built with
 // cpu_decode.cpp into one extension (flash_kernels/backends/cpu_decode.py).
 //
-// One task per (request, KV head, tile of 16 query rows: 16 / G positions x the G query heads of the KV head),
+// One task per (request, KV head, tile of 16 query rows: 16 / G positions x the G query heads of the KV head,
+// the rest padding),
 // handed out dynamically over torch's intra-op threads. Rows sit in the 16 vector lanes, as in cpu_prefill.cpp,
 // so the online softmax's per-row max / sum / rescale are plain vector ops; the two products run on tiles with
 // the rows as the tiles' columns:
@@ -210,11 +211,11 @@ void task(const bf16* q, const Keys& keys_at, const bf16* vt, int64_t lp, int64_
   const int64_t rows = std::min<int64_t>(T, q_len - t0);
   for (int r = 0; r < R; ++r) {
     const int j = r / T, t = r % T;
+    const bool real = j < G && t < rows;  // rows past G T (G not dividing R) or past the piece are padding
     pos_r[r] = int32_t(start + t0 + std::min<int64_t>(t, rows - 1));  // padded rows repeat the last position
-    const bf16* qr = q + ((t0 + t) * h + kh * G + j) * D;
     for (int c = 0; c < C; ++c) {
       uint32_t w = 0;
-      if (t < rows) std::memcpy(&w, qr + 2 * c, 4);
+      if (real) std::memcpy(&w, q + ((t0 + t) * h + kh * G + j) * D + 2 * c, 4);
       qp[c][r] = w;
     }
   }
@@ -290,7 +291,7 @@ void task(const bf16* q, const Keys& keys_at, const bf16* vt, int64_t lp, int64_
   }
   for (int r = 0; r < R; ++r) {
     const int j = r / T, t = r % T;
-    if (t < rows) std::memcpy(out + ((t0 + t) * h + kh * G + j) * D, rowwise[r], D * sizeof(bf16));
+    if (j < G && t < rows) std::memcpy(out + ((t0 + t) * h + kh * G + j) * D, rowwise[r], D * sizeof(bf16));
   }
 }
 

@@ -8,9 +8,10 @@
 
 namespace prism_prefill {
 
-// Query heads per KV head 1 / 2 / 4 / 8, head dims 64 / 128.
+// Query heads per KV head 1 to 8 (a group that does not divide a tile's rows leaves its last rows as padding),
+// head dims 64 / 128.
 inline bool compiled_shape(int64_t group, int64_t dim) {
-  return (group == 1 || group == 2 || group == 4 || group == 8) && (dim == 64 || dim == 128);
+  return 1 <= group && group <= 8 && (dim == 64 || dim == 128);
 }
 
 // Calls f(std::integral_constant<int, G>{}, std::integral_constant<int, D>{}) for (group, dim) = (G, D), one of
@@ -21,10 +22,10 @@ void dispatch(int64_t group, int64_t dim, F&& f) {
     if (dim == 64) f(g, std::integral_constant<int, 64>{});
     if (dim == 128) f(g, std::integral_constant<int, 128>{});
   };
-  if (group == 1) with_dim(std::integral_constant<int, 1>{});
-  if (group == 2) with_dim(std::integral_constant<int, 2>{});
-  if (group == 4) with_dim(std::integral_constant<int, 4>{});
-  if (group == 8) with_dim(std::integral_constant<int, 8>{});
+  const auto groups = [&](auto... g) { ((group == decltype(g)::value ? with_dim(g) : void()), ...); };
+  groups(std::integral_constant<int, 1>{}, std::integral_constant<int, 2>{}, std::integral_constant<int, 3>{},
+         std::integral_constant<int, 4>{}, std::integral_constant<int, 5>{}, std::integral_constant<int, 6>{},
+         std::integral_constant<int, 7>{}, std::integral_constant<int, 8>{});
 }
 
 struct Args {
