@@ -22,7 +22,6 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <memory>
 #include <vector>
 #include "cpu_prefill_args.h"
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
@@ -317,13 +316,16 @@ void prefill_amx(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
   }
   // written by their packs before they are read (K, when packed: width rows of KS per head, the offsets scaled)
   const bool pack_k = pack_keys_wanted(bs, row * static_cast<int64_t>(sizeof(bf16)));
-  std::unique_ptr<bf16[]> vpack(new bf16[std::max<int64_t>(voff[b], 1)]);
-  std::unique_ptr<bf16[]> kpack(new bf16[pack_k ? std::max<int64_t>(voff[b] / D * KS<D>, 1) : 1]);
-  const auto packed_keys = [&](int64_t i, int64_t kh) { return kpack.get() + (voff[i] / D + kh * width[i]) * KS<D>; };
+  // torch's allocator: 64-byte aligned, so a tile row is one cache line
+  const at::Tensor vbuf = at::empty({std::max<int64_t>(voff[b], 1)}, q.options());
+  const at::Tensor kbuf = at::empty({pack_k ? std::max<int64_t>(voff[b] / D * KS<D>, 1) : 1}, q.options());
+  bf16* const vpack = vbuf.data_ptr<bf16>();
+  bf16* const kpack = kbuf.data_ptr<bf16>();
+  const auto packed_keys = [&](int64_t i, int64_t kh) { return kpack + (voff[i] / D + kh * width[i]) * KS<D>; };
   const auto keys_of = [&](int64_t i, int64_t kh) {
     return pack_k ? Keys{packed_keys(i, kh), nullptr, bs, KS<D>} : Keys{kp + kh * D, tp + i * mb, bs, row};
   };
-  const auto values_of = [&](int64_t i, int64_t kh) { return vpack.get() + voff[i] + kh * width[i] * D; };
+  const auto values_of = [&](int64_t i, int64_t kh) { return vpack + voff[i] + kh * width[i] * D; };
   at::parallel_for(0, b * hk, 1, [&](int64_t begin, int64_t end) {
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t i = idx / hk, kh = idx % hk;
