@@ -68,9 +68,10 @@ def _prefix_keys(ids: Sequence[int]) -> list[int]:
 
 
 def _decode(request: WorkloadRequest) -> Work:
-    """The decode tokens after the first one, each over the prompt and the tokens before it."""
+    """The decode tokens after the first one: the j-th over the prompt and j - 1 tokens (the simulator's
+    context, :class:`bench.simulator._Running`)."""
     n, length = max(0, request.output_len - 1), request.prompt_len
-    return Work(decodes=n, decode_context=n * length + n * (n + 1) // 2)
+    return Work(decodes=n, decode_context=n * length + n * (n - 1) // 2)
 
 
 def compulsory(requests: Sequence[WorkloadRequest], seen: set[int] | None = None) -> list[Work]:
