@@ -160,6 +160,7 @@ class MeasuredCost:
 
     def work_floor(self, prefill_tokens: int, prefill_pairs: float, decodes: int, decode_context: int,
                    steps: int) -> float:
+        # the linear form summed over the steps: a floor when base_s >= 0 (more steps cannot cost less)
         return (
             self.base_s * steps
             + self.prefill_token_s * prefill_tokens
