@@ -20,14 +20,11 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.tier_timing import TierTiming
-from bench.workloads import WorkloadSpec
-from bench.workloads.multi_turn import MultiTurnParams
-from bench.workloads.zipf_rag import ZipfRagParams
+from bench.workload_args import add_workload_args, floats, workload_spec
 from prism_cache.tiers import TIER_POLICIES, TierConfig
 
 if TYPE_CHECKING:
@@ -37,51 +34,16 @@ if TYPE_CHECKING:
 LAZY = ("replay", "replay-workload", "sweep", "floor", "router-overhead", "peer")
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
-def _pair(text: str) -> tuple[int, int]:
-    lo, _, hi = text.partition(",")
-    return int(lo), int(hi or lo)
-
-
-# ---- parser -------------------------------------------------------------------------------------------
-
-
-def _workload_args(p: argparse.ArgumentParser) -> None:
-    z, m = ZipfRagParams(), MultiTurnParams()
-    g = p.add_argument_group("workload")
-    g.add_argument(
-        "--workload", default="zipf-rag", help="zipf-rag | multi-turn | conversation | agent | trace:PATH"
-    )
-    g.add_argument("--requests", type=int, default=None, help="requests per point (a trace: its first N)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--warmup", type=float, default=0.1,
-                   help="fraction of the first arrivals left out of TTFT metrics (cold cache); 0 keeps all")
-    g.add_argument("--time-scale", type=float, default=1.0, help="trace: multiply gaps (2 = half the rate)")
-    g.add_argument("--system-prompts", type=int, default=z.system_prompts, help="zipf-rag S")
-    g.add_argument("--corpus", type=int, default=z.corpus, help="zipf-rag P passages")
-    g.add_argument("--alpha", type=float, default=z.alpha, help="zipf-rag popularity exponent")
-    g.add_argument("--top-k", type=int, default=z.top_k, help="zipf-rag passages per request (paper: 7, 15)")
-    g.add_argument("--system-len", type=int, default=z.system_len)
-    g.add_argument("--passage-len", type=int, default=z.passage_len)
-    g.add_argument("--question-len", type=int, default=z.question_len)
-    g.add_argument("--output-len", type=_pair, default=z.output_len, help="min,max new tokens (uniform)")
-    g.add_argument("--sessions", type=int, default=m.sessions, help="multi-turn sessions")
-    g.add_argument("--turns", type=int, default=m.turns, help="multi-turn turns per session")
-
-
 def _compare_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="configurations side by side over one workload and QPS sweep")
     p.add_argument("--mode", choices=("sim", "live"), default="sim")
-    p.add_argument("--qps", type=_floats, default=None, help="comma list; a trace without it keeps its times")
+    p.add_argument("--qps", type=floats, default=None, help="comma list; a trace without it keeps its times")
     p.add_argument("--configs", default="fcfs+lru,lpm+lru,qas+dart",
                    help="scheduler+policy list; shorthands hotprefix, lookahead-lru")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--scheduler-param", action="append", default=[], metavar="KEY=VALUE",
                    help="scheduler/policy knob for every configuration (e.g. qas_max_wait_s=1); repeatable")
-    _workload_args(p)
+    add_workload_args(p)
     s = p.add_argument_group("simulator")
     s.add_argument("--cost-model", default="qwen3-4b-a800",
                    help="qwen3-4b-a800 | llama2-13b-a800 | qwen3-4b-h100 | llama2-13b-h100 | measured:PATH")
@@ -116,7 +78,7 @@ def _dp_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dp", help="replica routers side by side over N simulated replicas (bench.dp_sim)")
     p.add_argument("--replicas", type=int, default=16)
     p.add_argument("--routers", default=",".join(ROUTERS), help="comma list of " + ", ".join(ROUTERS))
-    p.add_argument("--qps", type=_floats, required=True, help="comma list of offered loads (req/s)")
+    p.add_argument("--qps", type=floats, required=True, help="comma list of offered loads (req/s)")
     p.add_argument("--trace", default=None, help="shorthand for --workload trace:PATH")
     p.add_argument("--config", default="qas+dart", help="each replica's scheduler+policy")
     p.add_argument("--out", type=Path, required=True, help="JSON file of the rows")
@@ -130,7 +92,7 @@ def _dp_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--losses", action="store_true",
                    help="also where the hit rate goes: prefixes seen before, cached anywhere, cached on and "
                         "routed to the chosen replica (bench.dp_losses)")
-    _workload_args(p)
+    add_workload_args(p)
 
 
 def _calibrate_parser(sub: argparse._SubParsersAction) -> None:
@@ -166,16 +128,6 @@ def scheduler_params(pairs: Sequence[str]) -> dict[str, float]:
             raise SystemExit(f"--scheduler-param {pair!r} is not KEY=VALUE")
         out[key.strip()] = float(value)
     return out
-
-
-def workload_spec(args: argparse.Namespace) -> WorkloadSpec:
-    zipf = ZipfRagParams(
-        system_prompts=args.system_prompts, corpus=args.corpus, alpha=args.alpha, top_k=args.top_k,
-        system_len=args.system_len, passage_len=args.passage_len, question_len=args.question_len,
-        output_len=args.output_len,
-    )
-    turns = replace(MultiTurnParams(), sessions=args.sessions, turns=args.turns)
-    return WorkloadSpec(args.workload, args.requests, args.seed, args.time_scale, zipf, turns)
 
 
 def _print_row(row: dict[str, object]) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.cost_model import CostModel, make_cost_model
+from bench.workload_args import add_workload_args, floats, workload_spec
 from bench.workloads import WorkloadRequest, build, timed
 from bench.workloads.token_ids import prompt_token_ids
 
@@ -160,11 +161,9 @@ def _print(floors: Sequence[Floor], rows: Sequence[dict[str, object]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bench import cli
-
     p = argparse.ArgumentParser(prog="prism-bench floor", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--qps", type=cli._floats, default=None,
+    p.add_argument("--qps", type=floats, default=None,
                    help="comma list; a trace without it keeps its times")
     p.add_argument("--rows", type=Path, default=None,
                    help="results.json of a `compare --mode sim` run, its P99s and hit rates set beside")
@@ -173,9 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-batch-prefill-tokens", type=int, default=8192)
     p.add_argument("--warmup-deferrable", action="store_true",
                    help="the floor of any policy, even one serving the warm-up's requests last")
-    cli._workload_args(p)
+    add_workload_args(p)
     args = p.parse_args(argv)
-    spec, cost = cli.workload_spec(args), make_cost_model(args.cost_model)
+    spec, cost = workload_spec(args), make_cost_model(args.cost_model)
     base = build(spec)
     floors = [
         load_floor(timed(spec, base, q), cost, args.warmup, args.max_batch_prefill_tokens,
