@@ -2,11 +2,10 @@
 // same arguments, checks and results up to fp32 summation order), for CPUs with AMX-BF16. Built with
 // cpu_decode.cpp into one extension (flash_kernels/backends/cpu_decode.py).
 //
-// One task per (request, KV head, tile of 16 query rows: 16 / G positions x the G query heads of the KV head,
-// the rest padding),
-// handed out dynamically over torch's intra-op threads. Rows sit in the 16 vector lanes, as in cpu_prefill.cpp,
-// so the online softmax's per-row max / sum / rescale are plain vector ops; the two products run on tiles with
-// the rows as the tiles' columns:
+// One task per (request, KV head, tile of 16 query rows: 16 / G positions x the G query heads of the KV head, the
+// rest padding), handed out dynamically over torch's intra-op threads. Rows sit in the 16 vector lanes, as in
+// cpu_prefill.cpp, so the online softmax's per-row max / sum / rescale are plain vector ops; the two products run on
+// tiles with the rows as the tiles' columns:
 //   scores  S[key][row] (16 keys x 16 rows per C tile) = K[key][d] (A: 16 cache rows read in place, or from a
 //           copy per (request, KV head) where cache rows lie far apart: Keys) .
 //           Qp[d pair][row] (B: the tile's queries packed once as (d / 2, 16) pairs)
