@@ -76,8 +76,7 @@ void tile(const c10::BFloat16* q, const c10::BFloat16* kc, const uint32_t* vp, c
   alignas(64) int32_t pos[R];
   const int64_t rows = std::min<int64_t>(T, q_len - t0);
   for (int r = 0; r < R; ++r) {
-    const int j = r / T, t = r % T;
-    const bool real = j < G && t < rows;  // rows past G T (G not dividing R) or past the piece are padding
+    const auto [j, t, real] = prism_prefill::tile_row<G, R>(r, rows);
     pos[r] = int32_t(start + t0 + std::min<int64_t>(t, rows - 1));  // padded rows repeat the last position
     const c10::BFloat16* qr = q + ((t0 + t) * h + kh * G + j) * D;
     for (int c = 0; c < C; ++c) qp[c][r] = real ? word(qr + 2 * c) : 0u;
@@ -166,8 +165,8 @@ void tile(const c10::BFloat16* q, const c10::BFloat16* kc, const uint32_t* vp, c
   _mm512_store_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.f), l0));
   _mm512_store_ps(inv + 16, _mm512_div_ps(_mm512_set1_ps(1.f), l1));
   for (int r = 0; r < R; ++r) {
-    const int j = r / T, t = r % T;
-    if (j >= G || t >= rows) continue;
+    const auto [j, t, real] = prism_prefill::tile_row<G, R>(r, rows);
+    if (!real) continue;
     c10::BFloat16* orow = out + ((t0 + t) * h + kh * G + j) * D;
     for (int d = 0; d < D; ++d) orow[d] = c10::BFloat16(o[d][r] * inv[r]);
   }

@@ -6,8 +6,9 @@ a step against its paged context in one call, rows of a tile in vector lanes. Tw
     avx512   cpu_prefill.cpp         CPUs with AVX512-BF16 and no AMX: vdpbf16ps dot products
 
 Each beats torch's flash kernel on its CPU on the shapes measured (docs/performance.md: the peer model's, 1B- and
-8B-class layers); other dtypes and CPUs keep torch's (:mod:`.sdpa`). ``PRISM_CPU_PREFILL_KERNEL``: ``auto`` (default: the CPU's form), ``avx512`` (that form on AMX
-CPUs too, for A/B runs), ``0`` (torch's flash kernel); :func:`set_enabled` switches in-process.
+8B-class layers); other dtypes and CPUs keep torch's (:mod:`.sdpa`). ``PRISM_CPU_PREFILL_KERNEL``: ``auto``
+(default: the CPU's form), ``avx512`` (that form on AMX CPUs too, for A/B runs), ``0`` (torch's flash kernel);
+:func:`set_enabled` switches in-process.
 """
 
 from __future__ import annotations

@@ -208,8 +208,7 @@ void task(const bf16* q, const Keys& keys_at, const bf16* vt, int64_t lp, int64_
   alignas(64) int32_t pos_r[R];
   const int64_t rows = std::min<int64_t>(T, q_len - t0);
   for (int r = 0; r < R; ++r) {
-    const int j = r / T, t = r % T;
-    const bool real = j < G && t < rows;  // rows past G T (G not dividing R) or past the piece are padding
+    const auto [j, t, real] = prism_prefill::tile_row<G, R>(r, rows);
     pos_r[r] = int32_t(start + t0 + std::min<int64_t>(t, rows - 1));  // padded rows repeat the last position
     for (int c = 0; c < C; ++c) {
       uint32_t w = 0;
@@ -288,8 +287,8 @@ void task(const bf16* q, const Keys& keys_at, const bf16* vt, int64_t lp, int64_
     transpose16(a, rowwise[0] + d0, D);
   }
   for (int r = 0; r < R; ++r) {
-    const int j = r / T, t = r % T;
-    if (j < G && t < rows) std::memcpy(out + ((t0 + t) * h + kh * G + j) * D, rowwise[r], D * sizeof(bf16));
+    const auto [j, t, real] = prism_prefill::tile_row<G, R>(r, rows);
+    if (real) std::memcpy(out + ((t0 + t) * h + kh * G + j) * D, rowwise[r], D * sizeof(bf16));
   }
 }
 

@@ -28,6 +28,20 @@ void dispatch(int64_t group, int64_t dim, F&& f) {
          std::integral_constant<int, 7>{}, std::integral_constant<int, 8>{});
 }
 
+// Row r of a tile of R query rows: query head j (of its KV head's G) at position t of the tile's R / G. Not
+// `real` (padding) past G x (R / G) rows, where G does not divide R, or past the piece's `rows` positions.
+struct TileRow {
+  int j, t;
+  bool real;
+};
+
+template <int G, int R>
+inline TileRow tile_row(int r, int64_t rows) {
+  constexpr int T = R / G;
+  const int j = r / T, t = r % T;
+  return {j, t, j < G && t < rows};
+}
+
 struct Args {
   at::Tensor tables, cu, seqlens;  // contiguous int32 copies (or the tensors themselves)
   int64_t group, dim;              // query heads per KV head, head dim

@@ -1,8 +1,8 @@
 """The compiled bf16 prefill kernels, both forms (AVX512-BF16: flash_kernels/backends/cpu_prefill.cpp; AMX tiles:
 cpu_prefill_amx.cpp), against the reference: cold prompts, pieces after cached prefixes ending inside a block,
 several pieces of far-apart lengths in one call, requests with no new tokens, block sizes, grouped-query
-attention (1 to 8 query heads per KV head), head dims; that the SDPA backend routes bf16 prefill to the CPU's form (and fp32 not), the switches,
-and the checks on bad tables."""
+attention (1 to 8 query heads per KV head), head dims; that the SDPA backend routes bf16 prefill to the CPU's form
+(and fp32 not), the switches, and the checks on bad tables."""
 
 from __future__ import annotations
 
