@@ -97,15 +97,6 @@ class Floor:
     min_work_s: float  # compulsory work of the served requests, decodes included
 
 
-def hit_ceiling(ordered: Sequence[WorkloadRequest], cut: int) -> float:
-    """The token-weighted hit rate no policy exceeds on ``ordered[cut:]`` (arrival order; the first ``cut``
-    are the warm-up, which may have computed shared prefixes first)."""
-    warm: set[int] = set()
-    compulsory(ordered[:cut], warm)
-    missed = sum(w.prefill for w in compulsory(ordered[cut:], warm))
-    return 1 - missed / sum(r.prompt_len for r in ordered[cut:])
-
-
 def load_floor(requests: Sequence[WorkloadRequest], cost: CostModel, warmup: float = 0.1,
                max_batch_prefill_tokens: int = 8192, kv_capacity_tokens: int | None = None,
                qps: float | None = None, warmup_served: bool = True) -> Floor:
@@ -113,8 +104,10 @@ def load_floor(requests: Sequence[WorkloadRequest], cost: CostModel, warmup: flo
     ordered = sorted(requests, key=lambda r: r.arrival)
     cut = int(len(ordered) * warmup)
     kept, served = ordered[cut:], ordered if warmup_served else ordered[cut:]
+    prompts = compulsory(ordered)  # a measured request misses what no earlier one (warm-up included) computed
+    hit = 1 - sum(w.prefill for w in prompts[cut:]) / sum(r.prompt_len for r in kept)
     decodes = [_decode(r) for r in served]
-    work = sum(compulsory(served), Work()) + sum(decodes, Work())
+    work = sum(prompts if warmup_served else compulsory(kept), Work()) + sum(decodes, Work())
 
     def costliest(works: Sequence[Work], n: int) -> list[Work]:
         return sorted(works, key=lambda w: w.seconds(cost), reverse=True)[:n]
@@ -128,7 +121,7 @@ def load_floor(requests: Sequence[WorkloadRequest], cost: CostModel, warmup: flo
     need = work.seconds(cost, steps) - sum(w.seconds(cost) for w in left_out + running)
     window = kept[-1].arrival - ordered[0].arrival
     least = work.seconds(cost, math.ceil(work.prefill / max_batch_prefill_tokens))
-    return Floor(qps, hit_ceiling(ordered, cut), max(0.0, need - window), least)
+    return Floor(qps, hit, max(0.0, need - window), least)
 
 
 # ---- command line ---------------------------------------------------------------------------------------
