@@ -75,10 +75,10 @@ def _decode(request: WorkloadRequest) -> Work:
     return Work(decodes=n, decode_context=n * length + n * (n - 1) // 2)
 
 
-def compulsory(requests: Sequence[WorkloadRequest], seen: set[int] | None = None) -> list[Work]:
-    """Per request (in the given order), the prompt work no earlier one shares: its prefixes not in ``seen``
-    (prefix keys, updated) nor in an earlier request, at least its last token. Their sum is order-free."""
-    seen = set() if seen is None else seen
+def compulsory(requests: Sequence[WorkloadRequest]) -> list[Work]:
+    """Per request (in the given order), the prompt work no earlier one shares: its prefixes no earlier request
+    has, at least its last token. Their sum is order-free."""
+    seen: set[int] = set()
     out = []
     for req in requests:
         keys = _prefix_keys(prompt_token_ids(req))
