@@ -14,6 +14,7 @@
 #include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 #include <c10/util/BFloat16.h>
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
@@ -28,7 +29,9 @@ constexpr int64_t ROWS = 16;            // rows of an A / C tile
 constexpr int64_t DEPTH = 32;           // bf16 elements of a row of an A tile (one depth chunk)
 constexpr int64_t BLOCK = 32;           // output columns per weight block (two 16-column C tiles)
 constexpr int64_t CHUNK = 2 * 16 * 32;  // bf16 elements of one block's depth chunk (two B tiles)
-constexpr int64_t GROUP_BYTES = 512 * 1024;  // weight blocks computed for all rows before the next ones
+// Weight blocks are computed for every row before the next ones, in groups of about GROUP_BYTES / (row pairs)
+// bytes of weight, within [GROUP_MIN, GROUP_MAX], so that a group is in cache for every row pair after the first.
+constexpr int64_t GROUP_BYTES = 1024 * 1024, GROUP_MIN = 128 * 1024, GROUP_MAX = 512 * 1024;
 
 #ifdef PRISM_LINEAR_AMX
 using prism_amx::tiles_permitted;
@@ -63,7 +66,9 @@ struct Operands {
 };
 
 // Output blocks [b0, b1) of rows [r, r + rows0 + rows1) (rows1 = 0: one row tile).
-void row_pair(const Operands& o, int64_t r, int64_t rows0, int64_t rows1, int64_t b0, int64_t b1) {
+// Also prefetches `pf_lines` cache lines from `pf`, spread over its depth chunks.
+void row_pair(const Operands& o, int64_t r, int64_t rows0, int64_t rows1, int64_t b0, int64_t b1,
+              const char* pf, int64_t pf_lines) {
   alignas(64) float acc[4][ROWS * 16];
   const int64_t full = o.tail ? o.kc - 1 : o.kc;
   const int64_t stride = o.k * static_cast<int64_t>(sizeof(bf16));
@@ -73,13 +78,17 @@ void row_pair(const Operands& o, int64_t r, int64_t rows0, int64_t rows1, int64_
   const bf16* t1 = o.tail ? t0 + ROWS * DEPTH : nullptr;
   const bool two = rows1 > 0;
   configure(rows0, two ? rows1 : 1);
+  const int64_t steps = (b1 - b0) * o.kc;
+  int64_t step = 0, line = 0;
   for (int64_t blk = b0; blk < b1; ++blk) {
     const bf16* wb = o.w + blk * o.kc * CHUNK;
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-    for (int64_t c = 0; c < o.kc; ++c) {
+    for (int64_t c = 0; c < o.kc; ++c, ++step) {
+      for (const int64_t until = (step + 1) * pf_lines / steps; line < until; ++line)
+        _mm_prefetch(pf + line * 64, _MM_HINT_T0);
       const bool in_x = c < full;
       _tile_loadd(6, wb + c * CHUNK, 64);
       _tile_loadd(7, wb + c * CHUNK + CHUNK / 2, 64);
@@ -110,14 +119,21 @@ void row_pair(const Operands& o, int64_t r, int64_t rows0, int64_t rows1, int64_
   }
 }
 
-// Output blocks [b0, b1), every row: a group of blocks (GROUP_BYTES of weight, which stays in L2) for every pair
-// of row tiles, then the next group, so that a large weight is read from memory once, not once per row pair.
+// Output blocks [b0, b1), every row: a group of blocks (which stays in cache) for every pair of row tiles, then
+// the next group, so that a large weight is read from memory once, not once per row pair. The next group's weight
+// is prefetched while this one computes, a share per row pair (the hardware's prefetchers left the first pair
+// waiting on memory); into L1, as the hint to L2 only was slower.
 void blocks(const Operands& o, int64_t b0, int64_t b1) {
-  const int64_t group = std::max<int64_t>(1, GROUP_BYTES / (o.kc * CHUNK * static_cast<int64_t>(sizeof(bf16))));
+  const int64_t pairs = (o.m + 2 * ROWS - 1) / (2 * ROWS);
+  const int64_t block_bytes = o.kc * CHUNK * static_cast<int64_t>(sizeof(bf16));
+  const int64_t group = std::max<int64_t>(1, std::clamp(GROUP_BYTES / pairs, GROUP_MIN, GROUP_MAX) / block_bytes);
   for (int64_t g = b0; g < b1; g += group) {
-    for (int64_t r = 0; r < o.m; r += 2 * ROWS) {
-      const int64_t rows0 = std::min<int64_t>(ROWS, o.m - r);
-      row_pair(o, r, rows0, std::min<int64_t>(ROWS, o.m - r - rows0), g, std::min(b1, g + group));
+    const int64_t next = std::min(b1, g + group), lines = (std::min(b1, next + group) - next) * block_bytes / 64;
+    const char* ahead = reinterpret_cast<const char*>(o.w + next * o.kc * CHUNK);
+    for (int64_t r = 0, pair = 0; r < o.m; r += 2 * ROWS, ++pair) {
+      const int64_t rows0 = std::min<int64_t>(ROWS, o.m - r), l0 = pair * lines / pairs;
+      row_pair(o, r, rows0, std::min<int64_t>(ROWS, o.m - r - rows0), g, next, ahead + l0 * 64,
+               (pair + 1) * lines / pairs - l0);
     }
   }
   // NOTE: not a bare tile release: torch's brgemm users (its CPU flash attention) keep the configuration they
