@@ -15,7 +15,7 @@ from shard.cpu_affinity import pin_cpus
 from shard.cpu_features import native_bf16
 from shard.kv_cache import KVCache, KVShape, choose_num_blocks
 from shard.kv_tiers.tiers import KvTiers, TierSizes
-from shard.loader import load_model, read_config
+from shard.loader import decoder_config, load_model
 from shard.models.llama import DecoderConfig
 from shard.model_runner import CpuThreads, ModelRunner
 from shard.server import TextGenerationService
@@ -53,11 +53,26 @@ def pick_dtype(config: ShardConfig, device: torch.device) -> tuple[torch.dtype, 
     return torch.float32, "CPU without native bf16 (no avx512_bf16 / amx_bf16)"
 
 
-def pick_cpu_threads(config: ShardConfig) -> tuple[CpuThreads, str]:
-    """torch intra-op threads for a CPU shard, and why: ``--cpu-threads N`` or ``PRISM_SHARD_THREADS=N`` for
-    every step; else every core for steps of at least ``PREFILL_THREADS_MIN_TOKENS`` tokens (a big prefill,
-    while the router waits for it) and every core but one for the others (decode steps, during which the
-    router streams tokens to the clients on the core left to it)."""
+# NOTE: a model with more weight than this runs every step on every core: its decode steps stream the weights
+# from memory, a core's bandwidth and tiles more gain more than the router loses (100m demo model, 190 MB: +27%
+# output tokens/s live at 32 clients on 2 cores; a 46 MB model: -22%, docs/performance.md)
+STREAMED_WEIGHT_BYTES = 128 * 2**20
+
+
+def weight_bytes(c: DecoderConfig, dtype: torch.dtype) -> int:
+    """Bytes of a decoder's weights in ``dtype`` (embeddings, projections, MLP, output head; not the norms)."""
+    q, kv = c.heads * c.head_dim, c.kv_heads * c.head_dim
+    layer = c.hidden * (2 * q + 2 * kv) + 3 * c.hidden * c.intermediate
+    heads = 1 if c.tie_embeddings else 2
+    return (c.layers * layer + heads * c.vocab_size * c.hidden) * torch.finfo(dtype).bits // 8
+
+
+def pick_cpu_threads(config: ShardConfig, weights: int = 0) -> tuple[CpuThreads, str]:
+    """torch intra-op threads for a CPU shard of ``weights`` bytes of weight, and why: ``--cpu-threads N`` or
+    ``PRISM_SHARD_THREADS=N`` for every step; else every core for steps of at least
+    ``PREFILL_THREADS_MIN_TOKENS`` tokens (a big prefill, while the router waits for it) and every core but one
+    for the others (decode steps, during which the router streams tokens to the clients on the core left to
+    it), or every core for every step when the weights exceed ``STREAMED_WEIGHT_BYTES``."""
     if config.cpu_threads:
         return CpuThreads(config.cpu_threads, config.cpu_threads), "--cpu-threads"
     env = os.environ.get(THREADS_ENV)
@@ -67,6 +82,8 @@ def pick_cpu_threads(config: ShardConfig) -> tuple[CpuThreads, str]:
     if config.world_size > 1:
         share = max(1, cores // config.world_size)
         return CpuThreads(share, share), f"{cores} cores shared by {config.world_size} tensor-parallel ranks"
+    if weights > STREAMED_WEIGHT_BYTES:
+        return CpuThreads(cores, cores), f"{cores} cores: {weights >> 20} MiB of weights, streamed every step"
     return CpuThreads(max(1, cores - 1), cores), f"{cores} cores, one left to the router during decode"
 
 
@@ -92,20 +109,20 @@ def build_runner(config: ShardConfig) -> ModelRunner:
         ValueError: unsupported architecture, unavailable backend, bad pool size, a model that does not split
             over WORLD_SIZE ranks (messages say which).
     """
+    decoder = decoder_config(Path(config.model_dir))
     if config.world_size > 1:  # NOTE: before joining the group: a bad --num-shard fails at once on each rank
-        c = DecoderConfig.from_hf(read_config(Path(config.model_dir)))
-        check_divisible(c.heads, c.kv_heads, c.intermediate, config.world_size)
+        check_divisible(decoder.heads, decoder.kv_heads, decoder.intermediate, config.world_size)
     device = pick_device(config)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     tp = init_tensor_parallel(config.rank, config.world_size, device)
+    dtype, dtype_why = pick_dtype(config, device)
     threads, cpu_threads = "", None
     if device.type == "cpu":
-        cpu_threads, why = pick_cpu_threads(config)
+        cpu_threads, why = pick_cpu_threads(config, weight_bytes(decoder, dtype) // tp.world)
         cpu_threads, pinned = with_pinning(cpu_threads, config)
         torch.set_num_threads(cpu_threads.small)
         threads = f", CPU threads {cpu_threads} ({why}; {pinned})"
-    dtype, dtype_why = pick_dtype(config, device)
     backend = get_backend(config.attention_backend, device.type, config.block_size)
     loaded = load_model(config.model_dir, backend, dtype, device, tp, dummy=config.load_format == "dummy")
     c = loaded.model.config

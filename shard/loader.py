@@ -16,7 +16,7 @@ from shard.layers.fusion import fuse_projections
 from shard.layers.packed_linear import pack_cpu_linears, warm_packed_linears
 from shard.layers.rotary import Rotary
 from shard.models import model_class
-from shard.models.llama import LlamaForCausalLM
+from shard.models.llama import DecoderConfig, LlamaForCausalLM
 from shard.tensor_parallel import SINGLE, TensorParallel
 
 
@@ -41,6 +41,21 @@ def read_config(folder: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a model folder: config.json is missing")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def decoder_config(folder: Path) -> DecoderConfig:
+    """The decoder shape of the model folder's config.json.
+
+    Raises:
+        ValueError: unsupported architecture (as :func:`load_model`). FileNotFoundError: not a model folder.
+    """
+    cfg = read_config(folder)
+    _model_class(cfg)
+    return DecoderConfig.from_hf(cfg)
+
+
+def _model_class(cfg: dict) -> type[LlamaForCausalLM]:
+    return model_class(cfg.get("architectures") or [cfg.get("model_type", "?")])
 
 
 def safetensors_files(folder: Path) -> list[Path]:
@@ -118,7 +133,7 @@ def load_model(
 
     folder = Path(folder)
     cfg = read_config(folder)
-    cls = model_class(cfg.get("architectures") or [cfg.get("model_type", "?")])
+    cls = _model_class(cfg)
     if dummy:
         model = _initialised(cls, cfg, backend, tp, dtype, device)
     else:

@@ -120,6 +120,32 @@ def test_cpu_threads_flag_then_env_then_all_cores_for_prefill_and_all_but_one_fo
     assert factory.pick_cpu_threads(ShardConfig("m"))[0] == CpuThreads(1, 1)
 
 
+def test_every_core_for_every_step_when_the_weights_are_streamed(monkeypatch, tiny_model: Path) -> None:
+    """Past STREAMED_WEIGHT_BYTES of weight, decode steps get the router's core too; weight_bytes counts what
+    the loaded model holds (less its norms), in the loaded dtype."""
+    import os
+
+    import torch
+
+    from flash_kernels.api import get_backend
+    from shard import factory
+    from shard.config import ShardConfig
+    from shard.loader import decoder_config, load_model
+    from shard.model_runner import CpuThreads
+
+    model = load_model(tiny_model, get_backend("reference"), torch.bfloat16, torch.device("cpu")).model
+    held = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "norm" not in n)
+    assert factory.weight_bytes(decoder_config(tiny_model), torch.bfloat16) == held
+    assert factory.weight_bytes(decoder_config(tiny_model), torch.float32) == 2 * held
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
+    monkeypatch.delenv("PRISM_SHARD_THREADS", raising=False)
+    limit = factory.STREAMED_WEIGHT_BYTES
+    assert factory.pick_cpu_threads(ShardConfig("m"), limit)[0] == CpuThreads(1, 2)
+    threads, why = factory.pick_cpu_threads(ShardConfig("m"), limit + 1)
+    assert threads == CpuThreads(2, 2) and "streamed" in why
+    assert factory.pick_cpu_threads(ShardConfig("m", cpu_threads=1), limit + 1)[0] == CpuThreads(1, 1)
+
+
 def test_step_size_counts_prompt_attention_over_a_cached_prefix() -> None:
     """A 208-token piece after 1,840 cached tokens is a large step (both cores); a cold 208-token prompt and
     decode rows over long contexts are not."""
