@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
 #define PRISM_LINEAR_AMX 1
 #include "cpu_amx.h"
@@ -32,6 +33,8 @@ constexpr int64_t CHUNK = 2 * 16 * 32;  // bf16 elements of one block's depth ch
 // Weight blocks are computed for every row before the next ones, in groups of about GROUP_BYTES / (row pairs)
 // bytes of weight, within [GROUP_MIN, GROUP_MAX], so that a group is in cache for every row pair after the first.
 constexpr int64_t GROUP_BYTES = 1024 * 1024, GROUP_MIN = 128 * 1024, GROUP_MAX = 512 * 1024;
+constexpr int64_t SLICE = 8;         // depth chunks per slice (256 deep: a row pair's slice is 16 KB)
+constexpr int64_t SLICED_PAIRS = 3;  // row pairs from which the depth is sliced
 
 #ifdef PRISM_LINEAR_AMX
 using prism_amx::tiles_permitted;
@@ -65,10 +68,35 @@ struct Operands {
   int64_t m, k, n, kc;
 };
 
-// Output blocks [b0, b1) of rows [r, r + rows0 + rows1) (rows1 = 0: one row tile).
-// Also prefetches `pf_lines` cache lines from `pf`, spread over its depth chunks.
-void row_pair(const Operands& o, int64_t r, int64_t rows0, int64_t rows1, int64_t b0, int64_t b1,
-              const char* pf, int64_t pf_lines) {
+// C tiles 0-3 <- their sums so far: zero before a block's first slice, else from `spill`.
+inline void load_sums(const float* spill, bool first) {
+  if (first) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    return;
+  }
+  _tile_loadd(0, spill, 64);
+  _tile_loadd(1, spill + 256, 64);
+  _tile_loadd(2, spill + 512, 64);
+  _tile_loadd(3, spill + 768, 64);
+}
+
+// C tiles 0-3 -> sums (4 x 256 fp32).
+inline void store_sums(float* sums) {
+  _tile_stored(0, sums, 64);
+  _tile_stored(1, sums + 256, 64);
+  _tile_stored(2, sums + 512, 64);
+  _tile_stored(3, sums + 768, 64);
+}
+
+// Output blocks [b0, b1) of rows [r, r + rows0 + rows1) (rows1 = 0: one row tile). With `spill` (4 x 256 fp32
+// per block), the depth goes in slices of `slice` chunks, each for every block, the partial sums kept there:
+// the pair's rows of one slice stay in L1 over the blocks. Also prefetches `pf_lines` cache lines from `pf`,
+// spread over its depth chunks.
+void row_pair(const Operands& o, int64_t r, int64_t rows0, int64_t rows1, int64_t b0, int64_t b1, float* spill,
+              int64_t slice, const char* pf, int64_t pf_lines) {
   alignas(64) float acc[4][ROWS * 16];
   const int64_t full = o.tail ? o.kc - 1 : o.kc;
   const int64_t stride = o.k * static_cast<int64_t>(sizeof(bf16));
@@ -80,39 +108,41 @@ void row_pair(const Operands& o, int64_t r, int64_t rows0, int64_t rows1, int64_
   configure(rows0, two ? rows1 : 1);
   const int64_t steps = (b1 - b0) * o.kc;
   int64_t step = 0, line = 0;
-  for (int64_t blk = b0; blk < b1; ++blk) {
-    const bf16* wb = o.w + blk * o.kc * CHUNK;
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    for (int64_t c = 0; c < o.kc; ++c, ++step) {
-      for (const int64_t until = (step + 1) * pf_lines / steps; line < until; ++line)
-        _mm_prefetch(pf + line * 64, _MM_HINT_T0);
-      const bool in_x = c < full;
-      _tile_loadd(6, wb + c * CHUNK, 64);
-      _tile_loadd(7, wb + c * CHUNK + CHUNK / 2, 64);
-      _tile_loadd(4, in_x ? a0 + c * DEPTH : t0, in_x ? stride : 64);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
-      if (two) {
-        _tile_loadd(5, in_x ? a1 + c * DEPTH : t1, in_x ? stride : 64);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
+  for (int64_t s0 = 0; s0 < o.kc; s0 += slice) {
+    const int64_t s1 = std::min(o.kc, s0 + slice);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const bf16* wb = o.w + blk * o.kc * CHUNK;
+      float* sums = spill + (blk - b0) * 4 * 256;
+      load_sums(sums, s0 == 0);
+      for (int64_t c = s0; c < s1; ++c, ++step) {
+        for (const int64_t until = (step + 1) * pf_lines / steps; line < until; ++line)
+          _mm_prefetch(pf + line * 64, _MM_HINT_T0);
+        const bool in_x = c < full;
+        _tile_loadd(6, wb + c * CHUNK, 64);
+        _tile_loadd(7, wb + c * CHUNK + CHUNK / 2, 64);
+        _tile_loadd(4, in_x ? a0 + c * DEPTH : t0, in_x ? stride : 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        if (two) {
+          _tile_loadd(5, in_x ? a1 + c * DEPTH : t1, in_x ? stride : 64);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
       }
-    }
-    _tile_stored(0, acc[0], 64);
-    _tile_stored(1, acc[1], 64);
-    _tile_stored(2, acc[2], 64);
-    _tile_stored(3, acc[3], 64);
-    const int64_t col = blk * BLOCK;
-    for (int64_t half = 0; half < (two ? 2 : 1); ++half) {
-      bf16* out = o.out + (r + half * ROWS) * o.n + col;
-      for (int64_t t = 0; t < 2; ++t) {
-        const int64_t cols = std::min<int64_t>(16, o.n - col - t * 16);
-        if (cols > 0) {
-          write_tile(acc[2 * half + t], o.bias ? o.bias + col + t * 16 : nullptr, half ? rows1 : rows0, cols,
-                     out + t * 16, o.n);
+      if (s1 < o.kc) {
+        store_sums(sums);
+        continue;
+      }
+      store_sums(acc[0]);
+      const int64_t col = blk * BLOCK;
+      for (int64_t half = 0; half < (two ? 2 : 1); ++half) {
+        bf16* out = o.out + (r + half * ROWS) * o.n + col;
+        for (int64_t t = 0; t < 2; ++t) {
+          const int64_t cols = std::min<int64_t>(16, o.n - col - t * 16);
+          if (cols > 0) {
+            write_tile(acc[2 * half + t], o.bias ? o.bias + col + t * 16 : nullptr, half ? rows1 : rows0, cols,
+                       out + t * 16, o.n);
+          }
         }
       }
     }
@@ -122,18 +152,21 @@ void row_pair(const Operands& o, int64_t r, int64_t rows0, int64_t rows1, int64_
 // Output blocks [b0, b1), every row: a group of blocks (which stays in cache) for every pair of row tiles, then
 // the next group, so that a large weight is read from memory once, not once per row pair. The next group's weight
 // is prefetched while this one computes, a share per row pair (the hardware's prefetchers left the first pair
-// waiting on memory); into L1, as the hint to L2 only was slower.
+// waiting on memory); into L1, as the hint to L2 only was slower. From SLICED_PAIRS row pairs on, the depth goes
+// in slices (row_pair), which costs a store and a load of the sums per slice and block: fewer pairs lost more.
 void blocks(const Operands& o, int64_t b0, int64_t b1) {
   const int64_t pairs = (o.m + 2 * ROWS - 1) / (2 * ROWS);
   const int64_t block_bytes = o.kc * CHUNK * static_cast<int64_t>(sizeof(bf16));
   const int64_t group = std::max<int64_t>(1, std::clamp(GROUP_BYTES / pairs, GROUP_MIN, GROUP_MAX) / block_bytes);
+  const bool sliced = pairs >= SLICED_PAIRS && group > 1 && o.kc > SLICE;
+  std::vector<float> spill(sliced ? group * 4 * 256 : 0);
   for (int64_t g = b0; g < b1; g += group) {
     const int64_t next = std::min(b1, g + group), lines = (std::min(b1, next + group) - next) * block_bytes / 64;
     const char* ahead = reinterpret_cast<const char*>(o.w + next * o.kc * CHUNK);
     for (int64_t r = 0, pair = 0; r < o.m; r += 2 * ROWS, ++pair) {
       const int64_t rows0 = std::min<int64_t>(ROWS, o.m - r), l0 = pair * lines / pairs;
-      row_pair(o, r, rows0, std::min<int64_t>(ROWS, o.m - r - rows0), g, next, ahead + l0 * 64,
-               (pair + 1) * lines / pairs - l0);
+      row_pair(o, r, rows0, std::min<int64_t>(ROWS, o.m - r - rows0), g, next, spill.data(),
+               sliced ? SLICE : o.kc, ahead + l0 * 64, (pair + 1) * lines / pairs - l0);
     }
   }
   // NOTE: not a bare tile release: torch's brgemm users (its CPU flash attention) keep the configuration they
