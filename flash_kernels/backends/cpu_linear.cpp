@@ -94,7 +94,7 @@ inline void store_sums(float* sums) {
 // Output blocks [b0, b1) of rows [r, r + rows0 + rows1) (rows1 = 0: one row tile). With `spill` (4 x 256 fp32
 // per block), the depth goes in slices of `slice` chunks, each for every block, the partial sums kept there:
 // the pair's rows of one slice stay in L1 over the blocks. Also prefetches `pf_lines` cache lines from `pf`,
-// spread over its depth chunks.
+// a few per depth chunk.
 void row_pair(const Operands& o, int64_t r, int64_t rows0, int64_t rows1, int64_t b0, int64_t b1, float* spill,
               int64_t slice, const char* pf, int64_t pf_lines) {
   alignas(64) float acc[4][ROWS * 16];
@@ -106,17 +106,16 @@ void row_pair(const Operands& o, int64_t r, int64_t rows0, int64_t rows1, int64_
   const bf16* t1 = o.tail ? t0 + ROWS * DEPTH : nullptr;
   const bool two = rows1 > 0;
   configure(rows0, two ? rows1 : 1);
-  const int64_t steps = (b1 - b0) * o.kc;
-  int64_t step = 0, line = 0;
+  const int64_t steps = (b1 - b0) * o.kc, per_step = (pf_lines + steps - 1) / steps;
+  const char* const pf_end = pf + pf_lines * 64;
   for (int64_t s0 = 0; s0 < o.kc; s0 += slice) {
     const int64_t s1 = std::min(o.kc, s0 + slice);
     for (int64_t blk = b0; blk < b1; ++blk) {
       const bf16* wb = o.w + blk * o.kc * CHUNK;
       float* sums = spill + (blk - b0) * 4 * 256;
       load_sums(sums, s0 == 0);
-      for (int64_t c = s0; c < s1; ++c, ++step) {
-        for (const int64_t until = (step + 1) * pf_lines / steps; line < until; ++line)
-          _mm_prefetch(pf + line * 64, _MM_HINT_T0);
+      for (int64_t c = s0; c < s1; ++c) {
+        for (int64_t i = 0; i < per_step && pf < pf_end; ++i, pf += 64) _mm_prefetch(pf, _MM_HINT_T0);
         const bool in_x = c < full;
         _tile_loadd(6, wb + c * CHUNK, 64);
         _tile_loadd(7, wb + c * CHUNK + CHUNK / 2, 64);
@@ -161,7 +160,9 @@ void blocks(const Operands& o, int64_t b0, int64_t b1) {
   const bool sliced = pairs >= SLICED_PAIRS && group > 1 && o.kc > SLICE;
   std::vector<float> spill(sliced ? group * 4 * 256 : 0);
   for (int64_t g = b0; g < b1; g += group) {
-    const int64_t next = std::min(b1, g + group), lines = (std::min(b1, next + group) - next) * block_bytes / 64;
+    // (one row pair reads each group once, as the hardware's prefetchers expect: nothing to prefetch ahead)
+    const int64_t next = std::min(b1, g + group);
+    const int64_t lines = pairs > 1 ? (std::min(b1, next + group) - next) * block_bytes / 64 : 0;
     const char* ahead = reinterpret_cast<const char*>(o.w + next * o.kc * CHUNK);
     for (int64_t r = 0, pair = 0; r < o.m; r += 2 * ROWS, ++pair) {
       const int64_t rows0 = std::min<int64_t>(ROWS, o.m - r), l0 = pair * lines / pairs;
