@@ -7,7 +7,7 @@
 //
 // One task per (request, KV head), split over torch's intra-op threads: scores of the group's query rows
 // against every key, softmax, then the weighted sum of values. bf16 with head dim 64 / 128 and a group of
-// 1 / 2 / 4 / 8 query heads per KV head takes an AVX512-BF16 path where the compiler targets it (16 keys at a
+// 1 to 8 query heads per KV head takes an AVX512-BF16 path where the compiler targets it (16 keys at a
 // time, see task_bf16); everything else the generic loop.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -265,11 +265,13 @@ void softmax_bf16(float* s, int64_t L, const float* mx, float* inv) {
   }
 }
 
-// out_j = inv[j] * sum_p w[j * L + p] v_p, in slices of S head dims (G * S / 16 fp32 sums in registers).
+// out_j = inv[j] * sum_p w[j * L + p] v_p, in slices of S head dims (G * S / 16 fp32 sums in registers; S a
+// multiple of 32 that divides D).
 template <int G, int D>
 void values_bf16(const float* w, int64_t L, const c10::BFloat16* v, const int64_t* off, int64_t len,
                  const float* inv, c10::BFloat16* out) {
-  constexpr int S = D < 256 / G ? D : 256 / G, W = S / 32;
+  constexpr int S = D <= 256 / G ? D : (256 / G >= 64 ? 64 : 32), W = S / 32;
+  static_assert(S % 32 == 0 && D % S == 0, "values_bf16: slices of whole 32-dim vectors");
   const __m512i high = _mm512_set1_epi32(int32_t(0xFFFF0000u));
   for (int d0 = 0; d0 < D; d0 += S) {
     __m512 ev[G][W], od[G][W];  // sums of even / odd head dims: element 2i of the 32 in lane i / lane i
@@ -349,8 +351,10 @@ bool try_bf16(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, c
               const at::Tensor& l, double scale, at::Tensor& out) {
   const int64_t g = q.size(1) / kc.size(2), d = q.size(2);
 #define PRISM_CASE(G, D) if (g == G && d == D) { decode_bf16<G, D>(q, kc, vc, t, l, scale, out); return true; }
-  PRISM_CASE(1, 64) PRISM_CASE(2, 64) PRISM_CASE(4, 64) PRISM_CASE(8, 64)
-  PRISM_CASE(1, 128) PRISM_CASE(2, 128) PRISM_CASE(4, 128) PRISM_CASE(8, 128)
+  PRISM_CASE(1, 64) PRISM_CASE(2, 64) PRISM_CASE(3, 64) PRISM_CASE(4, 64)
+  PRISM_CASE(5, 64) PRISM_CASE(6, 64) PRISM_CASE(7, 64) PRISM_CASE(8, 64)
+  PRISM_CASE(1, 128) PRISM_CASE(2, 128) PRISM_CASE(3, 128) PRISM_CASE(4, 128)
+  PRISM_CASE(5, 128) PRISM_CASE(6, 128) PRISM_CASE(7, 128) PRISM_CASE(8, 128)
 #undef PRISM_CASE
   return false;
 }

@@ -30,7 +30,7 @@ def test_kernel_builds_where_a_compiler_is_present() -> None:
 
 @needs_tools
 @pytest.mark.parametrize("block_size", [1, 16, 256])
-@pytest.mark.parametrize("group", [1, 2, 4, 8])
+@pytest.mark.parametrize("group", [1, 2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("head_dim", [64, 128, 80])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kernel_matches_reference(block_size: int, group: int, head_dim: int, dtype: torch.dtype) -> None:
@@ -61,7 +61,7 @@ def test_every_context_length_around_the_chunks(block_size: int, dtype: torch.dt
     (block 5) and blocks holding several chunks; blocks handed out in a random order."""
     lengths = [*range(1, 41), 63, 64, 65, 255, 257]
     requests = [(n - 1, 1) for n in lengths]
-    for group, head_dim in ((2, 64), (8, 128)):
+    for group, head_dim in ((2, 64), (3, 128), (7, 64), (8, 128)):
         case = make_case(requests, block_size, kv_heads=2, group=group, head_dim=head_dim, dtype=dtype,
                          seed=5)
         args = case.decode_args()
@@ -69,7 +69,7 @@ def test_every_context_length_around_the_chunks(block_size: int, dtype: torch.dt
 
 
 @needs_tools
-@pytest.mark.parametrize("group", [1, 2, 4, 8])
+@pytest.mark.parametrize("group", [1, 2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_long_contexts_and_wide_scores_stay_finite(group: int, head_dim: int) -> None:
     """2,000 and 1,500 keys with q scaled so that scores span thousands (softmax near one-hot, most weights
