@@ -18,6 +18,7 @@ from shard.kv_tiers.tiers import KvTiers, TierSizes
 from shard.loader import decoder_config, load_model
 from shard.models.llama import DecoderConfig
 from shard.model_runner import CpuThreads, ModelRunner
+from shard import step_thread
 from shard.server import TextGenerationService
 from shard.tensor_parallel import check_divisible, init_tensor_parallel
 
@@ -54,9 +55,10 @@ def pick_dtype(config: ShardConfig, device: torch.device) -> tuple[torch.dtype, 
 
 
 # NOTE: a model with more weight than this runs every step on every core: its decode steps stream the weights
-# from memory, a core's bandwidth and tiles more gain more than the router loses (100m demo model, 190 MB: +27%
-# output tokens/s live at 32 clients on 2 cores; a 46 MB model: -22%, docs/performance.md)
-STREAMED_WEIGHT_BYTES = 128 * 2**20
+# from memory, and another core's bandwidth and tiles gain more than the router loses. Live at 32 clients on 2
+# cores, all cores against one left to the router: a 7 MB model -8% output tokens/s, 46 MB +24%, 190 MB +43%
+# (docs/performance.md)
+STREAMED_WEIGHT_BYTES = 32 * 2**20
 
 
 def weight_bytes(c: DecoderConfig, dtype: torch.dtype) -> int:
@@ -150,7 +152,13 @@ def build_runner(config: ShardConfig) -> ModelRunner:
 
 
 def build_service(config: ShardConfig) -> TextGenerationService:
-    runner = build_runner(config)
+    """The runner, built on the step thread (:mod:`shard.step_thread`), which runs every step: loading runs
+    parallel regions, and a thread that runs one keeps a libgomp team for good; with a second team beside the
+    step thread's, every team's workers sleep between regions (a wake-up per region; the 100m demo model's
+    decode steps took twice as long). For the same reason this thread is left with one intra-op thread."""
+    runner = step_thread.EXECUTOR.submit(build_runner, config).result()
+    if runner.cpu_threads is not None:
+        torch.set_num_threads(1)
     return TextGenerationService(runner, config, tiers=build_tiers(config, runner.kv))
 
 

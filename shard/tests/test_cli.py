@@ -177,3 +177,32 @@ def test_cuda_graphs_sizes_and_load_format_parse() -> None:
         ShardConfig(model_dir="m", load_format="pickle")
     with pytest.raises(ValueError, match="--cuda-graphs"):
         ShardConfig(model_dir="m", cuda_graphs=())
+
+
+def test_the_service_loads_its_model_on_the_step_thread(monkeypatch, tiny_llama: Path) -> None:
+    """The step thread holds the only libgomp team: the model is loaded there, and the calling thread (the
+    event loop's) is left with one intra-op thread."""
+    import threading
+
+    import torch
+
+    from shard import factory, step_thread
+    from shard.tests.helpers import make_config
+
+    built_on: list[str] = []
+    real = factory.build_runner
+
+    def spy(config):  # noqa: ANN001, ANN202
+        built_on.append(threading.current_thread().name)
+        return real(config)
+
+    monkeypatch.setattr(factory, "build_runner", spy)
+    before = torch.get_num_threads()
+    try:
+        service = factory.build_service(make_config(tiny_llama))
+        assert built_on and built_on[0].startswith("shard-step")
+        assert torch.get_num_threads() == 1
+        small = service.runner.cpu_threads.small
+        assert step_thread.EXECUTOR.submit(torch.get_num_threads).result() == small
+    finally:
+        torch.set_num_threads(before)
