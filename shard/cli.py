@@ -81,7 +81,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cpu-threads",
         type=int,
-        help="torch intra-op threads on CPU (default: $PRISM_SHARD_THREADS, else cores - 1)",
+        help="torch intra-op threads on CPU (default: $PRISM_SHARD_THREADS, else every core for prompts of 256+ "
+        "tokens and cores - 1 for smaller steps, or every core for every step past 32 MiB of weights)",
     )
     env = os.environ.get  # NOTE: argparse converts a string default with ``type``: a bad value is a usage error
     p.add_argument("--kv-host-tokens", type=int, default=env("KV_HOST_TOKENS") or "0",
