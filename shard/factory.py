@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from flash_kernels.api import get_backend
+from shard import step_thread
 from shard.config import ShardConfig
 from shard.cpu_affinity import pin_cpus
 from shard.cpu_features import native_bf16
@@ -18,7 +19,6 @@ from shard.kv_tiers.tiers import KvTiers, TierSizes
 from shard.loader import decoder_config, load_model
 from shard.models.llama import DecoderConfig
 from shard.model_runner import CpuThreads, ModelRunner
-from shard import step_thread
 from shard.server import TextGenerationService
 from shard.tensor_parallel import check_divisible, init_tensor_parallel
 
@@ -152,10 +152,11 @@ def build_runner(config: ShardConfig) -> ModelRunner:
 
 
 def build_service(config: ShardConfig) -> TextGenerationService:
-    """The runner, built on the step thread (:mod:`shard.step_thread`), which runs every step: loading runs
-    parallel regions, and a thread that runs one keeps a libgomp team for good; with a second team beside the
-    step thread's, every team's workers sleep between regions (a wake-up per region; the 100m demo model's
-    decode steps took twice as long). For the same reason this thread is left with one intra-op thread."""
+    """The servicer, its runner built on the step thread (:mod:`shard.step_thread`), which runs every step:
+    loading runs parallel regions, and a thread that runs one keeps a libgomp team for good; with a second team
+    beside the step thread's, every team's workers sleep between regions (a wake-up per region; the 100m demo
+    model's decode steps took twice as long). For the same reason this thread is left with one intra-op
+    thread."""
     runner = step_thread.EXECUTOR.submit(build_runner, config).result()
     if runner.cpu_threads is not None:
         torch.set_num_threads(1)

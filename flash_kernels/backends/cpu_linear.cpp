@@ -30,8 +30,9 @@ constexpr int64_t ROWS = 16;            // rows of an A / C tile
 constexpr int64_t DEPTH = 32;           // bf16 elements of a row of an A tile (one depth chunk)
 constexpr int64_t BLOCK = 32;           // output columns per weight block (two 16-column C tiles)
 constexpr int64_t CHUNK = 2 * 16 * 32;  // bf16 elements of one block's depth chunk (two B tiles)
-// Weight blocks are computed for every row before the next ones, in groups of about GROUP_BYTES / (row pairs)
-// bytes of weight, within [GROUP_MIN, GROUP_MAX], so that a group is in cache for every row pair after the first.
+// Weight blocks are computed for every row before the next ones, in groups of about GROUP_BYTES / (row
+// pairs) bytes of weight, within [GROUP_MIN, GROUP_MAX], so that a group is in cache for every pair but the
+// first.
 constexpr int64_t GROUP_BYTES = 1024 * 1024, GROUP_MIN = 128 * 1024, GROUP_MAX = 512 * 1024;
 constexpr int64_t SLICE = 8;         // depth chunks per slice (256 deep: a row pair's slice is 16 KB)
 constexpr int64_t SLICED_PAIRS = 3;  // row pairs from which the depth is sliced
@@ -112,7 +113,7 @@ void row_pair(const Operands& o, int64_t r, int64_t rows0, int64_t rows1, int64_
     const int64_t s1 = std::min(o.kc, s0 + slice);
     for (int64_t blk = b0; blk < b1; ++blk) {
       const bf16* wb = o.w + blk * o.kc * CHUNK;
-      float* sums = spill + (blk - b0) * 4 * 256;
+      float* sums = slice < o.kc ? spill + (blk - b0) * 4 * 256 : nullptr;  // null: one slice, no spill
       load_sums(sums, s0 == 0);
       for (int64_t c = s0; c < s1; ++c) {
         for (int64_t i = 0; i < per_step && pf < pf_end; ++i, pf += 64) _mm_prefetch(pf, _MM_HINT_T0);

@@ -20,7 +20,9 @@ from torch.nn import functional as F
 from flash_kernels.backends import cpu_linear
 
 
-def layer_shapes(hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int) -> list[tuple[int, int]]:
+def layer_shapes(
+    hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int
+) -> list[tuple[int, int]]:
     """(out, in) of a layer's fused QKV, output, fused gate-up and down projections."""
     q, kv = heads * head_dim, kv_heads * head_dim
     return [(q + 2 * kv, hidden), (hidden, q), (2 * intermediate, hidden), (hidden, intermediate)]
@@ -56,7 +58,8 @@ def time_layers(rows: int, shapes: list[tuple[int, int]], layers: int, rounds: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flash_kernels.bench.linear_cpu", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m flash_kernels.bench.linear_cpu",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, nargs="+", default=[8, 32, 64, 128, 205, 256, 384, 768])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--layers", type=int, default=12)
