@@ -158,6 +158,9 @@ def build_service(config: ShardConfig) -> TextGenerationService:
     model's decode steps took twice as long). For the same reason this thread is left with one intra-op
     thread."""
     runner = step_thread.EXECUTOR.submit(build_runner, config).result()
+    device = runner.loaded.device
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # NOTE: the current device is per thread, as it was set here before
     if runner.cpu_threads is not None:
         torch.set_num_threads(1)
     return TextGenerationService(runner, config, tiers=build_tiers(config, runner.kv))
