@@ -82,7 +82,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         "--cpu-threads",
         type=int,
         help="torch intra-op threads on CPU (default: $PRISM_SHARD_THREADS, else every core for prompts of 256+ "
-        "tokens and cores - 1 for smaller steps, or every core for every step past 32 MiB of weights)",
+        "tokens and cores - 1 for smaller steps, or every core for every step past 32 MiB of weights on up to 4 "
+        "cores)",
     )
     env = os.environ.get  # NOTE: argparse converts a string default with ``type``: a bad value is a usage error
     p.add_argument("--kv-host-tokens", type=int, default=env("KV_HOST_TOKENS") or "0",

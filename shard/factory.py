@@ -54,11 +54,13 @@ def pick_dtype(config: ShardConfig, device: torch.device) -> tuple[torch.dtype, 
     return torch.float32, "CPU without native bf16 (no avx512_bf16 / amx_bf16)"
 
 
-# NOTE: a model with more weight than this runs every step on every core: its decode steps stream the weights
-# from memory, and another core's bandwidth and tiles gain more than the router loses. Live at 32 clients on 2
-# cores, all cores against one left to the router: a 7 MB model -8% output tokens/s, 46 MB +24%, 190 MB +43%
-# (docs/performance.md)
+# NOTE: on up to STREAMED_MAX_CORES cores, a model with more weight than this runs every step on every core:
+# its decode steps stream the weights from memory, and another core's bandwidth and tiles gain more than the
+# router loses. Live at 32 clients on 2 cores, all cores against one left to the router: a 7 MB model -8% output
+# tokens/s, 46 MB +24%, 190 MB +43% (docs/performance.md). On more cores one more thread adds at most a third,
+# and the router's core is kept (not measured there).
 STREAMED_WEIGHT_BYTES = 32 * 2**20
+STREAMED_MAX_CORES = 4
 
 
 def weight_bytes(c: DecoderConfig, dtype: torch.dtype) -> int:
@@ -74,7 +76,8 @@ def pick_cpu_threads(config: ShardConfig, weights: int = 0) -> tuple[CpuThreads,
     ``PRISM_SHARD_THREADS=N`` for every step; else every core for steps of at least
     ``PREFILL_THREADS_MIN_TOKENS`` tokens (a big prefill, while the router waits for it) and every core but one
     for the others (decode steps, during which the router streams tokens to the clients on the core left to
-    it), or every core for every step when the weights exceed ``STREAMED_WEIGHT_BYTES``."""
+    it), or every core for every step when the weights exceed ``STREAMED_WEIGHT_BYTES`` on up to
+    ``STREAMED_MAX_CORES`` cores."""
     if config.cpu_threads:
         return CpuThreads(config.cpu_threads, config.cpu_threads), "--cpu-threads"
     env = os.environ.get(THREADS_ENV)
@@ -84,7 +87,7 @@ def pick_cpu_threads(config: ShardConfig, weights: int = 0) -> tuple[CpuThreads,
     if config.world_size > 1:
         share = max(1, cores // config.world_size)
         return CpuThreads(share, share), f"{cores} cores shared by {config.world_size} tensor-parallel ranks"
-    if weights > STREAMED_WEIGHT_BYTES:
+    if weights > STREAMED_WEIGHT_BYTES and cores <= STREAMED_MAX_CORES:
         return CpuThreads(cores, cores), f"{cores} cores: {weights >> 20} MiB of weights, streamed every step"
     return CpuThreads(max(1, cores - 1), cores), f"{cores} cores, one left to the router during decode"
 

@@ -121,8 +121,9 @@ def test_cpu_threads_flag_then_env_then_all_cores_for_prefill_and_all_but_one_fo
 
 
 def test_every_core_for_every_step_when_the_weights_are_streamed(monkeypatch, tiny_model: Path) -> None:
-    """Past STREAMED_WEIGHT_BYTES of weight, decode steps get the router's core too; weight_bytes counts what
-    the loaded model holds (less its norms), in the loaded dtype."""
+    """Past STREAMED_WEIGHT_BYTES of weight, decode steps get the router's core too (on up to
+    STREAMED_MAX_CORES cores); weight_bytes counts what the loaded model holds (less its norms), in the loaded
+    dtype."""
     import os
 
     import torch
@@ -144,6 +145,9 @@ def test_every_core_for_every_step_when_the_weights_are_streamed(monkeypatch, ti
     threads, why = factory.pick_cpu_threads(ShardConfig("m"), limit + 1)
     assert threads == CpuThreads(2, 2) and "streamed" in why
     assert factory.pick_cpu_threads(ShardConfig("m", cpu_threads=1), limit + 1)[0] == CpuThreads(1, 1)
+    many = set(range(factory.STREAMED_MAX_CORES + 1))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: many)
+    assert factory.pick_cpu_threads(ShardConfig("m"), limit + 1)[0] == CpuThreads(len(many) - 1, len(many))
 
 
 def test_step_size_counts_prompt_attention_over_a_cached_prefix() -> None:
