@@ -21,6 +21,7 @@
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
 #include <immintrin.h>
 #define PRISM_AVX512_BF16 1
+#include "cpu_shapes.h"
 #include "cpu_simd.h"
 #endif
 
@@ -350,13 +351,11 @@ void decode_bf16(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
 bool try_bf16(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& t,
               const at::Tensor& l, double scale, at::Tensor& out) {
   const int64_t g = q.size(1) / kc.size(2), d = q.size(2);
-#define PRISM_CASE(G, D) if (g == G && d == D) { decode_bf16<G, D>(q, kc, vc, t, l, scale, out); return true; }
-  PRISM_CASE(1, 64) PRISM_CASE(2, 64) PRISM_CASE(3, 64) PRISM_CASE(4, 64)
-  PRISM_CASE(5, 64) PRISM_CASE(6, 64) PRISM_CASE(7, 64) PRISM_CASE(8, 64)
-  PRISM_CASE(1, 128) PRISM_CASE(2, 128) PRISM_CASE(3, 128) PRISM_CASE(4, 128)
-  PRISM_CASE(5, 128) PRISM_CASE(6, 128) PRISM_CASE(7, 128) PRISM_CASE(8, 128)
-#undef PRISM_CASE
-  return false;
+  if (!prism_shape::compiled(g, d)) return false;
+  prism_shape::dispatch(g, d, [&](auto G, auto D) {
+    decode_bf16<decltype(G)::value, decltype(D)::value>(q, kc, vc, t, l, scale, out);
+  });
+  return true;
 }
 #endif
 

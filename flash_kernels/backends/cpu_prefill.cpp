@@ -25,6 +25,7 @@
 #include <limits>
 #include <vector>
 #include "cpu_prefill_args.h"
+#include "cpu_shapes.h"
 #if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define PRISM_PREFILL_BF16 1
@@ -217,7 +218,7 @@ void prefill_bf16(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& v
 // Whether the compiled path takes (group, head dim) in bf16.
 bool paged_prefill_supported(int64_t group, int64_t dim) {
 #ifdef PRISM_PREFILL_BF16
-  return prism_prefill::compiled_shape(group, dim);
+  return prism_shape::compiled(group, dim);
 #else
   (void)group;
   (void)dim;
@@ -231,7 +232,7 @@ void paged_prefill(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& 
   const int64_t g = a.group, d = a.dim;
   TORCH_CHECK(paged_prefill_supported(g, d), "paged_prefill: not compiled for group ", g, ", head dim ", d);
 #ifdef PRISM_PREFILL_BF16
-  prism_prefill::dispatch(g, d, [&](auto G, auto D) {
+  prism_shape::dispatch(g, d, [&](auto G, auto D) {
     prefill_bf16<decltype(G)::value, decltype(D)::value>(q, kc, vc, a.tables, a.cu, a.seqlens, scale, out);
   });
 #endif

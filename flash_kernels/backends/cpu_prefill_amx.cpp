@@ -23,6 +23,7 @@
 #include <limits>
 #include <vector>
 #include "cpu_prefill_args.h"
+#include "cpu_shapes.h"
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
 #define PRISM_PREFILL_AMX 1
 #include "cpu_amx.h"
@@ -359,7 +360,7 @@ void prefill_amx(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
 // Whether paged_prefill_amx runs here for (group, head dim): built with AMX, the OS grants the tile state.
 bool paged_prefill_amx_supported(int64_t group, int64_t dim) {
 #ifdef PRISM_PREFILL_AMX
-  return prism_amx::tiles_permitted() && prism_prefill::compiled_shape(group, dim);
+  return prism_amx::tiles_permitted() && prism_shape::compiled(group, dim);
 #else
   (void)group;
   (void)dim;
@@ -373,7 +374,7 @@ void paged_prefill_amx(const at::Tensor& q, const at::Tensor& kc, const at::Tens
   const int64_t g = a.group, d = a.dim;
   TORCH_CHECK(paged_prefill_amx_supported(g, d), "paged_prefill_amx: no AMX path for group ", g, ", head dim ", d);
 #ifdef PRISM_PREFILL_AMX
-  prism_prefill::dispatch(g, d, [&](auto G, auto D) {
+  prism_shape::dispatch(g, d, [&](auto G, auto D) {
     prefill_amx<decltype(G)::value, decltype(D)::value>(q, kc, vc, a, scale, out);
   });
 #endif

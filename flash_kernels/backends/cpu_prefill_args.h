@@ -1,32 +1,11 @@
 // The argument checks of the paged prefill ops (cpu_prefill.cpp, cpu_prefill_amx.cpp): their shared contract,
 // AttentionBackend.prefill's (see cpu_prefill.cpp's header), enforced once per call before any pointer is read;
-// and the (group, head dim) shapes both are compiled for, with the dispatch onto them.
+// and a tile's row layout.
 #pragma once
 #include <ATen/ATen.h>
 #include <cstdint>
-#include <type_traits>
 
 namespace prism_prefill {
-
-// Query heads per KV head 1 to 8 (a group that does not divide a tile's rows leaves its last rows as padding),
-// head dims 64 / 128.
-inline bool compiled_shape(int64_t group, int64_t dim) {
-  return 1 <= group && group <= 8 && (dim == 64 || dim == 128);
-}
-
-// Calls f(std::integral_constant<int, G>{}, std::integral_constant<int, D>{}) for (group, dim) = (G, D), one of
-// compiled_shape's; nothing for another shape (check it first).
-template <class F>
-void dispatch(int64_t group, int64_t dim, F&& f) {
-  const auto with_dim = [&](auto g) {
-    if (dim == 64) f(g, std::integral_constant<int, 64>{});
-    if (dim == 128) f(g, std::integral_constant<int, 128>{});
-  };
-  const auto groups = [&](auto... g) { ((group == decltype(g)::value ? with_dim(g) : void()), ...); };
-  groups(std::integral_constant<int, 1>{}, std::integral_constant<int, 2>{}, std::integral_constant<int, 3>{},
-         std::integral_constant<int, 4>{}, std::integral_constant<int, 5>{}, std::integral_constant<int, 6>{},
-         std::integral_constant<int, 7>{}, std::integral_constant<int, 8>{});
-}
 
 // Row r of a tile of R query rows: query head j (of its KV head's G) at position t of the tile's R / G. Not
 // `real` (padding) past G x (R / G) rows, where G does not divide R, or past the piece's `rows` positions.
