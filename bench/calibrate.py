@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.cost_model import MeasuredCost
+from bench.cost_model import MeasuredCost, chunk_pairs
 from bench.loadgen import Endpoint, LoadRequest, parse_counters, run_load
 from bench.workloads.prompts import PromptBuilder
 from bench.workloads.request import WorkloadRequest
@@ -34,7 +34,7 @@ class Sample:
 
 def _features(s: Sample) -> list[float]:
     new = sum(n for n, _ in s.prefill)
-    pairs = sum(n * (c + (n + 1) / 2) for n, c in s.prefill)
+    pairs = sum(chunk_pairs(n, c) for n, c in s.prefill)
     return [1.0, float(new), float(pairs), float(len(s.decode_contexts)), float(sum(s.decode_contexts))]
 
 

@@ -23,6 +23,12 @@ from typing import Protocol
 Chunk = tuple[int, int]  # (new tokens computed in this step, tokens of the request already in KV)
 
 
+def chunk_pairs(new: int, context: int) -> float:
+    """(query, key) pairs of ``new`` prompt tokens computed after ``context`` ones: the i-th new token (from 1)
+    attends to ``context + i`` keys."""
+    return new * (context + (new + 1) / 2)
+
+
 class CostModel(Protocol):
     name: str
 
@@ -116,7 +122,7 @@ class AnalyticCost:
         tokens = sum(n for n, _ in prefill) + len(decode_contexts)
         if tokens == 0:
             return 0.0
-        pairs = sum(n * (ctx + (n + 1) / 2) for n, ctx in prefill) + sum(decode_contexts)
+        pairs = sum(chunk_pairs(n, ctx) for n, ctx in prefill) + sum(decode_contexts)
         compute = self._compute_seconds(tokens, pairs)
         kv_tokens = sum(n + ctx for n, ctx in prefill) + sum(decode_contexts)
         moved = self.model.weight_bytes + kv_tokens * self.model.kv_bytes_per_token
@@ -153,7 +159,7 @@ class MeasuredCost:
         return (
             self.base_s
             + self.prefill_token_s * sum(n for n, _ in prefill)
-            + self.prefill_pair_s * sum(n * (ctx + (n + 1) / 2) for n, ctx in prefill)
+            + self.prefill_pair_s * sum(chunk_pairs(n, ctx) for n, ctx in prefill)
             + self.decode_seq_s * len(decode_contexts)
             + self.decode_ctx_s * sum(decode_contexts)
         )

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.cost_model import CostModel, make_cost_model
+from bench.cost_model import CostModel, chunk_pairs, make_cost_model
 from bench.workload_args import add_workload_args, floats, workload_spec
 from bench.workloads import WorkloadRequest, build, timed
 from bench.workloads.token_ids import prompt_token_ids
@@ -52,11 +52,6 @@ class Work:
 
     def seconds(self, cost: CostModel, steps: int = 0) -> float:
         return cost.work_floor(self.prefill, self.pairs, self.decodes, self.decode_context, steps)
-
-
-def _span(start: int, end: int) -> float:
-    """(query, key) pairs of the tokens at 0-based positions [start, end): the token at q sees q + 1 keys."""
-    return (end * (end + 1) - start * (start + 1)) / 2
 
 
 def _prefix_keys(ids: Sequence[int]) -> list[int]:
@@ -85,7 +80,7 @@ def compulsory(requests: Sequence[WorkloadRequest]) -> list[Work]:
         start = next((p for p, k in enumerate(keys) if k not in seen), len(keys))
         seen.update(keys[start:])
         start = min(start, len(keys) - 1)
-        out.append(Work(len(keys) - start, _span(start, len(keys))))
+        out.append(Work(len(keys) - start, chunk_pairs(len(keys) - start, start)))
     return out
 
 
@@ -113,7 +108,7 @@ def load_floor(requests: Sequence[WorkloadRequest], cost: CostModel, warmup: flo
         return sorted(works, key=lambda w: w.seconds(cost), reverse=True)[:n]
 
     n = len(kept)
-    left_out = costliest([Work(r.prompt_len, _span(0, r.prompt_len)) + _decode(r) for r in kept],
+    left_out = costliest([Work(r.prompt_len, chunk_pairs(r.prompt_len, 0)) + _decode(r) for r in kept],
                          n - math.floor((n - 1) * 0.99) - 1)  # may stay above the interpolated P99
     capacity = kv_capacity_tokens or cost.kv_capacity_tokens
     running = costliest(decodes, capacity // min(r.prompt_len + r.output_len for r in served))
