@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shard import bench
+from shard import bench, cpu_affinity
 from shard.factory import build_runner
 from shard.tests.helpers import make_config
 
@@ -29,7 +29,10 @@ def test_the_floor_runs_from_the_token_ratio_to_the_pair_ratio() -> None:
     assert bench.proportional_floor(0.4) == pytest.approx(0.4 * pair_ratio + 0.6 * tokens)
 
 
-def test_cold_attention_share_times_the_prefill_calls_and_restores_the_backend(tiny_llama: Path) -> None:
+def test_cold_attention_share_times_the_prefill_calls_and_restores_the_backend(
+    monkeypatch: pytest.MonkeyPatch, tiny_llama: Path
+) -> None:
+    monkeypatch.setenv(cpu_affinity.ENV, "0")  # else 2,048-token steps pin this process's thread to one CPU
     runner = build_runner(make_config(tiny_llama, num_blocks=bench.POOL_BLOCKS))
     backends = [layer.self_attn.backend for layer in runner.model.model.layers]
     rng, pool = random.Random(0), bench.BlockCounter()
