@@ -130,7 +130,8 @@ def cold_and_cached(
 
 
 def pairs(new: int, context: int) -> int:
-    """(query, key) pairs of causal attention for the last ``new`` tokens of a ``context``-token prompt."""
+    """(query, key) pairs of causal attention for the last ``new`` tokens of a ``context``-token prompt (the
+    count of ``bench.cost_model.chunk_pairs``, which the import directions keep out of the shard's reach)."""
     return new * (context - new) + new * (new + 1) // 2
 
 
