@@ -7,7 +7,9 @@ Variants (switched on one loaded runner, nothing rebuilt):
     before        SDPA decode over a gathered copy of K/V; separate q/k/v and gate/up matmuls; F.linear
     +kernel       the compiled decode kernel (flash_kernels/backends/cpu_decode.cpp)
     +fused        and the fused q/k/v and gate/up projections (shard/layers/fusion.py)
-    +packed       and the prepacked bf16 weights (shard/layers/packed_linear.py, AMX tiles or oneDNN): the default
+    +packed       and the prepacked bf16 weights (shard/layers/packed_linear.py, AMX tiles or oneDNN)
+    +direct       and the layers' kernels called directly (shard/layers/cpu_direct.py, where it applies): the
+                  default
 Loads: 32 requests with 100-token prompts (the 32-client throughput load) and 12 with 1,040-token prompts (the
 RAG load's contexts), both decoding on 1 thread. Then decode attention alone, one layer's call at the model's
 shape: the SDPA path over a gathered copy against the compiled kernel.
@@ -29,6 +31,7 @@ from flash_kernels.backends.sdpa import decode_gathered
 from shard.bench import BLOCK, _prompt, _request
 from shard.config import ShardConfig
 from shard.factory import build_runner
+from shard.layers import cpu_direct
 from shard.layers.packed_linear import PackedLinear, TiledLinear
 from shard.model_runner import ModelRunner
 
@@ -41,9 +44,10 @@ def switches(runner: ModelRunner) -> dict[str, Callable[[], None]]:
     fused = [(m, name, getattr(m, name)) for m in runner.model.modules()
              for name in ("qkv_proj", "gate_up_proj") if getattr(m, name, None) is not None]
 
-    def setter(use_kernel: bool, use_fused: bool, use_packed: bool) -> Callable[[], None]:
+    def setter(use_kernel: bool, use_fused: bool, use_packed: bool, direct: bool = False) -> Callable[[], None]:
         def apply() -> None:
             cpu_decode.set_enabled(use_kernel)
+            cpu_direct.set_enabled(direct)
             for m, name, module in fused:
                 setattr(m, name, module if use_fused else None)
             for m, kind in packed:
@@ -51,7 +55,8 @@ def switches(runner: ModelRunner) -> dict[str, Callable[[], None]]:
         return apply
 
     return {"before": setter(False, False, False), "+kernel": setter(True, False, False),
-            "+fused": setter(True, True, False), "+packed": setter(True, True, True)}
+            "+fused": setter(True, True, False), "+packed": setter(True, True, True),
+            "+direct": setter(True, True, True, True)}
 
 
 def _requests(runner: ModelRunner, batch: int, prompt: int, first_block: int, rng: random.Random) -> list:
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             for v, apply in variants.items():
                 apply()
                 times[(load, v)].append(step_ms(runner, reqs, args.steps))
-    variants["+packed"]()
+    variants["+direct"]()
     print(f"# {args.model_dir}, dtype {runner.loaded.dtype}, 1 thread; decode step, thread CPU ms (median of "
           f"{args.rounds} interleaved rounds of {args.steps} steps) and ratio to 'before'")
     for load in loads:

@@ -84,6 +84,7 @@ def to_device(s: StepInputs, device: torch.device, block_size: int) -> tuple[tor
 
     # NOTE: only the blocks up to max_seqlen_k are read; a request holds its blocks for all its tokens to come
     width = min(-(-max(s.seqlens_k) // block_size), len(s.block_tables[0]))
+    pieces = [b - a for a, b in zip(s.cu_seqlens_q, s.cu_seqlens_q[1:])]
     tables = array(INT32)
     for row in s.block_tables:
         tables.extend(row[:width])
@@ -93,7 +94,8 @@ def to_device(s: StepInputs, device: torch.device, block_size: int) -> tuple[tor
         block_tables=t(tables, torch.int32, (len(s.block_tables), width)),
         seqlens_k=t(array(INT32, s.seqlens_k), torch.int32),
         cu_seqlens_q=None if s.is_decode else t(array(INT32, s.cu_seqlens_q), torch.int32),
-        max_seqlen_q=max(b - a for a, b in zip(s.cu_seqlens_q, s.cu_seqlens_q[1:])),
+        max_seqlen_q=max(pieces),
         max_seqlen_k=max(s.seqlens_k),
+        min_seqlen_q=min(pieces),
     )
     return t(array(INT64, s.input_ids), torch.int64), meta

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from flash_kernels.api import AttentionBackend
+from shard.layers import cpu_direct
 from shard.layers.fusion import fuse_projections
 from shard.layers.packed_linear import pack_cpu_linears, warm_packed_linears
 from shard.layers.rotary import Rotary
@@ -153,5 +154,6 @@ def load_model(
     fuse_projections(model)
     if pack_cpu_linears(model):
         warm_packed_linears(model)
+        cpu_direct.attach(model)
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     return LoadedModel(model, cfg, tokenizer, eos_ids(folder, cfg, tokenizer), dtype, device)

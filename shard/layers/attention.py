@@ -27,6 +27,7 @@ class AttentionMetadata:
     seqlens_k: (b,) int32 context length per request after this step's tokens.
     cu_seqlens_q: (b + 1,) int32 cumulative new-token counts; None for a decode step (one token per request).
     max_seqlen_q, max_seqlen_k: host ints (upper bounds are allowed for max_seqlen_k).
+    min_seqlen_q: host int, the fewest new tokens of a request in the step (0: not known).
     """
 
     positions: torch.Tensor
@@ -36,6 +37,7 @@ class AttentionMetadata:
     cu_seqlens_q: torch.Tensor | None
     max_seqlen_q: int
     max_seqlen_k: int
+    min_seqlen_q: int = 0
 
     @property
     def is_decode(self) -> bool:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from flash_kernels.api import AttentionBackend
+from shard.layers import cpu_direct
 from shard.layers.attention import AttentionMetadata, AttentionShape, PagedAttention
 from shard.layers.mlp import GatedMLP
 from shard.layers.rmsnorm import RMSNorm
@@ -141,6 +142,7 @@ class LlamaForCausalLM(nn.Module):
             check_divisible(config.heads, config.kv_heads, config.intermediate, tp.world)
         self.config, self.tp = config, tp
         self.model = DecoderModel(config, backend, tp)
+        self.direct_layers: list[cpu_direct.DirectLayer] | None = None  # cpu_direct.attach, after loading
         self.lm_head = nn.Linear(config.hidden, tp.vocab_part(config.vocab_size), bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -159,8 +161,13 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         # NOTE: the embeddings become the residual stream, which the layers update in place (a new tensor here)
         x, residual = self.model.embed_tokens(input_ids), None
-        for layer, kv in zip(self.model.layers, kv_caches):
-            x, residual = layer(x, residual, meta, kv)
+        attend = cpu_direct.step_attention(self, x, meta)
+        if attend is not None:  # bf16 on a CPU: the same kernels without the modules' per-call checks
+            for direct, kv in zip(self.direct_layers, kv_caches):
+                x, residual = direct(x, residual, meta, kv, attend)
+        else:
+            for layer, kv in zip(self.model.layers, kv_caches):
+                x, residual = layer(x, residual, meta, kv)
         if residual is None:  # no layers
             return self.model.norm(x)
         return self.model.norm.add_norm(x, residual)[0]

@@ -1,0 +1,117 @@
+"""A bf16 decoder layer on a CPU as direct kernel calls: the modules' own path, minus its per-call Python.
+
+The modules decide their kernels on every call (dtype, device and switch checks, row-count branches, nested
+module calls): about 65 us a layer on the peer model, against about 155 us for the layer's kernels in a
+32-request decode step (docs/performance.md). :func:`attach` decides once, after loading, whether every layer
+takes the kernels the modules would pick (fused q/k/v and gate/up on AMX tiles, the fused RoPE + KV store,
+the one-pass norms, the compiled attention kernels); :func:`step_attention` decides once per step whether
+this step does (rows, switches, which attention kernel). Then :class:`DirectLayer` makes the same calls in
+the same order on the same tensors, so results are bit-identical to the module path (shard/tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from flash_kernels.backends import cpu_decode, cpu_linear, cpu_pointwise, cpu_prefill
+from shard.layers.packed_linear import TILED_MAX_ROWS, TiledLinear
+
+if TYPE_CHECKING:
+    from shard.layers.attention import AttentionMetadata
+
+# attend(q (n, h, d), key_cache, value_cache, meta, scale) -> (n, h, d)
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "AttentionMetadata", float], torch.Tensor]
+_switch = {"on": True}
+
+
+def set_enabled(on: bool) -> None:
+    """Take the direct path where it applies (the default) or always the modules' path: for A/B runs."""
+    _switch["on"] = on
+
+
+class DirectLayer:
+    """One ``shard.models.llama.DecoderLayer``'s tensors, read once; calling it runs the layer."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        a, mlp = layer.self_attn, layer.mlp
+        self.eps = layer.input_layernorm.eps
+        self.norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
+        self.qkv, self.o, self.gate_up, self.down = a.qkv_proj, a.o_proj, mlp.gate_up_proj, mlp.down_proj
+        self.cos, self.sin = a.rotary.tables()
+        self.heads, self.kv_heads, self.head_dim, self.scale = a.heads, a.kv_heads, a.shape.head_dim, a.scale
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        meta: AttentionMetadata,
+        kv: tuple[torch.Tensor, torch.Tensor],
+        attend: Attend,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``DecoderLayer.forward``: x, residual (n, hidden) bf16 (residual None for the first layer, x
+        then the embeddings) -> (MLP output, residual); ``residual`` is updated in place."""
+        n = x.shape[0]
+        if residual is None:
+            h, residual = cpu_pointwise.rms_norm(x, self.norms[0], self.eps), x
+        else:
+            h = cpu_pointwise.add_rms_norm(x, residual, self.norms[0], self.eps)
+        qkv = _linear(h, self.qkv).view(n, self.heads + 2 * self.kv_heads, self.head_dim)
+        q = cpu_pointwise.rope_store_kv(qkv, meta.positions, self.cos, self.sin, kv[0], kv[1], meta.slots)
+        out = attend(q, kv[0], kv[1], meta, self.scale)
+        h = cpu_pointwise.add_rms_norm(_linear(out.view(n, -1), self.o), residual, self.norms[1], self.eps)
+        return _linear(cpu_pointwise.gated_silu(_linear(h, self.gate_up)), self.down), residual
+
+
+def _linear(x: torch.Tensor, m: TiledLinear) -> torch.Tensor:
+    return cpu_linear.linear(x, m.tiles, m.out_features, m.bias)
+
+
+def attach(model: nn.Module) -> int:
+    """Give ``model`` (a ``shard.models.llama.LlamaForCausalLM``) its :class:`DirectLayer` list (``model.direct_layers``) when every layer runs the
+    kernels it mirrors: bf16 on a CPU, one process (no tensor parallelism), no q/k norm, q/k/v and gate/up
+    fused, every projection on AMX tiles, the ``sdpa`` attention backend (whose CPU kernels it calls), the
+    fused pointwise ops. Returns how many layers got one (0: none, ``direct_layers`` stays None)."""
+    layers = list(model.model.layers)
+    if not layers or model.tp.enabled or not all(_mirrorable(layer) for layer in layers):
+        return 0
+    model.direct_layers = [DirectLayer(layer) for layer in layers]
+    return len(layers)
+
+
+def _mirrorable(layer: nn.Module) -> bool:
+    a, mlp = layer.self_attn, layer.mlp
+    projections = (a.qkv_proj, a.o_proj, mlp.gate_up_proj, mlp.down_proj)
+    norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
+    return (a.shape.qk_norm_eps is None and getattr(a.backend, "name", None) == "sdpa"
+            and all(type(p) is TiledLinear for p in projections)
+            and all(cpu_pointwise.usable(w) for w in norms + (a.qkv_proj.weight,)))
+
+
+def step_attention(model: nn.Module, x: torch.Tensor, meta: AttentionMetadata) -> Attend | None:
+    """The attention kernel of this step when the direct path takes it (None: the modules' path): x (n,
+    hidden) the embeddings. Rows within the tile linears' range, the switches on (this module's, the
+    pointwise ops', the compiled kernels'), and for a prompt step no one-token piece among longer ones (the
+    backend runs those apart) and a compiled prefill form for the model's head shape."""
+    if (model.direct_layers is None or not _switch["on"] or x.shape[0] > TILED_MAX_ROWS
+            or not cpu_pointwise.usable(x) or not cpu_decode.load()):
+        return None
+    if meta.is_decode:
+        return _decode
+    c = model.config
+    if meta.min_seqlen_q > 1 and cpu_prefill.form(c.heads // c.kv_heads, c.head_dim) is not None:
+        return _prefill
+    return None
+
+
+def _decode(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, m: AttentionMetadata, scale: float
+            ) -> torch.Tensor:
+    return cpu_decode.decode(q, kc, vc, m.block_tables, m.seqlens_k, m.max_seqlen_k, scale)
+
+
+def _prefill(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, m: AttentionMetadata, scale: float
+             ) -> torch.Tensor:
+    return cpu_prefill.prefill(q, kc, vc, m.block_tables, m.cu_seqlens_q, m.seqlens_k, scale)

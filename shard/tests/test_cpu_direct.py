@@ -1,0 +1,119 @@
+"""The direct bf16 CPU layer path (shard/layers/cpu_direct.py): hidden states and KV pool bit-identical to the
+modules' path for cold and cached prompt pieces and decode steps, taken exactly where its kernels are the
+modules' own, and attached only to models whose every layer it mirrors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flash_kernels.api import get_backend
+from flash_kernels.backends import cpu_linear
+from shard.layers import cpu_direct
+from shard.layers.attention import AttentionMetadata
+from shard.layers.fusion import fuse_projections
+from shard.layers.packed_linear import TILED_MAX_ROWS, pack_cpu_linears
+from shard.models.llama import DecoderConfig, LlamaForCausalLM
+
+needs_tiles = pytest.mark.skipif(not cpu_linear.usable(), reason="needs a CPU with AMX tiles")
+BLOCK, BLOCKS = 16, 64
+
+
+def _model(dtype: torch.dtype = torch.bfloat16, qk_norm: bool = False) -> LlamaForCausalLM:
+    c = DecoderConfig(vocab_size=300, hidden=256, intermediate=320, layers=2, heads=4, kv_heads=2, head_dim=64,
+                      rms_eps=1e-6, rope_theta=10000.0, rope_scaling=None, max_positions=1024,
+                      tie_embeddings=False, qk_norm=qk_norm)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(c, get_backend("sdpa")).to(dtype)
+    for p in model.parameters():
+        p.data.normal_(0, 0.2)
+    for m in model.modules():
+        if hasattr(m, "cos"):
+            m.float()
+    model.requires_grad_(False)
+    fuse_projections(model)
+    pack_cpu_linears(model)
+    return model
+
+
+def _meta(pieces: list[tuple[int, int]], tables: list[list[int]]) -> tuple[torch.Tensor, AttentionMetadata]:
+    """(cached, new) tokens per request -> token ids and metadata; request i's blocks are ``tables[i]``."""
+    positions, slots, ids = [], [], []
+    for (cached, new), table in zip(pieces, tables):
+        positions += range(cached, cached + new)
+        slots += [table[p // BLOCK] * BLOCK + p % BLOCK for p in range(cached, cached + new)]
+        ids += [(7 * p + len(table)) % 300 for p in range(cached, cached + new)]
+    news = [new for _, new in pieces]
+    cu = torch.tensor([0] + news, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    decode = all(new == 1 for new in news)
+    meta = AttentionMetadata(
+        torch.tensor(positions), torch.tensor(slots), torch.tensor(tables, dtype=torch.int32),
+        torch.tensor([c + n for c, n in pieces], dtype=torch.int32), None if decode else cu, max(news),
+        max(c + n for c, n in pieces), min(news))
+    return torch.tensor(ids), meta
+
+
+def _run_both(model: LlamaForCausalLM, ids: torch.Tensor, meta: AttentionMetadata, kv: list) -> None:
+    """One step on each path over copies of the pool; asserts equal hidden states and pools, and leaves the
+    direct path's pool in ``kv``."""
+    outs, pools = [], []
+    for on in (False, True):
+        cpu_direct.set_enabled(on)
+        pool = [(k.clone(), v.clone()) for k, v in kv]
+        with torch.inference_mode():
+            outs.append(model(ids, meta, pool))
+        pools.append(pool)
+    cpu_direct.set_enabled(True)
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(a, b) for pa, pb in zip(*pools) for a, b in zip(pa, pb))
+    kv[:] = pools[1]
+
+
+@needs_tiles
+def test_direct_layers_equal_the_modules_bit_for_bit() -> None:
+    model = _model()
+    assert cpu_direct.attach(model) == 2
+    kv = [(torch.zeros(BLOCKS, BLOCK, 2, 64, dtype=torch.bfloat16),
+           torch.zeros(BLOCKS, BLOCK, 2, 64, dtype=torch.bfloat16)) for _ in range(2)]
+    tables = [list(range(1, 21)), list(range(21, 41)), list(range(41, 61))]
+    steps = [
+        [(0, 200), (0, 37)],  # cold prompts (the first layer's norm has no residual yet)
+        [(200, 1), (37, 1)],  # decode
+        [(0, 150), (150, 90)],  # a cold prompt beside a piece after 150 cached tokens
+        [(240, 1), (201, 1), (38, 1)],
+    ]
+    for pieces in steps:
+        ids, meta = _meta(pieces, tables[: len(pieces)])
+        assert cpu_direct.step_attention(model, model.model.embed_tokens(ids), meta) is not None
+        _run_both(model, ids, meta, kv)
+
+
+@needs_tiles
+def test_the_modules_run_what_the_direct_path_does_not_mirror() -> None:
+    model = _model()
+    cpu_direct.attach(model)
+    x = torch.zeros(3, 256, dtype=torch.bfloat16)
+    _, mixed = _meta([(10, 1), (0, 2)], [[1], [2]])  # a one-token piece beside a longer one: run apart
+    assert cpu_direct.step_attention(model, x, mixed) is None
+    _, unknown = _meta([(0, 3)], [[1]])
+    assert cpu_direct.step_attention(model, x, unknown) is not None
+    unknown = AttentionMetadata(*[getattr(unknown, f) for f in ("positions", "slots", "block_tables",
+                                                                "seqlens_k", "cu_seqlens_q", "max_seqlen_q",
+                                                                "max_seqlen_k")])  # min_seqlen_q not known
+    assert cpu_direct.step_attention(model, x, unknown) is None
+    rows = torch.zeros(TILED_MAX_ROWS + 1, 256, dtype=torch.bfloat16)
+    _, large = _meta([(0, TILED_MAX_ROWS + 1)], [list(range(1, 50))])
+    assert cpu_direct.step_attention(model, rows, large) is None  # F.linear above the tiles' rows
+    cpu_direct.set_enabled(False)
+    try:
+        assert cpu_direct.step_attention(model, x, _meta([(0, 3)], [[1]])[1]) is None
+    finally:
+        cpu_direct.set_enabled(True)
+
+
+def test_attached_only_where_every_layer_is_mirrored() -> None:
+    fp32 = _model(torch.float32)
+    assert cpu_direct.attach(fp32) == 0 and fp32.direct_layers is None
+    assert cpu_direct.step_attention(fp32, torch.zeros(1, 256), _meta([(0, 1)], [[1]])[1]) is None
+    qk_norm = _model(qk_norm=True)  # Qwen3's per-head norms: not mirrored
+    assert cpu_direct.attach(qk_norm) == 0 and qk_norm.direct_layers is None
