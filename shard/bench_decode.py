@@ -44,7 +44,8 @@ def switches(runner: ModelRunner) -> dict[str, Callable[[], None]]:
     fused = [(m, name, getattr(m, name)) for m in runner.model.modules()
              for name in ("qkv_proj", "gate_up_proj") if getattr(m, name, None) is not None]
 
-    def setter(use_kernel: bool, use_fused: bool, use_packed: bool, direct: bool = False) -> Callable[[], None]:
+    def setter(use_kernel: bool, use_fused: bool, use_packed: bool, direct: bool = False
+               ) -> Callable[[], None]:
         def apply() -> None:
             cpu_decode.set_enabled(use_kernel)
             cpu_direct.set_enabled(direct)

@@ -1,13 +1,12 @@
 """A bf16 decoder layer on a CPU as direct kernel calls: the modules' own path, minus its per-call Python.
 
 The modules decide their kernels on every call (dtype, device and switch checks, row-count branches, nested
-module calls): about 65 us a layer on the peer model, against about 155 us for the layer's kernels in a
-32-request decode step (docs/performance.md). :func:`attach` decides once, after loading, whether every layer
-takes the kernels the modules would pick (fused q/k/v and gate/up on AMX tiles, the fused RoPE + KV store,
-the one-pass norms, the compiled attention kernels); :func:`step_attention` decides once per step whether
-this step does (rows, switches, which attention kernel). Then :class:`DirectLayer` makes the same calls in
-the same order on the same tensors, so results are bit-identical to the module path (shard/tests).
-"""
+module calls); on a small model that costs a large share of a decode step beside its kernels
+(docs/performance.md). :func:`attach` decides once, after loading, whether every layer takes the kernels the
+modules would pick (fused q/k/v and gate/up on AMX tiles, the fused RoPE + KV store, the one-pass norms, the
+``sdpa`` backend); :func:`step_attention` decides once per step whether this step does (rows, switches) and
+how it attends. Then :class:`DirectLayer` makes the same calls in the same order on the same tensors, so
+results are bit-identical to the modules' path (shard/tests/test_cpu_direct.py)."""
 
 from __future__ import annotations
 
@@ -71,10 +70,11 @@ def _linear(x: torch.Tensor, m: TiledLinear) -> torch.Tensor:
 
 
 def attach(model: nn.Module) -> int:
-    """Give ``model`` (a ``shard.models.llama.LlamaForCausalLM``) its :class:`DirectLayer` list (``model.direct_layers``) when every layer runs the
-    kernels it mirrors: bf16 on a CPU, one process (no tensor parallelism), no q/k norm, q/k/v and gate/up
-    fused, every projection on AMX tiles, the ``sdpa`` attention backend (whose CPU kernels it calls), the
-    fused pointwise ops. Returns how many layers got one (0: none, ``direct_layers`` stays None)."""
+    """Give ``model`` (a ``shard.models.llama.LlamaForCausalLM``) its :class:`DirectLayer` list
+    (``model.direct_layers``) when every layer runs the kernels it mirrors: bf16 on a CPU, one process (no
+    tensor parallelism), no q/k norm, q/k/v and gate/up fused, every projection on AMX tiles, the ``sdpa``
+    attention backend (whose CPU kernels it calls), the fused pointwise ops. Returns how many layers got one
+    (0: none, ``direct_layers`` stays None)."""
     layers = list(model.model.layers)
     if not layers or model.tp.enabled or not all(_mirrorable(layer) for layer in layers):
         return 0
@@ -92,10 +92,12 @@ def _mirrorable(layer: nn.Module) -> bool:
 
 
 def step_attention(model: nn.Module, x: torch.Tensor, meta: AttentionMetadata) -> Attend | None:
-    """The attention kernel of this step when the direct path takes it (None: the modules' path): x (n,
-    hidden) the embeddings. Rows within the tile linears' range, the switches on (this module's, the
-    pointwise ops', the compiled kernels'), and for a prompt step no one-token piece among longer ones (the
-    backend runs those apart) and a compiled prefill form for the model's head shape."""
+    """The attention of this step when the direct path takes it (None: the modules' path): x (n, hidden) the
+    embeddings. It does when the rows are within the tile linears' range and the switches are on (this
+    module's, the pointwise ops', the compiled kernels'). Decode steps call the decode kernel; prompt steps
+    whose every piece has several rows call the compiled prefill kernel where it has a form for the model's
+    head shape; other prompt steps (one-token pieces among longer ones, which the backend runs apart) call
+    the backend's ``prefill``, as the modules do."""
     if (model.direct_layers is None or not _switch["on"] or x.shape[0] > TILED_MAX_ROWS
             or not cpu_pointwise.usable(x) or not cpu_decode.load()):
         return None
@@ -104,7 +106,9 @@ def step_attention(model: nn.Module, x: torch.Tensor, meta: AttentionMetadata) -
     c = model.config
     if meta.min_seqlen_q > 1 and cpu_prefill.form(c.heads // c.kv_heads, c.head_dim) is not None:
         return _prefill
-    return None
+    backend = model.model.layers[0].self_attn.backend
+    return lambda q, kc, vc, m, scale: backend.prefill(
+        q, kc, vc, m.block_tables, m.cu_seqlens_q, m.seqlens_k, m.max_seqlen_q, m.max_seqlen_k, scale)
 
 
 def _decode(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, m: AttentionMetadata, scale: float

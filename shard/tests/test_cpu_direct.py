@@ -20,8 +20,8 @@ BLOCK, BLOCKS = 16, 64
 
 
 def _model(dtype: torch.dtype = torch.bfloat16, qk_norm: bool = False) -> LlamaForCausalLM:
-    c = DecoderConfig(vocab_size=300, hidden=256, intermediate=320, layers=2, heads=4, kv_heads=2, head_dim=64,
-                      rms_eps=1e-6, rope_theta=10000.0, rope_scaling=None, max_positions=1024,
+    c = DecoderConfig(vocab_size=300, hidden=256, intermediate=320, layers=2, heads=4, kv_heads=2,
+                      head_dim=64, rms_eps=1e-6, rope_theta=10000.0, rope_scaling=None, max_positions=1024,
                       tie_embeddings=False, qk_norm=qk_norm)
     torch.manual_seed(0)
     model = LlamaForCausalLM(c, get_backend("sdpa")).to(dtype)
@@ -81,6 +81,7 @@ def test_direct_layers_equal_the_modules_bit_for_bit() -> None:
         [(200, 1), (37, 1)],  # decode
         [(0, 150), (150, 90)],  # a cold prompt beside a piece after 150 cached tokens
         [(240, 1), (201, 1), (38, 1)],
+        [(241, 1), (0, 30), (39, 1)],  # decodes beside a prompt piece: attention through the backend
     ]
     for pieces in steps:
         ids, meta = _meta(pieces, tables[: len(pieces)])
@@ -89,18 +90,20 @@ def test_direct_layers_equal_the_modules_bit_for_bit() -> None:
 
 
 @needs_tiles
-def test_the_modules_run_what_the_direct_path_does_not_mirror() -> None:
+def test_the_kernel_each_step_attends_with_and_the_steps_left_to_the_modules() -> None:
     model = _model()
     cpu_direct.attach(model)
     x = torch.zeros(3, 256, dtype=torch.bfloat16)
-    _, mixed = _meta([(10, 1), (0, 2)], [[1], [2]])  # a one-token piece beside a longer one: run apart
-    assert cpu_direct.step_attention(model, x, mixed) is None
-    _, unknown = _meta([(0, 3)], [[1]])
-    assert cpu_direct.step_attention(model, x, unknown) is not None
-    unknown = AttentionMetadata(*[getattr(unknown, f) for f in ("positions", "slots", "block_tables",
-                                                                "seqlens_k", "cu_seqlens_q", "max_seqlen_q",
-                                                                "max_seqlen_k")])  # min_seqlen_q not known
-    assert cpu_direct.step_attention(model, x, unknown) is None
+    _, pieces = _meta([(0, 3)], [[1]])
+    assert cpu_direct.step_attention(model, x, pieces) is cpu_direct._prefill
+    assert cpu_direct.step_attention(model, x, _meta([(5, 1)], [[1]])[1]) is cpu_direct._decode
+    _, mixed = _meta([(10, 1), (0, 2)], [[1], [2]])  # a one-token piece beside a longer one: the backend's
+    unknown = AttentionMetadata(*[getattr(pieces, f) for f in ("positions", "slots", "block_tables",
+                                                               "seqlens_k", "cu_seqlens_q", "max_seqlen_q",
+                                                               "max_seqlen_k")])  # min_seqlen_q not known
+    for meta in (mixed, unknown):
+        attend = cpu_direct.step_attention(model, x, meta)
+        assert attend not in (None, cpu_direct._prefill, cpu_direct._decode)
     rows = torch.zeros(TILED_MAX_ROWS + 1, 256, dtype=torch.bfloat16)
     _, large = _meta([(0, TILED_MAX_ROWS + 1)], [list(range(1, 50))])
     assert cpu_direct.step_attention(model, rows, large) is None  # F.linear above the tiles' rows
