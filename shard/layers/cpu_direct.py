@@ -61,7 +61,7 @@ class DirectLayer:
         qkv = _linear(h, self.qkv).view(n, self.heads + 2 * self.kv_heads, self.head_dim)
         q = cpu_pointwise.rope_store_kv(qkv, meta.positions, self.cos, self.sin, kv[0], kv[1], meta.slots)
         out = attend(q, kv[0], kv[1], meta, self.scale)
-        h = cpu_pointwise.add_rms_norm(_linear(out.view(n, -1), self.o), residual, self.norms[1], self.eps)
+        h = cpu_pointwise.add_rms_norm(_linear(out.reshape(n, -1), self.o), residual, self.norms[1], self.eps)
         return _linear(cpu_pointwise.gated_silu(_linear(h, self.gate_up)), self.down), residual
 
 

@@ -16,13 +16,14 @@ from shard.layers.packed_linear import TILED_MAX_ROWS, pack_cpu_linears
 from shard.models.llama import DecoderConfig, LlamaForCausalLM
 
 needs_tiles = pytest.mark.skipif(not cpu_linear.usable(), reason="needs a CPU with AMX tiles")
-BLOCK, BLOCKS = 16, 64
+BLOCK, BLOCKS = 16, 128
 
 
-def _model(dtype: torch.dtype = torch.bfloat16, qk_norm: bool = False) -> LlamaForCausalLM:
+def _model(dtype: torch.dtype = torch.bfloat16, qk_norm: bool = False, head_dim: int = 64
+           ) -> LlamaForCausalLM:
     c = DecoderConfig(vocab_size=300, hidden=256, intermediate=320, layers=2, heads=4, kv_heads=2,
-                      head_dim=64, rms_eps=1e-6, rope_theta=10000.0, rope_scaling=None, max_positions=1024,
-                      tie_embeddings=False, qk_norm=qk_norm)
+                      head_dim=head_dim, rms_eps=1e-6, rope_theta=10000.0, rope_scaling=None,
+                      max_positions=1024, tie_embeddings=False, qk_norm=qk_norm)
     torch.manual_seed(0)
     model = LlamaForCausalLM(c, get_backend("sdpa")).to(dtype)
     for p in model.parameters():
@@ -70,21 +71,26 @@ def _run_both(model: LlamaForCausalLM, ids: torch.Tensor, meta: AttentionMetadat
 
 
 @needs_tiles
-def test_direct_layers_equal_the_modules_bit_for_bit() -> None:
-    model = _model()
+@pytest.mark.parametrize("head_dim", [64, 16])  # 16: no compiled prefill form (torch's flash kernel)
+def test_direct_layers_equal_the_modules_bit_for_bit(head_dim: int) -> None:
+    model = _model(head_dim=head_dim)
     assert cpu_direct.attach(model) == 2
-    kv = [(torch.zeros(BLOCKS, BLOCK, 2, 64, dtype=torch.bfloat16),
-           torch.zeros(BLOCKS, BLOCK, 2, 64, dtype=torch.bfloat16)) for _ in range(2)]
-    tables = [list(range(1, 21)), list(range(21, 41)), list(range(41, 61))]
+    kv = [(torch.zeros(BLOCKS, BLOCK, 2, head_dim, dtype=torch.bfloat16),
+           torch.zeros(BLOCKS, BLOCK, 2, head_dim, dtype=torch.bfloat16)) for _ in range(2)]
+    a, b, c, long = (list(range(first, first + 20)) for first in (1, 21, 41, 61))  # block tables
+    long += list(range(81, 101))
     steps = [
-        [(0, 200), (0, 37)],  # cold prompts (the first layer's norm has no residual yet)
-        [(200, 1), (37, 1)],  # decode
-        [(0, 150), (150, 90)],  # a cold prompt beside a piece after 150 cached tokens
-        [(240, 1), (201, 1), (38, 1)],
-        [(241, 1), (0, 30), (39, 1)],  # decodes beside a prompt piece: attention through the backend
+        ([(0, 200), (0, 37)], [a, b]),  # cold prompts (the first layer's norm has no residual yet)
+        ([(200, 1), (37, 1)], [a, b]),  # decode
+        ([(0, 150), (150, 90)], [a, b]),  # a cold prompt beside a piece after 150 cached tokens
+        ([(240, 1), (201, 1), (38, 1)], [a, b, c]),
+        ([(241, 1), (0, 30), (39, 1)], [a, b, c]),  # decodes beside a prompt piece: the backend attends
+        ([(0, 60)], [a]),  # one cold prompt, one piece after its prefix (the backend's one-request paths)
+        ([(60, 30)], [a]),
+        ([(0, 530)], [long]),  # rows padded for torch's flash kernel (sdpa.PAD_MIN_ROWS): a strided result
     ]
-    for pieces in steps:
-        ids, meta = _meta(pieces, tables[: len(pieces)])
+    for pieces, tables in steps:
+        ids, meta = _meta(pieces, tables)
         assert cpu_direct.step_attention(model, model.model.embed_tokens(ids), meta) is not None
         _run_both(model, ids, meta, kv)
 
