@@ -74,7 +74,7 @@ class TiledLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) bf16 -> (..., out); the leading dims are flattened into rows."""
-        if x.dim() == 2 and x.shape[0] <= TILED_MAX_ROWS:  # a layer's rows: no reshapes (a decode step's 17 calls)
+        if x.dim() == 2 and x.shape[0] <= TILED_MAX_ROWS:  # a layer's rows: no reshapes
             return cpu_linear.linear(x, self.tiles, self.out_features, self.bias)
         rows = x.numel() // x.shape[-1]
         flat = x.reshape(rows, x.shape[-1])

@@ -1,6 +1,6 @@
 """The direct bf16 CPU layer path (shard/layers/cpu_direct.py): hidden states and KV pool bit-identical to the
-modules' path for cold and cached prompt pieces and decode steps, taken exactly where its kernels are the
-modules' own, and attached only to models whose every layer it mirrors."""
+modules' path for cold and cached prompt pieces, decode steps and mixed steps, with the compiled kernels and
+through the backend; the attention each step takes; attached only to models whose every layer it mirrors."""
 
 from __future__ import annotations
 
