@@ -11,7 +11,7 @@ results are bit-identical to the modules' path (shard/tests/test_cpu_direct.py).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
@@ -32,6 +32,11 @@ def set_enabled(on: bool) -> None:
     _switch["on"] = on
 
 
+def enabled() -> bool:
+    """:func:`set_enabled`'s last setting (True by default)."""
+    return _switch["on"]
+
+
 class DirectLayer:
     """One ``shard.models.llama.DecoderLayer``'s tensors, read once; calling it runs the layer."""
 
@@ -39,7 +44,8 @@ class DirectLayer:
         a, mlp = layer.self_attn, layer.mlp
         self.eps = layer.input_layernorm.eps
         self.norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
-        self.qkv, self.o, self.gate_up, self.down = a.qkv_proj, a.o_proj, mlp.gate_up_proj, mlp.down_proj
+        projections = (a.qkv_proj, a.o_proj, mlp.gate_up_proj, mlp.down_proj)
+        self.qkv, self.o, self.gate_up, self.down = map(_Tiles.of, projections)
         self.cos, self.sin = a.rotary.tables()
         self.heads, self.kv_heads, self.head_dim, self.scale = a.heads, a.kv_heads, a.shape.head_dim, a.scale
 
@@ -65,7 +71,19 @@ class DirectLayer:
         return _linear(cpu_pointwise.gated_silu(_linear(h, self.gate_up)), self.down), residual
 
 
-def _linear(x: torch.Tensor, m: TiledLinear) -> torch.Tensor:
+class _Tiles(NamedTuple):
+    """A :class:`TiledLinear`'s packed weight, output width and bias, read from the module once."""
+
+    tiles: torch.Tensor
+    out_features: int
+    bias: torch.Tensor | None
+
+    @classmethod
+    def of(cls, m: TiledLinear) -> _Tiles:
+        return cls(m.tiles, m.out_features, m.bias)
+
+
+def _linear(x: torch.Tensor, m: _Tiles) -> torch.Tensor:
     return cpu_linear.linear(x, m.tiles, m.out_features, m.bias)
 
 
