@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from shard import bench, cpu_affinity
+from shard.layers import cpu_direct
 from shard.factory import build_runner
 from shard.tests.helpers import make_config
 
@@ -39,3 +40,4 @@ def test_cold_attention_share_times_the_prefill_calls_and_restores_the_backend(
     share = bench.cold_attention_share(runner, rng, runner.model.config.vocab_size, pool)
     assert 0.0 < share < 1.0
     assert [layer.self_attn.backend for layer in runner.model.model.layers] == backends
+    assert cpu_direct.enabled()  # switched back on after the timed steps
