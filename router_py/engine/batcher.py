@@ -458,7 +458,13 @@ class Batcher:
     def _dispatch(self, generations: Iterable[Generation]) -> None:
         for gen in generations:
             state = self._states.get(gen.request_id)
-            if state is None or state.dropped or not state.running or state.round_id != gen.request_id:
+            if state is None or not state.running or state.round_id != gen.request_id:
+                continue
+            if state.dropped:
+                if gen.error is not None or gen.generated_text is not None:
+                    # It left the shard's batch in this step, so _filter never sees it again: release it now.
+                    self._end(state, computed=gen.error is None)
+                    self._metrics.inc("tgi_request_failure", err="dropped")
                 continue
             if gen.error is not None:
                 # Only this request failed (the shard dropped it from the batch); the others go on.

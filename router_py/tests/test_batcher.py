@@ -231,6 +231,22 @@ async def test_client_gone_mid_stream_is_dropped_and_released(tmp_path: Path) ->
         await close(s)
 
 
+async def test_client_gone_before_its_last_token_is_released(tmp_path: Path) -> None:
+    """The step that ends a dropped request carries its last generation: it is released then, not left
+    running with its blocks and its cached path locked (which wedged the queue once the pool filled)."""
+    s = await make_stack(tmp_path, FakeOptions(step_delay_s=0.005))
+    try:
+        for n in range(3):
+            stream = s.batcher.generate_stream(request(f"leave at the end {n}", max_new_tokens=2))
+            await stream.__anext__()
+            await stream.aclose()
+            await drained(s)
+        assert s.metrics.value("tgi_request_failure", err="dropped") == 3
+        assert len(s.scheduler.released) == 3 and not s.batcher._states
+    finally:
+        await close(s)
+
+
 async def test_client_gone_while_queued_is_cancelled(tmp_path: Path) -> None:
     s = await make_stack(tmp_path, FakeOptions(step_delay_s=0.005), max_batch_size=1)
     try:
