@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -61,7 +62,12 @@ class Stack:
 
 
 async def make_stack(
-    tmp: Path, options: FakeOptions | None = None, world: int = 1, metrics: Metrics | None = None, **config_kw
+    tmp: Path,
+    options: FakeOptions | None = None,
+    world: int = 1,
+    metrics: Metrics | None = None,
+    policy: tuple[str, str] = ("fcfs", "lru"),
+    **config_kw,
 ) -> Stack:
     options = options or FakeOptions()
     cluster = await FakeCluster(str(tmp / "shard"), world, options).start()
@@ -70,7 +76,7 @@ async def make_stack(
     info, shard = await handshake(client, config)
     num_blocks = None if shard.requires_padding else info.max_batch_total_tokens // shard.block_size
     sched_config = SchedulerConfig(
-        scheduler="fcfs", cache_policy="lru", num_blocks=num_blocks, block_size=shard.block_size,
+        scheduler=policy[0], cache_policy=policy[1], num_blocks=num_blocks, block_size=shard.block_size,
         support_chunking=shard.support_chunking,
     )
     scheduler, plans = RecordingScheduler(make_scheduler(sched_config)), []
@@ -243,6 +249,49 @@ async def test_client_gone_before_its_last_token_is_released(tmp_path: Path) -> 
             await drained(s)
         assert s.metrics.value("tgi_request_failure", err="dropped") == 3
         assert len(s.scheduler.released) == 3 and not s.batcher._states
+    finally:
+        await close(s)
+
+
+async def test_random_churn_leaves_nothing_held(tmp_path: Path) -> None:
+    """Streams over shared prefixes that end, fail alone or lose their client at random points (queued, after
+    any token, at the last), through a pool small enough to evict: once drained, every admitted request was
+    released once, every other one cancelled, and no block is held."""
+    s = await make_stack(tmp_path, FakeOptions(step_delay_s=0.002, num_blocks=32, poison_word="poison"),
+                         policy=("qas", "dart"), max_input_tokens=200, max_total_tokens=256,
+                         max_batch_prefill_tokens=512)
+    rng = random.Random(7)
+    # NOTE: the fake tokenization keys a token on its word's length and position, hence words of random length
+    prefixes = [" ".join("p" * rng.randrange(1, 9) for _ in range(40)) for _ in range(3)]
+
+    async def client(n: int) -> None:
+        await asyncio.sleep(rng.random() * 0.05)
+        words = [rng.choice(prefixes)] + ["u" * rng.randrange(1, 9) for _ in range(rng.randrange(1, 60))]
+        if rng.random() < 0.1:
+            words.append("poison")
+        max_new = rng.randrange(1, 7)
+        leave_after = rng.choice([None, 0, 1, max_new - 1, max_new])
+        stream = s.batcher.generate_stream(request(" ".join(words), max_new_tokens=max_new))
+        try:
+            first = asyncio.ensure_future(stream.__anext__())
+            if leave_after == 0:  # before its first token: queued or running
+                await asyncio.sleep(rng.random() * 0.01)
+                first.cancel()
+            read, event = 0, await first
+            while not isinstance(event, EndEvent) and (leave_after is None or read + 1 < leave_after):
+                event, read = await stream.__anext__(), read + 1
+        except (InferError, StopAsyncIteration, asyncio.CancelledError):
+            pass
+        finally:
+            await stream.aclose()
+
+    try:
+        await asyncio.gather(*(client(n) for n in range(60)))
+        await drained(s)
+        admitted = {adm.request.id for plan in s.scheduler.plans for adm in plan.admissions}
+        assert sorted(s.scheduler.released) == sorted(admitted)
+        assert set(s.scheduler.cancelled) == {r.id for r in s.scheduler.enqueued} - admitted
+        assert s.scheduler.cache_stats()["blocks_in_use"] == 0 and not s.batcher._states
     finally:
         await close(s)
 
