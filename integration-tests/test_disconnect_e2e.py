@@ -1,7 +1,7 @@
 """Clients that leave and long generations (issue 16 item 4), against the real stack: a non-streamed request
 whose client disconnected leaves the batch within a step or two (not at the end of its 1,024-token round), its
-blocks return, the router logs no "Task was destroyed but it is pending!", and a generation past 3,072 tokens
-gets every token it asked for."""
+blocks return, so do those of streams left just before their last token, the router logs no "Task was
+destroyed but it is pending!", and a generation past 3,072 tokens gets every token it asked for."""
 
 from __future__ import annotations
 
@@ -60,6 +60,24 @@ def test_streams_dropped_mid_way_log_no_pending_task(stack: Stack) -> None:
     _wait_idle(stack, 10.0)
     time.sleep(0.5)
     assert "Task was destroyed but it is pending" not in stack.process.log_tail(200_000)
+
+
+def test_streams_left_before_their_last_token_hold_no_blocks(stack: Stack) -> None:
+    """A client that reads its first token and leaves, its request finishing in the next step or two: each
+    held its blocks (and its cached path) for good before, until no request could be admitted."""
+    for n in range(12):
+        body = f'{{"inputs": "leave before the end {n}", "parameters": {{"max_new_tokens": {2 + n % 3}}}}}'
+        sock = _raw_post(stack, "/generate_stream", body.encode())
+        sock.settimeout(30)
+        received = b""
+        while b"data:" not in received:  # the headers may come alone first
+            chunk = sock.recv(4096)
+            assert chunk, "the stream ended before its first token"
+            received += chunk
+        sock.close()
+    _wait_idle(stack, 10.0)
+    time.sleep(0.2)
+    assert stack.metric('prism_prefix_cache_blocks{state="in_use"}') == 0
 
 
 def test_generation_past_3072_tokens_is_not_cut_short(stack: Stack) -> None:
