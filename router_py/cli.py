@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--max-stop-sequences", type=int, default=4)
     p.add("--max-top-n-tokens", type=int, default=5)
     p.add("--max-client-batch-size", type=int, default=4)
+    p.add("--validation-workers", type=int, default=2, help="threads that tokenize prompts")
     p.add("--max-input-tokens", type=int, default=None)
     p.add("--max-total-tokens", type=int, default=None)
     p.add("--disable-grammar-support", action="store_true")
@@ -230,6 +231,7 @@ def router_config(args: argparse.Namespace, info: BackendInfo, known: Tenants | 
         max_input_tokens=info.max_input_tokens,
         max_total_tokens=info.max_total_tokens,
         max_client_batch_size=args.max_client_batch_size,
+        validation_workers=args.validation_workers,
         payload_limit=args.payload_limit,
         api_key=args.api_key,
         cors_allow_origin=origins,

@@ -27,7 +27,7 @@ class RouterConfig:
     max_input_tokens: int = 4095
     max_total_tokens: int = 4096
     max_client_batch_size: int = 4
-    validation_workers: int = 2
+    validation_workers: int = 2  # threads that tokenize prompts (Validator), off the event loop
     payload_limit: int = 2_000_000
     api_key: str | None = None
     cors_allow_origin: tuple[str, ...] = ()
@@ -50,3 +50,5 @@ class RouterConfig:
             )
         if self.max_concurrent_requests <= 0:
             raise ValueError("`max_concurrent_requests` must be > 0")
+        if self.validation_workers <= 0:
+            raise ValueError("`validation_workers` must be > 0")

@@ -79,7 +79,7 @@ async def run_generate(
         sequences = max(best_of, 1)
         state.permits.acquire(sequences)
         try:
-            valid = state.validator.validate(req, namespace, add_special_tokens)
+            valid = await state.validator.validate(req, namespace, add_special_tokens)
             valid = await with_grammar(valid, req.parameters.grammar, state.config.disable_grammar_support)
             validated = now()
             state.record_validated(valid.input_length, valid.stopping.max_new_tokens)
@@ -145,7 +145,7 @@ async def open_stream(
     Raises HttpError, including incomplete_generation_stream when the backend ends without an EndEvent."""
     state.permits.acquire()
     try:
-        valid = state.validator.validate(req, namespace, add_special_tokens)
+        valid = await state.validator.validate(req, namespace, add_special_tokens)
         valid = await with_grammar(valid, req.parameters.grammar, state.config.disable_grammar_support)
         run = StreamRun(valid, now())
         state.record_validated(run.valid.input_length, run.valid.stopping.max_new_tokens)

@@ -8,7 +8,9 @@ Two stages, as in TGI: :func:`parse_generate_request` is the JSON deserializer (
 
 from __future__ import annotations
 
+import asyncio
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,11 +190,15 @@ def tenant_namespace(config: RouterConfig, headers: Any) -> str:
 
 
 class Validator:
-    """Checks a :class:`GenerateRequest` and turns it into the backend's :class:`ValidRequest`."""
+    """Checks a :class:`GenerateRequest` and turns it into the backend's :class:`ValidRequest`. Prompts are
+    tokenized on ``config.validation_workers`` threads (TGI's validation workers): the tokenizer releases
+    the GIL, so a long prompt (about 3 ms for 1,500 tokens) does not hold the event loop, which streams
+    the other requests' tokens and feeds the batcher meanwhile."""
 
     def __init__(self, tokenizer: Tokenizer, config: RouterConfig) -> None:
         self.tokenizer = tokenizer
         self.config = config
+        self._workers = ThreadPoolExecutor(config.validation_workers, thread_name_prefix="validation")
 
     def validate_best_of(self, best_of: int) -> int:
         if self.config.max_best_of == 1 and best_of != 1:
@@ -203,7 +209,7 @@ class Validator:
             )
         return best_of
 
-    def validate(
+    async def validate(
         self, request: GenerateRequest, namespace: str = "", add_special_tokens: bool = True
     ) -> ValidRequest:
         """Raises HttpError(422) with TGI's first failing check, in TGI's order."""
@@ -218,7 +224,9 @@ class Validator:
                 "`truncate` must be strictly positive and less than "
                 f"{cfg.max_input_tokens}. Given: {p.truncate}"
             )
-        input_ids = self._tokenize(request.inputs, p.truncate, add_special_tokens)
+        input_ids = await asyncio.get_running_loop().run_in_executor(
+            self._workers, self._tokenize, request.inputs, p.truncate, add_special_tokens
+        )
         max_new_tokens = self._check_lengths(len(input_ids), p.max_new_tokens)
         # NOTE: the grammar, TGI's last check, is checked by router_py.http.grammar.with_grammar off the event loop
         namespace = f"{namespace}@{p.adapter_id}" if p.adapter_id else namespace

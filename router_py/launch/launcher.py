@@ -44,6 +44,7 @@ log = logging.getLogger("router_py.launch.launcher")
 ROUTER_VALUE_FLAGS = (
     "max_input_tokens", "max_total_tokens", "max_batch_prefill_tokens", "max_batch_total_tokens",
     "max_concurrent_requests", "max_best_of", "max_stop_sequences", "max_top_n_tokens", "max_client_batch_size",
+    "validation_workers",
     "waiting_served_ratio", "max_waiting_tokens", "max_batch_size", "api_key", "payload_limit",
     "otlp_endpoint", "otlp_service_name", "tenant_header", "scheduler", "cache_policy",
     "shard_recovery_timeout", "api_keys_file", "kv_events_config", "kv_tier_policy",
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--max-batch-total-tokens", int), ("--max-concurrent-requests", int), ("--max-best-of", int),
         ("--max-stop-sequences", int), ("--max-top-n-tokens", int), ("--max-client-batch-size", int),
         ("--max-waiting-tokens", int), ("--max-batch-size", int), ("--payload-limit", int),
+        ("--validation-workers", int),
     ):
         p.add(flag, type=kind, default=None)
     p.add("--waiting-served-ratio", type=float, default=0.3)

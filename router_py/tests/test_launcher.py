@@ -47,6 +47,7 @@ def test_hostname_that_is_not_an_ip_binds_all_interfaces() -> None:
 
 def test_launcher_forwards_router_and_shard_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAX_CONCURRENT_REQUESTS", "7")
+    monkeypatch.setenv("VALIDATION_WORKERS", "3")  # TGI's variable
     args = launcher.build_parser().parse_args([
         "--port", "8080", "--num-shard", "2", "--shard-uds-path", "/tmp/x", "--num-blocks", "64",
         "--scheduler", "qas", "--no-prefix-cache", "--scheduler-param", "k=2", "--api-key", "secret",
@@ -55,7 +56,8 @@ def test_launcher_forwards_router_and_shard_flags(monkeypatch: pytest.MonkeyPatc
     joined = " ".join(router)
     for part in ("--master-shard-uds-path /tmp/x-0", "--tokenizer-name /models/m", "--served-model-name org/m",
                  "--port 8080", "--max-concurrent-requests 7", "--scheduler qas", "--no-prefix-cache",
-                 "--scheduler-param k=2", "--api-key secret", "--waiting-served-ratio 0.3"):
+                 "--scheduler-param k=2", "--api-key secret", "--waiting-served-ratio 0.3",
+                 "--validation-workers 3"):
         assert part in joined
     shard = launcher.shard_command(args, "/models/m")
     assert shard[1:5] == ["serve", "/models/m", "--uds-path", "/tmp/x"] and "--num-blocks" in shard
@@ -254,7 +256,8 @@ def test_router_wiring_builds_configs_from_flags_and_warmup() -> None:
     from router_py.shard_client.messages import ShardInfo
 
     args = cli.parse_args(["--tokenizer-name", "/m", "--no-prefix-cache", "--cors-allow-origin", "http://a,http://b",
-                           "--scheduler", "lpm", "--cache-policy", "lfu", "--scheduler-param", "w=4"])
+                           "--scheduler", "lpm", "--cache-policy", "lfu", "--scheduler-param", "w=4",
+                           "--validation-workers", "4"])
     info = BackendInfo(max_input_tokens=100, max_total_tokens=200, max_batch_total_tokens=3200, block_size=16,
                        requires_padding=False, dtype="f32", device_type="cpu", support_chunking=True,
                        use_prefix_caching=True)
@@ -268,3 +271,4 @@ def test_router_wiring_builds_configs_from_flags_and_warmup() -> None:
     router = cli.router_config(args, info)
     assert (router.model_id, router.max_input_tokens, router.max_total_tokens) == ("/m", 100, 200)
     assert router.cors_allow_origin == ("http://a", "http://b") and not router.prefix_caching
+    assert router.validation_workers == 4
