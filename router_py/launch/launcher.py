@@ -113,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
           help="fraction of the device's free memory (after the weights) the shard's KV pool takes")
     p.add("--quantize", choices=TGI_QUANTIZE, default=None,
           help="accepted for TGI compatibility; this shard has no quantized kernels, so any value is refused")
+    # ---- TGI flags taken as TGI takes them, or with nothing for them to do here ----
+    p.add("--max-input-length", type=int, default=None, help="TGI's former name of --max-input-tokens")
+    p.add("--disable-custom-kernels", action="store_true",
+          help="shards run torch's own ops: no compiled CPU kernels (PRISM_CPU_DECODE_KERNEL=0) and the sdpa "
+               "attention backend unless --attention-backend names one")
+    p.add("--trust-remote-code", action="store_true",
+          help="accepted for TGI compatibility; no effect: the shard's loaders run no code from the model folder")
+    p.add("--usage-stats", choices=("on", "off", "no-stack"), default="on",
+          help="accepted for TGI compatibility; no effect: prism-serve collects and sends no usage statistics")
+    p.add("--prometheus-port", type=int, default=9000,
+          help="accepted for TGI compatibility; /metrics is served on --port (TGI's separate listener serves "
+               "nothing either)")
     p.add("--scheduler-param", action="append", default=None, metavar="KEY=VALUE")
     p.add("--kv-events-config", type=kv_events_arg, default=None, metavar="JSON",
           help="vLLM's flag, passed to the router: publish KV cache events over ZMQ (docs/kv-events.md)")
@@ -139,6 +151,9 @@ def check_args(args: argparse.Namespace) -> str | None:
     message, or None."""
     if args.data_parallel < 1 or args.num_shard < 1:
         return f"`--data-parallel` and `--num-shard` must be >= 1. Given: {args.data_parallel} and {args.num_shard}"
+    if args.max_input_tokens is not None and args.max_input_length is not None:
+        return ("give `--max-input-tokens` (MAX_INPUT_TOKENS) or its former name `--max-input-length` "
+                f"(MAX_INPUT_LENGTH), not both. Given: {args.max_input_tokens} and {args.max_input_length}")
     if args.quantize is not None:
         return (f"`--quantize {args.quantize}` (QUANTIZE) is not supported: this shard has no quantized kernels; "
                 "serve an unquantized checkpoint (--dtype float16/bfloat16) instead")
@@ -165,6 +180,8 @@ def shard_command(args: argparse.Namespace, model_dir: str, group: int = 0) -> l
     for name in ("num_blocks", "block_size", "dtype", "attention_backend", "load_format", "cuda_graphs",
                  "otlp_endpoint", "kv_host_tokens", "kv_disk_tokens", "kv_disk_path"):
         value = getattr(args, name)
+        if name == "attention_backend" and value is None and args.disable_custom_kernels:
+            value = "sdpa"
         if name == "kv_disk_path" and value is not None and args.data_parallel > 1:
             value = f"{value}/dp{group}"  # NOTE: a replica's disk tier clears and reuses its own files only
         if value is not None:
@@ -176,6 +193,7 @@ def shard_command(args: argparse.Namespace, model_dir: str, group: int = 0) -> l
 
 
 THP_ALLOC = "THP_MEM_ALLOC_ENABLE"  # read by torch once, at its first allocation: only a process env works
+CPU_KERNELS = "PRISM_CPU_DECODE_KERNEL"  # flash_kernels.backends.cpu_decode.ENV: 0 builds none of the CPU kernels
 
 
 def shard_env(args: argparse.Namespace, rank: int, group: int = 0) -> dict[str, str]:
@@ -188,6 +206,8 @@ def shard_env(args: argparse.Namespace, rank: int, group: int = 0) -> dict[str, 
     # torch's CPU allocator then backs tensors of 2 MB and more (the KV pool) with transparent huge pages: a
     # 16-token block of the peer model is one 4 KB page, and a decode step walks thousands of them.
     child.setdefault(THP_ALLOC, "1")
+    if args.disable_custom_kernels:
+        child[CPU_KERNELS] = "0"
     if args.data_parallel > 1:
         child["LOCAL_RANK"] = str(group * args.num_shard + rank)
     else:
@@ -230,6 +250,8 @@ def router_command(args: argparse.Namespace, model_dir: str, model_id: str) -> l
            "--served-model-name", model_id, "--hostname", args.hostname, "--port", str(args.port)]
     for name in ROUTER_VALUE_FLAGS:
         value = service_name(args.otlp_service_name) if name == "otlp_service_name" else getattr(args, name)
+        if name == "max_input_tokens" and value is None:
+            value = args.max_input_length
         if value is not None:
             cmd += [f"--{name.replace('_', '-')}", str(value)]
     cmd += [f"--{n.replace('_', '-')}" for n in ROUTER_BOOL_FLAGS if getattr(args, n)]
@@ -266,6 +288,8 @@ def run(args: argparse.Namespace) -> int:
     if error is not None:
         log.error("%s", error)
         return 1
+    if args.trust_remote_code:
+        log.info("--trust-remote-code has no effect: the shard's loaders run no code from the model folder")
     try:
         model_dir, model_id = resolve_model(args.model_id, args.revision)
     except ModelSourceError as e:

@@ -76,6 +76,23 @@ def test_launcher_forwards_router_and_shard_flags(monkeypatch: pytest.MonkeyPatc
     assert "LOCAL_RANK" not in launcher.shard_env(args, 1)
 
 
+def test_tgi_flags_without_their_own_use_here_are_taken_as_tgi_takes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_INPUT_LENGTH", "100")  # TGI's former name of MAX_INPUT_TOKENS
+    args = launcher.build_parser().parse_args([
+        "--trust-remote-code", "--usage-stats", "off", "--prometheus-port", "9001", "--disable-custom-kernels",
+    ])
+    assert launcher.check_args(args) is None
+    assert "--max-input-tokens 100" in " ".join(launcher.router_command(args, "/m", "m"))
+    shard = launcher.shard_command(args, "/m")
+    assert shard[shard.index("--attention-backend") + 1] == "sdpa"
+    assert launcher.shard_env(args, 0)[launcher.CPU_KERNELS] == "0"
+    chosen = launcher.build_parser().parse_args(["--disable-custom-kernels", "--attention-backend", "reference"])
+    assert "reference" in launcher.shard_command(chosen, "/m")
+    both = launcher.build_parser().parse_args(["--max-input-tokens", "90"])
+    assert "not both" in launcher.check_args(both)
+    assert launcher.CPU_KERNELS not in launcher.shard_env(both, 0)
+
+
 def test_launcher_passes_graph_and_load_flags_to_the_shards(monkeypatch: pytest.MonkeyPatch) -> None:
     plain = launcher.shard_command(launcher.build_parser().parse_args([]), "/m")
     assert not {"--cuda-graphs", "--load-format", "--enforce-eager"} & set(plain)
