@@ -36,11 +36,6 @@ def prism_cache_dir() -> str | None:
     return os.environ.get("PRISM_CACHE_DIR")
 
 
-def graceful_termination_timeout_s() -> float:
-    """``GRACEFUL_TERMINATION_TIMEOUT`` (TGI's, default 90 s): how long children get to stop."""
-    return float(os.environ.get("GRACEFUL_TERMINATION_TIMEOUT", "90"))
-
-
 def shard_threads() -> str | None:
     """``PRISM_SHARD_THREADS``: torch threads of every CPU shard (the shard reads it; the launcher sets it for
     data-parallel replicas when it is not set already). None when unset or empty."""

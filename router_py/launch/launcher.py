@@ -31,7 +31,7 @@ from router_py.cli import CACHE_POLICIES, SCHEDULERS, setup_logging
 from router_py.kv_events.config import kv_events_arg
 from router_py.launch.env_args import EnvArgs
 from router_py.launch.model_source import ModelSourceError, resolve_model
-from router_py.launch.process_group import ProcessGroup, RestartPolicy, executable
+from router_py.launch.process_group import GRACE_S, ProcessGroup, RestartPolicy, executable
 from router_py.tracing import service_name
 
 # TGI's --quantize values (launcher and shard), accepted so that a TGI command line parses, then refused.
@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
           help="accepted for TGI compatibility; this shard has no quantized kernels, so any value is refused")
     # ---- TGI flags taken as TGI takes them, or with nothing for them to do here ----
     p.add("--max-input-length", type=int, default=None, help="TGI's former name of --max-input-tokens")
+    p.add("--graceful-termination-timeout", type=float, default=GRACE_S,
+          help="seconds each child gets to stop after SIGTERM before SIGKILL")
     p.add("--disable-custom-kernels", action="store_true",
           help="shards run torch's own ops: no compiled CPU kernels (PRISM_CPU_DECODE_KERNEL=0) and the sdpa "
                "attention backend unless --attention-backend names one")
@@ -295,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
     except ModelSourceError as e:
         log.error("%s", e)
         return 1
-    group = ProcessGroup()
+    group = ProcessGroup(args.graceful_termination_timeout)
     previous = {sig: signal.signal(sig, lambda signum, frame: group.request_stop(signum))
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     paths = socket_paths(args)

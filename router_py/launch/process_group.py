@@ -17,12 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from router_py import env
-
 log = logging.getLogger("router_py.launch.launcher")
 
 PR_SET_PDEATHSIG = 1
-GRACE_S = env.graceful_termination_timeout_s()
+GRACE_S = 90.0  # TGI's default graceful termination timeout
 
 
 def executable(name: str) -> str:
@@ -71,9 +69,10 @@ class RestartPolicy:
 
 
 class ProcessGroup:
-    def __init__(self) -> None:
+    def __init__(self, grace_s: float = GRACE_S) -> None:
         self.children: list[Child] = []
         self.stopping = False
+        self.grace_s = grace_s
 
     def spawn(self, name: str, cmd: list[str], env: dict[str, str], restartable: bool = True) -> Child:
         log.debug("spawning %s: %s", name, " ".join(cmd))
@@ -131,13 +130,13 @@ class ProcessGroup:
         return True
 
     def shutdown(self) -> None:
-        """SIGTERM every live child, newest first, each given up to GRACE_S seconds before SIGKILL."""
+        """SIGTERM every live child, newest first, each given up to ``grace_s`` seconds before SIGKILL."""
         for child in reversed(self.children):
             if child.returncode is None:
                 child.proc.terminate()
                 try:
-                    child.proc.wait(GRACE_S)
+                    child.proc.wait(self.grace_s)
                 except subprocess.TimeoutExpired:
-                    log.warning("%s did not stop in %.0f s; killing it", child.name, GRACE_S)
+                    log.warning("%s did not stop in %.0f s; killing it", child.name, self.grace_s)
                     child.proc.kill()
                     child.proc.wait()

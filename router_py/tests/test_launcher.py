@@ -88,6 +88,8 @@ def test_tgi_flags_without_their_own_use_here_are_taken_as_tgi_takes_them(monkey
     assert launcher.shard_env(args, 0)[launcher.CPU_KERNELS] == "0"
     chosen = launcher.build_parser().parse_args(["--disable-custom-kernels", "--attention-backend", "reference"])
     assert "reference" in launcher.shard_command(chosen, "/m")
+    monkeypatch.setenv("GRACEFUL_TERMINATION_TIMEOUT", "5")
+    assert launcher.build_parser().parse_args([]).graceful_termination_timeout == 5.0
     both = launcher.build_parser().parse_args(["--max-input-tokens", "90"])
     assert "not both" in launcher.check_args(both)
     assert launcher.CPU_KERNELS not in launcher.shard_env(both, 0)
