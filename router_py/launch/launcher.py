@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = EnvArgs(argparse.ArgumentParser(prog="prism-launcher", description=__doc__.split("\n\n")[0]))
     p.add("--model-id", default=None, help="local folder or hub id; default: the built-in demo model")
     p.add("--revision", default=None)
+    p.add("--huggingface-hub-cache", default=None, help="the Hugging Face cache a hub id is found in or downloaded to")
     p.add("--num-shard", type=int, default=1,
           help="tensor-parallel ranks of the model, each on its own device (docs/tensor-parallel.md)")
     p.add("--data-parallel", type=int, default=1,
@@ -120,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--disable-custom-kernels", action="store_true",
           help="shards run torch's own ops: no compiled CPU kernels (PRISM_CPU_DECODE_KERNEL=0) and the sdpa "
                "attention backend unless --attention-backend names one")
+    p.add("--enable-prefill-logprobs", action="store_true",
+          help="accepted for TGI compatibility; no effect: prompt log-probabilities (decoder_input_details) are "
+               "always served")
     p.add("--trust-remote-code", action="store_true",
           help="accepted for TGI compatibility; no effect: the shard's loaders run no code from the model folder")
     p.add("--usage-stats", choices=("on", "off", "no-stack"), default="on",
@@ -293,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
     if args.trust_remote_code:
         log.info("--trust-remote-code has no effect: the shard's loaders run no code from the model folder")
     try:
-        model_dir, model_id = resolve_model(args.model_id, args.revision)
+        model_dir, model_id = resolve_model(args.model_id, args.revision, args.huggingface_hub_cache)
     except ModelSourceError as e:
         log.error("%s", e)
         return 1

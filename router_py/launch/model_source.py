@@ -24,8 +24,11 @@ def cache_dir() -> Path:
     return Path(env.prism_cache_dir() or "~/.cache/prism-serve").expanduser()
 
 
-def resolve_model(model_id: str | None, revision: str | None = None) -> tuple[str, str]:
-    """Returns (local folder, model id to report). Raises ModelSourceError."""
+def resolve_model(
+    model_id: str | None, revision: str | None = None, hub_cache: str | None = None
+) -> tuple[str, str]:
+    """Returns (local folder, model id to report); a hub id is looked up in (or downloaded into) ``hub_cache``,
+    default the Hugging Face cache. Raises ModelSourceError."""
     if model_id is None:
         return str(demo_model()), DEMO_MODEL_ID
     local = Path(model_id).expanduser()
@@ -33,7 +36,7 @@ def resolve_model(model_id: str | None, revision: str | None = None) -> tuple[st
         return str(local.resolve()), model_id
     if local.exists() or model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:
         raise ModelSourceError(f"MODEL_ID {model_id!r} is neither a model folder nor a hub id")
-    return download(model_id, revision), model_id
+    return download(model_id, revision, hub_cache), model_id
 
 
 def demo_model() -> Path:
@@ -57,8 +60,9 @@ def demo_model() -> Path:
     return target
 
 
-def download(model_id: str, revision: str | None) -> str:
-    """Download a hub repository's files (weights, config, tokenizer) into the HF cache."""
+def download(model_id: str, revision: str | None, hub_cache: str | None = None) -> str:
+    """Download a hub repository's files (weights, config, tokenizer) into ``hub_cache`` (None: the HF
+    cache), or find them there offline (``HF_HUB_OFFLINE=1``)."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:
@@ -66,7 +70,7 @@ def download(model_id: str, revision: str | None) -> str:
             f"MODEL_ID {model_id!r} is not a local folder, and huggingface_hub is not installed to download it"
         ) from e
     try:
-        return snapshot_download(model_id, revision=revision)
+        return snapshot_download(model_id, revision=revision, cache_dir=hub_cache)
     except Exception as e:  # NOTE: any hub/network failure ends the same way: a clear message, exit 1
         raise ModelSourceError(
             f"MODEL_ID {model_id!r} is not a local folder and could not be downloaded from the Hugging Face Hub "

@@ -151,6 +151,19 @@ def test_hub_id_without_network_fails_clearly(monkeypatch: pytest.MonkeyPatch) -
         resolve_model("prism-test-org/no-such-model")
 
 
+def test_hub_id_is_found_in_the_given_hub_cache_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = tmp_path / "models--prism-test-org--cached"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    args = launcher.build_parser().parse_args(["--huggingface-hub-cache", str(tmp_path)])
+    folder, model_id = resolve_model("prism-test-org/cached", None, args.huggingface_hub_cache)
+    assert Path(folder) == snapshot and model_id == "prism-test-org/cached"
+
+
 def test_missing_local_path_is_not_taken_for_a_hub_id(tmp_path: Path) -> None:
     with pytest.raises(ModelSourceError, match="neither a model folder nor a hub id"):
         resolve_model(str(tmp_path / "absent"))
