@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = EnvArgs(argparse.ArgumentParser(prog="prism-launcher", description=__doc__.split("\n\n")[0]))
     p.add("--model-id", default=None, help="local folder or hub id; default: the built-in demo model")
     p.add("--revision", default=None)
-    p.add("--huggingface-hub-cache", default=None, help="the Hugging Face cache a hub id is found in or downloaded to")
+    p.add("--huggingface-hub-cache", default=None,
+          help="the Hugging Face cache a hub id is found in or downloaded to")
     p.add("--num-shard", type=int, default=1,
           help="tensor-parallel ranks of the model, each on its own device (docs/tensor-parallel.md)")
     p.add("--data-parallel", type=int, default=1,
@@ -199,7 +200,7 @@ def shard_command(args: argparse.Namespace, model_dir: str, group: int = 0) -> l
 
 
 THP_ALLOC = "THP_MEM_ALLOC_ENABLE"  # read by torch once, at its first allocation: only a process env works
-CPU_KERNELS = "PRISM_CPU_DECODE_KERNEL"  # flash_kernels.backends.cpu_decode.ENV: 0 builds none of the CPU kernels
+CPU_KERNELS = "PRISM_CPU_DECODE_KERNEL"  # flash_kernels.backends.cpu_decode.ENV: 0 builds no CPU kernel
 
 
 def shard_env(args: argparse.Namespace, rank: int, group: int = 0) -> dict[str, str]:

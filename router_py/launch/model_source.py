@@ -27,8 +27,8 @@ def cache_dir() -> Path:
 def resolve_model(
     model_id: str | None, revision: str | None = None, hub_cache: str | None = None
 ) -> tuple[str, str]:
-    """Returns (local folder, model id to report); a hub id is looked up in (or downloaded into) ``hub_cache``,
-    default the Hugging Face cache. Raises ModelSourceError."""
+    """Returns (local folder, model id to report); a hub id is looked up in (or downloaded into)
+    ``hub_cache``, default the Hugging Face cache. Raises ModelSourceError."""
     if model_id is None:
         return str(demo_model()), DEMO_MODEL_ID
     local = Path(model_id).expanduser()

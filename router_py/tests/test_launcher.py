@@ -76,7 +76,7 @@ def test_launcher_forwards_router_and_shard_flags(monkeypatch: pytest.MonkeyPatc
     assert "LOCAL_RANK" not in launcher.shard_env(args, 1)
 
 
-def test_tgi_flags_without_their_own_use_here_are_taken_as_tgi_takes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tgi_flags_are_taken_as_tgi_takes_them(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAX_INPUT_LENGTH", "100")  # TGI's former name of MAX_INPUT_TOKENS
     args = launcher.build_parser().parse_args([
         "--trust-remote-code", "--usage-stats", "off", "--prometheus-port", "9001", "--disable-custom-kernels",

@@ -32,7 +32,9 @@ class _SlowTokenizer:
 
 
 async def test_a_long_tokenization_does_not_hold_the_event_loop(backend, tokenizer, metrics) -> None:
-    config = RouterConfig(model_id="prism-test", max_input_tokens=64, max_total_tokens=128, validation_workers=3)
+    config = RouterConfig(
+        model_id="prism-test", max_input_tokens=64, max_total_tokens=128, validation_workers=3
+    )
     slow = _SlowTokenizer(tokenizer)
     app = create_app(backend, slow, config, metrics)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as client:
