@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
           help="the Hugging Face cache a hub id is found in or downloaded to")
     p.add("--num-shard", type=int, default=1,
           help="tensor-parallel ranks of the model, each on its own device (docs/tensor-parallel.md)")
+    p.add("--sharded", type=parse_bool, default=None, metavar="BOOL",
+          help="TGI's flag: true needs --num-shard > 1 (devices are not counted for it), false needs 1")
     p.add("--data-parallel", type=int, default=1,
           help="replicas (shard groups of --num-shard ranks each) behind one cache-aware router "
                "(docs/data-parallel.md); alias --data-parallel-size (vLLM's name)")
@@ -158,6 +160,10 @@ def check_args(args: argparse.Namespace) -> str | None:
     message, or None."""
     if args.data_parallel < 1 or args.num_shard < 1:
         return f"`--data-parallel` and `--num-shard` must be >= 1. Given: {args.data_parallel} and {args.num_shard}"
+    if args.sharded is not None and args.sharded != (args.num_shard > 1):
+        sharded = str(args.sharded).lower()
+        return (f"`--sharded {sharded}` (SHARDED) does not match `--num-shard {args.num_shard}`: sharded needs "
+                "--num-shard > 1 (this launcher does not count the devices for it), unsharded 1")
     if args.max_input_tokens is not None and args.max_input_length is not None:
         return ("give `--max-input-tokens` (MAX_INPUT_TOKENS) or its former name `--max-input-length` "
                 f"(MAX_INPUT_LENGTH), not both. Given: {args.max_input_tokens} and {args.max_input_length}")

@@ -86,10 +86,14 @@ def test_tgi_flags_are_taken_as_tgi_takes_them(monkeypatch: pytest.MonkeyPatch) 
     shard = launcher.shard_command(args, "/m")
     assert shard[shard.index("--attention-backend") + 1] == "sdpa"
     assert launcher.shard_env(args, 0)[launcher.CPU_KERNELS] == "0"
-    chosen = launcher.build_parser().parse_args(["--disable-custom-kernels", "--attention-backend", "reference"])
+    parse = launcher.build_parser().parse_args
+    chosen = parse(["--disable-custom-kernels", "--attention-backend", "reference"])
     assert "reference" in launcher.shard_command(chosen, "/m")
     monkeypatch.setenv("GRACEFUL_TERMINATION_TIMEOUT", "5")
     assert launcher.build_parser().parse_args([]).graceful_termination_timeout == 5.0
+    assert launcher.check_args(parse(["--sharded", "true", "--num-shard", "2"])) is None
+    assert "does not match" in launcher.check_args(parse(["--sharded", "true"]))
+    assert "does not match" in launcher.check_args(parse(["--sharded", "false", "--num-shard", "2"]))
     both = launcher.build_parser().parse_args(["--max-input-tokens", "90"])
     assert "not both" in launcher.check_args(both)
     assert launcher.CPU_KERNELS not in launcher.shard_env(both, 0)
