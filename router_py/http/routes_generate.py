@@ -208,7 +208,7 @@ async def tokenize_route(request: Request) -> Response:
     req = parse_generate_request(await read_json(request))
     if not req.inputs:
         raise validation_error("`inputs` cannot be empty")
-    tokens = state.tokenizer.encode_with_offsets(req.inputs)
+    tokens = await state.validator.on_workers(state.tokenizer.encode_with_offsets, req.inputs)
     truncate = req.parameters.truncate
     if truncate is not None and len(tokens) > truncate:
         tokens = tokens[-truncate:]

@@ -204,7 +204,7 @@ async def chat_tokenize_route(request: Request) -> Response:
     req = parse_chat_request(await read_json(request))
     state.metrics.inc("tgi_request_count")
     text, _ = render_chat(state, req)
-    tokens = state.tokenizer.encode_with_offsets(text, add_special_tokens=False)
+    tokens = await state.validator.on_workers(state.tokenizer.encode_with_offsets, text, False)
     return JSONResponse({"tokenize_response": tokens, "templated_text": text})
 
 

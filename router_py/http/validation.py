@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import random
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from router_py.router_config import RouterConfig
 from router_py.http.errors import FrameworkError, deserialize_error, validation_error
@@ -21,6 +22,7 @@ from router_py.tenancy import base_namespace
 from router_py.tokenizer import Tokenizer, truncate_ids
 
 GRAMMAR_TYPES = ("json", "json_object", "regex", "json_schema")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,10 @@ class Validator:
         self.config = config
         self._workers = ThreadPoolExecutor(config.validation_workers, thread_name_prefix="validation")
 
+    async def on_workers(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a validation worker: tokenizing, here and on the tokenize routes."""
+        return await asyncio.get_running_loop().run_in_executor(self._workers, fn, *args)
+
     def validate_best_of(self, best_of: int) -> int:
         if self.config.max_best_of == 1 and best_of != 1:
             raise validation_error("`best_of` != 1 is not allowed for this endpoint")
@@ -224,9 +230,7 @@ class Validator:
                 "`truncate` must be strictly positive and less than "
                 f"{cfg.max_input_tokens}. Given: {p.truncate}"
             )
-        input_ids = await asyncio.get_running_loop().run_in_executor(
-            self._workers, self._tokenize, request.inputs, p.truncate, add_special_tokens
-        )
+        input_ids = await self.on_workers(self._tokenize, request.inputs, p.truncate, add_special_tokens)
         max_new_tokens = self._check_lengths(len(input_ids), p.max_new_tokens)
         # NOTE: the grammar, TGI's last check, is checked by router_py.http.grammar.with_grammar off the event loop
         namespace = f"{namespace}@{p.adapter_id}" if p.adapter_id else namespace
