@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from router_py.http.server import create_app
-from router_py.metrics import Metrics
 from router_py.router_config import RouterConfig
 from router_py.tokenizer import Tokenizer
 

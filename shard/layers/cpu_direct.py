@@ -41,11 +41,10 @@ class DirectLayer:
     """One ``shard.models.llama.DecoderLayer``'s tensors, read once; calling it runs the layer."""
 
     def __init__(self, layer: nn.Module) -> None:
-        a, mlp = layer.self_attn, layer.mlp
+        a = layer.self_attn
         self.eps = layer.input_layernorm.eps
-        self.norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
-        projections = (a.qkv_proj, a.o_proj, mlp.gate_up_proj, mlp.down_proj)
-        self.qkv, self.o, self.gate_up, self.down = map(_Tiles.of, projections)
+        self.norms = _norms(layer)
+        self.qkv, self.o, self.gate_up, self.down = map(_Tiles.of, _projections(layer))
         self.cos, self.sin = a.rotary.tables()
         self.heads, self.kv_heads, self.head_dim, self.scale = a.heads, a.kv_heads, a.shape.head_dim, a.scale
 
@@ -100,13 +99,21 @@ def attach(model: nn.Module) -> int:
     return len(layers)
 
 
-def _mirrorable(layer: nn.Module) -> bool:
+def _projections(layer: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+    """A decoder layer's q/k/v, o, gate/up and down projections, in the order of its calls."""
     a, mlp = layer.self_attn, layer.mlp
-    projections = (a.qkv_proj, a.o_proj, mlp.gate_up_proj, mlp.down_proj)
-    norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
+    return a.qkv_proj, a.o_proj, mlp.gate_up_proj, mlp.down_proj
+
+
+def _norms(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    return layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+
+
+def _mirrorable(layer: nn.Module) -> bool:
+    a = layer.self_attn
     return (a.shape.qk_norm_eps is None and getattr(a.backend, "name", None) == "sdpa"
-            and all(type(p) is TiledLinear for p in projections)
-            and all(cpu_pointwise.usable(w) for w in norms + (a.qkv_proj.weight,)))
+            and all(type(p) is TiledLinear for p in _projections(layer))
+            and all(cpu_pointwise.usable(w) for w in _norms(layer) + (a.qkv_proj.weight,)))
 
 
 def step_attention(model: nn.Module, x: torch.Tensor, meta: AttentionMetadata) -> Attend | None:
