@@ -177,6 +177,17 @@ def test_text_generation_json_grammar(tgi: Client, seed: int) -> None:
     assert text == r.generated_text
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_schema_without_type_is_an_object(tgi: Client, seed: int) -> None:
+    """TGI's own grammar example gives ``properties`` and no ``type``; outlines, behind TGI, makes it an
+    object, while plain JSON Schema would also admit a bare number or string."""
+    untyped = {key: value for key, value in ANSWER_SCHEMA.items() if key != "type"}
+    grammar = Grammar(type=GrammarType.Json, value=untyped)
+    r = tgi.generate("Answer:", max_new_tokens=300, do_sample=True, seed=seed, grammar=grammar)
+    assert r.details.finish_reason == "eos_token", r.generated_text
+    jsonschema.validate(json.loads(r.generated_text), ANSWER_SCHEMA)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_text_generation_regex_grammar(tgi: Client, seed: int) -> None:
     regex = r"(19|20)[0-9]{2}-(0[1-9]|1[0-2])-[0-3][0-9] (sunny|rainy)"

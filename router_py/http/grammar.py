@@ -4,7 +4,8 @@ fields.
 TGI's rules: a JSON grammar's value is a schema object or a string holding one; it must be a valid draft
 2020-12 schema and have ``properties``; ``json_schema`` carries ``{"name"?, "schema", "strict"?}``; a regex is
 passed as is. Errors read ``grammar is not valid: ...``; with grammars disabled every grammar is ``grammar is
-not supported``.
+not supported``. A (sub)schema with ``properties`` and no ``type`` is an object, as TGI's engine (outlines)
+reads it and TGI's own grammar example relies on (:func:`objects_typed`).
 On top of TGI, the grammar is also checked by the engine the shard runs (llguidance), so a schema keyword the
 shard cannot enforce is refused here, before the request queues, and never fails a batch.
 """
@@ -91,7 +92,37 @@ def json_grammar(schema: dict[str, Any], need_properties: bool = True) -> ValidG
         raise validation_error(f"grammar is not valid: {err.message}") from err
     if need_properties and "properties" not in schema:
         raise validation_error("grammar is not valid: Grammar must have a 'properties' field")
-    return ValidGrammar(GRAMMAR_TYPE_JSON, json.dumps(schema, ensure_ascii=False))
+    return ValidGrammar(GRAMMAR_TYPE_JSON, json.dumps(objects_typed(schema), ensure_ascii=False))
+
+
+# Draft 2020-12 keywords (and older names still met) whose value is one subschema, a list of subschemas, or a
+# map of names to subschemas; every other value (``const``, ``enum``, ``default``, ...) is data, not a schema.
+_ONE_SCHEMA = frozenset(
+    ("items", "additionalItems", "additionalProperties", "unevaluatedItems", "unevaluatedProperties",
+     "contains", "propertyNames", "not", "if", "then", "else")
+)
+_SCHEMA_LIST = frozenset(("prefixItems", "items", "allOf", "anyOf", "oneOf"))
+_SCHEMA_MAP = frozenset(("properties", "patternProperties", "dependentSchemas", "$defs", "definitions"))
+
+
+def objects_typed(schema: Any) -> Any:
+    """``schema`` with ``"type": "object"`` added to every subschema that has ``properties`` and no ``type``.
+    The shard's engine follows JSON Schema, where such a schema also admits any non-object (a bare number
+    satisfies it); outlines, behind TGI, reads ``properties`` as an object."""
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_MAP and isinstance(value, dict):
+            value = {name: objects_typed(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_LIST and isinstance(value, list):
+            value = [objects_typed(sub) for sub in value]
+        elif key in _ONE_SCHEMA:
+            value = objects_typed(value)
+        out[key] = value
+    if "properties" in out and "type" not in out:
+        out["type"] = "object"
+    return out
 
 
 def engine_check(kind: int, text: str) -> None:

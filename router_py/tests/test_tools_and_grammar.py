@@ -13,7 +13,7 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from router_py.router_config import RouterConfig
-from router_py.http.grammar import GRAMMAR_TYPE_JSON, GRAMMAR_TYPE_REGEX
+from router_py.http.grammar import GRAMMAR_TYPE_JSON, GRAMMAR_TYPE_REGEX, objects_typed
 from router_py.backend_api import EndEvent, InferEvent, Token, TokenEvent, ValidRequest
 from router_py.metrics import Metrics
 from router_py.http.server import create_app
@@ -96,6 +96,43 @@ async def test_generate_grammar_reaches_the_shard_fields(scripted, tokenizer, gr
     sampling = scripted.requests[0].sampling
     assert sampling.grammar_type == kind
     assert (json.loads(sampling.grammar) if kind == GRAMMAR_TYPE_JSON else sampling.grammar) == text
+
+
+def test_untyped_schemas_with_properties_are_objects() -> None:
+    untyped = {
+        "properties": {
+            "properties": {"properties": {"x": {"type": "string"}}},  # a property named "properties"
+            "list": {"type": "array", "items": {"properties": {}}, "prefixItems": [{"properties": {}}]},
+            "either": {"anyOf": [{"properties": {}}, {"type": "null"}]},
+            "nullable": {"type": ["object", "null"], "properties": {}},
+            "data": {"const": {"properties": {}}},
+        },
+        "$defs": {"d": {"properties": {}, "additionalProperties": {"properties": {}}}},
+    }
+    typed = objects_typed(untyped)
+    assert typed["type"] == "object"
+    props = typed["properties"]
+    named_properties = props["properties"]
+    assert named_properties["type"] == "object" and named_properties["properties"]["x"] == {"type": "string"}
+    assert props["list"]["items"]["type"] == props["list"]["prefixItems"][0]["type"] == "object"
+    assert props["either"]["anyOf"][0]["type"] == "object" and "type" not in props["either"]
+    assert props["nullable"]["type"] == ["object", "null"]
+    assert props["data"] == {"const": {"properties": {}}}  # data, not a schema
+    assert typed["$defs"]["d"]["type"] == typed["$defs"]["d"]["additionalProperties"]["type"] == "object"
+    assert "type" not in untyped  # the request's own dict is left as it came
+    for bare in (7, "x", None, [1]):  # what the untyped schema admits, and the typed one does not
+        jsonschema.validate(bare, {"properties": {"a": {"type": "integer"}}})
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bare, objects_typed({"properties": {"a": {"type": "integer"}}}))
+
+
+async def test_tgi_docs_grammar_example_reaches_the_shard_as_an_object(scripted, tokenizer) -> None:
+    schema = {"properties": {"location": {"type": "string"}}, "required": ["location"]}
+    async with _client(scripted, tokenizer) as client:
+        grammar = {"type": "json", "value": schema}
+        resp = await client.post("/generate", json={"inputs": "x", "parameters": {"grammar": grammar}})
+    assert resp.status_code == 200, resp.text
+    assert json.loads(scripted.requests[0].sampling.grammar) == {**schema, "type": "object"}
 
 
 @pytest.mark.parametrize("path", ["/generate", "/v1/chat/completions"])
