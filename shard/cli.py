@@ -130,8 +130,10 @@ def _run_serve(args: argparse.Namespace) -> None:
         otlp_service_name=service_name(args.otlp_service_name),
     )
     from shard.factory import build_service
-    from shard.server import serve
+    from shard.server import serve, serving_socket
 
+    if serving_socket(config.socket_path):  # NOTE: before loading: its stale-file removal would cut that one off
+        sys.exit(f"error: a running server already listens on {config.socket_path}; pass another --uds-path")
     try:
         service = build_service(config)
     except (ValueError, FileNotFoundError) as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -322,6 +323,17 @@ def build_server(service: TextGenerationService, config: ShardConfig) -> grpc.ai
         os.unlink(config.socket_path)  # stale socket from a previous run
     server.add_insecure_port(f"unix://{config.socket_path}")
     return server
+
+
+def serving_socket(path: str) -> bool:
+    """Whether a process accepts connections on the Unix socket ``path``: a live server, not a stale file."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 async def serve(service: TextGenerationService, config: ShardConfig) -> None:

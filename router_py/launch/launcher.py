@@ -21,6 +21,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -281,6 +282,17 @@ def socket_paths(args: argparse.Namespace) -> list[str]:
     return [f"{group_uds_path(args, g)}-{rank}" for g in range(args.data_parallel) for rank in range(args.num_shard)]
 
 
+def serving_socket(path: str) -> bool:
+    """Whether a process accepts connections on the Unix socket ``path``: a live shard, not a stale file."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 def wait_for_sockets(group: ProcessGroup, paths: Sequence[str], timeout_s: float) -> None:
     """Block until every shard's socket file exists (TGI's readiness rule). Raises RuntimeError when a shard
     dies first, when the launcher is asked to stop, or on timeout."""
@@ -308,10 +320,16 @@ def run(args: argparse.Namespace) -> int:
     except ModelSourceError as e:
         log.error("%s", e)
         return 1
+    paths = socket_paths(args)
+    # NOTE: TGI's launcher deletes the file even then; the other server's router would then reach our shard
+    busy = [path for path in paths if os.path.exists(path) and serving_socket(path)]
+    if busy:
+        log.error("a running shard already serves %s (another launcher?); give this one its own --shard-uds-path",
+                  ", ".join(busy))
+        return 1
     group = ProcessGroup(args.graceful_termination_timeout)
     previous = {sig: signal.signal(sig, lambda signum, frame: group.request_stop(signum))
                 for sig in (signal.SIGTERM, signal.SIGINT)}
-    paths = socket_paths(args)
     for path in paths:
         if os.path.exists(path):
             os.unlink(path)  # NOTE: a stale socket would look ready

@@ -3,6 +3,8 @@ supervision rules (a dying child stops everything with a non-zero exit)."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -275,6 +277,23 @@ def test_launcher_fails_when_a_shard_dies_before_ready(monkeypatch: pytest.Monke
     args = launcher.build_parser().parse_args(["--model-id", str(tmp_path), "--shard-uds-path",
                                                str(tmp_path / "s")])
     assert launcher.run(args) == 1
+
+
+def test_launcher_refuses_a_socket_path_a_running_shard_serves(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second launcher on the first one's path would delete its socket, and the first router would then reach
+    the second shard: refused before anything starts. A stale file (no listener) is still removed."""
+    monkeypatch.setattr(launcher, "executable", lambda name: pytest.fail("nothing may start"))
+    path = str(tmp_path / "s")
+    args = launcher.build_parser().parse_args(["--model-id", str(tmp_path), "--shard-uds-path", path])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(f"{path}-0")
+        live.listen()
+        assert launcher.run(args) == 1
+        assert launcher.serving_socket(f"{path}-0")
+    assert f"a running shard already serves {path}-0" in caplog.text
+    assert os.path.exists(f"{path}-0") and not launcher.serving_socket(f"{path}-0")
 
 
 def test_launcher_stops_shards_when_the_router_dies(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -82,6 +82,23 @@ def test_tgi_cli_refuses_quantization(tiny_llama: Path) -> None:
     assert out.returncode != 0 and "--quantize gptq is not supported" in out.stderr
 
 
+def test_serve_refuses_a_socket_a_running_server_listens_on(tiny_llama: Path) -> None:
+    """Removing that socket file (as for a stale one) would leave its server unreachable: refused, untouched."""
+    folder = tempfile.mkdtemp(prefix="cli-", dir="/tmp")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(f"{folder}/s-0")
+        live.listen()
+        out = subprocess.run(
+            [sys.executable, "-c", TGI_SERVE, "serve", str(tiny_llama), "--uds-path", f"{folder}/s"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode != 0 and f"already listens on {folder}/s-0" in out.stderr
+        live.settimeout(5)
+        live.accept()[0].close()  # the refused shard's probe: the socket still serves
+
+
 def test_dtype_defaults_to_bf16_only_on_bf16_native_cpus(monkeypatch) -> None:
     import torch
 
