@@ -163,3 +163,38 @@ def test_router_killed_under_load_is_restarted(fault_stack: Stack) -> None:
     served_after = [r for r in seen.requests if r[0] > back_at]
     assert served_after and all(r[2] == 200 for r in served_after)
     assert_no_leak(fault_stack)
+
+
+def test_a_shard_lost_for_good_ends_every_stream_with_an_error_and_the_launcher_stops() -> None:
+    """``--max-restarts 0`` (TGI's behaviour): the launcher stops the stack when its shard dies. The router
+    drains its streams before it exits; the queued ones must not wait for a shard that will not come back."""
+    stack = Stack(["--max-restarts", "0", "--max-batch-size", "2", *SMALL]).wait_healthy()
+    ended: list[tuple[float, str]] = []
+
+    def stream(i: int) -> None:
+        body = {"inputs": f"stream {i}", "parameters": {"max_new_tokens": 1000}}
+        last = ""
+        try:
+            with httpx.stream("POST", f"{stack.url}/generate_stream", json=body, timeout=120) as r:
+                for line in r.iter_lines():
+                    last = line or last
+        except httpx.TransportError as e:
+            last = f"transport error {type(e).__name__}"
+        ended.append((time.monotonic(), last))
+
+    try:
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(6)]  # 2 running, 4 queued
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        killed_at = time.monotonic()
+        os.kill(child_pid(stack.process.proc.pid, "prism-shard"), signal.SIGKILL)
+        for t in threads:
+            t.join(60)
+        assert stack.process.proc.wait(30) != 0
+        assert time.monotonic() - killed_at < 20, "the launcher waited for the queued streams"
+        assert len(ended) == 6
+        for at, last in ended:
+            assert at - killed_at < 10 and '"error"' in last, last
+    finally:
+        stack.close()

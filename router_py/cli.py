@@ -294,6 +294,7 @@ async def serve(args: argparse.Namespace) -> int:
         start_workers()  # NOTE: the grammar-check processes import in the background, not on a first request
     host = bind_host(args.hostname)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=args.port, log_config=None, access_log=False))
+    server.handle_exit = on_stop_signal(server.handle_exit, batcher.begin_stop)
     log.info("serving on http://%s:%d", host, args.port)
     # NOTE: uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that was
     # installed before it; this one lets the router exit 0 after that graceful stop, as TGI's does.
@@ -313,6 +314,23 @@ async def serve(args: argparse.Namespace) -> int:
                 publisher_collector[1].flush()
                 publisher_collector[0].shutdown()
     return 0
+
+
+def on_stop_signal(
+    handle_exit: Callable[[int, Any], None], begin_stop: Callable[[], None]
+) -> Callable[[int, Any], None]:
+    """uvicorn's signal handler, then ``begin_stop`` on the event loop: after a stop signal uvicorn waits for
+    every open stream to end, and those of requests waiting for a lost shard would not (the launcher stops
+    the router when it gives up on a shard)."""
+    loop = asyncio.get_running_loop()
+
+    def handler(sig: int, frame: Any) -> None:
+        handle_exit(sig, frame)
+        # NOTE: a signal handler runs between any two bytecodes of the loop's thread; the backend is touched
+        # from the loop, as everywhere else
+        loop.call_soon_threadsafe(begin_stop)
+
+    return handler
 
 
 def kv_events(

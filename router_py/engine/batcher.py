@@ -12,7 +12,8 @@ Shard loss (its process died: the gRPC connection dropped, or an RPC answered UN
 requests fail with 424 at once, ``/health`` answers 503, and the loop polls the socket until a shard
 (restarted by the launcher) passes the Warmup handshake again; then the scheduler is rebuilt empty (the new
 shard's KV pool holds nothing, so no cached prefix may be reused) and the requests still queued are enqueued
-into it in their order. Requests waiting longer than ``shard_recovery_timeout_s`` are refused clearly.
+into it in their order. Requests waiting longer than ``shard_recovery_timeout_s``, or still waiting when the
+server begins to stop (:meth:`Batcher.begin_stop`), are refused clearly.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class Batcher:
         )
         self._shard_lost = asyncio.Event()
         self._refusing = False  # the shard stayed lost past shard_recovery_timeout_s: refuse new requests
+        self._stopping = False  # the server is stopping: a lost shard will not be waited for
         self._watch: asyncio.Task[None] | None = None
         self._tiers = TierLink(client, lambda: self._scheduler, metrics, info.kv_block_bytes,
                                enabled=info.kv_host_blocks + info.kv_disk_blocks > 0)
@@ -119,6 +121,15 @@ class Batcher:
         for state in list(self._states.values()):
             state.fail(InferError("generation", "Server error: shutdown"))
         self._states.clear()
+
+    def begin_stop(self) -> None:
+        """The server has begun to stop (SIGTERM / SIGINT) and drains its streams. A lost shard will not be
+        waited for any more: while it is lost, the waiting and new requests are refused at once, not after
+        ``shard_recovery_timeout_s`` (the launcher stops the router when it gives up on a shard); with the
+        shard up they are still served. Call on the loop's thread."""
+        self._stopping = True
+        if self._shard_lost.is_set() and not self._refusing:
+            self._refuse_waiting("the server is stopping")
 
     async def generate_stream(self, request: ValidRequest) -> AsyncIterator[InferEvent]:
         state = ActiveRequest(request=request, queued_at=self._clock())
@@ -400,14 +411,17 @@ class Batcher:
     async def _recover(self) -> None:
         """Fail what ran on the lost shard, wait for a shard to pass the handshake, then rebuild the scheduler
         and enqueue the waiting requests again. Refuses waiting (and new) requests once the wait has lasted
-        ``shard_recovery_timeout_s``; keeps polling until a shard is back or the loop is cancelled."""
+        ``shard_recovery_timeout_s`` or the server stops; keeps polling until a shard is back or the loop is
+        cancelled."""
         lost_at = self._clock()
         running = [i for i, s in self._states.items() if s.running]
         if running:
             await self._fail(None, running, "the shard was lost")
+        timeout = self._config.shard_recovery_timeout_s
         while not await self._try_handshake():
-            if not self._refusing and self._clock() - lost_at > self._config.shard_recovery_timeout_s:
-                self._refuse_waiting()
+            if not self._refusing and (self._stopping or self._clock() - lost_at > timeout):
+                late = f"the shard did not come back within {timeout:.0f} s"
+                self._refuse_waiting("the server is stopping" if self._stopping else late)
             await asyncio.sleep(RECOVERY_POLL_S)
         self._rebuild_scheduler()
         self._refusing = False
@@ -429,9 +443,8 @@ class Batcher:
             return False
         return True
 
-    def _refuse_waiting(self) -> None:
-        log.error("the shard did not come back within %.0f s; refusing the queued and new requests",
-                  self._config.shard_recovery_timeout_s)
+    def _refuse_waiting(self, why: str) -> None:
+        log.error("%s; refusing the queued and new requests", why)
         self._refusing = True
         for request_id, state in list(self._states.items()):
             self._states.pop(request_id)

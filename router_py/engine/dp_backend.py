@@ -83,6 +83,10 @@ class DataParallelBackend:
         for batcher in self.replicas:
             batcher.start()
 
+    def begin_stop(self) -> None:
+        for batcher in self.replicas:
+            batcher.begin_stop()
+
     async def stop(self) -> None:
         for batcher in self.replicas:
             await batcher.stop()

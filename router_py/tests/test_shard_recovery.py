@@ -85,3 +85,39 @@ async def test_requests_waiting_past_the_timeout_are_refused_until_the_shard_is_
         assert isinstance(events[-1], EndEvent)
     finally:
         await close(s)
+
+
+async def test_a_stop_refuses_the_requests_waiting_for_a_lost_shard_at_once(tmp_path: Path) -> None:
+    """The launcher stops the router when it gives up on a shard; the router drains its streams first, so a
+    request waiting for the shard must end then, not after the recovery timeout."""
+    s = await make_stack(tmp_path, OPTIONS, shard_recovery_timeout_s=600)
+    try:
+        await collect(s.batcher, request("a b c", max_new_tokens=2))
+        await s.cluster.stop()
+        await wait_for(lambda: s.batcher._health.down)
+        waiting = asyncio.ensure_future(collect(s.batcher, request("d e f", max_new_tokens=2)))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        s.batcher.begin_stop()
+        with pytest.raises(InferError) as err:
+            await asyncio.wait_for(waiting, 0.5)
+        assert "the shard is down" in err.value.message
+        with pytest.raises(InferError):  # and new ones at once
+            await asyncio.wait_for(collect(s.batcher, request("g h", max_new_tokens=2)), 0.5)
+        assert s.metrics.value("tgi_queue_size") == 0
+    finally:
+        await close(s)
+
+
+async def test_a_stop_with_the_shard_up_serves_what_waits_until_the_shard_is_lost(tmp_path: Path) -> None:
+    s = await make_stack(tmp_path, OPTIONS, shard_recovery_timeout_s=600)
+    try:
+        s.batcher.begin_stop()
+        events = await asyncio.wait_for(collect(s.batcher, request("a b c", max_new_tokens=3)), 5)
+        assert isinstance(events[-1], EndEvent) and events[-1].generated_tokens == 3
+        await s.cluster.stop()  # lost while stopping: not waited for either
+        await wait_for(lambda: s.batcher._health.down)
+        with pytest.raises(InferError):
+            await asyncio.wait_for(collect(s.batcher, request("d e f", max_new_tokens=2)), 1.0)
+    finally:
+        await close(s)
