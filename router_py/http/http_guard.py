@@ -3,6 +3,8 @@
 * A client that goes away before its response started (a non-streamed generation) cancels its handler, so
   the request leaves the batch at the next step instead of generating to the end of its round. (Streams
   watch for the disconnect themselves: :class:`router_py.http.sse.EventStreamResponse`.)
+* A client that goes away while it sends its body (starlette's ``ClientDisconnect``) ends the exchange
+  quietly: nobody is left to answer.
 * An unexpected exception becomes a JSON 500 (``error_type`` ``internal``) and is logged; it never reaches
   the server, which would close the keep-alive connection without ``Connection: close``.
 
@@ -17,6 +19,7 @@ import json
 import logging
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,8 @@ class HttpGuard:
         except asyncio.CancelledError:
             if not (ex.gone.is_set() and handler.cancelled()):
                 raise  # cancelled from outside (server shutdown), not by a client leaving
+        except ClientDisconnect:
+            log.debug("client left while sending %s %s", scope.get("method"), scope.get("path"))
         except Exception:  # noqa: BLE001 - the last line of defence; the route is the bug
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not ex.started:
