@@ -292,7 +292,11 @@ class ModelRunner:
         return TokensOut(ids, list(r.prompt_logprobs), [self.detok.token_text(i) for i in ids], [])
 
     def _top_tokens(self, logprobs: torch.Tensor, n: int) -> TokensOut:
+        """The ``n`` likeliest tokens, less those a grammar or a warper ruled out: their logprob is -inf, no
+        candidate at all, and not a number JSON can carry."""
         values, ids = torch.topk(logprobs, min(n, logprobs.numel()))
+        finite = torch.isfinite(values)
+        values, ids = values[finite], ids[finite]
         id_list = ids.tolist()
         return TokensOut(
             id_list,

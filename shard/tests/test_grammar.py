@@ -6,6 +6,7 @@ the other requests of the batch exactly as they were."""
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import jsonschema
@@ -207,3 +208,17 @@ def test_no_special_token_but_eos_is_ever_allowed(llama_service) -> None:
     grammar.apply_masks([r], [0, 1], logits)
     allowed = torch.isfinite(logits.values[0]).nonzero().flatten().tolist()
     assert allowed and 0 not in allowed and 2 not in allowed
+
+
+async def test_top_tokens_leave_out_what_the_grammar_rules_out(llama_service) -> None:
+    """With at most two tokens allowed per step, asking for 5 top tokens lists only allowed ones: a ruled-out
+    token has logprob -inf, which is no candidate and no JSON number (the router's 500 before)."""
+    pool = Blocks()
+    stopping = pb.StoppingCriteriaParameters(max_new_tokens=20)
+    req = request(0, TEXT, *pool.take(40), parameters=_params(pb.GRAMMAR_TYPE_REGEX, "(yes|no)", None),
+                  stopping=stopping, top_n_tokens=5)
+    out = await run_to_end(llama_service, pb.PrefillRequest(batch=batch(1, [req])))
+    tops = [g.top_tokens[0] for g in out[0] if g.top_tokens]
+    assert tops and all(0 < len(t.ids) < 5 for t in tops)
+    assert all(math.isfinite(lp) for t in tops for lp in t.logprobs)
+    assert re.fullmatch("(yes|no)", _until_finished(out[0]).text)
