@@ -71,9 +71,17 @@ class ChatTemplate:
 
 
 def _flatten_content(message: dict[str, Any]) -> dict[str, Any]:
-    """Text-only templates get chunked content (``[{"type":"text","text":..}]``) joined into one string."""
+    """Text-only templates get chunked content joined into one string, an image part as ``![](url)`` (TGI's
+    rendering: a text model is told that an image was there, not given nothing)."""
     content = message.get("content")
     if not isinstance(content, list):
         return message
-    texts = [c.get("text", "") for c in content if isinstance(c, dict) and c.get("type") == "text"]
-    return {**message, "content": "".join(texts)}
+    return {**message, "content": "".join(_part_text(part) for part in content)}
+
+
+def _part_text(part: Any) -> str:
+    if not isinstance(part, dict):
+        return ""
+    if part.get("type") == "image_url":
+        return f"![]({(part.get('image_url') or {}).get('url', '')})"
+    return part.get("text", "") if part.get("type") == "text" else ""

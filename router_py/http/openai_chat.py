@@ -86,11 +86,27 @@ def _parse_messages(raw: Any) -> list[dict[str, Any]]:
             raise deserialize_error(f"messages[{i}]: missing field `role`")
         check_value(f"messages[{i}].role", "string", False, message["role"])
         content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
+        if content is not None and not (isinstance(content, str) or _content_parts(content)):
             raise deserialize_error(
                 f"messages[{i}].content: data did not match any variant of untagged enum " "MessageContent"
             )
     return raw
+
+
+def _content_parts(content: Any) -> bool:
+    """Whether ``content`` is a list of TGI's content parts: ``{"type": "text", "text": str}`` or
+    ``{"type": "image_url", "image_url": {"url": str}}`` (anything else, e.g. an audio part or a bare string,
+    fails TGI's deserialization rather than being dropped)."""
+    if not isinstance(content, list):
+        return False
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            continue
+        image = part.get("image_url") if kind == "image_url" else None
+        if not (isinstance(image, dict) and isinstance(image.get("url"), str)):
+            return False
+    return True
 
 
 def chat_parameters(req: ChatRequest, grammar: dict[str, Any] | None = None) -> GenerateParameters:
@@ -107,7 +123,7 @@ def chat_parameters(req: ChatRequest, grammar: dict[str, Any] | None = None) -> 
         frequency_penalty=req.get("frequency_penalty"),
         top_p=req.get("top_p"),
         do_sample=do_sample,
-        max_new_tokens=_first_given(req.get("max_tokens"), req.get("max_completion_tokens")),
+        max_new_tokens=_first_given(req.get("max_completion_tokens"), req.get("max_tokens")),
         stop=tuple(req.get("stop") or ()),
         details=True,
         seed=req.get("seed"),

@@ -69,3 +69,25 @@ async def test_docs_serve_swagger_ui_from_the_package(client: httpx.AsyncClient)
     for asset in assets:
         r = await client.get(asset)
         assert r.status_code == 200 and len(r.content) > 10_000, asset
+
+
+async def test_chat_content_parts_as_tgi_reads_them(client: httpx.AsyncClient, backend) -> None:
+    """An image part reaches a text model's template as ``![](url)`` (TGI's rendering), not dropped; a part
+    TGI cannot deserialize (audio, a text part without text, a bare string) is its 422, not silently lost."""
+    url = "https://example.com/cat.png"
+    parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
+    ok = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": parts}],
+                                                         "max_tokens": 2})
+    assert ok.status_code == 200, ok.text
+    assert f"What is this?![]({url})" in backend.requests[-1].inputs
+    for bad in ([{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}],
+                [{"type": "text"}], ["hello"], [{"type": "image_url", "image_url": "x"}]):
+        r = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": bad}]})
+        assert r.status_code == 422 and "untagged enum MessageContent" in r.text, (bad, r.text)
+
+
+async def test_max_completion_tokens_wins_over_the_deprecated_max_tokens(client: httpx.AsyncClient,
+                                                                          backend) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 7, "max_completion_tokens": 3}
+    assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+    assert backend.requests[-1].stopping.max_new_tokens == 3
