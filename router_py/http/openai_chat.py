@@ -28,6 +28,7 @@ _CHAT_FIELDS: dict[str, tuple[str, bool]] = {
     "top_p": ("f32", True),
     "tool_prompt": ("string", True),
     "ignore_eos": ("bool", True),  # vLLM's extension: generate past EOS up to max_tokens
+    "top_k": ("i32", True),  # vLLM's extension; 0 or -1: off, as there
 }
 
 
@@ -122,6 +123,7 @@ def chat_parameters(req: ChatRequest, grammar: dict[str, Any] | None = None) -> 
         repetition_penalty=presence + 2.0 if presence is not None else req.get("repetition_penalty"),
         frequency_penalty=req.get("frequency_penalty"),
         top_p=req.get("top_p"),
+        top_k=vllm_top_k(req.get("top_k")),
         do_sample=do_sample,
         max_new_tokens=_first_given(req.get("max_completion_tokens"), req.get("max_tokens")),
         stop=tuple(req.get("stop") or ()),
@@ -132,6 +134,11 @@ def chat_parameters(req: ChatRequest, grammar: dict[str, Any] | None = None) -> 
         adapter_id=model if model is not None and model != "tgi" else None,
         grammar=grammar,
     )
+
+
+def vllm_top_k(top_k: int | None) -> int | None:
+    """vLLM's ``top_k`` on the OpenAI routes, where 0 and -1 mean no top-k; TGI's must be positive."""
+    return top_k if top_k is not None and top_k > 0 else None
 
 
 def check_single_choice(n: int | None) -> None:

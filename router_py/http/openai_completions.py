@@ -9,7 +9,9 @@ from typing import Any
 from router_py.router_config import RouterConfig
 from router_py.http.errors import HttpError, deserialize_error
 from router_py.backend_api import EndEvent
-from router_py.http.openai_chat import check_single_choice, openai_finish_reason, system_fingerprint, usage
+from router_py.http.openai_chat import (
+    check_single_choice, openai_finish_reason, system_fingerprint, usage, vllm_top_k
+)
 from router_py.http.validation import GenerateParameters, check_value, unexpected
 
 _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
@@ -25,6 +27,7 @@ _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
     "stop": ("strings", True),
     "n": ("u32", True),
     "ignore_eos": ("bool", True),  # vLLM's extension: generate past EOS up to max_tokens
+    "top_k": ("i32", True),  # vLLM's extension; 0 or -1: off, as there
 }
 
 
@@ -89,6 +92,7 @@ def completion_parameters(req: CompletionRequest) -> GenerateParameters:
         repetition_penalty=req.get("repetition_penalty"),
         frequency_penalty=req.get("frequency_penalty"),
         top_p=req.get("top_p"),
+        top_k=vllm_top_k(req.get("top_k")),
         do_sample=do_sample,
         max_new_tokens=req.get("max_tokens"),
         stop=tuple(req.get("stop") or ()),

@@ -91,3 +91,14 @@ async def test_max_completion_tokens_wins_over_the_deprecated_max_tokens(client:
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 7, "max_completion_tokens": 3}
     assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
     assert backend.requests[-1].stopping.max_new_tokens == 3
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/completions", {"prompt": "hello", "max_tokens": 2}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}),
+])
+async def test_vllm_top_k_reaches_the_sampler(client: httpx.AsyncClient, backend, path: str, body: dict) -> None:
+    """vLLM's ``top_k`` on the OpenAI routes (it was dropped); its 0 and -1 mean none."""
+    for top_k, expected in ((5, 5), (0, 0), (-1, 0), (None, 0)):
+        assert (await client.post(path, json={**body, "top_k": top_k})).status_code == 200
+        assert backend.requests[-1].sampling.top_k == expected, top_k
