@@ -326,7 +326,8 @@ def build_server(service: TextGenerationService, config: ShardConfig) -> grpc.ai
 
 
 def serving_socket(path: str) -> bool:
-    """Whether a process accepts connections on the Unix socket ``path``: a live server, not a stale file."""
+    """Whether a process accepts connections on the Unix socket ``path``: a live server, not a stale file.
+    (The launcher has its own copy: the import rules keep the router's packages and the shard's apart.)"""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
         try:

@@ -126,10 +126,9 @@ class Batcher:
         """The server has begun to stop (SIGTERM / SIGINT) and drains its streams. A lost shard will not be
         waited for any more: while it is lost, the waiting and new requests are refused at once, not after
         ``shard_recovery_timeout_s`` (the launcher stops the router when it gives up on a shard); with the
-        shard up they are still served. Call on the loop's thread."""
+        shard up they are still served. The recovery loop refuses them at its next poll (within
+        ``RECOVERY_POLL_S``), after it has failed the requests that ran on the lost shard."""
         self._stopping = True
-        if self._shard_lost.is_set() and not self._refusing:
-            self._refuse_waiting("the server is stopping")
 
     async def generate_stream(self, request: ValidRequest) -> AsyncIterator[InferEvent]:
         state = ActiveRequest(request=request, queued_at=self._clock())
