@@ -1,16 +1,20 @@
 """KV cache events from the launched stack (``--kv-events-config`` on the launcher, passed to the router): a
 real ZMQ subscriber's view must equal what the router's prefix cache holds (its /metrics block count), and every
-published hash must be the chained hash of the published tokens (default namespace: computable here)."""
+published hash must be the chained hash of the published tokens (default namespace: computable here). With host
+and disk tiers, the same holds per medium (GPU, CPU, DISK) against the tiers' block counts."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import threading
 import time
 
 import httpx
-
 from conftest import Stack, free_port
+from test_kv_tiers_e2e import generate, prompt
+
 from prism_cache import block_hashes
 from router_py.kv_events.wire import HASH_MASK
 from router_py.tests.kv_subscriber import Subscriber
@@ -78,3 +82,55 @@ def test_subscriber_view_equals_the_router_cache() -> None:
         listener.join()
         assert stack.close() == 0
         sub.close()
+
+
+def test_tier_copies_are_published_per_medium() -> None:
+    """A 20-block device pool, a 10-block host tier and a disk tier: a flood pushes a prompt's blocks down to the
+    host and on to disk, and it comes back. The subscriber's GPU / CPU / DISK views equal the tree's and the
+    tiers' block counts, and every tier copy carries its block's parent and tokens (its hash recomputes)."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": endpoint, "topic": "kv"}
+    disk = tempfile.mkdtemp(prefix="prism-kv-disk-")
+    stack = Stack(["--dtype", "float32", "--cache-policy", "lru", "--num-blocks", "20",
+                   "--max-batch-prefill-tokens", "256", "--max-total-tokens", "200", "--max-input-tokens", "180",
+                   "--kv-host-tokens", "160", "--kv-disk-tokens", "8192", "--kv-disk-path", disk,
+                   "--kv-events-config", json.dumps(config)])
+    sub = Subscriber(endpoint, "kv", bind=True)
+    stop = threading.Event()
+    listener = threading.Thread(target=lambda: [sub.receive(0.05) for _ in iter(stop.is_set, True)])
+    listener.start()
+    try:
+        stack.wait_healthy()
+        for text in [prompt(0), *(prompt(i) for i in range(1, 14)), prompt(0)]:
+            generate(stack, text)
+
+        def counts() -> tuple[tuple[int, ...], tuple[int, ...]]:
+            view = sub.view
+            got = (len(view.blocks), len(view.tiers["CPU"]), len(view.tiers["DISK"]))
+            want = (stack.metric('prism_prefix_cache_blocks{state="cached"}'),
+                    stack.metric('prism_kv_tier_blocks{tier="host"}'),
+                    stack.metric('prism_kv_tier_blocks{tier="disk"}'))
+            return got, tuple(int(n) for n in want)
+
+        deadline = time.monotonic() + 30
+        while (seen := counts())[0] != seen[1] and time.monotonic() < deadline:
+            time.sleep(0.3)
+        stop.set()
+        listener.join()
+        view = sub.view
+        assert view.errors == [] and sub.gaps == 0
+        assert seen[0] == seen[1], f"subscriber (GPU, CPU, DISK) {seen[0]} != the router's {seen[1]}"
+        media = {medium for tag, medium, _ in view.log if tag == "BlockStored"}
+        assert {"CPU", "DISK"} <= media, f"no tier copy was published: {media}"
+        assert stack.metric('prism_prefix_cache_tier_hit_tokens{tier="host"}') + \
+            stack.metric('prism_prefix_cache_tier_hit_tokens{tier="disk"}') > 0, "the prompt never came back"
+        chains = {h: (*block, None) for h, block in view.seen.items()}
+        block_size = len(next(iter(view.blocks.values()))[1])
+        for h in {*view.tiers["CPU"], *view.tiers["DISK"]}:
+            assert block_hashes("", chain_tokens(chains, h), block_size)[-1] & HASH_MASK == h
+    finally:
+        stop.set()
+        listener.join()
+        assert stack.close() == 0
+        sub.close()
+        shutil.rmtree(disk, ignore_errors=True)

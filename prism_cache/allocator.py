@@ -92,9 +92,10 @@ class RadixAllocator:
         tiers: TierConfig | None = None,
     ) -> None:
         """Args: policy: a typed :class:`PolicyConfig`, or a policy name whose knobs ``params`` holds (flat
-        ``--scheduler-param`` keys); observer: told of every block the tree stores and evicts
-        (:class:`CacheObserver`); tiers: host/disk tiers below the device (None or both sizes 0: off; also off
-        without prefix caching). Raises ValueError for an unknown policy or a bad knob."""
+        ``--scheduler-param`` keys); observer: told of every block the tree stores and evicts, and of every
+        block copy the tiers take or give up (:class:`CacheObserver`); tiers: host/disk tiers below the
+        device (None or both sizes 0: off; also off without prefix caching). Raises ValueError for an unknown
+        policy or a bad knob."""
         config = policy if isinstance(policy, PolicyConfig) else PolicyConfig.parse(policy, params)
         self._pool = BlockPool(num_blocks)
         half_life = config.dart.heat_half_life
@@ -125,6 +126,7 @@ class RadixAllocator:
         if tiers is not None and tiers.enabled and prefix_caching:
             self.tiers = TierManager(tiers, self.queued_demand, self._tree.heat_now, block_size=block_size)
             self._tree.spill = self.tiers.evicted
+            self.tiers.index.watch(observer)  # NOTE: tier copies are KV cache events too (medium CPU, DISK)
 
     def hashes(self, namespace: str, prompt: Tokens) -> list[int]:
         return block_hashes(namespace, prompt, self.block_size)
@@ -300,9 +302,21 @@ class RadixAllocator:
             start,
         )
         if self.tiers is not None:
+            if alloc._found:
+                self._carry_uses(alloc, prompt, n_full)
             self._unpin(alloc)
             self.tiers.stored(alloc.blocks[existing:n_full], hashes[existing:n_full])
         return node, n_full
+
+    def _carry_uses(self, alloc: Allocation, prompt: Tokens, n_full: int) -> None:
+        """The blocks the allocation promoted keep their use count in the tree, as :meth:`promote_hot`'s do:
+        the tree's new node starts at no hits and an exclusive tier is about to drop its copies, so without
+        this a hot prefix would look used once at its next demotion (below HotPrefix's admission)."""
+        assert self.tiers is not None
+        hits = self.tiers.carried_hits(alloc._found)
+        end = min(alloc.depth + len(alloc._found), n_full)  # the promoted run, from the device match on
+        if end > alloc.depth and any(hits.values()):
+            self._tree.raise_hits(alloc.namespace, prompt[: end * self.block_size], hits)
 
     def rollback(self, alloc: Allocation, sent: bool = False) -> None:
         """Undo :meth:`allocate` without caching anything: the tier accounting returns to what it was, but for
@@ -371,7 +385,7 @@ class RadixAllocator:
             pool.unref_all(blocks)  # the tree holds its own reference
             if leaf is None:
                 break
-            leaf.hits = max(0, int(hot) - 1)  # its uses come back with it (HotPrefix's frequency)
+            leaf.hits = self.tiers.placement.carried_hits(hot)  # its uses come back with it
             self.tiers.promoted_run(run, blocks)
             done += n
         return done

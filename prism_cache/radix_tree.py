@@ -17,7 +17,7 @@ the clock of blocks inserted so far. Eviction candidates live in :mod:`prism_cac
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prism_cache.block_pool import BlockPool
@@ -265,6 +265,19 @@ class RadixTree:
             node, i, pos = child, i + k, pos + k * bs
         self.touch(node, hit=False)
         return existing, node
+
+    def raise_hits(self, namespace: str, tokens: Tokens, hits: Mapping[int, int]) -> None:
+        """Raise the hits of the nodes that end the cached path of ``tokens``, from its end up while every
+        block of the node has an entry in ``hits`` (hash -> hits), to the node's least entry: the uses a lower
+        KV tier counted for blocks it gave back. Splits the node where ``tokens`` end inside it, as
+        :meth:`match` does, so blocks without an entry below that point keep their own count."""
+        node, _ = self.match(namespace, tokens)
+        while node.parent is not None and all(h in hits for h in node.hashes):
+            n = min(hits[h] for h in node.hashes)
+            if n > node.hits:
+                node.hits = n
+                self._index.mark(node)  # a policy key may read hits
+            node = node.parent
 
     def graftable(self, parent: Node, tokens: Tokens) -> bool:
         """``parent`` is in the tree and has no child starting with ``tokens``' first block."""

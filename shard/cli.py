@@ -94,20 +94,14 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="directory of the disk KV tier's files [env: KV_DISK_PATH]")
 
 
-def _run_serve(args: argparse.Namespace) -> None:
-    from shard.logs import setup_logging
+def _serve_config(args: argparse.Namespace) -> ShardConfig:
+    """The serve command's settings, from its flags and the environment. Raises ValueError on a bad value."""
     from shard.tracing import otlp_endpoint, service_name
 
-    setup_logging(args.logger_level, args.json_output)
     rank, world = ShardConfig.env_rank()
-    try:
-        prefix_caching = ShardConfig.env_prefix_caching()
-        pool_floor = ShardConfig.env_pool_floor()
-    except ValueError as err:
-        sys.exit(f"error: {err}")
-    config = ShardConfig(
-        prefix_caching=prefix_caching,
-        pool_floor=pool_floor,
+    return ShardConfig(
+        prefix_caching=ShardConfig.env_prefix_caching(),
+        pool_floor=ShardConfig.env_pool_floor(),
         model_dir=args.model_dir,
         uds_path=args.uds_path,
         dtype=args.dtype,
@@ -129,6 +123,16 @@ def _run_serve(args: argparse.Namespace) -> None:
         otlp_endpoint=otlp_endpoint(args.otlp_endpoint),
         otlp_service_name=service_name(args.otlp_service_name),
     )
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    from shard.logs import setup_logging
+
+    setup_logging(args.logger_level, args.json_output)
+    try:
+        config = _serve_config(args)  # NOTE: a bad flag is one error line, not a traceback
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     from shard.factory import build_service
     from shard.server import serve, serving_socket
 

@@ -78,10 +78,27 @@ class ShardConfig:
             raise ValueError(f"--cpu-threads must be at least 1, got {self.cpu_threads}")
         if self.kv_host_tokens < 0 or self.kv_disk_tokens < 0:
             raise ValueError("--kv-host-tokens and --kv-disk-tokens must be at least 0")
+        sizes = (("--kv-host-tokens", self.kv_host_tokens), ("--kv-disk-tokens", self.kv_disk_tokens))
+        for flag, tokens in sizes:
+            if 0 < tokens < self.block_size:  # NOTE: it would hold no block: the tier silently off
+                raise ValueError(
+                    f"{flag} {tokens} is less than one KV block ({self.block_size} tokens, --block-size); "
+                    f"give 0 for no tier or at least {self.block_size}"
+                )
         if self.kv_disk_tokens and not self.kv_disk_path:
             raise ValueError("--kv-disk-tokens needs --kv-disk-path (KV_DISK_PATH)")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"RANK {self.rank} is not below WORLD_SIZE {self.world_size}")
+
+    @property
+    def kv_host_blocks(self) -> int:
+        """Whole blocks of the host tier (a partial block's tokens are dropped; build_tiers logs it)."""
+        return self.kv_host_tokens // self.block_size
+
+    @property
+    def kv_disk_blocks(self) -> int:
+        """Whole blocks of the disk tier, as :attr:`kv_host_blocks`."""
+        return self.kv_disk_tokens // self.block_size
 
     @property
     def socket_path(self) -> str:

@@ -170,9 +170,19 @@ def build_service(config: ShardConfig) -> TextGenerationService:
 
 
 def build_tiers(config: ShardConfig, kv: KVCache) -> KvTiers | None:
-    """The host and disk KV tiers the flags ask for (whole blocks), or None. Each tensor-parallel rank keeps
-    its share of every block, on disk under ``rank-R``."""
-    host, disk = config.kv_host_tokens // config.block_size, config.kv_disk_tokens // config.block_size
+    """The host and disk KV tiers the flags ask for, or None. A size that is not a multiple of the block size
+    is rounded down to whole blocks, with a log line (ShardConfig refuses one below a block). Each
+    tensor-parallel rank keeps its share of every block, on disk under ``rank-R``."""
+    host, disk = config.kv_host_blocks, config.kv_disk_blocks
+    sizes = (
+        ("--kv-host-tokens", config.kv_host_tokens, host),
+        ("--kv-disk-tokens", config.kv_disk_tokens, disk),
+    )
+    for flag, tokens, blocks in sizes:
+        if tokens != blocks * config.block_size:
+            kept = blocks * config.block_size
+            why = "%s %d is not a multiple of the block size %d: the tier holds %d blocks (%d tokens)"
+            log.info(why, flag, tokens, config.block_size, blocks, kept)
     if not host and not disk:
         return None
     path = config.kv_disk_path

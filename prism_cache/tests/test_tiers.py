@@ -227,6 +227,52 @@ def test_hotprefix_promotes_a_hot_host_run_in_place_of_colder_device_leaves() ->
     a.rollback(got)
 
 
+def _serve(a: RadixAllocator, shard: ModelShard, prompt: tuple[int, ...]) -> int:
+    """One request for ``prompt`` from admission to release, as the batcher runs it: the shard runs its copies
+    (demotions, then promotions), the forward writes the blocks it computes, the release caches the prompt,
+    then the pending demotions run. Checks every invariant and that nothing is held once it is gone; returns
+    the prompt tokens the request took from the host tier."""
+    hashes = a.hashes("t", prompt)
+    alloc = a.allocate(len(prompt), "t", prompt, hashes)
+    assert alloc is not None and shard.run(alloc.copies) == []
+    for i, b in enumerate(alloc.blocks):
+        if i < alloc.prefix_len // BS:
+            assert shard.kv[(Tier.DEVICE, b)] == hashes[i] & MASK, "a reused block holds other KV"
+        shard.kv[(Tier.DEVICE, b)] = hashes[i] & MASK
+    a.release(alloc, prompt, hashes)
+    shard.run(a.plan_prefetch([]))
+    a.check_integrity()
+    _check_placement(a, shard)
+    _check_conservation(a, shard, [])
+    sizes = a.sizes()
+    assert sizes.in_use == 0 and sizes.free + sizes.cached == sizes.total, "blocks not conserved"
+    return alloc.hit_tokens_by_tier[Tier.HOST]
+
+
+def test_hotprefix_keeps_the_uses_of_a_prefix_promoted_on_use() -> None:
+    """A hot prefix that a request brings back from the host keeps its use count on the device, so its next
+    eviction admits it to the host again (it was recomputed from then on when the tree's new node started at
+    no hits and the exclusive host dropped its entry)."""
+    a = RadixAllocator(6, BS, "lru", tiers=TierConfig(host_blocks=16, policy="hotprefix"))
+    shard = ModelShard()
+    prompt = (1, 1, 2, 2, 3, 3, 4, 4)
+    others = [(9, k) * 4 for k in range(3)]  # used once each: never admitted, they only push the prompt off
+    hashes = a.hashes("t", prompt)
+    host = a.tiers.index.host  # type: ignore[union-attr]
+    for p in (prompt, prompt, *others):
+        _serve(a, shard, p)
+    assert all(h in host for h in hashes), "used twice, then evicted: the host should hold it"
+    longer = prompt + (5, 5)  # the promoted prefix and one block computed now
+    assert _serve(a, shard, longer) == 8, "promoted on use"
+    assert not any(h in host for h in hashes), "the exclusive host dropped its copies"
+    for p in others:
+        _serve(a, shard, p)
+    assert all(h in host for h in hashes), "its uses were lost on the device: evicted below the threshold"
+    assert [a.tiers.orders[Tier.HOST][h] for h in hashes] == [3.0] * 4  # type: ignore[union-attr]
+    assert a.hashes("t", longer)[-1] not in host, "the block computed once took the prefix's count"
+    assert _serve(a, shard, prompt) == 8, "recomputed instead of read from the host"
+
+
 def test_lru_offload_writes_through_and_dart_writes_back() -> None:
     for policy, expect in (("lru-offload", 4), ("dart", 0)):
         a = RadixAllocator(16, BS, "lru", tiers=TierConfig(host_blocks=8, policy=policy))

@@ -6,8 +6,9 @@ hold blocks by chained hash (:class:`MetadataIndex`), each in a slot of its :cla
 - demotes what the device evicts (:meth:`TierManager.evicted`, the tree's spill hook) or, write-through, what
   the device caches (:meth:`TierManager.stored`); a full host demotes its victim to disk first;
 - finds a request's continuation below its device match (:meth:`TierManager.find`), pins it while an
-  allocation copies it up (:meth:`TierManager.promoted`), and drops the host copy once the tree holds the block
-  again (exclusive policies);
+  allocation copies it up (:meth:`TierManager.promoted`), hands its use count to the tree
+  (:meth:`TierManager.carried_hits`) and drops the host copy once the tree holds the block again (exclusive
+  policies);
 - plans prefetch for waiting requests (disk -> host, :meth:`TierManager.plan_prefetch`);
 - for periodic promotion (HotPrefix), remembers where each host run was cut off the tree and offers the hottest
   whole ones (:meth:`TierManager.hot_roots`); the allocator grafts them back (:meth:`TierManager.promoted_run`).
@@ -249,6 +250,17 @@ class TierManager:
                 self._prefetched.discard(h)
                 self.counters.prefetch_used += 1
         return out, undo
+
+    def carried_hits(self, found: Sequence[Found]) -> dict[int, int]:
+        """Hash -> the tree hits each promoted block still in its tier brings back
+        (:meth:`Placement.carried_hits` of its hotness, the promotion's use included); read before
+        :meth:`stored` drops the host copies."""
+        out: dict[int, int] = {}
+        for tier, _, h in found:
+            hot = self.orders[tier].get(h)
+            if hot is not None:
+                out[h] = self.placement.carried_hits(hot)
+        return out
 
     def unpromoted(self, undo: Sequence[Undo], sent: bool) -> None:
         """Promotions of a rolled-back allocation (:meth:`promoted`'s undo list): the blocks were not used, so

@@ -9,6 +9,9 @@ prefix lookup probes the dict once per run: while the run is whole, the prompt's
 the run's in one list comparison (chained hashes name their whole prefix, so equal hashes mean the same
 blocks, and two chains that differ once differ from there on). A broken run (a member evicted) is walked block
 by block.
+
+Every entry that enters or leaves a tier goes through :meth:`TierIndex.put` / :meth:`TierIndex.drop`, so that
+is where a watching :class:`CacheObserver` hears of tier copies (:meth:`MetadataIndex.watch`).
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ from __future__ import annotations
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prism_cache.tiers.types import Tier
+
+if TYPE_CHECKING:
+    from prism_cache.observer import CacheObserver
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,7 @@ class TierIndex:
         self.run_of = array("q", bytes(8 * capacity))
         self.offset = array("I", bytes(4 * capacity))
         self.runs: dict[int, list] = {}  # run id -> [chain hashes, members present]
+        self.observer: CacheObserver | None = None  # told of every put and drop (KV cache events)
 
     def __len__(self) -> int:
         return len(self.slot_of)
@@ -76,6 +84,8 @@ class TierIndex:
             record[1] += 1
             self.offset[slot] = offset
         self.run_of[slot] = rid
+        if self.observer is not None:
+            self.observer.tier_stored(self.tier, h)
 
     def drop(self, h: int) -> int:
         """Remove ``h``; returns its slot. Raises KeyError if absent."""
@@ -86,6 +96,8 @@ class TierIndex:
             record[1] -= 1
             if not record[1]:
                 del self.runs[rid]
+        if self.observer is not None:
+            self.observer.tier_removed(self.tier, h)
         return slot
 
     def entry(self, h: int) -> Entry | None:
@@ -124,6 +136,10 @@ class MetadataIndex:
         self.host = TierIndex(Tier.HOST, host_blocks, block_bytes)
         self.disk = TierIndex(Tier.DISK, disk_blocks, block_bytes)
         self.tiers = {Tier.HOST: self.host, Tier.DISK: self.disk}
+
+    def watch(self, observer: CacheObserver | None) -> None:
+        """Tell ``observer`` of every entry put in or dropped from either tier (None: nobody watches)."""
+        self.host.observer = self.disk.observer = observer
 
     def lookup(self, h: int) -> Entry | None:
         """The fastest copy of ``h`` (host before disk), or None."""

@@ -12,9 +12,11 @@ and whether a block is written down as soon as the device caches it.
 
 Each tier keeps an order (an ``OrderedDict`` hash -> hotness, least recent first) that the manager updates on
 every put, hit and drop; policies only read it. Hotness is a block's use count (the node's hits + 1 at
-demotion, +1 per later hit from the tier); DART's is the node's decayed heat (:mod:`prism_cache.decay`, log
-form, so values taken at different times compare), one use added per hit from the tier. LRU write-through
-also refreshes a block's lower copies when the device serves it (one recency for all tiers, as HiCache).
+demotion, +1 per later hit from the tier), and a block promoted back into the tree (on use or periodically)
+hands it back as the node's hits (:meth:`Placement.carried_hits`), so a hot prefix stays hot across trips;
+DART's is the node's decayed heat (:mod:`prism_cache.decay`, log form, so values taken at different times
+compare), one use added per hit from the tier. LRU write-through also refreshes a block's lower copies when
+the device serves it (one recency for all tiers, as HiCache).
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ class Placement:
     def hit(self, hotness: float) -> float:
         """The hotness after one more use."""
         return hotness + 1.0
+
+    def carried_hits(self, hotness: float) -> int:
+        """The tree hits a block of this hotness brings back to the device (its uses but the one that cached
+        it: a node's hotness is its hits + 1), so that its next demotion sees the same count."""
+        return max(0, int(hotness) - 1)
 
     def admit(self, hotness: float) -> bool:
         """Whether a block of this hotness may take a slot at all."""
@@ -85,6 +92,10 @@ class DartPlacement(Placement):
 
     def hit(self, hotness: float) -> float:
         return add_use(hotness, self._heat_now())
+
+    def carried_hits(self, hotness: float) -> int:
+        # NOTE: DART's hotness is decayed heat, not a use count: no hits to hand back (docs/kv-tiers.md)
+        return 0
 
     def victim(self, order: Order, pinned: Container[int]) -> int | None:
         first, best, best_hot = None, None, 0.0

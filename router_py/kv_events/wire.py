@@ -13,7 +13,10 @@ equal to their declared default left out (``omit_defaults``). Field order (vLLM'
     AllBlocksCleared  (no fields)
 
 We fill them as vLLM does for a model with one full-attention KV cache group: ``group_idx`` 0,
-``kv_cache_spec_kind`` "full_attention", no sliding window.
+``kv_cache_spec_kind`` "full_attention", no sliding window. ``medium`` names where the block's copy is: "GPU"
+the shard's paged pool (vLLM's ``MEDIUM_GPU``, whatever the device), "CPU" the host tier (what vLLM's CPU
+offloading publishes), "DISK" the disk tier (vLLM's core defines no disk medium; SGLang's events declare
+"DISK", see docs/kv-events.md).
 
 Block hashes go out as unsigned 64-bit ints (vLLM's int form of ``ExternalBlockHash``): our chained hashes are
 Python's signed 64-bit ``hash`` values, mapped one to one by ``h mod 2**64``.
@@ -26,14 +29,22 @@ from typing import Any
 
 import msgpack
 
+from prism_cache.tiers.types import Tier
+
 MEDIUM_GPU = "GPU"  # vLLM's MEDIUM_GPU: the device tier (our shard's paged KV pool)
+MEDIUM_CPU = "CPU"  # vLLM's CPU offloading medium: the host tier
+MEDIUM_DISK = "DISK"  # the disk tier (SGLang's name; vLLM core has none)
+MEDIUMS = {Tier.DEVICE: MEDIUM_GPU, Tier.HOST: MEDIUM_CPU, Tier.DISK: MEDIUM_DISK}
 FULL_ATTENTION = "full_attention"  # vLLM's kv_cache_spec_kind of a full-attention group
 HASH_MASK = (1 << 64) - 1
 REQUIRED = object()  # a field without a declared default: always written
 
 # Raw events as the collector queues them (plain tuples: cheap on the event loop, encoded on the thread).
-Stored = tuple[str, str, int | None, tuple[int, ...], tuple[int, ...]]  # ("stored", ns, parent, hashes, tokens)
-Removed = tuple[str, tuple[int, ...]]  # ("removed", hashes)
+# ("stored", namespace, parent, hashes, tokens, medium)
+Stored = tuple[str, str, int | None, Sequence[int], Sequence[int], str]
+# ("removed", hashes, medium); a tier removal's hashes are a list the collector extends while the event is the
+# last pending one, never after the batch is handed over
+Removed = tuple[str, Sequence[int], str]
 Cleared = tuple[str]  # ("cleared",)
 RawEvent = Stored | Removed | Cleared
 
@@ -56,14 +67,14 @@ def event_fields(event: RawEvent, block_size: int) -> tuple[str, list[tuple[str,
     """(tag, [(field, value, declared default or REQUIRED), ...]) of one raw event, every field vLLM declares."""
     kind = event[0]
     if kind == "stored":
-        _, namespace, parent, hashes, tokens = event  # type: ignore[misc]
+        _, namespace, parent, hashes, tokens, medium = event  # type: ignore[misc]
         return "BlockStored", [
             ("block_hashes", [h & HASH_MASK for h in hashes], REQUIRED),
             ("parent_block_hash", None if parent is None else parent & HASH_MASK, REQUIRED),
             ("token_ids", list(tokens), REQUIRED),
             ("block_size", block_size, REQUIRED),
             ("lora_id", None, REQUIRED),
-            ("medium", MEDIUM_GPU, REQUIRED),
+            ("medium", medium, REQUIRED),
             ("lora_name", None, REQUIRED),
             ("extra_keys", extra_keys(namespace, parent, len(hashes)), None),
             ("group_idx", 0, None),
@@ -71,8 +82,9 @@ def event_fields(event: RawEvent, block_size: int) -> tuple[str, list[tuple[str,
             ("kv_cache_spec_sliding_window", None, None),
         ]
     if kind == "removed":
-        hashes = [h & HASH_MASK for h in event[1]]  # type: ignore[union-attr]
-        return "BlockRemoved", [("block_hashes", hashes, REQUIRED), ("medium", MEDIUM_GPU, REQUIRED),
+        _, removed, medium = event  # type: ignore[misc]
+        hashes = [h & HASH_MASK for h in removed]
+        return "BlockRemoved", [("block_hashes", hashes, REQUIRED), ("medium", medium, REQUIRED),
                                 ("group_idx", 0, None)]
     if kind == "cleared":
         return "AllBlocksCleared", []

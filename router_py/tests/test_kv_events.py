@@ -24,14 +24,16 @@ LOOPBACK = "tcp://127.0.0.1:*"
 class Stream:
     """Publisher + collector + subscriber on loopback, with the slow-joiner handshake done."""
 
-    def __init__(self, encoding: str = "array", topic: str = "kv", block_size: int = 4) -> None:
+    def __init__(
+        self, encoding: str = "array", topic: str = "kv", block_size: int = 4, tiers: bool = False
+    ) -> None:
         config = KvEventsConfig.parse(
             f'{{"enable_kv_cache_events": true, "endpoint": "{LOOPBACK}", "topic": "{topic}", '
             f'"encoding": "{encoding}", "replay_endpoint": "{LOOPBACK}"}}'
         )
         self.publisher = ZmqEventPublisher(config, block_size)
         self.published = 0
-        self.collector = KvEventCollector(self._publish)
+        self.collector = KvEventCollector(self._publish, tiers=tiers)
         self.sub = Subscriber(self.publisher.endpoint, topic)
         deadline = time.monotonic() + 10
         while not self.sub.receive(0.05):  # PUB drops what it sends before the SUB has joined
@@ -173,7 +175,9 @@ def test_block_stored_chains_parent_hashes_and_tokens() -> None:
 def test_wire_format_is_vllms() -> None:
     """Field order, tag, unsigned hashes, every field in the array form, defaults omitted in the map form; the
     batch is [ts, events, data_parallel_rank]."""
-    events = [("stored", "", -5, (-1, 7), (1, 2, 3, 4, 5, 6, 7, 8)), ("removed", (7,)), ("cleared",)]
+    events = [
+        ("stored", "", -5, (-1, 7), (1, 2, 3, 4, 5, 6, 7, 8), "GPU"), ("removed", (7,), "GPU"), ("cleared",)
+    ]
     array = msgpack.unpackb(encode_batch(1.5, events, 4, "array"))
     assert array == [1.5, [
         ["BlockStored", [(1 << 64) - 1, 7], (1 << 64) - 5, [1, 2, 3, 4, 5, 6, 7, 8], 4, None, "GPU", None,

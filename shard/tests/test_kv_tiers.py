@@ -237,3 +237,28 @@ def test_tier_flags_env_twins_and_checks(monkeypatch, tiny_llama: Path) -> None:
         ShardConfig(model_dir=str(tiny_llama), kv_disk_tokens=32)
     with pytest.raises(ValueError, match="at least 0"):
         ShardConfig(model_dir=str(tiny_llama), kv_host_tokens=-1)
+
+
+def test_a_tier_below_one_block_is_refused_at_startup(monkeypatch, caplog) -> None:
+    """A tier smaller than one block holds nothing (it was turned off without a word): the shard refuses to
+    start, naming the flag, its value and the block size. 0 still means no tier; a size that is not a multiple
+    of the block size is rounded down to whole blocks, with a log line."""
+    import logging
+
+    from shard import cli
+    from shard.config import ShardConfig
+    from shard.factory import build_tiers
+
+    monkeypatch.setattr("shard.logs.setup_logging", lambda *args, **kwargs: None)  # keep caplog's handler
+    for flag in ("--kv-host-tokens", "--kv-disk-tokens"):
+        with pytest.raises(SystemExit, match=rf"^error: {flag} 8 is less than one KV block \(16 tokens"):
+            cli.main(["serve", "m", flag, "8", "--kv-disk-path", "/tmp/unused"])
+    with pytest.raises(ValueError, match="--kv-disk-tokens 3 is less than one KV block \\(4 tokens"):
+        ShardConfig("m", block_size=4, kv_disk_tokens=3, kv_disk_path="/tmp/unused")
+    assert build_tiers(ShardConfig("m", kv_host_tokens=0), None) is None  # type: ignore[arg-type]
+    config = ShardConfig("m", block_size=4, kv_host_tokens=10)
+    kv = KVCache(KVShape(1, 1, 2, torch.float32), 4, 4, torch.device("cpu"))
+    with caplog.at_level(logging.INFO, logger="shard.factory"):
+        tiers = build_tiers(config, kv)
+    assert tiers is not None and tiers.sizes[Tier.HOST] == config.kv_host_blocks == 2
+    assert "--kv-host-tokens 10 is not a multiple of the block size 4: the tier holds 2 blocks" in caplog.text
