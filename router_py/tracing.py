@@ -16,6 +16,9 @@ How a request's trace connects (TGI's shape, carried through to the shard):
 
 When off, :func:`span` yields ``None`` and :func:`inject_grpc_metadata` returns ``[]`` without touching OTel.
 
+A stop waits at most :data:`router_py.span_export.SHUTDOWN_TIMEOUT_S` for the receiver to take the last spans
+(with the receiver down, the SDK's own shutdown retried the export for 7-20 s).
+
 NOTE: tracing state is process-wide by nature (as OTel's own global provider); it lives in one holder object
 that :func:`setup_tracing` replaces, rather than in OTel's set-once global, so tests can switch it on and off.
 """
@@ -76,7 +79,7 @@ def setup_tracing(otlp_endpoint: str | None, service_name: str, exporter: SpanEx
         return
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     if exporter is not None:
@@ -87,7 +90,10 @@ def setup_tracing(otlp_endpoint: str | None, service_name: str, exporter: SpanEx
         # NOTE: "http://host:port" is insecure and "https://" secure by the exporter's own rule; a bare
         # "host:port" (TGI's docs use both) stays insecure unless OTEL_EXPORTER_OTLP_INSECURE says otherwise.
         insecure = None if "://" in otlp_endpoint or "OTEL_EXPORTER_OTLP_INSECURE" in os.environ else True
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=insecure)))
+        from router_py.span_export import BoundedBatchSpanProcessor
+
+        otlp = OTLPSpanExporter(endpoint=otlp_endpoint, insecure=insecure)
+        provider.add_span_processor(BoundedBatchSpanProcessor(otlp))
     _STATE.tracer, _STATE.provider = provider.get_tracer(TRACER_NAME), provider
 
 
@@ -95,10 +101,10 @@ def enabled() -> bool:
     return _STATE.tracer is not None
 
 
-def flush(timeout_ms: int = 5000) -> None:
-    """Export every finished span now (at shutdown)."""
-    if _STATE.provider is not None:
-        _STATE.provider.force_flush(timeout_ms)
+def shutdown() -> None:
+    """Export the spans still queued and turn tracing off, within ``span_export.SHUTDOWN_TIMEOUT_S`` when the
+    receiver is down (the router calls it on a stop; the SDK's exit hook would too, to the same bound)."""
+    setup_tracing(None, "")
 
 
 def parent_from_headers(headers: Mapping[str, str]) -> otel_context.Context | None:

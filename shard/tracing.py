@@ -9,6 +9,7 @@ request's trace reaches every shard step that computed it.
 On when ``--otlp-endpoint`` or the standard ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``/``OTEL_EXPORTER_OTLP_ENDPOINT``
 is set (``OTEL_SDK_DISABLED=true`` wins); the service name is ``--otlp-service-name``, else ``OTEL_SERVICE_NAME``,
 else TGI's ``text-generation-inference.server``; the SDK reads the other ``OTEL_*`` variables itself.
+A stop waits at most :data:`shard.span_export.SHUTDOWN_TIMEOUT_S` for the receiver to take the last spans.
 """
 
 from __future__ import annotations
@@ -42,20 +43,24 @@ def setup_tracing(endpoint: str, service_name: str) -> None:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from shard.span_export import BoundedBatchSpanProcessor
 
     insecure = None if "://" in endpoint or "OTEL_EXPORTER_OTLP_INSECURE" in os.environ else True
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure)))
+    exporter = OTLPSpanExporter(endpoint=endpoint, insecure=insecure)
+    provider.add_span_processor(BoundedBatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
 
 
-def flush_tracing() -> None:
+def shutdown_tracing() -> None:
+    """Export the spans still queued and stop, within ``shard.span_export.SHUTDOWN_TIMEOUT_S`` when the
+    receiver is down (the server calls it when it stops; the SDK's exit hook would too, to the same bound)."""
     from opentelemetry import trace
 
     provider = trace.get_tracer_provider()
-    if hasattr(provider, "force_flush"):
-        provider.force_flush(5000)
+    if hasattr(provider, "shutdown"):
+        provider.shutdown()
 
 
 def request_traces(metadata: tuple[tuple[str, str | bytes], ...]) -> list[tuple[int, str]]:

@@ -7,9 +7,15 @@ standard ``OTEL_*`` variables are read. End to end with a real OTLP receiver: in
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from router_py.shard_client.fake_shard import FakeOptions
@@ -120,3 +126,59 @@ def test_standard_otel_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> No
     assert tracing.service_name("flag-name") == "flag-name"
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert tracing.otlp_endpoint("http://flag:4317") is None
+
+
+# ---- stopping with the OTLP receiver up or down ------------------------------------------------------------
+
+STOP_LIMIT_S = 4.0  # router_py.span_export.SHUTDOWN_TIMEOUT_S (2 s) and slack for a loaded machine
+
+
+class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """A real OTLP trace receiver (the collector's TraceService) keeping the names of the spans it gets."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.lock = threading.Lock()
+
+    def Export(self, request, context):
+        with self.lock:
+            self.names += [s.name for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_stop_with_the_receiver_down_returns_within_the_bound() -> None:
+    """The SDK's shutdown retried the last export with backoff for 7-10 s (OTEL_EXPORTER_OTLP_TIMEOUT) when
+    nothing listened on the endpoint; a stop now gives up after 2 s."""
+    tracing.setup_tracing(f"http://127.0.0.1:{closed_port()}", "prism-test")
+    with tracing.span("generate"):
+        pass
+    start = time.monotonic()
+    tracing.setup_tracing(None, "prism-test")  # turning tracing off shuts the provider down, as a stop does
+    assert time.monotonic() - start < STOP_LIMIT_S
+    assert not tracing.enabled()
+
+
+def test_a_stop_delivers_the_last_spans_to_a_receiver_that_is_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")  # NOTE: nothing exported before the stop
+    receiver = Receiver()
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        tracing.setup_tracing(f"http://127.0.0.1:{port}", "prism-test")
+        with tracing.span("generate"), tracing.span("infer"):
+            pass
+        assert receiver.names == []
+        start = time.monotonic()
+        tracing.shutdown()
+        assert time.monotonic() - start < STOP_LIMIT_S
+    finally:
+        server.stop(None)
+    assert sorted(receiver.names) == ["generate", "infer"]

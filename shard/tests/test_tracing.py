@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -76,3 +82,29 @@ async def test_decode_records_a_span_in_every_served_requests_trace(tmp_path) ->
         assert format(span.context.trace_id, "032x") == requests[rid]
         assert format(span.parent.span_id, "016x") == "b7ad6b7169203331"
         assert [link.context.span_id for link in span.links] == [rpc.context.span_id]
+
+
+STOP_LIMIT_S = 4.0  # shard.span_export.SHUTDOWN_TIMEOUT_S (2 s) and slack for a loaded machine
+EXIT_AFTER_A_SPAN = """
+import sys, time
+from opentelemetry import trace
+from shard.tracing import setup_tracing
+setup_tracing(sys.argv[1], "prism-test")
+with trace.get_tracer("shard").start_as_current_span("/generate.v3.TextGenerationService/Prefill"):
+    pass
+print(time.monotonic(), flush=True)
+"""  # then the interpreter exits: the SDK's exit hook shuts the global provider down
+
+
+def test_exit_with_the_receiver_down_returns_within_the_bound() -> None:
+    """A shard process that stops with a span queued and nothing listening on the OTLP endpoint: the SDK's
+    shutdown retried the export with backoff for 7-10 s; now the process is gone within 2 s."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", EXIT_AFTER_A_SPAN, f"http://127.0.0.1:{closed}"], cwd=root,
+                          capture_output=True, text=True, timeout=60, check=False)
+    gone = time.monotonic()
+    assert proc.returncode == 0, proc.stderr
+    assert gone - float(proc.stdout.split()[-1]) < STOP_LIMIT_S  # NOTE: CLOCK_MONOTONIC is system-wide
