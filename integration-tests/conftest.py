@@ -83,6 +83,16 @@ class Stack:
         return code
 
 
+def child_pid(launcher_pid: int, marker: str) -> int:
+    """The launcher's child whose command line contains ``marker``."""
+    for task in Path(f"/proc/{launcher_pid}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if marker in cmdline:
+                return int(pid)
+    raise LookupError(f"no child of {launcher_pid} runs {marker!r}")
+
+
 def wait_http_ok(url: str, process: Process, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

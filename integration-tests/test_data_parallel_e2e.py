@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 import zmq
 from text_generation import Client
 
-from conftest import Stack, free_port, transformers_greedy
+from conftest import Stack, child_pid, free_port, transformers_greedy
 from router_py.tests.kv_subscriber import Subscriber
 
 PROMPTS = ("The quick brown fox", "Once upon a time there was", "A cache that keeps them can answer", "Hello")
@@ -122,3 +124,29 @@ def test_each_replica_publishes_its_own_tree(dp_stack: Stack, subscribers: list[
     for g, sub in enumerate(subscribers):
         assert sub.view.errors == [] and sub.gaps == 0
         assert len(sub.view.blocks) == cached(g) > 0, g
+
+
+def test_a_killed_replica_gets_no_new_requests_while_the_other_serves(dp_stack: Stack) -> None:
+    """kill -9 the shard of the replica caching SHARED: once the router has seen the loss (/health 503),
+    requests with that prefix go to the other replica instead of waiting for the restart; the killed replica
+    comes back and no block stays in use. Last in the module: the restart clears a replica's tree."""
+    client = Client(dp_stack.url, timeout=120)
+
+    def queried(g: int) -> float:
+        return dp_stack.metric(f'prism_prefix_cache_queried_tokens{{replica="{g}"}}')
+
+    before = [queried(g) for g in range(2)]
+    client.generate(f"{SHARED} Which replica?", max_new_tokens=2)
+    home = 0 if queried(0) > before[0] else 1
+    os.kill(child_pid(dp_stack.process.proc.pid, f"{dp_stack.uds}-dp{home} "), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{dp_stack.url}/health").status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    other_before = queried(1 - home)
+    for i in range(3):
+        client.generate(f"{SHARED} After the kill {i}?", max_new_tokens=2)
+    # NOTE: before, the lost replica's tree (still the old one until it recovers) pulled them there to wait
+    assert queried(1 - home) - other_before >= 3 * 64, "all three served by the live replica"
+    dp_stack.wait_healthy()
+    for g in range(2):
+        assert dp_stack.metric(f'prism_prefix_cache_blocks{{replica="{g}",state="in_use"}}') == 0

@@ -10,28 +10,17 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import Stack
+from conftest import Stack, child_pid
 
 IN_USE = 'prism_prefix_cache_blocks{state="in_use"}'
 PREFIX = "The operator on call reads the dashboard, checks every alert twice and writes it down. " * 3
 RECOVERY_TIMEOUT_S = 180.0
 # NOTE: small limits keep each warmup (start, and again after each restart) short
 SMALL = ["--max-batch-prefill-tokens", "1024", "--max-input-tokens", "1000", "--max-total-tokens", "1100"]
-
-
-def child_pid(launcher_pid: int, marker: str) -> int:
-    """The launcher's child whose command line contains ``marker``."""
-    for task in Path(f"/proc/{launcher_pid}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if marker in cmdline:
-                return int(pid)
-    raise LookupError(f"no child of {launcher_pid} runs {marker!r}")
 
 
 @dataclass

@@ -53,15 +53,17 @@ class DataParallelBackend:
         self._ids = itertools.count()
 
     async def generate_stream(self, request: ValidRequest) -> AsyncIterator[InferEvent]:
-        """Choose the replica and stream from it. The prompt is hashed once: the replica's scheduler gets the
-        hashes the choice used (``ValidRequest.block_hashes``)."""
+        """Choose the replica (not one whose shard is lost, while another is up) and stream from it. The
+        prompt is hashed once: the replica's scheduler gets the hashes the choice used
+        (``ValidRequest.block_hashes``)."""
         request_id = next(self._ids)
         if request.decoder_input_details or not self.prefix_caching:  # NOTE: TGI: prefill logprobs: no cache
             hashes: list[int] = []
         else:
             hashes = block_hashes(request.namespace, request.input_ids, self.info.block_size)
             request = dataclasses.replace(request, block_hashes=tuple(hashes))
-        replica = self.chooser.choose(request_id, request.namespace, request.input_ids, hashes)
+        down = [batcher.shard_lost() for batcher in self.replicas]
+        replica = self.chooser.choose(request_id, request.namespace, request.input_ids, hashes, down)
         try:
             first = True
             async for event in self.replicas[replica].generate_stream(request):

@@ -157,11 +157,18 @@ class ReplicaChooser:
         return self.loads[replica].tokens(self.params.decode_tokens)
 
     def choose(
-        self, request_id: int, namespace: str, prompt: Sequence[int], hashes: Sequence[int] | None = None
+        self,
+        request_id: int,
+        namespace: str,
+        prompt: Sequence[int],
+        hashes: Sequence[int] | None = None,
+        down: Sequence[bool] = (),
     ) -> int:
         """The replica for this request (recorded as routed there). ``hashes``: the prompt's block hashes
         when the caller has them; ``[]`` when the request must not use the cache (it then goes by load).
-        Raises ValueError if the id is already routed."""
+        ``down[r]``: replica r has lost its shard; it is chosen only when every replica is down (a request
+        sent there waits for the restart while the others could serve it). Raises ValueError if the id is
+        already routed."""
         if request_id in self._routed:
             raise ValueError(f"request {request_id} is already routed")
         if hashes is None:
@@ -170,10 +177,12 @@ class ReplicaChooser:
         for replica_load in self.loads:
             replica_load.written *= self._decay
         loads = [self.load(r) for r in range(n)]
-        floor = min(loads)
+        candidates = [r for r in range(n) if not (down and down[r])] or list(range(n))
+        floor = min(loads[r] for r in candidates)  # NOTE: over the candidates, so one of them is eligible
         home = self._homes.home(hashes, int(self.params.home_share * len(prompt)) // self.block_size)
         best: tuple[int, bool, float, int, int] | None = None
-        for r, load in enumerate(loads):
+        for r in candidates:
+            load = loads[r]
             new = len(prompt) - self._reused(r, namespace, hashes, len(prompt))
             if load > floor and load + new > floor + self.params.max_imbalance_tokens:
                 continue
@@ -182,7 +191,7 @@ class ReplicaChooser:
             key = (new, r != home, pressure, load, (r - self._turn) % n)  # NOTE: least new = most reused
             if best is None or key < best:
                 best = key
-        assert best is not None  # NOTE: a least-loaded replica is always eligible
+        assert best is not None  # NOTE: a least-loaded candidate is always eligible
         replica = (best[-1] + self._turn) % n
         self._turn = (replica + 1) % n
         self._route(request_id, replica, best[0], hashes)

@@ -37,8 +37,11 @@ class TenantPartitionedScheduler:
     """``shares``: tenant -> fraction of ``config.num_blocks`` (0 < share, sum <= 1). ``make`` builds each inner
     scheduler from a copy of ``config`` with its partition's ``num_blocks``. ``min_blocks``: the blocks every
     partition must hold (the router passes what one request of ``max_total_tokens`` needs, plus the reserved
-    block, so that no valid request can wait for ever in a partition too small for it). Raises ValueError when
-    the shard pads (no blocks to partition) or a partition would hold fewer than ``min_blocks`` (at least 2)."""
+    block, so that no valid request can wait for ever in a partition too small for it). ``others``: whether
+    requests may come from tenants without a share (the keys file has some, or ``--api-key`` is also given):
+    they need the blocks left over, however few, else they would land in a shared tenant's partition; without
+    them a leftover too small for a request is left unused. Raises ValueError when the shard pads (no blocks
+    to partition) or a partition that is needed would hold fewer than ``min_blocks`` (at least 2)."""
 
     def __init__(
         self,
@@ -46,6 +49,7 @@ class TenantPartitionedScheduler:
         shares: Mapping[str, float],
         make: Callable[[SchedulerConfig], Scheduler],
         min_blocks: int = 2,
+        others: bool = True,
     ) -> None:
         if config.num_blocks is None:
             raise ValueError("tenant capacity shares need a paged shard (it reported requires_padding)")
@@ -58,7 +62,7 @@ class TenantPartitionedScheduler:
         offset = 0
         for name, share in sorted(shares.items()):
             offset = self._add(name, int(share * config.num_blocks), offset, config, make)
-        if config.num_blocks - offset >= 2:  # NOTE: shares adding up to ~1 leave no shared partition
+        if others or config.num_blocks - offset >= self.min_blocks:
             self._add(REST, config.num_blocks - offset, offset, config, make)
         self._by_name = {p.name: p for p in self.partitions}
         self._where: dict[int, _Partition] = {}  # waiting or running request id -> its partition
@@ -67,15 +71,17 @@ class TenantPartitionedScheduler:
     def _add(self, name: str, n: int, offset: int, config: SchedulerConfig,
              make: Callable[[SchedulerConfig], Scheduler]) -> int:
         if n < self.min_blocks:
+            fix = "raise the share" if name else (
+                "lower the shares (tenants without one, and --api-key, use the blocks they leave)")
             raise ValueError(f"tenant {name or '(others)'!r}: its share of {config.num_blocks} blocks is {n}, "
-                             f"fewer than the {self.min_blocks} one request of max_total_tokens needs; raise the "
-                             "share or lower --max-total-tokens")
+                             f"fewer than the {self.min_blocks} one request of max_total_tokens needs; {fix} "
+                             "or lower --max-total-tokens")
         inner = make(dataclasses.replace(config, num_blocks=n))
         self.partitions.append(_Partition(name, offset, inner))
         return offset + n
 
     def partition_of(self, namespace: str) -> _Partition:
-        """A tenant's partition; the shared one for the others (the last partition when shares left none)."""
+        """A tenant's partition; the shared one for the others (without ``others``, none comes: the last)."""
         return self._by_name.get(tenant_of(namespace)) or self._by_name.get(REST) or self.partitions[-1]
 
     # ---- Scheduler protocol ----------------------------------------------------------------------------------

@@ -65,6 +65,22 @@ async def test_without_prefix_caching_a_shared_prefix_goes_by_load(dp: Replicas)
     assert all(load.running == 0 and not load.inflight for load in backend.chooser.loads)
 
 
+async def test_a_lost_replica_gets_no_new_requests_while_the_other_serves(dp: Replicas) -> None:
+    """The replica caching a prefix loses its shard (not restarted here): new requests with that prefix are
+    served by the other replica at once instead of waiting for the lost one (--shard-recovery-timeout, 120 s)."""
+    await collect(dp.backend, request(PREFIX + " first", max_new_tokens=2))
+    home = next(g for g, s in enumerate(dp.stacks) if prompts_on(s))
+    await dp.stacks[home].cluster.stop()
+    for _ in range(500):
+        if dp.stacks[home].batcher.shard_lost():
+            break
+        await asyncio.sleep(0.01)
+    same = [request(PREFIX + f" q{i}", max_new_tokens=3) for i in range(3)]
+    await asyncio.wait_for(asyncio.gather(*(collect(dp.backend, r) for r in same)), 5)
+    assert len(prompts_on(dp.stacks[1 - home])) == 3
+    assert all(load.running == 0 and not load.inflight for load in dp.backend.chooser.loads)
+
+
 async def test_unrelated_prompts_use_both_replicas(dp: Replicas) -> None:
     for i in range(4):
         await collect(dp.backend, request(f"{'t' * (i + 2)} " * 20, max_new_tokens=2))  # NOTE: fake ids: word lengths

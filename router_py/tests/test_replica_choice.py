@@ -51,6 +51,18 @@ def test_goes_to_the_replica_that_caches_the_prefix() -> None:
     assert chooser.choose(0, "", prompt(7, 64, tail=99)) == 2
 
 
+def test_a_replica_marked_down_gets_no_new_request_while_another_is_up() -> None:
+    """Replica 2 caches the prompt but its shard is lost: the request goes to a live replica (it would wait for
+    the restart, or be refused after --shard-recovery-timeout, while the others idle). All down: as usual."""
+    trees = FakeTrees(3)
+    trees.cache(2, prompt(7, 64))
+    chooser = trees.chooser()
+    assert chooser.choose(0, "", prompt(7, 64, tail=1), down=[False, False, True]) in (0, 1)
+    assert chooser.choose(1, "", prompt(7, 64, tail=2), down=[True, True, True]) == 2
+    chooser.loads[1].prefill_tokens = 10**7  # NOTE: the bound must be taken over the live replicas only
+    assert chooser.choose(2, "", prompt(8, 64), down=[True, False, True]) == 1
+
+
 def test_a_burst_of_one_new_prefix_goes_to_one_replica() -> None:
     trees = FakeTrees(4)
     chooser = trees.chooser()

@@ -119,3 +119,28 @@ def test_router_wires_the_keys_file_into_config_and_scheduler(tmp_path) -> None:
     sched = cli.scheduler_factory(cli.scheduler_config(args, info, shard), known)()
     assert isinstance(sched, TenantPartitionedScheduler) and [p.name for p in sched.partitions] == ["a", ""]
     assert cli.router_config(args, info, known).tenants == known
+
+
+def _scheduler_for(tmp_path: Path, keys: str, *extra: str):
+    from router_py import cli
+    from router_py.backend_api import BackendInfo
+    from router_py.shard_client.messages import ShardInfo
+
+    args = cli.parse_args(["--tokenizer-name", "/m", "--api-keys-file", str(write(tmp_path, keys)), *extra])
+    info = BackendInfo(max_input_tokens=100, max_total_tokens=200, max_batch_total_tokens=3200, block_size=16,
+                       requires_padding=False, dtype="f32", device_type="cpu", support_chunking=True,
+                       use_prefix_caching=True)
+    shard = ShardInfo(requires_padding=False, dtype="f32", device_type="cpu", window_size=None, speculate=0,
+                      support_chunking=True, use_prefix_caching=True, attention_impl="paged", block_size=16)
+    return cli.scheduler_factory(cli.scheduler_config(args, info, shard), cli.tenants(args),
+                                 info.max_total_tokens, shared_key=args.api_key is not None)()
+
+
+def test_shares_that_leave_no_blocks_are_refused_only_when_someone_has_no_share(tmp_path) -> None:
+    """alice and bob take the whole pool: carol (no share) or the `--api-key` holder used to land silently in
+    bob's partition (evicting his cache); now the router refuses to start. All tenants shared: it starts."""
+    full = f"alice {ALICE} 0.5\nbob {BOB} 0.5\n"
+    assert [p.name for p in _scheduler_for(tmp_path, full).partitions] == ["alice", "bob"]
+    for keys, extra in ((full + "carol sk-carol-1\n", ()), (full, ("--api-key", "sk-shared"))):
+        with pytest.raises(ValueError, match="tenant '\\(others\\)'"):
+            _scheduler_for(tmp_path, keys, *extra)

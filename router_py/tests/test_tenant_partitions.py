@@ -21,7 +21,10 @@ def config(scheduler: str, policy: str, blocks: int = 64) -> SchedulerConfig:
 
 
 def partitioned(scheduler: str, policy: str, blocks: int = 64) -> TenantPartitionedScheduler:
-    return TenantPartitionedScheduler(config(scheduler, policy, blocks), {"a": 0.5, "b": 0.5}, make_scheduler)
+    """Tenants a and b, half the pool each, and no other tenant (``others=False``)."""
+    return TenantPartitionedScheduler(
+        config(scheduler, policy, blocks), {"a": 0.5, "b": 0.5}, make_scheduler, others=False
+    )
 
 
 def prompt(seed: int, blocks: int, tail: int = 5) -> list[int]:
@@ -133,6 +136,25 @@ def test_shares_too_small_or_padded_shards_are_refused() -> None:
     tiered = dataclasses.replace(config("fcfs", "lru", 64), tiers=TierConfig(host_blocks=8))
     with pytest.raises(ValueError, match="KV tiers"):
         TenantPartitionedScheduler(tiered, {"a": 0.5}, make_scheduler)
+
+
+def test_tenants_without_a_share_never_fall_into_a_shared_tenants_partition() -> None:
+    """Shares adding up to (about) 1 leave fewer than 2 blocks for the tenants without a share: they used to be
+    put silently into the last share's partition (here b's), where their flood evicted b's cache. With such
+    tenants (``others``, the default) that is refused at start, as a too small leftover already was."""
+    for shares in ({"a": 0.5, "b": 0.5}, {"a": 0.5, "b": 0.49}):
+        with pytest.raises(ValueError, match="tenant '\\(others\\)'.*fewer than the 2"):
+            TenantPartitionedScheduler(config("fcfs", "lru", 64), shares, make_scheduler)
+    sched = partitioned("fcfs", "lru", 64)
+    assert [p.name for p in sched.partitions] == ["a", "b"]
+
+
+def test_a_small_leftover_is_not_refused_when_every_tenant_has_a_share() -> None:
+    """Without tenants outside the shares nobody uses the leftover: it need not hold a request (it did)."""
+    sched = TenantPartitionedScheduler(
+        config("fcfs", "lru", 64), {"a": 0.625}, make_scheduler, min_blocks=33, others=False
+    )
+    assert [p.name for p in sched.partitions] == ["a"]
 
 
 def test_salted_namespaces_use_their_tenants_partition() -> None:
