@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, Union
 
 DEFAULT_GENERATION_LENGTH = 1024  # max_new_tokens per shard request; longer generations continue (TGI)
+DEFAULT_PREFILL_TOKENS = 4096  # TGI's router default of --max-batch-prefill-tokens
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class ChooserParams:
     watermark: bool = False
     grammar: str = ""
     grammar_type: int = 0  # GrammarType enum value
+    min_p: float = 0.0  # vLLM's, OpenAI routes only: sampled rows drop tokens under min_p x the top one's
+    logit_bias: tuple[tuple[int, float], ...] = ()  # OpenAI's: (token id, bias added to its logit)
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,10 @@ class StoppingParams:
     max_new_tokens: int  # total the client asked for (already defaulted); the backend chunks it by 1,024
     stop_sequences: tuple[str, ...] = ()
     ignore_eos_token: bool = False
+    # NOTE: vLLM's, OpenAI routes only. min_tokens: EOS and stop_token_ids cannot end the generation (and stop
+    # sequences do not match) before this many tokens; stop_token_ids: generating one ends it ("eos_token")
+    min_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,8 @@ class BackendInfo:
     kv_host_blocks: int = 0  # the shard's KV tiers (docs/kv-tiers-wire.md); 0: none
     kv_disk_blocks: int = 0
     kv_block_bytes: int = 0
+    # NOTE: the prefill budget Warmup ran with: the user's, else the default fitted to the KV pool
+    max_batch_prefill_tokens: int = DEFAULT_PREFILL_TOKENS
 
 
 class Backend(Protocol):

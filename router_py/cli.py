@@ -27,7 +27,7 @@ from router_py.engine.batcher import Batcher
 from router_py.engine.dp_backend import DataParallelBackend
 from router_py.router_config import RouterConfig
 from router_py.launch.env_args import EnvArgs
-from router_py.backend_api import BackendInfo
+from router_py.backend_api import DEFAULT_PREFILL_TOKENS, BackendInfo
 from router_py.metrics import Metrics
 from router_py.scheduling.interface import Scheduler, SchedulerConfig
 from router_py.scheduling.registry import SCHEDULERS as SCHEDULER_REGISTRY
@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--max-total-tokens", type=int, default=None)
     p.add("--disable-grammar-support", action="store_true")
     # ---- batching ----
-    p.add("--max-batch-prefill-tokens", type=int, default=4096)
+    p.add("--max-batch-prefill-tokens", type=int, default=None,
+          help=f"tokens per prefill step; default {DEFAULT_PREFILL_TOKENS}, lowered to what the shard's KV "
+               "pool holds (a value set here is kept, and refused at start if the pool cannot hold it)")
     p.add("--max-batch-total-tokens", type=int, default=None)
     p.add("--max-batch-size", type=int, default=None)
     p.add("--waiting-served-ratio", type=float, default=1.2)
@@ -123,13 +125,19 @@ def check_batch_total(args: argparse.Namespace) -> None:
     batch_total = args.max_batch_total_tokens
     if batch_total is None:
         return
-    prefill, total = args.max_batch_prefill_tokens, args.max_total_tokens
+    prefill, total = prefill_tokens(args), args.max_total_tokens
     if prefill > batch_total:
         raise ValueError(
             f"`max_batch_prefill_tokens` must be <= `max_batch_total_tokens`. Given: {prefill} and {batch_total}"
         )
     if total is not None and total > batch_total:
         raise ValueError(f"`max_total_tokens` must be <= `max_batch_total_tokens`. Given: {total} and {batch_total}")
+
+
+def prefill_tokens(args: argparse.Namespace) -> int:
+    """``--max-batch-prefill-tokens``, else the default (which the handshake may lower to fit the KV pool)."""
+    given = args.max_batch_prefill_tokens
+    return DEFAULT_PREFILL_TOKENS if given is None else given
 
 
 def parse_params(items: Sequence[str]) -> dict[str, float]:
@@ -163,7 +171,8 @@ def backend_config(args: argparse.Namespace) -> BackendConfig:
     return BackendConfig(
         max_input_tokens=args.max_input_tokens,
         max_total_tokens=args.max_total_tokens,
-        max_batch_prefill_tokens=args.max_batch_prefill_tokens,
+        max_batch_prefill_tokens=prefill_tokens(args),
+        max_batch_prefill_tokens_set=args.max_batch_prefill_tokens is not None,
         max_batch_total_tokens=args.max_batch_total_tokens,
         max_batch_size=args.max_batch_size,
         waiting_served_ratio=args.waiting_served_ratio,
@@ -202,10 +211,12 @@ def tenants(args: argparse.Namespace) -> Tenants | None:
 
 
 def scheduler_factory(
-    config: SchedulerConfig, known: Tenants | None, max_total_tokens: int = 0
+    config: SchedulerConfig, known: Tenants | None, max_total_tokens: int = 0, shared_key: bool = False
 ) -> Callable[[], Scheduler]:
     """Builds the scheduler: one partition per tenant with a capacity share (each able to hold a request of
-    ``max_total_tokens``), else a single one. The first build runs here, so a bad share fails at start."""
+    ``max_total_tokens``), else a single one. The first build runs here, so a bad share fails at start.
+    ``shared_key``: ``--api-key`` is accepted too; its requests, like those of keys-file tenants without a
+    share, use the blocks the shares leave over, which must then hold a request."""
     from router_py.scheduling.registry import make_scheduler
     from router_py.scheduling.tenant_partitions import TenantPartitionedScheduler
 
@@ -213,8 +224,10 @@ def scheduler_factory(
         return lambda: make_scheduler(config)
     min_blocks = -(-max_total_tokens // config.block_size) + 1
 
+    others = shared_key or any(tenant not in known.shares for tenant in known.by_key.values())
+
     def make() -> Scheduler:
-        return TenantPartitionedScheduler(config, known.shares, make_scheduler, min_blocks)
+        return TenantPartitionedScheduler(config, known.shares, make_scheduler, min_blocks, others)
 
     make()
     return make
@@ -248,11 +261,12 @@ async def serve(args: argparse.Namespace) -> int:
     """Connect, warm up, then serve HTTP until SIGINT/SIGTERM."""
     import uvicorn
 
+    from router_py import tracing
     from router_py.http.server import create_app
     from router_py.tokenizer import Tokenizer
-    from router_py.tracing import otlp_endpoint, service_name, setup_tracing
 
-    setup_tracing(otlp_endpoint(args.otlp_endpoint), service_name(args.otlp_service_name))
+    tracing.setup_tracing(tracing.otlp_endpoint(args.otlp_endpoint),
+                          tracing.service_name(args.otlp_service_name))
     if not (Path(args.tokenizer_name) / "tokenizer.json").is_file():
         raise StartupError(f"--tokenizer-name {args.tokenizer_name!r} is not a local model folder with tokenizer.json")
     tokenizer = Tokenizer.from_model_dir(args.tokenizer_name)
@@ -264,19 +278,28 @@ async def serve(args: argparse.Namespace) -> int:
     info, shard = handshakes[0]
     log.info("warmup done: %s%s", info, f" (each of {len(paths)} replicas)" if len(paths) > 1 else "")
     log.info(
-        "limits: max_input_tokens %d, max_total_tokens %d (%s)", info.max_input_tokens, info.max_total_tokens,
+        "limits: max_input_tokens %d, max_total_tokens %d (%s), max_batch_prefill_tokens %d (%s)",
+        info.max_input_tokens, info.max_total_tokens,
         "as set" if args.max_total_tokens is not None else "chosen by the shard: min(usable KV pool, "
         "max_position_embeddings), input one less; see the shard's Warmup log line",
+        info.max_batch_prefill_tokens,
+        "as set" if args.max_batch_prefill_tokens is not None
+        else f"default {DEFAULT_PREFILL_TOKENS}, at most what the KV pool holds",
     )
     metrics = Metrics(info.max_input_tokens, info.max_total_tokens)
     # NOTE: one publisher per replica (its own endpoint and data_parallel_rank), as vLLM's DP ranks publish
-    events = [kv_events(args.kv_events_config, shard.block_size, g) for g in range(len(paths))]
+    events = [
+        kv_events(args.kv_events_config, shard.block_size, g, tier_config(i, args.kv_tier_policy) is not None)
+        for g, (i, _) in enumerate(handshakes)
+    ]
     batchers, caching = [], True
     for g, (client, (replica_info, replica_shard)) in enumerate(zip(clients, handshakes)):
         observer = events[g][1] if events[g] is not None else None
         sched = scheduler_config(args, replica_info, replica_shard, observer)
         caching = caching and sched.prefix_caching and sched.num_blocks is not None  # NOTE: None: padded shard
-        make = scheduler_factory(sched, known, replica_info.max_total_tokens)
+        make = scheduler_factory(
+            sched, known, replica_info.max_total_tokens, shared_key=args.api_key is not None
+        )
         if observer is not None:
             make = announce_empty(make, observer)
         replica_metrics = metrics.labeled(replica=str(g)) if len(paths) > 1 else metrics
@@ -313,6 +336,7 @@ async def serve(args: argparse.Namespace) -> int:
             if publisher_collector is not None:
                 publisher_collector[1].flush()
                 publisher_collector[0].shutdown()
+        tracing.shutdown()  # NOTE: the last spans; bounded when the receiver is down (router_py.span_export)
     return 0
 
 
@@ -334,11 +358,12 @@ def on_stop_signal(
 
 
 def kv_events(
-    text: str | None, block_size: int, replica: int = 0
+    text: str | None, block_size: int, replica: int = 0, tiers: bool = False
 ) -> tuple[ZmqEventPublisher, KvEventCollector] | None:
     """The publisher and the tree observer of ``--kv-events-config`` for data-parallel replica ``replica``
-    (None when events are off; :meth:`KvEventsConfig.for_replica` gives its endpoints). Raises ValueError on a
-    bad config and StartupError when the endpoint cannot be bound."""
+    (None when events are off; :meth:`KvEventsConfig.for_replica` gives its endpoints); ``tiers``: the replica's
+    shard has host/disk tiers (their copies are published too). Raises ValueError on a bad config and
+    StartupError when the endpoint cannot be bound."""
     config = KvEventsConfig.parse(text).for_replica(replica)
     if not config.enabled:
         return None
@@ -353,7 +378,7 @@ def kv_events(
         raise StartupError(f"--kv-events-config: cannot open {config.endpoint}: {e}") from None
     log.info("kv cache events: publishing on %s (topic %r, %s encoding, data_parallel_rank %d)", publisher.endpoint,
              config.topic, config.encoding, replica)
-    return publisher, KvEventCollector(publisher.publish)
+    return publisher, KvEventCollector(publisher.publish, tiers=tiers)
 
 
 def announce_empty(make: Callable[[], Scheduler], observer: CacheObserver) -> Callable[[], Scheduler]:

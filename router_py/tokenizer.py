@@ -6,6 +6,7 @@ chat template). The shard tokenizes the same text with the same files, so token 
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,11 @@ class Tokenizer:
     @property
     def eos_token_id(self) -> int | None:
         return self._hf.token_to_id(self.eos_token) if self.eos_token else None
+
+    @cached_property
+    def vocab_size(self) -> int:
+        """One more than the largest token id (added tokens included)."""
+        return max(self._hf.get_vocab(with_added_tokens=True).values(), default=-1) + 1
 
     @property
     def has_chat_template(self) -> bool:

@@ -10,7 +10,7 @@ from shard.detokenize import Detokenizer
 from shard.errors import InvalidRequest
 from shard.generation import GenerationOut, TokensOut
 from shard.grammar import GRAMMAR_TYPE_NONE, GrammarCompiler, GrammarError
-from shard.sampling import NextTokenChooser, SamplingParams, StoppingCriteria
+from shard.sampling import MinTokens, NextTokenChooser, SamplingParams, StoppingCriteria
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,19 @@ def sampling_params(p: pb.NextTokenChooserParameters) -> SamplingParams:
         repetition_penalty=_unset_as(p.repetition_penalty, 1.0),
         frequency_penalty=p.frequency_penalty,
         watermark=p.watermark,
+        min_p=p.min_p,
+        logit_bias=tuple(sorted(p.logit_bias.items())),
     )
+
+
+def min_tokens_mask(
+    s: pb.StoppingCriteriaParameters, eos_ids: frozenset[int], prompt_len: int
+) -> MinTokens | None:
+    """vLLM's min_tokens: EOS (even when ignored, as there) and the stop_token_ids masked for the first
+    ``min_tokens`` generated tokens; None without min_tokens."""
+    if s.min_tokens == 0:
+        return None
+    return MinTokens(tuple(sorted(eos_ids | set(s.stop_token_ids))), prompt_len + s.min_tokens)
 
 
 def request_state(
@@ -52,7 +64,7 @@ def request_state(
             grammar when ``grammars`` is None).
     """
     try:
-        chooser = NextTokenChooser(sampling_params(r.parameters))
+        params = sampling_params(r.parameters)
     except ValueError as err:
         raise InvalidRequest(f"request {r.id}: {err}") from err
     if r.input_ids:  # NOTE: our router's ids (same tokenizer files): tokenizing again cost ~1.5-3 ms per 1k tokens
@@ -60,7 +72,11 @@ def request_state(
     else:
         ids = detok.encode(prompt_text(r), r.add_special_tokens, r.truncate)
     s = r.stopping_parameters
-    stopping = StoppingCriteria(eos_ids, s.max_new_tokens, tuple(s.stop_sequences), s.ignore_eos_token)
+    chooser = NextTokenChooser(params, min_tokens_mask(s, eos_ids, len(ids)))
+    stopping = StoppingCriteria(
+        eos_ids, s.max_new_tokens, tuple(s.stop_sequences), s.ignore_eos_token, frozenset(s.stop_token_ids),
+        s.min_tokens,
+    )
     prefix_offset, read_offset = detok.initial_offsets(len(ids))
     return RequestState(
         id=r.id,

@@ -1,14 +1,18 @@
 """Next-token choice and stopping, per request, following TGI's order of operations.
 
-Logits processors (in order): watermark, repetition penalty, frequency penalty; then warpers: temperature,
-top_k, top_p, typical_p. A request samples when ``do_sample`` or any warper is active, else takes the argmax.
-Log-probabilities are those of the processed distribution (as TGI reports them). Sampling runs on the CPU
-with a per-request ``torch.Generator`` seeded from ``seed``: same seed, same tokens, whatever the batch.
+Logits processors (in order): logit_bias and the min_tokens mask (vLLM's, which applies them before its
+penalties), watermark, repetition penalty, frequency penalty; then warpers: temperature, min_p (after the
+temperature, as in vLLM), top_k, top_p, typical_p. A request samples when ``do_sample`` or any of TGI's
+warpers is active, else takes the argmax; min_p does not make a request sample and a greedy one ignores it
+(vLLM: no min_p at temperature 0). Log-probabilities are those of the processed distribution (as TGI reports
+them). Sampling runs on the CPU with a per-request ``torch.Generator`` seeded from ``seed``: same seed, same
+tokens, whatever the batch.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -29,6 +33,8 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     frequency_penalty: float = 0.0
     watermark: bool = False
+    min_p: float = 0.0  # 0: off
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
 
     def __post_init__(self) -> None:
         if (
@@ -36,6 +42,8 @@ class SamplingParams:
             or self.repetition_penalty <= 0
             or not 0 < self.top_p <= 1
             or not 0 < self.typical_p <= 1
+            or not 0 <= self.min_p <= 1
+            or any(token < 0 or not math.isfinite(bias) for token, bias in self.logit_bias)
         ):
             raise ValueError(f"invalid sampling parameters {self}")
 
@@ -64,17 +72,39 @@ class Choice(NamedTuple):
         return self.scores if self.row is None else torch.log_softmax(self.scores[self.row], -1)
 
 
-class NextTokenChooser:
-    """Per-request sampler state: its random generator, and its token counts when penalties need them."""
+@dataclass(frozen=True)
+class MinTokens:
+    """vLLM's ``min_tokens``: ``ids`` (EOS and the request's stop_token_ids) cannot be chosen while the
+    request's history (prompt + generated) is shorter than ``until`` (prompt length + min_tokens)."""
 
-    def __init__(self, params: SamplingParams) -> None:
+    ids: tuple[int, ...]
+    until: int
+
+
+class NextTokenChooser:
+    """Per-request sampler state: its random generator, its token counts when penalties need them, and its
+    min_tokens mask while it lasts."""
+
+    def __init__(self, params: SamplingParams, min_tokens: MinTokens | None = None) -> None:
         self.params = params
-        # NOTE: plain greedy (no penalty, watermark or draw): the batched choice's one-pass path
-        self.plain = not params.samples and not params.watermark and params.repetition_penalty == 1.0 \
-            and params.frequency_penalty == 0.0
+        # NOTE: plain greedy (no penalty, bias, mask, watermark or draw): the batched choice's one-pass path
+        self._plain = not params.samples and not params.watermark and params.repetition_penalty == 1.0 \
+            and params.frequency_penalty == 0.0 and not params.logit_bias
+        self.min_tokens = min_tokens if min_tokens is not None and min_tokens.ids else None
+        self.plain = self._plain and self.min_tokens is None
         self.generator = torch.Generator().manual_seed(params.seed) if params.samples else None
         self._counts: torch.Tensor | None = None
         self._counted = 0
+
+    def masks_stop_ids(self, history_len: int) -> bool:
+        """Whether the min_tokens mask applies to a history of ``history_len`` ids. Once it no longer does,
+        the mask is dropped for good (a history only grows) and the chooser is ``plain`` again if it was."""
+        if self.min_tokens is None:
+            return False
+        if history_len < self.min_tokens.until:
+            return True
+        self.min_tokens, self.plain = None, self._plain
+        return False
 
     def token_counts(self, history: list[int], vocab: int) -> torch.Tensor:
         """(vocab,) fp32 occurrences of each id in ``history``; kept between calls and advanced by the ids
@@ -129,13 +159,23 @@ class FinishReason(enum.IntEnum):
 
 @dataclass
 class StoppingCriteria:
-    """TGI's stopping: max_new_tokens first, then EOS (unless ignored), then stop sequences on the tail."""
+    """TGI's stopping: max_new_tokens first, then EOS (unless ignored), then vLLM's stop_token_ids, then stop
+    sequences on the tail.
+
+    ``stop_token_ids`` end the request as EOS does (EOS_TOKEN) and set ``stop_token_hit``: the token counts as
+    generated, but its text is left out of the output (vLLM's default). With ``min_tokens``, stop sequences
+    only match text of the tokens after the first ``min_tokens`` (as vLLM); EOS and stop_token_ids cannot
+    come before then because the chooser masks them (:class:`MinTokens`).
+    """
 
     eos_token_ids: frozenset[int]
     max_new_tokens: int
     stop_sequences: tuple[str, ...] = ()
     ignore_eos_token: bool = False
+    stop_token_ids: frozenset[int] = frozenset()
+    min_tokens: int = 0
     generated: int = 0
+    stop_token_hit: bool = False
     tail: str = field(default="", repr=False)
 
     def __call__(self, token_id: int, text: str) -> FinishReason | None:
@@ -145,7 +185,10 @@ class StoppingCriteria:
             return FinishReason.LENGTH
         if not self.ignore_eos_token and token_id in self.eos_token_ids:
             return FinishReason.EOS_TOKEN
-        if self.stop_sequences:
+        if token_id in self.stop_token_ids:
+            self.stop_token_hit = True
+            return FinishReason.EOS_TOKEN
+        if self.stop_sequences and self.generated > self.min_tokens:
             self.tail = (self.tail + text)[-STOP_TAIL_CHARS:]
             if any(self.tail.endswith(s) for s in self.stop_sequences):
                 return FinishReason.STOP_SEQUENCE

@@ -3,7 +3,9 @@
 
 Per-row Python remains only where a row has its own state: drawing one uniform number from the request's
 seeded generator (so a seeded request gets the same tokens whatever its batch), and the rare watermark and
-typical_p rows. Tokens are drawn by inverting the row's CDF at that number.
+typical_p rows. Tokens are drawn by inverting the row's CDF at that number. vLLM's processors are batched
+too: every row's logit_bias entries (and min_tokens masks) are one scatter over (row, token) index lists,
+min_p one masked_fill over its rows; a batch where no row uses them pays nothing (the row lists are empty).
 
 Numerics are safe for every value validation accepts (temperature and repetition_penalty are only "> 0"): the
 row maximum is subtracted before dividing by the temperature (the best token stays at 0, the rest go to
@@ -48,11 +50,15 @@ class Rows:
     typical: list[int]
     watermark: list[int]
     sampled: list[int]
+    biased: list[int]
+    min_tokens: list[int]  # rows whose stop ids are still masked
+    min_p: list[int]  # sampled rows only: min_p does not change an argmax
 
     @classmethod
-    def of(cls, choosers: Sequence[NextTokenChooser]) -> Rows:
+    def of(cls, choosers: Sequence[NextTokenChooser], histories: Sequence[Sequence[int]]) -> Rows:
         ps = [c.params for c in choosers]
         idx = range(len(ps))
+        sampled = [i for i in idx if choosers[i].generator is not None]
         return cls(
             penalized=[i for i in idx if ps[i].repetition_penalty != 1.0 or ps[i].frequency_penalty != 0.0],
             warped_temperature=[i for i in idx if ps[i].temperature != 1.0],
@@ -60,13 +66,17 @@ class Rows:
             top_p=[i for i in idx if ps[i].top_p < 1.0],
             typical=[i for i in idx if ps[i].typical_p < 1.0],
             watermark=[i for i in idx if ps[i].watermark],
-            sampled=[i for i in idx if choosers[i].generator is not None],
+            sampled=sampled,
+            biased=[i for i in idx if ps[i].logit_bias],
+            min_tokens=[i for i in idx if choosers[i].masks_stop_ids(len(histories[i]))],
+            min_p=[i for i in sampled if ps[i].min_p > 0.0],
         )
 
 
 def device_safe(choosers: Sequence[NextTokenChooser]) -> bool:
-    """True when every row is plain greedy (no penalty, warper, watermark or draw): :func:`choose_batch` then
-    runs only tensor ops on the logits' own device, so a GPU's logits need not be copied to the host."""
+    """True when every row is plain greedy (no penalty, warper, watermark, draw, logit_bias or min_tokens
+    mask): :func:`choose_batch` then runs only tensor ops on the logits' own device, so a GPU's logits need
+    not be copied to the host."""
     return all(c.plain for c in choosers)
 
 
@@ -85,7 +95,7 @@ def choose_batch(
     """
     if all(c.plain for c in choosers):
         return _choose_greedy(logits)
-    rows = Rows.of(choosers)
+    rows = Rows.of(choosers, histories)
     scores = _process(choosers, logits, histories, rows)
     scores = _warp(choosers, scores, rows)
     logprobs = torch.log_softmax(scores, dim=-1)
@@ -128,10 +138,17 @@ def _no_token(logprob: float) -> SamplingError:
 def _process(
     choosers: Sequence[NextTokenChooser], logits: torch.Tensor, histories: Sequence[Sequence[int]], rows: Rows
 ) -> torch.Tensor:
-    """Watermark, repetition and frequency penalties on a copy of ``logits`` (b, vocab)."""
-    if not rows.penalized and not rows.watermark:
+    """logit_bias, the min_tokens mask, watermark, repetition and frequency penalties on a copy of ``logits``
+    (b, vocab)."""
+    if not (rows.penalized or rows.watermark or rows.biased or rows.min_tokens):
         return logits
     scores = logits.clone()
+    if rows.biased:
+        biases = [choosers[i].params.logit_bias for i in rows.biased]
+        index = _scatter_index(rows.biased, [[t for t, _ in b] for b in biases])
+        scores.index_put_(index, torch.tensor([v for b in biases for _, v in b]), accumulate=True)
+    if rows.min_tokens:
+        _mask_stop_ids(scores, choosers, rows.min_tokens)
     for i in rows.watermark:
         if histories[i]:
             scores[i] = watermark(scores[i], histories[i][-1])
@@ -153,9 +170,31 @@ def _process(
     return scores
 
 
+def _scatter_index(
+    row_ids: Sequence[int], tokens: Sequence[Sequence[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, token) int64 index tensors of every token of every row: one ``index_put_`` for the batch."""
+    row = [r for r, ts in zip(row_ids, tokens) for _ in ts]
+    flat = [t for ts in tokens for t in ts]
+    return torch.tensor(row, dtype=torch.int64), torch.tensor(flat, dtype=torch.int64)
+
+
+def _mask_stop_ids(scores: torch.Tensor, choosers: Sequence[NextTokenChooser], masked: list[int]) -> None:
+    """min_tokens: the rows' stop ids to -inf, in place. NOTE: a row left with no finite logit keeps its ids
+    (a grammar that allows only EOS has ended its value; masking it would fail the request instead of ending
+    it, so there min_tokens yields)."""
+    ids = [choosers[i].min_tokens.ids for i in masked]  # type: ignore[union-attr]
+    idx = torch.tensor(masked, dtype=torch.int64)
+    before = scores[idx]
+    scores.index_put_(_scatter_index(masked, ids), torch.tensor(float("-inf")))
+    dead = ~torch.isfinite(scores[idx]).any(dim=-1)
+    if bool(dead.any()):
+        scores[idx[dead]] = before[dead]
+
+
 def _warp(choosers: Sequence[NextTokenChooser], scores: torch.Tensor, rows: Rows) -> torch.Tensor:
-    """Temperature, top_k, top_p, typical_p on the rows that ask for them; returns (b, vocab)."""
-    if not (rows.warped_temperature or rows.top_k or rows.top_p or rows.typical):
+    """Temperature, min_p, top_k, top_p, typical_p on the rows that ask for them; returns (b, vocab)."""
+    if not (rows.warped_temperature or rows.min_p or rows.top_k or rows.top_p or rows.typical):
         return scores
     scores = scores.clone()
     if rows.warped_temperature:
@@ -165,6 +204,12 @@ def _warp(choosers: Sequence[NextTokenChooser], scores: torch.Tensor, rows: Rows
         sub = scores[idx]
         # NOTE: max first: a temperature near 0 sends every other token to -inf, the best one stays at 0.
         scores[idx] = (sub - sub.max(dim=-1, keepdim=True).values) / temps
+    if rows.min_p:
+        # NOTE: p_i < min_p * p_max  <=>  s_i - s_max < log(min_p), on the tempered logits: no softmax
+        idx = torch.tensor(rows.min_p)
+        floor = torch.tensor([math.log(choosers[i].params.min_p) for i in rows.min_p])[:, None]
+        sub = scores[idx]
+        scores[idx] = sub.masked_fill(sub - sub.max(dim=-1, keepdim=True).values < floor, float("-inf"))
     if rows.top_k:
         idx = torch.tensor(rows.top_k)
         ks = torch.tensor([min(choosers[i].params.top_k, scores.shape[1]) for i in rows.top_k])

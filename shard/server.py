@@ -74,6 +74,7 @@ class TextGenerationService(pb_grpc.TextGenerationServiceServicer):
             use_prefix_caching=self.config.prefix_caching,
             attention_impl=self.attention_impl,
             block_size=self.runner.kv.block_size,
+            kv_capacity_tokens=self.runner.kv.capacity_tokens,  # NOTE: the pool is allocated at start
         )
 
     async def ServiceDiscovery(self, request, context) -> pb.ServiceDiscoveryResponse:
@@ -346,3 +347,7 @@ async def serve(service: TextGenerationService, config: ShardConfig) -> None:
         await server.wait_for_termination()
     finally:
         await server.stop(grace=1)
+        if config.otlp_endpoint:
+            from shard.tracing import shutdown_tracing
+
+            shutdown_tracing()  # NOTE: the last spans, within a bound when the receiver is down

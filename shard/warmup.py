@@ -48,7 +48,9 @@ def settle_limits(
         raise InvalidRequest(f"max_input_tokens {inp} must be positive and below max_total_tokens {total}")
     if max_prefill > capacity:
         raise InvalidRequest(
-            f"max_batch_prefill_tokens {max_prefill} exceeds the KV pool capacity of {capacity} tokens"
+            f"max_batch_prefill_tokens {max_prefill} exceeds the KV pool capacity of {capacity} tokens "
+            "(block 0 reserved); lower --max-batch-prefill-tokens or start the shard with more "
+            "--num-blocks / --memory-fraction"
         )
     return Limits(inp, total, _reason(max_input, max_total, capacity, max_positions))
 

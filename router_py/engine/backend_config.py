@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from router_py.backend_api import DEFAULT_PREFILL_TOKENS
+
 
 @dataclass(frozen=True)
 class BackendConfig:
@@ -12,7 +14,11 @@ class BackendConfig:
 
     max_input_tokens: int | None = None
     max_total_tokens: int | None = None
-    max_batch_prefill_tokens: int = 4096
+    max_batch_prefill_tokens: int = DEFAULT_PREFILL_TOKENS
+    # NOTE: False when the user left --max-batch-prefill-tokens unset: the handshake then lowers the default
+    # to what the shard's KV pool holds (router_py.engine.warmup.fit_prefill_budget); a value the user set is
+    # kept as given, and a pool that cannot hold it stays a startup error naming the flag
+    max_batch_prefill_tokens_set: bool = True
     max_batch_total_tokens: int | None = None
     max_batch_size: int | None = None
     waiting_served_ratio: float = 1.2

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
 
 from router_py import tracing
 from router_py.engine.backend_config import BackendConfig
@@ -79,6 +80,8 @@ class Batcher:
         scheduler_factory: Callable[[], Scheduler] | None = None,
     ) -> None:
         self.info = info
+        if not config.max_batch_prefill_tokens_set:  # NOTE: the default, as the handshake fitted it
+            config = replace(config, max_batch_prefill_tokens=info.max_batch_prefill_tokens)
         self._client, self._config, self._scheduler = client, config, scheduler
         self._metrics, self._encode, self._on_plan, self._clock = metrics, encode, on_plan, clock
         self._health = HealthCheck(client)
@@ -154,6 +157,11 @@ class Batcher:
         if self._stalled:
             return False
         return await self._health.check()
+
+    def shard_lost(self) -> bool:
+        """The shard connection is lost and no shard has passed the handshake since: a request sent here now
+        waits for the restart (or is refused); data parallelism sends new ones to another replica."""
+        return self._shard_lost.is_set()
 
     def peek_prefix(self, namespace: str, hashes: Sequence[int]) -> int:
         """Tokens of a prompt with these block hashes cached in this batcher's tree, touching nothing
@@ -573,6 +581,8 @@ class Batcher:
             max_new_tokens=state.round_max_new,
             stop_sequences=req.stopping.stop_sequences,
             ignore_eos_token=req.stopping.ignore_eos_token,
+            min_tokens=max(req.stopping.min_tokens - state.tokens_before, 0),
+            stop_token_ids=req.stopping.stop_token_ids,
             prefill_logprobs=req.decoder_input_details and not continuing,
             top_n_tokens=req.top_n_tokens,
             blocks=adm.blocks,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 from router_py.engine.backend_config import BackendConfig
 from router_py.backend_api import BackendInfo, ChooserParams
@@ -31,6 +32,7 @@ async def handshake(client: ShardClient, config: BackendConfig) -> tuple[Backend
     shard = await client.info()
     if shard.block_size <= 0 and not shard.requires_padding:
         raise StartupError(f"the shard reported an invalid block_size {shard.block_size}")
+    config = fit_prefill_budget(config, shard)
     result = await client.warmup(
         warmup_batch(config), config.max_input_tokens, config.max_batch_prefill_tokens, config.max_total_tokens
     )
@@ -44,6 +46,49 @@ async def handshake_all(
     replicas start in the time of the slowest, not of all in turn); results in ``clients``' order. Raises the
     first failure, as :func:`handshake`."""
     return list(await asyncio.gather(*(handshake(client, config) for client in clients)))
+
+
+def fit_prefill_budget(config: BackendConfig, shard: ShardInfo) -> BackendConfig:
+    """``config`` with the prefill budget Warmup runs with, logged with why.
+
+    A budget the user set is kept: a pool that cannot hold it is refused at Warmup, naming the flag. The
+    default (TGI's 4,096) is lowered to :func:`warmup_capacity` when the shard reports its KV pool in Info
+    (ours does; TGI's shards size theirs at Warmup and report 0, and keep the default): TGI's launcher
+    likewise fits its default to the memory there is, and a small ``--num-blocks`` pool then starts instead
+    of failing Warmup.
+    """
+    budget = config.max_batch_prefill_tokens
+    if config.max_batch_prefill_tokens_set:
+        log.info("max_batch_prefill_tokens %d (as set)", budget)
+        return config
+    fits = warmup_capacity(shard, config.max_input_tokens)
+    if fits is None or fits >= budget:
+        why = "the KV pool holds it" if fits is not None else "the shard reports no KV pool before Warmup"
+        log.info("max_batch_prefill_tokens %d (not set; %s)", budget, why)
+        return config
+    blocks = shard.kv_capacity_tokens // shard.block_size
+    log.info(
+        "max_batch_prefill_tokens %d (not set: %d lowered to what the KV pool holds, %d blocks of %d tokens "
+        "with block 0 reserved%s; --max-batch-prefill-tokens sets it)",
+        fits, budget, blocks, shard.block_size,
+        f", warmup prompts of max_input_tokens {config.max_input_tokens}" if config.max_input_tokens else "",
+    )
+    return replace(config, max_batch_prefill_tokens=fits)
+
+
+def warmup_capacity(shard: ShardInfo, max_input: int | None) -> int | None:
+    """The largest prefill budget whose warmup batch (:func:`warmup_batch`: prompts of at most ``max_input``
+    tokens, each in whole blocks of its own) fits in the shard's KV pool but block 0; None when the shard does
+    not report its pool (TGI's shards, padded ones)."""
+    if shard.requires_padding or shard.kv_capacity_tokens <= 0 or shard.block_size <= 0:
+        return None
+    size = shard.block_size
+    usable = max(shard.kv_capacity_tokens // size - 1, 0)
+    if max_input is None:
+        return usable * size  # NOTE: one prompt, which the shard cuts to its max_input_tokens at most
+    per_prompt = -(-max_input // size)
+    full, left = divmod(usable, per_prompt)
+    return full * max_input + left * size
 
 
 def warmup_batch(config: BackendConfig) -> RequestBatch:
@@ -93,6 +138,7 @@ def settle(config: BackendConfig, shard: ShardInfo, result: WarmupResult) -> Bac
         kv_host_blocks=result.kv_host_blocks,
         kv_disk_blocks=result.kv_disk_blocks,
         kv_block_bytes=result.kv_block_bytes,
+        max_batch_prefill_tokens=config.max_batch_prefill_tokens,
     )
     _validate(config, info)
     return info

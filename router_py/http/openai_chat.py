@@ -9,6 +9,7 @@ from typing import Any
 from router_py.router_config import VERSION, RouterConfig
 from router_py.http.errors import deserialize_error, validation_error
 from router_py.backend_api import EndEvent, Token, TokenEvent
+from router_py.http.openai_sampling import VLLM_SAMPLING_FIELDS, vllm_sampling
 from router_py.http.validation import GenerateParameters, check_value, unexpected
 
 _CHAT_FIELDS: dict[str, tuple[str, bool]] = {
@@ -29,6 +30,7 @@ _CHAT_FIELDS: dict[str, tuple[str, bool]] = {
     "tool_prompt": ("string", True),
     "ignore_eos": ("bool", True),  # vLLM's extension: generate past EOS up to max_tokens
     "top_k": ("i32", True),  # vLLM's extension; 0 or -1: off, as there
+    **VLLM_SAMPLING_FIELDS,
 }
 
 
@@ -65,6 +67,8 @@ def parse_chat_request(body: Any) -> ChatRequest:
     if "messages" not in body:
         raise deserialize_error("missing field `messages`")
     messages = _parse_messages(body["messages"])
+    if not messages:  # NOTE: OpenAI and vLLM refuse it too; TGI templated it into a prompt of no message
+        raise validation_error("`messages` must not be empty")
     options = body.get("stream_options")
     include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
     tools = body.get("tools")
@@ -110,14 +114,19 @@ def _content_parts(content: Any) -> bool:
     return True
 
 
-def chat_parameters(req: ChatRequest, grammar: dict[str, Any] | None = None) -> GenerateParameters:
+def chat_parameters(
+    req: ChatRequest, grammar: dict[str, Any] | None = None, vocab_size: int | None = None
+) -> GenerateParameters:
     """TGI's mapping: temperature 0 → greedy (else sampling), repetition_penalty = presence_penalty + 2,
-    top_n_tokens = top_logprobs, details always on, a ``model`` other than ``tgi`` becomes ``adapter_id``."""
+    top_n_tokens = top_logprobs, details always on, a ``model`` other than ``tgi`` becomes ``adapter_id``;
+    plus vLLM's sampling fields (:mod:`router_py.http.openai_sampling`; ``logit_bias`` ids checked against
+    ``vocab_size`` when given). Raises HttpError 422 (validation)."""
     check_single_choice(req.get("n"))
     temperature = req.get("temperature")
     do_sample = not (temperature is not None and temperature == 0.0)
     presence = req.get("presence_penalty")
     model = req.get("model")
+    max_new_tokens = _first_given(req.get("max_completion_tokens"), req.get("max_tokens"))
     return GenerateParameters(
         temperature=temperature if do_sample else None,
         repetition_penalty=presence + 2.0 if presence is not None else req.get("repetition_penalty"),
@@ -125,7 +134,7 @@ def chat_parameters(req: ChatRequest, grammar: dict[str, Any] | None = None) -> 
         top_p=req.get("top_p"),
         top_k=vllm_top_k(req.get("top_k")),
         do_sample=do_sample,
-        max_new_tokens=_first_given(req.get("max_completion_tokens"), req.get("max_tokens")),
+        max_new_tokens=max_new_tokens,
         stop=tuple(req.get("stop") or ()),
         details=True,
         seed=req.get("seed"),
@@ -133,6 +142,7 @@ def chat_parameters(req: ChatRequest, grammar: dict[str, Any] | None = None) -> 
         top_n_tokens=req.get("top_logprobs"),
         adapter_id=model if model is not None and model != "tgi" else None,
         grammar=grammar,
+        **vllm_sampling(req.get, max_new_tokens, vocab_size),
     )
 
 

@@ -12,6 +12,7 @@ from router_py.backend_api import EndEvent
 from router_py.http.openai_chat import (
     check_single_choice, openai_finish_reason, system_fingerprint, usage, vllm_top_k
 )
+from router_py.http.openai_sampling import VLLM_SAMPLING_FIELDS, vllm_sampling
 from router_py.http.validation import GenerateParameters, check_value, unexpected
 
 _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
@@ -28,6 +29,7 @@ _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
     "n": ("u32", True),
     "ignore_eos": ("bool", True),  # vLLM's extension: generate past EOS up to max_tokens
     "top_k": ("i32", True),  # vLLM's extension; 0 or -1: off, as there
+    **VLLM_SAMPLING_FIELDS,
 }
 
 
@@ -81,8 +83,9 @@ def _prompts(raw: Any) -> list[str]:
     raise deserialize_error("prompt: data did not match any variant of untagged enum Prompt")
 
 
-def completion_parameters(req: CompletionRequest) -> GenerateParameters:
-    """Temperature 0 → greedy, else sampling; details on so finish reasons and counts come back."""
+def completion_parameters(req: CompletionRequest, vocab_size: int | None = None) -> GenerateParameters:
+    """Temperature 0 → greedy, else sampling; details on so finish reasons and counts come back; vLLM's
+    sampling fields as on the chat route. Raises HttpError 422 (validation)."""
     check_single_choice(req.get("n"))
     temperature = req.get("temperature")
     do_sample = not (temperature is not None and temperature == 0.0)
@@ -100,6 +103,7 @@ def completion_parameters(req: CompletionRequest) -> GenerateParameters:
         seed=req.get("seed"),
         ignore_eos=bool(req.get("ignore_eos")),
         adapter_id=model if model is not None and model != "tgi" else None,
+        **vllm_sampling(req.get, req.get("max_tokens"), vocab_size),
     )
 
 

@@ -35,6 +35,17 @@ def _error(description: str) -> dict[str, Any]:
     return {"description": description, **_json(_ref("ErrorResponse"))}
 
 
+# vLLM's sampling fields, served on both OpenAI routes (router_py.http.openai_sampling)
+_VLLM_SAMPLING = {
+    "min_tokens": _nullable("integer", minimum=0),
+    "stop_token_ids": _nullable("array", items={"type": "integer", "minimum": 0}),
+    "min_p": _nullable("number", minimum=0, maximum=1),
+    "logit_bias": _nullable(
+        "object", additionalProperties={"type": "number", "minimum": -100, "maximum": 100},
+        description="token id (as a string) -> bias added to its logit",
+    ),
+}
+
 _ERRORS = {
     "422": _error("Input validation error"),
     "424": _error("Generation Error"),
@@ -243,7 +254,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["messages"],
         "properties": {
-            "messages": {"type": "array", "items": {"type": "object"}},
+            "messages": {"type": "array", "items": {"type": "object"}, "minItems": 1},
             "model": _nullable("string"),
             "max_tokens": _nullable("integer", default=1024),
             "temperature": _nullable("number"),
@@ -260,6 +271,7 @@ _SCHEMAS: dict[str, Any] = {
             "tools": _nullable("array", items={"type": "object"}),
             "tool_choice": {},
             "response_format": {},
+            **_VLLM_SAMPLING,
         },
     },
     "ChatCompletion": {"type": "object", "required": ["id", "created", "model", "choices", "usage"]},
@@ -281,6 +293,7 @@ _SCHEMAS: dict[str, Any] = {
             "suffix": _nullable("string"),
             "repetition_penalty": _nullable("number"),
             "frequency_penalty": _nullable("number"),
+            **_VLLM_SAMPLING,
         },
     },
     "CompletionFinal": {"type": "object", "required": ["id", "created", "model", "choices", "usage"]},

@@ -75,7 +75,8 @@ async def chat_completions_route(request: Request) -> Response:
     state.metrics.inc("tgi_request_count")
     prompt, plan = render_chat(state, req)
     session = await request_session(request)
-    gen_req = GenerateRequest(prompt, chat_parameters(req, plan.grammar), session=session)
+    params = chat_parameters(req, plan.grammar, state.tokenizer.vocab_size)
+    gen_req = GenerateRequest(prompt, params, session=session)
     namespace = await request_namespace(request)
     parent = tracing.parent_from_headers(request.headers)
     if req.stream:
@@ -155,7 +156,7 @@ async def completions_route(request: Request) -> Response:
         state.metrics.inc("tgi_request_count")
         raise
     state.metrics.inc("tgi_request_count")
-    params = completion_parameters(req)
+    params = completion_parameters(req, state.tokenizer.vocab_size)
     # NOTE: several prompts in one call are separate conversations, not one session's turns
     session = await request_session(request) if len(req.prompts) == 1 else None
     gen_reqs = [GenerateRequest(prompt, params, session=session) for prompt in req.prompts]

@@ -50,6 +50,11 @@ class GenerateParameters:
     grammar: dict[str, Any] | None = None
     adapter_id: str | None = None
     ignore_eos: bool = False  # OpenAI routes only (vLLM's `ignore_eos`); not a field of TGI's body
+    # NOTE: OpenAI routes only, checked there (router_py.http.openai_sampling); not fields of TGI's body
+    min_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+    min_p: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,11 +94,14 @@ _INT_RANGES = {
     "u64": (0, 2**64 - 1),
     "usize": (0, 2**64 - 1),
     "i32": (-(2**31), 2**31 - 1),
+    "i64": (-(2**63), 2**63 - 1),
 }
 _EXPECTED = {
     "string": "a string",
     "bool": "a boolean",
     "strings": "a sequence",
+    "i64s": "a sequence",
+    "map": "a map",
     "grammar": "internally tagged enum",
 }
 
@@ -137,6 +145,10 @@ def check_value(path: str, kind: str, nullable: bool, value: Any) -> Any:
         return value
     if kind == "strings" and isinstance(value, list):
         return tuple(check_value(f"{path}[{i}]", "string", False, v) for i, v in enumerate(value))
+    if kind == "i64s" and isinstance(value, list):
+        return tuple(check_value(f"{path}[{i}]", "i64", False, v) for i, v in enumerate(value))
+    if kind == "map" and isinstance(value, dict):
+        return value
     if kind == "grammar" and isinstance(value, dict):
         return _check_grammar(path, value)
     raise _type_error(path, value, expected)
@@ -240,7 +252,11 @@ class Validator:
             truncate=p.truncate if p.truncate is not None else cfg.max_input_tokens,
             sampling=sampling_params,
             stopping=StoppingParams(
-                max_new_tokens=max_new_tokens, stop_sequences=p.stop, ignore_eos_token=p.ignore_eos
+                max_new_tokens=max_new_tokens,
+                stop_sequences=p.stop,
+                ignore_eos_token=p.ignore_eos,
+                min_tokens=p.min_tokens,
+                stop_token_ids=p.stop_token_ids,
             ),
             add_special_tokens=add_special_tokens,
             decoder_input_details=p.decoder_input_details,
@@ -274,6 +290,8 @@ class Validator:
             repetition_penalty=repetition_penalty,
             frequency_penalty=frequency_penalty,
             watermark=p.watermark,
+            min_p=p.min_p,
+            logit_bias=p.logit_bias,
         )
 
     def _scalar_checks(self, p: GenerateParameters) -> int:

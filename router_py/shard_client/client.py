@@ -11,6 +11,7 @@ RPC carries the current trace context as metadata.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -71,6 +72,7 @@ class ShardClient:
         self._channels = list(channels)
         self._stubs = [pb_grpc.TextGenerationServiceStub(c) for c in self._channels]
         self._tier_stubs = [pb_grpc.KvTierServiceStub(c) for c in self._channels]
+        self._step_lock = asyncio.Lock()  # see _one_step_at_a_time
 
     @classmethod
     async def connect(cls, master_uds_path: str) -> ShardClient:
@@ -118,6 +120,7 @@ class ShardClient:
             use_prefix_caching=r.use_prefix_caching,
             attention_impl=r.attention_impl,
             block_size=r.block_size,
+            kv_capacity_tokens=r.kv_capacity_tokens,
         )
 
     async def health(self) -> None:
@@ -147,7 +150,8 @@ class ShardClient:
             req.max_input_tokens = max_input_tokens
         if max_total_tokens is not None:
             req.max_total_tokens = max_total_tokens
-        answers = await self._call("Warmup", lambda s, md: s.Warmup(req, metadata=md))
+        async with self._one_step_at_a_time():
+            answers = await self._call("Warmup", lambda s, md: s.Warmup(req, metadata=md))
         results = [
             WarmupResult(
                 max_supported_total_tokens=(
@@ -171,13 +175,15 @@ class ShardClient:
         req = pb.PrefillRequest(batch=_batch_to_pb(batch), kv_copies=_copies_to_pb(copies))
         if cached is not None:
             req.cached_batch.CopyFrom(_cached_to_pb(cached))
-        answers = await self._call("Prefill", lambda s, md: s.Prefill(req, metadata=md))
+        async with self._one_step_at_a_time():
+            answers = await self._call("Prefill", lambda s, md: s.Prefill(req, metadata=md))
         return _merge_steps(answers)
 
     async def decode(self, batches: Sequence[CachedBatch], copies: Sequence[BlockCopy] = ()) -> StepResult:
         """One decode step over one or more cached batches (the shard concatenates them)."""
         req = pb.DecodeRequest(batches=[_cached_to_pb(b) for b in batches], kv_copies=_copies_to_pb(copies))
-        answers = await self._call("Decode", lambda s, md: s.Decode(req, metadata=md))
+        async with self._one_step_at_a_time():
+            answers = await self._call("Decode", lambda s, md: s.Decode(req, metadata=md))
         return _merge_steps(answers)
 
     async def transfer(self, copies: Sequence[BlockCopy]) -> tuple[int, ...]:
@@ -188,6 +194,14 @@ class ShardClient:
         return tuple(sorted({i for r in answers for i in r.failed}))
 
     # ---- fan-out ---------------------------------------------------------------------------------------
+
+    def _one_step_at_a_time(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Model steps (Warmup, Prefill, Decode) go to tensor-parallel ranks one at a time, each after the
+        previous one answered on every rank. The ranks pair their collectives by call order, so two steps in
+        flight at once (the batching loop's Decode and /health's Prefill probe after a generation failure)
+        could run in one order on one rank and in the other on another: the all-reduces then mixed the two
+        batches' activations and the ranks returned wrong tokens, with no error. One shard needs no lock."""
+        return self._step_lock if len(self._stubs) > 1 else contextlib.nullcontext()
 
     async def _call(
         self,
@@ -251,11 +265,15 @@ def _request_to_pb(r: ShardRequest) -> pb.Request:
             watermark=s.watermark,
             grammar=s.grammar,
             grammar_type=s.grammar_type,  # type: ignore[arg-type]
+            min_p=s.min_p,
+            logit_bias=dict(s.logit_bias),
         ),
         stopping_parameters=pb.StoppingCriteriaParameters(
             max_new_tokens=r.max_new_tokens,
             stop_sequences=list(r.stop_sequences),
             ignore_eos_token=r.ignore_eos_token,
+            min_tokens=r.min_tokens,
+            stop_token_ids=list(r.stop_token_ids),
         ),
         prefill_logprobs=r.prefill_logprobs,
         top_n_tokens=r.top_n_tokens,

@@ -57,6 +57,7 @@ class FakeShard(pb_grpc.TextGenerationServiceServicer):
         self.batches: dict[int, list[_Req]] = {}
         self.received: list[pb.Request] = []
         self.calls: list[str] = []
+        self.warmups: list[pb.WarmupRequest] = []
         self.metadata: list[dict[str, str]] = []  # invocation metadata of every call
         self.metadata_items: list[list[tuple[str, str]]] = []  # the same, repeated keys kept
         self.fail_next: set[str] = set()  # RPC names that fail once with INTERNAL
@@ -80,6 +81,7 @@ class FakeShard(pb_grpc.TextGenerationServiceServicer):
             requires_padding=o.requires_padding, dtype="torch.float32", device_type="cpu", speculate=0,
             support_chunking=o.support_chunking, use_prefix_caching=o.use_prefix_caching,
             attention_impl="paged", block_size=o.block_size,
+            kv_capacity_tokens=0 if o.requires_padding else o.num_blocks * o.block_size,
         )
 
     async def Health(self, request, context):  # noqa: N802
@@ -96,6 +98,7 @@ class FakeShard(pb_grpc.TextGenerationServiceServicer):
 
     async def Warmup(self, request, context):  # noqa: N802
         await self._enter("Warmup", context)
+        self.warmups.append(request)
         o = self.options
         resp = pb.WarmupResponse(
             max_input_tokens=request.max_input_tokens if request.HasField("max_input_tokens") else 1023,

@@ -24,6 +24,7 @@ class ShardInfo:
     use_prefix_caching: bool
     attention_impl: str
     block_size: int
+    kv_capacity_tokens: int = 0  # prism extension: the KV pool allocated at start, in tokens; 0: unknown
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class ShardRequest:
     max_new_tokens: int
     stop_sequences: tuple[str, ...] = ()
     ignore_eos_token: bool = False
+    min_tokens: int = 0  # of this round (the batcher subtracts the tokens of earlier rounds)
+    stop_token_ids: tuple[int, ...] = ()
     prefill_logprobs: bool = False
     top_n_tokens: int = 0
     blocks: tuple[int, ...] = ()

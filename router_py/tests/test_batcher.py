@@ -203,6 +203,21 @@ async def test_round_that_can_never_fit_the_pool_fails_at_once(tmp_path: Path) -
         await close(s)
 
 
+async def test_the_batcher_runs_with_the_default_prefill_budget_fitted_to_the_pool(tmp_path: Path) -> None:
+    """--max-batch-prefill-tokens unset, 64 blocks, prompts of at most 100 tokens (7 blocks each): the
+    handshake settles 9 x 100 = 900 tokens, and each prefill step is planned within those, not 4,096."""
+    s = await make_stack(tmp_path, FakeOptions(num_blocks=64), max_input_tokens=100, max_total_tokens=200,
+                         max_batch_prefill_tokens_set=False)
+    try:
+        assert s.batcher.info.max_batch_prefill_tokens == 900
+        assert s.batcher._config.max_batch_prefill_tokens == 900
+        events = await asyncio.wait_for(collect(s.batcher, request("w " * 50, max_new_tokens=2)), 10)
+        assert isinstance(events[-1], EndEvent)
+        await drained(s)
+    finally:
+        await close(s)
+
+
 async def test_health_tells_when_the_queue_is_stalled_or_the_loop_died(stack: Stack) -> None:
     assert await stack.batcher.health()
     real = stack.scheduler.next_batch

@@ -3,6 +3,7 @@ errors, trace metadata; and the Warmup handshake's settling and startup checks."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,9 +14,11 @@ from router_py import tracing
 from router_py.engine.backend_config import BackendConfig
 from router_py.backend_api import ChooserParams
 from router_py.shard_client.client import ShardClient, ShardError
-from router_py.shard_client.messages import RequestBatch, ShardInfo, ShardRequest, WarmupResult
+from router_py.engine.health import PROBE_BATCH
+from proto.generate.v3 import generate_pb2 as pb
+from router_py.shard_client.messages import CachedBatch, RequestBatch, ShardInfo, ShardRequest, WarmupResult
 from router_py.shard_client.fake_shard import FakeCluster, FakeOptions
-from router_py.engine.warmup import StartupError, settle, warmup_batch
+from router_py.engine.warmup import StartupError, fit_prefill_budget, handshake, settle, warmup_batch
 
 
 async def start(tmp: Path, world: int = 1, **opts) -> tuple[FakeCluster, ShardClient]:
@@ -75,6 +78,40 @@ async def test_decode_concatenates_batches_and_filter_keeps_ids(two) -> None:
     assert done.generations[0].generated_text is not None
     assert done.generations[0].generated_text.finish_reason == "length"
     assert done.generations[0].generated_text.seed is None
+
+
+class _SlowRank:
+    """A stub of one tensor-parallel rank that records the model steps in the order it starts them; its
+    Decode starts ``decode_delay_s`` after the call (a rank busy elsewhere, or a Prefill's tokenizing thread
+    reaching the step lock first on the other rank)."""
+
+    def __init__(self, decode_delay_s: float, order: list[str]) -> None:
+        self.decode_delay_s, self.order = decode_delay_s, order
+
+    async def Prefill(self, request, metadata):  # noqa: N802
+        self.order.append("Prefill")
+        await asyncio.sleep(0.01)
+        return pb.PrefillResponse()
+
+    async def Decode(self, request, metadata):  # noqa: N802
+        if self.decode_delay_s:
+            await asyncio.sleep(self.decode_delay_s)
+        self.order.append("Decode")
+        await asyncio.sleep(0.01)
+        return pb.DecodeResponse()
+
+
+async def test_tensor_parallel_ranks_run_concurrent_steps_in_one_order(two) -> None:
+    """/health's Prefill probe (after a generation failure) runs while the batching loop decodes. The ranks
+    pair their collectives by call order: a rank that ran the probe first and the Decode second, while the
+    other ran them the other way round, mixed the two batches' activations (on the real gloo group: wrong
+    greedy tokens, no error). Each step must reach every rank in the same order."""
+    _, client = two
+    orders: list[list[str]] = [[], []]
+    client._stubs = [_SlowRank(0.0, orders[0]), _SlowRank(0.05, orders[1])]
+    cached = CachedBatch(id=1, request_ids=(10,), max_tokens=4, current_tokens=2)
+    await asyncio.gather(client.decode([cached]), client.prefill(PROBE_BATCH))
+    assert orders[0] == orders[1], orders
 
 
 async def test_prefill_tokens_nan_becomes_none(two) -> None:
@@ -187,6 +224,63 @@ def test_settle_padded_shard_defaults_batch_total_to_16000() -> None:
 def test_settle_rejects_inconsistent_limits(config, shard, result, message) -> None:
     with pytest.raises(StartupError, match=message.replace("`", ".")):
         settle(config, shard, result)
+
+
+# ---- the default prefill budget follows a small KV pool ----------------------------------------------------
+
+
+async def test_an_unset_prefill_budget_fits_a_small_kv_pool(tmp_path: Path) -> None:
+    """The router's flags without --max-batch-prefill-tokens against a pool of 64 blocks (1,008 usable
+    tokens): Warmup runs with, and the router settles, 1,008 tokens, where TGI's default of 4,096 failed."""
+    from router_py import cli
+
+    cluster, client = await start(tmp_path, num_blocks=64)
+    try:
+        info, _ = await handshake(client, cli.backend_config(cli.parse_args([])))
+    finally:
+        await client.close()
+        await cluster.stop()
+    assert info.max_batch_prefill_tokens == 63 * 16
+    warmup = cluster.shards[0].warmups[-1]
+    assert warmup.max_prefill_tokens == 63 * 16
+    assert sum(r.truncate for r in warmup.batch.requests) == 63 * 16
+
+
+async def test_a_prefill_budget_the_user_set_is_kept_and_refused_when_the_pool_cannot_hold_it(
+    tmp_path: Path,
+) -> None:
+    from router_py import cli
+
+    cluster, client = await start(tmp_path, num_blocks=64)
+    config = cli.backend_config(cli.parse_args(["--max-batch-prefill-tokens", "4096"]))
+    try:
+        with pytest.raises(StartupError, match=".max_batch_prefill_tokens. must be <= .max_batch_total"):
+            await handshake(client, config)
+        assert cluster.shards[0].warmups[-1].max_prefill_tokens == 4096
+    finally:
+        await client.close()
+        await cluster.stop()
+
+
+@pytest.mark.parametrize(
+    ("capacity", "max_input", "budget"),
+    [
+        (64 * 16, None, 63 * 16),  # one warmup prompt: every block but block 0
+        (256 * 16, 100, 36 * 100 + 3 * 16),  # prompts of 100 take 7 blocks each: 36 in 255, 3 blocks left
+        (1024 * 16, None, 4096),  # a pool that holds the default keeps it
+        (0, None, 4096),  # a shard that does not report its pool (TGI's): TGI's default
+    ],
+)
+def test_the_default_prefill_budget_is_what_the_pool_holds(
+    capacity: int, max_input: int | None, budget: int
+) -> None:
+    shard = ShardInfo(**{**SHARD.__dict__, "kv_capacity_tokens": capacity})
+    config = fit_prefill_budget(BackendConfig(max_input, max_batch_prefill_tokens_set=False), shard)
+    assert config.max_batch_prefill_tokens == budget
+    if capacity:
+        blocks = sum(-(-r.truncate // 16) for r in warmup_batch(config).requests)
+        assert blocks <= capacity // 16 - 1  # the warmup batch fits beside block 0
+    assert fit_prefill_budget(BackendConfig(max_input), shard).max_batch_prefill_tokens == 4096  # set: kept
 
 
 @pytest.mark.parametrize("special", [[], [True], [False]])

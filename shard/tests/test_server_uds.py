@@ -27,8 +27,9 @@ async def test_handshake_info_discovery_health_and_warmup(uds_stub) -> None:
         16,
     )
     assert not info.HasField("window_size")
+    assert info.kv_capacity_tokens == 64 * 16  # prism extension: the pool, known before Warmup
     resp = await stub.Warmup(_router_warmup(max_input=100, max_total=200, prefill=300))
-    assert resp.max_supported_total_tokens == 64 * 16
+    assert resp.max_supported_total_tokens == info.kv_capacity_tokens
     assert (resp.max_input_tokens, resp.max_total_tokens) == (100, 200)
     await stub.Health(pb.HealthRequest())
 
