@@ -442,7 +442,7 @@ CASES = [
             }
         ),
     ),
-    Case("completions top_p 1", COMPL, {"prompt": SHORT, "top_p": 1.0}, expect=invalid(TOP_P)),
+    Case("completions top_p 1.5", COMPL, {"prompt": SHORT, "top_p": 1.5}, expect=invalid(TOP_P)),  # 1: off
     Case(
         "completions 5 stop sequences",
         COMPL,
@@ -458,7 +458,7 @@ CASES = [
     ),
     Case("completions missing prompt", COMPL, {"max_tokens": 3}, expect=deser("missing field `prompt`")),
     # -- /v1/chat/completions -------------------------------------------------------------------------------
-    Case("chat top_p 1", CHAT, chat(top_p=1), expect=invalid(TOP_P)),
+    Case("chat top_p 1.5", CHAT, chat(top_p=1.5), expect=invalid(TOP_P)),  # 1: OpenAI's off
     Case(
         "chat frequency_penalty 3",
         CHAT,

@@ -87,3 +87,21 @@ def test_bad_values_are_422(oa: openai.OpenAI, body: dict) -> None:
         oa.chat.completions.create(model="tgi", **body)
     assert err.value.response.json()["error_type"] == "validation"
     assert err.value.response.json()["error"].startswith("Input validation error: ")
+
+
+def test_min_tokens_with_a_stop_token_id_beyond_the_vocabulary(stack: Stack, oa: openai.OpenAI) -> None:
+    """Such an id can never be generated (the route passes any id, as vLLM does): nothing to mask, and the
+    greedy text is unchanged. It was a 424 (IndexError in the shard's batched mask)."""
+    _, text = greedy(stack, 6)
+    extra = {"min_tokens": 2, "stop_token_ids": [2**31], "ignore_eos": True}
+    comp = oa.completions.create(model="tgi", prompt=PROMPT, max_tokens=6, temperature=0, extra_body=extra)
+    assert (comp.choices[0].text, comp.choices[0].finish_reason) == (text, "length")
+
+
+def test_temperature_zero_with_top_k_is_greedy(stack: Stack, oa: openai.OpenAI) -> None:
+    """vLLM's temperature 0 is greedy whatever its top_k; here it sampled (another text per seed)."""
+    _, text = greedy(stack, 6)
+    for seed in (1, 2):
+        comp = oa.completions.create(model="tgi", prompt=PROMPT, max_tokens=6, temperature=0, seed=seed,
+                                     extra_body={"top_k": 20, "ignore_eos": True})
+        assert comp.choices[0].text == text

@@ -273,8 +273,6 @@ class ModelRunner:
             r.token_ids, r.prefix_offset, r.read_offset
         )
         reason = r.stopping(choice.token_id, text)
-        if r.stopping.stop_token_hit:  # NOTE: vLLM leaves a stop token's text out of the output
-            text = ""
         tokens = TokensOut(
             [choice.token_id], [choice.logprob], [text], [self.detok.is_special(choice.token_id)]
         )
@@ -286,7 +284,9 @@ class ModelRunner:
             g.top_tokens = [self._top_tokens(choice.logprobs, r.top_n_tokens)]
         if reason is not None:
             seed = r.chooser.params.seed if r.chooser.params.samples else None
-            ids = r.generated_ids[:-1] if r.stopping.stop_token_hit else r.generated_ids
+            ids = r.generated_ids
+            if r.stopping.stop_token_hit:  # NOTE: vLLM leaves a stop token's text out of the output
+                tokens.texts[0], ids = "", ids[:-1]
             g.finished = FinishedText(self.detok.text(ids), r.stopping.generated, reason, seed)
         return g
 

@@ -163,9 +163,10 @@ class StoppingCriteria:
     sequences on the tail.
 
     ``stop_token_ids`` end the request as EOS does (EOS_TOKEN) and set ``stop_token_hit``: the token counts as
-    generated, but its text is left out of the output (vLLM's default). With ``min_tokens``, stop sequences
-    only match text of the tokens after the first ``min_tokens`` (as vLLM); EOS and stop_token_ids cannot
-    come before then because the chooser masks them (:class:`MinTokens`).
+    generated, but its text is left out of the output (vLLM's default). With ``min_tokens``, a stop sequence
+    matches only where it ends in the text of a token after the first ``min_tokens`` (it may begin before, as
+    vLLM searches); EOS and stop_token_ids cannot come before then because the chooser masks them
+    (:class:`MinTokens`).
     """
 
     eos_token_ids: frozenset[int]
@@ -177,19 +178,28 @@ class StoppingCriteria:
     generated: int = 0
     stop_token_hit: bool = False
     tail: str = field(default="", repr=False)
+    # NOTE: the ids that end the request (EOS unless ignored, and stop_token_ids): one set lookup per token, as
+    # EOS alone took before stop_token_ids existed, so a request without them pays nothing per step for them
+    _ends: frozenset[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.stop_sequences = tuple(self.stop_sequences)  # NOTE: str.endswith takes a tuple, not a list
+        self._ends = self.stop_token_ids | (frozenset() if self.ignore_eos_token else self.eos_token_ids)
 
     def __call__(self, token_id: int, text: str) -> FinishReason | None:
         """Count one generated token with its incremental ``text``; the reason to stop, if any."""
         self.generated += 1
         if self.generated >= self.max_new_tokens:
             return FinishReason.LENGTH
-        if not self.ignore_eos_token and token_id in self.eos_token_ids:
+        if self._ends and token_id in self._ends:
+            # NOTE: an EOS that is not ignored is EOS, even when also a stop token id (its text is special)
+            self.stop_token_hit = token_id in self.stop_token_ids and (
+                self.ignore_eos_token or token_id not in self.eos_token_ids
+            )
             return FinishReason.EOS_TOKEN
-        if token_id in self.stop_token_ids:
-            self.stop_token_hit = True
-            return FinishReason.EOS_TOKEN
-        if self.stop_sequences and self.generated > self.min_tokens:
+        if self.stop_sequences:
             self.tail = (self.tail + text)[-STOP_TAIL_CHARS:]
-            if any(self.tail.endswith(s) for s in self.stop_sequences):
+            # NOTE: a match must end in this token's text (vLLM's search), after the first min_tokens tokens
+            if text and self.generated > self.min_tokens and self.tail.endswith(self.stop_sequences):
                 return FinishReason.STOP_SEQUENCE
         return None

@@ -182,8 +182,10 @@ def _scatter_index(
 def _mask_stop_ids(scores: torch.Tensor, choosers: Sequence[NextTokenChooser], masked: list[int]) -> None:
     """min_tokens: the rows' stop ids to -inf, in place. NOTE: a row left with no finite logit keeps its ids
     (a grammar that allows only EOS has ended its value; masking it would fail the request instead of ending
-    it, so there min_tokens yields)."""
-    ids = [choosers[i].min_tokens.ids for i in masked]  # type: ignore[union-attr]
+    it, so there min_tokens yields). Ids beyond the logits' vocabulary (stop_token_ids are not checked against
+    it, as in vLLM) cannot be generated: nothing to mask."""
+    vocab = scores.shape[1]
+    ids = [[t for t in choosers[i].min_tokens.ids if t < vocab] for i in masked]  # type: ignore[union-attr]
     idx = torch.tensor(masked, dtype=torch.int64)
     before = scores[idx]
     scores.index_put_(_scatter_index(masked, ids), torch.tensor(float("-inf")))

@@ -19,6 +19,7 @@ from router_py.backend_api import (
     Token,
     ValidRequest,
 )
+from router_py.http.openai_stop import StopText, token_text
 
 
 class Permits:
@@ -93,11 +94,16 @@ async def stream_events(backend: Backend, request: ValidRequest) -> AsyncGenerat
         await events.aclose()  # type: ignore[attr-defined]
 
 
-async def generate(backend: Backend, request: ValidRequest) -> FinishedSequence:
-    """Collect a whole generation; raises HttpError (424 generation, 500 incomplete_generation, ...)."""
+async def generate(backend: Backend, request: ValidRequest, cut_stops: bool = False) -> FinishedSequence:
+    """Collect a whole generation; raises HttpError (424 generation, 500 incomplete_generation, ...).
+
+    ``cut_stops``: OpenAI's stop strings (:mod:`router_py.http.openai_stop`): the generation ends at the first
+    stop string anywhere in its text, cut before it, instead of TGI's stop-string-at-the-end."""
     tokens: list[Token] = []
     tops: list[list[Token]] = []
     prefill: list[Token] = []
+    stopping = request.stopping
+    stop = StopText(stopping.stop_sequences, stopping.min_tokens) if cut_stops and stopping.stop_sequences else None
     async with aclosing(stream_events(backend, request)) as events:
         async for event in events:
             if isinstance(event, PrefillTokens):
@@ -105,6 +111,10 @@ async def generate(backend: Backend, request: ValidRequest) -> FinishedSequence:
                 continue
             tokens.append(event.token)
             tops.append(list(event.top_tokens))
+            if stop is not None:
+                stop.push(token_text(event))
+                if stop.hit:  # NOTE: returning below closes the stream, which drops the request
+                    event = stop.ended(event)
             if isinstance(event, EndEvent):
                 top_tokens = tops if any(tops) else []
                 return FinishedSequence(request, event, tokens, top_tokens, prefill)
@@ -112,7 +122,7 @@ async def generate(backend: Backend, request: ValidRequest) -> FinishedSequence:
 
 
 async def generate_best_of(
-    backend: Backend, request: ValidRequest, best_of: int
+    backend: Backend, request: ValidRequest, best_of: int, cut_stops: bool = False
 ) -> tuple[FinishedSequence, list[FinishedSequence]]:
     """Run ``best_of`` sampled sequences concurrently (each with its own random seed); the one with the
     highest mean token logprob wins, the others are returned in order as TGI's ``best_of_sequences``."""
@@ -120,7 +130,7 @@ async def generate_best_of(
         replace(request, sampling=replace(request.sampling, seed=random.getrandbits(64)))
         for _ in range(best_of)
     ]
-    tasks = [asyncio.ensure_future(generate(backend, r)) for r in requests]
+    tasks = [asyncio.ensure_future(generate(backend, r, cut_stops)) for r in requests]
     try:
         results = await asyncio.gather(*tasks)
     except HttpError:

@@ -23,7 +23,7 @@ _CHAT_FIELDS: dict[str, tuple[str, bool]] = {
     "presence_penalty": ("f32", True),
     "repetition_penalty": ("f32", True),
     "seed": ("u64", True),
-    "stop": ("strings", True),
+    "stop": ("string_or_strings", True),  # OpenAI's: a string or a list of them
     "stream": ("bool", False),
     "temperature": ("f32", True),
     "top_p": ("f32", True),
@@ -131,8 +131,8 @@ def chat_parameters(
         temperature=temperature if do_sample else None,
         repetition_penalty=presence + 2.0 if presence is not None else req.get("repetition_penalty"),
         frequency_penalty=req.get("frequency_penalty"),
-        top_p=req.get("top_p"),
-        top_k=vllm_top_k(req.get("top_k")),
+        top_p=openai_top_p(req.get("top_p")),
+        top_k=vllm_top_k(req.get("top_k")) if do_sample else None,  # NOTE: see vllm_top_k
         do_sample=do_sample,
         max_new_tokens=max_new_tokens,
         stop=tuple(req.get("stop") or ()),
@@ -147,8 +147,16 @@ def chat_parameters(
 
 
 def vllm_top_k(top_k: int | None) -> int | None:
-    """vLLM's ``top_k`` on the OpenAI routes, where 0 and -1 mean no top-k; TGI's must be positive."""
+    """vLLM's ``top_k`` on the OpenAI routes, where 0 and -1 mean no top-k; TGI's must be positive. The routes
+    drop it at temperature 0, which vLLM makes greedy whatever its top_k: sent on, the shard would sample
+    (TGI's rule, any warper samples)."""
     return top_k if top_k is not None and top_k > 0 else None
+
+
+def openai_top_p(top_p: float | None) -> float | None:
+    """OpenAI's ``top_p`` is in (0, 1] and 1 (its default, which many clients send) means off; TGI's must be
+    below 1, so 1 is off here rather than TGI's 422."""
+    return None if top_p == 1.0 else top_p
 
 
 def check_single_choice(n: int | None) -> None:
@@ -168,7 +176,9 @@ def _content(event: TokenEvent) -> str:
 
 
 def openai_finish_reason(reason: str) -> str:
-    return "stop" if reason == "eos_token" else reason
+    """OpenAI's finish reasons are ``stop`` (EOS or a stop string), ``length`` and ``tool_calls``; TGI's
+    ``stop_sequence`` is not one of them (vLLM says ``stop``)."""
+    return "stop" if reason in ("eos_token", "stop_sequence") else reason
 
 
 def _logprob_entry(token: Token, top: list[Token]) -> dict[str, Any]:

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from router_py.router_config import RouterConfig
-from router_py.http.errors import HttpError, deserialize_error
-from router_py.backend_api import EndEvent
+from router_py.http.errors import HttpError, deserialize_error, validation_error
+from router_py.backend_api import EndEvent, Token
 from router_py.http.openai_chat import (
-    check_single_choice, openai_finish_reason, system_fingerprint, usage, vllm_top_k
+    check_single_choice, openai_finish_reason, openai_top_p, system_fingerprint, usage, vllm_top_k
 )
 from router_py.http.openai_sampling import VLLM_SAMPLING_FIELDS, vllm_sampling
 from router_py.http.validation import GenerateParameters, check_value, unexpected
@@ -25,12 +25,16 @@ _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
     "suffix": ("string", True),
     "repetition_penalty": ("f32", True),
     "frequency_penalty": ("f32", True),
-    "stop": ("strings", True),
+    "stop": ("string_or_strings", True),  # OpenAI's: a string or a list of them
     "n": ("u32", True),
     "ignore_eos": ("bool", True),  # vLLM's extension: generate past EOS up to max_tokens
     "top_k": ("i32", True),  # vLLM's extension; 0 or -1: off, as there
+    "logprobs": ("u32", True),  # OpenAI's: that many alternatives per token (0 to 5)
+    "echo": ("bool", True),
+    "best_of": ("u32", True),
     **VLLM_SAMPLING_FIELDS,
 }
+MAX_LOGPROBS = 5  # OpenAI's limit, and TGI's default max_top_n_tokens
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,15 @@ class CompletionRequest:
     @property
     def stream(self) -> bool:
         return bool(self.fields.get("stream"))
+
+    @property
+    def echo(self) -> bool:
+        return bool(self.fields.get("echo"))
+
+    @property
+    def logprobs(self) -> int | None:
+        """OpenAI's ``logprobs``: None (none), else alternatives per token (0 to :data:`MAX_LOGPROBS`)."""
+        return self.fields.get("logprobs")
 
 
 def parse_completion_request(body: Any, max_client_batch_size: int) -> CompletionRequest:
@@ -85,8 +98,10 @@ def _prompts(raw: Any) -> list[str]:
 
 def completion_parameters(req: CompletionRequest, vocab_size: int | None = None) -> GenerateParameters:
     """Temperature 0 → greedy, else sampling; details on so finish reasons and counts come back; vLLM's
-    sampling fields as on the chat route. Raises HttpError 422 (validation)."""
+    sampling fields as on the chat route; ``logprobs`` becomes ``top_n_tokens``. Raises HttpError 422
+    (validation)."""
     check_single_choice(req.get("n"))
+    _check_unserved(req)
     temperature = req.get("temperature")
     do_sample = not (temperature is not None and temperature == 0.0)
     model = req.get("model")
@@ -94,8 +109,8 @@ def completion_parameters(req: CompletionRequest, vocab_size: int | None = None)
         temperature=temperature if do_sample else None,
         repetition_penalty=req.get("repetition_penalty"),
         frequency_penalty=req.get("frequency_penalty"),
-        top_p=req.get("top_p"),
-        top_k=vllm_top_k(req.get("top_k")),
+        top_p=openai_top_p(req.get("top_p")),
+        top_k=vllm_top_k(req.get("top_k")) if do_sample else None,  # NOTE: see vllm_top_k
         do_sample=do_sample,
         max_new_tokens=req.get("max_tokens"),
         stop=tuple(req.get("stop") or ()),
@@ -103,8 +118,37 @@ def completion_parameters(req: CompletionRequest, vocab_size: int | None = None)
         seed=req.get("seed"),
         ignore_eos=bool(req.get("ignore_eos")),
         adapter_id=model if model is not None and model != "tgi" else None,
+        top_n_tokens=req.logprobs,
         **vllm_sampling(req.get, req.get("max_tokens"), vocab_size),
     )
+
+
+def _check_unserved(req: CompletionRequest) -> None:
+    """What would otherwise be silently wrong (TGI accepts and ignores these fields) is a clear 422:
+    ``best_of`` other than 1 (vLLM's V1 engine refuses it too), ``echo`` with ``logprobs`` (the prompt's
+    logprobs are not served here), ``logprobs`` above OpenAI's 5."""
+    best_of = req.get("best_of")
+    if best_of is not None and best_of != 1:
+        raise validation_error(f"`best_of` must be 1: one sequence per choice is generated. Given: {best_of}")
+    if req.logprobs is not None and req.logprobs > MAX_LOGPROBS:
+        raise validation_error(f"`logprobs` must be >= 0 and <= {MAX_LOGPROBS}. Given: {req.logprobs}")
+    if req.echo and req.logprobs is not None:
+        raise validation_error("`echo` with `logprobs` is not supported: the prompt's logprobs are not served")
+
+
+def completion_logprobs(tokens: list[Token], tops: list[list[Token]], offset: int = 0) -> dict[str, Any]:
+    """OpenAI's legacy logprobs object of some tokens: their texts (special tokens empty, as in the text),
+    logprobs, ``{text: logprob}`` of their alternatives, and where each starts in the choice's text
+    (``offset``: where the first one does)."""
+    texts = ["" if t.special else t.text for t in tokens]
+    starts = [offset + sum(len(x) for x in texts[:i]) for i in range(len(texts))]
+    padded = tops if tops else [[] for _ in tokens]
+    return {
+        "tokens": texts,
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [{t.text: t.logprob for t in top} for top in padded],
+        "text_offset": starts,
+    }
 
 
 def usage_chunk(config: RouterConfig, created: int, totals: dict[str, int]) -> dict[str, Any]:
@@ -123,13 +167,19 @@ def _envelope(config: RouterConfig, created: int) -> dict[str, Any]:
 
 
 def completion(
-    config: RouterConfig, created: int, ends: list[EndEvent], prompt_tokens: int
+    config: RouterConfig,
+    created: int,
+    ends: list[EndEvent],
+    prompt_tokens: int,
+    texts: list[str] | None = None,
+    logprobs: list[dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
+    """``texts`` replace the generated texts (``echo``); ``logprobs`` are the choices' (None: none)."""
     choices = [
         {
             "index": i,
-            "text": end.generated_text,
-            "logprobs": None,
+            "text": texts[i] if texts is not None else end.generated_text,
+            "logprobs": logprobs[i] if logprobs is not None else None,
             "finish_reason": openai_finish_reason(end.finish_reason),
         }
         for i, end in enumerate(ends)
@@ -143,7 +193,12 @@ def completion(
 
 
 def completion_chunk(
-    config: RouterConfig, created: int, index: int, text: str, finish: str | None
+    config: RouterConfig,
+    created: int,
+    index: int,
+    text: str,
+    finish: str | None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+    choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
     return {**_envelope(config, created), "choices": [choice]}

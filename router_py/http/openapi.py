@@ -36,6 +36,8 @@ def _error(description: str) -> dict[str, Any]:
 
 
 # vLLM's sampling fields, served on both OpenAI routes (router_py.http.openai_sampling)
+# OpenAI's `stop`: one string or a list; cut before the first one found anywhere in the text (router_py.http.openai_stop)
+_OPENAI_STOP = {"nullable": True, "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
 _VLLM_SAMPLING = {
     "min_tokens": _nullable("integer", minimum=0),
     "stop_token_ids": _nullable("array", items={"type": "integer", "minimum": 0}),
@@ -260,7 +262,7 @@ _SCHEMAS: dict[str, Any] = {
             "temperature": _nullable("number"),
             "top_p": _nullable("number"),
             "seed": _nullable("integer"),
-            "stop": _nullable("array", items={"type": "string"}),
+            "stop": _OPENAI_STOP,
             "stream": {"type": "boolean"},
             "stream_options": _nullable("object", properties={"include_usage": {"type": "boolean"}}),
             "n": _nullable("integer", minimum=1, maximum=1, description="only 1 is supported"),
@@ -286,13 +288,16 @@ _SCHEMAS: dict[str, Any] = {
             "temperature": _nullable("number"),
             "top_p": _nullable("number"),
             "seed": _nullable("integer"),
-            "stop": _nullable("array", items={"type": "string"}),
+            "stop": _OPENAI_STOP,
             "stream": {"type": "boolean"},
             "stream_options": _nullable("object", properties={"include_usage": {"type": "boolean"}}),
             "n": _nullable("integer", minimum=1, maximum=1, description="only 1 is supported"),
             "suffix": _nullable("string"),
             "repetition_penalty": _nullable("number"),
             "frequency_penalty": _nullable("number"),
+            "logprobs": _nullable("integer", minimum=0, maximum=5),
+            "echo": _nullable("boolean", description="not with logprobs"),
+            "best_of": _nullable("integer", minimum=1, maximum=1, description="only 1 is supported"),
             **_VLLM_SAMPLING,
         },
     },

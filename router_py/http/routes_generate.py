@@ -69,9 +69,11 @@ async def run_generate(
     traceparent: Context | None = None,
     add_special_tokens: bool = True,
     span_name: str = "generate",
+    cut_stops: bool = False,
 ) -> tuple[FinishedSequence, list[FinishedSequence], Timings]:
     """Validate and run a non-streamed request (best_of included); records the request metrics except the
-    request count (the caller's, once per HTTP request)."""
+    request count (the caller's, once per HTTP request). ``cut_stops``: OpenAI's stop strings
+    (:func:`router_py.http.generation_runner.generate`)."""
     best_of = req.parameters.best_of if req.parameters.best_of is not None else 1
     with tracing.span(span_name, parent=traceparent, inputs_chars=len(req.inputs)) as span:
         if best_of > 1:
@@ -84,9 +86,9 @@ async def run_generate(
             validated = now()
             state.record_validated(valid.input_length, valid.stopping.max_new_tokens)
             if best_of > 1:
-                gen, others = await generate_best_of(state.backend, valid, best_of)
+                gen, others = await generate_best_of(state.backend, valid, best_of, cut_stops)
             else:
-                gen, others = await generate(state.backend, valid), []
+                gen, others = await generate(state.backend, valid, cut_stops), []
         finally:
             state.permits.release(sequences)
         timings = Timings.of(start, validated, gen.end, gen.end.generated_tokens, now())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from opentelemetry.context import Context
 from starlette.requests import Request
@@ -28,16 +29,18 @@ from router_py.http.openai_chat import (
 from router_py.http.openai_completions import (
     completion,
     completion_chunk,
+    completion_logprobs,
     completion_parameters,
     parse_completion_request,
     usage_chunk,
 )
 from router_py.http.openai_chat import openai_finish_reason
+from router_py.http.openai_stop import cut_at_stops
 from router_py.http.routes_common import (
     AppState, now, read_json, request_namespace, request_session, state_of,
 )
 from router_py.http.generation_runner import FinishedSequence
-from router_py.http.routes_generate import open_stream, run_generate
+from router_py.http.routes_generate import StreamRun, open_stream, run_generate
 from router_py.http.sse import OPENAI_DONE, TgiEventTemplate, sse_response, tgi_event
 from router_py.http.tools import (
     ToolPlan,
@@ -82,7 +85,9 @@ async def chat_completions_route(request: Request) -> Response:
     if req.stream:
         return sse_response(_chat_events(state, req, gen_req, namespace, start, parent, plan), {})
     with tracing.span("chat_completions", parent=parent):
-        gen, _, _ = await run_generate(state, gen_req, namespace, start, add_special_tokens=False)
+        gen, _, _ = await run_generate(
+            state, gen_req, namespace, start, add_special_tokens=False, cut_stops=not plan.calls_tools
+        )
     logprobs = chat_logprobs(gen.tokens, gen.top_tokens) if req.logprobs else None
     message, finish = _tool_message(plan, gen.end.generated_text)
     body = chat_completion(
@@ -113,11 +118,15 @@ async def _chat_events(
 ) -> AsyncIterator[str]:
     created = int(time.time())
     calls = ToolStream() if plan.calls_tools else None
+    p = gen_req.parameters
+    stops = () if plan.calls_tools else p.stop  # NOTE: a tool call's text is the grammar's, never cut
     with tracing.span("chat_completions", parent=parent):
         try:
-            async for run, event in open_stream(state, gen_req, namespace, add_special_tokens=False):
+            stream = open_stream(state, gen_req, namespace, add_special_tokens=False)
+            async for run, event, text in cut_at_stops(stream, stops, p.min_tokens):
                 if calls is None:
-                    yield tgi_event(chat_chunk(state.config, created, event, req.logprobs, None))
+                    delta = {"role": "assistant", "content": text}
+                    yield tgi_event(chat_chunk(state.config, created, event, req.logprobs, None, delta))
                 else:
                     for chunk in _tool_chunks(state, created, calls, event):
                         yield tgi_event(chunk)
@@ -161,16 +170,40 @@ async def completions_route(request: Request) -> Response:
     session = await request_session(request) if len(req.prompts) == 1 else None
     gen_reqs = [GenerateRequest(prompt, params, session=session) for prompt in req.prompts]
     namespace = await request_namespace(request)
+    shape = CompletionShape(echo=req.echo, logprobs=req.logprobs is not None)
     if req.stream:
-        return sse_response(_completion_events(state, gen_reqs, namespace, start, req.include_usage), {})
-    results = await asyncio.gather(*(run_generate(state, r, namespace, start) for r in gen_reqs))
-    prompt_tokens = sum(gen.request.input_length for gen, _, _ in results)
-    body = completion(state.config, int(time.time()), [gen.end for gen, _, _ in results], prompt_tokens)
+        events = _completion_events(state, gen_reqs, namespace, start, req.include_usage, shape)
+        return sse_response(events, {})
+    results = await asyncio.gather(
+        *(run_generate(state, r, namespace, start, cut_stops=True) for r in gen_reqs)
+    )
+    gens = [gen for gen, _, _ in results]
+    prompt_tokens = sum(gen.request.input_length for gen in gens)
+    texts = [prompt + gen.end.generated_text for prompt, gen in zip(req.prompts, gens)] if req.echo else None
+    logprobs = [
+        completion_logprobs(gen.tokens, gen.top_tokens, len(prompt) if req.echo else 0)  # echo: after the prompt
+        for prompt, gen in zip(req.prompts, gens)
+    ] if shape.logprobs else None
+    body = completion(state.config, int(time.time()), [gen.end for gen in gens], prompt_tokens, texts, logprobs)
     return JSONResponse(body)
 
 
+@dataclass(frozen=True)
+class CompletionShape:
+    """What a completion's choices carry besides the generated text: the prompt first (``echo``), and OpenAI's
+    legacy ``logprobs`` object."""
+
+    echo: bool = False
+    logprobs: bool = False
+
+
 async def _completion_events(
-    state: AppState, gen_reqs: list[GenerateRequest], namespace: str, start: float, include_usage: bool
+    state: AppState,
+    gen_reqs: list[GenerateRequest],
+    namespace: str,
+    start: float,
+    include_usage: bool,
+    shape: CompletionShape = CompletionShape(),
 ) -> AsyncIterator[str]:
     """Prompts are streamed one after the other, each chunk tagged with its prompt's index; with
     ``include_usage`` a usage-only chunk over all prompts follows the last one."""
@@ -178,16 +211,11 @@ async def _completion_events(
     prompt_tokens = completion_tokens = 0
     try:
         for index, gen_req in enumerate(gen_reqs):
-            # NOTE: a token's chunk is the same but for its text: rendered once, per token only the text
-            chunk = TgiEventTemplate(
-                lambda text, i=index: completion_chunk(state.config, created, i, text, None)
-            )
-            async for run, event in open_stream(state, gen_req, namespace):
-                if not isinstance(event, EndEvent):
-                    yield chunk.render(event.token.text)
+            async for item in _one_completion_stream(state, gen_req, namespace, created, index, shape):
+                if isinstance(item, str):
+                    yield item
                     continue
-                finish = openai_finish_reason(event.finish_reason)
-                yield tgi_event(completion_chunk(state.config, created, index, event.token.text, finish))
+                run, event = item
                 state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
                 prompt_tokens += run.valid.input_length
                 completion_tokens += event.generated_tokens
@@ -197,6 +225,33 @@ async def _completion_events(
         state.record_failure(err)
         yield _error_event(err)
     yield OPENAI_DONE
+
+
+async def _one_completion_stream(
+    state: AppState, gen_req: GenerateRequest, namespace: str, created: int, index: int, shape: CompletionShape
+) -> AsyncIterator[str | tuple[StreamRun, EndEvent]]:
+    """One prompt's chunks (strings), then its run and EndEvent. With ``echo`` the first chunk starts with the
+    prompt; with ``logprobs`` each chunk carries its token's, offsets counted in the choice's text."""
+    # NOTE: without logprobs a token's chunk is the same but for its text: rendered once, per token the text
+    chunk = TgiEventTemplate(lambda text: completion_chunk(state.config, created, index, text, None))
+    prefix = gen_req.inputs if shape.echo else ""
+    offset = len(prefix)
+    p = gen_req.parameters
+    stream = open_stream(state, gen_req, namespace)
+    async for run, event, text in cut_at_stops(stream, p.stop, p.min_tokens):
+        text, prefix = prefix + text, ""
+        logprobs = None
+        if shape.logprobs:
+            logprobs = completion_logprobs([event.token], [list(event.top_tokens)], offset)
+            offset += len(logprobs["tokens"][0])
+        if not isinstance(event, EndEvent):
+            yield chunk.render(text) if logprobs is None else tgi_event(
+                completion_chunk(state.config, created, index, text, None, logprobs)
+            )
+            continue
+        finish = openai_finish_reason(event.finish_reason)
+        yield tgi_event(completion_chunk(state.config, created, index, text, finish, logprobs))
+        yield run, event
 
 
 async def chat_tokenize_route(request: Request) -> Response:

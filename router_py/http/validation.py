@@ -100,6 +100,7 @@ _EXPECTED = {
     "string": "a string",
     "bool": "a boolean",
     "strings": "a sequence",
+    "string_or_strings": "a string or a sequence",
     "i64s": "a sequence",
     "map": "a map",
     "grammar": "internally tagged enum",
@@ -143,7 +144,9 @@ def check_value(path: str, kind: str, nullable: bool, value: Any) -> Any:
         return float(value)
     if kind == "bool" and isinstance(value, bool) or kind == "string" and isinstance(value, str):
         return value
-    if kind == "strings" and isinstance(value, list):
+    if kind == "string_or_strings" and isinstance(value, str):  # OpenAI's `stop`: one string or a list
+        return (value,)
+    if kind in ("strings", "string_or_strings") and isinstance(value, list):
         return tuple(check_value(f"{path}[{i}]", "string", False, v) for i, v in enumerate(value))
     if kind == "i64s" and isinstance(value, list):
         return tuple(check_value(f"{path}[{i}]", "i64", False, v) for i, v in enumerate(value))

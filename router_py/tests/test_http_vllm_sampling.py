@@ -37,6 +37,20 @@ async def test_vllm_sampling_fields_reach_the_backend(
     assert (off.stopping.min_tokens, off.stopping.stop_token_ids) == (0, ())
 
 
+@pytest.mark.parametrize("path,body", ROUTES)
+async def test_temperature_zero_stays_greedy_with_top_k(client: httpx.AsyncClient, backend, path: str,
+                                                         body: dict) -> None:
+    """vLLM's temperature 0 is greedy whatever its top_k (vLLM resets it); a top_k sent on to the shard made
+    the request sample there (TGI's rule: any warper samples), so ``temperature: 0, top_k: 20`` gave random
+    text, another text per seed. TGI's own fields keep TGI's meaning."""
+    greedy = {**body, "temperature": 0, "top_k": 20, "seed": 3}
+    assert (await client.post(path, json=greedy)).status_code == 200
+    sent = backend.requests[-1].sampling
+    assert (sent.do_sample, sent.top_k) == (False, 0)
+    assert (await client.post(path, json={**body, "temperature": 0.5, "top_k": 20})).status_code == 200
+    assert backend.requests[-1].sampling.top_k == 20
+
+
 BAD = [
     ({"min_tokens": -1}, "`min_tokens` must be >= 0. Given: -1"),
     ({"min_tokens": 5}, "`min_tokens` must be <= `max_tokens` (4). Given: 5"),

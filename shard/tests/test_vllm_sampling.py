@@ -88,18 +88,47 @@ def test_min_tokens_yields_to_a_row_with_nothing_else_left() -> None:
     assert choose_batch([chooser], logits, [[1]])[0].token_id == EOS
 
 
+def test_min_tokens_ignores_stop_ids_beyond_the_vocabulary() -> None:
+    """A stop_token_id the model cannot produce (our router passes any id, as vLLM does) has nothing to mask;
+    the request was failed before (IndexError in the scatter, a 424 for the client)."""
+    logits = _logits(2)
+    choosers = [NextTokenChooser(SamplingParams(), MinTokens((EOS, VOCAB + 5), until=10)),
+                NextTokenChooser(SamplingParams())]
+    out = choose_batch(choosers, logits, [[1], [1]])
+    assert not any(isinstance(c, Exception) for c in out), out
+    assert math.isinf(float(out[0].logprobs[EOS]))
+    assert [c.token_id for c in out] == [int(logits[0].masked_fill(torch.arange(VOCAB) == EOS, -1e9).argmax()),
+                                         int(logits[1].argmax())]
+
+
 def test_stop_token_ids_stop_and_their_text_is_left_out() -> None:
     stop = StoppingCriteria(frozenset({EOS}), 9, stop_token_ids=frozenset({7}))
     assert stop(5, "a") is None and not stop.stop_token_hit
     assert stop(7, "b") == FinishReason.EOS_TOKEN and stop.stop_token_hit
     ignoring = StoppingCriteria(frozenset({EOS}), 9, ignore_eos_token=True, stop_token_ids=frozenset({7}))
     assert ignoring(EOS, "") is None and ignoring(7, "") == FinishReason.EOS_TOKEN
+    both = StoppingCriteria(frozenset({EOS}), 9, stop_token_ids=frozenset({EOS}))
+    assert both(EOS, "") == FinishReason.EOS_TOKEN and not both.stop_token_hit  # EOS first, as before
+    ignored = StoppingCriteria(frozenset({EOS}), 9, ignore_eos_token=True, stop_token_ids=frozenset({EOS}))
+    assert ignored(EOS, "") == FinishReason.EOS_TOKEN and ignored.stop_token_hit
 
 
 def test_stop_sequences_match_only_text_after_min_tokens() -> None:
     stop = StoppingCriteria(frozenset(), 20, stop_sequences=("ab",), min_tokens=2)
     assert stop(1, "a") is None and stop(2, "b") is None  # "ab" within the first two tokens: no stop
     assert stop(3, "a") is None and stop(4, "b") == FinishReason.STOP_SEQUENCE
+
+
+def test_a_stop_sequence_may_begin_in_the_min_tokens_text_but_must_end_after_it() -> None:
+    """vLLM searches each new token's text together with the stop string's length before it, so a stop string
+    that ends after the first ``min_tokens`` tokens matches even if it began in them; one wholly inside them
+    never matches, also not on a later token whose text is empty (held back, part of a UTF-8 character)."""
+    straddling = StoppingCriteria(frozenset(), 20, stop_sequences=("ab",), min_tokens=2)
+    assert straddling(1, "x") is None and straddling(2, "a") is None
+    assert straddling(3, "b") == FinishReason.STOP_SEQUENCE
+    inside = StoppingCriteria(frozenset(), 20, stop_sequences=("ab",), min_tokens=2)
+    assert inside(1, "a") is None and inside(2, "b") is None and inside(3, "") is None
+    assert inside(4, "c") is None
 
 
 def test_bad_values_are_refused() -> None:

@@ -1,0 +1,74 @@
+"""OpenAI's ``stop``, ``top_p`` 1 and completions ``logprobs`` / ``echo`` through the launched stack with the
+``openai`` client. Before: ``stop="..."`` (one string) was a 422, a stop string inside a token never ended
+the generation (TGI's shard only matches at the end of the text) and the text kept the stop string, finish
+reason ``stop_sequence``; ``top_p=1`` was a 422; ``logprobs`` and ``echo`` were ignored."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from conftest import Stack
+
+PROMPT = "The quick brown fox"
+
+
+@pytest.fixture(scope="module")
+def oa(stack: Stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key="-", timeout=120)
+
+
+def greedy_tokens(stack: Stack, n: int) -> list[str]:
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": n, "details": True}}
+    out = httpx.post(f"{stack.url}/generate", json=body, timeout=120).json()
+    assert out["details"]["finish_reason"] == "length", out
+    return [t["text"] for t in out["details"]["tokens"]]
+
+
+def inside_token_stop(texts: list[str]) -> tuple[str, str, int]:
+    """A stop string inside (not at the end of) a greedy token's text, found nowhere before: the stop, the
+    text before it, and the tokens up to the one holding it."""
+    for k, piece in enumerate(texts[1:], 1):
+        stop = piece[:-1]
+        before = "".join(texts[:k])
+        if len(stop) >= 2 and stop not in before + piece[:-2] and (before + piece).find(stop) == len(before):
+            return stop, before, k + 1
+    pytest.skip(f"no greedy token with a usable inner stop string: {texts}")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_inside_a_token_cuts_the_text_and_frees_the_request(
+    stack: Stack, oa: openai.OpenAI, stream: bool
+) -> None:
+    stop, before, tokens = inside_token_stop(greedy_tokens(stack, 12))
+    kw = dict(model="tgi", prompt=PROMPT, max_tokens=40, temperature=0, top_p=1.0, stop=stop)
+    if stream:
+        chunks = list(oa.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+        used = chunks[-1].usage.completion_tokens
+    else:
+        r = oa.completions.create(**kw)
+        text, finish, used = r.choices[0].text, r.choices[0].finish_reason, r.usage.completion_tokens
+    assert (text, finish, used) == (before, "stop", tokens)
+    metrics = httpx.get(f"{stack.url}/metrics", timeout=30).text
+    assert 'prism_prefix_cache_blocks{state="in_use"} 0' in metrics
+
+
+def test_chat_stop_string_is_left_out(oa: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": PROMPT}]
+    full = oa.chat.completions.create(model="tgi", messages=messages, max_tokens=12, temperature=0)
+    text = full.choices[0].message.content
+    stop = text[3:6]
+    r = oa.chat.completions.create(model="tgi", messages=messages, max_tokens=12, temperature=0, stop=[stop])
+    assert (r.choices[0].message.content, r.choices[0].finish_reason) == (text[: text.find(stop)], "stop")
+
+
+def test_completion_logprobs_and_echo(oa: openai.OpenAI) -> None:
+    r = oa.completions.create(model="tgi", prompt=PROMPT, max_tokens=3, temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text and len(lp.token_logprobs) == 3
+    assert all(len(top) == 2 for top in lp.top_logprobs) and lp.text_offset[0] == 0
+    echoed = oa.completions.create(model="tgi", prompt=PROMPT, max_tokens=3, temperature=0, echo=True)
+    assert echoed.choices[0].text == PROMPT + r.choices[0].text
