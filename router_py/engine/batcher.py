@@ -375,10 +375,17 @@ class Batcher:
         if state is None or not state.running or state.round_id != request_id:
             return False
         if state.dropped:
-            self._end(state)
+            self._end(state, computed=self._prompt_computed(state))
             self._metrics.inc("tgi_request_failure", err="dropped")
             return False
         return True
+
+    @staticmethod
+    def _prompt_computed(state: ActiveRequest) -> bool:
+        """The round's whole prompt is in the KV pool: its first token came back. A request whose client left
+        while its prompt was still being prefilled in chunks has only some chunks computed, so its blocks must
+        not enter the prefix cache (later requests would read the uncomputed KV as a hit)."""
+        return state.prompt_done_round == state.round_id
 
     async def _fail(self, batch_ids: list[int] | None, ids: Iterable[int], details: str) -> None:
         """ClearCache the batches (all of them when ``batch_ids`` is None) and fail every listed request."""
@@ -481,6 +488,8 @@ class Batcher:
             if state is None or not state.running or state.round_id != gen.request_id:
                 continue
             if state.dropped:
+                if gen.error is None:  # NOTE: a Generation comes only once the whole prompt is computed
+                    state.prompt_done_round = gen.request_id
                 if gen.error is not None or gen.generated_text is not None:
                     # It left the shard's batch in this step, so _filter never sees it again: release it now.
                     self._end(state, computed=gen.error is None)
@@ -489,8 +498,8 @@ class Batcher:
             if gen.error is not None:
                 # Only this request failed (the shard dropped it from the batch); the others go on.
                 self._end(state, computed=False)
-                message = f"Request failed during generation: Server error: {gen.error}"
-                state.fail(InferError("generation", message))
+                # NOTE: the HTTP layer adds TGI's "Request failed during generation: " prefix (once)
+                state.fail(InferError("generation", f"Server error: {gen.error}"))
                 continue
             self._send(state, gen)
 

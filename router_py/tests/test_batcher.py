@@ -311,6 +311,46 @@ async def test_random_churn_leaves_nothing_held(tmp_path: Path) -> None:
         await close(s)
 
 
+async def test_client_gone_during_a_chunked_prefill_caches_nothing_of_its_prompt(tmp_path: Path) -> None:
+    """A client that leaves while its prompt is still being prefilled in chunks: only the first chunk's KV
+    was computed, so none of its prompt blocks may enter the prefix cache (live, every later request with
+    that prompt read the uncomputed blocks as a hit and generated other greedy tokens)."""
+    s = await make_stack(tmp_path, FakeOptions(step_delay_s=0.05), max_batch_prefill_tokens=32,
+                         max_input_tokens=100, max_total_tokens=200)
+    prompt = "w " * 80
+    try:
+        stream = s.batcher.generate_stream(request(prompt, max_new_tokens=4))
+        first = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0.02)  # its first Prefill (32 of 80 tokens) is running
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await stream.aclose()
+        await drained(s)
+        assert s.scheduler.released == [0] and s.scheduler.cache_stats()["blocks_cached"] == 0
+        events = await collect(s.batcher, request(prompt, max_new_tokens=4))
+        assert isinstance(events[-1], EndEvent) and s.shard.received[-1].cache_len == 0
+        await drained(s)
+    finally:
+        await close(s)
+
+
+async def test_client_gone_during_a_whole_prefill_still_caches_its_prompt(tmp_path: Path) -> None:
+    """The same departure during an unchunked Prefill: its step computed the whole prompt (a Generation came
+    back), so the prompt's full blocks are cached as before."""
+    s = await make_stack(tmp_path, FakeOptions(step_delay_s=0.05), max_input_tokens=100, max_total_tokens=200)
+    try:
+        stream = s.batcher.generate_stream(request("w " * 80, max_new_tokens=4))
+        first = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0.02)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await stream.aclose()
+        await drained(s)
+        assert s.scheduler.cache_stats()["blocks_cached"] == 80 // 16
+    finally:
+        await close(s)
+
+
 async def test_client_gone_while_queued_is_cancelled(tmp_path: Path) -> None:
     s = await make_stack(tmp_path, FakeOptions(step_delay_s=0.005), max_batch_size=1)
     try:
@@ -439,6 +479,11 @@ async def test_a_request_failing_alone_in_the_shard_fails_only_itself(tmp_path: 
         assert all(isinstance(r[-1], EndEvent) and r[-1].generated_tokens == 6 for r in results[:3])
         bad = results[3]
         assert isinstance(bad, InferError) and bad.error_type == "generation" and "poisoned" in bad.message
+        from router_py.http.errors import from_infer_error  # the HTTP layer adds TGI's prefix, once
+
+        body = from_infer_error(bad).body()["error"]
+        assert body.startswith("Request failed during generation: Server error: poisoned")
+        assert body.count("Request failed") == 1
         assert len(s.plans[0].admissions) == 4  # the poisoned request shared its batch with the others
         for method in ("prefill", "decode"):
             assert s.metrics.value("tgi_batch_inference_failure", method=method) == 0
