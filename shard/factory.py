@@ -179,10 +179,9 @@ def build_tiers(config: ShardConfig, kv: KVCache) -> KvTiers | None:
         ("--kv-disk-tokens", config.kv_disk_tokens, disk),
     )
     for flag, tokens, blocks in sizes:
-        if tokens != blocks * config.block_size:
-            kept = blocks * config.block_size
+        if tokens % config.block_size:
             why = "%s %d is not a multiple of the block size %d: the tier holds %d blocks (%d tokens)"
-            log.info(why, flag, tokens, config.block_size, blocks, kept)
+            log.info(why, flag, tokens, config.block_size, blocks, blocks * config.block_size)
     if not host and not disk:
         return None
     path = config.kv_disk_path

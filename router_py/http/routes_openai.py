@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-
 from opentelemetry.context import Context
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,6 +25,7 @@ from router_py.http.openai_chat import (
     usage,
 )
 from router_py.http.openai_completions import (
+    CompletionRequest,
     completion,
     completion_chunk,
     completion_logprobs,
@@ -170,10 +169,8 @@ async def completions_route(request: Request) -> Response:
     session = await request_session(request) if len(req.prompts) == 1 else None
     gen_reqs = [GenerateRequest(prompt, params, session=session) for prompt in req.prompts]
     namespace = await request_namespace(request)
-    shape = CompletionShape(echo=req.echo, logprobs=req.logprobs is not None)
     if req.stream:
-        events = _completion_events(state, gen_reqs, namespace, start, req.include_usage, shape)
-        return sse_response(events, {})
+        return sse_response(_completion_events(state, req, gen_reqs, namespace, start), {})
     results = await asyncio.gather(
         *(run_generate(state, r, namespace, start, cut_stops=True) for r in gen_reqs)
     )
@@ -183,35 +180,21 @@ async def completions_route(request: Request) -> Response:
     logprobs = [
         completion_logprobs(gen.tokens, gen.top_tokens, len(prompt) if req.echo else 0)  # echo: after the prompt
         for prompt, gen in zip(req.prompts, gens)
-    ] if shape.logprobs else None
+    ] if req.logprobs is not None else None
     body = completion(state.config, int(time.time()), [gen.end for gen in gens], prompt_tokens, texts, logprobs)
     return JSONResponse(body)
 
 
-@dataclass(frozen=True)
-class CompletionShape:
-    """What a completion's choices carry besides the generated text: the prompt first (``echo``), and OpenAI's
-    legacy ``logprobs`` object."""
-
-    echo: bool = False
-    logprobs: bool = False
-
-
 async def _completion_events(
-    state: AppState,
-    gen_reqs: list[GenerateRequest],
-    namespace: str,
-    start: float,
-    include_usage: bool,
-    shape: CompletionShape = CompletionShape(),
+    state: AppState, req: CompletionRequest, gen_reqs: list[GenerateRequest], namespace: str, start: float
 ) -> AsyncIterator[str]:
-    """Prompts are streamed one after the other, each chunk tagged with its prompt's index; with
-    ``include_usage`` a usage-only chunk over all prompts follows the last one."""
+    """Prompts (``gen_reqs``, one per prompt of ``req``) are streamed one after the other, each chunk tagged
+    with its prompt's index; with ``include_usage`` a usage-only chunk over all prompts follows the last one."""
     created = int(time.time())
     prompt_tokens = completion_tokens = 0
     try:
         for index, gen_req in enumerate(gen_reqs):
-            async for item in _one_completion_stream(state, gen_req, namespace, created, index, shape):
+            async for item in _one_completion_stream(state, req, gen_req, namespace, created, index):
                 if isinstance(item, str):
                     yield item
                     continue
@@ -219,7 +202,7 @@ async def _completion_events(
                 state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
                 prompt_tokens += run.valid.input_length
                 completion_tokens += event.generated_tokens
-        if include_usage:
+        if req.include_usage:
             yield tgi_event(usage_chunk(state.config, created, usage(prompt_tokens, completion_tokens)))
     except HttpError as err:
         state.record_failure(err)
@@ -228,20 +211,20 @@ async def _completion_events(
 
 
 async def _one_completion_stream(
-    state: AppState, gen_req: GenerateRequest, namespace: str, created: int, index: int, shape: CompletionShape
+    state: AppState, req: CompletionRequest, gen_req: GenerateRequest, namespace: str, created: int, index: int
 ) -> AsyncIterator[str | tuple[StreamRun, EndEvent]]:
     """One prompt's chunks (strings), then its run and EndEvent. With ``echo`` the first chunk starts with the
     prompt; with ``logprobs`` each chunk carries its token's, offsets counted in the choice's text."""
     # NOTE: without logprobs a token's chunk is the same but for its text: rendered once, per token the text
     chunk = TgiEventTemplate(lambda text: completion_chunk(state.config, created, index, text, None))
-    prefix = gen_req.inputs if shape.echo else ""
+    prefix = gen_req.inputs if req.echo else ""
     offset = len(prefix)
     p = gen_req.parameters
     stream = open_stream(state, gen_req, namespace)
     async for run, event, text in cut_at_stops(stream, p.stop, p.min_tokens):
         text, prefix = prefix + text, ""
         logprobs = None
-        if shape.logprobs:
+        if req.logprobs is not None:
             logprobs = completion_logprobs([event.token], [list(event.top_tokens)], offset)
             offset += len(logprobs["tokens"][0])
         if not isinstance(event, EndEvent):

@@ -19,6 +19,12 @@ Run = tuple[str, int | None, tuple[int, ...], tuple[int, ...]]  # (namespace, pa
 Stored = tuple[str, str, int | None, tuple[int, ...], tuple[int, ...], str]
 
 
+def lone_copy(h: int, medium: str) -> Stored:
+    """The ``BlockStored`` of a copy whose chain is unknown: the hash alone, as vLLM's offloading publishes
+    one (no parent, no tokens)."""
+    return ("stored", "", None, (h,), (), medium)
+
+
 class Chains:
     """hash -> the stored run of every block the device holds (``_device``) or that left the device while a
     tier may hold it (``_below``); ``_tiers``: hash -> bit mask of the tiers holding a copy. A block that left
@@ -59,7 +65,7 @@ class Chains:
         while k < len(hashes):
             run = self._device.get(hashes[k]) or self._below.get(hashes[k])
             if run is None:
-                out.append(("stored", "", None, (hashes[k],), (), medium))
+                out.append(lone_copy(hashes[k], medium))
                 k += 1
                 continue
             namespace, parent, chain, tokens = run

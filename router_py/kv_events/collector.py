@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from prism_cache.tiers.types import Tier
-from router_py.kv_events.chains import Chains, Run
+from router_py.kv_events.chains import Chains, Run, lone_copy
 from router_py.kv_events.wire import MEDIUM_GPU, MEDIUMS, RawEvent
 
 COPIED = "copied"  # a pending event of tier copies taken, ("copied", [hashes], medium); never on the wire
@@ -101,7 +101,7 @@ class KvEventCollector:
             if self.chains is not None:
                 out += self.chains.events(hashes, medium)
             else:
-                out += [("stored", "", None, (h,), (), medium) for h in hashes]
+                out += [lone_copy(h, medium) for h in hashes]
         return out
 
     # ---------------------------------------------------------------- batches
