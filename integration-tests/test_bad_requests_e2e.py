@@ -27,7 +27,8 @@ JSON_SYNTAX = "Failed to parse the request body as JSON: "  # then the parser's 
 POSITIVE = "`%s` must be strictly positive"
 TOP_P = "`top_p` must be > 0.0 and < 1.0"
 SHORT = "hello world"
-LONG_PROMPT = "the quick brown fox jumps over the lazy dog " * 12
+LONG_PROMPT = "the quick brown fox jumps over the lazy dog " * 4  # over MAX_INPUT, under MAX_TOTAL tokens
+OVER_TOTAL_PROMPT = "the quick brown fox jumps over the lazy dog " * 12  # over MAX_TOTAL tokens
 # tgi_request_failure's err labels: a fixed set in TGI
 FAILURE_LABELS = {"validation", "overloaded", "generation", "incomplete", "dropped", "template"}
 
@@ -114,7 +115,7 @@ def chat(**fields: Any) -> dict[str, Any]:
 def too_long(text: str, stream: bool = False) -> Callable[[Counter], Expect]:
     def expect(count: Counter) -> Expect:
         n = count(text)
-        assert n > MAX_INPUT, n
+        assert MAX_INPUT < n <= MAX_TOTAL, n  # past MAX_TOTAL, the total's error comes first (TGI's order)
         message = f"`inputs` must have less than {MAX_INPUT} tokens. Given: {n}"
         return sse_invalid(message) if stream else invalid(message)
 
@@ -201,6 +202,13 @@ CASES = [
     ),
     Case("empty inputs", GEN, {"inputs": "", "parameters": {}}, expect=invalid("`inputs` cannot be empty")),
     Case("prompt too long", GEN, {"inputs": LONG_PROMPT, "parameters": {}}, expect=too_long(LONG_PROMPT)),
+    # TGI checks the total first: a prompt past max_total_tokens gets the total's error, 0 new tokens
+    Case(
+        "prompt past max_total_tokens",
+        GEN,
+        {"inputs": OVER_TOTAL_PROMPT, "parameters": {}},
+        expect=too_many_new(OVER_TOTAL_PROMPT, 0),
+    ),
     Case(
         "truncated inputs + max_new_tokens > max_total",
         GEN,
@@ -259,7 +267,7 @@ CASES = [
         "body at the payload limit",
         GEN,
         raw=AT_LIMIT,
-        expect=too_long(AT_LIMIT_INPUTS),
+        expect=too_many_new(AT_LIMIT_INPUTS, 1),
     ),
     # -- wrong JSON types / shapes: axum's Json rejection, text/plain 422 ----------------------------------
     Case("missing inputs", GEN, {"parameters": {}}, expect=deser("missing field `inputs`")),

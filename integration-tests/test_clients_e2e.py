@@ -10,6 +10,7 @@ import pytest
 from huggingface_hub import InferenceClient
 from text_generation import AsyncClient, Client
 from text_generation.errors import ValidationError
+from text_generation.types import Message
 
 from conftest import Stack
 
@@ -75,12 +76,51 @@ def test_validation_error_is_typed(client: Client) -> None:
         client.generate(PROMPT, stop_sequences=["a", "b", "c", "d", "e"])
 
 
+def test_prompt_past_max_total_tokens_gets_the_total_error(client: Client) -> None:
+    """TGI checks ``inputs + max_new_tokens`` before the prompt alone: a prompt past max_total_tokens gets the
+    total's message, as TGI's clients see it."""
+    total = r"Input validation error: `inputs` tokens \+ `max_new_tokens` must be <= \d+\. Given: \d+"
+    with pytest.raises(ValidationError, match=total + " `inputs` tokens and 20 `max_new_tokens`"):
+        client.generate("x " * 5000, max_new_tokens=20)
+
+
 async def test_async_client_generate_and_stream(stack: Stack) -> None:
     c = AsyncClient(stack.url, timeout=120)
     r = await c.generate(PROMPT, max_new_tokens=5, decoder_input_details=True)
     events = [e async for e in c.generate_stream(PROMPT, max_new_tokens=5)]
     assert events[-1].generated_text == r.generated_text
     assert r.details.prefill[0].logprob is None
+
+
+async def test_text_generation_and_openai_clients_stream_the_same_chat(stack: Stack) -> None:
+    """One greedy chat streamed by the 0.7.0 client (sync and async: its ChoiceDelta requires ``tool_calls``,
+    and it has no case for ``[DONE]``) and by the ``openai`` client, against the non-streamed answer."""
+    messages = [Message(role="user", content="Say hi")]
+    sync = Client(stack.url, timeout=120)
+    whole = sync.chat(messages, max_tokens=8, temperature=0).choices[0]
+    streamed = list(sync.chat(messages, max_tokens=8, temperature=0, stream=True))
+    stream = await AsyncClient(stack.url, timeout=120).chat(messages, max_tokens=8, temperature=0, stream=True)
+    async_streamed = [c async for c in stream]
+    oa = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="-", timeout=120)
+    oa_streamed = list(oa.chat.completions.create(
+        model="tgi", messages=[{"role": "user", "content": "Say hi"}], max_tokens=8, temperature=0, stream=True,
+        logprobs=True, top_logprobs=2,
+    ))
+    assert whole.message.content
+    for chunks in (streamed, async_streamed, oa_streamed):
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.message.content
+        assert chunks[-1].choices[0].finish_reason == whole.finish_reason
+        assert all(c.choices[0].delta.tool_calls is None for c in chunks)
+    assert all(len(c.choices[0].logprobs.content[0].top_logprobs) == 2 for c in oa_streamed)
+
+
+def test_top_logprobs_without_logprobs_is_refused(stack: Stack) -> None:
+    oa = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="-", timeout=120, max_retries=0)
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        oa.chat.completions.create(model="tgi", messages=[{"role": "user", "content": "hi"}], top_logprobs=2)
+    assert "`logprobs` must be set to true" in str(refused.value.body)  # the client keeps TGI's error there
+    with pytest.raises(ValidationError, match="`top_logprobs` must be >= 0 and <= 5. Given: 6"):
+        Client(stack.url, timeout=120).chat([Message(role="user", content="hi")], logprobs=True, top_logprobs=6)
 
 
 # ---- huggingface_hub --------------------------------------------------------------------------------------
@@ -136,7 +176,8 @@ def test_openai_chat_and_completions(stack: Stack) -> None:
          422, "Input validation error: `max_new_tokens` must be strictly positive"),
         ({"inputs": "x", "parameters": {"top_p": 1.0}},
          422, "Input validation error: `top_p` must be > 0.0 and < 1.0"),
-        ({"inputs": "x " * 5000}, 422, "Input validation error: `inputs` must have less than"),
+        # past max_total_tokens: TGI checks the total before the prompt alone
+        ({"inputs": "x " * 5000}, 422, "Input validation error: `inputs` tokens + `max_new_tokens`"),
     ],
 )
 def test_bad_generate_requests(stack: Stack, body: dict, status: int, error: str) -> None:

@@ -49,8 +49,11 @@ class StoppingParams:
 
 @dataclass(frozen=True)
 class ValidRequest:
-    inputs: str  # the text sent to the shard in input_chunks (the shard tokenizes it again)
-    input_ids: tuple[int, ...]  # router tokenization after truncation: what the prefix cache matches
+    # NOTE: our shard computes on input_ids (Request.input_ids); a TGI shard ignores them and tokenizes the
+    # text of input_chunks, which is ``inputs``
+    inputs: str  # the prompt's text (a token-id prompt's: its ids decoded)
+    input_ids: tuple[int, ...]  # the prompt's ids after truncation: what the shard computes on, the cache
+    # matches
     truncate: int
     sampling: ChooserParams
     stopping: StoppingParams
@@ -63,6 +66,9 @@ class ValidRequest:
     # NOTE: input_ids' block hashes (prism_cache.block_hashes at the backend's block size) when the backend
     # already computed them (data parallelism, to choose the replica): the replica's scheduler reuses them
     block_hashes: tuple[int, ...] | None = None
+    # NOTE: the prompt came as token ids (OpenAI completions): input_ids are the client's, never re-tokenized,
+    # also not for the rounds past 1,024 new tokens (those tokenize only the generated text)
+    ids_given: bool = False
 
     @property
     def input_length(self) -> int:

@@ -549,7 +549,7 @@ class Batcher:
             return False
         req = state.request
         inputs = req.inputs + text
-        ids = self._encode(inputs, req.add_special_tokens)
+        ids = self._continuation_ids(req, text)
         wanted = min(req.stopping.max_new_tokens - tokens, DEFAULT_GENERATION_LENGTH)
         keep = min(len(ids), self.info.max_input_tokens, self.info.max_total_tokens - wanted)
         if keep <= 0:
@@ -557,6 +557,13 @@ class Batcher:
         state.text_before, state.tokens_before = text, tokens
         self._submit(state, inputs, ids[len(ids) - keep :], wanted)
         return True
+
+    def _continuation_ids(self, req: ValidRequest, text: str) -> list[int]:
+        """The next round's prompt ids: ``inputs + text`` tokenized again; for a prompt given as token ids
+        (``ids_given``) those ids as they are, then the generated text's tokens (no special tokens added)."""
+        if req.ids_given:
+            return list(req.input_ids) + list(self._encode(text, False))
+        return list(self._encode(req.inputs + text, req.add_special_tokens))
 
     def _end(self, state: ActiveRequest, computed: bool = True) -> None:
         """The current round left its batch: release its blocks and forget its id. ``computed=False``: it

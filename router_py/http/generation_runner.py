@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
-from router_py.http.errors import HttpError, from_infer_error, incomplete_generation, overloaded
+from router_py.http.errors import from_infer_error, incomplete_generation, overloaded
 from router_py.backend_api import (
     Backend,
     EndEvent,
@@ -20,6 +21,24 @@ from router_py.backend_api import (
     ValidRequest,
 )
 from router_py.http.openai_stop import StopText, token_text
+
+
+T = TypeVar("T")
+
+
+async def gather_or_cancel(*parts: Awaitable[T]) -> list[T]:
+    """``asyncio.gather`` of a call's parts (vertex instances, completions prompts, best_of sequences) that,
+    when one part fails, cancels the others and waits for them to leave, as TGI's ``try_join_all`` drops
+    them: the call is answered with that error, so nobody would read what they go on generating (while they
+    held their permits and KV blocks)."""
+    tasks = [asyncio.ensure_future(part) for part in parts]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 class Permits:
@@ -130,12 +149,6 @@ async def generate_best_of(
         replace(request, sampling=replace(request.sampling, seed=random.getrandbits(64)))
         for _ in range(best_of)
     ]
-    tasks = [asyncio.ensure_future(generate(backend, r, cut_stops)) for r in requests]
-    try:
-        results = await asyncio.gather(*tasks)
-    except HttpError:
-        for task in tasks:
-            task.cancel()
-        raise
+    results = await gather_or_cancel(*(generate(backend, r, cut_stops) for r in requests))
     best = max(range(len(results)), key=lambda i: results[i].mean_logprob)
     return results[best], [g for i, g in enumerate(results) if i != best]

@@ -10,13 +10,16 @@ from router_py.router_config import VERSION, RouterConfig
 from router_py.http.errors import deserialize_error, validation_error
 from router_py.backend_api import EndEvent, Token, TokenEvent
 from router_py.http.openai_sampling import VLLM_SAMPLING_FIELDS, vllm_sampling
+from router_py.http.openai_usage import StreamUsage, parse_stream_options, usage
 from router_py.http.validation import GenerateParameters, check_value, unexpected
+
+MAX_TOP_LOGPROBS = 5  # TGI's default max_top_n_tokens (the router's --max-top-n-tokens)
 
 _CHAT_FIELDS: dict[str, tuple[str, bool]] = {
     "model": ("string", True),
     "frequency_penalty": ("f32", True),
     "logprobs": ("bool", True),
-    "top_logprobs": ("u32", True),
+    "top_logprobs": ("i64", True),  # NOTE: signed, so -1 is check_top_logprobs' 422, not the deserializer's
     "max_tokens": ("u32", True),
     "max_completion_tokens": ("u32", True),
     "n": ("u32", True),
@@ -32,6 +35,15 @@ _CHAT_FIELDS: dict[str, tuple[str, bool]] = {
     "top_k": ("i32", True),  # vLLM's extension; 0 or -1: off, as there
     **VLLM_SAMPLING_FIELDS,
 }
+# NOTE: the body of PyPI text-generation 0.7.0's ``chat()``: every field of its ChatRequest, nulls included
+# (``request.dict()``). That client json-decodes every ``data:`` line and has no case for ``[DONE]``.
+_TGI_CLIENT_CHAT_KEYS = frozenset(
+    {
+        "model", "messages", "repetition_penalty", "frequency_penalty", "logit_bias", "logprobs",
+        "top_logprobs", "max_tokens", "n", "presence_penalty", "stream", "seed", "temperature", "top_p",
+        "tools", "tool_choice",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,8 @@ class ChatRequest:
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     response_format: Any = None
-    include_usage: bool = False
+    stream_usage: StreamUsage = StreamUsage()  # stream_options (router_py.http.openai_usage)
+    done_event: bool = True  # whether a stream ends with ``data: [DONE]`` (see ends_with_done)
 
     def get(self, name: str) -> Any:
         return self.fields.get(name)
@@ -69,14 +82,28 @@ def parse_chat_request(body: Any) -> ChatRequest:
     messages = _parse_messages(body["messages"])
     if not messages:  # NOTE: OpenAI and vLLM refuse it too; TGI templated it into a prompt of no message
         raise validation_error("`messages` must not be empty")
-    options = body.get("stream_options")
-    include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise deserialize_error(f"tools: invalid type: {unexpected(tools)}, expected a sequence")
     return ChatRequest(
-        messages, fields, tools, body.get("tool_choice"), body.get("response_format"), include_usage
+        messages,
+        fields,
+        tools,
+        body.get("tool_choice"),
+        body.get("response_format"),
+        parse_stream_options(body),
+        done_event=ends_with_done(body),
     )
+
+
+def ends_with_done(body: dict[str, Any]) -> bool:
+    """Whether a chat stream for ``body`` ends with OpenAI's ``data: [DONE]`` (TGI and vLLM send it):
+    always, except for a body of exactly the keys PyPI ``text-generation`` 0.7.0's ``chat()`` sends. That
+    client (TGI's own, deprecated, tgi-compat 9.1) json-decodes every ``data:`` line, so ``[DONE]`` raised
+    JSONDecodeError after the last chunk, sync and async; its stream ends when the body does. The ``openai``
+    client sends only the fields given, never this set (``repetition_penalty`` is not OpenAI's), and ends on
+    either."""
+    return frozenset(body) != _TGI_CLIENT_CHAT_KEYS
 
 
 def _parse_messages(raw: Any) -> list[dict[str, Any]]:
@@ -115,13 +142,18 @@ def _content_parts(content: Any) -> bool:
 
 
 def chat_parameters(
-    req: ChatRequest, grammar: dict[str, Any] | None = None, vocab_size: int | None = None
+    req: ChatRequest,
+    grammar: dict[str, Any] | None = None,
+    vocab_size: int | None = None,
+    max_top_logprobs: int = MAX_TOP_LOGPROBS,
 ) -> GenerateParameters:
     """TGI's mapping: temperature 0 → greedy (else sampling), repetition_penalty = presence_penalty + 2,
-    top_n_tokens = top_logprobs, details always on, a ``model`` other than ``tgi`` becomes ``adapter_id``;
+    top_n_tokens = top_logprobs (checked by :func:`check_top_logprobs` against ``max_top_logprobs``, the
+    router's ``max_top_n_tokens``), details always on, a ``model`` other than ``tgi`` becomes ``adapter_id``;
     plus vLLM's sampling fields (:mod:`router_py.http.openai_sampling`; ``logit_bias`` ids checked against
     ``vocab_size`` when given). Raises HttpError 422 (validation)."""
     check_single_choice(req.get("n"))
+    check_top_logprobs(req.get("top_logprobs"), req.logprobs, max_top_logprobs)
     temperature = req.get("temperature")
     do_sample = not (temperature is not None and temperature == 0.0)
     presence = req.get("presence_penalty")
@@ -159,6 +191,21 @@ def openai_top_p(top_p: float | None) -> float | None:
     return None if top_p == 1.0 else top_p
 
 
+def check_top_logprobs(top_logprobs: int | None, logprobs: bool, limit: int) -> None:
+    """OpenAI's ``top_logprobs`` (alternatives per token, TGI's ``top_n_tokens``): in 0..``limit``, and
+    above 0 only with ``logprobs: true``, as OpenAI and vLLM require (0 or null without it is accepted, as in
+    vLLM). Raises HttpError 422 (validation), before any stream starts."""
+    if top_logprobs is None:
+        return
+    if not 0 <= top_logprobs <= limit:
+        raise validation_error(f"`top_logprobs` must be >= 0 and <= {limit}. Given: {top_logprobs}")
+    if top_logprobs > 0 and not logprobs:
+        raise validation_error(
+            "when using `top_logprobs`, `logprobs` must be set to true. "
+            f"Given: `top_logprobs` {top_logprobs} without `logprobs`"
+        )
+
+
 def check_single_choice(n: int | None) -> None:
     """OpenAI's ``n`` (choices per prompt). TGI accepts it and ignores it (its schema says "UNUSED"), so a client
     asking for 3 choices silently gets 1 and fails on ``choices[1]``; refused clearly here instead. Raises
@@ -194,14 +241,6 @@ def chat_logprobs(tokens: list[Token], tops: list[list[Token]]) -> dict[str, Any
     return {"content": [_logprob_entry(t, top) for t, top in zip(tokens, padded)]}
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
 def chat_completion(
     config: RouterConfig,
     created: int,
@@ -231,6 +270,14 @@ def chat_completion(
     }
 
 
+def _with_tool_calls(delta: dict[str, Any]) -> dict[str, Any]:
+    """A text delta with ``"tool_calls": null`` (a tool delta is unchanged). PyPI ``text-generation``
+    0.7.0's ``ChoiceDelta`` declares ``tool_calls`` Optional without a default, so pydantic requires the key;
+    the ``openai`` client and huggingface_hub read null as no tool calls. Tool deltas keep OpenAI's shape, a
+    list of calls, which that client's single ``ChoiceDeltaToolCall`` cannot parse."""
+    return delta if "tool_calls" in delta else {**delta, "tool_calls": None}
+
+
 def chat_chunk(
     config: RouterConfig,
     created: int,
@@ -249,7 +296,7 @@ def chat_chunk(
             {
                 "index": 0,
                 # NOTE: TGI streams special tokens (EOS) as empty content
-                "delta": delta or {"role": "assistant", "content": _content(event)},
+                "delta": _with_tool_calls(delta or {"role": "assistant", "content": _content(event)}),
                 "logprobs": chat_logprobs([event.token], [list(event.top_tokens)]) if logprobs else None,
                 "finish_reason": finish_reason or finish,
             }

@@ -10,9 +10,11 @@ from router_py.router_config import RouterConfig
 from router_py.http.errors import HttpError, deserialize_error, validation_error
 from router_py.backend_api import EndEvent, Token
 from router_py.http.openai_chat import (
-    check_single_choice, openai_finish_reason, openai_top_p, system_fingerprint, usage, vllm_top_k
+    check_single_choice, openai_finish_reason, openai_top_p, system_fingerprint, vllm_top_k
 )
+from router_py.http.openai_prompt import Prompt, parse_prompts
 from router_py.http.openai_sampling import VLLM_SAMPLING_FIELDS, vllm_sampling
+from router_py.http.openai_usage import StreamUsage, parse_stream_options, usage
 from router_py.http.validation import GenerateParameters, check_value, unexpected
 
 _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
@@ -39,9 +41,9 @@ MAX_LOGPROBS = 5  # OpenAI's limit, and TGI's default max_top_n_tokens
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    prompts: list[str]
+    prompts: list[Prompt]  # text or token ids (router_py.http.openai_prompt)
     fields: dict[str, Any]
-    include_usage: bool = False  # stream_options.include_usage: a usage-only chunk before [DONE]
+    stream_usage: StreamUsage = StreamUsage()  # stream_options (router_py.http.openai_usage)
 
     def get(self, name: str) -> Any:
         return self.fields.get(name)
@@ -60,9 +62,12 @@ class CompletionRequest:
         return self.fields.get("logprobs")
 
 
-def parse_completion_request(body: Any, max_client_batch_size: int) -> CompletionRequest:
-    """Deserialize, then TGI's two handler checks: ``suffix`` and the prompt count (422 with their own
-    error_type)."""
+def parse_completion_request(
+    body: Any, max_client_batch_size: int, vocab_size: int | None = None
+) -> CompletionRequest:
+    """Deserialize (the prompt's shapes: :func:`router_py.http.openai_prompt.parse_prompts`, token ids checked
+    against ``vocab_size`` when given), then TGI's two handler checks: ``suffix`` and the prompt count (422
+    with their own error_type)."""
     if not isinstance(body, dict):
         raise deserialize_error(f"invalid type: {unexpected(body)}, expected struct CompletionRequest")
     fields = {
@@ -70,7 +75,7 @@ def parse_completion_request(body: Any, max_client_batch_size: int) -> Completio
     }
     if "prompt" not in body:
         raise deserialize_error("missing field `prompt`")
-    prompts = _prompts(body["prompt"])
+    prompts = parse_prompts(body["prompt"], vocab_size)
     if fields.get("suffix") is not None:
         raise HttpError(
             422,
@@ -83,17 +88,7 @@ def parse_completion_request(body: Any, max_client_batch_size: int) -> Completio
             "batch size exceeded",
             f"Number of prompts exceeds the maximum allowed batch size of {max_client_batch_size}",
         )
-    options = body.get("stream_options")
-    include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
-    return CompletionRequest(prompts, fields, include_usage)
-
-
-def _prompts(raw: Any) -> list[str]:
-    if isinstance(raw, str):
-        return [raw]
-    if isinstance(raw, list) and raw and all(isinstance(p, str) for p in raw):
-        return list(raw)
-    raise deserialize_error("prompt: data did not match any variant of untagged enum Prompt")
+    return CompletionRequest(prompts, fields, parse_stream_options(body))
 
 
 def completion_parameters(req: CompletionRequest, vocab_size: int | None = None) -> GenerateParameters:
@@ -199,6 +194,12 @@ def completion_chunk(
     text: str,
     finish: str | None,
     logprobs: dict[str, Any] | None = None,
+    usage_body: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """One prompt's chunk; ``usage_body`` (vLLM's ``continuous_usage_stats``) is its running usage, else the
+    chunk has no ``usage`` key."""
     choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
-    return {**_envelope(config, created), "choices": [choice]}
+    chunk = {**_envelope(config, created), "choices": [choice]}
+    if usage_body is not None:
+        chunk["usage"] = usage_body
+    return chunk

@@ -37,6 +37,11 @@ def _error(description: str) -> dict[str, Any]:
 
 # vLLM's sampling fields, served on both OpenAI routes (router_py.http.openai_sampling)
 # OpenAI's `stop`: one string or a list; cut before the first one found anywhere in the text (router_py.http.openai_stop)
+# NOTE: continuous_usage_stats is vLLM's: with include_usage, every chunk carries the running usage
+_STREAM_OPTIONS = _nullable(
+    "object",
+    properties={"include_usage": {"type": "boolean"}, "continuous_usage_stats": {"type": "boolean"}},
+)
 _OPENAI_STOP = {"nullable": True, "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
 _VLLM_SAMPLING = {
     "min_tokens": _nullable("integer", minimum=0),
@@ -264,7 +269,7 @@ _SCHEMAS: dict[str, Any] = {
             "seed": _nullable("integer"),
             "stop": _OPENAI_STOP,
             "stream": {"type": "boolean"},
-            "stream_options": _nullable("object", properties={"include_usage": {"type": "boolean"}}),
+            "stream_options": _STREAM_OPTIONS,
             "n": _nullable("integer", minimum=1, maximum=1, description="only 1 is supported"),
             "logprobs": _nullable("boolean"),
             "top_logprobs": _nullable("integer"),
@@ -282,7 +287,16 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["prompt"],
         "properties": {
-            "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+            "prompt": {
+                "description": "a string, a list of strings, a list of token ids (taken as they are) or a "
+                "list of token-id lists",
+                "oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "string"}},
+                    {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    {"type": "array", "items": {"type": "array", "items": {"type": "integer", "minimum": 0}}},
+                ],
+            },
             "model": _nullable("string"),
             "max_tokens": _nullable("integer"),
             "temperature": _nullable("number"),
@@ -290,7 +304,7 @@ _SCHEMAS: dict[str, Any] = {
             "seed": _nullable("integer"),
             "stop": _OPENAI_STOP,
             "stream": {"type": "boolean"},
-            "stream_options": _nullable("object", properties={"include_usage": {"type": "boolean"}}),
+            "stream_options": _STREAM_OPTIONS,
             "n": _nullable("integer", minimum=1, maximum=1, description="only 1 is supported"),
             "suffix": _nullable("string"),
             "repetition_penalty": _nullable("number"),

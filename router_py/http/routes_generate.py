@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
@@ -20,7 +19,13 @@ from router_py.http.grammar import with_grammar
 from router_py.http.errors import (
     HttpError, deserialize_error, from_infer_error, incomplete_generation, validation_error,
 )
-from router_py.http.generation_runner import FinishedSequence, Timings, generate, generate_best_of
+from router_py.http.generation_runner import (
+    FinishedSequence,
+    Timings,
+    gather_or_cancel,
+    generate,
+    generate_best_of,
+)
 from router_py.backend_api import EndEvent, InferError, PrefillTokens, TokenEvent, ValidRequest
 from router_py.http.responses import (
     generate_response,
@@ -229,7 +234,7 @@ async def vertex_route(request: Request) -> Response:
     namespace = await request_namespace(request)
     if len(instances) == 1:
         instances = [replace(instances[0], session=await request_session(request))]
-    results = await asyncio.gather(*(run_generate(state, r, namespace, start) for r in instances))
+    results = await gather_or_cancel(*(run_generate(state, r, namespace, start) for r in instances))
     return JSONResponse({"predictions": [gen.end.generated_text for gen, _, _ in results]})
 
 

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from opentelemetry.context import Context
@@ -22,7 +21,6 @@ from router_py.http.openai_chat import (
     chat_logprobs,
     chat_parameters,
     parse_chat_request,
-    usage,
 )
 from router_py.http.openai_completions import (
     CompletionRequest,
@@ -34,11 +32,13 @@ from router_py.http.openai_completions import (
     usage_chunk,
 )
 from router_py.http.openai_chat import openai_finish_reason
+from router_py.http.openai_prompt import Prompt
 from router_py.http.openai_stop import cut_at_stops
+from router_py.http.openai_usage import RunningUsage, usage
 from router_py.http.routes_common import (
     AppState, now, read_json, request_namespace, request_session, state_of,
 )
-from router_py.http.generation_runner import FinishedSequence
+from router_py.http.generation_runner import FinishedSequence, gather_or_cancel
 from router_py.http.routes_generate import StreamRun, open_stream, run_generate
 from router_py.http.sse import OPENAI_DONE, TgiEventTemplate, sse_response, tgi_event
 from router_py.http.tools import (
@@ -49,7 +49,7 @@ from router_py.http.tools import (
     template_messages,
     with_tool_prompt,
 )
-from router_py.http.validation import GenerateRequest
+from router_py.http.validation import GenerateParameters, GenerateRequest
 
 
 def render_chat(state: AppState, req: ChatRequest) -> tuple[str, ToolPlan]:
@@ -77,7 +77,7 @@ async def chat_completions_route(request: Request) -> Response:
     state.metrics.inc("tgi_request_count")
     prompt, plan = render_chat(state, req)
     session = await request_session(request)
-    params = chat_parameters(req, plan.grammar, state.tokenizer.vocab_size)
+    params = chat_parameters(req, plan.grammar, state.tokenizer.vocab_size, state.config.max_top_n_tokens)
     gen_req = GenerateRequest(prompt, params, session=session)
     namespace = await request_namespace(request)
     parent = tracing.parent_from_headers(request.headers)
@@ -115,43 +115,52 @@ async def _chat_events(
     parent: Context | None,
     plan: ToolPlan,
 ) -> AsyncIterator[str]:
+    """The chat stream; with ``continuous_usage_stats`` every chunk carries the running usage
+    (:mod:`router_py.http.openai_usage`)."""
     created = int(time.time())
     calls = ToolStream() if plan.calls_tools else None
     p = gen_req.parameters
     stops = () if plan.calls_tools else p.stop  # NOTE: a tool call's text is the grammar's, never cut
+    running: RunningUsage | None = None
     with tracing.span("chat_completions", parent=parent):
         try:
             stream = open_stream(state, gen_req, namespace, add_special_tokens=False)
             async for run, event, text in cut_at_stops(stream, stops, p.min_tokens):
+                if req.stream_usage.continuous and running is None:
+                    running = RunningUsage(run.valid.input_length)
+                now_usage = running.step(event) if running is not None else None
                 if calls is None:
                     delta = {"role": "assistant", "content": text}
-                    yield tgi_event(chat_chunk(state.config, created, event, req.logprobs, None, delta))
+                    yield tgi_event(chat_chunk(state.config, created, event, req.logprobs, now_usage, delta))
                 else:
-                    for chunk in _tool_chunks(state, created, calls, event):
+                    for chunk in _tool_chunks(state, created, calls, event, now_usage):
                         yield tgi_event(chunk)
                 if isinstance(event, EndEvent):
                     state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
-                    if req.include_usage:
+                    if req.stream_usage.final:
                         totals = usage(run.valid.input_length, event.generated_tokens)
                         yield tgi_event(chat_chunk(state.config, created, None, False, totals))
         except HttpError as err:
             state.record_failure(err)
             yield _error_event(err)
-    yield OPENAI_DONE
+    if req.done_event:  # NOTE: not for text-generation 0.7.0 (openai_chat.ends_with_done)
+        yield OPENAI_DONE
 
 
-def _tool_chunks(state: AppState, created: int, calls: ToolStream, event) -> list[dict]:
+def _tool_chunks(
+    state: AppState, created: int, calls: ToolStream, event, usage_body: dict[str, int] | None = None
+) -> list[dict]:
     """The chunks of one token of a tool-calling stream: tool_calls deltas (none while the name is not known
     yet); the last token's chunk carries finish_reason ``tool_calls`` (``stop``/``length`` for a text
-    answer)."""
+    answer). Each carries ``usage_body`` (the running usage, or None)."""
     deltas = calls.push("" if event.token.special else event.token.text)
     if not isinstance(event, EndEvent):
-        return [chat_chunk(state.config, created, event, False, None, d) for d in deltas]
+        return [chat_chunk(state.config, created, event, False, usage_body, d) for d in deltas]
     deltas += calls.finish()
     finish = "tool_calls" if calls.name not in (None, "no_tool") else None
     last = deltas.pop() if deltas else {"role": "assistant", "content": ""}
-    head = [chat_chunk(state.config, created, TokenEvent(event.token), False, None, d) for d in deltas]
-    return head + [chat_chunk(state.config, created, event, False, None, last, finish)]
+    head = [chat_chunk(state.config, created, TokenEvent(event.token), False, usage_body, d) for d in deltas]
+    return head + [chat_chunk(state.config, created, event, False, usage_body, last, finish)]
 
 
 async def completions_route(request: Request) -> Response:
@@ -159,7 +168,7 @@ async def completions_route(request: Request) -> Response:
     body = await read_json(request)
     start = now()
     try:
-        req = parse_completion_request(body, state.config.max_client_batch_size)
+        req = parse_completion_request(body, state.config.max_client_batch_size, state.tokenizer.vocab_size)
     except HttpError:  # TGI counts the call before its suffix / prompt-count checks
         state.metrics.inc("tgi_request_count")
         raise
@@ -167,22 +176,28 @@ async def completions_route(request: Request) -> Response:
     params = completion_parameters(req, state.tokenizer.vocab_size)
     # NOTE: several prompts in one call are separate conversations, not one session's turns
     session = await request_session(request) if len(req.prompts) == 1 else None
-    gen_reqs = [GenerateRequest(prompt, params, session=session) for prompt in req.prompts]
+    gen_reqs = [_generate_request(prompt, params, session) for prompt in req.prompts]
     namespace = await request_namespace(request)
     if req.stream:
         return sse_response(_completion_events(state, req, gen_reqs, namespace, start), {})
-    results = await asyncio.gather(
+    results = await gather_or_cancel(
         *(run_generate(state, r, namespace, start, cut_stops=True) for r in gen_reqs)
     )
     gens = [gen for gen, _, _ in results]
     prompt_tokens = sum(gen.request.input_length for gen in gens)
-    texts = [prompt + gen.end.generated_text for prompt, gen in zip(req.prompts, gens)] if req.echo else None
+    # NOTE: the echoed prompt is the validated one: a token-id prompt's is its ids decoded
+    texts = [gen.request.inputs + gen.end.generated_text for gen in gens] if req.echo else None
     logprobs = [
-        completion_logprobs(gen.tokens, gen.top_tokens, len(prompt) if req.echo else 0)  # echo: after the prompt
-        for prompt, gen in zip(req.prompts, gens)
+        completion_logprobs(gen.tokens, gen.top_tokens, len(gen.request.inputs) if req.echo else 0)
+        for gen in gens
     ] if req.logprobs is not None else None
     body = completion(state.config, int(time.time()), [gen.end for gen in gens], prompt_tokens, texts, logprobs)
     return JSONResponse(body)
+
+
+def _generate_request(prompt: Prompt, params: GenerateParameters, session: str | None) -> GenerateRequest:
+    """A text prompt's request, or a token-id prompt's (its ids taken as they are: no BOS, no tokenizing)."""
+    return GenerateRequest(prompt.text or "", params, session=session, input_ids=prompt.ids)
 
 
 async def _completion_events(
@@ -202,7 +217,7 @@ async def _completion_events(
                 state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
                 prompt_tokens += run.valid.input_length
                 completion_tokens += event.generated_tokens
-        if req.include_usage:
+        if req.stream_usage.final:
             yield tgi_event(usage_chunk(state.config, created, usage(prompt_tokens, completion_tokens)))
     except HttpError as err:
         state.record_failure(err)
@@ -214,27 +229,33 @@ async def _one_completion_stream(
     state: AppState, req: CompletionRequest, gen_req: GenerateRequest, namespace: str, created: int, index: int
 ) -> AsyncIterator[str | tuple[StreamRun, EndEvent]]:
     """One prompt's chunks (strings), then its run and EndEvent. With ``echo`` the first chunk starts with the
-    prompt; with ``logprobs`` each chunk carries its token's, offsets counted in the choice's text."""
-    # NOTE: without logprobs a token's chunk is the same but for its text: rendered once, per token the text
+    (validated) prompt; with ``logprobs`` each chunk carries its token's, offsets counted in the choice's
+    text; with ``continuous_usage_stats`` each carries this prompt's running usage."""
+    # NOTE: without logprobs and usage a token's chunk is the same but for its text: rendered once, per token
+    # the text
     chunk = TgiEventTemplate(lambda text: completion_chunk(state.config, created, index, text, None))
-    prefix = gen_req.inputs if req.echo else ""
-    offset = len(prefix)
+    offset: int | None = None  # where the next token's text starts in the choice's text (None: no token yet)
+    running: RunningUsage | None = None
     p = gen_req.parameters
     stream = open_stream(state, gen_req, namespace)
     async for run, event, text in cut_at_stops(stream, p.stop, p.min_tokens):
-        text, prefix = prefix + text, ""
+        if offset is None:
+            prefix = run.valid.inputs if req.echo else ""
+            text, offset = prefix + text, len(prefix)
+            running = RunningUsage(run.valid.input_length) if req.stream_usage.continuous else None
         logprobs = None
         if req.logprobs is not None:
             logprobs = completion_logprobs([event.token], [list(event.top_tokens)], offset)
             offset += len(logprobs["tokens"][0])
-        if not isinstance(event, EndEvent):
-            yield chunk.render(text) if logprobs is None else tgi_event(
-                completion_chunk(state.config, created, index, text, None, logprobs)
-            )
+        now_usage = running.step(event) if running is not None else None
+        ended = isinstance(event, EndEvent)
+        if not ended and logprobs is None and now_usage is None:
+            yield chunk.render(text)
             continue
-        finish = openai_finish_reason(event.finish_reason)
-        yield tgi_event(completion_chunk(state.config, created, index, text, finish, logprobs))
-        yield run, event
+        finish = openai_finish_reason(event.finish_reason) if isinstance(event, EndEvent) else None
+        yield tgi_event(completion_chunk(state.config, created, index, text, finish, logprobs, now_usage))
+        if isinstance(event, EndEvent):
+            yield run, event
 
 
 async def chat_tokenize_route(request: Request) -> Response:

@@ -63,6 +63,9 @@ class GenerateRequest:
     parameters: GenerateParameters = field(default_factory=GenerateParameters)
     stream: bool = False
     session: str | None = None  # not in the body: set by the route (routes_common.request_session)
+    # NOTE: not in the body: a token-id prompt (OpenAI completions, router_py.http.openai_prompt, ids already
+    # checked against the vocabulary), taken as it is instead of tokenizing ``inputs`` (then "")
+    input_ids: tuple[int, ...] | None = None
 
 
 # ---- deserializer (serde semantics) ------------------------------------------------------------------------
@@ -233,11 +236,13 @@ class Validator:
     async def validate(
         self, request: GenerateRequest, namespace: str = "", add_special_tokens: bool = True
     ) -> ValidRequest:
-        """Raises HttpError(422) with TGI's first failing check, in TGI's order."""
+        """Raises HttpError(422) with TGI's first failing check, in TGI's order. A token-id prompt
+        (``request.input_ids``) is not tokenized: its ids are the prompt as they are (``add_special_tokens``
+        does not apply), its text is their decoding (special tokens kept)."""
         p = request.parameters
         sampling_params = self._sampling(p)
         top_n_tokens = self._scalar_checks(p)
-        if not request.inputs:
+        if not request.inputs and not request.input_ids:
             raise validation_error("`inputs` cannot be empty")
         cfg = self.config
         if p.truncate is not None and (p.truncate == 0 or p.truncate > cfg.max_input_tokens):
@@ -245,12 +250,13 @@ class Validator:
                 "`truncate` must be strictly positive and less than "
                 f"{cfg.max_input_tokens}. Given: {p.truncate}"
             )
-        input_ids = await self.on_workers(self._tokenize, request.inputs, p.truncate, add_special_tokens)
+        ids_given = request.input_ids is not None
+        inputs, input_ids = await self._prompt(request, p.truncate, add_special_tokens)
         max_new_tokens = self._check_lengths(len(input_ids), p.max_new_tokens)
         # NOTE: the grammar, TGI's last check, is checked by router_py.http.grammar.with_grammar off the event loop
         namespace = f"{namespace}@{p.adapter_id}" if p.adapter_id else namespace
         return ValidRequest(
-            inputs=request.inputs,
+            inputs=inputs,
             input_ids=tuple(input_ids),
             truncate=p.truncate if p.truncate is not None else cfg.max_input_tokens,
             sampling=sampling_params,
@@ -261,12 +267,13 @@ class Validator:
                 min_tokens=p.min_tokens,
                 stop_token_ids=p.stop_token_ids,
             ),
-            add_special_tokens=add_special_tokens,
+            add_special_tokens=add_special_tokens and not ids_given,
             decoder_input_details=p.decoder_input_details,
             top_n_tokens=top_n_tokens,
             adapter_id=p.adapter_id,
             namespace=namespace,
             session=request.session,
+            ids_given=ids_given,
         )
 
     def _sampling(self, p: GenerateParameters) -> ChooserParams:
@@ -322,18 +329,39 @@ class Validator:
             raise validation_error(f"tokenizer error {exc}") from exc
         return truncate_ids(ids, truncate) if truncate is not None else ids
 
+    async def _prompt(
+        self, request: GenerateRequest, truncate: int | None, add_special_tokens: bool
+    ) -> tuple[str, list[int]]:
+        """The prompt's text and ids, on a validation worker: a text prompt tokenized, a token-id prompt's ids
+        as they are."""
+        if request.input_ids is not None:
+            return await self.on_workers(self._given_ids, request.input_ids, truncate)
+        ids = await self.on_workers(self._tokenize, request.inputs, truncate, add_special_tokens)
+        return request.inputs, ids
+
+    def _given_ids(self, ids: tuple[int, ...], truncate: int | None) -> tuple[str, list[int]]:
+        """A token-id prompt's text (all its ids decoded, special tokens kept, as vLLM's echo) and its ids
+        (truncated as a text prompt's would be)."""
+        try:
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        except Exception as exc:  # noqa: BLE001 - as a tokenizing failure
+            raise validation_error(f"tokenizer error {exc}") from exc
+        return text, truncate_ids(list(ids), truncate) if truncate is not None else list(ids)
+
     def _check_lengths(self, input_length: int, max_new_tokens: int | None) -> int:
+        """TGI's order: the total first, then the prompt alone; so a prompt longer than ``max_total_tokens``
+        gets the total's error (with 0 ``max_new_tokens`` when none was asked for)."""
         cfg = self.config
-        if input_length > cfg.max_input_tokens:
-            raise validation_error(
-                f"`inputs` must have less than {cfg.max_input_tokens} tokens. Given: {input_length}"
-            )
         if max_new_tokens is None:
-            max_new_tokens = cfg.max_total_tokens - input_length
+            max_new_tokens = max(cfg.max_total_tokens - input_length, 0)
         if input_length + min(max_new_tokens, DEFAULT_GENERATION_LENGTH) > cfg.max_total_tokens:
             raise validation_error(
                 f"`inputs` tokens + `max_new_tokens` must be <= {cfg.max_total_tokens}. "
                 f"Given: {input_length} `inputs` tokens and {max_new_tokens} `max_new_tokens`"
+            )
+        if input_length > cfg.max_input_tokens:
+            raise validation_error(
+                f"`inputs` must have less than {cfg.max_input_tokens} tokens. Given: {input_length}"
             )
         return max_new_tokens
 

@@ -3,6 +3,7 @@ uvicorn on loopback, with the fake backend: shapes they parse and errors they ra
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -11,8 +12,9 @@ import pytest
 import uvicorn
 from huggingface_hub import InferenceClient
 from openai import OpenAI
-from text_generation import Client
+from text_generation import AsyncClient, Client
 from text_generation.errors import GenerationError, ValidationError
+from text_generation.types import Message
 
 from router_py.router_config import RouterConfig
 from router_py.metrics import Metrics
@@ -69,6 +71,29 @@ def test_text_generation_client_errors(base_url: str) -> None:
         client.generate("FAIL")
     with pytest.raises(GenerationError, match="Server error: boom"):
         list(client.generate_stream("FAIL"))
+
+
+def test_text_generation_client_chat(base_url: str) -> None:
+    """0.7.0's chat: its ChoiceDelta requires ``tool_calls`` and it json-decodes every ``data:`` line (no
+    ``[DONE]`` case), sync and async; it sends ``top_logprobs`` and ``logprobs`` as given."""
+    client, messages = Client(base_url), [Message(role="user", content="hi")]
+    whole = client.chat(messages, max_tokens=3)
+    chunks = list(client.chat(messages, max_tokens=3, stream=True))
+    assert "".join(c.choices[0].delta.content for c in chunks) == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks] == [None, None, "length"]
+    assert all(c.choices[0].delta.tool_calls is None for c in chunks)
+
+    async def async_chat() -> tuple[list, object]:
+        aclient = AsyncClient(base_url)
+        return [c async for c in await aclient.chat(messages, max_tokens=3, stream=True)], await aclient.chat(
+            messages, max_tokens=3, logprobs=True, top_logprobs=2
+        )
+
+    async_chunks, with_logprobs = asyncio.run(async_chat())
+    assert [c.choices[0].delta.content for c in async_chunks] == [c.choices[0].delta.content for c in chunks]
+    assert [len(c["top_logprobs"]) for c in with_logprobs.choices[0].logprobs["content"]] == [2, 2, 2]
+    with pytest.raises(ValidationError, match="when using `top_logprobs`, `logprobs` must be set to true"):
+        client.chat(messages, max_tokens=3, top_logprobs=2)
 
 
 def test_huggingface_hub_client(base_url: str) -> None:

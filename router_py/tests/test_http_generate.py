@@ -223,3 +223,25 @@ async def test_overloaded_past_max_concurrent_requests(backend, tokenizer) -> No
         assert (await held).status_code == 200
     assert app.state.prism.permits.in_use == 0
     assert 'tgi_request_failure{err="overloaded"} 2' in app.state.prism.metrics.render()
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/vertex", {"instances": [{"inputs": "SLOW hello", "parameters": {}},
+                                   {"inputs": "x", "parameters": {"temperature": -1}}]}),
+        ("/v1/completions", {"model": "tgi", "prompt": ["SLOW hello", "FAIL"], "max_tokens": 3}),
+    ],
+)
+async def test_one_failing_part_of_a_call_stops_its_other_parts(app, backend, path, body) -> None:
+    """A call of several generations (vertex instances, completions prompts) answered with one part's error
+    must not leave the others generating for nobody: they leave the batch (and give back their permits and
+    KV blocks) before the answer. Before, they ran on to the end of their max_new_tokens (live: a /vertex
+    422 while its other instance held 63 KV blocks for seconds more)."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as client:
+        resp = await client.post(path, json=body)
+        assert resp.status_code in (422, 424), resp.text
+        assert app.state.prism.permits.in_use == 0  # an orphaned part holds its permit until it ends
+        for _ in range(20):  # an orphan still validating would reach the backend (and wait on its gate)
+            await asyncio.sleep(0)
+        assert all(r in backend.closed or r in backend.finished for r in backend.requests)

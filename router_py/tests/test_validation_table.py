@@ -17,7 +17,8 @@ from router_py.tests.conftest import FakeBackend
 KEY = {"Authorization": "Bearer secret"}
 V = "Input validation error: "
 DESER = "Failed to deserialize the JSON body into the target type: "
-LONG_PROMPT = "the quick brown fox jumps over the lazy dog " * 12
+LONG_PROMPT = "the quick brown fox jumps over the lazy dog " * 12  # over max_input_tokens, under max_total
+OVER_TOTAL = "the quick brown fox jumps over the lazy dog " * 20  # over max_total_tokens
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,15 @@ CASES = [
         invalid("`truncate` must be strictly positive and less than 64. Given: 65"),
     ),
     Case("prompt too long", {"inputs": LONG_PROMPT, "parameters": {}}, 422, "too-long"),
+    # TGI checks the total before the prompt alone: past max_total_tokens, the total's error (0 new tokens
+    # when none were asked for), never "`inputs` must have less than"
+    Case("prompt past max_total_tokens", {"inputs": OVER_TOTAL, "parameters": {}}, 422, "over-total"),
+    Case(
+        "prompt past max_total_tokens, max_new_tokens 5",
+        {"inputs": OVER_TOTAL, "parameters": {"max_new_tokens": 5}},
+        422,
+        "over-total-5",
+    ),
     Case(
         "input + max_new_tokens",
         {"inputs": LONG_PROMPT, "parameters": {"truncate": 60, "max_new_tokens": 100}},
@@ -373,6 +383,14 @@ def check(case: Case, resp: httpx.Response, tokenizer) -> None:
         n = len(tokenizer.encode(LONG_PROMPT))
         assert n > 64
         assert resp.json() == invalid(f"`inputs` must have less than 64 tokens. Given: {n}")
+    elif case.expect in ("over-total", "over-total-5"):
+        n = len(tokenizer.encode(OVER_TOTAL))
+        assert n > 128
+        new = 5 if case.expect == "over-total-5" else 0
+        assert resp.json() == invalid(
+            f"`inputs` tokens + `max_new_tokens` must be <= 128. Given: {n} `inputs` tokens and {new} "
+            "`max_new_tokens`"
+        )
     elif case.expect == "openai-sse":
         assert resp.text == (
             'data:{"error":{"message":"Input validation error: `max_new_tokens` must be strictly positive",'
