@@ -542,15 +542,20 @@ class Batcher:
         far may count more tokens than were generated (generated tokens are not always the canonical
         tokenization of their text, e.g. partial UTF-8 decoded as U+FFFD), so the round's prompt is cut from the
         left (TGI's ``truncate``) to what ``max_input_tokens`` and ``max_total_tokens`` leave; before, such
-        generations ended early with ``length`` (often right at 3,072 tokens)."""
+        generations ended early with ``length`` (often right at 3,072 tokens). The prompt and all the rounds'
+        tokens stay within ``max_total_tokens`` (TGI's budget per request): a ``max_new_tokens`` past it ends
+        with ``length`` there."""
         if tokens < state.tokens_before + state.round_max_new or tokens >= state.request.stopping.max_new_tokens:
             return False
         if state.request.sampling.grammar:  # NOTE: a new round would restart the grammar at its first token
             return False
         req = state.request
+        left = self.info.max_total_tokens - req.input_length - tokens
+        wanted = min(req.stopping.max_new_tokens - tokens, DEFAULT_GENERATION_LENGTH, left)
+        if wanted <= 0:
+            return False
         inputs = req.inputs + text
         ids = self._continuation_ids(req, text)
-        wanted = min(req.stopping.max_new_tokens - tokens, DEFAULT_GENERATION_LENGTH)
         keep = min(len(ids), self.info.max_input_tokens, self.info.max_total_tokens - wanted)
         if keep <= 0:
             return False

@@ -184,6 +184,22 @@ async def test_continuation_prompt_is_cut_when_retokenizing_counts_more(tmp_path
         await close(s)
 
 
+async def test_rounds_stop_at_max_total_tokens(tmp_path: Path) -> None:
+    """A ``max_new_tokens`` past ``max_total_tokens`` (validation checks only its first 1,024) ends with
+    ``length`` once the prompt and the generated tokens fill ``max_total_tokens``; before, the rounds went on
+    past the model's budget, each cutting its prompt from the left."""
+    s = await make_stack(tmp_path, max_input_tokens=2999, max_total_tokens=3000)
+    try:
+        req = request("go on", max_new_tokens=5000)
+        events = await collect(s.batcher, req)
+        end = events[-1]
+        assert isinstance(end, EndEvent) and end.finish_reason == "length"
+        assert end.generated_tokens == 3000 - req.input_length == len(events)
+        await drained(s)
+    finally:
+        await close(s)
+
+
 async def test_round_that_can_never_fit_the_pool_fails_at_once(tmp_path: Path) -> None:
     """A request reserving more blocks than the pool has besides the reserved block 0 fails with a
     validation error instead of waiting at the head of the queue; the next request is served."""
