@@ -4,6 +4,8 @@ bad requests end to end (the full table runs in-process in the router's tests)."
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -163,6 +165,28 @@ def test_openai_chat_and_completions(stack: Stack) -> None:
     parts = oa.completions.create(model="tgi", prompt=PROMPT, max_tokens=5, temperature=0, stream=True)
     assert comp.object == "text_completion"
     assert "".join(p.choices[0].text for p in parts) == comp.choices[0].text
+
+
+def test_openai_stream_helper_models_and_empty_stop(stack: Stack) -> None:
+    """The client's stream helper folds the deltas (concatenating strings: one role, in the first chunk);
+    vLLM's ``max_model_len`` on /v1/models; an empty stop string stops nothing."""
+    oa = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="-", timeout=120)
+    messages = [{"role": "user", "content": "Say hi"}]
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+    with oa.chat.completions.stream(
+        model="tgi", messages=messages, max_tokens=30, temperature=0, response_format=fmt
+    ) as stream:
+        final = stream.get_final_completion().choices[0]
+    assert final.message.role == "assistant" and final.finish_reason == "stop"
+    assert set(json.loads(final.message.content)) == {"ok"}
+    (model,) = oa.models.list().data
+    assert model.max_model_len == httpx.get(f"{stack.url}/info").json()["max_total_tokens"]
+    plain = oa.completions.create(model="tgi", prompt=PROMPT, max_tokens=5, temperature=0)
+    stopped = oa.completions.create(model="tgi", prompt=PROMPT, max_tokens=5, temperature=0, stop="")
+    assert stopped.choices[0].text == plain.choices[0].text
+    assert stopped.usage.completion_tokens == plain.usage.completion_tokens == 5
 
 
 # ---- bad requests ------------------------------------------------------------------------------------------

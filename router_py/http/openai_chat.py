@@ -54,7 +54,7 @@ class ChatRequest:
     tool_choice: Any = None
     response_format: Any = None
     stream_usage: StreamUsage = StreamUsage()  # stream_options (router_py.http.openai_usage)
-    done_event: bool = True  # whether a stream ends with ``data: [DONE]`` (see ends_with_done)
+    tgi_client: bool = False  # the body is PyPI text-generation 0.7.0's (see is_tgi_client_body, StreamRole)
 
     def get(self, name: str) -> Any:
         return self.fields.get(name)
@@ -92,18 +92,16 @@ def parse_chat_request(body: Any) -> ChatRequest:
         body.get("tool_choice"),
         body.get("response_format"),
         parse_stream_options(body),
-        done_event=ends_with_done(body),
+        tgi_client=is_tgi_client_body(body),
     )
 
 
-def ends_with_done(body: dict[str, Any]) -> bool:
-    """Whether a chat stream for ``body`` ends with OpenAI's ``data: [DONE]`` (TGI and vLLM send it):
-    always, except for a body of exactly the keys PyPI ``text-generation`` 0.7.0's ``chat()`` sends. That
-    client (TGI's own, deprecated, tgi-compat 9.1) json-decodes every ``data:`` line, so ``[DONE]`` raised
-    JSONDecodeError after the last chunk, sync and async; its stream ends when the body does. The ``openai``
-    client sends only the fields given, never this set (``repetition_penalty`` is not OpenAI's), and ends on
-    either."""
-    return frozenset(body) != _TGI_CLIENT_CHAT_KEYS
+def is_tgi_client_body(body: dict[str, Any]) -> bool:
+    """Whether ``body`` has exactly the keys PyPI ``text-generation`` 0.7.0's ``chat()`` sends (TGI's own,
+    deprecated client, tgi-compat 9.1). Its chat stream then ends without OpenAI's ``data: [DONE]``, which that
+    client json-decodes like every ``data:`` line (JSONDecodeError after the last chunk, sync and async). The
+    ``openai`` client sends only the fields given, never this set (``repetition_penalty`` is not OpenAI's)."""
+    return frozenset(body) == _TGI_CLIENT_CHAT_KEYS
 
 
 def _parse_messages(raw: Any) -> list[dict[str, Any]]:
@@ -167,7 +165,7 @@ def chat_parameters(
         top_k=vllm_top_k(req.get("top_k")) if do_sample else None,  # NOTE: see vllm_top_k
         do_sample=do_sample,
         max_new_tokens=max_new_tokens,
-        stop=tuple(req.get("stop") or ()),
+        stop=openai_stops(req.get("stop")),
         details=True,
         seed=req.get("seed"),
         ignore_eos=bool(req.get("ignore_eos")),
@@ -183,6 +181,13 @@ def vllm_top_k(top_k: int | None) -> int | None:
     drop it at temperature 0, which vLLM makes greedy whatever its top_k: sent on, the shard would sample
     (TGI's rule, any warper samples)."""
     return top_k if top_k is not None and top_k > 0 else None
+
+
+def openai_stops(stop: list[str] | None) -> tuple[str, ...]:
+    """OpenAI's ``stop`` strings without empty ones, which stop nothing (``openai_stop.StopText`` skips
+    them too). Sent on, the shard's TGI rule (the text *ends with* it) ended every generation after its first
+    token."""
+    return tuple(s for s in stop or () if s)
 
 
 def openai_top_p(top_p: float | None) -> float | None:
@@ -276,6 +281,26 @@ def _with_tool_calls(delta: dict[str, Any]) -> dict[str, Any]:
     the ``openai`` client and huggingface_hub read null as no tool calls. Tool deltas keep OpenAI's shape, a
     list of calls, which that client's single ``ChoiceDeltaToolCall`` cannot parse."""
     return delta if "tool_calls" in delta else {**delta, "tool_calls": None}
+
+
+class StreamRole:
+    """Sends ``delta.role`` in a chat stream's first choice chunk only, as OpenAI and vLLM do. The ``openai``
+    client's stream helper (``client.chat.completions.stream``, the one ``parse`` streams with) concatenates
+    every string field of the deltas, so TGI's role in each chunk made the final message's role
+    ``assistantassistant...``. PyPI text-generation 0.7.0's ``ChoiceDelta`` requires a role in every delta
+    (``every_chunk``: its body, :func:`is_tgi_client_body`); huggingface_hub reads a missing one as None."""
+
+    def __init__(self, every_chunk: bool = False) -> None:
+        self.every_chunk = every_chunk
+        self._sent = False
+
+    def apply(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        """``chunk`` (a :func:`chat_chunk`), its role dropped after the first chunk with a choice."""
+        if chunk["choices"]:
+            if self._sent and not self.every_chunk:
+                chunk["choices"][0]["delta"].pop("role", None)
+            self._sent = True
+        return chunk
 
 
 def chat_chunk(

@@ -10,7 +10,7 @@ from router_py.router_config import RouterConfig
 from router_py.http.errors import HttpError, deserialize_error, validation_error
 from router_py.backend_api import EndEvent, Token
 from router_py.http.openai_chat import (
-    check_single_choice, openai_finish_reason, openai_top_p, system_fingerprint, vllm_top_k
+    check_single_choice, openai_finish_reason, openai_stops, openai_top_p, system_fingerprint, vllm_top_k
 )
 from router_py.http.openai_prompt import Prompt, parse_prompts
 from router_py.http.openai_sampling import VLLM_SAMPLING_FIELDS, vllm_sampling
@@ -108,7 +108,7 @@ def completion_parameters(req: CompletionRequest, vocab_size: int | None = None)
         top_k=vllm_top_k(req.get("top_k")) if do_sample else None,  # NOTE: see vllm_top_k
         do_sample=do_sample,
         max_new_tokens=req.get("max_tokens"),
-        stop=tuple(req.get("stop") or ()),
+        stop=openai_stops(req.get("stop")),
         details=True,
         seed=req.get("seed"),
         ignore_eos=bool(req.get("ignore_eos")),

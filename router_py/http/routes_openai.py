@@ -16,6 +16,7 @@ from router_py.http.errors import HttpError, template_error
 from router_py.backend_api import EndEvent, TokenEvent
 from router_py.http.openai_chat import (
     ChatRequest,
+    StreamRole,
     chat_chunk,
     chat_completion,
     chat_logprobs,
@@ -122,6 +123,7 @@ async def _chat_events(
     p = gen_req.parameters
     stops = () if plan.calls_tools else p.stop  # NOTE: a tool call's text is the grammar's, never cut
     running: RunningUsage | None = None
+    role = StreamRole(every_chunk=req.tgi_client)
     with tracing.span("chat_completions", parent=parent):
         try:
             stream = open_stream(state, gen_req, namespace, add_special_tokens=False)
@@ -131,10 +133,11 @@ async def _chat_events(
                 now_usage = running.step(event) if running is not None else None
                 if calls is None:
                     delta = {"role": "assistant", "content": text}
-                    yield tgi_event(chat_chunk(state.config, created, event, req.logprobs, now_usage, delta))
+                    chunks = [chat_chunk(state.config, created, event, req.logprobs, now_usage, delta)]
                 else:
-                    for chunk in _tool_chunks(state, created, calls, event, now_usage):
-                        yield tgi_event(chunk)
+                    chunks = _tool_chunks(state, created, calls, event, now_usage)
+                for chunk in chunks:
+                    yield tgi_event(role.apply(chunk))
                 if isinstance(event, EndEvent):
                     state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
                     if req.stream_usage.final:
@@ -143,7 +146,7 @@ async def _chat_events(
         except HttpError as err:
             state.record_failure(err)
             yield _error_event(err)
-    if req.done_event:  # NOTE: not for text-generation 0.7.0 (openai_chat.ends_with_done)
+    if not req.tgi_client:  # NOTE: text-generation 0.7.0 fails on [DONE] (openai_chat.is_tgi_client_body)
         yield OPENAI_DONE
 
 
@@ -269,7 +272,14 @@ async def chat_tokenize_route(request: Request) -> Response:
 
 
 async def models_route(request: Request) -> Response:
-    model_id = state_of(request).config.model_id
-    return JSONResponse(
-        {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": model_id}]}
-    )
+    """TGI's model list, plus vLLM's ``max_model_len`` (prompt and generated tokens together: the settled
+    ``max_total_tokens``), which code written for vLLM reads to size its prompts."""
+    config = state_of(request).config
+    model = {
+        "id": config.model_id,
+        "object": "model",
+        "created": 0,
+        "owned_by": config.model_id,
+        "max_model_len": config.max_total_tokens,
+    }
+    return JSONResponse({"object": "list", "data": [model]})

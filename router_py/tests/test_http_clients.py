@@ -131,3 +131,25 @@ def test_openai_client(base_url: str) -> None:
     assert completion.choices[0].text == " t0 t304"
     streamed = list(client.completions.create(model="tgi", prompt="hello", max_tokens=2, stream=True))
     assert [c.choices[0].text for c in streamed] == [" t0", " t304"]
+
+
+def test_openai_stream_helper_accumulates_one_role(base_url: str) -> None:
+    """The ``openai`` client's stream helper concatenates every string of the deltas: the role comes in
+    the first chunk only (OpenAI's and vLLM's streams), else the final message's role was
+    ``assistantassistant``."""
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="-")
+    messages = [{"role": "user", "content": "hi"}]
+    # NOTE: no max_tokens: the fake backend's EOS ends it (the helper refuses a `length` finish)
+    with client.chat.completions.stream(model="tgi", messages=messages) as stream:
+        final = stream.get_final_completion()
+    whole = client.chat.completions.create(model="tgi", messages=messages)
+    assert final.choices[0].message.role == "assistant" and final.choices[0].finish_reason == "stop"
+    assert final.choices[0].message.content == whole.choices[0].message.content
+    chunks = list(client.chat.completions.create(model="tgi", messages=messages, max_tokens=3, stream=True))
+    assert [c.choices[0].delta.role for c in chunks] == ["assistant", None, None]
+
+
+def test_openai_models_list_has_vllm_max_model_len(base_url: str) -> None:
+    (model,) = OpenAI(base_url=f"{base_url}/v1", api_key="-").models.list().data
+    assert model.id == "prism-test" and model.owned_by == "prism-test"
+    assert model.max_model_len == 128  # the fixture's max_total_tokens

@@ -56,7 +56,9 @@ async def test_chat_stream_with_usage(client) -> None:
     events = openai_events(resp.text)
     assert [e["object"] for e in events] == ["chat.completion.chunk"] * 4
     assert [e["choices"][0]["finish_reason"] for e in events[:3]] == [None, None, "length"]
-    assert all(e["choices"][0]["delta"]["role"] == "assistant" and e["usage"] is None for e in events[:3])
+    assert all(e["usage"] is None for e in events[:3])
+    # NOTE: the role in the first chunk only, as OpenAI and vLLM (openai_chat.StreamRole)
+    assert [e["choices"][0]["delta"].get("role") for e in events[:3]] == ["assistant", None, None]
     assert events[3]["choices"] == [] and events[3]["usage"]["completion_tokens"] == 3
 
 
@@ -92,10 +94,12 @@ async def test_chat_tokenize(client, tokenizer) -> None:
     assert [t["id"] for t in body["tokenize_response"]] == tokenizer.encode(PROMPT, add_special_tokens=False)
 
 
-async def test_models(client) -> None:
+async def test_models(client, config) -> None:
+    """TGI's list plus vLLM's ``max_model_len`` (the settled max_total_tokens)."""
+    model = {"id": "prism-test", "object": "model", "created": 0, "owned_by": "prism-test"}
     assert (await client.get("/v1/models")).json() == {
         "object": "list",
-        "data": [{"id": "prism-test", "object": "model", "created": 0, "owned_by": "prism-test"}],
+        "data": [{**model, "max_model_len": config.max_total_tokens}],
     }
 
 

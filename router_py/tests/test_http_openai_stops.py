@@ -98,6 +98,19 @@ async def test_stop_may_be_one_string(client: httpx.AsyncClient, backend, path: 
     assert bad.status_code == 422 and "expected a string or a sequence" in bad.text
 
 
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+@pytest.mark.parametrize("stop", ["", ["", "zzz"]])
+async def test_an_empty_stop_string_stops_nothing(
+    client: httpx.AsyncClient, backend, path: str, stop
+) -> None:
+    """Every text ends with "": sent to the shard, its rule ended the generation after one token."""
+    body = {"prompt": PROMPT, "max_tokens": 3} if path == "/v1/completions" else _chat(max_tokens=3)
+    r = await client.post(path, json={**body, "stop": stop})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["finish_reason"] == "length" and r.json()["usage"]["completion_tokens"] == 3
+    assert backend.requests[-1].stopping.stop_sequences == (() if stop == "" else ("zzz",))
+
+
 async def test_completion_stop_inside_a_token_cuts_the_text_and_ends_the_generation(
     client: httpx.AsyncClient, backend, tokenizer
 ) -> None:

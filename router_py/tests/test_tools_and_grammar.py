@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import jsonschema
 import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from router_py.router_config import RouterConfig
@@ -214,6 +215,25 @@ async def test_tool_call_streaming_deltas_concatenate_to_the_arguments(scripted,
     assert json.loads(arguments) == {"city": "Paris}", "unit": "c"}
     assert [ch.choices[0].finish_reason for ch in chunks][-1] == "tool_calls"
     assert all(ch.choices[0].finish_reason is None for ch in chunks[:-1])
+
+
+async def test_tool_call_stream_accumulates_as_the_openai_stream_helper_does(scripted, tokenizer) -> None:
+    """``client.chat.completions.stream`` folds the chunks with ChatCompletionStreamState, which concatenates
+    strings: a role in every chunk made the message's role ``assistantassistant...``."""
+    scripted.answer = CALL
+    async with _client(scripted, tokenizer) as client:
+        resp = await client.post(
+            "/v1/chat/completions",
+            json={**CHAT, "tools": [WEATHER], "tool_choice": "required", "stream": True},
+        )
+    state = ChatCompletionStreamState()
+    for event in _events(resp.text):
+        state.handle_chunk(ChatCompletionChunk.model_validate(event))
+    choice = state.get_final_completion().choices[0]
+    assert choice.message.role == "assistant" and choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
+    assert json.loads(call.function.arguments) == {"city": "Paris}", "unit": "c"}
 
 
 async def test_auto_may_answer_in_text(scripted, tokenizer) -> None:
