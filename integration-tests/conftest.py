@@ -34,10 +34,14 @@ def free_port() -> int:
 class Process:
     """A child process writing its output to a log file; stopped with SIGTERM (SIGKILL after 30 s)."""
 
-    def __init__(self, name: str, cmd: Sequence[str], workdir: Path) -> None:
+    def __init__(
+        self, name: str, cmd: Sequence[str], workdir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name, self.log_path = name, workdir / f"{name}.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(list(cmd), stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir)
+        self.proc = subprocess.Popen(
+            list(cmd), stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir, env=env
+        )
         _REPORTED.append(self)
 
     def log_tail(self, chars: int = 6000) -> str:

@@ -36,6 +36,13 @@ def prism_cache_dir() -> str | None:
     return os.environ.get("PRISM_CACHE_DIR")
 
 
+def hub_token() -> str | None:
+    """The Hugging Face token for downloads: ``HF_TOKEN``, else TGI's former ``HF_API_TOKEN`` (which TGI's
+    launcher passes on as ``HF_TOKEN``; huggingface_hub itself does not read it). None: huggingface_hub's own
+    lookup (``HUGGING_FACE_HUB_TOKEN``, the token file)."""
+    return os.environ.get("HF_TOKEN") or os.environ.get("HF_API_TOKEN") or None
+
+
 def shard_threads() -> str | None:
     """``PRISM_SHARD_THREADS``: torch threads of every CPU shard (the shard reads it; the launcher sets it for
     data-parallel replicas when it is not set already). None when unset or empty."""

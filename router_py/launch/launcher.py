@@ -33,6 +33,7 @@ from router_py.kv_events.config import kv_events_arg
 from router_py.launch.env_args import EnvArgs
 from router_py.launch.model_source import ModelSourceError, resolve_model
 from router_py.launch.process_group import GRACE_S, ProcessGroup, RestartPolicy, executable
+from router_py.launch.runtime_env import describe, version_line
 from router_py.tracing import service_name
 
 # TGI's --quantize values (launcher and shard), accepted so that a TGI command line parses, then refused.
@@ -53,10 +54,19 @@ ROUTER_VALUE_FLAGS = (
 ROUTER_BOOL_FLAGS = ("json_output", "no_prefix_cache", "disable_grammar_support")
 # Router budgets the shards also read (TGI's variable names), to size a KV pool from memory.
 SHARD_BUDGET_FLAGS = ("max_batch_prefill_tokens", "max_total_tokens")
+# TGI launcher options this stack does not have: as flags argparse refuses them ("unrecognized arguments"),
+# and as variables check_args refuses them too, rather than serve without what the deployment asked for.
+UNSUPPORTED_TGI_VARIABLES = ("SPECULATE", "KV_CACHE_DTYPE", "ROPE_SCALING", "ROPE_FACTOR", "LORA_ADAPTERS",
+                             "WATERMARK_GAMMA", "WATERMARK_DELTA", "TOKENIZER_CONFIG_PATH",
+                             "WEIGHTS_CACHE_OVERRIDE", "NGROK")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = EnvArgs(argparse.ArgumentParser(prog="prism-launcher", description=__doc__.split("\n\n")[0]))
+    p.parser.add_argument("-V", "--version", action="version", version=version_line())
+    p.parser.add_argument("-e", "--env", action="store_true",
+                          help="log the runtime environment (versions, platform, CPUs, GPUs) at start "
+                               "(TGI's flag)")
     p.add("--model-id", default=None, help="local folder or hub id; default: the built-in demo model")
     p.add("--revision", default=None)
     p.add("--huggingface-hub-cache", default=None,
@@ -69,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="replicas (shard groups of --num-shard ranks each) behind one cache-aware router "
                "(docs/data-parallel.md); alias --data-parallel-size (vLLM's name)")
     p.parser.add_argument("--data-parallel-size", dest="data_parallel", type=int, help=argparse.SUPPRESS)
-    p.add("--port", type=int, default=3000)
+    p.add("--port", "-p", type=int, default=3000)
     p.add("--hostname", default="0.0.0.0")
     p.add("--shard-uds-path", default="/tmp/text-generation-server")
     p.add("--master-addr", default="localhost")
@@ -84,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--enforce-eager", action="store_true", help="never capture CUDA graphs (vLLM's flag)")
     p.add("--load-format", choices=("safetensors", "dummy"), default=None,
           help="dummy: random weights from config.json alone, no checkpoint read (benchmarks; vLLM's flag)")
-    p.add("--logger-level", default="INFO")
+    p.add("--logger-level", default=shard_log_level(),
+          help="the shards' log level; default: LOG_LEVEL's (TGI)")
     p.add("--startup-timeout", type=float, default=600.0, help="seconds to wait for the shards' sockets")
     p.add("--max-restarts", type=int, default=5,
           help="restarts in a row of a dead shard or router before giving up (0: stop everything, as TGI)")
@@ -146,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p.parser
 
 
+def shard_log_level() -> str:
+    """``LOG_LEVEL`` as a plain level name (TGI's launcher starts its shards at the level it logs at), else
+    INFO."""
+    level = env.log_level()
+    return level if level in ("DEBUG", "INFO", "WARN", "WARNING", "ERROR") else "INFO"
+
+
 def parse_bool(raw: str) -> bool:
     """TGI's boolean env values: 1/true/yes/on or 0/false/no/off (any case); anything else is an error."""
     value = raw.strip().lower()
@@ -168,6 +186,13 @@ def check_args(args: argparse.Namespace) -> str | None:
     if args.max_input_tokens is not None and args.max_input_length is not None:
         return ("give `--max-input-tokens` (MAX_INPUT_TOKENS) or its former name `--max-input-length` "
                 f"(MAX_INPUT_LENGTH), not both. Given: {args.max_input_tokens} and {args.max_input_length}")
+    max_input = args.max_input_tokens if args.max_input_tokens is not None else args.max_input_length
+    if max_input is not None and args.max_total_tokens is not None and max_input >= args.max_total_tokens:
+        return f"`max_input_tokens`({max_input}) must be < `max_total_tokens`({args.max_total_tokens})"
+    unsupported = [name for name in UNSUPPORTED_TGI_VARIABLES if env.flag_value(name)]
+    if unsupported:
+        flags = ", ".join(f"{n}={env.flag_value(n)!r} (--{n.lower().replace('_', '-')})" for n in unsupported)
+        return f"not supported by this launcher: {flags}; unset it to serve without it"
     if args.quantize is not None:
         return (f"`--quantize {args.quantize}` (QUANTIZE) is not supported: this shard has no quantized kernels; "
                 "serve an unquantized checkpoint (--dtype float16/bfloat16) instead")
@@ -226,8 +251,9 @@ def shard_env(args: argparse.Namespace, rank: int, group: int = 0) -> dict[str, 
         child["LOCAL_RANK"] = str(group * args.num_shard + rank)
     else:
         child.pop("LOCAL_RANK", None)  # NOTE: not a parent's (torchrun, SLURM): TGI's rank-only device choice
-    if not prefix_caching(args):
-        child["PREFIX_CACHING"] = "0"  # the shard then reports use_prefix_caching=false in Info (TGI)
+    # NOTE: set either way, so that --prefix-caching on the command line wins over an inherited
+    # PREFIX_CACHING; with 0 the shard reports use_prefix_caching=false in Info (TGI)
+    child["PREFIX_CACHING"] = "1" if prefix_caching(args) else "0"
     for name in SHARD_BUDGET_FLAGS:  # NOTE: a pool sized from memory must hold what these need, no more
         if getattr(args, name) is not None:
             child[name.upper()] = str(getattr(args, name))
@@ -313,6 +339,8 @@ def run(args: argparse.Namespace) -> int:
     if error is not None:
         log.error("%s", error)
         return 1
+    if args.env:
+        log.info("runtime environment:\n%s", describe())
     if args.trust_remote_code:
         log.info("--trust-remote-code has no effect: the shard's loaders run no code from the model folder")
     try:
@@ -355,8 +383,17 @@ def run(args: argparse.Namespace) -> int:
         return 0 if group.stopping else 1
     finally:
         group.shutdown()
+        remove_sockets(paths)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def remove_sockets(paths: Sequence[str]) -> None:
+    """Delete the socket files our stopped shards leave (a shard dies on SIGTERM without unlinking its
+    socket); one that something still serves is left alone."""
+    for path in paths:
+        if os.path.exists(path) and not serving_socket(path):
+            os.unlink(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -70,7 +70,7 @@ def download(model_id: str, revision: str | None, hub_cache: str | None = None) 
             f"MODEL_ID {model_id!r} is not a local folder, and huggingface_hub is not installed to download it"
         ) from e
     try:
-        return snapshot_download(model_id, revision=revision, cache_dir=hub_cache)
+        return snapshot_download(model_id, revision=revision, cache_dir=hub_cache, token=env.hub_token())
     except Exception as e:  # NOTE: any hub/network failure ends the same way: a clear message, exit 1
         raise ModelSourceError(
             f"MODEL_ID {model_id!r} is not a local folder and could not be downloaded from the Hugging Face Hub "

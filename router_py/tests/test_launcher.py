@@ -304,6 +304,7 @@ def test_launcher_stops_shards_when_the_router_dies(monkeypatch: pytest.MonkeyPa
                                                str(tmp_path / "s"), "--port", "1"])
     assert launcher.run(args) == 2  # the router's configuration error (no tokenizer.json): not retried
     assert subprocess.run(["pgrep", "-f", str(script)], capture_output=True, text=True).stdout == ""
+    assert not (tmp_path / "s-0").exists()  # the stopped shard's socket file is removed (before: left behind)
 
 
 def test_router_wiring_builds_configs_from_flags_and_warmup() -> None:

@@ -56,6 +56,15 @@ def test_cuda_memory_fraction_sizes_the_shard_pool(monkeypatch) -> None:
     ({"CUDA_MEMORY_FRACTION": "0.9"}, ["--num-blocks", "64"], "not both"),
     ({"MAX_BATCH_TOTAL_TOKENS": "1000", "MAX_TOTAL_TOKENS": "2048"}, [],
      "`max_total_tokens` must be <= `max_batch_total_tokens`. Given: 2048 and 1000"),
+    # TGI's launcher refuses these before it starts anything (before: the shard loaded, then Warmup failed)
+    ({"MAX_INPUT_TOKENS": "300", "MAX_TOTAL_TOKENS": "200"}, [],
+     "`max_input_tokens`(300) must be < `max_total_tokens`(200)"),
+    ({"MAX_TOTAL_TOKENS": "300"}, ["--max-input-length", "300"],
+     "`max_input_tokens`(300) must be < `max_total_tokens`(300)"),
+    # TGI options this stack lacks: refused as variables too (before: silently not read)
+    ({"SPECULATE": "2"}, [], "not supported by this launcher: SPECULATE='2' (--speculate)"),
+    ({"LORA_ADAPTERS": "org/adapter"}, [], "LORA_ADAPTERS='org/adapter' (--lora-adapters)"),
+    ({"ROPE_SCALING": "dynamic"}, [], "ROPE_SCALING='dynamic' (--rope-scaling)"),
 ])
 def test_bad_combinations_stop_the_launcher_before_it_starts(monkeypatch, tmp_path, no_spawn, caplog,
                                                               env, extra, message) -> None:
@@ -107,3 +116,81 @@ def test_router_refuses_a_batch_total_below_its_limits_at_start(monkeypatch, cap
     with pytest.raises(SystemExit) as e:
         cli.parse_args([])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_tgi_short_flags_version_and_env(monkeypatch, capsys) -> None:
+    """``-p``, ``-e``/``--env`` and ``-V``/``--version`` are TGI's too (before: "unrecognized arguments")."""
+    args = launcher.build_parser().parse_args(["-p", "8080", "-e"])
+    assert args.port == 8080 and args.env
+    assert "--port 8080" in " ".join(launcher.router_command(args, "/m", "m"))
+    monkeypatch.setenv("ENV", "1")  # NOTE: TGI's --env reads no variable
+    assert not launcher.build_parser().parse_args([]).env
+    for flag in ("--version", "-V"):
+        with pytest.raises(SystemExit) as e:
+            launcher.build_parser().parse_args([flag])
+        assert e.value.code == 0 and "3.3.6-dev0" in capsys.readouterr().out
+    assert "nvidia-smi" in launcher.describe()
+
+
+def test_command_line_replaces_a_list_from_the_environment(monkeypatch) -> None:
+    """clap: the flag wins over its variable; a repeatable flag does not add to the variable's list."""
+    monkeypatch.setenv("CORS_ALLOW_ORIGIN", "http://a,http://c")
+    assert launcher.build_parser().parse_args([]).cors_allow_origin == ["http://a", "http://c"]
+    args = launcher.build_parser().parse_args(
+        ["--cors-allow-origin", "http://b", "--cors-allow-origin", "http://d"]
+    )
+    assert args.cors_allow_origin == ["http://b", "http://d"]
+    router = cli.parse_args(["--cors-allow-origin", "http://b"])  # the router reads the same variable
+    assert router.cors_allow_origin == ["http://b"]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", True), ("true", True), ("TRUE", True), ("0", False),
+                                                 ("false", False), ("off", False)])
+def test_boolean_variables_take_tgi_values(monkeypatch, value, expected) -> None:
+    monkeypatch.setenv("JSON_OUTPUT", value)
+    assert launcher.build_parser().parse_args([]).json_output is expected
+
+
+def test_boolean_variable_junk_is_a_usage_error(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("DISABLE_GRAMMAR_SUPPORT", "maybe")  # before: silently false
+    with pytest.raises(SystemExit) as e:
+        launcher.build_parser()
+    assert e.value.code == 2 and "DISABLE_GRAMMAR_SUPPORT='maybe'" in capsys.readouterr().err
+
+
+def test_prefix_caching_flag_wins_over_the_variable(monkeypatch) -> None:
+    monkeypatch.setenv("PREFIX_CACHING", "0")
+    args = launcher.build_parser().parse_args(["--prefix-caching", "true"])
+    assert "--no-prefix-cache" not in launcher.router_command(args, "/m", "m")
+    assert launcher.shard_env(args, 0)["PREFIX_CACHING"] == "1"  # before: the inherited 0 turned it off
+
+
+@pytest.mark.parametrize(("log_level", "shard_level"), [("debug", "DEBUG"), ("warn", "WARN"), (None, "INFO"),
+                                                        ("text_generation_launcher=debug", "INFO")])
+def test_log_level_reaches_the_shards(monkeypatch, log_level, shard_level) -> None:
+    """TGI's launcher starts its shards at the level LOG_LEVEL sets (before: always INFO)."""
+    if log_level is None:
+        monkeypatch.delenv("LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("LOG_LEVEL", log_level)
+    cmd = launcher.shard_command(launcher.build_parser().parse_args([]), "/m")
+    assert cmd[cmd.index("--logger-level") + 1] == shard_level
+    cmd = launcher.shard_command(launcher.build_parser().parse_args(["--logger-level", "ERROR"]), "/m")
+    assert cmd[cmd.index("--logger-level") + 1] == "ERROR"
+
+
+def test_hf_api_token_is_used_for_hub_downloads(monkeypatch, tmp_path) -> None:
+    """TGI passes its former HF_API_TOKEN on as HF_TOKEN; huggingface_hub reads only HF_TOKEN."""
+    import huggingface_hub
+
+    from router_py.launch import model_source
+
+    seen: list[str | None] = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda *a, token=None, **kw: seen.append(token) or str(tmp_path))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_API_TOKEN", "hf_old")
+    model_source.download("org/model", None)
+    monkeypatch.setenv("HF_TOKEN", "hf_new")
+    model_source.download("org/model", None)
+    assert seen == ["hf_old", "hf_new"]
