@@ -24,8 +24,15 @@ SUMMARY_WINDOW = 4096  # NOTE: recent observations kept per summary series; quan
 
 
 def duration_buckets() -> list[float]:
-    """35 geometric buckets from 0.00015 s, factor 1.5."""
-    return [0.00015 * 1.5**i for i in range(35)]
+    """35 geometric buckets from 0.00015 s, factor 1.5, computed as TGI does (0.0001 multiplied by 1.5 again
+    and again), so every ``le`` label is TGI's to the last digit: ``0.00015 * 1.5**i`` differs in the last
+    bit for 12 of the 35 (``le="0.00015"`` where TGI writes ``le="0.00015000000000000001"``), and series of
+    the two would not add up ``by (le)`` nor match a rule that names a bucket."""
+    bounds, value = [], 0.0001
+    for _ in range(35):
+        value *= 1.5
+        bounds.append(value)
+    return bounds
 
 
 _DURATION_BUCKETS = duration_buckets()  # shared by every duration histogram; never mutated
@@ -113,6 +120,24 @@ class Metrics:
             series[key] += value
 
         return inc
+
+    def observer(self, name: str, **labels: str) -> Callable[[float], None]:
+        """One histogram or summary series as an observer whose key is computed once (as :meth:`counter`); the
+        series is shown from its first observation on, as with :meth:`observe`."""
+        key = self._key(labels)
+        bounds = self._buckets_for(name)
+        table: dict[str, Any] = self._summaries if bounds is None else self._histograms
+        bound: list[_Histogram | _Summary] = []
+
+        def observe(value: float) -> None:
+            if not bound:
+                series = table.setdefault(name, {})
+                if key not in series:
+                    series[key] = _Summary() if bounds is None else _Histogram(bounds)
+                bound.append(series[key])
+            bound[0].observe(value)
+
+        return observe
 
     def set(self, name: str, value: float, **labels: str) -> None:
         self._gauges.setdefault(name, {})[self._key(labels)] = value

@@ -106,6 +106,8 @@ class Batcher:
         self._tiers = TierLink(client, lambda: self._scheduler, metrics, info.kv_block_bytes,
                                enabled=info.kv_host_blocks + info.kv_disk_blocks > 0)
         metrics.set("tgi_batch_max_total_tokens", info.max_batch_total_tokens)
+        # NOTE: TGI's count per Generation of its tokens past the first (a summary: TGI gives it no buckets)
+        self._observe_skipped = metrics.observer("tgi_request_skipped_tokens")
         self._record_cache_stats()
 
     # ---- Backend protocol ------------------------------------------------------------------------------
@@ -513,6 +515,8 @@ class Batcher:
             state.emit(PrefillTokens(list(gen.prefill_tokens)))
         state.prefill_sent = True
         last = len(gen.tokens) - 1
+        if last >= 0:
+            self._observe_skipped(last)
         for i, token in enumerate(gen.tokens):
             top = list(gen.top_tokens[i]) if i < len(gen.top_tokens) else []
             if i == last and gen.generated_text is not None:

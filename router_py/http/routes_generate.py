@@ -230,11 +230,14 @@ async def vertex_route(request: Request) -> Response:
     body = await read_json(request)
     instances = _vertex_instances(body)
     start = now()
-    state.metrics.inc("tgi_request_count")
+    # NOTE: TGI counts the call, then each instance again (generate_internal)
+    state.metrics.inc("tgi_request_count", 1 + len(instances))
     namespace = await request_namespace(request)
     if len(instances) == 1:
         instances = [replace(instances[0], session=await request_session(request))]
-    results = await gather_or_cancel(*(run_generate(state, r, namespace, start) for r in instances))
+    parent = tracing.parent_from_headers(request.headers)
+    with tracing.span("vertex_compatibility", parent=parent):  # NOTE: the instances' tasks inherit it
+        results = await gather_or_cancel(*(run_generate(state, r, namespace, start) for r in instances))
     return JSONResponse({"predictions": [gen.end.generated_text for gen, _, _ in results]})
 
 

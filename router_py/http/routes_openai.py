@@ -77,6 +77,7 @@ async def chat_completions_route(request: Request) -> Response:
     start = now()
     state.metrics.inc("tgi_request_count")
     prompt, plan = render_chat(state, req)
+    state.metrics.inc("tgi_request_count")  # NOTE: TGI counts chat twice: its handler, then generate_internal
     session = await request_session(request)
     params = chat_parameters(req, plan.grammar, state.tokenizer.vocab_size, state.config.max_top_n_tokens)
     gen_req = GenerateRequest(prompt, params, session=session)
@@ -175,17 +176,20 @@ async def completions_route(request: Request) -> Response:
     except HttpError:  # TGI counts the call before its suffix / prompt-count checks
         state.metrics.inc("tgi_request_count")
         raise
-    state.metrics.inc("tgi_request_count")
+    # NOTE: TGI counts the call, then each prompt again (generate_internal / generate_stream_internal)
+    state.metrics.inc("tgi_request_count", 1 + len(req.prompts))
     params = completion_parameters(req, state.tokenizer.vocab_size)
     # NOTE: several prompts in one call are separate conversations, not one session's turns
     session = await request_session(request) if len(req.prompts) == 1 else None
     gen_reqs = [_generate_request(prompt, params, session) for prompt in req.prompts]
     namespace = await request_namespace(request)
+    parent = tracing.parent_from_headers(request.headers)
     if req.stream:
-        return sse_response(_completion_events(state, req, gen_reqs, namespace, start), {})
-    results = await gather_or_cancel(
-        *(run_generate(state, r, namespace, start, cut_stops=True) for r in gen_reqs)
-    )
+        return sse_response(_completion_events(state, req, gen_reqs, namespace, start, parent), {})
+    with tracing.span("completions", parent=parent):  # NOTE: the prompts' tasks inherit it as their parent
+        results = await gather_or_cancel(
+            *(run_generate(state, r, namespace, start, cut_stops=True) for r in gen_reqs)
+        )
     gens = [gen for gen, _, _ in results]
     prompt_tokens = sum(gen.request.input_length for gen in gens)
     # NOTE: the echoed prompt is the validated one: a token-id prompt's is its ids decoded
@@ -204,28 +208,34 @@ def _generate_request(prompt: Prompt, params: GenerateParameters, session: str |
 
 
 async def _completion_events(
-    state: AppState, req: CompletionRequest, gen_reqs: list[GenerateRequest], namespace: str, start: float
+    state: AppState,
+    req: CompletionRequest,
+    gen_reqs: list[GenerateRequest],
+    namespace: str,
+    start: float,
+    parent: Context | None = None,
 ) -> AsyncIterator[str]:
     """Prompts (``gen_reqs``, one per prompt of ``req``) are streamed one after the other, each chunk tagged
     with its prompt's index; with ``include_usage`` a usage-only chunk over all prompts follows the last one."""
-    created = int(time.time())
-    prompt_tokens = completion_tokens = 0
-    try:
-        for index, gen_req in enumerate(gen_reqs):
-            async for item in _one_completion_stream(state, req, gen_req, namespace, created, index):
-                if isinstance(item, str):
-                    yield item
-                    continue
-                run, event = item
-                state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
-                prompt_tokens += run.valid.input_length
-                completion_tokens += event.generated_tokens
-        if req.stream_usage.final:
-            yield tgi_event(usage_chunk(state.config, created, usage(prompt_tokens, completion_tokens)))
-    except HttpError as err:
-        state.record_failure(err)
-        yield _error_event(err)
-    yield OPENAI_DONE
+    with tracing.span("completions", parent=parent):  # NOTE: a span open across yields, as chat's
+        created = int(time.time())
+        prompt_tokens = completion_tokens = 0
+        try:
+            for index, gen_req in enumerate(gen_reqs):
+                async for item in _one_completion_stream(state, req, gen_req, namespace, created, index):
+                    if isinstance(item, str):
+                        yield item
+                        continue
+                    run, event = item
+                    state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
+                    prompt_tokens += run.valid.input_length
+                    completion_tokens += event.generated_tokens
+            if req.stream_usage.final:
+                yield tgi_event(usage_chunk(state.config, created, usage(prompt_tokens, completion_tokens)))
+        except HttpError as err:
+            state.record_failure(err)
+            yield _error_event(err)
+        yield OPENAI_DONE
 
 
 async def _one_completion_stream(

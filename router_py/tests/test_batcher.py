@@ -475,6 +475,17 @@ async def test_on_plan_sees_every_admission_and_metrics_are_recorded(stack: Stac
     assert stack.metrics.value("prism_prefix_cache_blocks", state="free") == stats["blocks_free"]
 
 
+async def test_skipped_tokens_summary_observes_every_generation(stack: Stack) -> None:
+    """TGI's ``tgi_request_skipped_tokens``: per Generation, its tokens past the first, as a summary (TGI
+    gives it no buckets); a fake shard answers one token per Generation, so 3 observations of 0."""
+    events = await collect(stack.batcher, request("s k i p", max_new_tokens=3))
+    assert isinstance(events[-1], EndEvent)
+    lines = stack.metrics.render().splitlines()
+    assert "# TYPE tgi_request_skipped_tokens summary" in lines
+    assert 'tgi_request_skipped_tokens{quantile="1"} 0' in lines
+    assert "tgi_request_skipped_tokens_sum 0" in lines and "tgi_request_skipped_tokens_count 3" in lines
+
+
 async def test_eos_token_finishes_with_eos_reason(stack: Stack) -> None:
     first = await collect(stack.batcher, request("e o s", max_new_tokens=6))
     ids = [e.token.id for e in first if isinstance(e, TokenEvent)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 async def test_info_keys(client) -> None:
     info = (await client.get("/info")).json()
@@ -91,3 +93,35 @@ def _walk(node):
             yield from _walk(value)
     else:
         yield node
+
+
+CHAT = {"messages": [{"role": "user", "content": "hello world"}], "max_tokens": 3}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "count", "success"),
+    [
+        ("/generate", {"inputs": "hello world", "parameters": {}}, 1, 1),
+        ("/generate_stream", {"inputs": "hello world", "parameters": {}}, 1, 1),
+        ("/", {"inputs": "hello world", "parameters": {}}, 1, 1),
+        ("/generate", {"inputs": "hello world", "parameters": {"best_of": 2, "do_sample": True}}, 1, 1),
+        ("/chat_tokenize", CHAT, 1, 0),
+        ("/v1/chat/completions", CHAT, 2, 1),
+        ("/v1/chat/completions", {**CHAT, "stream": True}, 2, 1),
+        ("/v1/completions", {"prompt": ["hello world", "hello", "world"], "max_tokens": 3}, 4, 3),
+        ("/v1/completions", {"prompt": ["hello", "world", "hello"], "max_tokens": 3, "stream": True}, 4, 3),
+        ("/v1/completions", {"prompt": "hello", "max_tokens": 3, "suffix": "x"}, 1, 0),
+        ("/vertex", {"instances": [{"inputs": "hello world"}, {"inputs": "hello"}]}, 3, 2),
+    ],
+)
+async def test_request_count_per_route_is_tgis(client, metrics, path, body, count, success) -> None:
+    """TGI counts ``tgi_request_count`` in each route handler that has one (chat, completions, vertex,
+    chat_tokenize) and again in every generate_internal / generate_stream_internal it calls: once per
+    /generate call, twice per chat call, 1 + one per prompt on /v1/completions and /vertex. Before, the last
+    three counted one per call, so a 3-prompt completion made 3 successes of 1 request."""
+    resp = await client.post(path, json=body)
+    assert resp.status_code in (200, 422), resp.text
+    assert metrics.value("tgi_request_count") == count
+    assert metrics.value("tgi_request_success") == success
+    assert metrics.value("tgi_request_success") <= metrics.value("tgi_request_count")
+

@@ -33,18 +33,46 @@ def test_gauges_overwrite() -> None:
 
 def test_duration_histogram_buckets() -> None:
     bounds = duration_buckets()
-    assert len(bounds) == 35 and bounds[0] == 0.00015
+    assert len(bounds) == 35 and bounds[0] == pytest.approx(0.00015)
     assert bounds[1] == pytest.approx(0.000225) and bounds[-1] == pytest.approx(0.00015 * 1.5**34)
     m = Metrics()
     m.observe("tgi_request_duration", 0.0002)
     m.observe("tgi_request_duration", 100000.0)  # past the last bucket: only +Inf
     lines = m.render().splitlines()
     assert lines[0] == "# TYPE tgi_request_duration histogram"
-    assert 'tgi_request_duration_bucket{le="0.00015"} 0' in lines
-    assert 'tgi_request_duration_bucket{le="0.000225"} 1' in lines
+    assert 'tgi_request_duration_bucket{le="0.00015000000000000001"} 0' in lines
+    assert 'tgi_request_duration_bucket{le="0.00022500000000000002"} 1' in lines
     assert lines.count('tgi_request_duration_bucket{le="+Inf"} 2') == 1
     assert sum(1 for line in lines if line.startswith("tgi_request_duration_bucket")) == 36
     assert "tgi_request_duration_sum 100000.0002" in lines and "tgi_request_duration_count 2" in lines
+
+
+def test_duration_bucket_labels_are_tgis_to_the_last_digit() -> None:
+    """TGI builds them as ``value *= 1.5`` from 0.0001 and writes each f64 in its shortest round-trip form;
+    ``0.00015 * 1.5**i`` differs in the last bit for 12 of the 35, so its ``le`` labels were other series."""
+    tgi, value = [], 0.0001
+    for _ in range(35):
+        value *= 1.5
+        tgi.append(repr(value))  # Rust's f64 Display: the shortest round-trip digits, no exponent here
+    m = Metrics()
+    m.observe("tgi_request_queue_duration", 1.0)
+    les = [line.split('le="')[1].split('"')[0] for line in m.render().splitlines() if "_bucket" in line]
+    assert les == tgi + ["+Inf"]
+    assert les[:3] == ["0.00015000000000000001", "0.00022500000000000002", "0.0003375"]
+
+
+def test_observer_writes_the_series_observe_does() -> None:
+    m = Metrics()
+    skipped = m.observer("tgi_request_skipped_tokens")
+    assert "tgi_request_skipped_tokens" not in m.render()  # shown from the first observation, as observe
+    skipped(0)
+    m.observe("tgi_request_skipped_tokens", 2)
+    skipped(1)
+    lines = m.render().splitlines()
+    assert "# TYPE tgi_request_skipped_tokens summary" in lines
+    assert "tgi_request_skipped_tokens_sum 3" in lines and "tgi_request_skipped_tokens_count 3" in lines
+    m.labeled(replica="1").observer("tgi_request_generated_tokens")(5)
+    assert 'tgi_request_generated_tokens_count{replica="1"} 1' in m.render()
 
 
 def test_token_histograms_use_linear_buckets() -> None:

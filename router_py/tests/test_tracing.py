@@ -73,6 +73,29 @@ async def test_incoming_traceparent_parents_handler(exporter, client, path) -> N
     assert f"{handler.parent.span_id:016x}" == PARENT_ID and handler.parent.is_remote
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "handler"),
+    [
+        ("/v1/completions", {"prompt": ["hello world", "hello"], "max_tokens": 3}, "completions"),
+        ("/v1/completions", {"prompt": ["hello", "world"], "max_tokens": 3, "stream": True}, "completions"),
+        ("/vertex", {"instances": [{"inputs": "hello world"}, {"inputs": "hello"}]}, "vertex_compatibility"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, "chat_completions"),
+        ("/", {"inputs": "hello world", "stream": True}, "generate_stream"),
+    ],
+)
+async def test_every_generating_route_joins_the_incoming_trace(exporter, client, path, body, handler) -> None:
+    """Every span a request causes is in the trace its ``traceparent`` names, under TGI's handler span.
+    Before, /v1/completions and /vertex read no ``traceparent``: each prompt's span started a trace of its own
+    (and a streamed completion had no handler span at all)."""
+    resp = await client.post(path, json=body, headers={"traceparent": TRACEPARENT})
+    assert resp.status_code == 200 and "error" not in resp.text
+    spans = exporter.get_finished_spans()
+    (top,) = [s for s in spans if s.name == handler]
+    assert f"{top.parent.span_id:016x}" == PARENT_ID and top.parent.is_remote
+    assert spans and {f"{s.context.trace_id:032x}" for s in spans} == {TRACE_ID}
+    assert all(s.parent is not None for s in spans)
+
+
 async def test_batched_steps_carry_every_requests_trace_to_the_shard(exporter, tmp_path) -> None:
     """Two requests from two traces share one batch: every Prefill/Decode the fake shard receives names both
     requests' ``infer`` spans, the batch spans link to both, and nothing is sent from a fake backend."""
