@@ -285,9 +285,13 @@ class TierManager:
         queue order (the caller passes its prefetch window). Returns every pending copy too, in order (the
         shard runs them with the prefetch, ahead of the forwards that need them)."""
         if self.pools[Tier.HOST].capacity and self.pools[Tier.DISK].capacity:
+            planned: list[Found] = []
             for hashes, cached in waiting:
                 found = self.find(hashes, cached, len(hashes))
-                self.pin(found)  # no victim of its own prefetch
+                # NOTE: pinned until the whole window is planned: no victim of its own prefetch nor of a later
+                # request's (else a full host trades the head's blocks for the tail's, and the next plan back)
+                self.pin(found)
+                planned += found
                 for tier, slot, h in found:
                     if tier == Tier.DISK:
                         host_slot = self._place(Tier.HOST, h, self.orders[Tier.DISK][h])
@@ -296,7 +300,7 @@ class TierManager:
                         self._emit(Tier.DISK, slot, Tier.HOST, host_slot, h)
                         self._prefetched.add(h)
                         self.counters.prefetched += 1
-                self.unpin(found)
+            self.unpin(planned)
         return [c for _, c in self.take_pending()]
 
     def copy_failed(self, copy: BlockCopy) -> None:
