@@ -32,3 +32,15 @@ class Node:
         self.hits = 0
         self.heat = 0.0
         self.valid_from = 0
+
+
+class Root(Node):
+    """A namespace's root: no blocks, never locked or evicted; the tree keeps it only while it has children (a
+    namespace whose last node was evicted holds nothing), so ``namespace`` names the root to hang new nodes
+    from when a holder of a dropped one (an allocation's miss, a tier's anchor) inserts under it."""
+
+    __slots__ = ("namespace",)
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__((), (), [], [], None)
+        self.namespace = namespace

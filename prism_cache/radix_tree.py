@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from prism_cache.block_pool import BlockPool
 from prism_cache.decay import add_use, decay_tau
 from prism_cache.eviction_index import EvictionIndex
-from prism_cache.node import Node, Tokens
+from prism_cache.node import Node, Root, Tokens
 
 if TYPE_CHECKING:
     from prism_cache.observer import CacheObserver
@@ -62,7 +62,9 @@ class RadixTree:
         self.cached_blocks = 0
         self.evicted_blocks = 0
         self.version = 0  # bumped whenever blocks enter or leave the tree (cached peeks compare it)
-        self._roots: dict[str, Node] = {}
+        # NOTE: only namespaces with cached nodes: a root is dropped with its last child, so the table follows
+        # what is cached, not every namespace (tenant, cache_salt) ever served
+        self._roots: dict[str, Root] = {}
         # NOTE: each node by its first block's hash, so cached_prefix_blocks walks node to node (an index of
         # every cached block's hash would cost a set insert per inserted block and a removal per evicted one)
         self._heads: dict[int, Node] = {}
@@ -73,12 +75,21 @@ class RadixTree:
         self.spill: Callable[[Node, int], None] | None = None
 
     # ---------------------------------------------------------------- lookups
-    def root(self, namespace: str) -> Node:
-        """The namespace's root (created on first use; it holds no blocks and is never evicted)."""
-        node = self._roots.get(namespace)
-        if node is None:
-            node = self._roots[namespace] = Node((), (), [], [], None)
-        return node
+    def root(self, namespace: str) -> Root:
+        """The namespace's root (it holds no blocks and is never evicted). The tree keeps a root only while it
+        has children: for a namespace with nothing cached this is a new root that nothing refers to, and an
+        insert under it hangs its nodes from the namespace's kept root (:meth:`_kept`)."""
+        return self._roots.get(namespace) or Root(namespace)
+
+    def _kept(self, node: Node) -> Node:
+        """``node``, or for a root (perhaps never kept, or dropped since it was handed out) the namespace's
+        kept root, made now if there is none."""
+        if not isinstance(node, Root):
+            return node
+        root = self._roots.get(node.namespace)
+        if root is None:
+            root = self._roots[node.namespace] = Root(node.namespace)
+        return root
 
     def peek(self, namespace: str, tokens: Tokens) -> tuple[Node | None, int]:
         """Longest cached prefix of ``tokens`` in ``namespace``, without changing the tree (beyond dropping
@@ -138,10 +149,10 @@ class RadixTree:
     def match(self, namespace: str, tokens: Tokens) -> tuple[Node, list[int]]:
         """Longest cached prefix of ``tokens`` (full blocks only).
 
-        Returns the deepest matched node and the matched blocks in order (the root and [] on a miss). When the
-        match ends inside a node, that node is split at the block boundary so the returned node covers exactly
-        the match (splitting keeps locks, hits, heat and recency on both halves). Does not touch, lock or
-        free.
+        Returns the deepest matched node and the matched blocks in order (the namespace's :meth:`root` and
+        [] on a miss). When the match ends inside a node, that node is split at the block boundary so the
+        returned node covers exactly the match (splitting keeps locks, hits, heat and recency on both
+        halves). Does not touch, lock or free.
         """
         node, pos, bs = self.root(namespace), 0, self.block_size
         end = len(tokens) // bs * bs
@@ -250,6 +261,8 @@ class RadixTree:
         inserted path.
         """
         node, i = start if start is not None else (self.root(namespace), 0)
+        if blocks:
+            node = self._kept(node)
         bs = self.block_size
         pos = i * bs
         existing = len(blocks)
@@ -281,12 +294,12 @@ class RadixTree:
 
     def graftable(self, parent: Node, tokens: Tokens) -> bool:
         """``parent`` is in the tree and has no child starting with ``tokens``' first block."""
-        up = parent.parent
-        if up is None:
-            if all(r is not parent for r in self._roots.values()):
+        if isinstance(parent, Root):
+            parent = self.root(parent.namespace)  # NOTE: a namespace's nodes hang from its kept root
+        else:
+            up = parent.parent
+            if up is None or up.children.get(parent.edge) is not parent or not parent.blocks:
                 return False
-        elif up.children.get(parent.edge) is not parent or not parent.blocks:
-            return False
         return tuple(tokens[: self.block_size]) not in parent.children
 
     def leaf_ending(self, h: int) -> Node | None:
@@ -303,10 +316,12 @@ class RadixTree:
         left the tree or already has a child starting with those tokens."""
         if not self.graftable(parent, tokens):
             return None
+        parent = self._kept(parent)
         root = parent
         while root.parent is not None:
             root = root.parent
-        namespace = next(ns for ns, r in self._roots.items() if r is root)
+        assert isinstance(root, Root)
+        namespace = root.namespace
         leaf = self._add_leaf(namespace, parent, tuple(tokens), list(blocks), list(hashes))
         self.touch(leaf, hit=False)
         return leaf
@@ -412,7 +427,10 @@ class RadixTree:
         parent = node.parent
         assert parent is not None and not node.children
         del parent.children[node.edge]
-        return parent if self._index.leaf_removed(node, parent) else None
+        became_leaf = self._index.leaf_removed(node, parent)
+        if isinstance(parent, Root) and not parent.children:
+            del self._roots[parent.namespace]  # it holds nothing now; the next insert makes it again
+        return parent if became_leaf else None
 
     # ---------------------------------------------------------------- introspection
     def nodes(self) -> Iterator[Node]:
@@ -436,8 +454,9 @@ class RadixTree:
             self._check_node(node, seen)
             if not node.children:
                 leaves.add(node)
-        for root in self._roots.values():
+        for ns, root in self._roots.items():
             assert root.lock == 0 and not root.blocks, "roots hold no blocks and no locks"
+            assert root.namespace == ns and root.children, "a kept root names its namespace and has children"
         self._index.check(leaves)
         assert len(seen) == self.cached_blocks, "cached block count out of date"
         assert self._heads == {n.hashes[0]: n for n in self.nodes()}, "head index out of date"

@@ -8,6 +8,7 @@ import pytest
 
 from prism_cache import Allocation, BlockPool, CacheStats, RadixAllocator
 from prism_cache.belady import belady_hits
+from prism_cache.stats import MAX_NAMESPACES
 
 
 def test_pool_reserves_block_zero_and_refuses_negative_counts() -> None:
@@ -52,6 +53,50 @@ def test_namespaces_never_share_nodes() -> None:
     )
     assert a._tree.peek("tenant-c", prompt) == (None, 0)
     a.check_integrity()
+
+
+@pytest.mark.parametrize("policy", ["lru", "dart"])
+def test_namespace_roots_follow_what_is_cached_not_every_namespace_served(policy: str) -> None:
+    """A namespace per request (a cache_salt per user or per request) over a small pool: the tree keeps a root
+    only while the namespace has cached nodes. Before, every namespace ever served kept its root for good."""
+    a = RadixAllocator(17, 2, policy)
+    for i in range(3000):
+        ns, prompt = f"salt-{i}", (i % 7, i % 5, 1, 2)
+        got = a.allocate(5, ns, prompt)
+        assert got is not None
+        a.release(got, prompt)
+    assert len(a._tree._roots) <= a._tree.node_count() <= 16
+    a.check_integrity()
+
+
+def test_an_insert_after_its_namespace_root_was_dropped_hangs_from_the_kept_root() -> None:
+    """A request that missed holds its namespace's root; when eviction empties the namespace (the root is
+    dropped) before it publishes its prompt, its nodes go under the namespace's root made anew, so the tree,
+    its head index and later matches stay whole."""
+    a = RadixAllocator(5, 2, "lru")  # 4 usable blocks
+    first = a.allocate(4, "ns", (1, 1, 2, 2))
+    assert first is not None
+    a.release(first, (1, 1, 2, 2))
+    missed = a.allocate(2, "ns", (7, 7))  # one block: the root is its node; 3 blocks free or evictable
+    assert missed is not None and missed.prefix_len == 0
+    other = a.allocate(6, "other", (3, 3, 4, 4, 5, 5))  # evicts all of "ns"
+    assert other is not None and "ns" not in a._tree._roots and missed.node not in a._tree._roots.values()
+    a.release(other, (3, 3, 4, 4, 5, 5))
+    a.release(missed, (7, 7))
+    again = a.allocate(3, "ns", (7, 7, 8))
+    assert again is not None and again.prefix_len == 2
+    a.release(again, (7, 7, 8))
+    a.check_integrity()
+
+
+def test_stats_keep_the_most_recent_namespaces() -> None:
+    stats = CacheStats()
+    for i in range(MAX_NAMESPACES + 500):
+        stats.record(f"salt-{i}", 10, 1)
+        stats.record("steady", 10, 5)
+    n = MAX_NAMESPACES + 500
+    assert len(stats.by_namespace) == MAX_NAMESPACES and stats.by_namespace["steady"].hit == 5 * n
+    assert "salt-0" not in stats.by_namespace and stats.total.queried == 20 * n
 
 
 def _nodes_of(a: RadixAllocator, namespace: str) -> list[list[int]]:
