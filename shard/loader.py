@@ -6,6 +6,7 @@ The same code loads the demo models and real checkpoints (single-file or sharded
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from shard.layers.rotary import Rotary
 from shard.models import model_class
 from shard.models.llama import DecoderConfig, LlamaForCausalLM
 from shard.tensor_parallel import SINGLE, TensorParallel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,6 +63,15 @@ def _model_class(cfg: dict) -> type[LlamaForCausalLM]:
 
 
 def safetensors_files(folder: Path) -> list[Path]:
+    """The checkpoint's weight files, as transformers picks them: model.safetensors, else the files named by
+    model.safetensors.index.json, else every *.safetensors. NOTE: Mistral's folders also hold
+    consolidated.safetensors, the same weights under other names: read as well, it doubled the host memory."""
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
+        return [folder / name for name in sorted(set(names))]
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors weights in {folder}")
@@ -69,6 +81,9 @@ def safetensors_files(folder: Path) -> list[Path]:
 def load_weights(model: torch.nn.Module, files: list[Path]) -> None:
     """Copy checkpoint tensors into ``model`` by HF name.
 
+    With tied embeddings a stored ``lm_head.weight`` is ignored: transformers ties the head to the input
+    embeddings, whatever the checkpoint holds.
+
     Raises:
         ValueError: a parameter missing from the checkpoint (tied lm_head excepted).
     """
@@ -77,8 +92,10 @@ def load_weights(model: torch.nn.Module, files: list[Path]) -> None:
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(str(f)))
-    missing, _unexpected = model.load_state_dict(state, strict=False)
     tied = getattr(model.config, "tie_embeddings", False)
+    if tied:  # NOTE: lm_head IS the embedding (as HF ties it); a stored copy must not overwrite it
+        state.pop("lm_head.weight", None)
+    missing, _unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (tied and m == "lm_head.weight")]
     if missing:
         raise ValueError(f"checkpoint lacks parameters: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
@@ -155,5 +172,12 @@ def load_model(
     if pack_cpu_linears(model):
         warm_packed_linears(model)
         cpu_direct.attach(model)
+    positions = cfg.get("max_position_embeddings")
+    if positions and model.config.max_positions < positions:
+        log.warning(
+            "sliding_window %d is below max_position_embeddings %d: attention here is full, not windowed, so "
+            "positions are capped at the window (max_total_tokens <= %d), where both give the same outputs",
+            model.config.max_positions, positions, model.config.max_positions,
+        )
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     return LoadedModel(model, cfg, tokenizer, eos_ids(folder, cfg, tokenizer), dtype, device)

@@ -28,9 +28,10 @@ def load_rank_weights(model: torch.nn.Module, files: list[Path], tp: TensorParal
     tied = getattr(getattr(model, "config", None), "tie_embeddings", False)
     missing: list[str] = []
     for name, param in model.state_dict(keep_vars=True).items():
+        if tied and name == "lm_head.weight":  # NOTE: the embedding itself (as HF ties it), loaded as such
+            continue
         if name not in where:
-            if not (tied and name == "lm_head.weight"):
-                missing.append(name)
+            missing.append(name)
             continue
         with torch.no_grad():
             param.copy_(_rank_slice(name, where[name].get_slice(name), tuple(param.shape), tp))

@@ -50,8 +50,9 @@ class AttentionShape:
     heads: int
     kv_heads: int
     head_dim: int
-    bias: bool = False  # Qwen2 has q/k/v biases
+    bias: bool = False  # q/k/v biases (Qwen2; Llama/Qwen3 attention_bias)
     qk_norm_eps: float | None = None  # Qwen3 normalises q and k per head
+    o_bias: bool = False  # o_proj bias (Llama/Qwen3 attention_bias)
 
 
 class PagedAttention(nn.Module):
@@ -60,6 +61,9 @@ class PagedAttention(nn.Module):
     Under tensor parallelism (``tp.world`` > 1) this rank holds heads/world query heads and kv_heads/world KV
     heads: q/k/v are column-parallel (their rows of the checkpoint), o_proj row-parallel (its columns), and
     the output is all-reduced once. ``shape`` is the whole model's; ``heads``/``kv_heads`` are this rank's.
+
+    Raises:
+        ValueError: an o_proj bias with tensor parallelism (a row-parallel bias would be summed world times).
     """
 
     def __init__(
@@ -67,12 +71,14 @@ class PagedAttention(nn.Module):
     ) -> None:
         super().__init__()
         s = shape
+        if s.o_bias and tp.enabled:
+            raise ValueError("tensor parallelism does not support an o_proj bias (attention_bias)")
         self.shape, self.tp = s, tp
         self.heads, self.kv_heads = s.heads // tp.world, s.kv_heads // tp.world
         self.q_proj = nn.Linear(s.hidden, self.heads * s.head_dim, bias=s.bias)
         self.k_proj = nn.Linear(s.hidden, self.kv_heads * s.head_dim, bias=s.bias)
         self.v_proj = nn.Linear(s.hidden, self.kv_heads * s.head_dim, bias=s.bias)
-        self.o_proj = nn.Linear(self.heads * s.head_dim, s.hidden, bias=False)
+        self.o_proj = nn.Linear(self.heads * s.head_dim, s.hidden, bias=s.o_bias)
         if s.qk_norm_eps is not None:
             self.q_norm = RMSNorm(s.head_dim, s.qk_norm_eps)
             self.k_norm = RMSNorm(s.head_dim, s.qk_norm_eps)

@@ -37,11 +37,17 @@ class DecoderConfig:
     rope_scaling: dict | None
     max_positions: int
     tie_embeddings: bool
-    attention_bias: bool = False
+    attention_bias: bool = False  # q/k/v biases
+    o_bias: bool = False  # o_proj bias (Llama's and Qwen3's attention_bias; Qwen2 has none)
+    mlp_bias: bool = False  # Llama's mlp_bias: gate/up/down biases
     qk_norm: bool = False
 
     @classmethod
     def from_hf(cls, cfg: dict, **overrides: object) -> DecoderConfig:
+        """Raises:
+            ValueError: a config.json feature the decoder does not implement (the message names the field).
+        """
+        check_supported(cfg)
         heads = cfg["num_attention_heads"]
         values = dict(
             vocab_size=cfg["vocab_size"],
@@ -57,9 +63,28 @@ class DecoderConfig:
             max_positions=_usable_positions(cfg),
             tie_embeddings=cfg.get("tie_word_embeddings", False),
             attention_bias=cfg.get("attention_bias", False),
+            o_bias=cfg.get("attention_bias", False),
+            mlp_bias=cfg.get("mlp_bias", False),
         )
         values.update(overrides)
         return cls(**values)
+
+
+def check_supported(cfg: dict) -> None:
+    """Refuse config.json values that would change the outputs but that this decoder does not implement
+    (rope_scaling types are checked by :func:`shard.layers.rotary.inv_frequencies`).
+
+    Raises:
+        ValueError: the message names the field and its value.
+    """
+    act = cfg.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise ValueError(f"unsupported hidden_act {act!r} in config.json; supported: silu")
+    quant = cfg.get("quantization_config")
+    if quant:
+        method = quant.get("quant_method", "?") if isinstance(quant, dict) else quant
+        raise ValueError(f"unsupported quantization_config (quant_method {method!r}): quantized checkpoints "
+                         "are not supported; serve the unquantized weights")
 
 
 def _usable_positions(cfg: dict) -> int:
@@ -78,11 +103,10 @@ class DecoderLayer(nn.Module):
         self, c: DecoderConfig, rotary: Rotary, backend: AttentionBackend, tp: TensorParallel = SINGLE
     ) -> None:
         super().__init__()
-        shape = AttentionShape(
-            c.hidden, c.heads, c.kv_heads, c.head_dim, c.attention_bias, c.rms_eps if c.qk_norm else None
-        )
+        qk_norm_eps = c.rms_eps if c.qk_norm else None
+        shape = AttentionShape(c.hidden, c.heads, c.kv_heads, c.head_dim, c.attention_bias, qk_norm_eps, c.o_bias)
         self.self_attn = PagedAttention(shape, rotary, backend, tp)
-        self.mlp = GatedMLP(c.hidden, c.intermediate, tp=tp)
+        self.mlp = GatedMLP(c.hidden, c.intermediate, c.mlp_bias, tp)
         self.input_layernorm = RMSNorm(c.hidden, c.rms_eps)
         self.post_attention_layernorm = RMSNorm(c.hidden, c.rms_eps)
 
