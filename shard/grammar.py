@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Protocol
 import llguidance
 import torch
 
+from shard.generation import TokensOut
+
 if TYPE_CHECKING:
     from shard.generation import GenerationOut
 
@@ -260,7 +262,7 @@ def apply_masks(requests: Sequence[GrammarRequest], cu_seqlens_q: Sequence[int],
         allowed = allowed_tokens(bitmask, values.shape[-1])
         masked = values.index_select(0, rows).masked_fill_(~allowed, float("-inf"))
         dead = torch.isneginf(masked).all(-1)
-        if bool(dead.any()):  # a matcher in error (cannot happen when masks are obeyed): let it end cleanly
+        if bool(dead.any()):  # a matcher in error (a parser limit): EOS, then advance() fails the request
             eos = torch.tensor(states[0].eos_token_ids, dtype=torch.int64)
             masked[dead.nonzero().flatten()[:, None], eos] = 0.0
         values.index_copy_(0, rows, masked)
@@ -281,7 +283,11 @@ def _bitmasks(states: list[GrammarState], vocab: int) -> torch.Tensor:
 
 def advance(requests: Sequence[GrammarRequest], generations: Sequence[GenerationOut]) -> None:
     """Hook after token choice: each grammar request that got a token consumes it; then (when its mask worker
-    prefetches) the next masks of the unfinished ones start on the worker thread."""
+    prefetches) the next masks of the unfinished ones start on the worker thread.
+
+    A request whose matcher is in its error state (a parser limit hit, or a schema no document satisfies,
+    found only while generating) fails alone: its Generation becomes an error, never a finished
+    ``eos_token`` output that does not match its grammar."""
     by_id = {r.id: r for r in requests if r.grammar is not None}
     if not by_id:
         return
@@ -294,7 +300,16 @@ def advance(requests: Sequence[GrammarRequest], generations: Sequence[Generation
         if not state.matcher.is_stopped():
             state.matcher.consume_tokens(list(g.tokens.ids))
         state.consumed += len(g.tokens.ids)
-        if g.finished is None:
+        if state.matcher.is_error():
+            _fail(g, state.matcher.get_error())
+        elif g.finished is None:
             advanced.append(state)
     if advanced and advanced[0].masks.prefetch:
         advanced[0].masks.prefetch_next(advanced, advanced[0].vocab_size)
+
+
+def _fail(g: GenerationOut, error: str) -> None:
+    """``g`` as its request's failure: the servicer drops the request, the router answers an error."""
+    detail = next((line.strip() for line in error.splitlines() if line.strip()), "unknown error")
+    g.tokens, g.finished, g.top_tokens = TokensOut(), None, []
+    g.error = f"GrammarError: the grammar failed while generating: {detail}"

@@ -15,6 +15,7 @@ from router_py.http.openai_chat import (
 from router_py.http.openai_prompt import Prompt, parse_prompts
 from router_py.http.openai_sampling import VLLM_SAMPLING_FIELDS, vllm_sampling
 from router_py.http.openai_usage import StreamUsage, parse_stream_options, usage
+from router_py.http.tools import response_format_grammar
 from router_py.http.validation import GenerateParameters, check_value, unexpected
 
 _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
@@ -34,6 +35,7 @@ _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
     "logprobs": ("u32", True),  # OpenAI's: that many alternatives per token (0 to 5)
     "echo": ("bool", True),
     "best_of": ("u32", True),
+    "response_format": ("map", True),  # as on the chat route (vLLM serves it here too)
     **VLLM_SAMPLING_FIELDS,
 }
 MAX_LOGPROBS = 5  # OpenAI's limit, and TGI's default max_top_n_tokens
@@ -93,8 +95,8 @@ def parse_completion_request(
 
 def completion_parameters(req: CompletionRequest, vocab_size: int | None = None) -> GenerateParameters:
     """Temperature 0 → greedy, else sampling; details on so finish reasons and counts come back; vLLM's
-    sampling fields as on the chat route; ``logprobs`` becomes ``top_n_tokens``. Raises HttpError 422
-    (validation)."""
+    sampling fields and ``response_format`` (a grammar) as on the chat route; ``logprobs`` becomes
+    ``top_n_tokens``. Raises HttpError 422 (validation)."""
     check_single_choice(req.get("n"))
     _check_unserved(req)
     temperature = req.get("temperature")
@@ -114,6 +116,7 @@ def completion_parameters(req: CompletionRequest, vocab_size: int | None = None)
         ignore_eos=bool(req.get("ignore_eos")),
         adapter_id=model if model is not None and model != "tgi" else None,
         top_n_tokens=req.logprobs,
+        grammar=response_format_grammar(req.get("response_format")),
         **vllm_sampling(req.get, req.get("max_tokens"), vocab_size),
     )
 

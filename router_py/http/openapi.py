@@ -312,6 +312,7 @@ _SCHEMAS: dict[str, Any] = {
             "logprobs": _nullable("integer", minimum=0, maximum=5),
             "echo": _nullable("boolean", description="not with logprobs"),
             "best_of": _nullable("integer", minimum=1, maximum=1, description="only 1 is supported"),
+            "response_format": {},
             **_VLLM_SAMPLING,
         },
     },

@@ -171,6 +171,30 @@ async def test_response_format_becomes_a_json_grammar(scripted, tokenizer, respo
     assert json.loads(scripted.requests[0].sampling.grammar) == expected
 
 
+@pytest.mark.parametrize(
+    "response_format,kind,expected",
+    [
+        ({"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}, GRAMMAR_TYPE_JSON, SCHEMA),
+        ({"type": "json_object"}, GRAMMAR_TYPE_JSON, {"type": "object"}),
+        ({"type": "regex", "value": "[a-z]{3}"}, GRAMMAR_TYPE_REGEX, "[a-z]{3}"),
+        ({"type": "text"}, 0, ""),
+    ],
+)
+async def test_completions_response_format_is_a_grammar_too(
+    scripted, tokenizer, response_format, kind, expected
+) -> None:
+    """vLLM serves ``response_format`` on /v1/completions too; ignored, the output would not follow it."""
+    async with _client(scripted, tokenizer) as client:
+        body = {"prompt": "x", "response_format": response_format}
+        resp = await client.post("/v1/completions", json=body)
+        assert resp.status_code == 200, resp.text
+        bad = await client.post("/v1/completions", json={**body, "response_format": {"type": "yaml"}})
+    sampling = scripted.requests[0].sampling
+    assert sampling.grammar_type == kind
+    assert (json.loads(sampling.grammar) if kind == GRAMMAR_TYPE_JSON else sampling.grammar) == expected
+    assert bad.status_code == 422 and "`response_format` type `yaml`" in bad.json()["error"]
+
+
 # ---- chat: tools -----------------------------------------------------------------------------------------
 
 CALL = '{"function": {"_name": "get_weather", "city": "Paris}", "unit": "c"}}'

@@ -195,6 +195,39 @@ async def test_a_grammar_that_does_not_compile_ends_only_its_request(llama_servi
     assert token_ids(out[7]) == token_ids(alone[7])
 
 
+# required and recursive without a base case: no document satisfies it, and llguidance finds out only while
+# generating (its parser runs out of items after the first `{`), so the router's compile check accepts it
+ENDLESS = {
+    "$defs": {"A": {"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}}, "required": ["a"]}},
+    "type": "object",
+    "properties": {"a": {"$ref": "#/$defs/A"}},
+    "required": ["a"],
+}
+
+
+async def test_a_grammar_that_fails_while_generating_fails_its_request_not_finishes_it(llama_service) -> None:
+    """A matcher that enters its error state mid-output (a parser limit, an unsatisfiable schema) would only
+    end with EOS: that request then fails alone with the engine's message (Generation.error), never finishes
+    as ``eos_token`` with an invalid document; the batch's other request generates what it does alone."""
+    free = pb.NextTokenChooserParameters(
+        temperature=0.9, top_p=1.0, typical_p=1.0, repetition_penalty=1.0, do_sample=True, seed=3
+    )
+    alone = await run_to_end(
+        llama_service,
+        pb.PrefillRequest(
+            batch=batch(1, [request(7, TEXT, *Blocks(next_block=100).take(40), max_new=6, parameters=free)])
+        ),
+    )
+    reqs = [
+        _grammar_request(1, Blocks(), pb.GRAMMAR_TYPE_JSON, json.dumps(ENDLESS), seed=1),
+        request(7, TEXT, *Blocks(next_block=100).take(40), max_new=6, parameters=free),
+    ]
+    out = await run_to_end(llama_service, pb.PrefillRequest(batch=batch(2, reqs)), 300, filter_finished=True)
+    assert not any(g.HasField("generated_text") for g in out[1])
+    assert "grammar" in out[1][-1].error and "Too many items" in out[1][-1].error
+    assert token_ids(out[7]) == token_ids(alone[7])
+
+
 def test_no_special_token_but_eos_is_ever_allowed(llama_service) -> None:
     """BOS and PAD (special, matching no grammar bytes) are never allowed; only EOS is, where accepted."""
     import torch
