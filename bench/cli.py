@@ -1,4 +1,5 @@
-"""``prism-bench``: compare | dp | calibrate | replay | floor | router-overhead.
+"""``prism-bench``: compare | dp | calibrate | replay | replay-workload | sweep | floor | router-overhead |
+peer.
 
     prism-bench compare --mode sim --workload zipf-rag --cost-model qwen3-4b-a800 --qps 4,5,6,7 \\
         --configs fcfs+lru,lpm+lru,qas+dart --out out/4b
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.cost_model import ANALYTIC_NAMES
 from bench.tier_timing import TierTiming
 from bench.workload_args import add_workload_args, floats, workload_spec
 from prism_cache.tiers import TIER_POLICIES, TierConfig
@@ -46,7 +48,7 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
     add_workload_args(p)
     s = p.add_argument_group("simulator")
     s.add_argument("--cost-model", default="qwen3-4b-a800",
-                   help="qwen3-4b-a800 | llama2-13b-a800 | qwen3-4b-h100 | llama2-13b-h100 | measured:PATH")
+                   help=" | ".join((*ANALYTIC_NAMES, "measured:PATH")))
     s.add_argument("--kv-capacity-tokens", type=int, default=None,
                    help="override the GPU-derived KV capacity")
     s.add_argument("--max-batch-prefill-tokens", type=int, default=8192)

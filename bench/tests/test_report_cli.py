@@ -86,3 +86,13 @@ def test_replay_and_router_overhead_are_wired_lazily(monkeypatch) -> None:
     assert main(["replay", "t.jsonl"]) == 3
     assert main(["router-overhead", "--requests", "5"]) == 4
     assert calls == [argparse.Namespace(trace="t.jsonl"), ["--requests", "5"]]
+
+
+def test_compare_help_names_every_cost_model(capsys) -> None:
+    from bench.cost_model import ANALYTIC_NAMES
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    for name in (*ANALYTIC_NAMES, "measured:PATH"):
+        assert name in text
