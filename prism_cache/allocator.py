@@ -108,6 +108,8 @@ class RadixAllocator:
         if config.uses_sessions:
             sessions = SessionReturn(self._pool.usable_blocks, half_life, self._kept_positions)
         self._demand = Demand(popularity, sessions)
+        self._cached: set[int] = set()  # the cached positions at tree version _cached_at (_kept_positions)
+        self._cached_at = -1
         self._policy = make_policy(config, self._demand)
         self.uses_lookahead = config.uses_lookahead  # the policy reads look-ahead demand (keep a window)
         # NOTE: count of waiting requests covering a block hash, as a bound dict lookup ``(h, 0)``: QAS reads
@@ -132,10 +134,12 @@ class RadixAllocator:
         return block_hashes(namespace, prompt, self.block_size)
 
     def _kept_positions(self) -> set[int]:
-        """Positions whose popularity records must stay: cached or waiting."""
-        kept = self._tree.cached_hashes()
-        kept.update(self._demand.queued)
-        return kept
+        """Positions whose popularity and session records must stay: cached or waiting; asked as a prune
+        starts. NOTE: the cached ones are O(cache) to list (RadixTree.cached_hashes), so they are listed once
+        per tree version: both tables' prunes may start in the same enqueue."""
+        if self._cached_at != self._tree.version:
+            self._cached, self._cached_at = self._tree.cached_hashes(), self._tree.version
+        return self._cached.union(self._demand.queued)
 
     # ---------------------------------------------------------------- the queue's demand
     def enqueue(

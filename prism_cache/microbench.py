@@ -5,12 +5,17 @@ match + insert of a 4,096-token prompt at block size 16, on a tree already holdi
 shared prefix (match, then insert of a new 3,072-token leaf). Block hashing (once per request, at enqueue) and
 the two read-only lookups are timed beside them. The scheduling step is
 ``python -m router_py.scheduling.microbench`` (prism_cache cannot import the router).
+
+``python -m prism_cache.microbench stalls [BLOCKS] [REQUESTS]``: the worst single call beside the mean, DART's
+bounded tables being pruned (:func:`stalls`).
 """
 
 from __future__ import annotations
 
+import gc
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -98,5 +103,59 @@ def main() -> None:
         print(f"  {name:30s}: median {median:7.1f} us, min {best:7.1f} us")
 
 
+def stalls(num_blocks: int = 65536, requests: int = 4000, depth: int = 16) -> None:
+    """Drive a DART allocator with RAG prompts (one of 4 system prompts, 7 zipf-drawn passages of 32 blocks
+    out of 20,000, a question; 1-4 output tokens), ``depth`` waiting, and print the worst and mean enqueue and
+    admit (dequeue, allocate, publish, release) calls, the garbage collector's pauses left out: the bounded
+    tables' prunes run inside enqueue. Deterministic work; the times vary with the machine."""
+    rng = random.Random(0)
+    systems = [tuple(rng.randrange(32000) for _ in range(512)) for _ in range(4)]
+    weights = [1 / (i + 1) ** 1.1 for i in range(20000)]
+    alloc = RadixAllocator(num_blocks, BLOCK, "dart")
+    waiting: list[tuple[tuple[int, ...], list[int]]] = []
+    enq: list[float] = []
+    adm: list[float] = []
+    gc_time = [0.0, 0.0, 0.0]  # the collector's pauses so far, the longest, the start of the one running
+
+    def collector(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_time[2] = time.perf_counter()
+        else:
+            pause = time.perf_counter() - gc_time[2]
+            gc_time[0] += pause
+            gc_time[1] = max(gc_time[1], pause)
+
+    gc.callbacks.append(collector)  # NOTE: its pauses are the collector's, not the cache's: left out below
+    for _ in range(requests):
+        ids = rng.choices(range(20000), weights, k=7)
+        prompt = rng.choice(systems) + tuple(t for i in ids for t in range(i * 512, i * 512 + 512))
+        prompt += tuple(rng.randrange(32000) for _ in range(48))
+        hashes = alloc.hashes("", prompt)
+        t0, g0 = time.perf_counter(), gc_time[0]
+        alloc.enqueue("", prompt, hashes)
+        enq.append(time.perf_counter() - t0 - (gc_time[0] - g0))
+        waiting.append((prompt, hashes))
+        if len(waiting) > depth:
+            prompt, hashes = waiting.pop(0)
+            out = rng.randint(1, 4)
+            t0, g0 = time.perf_counter(), gc_time[0]
+            alloc.dequeue(hashes)
+            with alloc.batch([hashes]):
+                got = alloc.allocate(len(prompt) + out, "", prompt, hashes)
+            assert got is not None
+            alloc.cache_prompt(got, prompt, hashes)
+            alloc.release(got, prompt, hashes)
+            adm.append(time.perf_counter() - t0 - (gc_time[0] - g0))
+    gc.callbacks.remove(collector)
+    for name, xs in (("enqueue", enq), ("admit", adm)):
+        print(f"  {name:8s}: worst {max(xs) * 1e3:7.2f} ms, mean {statistics.mean(xs) * 1e6:7.1f} us, "
+              f"p99.9 {sorted(xs)[int(len(xs) * 0.999)] * 1e3:6.2f} ms over {len(xs)} calls")
+    total, longest = gc_time[0], gc_time[1] * 1e3
+    print(f"  (left out: the collector's pauses, {total:.2f} s in all, the longest {longest:.1f} ms)")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["stalls"]:
+        stalls(*map(int, sys.argv[2:]))
+    else:
+        main()

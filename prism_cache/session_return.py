@@ -37,18 +37,24 @@ twice. A position that an older turn recorded and the new turn no longer covers 
 without notice; its eviction key then ranks it lower than it is, and eviction re-reads a key before it acts on
 it, so this errs only early.
 
-Memory is bounded as in :mod:`prism_cache.popularity`: past a bound, the records of positions neither cached,
-waiting nor recorded by a session observed since the previous prune are dropped and notified (a position
-without a record reads :data:`prism_cache.popularity.UNSEEN`), and named sessions not seen for a bound of
-observed blocks are forgotten.
+Memory is bounded as in :mod:`prism_cache.popularity`: past a bound, a prune (in slices, one per observed
+request: :mod:`prism_cache.sweep`) drops and notifies the records of positions neither cached, waiting (as
+when it started) nor recorded by a session observed since the previous prune started (a position without a
+record reads :data:`prism_cache.popularity.UNSEEN`), and named sessions not seen for a bound of observed
+blocks are forgotten. While a prune runs, :meth:`observe` reads a record it will drop as dropped already, so
+it decides as when the whole table was swept at once; for that it keeps the positions observed since the
+prune started and the doomed sessions seen again (at most a quarter of the table's size, and one entry per
+session observed).
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Container, Sequence
 
 from prism_cache.decay import decay_tau
+from prism_cache.sweep import Sweep
 from prism_cache.tail_reach import TailReach
 from prism_cache.watched import Watched
 
@@ -79,7 +85,8 @@ class Session:
 class SessionReturn(Watched):
     """Args: capacity_blocks: the cache's usable blocks (decay horizon, table bound); half_life: capacities of
     observed prompt blocks after which an expected return counts half (> 0), also the horizon within which a
-    return counts; kept: the positions that must keep their records (cached or waiting), asked per prune."""
+    return counts; kept: the positions that must keep their records (cached or waiting), asked as a prune
+    starts."""
 
     def __init__(self, capacity_blocks: int, half_life: float, kept: Callable[[], Container[int]]) -> None:
         super().__init__()
@@ -90,11 +97,15 @@ class SessionReturn(Watched):
         self._bound = 4 * max(1, capacity_blocks) + 4096
         self._limit = self._bound
         self._owner: dict[int, Session] = {}  # chained hash -> the session of the latest request covering it
-        self._named: dict[str, Session] = {}
+        self._named: OrderedDict[str, Session] = OrderedDict()  # the least recently observed first
         # positions two sessions have covered (a system prompt): they continue no session, and their uses are
         # uses by different sessions
         self._shared: set[int] = set()
-        self._pruned_at = 0  # the clock at the last prune
+        self._pruned_at = 0  # the clock as the last prune started
+        self._since = 0  # ... and as the one before started (while the last runs)
+        self._sweep: Sweep | None = None  # the prune running (prism_cache.sweep)
+        self._written: set[int] = set()  # ... the positions observed since it started
+        self._revived: set[Session] = set()  # ... the sessions it dooms that were observed since (_doomed)
         self.tails = TailReach()  # where reuses of a prompt stop (DART's admission control of tails)
         self.starts = [0] * 2 * TURN_BUCKETS  # per turn bucket, sessions begun afresh then branches
         self.returns = [0] * 2 * TURN_BUCKETS
@@ -123,23 +134,41 @@ class SessionReturn(Watched):
             s = self._named_session(session)
         else:
             s, parent = self._chained_session(hashes, lo)
+        if self._sweep is not None and s.turns and s.last < self._since:
+            self._revived.add(s)  # its records from before stay doomed by the running prune
         s.turns += 1
         s.out = min(OUT_BUCKETS - 1, max_new.bit_length() >> 1)
         s.last, s.depth, s.tail, s.heat = self._clock, len(hashes), hashes[-1] if hashes else None, heat_now
         self._count(s, self.starts, self.first_starts, self.out_starts)
         s.used = self._clock / self._tau
         s.value = math.log(self.return_probability(s.turns, s.branch, s.depth, s.out)) + s.used
-        owner, shared = self._owner, self._shared
+        owner, shared, sweep = self._owner, self._shared, self._sweep
+        since, revived, written = self._since, self._revived, self._written
+        kept = sweep.kept if sweep is not None else ()
         for h in hashes:
             other = owner.get(h)
             if other is not s:
+                if (  # NOTE: _doomed inlined, as in _prune
+                    other is not None
+                    and sweep is not None
+                    and (other.last < since or other in revived)
+                    and h not in written
+                    and h not in kept
+                ):
+                    other = None  # as if the running prune had dropped it already
+                    shared.discard(h)
+                    sweep.staying -= 1
                 if other is not None and other is not parent:  # a branch keeps its parent's prefix private
                     shared.add(h)
                 owner[h] = s
+        if sweep is not None:
+            self._written.update(hashes)
         self.tails.record(hashes)
         self._clock += len(hashes)
-        if len(owner) > self._limit or self._clock - self._pruned_at > self._bound:
-            self._prune()
+        if self._sweep is None and (len(owner) > self._limit or self._clock - self._pruned_at > self._bound):
+            self._start_prune()
+        if self._sweep is not None:
+            self._prune(self._sweep, len(hashes))
 
     def return_probability(
         self, turns: int, branch: bool = False, depth: int | None = None, out: int | None = None
@@ -183,20 +212,32 @@ class SessionReturn(Watched):
         if s is None:
             s = self._named[name] = Session()
         else:
+            self._named.move_to_end(name)  # observed now: the prune forgets the oldest first
             self._came_back(s)
         return s
 
     def _deepest_recorded(self, hashes: Sequence[int]) -> int:
-        """How many leading positions of ``hashes`` have a record, by binary search: records are prefix-closed
-        (whole prompts are recorded, and cached, waiting and recent positions are prefix-closed sets)."""
-        owner, lo, hi = self._owner, 0, len(hashes)
+        """How many leading positions of ``hashes`` have a record (that a running prune keeps: see
+        :meth:`_doomed`), by binary search: records are prefix-closed (whole prompts are recorded, and cached,
+        waiting and recent positions are prefix-closed sets)."""
+        owner, lo, hi, sweeping = self._owner, 0, len(hashes), self._sweep is not None
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if hashes[mid - 1] in owner:
+            h = hashes[mid - 1]
+            s = owner.get(h)
+            if s is not None and not (sweeping and self._doomed(h, s)):
                 lo = mid
             else:
                 hi = mid - 1
         return lo
+
+    def _doomed(self, h: int, s: Session) -> bool:
+        """The running prune drops the record of ``h`` (for ``s``) when it sweeps it: a session last seen
+        before the previous prune started (before this one, or seen since but for the first time: revived)
+        and a position neither cached nor waiting at the start nor written since. NOTE: observe reads such a record
+        as dropped already, so that it decides as when the whole table was swept at once."""
+        doomed = s.last < self._since or s in self._revived
+        return doomed and h not in self._written and h not in self._sweep.kept  # type: ignore[union-attr]
 
     def _chained_session(self, hashes: Sequence[int], lo: int) -> tuple[Session, Session | None]:
         """(session, parent). The session whose last prompt this one extends (covers every full block of: a
@@ -219,22 +260,38 @@ class SessionReturn(Watched):
         if s.turns and self._clock - s.last <= self._horizon:
             self._count(s, self.returns, self.first_returns, self.out_returns)
 
-    def _prune(self) -> None:
-        """Drop the records of positions neither cached, waiting nor recorded by a session observed since the
-        last prune, and named sessions older than the bound; O(1) amortized per observed block (as
-        popularity's records)."""
-        kept, owner, since = self._kept(), self._owner, self._pruned_at
-        dropped = [h for h, s in owner.items() if s.last < since and h not in kept]
+    def _start_prune(self) -> None:
+        """Snapshot the records and what is cached or waiting for a sliced prune (:mod:`prism_cache.sweep`),
+        and forget the named sessions not seen for a bound (the oldest first: O(forgotten))."""
+        self._sweep = Sweep(self._owner, self._kept(), values=True)
+        self._since, self._pruned_at = self._pruned_at, self._clock
+        named, cut = self._named, self._clock - self._bound
+        while named and next(iter(named.values())).last < cut:
+            named.popitem(last=False)
+
+    def _prune(self, sweep: Sweep, blocks: int) -> None:
+        """Drop a slice's records of positions neither cached nor waiting at the start nor recorded by a
+        session observed since the previous prune started; at the end, the next prune comes after half the
+        bound of new records (or a bound of observed blocks): O(1) amortized per observed block."""
+        owner, since, revived, written, kept = self._owner, self._since, self._revived, self._written, sweep.kept
+        # NOTE: _doomed inlined (a call per key doubled the sweep's cost). A record's session may have changed
+        # since the start, but only to one observed since, which wrote it (in _written); and only a sweep
+        # deletes records, so every snapshot key is still there
+        dropped = [
+            h
+            for h, s in sweep.take_items(blocks)
+            if (s.last < since or (revived and s in revived)) and h not in written and h not in kept
+        ]
+        sweep.staying -= len(dropped)
         for h in dropped:
             del owner[h]
         self._shared.difference_update(dropped)
         self.tails.forget(dropped)
         self._notify(dropped)
-        self._pruned_at = self._clock
-        self._limit = max(self._bound, len(owner) + self._bound // 2)
-        cut = self._clock - self._bound
-        for name in [n for n, s in self._named.items() if s.last < cut]:
-            del self._named[name]
+        if not sweep:
+            self._sweep = None
+            self._written, self._revived = set(), set()
+            self._limit = max(self._bound, sweep.staying + self._bound // 2)
 
     def __len__(self) -> int:
         """Positions with a record."""

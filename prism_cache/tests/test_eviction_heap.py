@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from prism_cache import RadixAllocator
+from prism_cache import RadixAllocator, sweep
 from prism_cache.allocator import Allocation
 from prism_cache.policies import POLICY_NAMES
 
@@ -113,6 +113,27 @@ def test_persistent_heap_evicts_exactly_like_a_rebuilt_one(policy: str, seed: in
         assert (pop.dropped_contents if half_life < 1 else pop.dropped_positions) > 0
     if fast._demand.sessions is not None:
         assert fast._demand.sessions._pruned_at > 0  # session records were pruned along the way
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("half_life", [0.05, 3.0])
+def test_persistent_heap_stays_exact_while_prunes_run_in_slices(
+    monkeypatch: pytest.MonkeyPatch, seed: int, half_life: float
+) -> None:
+    monkeypatch.setattr(sweep, "SLICE", 1)  # a prune spans several calls, records dropped between evictions
+    monkeypatch.setattr(sweep, "PER_BLOCK", 1)
+    rng = random.Random(seed)
+    fast, ref = _allocator("dart", half_life), _rebuilding("dart", half_life)
+    churn, sliced = _Churn([fast, ref]), 0
+    for _ in range(3000):
+        churn.step(rng)
+        assert fast.check_integrity() == ref.check_integrity()
+        assert fast._tree.evicted_blocks == ref._tree.evicted_blocks
+        sessions, pop = fast._demand.sessions, fast._demand.popularity
+        assert sessions is not None and pop is not None
+        sliced += sessions._sweep is not None or pop._path_sweep is not None or pop._content_sweep is not None
+    assert fast._tree.evicted_blocks > 500 and sliced > 100
+    assert (pop.dropped_contents if half_life < 1 else pop.dropped_positions) > 0
 
 
 @pytest.mark.parametrize("seed", range(3))

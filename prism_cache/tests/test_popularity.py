@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prism_cache import RadixAllocator
+from prism_cache import RadixAllocator, sweep
 from prism_cache.hashing import block_hashes
 from prism_cache.popularity import UNSEEN, SegmentPopularity
 
@@ -71,6 +71,35 @@ def test_tables_stay_bounded_and_keep_what_is_cached_or_waiting(half_life: float
     else:  # they do not: the positions go, as neither cached nor waiting
         assert p.dropped_positions > 0
     assert all(p.value(h) > UNSEEN for h in kept)
+
+
+@pytest.mark.parametrize("half_life", [0.05, 1000.0])
+def test_a_prune_sweeps_a_slice_per_observed_request_and_notifies_each_drop(
+    monkeypatch: pytest.MonkeyPatch, half_life: float
+) -> None:
+    monkeypatch.setattr(sweep, "SLICE", 4)
+    monkeypatch.setattr(sweep, "PER_BLOCK", 1)
+    kept = frozenset(block_hashes("", SYS + HOT, BS))
+    p = _pop(capacity=8, kept=kept, half_life=half_life)  # contents decay within the run, or not at all
+    p._bound = p._content_limit = p._path_limit = 40
+    changed: set[int] = set()
+    p.watch(changed)
+    _observe(p, SYS + HOT)
+    sliced, since = 0, set()  # calls that swept a slice; positions written since the last records' prune began
+    for i in range(400):
+        idle = p._path_sweep is None
+        dropped, recorded = (p.dropped_positions, p.dropped_contents), set(p._path)
+        changed.clear()
+        hashes = _observe(p, (10 + i, 10 + i, 20000 + i, 20000 + i, 7, 7))  # 3 blocks, used once
+        assert p.dropped_positions - dropped[0] <= 4 + 3 and p.dropped_contents - dropped[1] <= 4 + 3
+        lost = recorded - set(p._path)
+        assert lost <= changed and all(p.value(h) == UNSEEN for h in lost)  # every drop notified
+        sliced += p._path_sweep is not None or p._content_sweep is not None
+        since = set(hashes) if idle and p._path_sweep is not None else since | set(hashes)
+    assert sliced > 100 and p.dropped_positions + p.dropped_contents > 100  # the prunes ran over many calls
+    assert all(p.value(h) > UNSEEN for h in kept)
+    if half_life > 10:  # no content decays: what was written since the last prune began stays
+        assert p.dropped_contents == 0 and all(p.value(h) > UNSEEN for h in since)
 
 
 def _dart(**params: float) -> RadixAllocator:

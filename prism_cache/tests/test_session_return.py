@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
-from prism_cache import RadixAllocator
+from prism_cache import RadixAllocator, sweep
 from prism_cache.hashing import block_hashes
 from prism_cache.session_return import TURN_BUCKETS, SessionReturn
 from prism_cache.tail_reach import SPAN, TailReach
@@ -126,6 +127,71 @@ def test_records_stay_bounded_and_keep_what_is_cached_or_waiting() -> None:
         _observe(s, (10 + i, 10 + i, 20000 + i, 20000 + i), f"n{i % 7}")
     assert len(s) < 3 * s._bound and len(s._named) <= 7
     assert all(s.value(h) is not None for h in kept)
+
+
+def test_a_prune_sweeps_a_slice_per_observed_request_and_records_stay_prefix_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sweep, "SLICE", 3)
+    monkeypatch.setattr(sweep, "PER_BLOCK", 1)
+    kept = set(block_hashes("", SYS, BS))
+    s = _sessions(capacity=8, kept=frozenset(kept))
+    s._bound = s._limit = 60
+    changed: set[int] = set()
+    s.watch(changed)
+    prompts = []
+    for i in range(600):  # chats on the system prompt, each coming back a few times
+        base = SYS + (10 + i // 4, 10 + i // 4)
+        prompt = base + tuple(t for j in range(i % 4) for t in (50 + j, 50 + j))
+        idle, recorded = s._sweep is None, set(s._owner)
+        changed.clear()
+        _observe(s, prompt)
+        prompts.append(block_hashes("", prompt, BS))
+        lost = recorded - set(s._owner)
+        assert len(lost) <= 3 + len(prompts[-1]) and lost <= changed  # one slice, every drop notified
+        if not idle or s._sweep is not None:
+            for hashes in prompts[-40:]:  # a prompt's records are a prefix of it, mid-sweep too
+                have = [h in s._owner for h in hashes]
+                assert have == sorted(have, reverse=True)
+    assert s._pruned_at > 0 and all(s.value(h) is not None for h in kept)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_prune_in_slices_decides_as_a_whole_sweep(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Chats coming back, forking and starting, some named: what is learned, where reuses stop and which
+    positions are shared come out the same as when each prune swept the whole table at once."""
+    rng = random.Random(seed)
+    kept = frozenset(block_hashes("", SYS, BS))
+    whole, sliced = _sessions(capacity=8, kept=kept), _sessions(capacity=8, kept=kept)
+    for table in (whole, sliced):
+        table._bound = table._limit = 80
+    chats: list[tuple[int, ...]] = []
+    running = 0  # calls after which the sliced prune still runs
+    for i in range(1500):
+        op = rng.random()
+        if chats and op < 0.5:  # a chat's next turn repeats its prompt
+            j = rng.randrange(len(chats))
+            chats[j] += (1000 + i, 1000 + i)
+        else:
+            j = len(chats)
+            if chats and op < 0.65:  # a fork of most of a chat
+                old = rng.choice(chats)
+                chats.append(old[: len(old) - len(old) // 8 // 2 * 2] + (2000 + i, 2000 + i))
+            else:
+                chats.append(SYS + (3000 + i, 3000 + i))
+        name = f"user-{j % 5}" if j % 7 == 0 else None
+        for table, n in ((whole, 10**9), (sliced, 2)):  # the sliced prune: 2 keys + 4 per observed block
+            monkeypatch.setattr(sweep, "SLICE", n)
+            _observe(table, chats[j], name)
+        assert (whole.starts, whole.returns, whole.first_starts, whole.first_returns) == (
+            sliced.starts, sliced.returns, sliced.first_starts, sliced.first_returns
+        )
+        assert whole.tails.unreached == sliced.tails.unreached
+        running += sliced._sweep is not None
+        if sliced._sweep is None:
+            assert whole._owner.keys() == sliced._owner.keys() and whole._shared == sliced._shared
+            assert (whole._limit, whole._pruned_at) == (sliced._limit, sliced._pruned_at)
+    assert running > 100 and sliced.returns[0] > 0
 
 
 # ---------------------------------------------------- DART: active > planned > queued > predicted > history
