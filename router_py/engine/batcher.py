@@ -559,7 +559,7 @@ class Batcher:
         if wanted <= 0:
             return False
         inputs = req.inputs + text
-        ids = self._continuation_ids(req, text)
+        ids = self._continuation_ids(req, inputs, text)
         keep = min(len(ids), self.info.max_input_tokens, self.info.max_total_tokens - wanted)
         if keep <= 0:
             return False
@@ -567,12 +567,13 @@ class Batcher:
         self._submit(state, inputs, ids[len(ids) - keep :], wanted)
         return True
 
-    def _continuation_ids(self, req: ValidRequest, text: str) -> list[int]:
-        """The next round's prompt ids: ``inputs + text`` tokenized again; for a prompt given as token ids
-        (``ids_given``) those ids as they are, then the generated text's tokens (no special tokens added)."""
+    def _continuation_ids(self, req: ValidRequest, inputs: str, text: str) -> list[int]:
+        """The next round's prompt ids: ``inputs`` (the prompt and ``text``, generated so far) tokenized again;
+        for a prompt given as token ids (``ids_given``) those ids as they are, then ``text``'s tokens (no
+        special tokens added)."""
         if req.ids_given:
             return list(req.input_ids) + list(self._encode(text, False))
-        return list(self._encode(req.inputs + text, req.add_special_tokens))
+        return list(self._encode(inputs, req.add_special_tokens))
 
     def _end(self, state: ActiveRequest, computed: bool = True) -> None:
         """The current round left its batch: release its blocks and forget its id. ``computed=False``: it

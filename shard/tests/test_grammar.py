@@ -171,22 +171,23 @@ def test_a_matcher_in_error_can_only_end(llama_service) -> None:
     assert torch.isfinite(logits.values[0]).nonzero().flatten().tolist() == [1]
 
 
-async def test_a_grammar_that_does_not_compile_ends_only_its_request(llama_service) -> None:
-    """As TGI's router may send one (ours refuses it first): that request ends at once with EOS and no text;
-    the batch's other request generates exactly what it generates alone."""
+def _neighbour() -> pb.Request:
+    """The other request of a batch whose grammar request goes wrong: sampled with a seed, 6 tokens, so it must
+    generate exactly what it generates alone."""
     free = pb.NextTokenChooserParameters(
         temperature=0.9, top_p=1.0, typical_p=1.0, repetition_penalty=1.0, do_sample=True, seed=3
     )
-    alone = await run_to_end(
-        llama_service,
-        pb.PrefillRequest(
-            batch=batch(1, [request(7, TEXT, *Blocks(next_block=100).take(40), max_new=6, parameters=free)])
-        ),
-    )
+    return request(7, TEXT, *Blocks(next_block=100).take(40), max_new=6, parameters=free)
+
+
+async def test_a_grammar_that_does_not_compile_ends_only_its_request(llama_service) -> None:
+    """As TGI's router may send one (ours refuses it first): that request ends at once with EOS and no text;
+    the batch's other request generates exactly what it generates alone."""
+    alone = await run_to_end(llama_service, pb.PrefillRequest(batch=batch(1, [_neighbour()])))
     bad = '{"type": "array", "items": {"type": "integer"}, "uniqueItems": true}'
     reqs = [
         _grammar_request(1, Blocks(), pb.GRAMMAR_TYPE_JSON, bad, seed=1),
-        request(7, TEXT, *Blocks(next_block=100).take(40), max_new=6, parameters=free),
+        _neighbour(),
     ]
     prefill = pb.PrefillRequest(batch=batch(2, reqs))
     out = await run_to_end(llama_service, prefill, 300, filter_finished=True)
@@ -209,18 +210,10 @@ async def test_a_grammar_that_fails_while_generating_fails_its_request_not_finis
     """A matcher that enters its error state mid-output (a parser limit, an unsatisfiable schema) would only
     end with EOS: that request then fails alone with the engine's message (Generation.error), never finishes
     as ``eos_token`` with an invalid document; the batch's other request generates what it does alone."""
-    free = pb.NextTokenChooserParameters(
-        temperature=0.9, top_p=1.0, typical_p=1.0, repetition_penalty=1.0, do_sample=True, seed=3
-    )
-    alone = await run_to_end(
-        llama_service,
-        pb.PrefillRequest(
-            batch=batch(1, [request(7, TEXT, *Blocks(next_block=100).take(40), max_new=6, parameters=free)])
-        ),
-    )
+    alone = await run_to_end(llama_service, pb.PrefillRequest(batch=batch(1, [_neighbour()])))
     reqs = [
         _grammar_request(1, Blocks(), pb.GRAMMAR_TYPE_JSON, json.dumps(ENDLESS), seed=1),
-        request(7, TEXT, *Blocks(next_block=100).take(40), max_new=6, parameters=free),
+        _neighbour(),
     ]
     out = await run_to_end(llama_service, pb.PrefillRequest(batch=batch(2, reqs)), 300, filter_finished=True)
     assert not any(g.HasField("generated_text") for g in out[1])
