@@ -34,8 +34,9 @@ when the session comes back. The request's own positions change value when it is
 tree, which re-keys the leaves whose tail changed) learn of them from the queued-demand table, which the
 caller updates for the same positions at the same time (``RadixAllocator.enqueue``), so they are not told
 twice. A position that an older turn recorded and the new turn no longer covers keeps a value that rose
-without notice; its eviction key then ranks it lower than it is, and eviction re-reads a key before it acts on
-it, so this errs only early.
+without notice (and, at the session's second turn, DART stops counting its contents' popularity); its
+eviction key then ranks it off by that change until it is re-keyed: eviction re-reads a key before it acts on
+it, so a rise errs only early, a fall (a named session's turn that left its first prompt) late.
 
 Memory is bounded as in :mod:`prism_cache.popularity`: past a bound, a prune (in slices, one per observed
 request: :mod:`prism_cache.sweep`) drops and notifies the records of positions neither cached, waiting (as

@@ -17,9 +17,11 @@ an agent's next turn, demand beyond the queue), and the same weight times the lo
 reaches the node's last block when it is one of the last 64 of a prompt (:mod:`prism_cache.tail_reach`: tails
 that reuses stop short of, such as a question after a shared document, rank low: admission control). So
 active > planned > queued > predicted and history. A block only its own session has used is reused only if
-that session comes back: its heat and popularity count the session's turns, not demand, so it counts one use
-at the session's last turn instead. With :attr:`DartParams.length_penalty` (off by default) heat is per
-block, so long single-use tails go before short shared segments. What each term is worth, measured:
+that session comes back: its heat counts the session's turns, not demand, so it counts one use at the
+session's last turn instead; so does the popularity of its contents once the session has come back or when it
+is a branch (before, that popularity is other prompts' demand: a RAG prompt's new order of popular passages).
+With :attr:`DartParams.length_penalty` (off by default) heat is per block, so long single-use tails go before
+short shared segments. What each term is worth, measured:
 docs/performance.md, "Why the cache code looks the way it does", and docs/benchmarks.md, "Demand beyond the
 queue".
 """
@@ -102,7 +104,8 @@ class DartPolicy:
 
     def key(self, node: Node, n_blocks: int, tick: int) -> Key:
         """(demand priority, log of decayed uses + weight x path popularity + weight x (session return + log
-        tail reach), recency), a block only its session uses counting one use at that session's last turn.
+        tail reach), recency), a block only its session uses counting one use at that session's last turn (and
+        its contents' popularity, at a first turn).
         Never increases with n_blocks as far as demand, heat and tail reach go (queued demand never grows
         along a prompt's chain; per-block heat falls as the node gets longer; reuses reach a prompt's later
         blocks less often). Path popularity is non-increasing along each prompt when recorded,
@@ -121,9 +124,16 @@ class DartPolicy:
             penalty -= self._session_weight * tail  # a tail that reuses seldom reach (ln P < 0) goes first
         session = self._session_of(h)
         if session is not None and h not in self._shared:
-            # NOTE: a block only its session uses is reused only when the session comes back: its uses and the
-            # popularity of its contents count that session's turns, not more demand; one use at its last turn
-            history = session.heat + self._weight * session.used + self._session_weight * session.value
+            # NOTE: a block only its session uses is reused only when the session comes back: its uses count
+            # that session's turns, not more demand; one use at its last turn. Once it has come back (or as a
+            # branch, which shares its parent's prefix), so does the popularity of its contents; before, that
+            # popularity is demand from other prompts (a passage others retrieve) and counts
+            if session.turns > 1 or session.branch:
+                popularity = self._weight * session.used
+            else:
+                record = self._record_of(h)
+                popularity = self._unseen if record is None else self._weight * self._value_of(record)
+            history = session.heat + popularity + self._session_weight * session.value
             return (demand, history - penalty, node.last_access)
         record = self._record_of(h)
         history = (

@@ -281,6 +281,28 @@ def test_a_sessions_own_blocks_count_its_last_turn_not_its_turns() -> None:
             assert history[0] > history[1]
 
 
+def test_a_first_turns_own_blocks_keep_the_popularity_of_their_contents() -> None:
+    # RAG: a first turn's private tail ranks higher when its passage is one other prompts retrieve (elsewhere
+    # in theirs) than when nobody else asked for it; until a session comes back, its blocks' uses and
+    # contents' popularity count no turn of it twice
+    x, y = (50, 50), (51, 51)
+    history = []
+    for popular in (True, False):
+        a = _dart()
+        a._policy._tail_of = {}.get  # tail reach apart (tested below)
+        for i in range(4):
+            _serve(a, x + (60 + i,) * BS)  # x at the front: shared by these sessions
+            _serve(a, (70 + i,) * BS + (y if popular else (80 + i,) * BS))
+        _serve(a, x + y)
+        sessions, tree = a._demand.sessions, a._tree
+        node = tree.peek("", x + y)[0]
+        assert sessions is not None and node is not None and len(node.blocks) == 1
+        assert _turns(sessions, a.hashes("", x + y)) == 1 and node.hashes[0] not in sessions.shared
+        history.append(a._policy.key(node, 1, tree.tick)[1])
+        a.check_integrity()
+    assert history[0] > history[1] + math.log(4)
+
+
 # ---------------------------------------------------- tail reach: admission control of tails
 
 
