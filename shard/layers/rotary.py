@@ -1,4 +1,5 @@
-"""Rotary position embedding (rotate-half, as HF Llama/Qwen), with optional Llama 3 frequency scaling."""
+"""Rotary position embedding (rotate-half, as HF Llama/Qwen), with the static rope_scaling types of HF configs:
+linear (position interpolation), llama3 (Llama 3.1) and yarn (NTK-by-parts plus an attention factor)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,36 @@ from torch import nn
 
 from flash_kernels.backends import cpu_pointwise
 
+SUPPORTED_SCALING = ("default", "linear", "llama3", "yarn")
 
-def inv_frequencies(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
-    """(head_dim // 2,) fp32 inverse frequencies; applies ``rope_type: llama3`` scaling when configured.
+
+def rope_type(scaling: dict | None) -> str:
+    """The rope_scaling type a config names (``rope_type``, or the older ``type``); "default" without one."""
+    return (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+
+
+def rope_parameters(head_dim: int, theta: float, scaling: dict | None) -> tuple[torch.Tensor, float]:
+    """(inverse frequencies (head_dim // 2,) fp32, attention factor): the factor multiplies cos and sin (yarn's
+    softmax temperature; 1 for the others). ``scaling``: config.json's rope_scaling, a yarn one with its
+    ``original_max_position_embeddings`` resolved (:meth:`shard.models.llama.DecoderConfig.from_hf`).
 
     Raises:
-        ValueError: a rope scaling type other than llama3/default (named in the message).
+        ValueError: a rope scaling type not in :data:`SUPPORTED_SCALING` (named in the message).
     """
     inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
-    if kind == "default":
-        return inv.float()
-    if kind != "llama3":
-        raise ValueError(f"unsupported rope_scaling type {kind!r}; supported: default, llama3")
-    return _llama3_scale(inv, scaling).float()
+    kind = rope_type(scaling)
+    if kind not in SUPPORTED_SCALING:
+        # NOTE: dynamic NTK rescales every position by the longest sequence in the batch, so a cached prefix
+        # would stop matching what a recompute gives; longrope needs per-dimension factor lists (Phi-3)
+        raise ValueError(f"unsupported rope_scaling type {kind!r}; supported: {', '.join(SUPPORTED_SCALING)}")
+    assert scaling is not None or kind == "default"
+    if kind == "linear":
+        return (inv / scaling["factor"]).float(), 1.0
+    if kind == "llama3":
+        return _llama3_scale(inv, scaling).float(), 1.0
+    if kind == "yarn":
+        return _yarn_scale(inv, head_dim, theta, scaling).float(), _yarn_attention_factor(scaling)
+    return inv.float(), 1.0
 
 
 def _llama3_scale(inv: torch.Tensor, s: dict) -> torch.Tensor:
@@ -37,17 +54,49 @@ def _llama3_scale(inv: torch.Tensor, s: dict) -> torch.Tensor:
     return torch.where(medium, blended, out)
 
 
+def _yarn_scale(inv: torch.Tensor, head_dim: int, theta: float, s: dict) -> torch.Tensor:
+    """YaRN's NTK-by-parts: dimensions that turn more than ``beta_fast`` times over the original context keep
+    their frequency, those turning fewer than ``beta_slow`` times are divided by ``factor``, a linear ramp
+    between (the dimension bounds rounded outward unless ``truncate`` is false)."""
+    original = s["original_max_position_embeddings"]
+
+    def dimension(turns: float) -> float:  # the dimension whose wavelength fits ``turns`` times in the context
+        return head_dim * math.log(original / (turns * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = dimension(s.get("beta_fast") or 32), dimension(s.get("beta_slow") or 1)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+    return inv / s["factor"] * ramp + inv * (1 - ramp)
+
+
+def _yarn_attention_factor(s: dict) -> float:
+    """``attention_factor`` if given, else 0.1 ln(factor) + 1 (a ratio of two such terms with ``mscale`` and
+    ``mscale_all_dim``, as DeepSeek's configs give)."""
+    if s.get("attention_factor") is not None:
+        return float(s["attention_factor"])
+
+    def mscale(weight: float) -> float:
+        return 1.0 if s["factor"] <= 1 else 0.1 * weight * math.log(s["factor"]) + 1.0
+
+    if s.get("mscale") and s.get("mscale_all_dim"):
+        return mscale(s["mscale"]) / mscale(s["mscale_all_dim"])
+    return mscale(1.0)
+
+
 class Rotary(nn.Module):
     """Applies RoPE to q (n, h, d) and k (n, hk, d) at ``positions`` (n,) int64; cos/sin tables cached."""
 
     def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: dict | None = None) -> None:
         super().__init__()
-        freqs = torch.outer(
-            torch.arange(max_positions, dtype=torch.float32), inv_frequencies(head_dim, theta, scaling)
-        )
+        inv, attention_factor = rope_parameters(head_dim, theta, scaling)
+        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv)
         # NOTE: non-persistent buffers, so they follow .to(device) but are never expected in checkpoints.
-        self.register_buffer("cos", freqs.cos(), persistent=False)
-        self.register_buffer("sin", freqs.sin(), persistent=False)
+        self.register_buffer("cos", freqs.cos() * attention_factor, persistent=False)
+        self.register_buffer("sin", freqs.sin() * attention_factor, persistent=False)
 
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor

@@ -16,7 +16,7 @@ from shard.layers import cpu_direct
 from shard.layers.attention import AttentionMetadata, AttentionShape, PagedAttention
 from shard.layers.mlp import GatedMLP
 from shard.layers.rmsnorm import RMSNorm
-from shard.layers.rotary import Rotary
+from shard.layers.rotary import Rotary, rope_type
 from shard.layers.vocab_parallel import VocabParallelEmbedding, gather_logits
 from shard.tensor_parallel import SINGLE, TensorParallel, check_divisible
 
@@ -59,7 +59,7 @@ class DecoderConfig:
             head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
             rms_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=cfg.get("rope_theta", 10000.0),
-            rope_scaling=cfg.get("rope_scaling"),
+            rope_scaling=_rope_scaling(cfg),
             max_positions=_usable_positions(cfg),
             tie_embeddings=cfg.get("tie_word_embeddings", False),
             attention_bias=cfg.get("attention_bias", False),
@@ -72,7 +72,7 @@ class DecoderConfig:
 
 def check_supported(cfg: dict) -> None:
     """Refuse config.json values that would change the outputs but that this decoder does not implement
-    (rope_scaling types are checked by :func:`shard.layers.rotary.inv_frequencies`).
+    (rope_scaling types are checked by :func:`shard.layers.rotary.rope_parameters`).
 
     Raises:
         ValueError: the message names the field and its value.
@@ -87,13 +87,29 @@ def check_supported(cfg: dict) -> None:
                          "are not supported; serve the unquantized weights")
 
 
+def _rope_scaling(cfg: dict) -> dict | None:
+    """config.json's rope_scaling; a yarn one's original context, when absent, is max_position_embeddings
+    (as transformers reads it)."""
+    scaling = cfg.get("rope_scaling")
+    if scaling and rope_type(scaling) == "yarn" and not scaling.get("original_max_position_embeddings"):
+        return {**scaling, "original_max_position_embeddings": cfg.get("max_position_embeddings", 4096)}
+    return scaling
+
+
 def _usable_positions(cfg: dict) -> int:
-    """max_position_embeddings, capped at a sliding window when one is active (Mistral v0.1).
+    """max_position_embeddings, extended by a linear or yarn rope_scaling's factor (yarn: the original context
+    times it, as vLLM derives its max_model_len; llama3 configs already give the extended one), capped at a
+    sliding window when one is active (Mistral v0.1).
 
     NOTE: attention here is full, not windowed; within the window the two are identical, so capping the
     positions (Warmup then offers max_total_tokens <= window) keeps outputs exact instead of silently wrong.
     """
     positions = cfg.get("max_position_embeddings", 4096)
+    scaling = _rope_scaling(cfg) or {}
+    if rope_type(scaling) == "linear":
+        positions = int(positions * scaling["factor"])
+    elif rope_type(scaling) == "yarn":
+        positions = int(scaling["original_max_position_embeddings"] * scaling["factor"])
     window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
     return min(positions, window) if window else positions
 

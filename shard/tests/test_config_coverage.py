@@ -67,6 +67,9 @@ def _logits_vs_transformers(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
         ("llama", {"attention_bias": True, "mlp_bias": True}),  # o_proj and MLP biases were dropped
         ("qwen3", {"attention_bias": True, "head_dim": 32}),  # Qwen3's attention_bias includes o_proj
         ("llama", {"tie_word_embeddings": True, "num_key_value_heads": 1, "head_dim": 32}),
+        ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+        ("llama", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}}),
+        ("qwen3", {"rope_scaling": {"type": "yarn", "factor": 8.0}}),  # original context: max_position_embeddings
     ],
 )
 def test_logits_equal_transformers(tiny_llama: Path, tmp_path: Path, arch: str, config: dict) -> None:
@@ -96,7 +99,7 @@ BASE = {"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden
     [
         ("hidden_act", "gelu", "unsupported hidden_act 'gelu'"),
         ("quantization_config", {"quant_method": "fp8"}, r"unsupported quantization_config .*'fp8'"),
-        ("rope_scaling", {"rope_type": "yarn", "factor": 4.0}, "unsupported rope_scaling type 'yarn'"),
+        ("rope_scaling", {"rope_type": "dynamic", "factor": 4.0}, "unsupported rope_scaling type 'dynamic'"),
     ],
 )
 def test_unimplemented_config_fields_are_refused(field: str, value: object, message: str) -> None:
@@ -104,6 +107,21 @@ def test_unimplemented_config_fields_are_refused(field: str, value: object, mess
 
     with pytest.raises(ValueError, match=message):
         model_class(["LlamaForCausalLM"]).from_hf_config({**BASE, field: value}, None)
+
+
+@pytest.mark.parametrize(
+    "scaling, positions",
+    [
+        (None, 4096),
+        ({"rope_type": "linear", "factor": 2.0}, 8192),
+        ({"rope_type": "yarn", "factor": 4.0}, 16384),  # the original context is max_position_embeddings
+        ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024}, 4096),
+        ({"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 512}, 4096),  # given extended
+    ],
+)
+def test_a_scaled_rope_extends_the_usable_positions(scaling: dict | None, positions: int) -> None:
+    cfg = {**BASE, "max_position_embeddings": 4096, "rope_scaling": scaling}
+    assert DecoderConfig.from_hf(cfg).max_positions == positions
 
 
 def test_a_sliding_window_cap_is_logged_at_load(

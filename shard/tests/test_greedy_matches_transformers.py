@@ -74,25 +74,31 @@ async def test_qwen2_biases_match_transformers(tiny_llama: Path, tmp_path: Path)
     assert [token_ids(got[i]) for i in range(2)] == reference_tokens(folder, PROMPTS[:2])
 
 
-def test_llama3_rope_scaling_matches_transformers() -> None:
+@pytest.mark.parametrize(
+    "scaling, theta, max_positions",
+    [
+        ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 8192}, 500000.0, 131072),
+        ({"rope_type": "linear", "factor": 4.0}, 10000.0, 4096),
+        ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}, 1000000.0, 32768),
+        ({"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096, "beta_fast": 32,
+          "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 0.707}, 10000.0, 163840),  # DeepSeek's shape
+        ({"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 2048, "attention_factor": 0.9,
+          "truncate": False}, 10000.0, 4096),
+        ({"rope_type": "yarn", "factor": 1.0, "original_max_position_embeddings": 1000}, 50000.0, 1000),
+    ],
+)
+def test_rope_scaling_matches_transformers(scaling: dict, theta: float, max_positions: int) -> None:
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from shard.layers.rotary import inv_frequencies
+    from shard.layers.rotary import rope_parameters
 
-    scaling = {
-        "rope_type": "llama3",
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    }
     cfg = LlamaConfig(
-        hidden_size=512,
-        num_attention_heads=4,
-        rope_theta=500000.0,
-        rope_scaling=scaling,
-        max_position_embeddings=131072,
+        hidden_size=512, num_attention_heads=4, rope_theta=theta, rope_scaling=scaling,
+        max_position_embeddings=max_positions,
     )
-    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
-    assert torch.allclose(inv_frequencies(128, 500000.0, scaling), expected.float(), rtol=1e-6)
+    expected, attention_factor = ROPE_INIT_FUNCTIONS[scaling["rope_type"]](cfg, "cpu")
+    inv, factor = rope_parameters(128, theta, scaling)
+    assert torch.allclose(inv, expected.float(), rtol=1e-6)
+    assert factor == pytest.approx(attention_factor, rel=1e-12)
