@@ -92,6 +92,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="disk KV tier, in tokens, under --kv-disk-path; 0: none [env: KV_DISK_TOKENS]")
     p.add_argument("--kv-disk-path", default=env("KV_DISK_PATH") or None,
                    help="directory of the disk KV tier's files [env: KV_DISK_PATH]")
+    p.add_argument("--rope-factor", type=float,
+                   help="linear RoPE scaling by this factor, replacing config.json's rope_scaling (TGI's flag)")
 
 
 def _serve_config(args: argparse.Namespace) -> ShardConfig:
@@ -117,6 +119,7 @@ def _serve_config(args: argparse.Namespace) -> ShardConfig:
         kv_host_tokens=getattr(args, "kv_host_tokens", 0),
         kv_disk_tokens=getattr(args, "kv_disk_tokens", 0),
         kv_disk_path=getattr(args, "kv_disk_path", None),
+        rope_factor=getattr(args, "rope_factor", None),
         rank=rank,
         world_size=world,
         local_rank=ShardConfig.env_local_rank(),

@@ -62,6 +62,7 @@ class ShardConfig:
     kv_disk_tokens: int = 0  # disk KV tier under kv_disk_path; 0: none
     kv_disk_path: str | None = None
     pool_floor: tuple[int, str] | None = None  # (tokens, why) a pool sized from memory must hold; None: default
+    rope_factor: float | None = None  # linear RoPE scaling replacing config.json's (TGI's --rope-factor)
 
     def __post_init__(self) -> None:
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -76,6 +77,8 @@ class ShardConfig:
             raise ValueError(f"--block-size must be in 1..256, got {self.block_size}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"--cpu-threads must be at least 1, got {self.cpu_threads}")
+        if self.rope_factor is not None and not self.rope_factor > 0:
+            raise ValueError(f"--rope-factor must be positive, got {self.rope_factor}")
         if self.kv_host_tokens < 0 or self.kv_disk_tokens < 0:
             raise ValueError("--kv-host-tokens and --kv-disk-tokens must be at least 0")
         sizes = (("--kv-host-tokens", self.kv_host_tokens), ("--kv-disk-tokens", self.kv_disk_tokens))

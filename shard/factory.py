@@ -114,7 +114,7 @@ def build_runner(config: ShardConfig) -> ModelRunner:
         ValueError: unsupported architecture, unavailable backend, bad pool size, a model that does not split
             over WORLD_SIZE ranks (messages say which).
     """
-    decoder = decoder_config(Path(config.model_dir))
+    decoder = decoder_config(Path(config.model_dir), config.rope_factor)
     if config.world_size > 1:  # NOTE: before joining the group: a bad --num-shard fails at once on each rank
         check_divisible(decoder.heads, decoder.kv_heads, decoder.intermediate, config.world_size)
     device = pick_device(config)
@@ -129,7 +129,8 @@ def build_runner(config: ShardConfig) -> ModelRunner:
         torch.set_num_threads(cpu_threads.small)
         threads = f", CPU threads {cpu_threads} ({why}; {pinned})"
     backend = get_backend(config.attention_backend, device.type, config.block_size)
-    loaded = load_model(config.model_dir, backend, dtype, device, tp, dummy=config.load_format == "dummy")
+    dummy = config.load_format == "dummy"
+    loaded = load_model(config.model_dir, backend, dtype, device, tp, dummy=dummy, rope_factor=config.rope_factor)
     c = loaded.model.config
     shape = KVShape(c.layers, c.kv_heads // tp.world, c.head_dim, dtype)  # this rank's share of the KV heads
     blocks = choose_num_blocks(

@@ -40,20 +40,25 @@ class LoadedModel:
         return self.model.config.max_positions
 
 
-def read_config(folder: Path) -> dict:
+def read_config(folder: Path, rope_factor: float | None = None) -> dict:
+    """config.json; ``rope_factor`` (TGI's ``--rope-factor``) replaces its rope_scaling with linear scaling by
+    that factor, as TGI does."""
     path = folder / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a model folder: config.json is missing")
-    return json.loads(path.read_text(encoding="utf-8"))
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    if rope_factor is not None:
+        cfg["rope_scaling"] = {"rope_type": "linear", "factor": rope_factor}
+    return cfg
 
 
-def decoder_config(folder: Path) -> DecoderConfig:
-    """The decoder shape of the model folder's config.json.
+def decoder_config(folder: Path, rope_factor: float | None = None) -> DecoderConfig:
+    """The decoder shape of the model folder's config.json (``rope_factor``: see :func:`read_config`).
 
     Raises:
         ValueError: unsupported architecture (as :func:`load_model`). FileNotFoundError: not a model folder.
     """
-    cfg = read_config(folder)
+    cfg = read_config(folder, rope_factor)
     _model_class(cfg)
     return DecoderConfig.from_hf(cfg)
 
@@ -137,10 +142,12 @@ def load_model(
     device: torch.device,
     tp: TensorParallel = SINGLE,
     dummy: bool = False,
+    rope_factor: float | None = None,
 ) -> LoadedModel:
     """Build the model named by config.json ``architectures`` and load its weights (with ``tp`` of world > 1,
     only this rank's slices: :mod:`shard.tp_loading`); ``dummy`` (``--load-format dummy``) keeps the modules'
     random initialisation and reads no checkpoint: a big config is benchmarked without writing its weights.
+    ``rope_factor``: see :func:`read_config`.
 
     Raises:
         ValueError: unsupported architecture (message names it and the supported ones), missing weights, or
@@ -150,7 +157,7 @@ def load_model(
     from tokenizers import Tokenizer
 
     folder = Path(folder)
-    cfg = read_config(folder)
+    cfg = read_config(folder, rope_factor)
     cls = _model_class(cfg)
     if dummy:
         model = _initialised(cls, cfg, backend, tp, dtype, device)

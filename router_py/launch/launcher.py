@@ -56,7 +56,7 @@ ROUTER_BOOL_FLAGS = ("json_output", "no_prefix_cache", "disable_grammar_support"
 SHARD_BUDGET_FLAGS = ("max_batch_prefill_tokens", "max_total_tokens")
 # TGI launcher options this stack does not have: as flags argparse refuses them ("unrecognized arguments"),
 # and as variables check_args refuses them too, rather than serve without what the deployment asked for.
-UNSUPPORTED_TGI_VARIABLES = ("SPECULATE", "KV_CACHE_DTYPE", "ROPE_SCALING", "ROPE_FACTOR", "LORA_ADAPTERS",
+UNSUPPORTED_TGI_VARIABLES = ("SPECULATE", "KV_CACHE_DTYPE", "LORA_ADAPTERS",
                              "WATERMARK_GAMMA", "WATERMARK_DELTA", "TOKENIZER_CONFIG_PATH",
                              "WEIGHTS_CACHE_OVERRIDE", "NGROK")
 
@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add("--cuda-graphs", default=None, metavar="N,N,...",
           help="decode batch sizes the shard captures as CUDA graphs (TGI's flag); 0: none")
     p.add("--enforce-eager", action="store_true", help="never capture CUDA graphs (vLLM's flag)")
+    p.add("--rope-scaling", choices=("linear", "dynamic"), default=None,
+          help="RoPE scaling replacing config.json's, by --rope-factor (default 1; TGI's flag); dynamic is refused")
+    p.add("--rope-factor", type=float, default=None, help="alone: linear RoPE scaling by this factor (TGI's flag)")
     p.add("--load-format", choices=("safetensors", "dummy"), default=None,
           help="dummy: random weights from config.json alone, no checkpoint read (benchmarks; vLLM's flag)")
     p.add("--logger-level", default=shard_log_level(),
@@ -193,6 +196,11 @@ def check_args(args: argparse.Namespace) -> str | None:
     if unsupported:
         flags = ", ".join(f"{n}={env.flag_value(n)!r} (--{n.lower().replace('_', '-')})" for n in unsupported)
         return f"not supported by this launcher: {flags}; unset it to serve without it"
+    if args.rope_scaling == "dynamic":
+        return ("`--rope-scaling dynamic` (ROPE_SCALING) is not supported: dynamic NTK rescales every position by "
+                "the batch's longest sequence, so a cached prefix would stop matching; use linear (--rope-factor)")
+    if args.rope_factor is not None and not args.rope_factor > 0:
+        return f"`--rope-factor` must be positive. Given: {args.rope_factor}"
     if args.quantize is not None:
         return (f"`--quantize {args.quantize}` (QUANTIZE) is not supported: this shard has no quantized kernels; "
                 "serve an unquantized checkpoint (--dtype float16/bfloat16) instead")
@@ -228,6 +236,8 @@ def shard_command(args: argparse.Namespace, model_dir: str, group: int = 0) -> l
     if args.cuda_memory_fraction is not None:
         cmd += ["--memory-fraction", str(args.cuda_memory_fraction)]
     cmd += ["--enforce-eager"] if args.enforce_eager else []
+    if args.rope_scaling is not None or args.rope_factor is not None:  # TGI: either alone means linear
+        cmd += ["--rope-factor", str(args.rope_factor if args.rope_factor is not None else 1.0)]
     return cmd + (["--json-output"] if args.json_output else [])
 
 

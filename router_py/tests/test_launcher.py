@@ -110,6 +110,16 @@ def test_launcher_passes_graph_and_load_flags_to_the_shards(monkeypatch: pytest.
     assert "--cuda-graphs 1,2,8" in shard and "--load-format dummy" in shard and "--enforce-eager" in shard
 
 
+def test_tgi_rope_flags_become_the_shards_linear_rope_factor(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "--rope-factor" not in launcher.shard_command(launcher.build_parser().parse_args([]), "/m")
+    linear = launcher.build_parser().parse_args(["--rope-scaling", "linear"])  # TGI: factor 1, nothing changes
+    assert " --rope-factor 1.0" in " ".join(launcher.shard_command(linear, "/m"))
+    monkeypatch.setenv("ROPE_FACTOR", "2")  # alone: linear by 2 (TGI)
+    args = launcher.build_parser().parse_args([])
+    assert launcher.check_args(args) is None
+    assert " --rope-factor 2.0" in " ".join(launcher.shard_command(args, "/m"))
+
+
 def test_data_parallel_starts_groups_with_their_own_sockets_ports_and_devices(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

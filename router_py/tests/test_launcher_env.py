@@ -64,7 +64,8 @@ def test_cuda_memory_fraction_sizes_the_shard_pool(monkeypatch) -> None:
     # TGI options this stack lacks: refused as variables too (before: silently not read)
     ({"SPECULATE": "2"}, [], "not supported by this launcher: SPECULATE='2' (--speculate)"),
     ({"LORA_ADAPTERS": "org/adapter"}, [], "LORA_ADAPTERS='org/adapter' (--lora-adapters)"),
-    ({"ROPE_SCALING": "dynamic"}, [], "ROPE_SCALING='dynamic' (--rope-scaling)"),
+    ({"ROPE_SCALING": "dynamic"}, [], "`--rope-scaling dynamic` (ROPE_SCALING) is not supported"),
+    ({"ROPE_FACTOR": "0"}, [], "`--rope-factor` must be positive. Given: 0.0"),
 ])
 def test_bad_combinations_stop_the_launcher_before_it_starts(monkeypatch, tmp_path, no_spawn, caplog,
                                                               env, extra, message) -> None:

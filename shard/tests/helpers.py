@@ -18,6 +18,7 @@ def make_config(
     attention_backend: str = "reference",
     dtype: str = "float32",
     device: str = "cpu",
+    rope_factor: float | None = None,
 ) -> ShardConfig:
     """A CPU shard, fp32 on the reference attention backend unless told otherwise."""
     return ShardConfig(
@@ -28,6 +29,7 @@ def make_config(
         attention_backend=attention_backend,
         num_blocks=num_blocks,
         block_size=BLOCK,
+        rope_factor=rope_factor,
     )
 
 

@@ -14,7 +14,7 @@ import torch
 from shard.batch import RequestState
 from shard.factory import build_runner
 from shard.inputs import build_step_inputs, to_device
-from shard.loader import safetensors_files
+from shard.loader import decoder_config, safetensors_files
 from shard.models.llama import DecoderConfig
 from shard.sampling import NextTokenChooser, SamplingParams, StoppingCriteria
 from shard.tests.helpers import make_config
@@ -44,18 +44,21 @@ def _hf_folder(tiny_llama: Path, out: Path, arch: str, **config: object) -> Path
     return out
 
 
-def _logits_vs_transformers(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(shard's fp32 logits of IDS, cold prefill through the ModelRunner's model and pool; transformers')."""
+def _logits_vs_transformers(
+    folder: Path, rope_factor: float | None = None, hf_folder: Path | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shard's fp32 logits of IDS, cold prefill through the ModelRunner's model and pool, with ``rope_factor``;
+    transformers' of ``hf_folder``, by default the same folder)."""
     from transformers import AutoModelForCausalLM
 
-    runner = build_runner(make_config(folder, num_blocks=8))
+    runner = build_runner(make_config(folder, num_blocks=8, rope_factor=rope_factor))
     bs = runner.kv.block_size
     blocks = [1, 2, 3]
     slots = [b * bs + o for b in blocks for o in range(bs)]
     r = RequestState(0, IDS, len(IDS), blocks, slots, 0, NextTokenChooser(SamplingParams()),
                      StoppingCriteria(frozenset(), 1))
     tokens, meta = to_device(build_step_inputs([r]), runner.loaded.device, bs)
-    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    hf = AutoModelForCausalLM.from_pretrained(hf_folder or folder, dtype=torch.float32, attn_implementation="eager")
     with torch.inference_mode():
         ours = runner.model.logits(runner.model(tokens, meta, runner.kv.layers))
         return ours, hf(torch.tensor([IDS])).logits[0].float()
@@ -122,6 +125,17 @@ def test_unimplemented_config_fields_are_refused(field: str, value: object, mess
 def test_a_scaled_rope_extends_the_usable_positions(scaling: dict | None, positions: int) -> None:
     cfg = {**BASE, "max_position_embeddings": 4096, "rope_scaling": scaling}
     assert DecoderConfig.from_hf(cfg).max_positions == positions
+
+
+def test_tgis_rope_factor_is_linear_scaling_replacing_the_configs(tiny_llama: Path, tmp_path: Path) -> None:
+    plain = _hf_folder(tiny_llama, tmp_path / "plain", "llama", rope_scaling={"rope_type": "yarn", "factor": 2.0})
+    linear = tmp_path / "linear"
+    shutil.copytree(plain, linear)
+    cfg = json.loads((linear / "config.json").read_text())
+    (linear / "config.json").write_text(json.dumps({**cfg, "rope_scaling": {"rope_type": "linear", "factor": 3.0}}))
+    ours, theirs = _logits_vs_transformers(plain, rope_factor=3.0, hf_folder=linear)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    assert decoder_config(plain, rope_factor=3.0).max_positions == 3 * SHAPE["max_position_embeddings"]
 
 
 def test_a_sliding_window_cap_is_logged_at_load(
