@@ -32,13 +32,13 @@ def rope_parameters(head_dim: int, theta: float, scaling: dict | None) -> tuple[
         # NOTE: dynamic NTK rescales every position by the longest sequence in the batch, so a cached prefix
         # would stop matching what a recompute gives; longrope needs per-dimension factor lists (Phi-3)
         raise ValueError(f"unsupported rope_scaling type {kind!r}; supported: {', '.join(SUPPORTED_SCALING)}")
-    assert scaling is not None or kind == "default"
+    s = scaling or {}
     if kind == "linear":
-        return (inv / scaling["factor"]).float(), 1.0
+        return (inv / s["factor"]).float(), 1.0
     if kind == "llama3":
-        return _llama3_scale(inv, scaling).float(), 1.0
+        return _llama3_scale(inv, s).float(), 1.0
     if kind == "yarn":
-        return _yarn_scale(inv, head_dim, theta, scaling).float(), _yarn_attention_factor(scaling)
+        return _yarn_scale(inv, head_dim, theta, s).float(), _yarn_attention_factor(s)
     return inv.float(), 1.0
 
 
