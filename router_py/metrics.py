@@ -125,16 +125,11 @@ class Metrics:
         """One histogram or summary series as an observer whose key is computed once (as :meth:`counter`); the
         series is shown from its first observation on, as with :meth:`observe`."""
         key = self._key(labels)
-        bounds = self._buckets_for(name)
-        table: dict[str, Any] = self._summaries if bounds is None else self._histograms
         bound: list[_Histogram | _Summary] = []
 
         def observe(value: float) -> None:
             if not bound:
-                series = table.setdefault(name, {})
-                if key not in series:
-                    series[key] = _Summary() if bounds is None else _Histogram(bounds)
-                bound.append(series[key])
+                bound.append(self._series(name, key))
             bound[0].observe(value)
 
         return observe
@@ -143,14 +138,17 @@ class Metrics:
         self._gauges.setdefault(name, {})[self._key(labels)] = value
 
     def observe(self, name: str, value: float, **labels: str) -> None:
-        key = self._key(labels)
+        self._series(name, self._key(labels)).observe(value)
+
+    def _series(self, name: str, key: LabelKey) -> _Histogram | _Summary:
+        """The histogram (``name`` has buckets) or summary series ``key`` of ``name``, made at its first use."""
         bounds = self._buckets_for(name)
         table: dict[str, Any] = self._summaries if bounds is None else self._histograms
         series = table.setdefault(name, {})
         metric = series.get(key)
         if metric is None:  # NOTE: built once per series, not on every observation (several per request)
             metric = series[key] = _Summary() if bounds is None else _Histogram(bounds)
-        metric.observe(value)
+        return metric
 
     def value(self, name: str, **labels: str) -> float:
         """A counter's or gauge's current value (0 when never touched); for tests and /health probes."""

@@ -244,8 +244,7 @@ async def _one_completion_stream(
     """One prompt's chunks (strings), then its run and EndEvent. With ``echo`` the first chunk starts with the
     (validated) prompt; with ``logprobs`` each chunk carries its token's, offsets counted in the choice's
     text; with ``continuous_usage_stats`` each carries this prompt's running usage."""
-    # NOTE: without logprobs and usage a token's chunk is the same but for its text: rendered once, per token
-    # the text
+    # NOTE: without logprobs and usage a token's chunk is the same but for its text: rendered once
     chunk = TgiEventTemplate(lambda text: completion_chunk(state.config, created, index, text, None))
     offset: int | None = None  # where the next token's text starts in the choice's text (None: no token yet)
     running: RunningUsage | None = None
@@ -267,7 +266,7 @@ async def _one_completion_stream(
             continue
         finish = openai_finish_reason(event.finish_reason) if isinstance(event, EndEvent) else None
         yield tgi_event(completion_chunk(state.config, created, index, text, finish, logprobs, now_usage))
-        if isinstance(event, EndEvent):
+        if ended:
             yield run, event
 
 

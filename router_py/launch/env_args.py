@@ -13,8 +13,14 @@ from typing import Any
 
 from router_py import env as environment
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+def parse_bool(raw: str) -> bool:
+    """TGI's boolean env values: 1/true/yes/on or 0/false/no/off (any case); anything else is an error."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1/0/true/false, got {raw!r}")
 
 
 def env_name(flag: str) -> str:
@@ -51,10 +57,10 @@ class EnvArgs:
     def _convert(self, flag: str, env: str, raw: str, kw: dict[str, Any]) -> Any:
         action = kw.get("action")
         if action == "store_true":
-            value = raw.strip().lower()
-            if value not in _TRUE | _FALSE:
+            try:
+                return parse_bool(raw)
+            except ValueError:
                 self.parser.error(f"{env}={raw!r} is not a valid value for {flag}: expected 1/0/true/false")
-            return value in _TRUE
         if action == "append":
             return [item for item in raw.split(",") if item]
         try:

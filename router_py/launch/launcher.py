@@ -30,7 +30,7 @@ from prism_cache.tiers.types import TIER_POLICIES
 from router_py import env
 from router_py.cli import CACHE_POLICIES, SCHEDULERS, setup_logging
 from router_py.kv_events.config import kv_events_arg
-from router_py.launch.env_args import EnvArgs
+from router_py.launch.env_args import EnvArgs, parse_bool
 from router_py.launch.model_source import ModelSourceError, resolve_model
 from router_py.launch.process_group import GRACE_S, ProcessGroup, RestartPolicy, executable
 from router_py.launch.runtime_env import describe, version_line
@@ -165,16 +165,6 @@ def shard_log_level() -> str:
     INFO."""
     level = env.log_level()
     return level if level in ("DEBUG", "INFO", "WARN", "WARNING", "ERROR") else "INFO"
-
-
-def parse_bool(raw: str) -> bool:
-    """TGI's boolean env values: 1/true/yes/on or 0/false/no/off (any case); anything else is an error."""
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected 1/0/true/false, got {raw!r}")
 
 
 def check_args(args: argparse.Namespace) -> str | None:

@@ -49,6 +49,7 @@ class DecoderConfig:
         """
         check_supported(cfg)
         heads = cfg["num_attention_heads"]
+        scaling = _rope_scaling(cfg)
         values = dict(
             vocab_size=cfg["vocab_size"],
             hidden=cfg["hidden_size"],
@@ -59,8 +60,8 @@ class DecoderConfig:
             head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
             rms_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=cfg.get("rope_theta", 10000.0),
-            rope_scaling=_rope_scaling(cfg),
-            max_positions=_usable_positions(cfg),
+            rope_scaling=scaling,
+            max_positions=_usable_positions(cfg, scaling or {}),
             tie_embeddings=cfg.get("tie_word_embeddings", False),
             attention_bias=cfg.get("attention_bias", False),
             o_bias=cfg.get("attention_bias", False),
@@ -96,16 +97,15 @@ def _rope_scaling(cfg: dict) -> dict | None:
     return scaling
 
 
-def _usable_positions(cfg: dict) -> int:
-    """max_position_embeddings, extended by a linear or yarn rope_scaling's factor (yarn: the original context
-    times it, as vLLM derives its max_model_len; llama3 configs already give the extended one), capped at a
-    sliding window when one is active (Mistral v0.1).
+def _usable_positions(cfg: dict, scaling: dict) -> int:
+    """max_position_embeddings, extended by the factor of a linear or yarn ``scaling`` (:func:`_rope_scaling`;
+    yarn: the original context times it, as vLLM derives its max_model_len; llama3 configs already give the
+    extended one), capped at a sliding window when one is active (Mistral v0.1).
 
     NOTE: attention here is full, not windowed; within the window the two are identical, so capping the
     positions (Warmup then offers max_total_tokens <= window) keeps outputs exact instead of silently wrong.
     """
     positions = cfg.get("max_position_embeddings", 4096)
-    scaling = _rope_scaling(cfg) or {}
     if rope_type(scaling) == "linear":
         positions = int(positions * scaling["factor"])
     elif rope_type(scaling) == "yarn":
