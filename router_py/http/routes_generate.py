@@ -232,6 +232,8 @@ async def vertex_route(request: Request) -> Response:
     start = now()
     # NOTE: TGI counts the call, then each instance again (generate_internal)
     state.metrics.inc("tgi_request_count", 1 + len(instances))
+    if not instances:  # NOTE: TGI answers this before generating, counted as a call and not as a failure
+        return HttpError(422, "Input validation error", "Input validation error").response()
     namespace = await request_namespace(request)
     if len(instances) == 1:
         instances = [replace(instances[0], session=await request_session(request))]

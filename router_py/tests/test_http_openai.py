@@ -122,6 +122,14 @@ async def test_vertex(client) -> None:
     assert resp.json() == {"predictions": [" t0 t304 t305 t0 t304", " t0"]}
 
 
+async def test_vertex_without_instances_is_a_validation_error(client, backend) -> None:
+    """TGI's check: at least one instance, else 422 with its two-field text; nothing reaches the backend."""
+    resp = await client.post("/vertex", json={"instances": []})
+    assert resp.status_code == 422
+    assert resp.json() == {"error": "Input validation error", "error_type": "Input validation error"}
+    assert backend.requests == []
+
+
 async def test_ignore_eos_reaches_the_stopping_criteria(client, backend) -> None:
     """vLLM's `ignore_eos` extension on both routes: generate past EOS up to max_tokens; off by default."""
     await client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 2, "ignore_eos": True})
