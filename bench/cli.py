@@ -9,7 +9,7 @@ peer.
     prism-bench replay ...            (bench.replay: hit rate vs the Belady bound, no timing)
     prism-bench floor ...             (bench.floor: hit ceiling and TTFT P99 floor of any policy)
     prism-bench router-overhead ...   (bench.router_overhead)
-    prism-bench peer measure|table ... (bench.peer_run: side by side with vLLM, scripts/bench-vs-vllm.sh)
+    prism-bench peer measure|pair|table ... (bench.peer_run: side by side with vLLM, scripts/bench-vs-vllm.sh)
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """``prism-bench peer``: measure one running server with the loads of :mod:`bench.peer_loads`, then print the
-side-by-side table of two measured servers (issue 10's comparison with vLLM; ``scripts/bench-vs-vllm.sh`` runs
-it all, one server at a time).
+side-by-side table of two measured servers (issue 10's comparison with vLLM). ``pair`` measures two running
+servers point by point, alternately (:func:`run_paired`); ``scripts/bench-vs-vllm.sh`` runs it all that way.
 
     prism-bench peer measure --model-id DIR --url http://127.0.0.1:8011 --name vllm \\
         --served-model-name tiny --out out/peer [--quick]
     prism-bench peer measure --model-id DIR --url http://127.0.0.1:3000 --name prism --out out/peer [--quick]
     prism-bench peer table out/peer --ours prism --theirs vllm
+    prism-bench peer pair --model-id DIR --server vllm http://127.0.0.1:8011 tiny \\
+        --server prism http://127.0.0.1:3000 tgi --out out/peer   # both up, alternated point by point
 
 Everything goes over streaming ``/v1/completions`` at temperature 0; prompts come from the model folder's
 tokenizer. TTFT percentiles cover every request of a point (each point starts cold on purpose); the hit
@@ -22,12 +24,14 @@ import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from bench import peer_table
 from bench.loadgen import Endpoint, LoadRequest, LoadResult, run_closed, run_load
 from bench.metrics import RequestRecord, summarize
 from bench.peer_loads import QUICK, PeerLoads, PeerParams, describe
+from bench.quiet import wait_quiet
 
 Row = dict[str, object]
 LOADS = ("cold", "clients", "shared", "rag")  # PeerRun's methods, in the order run_all runs them
@@ -51,8 +55,11 @@ def _median_ttft(records: Sequence[RequestRecord]) -> float:
 class PeerRun:
     """Runs every load against one endpoint and keeps the measurement rows and the errors seen."""
 
-    def __init__(self, endpoint: Endpoint, loads: PeerLoads, log: Callable[..., None] = print) -> None:
-        self.endpoint, self.loads, self.log = endpoint, loads, log
+    def __init__(
+        self, endpoint: Endpoint, loads: PeerLoads, log: Callable[..., None] = print,
+        quiet: Callable[[], float] = wait_quiet,
+    ) -> None:
+        self.endpoint, self.loads, self.log, self.quiet = endpoint, loads, log, quiet
         self.rows: list[Row] = []
         self.errors: list[str] = []
 
@@ -94,9 +101,10 @@ class PeerRun:
                               "higher"))
 
     def _sweep(
-        self, name: str, label: str, qps: float, requests: Sequence[LoadRequest], p99_target: float | None
+        self, name: str, label: str, qps: float, build: Callable[[float], Sequence[LoadRequest]],
+        p99_target: float | None,
     ) -> None:
-        result = self._open(requests, f"{name}@{qps:g}")
+        result = self._open(build(qps), f"{name}@{qps:g}")
         s = summarize(result.records, result.hit_rate)
         key, at = f"{name}@{qps:g}", f"{label} @ {qps:g} req/s"
         p50, p99 = _ms(float(s["ttft_p50"])), _ms(float(s["ttft_p99"]))
@@ -104,24 +112,60 @@ class PeerRun:
         self.rows.append(_row(f"{key}_p99_ms", f"{at}: TTFT P99 (ms)", "ms", p99, target=p99_target))
         self.rows.append(_row(f"{key}_hit", f"{at}: token hit rate", "%", result.hit_rate, "higher"))
 
-    def shared(self) -> None:
-        for qps in self.loads.params.shared_qps:
-            self._sweep("shared", "shared prefix", qps, self.loads.shared(qps), 0.8)
-
-    def rag(self) -> None:
-        for qps in self.loads.params.rag_qps:
-            self._sweep("rag", "RAG", qps, self.loads.rag(qps), None)
-
-    def run_all(self, loads: Sequence[str] = LOADS) -> list[Row]:
-        """Warm up, then the named loads (``LOADS``, in that order)."""
-        self._closed(self.loads.warmup(), 1, "warmup")
+    def points(self, loads: Sequence[str] = LOADS) -> list[tuple[str, Callable[[], None]]]:
+        """The named loads (``LOADS``, in that order) as measurement points: (name, measure), one per sweep
+        point, each adding its rows."""
+        p, out = self.loads.params, []
         for name in LOADS:
             if name not in loads:
                 continue
-            getattr(self, name)()
-            self.log(f"  {self.rows[-1]['label']}: {self.rows[-1]['value']}", file=sys.stderr, flush=True)
+            if name == "shared":
+                out += [(f"shared@{q:g}", partial(self._sweep, "shared", "shared prefix", q, self.loads.shared, 0.8))
+                        for q in p.shared_qps]
+            elif name == "rag":
+                out += [(f"rag@{q:g}", partial(self._sweep, "rag", "RAG", q, self.loads.rag, None)) for q in p.rag_qps]
+            else:
+                out.append((name, getattr(self, name)))
+        return out
+
+    def warmup(self) -> None:
+        self._closed(self.loads.warmup(), 1, "warmup")
+
+    def measure(self, point: tuple[str, Callable[[], None]]) -> None:
+        """Runs one of :meth:`points`, once the machine is quiet (:func:`bench.quiet.wait_quiet`), and logs
+        its last row."""
+        self.quiet()
+        point[1]()
+        self.log(f"  {self.endpoint.url}: {self.rows[-1]['label']}: {self.rows[-1]['value']}", file=sys.stderr,
+                 flush=True)
+
+    def finish(self) -> list[Row]:
+        """The rows measured, with the count of failed requests appended."""
         self.rows.append(_row("errors", "failed requests (all loads)", "count", float(len(self.errors))))
         return self.rows
+
+    def run_all(self, loads: Sequence[str] = LOADS) -> list[Row]:
+        """Warm up, then the named loads (``LOADS``, in that order)."""
+        self.warmup()
+        for point in self.points(loads):
+            self.measure(point)
+        return self.finish()
+
+
+def run_paired(first: PeerRun, second: PeerRun, loads: Sequence[str] = LOADS) -> None:
+    """Both servers (each already running) measured point by point, alternately, the order swapped at every
+    point (ABBA), so that a shared machine's drift over minutes hits both sides of each ratio alike, where
+    measuring one server after the other put minutes between the two halves of a ratio. Each server sees the
+    same requests in the same order as alone. An idle server takes next to no CPU (vLLM's about 1% of a core,
+    ours 0.3%); each point waits for the one before to stop using it (:meth:`PeerRun.measure`)."""
+    first.warmup()
+    second.warmup()
+    for i, (a, b) in enumerate(zip(first.points(loads), second.points(loads))):
+        turns = [(first, a), (second, b)]
+        for run, point in turns if i % 2 == 0 else turns[::-1]:
+            run.measure(point)
+    first.finish()
+    second.finish()
 
 
 # ---- command line -----------------------------------------------------------------------------------------
@@ -132,15 +176,20 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("measure", help="run every load against one running server; writes OUT/NAME.json")
-    m.add_argument("--model-id", required=True, help="the served model folder (its tokenizer.json)")
     m.add_argument("--url", required=True)
     m.add_argument("--name", required=True, help="a label, also the result file's name")
     m.add_argument("--served-model-name", default="tgi", help="the OpenAI `model` field (vLLM: its name)")
-    m.add_argument("--out", type=Path, required=True)
-    m.add_argument("--quick", action="store_true", help="fewer requests and QPS points (about a third)")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--loads", default=",".join(LOADS),
-                   help=f"comma-separated subset of {','.join(LOADS)} (e.g. `clients` for throughput only)")
+    pair = sub.add_parser("pair", help="two running servers measured point by point, alternately (run_paired); "
+                          "writes OUT/NAME.json for each")
+    pair.add_argument("--server", nargs=3, action="append", required=True, metavar=("NAME", "URL", "MODEL"),
+                      help="twice: a label (the result file's name), its URL, its OpenAI `model` field")
+    for cmd in (m, pair):
+        cmd.add_argument("--model-id", required=True, help="the served model folder (its tokenizer.json)")
+        cmd.add_argument("--out", type=Path, required=True)
+        cmd.add_argument("--quick", action="store_true", help="fewer requests and QPS points (about a third)")
+        cmd.add_argument("--seed", type=int, default=0)
+        cmd.add_argument("--loads", default=",".join(LOADS),
+                         help=f"comma-separated subset of {','.join(LOADS)} (e.g. `clients` for throughput only)")
     t = sub.add_parser("table", help="print the side-by-side table of two measured servers")
     t.add_argument("out", type=Path)
     t.add_argument("--ours", default="prism")
@@ -160,23 +209,39 @@ def write_result(
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
 
 
+def _loads_wanted(spec: str) -> list[str] | None:
+    """``--loads``' names, or None (after saying why) where one is unknown or none is named."""
+    wanted = [name.strip() for name in spec.split(",") if name.strip()]
+    if set(wanted) - set(LOADS) or not wanted:
+        print(f"error: --loads takes a subset of {','.join(LOADS)}; got {spec!r}", file=sys.stderr)
+        return None
+    return wanted
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
+    """``measure`` (one --url) or ``pair`` (two --server): each server's rows into OUT/NAME.json."""
     from dataclasses import replace
 
     from bench.workloads.prompts import PromptBuilder, load_tokenizer
 
-    loads_wanted = [name.strip() for name in args.loads.split(",") if name.strip()]
-    unknown = sorted(set(loads_wanted) - set(LOADS))
-    if unknown or not loads_wanted:
-        print(f"error: --loads takes a subset of {','.join(LOADS)}; got {args.loads!r}", file=sys.stderr)
+    wanted = _loads_wanted(args.loads)
+    servers = args.server if args.command == "pair" else [(args.name, args.url, args.served_model_name)]
+    if args.command == "pair" and len(servers) != 2:
+        print("error: pair takes --server twice", file=sys.stderr)
+        return 2
+    if wanted is None:
         return 2
     params = replace(QUICK if args.quick else PeerParams(), seed=args.seed)
     loads = PeerLoads(params, PromptBuilder(load_tokenizer(args.model_id)))
-    run = PeerRun(Endpoint(args.url.rstrip("/"), "completions", args.served_model_name), loads)
-    rows = run.run_all(loads_wanted)
-    write_result(args.out / f"{args.name}.json", args.name, args.url, params, rows, run.errors)
-    for e in run.errors[:5]:
-        print(f"error: {e}", file=sys.stderr)
+    runs = [PeerRun(Endpoint(url.rstrip("/"), "completions", model), loads) for _, url, model in servers]
+    if len(runs) == 2:
+        run_paired(runs[0], runs[1], wanted)
+    else:
+        runs[0].run_all(wanted)
+    for (name, url, _), run in zip(servers, runs):
+        write_result(args.out / f"{name}.json", name, url, params, run.rows, run.errors)
+        for e in run.errors[:5]:
+            print(f"error: {name}: {e}", file=sys.stderr)
     return 0
 
 
@@ -200,7 +265,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return cmd_measure(args) if args.command == "measure" else cmd_table(args)
+    return cmd_table(args) if args.command == "table" else cmd_measure(args)
 
 
 if __name__ == "__main__":

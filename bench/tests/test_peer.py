@@ -16,7 +16,8 @@ from aiohttp import web
 from bench import peer_table
 from bench.loadgen import Endpoint, LoadRequest, hit_rate_between, parse_counters, parse_usage, run_closed
 from bench.peer_loads import PeerLoads, PeerParams
-from bench.peer_run import PeerRun, main, write_result
+from bench.peer_run import PeerRun, main, run_paired, write_result
+from bench.quiet import cpu_times, wait_quiet
 from bench.tests.test_workloads import _train_tokenizer
 from bench.workloads.prompts import PromptBuilder
 from bench.workloads.zipf_rag import ZipfRagParams
@@ -161,14 +162,54 @@ def test_peer_run_against_our_server_on_the_demo_model(tmp_path) -> None:
     assert 0 <= rows["rag@20_hit"] < 1 and rows["rag@20_p99_ms"] > 0
 
 
+def _scripted_run(tag: str, ran: list[str], monkeypatch) -> PeerRun:
+    """A PeerRun whose points only note ``tag point`` in ``ran`` and add a row."""
+    params = SimpleNamespace(shared_qps=(1.0,), rag_qps=(2.0, 3.0))
+    loads = SimpleNamespace(warmup=list, shared=list, rag=list, params=params)
+    run = PeerRun(Endpoint(f"http://{tag}"), loads, log=lambda *a, **k: None,  # type: ignore[arg-type]
+                  quiet=lambda: ran.append(f"{tag} quiet") or 0.0)
+
+    def point(key: str) -> None:
+        ran.append(f"{tag} {key}")
+        run.rows.append(_row(key, 1.0))
+
+    monkeypatch.setattr(run, "_closed", lambda *a: ran.append(f"{tag} warmup"))
+    for name in ("cold", "clients"):
+        monkeypatch.setattr(run, name, lambda n=name: point(n))
+    monkeypatch.setattr(run, "_sweep", lambda name, label, qps, build, target: point(f"{name}@{qps:g}"))
+    return run
+
+
 def test_measure_runs_only_the_named_loads_and_refuses_unknown_names(monkeypatch, capsys) -> None:
     ran: list[str] = []
-    loads = SimpleNamespace(warmup=list)
-    run = PeerRun(Endpoint("http://127.0.0.1:9"), loads, log=lambda *a, **k: None)  # type: ignore[arg-type]
-    monkeypatch.setattr(run, "_closed", lambda *a: ran.append("warmup"))
-    for name in ("cold", "clients", "shared", "rag"):
-        monkeypatch.setattr(run, name, lambda n=name: (ran.append(n), run.rows.append(_row(n, 1.0))))
-    rows = run.run_all(["rag", "clients"])
-    assert ran == ["warmup", "clients", "rag"] and [r["key"] for r in rows] == ["clients", "rag", "errors"]
+    rows = _scripted_run("a", ran, monkeypatch).run_all(["rag", "clients"])
+    assert [r for r in ran if not r.endswith("quiet")] == ["a warmup", "a clients", "a rag@2", "a rag@3"]
+    assert ran.count("a quiet") == 3 and ran.index("a quiet") == 1  # before every point
+    assert [r["key"] for r in rows] == ["clients", "rag@2", "rag@3", "errors"]
     args = ["measure", "--model-id", "m", "--url", "u", "--name", "n", "--out", "o", "--loads", "clients,x"]
     assert main(args) == 2 and "--loads takes a subset" in capsys.readouterr().err
+
+
+def test_pair_alternates_the_servers_point_by_point_in_abba_order(monkeypatch, capsys) -> None:
+    ran: list[str] = []
+    a, b = _scripted_run("a", ran, monkeypatch), _scripted_run("b", ran, monkeypatch)
+    run_paired(a, b, ["rag", "shared", "cold"])
+    ran = [r for r in ran if not r.endswith("quiet")]
+    assert ran == ["a warmup", "b warmup", "a cold", "b cold", "b shared@1", "a shared@1", "a rag@2", "b rag@2",
+                   "b rag@3", "a rag@3"]
+    assert [r["key"] for r in a.rows] == [r["key"] for r in b.rows] == ["cold", "shared@1", "rag@2", "rag@3", "errors"]
+    args = ["pair", "--model-id", "m", "--out", "o", "--server", "vllm", "u", "tiny"]
+    assert main(args) == 2 and "pair takes --server twice" in capsys.readouterr().err
+
+
+def test_wait_quiet_samples_until_a_quiet_window_or_the_limit(tmp_path) -> None:
+    samples = iter([(0, 0), (90, 100), (180, 200), (185, 300)])  # busy 90%, 90%, then 5%
+    slept: list[float] = []
+    assert wait_quiet(lambda: next(samples), slept.append, window=0.5) == 1.5 and slept == [0.5] * 3
+    busy = iter((100 * i, 100 * i) for i in range(100))
+    assert wait_quiet(lambda: next(busy), lambda s: None, window=1.0, limit=4.0) == 4.0
+    assert wait_quiet(lambda: None, lambda s: None, window=0.25) == 0.25  # no /proc: one window
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 2 30 400 8 0 5 0 0 0\ncpu0 1 1 1 1 1 0 0 0 0 0\n")
+    assert cpu_times(stat) == (47, 455) and cpu_times(tmp_path / "missing") is None
+    assert cpu_times() is not None  # this machine's /proc/stat
