@@ -10,7 +10,7 @@ from pathlib import Path
 
 WINDOW_S = 0.2  # one sample of the machine's CPU use
 BUSY_MAX = 0.1  # quiet: at most this share of all cores busy over a window
-LIMIT_S = 10.0  # give up waiting (a neighbour's load may never stop)
+LIMIT_S = 5.0  # give up waiting (a neighbour's load may never stop)
 
 
 def cpu_times(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
