@@ -34,7 +34,7 @@ from bench.peer_loads import QUICK, PeerLoads, PeerParams, describe
 from bench.quiet import wait_quiet
 
 Row = dict[str, object]
-LOADS = ("cold", "clients", "shared", "rag")  # PeerRun's methods, in the order run_all runs them
+LOADS = ("cold", "clients", "shared", "rag")  # in the order PeerRun.points lists them
 
 
 def _row(

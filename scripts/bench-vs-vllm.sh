@@ -5,7 +5,7 @@
 # stops both; then prints one table with the ratios prism / vLLM (also OUT/table.md).
 #   usage: scripts/bench-vs-vllm.sh DIR [--quick] [--prism-only]
 #     DIR           the peer folder of setup-vllm-cpu.sh (DIR/venv, DIR/model; installed there if missing)
-#     --quick       fewer requests and QPS points (about 4 minutes instead of about 9)
+#     --quick       fewer requests and QPS points (about 2 minutes instead of about 5, start-up included)
 #     --prism-only  measure prism only and reuse OUT/vllm.json from an earlier run
 #   env: OUT (default bench-out/vs-vllm), VLLM_SETUP (default /work/shared/peer/setup-vllm-cpu.sh), SEED (0),
 #        LOADS (default all: cold,clients,shared,rag; e.g. LOADS=clients for the throughput load alone)
