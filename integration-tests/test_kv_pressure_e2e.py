@@ -1,6 +1,7 @@
 """A small KV pool under pressure, against the real stack (64 blocks of 16 tokens, prefill steps of 16 tokens,
 so a long prompt is prefilled in dozens of chunks; fp32, where greedy tokens are exact): clients that leave
-during a chunked prefill must leave nothing in the prefix cache that a later request would read, and a storm
+during a chunked prefill leave in the prefix cache only the chunks their prompt had computed, which a later
+request with that prompt reads without its tokens changing, and a storm
 of requests needing several times the pool ends with every request served, each as it is served alone, and
 the pool and the queue back to idle."""
 
@@ -49,7 +50,10 @@ def test_a_client_leaving_during_a_chunked_prefill_does_not_poison_the_cache(sta
     """Before: the dropped request's prompt blocks went into the prefix cache with only its first chunks
     computed, and the next request with that prompt generated other tokens. Each try leaves at another point
     of the ~48 chunks of a prompt of its own; the cold reference runs last, since its KV would otherwise be
-    left in the very blocks the dropped request gets, making their uncomputed part look right."""
+    left in the very blocks the dropped request gets, making their uncomputed part look right. The chunks
+    computed before the client left are cached (the shard says how many): the next request with that prompt
+    reads some but not all of it from the cache, at least once in the four tries."""
+    partial = 0
     for n, fraction in enumerate((0.15, 0.3, 0.5, 0.7)):
         prompt = f"{n} {PROMPT}"
         took = _greedy(stack, f"other {prompt}", 12, cold=True)[1]  # mostly a chunked prefill of this length
@@ -60,8 +64,13 @@ def test_a_client_leaving_during_a_chunked_prefill_does_not_poison_the_cache(sta
                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
             time.sleep(took * fraction)
         _idle(stack)
+        hit_before = stack.metric("prism_prefix_cache_hit_tokens")
         warm = _greedy(stack, prompt, 12)[0]
+        hit = stack.metric("prism_prefix_cache_hit_tokens") - hit_before
+        tokens = len(httpx.post(f"{stack.url}/tokenize", json={"inputs": prompt}, timeout=30).json())
+        partial += 0 < hit < tokens - 16
         assert warm == _greedy(stack, prompt, 12, cold=True)[0], f"left at {fraction:.0%} of the prefill"
+    assert partial >= 1, "no prompt left mid-prefill had its computed chunks reused"
 
 
 def test_a_storm_several_times_the_pool_is_served_as_each_request_alone(stack: Stack) -> None:

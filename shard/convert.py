@@ -119,13 +119,15 @@ def grammar_state(r: pb.Request, grammars: GrammarCompiler | None):
 
 def cached_batch(b: ShardBatch, block_size: int, current_tokens: int | None = None) -> pb.CachedBatch:
     """TGI's CachedBatch: ``max_tokens`` = the batch's blocks x block size (the router subtracts it from its
-    token budget), ``current_tokens`` = tokens in the next forward (``b``'s own count unless given)."""
+    token budget), ``current_tokens`` = tokens in the next forward (``b``'s own count unless given); and
+    ``prompt_computed``, each request's prompt tokens with KV in the pool (our extension)."""
     return pb.CachedBatch(
         id=b.id,
         request_ids=b.request_ids,
         size=len(b.requests),
         max_tokens=b.num_blocks * block_size,
         current_tokens=b.current_tokens if current_tokens is None else current_tokens,
+        prompt_computed=[min(r.cache_len, r.prompt_len) for r in b.requests],
     )
 
 

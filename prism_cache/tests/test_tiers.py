@@ -133,8 +133,15 @@ def _churn(policy: str, steps: int, seed: int, fail_rate: float = 0.0) -> RadixA
             alloc, prompt, hashes = rng.choice(running)
             a.cache_prompt(alloc, prompt, hashes)
         elif op < 0.9 and running:
-            item = running.pop(rng.randrange(len(running)))
-            a.release(item[0], item[1], item[2])
+            alloc, prompt, hashes = running.pop(rng.randrange(len(running)))
+            if not alloc.published and rng.random() < 0.3:
+                # its client left mid-prefill: the KV of the first k blocks is computed (at least the prefix it
+                # was given), the rest garbage, and only those k are released into the tree (queue_scheduler)
+                k = rng.randint(alloc.prefix_len // BS, len(hashes))
+                for b in alloc.blocks[k:]:
+                    shard.kv[(Tier.DEVICE, b)] = None
+                prompt, hashes = prompt[: k * BS], hashes[:k]
+            a.release(alloc, prompt, hashes)
         elif op < 0.95:
             promoted += a.promote_hot()
         else:

@@ -363,7 +363,8 @@ class Batcher:
         """Release ended and dropped requests; tell the shard to keep only the live ones."""
         if batch is None:
             return None
-        live = [i for i in batch.request_ids if self._keep(i)]
+        progress = dict(zip(batch.request_ids, batch.prompt_computed))
+        live = [i for i in batch.request_ids if self._keep(i, progress.get(i, 0))]
         if len(live) == batch.size:
             return batch
         if not live:
@@ -372,12 +373,13 @@ class Batcher:
         with tracing.span("filter_batch", id=batch.id, size=len(live)):
             return await self._client.filter_batch(batch.id, live)
 
-    def _keep(self, request_id: int) -> bool:
+    def _keep(self, request_id: int, prompt_computed: int) -> bool:
+        """``prompt_computed``: the shard's count of the request's prompt tokens with KV (0: not said)."""
         state = self._states.get(request_id)
         if state is None or not state.running or state.round_id != request_id:
             return False
         if state.dropped:
-            self._end(state, computed=self._prompt_computed(state))
+            self._end(state, self._prompt_computed(state), prompt_computed)
             self._metrics.inc("tgi_request_failure", err="dropped")
             return False
         return True
@@ -385,8 +387,8 @@ class Batcher:
     @staticmethod
     def _prompt_computed(state: ActiveRequest) -> bool:
         """The round's whole prompt is in the KV pool: its first token came back. A request whose client left
-        while its prompt was still being prefilled in chunks has only some chunks computed, so its blocks must
-        not enter the prefix cache (later requests would read the uncomputed KV as a hit)."""
+        while its prompt was still being prefilled in chunks has only some chunks computed, so only those (as
+        the shard counts them) may enter the prefix cache (later requests would read uncomputed KV as a hit)."""
         return state.prompt_done_round == state.round_id
 
     async def _fail(self, batch_ids: list[int] | None, ids: Iterable[int], details: str) -> None:
@@ -575,12 +577,13 @@ class Batcher:
             return list(req.input_ids) + list(self._encode(text, False))
         return list(self._encode(inputs, req.add_special_tokens))
 
-    def _end(self, state: ActiveRequest, computed: bool = True) -> None:
+    def _end(self, state: ActiveRequest, computed: bool = True, computed_prefix: int = 0) -> None:
         """The current round left its batch: release its blocks and forget its id. ``computed=False``: it
-        failed in a step, so a prompt not yet published is cached nowhere (``Scheduler.release``)."""
+        failed in a step or left mid-prompt, so of a prompt not yet published only ``computed_prefix`` tokens
+        are cached (``Scheduler.release``)."""
         self._states.pop(state.round_id, None)
         state.running = False
-        self._scheduler.release(state.round_id, computed)
+        self._scheduler.release(state.round_id, computed, computed_prefix)
 
     # ---- batches ---------------------------------------------------------------------------------------
 

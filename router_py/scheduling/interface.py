@@ -7,7 +7,8 @@ Life of a request, as the batcher drives it:
          │                     │
          └─ cancel(id)         ├─ prefill_done(id) when its first token comes back (prompt blocks shareable)
             (still waiting)    └─ release(id) when it finishes, fails or its client goes away
-                                  (prompt's full blocks go into the tree, the rest is freed)
+                                  (prompt's full blocks go into the tree, the rest is freed; a prompt left
+                                  mid-prefill: the full blocks of its computed pieces)
 """
 
 from __future__ import annotations
@@ -108,11 +109,13 @@ class Scheduler(Protocol):
         blocks may be shared with waiting requests from now on. Unknown ids are ignored."""
         ...
 
-    def release(self, request_id: int, computed: bool = True) -> None:
+    def release(self, request_id: int, computed: bool = True, computed_prefix: int = 0) -> None:
         """An admitted request ended: insert its prompt's full blocks into the tree, free the rest, unlock.
         ``computed=False``: it ended in a failed or cancelled step, so its prompt's KV is not known to be
         computed: unless :meth:`prefill_done` published the prompt, nothing is cached and the allocation is
-        rolled back (its tier copies count as sent; the batcher reported them failed)."""
+        rolled back (its tier copies count as sent; the batcher reported them failed). ``computed_prefix``
+        (with ``computed=False``): its leading prompt tokens known computed all the same (a chunked prefill's
+        finished pieces, its client gone): their full blocks are cached, the rest freed."""
         ...
 
     def waiting_count(self) -> int: ...

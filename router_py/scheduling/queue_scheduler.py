@@ -160,15 +160,19 @@ class QueueScheduler:
             self.allocator.cache_prompt(alloc, entry.tokens, entry.hashes)
         self._on_prefilled(entry)
 
-    def release(self, request_id: int, computed: bool = True) -> None:
-        """Idempotent: an id that is not running is ignored."""
+    def release(self, request_id: int, computed: bool = True, computed_prefix: int = 0) -> None:
+        """See ``Scheduler.release``. Idempotent: an id that is not running is ignored."""
         item = self.running.pop(request_id, None)
         if item is None:
             return
         entry, alloc = item
         if alloc is not None and self.allocator is not None:
+            bs = self.allocator.block_size
             if computed or alloc.published:
                 self.allocator.release(alloc, entry.tokens if entry.hashes else None, entry.hashes)
+            elif computed_prefix >= bs and entry.hashes:
+                n = min(computed_prefix // bs, len(entry.hashes))
+                self.allocator.release(alloc, entry.tokens[: n * bs], entry.hashes[:n])
             else:
                 self.allocator.rollback(alloc, sent=True)
         self._on_prefilled(entry)

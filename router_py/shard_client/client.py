@@ -323,7 +323,8 @@ def _cached_to_pb(b: CachedBatch) -> pb.CachedBatch:
 
 def _cached_from_pb(b: pb.CachedBatch) -> CachedBatch:
     return CachedBatch(
-        id=b.id, request_ids=tuple(b.request_ids), max_tokens=b.max_tokens, current_tokens=b.current_tokens
+        id=b.id, request_ids=tuple(b.request_ids), max_tokens=b.max_tokens, current_tokens=b.current_tokens,
+        prompt_computed=tuple(b.prompt_computed),
     )
 
 

@@ -29,12 +29,15 @@ class FakeOptions:
     step_delay_s: float = 0.0
     eos_token_id: int | None = None  # a generated token with this id finishes with eos_token
     poison_word: str | None = None  # a request whose prompt holds it fails alone (Generation.error)
+    prompt_computed: bool = True  # CachedBatch says each request's computed prompt tokens (TGI's shard: no)
 
 
 @dataclass
 class _Req:
     pb: pb.Request
-    prompt_left: int  # prompt words left after the first prefill (chunked prefill)
+    prompt: int  # prompt words
+    prompt_left: int  # prompt words the step after the first prefill computes (chunked prefill)
+    computed: int  # prompt words with KV (the first prefill's until the step that computes the rest)
     generated: list[int] = field(default_factory=list)
     text: str = ""
     finished: bool = False
@@ -144,7 +147,7 @@ class FakeShard(pb_grpc.TextGenerationServiceServicer):
         words = len(r.input_chunks.chunks[0].text.split())
         prompt = min(words, r.truncate) if r.truncate else words
         done = r.cache_len + (r.chunk_len if r.HasField("chunk_len") else prompt - r.cache_len)
-        return _Req(pb=r, prompt_left=max(prompt - done, 0))
+        return _Req(pb=r, prompt=prompt, prompt_left=max(prompt - done, 0), computed=min(done, prompt))
 
     async def _batch(self, batch_id: int, context: grpc.aio.ServicerContext) -> list[_Req]:
         if batch_id not in self.batches:
@@ -175,6 +178,7 @@ class FakeShard(pb_grpc.TextGenerationServiceServicer):
         if req.prompt_left > 0:  # the rest of a chunked prompt: computed now, no Generation yet
             req.prompt_left = 0
             return None
+        req.computed = req.prompt
         tok = _token(req)
         req.generated.append(tok)
         req.text += f" w{tok}"
@@ -205,10 +209,11 @@ class FakeShard(pb_grpc.TextGenerationServiceServicer):
 
     def _cached(self, batch_id: int) -> pb.CachedBatch:
         reqs = self.batches[batch_id]
+        computed = [r.computed for r in reqs] if self.options.prompt_computed else []
         return pb.CachedBatch(
             id=batch_id, request_ids=[r.pb.id for r in reqs], size=len(reqs),
             max_tokens=sum(r.pb.truncate + r.pb.stopping_parameters.max_new_tokens for r in reqs),
-            current_tokens=len(reqs),
+            current_tokens=len(reqs), prompt_computed=computed,
         )
 
 

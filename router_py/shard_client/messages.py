@@ -61,12 +61,15 @@ class RequestBatch:
 
 @dataclass(frozen=True)
 class CachedBatch:
-    """A batch the shard keeps; ``request_ids`` still lists finished requests until FilterBatch."""
+    """A batch the shard keeps; ``request_ids`` still lists finished requests until FilterBatch.
+    ``prompt_computed``: per request id, its prompt tokens whose KV the shard has computed (empty from a shard
+    that does not say, as TGI's)."""
 
     id: int
     request_ids: tuple[int, ...]
     max_tokens: int
     current_tokens: int
+    prompt_computed: tuple[int, ...] = ()
 
     @property
     def size(self) -> int:

@@ -327,13 +327,19 @@ async def test_random_churn_leaves_nothing_held(tmp_path: Path) -> None:
         await close(s)
 
 
-async def test_client_gone_during_a_chunked_prefill_caches_nothing_of_its_prompt(tmp_path: Path) -> None:
+@pytest.mark.parametrize("said", [True, False])
+async def test_client_gone_during_a_chunked_prefill_caches_only_its_computed_chunks(
+    tmp_path: Path, said: bool
+) -> None:
     """A client that leaves while its prompt is still being prefilled in chunks: only the first chunk's KV
-    was computed, so none of its prompt blocks may enter the prefix cache (live, every later request with
-    that prompt read the uncomputed blocks as a hit and generated other greedy tokens)."""
-    s = await make_stack(tmp_path, FakeOptions(step_delay_s=0.05), max_batch_prefill_tokens=32,
+    was computed (the shard says 32 of 80 tokens), so only that chunk's blocks may enter the prefix cache
+    (live, caching them all, every later request with that prompt read the uncomputed blocks as a hit and
+    generated other greedy tokens); the next request with the prompt starts after them. A shard that does not
+    say (TGI's): nothing of the prompt is cached."""
+    s = await make_stack(tmp_path, FakeOptions(step_delay_s=0.05, prompt_computed=said), max_batch_prefill_tokens=32,
                          max_input_tokens=100, max_total_tokens=200)
     prompt = "w " * 80
+    cached = 32 if said else 0
     try:
         stream = s.batcher.generate_stream(request(prompt, max_new_tokens=4))
         first = asyncio.ensure_future(stream.__anext__())
@@ -342,9 +348,9 @@ async def test_client_gone_during_a_chunked_prefill_caches_nothing_of_its_prompt
         await asyncio.gather(first, return_exceptions=True)
         await stream.aclose()
         await drained(s)
-        assert s.scheduler.released == [0] and s.scheduler.cache_stats()["blocks_cached"] == 0
+        assert s.scheduler.released == [0] and s.scheduler.cache_stats()["blocks_cached"] == cached // 16
         events = await collect(s.batcher, request(prompt, max_new_tokens=4))
-        assert isinstance(events[-1], EndEvent) and s.shard.received[-1].cache_len == 0
+        assert isinstance(events[-1], EndEvent) and s.shard.received[-1].cache_len == cached
         await drained(s)
     finally:
         await close(s)

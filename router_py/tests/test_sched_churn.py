@@ -55,8 +55,13 @@ def test_churn_keeps_block_accounting(scheduler: str, policy: str, block_size: i
         elif op < 0.45:
             s.next_batch(step * 0.01, rng.randint(1, 24), 64, max_size=rng.choice([None, 2]))
         elif op < 0.6 and s.running:
-            rid = rng.choice(list(s.running))
-            (s.prefill_done if rng.random() < 0.4 else s.release)(rid)
+            rid, roll = rng.choice(list(s.running)), rng.random()
+            if roll < 0.4:
+                s.prefill_done(rid)
+            elif roll < 0.8:
+                s.release(rid)
+            else:  # left mid-prompt (or failed): some leading tokens computed, as a shard would say
+                s.release(rid, computed=False, computed_prefix=rng.randint(0, 12))
         elif op < 0.65:
             s.cancel(rng.randint(max(0, next_id - 10), next_id))
         elif op < 0.8:

@@ -23,6 +23,26 @@ def _serve(s: QueueScheduler, rid: int, prompt: list[int]) -> None:
     s.release(rid)
 
 
+@pytest.mark.parametrize(("computed_prefix", "cached"), [(0, 0), (3, 0), (13, 12), (10_000, 40)])
+def test_a_prompt_left_mid_prefill_caches_the_full_blocks_of_its_computed_tokens(
+    computed_prefix: int, cached: int
+) -> None:
+    """release(computed=False, computed_prefix=n): n // block_size blocks of the prompt go into the tree (at
+    most its full blocks), the rest of the allocation is freed; the same prompt then matches just those."""
+    s = _sched("fcfs")
+    prompt = SYS + [1] * 10  # 42 tokens: 10 full blocks of 4
+    s.enqueue(SchedRequest(0, prompt, 1, 0.0), 0.0)
+    assert _ids(s) == [0]
+    s.release(0, computed=False, computed_prefix=computed_prefix)
+    stats = s.cache_stats()
+    assert stats["blocks_cached"] == cached // 4 and stats["blocks_in_use"] == 0
+    assert s.allocator is not None
+    s.allocator.check_integrity()  # raises on a leaked or doubly held block
+    s.enqueue(SchedRequest(1, prompt, 1, 0.0), 0.0)
+    plan = s.next_batch(0.0, 10_000, 100_000)
+    assert plan is not None and plan.admissions[0].cache_len == cached
+
+
 def _ids(s: QueueScheduler, budget: int = 10_000, now: float = 0.0, max_size: int | None = None) -> list[int]:
     plan = s.next_batch(now, budget, 100_000, max_size=max_size)
     return [] if plan is None else [a.request.id for a in plan.admissions]

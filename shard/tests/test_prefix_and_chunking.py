@@ -135,7 +135,8 @@ async def test_chunks_without_prefill_logprobs(service) -> None:
 async def test_later_chunks_respect_the_prefill_budget_beside_running_decodes(service, budget: int) -> None:
     """Warmup's max_prefill_tokens bounds every forward: a long prompt merged into a running batch is computed
     in pieces of at most ``budget - decoding requests`` tokens, the running requests get a token at every
-    step meanwhile, and the prompt's tokens and logprobs equal the unchunked run."""
+    step meanwhile, and the prompt's tokens and logprobs equal the unchunked run. Each step's CachedBatch says
+    how much of each prompt is computed (``prompt_computed``: what a router caches of a prompt left mid-way)."""
     n, pool = _prompt_len(service), Blocks()
     cold_ids, cold_lps, cold_prompt = await _generate(service, 1, pool.take(n + NEW)[0])
     service.runner.max_prefill_tokens = budget
@@ -150,6 +151,8 @@ async def test_later_chunks_respect_the_prefill_budget_beside_running_decodes(se
     pieces, gens = [], []
     while not any(g.request_id == 5 for g in resp.generations):
         assert resp.batch.current_tokens <= budget
+        held = service.batches[resp.batch.id].requests
+        assert list(resp.batch.prompt_computed) == [held[0].prompt_len, held[1].prompt_len, 4 + sum(pieces)]
         assert {g.request_id for g in resp.generations} == {10, 11}  # the decodes never stall
         before = service.batches[resp.batch.id].requests[2].cache_len
         resp = await service.Decode(pb.DecodeRequest(batches=[resp.batch]), None)
