@@ -16,7 +16,7 @@ from flash_kernels.api import AttentionBackend
 from shard.layers import cpu_direct
 from shard.layers.fusion import fuse_projections
 from shard.layers.packed_linear import pack_cpu_linears, warm_packed_linears
-from shard.layers.rotary import Rotary
+from shard.layers.rotary import Rotary, rope_type
 from shard.models import model_class
 from shard.models.llama import DecoderConfig, LlamaForCausalLM
 from shard.tensor_parallel import SINGLE, TensorParallel
@@ -185,6 +185,12 @@ def load_model(
             "sliding_window %d is below max_position_embeddings %d: attention here is full, not windowed, so "
             "positions are capped at the window (max_total_tokens <= %d), where both give the same outputs",
             model.config.max_positions, positions, model.config.max_positions,
+        )
+    if rope_type(model.config.rope_scaling) == "dynamic":
+        log.warning(
+            "rope_scaling dynamic: served as transformers computes it up to max_position_embeddings (%d), where "
+            "it is plain RoPE; longer contexts, whose every position it would rescale, are not offered",
+            model.config.max_positions,
         )
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     return LoadedModel(model, cfg, tokenizer, eos_ids(folder, cfg, tokenizer), dtype, device)

@@ -1,5 +1,6 @@
 """Rotary position embedding (rotate-half, as HF Llama/Qwen), with the static rope_scaling types of HF configs:
-linear (position interpolation), llama3 (Llama 3.1) and yarn (NTK-by-parts plus an attention factor)."""
+linear (position interpolation), llama3 (Llama 3.1) and yarn (NTK-by-parts plus an attention factor); and
+dynamic NTK within max_position_embeddings, where it is plain RoPE (the decoder offers no position past it)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import nn
 
 from flash_kernels.backends import cpu_pointwise
 
-SUPPORTED_SCALING = ("default", "linear", "llama3", "yarn")
+SUPPORTED_SCALING = ("default", "linear", "llama3", "yarn", "dynamic")
 
 
 def rope_type(scaling: dict | None) -> str:
@@ -29,8 +30,7 @@ def rope_parameters(head_dim: int, theta: float, scaling: dict | None) -> tuple[
     inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
     kind = rope_type(scaling)
     if kind not in SUPPORTED_SCALING:
-        # NOTE: dynamic NTK rescales every position by the longest sequence in the batch, so a cached prefix
-        # would stop matching what a recompute gives; longrope needs per-dimension factor lists (Phi-3)
+        # NOTE: longrope switches per-dimension factor lists by the sequence's length (Phi-3)
         raise ValueError(f"unsupported rope_scaling type {kind!r}; supported: {', '.join(SUPPORTED_SCALING)}")
     s = scaling or {}
     if kind == "linear":
@@ -39,6 +39,8 @@ def rope_parameters(head_dim: int, theta: float, scaling: dict | None) -> tuple[
         return _llama3_scale(inv, s).float(), 1.0
     if kind == "yarn":
         return _yarn_scale(inv, head_dim, theta, s).float(), _yarn_attention_factor(s)
+    # NOTE: dynamic NTK changes the base only for a sequence longer than max_position_embeddings, and then at
+    # every position of it (a cached prefix would stop matching a recompute), so positions stop there
     return inv.float(), 1.0
 
 

@@ -100,7 +100,8 @@ def _rope_scaling(cfg: dict) -> dict | None:
 def _usable_positions(cfg: dict, scaling: dict) -> int:
     """max_position_embeddings, extended by the factor of a linear or yarn ``scaling`` (:func:`_rope_scaling`;
     yarn: the original context times it, as vLLM derives its max_model_len; llama3 configs already give the
-    extended one), capped at a sliding window when one is active (Mistral v0.1).
+    extended one; dynamic: not extended, see :func:`shard.layers.rotary.rope_parameters`), capped at a sliding
+    window when one is active (Mistral v0.1).
 
     NOTE: attention here is full, not windowed; within the window the two are identical, so capping the
     positions (Warmup then offers max_total_tokens <= window) keeps outputs exact instead of silently wrong.

@@ -73,6 +73,7 @@ def _logits_vs_transformers(
         ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
         ("llama", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}}),
         ("qwen3", {"rope_scaling": {"type": "yarn", "factor": 8.0}}),  # original context: max_position_embeddings
+        ("llama", {"rope_scaling": {"type": "dynamic", "factor": 2.0}}),  # plain RoPE within the context
     ],
 )
 def test_logits_equal_transformers(tiny_llama: Path, tmp_path: Path, arch: str, config: dict) -> None:
@@ -102,7 +103,7 @@ BASE = {"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden
     [
         ("hidden_act", "gelu", "unsupported hidden_act 'gelu'"),
         ("quantization_config", {"quant_method": "fp8"}, r"unsupported quantization_config .*'fp8'"),
-        ("rope_scaling", {"rope_type": "dynamic", "factor": 4.0}, "unsupported rope_scaling type 'dynamic'"),
+        ("rope_scaling", {"rope_type": "longrope", "factor": 4.0}, "unsupported rope_scaling type 'longrope'"),
     ],
 )
 def test_unimplemented_config_fields_are_refused(field: str, value: object, message: str) -> None:
@@ -120,6 +121,7 @@ def test_unimplemented_config_fields_are_refused(field: str, value: object, mess
         ({"rope_type": "yarn", "factor": 4.0}, 16384),  # the original context is max_position_embeddings
         ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024}, 4096),
         ({"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 512}, 4096),  # given extended
+        ({"rope_type": "dynamic", "factor": 4.0}, 4096),  # past it, dynamic NTK would rescale every position
     ],
 )
 def test_a_scaled_rope_extends_the_usable_positions(scaling: dict | None, positions: int) -> None:
