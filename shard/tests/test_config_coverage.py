@@ -129,6 +129,16 @@ def test_a_scaled_rope_extends_the_usable_positions(scaling: dict | None, positi
     assert DecoderConfig.from_hf(cfg).max_positions == positions
 
 
+def test_dynamic_rope_is_served_within_max_position_embeddings_with_a_warning(
+    tiny_llama: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = _hf_folder(tiny_llama, tmp_path / "m", "llama", rope_scaling={"type": "dynamic", "factor": 2.0})
+    with caplog.at_level(logging.WARNING, logger="shard.loader"):
+        runner = build_runner(make_config(folder, num_blocks=8))
+    assert runner.model.config.max_positions == SHAPE["max_position_embeddings"]
+    assert "rope_scaling dynamic" in caplog.text
+
+
 def test_tgis_rope_factor_is_linear_scaling_replacing_the_configs(tiny_llama: Path, tmp_path: Path) -> None:
     plain = _hf_folder(tiny_llama, tmp_path / "plain", "llama", rope_scaling={"rope_type": "yarn", "factor": 2.0})
     linear = tmp_path / "linear"
