@@ -1,14 +1,16 @@
 """KV tiers end to end (docs/kv-tiers-wire.md): the launcher with a tiny device pool, a host and a disk tier.
 Greedy outputs (fp32) are identical whether a prompt's prefix is computed cold, hit on the device, promoted
-from host memory or from disk, or recomputed because its disk files were corrupted; /metrics shows each path
-was taken."""
+from host memory or from disk, recomputed because its disk files were corrupted, or left cached in part by a
+client that gave up mid-prefill; /metrics shows each path was taken."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,14 +50,21 @@ def stack() -> Iterator[tuple[Stack, Path]]:
 
 
 @pytest.fixture
+def chunked_stack() -> Iterator[tuple[Stack, Path]]:
+    """DART and QAS (the defaults), a 32-block host tier, prompts prefilled 16 tokens a step."""
+    yield from launch("--cache-policy", "dart", "--kv-host-tokens", "512", "--max-batch-prefill-tokens", "16")
+
+
+@pytest.fixture
 def lru_stack() -> Iterator[tuple[Stack, Path]]:
     """Write-through LRU tiers (placement that does not depend on wall time, unlike DART's decayed heat), a
     64-block host tier."""
     yield from launch("--kv-host-tokens", "1024", "--kv-tier-policy", "lru-offload")
 
 
-def generate(s: Stack, text: str) -> str:
-    body = {"inputs": text, "parameters": {"max_new_tokens": 8, "do_sample": False}}
+def generate(s: Stack, text: str, cold: bool = False) -> str:
+    """Greedy, 8 tokens; ``cold``: past the prefix cache (``decoder_input_details``, TGI's rule)."""
+    body = {"inputs": text, "parameters": {"max_new_tokens": 8, "do_sample": False, "decoder_input_details": cold}}
     r = httpx.post(f"{s.url}/generate", json=body, timeout=60)
     assert r.status_code == 200, r.text
     return r.json()["generated_text"]
@@ -128,3 +137,39 @@ def test_a_waiting_request_is_prefetched_from_disk(lru_stack) -> None:
     state += f"\nbefore the target {hits}; the long one still ran when the target ended: {still_running}"
     assert s.metric("prism_kv_tier_prefetched_blocks") > 0, state
     assert s.metric("prism_kv_tier_prefetch_hits") > before, state
+
+
+def test_clients_giving_up_mid_prefill_over_the_tiers_change_no_answer(chunked_stack) -> None:
+    """Two rounds of 36 concurrent greedy requests over three shared prefixes, a third of them given up at a
+    random point (queued, mid-prefill: its computed chunks are cached, or later): every answer equals the
+    cold one, prefixes came back from the host tier, and the pool is idle after."""
+    s, _ = chunked_stack
+    prompts = [f"{prompt(100 + i % 3)} {prompt(200 + i % 12, 4 + i % 12)}" for i in range(36)]  # 100-140 tokens
+    cold = {p: generate(s, p, cold=True) for p in set(prompts)}
+    rng = random.Random(7)
+
+    async def one(client: httpx.AsyncClient, i: int) -> str | None:
+        body = {"inputs": prompts[i], "parameters": {"max_new_tokens": 8, "do_sample": False}}
+        await asyncio.sleep(rng.random() * 2)
+        if i % 3 == 1:
+            try:
+                await asyncio.wait_for(client.post(f"{s.url}/generate", json=body), rng.random() * 0.3)
+            except asyncio.TimeoutError:
+                pass
+            return None
+        r = await client.post(f"{s.url}/generate", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()["generated_text"]
+
+    async def storm() -> list[str | None]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(36)))
+
+    for _ in range(2):
+        texts = asyncio.run(storm())
+        assert [t for t in texts if t is not None] == [cold[p] for p, t in zip(prompts, texts) if t is not None]
+    assert tier_hits(s, "host") > 0, httpx.get(f"{s.url}/metrics").text
+    deadline = time.monotonic() + 10
+    while s.metric('prism_prefix_cache_blocks{state="in_use"}') != 0:
+        assert time.monotonic() < deadline, "blocks still held after the storm"
+        time.sleep(0.1)
