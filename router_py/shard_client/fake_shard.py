@@ -3,9 +3,10 @@
 Used by the batcher and shard-client tests and by ``bench/router_overhead.py``. It follows the protocol
 semantics the router relies on (tgi-compat.md 1.5): batches are kept until FilterBatch/ClearCache or until all
 their requests stopped, finished requests keep producing tokens until filtered, Decode concatenates batches
-keeping the first id, Prefill with ``cached_batch`` merges, a chunked prompt emits no Generation until consumed. "Tokens" are whitespace words;
-token ``k`` of a request is ``(seed_of(prompt) + 7k) % 50 + 10`` with text `` w<id>``. Every Request received is
-recorded in ``received`` so tests can check blocks, slots, cache_len and chunk_len.
+keeping the first id, Prefill with ``cached_batch`` merges, a chunked prompt emits no Generation until consumed
+(and CachedBatch counts its computed prompt words, unless ``prompt_computed`` is off). "Tokens" are whitespace
+words; token ``k`` of a request is ``(seed_of(prompt) + 7k) % 50 + 10`` with text `` w<id>``. Every Request
+received is recorded in ``received`` so tests can check blocks, slots, cache_len and chunk_len.
 """
 
 from __future__ import annotations
