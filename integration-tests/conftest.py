@@ -7,6 +7,7 @@ does. Each module launches one stack (module-scoped fixtures) to keep the suite 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import socket
@@ -116,6 +117,21 @@ def metric_value(text: str, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     raise KeyError(f"{series} not in /metrics")
+
+
+async def generated_or_gone(client: httpx.AsyncClient, url: str, body: dict, give_up_s: float | None) -> str | None:
+    """POST ``body`` to ``url``/generate: the generated text, or None for a client that gives up after
+    ``give_up_s`` seconds (its request queued, mid-prefill or later by then)."""
+    call = client.post(f"{url}/generate", json=body)
+    if give_up_s is not None:
+        try:
+            await asyncio.wait_for(call, give_up_s)
+        except asyncio.TimeoutError:
+            pass
+        return None
+    r = await call
+    assert r.status_code == 200, r.text
+    return r.json()["generated_text"]
 
 
 def transformers_greedy(prompts: Sequence[str], new_tokens: int) -> dict[str, list[int]]:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from conftest import Stack
+from conftest import Stack, generated_or_gone
 
 PROMPT = " ".join(["castle river mountain king queen"[i % 20:] for i in range(90)])  # ~760 tokens
 
@@ -81,21 +81,12 @@ def test_a_storm_several_times_the_pool_is_served_as_each_request_alone(stack: S
     prompts = [f"{shared[i % 2]} request {i} " + "castle " * (i * 3) for i in range(24)]
     solo = [_greedy(stack, p, 48)[0] for p in prompts[::3]]
 
-    async def one(client: httpx.AsyncClient, i: int) -> str | None:
-        body = {"inputs": prompts[i], "parameters": {"max_new_tokens": 48, "do_sample": False}}
-        if i % 4 == 1:  # gives up while queued or running
-            try:
-                await asyncio.wait_for(client.post(f"{stack.url}/generate", json=body), 0.05 * i)
-            except asyncio.TimeoutError:
-                pass
-            return None
-        r = await client.post(f"{stack.url}/generate", json=body)
-        assert r.status_code == 200, r.text
-        return r.json()["generated_text"]
-
     async def storm() -> list[str | None]:
         async with httpx.AsyncClient(timeout=120) as client:
-            return await asyncio.gather(*(one(client, i) for i in range(24)))
+            return await asyncio.gather(*(  # a quarter give up, while queued or running
+                generated_or_gone(client, stack.url, {"inputs": prompts[i], "parameters": {
+                    "max_new_tokens": 48, "do_sample": False}}, 0.05 * i if i % 4 == 1 else None)
+                for i in range(24)))
 
     texts = asyncio.run(storm())
     for i, expected in zip(range(0, 24, 3), solo):

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Stack
+from conftest import Stack, generated_or_gone
 
 WORDS = ("river stone cloud window garden letter silver morning candle forest harbor lantern meadow "
          "thunder pencil orchard valley mirror feather island").split()
@@ -151,15 +151,7 @@ def test_clients_giving_up_mid_prefill_over_the_tiers_change_no_answer(chunked_s
     async def one(client: httpx.AsyncClient, i: int) -> str | None:
         body = {"inputs": prompts[i], "parameters": {"max_new_tokens": 8, "do_sample": False}}
         await asyncio.sleep(rng.random() * 2)
-        if i % 3 == 1:
-            try:
-                await asyncio.wait_for(client.post(f"{s.url}/generate", json=body), rng.random() * 0.3)
-            except asyncio.TimeoutError:
-                pass
-            return None
-        r = await client.post(f"{s.url}/generate", json=body)
-        assert r.status_code == 200, r.text
-        return r.json()["generated_text"]
+        return await generated_or_gone(client, s.url, body, rng.random() * 0.3 if i % 3 == 1 else None)
 
     async def storm() -> list[str | None]:
         async with httpx.AsyncClient(timeout=120) as client:
