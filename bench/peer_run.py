@@ -116,16 +116,18 @@ class PeerRun:
         """The named loads (``LOADS``, in that order) as measurement points: (name, measure), one per sweep
         point, each adding its rows."""
         p, out = self.loads.params, []
+        sweeps = {  # name: (label, QPS points, the requests at a QPS, P99 target)
+            "shared": ("shared prefix", p.shared_qps, self.loads.shared, 0.8),
+            "rag": ("RAG", p.rag_qps, self.loads.rag, None),
+        }
         for name in LOADS:
             if name not in loads:
                 continue
-            if name == "shared":
-                out += [(f"shared@{q:g}", partial(self._sweep, "shared", "shared prefix", q, self.loads.shared, 0.8))
-                        for q in p.shared_qps]
-            elif name == "rag":
-                out += [(f"rag@{q:g}", partial(self._sweep, "rag", "RAG", q, self.loads.rag, None)) for q in p.rag_qps]
-            else:
+            if name not in sweeps:
                 out.append((name, getattr(self, name)))
+                continue
+            label, qps, build, target = sweeps[name]
+            out += [(f"{name}@{q:g}", partial(self._sweep, name, label, q, build, target)) for q in qps]
         return out
 
     def warmup(self) -> None:
@@ -225,11 +227,11 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from bench.workloads.prompts import PromptBuilder, load_tokenizer
 
     wanted = _loads_wanted(args.loads)
+    if wanted is None:
+        return 2
     servers = args.server if args.command == "pair" else [(args.name, args.url, args.served_model_name)]
     if args.command == "pair" and len(servers) != 2:
         print("error: pair takes --server twice", file=sys.stderr)
-        return 2
-    if wanted is None:
         return 2
     params = replace(QUICK if args.quick else PeerParams(), seed=args.seed)
     loads = PeerLoads(params, PromptBuilder(load_tokenizer(args.model_id)))

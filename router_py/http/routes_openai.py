@@ -264,7 +264,7 @@ async def _one_completion_stream(
         if not ended and logprobs is None and now_usage is None:
             yield chunk.render(text)
             continue
-        finish = openai_finish_reason(event.finish_reason) if isinstance(event, EndEvent) else None
+        finish = openai_finish_reason(event.finish_reason) if ended else None
         yield tgi_event(completion_chunk(state.config, created, index, text, finish, logprobs, now_usage))
         if ended:
             yield run, event

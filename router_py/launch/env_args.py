@@ -13,6 +13,7 @@ from typing import Any
 
 from router_py import env as environment
 
+
 def parse_bool(raw: str) -> bool:
     """TGI's boolean env values: 1/true/yes/on or 0/false/no/off (any case); anything else is an error."""
     value = raw.strip().lower()
