@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from prism_cache import POLICY_NAMES, CacheObserver
 from prism_cache.tiers.types import TIER_POLICIES, TierConfig
-from router_py import env
+from router_py import env, event_loop
 from router_py.engine.backend_config import BackendConfig
 from router_py.engine.batcher import Batcher
 from router_py.engine.dp_backend import DataParallelBackend
@@ -318,7 +318,7 @@ async def serve(args: argparse.Namespace) -> int:
     host = bind_host(args.hostname)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=args.port, log_config=None, access_log=False))
     server.handle_exit = on_stop_signal(server.handle_exit, batcher.begin_stop)
-    log.info("serving on http://%s:%d", host, args.port)
+    log.info("serving on http://%s:%d (%s)", host, args.port, event_loop.describe())
     # NOTE: uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that was
     # installed before it; this one lets the router exit 0 after that graceful stop, as TGI's does.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
@@ -439,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.json_output)
     try:
-        return asyncio.run(serve(args))
+        return event_loop.run(serve(args))
     except (StartupError, ShardError, ValueError) as e:
         log.error("router failed to start: %s", e)
         return startup_exit_code(e)

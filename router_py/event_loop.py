@@ -1,0 +1,38 @@
+"""The router's event loop and HTTP parser: uvloop's loop (libuv) and httptools' parser where they are installed
+(both are dependencies on Linux and macOS, as in ``uvicorn[standard]``), else asyncio's loop and h11. The
+router spends about 15% less CPU per streamed token on them (docs/performance.md). ``PRISM_UVLOOP=0`` keeps
+asyncio's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+ENV = "PRISM_UVLOOP"
+T = TypeVar("T")
+
+
+def uses_uvloop() -> bool:
+    """uvloop is installed and not switched off."""
+    return os.environ.get(ENV, "1") != "0" and importlib.util.find_spec("uvloop") is not None
+
+
+def http_parser() -> str:
+    """The parser uvicorn's ``http="auto"`` picks: httptools when installed, else h11."""
+    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on uvloop's loop when :func:`uses_uvloop`, else on asyncio's."""
+    if not uses_uvloop():
+        return asyncio.run(main)
+    import uvloop
+
+    return uvloop.run(main)
+
+
+def describe() -> str:
+    return f"event loop {'uvloop' if uses_uvloop() else 'asyncio'} ({ENV}=0: asyncio), HTTP parser {http_parser()}"
