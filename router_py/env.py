@@ -49,6 +49,11 @@ def shard_threads() -> str | None:
     return os.environ.get(SHARD_THREADS) or None
 
 
+def uvloop_wanted() -> bool:
+    """``PRISM_UVLOOP``: ``0`` runs the router on asyncio's own event loop instead of uvloop's."""
+    return os.environ.get("PRISM_UVLOOP", "1") != "0"
+
+
 def cpu_cores() -> int:
     """Cores this process may run on (its affinity mask, as the shard counts them)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-ENV = "PRISM_UVLOOP"
+from router_py import env
+
 T = TypeVar("T")
 
 
 def uses_uvloop() -> bool:
     """uvloop is installed and not switched off."""
-    return os.environ.get(ENV, "1") != "0" and importlib.util.find_spec("uvloop") is not None
+    return env.uvloop_wanted() and importlib.util.find_spec("uvloop") is not None
 
 
 def http_parser() -> str:
@@ -35,4 +35,6 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
 
 def describe() -> str:
-    return f"event loop {'uvloop' if uses_uvloop() else 'asyncio'} ({ENV}=0: asyncio), HTTP parser {http_parser()}"
+    """For the start-up log line."""
+    loop = "uvloop" if uses_uvloop() else "asyncio"
+    return f"event loop {loop} (PRISM_UVLOOP=0: asyncio), HTTP parser {http_parser()}"

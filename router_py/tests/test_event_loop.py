@@ -15,14 +15,14 @@ async def _loop_module() -> str:
 
 
 def test_the_router_runs_on_uvloop_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(event_loop.ENV, raising=False)
+    monkeypatch.delenv("PRISM_UVLOOP", raising=False)
     assert event_loop.uses_uvloop()
     assert event_loop.run(_loop_module()).startswith("uvloop")
     assert event_loop.describe().startswith("event loop uvloop")
 
 
 def test_prism_uvloop_0_keeps_asyncio_s_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(event_loop.ENV, "0")
+    monkeypatch.setenv("PRISM_UVLOOP", "0")
     assert not event_loop.uses_uvloop()
     assert event_loop.run(_loop_module()).startswith("asyncio")
     assert event_loop.describe().startswith("event loop asyncio")
