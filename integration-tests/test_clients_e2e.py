@@ -5,6 +5,7 @@ bad requests end to end (the full table runs in-process in the router's tests)."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import openai
@@ -14,7 +15,7 @@ from text_generation import AsyncClient, Client
 from text_generation.errors import ValidationError
 from text_generation.types import Message
 
-from conftest import Stack
+from conftest import Stack, child_pid
 
 PROMPT = "The quick brown fox"
 
@@ -222,3 +223,12 @@ def test_bad_stream_request_is_one_error_event_and_server_keeps_serving(stack: S
                       timeout=60).status_code == 400
     assert httpx.post(f"{stack.url}/generate", content=b"{}", timeout=60).status_code == 415
     assert httpx.get(f"{stack.url}/health", timeout=60).status_code == 200
+
+
+def test_the_router_process_runs_uvloop_and_httptools(stack: Stack) -> None:
+    """The served router (not only router_py.event_loop in a test process) has both libraries loaded and says
+    so at start."""
+    pid = child_pid(stack.process.proc.pid, "router_py.cli")
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert "/uvloop/" in maps and "/httptools/" in maps
+    assert "event loop uvloop" in stack.process.log_tail(10**6)

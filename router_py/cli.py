@@ -316,7 +316,9 @@ async def serve(args: argparse.Namespace) -> int:
 
         start_workers()  # NOTE: the grammar-check processes import in the background, not on a first request
     host = bind_host(args.hostname)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=args.port, log_config=None, access_log=False))
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host, port=args.port, log_config=None, access_log=False, http=event_loop.http_parser()
+    ))
     server.handle_exit = on_stop_signal(server.handle_exit, batcher.begin_stop)
     log.info("serving on http://%s:%d (%s)", host, args.port, event_loop.describe())
     # NOTE: uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that was

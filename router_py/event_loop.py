@@ -21,7 +21,7 @@ def uses_uvloop() -> bool:
 
 
 def http_parser() -> str:
-    """The parser uvicorn's ``http="auto"`` picks: httptools when installed, else h11."""
+    """uvicorn's ``http`` for the router: httptools when installed, else h11 (uvicorn's own choice too)."""
     return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
 
 
