@@ -16,7 +16,8 @@ promoting pioneers costs is in docs/benchmarks.md, trace replay).
 Order offered to TGI's admission loop (which stops at the first request that does not fit):
   1. aged requests (FIFO): waited longer than the wait bound (:meth:`QasScheduler.wait_bound`: the recent
      mean queue wait x ``qas_wait_factor``, capped at ``qas_max_wait_s``) or passed over by ``qas_max_bypass``
-     later arrivals;
+     later arrivals; deduplicated as the hot lane is (a later member of an uncached segment waits for its
+     pioneer), except past ``qas_max_wait_s`` or ``qas_max_bypass``;
   2. hot lane: groups with reuse > 0, by reuse (ties: oldest member). A group whose segment is fully cached is
      admitted whole; otherwise only its oldest member (the pioneer) goes, and the rest wait until the pioneer's
      prompt is in the tree (prefill_done or release) -- the segment is prefilled once, not once per member
@@ -98,7 +99,10 @@ class QasScheduler(QueueScheduler):
             (aged if self._aged(e, now, bound) else fresh).append(e)
         window_ids = {e.request.id for e in window}
         tail = (e for e in self.queue if e.request.id not in window_ids)
-        order = self._guarded(chain(aged, self._hot_lane(fresh), tail), window)
+        self._pioneers = {}
+        pioneered: set[int] = set()
+        lanes = chain(self._aged_lane(aged, now, pioneered), self._hot_lane(fresh, pioneered), tail)
+        order = self._guarded(lanes, window)
         planned = self._planned(order, limits)
         return chain(planned, order), [e for e in planned if e.hashes]
 
@@ -116,13 +120,34 @@ class QasScheduler(QueueScheduler):
     def _aged(self, entry: Waiting, now: float, bound: float) -> bool:
         return entry.bypassed >= self.max_bypass or now - entry.request.arrival > bound
 
-    def _hot_lane(self, entries: list[Waiting]) -> list[Waiting]:
+    def _aged_lane(self, entries: list[Waiting], now: float, pioneered: set[int]) -> list[Waiting]:
+        """Aged requests in arrival order, deduplicated as the hot lane is: the first one of an uncached shared
+        segment pioneers it (added to ``pioneered``); a later one waits while its segment's pioneer is
+        prefilling or goes in this batch, unless it has reached the hard bounds (``qas_max_bypass``,
+        ``qas_max_wait_s``). Aging reorders; it does not make a segment be prefilled twice (with the mean-wait
+        bound, most waiting requests are aged under a light load)."""
+        if not self.dedup:
+            return entries
+        out: list[Waiting] = []
+        for entry in entries:
+            segment = self._segment(entry)
+            if segment is not None and not segment[3]:
+                h = segment[0]
+                if h not in self.inflight and h not in pioneered:
+                    pioneered.add(h)
+                    self._pioneers[entry.request.id] = h
+                elif not self._aged(entry, now, self.max_wait_s):
+                    continue
+            out.append(entry)
+        return out
+
+    def _hot_lane(self, entries: list[Waiting], pioneered: set[int]) -> list[Waiting]:
         """Hot groups by reuse (ties: oldest member first), then the cold lane in arrival order: requests that
-        share nothing, and the pioneers of groups worth nothing yet. Deferred followers are left out."""
+        share nothing, and the pioneers of groups worth nothing yet. Deferred followers (of a segment in
+        ``pioneered`` too: an aged pioneer's) are left out."""
         groups: dict[int, list[Waiting]] = {}
         segments: dict[int, tuple[int, int, bool]] = {}
         cold: list[Waiting] = []
-        self._pioneers = {}
         for entry in entries:
             segment = self._segment(entry)
             if segment is None:
@@ -135,7 +160,7 @@ class QasScheduler(QueueScheduler):
             cached, uncached, whole = segments[h]
             g = len(members)
             reuse = g * cached + self.pioneer_weight * (g - 1) * uncached
-            admissible = self._admissible(h, members, whole)
+            admissible = self._admissible(h, members, whole, pioneered)
             if reuse > 0:
                 hot.append(((-reuse, members[0].seq), admissible))
             else:
@@ -176,12 +201,14 @@ class QasScheduler(QueueScheduler):
                 hi = mid - 1
         return lo
 
-    def _admissible(self, h: int, members: list[Waiting], cached_whole: bool) -> list[Waiting]:
+    def _admissible(
+        self, h: int, members: list[Waiting], cached_whole: bool, pioneered: set[int]
+    ) -> list[Waiting]:
         """Members to offer now: all if the segment is cached (or dedup is off), else the pioneer, or nobody
-        while a pioneer for this segment is still prefilling."""
+        while a pioneer for this segment is still prefilling or goes in this batch (``pioneered``)."""
         if cached_whole or not self.dedup:
             return members
-        if h in self.inflight:
+        if h in self.inflight or h in pioneered:
             return []
         self._pioneers[members[0].request.id] = h
         return members[:1]
