@@ -159,14 +159,21 @@ def test_a_shard_lost_for_good_ends_every_stream_with_an_error_and_the_launcher_
     drains its streams before it exits; the queued ones must not wait for a shard that will not come back."""
     stack = Stack(["--max-restarts", "0", "--max-batch-size", "2", *SMALL]).wait_healthy()
     ended: list[tuple[float, str]] = []
+    first_tokens = threading.Semaphore(0)
 
     def stream(i: int) -> None:
         # NOTE: ignore_eos (honoured on the OpenAI routes): no stream may end early on the random model's EOS
         body = {"prompt": f"stream {i}", "max_tokens": 1000, "ignore_eos": True, "stream": True}
-        error = ""
+        error, streaming = "no error event", False
         try:
             with httpx.stream("POST", f"{stack.url}/v1/completions", json=body, timeout=120) as r:
-                error = next((line for line in r.iter_lines() if '"error"' in line), "no error event")
+                for line in r.iter_lines():
+                    if line.startswith("data:") and not streaming:
+                        streaming = True
+                        first_tokens.release()
+                    if '"error"' in line:
+                        error = line
+                        break
         except httpx.TransportError as e:
             error = f"transport error {type(e).__name__}"
         ended.append((time.monotonic(), error))
@@ -175,7 +182,9 @@ def test_a_shard_lost_for_good_ends_every_stream_with_an_error_and_the_launcher_
         threads = [threading.Thread(target=stream, args=(i,)) for i in range(6)]  # 2 running, 4 queued
         for t in threads:
             t.start()
-        time.sleep(1.5)
+        # NOTE: killed once both running streams have tokens: after a fixed wait, a fast machine had finished
+        # a stream's 1,000 tokens before the kill
+        assert first_tokens.acquire(timeout=60) and first_tokens.acquire(timeout=60)
         killed_at = time.monotonic()
         os.kill(child_pid(stack.process.proc.pid, "prism-shard"), signal.SIGKILL)
         for t in threads:
