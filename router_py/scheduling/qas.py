@@ -16,8 +16,8 @@ promoting pioneers costs is in docs/benchmarks.md, trace replay).
 Order offered to TGI's admission loop (which stops at the first request that does not fit):
   1. aged requests (FIFO): waited longer than the wait bound (:meth:`QasScheduler.wait_bound`: the recent
      mean queue wait x ``qas_wait_factor``, capped at ``qas_max_wait_s``) or passed over by ``qas_max_bypass``
-     later arrivals; deduplicated as the hot lane is (a later member of an uncached segment waits for its
-     pioneer), except past ``qas_max_wait_s`` or ``qas_max_bypass``;
+     later arrivals; a later member of an uncached segment does not go in the batch that prefills it (nor
+     while a hot-lane pioneer of it prefills), except past ``qas_max_wait_s`` or ``qas_max_bypass``;
   2. hot lane: groups with reuse > 0, by reuse (ties: oldest member). A group whose segment is fully cached is
      admitted whole; otherwise only its oldest member (the pioneer) goes, and the rest wait until the pioneer's
      prompt is in the tree (prefill_done or release) -- the segment is prefilled once, not once per member
@@ -121,11 +121,12 @@ class QasScheduler(QueueScheduler):
         return entry.bypassed >= self.max_bypass or now - entry.request.arrival > bound
 
     def _aged_lane(self, entries: list[Waiting], now: float, pioneered: set[int]) -> list[Waiting]:
-        """Aged requests in arrival order, deduplicated as the hot lane is: the first one of an uncached shared
-        segment pioneers it (added to ``pioneered``); a later one waits while its segment's pioneer is
-        prefilling or goes in this batch, unless it has reached the hard bounds (``qas_max_bypass``,
-        ``qas_max_wait_s``). Aging reorders; it does not make a segment be prefilled twice (with the mean-wait
-        bound, most waiting requests are aged under a light load)."""
+        """Aged requests in arrival order; the first one of an uncached shared segment goes (``pioneered``), a
+        later one waits while the segment goes in this batch or a hot-lane pioneer of it prefills, unless it
+        has reached the hard bounds (``qas_max_bypass``, ``qas_max_wait_s``): aging reorders, it does not have
+        a segment prefilled twice in one batch (with the mean-wait bound, most waiting requests are aged under
+        a light load). An aged pioneer is not tracked as in flight: that deferred later arrivals too and cost
+        RAG-shaped loads latency at no gain in hit rate (docs/performance.md)."""
         if not self.dedup:
             return entries
         out: list[Waiting] = []
@@ -135,7 +136,6 @@ class QasScheduler(QueueScheduler):
                 h = segment[0]
                 if h not in self.inflight and h not in pioneered:
                     pioneered.add(h)
-                    self._pioneers[entry.request.id] = h
                 elif not self._aged(entry, now, self.max_wait_s):
                     continue
             out.append(entry)
