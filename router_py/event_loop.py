@@ -1,7 +1,6 @@
 """The router's event loop and HTTP parser: uvloop's loop (libuv) and httptools' parser where they are installed
-(both are dependencies on Linux and macOS, as in ``uvicorn[standard]``), else asyncio's loop and h11. The
-router spends about 15% less CPU per streamed token on them (docs/performance.md). ``PRISM_UVLOOP=0`` keeps
-asyncio's loop."""
+(both are dependencies on Linux and macOS, as in ``uvicorn[standard]``), else asyncio's loop and h11; why,
+measured, in docs/performance.md. ``PRISM_UVLOOP=0`` keeps asyncio's loop."""
 
 from __future__ import annotations
 

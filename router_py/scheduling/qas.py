@@ -125,8 +125,8 @@ class QasScheduler(QueueScheduler):
         later one waits while the segment goes in this batch or a hot-lane pioneer of it prefills, unless it
         has reached the hard bounds (``qas_max_bypass``, ``qas_max_wait_s``): aging reorders, it does not have
         a segment prefilled twice in one batch (with the mean-wait bound, most waiting requests are aged under
-        a light load). An aged pioneer is not tracked as in flight: that deferred later arrivals too and cost
-        RAG-shaped loads latency at no gain in hit rate (docs/performance.md)."""
+        a light load). An aged pioneer is not tracked as in flight, so later arrivals do not wait for it (why:
+        docs/performance.md, session 29)."""
         if not self.dedup:
             return entries
         out: list[Waiting] = []
