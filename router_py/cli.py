@@ -270,6 +270,8 @@ async def serve(args: argparse.Namespace) -> int:
     if not (Path(args.tokenizer_name) / "tokenizer.json").is_file():
         raise StartupError(f"--tokenizer-name {args.tokenizer_name!r} is not a local model folder with tokenizer.json")
     tokenizer = Tokenizer.from_model_dir(args.tokenizer_name)
+    off = tokenizer.prefix_reuse_off
+    log.info("prompt openings' token ids reused across requests: %s", f"no ({off})" if off else "yes")
     known = tenants(args)  # NOTE: a bad keys file fails before the shards are touched
     paths = args.replica_shard_uds_path or [args.master_shard_uds_path]
     clients = [await _connect(path) for path in paths]

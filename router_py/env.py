@@ -54,6 +54,12 @@ def uvloop_wanted() -> bool:
     return os.environ.get("PRISM_UVLOOP", "1") != "0"
 
 
+def prompt_prefix_reuse() -> bool:
+    """``PRISM_TOKEN_REUSE``: ``0`` tokenizes every prompt whole instead of reusing the ids of an opening text
+    tokenized before (``router_py/prefix_tokens.py``)."""
+    return os.environ.get("PRISM_TOKEN_REUSE", "1") != "0"
+
+
 def cpu_cores() -> int:
     """Cores this process may run on (its affinity mask, as the shard counts them)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

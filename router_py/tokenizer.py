@@ -12,7 +12,9 @@ from typing import Any
 
 from tokenizers import Tokenizer as HfTokenizer
 
+from router_py import env
 from router_py.chat_template import ChatTemplate, ChatTemplateError
+from router_py.prefix_tokens import PrefixTokenCache
 
 
 class Tokenizer:
@@ -22,6 +24,9 @@ class Tokenizer:
         self, hf: HfTokenizer, config: dict[str, Any] | None = None, chat_template: str | None = None
     ):
         self._hf = hf
+        self._prefixes, self.prefix_reuse_off = (
+            PrefixTokenCache.for_tokenizer(hf) if env.prompt_prefix_reuse() else (None, "PRISM_TOKEN_REUSE=0")
+        )
         config = config or {}
         self.bos_token = _token_content(config.get("bos_token"))
         self.eos_token = _token_content(config.get("eos_token"))
@@ -56,6 +61,10 @@ class Tokenizer:
         return self._template is not None and name in self._template.source
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """The ids ``tokenizer.json`` gives ``text``; a text opening as an earlier one did reuses that opening's
+        ids (``prefix_tokens``; ``prefix_reuse_off`` says why not, when not)."""
+        if self._prefixes is not None:
+            return self._prefixes.encode(text, add_special_tokens)
         # NOTE: the batch call that skips offsets: the same ids for about 2/3 of encode's CPU (on every request)
         return list(self._hf.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids)
 
