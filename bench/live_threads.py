@@ -31,7 +31,7 @@ from bench.workloads.prompts import PromptBuilder, load_tokenizer
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     parent: dict[int, int] = {}
     for d in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -84,7 +84,7 @@ def measure(url: str, model: str, reps: int, server_pid: int) -> None:
     asyncio.run(run_closed(endpoint, PeerLoads(params, builder).warmup(), 1, "warmup"))
     asyncio.run(run_closed(endpoint, PeerLoads(replace(params, seed=99), builder).clients(), params.clients,
                            "warm"))
-    pids = _descendants(server_pid) + [os.getpid()]
+    pids = descendants(server_pid) + [os.getpid()]
     before, start, rates, tokens, errors, gaps = thread_cpu(pids), time.perf_counter(), [], 0, 0, []
     for i in range(reps):
         loads = PeerLoads(replace(params, seed=100 + i), builder)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from bench.live_threads import _descendants, thread_cpu
+from bench.live_threads import descendants, thread_cpu
 
 
 def test_thread_cpu_counts_this_threads_work_and_descendants_include_children() -> None:
@@ -20,7 +20,7 @@ def test_thread_cpu_counts_this_threads_work_and_descendants_include_children() 
     assert name.startswith("client/") and after - before >= 0.05
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
     try:
-        assert child.pid in _descendants(os.getpid())
+        assert child.pid in descendants(os.getpid())
     finally:
         child.kill()
         child.wait()

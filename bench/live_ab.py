@@ -1,0 +1,111 @@
+"""Two live prism-serve servers, A and B (two code trees, or one tree with a switch set apart), up at once and
+driven in turn by one open load of :mod:`bench.peer_loads`, so both meet the machine in the same state.
+
+    python -m bench.live_ab --model-id /work/peer/model --b-env PRISM_TOKEN_REUSE=0 [--points shared@8 rag@6]
+        [--seed 0] [--rounds 6] [--a-tree DIR] [--b-tree DIR]
+
+For each point (load @ requests/s), each round runs the load once on each server (A first in even rounds, B first in odd ones), with fresh prompts
+(a new tag), after the machine went quiet. Per server it prints the medians over rounds of TTFT P50 / P99 /
+mean, the token hit rate and the router's CPU per request (``/proc``), then B / A for each. The servers are
+the launcher's defaults on loopback, each with its own port and socket folder; both are stopped on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from bench.live_threads import descendants, thread_cpu
+from bench.loadgen import Endpoint, run_closed, run_load
+from bench.metrics import summarize
+from bench.peer_loads import PeerLoads, PeerParams
+from bench.quiet import wait_quiet
+from bench.server import LaunchSpec, LiveServer, free_port
+from bench.workloads.prompts import PromptBuilder, load_tokenizer
+
+COLUMNS = ("TTFT P50 ms", "TTFT P99 ms", "TTFT mean ms", "hit rate", "router CPU ms/request")
+
+
+def router_cpu(server_pid: int) -> float:
+    """CPU seconds so far of the server's router process (all its threads)."""
+    return sum(cpu for name, cpu in thread_cpu(descendants(server_pid)).values() if name.startswith("router/"))
+
+
+def one_run(url: str, server_pid: int, loads: PeerLoads, load: str, qps: float) -> tuple[float, ...]:
+    """One run of the load on one server: the row of ``COLUMNS``."""
+    wait_quiet()
+    before = router_cpu(server_pid)
+    result = asyncio.run(run_load(Endpoint(url, "completions"), getattr(loads, load)(qps), load))
+    cpu = router_cpu(server_pid) - before
+    s = summarize(result.records, result.hit_rate)
+    if s["errors"]:
+        raise RuntimeError(f"{s['errors']} requests failed on {url}")
+    return (1e3 * s["ttft_p50"], 1e3 * s["ttft_p99"], 1e3 * s["ttft_mean"], s["hit_rate"],
+            1e3 * cpu / len(result.records))
+
+
+def compare(servers: dict[str, tuple[str, int]], model: str, load: str, qps: float, seed: int,
+            rounds: int) -> dict[str, list[tuple[float, ...]]]:
+    """``servers``: name -> (url, launcher pid); the rows of every round per server."""
+    loads = PeerLoads(replace(PeerParams(), seed=seed), PromptBuilder(load_tokenizer(model)))
+    for url, _ in servers.values():
+        asyncio.run(run_closed(Endpoint(url, "completions"), loads.warmup(), 1, "warm-up"))
+    rows: dict[str, list[tuple[float, ...]]] = {name: [] for name in servers}
+    names = list(servers)
+    for k in range(rounds):
+        for name in names if k % 2 == 0 else names[::-1]:
+            loads.tag = f"ab{seed}/{k}/{name}"
+            rows[name].append(one_run(*servers[name], loads, load, qps))
+            print(f"round {k + 1}/{rounds} {name}: " + ", ".join(f"{c} {v:.3g}" for c, v in
+                                                                   zip(COLUMNS, rows[name][-1])), flush=True)
+    return rows
+
+
+def report(rows: dict[str, list[tuple[float, ...]]]) -> None:
+    medians = {name: [statistics.median(col) for col in zip(*r)] for name, r in rows.items()}
+    print("| server | " + " | ".join(COLUMNS) + " |")
+    print("|---" * (len(COLUMNS) + 1) + "|")
+    for name, values in medians.items():
+        print(f"| {name} | " + " | ".join(f"{v:.4g}" for v in values) + " |")
+    a, b = medians["A"], medians["B"]
+    print("| B / A | " + " | ".join(f"{y / x:.2f}" if x else "-" for x, y in zip(a, b)) + " |")
+
+
+def _spec(model: str, tree: str, env: list[str], log_dir: Path) -> LaunchSpec:
+    pairs = [("PYTHONPATH", str(Path(tree).resolve()))] + [(k, v) for k, _, v in (kv.partition("=") for kv in env)]
+    return LaunchSpec(model, extra_args=("--hostname", "127.0.0.1", "--master-port", str(free_port())),
+                      log_dir=log_dir, env=tuple(pairs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--model-id", required=True)
+    p.add_argument("--points", nargs="+", default=["shared@8"], metavar="LOAD@QPS", help="LOAD: shared or rag")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=6)
+    for side in ("a", "b"):
+        p.add_argument(f"--{side}-tree", default=os.getcwd(), help="the code tree to serve from (PYTHONPATH)")
+        p.add_argument(f"--{side}-env", action="append", default=[], metavar="NAME=VALUE", help="for the server")
+    args = p.parse_args(argv)
+    folder = Path(tempfile.mkdtemp(prefix="live-ab-"))
+    a = LiveServer(_spec(args.model_id, args.a_tree, args.a_env, folder / "a"), "qas", "dart")
+    b = LiveServer(_spec(args.model_id, args.b_tree, args.b_env, folder / "b"), "qas", "dart")
+    with a as url_a, b as url_b:
+        assert a.proc is not None and b.proc is not None
+        servers = {"A": (url_a, a.proc.pid), "B": (url_b, b.proc.pid)}
+        for point in args.points:
+            load, _, qps = point.partition("@")
+            print(f"\n{load} at {qps} requests/s, seed {args.seed}, {args.rounds} rounds")
+            report(compare(servers, args.model_id, load, float(qps), args.seed, args.rounds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
