@@ -9,11 +9,15 @@ the rest, tokenized as separate pieces, with the post-processor's special tokens
 
 Why that equals tokenizing the whole text, for the configurations :func:`exactness_problem` admits: added
 tokens are found first and none contains a space or strips one, so none spans a cut; the normalizers admitted
-change characters one by one or by Unicode normalization, which does not compose across an ASCII space; the
-first pre-tokenizer splits the text at every cut (each admitted regex has no alternative that matches a letter
-followed by a space, so no match spans the cut, and the matches before it end at it in both texts); later
-pre-tokenizers and the model work within those splits; the post-processors admitted add the same tokens before
-and after any single sequence (checked on two probes).
+change characters one by one or by Unicode normalization, which does not compose across an ASCII space, except
+``Prepend``, which marks each text between added tokens at its start, so the pieces after the first are
+tokenized without it (:func:`continuation_config`) and a text whose later pieces hold an added token is
+tokenized whole. Then either the first pre-tokenizer splits the text at every cut (each admitted regex has no
+alternative that matches a letter followed by a space, so no match spans the cut, and the matches before it end
+at it in both texts) and later pre-tokenizers and the model work within those splits; or nothing splits (a
+SentencePiece-style BPE: spaces become a marker such as ``\u2581``) and no token in the vocabulary holds the
+marker after another character, so no merge spans a cut and BPE merges each side as it would alone. The
+post-processors admitted add the same tokens before and after any single sequence (checked on two probes).
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ KNOWN_SPLIT_PATTERNS = frozenset({
     r"|\s+(?!\S)|\s+",
 })
 _NORMALIZERS = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "BertNormalizer"})
+_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _LATER_PRE_TOKENIZERS = frozenset({"ByteLevel", "Digits", "Punctuation", "Whitespace", "WhitespaceSplit",
-                                   "BertPreTokenizer", "Split"})
+                                   "BertPreTokenizer", "Split", "Metaspace"})
 _MODELS = frozenset({"BPE", "WordPiece", "WordLevel", "Unigram"})
 _POST_PROCESSORS = frozenset({"TemplateProcessing", "RobertaProcessing", "BertProcessing", "ByteLevel"})
 _CUT = re.compile(r"(?<=[A-Za-z]) (?=[A-Za-z])")
@@ -51,15 +56,69 @@ def exactness_problem(config: dict[str, Any]) -> str | None:
             "single_word"
         ):
             return f"added token {token.get('content')!r} holds or strips spaces"
-    if not all(n.get("type") in _NORMALIZERS for n in _steps(config.get("normalizer"))):
+    normalizers = _steps(config.get("normalizer"))
+    if not all(_char_local(n) for n in normalizers):
         return "normalizer"
-    pre = _steps(config.get("pre_tokenizer"))
-    if not pre or not _splits_at_spaces(pre[0]) or not all(_later_pre_tokenizer(p) for p in pre[1:]):
-        return "pre-tokenizer"
-    if (config.get("model") or {}).get("type") not in _MODELS:
+    model = config.get("model") or {}
+    if model.get("type") not in _MODELS or model.get("dropout"):
         return "model"
+    pre = _steps(config.get("pre_tokenizer"))
+    if pre and _splits_at_spaces(pre[0]):
+        if not all(_later_pre_tokenizer(p) for p in pre[1:]):
+            return "pre-tokenizer"
+    elif all(p.get("type") == "Metaspace" for p in pre):
+        problem = _whole_segment_problem(model, _space_marker(normalizers, pre))
+        if problem:
+            return problem
+    else:
+        return "pre-tokenizer"
     if not all(p.get("type") in _POST_PROCESSORS for p in _steps(config.get("post_processor"))):
         return "post-processor"
+    return None
+
+
+def continuation_config(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The configuration a piece after the first is tokenized with: ``config`` without a ``Prepend``
+    normalizer, which marks the start of a text (None: there is none, the same tokenizer does)."""
+    normalizers = _steps(config.get("normalizer"))
+    kept = [n for n in normalizers if n.get("type") != "Prepend"]
+    if len(kept) == len(normalizers):
+        return None
+    return dict(config, normalizer={"type": "Sequence", "normalizers": kept} if kept else None)
+
+
+def _char_local(step: dict[str, Any]) -> bool:
+    """A normalizer that maps characters one by one (or by Unicode normalization, which does not compose
+    across an ASCII space), or marks the text's start (``Prepend``: see :func:`continuation_config`)."""
+    kind = step.get("type")
+    if kind in ("Replace", "Prepend"):
+        target = step.get("content") if kind == "Replace" else step.get("prepend")
+        source = (step.get("pattern") or {}).get("String") if kind == "Replace" else " "
+        return source == " " and isinstance(target, str) and len(target) == 1
+    return kind in _NORMALIZERS
+
+
+def _space_marker(normalizers: list[dict[str, Any]], pre: list[dict[str, Any]]) -> str:
+    """What a space is when the model sees it: Metaspace's replacement, a Replace normalizer's, or itself."""
+    if pre:
+        return str(pre[0].get("replacement", "\u2581"))
+    replaced = [n["content"] for n in normalizers if n.get("type") == "Replace"]
+    return replaced[-1] if replaced else " "
+
+
+def _whole_segment_problem(model: dict[str, Any], marker: str) -> str | None:
+    """The model sees a whole segment as one word (no splitting pre-tokenizer): cutting at a space is exact
+    when no token can span one, i.e. every token holding ``marker`` holds it only in a leading run, and the
+    model does nothing per word beyond its merges."""
+    if model.get("type") != "BPE" or model.get("ignore_merges"):
+        return "model (a whole text is one word)"
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        return "model (word prefixes or suffixes)"
+    vocab = model.get("vocab") or {}
+    if model.get("fuse_unk") and not _LETTERS <= vocab.keys():
+        return "model (unknown letters fused)"
+    if any(marker in token.lstrip(marker) for token in vocab):
+        return f"model (a token spans a {marker!r})"
     return None
 
 
@@ -81,6 +140,8 @@ def _splits_at_spaces(step: dict[str, Any]) -> bool:
         pattern = step.get("pattern") or {}
         return (pattern.get("Regex") in KNOWN_SPLIT_PATTERNS and step.get("behavior") == "Isolated"
                 and not step.get("invert"))
+    if kind == "Metaspace":
+        return bool(step.get("split", True))
     return kind in ("Whitespace", "WhitespaceSplit", "BertPreTokenizer")
 
 
@@ -106,11 +167,17 @@ class PrefixTokenCache:
     at most about ``capacity_chars`` characters of pieces, least recently used leaves evicted first."""
 
     def __init__(
-        self, hf: Any, around: tuple[tuple[int, ...], tuple[int, ...]], stride: int = 512,
-        capacity_chars: int = 1 << 22,
+        self, hf: Any, around: tuple[tuple[int, ...], tuple[int, ...]], continuation: Any = None,
+        stride: int = 512, capacity_chars: int = 1 << 22,
     ) -> None:
-        """``around``: the ids the post-processor puts before and after a sequence."""
+        """``around``: the ids the post-processor puts before and after a sequence; ``continuation``: the
+        tokenizer of the pieces after the first (:func:`continuation_config`; None: ``hf``)."""
         self._hf, self._around, self.stride, self.capacity_chars = hf, around, stride, capacity_chars
+        self._next = continuation or hf
+        # NOTE: with a start marker (Prepend), each text between added tokens is marked, so a piece after the
+        # first that holds an added token is not tokenized on its own
+        contents = sorted((t.content for t in hf.get_added_tokens_decoder().values()), key=len, reverse=True)
+        self._guard = re.compile("|".join(map(re.escape, contents))) if continuation and contents else None
         self._root = _Node(None, "", array("l"))
         self._chars = 0
         self._clock = 0
@@ -120,13 +187,15 @@ class PrefixTokenCache:
     def for_tokenizer(cls, hf: Any) -> tuple[PrefixTokenCache | None, str | None]:
         """A cache for ``hf`` and None, or None and why its ids could change when cut."""
         try:
-            problem = exactness_problem(json.loads(hf.to_str()))
+            config = json.loads(hf.to_str())
         except (ValueError, AttributeError) as err:  # NOTE: a tokenizer we cannot read back is only tokenized whole
-            problem = f"its configuration does not read back ({err})"
+            return None, f"its configuration does not read back ({err})"
+        problem = exactness_problem(config)
         around = _special_layout(hf) if problem is None else None
         if around is None:
             return None, problem or "the post-processor's tokens depend on the text"
-        return cls(hf, around), None
+        cont = continuation_config(config)
+        return cls(hf, around, type(hf).from_str(json.dumps(cont)) if cont else None), None
 
     @property
     def cached_chars(self) -> int:
@@ -138,10 +207,12 @@ class PrefixTokenCache:
             return list(self._hf.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids)
         bounds = [0, *cuts, len(text)]
         pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+        if self._guard is not None and any(self._guard.search(piece) for piece in pieces[1:]):
+            return list(self._hf.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids)
         ids: list[int] = []
         with self._lock:
             node, known = self._known(pieces[:-1], ids)
-        fresh = [self._piece_ids(piece) for piece in pieces[known:]]
+        fresh = [self._piece_ids(piece, known + i) for i, piece in enumerate(pieces[known:])]
         with self._lock:
             self._insert(node, pieces[known:-1], fresh)
         for piece_ids in fresh:
@@ -151,10 +222,11 @@ class PrefixTokenCache:
         before, after = self._around
         return [*before, *ids, *after]
 
-    def _piece_ids(self, piece: str) -> array:
+    def _piece_ids(self, piece: str, index: int) -> array:
         # NOTE: one call per piece: a batch call spreads them over tokenizers' thread pool, half the wall time
         # for 1.15x the CPU, taken from the cores a CPU shard steps on
-        return array("l", self._hf.encode_batch_fast([piece], add_special_tokens=False)[0].ids)
+        tokenizer = self._next if index else self._hf
+        return array("l", tokenizer.encode_batch_fast([piece], add_special_tokens=False)[0].ids)
 
     def cuts(self, text: str) -> list[int]:
         """Where ``text`` is cut: an ASCII space between ASCII letters, the first at or after every

@@ -54,6 +54,19 @@ def _unigram() -> HfTokenizer:
     return hf
 
 
+def _sentencepiece(normalizer: normalizers.Normalizer | None, pre: pre_tokenizers.PreTokenizer | None,
+                   fuse_unk: bool = False) -> HfTokenizer:
+    """A SentencePiece-style BPE: trained with spaces as a leading marker, then served with ``normalizer``
+    and ``pre`` (as Llama 2, Mistral and Gemma ship theirs)."""
+    hf = HfTokenizer(models.BPE(unk_token="<unk>", fuse_unk=fuse_unk))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace()
+    hf.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=500, special_tokens=["<unk>", "<s>", "</s>"],
+                                                       show_progress=False))
+    hf.normalizer, hf.pre_tokenizer = normalizer, pre
+    hf.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return hf
+
+
 ADMITTED = {
     "gpt2 byte-level": lambda: _bpe(pre_tokenizers.ByteLevel(add_prefix_space=False)),
     "byte-level with a prefix space, NFC": lambda: _bpe(pre_tokenizers.ByteLevel(add_prefix_space=True),
@@ -63,6 +76,12 @@ ADMITTED = {
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])),
     "bert wordpiece": _wordpiece,
+    "sentencepiece, metaspace splitting": lambda: _sentencepiece(normalizers.NFKC(), pre_tokenizers.Metaspace()),
+    "sentencepiece, metaspace whole (mistral)": lambda: _sentencepiece(
+        None, pre_tokenizers.Metaspace(prepend_scheme="first", split=False)),
+    "sentencepiece, prepend and replace (llama 2)": lambda: _sentencepiece(
+        normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]), None),
+    "sentencepiece, replace (gemma)": lambda: _sentencepiece(normalizers.Replace(" ", "\u2581"), None),
     "unigram": _unigram,
 }
 
@@ -73,8 +92,9 @@ def _regex(pattern: str):  # -> tokenizers.Regex
     return Regex(pattern)
 
 
-def _text(rng: random.Random, words: int) -> str:
-    return " ".join(rng.choices(WORDS + ("word",) * 20, k=words))
+def _text(rng: random.Random, words: int, specials: bool = True) -> str:
+    vocabulary = WORDS if specials else tuple(w for w in WORDS if w not in ("<s>", "</s>"))
+    return " ".join(rng.choices(vocabulary + ("word",) * 20, k=words))
 
 
 @pytest.mark.parametrize("name", sorted(ADMITTED))
@@ -85,7 +105,7 @@ def test_reused_ids_equal_the_whole_texts_ids(name: str) -> None:
     assert cache is not None and why is None
     cache.stride = 24  # NOTE: many cuts per text, so every kind of word meets one
     rng = random.Random(name)
-    openings = [_text(rng, 60) for _ in range(4)]
+    openings = [_text(rng, 60, specials=i % 2 == 0) for i in range(4)]
     for i in range(120):
         text = rng.choice(openings) + rng.choice(("", " ", "\n", " word")) + _text(rng, rng.randrange(0, 30))
         special = i % 3 != 0
@@ -101,7 +121,7 @@ def test_a_known_opening_is_not_tokenized_again() -> None:
     cache.encode(opening + " first question")
     seen: list[str] = []
     real = cache._piece_ids
-    cache._piece_ids = lambda piece: seen.append(piece) or real(piece)  # type: ignore[method-assign]
+    cache._piece_ids = lambda piece, i: seen.append(piece) or real(piece, i)  # type: ignore[method-assign]
     text = opening + " second question"
     assert cache.encode(text) == hf.encode(text).ids
     assert sum(map(len, seen)) < cache.stride + len(" second question") < len(text) / 4
@@ -134,7 +154,7 @@ def test_eviction_keeps_the_trie_bounded_and_the_ids_exact() -> None:
         assert cache.cached_chars <= cache.capacity_chars
     seen: list[str] = []
     real = cache._piece_ids
-    cache._piece_ids = lambda piece: seen.append(piece) or real(piece)  # type: ignore[method-assign]
+    cache._piece_ids = lambda piece, i: seen.append(piece) or real(piece, i)  # type: ignore[method-assign]
     cache.encode(hot + " tail")
     assert sum(map(len, seen)) < len(hot) / 2  # NOTE: the recently used opening outlived the others
 
@@ -169,18 +189,18 @@ def _config(hf: HfTokenizer) -> dict:
 def _refusals() -> dict[str, dict]:
     base = ADMITTED["gpt2 byte-level"]()
     cases = {}
-    metaspace = _config(base)
-    metaspace["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}
-    cases["metaspace"] = metaspace
+    unigram = _config(ADMITTED["unigram"]())
+    unigram["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False}
+    cases["a unigram model over whole texts"] = unigram
     no_regex = _config(base)
     no_regex["pre_tokenizer"]["use_regex"] = False
     cases["byte-level without its regex"] = no_regex
     other_split = _config(ADMITTED["llama3 split"]())
     other_split["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{L}+ \p{L}+|\s+"
     cases["an unknown split pattern"] = other_split
-    prepend = _config(base)
-    prepend["normalizer"] = {"type": "Prepend", "prepend": "▁"}
-    cases["a prepending normalizer"] = prepend
+    strip = _config(base)
+    strip["normalizer"] = {"type": "Strip", "strip_left": True, "strip_right": True}
+    cases["a stripping normalizer"] = strip
     spaced = _config(base)
     spaced["added_tokens"].append({"id": 499, "content": "a b", "single_word": False, "lstrip": False,
                                    "rstrip": False, "normalized": False, "special": False})
@@ -188,6 +208,12 @@ def _refusals() -> dict[str, dict]:
     strip = _config(base)
     strip["added_tokens"][0]["lstrip"] = True
     cases["an added token stripping spaces"] = strip
+    spanning = _config(ADMITTED["sentencepiece, replace (gemma)"]())
+    spanning["model"]["vocab"]["a\u2581b"] = len(spanning["model"]["vocab"])
+    cases["a token spanning a space, whole texts"] = spanning
+    ignoring = _config(ADMITTED["sentencepiece, replace (gemma)"]())
+    ignoring["model"]["ignore_merges"] = True
+    cases["whole texts, words looked up before merging"] = ignoring
     truncating = _config(base)
     truncating["truncation"] = {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}
     cases["truncation"] = truncating
