@@ -39,7 +39,7 @@ KNOWN_SPLIT_PATTERNS = frozenset({
 _NORMALIZERS = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "BertNormalizer"})
 _LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _LATER_PRE_TOKENIZERS = frozenset({"ByteLevel", "Digits", "Punctuation", "Whitespace", "WhitespaceSplit",
-                                   "BertPreTokenizer", "Split", "Metaspace"})
+                                   "BertPreTokenizer", "Split"})
 _MODELS = frozenset({"BPE", "WordPiece", "WordLevel", "Unigram"})
 _POST_PROCESSORS = frozenset({"TemplateProcessing", "RobertaProcessing", "BertProcessing", "ByteLevel"})
 _CUT = re.compile(r"(?<=[A-Za-z]) (?=[A-Za-z])")
@@ -62,16 +62,9 @@ def exactness_problem(config: dict[str, Any]) -> str | None:
     model = config.get("model") or {}
     if model.get("type") not in _MODELS or model.get("dropout"):
         return "model"
-    pre = _steps(config.get("pre_tokenizer"))
-    if pre and _splits_at_spaces(pre[0]):
-        if not all(_later_pre_tokenizer(p) for p in pre[1:]):
-            return "pre-tokenizer"
-    elif all(p.get("type") == "Metaspace" for p in pre):
-        problem = _whole_segment_problem(model, _space_marker(normalizers, pre))
-        if problem:
-            return problem
-    else:
-        return "pre-tokenizer"
+    problem = _pre_tokenizer_problem(_steps(config.get("pre_tokenizer")), normalizers, model)
+    if problem:
+        return problem
     if not all(p.get("type") in _POST_PROCESSORS for p in _steps(config.get("post_processor"))):
         return "post-processor"
     return None
@@ -98,12 +91,24 @@ def _char_local(step: dict[str, Any]) -> bool:
     return kind in _NORMALIZERS
 
 
-def _space_marker(normalizers: list[dict[str, Any]], pre: list[dict[str, Any]]) -> str:
-    """What a space is when the model sees it: Metaspace's replacement, a Replace normalizer's, or itself."""
-    if pre:
-        return str(pre[0].get("replacement", "\u2581"))
+def _pre_tokenizer_problem(
+    pre: list[dict[str, Any]], normalizers: list[dict[str, Any]], model: dict[str, Any]
+) -> str | None:
+    first = pre[0] if pre else None
+    if first is not None and first.get("type") != "Metaspace":
+        if any(n.get("type") in ("Replace", "Prepend") for n in normalizers):
+            return "normalizer (a space replaced or a start marked before a splitting pre-tokenizer)"
+        if not _splits_at_spaces(first) or not all(_later_pre_tokenizer(p) for p in pre[1:]):
+            return "pre-tokenizer"
+        return None
+    # NOTE: SentencePiece-style: a space is a marker (Metaspace's replacement, a Replace normalizer's)
     replaced = [n["content"] for n in normalizers if n.get("type") == "Replace"]
-    return replaced[-1] if replaced else " "
+    marker = str(first.get("replacement", "\u2581")) if first is not None else (replaced or [" "])[-1]
+    if any(content != marker for content in replaced):
+        return "normalizer (a space replaced by another marker)"
+    if first is not None and first.get("split", True):
+        return None if all(_later_pre_tokenizer(p) for p in pre[1:]) else "pre-tokenizer"
+    return "pre-tokenizer" if len(pre) > 1 else _whole_segment_problem(model, marker)
 
 
 def _whole_segment_problem(model: dict[str, Any], marker: str) -> str | None:
@@ -140,8 +145,6 @@ def _splits_at_spaces(step: dict[str, Any]) -> bool:
         pattern = step.get("pattern") or {}
         return (pattern.get("Regex") in KNOWN_SPLIT_PATTERNS and step.get("behavior") == "Isolated"
                 and not step.get("invert"))
-    if kind == "Metaspace":
-        return bool(step.get("split", True))
     return kind in ("Whitespace", "WhitespaceSplit", "BertPreTokenizer")
 
 

@@ -214,6 +214,9 @@ def _refusals() -> dict[str, dict]:
     ignoring = _config(ADMITTED["sentencepiece, replace (gemma)"]())
     ignoring["model"]["ignore_merges"] = True
     cases["whole texts, words looked up before merging"] = ignoring
+    replaced = _config(base)
+    replaced["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "x"}
+    cases["a space replaced before a splitting pre-tokenizer"] = replaced
     truncating = _config(base)
     truncating["truncation"] = {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}
     cases["truncation"] = truncating
