@@ -176,11 +176,12 @@ class PrefixTokenCache:
         """``around``: the ids the post-processor puts before and after a sequence; ``continuation``: the
         tokenizer of the pieces after the first (:func:`continuation_config`; None: ``hf``)."""
         self._hf, self._around, self.stride, self.capacity_chars = hf, around, stride, capacity_chars
-        self._next = continuation or hf
+        self._next = continuation if continuation is not None else hf
         # NOTE: with a start marker (Prepend), each text between added tokens is marked, so a piece after the
         # first that holds an added token is not tokenized on its own
         contents = sorted((t.content for t in hf.get_added_tokens_decoder().values()), key=len, reverse=True)
-        self._guard = re.compile("|".join(map(re.escape, contents))) if continuation and contents else None
+        marked = continuation is not None and contents
+        self._guard = re.compile("|".join(map(re.escape, contents))) if marked else None
         self._root = _Node(None, "", array("l"))
         self._chars = 0
         self._clock = 0
