@@ -94,6 +94,8 @@ def _char_local(step: dict[str, Any]) -> bool:
 def _pre_tokenizer_problem(
     pre: list[dict[str, Any]], normalizers: list[dict[str, Any]], model: dict[str, Any]
 ) -> str | None:
+    """Either the first pre-tokenizer splits at every cut, or the space is a marker the model sees (then a
+    whole text between added tokens may be one word: :func:`_whole_segment_problem`)."""
     first = pre[0] if pre else None
     if first is not None and first.get("type") != "Metaspace":
         if any(n.get("type") in ("Replace", "Prepend") for n in normalizers):
