@@ -2,12 +2,14 @@
 driven in turn by one open load of :mod:`bench.peer_loads`, so both meet the machine in the same state.
 
     python -m bench.live_ab --model-id /work/peer/model --b-env PRISM_TOKEN_REUSE=0 [--points shared@8 rag@6]
-        [--seed 0] [--rounds 6] [--a-tree DIR] [--b-tree DIR]
+        [--seed 0] [--rounds 6] [--worst N] [--a-tree DIR] [--b-tree DIR]
 
-For each point (load @ requests/s), each round runs the load once on each server (A first in even rounds, B first in odd ones), with fresh prompts
-(a new tag), after the machine went quiet. Per server it prints the medians over rounds of TTFT P50 / P99 /
-mean, the token hit rate and the router's CPU per request (``/proc``), then B / A for each. The servers are
-the launcher's defaults on loopback, each with its own port and socket folder; both are stopped on exit.
+For each point (load @ requests/s), each round runs the load once on each server (A first in even rounds, B
+first in odd ones), with fresh prompts (a new tag), after the machine went quiet. Per server it prints the
+medians over rounds of TTFT P50 / P99 / mean, the token hit rate and the router's CPU per request (``/proc``),
+then B / A for each; ``--worst N`` prints each run's N slowest requests (arrival, TTFT, which shared opening,
+whether it is that opening's first request). The servers are the launcher's defaults on loopback, each with
+its own port and socket folder; both are stopped on exit.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.live_threads import descendants, thread_cpu
-from bench.loadgen import Endpoint, run_closed, run_load
-from bench.metrics import summarize
+from bench.loadgen import Endpoint, LoadRequest, run_closed, run_load
+from bench.metrics import RequestRecord, summarize
 from bench.peer_loads import PeerLoads, PeerParams
 from bench.quiet import wait_quiet
 from bench.server import LaunchSpec, LiveServer, free_port
 from bench.workloads.prompts import PromptBuilder, load_tokenizer
 
+OPENING = 256  # characters of a prompt that name its shared opening (the loads' prefixes are longer)
 COLUMNS = ("TTFT P50 ms", "TTFT P99 ms", "TTFT mean ms", "hit rate", "router CPU ms/request")
 
 
@@ -37,21 +40,42 @@ def router_cpu(server_pid: int) -> float:
     return sum(cpu for name, cpu in thread_cpu(descendants(server_pid)).values() if name.startswith("router/"))
 
 
-def one_run(url: str, server_pid: int, loads: PeerLoads, load: str, qps: float) -> tuple[float, ...]:
-    """One run of the load on one server: the row of ``COLUMNS``."""
+def slowest(requests: list[LoadRequest], records: list[RequestRecord], n: int) -> list[str]:
+    """The ``n`` slowest requests to a first token, a line each: arrival, TTFT, and which opening (the prompt's
+    first ``OPENING`` characters, numbered by first arrival) it has, and whether it is that opening's first."""
+    ordered = sorted(requests, key=lambda r: r.arrival)
+    opening: dict[str, int] = {}
+    firsts = set()
+    for i, r in enumerate(ordered):
+        if r.prompt[:OPENING] not in opening:
+            opening[r.prompt[:OPENING]] = len(opening)
+            firsts.add(i)
+    timed = sorted(enumerate(sorted(records, key=lambda r: r.arrival)), key=lambda p: -(p[1].ttft or 0.0))
+    return [f"arrival {1e3 * ordered[i].arrival:7.1f} ms  TTFT {1e3 * (rec.ttft or 0.0):6.1f} ms  opening "
+            f"{opening[ordered[i].prompt[:OPENING]]}{' (its first request)' if i in firsts else ''}"
+            for i, rec in timed[:n]]
+
+
+def one_run(url: str, server_pid: int, loads: PeerLoads, load: str, qps: float, worst: int = 0
+            ) -> tuple[float, ...]:
+    """One run of the load on one server: the row of ``COLUMNS``; with ``worst``, its slowest requests
+    printed."""
     wait_quiet()
     before = router_cpu(server_pid)
-    result = asyncio.run(run_load(Endpoint(url, "completions"), getattr(loads, load)(qps), load))
+    requests = getattr(loads, load)(qps)
+    result = asyncio.run(run_load(Endpoint(url, "completions"), requests, load))
     cpu = router_cpu(server_pid) - before
     s = summarize(result.records, result.hit_rate)
     if s["errors"]:
         raise RuntimeError(f"{s['errors']} requests failed on {url}")
+    for line in slowest(requests, result.records, worst):
+        print(f"  {line}")
     return (1e3 * s["ttft_p50"], 1e3 * s["ttft_p99"], 1e3 * s["ttft_mean"], s["hit_rate"],
             1e3 * cpu / len(result.records))
 
 
 def compare(servers: dict[str, tuple[str, int]], model: str, load: str, qps: float, seed: int,
-            rounds: int) -> dict[str, list[tuple[float, ...]]]:
+            rounds: int, worst: int = 0) -> dict[str, list[tuple[float, ...]]]:
     """``servers``: name -> (url, launcher pid); the rows of every round per server."""
     loads = PeerLoads(replace(PeerParams(), seed=seed), PromptBuilder(load_tokenizer(model)))
     for url, _ in servers.values():
@@ -61,7 +85,7 @@ def compare(servers: dict[str, tuple[str, int]], model: str, load: str, qps: flo
     for k in range(rounds):
         for name in names if k % 2 == 0 else names[::-1]:
             loads.tag = f"ab{seed}/{k}/{name}"
-            rows[name].append(one_run(*servers[name], loads, load, qps))
+            rows[name].append(one_run(*servers[name], loads, load, qps, worst))
             print(f"round {k + 1}/{rounds} {name}: " + ", ".join(f"{c} {v:.3g}" for c, v in
                                                                    zip(COLUMNS, rows[name][-1])), flush=True)
     return rows
@@ -90,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--points", nargs="+", default=["shared@8"], metavar="LOAD@QPS", help="LOAD: shared or rag")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--worst", type=int, default=0, metavar="N", help="print each run's N slowest requests")
     for side in ("a", "b"):
         p.add_argument(f"--{side}-tree", default=os.getcwd(), help="the code tree to serve from (PYTHONPATH)")
         p.add_argument(f"--{side}-env", action="append", default=[], metavar="NAME=VALUE", help="for the server")
@@ -103,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         for point in args.points:
             load, _, qps = point.partition("@")
             print(f"\n{load} at {qps} requests/s, seed {args.seed}, {args.rounds} rounds")
-            report(compare(servers, args.model_id, load, float(qps), args.seed, args.rounds))
+            report(compare(servers, args.model_id, load, float(qps), args.seed, args.rounds, args.worst))
     return 0
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 from bench import live_ab
+from bench.loadgen import LoadRequest
+from bench.metrics import RequestRecord
 
 
 def test_servers_take_turns_going_first_and_the_table_prints_b_over_a(monkeypatch, capsys) -> None:
     order: list[str] = []
 
-    def fake_run(url: str, pid: int, loads, load: str, qps: float) -> tuple[float, ...]:
+    def fake_run(url: str, pid: int, loads, load: str, qps: float, worst: int) -> tuple[float, ...]:
         order.append(url)
         return (10.0, 50.0, 12.0, 0.9, 4.0) if url == "a" else (5.0, 40.0, 6.0, 0.9, 2.0)
 
@@ -49,3 +51,15 @@ def test_a_failed_request_fails_the_comparison(monkeypatch) -> None:
 
 async def _result(r):
     return r
+
+
+def test_the_slowest_requests_name_their_opening_and_whether_they_were_its_first() -> None:
+    a, b = "a" * live_ab.OPENING, "b" * live_ab.OPENING
+    requests = [LoadRequest(0.2, b + " tail 2", 4, 10), LoadRequest(0.0, a + " tail 1", 4, 10),
+                LoadRequest(0.1, a + " tail 3", 4, 10)]
+    records = [RequestRecord(0.0, 0.030, 0.1, 10, 4), RequestRecord(0.1, 0.105, 0.2, 10, 4),
+               RequestRecord(0.2, 0.260, 0.3, 10, 4)]
+    lines = live_ab.slowest(requests, records, 2)
+    assert lines == ["arrival   200.0 ms  TTFT   60.0 ms  opening 1 (its first request)",
+                     "arrival     0.0 ms  TTFT   30.0 ms  opening 0 (its first request)"]
+    assert live_ab.slowest(requests, records, 0) == []
