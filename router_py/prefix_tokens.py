@@ -84,11 +84,15 @@ def _char_local(step: dict[str, Any]) -> bool:
     """A normalizer that maps characters one by one (or by Unicode normalization, which does not compose
     across an ASCII space), or marks the text's start (``Prepend``: see :func:`continuation_config`)."""
     kind = step.get("type")
-    if kind in ("Replace", "Prepend"):
-        target = step.get("content") if kind == "Replace" else step.get("prepend")
-        source = (step.get("pattern") or {}).get("String") if kind == "Replace" else " "
-        return source == " " and isinstance(target, str) and len(target) == 1
+    if kind == "Replace":
+        return (step.get("pattern") or {}).get("String") == " " and _one_char(step.get("content"))
+    if kind == "Prepend":
+        return _one_char(step.get("prepend"))
     return kind in _NORMALIZERS
+
+
+def _one_char(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 1
 
 
 def _pre_tokenizer_problem(
@@ -210,14 +214,15 @@ class PrefixTokenCache:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         cuts = self.cuts(text)
         if not cuts:
-            return list(self._hf.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids)
+            return self._whole(text, add_special_tokens)
         bounds = [0, *cuts, len(text)]
         pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])]
-        if self._guard is not None and any(self._guard.search(piece) for piece in pieces[1:]):
-            return list(self._hf.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids)
         ids: list[int] = []
         with self._lock:
             node, known = self._known(pieces[:-1], ids)
+        # NOTE: known pieces after the first passed this check when they were inserted
+        if self._guard is not None and any(self._guard.search(p) for p in pieces[max(known, 1) :]):
+            return self._whole(text, add_special_tokens)
         fresh = [self._piece_ids(piece, known + i) for i, piece in enumerate(pieces[known:])]
         with self._lock:
             self._insert(node, pieces[known:-1], fresh)
@@ -227,6 +232,9 @@ class PrefixTokenCache:
             return ids
         before, after = self._around
         return [*before, *ids, *after]
+
+    def _whole(self, text: str, add_special_tokens: bool) -> list[int]:
+        return list(self._hf.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids)
 
     def _piece_ids(self, piece: str, index: int) -> array:
         # NOTE: one call per piece: a batch call spreads them over tokenizers' thread pool, half the wall time
