@@ -8,6 +8,7 @@ import random
 import threading
 
 import pytest
+from tokenizers import Regex
 from tokenizers import Tokenizer as HfTokenizer
 from tokenizers import models, normalizers, pre_tokenizers, processors, trainers
 
@@ -72,7 +73,7 @@ ADMITTED = {
     "byte-level with a prefix space, NFC": lambda: _bpe(pre_tokenizers.ByteLevel(add_prefix_space=True),
                                                         normalizers.NFC()),
     "llama3 split": lambda: _bpe(pre_tokenizers.Sequence([
-        pre_tokenizers.Split(pattern=_regex(LLAMA3_PATTERN), behavior="isolated"),
+        pre_tokenizers.Split(pattern=Regex(LLAMA3_PATTERN), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])),
     "bert wordpiece": _wordpiece,
@@ -84,12 +85,6 @@ ADMITTED = {
     "sentencepiece, replace (gemma)": lambda: _sentencepiece(normalizers.Replace(" ", "\u2581"), None),
     "unigram": _unigram,
 }
-
-
-def _regex(pattern: str):  # -> tokenizers.Regex
-    from tokenizers import Regex
-
-    return Regex(pattern)
 
 
 def _text(rng: random.Random, words: int, specials: bool = True) -> str:
