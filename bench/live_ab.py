@@ -1,15 +1,19 @@
 """Two live prism-serve servers, A and B (two code trees, or one tree with a switch set apart), up at once and
-driven in turn by one open load of :mod:`bench.peer_loads`, so both meet the machine in the same state.
+driven in turn by one load of :mod:`bench.peer_loads`, so both meet the machine in the same state.
 
     python -m bench.live_ab --model-id /work/peer/model --b-env PRISM_TOKEN_REUSE=0 [--points shared@8 rag@6]
         [--seed 0] [--rounds 6] [--worst N] [--a-tree DIR] [--b-tree DIR]
+    python -m bench.live_ab --model-id /work/peer/model --a-tree OLD --points clients@16 --prompt-len 1000
+        --output-len 512
 
-For each point (load @ requests/s), each round runs the load once on each server (A first in even rounds, B
-first in odd ones), with fresh prompts (a new tag), after the machine went quiet. Per server it prints the
-medians over rounds of TTFT P50 / P99 / mean, the token hit rate and the router's CPU per request (``/proc``),
-then B / A for each; ``--worst N`` prints each run's N slowest requests (arrival, TTFT, which shared opening,
-whether it is that opening's first request). The servers are the launcher's defaults on loopback, each with
-its own port and socket folder; both are stopped on exit.
+A point is an open load at a rate (``shared@8``, ``rag@6``: requests/s) or ``clients@N``: N closed-loop
+clients, 2N requests of ``--prompt-len`` prompt and ``--output-len`` output tokens (ignore_eos). For each point,
+each round runs the load once on each server (A first in even rounds, B first in odd ones), with fresh prompts
+(a new tag), after the machine went quiet. Per server it prints the medians over rounds of TTFT P50 / P99 /
+mean, the token hit rate, the router's CPU per request (``/proc``) and output tokens/s (from the first arrival
+to the last finish), then B / A for each; ``--worst N`` prints each run's N slowest requests (arrival, TTFT,
+which shared opening, whether it is that opening's first request). The servers are the launcher's defaults on
+loopback, each with its own port and socket folder; both are stopped on exit.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from bench.server import LaunchSpec, LiveServer, free_port
 from bench.workloads.prompts import PromptBuilder, load_tokenizer
 
 OPENING = 256  # characters of a prompt that name its shared opening (the loads' prefixes are longer)
-COLUMNS = ("TTFT P50 ms", "TTFT P99 ms", "TTFT mean ms", "hit rate", "router CPU ms/request")
+COLUMNS = ("TTFT P50 ms", "TTFT P99 ms", "TTFT mean ms", "hit rate", "router CPU ms/request", "output tok/s")
 
 
 def router_cpu(server_pid: int) -> float:
@@ -62,8 +66,13 @@ def one_run(url: str, server_pid: int, loads: PeerLoads, load: str, qps: float, 
     printed."""
     wait_quiet()
     before = router_cpu(server_pid)
-    requests = getattr(loads, load)(qps)
-    result = asyncio.run(run_load(Endpoint(url, "completions"), requests, load))
+    endpoint = Endpoint(url, "completions")
+    if load == "clients":
+        requests = loads.clients()
+        result = asyncio.run(run_closed(endpoint, requests, loads.params.clients, load))
+    else:
+        requests = getattr(loads, load)(qps)
+        result = asyncio.run(run_load(endpoint, requests, load))
     cpu = router_cpu(server_pid) - before
     s = summarize(result.records, result.hit_rate)
     if s["errors"]:
@@ -71,13 +80,17 @@ def one_run(url: str, server_pid: int, loads: PeerLoads, load: str, qps: float, 
     for line in slowest(requests, result.records, worst):
         print(f"  {line}")
     return (1e3 * s["ttft_p50"], 1e3 * s["ttft_p99"], 1e3 * s["ttft_mean"], s["hit_rate"],
-            1e3 * cpu / len(result.records))
+            1e3 * cpu / len(result.records), s["throughput_tok_s"])
 
 
 def compare(servers: dict[str, tuple[str, int]], model: str, load: str, qps: float, seed: int,
-            rounds: int, worst: int = 0) -> dict[str, list[tuple[float, ...]]]:
-    """``servers``: name -> (url, launcher pid); the rows of every round per server."""
-    loads = PeerLoads(replace(PeerParams(), seed=seed), PromptBuilder(load_tokenizer(model)))
+            rounds: int, worst: int = 0, params: PeerParams | None = None) -> dict[str, list[tuple[float, ...]]]:
+    """``servers``: name -> (url, launcher pid); the rows of every round per server. ``qps``: the clients of a
+    ``clients`` load; ``params``: the loads' other settings (default :class:`PeerParams`')."""
+    params = replace(params or PeerParams(), seed=seed)
+    if load == "clients":
+        params = replace(params, clients=int(qps), client_requests=2 * int(qps))
+    loads = PeerLoads(params, PromptBuilder(load_tokenizer(model)))
     for url, _ in servers.values():
         asyncio.run(run_closed(Endpoint(url, "completions"), loads.warmup(), 1, "warm-up"))
     rows: dict[str, list[tuple[float, ...]]] = {name: [] for name in servers}
@@ -111,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--model-id", required=True)
-    p.add_argument("--points", nargs="+", default=["shared@8"], metavar="LOAD@QPS", help="LOAD: shared or rag")
+    p.add_argument("--points", nargs="+", default=["shared@8"], metavar="LOAD@QPS",
+                   help="LOAD: shared or rag (QPS: requests/s), or clients (QPS: closed-loop clients)")
+    p.add_argument("--prompt-len", type=int, default=PeerParams.client_prompt_len, help="clients' prompts")
+    p.add_argument("--output-len", type=int, default=PeerParams.client_output, help="clients' outputs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--worst", type=int, default=0, metavar="N", help="print each run's N slowest requests")
@@ -127,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         servers = {"A": (url_a, a.proc.pid), "B": (url_b, b.proc.pid)}
         for point in args.points:
             load, _, qps = point.partition("@")
-            print(f"\n{load} at {qps} requests/s, seed {args.seed}, {args.rounds} rounds")
-            report(compare(servers, args.model_id, load, float(qps), args.seed, args.rounds, args.worst))
+            unit = "clients" if load == "clients" else "requests/s"
+            print(f"\n{load} at {qps} {unit}, seed {args.seed}, {args.rounds} rounds")
+            params = PeerParams(client_prompt_len=args.prompt_len, client_output=args.output_len)
+            report(compare(servers, args.model_id, load, float(qps), args.seed, args.rounds, args.worst, params))
     return 0
 
 

@@ -23,7 +23,7 @@ import math
 import statistics
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
@@ -192,6 +192,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--seed", type=int, default=0)
         cmd.add_argument("--loads", default=",".join(LOADS),
                          help=f"comma-separated subset of {','.join(LOADS)} (e.g. `clients` for throughput only)")
+        cmd.add_argument("--clients", type=int, default=None, help="the clients load's clients (default 32)")
+        cmd.add_argument("--client-prompt-len", type=int, default=None, help="its prompts' tokens (default 100)")
+        cmd.add_argument("--client-output", type=int, default=None, help="its output tokens (default 128)")
     t = sub.add_parser("table", help="print the side-by-side table of two measured servers")
     t.add_argument("out", type=Path)
     t.add_argument("--ours", default="prism")
@@ -220,10 +223,18 @@ def _loads_wanted(spec: str) -> list[str] | None:
     return wanted
 
 
+def peer_params(args: argparse.Namespace) -> PeerParams:
+    """The loads' settings: ``--quick``'s or the defaults, with ``--seed`` and the clients load's shape (its
+    requests twice its clients where ``--clients`` is given)."""
+    params = replace(QUICK if args.quick else PeerParams(), seed=args.seed)
+    shape = {"clients": args.clients, "client_prompt_len": args.client_prompt_len,
+             "client_output": args.client_output}
+    params = replace(params, **{k: v for k, v in shape.items() if v is not None})
+    return params if args.clients is None else replace(params, client_requests=2 * args.clients)
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
     """``measure`` (one --url) or ``pair`` (two --server): each server's rows into OUT/NAME.json."""
-    from dataclasses import replace
-
     from bench.workloads.prompts import PromptBuilder, load_tokenizer
 
     wanted = _loads_wanted(args.loads)
@@ -233,7 +244,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     if args.command == "pair" and len(servers) != 2:
         print("error: pair takes --server twice", file=sys.stderr)
         return 2
-    params = replace(QUICK if args.quick else PeerParams(), seed=args.seed)
+    params = peer_params(args)
     loads = PeerLoads(params, PromptBuilder(load_tokenizer(args.model_id)))
     runs = [PeerRun(Endpoint(url.rstrip("/"), "completions", model), loads) for _, url, model in servers]
     if len(runs) == 2:

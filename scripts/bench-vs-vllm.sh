@@ -8,7 +8,8 @@
 #     --quick       fewer requests and QPS points (about 2 minutes instead of about 5, start-up included)
 #     --prism-only  measure prism only and reuse OUT/vllm.json from an earlier run
 #   env: OUT (default bench-out/vs-vllm), VLLM_SETUP (default /work/shared/peer/setup-vllm-cpu.sh), SEED (0),
-#        LOADS (default all: cold,clients,shared,rag; e.g. LOADS=clients for the throughput load alone)
+#        LOADS (default all: cold,clients,shared,rag; e.g. LOADS=clients for the throughput load alone),
+#        PEER_ARGS (more `prism-bench peer` options, e.g. "--clients 16 --client-prompt-len 1000 --client-output 512")
 # Run from the repository root with the project's venv active (prism-launcher on PATH, bench importable).
 # Only one server is driven at a time (the idle one takes about 1% of a core or less); both are stopped (their whole
 # process groups) on exit, error or Ctrl-C.
@@ -38,7 +39,8 @@ stop() {  # SIGTERM the servers' process groups, SIGKILL after 60 s
   PGIDS=()
 }
 trap stop EXIT INT TERM
-common=(--model-id "$D/model" --out "$OUT" --seed "$SEED" --loads "$LOADS" "${QUICK[@]}")
+read -r -a EXTRA <<< "${PEER_ARGS:-}"
+common=(--model-id "$D/model" --out "$OUT" --seed "$SEED" --loads "$LOADS" "${QUICK[@]}" "${EXTRA[@]}")
 echo "start $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/run.txt"
 
 if [ "$PRISM_ONLY" = 0 ]; then

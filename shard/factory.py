@@ -77,7 +77,8 @@ def pick_cpu_threads(config: ShardConfig, weights: int = 0) -> tuple[CpuThreads,
     ``PREFILL_THREADS_MIN_TOKENS`` tokens (a big prefill, while the router waits for it) and every core but one
     for the others (decode steps, during which the router streams tokens to the clients on the core left to
     it), or every core for every step when the weights exceed ``STREAMED_WEIGHT_BYTES`` on up to
-    ``STREAMED_MAX_CORES`` cores."""
+    ``STREAMED_MAX_CORES`` cores; there a decode step whose weights and KV read reach that many bytes takes
+    every core too."""
     if config.cpu_threads:
         return CpuThreads(config.cpu_threads, config.cpu_threads), "--cpu-threads"
     env = os.environ.get(THREADS_ENV)
@@ -89,7 +90,13 @@ def pick_cpu_threads(config: ShardConfig, weights: int = 0) -> tuple[CpuThreads,
         return CpuThreads(share, share), f"{cores} cores shared by {config.world_size} tensor-parallel ranks"
     if weights > STREAMED_WEIGHT_BYTES and cores <= STREAMED_MAX_CORES:
         return CpuThreads(cores, cores), f"{cores} cores: {weights >> 20} MiB of weights, streamed every step"
-    return CpuThreads(max(1, cores - 1), cores), f"{cores} cores, one left to the router during decode"
+    if cores == 1 or cores > STREAMED_MAX_CORES:
+        return CpuThreads(max(1, cores - 1), cores), f"{cores} cores, one left to the router during decode"
+    # NOTE: a decode step streams its rows' KV as well as the weights: from STREAMED_WEIGHT_BYTES of both it
+    # takes every core (long contexts), as a model of that much weight does at every step
+    return (CpuThreads(cores - 1, cores, decode_kv_min=max(1, STREAMED_WEIGHT_BYTES - weights)),
+            f"{cores} cores, one left to the router during decode steps streaming under "
+            f"{STREAMED_WEIGHT_BYTES >> 20} MiB of weights and KV")
 
 
 def host_slot(config: ShardConfig) -> int | None:

@@ -37,20 +37,26 @@ PREFILL_THREADS_MIN_TOKENS = 256
 @dataclass(frozen=True)
 class CpuThreads:
     """torch intra-op threads per step on CPU: ``large`` for steps of at least PREFILL_THREADS_MIN_TOKENS
-    tokens (counted by :func:`step_size`), ``small`` for the others (see
+    tokens (counted by :func:`step_size`) or whose decode rows read at least ``decode_kv_min`` bytes of KV
+    (:func:`decode_kv_bytes`; 0: never for that reason), ``small`` for the others (see
     :func:`shard.factory.pick_cpu_threads`)."""
 
     small: int
     large: int
     cpus: tuple[int, ...] = ()  # large team's thread i on cpus[i] (shard.cpu_affinity); (): unpinned
+    decode_kv_min: int = 0
 
     def __str__(self) -> str:
         if self.small == self.large:
             return str(self.small)
-        return f"{self.small} (steps under {PREFILL_THREADS_MIN_TOKENS} tokens) / {self.large} (larger steps)"
+        kv = f" or decode reading {self.decode_kv_min >> 20} MiB of KV" if self.decode_kv_min else ""
+        return f"{self.small} (steps under {PREFILL_THREADS_MIN_TOKENS} tokens) / {self.large} (larger steps{kv})"
 
-    def for_tokens(self, tokens: int) -> int:
-        return self.large if tokens >= PREFILL_THREADS_MIN_TOKENS else self.small
+    def for_tokens(self, tokens: int, decode_kv: int = 0) -> int:
+        """``tokens``: :func:`step_size`; ``decode_kv``: :func:`decode_kv_bytes`."""
+        if tokens >= PREFILL_THREADS_MIN_TOKENS or 0 < self.decode_kv_min <= decode_kv:
+            return self.large
+        return self.small
 
 
 def step_size(requests: list[RequestState], hidden: int) -> int:
@@ -58,9 +64,15 @@ def step_size(requests: list[RequestState], hidden: int) -> int:
     prompt pieces over their cached prefix. One (query, cached key) pair costs about 1 / (6 * hidden) of a
     token's matmuls (2 * hidden multiply-adds against about 12 * hidden**2 for a Llama layer's projections
     and MLP), so a 208-token piece after 1,840 cached tokens counts as 457 tokens at hidden 256. Decode rows
-    count one each: their context does not make a decode step large (the router keeps its core then)."""
+    count one each: the KV they read is :func:`decode_kv_bytes`' (a decode key is read from memory, not
+    multiplied on tiles, so it does not fit this scale)."""
     attention = sum(r.next_len * r.cache_len for r in requests if not r.prompt_done)
     return sum(r.next_len for r in requests) + attention // (6 * hidden)
+
+
+def decode_kv_bytes(requests: list[RequestState], bytes_per_token: int) -> int:
+    """The KV a step's decode rows read: their cached tokens' K and V over all layers (``bytes_per_token``)."""
+    return bytes_per_token * sum(r.cache_len for r in requests if r.prompt_done)
 
 
 @dataclass
@@ -164,7 +176,8 @@ class ModelRunner:
         inputs = build_step_inputs(active)
         if self.cpu_threads is not None:
             # NOTE: per calling thread (OpenMP); steps run on shard.step_thread, so set it here.
-            want = self.cpu_threads.for_tokens(step_size(active, self.model.config.hidden))
+            want = self.cpu_threads.for_tokens(step_size(active, self.model.config.hidden),
+                                               decode_kv_bytes(active, self.kv.shape.bytes_per_token))
             if torch.get_num_threads() != want:
                 torch.set_num_threads(want)
             self._pinning.maybe_pin(want)

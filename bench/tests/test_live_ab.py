@@ -14,7 +14,7 @@ def test_servers_take_turns_going_first_and_the_table_prints_b_over_a(monkeypatc
 
     def fake_run(url: str, pid: int, loads, load: str, qps: float, worst: int) -> tuple[float, ...]:
         order.append(url)
-        return (10.0, 50.0, 12.0, 0.9, 4.0) if url == "a" else (5.0, 40.0, 6.0, 0.9, 2.0)
+        return (10.0, 50.0, 12.0, 0.9, 4.0, 100.0) if url == "a" else (5.0, 40.0, 6.0, 0.9, 2.0, 150.0)
 
     monkeypatch.setattr(live_ab, "one_run", fake_run)
     monkeypatch.setattr(live_ab, "run_closed", lambda *a, **k: _done())
@@ -25,7 +25,7 @@ def test_servers_take_turns_going_first_and_the_table_prints_b_over_a(monkeypatc
     assert order == ["a", "b", "b", "a", "a", "b"]
     live_ab.report(rows)
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last == "| B / A | 0.50 | 0.80 | 0.50 | 1.00 | 0.50 |"
+    assert last == "| B / A | 0.50 | 0.80 | 0.50 | 1.00 | 0.50 | 1.50 |"
 
 
 async def _done() -> None:
@@ -51,6 +51,44 @@ def test_a_failed_request_fails_the_comparison(monkeypatch) -> None:
 
 async def _result(r):
     return r
+
+
+def test_a_clients_point_runs_n_closed_loop_clients_over_2n_requests(monkeypatch) -> None:
+    from bench.peer_loads import PeerParams
+
+    calls = []
+
+    async def closed(endpoint, requests, clients, desc):
+        calls.append((len(requests), clients, {r.max_new_tokens for r in requests}))
+        return Result()
+
+    class Result:
+        records = [RequestRecord(0.0, 0.01, 0.1, 10, 8)]
+        hit_rate = 0.0
+
+    monkeypatch.setattr(live_ab, "wait_quiet", lambda: 0.0)
+    monkeypatch.setattr(live_ab, "router_cpu", lambda pid: 0.0)
+    monkeypatch.setattr(live_ab, "run_closed", closed)
+    monkeypatch.setattr(live_ab, "PeerLoads", lambda params, builder: _Loads(params))
+    monkeypatch.setattr(live_ab, "load_tokenizer", lambda model: None)
+    monkeypatch.setattr(live_ab, "PromptBuilder", lambda tokenizer: None)
+    rows = live_ab.compare({"A": ("a", 1)}, "m", "clients", 4.0, 0, rounds=1,
+                           params=PeerParams(client_prompt_len=1000, client_output=8))
+    assert calls == [(0, 1, set()), (8, 4, {8})]  # the warm-up, then 8 requests of 8 tokens on 4 clients
+    assert rows["A"][0][5] == 80.0  # 8 tokens over 0.1 s
+
+
+class _Loads:
+    def __init__(self, params) -> None:
+        self.params, self.tag = params, ""
+
+    def warmup(self) -> list:
+        return []
+
+    def clients(self) -> list[LoadRequest]:
+        p = self.params
+        return [LoadRequest(0.0, "x" * p.client_prompt_len, p.client_output, p.client_prompt_len)
+                for _ in range(p.client_requests)]
 
 
 def test_the_slowest_requests_name_their_opening_and_whether_they_were_its_first() -> None:

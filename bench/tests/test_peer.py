@@ -15,7 +15,7 @@ from aiohttp import web
 
 from bench import peer_table
 from bench.loadgen import Endpoint, LoadRequest, hit_rate_between, parse_counters, parse_usage, run_closed
-from bench.peer_loads import PeerLoads, PeerParams
+from bench.peer_loads import QUICK, PeerLoads, PeerParams
 from bench.peer_run import PeerRun, main, run_paired, write_result
 from bench.quiet import cpu_times, wait_quiet
 from bench.tests.test_workloads import _train_tokenizer
@@ -133,6 +133,19 @@ def test_closed_loop_keeps_n_clients_busy_and_counts_usage_tokens() -> None:
     assert result.duration >= 4 * 0.02  # 10 requests over 3 clients: at least 4 rounds
     with pytest.raises(ValueError):
         asyncio.run(run_closed(Endpoint("http://127.0.0.1:9"), [], 0))
+
+
+def test_the_clients_load_takes_its_shape_from_the_command_line() -> None:
+    from bench.peer_run import _parser, peer_params
+
+    base = ["measure", "--url", "u", "--name", "n", "--model-id", "m", "--out", "o"]
+    assert peer_params(_parser().parse_args(base)) == PeerParams()
+    args = _parser().parse_args(base + ["--clients", "16", "--client-prompt-len", "1000", "--client-output", "512",
+                                        "--seed", "3"])
+    assert peer_params(args) == PeerParams(seed=3, clients=16, client_requests=32, client_prompt_len=1000,
+                                           client_output=512)
+    quick = peer_params(_parser().parse_args(base + ["--quick", "--client-output", "64"]))
+    assert quick.client_output == 64 and quick.client_requests == QUICK.client_requests
 
 
 def test_peer_run_against_our_server_on_the_demo_model(tmp_path) -> None:

@@ -132,7 +132,8 @@ def test_cpu_threads_flag_then_env_then_all_cores_for_prefill_and_all_but_one_fo
     monkeypatch.delenv("PRISM_SHARD_THREADS")
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
     threads = factory.pick_cpu_threads(ShardConfig("m"))[0]
-    assert threads == CpuThreads(3, 4) and threads.for_tokens(1) == 3 and threads.for_tokens(2001) == 4
+    assert threads == CpuThreads(3, 4, decode_kv_min=factory.STREAMED_WEIGHT_BYTES)
+    assert threads.for_tokens(1) == 3 and threads.for_tokens(2001) == 4
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
     assert factory.pick_cpu_threads(ShardConfig("m"))[0] == CpuThreads(1, 1)
 
@@ -158,7 +159,7 @@ def test_every_core_for_every_step_when_the_weights_are_streamed(monkeypatch, ti
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
     monkeypatch.delenv("PRISM_SHARD_THREADS", raising=False)
     limit = factory.STREAMED_WEIGHT_BYTES
-    assert factory.pick_cpu_threads(ShardConfig("m"), limit)[0] == CpuThreads(1, 2)
+    assert factory.pick_cpu_threads(ShardConfig("m"), limit)[0] == CpuThreads(1, 2, decode_kv_min=1)
     threads, why = factory.pick_cpu_threads(ShardConfig("m"), limit + 1)
     assert threads == CpuThreads(2, 2) and "streamed" in why
     assert factory.pick_cpu_threads(ShardConfig("m", cpu_threads=1), limit + 1)[0] == CpuThreads(1, 1)
@@ -185,6 +186,38 @@ def test_step_size_counts_prompt_attention_over_a_cached_prefix() -> None:
     assert threads.for_tokens(step_size([request(208, 0)], hidden=256)) == 1
     decodes = [request(2000, 2000 + 9, generated=10) for _ in range(128)]  # one new token each
     assert step_size(decodes, hidden=256) == 128
+
+
+def test_decode_steps_reading_much_kv_take_every_core(monkeypatch) -> None:
+    """On up to STREAMED_MAX_CORES cores a decode step whose rows read enough KV to bring the weights and KV
+    it streams to STREAMED_WEIGHT_BYTES runs on every core; short contexts keep the router's core."""
+    import os
+
+    from shard import factory
+    from shard.bench import _request
+    from shard.config import ShardConfig
+    from shard.model_runner import decode_kv_bytes, step_size
+
+    def decoding(context: int):
+        r = _request(0, list(range(context)), list(range(-(-(context + 2) // 16))), cache_len=context)
+        r.token_ids.append(7)  # one token generated, not yet in the cache
+        return r
+
+    monkeypatch.delenv("PRISM_SHARD_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
+    weights, per_token = 8 << 20, 2048  # the peer model's order: 8 MiB, 2 KiB of K/V per token
+    threads = factory.pick_cpu_threads(ShardConfig("m"), weights)[0]
+    assert threads.decode_kv_min == factory.STREAMED_WEIGHT_BYTES - weights and "KV" in str(threads)
+
+    def wanted(rows: int, context: int) -> int:
+        reqs = [decoding(context) for _ in range(rows)]
+        return threads.for_tokens(step_size(reqs, hidden=256), decode_kv_bytes(reqs, per_token))
+
+    assert decode_kv_bytes([decoding(100), decoding(50)], per_token) == 150 * per_token
+    assert wanted(32, 228) == 1  # the 32-client load: 14 MiB of KV
+    assert wanted(8, 3000) == 2 and wanted(16, 1250) == 2  # 47 / 39 MiB
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(factory.STREAMED_MAX_CORES + 1)))
+    assert factory.pick_cpu_threads(ShardConfig("m"), weights)[0].decode_kv_min == 0  # more cores: kept
 
 
 def test_cuda_graphs_sizes_and_load_format_parse() -> None:
