@@ -3,7 +3,9 @@ the layout :mod:`flash_kernels.api` defines. Slot s is ``cache[s // block_size, 
 
 The router owns which blocks hold what; the pool only stores them. Sizing: an explicit block count, or a
 fraction of free device memory (CUDA) / of available memory (CPU), or on CPU by default enough for
-``CPU_DEFAULT_TOKENS`` tokens (capped at ``CPU_DEFAULT_BYTES``). A pool sized from memory must hold what the
+``CPU_DEFAULT_TOKENS`` tokens, capped at ``CPU_DEFAULT_BYTES`` and at ``1 / CPU_DEFAULT_SHARE`` of available
+memory (vLLM's CPU script gives its pool 2 GiB: a million tokens of a small model, whose many concurrent long
+requests and retained prefixes a pool of 32,768 tokens made wait). A pool sized from memory must hold what the
 router's budgets need (:func:`shard.config.budget_floor_tokens`: its prefill budget, and ``max_total_tokens`` when set): a
 smaller one (a busy host with little free RAM) would start, then make the router refuse its limits at Warmup
 with no hint of the shard's flag, so the shard refuses it at once and names the flags. An explicit
@@ -19,8 +21,9 @@ import torch
 
 from shard.config import budget_floor_tokens
 
-CPU_DEFAULT_TOKENS = 32768
+CPU_DEFAULT_TOKENS = 1 << 20
 CPU_DEFAULT_BYTES = 2 << 30
+CPU_DEFAULT_SHARE = 8
 CUDA_DEFAULT_FRACTION = 0.9
 
 
@@ -61,7 +64,8 @@ def choose_num_blocks(
         return num_blocks
     per_block = shape.bytes_per_token * block_size
     if memory_fraction is None and device.type == "cpu":
-        budget = min(CPU_DEFAULT_TOKENS * shape.bytes_per_token, CPU_DEFAULT_BYTES)
+        budget = min(CPU_DEFAULT_TOKENS * shape.bytes_per_token, CPU_DEFAULT_BYTES,
+                     free_memory(device) // CPU_DEFAULT_SHARE)
         how = f"the CPU default of {budget} bytes"
     else:
         fraction = CUDA_DEFAULT_FRACTION if memory_fraction is None else memory_fraction

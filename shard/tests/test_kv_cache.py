@@ -7,8 +7,9 @@ import os
 import pytest
 import torch
 
+from shard import kv_cache
 from shard.config import DEFAULT_PREFILL_TOKENS, ShardConfig, budget_floor_tokens
-from shard.kv_cache import CPU_DEFAULT_TOKENS, KVCache, KVShape, choose_num_blocks
+from shard.kv_cache import KVCache, KVShape, choose_num_blocks
 
 SHAPE = KVShape(layers=2, kv_heads=2, head_dim=16, dtype=torch.float32)
 CPU = torch.device("cpu")
@@ -23,11 +24,23 @@ def test_layout_is_flash_kernels_paged_layout() -> None:
 def test_sizing_explicit_default_and_fraction() -> None:
     assert SHAPE.bytes_per_token == 2 * 2 * 2 * 16 * 4
     assert choose_num_blocks(SHAPE, 16, CPU, num_blocks=7) == 7
-    assert choose_num_blocks(SHAPE, 16, CPU) == CPU_DEFAULT_TOKENS // 16
     assert choose_num_blocks(SHAPE, 16, CPU, memory_fraction=0.001) >= 2
     for bad in ({"num_blocks": 1}, {"memory_fraction": 1.5}):
         with pytest.raises(ValueError):
             choose_num_blocks(SHAPE, 16, CPU, **bad)
+
+
+def test_the_cpu_default_pool_takes_a_million_tokens_within_2_gib_and_an_eighth_of_free_memory(
+    monkeypatch,
+) -> None:
+    """The default on CPU: CPU_DEFAULT_TOKENS tokens, but no more than CPU_DEFAULT_BYTES (a large model) nor
+    1 / CPU_DEFAULT_SHARE of available memory (a small host)."""
+    monkeypatch.setattr(kv_cache, "free_memory", lambda device: 64 << 30)
+    assert choose_num_blocks(SHAPE, 16, CPU) == kv_cache.CPU_DEFAULT_TOKENS // 16 == (1 << 20) // 16
+    big = KVShape(layers=32, kv_heads=8, head_dim=128, dtype=torch.bfloat16)  # 128 KiB per token
+    assert choose_num_blocks(big, 16, CPU) == (2 << 30) // (big.bytes_per_token * 16)
+    monkeypatch.setattr(kv_cache, "free_memory", lambda device: 1 << 30)
+    assert choose_num_blocks(SHAPE, 16, CPU) == (1 << 30) // 8 // (SHAPE.bytes_per_token * 16)
 
 
 def test_a_pool_sized_from_little_free_memory_is_refused_naming_the_flags(monkeypatch) -> None:
