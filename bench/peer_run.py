@@ -84,13 +84,14 @@ class PeerRun:
 
     def clients(self) -> None:
         p = self.loads.params
-        rates, outs = [], []
+        rates, outs, records = [], [], []
         for run in range(p.client_runs):  # NOTE: the host's neighbours move one run's tok/s by up to 30%
             result = self._closed(self.loads.clients(run), p.clients, f"clients {run + 1}/{p.client_runs}")
             ok = [r for r in result.records if r.error is None]
             tokens = sum(r.output_tokens for r in ok)
             rates.append(tokens / result.duration if result.duration > 0 else math.nan)
             outs += [r.output_tokens for r in ok]
+            records += result.records
         per_run = ", ".join(f"{r:,.0f}" for r in rates)
         self.log(f"clients: output tok/s per run {per_run}", file=sys.stderr, flush=True)
         what = f"{p.clients} clients x {p.client_output} output tokens"
@@ -99,6 +100,10 @@ class PeerRun:
         mean_out = statistics.mean(outs) if outs else math.nan
         self.rows.append(_row("clients_out_tokens", f"{what}: output tokens per request", "count", mean_out,
                               "higher"))
+        s = summarize(records, math.nan)
+        for pct in (50, 99):
+            self.rows.append(_row(f"clients_ttft_p{pct}_ms", f"{what}: TTFT P{pct} over every run (ms)", "ms",
+                                  _ms(float(s[f"ttft_p{pct}"]))))
 
     def _sweep(
         self, name: str, label: str, qps: float, build: Callable[[float], Sequence[LoadRequest]],

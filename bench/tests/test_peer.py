@@ -171,6 +171,7 @@ def test_peer_run_against_our_server_on_the_demo_model(tmp_path) -> None:
     assert rows["errors"] == 0, run.errors
     assert rows["cold_ttft_ms"] > 0 and rows["hit_ttft_ms"] > 0
     assert 0 < rows["clients_out_tokens"] <= 8 and rows["clients_tok_s"] > 0
+    assert rows["clients_ttft_p99_ms"] >= rows["clients_ttft_p50_ms"] > 0
     assert 0.3 < rows["shared@20_hit"] < 1 and rows["shared@20_p99_ms"] >= rows["shared@20_p50_ms"] > 0
     assert 0 <= rows["rag@20_hit"] < 1 and rows["rag@20_p99_ms"] > 0
 
