@@ -4,11 +4,11 @@ the layout :mod:`flash_kernels.api` defines. Slot s is ``cache[s // block_size, 
 The router owns which blocks hold what; the pool only stores them. Sizing: an explicit block count, or a
 fraction of free device memory (CUDA) / of available memory (CPU), or on CPU by default enough for
 ``CPU_DEFAULT_TOKENS`` tokens, capped at ``CPU_DEFAULT_BYTES`` and at ``1 / CPU_DEFAULT_SHARE`` of available
-memory (vLLM's CPU script gives its pool 2 GiB: a million tokens of a small model, whose many concurrent long
-requests and retained prefixes a pool of 32,768 tokens made wait). A pool sized from memory must hold what the
-router's budgets need (:func:`shard.config.budget_floor_tokens`: its prefill budget, and ``max_total_tokens`` when set): a
-smaller one (a busy host with little free RAM) would start, then make the router refuse its limits at Warmup
-with no hint of the shard's flag, so the shard refuses it at once and names the flags. An explicit
+memory (room for many concurrent long requests and retained prefixes; docs/performance.md, "The CPU's default KV
+pool"). A pool sized from memory must hold what the router's budgets need
+(:func:`shard.config.budget_floor_tokens`: its prefill budget, and ``max_total_tokens`` when set): a smaller one
+(a busy host with little free RAM) would start, then make the router refuse its limits at Warmup with no hint of
+the shard's flag, so the shard refuses it at once and names the flags. An explicit
 ``--num-blocks`` is taken as given.
 """
 
