@@ -56,15 +56,15 @@ async def _result(r):
 def test_a_clients_point_runs_n_closed_loop_clients_over_2n_requests(monkeypatch) -> None:
     from bench.peer_loads import PeerParams
 
+    class Result:
+        records = [RequestRecord(0.0, 0.01, 0.1, 10, 8)]
+        hit_rate = 0.0
+
     calls = []
 
     async def closed(endpoint, requests, clients, desc):
         calls.append((len(requests), clients, {r.max_new_tokens for r in requests}))
         return Result()
-
-    class Result:
-        records = [RequestRecord(0.0, 0.01, 0.1, 10, 8)]
-        hit_rate = 0.0
 
     monkeypatch.setattr(live_ab, "wait_quiet", lambda: 0.0)
     monkeypatch.setattr(live_ab, "router_cpu", lambda pid: 0.0)
