@@ -30,7 +30,7 @@ from pathlib import Path
 from bench.live_threads import descendants, thread_cpu
 from bench.loadgen import Endpoint, LoadRequest, run_closed, run_load
 from bench.metrics import RequestRecord, summarize
-from bench.peer_loads import PeerLoads, PeerParams
+from bench.peer_loads import PeerLoads, PeerParams, with_clients
 from bench.quiet import wait_quiet
 from bench.server import LaunchSpec, LiveServer, free_port
 from bench.workloads.prompts import PromptBuilder, load_tokenizer
@@ -89,7 +89,7 @@ def compare(servers: dict[str, tuple[str, int]], model: str, load: str, qps: flo
     ``clients`` load; ``params``: the loads' other settings (default :class:`PeerParams`')."""
     params = replace(params or PeerParams(), seed=seed)
     if load == "clients":
-        params = replace(params, clients=int(qps), client_requests=2 * int(qps))
+        params = with_clients(params, int(qps))
     loads = PeerLoads(params, PromptBuilder(load_tokenizer(model)))
     for url, _ in servers.values():
         asyncio.run(run_closed(Endpoint(url, "completions"), loads.warmup(), 1, "warm-up"))

@@ -53,6 +53,15 @@ class PeerParams:
     rag_qps: tuple[float, ...] = (3.0, 6.0, 10.0)
 
 
+def with_clients(params: PeerParams, clients: int | None = None, prompt_len: int | None = None,
+                 output: int | None = None) -> PeerParams:
+    """``params`` with the clients load's shape: what is given replaces its setting, and ``clients`` brings
+    twice as many requests."""
+    shape = {"clients": clients, "client_prompt_len": prompt_len, "client_output": output}
+    params = replace(params, **{k: v for k, v in shape.items() if v is not None})
+    return params if clients is None else replace(params, client_requests=2 * clients)
+
+
 QUICK = PeerParams(
     cold_repeats=3, client_requests=32, client_runs=1, shared_requests=30, shared_qps=(2.0, 8.0),
     rag_requests=30, rag_qps=(6.0,),

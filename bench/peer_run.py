@@ -30,7 +30,7 @@ from pathlib import Path
 from bench import peer_table
 from bench.loadgen import Endpoint, LoadRequest, LoadResult, run_closed, run_load
 from bench.metrics import RequestRecord, summarize
-from bench.peer_loads import QUICK, PeerLoads, PeerParams, describe
+from bench.peer_loads import QUICK, PeerLoads, PeerParams, describe, with_clients
 from bench.quiet import wait_quiet
 
 Row = dict[str, object]
@@ -232,10 +232,7 @@ def peer_params(args: argparse.Namespace) -> PeerParams:
     """The loads' settings: ``--quick``'s or the defaults, with ``--seed`` and the clients load's shape (its
     requests twice its clients where ``--clients`` is given)."""
     params = replace(QUICK if args.quick else PeerParams(), seed=args.seed)
-    shape = {"clients": args.clients, "client_prompt_len": args.client_prompt_len,
-             "client_output": args.client_output}
-    params = replace(params, **{k: v for k, v in shape.items() if v is not None})
-    return params if args.clients is None else replace(params, client_requests=2 * args.clients)
+    return with_clients(params, args.clients, args.client_prompt_len, args.client_output)
 
 
 def cmd_measure(args: argparse.Namespace) -> int:

@@ -234,7 +234,7 @@ class PrefixTokenCache:
         return [*before, *ids, *after]
 
     def _whole(self, text: str, add_special_tokens: bool) -> list[int]:
-        return list(self._hf.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids)
+        return encode_whole(self._hf, text, add_special_tokens)
 
     def _piece_ids(self, piece: str, index: int) -> array:
         # NOTE: one call per piece: a batch call spreads them over tokenizers' thread pool, half the wall time
@@ -302,6 +302,12 @@ class PrefixTokenCache:
         return out
 
 
+def encode_whole(hf: Any, text: str, add_special_tokens: bool) -> list[int]:
+    """``hf.encode(text, add_special_tokens).ids``, by the batch call that skips offsets: the same ids for
+    about 2/3 of encode's CPU."""
+    return list(hf.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids)
+
+
 def _special_layout(hf: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """The ids the post-processor puts before and after a single sequence, the same for every probe (None when
     they are not: it adds tokens inside, or they depend on the text)."""
@@ -317,4 +323,4 @@ def _special_layout(hf: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     return layouts.pop() if len(layouts) == 1 else None
 
 
-__all__ = ["KNOWN_SPLIT_PATTERNS", "PrefixTokenCache", "exactness_problem"]
+__all__ = ["KNOWN_SPLIT_PATTERNS", "PrefixTokenCache", "encode_whole", "exactness_problem"]
