@@ -150,7 +150,6 @@ def chat_parameters(
     router's ``max_top_n_tokens``), details always on, a ``model`` other than ``tgi`` becomes ``adapter_id``;
     plus vLLM's sampling fields (:mod:`router_py.http.openai_sampling`; ``logit_bias`` ids checked against
     ``vocab_size`` when given). Raises HttpError 422 (validation)."""
-    check_single_choice(req.get("n"))
     check_top_logprobs(req.get("top_logprobs"), req.logprobs, max_top_logprobs)
     temperature = req.get("temperature")
     do_sample = not (temperature is not None and temperature == 0.0)
@@ -211,14 +210,6 @@ def check_top_logprobs(top_logprobs: int | None, logprobs: bool, limit: int) -> 
         )
 
 
-def check_single_choice(n: int | None) -> None:
-    """OpenAI's ``n`` (choices per prompt). TGI accepts it and ignores it (its schema says "UNUSED"), so a client
-    asking for 3 choices silently gets 1 and fails on ``choices[1]``; refused clearly here instead. Raises
-    HttpError 422 (validation) unless ``n`` is absent or 1."""
-    if n is not None and n != 1:
-        raise validation_error(f"`n` must be 1: one choice per request is supported. Given: {n}")
-
-
 def _first_given(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
@@ -246,32 +237,33 @@ def chat_logprobs(tokens: list[Token], tops: list[list[Token]]) -> dict[str, Any
     return {"content": [_logprob_entry(t, top) for t, top in zip(tokens, padded)]}
 
 
-def chat_completion(
-    config: RouterConfig,
-    created: int,
-    text: str,
-    end: EndEvent,
-    logprobs: dict[str, Any] | None,
-    prompt_tokens: int,
-    message: dict[str, Any] | None = None,
+def chat_choice(
+    index: int, end: EndEvent, logprobs: dict[str, Any] | None, message: dict[str, Any] | None = None,
     finish_reason: str | None = None,
 ) -> dict[str, Any]:
-    """``message`` / ``finish_reason`` replace the plain text answer (tool calls)."""
+    """One choice of a ``chat.completion``; ``message`` / ``finish_reason`` replace the plain text answer (tool
+    calls)."""
+    return {
+        "index": index,
+        "message": message or {"role": "assistant", "content": end.generated_text},
+        "logprobs": logprobs,
+        "finish_reason": finish_reason or openai_finish_reason(end.finish_reason),
+    }
+
+
+def chat_completion(
+    config: RouterConfig, created: int, choices: list[dict[str, Any]], prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
+    """A ``chat.completion`` of ``choices`` (:func:`chat_choice`); the prompt is counted once, the choices'
+    tokens together (OpenAI's and vLLM's usage)."""
     return {
         "object": "chat.completion",
         "id": "",
         "created": created,
         "model": config.model_id,
         "system_fingerprint": system_fingerprint(config),
-        "choices": [
-            {
-                "index": 0,
-                "message": message or {"role": "assistant", "content": text},
-                "logprobs": logprobs,
-                "finish_reason": finish_reason or openai_finish_reason(end.finish_reason),
-            }
-        ],
-        "usage": usage(prompt_tokens, end.generated_tokens),
+        "choices": choices,
+        "usage": usage(prompt_tokens, completion_tokens),
     }
 
 
@@ -311,15 +303,16 @@ def chat_chunk(
     usage_body: dict[str, int] | None,
     delta: dict[str, Any] | None = None,
     finish_reason: str | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
-    """One ``chat.completion.chunk``; ``event`` None makes the usage-only chunk (``choices: []``); ``delta`` /
-    ``finish_reason`` replace the token's text delta (tool calls)."""
+    """One ``chat.completion.chunk`` of choice ``index``; ``event`` None makes the usage-only chunk
+    (``choices: []``); ``delta`` / ``finish_reason`` replace the token's text delta (tool calls)."""
     choices = []
     if event is not None:
         finish = openai_finish_reason(event.finish_reason) if isinstance(event, EndEvent) else None
         choices.append(
             {
-                "index": 0,
+                "index": index,
                 # NOTE: TGI streams special tokens (EOS) as empty content
                 "delta": _with_tool_calls(delta or {"role": "assistant", "content": _content(event)}),
                 "logprobs": chat_logprobs([event.token], [list(event.top_tokens)]) if logprobs else None,

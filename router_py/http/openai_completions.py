@@ -10,7 +10,7 @@ from router_py.router_config import RouterConfig
 from router_py.http.errors import HttpError, deserialize_error, validation_error
 from router_py.backend_api import EndEvent, Token
 from router_py.http.openai_chat import (
-    check_single_choice, openai_finish_reason, openai_stops, openai_top_p, system_fingerprint, vllm_top_k
+    openai_finish_reason, openai_stops, openai_top_p, system_fingerprint, vllm_top_k
 )
 from router_py.http.openai_prompt import Prompt, parse_prompts
 from router_py.http.openai_sampling import VLLM_SAMPLING_FIELDS, vllm_sampling
@@ -97,7 +97,6 @@ def completion_parameters(req: CompletionRequest, vocab_size: int | None = None)
     """Temperature 0 → greedy, else sampling; details on so finish reasons and counts come back; vLLM's
     sampling fields and ``response_format`` (a grammar) as on the chat route; ``logprobs`` becomes
     ``top_n_tokens``. Raises HttpError 422 (validation)."""
-    check_single_choice(req.get("n"))
     _check_unserved(req)
     temperature = req.get("temperature")
     do_sample = not (temperature is not None and temperature == 0.0)
@@ -199,7 +198,7 @@ def completion_chunk(
     logprobs: dict[str, Any] | None = None,
     usage_body: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """One prompt's chunk; ``usage_body`` (vLLM's ``continuous_usage_stats``) is its running usage, else the
+    """One choice's chunk; ``usage_body`` (vLLM's ``continuous_usage_stats``) is its running usage, else the
     chunk has no ``usage`` key."""
     choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
     chunk = {**_envelope(config, created), "choices": [choice]}

@@ -17,6 +17,7 @@ from router_py.backend_api import EndEvent, TokenEvent
 from router_py.http.openai_chat import (
     ChatRequest,
     StreamRole,
+    chat_choice,
     chat_chunk,
     chat_completion,
     chat_logprobs,
@@ -33,6 +34,7 @@ from router_py.http.openai_completions import (
     usage_chunk,
 )
 from router_py.http.openai_chat import openai_finish_reason
+from router_py.http.openai_choices import choice_count, choice_requests
 from router_py.http.openai_prompt import Prompt
 from router_py.http.openai_stop import cut_at_stops
 from router_py.http.openai_usage import RunningUsage, usage
@@ -41,6 +43,7 @@ from router_py.http.routes_common import (
 )
 from router_py.http.generation_runner import FinishedSequence, gather_or_cancel
 from router_py.http.routes_generate import StreamRun, open_stream, run_generate
+from router_py.http.stream_merge import merge_streams
 from router_py.http.sse import OPENAI_DONE, TgiEventTemplate, sse_response, tgi_event
 from router_py.http.tools import (
     ToolPlan,
@@ -80,21 +83,25 @@ async def chat_completions_route(request: Request) -> Response:
     state.metrics.inc("tgi_request_count")  # NOTE: TGI counts chat twice: its handler, then generate_internal
     session = await request_session(request)
     params = chat_parameters(req, plan.grammar, state.tokenizer.vocab_size, state.config.max_top_n_tokens)
-    gen_req = GenerateRequest(prompt, params, session=session)
+    n = choice_count(req.get("n"), 1, state.config.max_concurrent_requests)
+    gen_reqs = choice_requests(GenerateRequest(prompt, params, session=session), n)
     namespace = await request_namespace(request)
     parent = tracing.parent_from_headers(request.headers)
     if req.stream:
-        return sse_response(_chat_events(state, req, gen_req, namespace, start, parent, plan), {})
+        return sse_response(_chat_events(state, req, gen_reqs, namespace, start, parent, plan), {})
     with tracing.span("chat_completions", parent=parent):
-        gen, _, _ = await run_generate(
-            state, gen_req, namespace, start, add_special_tokens=False, cut_stops=not plan.calls_tools
-        )
-    logprobs = chat_logprobs(gen.tokens, gen.top_tokens) if req.logprobs else None
-    message, finish = _tool_message(plan, gen.end.generated_text)
-    body = chat_completion(
-        state.config, int(time.time()), gen.end.generated_text, gen.end, logprobs, gen.request.input_length,
-        message, finish,
-    )
+        results = await gather_or_cancel(*(
+            run_generate(state, r, namespace, start, add_special_tokens=False, cut_stops=not plan.calls_tools)
+            for r in gen_reqs
+        ))
+    gens = [gen for gen, _, _ in results]
+    choices = []
+    for index, gen in enumerate(gens):
+        logprobs = chat_logprobs(gen.tokens, gen.top_tokens) if req.logprobs else None
+        message, finish = _tool_message(plan, gen.end.generated_text)
+        choices.append(chat_choice(index, gen.end, logprobs, message, finish))
+    completion_tokens = sum(gen.end.generated_tokens for gen in gens)
+    body = chat_completion(state.config, int(time.time()), choices, gens[0].request.input_length, completion_tokens)
     return JSONResponse(body)
 
 
@@ -111,39 +118,32 @@ def _tool_message(plan: ToolPlan, text: str) -> tuple[dict | None, str | None]:
 async def _chat_events(
     state: AppState,
     req: ChatRequest,
-    gen_req: GenerateRequest,
+    gen_reqs: list[GenerateRequest],
     namespace: str,
     start: float,
     parent: Context | None,
     plan: ToolPlan,
 ) -> AsyncIterator[str]:
-    """The chat stream; with ``continuous_usage_stats`` every chunk carries the running usage
-    (:mod:`router_py.http.openai_usage`)."""
+    """The chat stream of the choices (``gen_reqs``, generated side by side); with ``include_usage`` a
+    usage-only chunk over all of them follows the last."""
     created = int(time.time())
-    calls = ToolStream() if plan.calls_tools else None
-    p = gen_req.parameters
-    stops = () if plan.calls_tools else p.stop  # NOTE: a tool call's text is the grammar's, never cut
-    running: RunningUsage | None = None
-    role = StreamRole(every_chunk=req.tgi_client)
+    prompt_tokens = completion_tokens = 0
     with tracing.span("chat_completions", parent=parent):
         try:
-            stream = open_stream(state, gen_req, namespace, add_special_tokens=False)
-            async for run, event, text in cut_at_stops(stream, stops, p.min_tokens):
-                if req.stream_usage.continuous and running is None:
-                    running = RunningUsage(run.valid.input_length)
-                now_usage = running.step(event) if running is not None else None
-                if calls is None:
-                    delta = {"role": "assistant", "content": text}
-                    chunks = [chat_chunk(state.config, created, event, req.logprobs, now_usage, delta)]
-                else:
-                    chunks = _tool_chunks(state, created, calls, event, now_usage)
-                for chunk in chunks:
-                    yield tgi_event(role.apply(chunk))
-                if isinstance(event, EndEvent):
-                    state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
-                    if req.stream_usage.final:
-                        totals = usage(run.valid.input_length, event.generated_tokens)
-                        yield tgi_event(chat_chunk(state.config, created, None, False, totals))
+            streams = [
+                _one_chat_stream(state, req, r, namespace, created, plan, index) for index, r in enumerate(gen_reqs)
+            ]
+            async for _, item in merge_streams(streams):
+                if isinstance(item, str):
+                    yield item
+                    continue
+                run, event = item
+                state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
+                prompt_tokens = run.valid.input_length  # NOTE: one prompt, counted once
+                completion_tokens += event.generated_tokens
+            if req.stream_usage.final:
+                totals = usage(prompt_tokens, completion_tokens)
+                yield tgi_event(chat_chunk(state.config, created, None, False, totals))
         except HttpError as err:
             state.record_failure(err)
             yield _error_event(err)
@@ -151,20 +151,56 @@ async def _chat_events(
         yield OPENAI_DONE
 
 
+async def _one_chat_stream(
+    state: AppState,
+    req: ChatRequest,
+    gen_req: GenerateRequest,
+    namespace: str,
+    created: int,
+    plan: ToolPlan,
+    index: int,
+) -> AsyncIterator[str | tuple[StreamRun, EndEvent]]:
+    """One choice's chunks (strings), then its run and EndEvent; with ``continuous_usage_stats`` every chunk
+    carries the choice's running usage (:mod:`router_py.http.openai_usage`)."""
+    calls = ToolStream() if plan.calls_tools else None
+    p = gen_req.parameters
+    stops = () if plan.calls_tools else p.stop  # NOTE: a tool call's text is the grammar's, never cut
+    running: RunningUsage | None = None
+    role = StreamRole(every_chunk=req.tgi_client)
+    stream = open_stream(state, gen_req, namespace, add_special_tokens=False)
+    async for run, event, text in cut_at_stops(stream, stops, p.min_tokens):
+        if req.stream_usage.continuous and running is None:
+            running = RunningUsage(run.valid.input_length)
+        now_usage = running.step(event) if running is not None else None
+        if calls is None:
+            delta = {"role": "assistant", "content": text}
+            chunks = [chat_chunk(state.config, created, event, req.logprobs, now_usage, delta, index=index)]
+        else:
+            chunks = _tool_chunks(state, created, calls, event, now_usage, index)
+        for chunk in chunks:
+            yield tgi_event(role.apply(chunk))
+        if isinstance(event, EndEvent):
+            yield run, event
+
+
 def _tool_chunks(
-    state: AppState, created: int, calls: ToolStream, event, usage_body: dict[str, int] | None = None
+    state: AppState, created: int, calls: ToolStream, event, usage_body: dict[str, int] | None = None,
+    index: int = 0,
 ) -> list[dict]:
-    """The chunks of one token of a tool-calling stream: tool_calls deltas (none while the name is not known
-    yet); the last token's chunk carries finish_reason ``tool_calls`` (``stop``/``length`` for a text
-    answer). Each carries ``usage_body`` (the running usage, or None)."""
+    """The chunks of one token of choice ``index``'s tool-calling stream: tool_calls deltas (none while the
+    name is not known yet); the last token's chunk carries finish_reason ``tool_calls`` (``stop``/``length``
+    for a text answer). Each carries ``usage_body`` (the running usage, or None)."""
     deltas = calls.push("" if event.token.special else event.token.text)
     if not isinstance(event, EndEvent):
-        return [chat_chunk(state.config, created, event, False, usage_body, d) for d in deltas]
+        return [chat_chunk(state.config, created, event, False, usage_body, d, index=index) for d in deltas]
     deltas += calls.finish()
     finish = "tool_calls" if calls.name not in (None, "no_tool") else None
     last = deltas.pop() if deltas else {"role": "assistant", "content": ""}
-    head = [chat_chunk(state.config, created, TokenEvent(event.token), False, usage_body, d) for d in deltas]
-    return head + [chat_chunk(state.config, created, event, False, usage_body, last, finish)]
+    head = [
+        chat_chunk(state.config, created, TokenEvent(event.token), False, usage_body, d, index=index)
+        for d in deltas
+    ]
+    return head + [chat_chunk(state.config, created, event, False, usage_body, last, finish, index)]
 
 
 async def completions_route(request: Request) -> Response:
@@ -179,19 +215,20 @@ async def completions_route(request: Request) -> Response:
     # NOTE: TGI counts the call, then each prompt again (generate_internal / generate_stream_internal)
     state.metrics.inc("tgi_request_count", 1 + len(req.prompts))
     params = completion_parameters(req, state.tokenizer.vocab_size)
+    n = choice_count(req.get("n"), len(req.prompts), state.config.max_concurrent_requests)
     # NOTE: several prompts in one call are separate conversations, not one session's turns
     session = await request_session(request) if len(req.prompts) == 1 else None
-    gen_reqs = [_generate_request(prompt, params, session) for prompt in req.prompts]
+    gen_reqs = [r for prompt in req.prompts for r in choice_requests(_generate_request(prompt, params, session), n)]
     namespace = await request_namespace(request)
     parent = tracing.parent_from_headers(request.headers)
     if req.stream:
-        return sse_response(_completion_events(state, req, gen_reqs, namespace, start, parent), {})
+        return sse_response(_completion_events(state, req, gen_reqs, n, namespace, start, parent), {})
     with tracing.span("completions", parent=parent):  # NOTE: the prompts' tasks inherit it as their parent
         results = await gather_or_cancel(
             *(run_generate(state, r, namespace, start, cut_stops=True) for r in gen_reqs)
         )
     gens = [gen for gen, _, _ in results]
-    prompt_tokens = sum(gen.request.input_length for gen in gens)
+    prompt_tokens = sum(gen.request.input_length for gen in gens[::n])  # NOTE: each prompt counted once
     # NOTE: the echoed prompt is the validated one: a token-id prompt's is its ids decoded
     texts = [gen.request.inputs + gen.end.generated_text for gen in gens] if req.echo else None
     logprobs = [
@@ -211,25 +248,29 @@ async def _completion_events(
     state: AppState,
     req: CompletionRequest,
     gen_reqs: list[GenerateRequest],
+    n: int,
     namespace: str,
     start: float,
     parent: Context | None = None,
 ) -> AsyncIterator[str]:
-    """Prompts (``gen_reqs``, one per prompt of ``req``) are streamed one after the other, each chunk tagged
-    with its prompt's index; with ``include_usage`` a usage-only chunk over all prompts follows the last one."""
+    """The choices (``gen_reqs``: each prompt's ``n`` in a row) are generated side by side, each chunk tagged
+    with its choice's index; with ``include_usage`` a usage-only chunk over all of them follows the last."""
     with tracing.span("completions", parent=parent):  # NOTE: a span open across yields, as chat's
         created = int(time.time())
         prompt_tokens = completion_tokens = 0
         try:
-            for index, gen_req in enumerate(gen_reqs):
-                async for item in _one_completion_stream(state, req, gen_req, namespace, created, index):
-                    if isinstance(item, str):
-                        yield item
-                        continue
-                    run, event = item
-                    state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
+            streams = [
+                _one_completion_stream(state, req, r, namespace, created, index) for index, r in enumerate(gen_reqs)
+            ]
+            async for index, item in merge_streams(streams):
+                if isinstance(item, str):
+                    yield item
+                    continue
+                run, event = item
+                state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
+                if index % n == 0:  # NOTE: each prompt counted once
                     prompt_tokens += run.valid.input_length
-                    completion_tokens += event.generated_tokens
+                completion_tokens += event.generated_tokens
             if req.stream_usage.final:
                 yield tgi_event(usage_chunk(state.config, created, usage(prompt_tokens, completion_tokens)))
         except HttpError as err:
@@ -241,9 +282,9 @@ async def _completion_events(
 async def _one_completion_stream(
     state: AppState, req: CompletionRequest, gen_req: GenerateRequest, namespace: str, created: int, index: int
 ) -> AsyncIterator[str | tuple[StreamRun, EndEvent]]:
-    """One prompt's chunks (strings), then its run and EndEvent. With ``echo`` the first chunk starts with the
+    """One choice's chunks (strings), then its run and EndEvent. With ``echo`` the first chunk starts with the
     (validated) prompt; with ``logprobs`` each chunk carries its token's, offsets counted in the choice's
-    text; with ``continuous_usage_stats`` each carries this prompt's running usage."""
+    text; with ``continuous_usage_stats`` each carries this choice's running usage."""
     # NOTE: without logprobs and usage a token's chunk is the same but for its text: rendered once
     chunk = TgiEventTemplate(lambda text: completion_chunk(state.config, created, index, text, None))
     offset: int | None = None  # where the next token's text starts in the choice's text (None: no token yet)
