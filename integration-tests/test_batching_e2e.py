@@ -81,3 +81,22 @@ def test_repeated_1000_token_prefix_is_served_from_cache(stack: Stack) -> None:
     assert second["generated_text"] == first["generated_text"]
     assert hits_between - hits_before < 100
     assert hits_after - hits_between >= 992  # the prompt's full 16-token blocks
+
+
+def test_one_prompt_cached_whole_and_sent_at_once_is_served_to_all(stack: Stack) -> None:
+    """A prompt of whole blocks (32 token ids), cached, then sent by 8 clients at once: each request computes
+    its last prompt token into a block of its own. Before, they all rewrote the last token's slot in the
+    shared block, and the shard refused the batch (a failure for every request in it)."""
+    body = {"model": "tgi", "prompt": list(range(100, 132)), "max_tokens": 4, "temperature": 0}
+    url = f"{stack.url}/v1/completions"
+    solo = httpx.post(url, json=body, timeout=60).json()["choices"][0]["text"]
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(client.post(url, json=body) for _ in range(8)))
+
+    for _ in range(3):
+        answers = asyncio.run(burst())
+        assert [r.status_code for r in answers] == [200] * 8, answers[0].text
+        assert {r.json()["choices"][0]["text"] for r in answers} == {solo}
+    assert wait_metric(stack, IN_USE, 0) == 0

@@ -1,9 +1,10 @@
 """TGI's ``next_batch`` admission loop (tgi-compat 2.4), over candidates in the order a scheduler chose.
 
 Paged path (an allocator): each candidate reserves ``input + max_new + speculate - 1`` tokens up front; its
-``cache_len`` is the matched prefix, at most ``input - 1``; when the uncached rest would overflow the prefill
-budget (rounded up to a block multiple) the candidate is admitted with ``chunk_len`` = what is left of the budget
-if chunking is supported, else it stays queued; batch building stops at the first candidate that does not fit.
+``cache_len`` is the matched prefix of the full blocks before its last token; when the uncached rest would
+overflow the prefill budget (rounded up to a block multiple) the candidate is admitted with ``chunk_len`` =
+what is left of the budget if chunking is supported, else it stays queued; batch building stops at the first
+candidate that does not fit.
 Padded path (no allocator): the batch costs ``(n + 1) * max_input_length`` prefill tokens and
 ``prefill + decode + speculate`` total tokens. A batch smaller than ``min_size`` is undone entirely.
 """
@@ -94,11 +95,15 @@ class BatchBuilder:
         assert self.allocator is not None
         req = entry.request
         tokens = req.input_length + req.max_new_tokens + self.speculate - 1
-        prompt = entry.tokens if entry.hashes else None  # a prompt shorter than a block matches nothing
-        alloc = self.allocator.allocate(tokens, req.namespace, prompt, entry.hashes if prompt else None)
+        # NOTE: the last prompt token is always computed (its logits start the output), so the block holding
+        # it is never matched: a request writes only into blocks of its own (vLLM's rule), and two requests of
+        # one prompt in a batch never write one slot
+        reused = len(entry.hashes[: (req.input_length - 1) // self.block_size])
+        prompt = entry.tokens[: reused * self.block_size] if reused else None
+        alloc = self.allocator.allocate(tokens, req.namespace, prompt, entry.hashes[:reused] if reused else None)
         if alloc is None:
             return True
-        cache_len = min(alloc.prefix_len, max(req.input_length - 1, 0))
+        cache_len = alloc.prefix_len
         postfix = req.input_length - cache_len
         chunk_len: int | None = None
         if built.prefill_tokens + postfix > budget:

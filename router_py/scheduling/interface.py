@@ -43,7 +43,8 @@ class Admission:
 
     blocks: the request's lifetime block table (empty when the shard requires padding).
     slots: ``input_length + max_new_tokens + speculate - 1`` slot ids (empty when padding).
-    cache_len: leading prompt tokens whose KV is already in ``blocks``; at most ``input_length - 1``.
+    cache_len: leading prompt tokens whose KV is already in ``blocks``: at most the full blocks before the
+        last prompt token, so a request writes only into blocks of its own.
     chunk_len: tokens after ``cache_len`` computed by this first prefill; None = the whole rest of the prompt.
     copies: KV tier copies the shard runs, in order, before this prefill (TIERS-CONTRACT.md; () without tiers).
     """

@@ -38,19 +38,26 @@ def test_reserves_lifetime_and_block_zero_is_never_handed_out() -> None:
     assert (adm.cache_len, adm.chunk_len, plan.prefill_tokens, plan.max_blocks) == (0, None, 10, 4)
 
 
-def test_prefix_hit_and_whole_prompt_cached_leaves_one_token() -> None:
+def test_prefix_hit_and_whole_prompt_cached_recomputes_its_last_block() -> None:
+    """A prompt cached whole reuses the full blocks before its last token: the block holding the last token
+    (always computed) is never a shared one, so two requests of one prompt in a batch write no slot twice."""
     s = _sched()
     s.enqueue(_req(1, list(range(8))), 0.0)
     assert s.next_batch(0.0, 100, 100) is not None
     s.release(1)
     s.enqueue(_req(2, list(range(8))), 0.0)
+    s.enqueue(_req(4, list(range(8))), 0.0)
     s.enqueue(_req(3, list(range(6)) + [99, 98, 97]), 0.0)
     plan = s.next_batch(0.0, 100, 100)
     assert plan is not None
-    assert [a.cache_len for a in plan.admissions] == [7, 4]
-    assert plan.prefill_tokens == 1 + 5
+    assert [a.cache_len for a in plan.admissions] == [4, 4, 4]
+    assert plan.prefill_tokens == 4 + 4 + 5
+    first, second = plan.admissions[:2]
+    assert first.blocks[0] == second.blocks[0] and first.blocks[1] != second.blocks[1]
+    written = [set(a.slots[a.cache_len:]) for a in plan.admissions]
+    assert not any(written[i] & written[j] for i in range(3) for j in range(i + 1, 3))
     stats = s.cache_stats()
-    assert (stats["prompt_tokens_queried"], stats["prompt_tokens_hit"]) == (8 + 8 + 9, 11)
+    assert (stats["prompt_tokens_queried"], stats["prompt_tokens_hit"]) == (8 + 8 + 8 + 9, 12)
 
 
 def test_prompts_shorter_than_a_block_count_as_queried_with_no_hit() -> None:
