@@ -253,3 +253,23 @@ def test_disable_grammar_support_env_is_honoured(monkeypatch: pytest.MonkeyPatch
         )
     finally:
         assert stack.close() == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_vllm_structured_outputs(oai: openai.OpenAI, seed: int) -> None:
+    """vLLM's ``structured_outputs`` (``extra_body``, as a vLLM client sends it): a choice is one of its
+    strings, a regex matches whole, a JSON schema validates, on chat and completions, streamed or not."""
+    kw = dict(model="tgi", max_tokens=40, temperature=1.0, seed=seed)
+    choices = ["yes", "no (never)", "maybe?"]
+    chat = oai.chat.completions.create(messages=MESSAGES, extra_body={"structured_outputs": {"choice": choices}}, **kw)
+    assert chat.choices[0].message.content in choices
+    regex = r"[a-z]{3}-[0-9]{2}"
+    comp = oai.completions.create(prompt="Code:", extra_body={"structured_outputs": {"regex": regex}}, **kw)
+    assert re.fullmatch(regex, comp.choices[0].text)
+    as_json = {"structured_outputs": {"json": ANSWER_SCHEMA}}
+    stream = oai.completions.create(prompt="Answer:", stream=True, extra_body=as_json, **{**kw, "max_tokens": 300})
+    text = "".join(c.choices[0].text for c in stream if c.choices)
+    jsonschema.validate(json.loads(text), ANSWER_SCHEMA)
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        oai.completions.create(prompt="x", extra_body={"structured_outputs": {"grammar": "root ::= \"a\""}}, **kw)
+    assert "`structured_outputs.grammar` is not supported" in refused.value.response.json()["error"]

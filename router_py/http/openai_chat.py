@@ -31,6 +31,7 @@ _CHAT_FIELDS: dict[str, tuple[str, bool]] = {
     "temperature": ("f32", True),
     "top_p": ("f32", True),
     "tool_prompt": ("string", True),
+    "structured_outputs": ("map", True),  # vLLM's (router_py.http.structured_outputs)
     "ignore_eos": ("bool", True),  # vLLM's extension: generate past EOS up to max_tokens
     "top_k": ("i32", True),  # vLLM's extension; 0 or -1: off, as there
     **VLLM_SAMPLING_FIELDS,

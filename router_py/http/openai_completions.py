@@ -15,6 +15,7 @@ from router_py.http.openai_chat import (
 from router_py.http.openai_prompt import Prompt, parse_prompts
 from router_py.http.openai_sampling import VLLM_SAMPLING_FIELDS, vllm_sampling
 from router_py.http.openai_usage import StreamUsage, parse_stream_options, usage
+from router_py.http.structured_outputs import output_grammar
 from router_py.http.tools import response_format_grammar
 from router_py.http.validation import GenerateParameters, check_value, unexpected
 
@@ -36,6 +37,7 @@ _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
     "echo": ("bool", True),
     "best_of": ("u32", True),
     "response_format": ("map", True),  # as on the chat route (vLLM serves it here too)
+    "structured_outputs": ("map", True),  # vLLM's (router_py.http.structured_outputs)
     **VLLM_SAMPLING_FIELDS,
 }
 MAX_LOGPROBS = 5  # OpenAI's limit, and TGI's default max_top_n_tokens
@@ -115,7 +117,7 @@ def completion_parameters(req: CompletionRequest, vocab_size: int | None = None)
         ignore_eos=bool(req.get("ignore_eos")),
         adapter_id=model if model is not None and model != "tgi" else None,
         top_n_tokens=req.logprobs,
-        grammar=response_format_grammar(req.get("response_format")),
+        grammar=output_grammar(response_format_grammar(req.get("response_format")), req.get("structured_outputs")),
         **vllm_sampling(req.get, req.get("max_tokens"), vocab_size),
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from opentelemetry.context import Context
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -44,6 +45,7 @@ from router_py.http.routes_common import (
 from router_py.http.generation_runner import FinishedSequence, gather_or_cancel
 from router_py.http.routes_generate import StreamRun, open_stream, run_generate
 from router_py.http.stream_merge import merge_streams
+from router_py.http.structured_outputs import output_grammar
 from router_py.http.sse import OPENAI_DONE, TgiEventTemplate, sse_response, tgi_event
 from router_py.http.tools import (
     ToolPlan,
@@ -59,6 +61,7 @@ from router_py.http.validation import GenerateParameters, GenerateRequest
 def render_chat(state: AppState, req: ChatRequest) -> tuple[str, ToolPlan]:
     """The templated prompt and the request's tool plan; template failures are 422 ``template_error``."""
     plan = plan_tools(req.tools, req.tool_choice, req.response_format, req.get("tool_prompt"))
+    plan = replace(plan, grammar=output_grammar(plan.grammar, req.get("structured_outputs")))
     tok = state.tokenizer
     messages = template_messages(req.messages, tok.template_mentions("tool_calls"))
     tools = plan.template_tools
