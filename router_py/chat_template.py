@@ -57,10 +57,17 @@ class ChatTemplate:
         messages: list[dict[str, Any]],
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
+        continue_final: bool = False,
     ) -> str:
+        """``extra``: more template variables (vLLM's ``chat_template_kwargs``, e.g. ``enable_thinking``; none
+        named as the ones set here). ``continue_final``: the text ends right after the final message's
+        content, so the model continues that message (vLLM's ``continue_final_message``)."""
+        flat = [_flatten_content(m) for m in messages]
         try:
-            return self._template.render(
-                messages=[_flatten_content(m) for m in messages],
+            text = self._template.render(
+                **(extra or {}),
+                messages=flat,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
                 add_generation_prompt=add_generation_prompt,
@@ -68,6 +75,17 @@ class ChatTemplate:
             )
         except Exception as exc:  # noqa: BLE001 - e.g. TypeError for a null content: TGI's template error too
             raise ChatTemplateError(str(exc)) from exc
+        return _cut_after_final(text, flat[-1]) if continue_final and flat else text
+
+
+def _cut_after_final(text: str, final: dict[str, Any]) -> str:
+    """``text`` up to the end of the last place the final message's content appears (what the template puts
+    after it, an end-of-turn token, goes)."""
+    content = final.get("content") or ""
+    at = text.rfind(content)
+    if at < 0:
+        raise ChatTemplateError("continue_final_message: the final message's content is not in the templated text")
+    return text[: at + len(content)]
 
 
 def _flatten_content(message: dict[str, Any]) -> dict[str, Any]:

@@ -87,12 +87,14 @@ class Tokenizer:
         messages: list[dict[str, Any]],
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
+        continue_final: bool = False,
     ) -> str:
-        """Render the chat template. Raises ChatTemplateError (422 ``template_error``) when there is none or
-        it fails."""
+        """Render the chat template (``extra``, ``continue_final``: :meth:`ChatTemplate.render`). Raises
+        ChatTemplateError (422 ``template_error``) when there is none or it fails."""
         if self._template is None:
             raise ChatTemplateError("template not found")
-        return self._template.render(messages, add_generation_prompt, tools)
+        return self._template.render(messages, add_generation_prompt, tools, extra, continue_final)
 
 
 def truncate_ids(ids: list[int], truncate: int) -> list[int]:

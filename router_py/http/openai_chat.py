@@ -32,6 +32,10 @@ _CHAT_FIELDS: dict[str, tuple[str, bool]] = {
     "top_p": ("f32", True),
     "tool_prompt": ("string", True),
     "structured_outputs": ("map", True),  # vLLM's (router_py.http.structured_outputs)
+    "chat_template_kwargs": ("map", True),  # vLLM's three template fields: template_options
+    "add_generation_prompt": ("bool", True),
+    "continue_final_message": ("bool", True),
+    "chat_template": ("string", True),
     "ignore_eos": ("bool", True),  # vLLM's extension: generate past EOS up to max_tokens
     "top_k": ("i32", True),  # vLLM's extension; 0 or -1: off, as there
     **VLLM_SAMPLING_FIELDS,
@@ -67,6 +71,37 @@ class ChatRequest:
     @property
     def logprobs(self) -> bool:
         return bool(self.fields.get("logprobs"))
+
+
+@dataclass(frozen=True)
+class TemplateOptions:
+    """How the chat template renders a request (router_py.chat_template.ChatTemplate.render)."""
+
+    add_generation_prompt: bool = True
+    continue_final: bool = False
+    extra: dict[str, Any] | None = None
+
+
+_TEMPLATE_SET = frozenset({"messages", "bos_token", "eos_token", "add_generation_prompt", "tools"})
+
+
+def template_options(req: ChatRequest) -> TemplateOptions:
+    """vLLM's template fields: ``chat_template_kwargs`` (more template variables, e.g. Qwen3's
+    ``enable_thinking``), ``add_generation_prompt`` (default true) and ``continue_final_message`` (the model
+    continues the final message; then no generation prompt unless asked for, which is vLLM's 422 too). TGI
+    ignores them, so a template variable asked for was silently not set. A per-request ``chat_template`` is
+    refused: the server's template is the one used. Raises HttpError 422 (validation)."""
+    if req.get("chat_template") is not None:
+        raise validation_error("`chat_template` is not supported: the model's chat template is used")
+    extra = req.get("chat_template_kwargs") or None
+    taken = sorted(_TEMPLATE_SET.intersection(extra or ()))
+    if taken:
+        raise validation_error(f"`chat_template_kwargs` cannot set {', '.join(taken)}: the router sets them")
+    continue_final = bool(req.get("continue_final_message"))
+    add = req.get("add_generation_prompt")
+    if continue_final and add:
+        raise validation_error("`continue_final_message` and `add_generation_prompt` cannot both be true")
+    return TemplateOptions(not continue_final if add is None else add, continue_final, extra)
 
 
 def system_fingerprint(config: RouterConfig) -> str:

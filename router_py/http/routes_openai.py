@@ -24,6 +24,7 @@ from router_py.http.openai_chat import (
     chat_logprobs,
     chat_parameters,
     parse_chat_request,
+    template_options,
 )
 from router_py.http.openai_completions import (
     CompletionRequest,
@@ -67,8 +68,12 @@ def render_chat(state: AppState, req: ChatRequest) -> tuple[str, ToolPlan]:
     tools = plan.template_tools
     if plan.calls_tools and tools and not tok.template_mentions("tools"):
         messages, tools = with_tool_prompt(messages, tools, plan.tool_prompt or ""), None
+    opts = template_options(req)
     try:
-        return tok.apply_chat_template(messages, add_generation_prompt=True, tools=tools), plan
+        text = tok.apply_chat_template(
+            messages, opts.add_generation_prompt, tools, extra=opts.extra, continue_final=opts.continue_final
+        )
+        return text, plan
     except ChatTemplateError as exc:
         raise template_error(str(exc)) from exc
 
