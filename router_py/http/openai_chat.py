@@ -11,7 +11,9 @@ from router_py.http.errors import deserialize_error, validation_error
 from router_py.backend_api import EndEvent, Token, TokenEvent
 from router_py.http.openai_sampling import VLLM_SAMPLING_FIELDS, vllm_sampling
 from router_py.http.openai_usage import StreamUsage, parse_stream_options, usage
+from router_py.http.structured_outputs import with_guided
 from router_py.http.validation import GenerateParameters, check_value, unexpected
+from router_py.http.vllm_unserved import check_vllm_fields
 
 MAX_TOP_LOGPROBS = 5  # TGI's default max_top_n_tokens (the router's --max-top-n-tokens)
 
@@ -121,6 +123,8 @@ def parse_chat_request(body: Any) -> ChatRequest:
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise deserialize_error(f"tools: invalid type: {unexpected(tools)}, expected a sequence")
+    fields["structured_outputs"] = with_guided(body, fields.get("structured_outputs"))
+    check_vllm_fields(body, chat=True)
     return ChatRequest(
         messages,
         fields,

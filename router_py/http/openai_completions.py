@@ -15,9 +15,10 @@ from router_py.http.openai_chat import (
 from router_py.http.openai_prompt import Prompt, parse_prompts
 from router_py.http.openai_sampling import VLLM_SAMPLING_FIELDS, vllm_sampling
 from router_py.http.openai_usage import StreamUsage, parse_stream_options, usage
-from router_py.http.structured_outputs import output_grammar
+from router_py.http.structured_outputs import output_grammar, with_guided
 from router_py.http.tools import response_format_grammar
 from router_py.http.validation import GenerateParameters, check_value, unexpected
+from router_py.http.vllm_unserved import check_vllm_fields
 
 _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
     "model": ("string", True),
@@ -92,6 +93,8 @@ def parse_completion_request(
             "batch size exceeded",
             f"Number of prompts exceeds the maximum allowed batch size of {max_client_batch_size}",
         )
+    fields["structured_outputs"] = with_guided(body, fields.get("structured_outputs"))
+    check_vllm_fields(body, chat=False)
     return CompletionRequest(prompts, fields, parse_stream_options(body))
 
 

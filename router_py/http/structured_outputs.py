@@ -3,7 +3,8 @@
 (a schema, object or string), ``regex``, ``choice`` (a list of strings: the output is one of them) or
 ``json_object`` (true: any JSON object), turned into TGI's ``parameters.grammar``. TGI would ignore the field,
 so the output came back unconstrained without a word; what cannot be served here (vLLM's ``grammar``, EBNF;
-``structural_tag``; its whitespace and additional-properties switches) is a 422 naming it.
+``structural_tag``; its whitespace and additional-properties switches) is a 422 naming it. vLLM's older
+``guided_*`` fields are read as the same constraints (:func:`with_guided`).
 """
 
 from __future__ import annotations
@@ -73,3 +74,20 @@ def output_grammar(response_format_grammar: dict[str, Any] | None, structured_ou
     if response_format_grammar is not None:
         raise validation_error("`structured_outputs` and `response_format` (or `tools`) cannot be used together")
     return grammar
+
+
+# NOTE: vLLM's fields before structured_outputs (up to 0.10), still sent by older clients and examples
+_GUIDED = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice", "guided_grammar": "grammar",
+           "guided_whitespace_pattern": "whitespace_pattern"}
+
+
+def with_guided(body: dict[str, Any], structured_outputs: Any) -> Any:
+    """``structured_outputs``, or vLLM's older ``guided_json`` / ``guided_regex`` / ``guided_choice`` /
+    ``guided_grammar`` / ``guided_whitespace_pattern`` gathered into one (``guided_decoding_backend`` names an
+    engine: ignored). Raises HttpError 422 when both kinds are given."""
+    guided = {_GUIDED[k]: v for k, v in body.items() if k in _GUIDED and v is not None}
+    if not guided:
+        return structured_outputs
+    if structured_outputs is not None:
+        raise validation_error("`structured_outputs` and `guided_*` fields cannot be used together")
+    return guided
