@@ -89,10 +89,11 @@ _TEMPLATE_SET = frozenset({"messages", "bos_token", "eos_token", "add_generation
 
 def template_options(req: ChatRequest) -> TemplateOptions:
     """vLLM's template fields: ``chat_template_kwargs`` (more template variables, e.g. Qwen3's
-    ``enable_thinking``), ``add_generation_prompt`` (default true) and ``continue_final_message`` (the model
-    continues the final message; then no generation prompt unless asked for, which is vLLM's 422 too). TGI
-    ignores them, so a template variable asked for was silently not set. A per-request ``chat_template`` is
-    refused: the server's template is the one used. Raises HttpError 422 (validation)."""
+    ``enable_thinking``), ``add_generation_prompt`` (default true) and ``continue_final_message`` (the prompt
+    ends inside the final message, which the model continues; the generation prompt is then off unless asked
+    for, and asking for both is a 422, as in vLLM). TGI ignores them, so a template variable asked for was
+    silently not set. A per-request ``chat_template`` is refused: the model's template is the one used.
+    Raises HttpError 422 (validation)."""
     if req.get("chat_template") is not None:
         raise validation_error("`chat_template` is not supported: the model's chat template is used")
     extra = req.get("chat_template_kwargs") or None
