@@ -135,28 +135,41 @@ async def _chat_events(
     """The chat stream of the choices (``gen_reqs``, generated side by side); with ``include_usage`` a
     usage-only chunk over all of them follows the last."""
     created = int(time.time())
-    prompt_tokens = completion_tokens = 0
+    counts = [0, 0]
     with tracing.span("chat_completions", parent=parent):
         try:
             streams = [
                 _one_chat_stream(state, req, r, namespace, created, plan, index) for index, r in enumerate(gen_reqs)
             ]
-            async for _, item in merge_streams(streams):
-                if isinstance(item, str):
-                    yield item
-                    continue
-                run, event = item
-                state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
-                prompt_tokens = run.valid.input_length  # NOTE: one prompt, counted once
-                completion_tokens += event.generated_tokens
+            async for chunk in _merged_chunks(state, streams, start, len(gen_reqs), counts):
+                yield chunk
             if req.stream_usage.final:
-                totals = usage(prompt_tokens, completion_tokens)
-                yield tgi_event(chat_chunk(state.config, created, None, False, totals))
+                yield tgi_event(chat_chunk(state.config, created, None, False, usage(*counts)))
         except HttpError as err:
             state.record_failure(err)
             yield _error_event(err)
     if not req.tgi_client:  # NOTE: text-generation 0.7.0 fails on [DONE] (openai_chat.is_tgi_client_body)
         yield OPENAI_DONE
+
+
+async def _merged_chunks(
+    state: AppState,
+    streams: list[AsyncIterator[str | tuple[StreamRun, EndEvent]]],
+    start: float,
+    n: int,
+    counts: list[int],
+) -> AsyncIterator[str]:
+    """The chunks of the choices' ``streams`` (each prompt's ``n`` in a row), as they come; every finished
+    choice is recorded, and ``counts`` ends as [prompt tokens, each prompt counted once, completion tokens]."""
+    async for index, item in merge_streams(streams):
+        if isinstance(item, str):
+            yield item
+            continue
+        run, event = item
+        state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
+        if index % n == 0:
+            counts[0] += run.valid.input_length
+        counts[1] += event.generated_tokens
 
 
 async def _one_chat_stream(
@@ -265,22 +278,15 @@ async def _completion_events(
     with its choice's index; with ``include_usage`` a usage-only chunk over all of them follows the last."""
     with tracing.span("completions", parent=parent):  # NOTE: a span open across yields, as chat's
         created = int(time.time())
-        prompt_tokens = completion_tokens = 0
+        counts = [0, 0]
         try:
             streams = [
                 _one_completion_stream(state, req, r, namespace, created, index) for index, r in enumerate(gen_reqs)
             ]
-            async for index, item in merge_streams(streams):
-                if isinstance(item, str):
-                    yield item
-                    continue
-                run, event = item
-                state.record_success(FinishedSequence(run.valid, event), run.timings(start, event))
-                if index % n == 0:  # NOTE: each prompt counted once
-                    prompt_tokens += run.valid.input_length
-                completion_tokens += event.generated_tokens
+            async for chunk in _merged_chunks(state, streams, start, n, counts):
+                yield chunk
             if req.stream_usage.final:
-                yield tgi_event(usage_chunk(state.config, created, usage(prompt_tokens, completion_tokens)))
+                yield tgi_event(usage_chunk(state.config, created, usage(*counts)))
         except HttpError as err:
             state.record_failure(err)
             yield _error_event(err)
