@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -177,11 +178,9 @@ def _asgi_scope(path: str, body: bytes) -> dict:
     }
 
 
-@pytest.mark.parametrize("path", ["/generate_stream", "/v1/chat/completions"])
-async def test_client_disconnect_closes_backend_stream(app, backend, path) -> None:
-    payload = {"inputs": "SLOW hello", "parameters": {}}
-    if path != "/generate_stream":
-        payload = {"messages": [{"role": "user", "content": "SLOW"}], "stream": True}
+async def serve_until_gone(app, path: str, payload: dict, leaves: Callable[[bytes], bool]) -> list[bytes]:
+    """POST ``payload`` to ``path`` over raw ASGI; the client disconnects after the first body chunk for which
+    ``leaves`` is true. Returns the body chunks it received (the app must end within 10 s)."""
     body = json.dumps(payload).encode()
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     gone = asyncio.Event()
@@ -196,9 +195,19 @@ async def test_client_disconnect_closes_backend_stream(app, backend, path) -> No
     async def send(message: dict) -> None:
         if message["type"] == "http.response.body" and message.get("body"):
             chunks.append(message["body"])
-            gone.set()  # the client leaves after the first token
+            if leaves(message["body"]):
+                gone.set()
 
     await asyncio.wait_for(app(_asgi_scope(path, body), receive, send), timeout=10)
+    return chunks
+
+
+@pytest.mark.parametrize("path", ["/generate_stream", "/v1/chat/completions"])
+async def test_client_disconnect_closes_backend_stream(app, backend, path) -> None:
+    payload = {"inputs": "SLOW hello", "parameters": {}}
+    if path != "/generate_stream":
+        payload = {"messages": [{"role": "user", "content": "SLOW"}], "stream": True}
+    chunks = await serve_until_gone(app, path, payload, lambda chunk: True)  # the client leaves at once
     marker = b'"index":1,' if path == "/generate_stream" else b"chat.completion.chunk"
     assert len(chunks) == 1 and marker in chunks[0]
     assert backend.closed == backend.requests and len(backend.requests) == 1

@@ -5,13 +5,12 @@ choice's request."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import defaultdict
 
 import pytest
 
-from router_py.tests.test_http_generate import _asgi_scope
+from router_py.tests.test_http_generate import serve_until_gone
 
 CHAT = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 3}
 
@@ -143,24 +142,15 @@ async def test_a_failing_stream_ends_every_choice_with_one_error(app, client, ba
 
 
 async def test_a_client_leaving_a_stream_releases_every_choice(app, backend) -> None:
-    body = json.dumps({"prompt": "SLOW please", "max_tokens": 5, "n": 3, "stream": True}).encode()
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-    gone = asyncio.Event()
     seen: set[int] = set()
 
-    async def receive() -> dict:
-        if messages:
-            return messages.pop()
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict) -> None:
-        for event in _events(message.get("body", b"").decode()):
+    def every_choice_seen(chunk: bytes) -> bool:
+        for event in _events(chunk.decode()):
             seen.update(c["index"] for c in json.loads(event)["choices"])
-        if len(seen) == 3:
-            gone.set()  # the client leaves once every choice has streamed its first token
+        return len(seen) == 3  # the client leaves once every choice has streamed its first token
 
-    await asyncio.wait_for(app(_asgi_scope("/v1/completions", body), receive, send), timeout=10)
+    body = {"prompt": "SLOW please", "max_tokens": 5, "n": 3, "stream": True}
+    await serve_until_gone(app, "/v1/completions", body, every_choice_seen)
     assert len(backend.requests) == 3 and backend.finished == []
     assert {id(r) for r in backend.closed} == {id(r) for r in backend.requests}  # NOTE: in any order
     assert app.state.prism.permits.in_use == 0
