@@ -25,6 +25,7 @@ _BOTH: dict[str, tuple[Any, ...]] = {
     "logits_processors": ([],),
     "priority": (0,),
     "mm_processor_kwargs": ({},),
+    "truncate_prompt_tokens": (),
 }
 _CHAT_ONLY: dict[str, tuple[Any, ...]] = {"echo": (False,), "documents": ([],)}
 _COMPLETIONS_ONLY: dict[str, tuple[Any, ...]] = {"prompt_embeds": ()}

@@ -34,7 +34,8 @@ async def test_guided_fields_are_structured_outputs(scripted, tokenizer, path, b
 
 DEFAULTS = {"use_beam_search": False, "length_penalty": 1, "skip_special_tokens": True, "priority": 0,
             "spaces_between_special_tokens": True, "include_stop_str_in_output": False, "bad_words": [],
-            "prompt_logprobs": None, "allowed_token_ids": None, "return_tokens_as_token_ids": False}
+            "prompt_logprobs": None, "allowed_token_ids": None, "return_tokens_as_token_ids": False,
+            "truncate_prompt_tokens": None}
 
 
 @pytest.mark.parametrize("path,body", ROUTES)
@@ -49,7 +50,7 @@ async def test_defaults_are_accepted(scripted, tokenizer, path, body) -> None:
 @pytest.mark.parametrize("field,value", [
     ("use_beam_search", True), ("length_penalty", 0.5), ("prompt_logprobs", 1), ("allowed_token_ids", [1, 2]),
     ("bad_words", ["x"]), ("skip_special_tokens", False), ("include_stop_str_in_output", True), ("priority", 1),
-    ("priority", True), ("logits_processors", ["mod.fn"]),
+    ("priority", True), ("logits_processors", ["mod.fn"]), ("truncate_prompt_tokens", 512),
 ])
 async def test_other_values_are_a_422_naming_the_field(scripted, tokenizer, path, body, field, value) -> None:
     async with _client(scripted, tokenizer) as client:
