@@ -72,3 +72,14 @@ def test_completion_logprobs_and_echo(oa: openai.OpenAI) -> None:
     assert all(len(top) == 2 for top in lp.top_logprobs) and lp.text_offset[0] == 0
     echoed = oa.completions.create(model="tgi", prompt=PROMPT, max_tokens=3, temperature=0, echo=True)
     assert echoed.choices[0].text == PROMPT + r.choices[0].text
+
+
+def test_include_stop_str_in_output_keeps_the_stop_string(stack: Stack, oa: openai.OpenAI) -> None:
+    """vLLM's ``include_stop_str_in_output``: the same cut, after the stop string instead of before it."""
+    stop, before, tokens = inside_token_stop(greedy_tokens(stack, 12))
+    kw = dict(model="tgi", prompt=PROMPT, max_tokens=40, temperature=0, stop=stop,
+              extra_body={"include_stop_str_in_output": True})
+    r = oa.completions.create(**kw)
+    assert (r.choices[0].text, r.choices[0].finish_reason, r.usage.completion_tokens) == (before + stop, "stop", tokens)
+    streamed = "".join(c.choices[0].text for c in oa.completions.create(**kw, stream=True) if c.choices)
+    assert streamed == before + stop

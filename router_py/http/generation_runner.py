@@ -113,16 +113,20 @@ async def stream_events(backend: Backend, request: ValidRequest) -> AsyncGenerat
         await events.aclose()  # type: ignore[attr-defined]
 
 
-async def generate(backend: Backend, request: ValidRequest, cut_stops: bool = False) -> FinishedSequence:
+async def generate(
+    backend: Backend, request: ValidRequest, cut_stops: bool = False, include_stop: bool = False
+) -> FinishedSequence:
     """Collect a whole generation; raises HttpError (424 generation, 500 incomplete_generation, ...).
 
     ``cut_stops``: OpenAI's stop strings (:mod:`router_py.http.openai_stop`): the generation ends at the first
-    stop string anywhere in its text, cut before it, instead of TGI's stop-string-at-the-end."""
+    stop string anywhere in its text, cut before it (``include_stop``: after it), instead of TGI's
+    stop-string-at-the-end."""
     tokens: list[Token] = []
     tops: list[list[Token]] = []
     prefill: list[Token] = []
     stopping = request.stopping
-    stop = StopText(stopping.stop_sequences, stopping.min_tokens) if cut_stops and stopping.stop_sequences else None
+    stops, min_tokens = stopping.stop_sequences, stopping.min_tokens
+    stop = StopText(stops, min_tokens, include_stop) if cut_stops and stops else None
     async with aclosing(stream_events(backend, request)) as events:
         async for event in events:
             if isinstance(event, PrefillTokens):
@@ -141,7 +145,7 @@ async def generate(backend: Backend, request: ValidRequest, cut_stops: bool = Fa
 
 
 async def generate_best_of(
-    backend: Backend, request: ValidRequest, best_of: int, cut_stops: bool = False
+    backend: Backend, request: ValidRequest, best_of: int, cut_stops: bool = False, include_stop: bool = False
 ) -> tuple[FinishedSequence, list[FinishedSequence]]:
     """Run ``best_of`` sampled sequences concurrently (each with its own random seed); the one with the
     highest mean token logprob wins, the others are returned in order as TGI's ``best_of_sequences``."""
@@ -149,6 +153,6 @@ async def generate_best_of(
         replace(request, sampling=replace(request.sampling, seed=random.getrandbits(64)))
         for _ in range(best_of)
     ]
-    results = await gather_or_cancel(*(generate(backend, r, cut_stops) for r in requests))
+    results = await gather_or_cancel(*(generate(backend, r, cut_stops, include_stop) for r in requests))
     best = max(range(len(results)), key=lambda i: results[i].mean_logprob)
     return results[best], [g for i, g in enumerate(results) if i != best]

@@ -39,6 +39,7 @@ _CHAT_FIELDS: dict[str, tuple[str, bool]] = {
     "continue_final_message": ("bool", True),
     "chat_template": ("string", True),
     "ignore_eos": ("bool", True),  # vLLM's extension: generate past EOS up to max_tokens
+    "include_stop_str_in_output": ("bool", True),  # vLLM's (openai_stop.include_stop)
     "top_k": ("i32", True),  # vLLM's extension; 0 or -1: off, as there
     **VLLM_SAMPLING_FIELDS,
 }

@@ -33,6 +33,7 @@ _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
     "stop": ("string_or_strings", True),  # OpenAI's: a string or a list of them
     "n": ("u32", True),
     "ignore_eos": ("bool", True),  # vLLM's extension: generate past EOS up to max_tokens
+    "include_stop_str_in_output": ("bool", True),  # vLLM's (openai_stop.include_stop)
     "top_k": ("i32", True),  # vLLM's extension; 0 or -1: off, as there
     "logprobs": ("u32", True),  # OpenAI's: that many alternatives per token (0 to 5)
     "echo": ("bool", True),

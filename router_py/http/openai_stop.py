@@ -14,12 +14,13 @@ split over two tokens is never partly sent.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from router_py.backend_api import EndEvent, TokenEvent
+from router_py.http.errors import validation_error
 
 R = TypeVar("R")
 
@@ -31,11 +32,13 @@ class StopText:
         stops: the stop strings (empty strings are ignored).
         min_tokens: vLLM's ``min_tokens``: no stop string ends in the text of the first ``min_tokens``
             tokens (one may start there; the shard's rule too).
+        include: vLLM's ``include_stop_str_in_output``: the text is cut after the stop string, not before.
     """
 
-    def __init__(self, stops: tuple[str, ...], min_tokens: int = 0) -> None:
+    def __init__(self, stops: tuple[str, ...], min_tokens: int = 0, include: bool = False) -> None:
         self.stops = tuple(s for s in stops if s)
         self.min_tokens = min_tokens
+        self.include = include
         self.hold = max((len(s) for s in self.stops), default=1) - 1
         self.text = ""
         self.tokens = 0
@@ -62,9 +65,11 @@ class StopText:
     def _cut(self, before: int) -> None:
         # NOTE: vLLM's window: a stop string must end in the new text, so it starts at most len - 1 before it
         # (also inside the first min_tokens tokens' text, as the shard's rule)
-        found = [i for i in (self.text.find(s, max(before - len(s) + 1, 0)) for s in self.stops) if i >= 0]
+        found = [(self.text.find(s, max(before - len(s) + 1, 0)), s) for s in self.stops]
+        found = [(at, s) for at, s in found if at >= 0]
         if found:
-            self.text = self.text[: min(found)]
+            at, stop = min(found, key=lambda pair: pair[0])
+            self.text = self.text[: at + (len(stop) if self.include else 0)]
             self.hit = True
 
     def ended(self, event: TokenEvent) -> EndEvent:
@@ -78,6 +83,18 @@ class StopText:
         )
 
 
+def include_stop(get: Callable[[str], Any]) -> bool:
+    """vLLM's ``include_stop_str_in_output`` of a request (``get``: its fields): the stop string stays at the
+    end of the text. Raises HttpError 422 (validation) with ``stop_token_ids``, whose token's text the shard
+    leaves out (vLLM would keep it)."""
+    include = bool(get("include_stop_str_in_output"))
+    if include and get("stop_token_ids"):
+        raise validation_error(
+            "`include_stop_str_in_output` with `stop_token_ids` is not supported: a stop token's text is left out"
+        )
+    return include
+
+
 def token_text(event: TokenEvent) -> str:
     """A token's text as the OpenAI routes send it: special tokens (EOS, padding) are empty, as in the
     non-streamed text (vLLM's ``skip_special_tokens``)."""
@@ -85,11 +102,12 @@ def token_text(event: TokenEvent) -> str:
 
 
 async def cut_at_stops(
-    events: AsyncIterator[tuple[R, TokenEvent]], stops: tuple[str, ...], min_tokens: int = 0
+    events: AsyncIterator[tuple[R, TokenEvent]], stops: tuple[str, ...], min_tokens: int = 0, include: bool = False
 ) -> AsyncIterator[tuple[R, TokenEvent, str]]:
     """``(run, event, text to send)`` for each token of a stream until its end or the first stop string: there
-    the event is an EndEvent (:meth:`StopText.ended`) and the stream is closed, which drops the request."""
-    cut = StopText(stops, min_tokens)
+    the event is an EndEvent (:meth:`StopText.ended`) and the stream is closed, which drops the request.
+    ``include``: the stop string stays in the text (:class:`StopText`)."""
+    cut = StopText(stops, min_tokens, include)
     async with aclosing(events) as pairs:  # type: ignore[type-var]
         async for run, event in pairs:
             text = cut.push(token_text(event))

@@ -75,6 +75,7 @@ async def run_generate(
     add_special_tokens: bool = True,
     span_name: str = "generate",
     cut_stops: bool = False,
+    include_stop: bool = False,
 ) -> tuple[FinishedSequence, list[FinishedSequence], Timings]:
     """Validate and run a non-streamed request (best_of included); records the request metrics except the
     request count (the caller's, once per HTTP request). ``cut_stops``: OpenAI's stop strings
@@ -91,9 +92,9 @@ async def run_generate(
             validated = now()
             state.record_validated(valid.input_length, valid.stopping.max_new_tokens)
             if best_of > 1:
-                gen, others = await generate_best_of(state.backend, valid, best_of, cut_stops)
+                gen, others = await generate_best_of(state.backend, valid, best_of, cut_stops, include_stop)
             else:
-                gen, others = await generate(state.backend, valid, cut_stops), []
+                gen, others = await generate(state.backend, valid, cut_stops, include_stop), []
         finally:
             state.permits.release(sequences)
         timings = Timings.of(start, validated, gen.end, gen.end.generated_tokens, now())

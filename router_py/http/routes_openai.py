@@ -38,7 +38,7 @@ from router_py.http.openai_completions import (
 from router_py.http.openai_chat import openai_finish_reason
 from router_py.http.openai_choices import choice_count, choice_requests
 from router_py.http.openai_prompt import Prompt
-from router_py.http.openai_stop import cut_at_stops
+from router_py.http.openai_stop import cut_at_stops, include_stop
 from router_py.http.openai_usage import RunningUsage, usage
 from router_py.http.routes_common import (
     AppState, now, read_json, request_namespace, request_session, state_of,
@@ -92,14 +92,16 @@ async def chat_completions_route(request: Request) -> Response:
     session = await request_session(request)
     params = chat_parameters(req, plan.grammar, state.tokenizer.vocab_size, state.config.max_top_n_tokens)
     n = choice_count(req.get("n"), 1, state.config.max_concurrent_requests)
+    include = include_stop(req.get)
     gen_reqs = choice_requests(GenerateRequest(prompt, params, session=session), n)
     namespace = await request_namespace(request)
     parent = tracing.parent_from_headers(request.headers)
     if req.stream:
-        return sse_response(_chat_events(state, req, gen_reqs, namespace, start, parent, plan), {})
+        return sse_response(_chat_events(state, req, gen_reqs, namespace, start, parent, plan, include), {})
+    cut = not plan.calls_tools
     with tracing.span("chat_completions", parent=parent):
         results = await gather_or_cancel(*(
-            run_generate(state, r, namespace, start, add_special_tokens=False, cut_stops=not plan.calls_tools)
+            run_generate(state, r, namespace, start, add_special_tokens=False, cut_stops=cut, include_stop=include)
             for r in gen_reqs
         ))
     gens = [gen for gen, _, _ in results]
@@ -131,15 +133,17 @@ async def _chat_events(
     start: float,
     parent: Context | None,
     plan: ToolPlan,
+    include: bool = False,
 ) -> AsyncIterator[str]:
     """The chat stream of the choices (``gen_reqs``, generated side by side); with ``include_usage`` a
-    usage-only chunk over all of them follows the last."""
+    usage-only chunk over all of them follows the last. ``include``: stop strings stay in the text."""
     created = int(time.time())
     counts = [0, 0]
     with tracing.span("chat_completions", parent=parent):
         try:
             streams = [
-                _one_chat_stream(state, req, r, namespace, created, plan, index) for index, r in enumerate(gen_reqs)
+                _one_chat_stream(state, req, r, namespace, created, plan, index, include)
+                for index, r in enumerate(gen_reqs)
             ]
             async for chunk in _merged_chunks(state, streams, start, len(gen_reqs), counts):
                 yield chunk
@@ -180,6 +184,7 @@ async def _one_chat_stream(
     created: int,
     plan: ToolPlan,
     index: int,
+    include: bool = False,
 ) -> AsyncIterator[str | tuple[StreamRun, EndEvent]]:
     """One choice's chunks (strings), then its run and EndEvent; with ``continuous_usage_stats`` every chunk
     carries the choice's running usage (:mod:`router_py.http.openai_usage`)."""
@@ -189,7 +194,7 @@ async def _one_chat_stream(
     running: RunningUsage | None = None
     role = StreamRole(every_chunk=req.tgi_client)
     stream = open_stream(state, gen_req, namespace, add_special_tokens=False)
-    async for run, event, text in cut_at_stops(stream, stops, p.min_tokens):
+    async for run, event, text in cut_at_stops(stream, stops, p.min_tokens, include):
         if req.stream_usage.continuous and running is None:
             running = RunningUsage(run.valid.input_length)
         now_usage = running.step(event) if running is not None else None
@@ -237,16 +242,17 @@ async def completions_route(request: Request) -> Response:
     state.metrics.inc("tgi_request_count", 1 + len(req.prompts))
     params = completion_parameters(req, state.tokenizer.vocab_size)
     n = choice_count(req.get("n"), len(req.prompts), state.config.max_concurrent_requests)
+    include = include_stop(req.get)
     # NOTE: several prompts in one call are separate conversations, not one session's turns
     session = await request_session(request) if len(req.prompts) == 1 else None
     gen_reqs = [r for prompt in req.prompts for r in choice_requests(_generate_request(prompt, params, session), n)]
     namespace = await request_namespace(request)
     parent = tracing.parent_from_headers(request.headers)
     if req.stream:
-        return sse_response(_completion_events(state, req, gen_reqs, n, namespace, start, parent), {})
+        return sse_response(_completion_events(state, req, gen_reqs, n, namespace, start, parent, include), {})
     with tracing.span("completions", parent=parent):  # NOTE: the prompts' tasks inherit it as their parent
         results = await gather_or_cancel(
-            *(run_generate(state, r, namespace, start, cut_stops=True) for r in gen_reqs)
+            *(run_generate(state, r, namespace, start, cut_stops=True, include_stop=include) for r in gen_reqs)
         )
     gens = [gen for gen, _, _ in results]
     prompt_tokens = sum(gen.request.input_length for gen in gens[::n])  # NOTE: each prompt counted once
@@ -273,15 +279,18 @@ async def _completion_events(
     namespace: str,
     start: float,
     parent: Context | None = None,
+    include: bool = False,
 ) -> AsyncIterator[str]:
     """The choices (``gen_reqs``: each prompt's ``n`` in a row) are generated side by side, each chunk tagged
-    with its choice's index; with ``include_usage`` a usage-only chunk over all of them follows the last."""
+    with its choice's index; with ``include_usage`` a usage-only chunk over all of them follows the last.
+    ``include``: stop strings stay in the text."""
     with tracing.span("completions", parent=parent):  # NOTE: a span open across yields, as chat's
         created = int(time.time())
         counts = [0, 0]
         try:
             streams = [
-                _one_completion_stream(state, req, r, namespace, created, index) for index, r in enumerate(gen_reqs)
+                _one_completion_stream(state, req, r, namespace, created, index, include)
+                for index, r in enumerate(gen_reqs)
             ]
             async for chunk in _merged_chunks(state, streams, start, n, counts):
                 yield chunk
@@ -294,7 +303,8 @@ async def _completion_events(
 
 
 async def _one_completion_stream(
-    state: AppState, req: CompletionRequest, gen_req: GenerateRequest, namespace: str, created: int, index: int
+    state: AppState, req: CompletionRequest, gen_req: GenerateRequest, namespace: str, created: int, index: int,
+    include: bool = False,
 ) -> AsyncIterator[str | tuple[StreamRun, EndEvent]]:
     """One choice's chunks (strings), then its run and EndEvent. With ``echo`` the first chunk starts with the
     (validated) prompt; with ``logprobs`` each chunk carries its token's, offsets counted in the choice's
@@ -305,7 +315,7 @@ async def _one_completion_stream(
     running: RunningUsage | None = None
     p = gen_req.parameters
     stream = open_stream(state, gen_req, namespace)
-    async for run, event, text in cut_at_stops(stream, p.stop, p.min_tokens):
+    async for run, event, text in cut_at_stops(stream, p.stop, p.min_tokens, include):
         if offset is None:
             prefix = run.valid.inputs if req.echo else ""
             text, offset = prefix + text, len(prefix)

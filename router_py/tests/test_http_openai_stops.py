@@ -244,3 +244,39 @@ def test_with_min_tokens_a_stop_may_begin_in_their_text_but_must_end_after_it() 
     across = StopText(("abc",), min_tokens=1)
     sent = across.push("xab") + across.push("cz")
     assert across.hit and across.text == "x" and sent == "x"
+
+
+def test_include_keeps_the_stop_string_and_cuts_what_follows_it() -> None:
+    """vLLM's ``include_stop_str_in_output``: the text ends with the stop string, streamed as sent."""
+    from router_py.http.openai_stop import StopText
+
+    kept = StopText(("END", "N"), include=True)
+    sent = kept.push("abE") + kept.push("NDxyz")
+    assert kept.hit and kept.text == "abEND" and sent == "abEND"  # "END" starts before "N": it wins
+    whole = StopText(("ab",), include=True)
+    assert whole.push("xaby") == "xab" and whole.text == "xab"
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+async def test_include_stop_str_in_output_keeps_the_stop_string(
+    client: httpx.AsyncClient, tokenizer, path: str
+) -> None:
+    stop, before, tokens = _inside_token_stop(tokenizer)
+    if path.endswith("chat/completions"):
+        ids = tokenizer.encode(
+            tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True),
+            add_special_tokens=False,
+        )
+        texts = [f" t{i}" for i in ids]
+        stop, before = texts[2][:-1], "".join(texts[:2])
+        body = _chat(stop=[stop], include_stop_str_in_output=True)
+    else:
+        body = {"prompt": PROMPT, "max_tokens": 20, "stop": [stop], "include_stop_str_in_output": True}
+    r = (await client.post(path, json=body)).json()
+    choice = r["choices"][0]
+    text = choice["message"]["content"] if "message" in choice else choice["text"]
+    assert (text, choice["finish_reason"]) == (before + stop, "stop")
+    streamed, finishes, _ = await _streamed(client, path, body)
+    assert (streamed, finishes[-1]) == (before + stop, "stop")
+    bad = await client.post(path, json={**body, "stop_token_ids": [5]})
+    assert bad.status_code == 422 and "`include_stop_str_in_output` with `stop_token_ids`" in bad.json()["error"]
