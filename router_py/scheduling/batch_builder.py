@@ -98,7 +98,7 @@ class BatchBuilder:
         # NOTE: the last prompt token is always computed (its logits start the output), so the block holding
         # it is never matched: a request writes only into blocks of its own (vLLM's rule), and two requests of
         # one prompt in a batch never write one slot
-        reused = len(entry.hashes[: (req.input_length - 1) // self.block_size])
+        reused = min(len(entry.hashes), max(req.input_length - 1, 0) // self.block_size)
         prompt = entry.tokens[: reused * self.block_size] if reused else None
         alloc = self.allocator.allocate(tokens, req.namespace, prompt, entry.hashes[:reused] if reused else None)
         if alloc is None:
