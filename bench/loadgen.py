@@ -8,7 +8,9 @@ the output token count from it where the server sends one (vLLM may merge severa
 the client lags). When the server exports ``prism_prefix_cache_queried_tokens`` and
 ``prism_prefix_cache_hit_tokens`` (ours) or ``vllm:prefix_cache_queries`` and ``vllm:prefix_cache_hits``
 (vLLM) on ``/metrics``, the hit rate of the run is the ratio of their increments. :func:`run_closed` is the
-closed-loop variant: N clients, each sending its next request when its previous one ends.
+closed-loop variant: N clients, each sending its next request when its previous one ends; :func:`run_sessions`
+replays sessions (chats, agent tasks), each turn sent its think time after the previous turn ends, with the
+answer it extends sent back as the server streamed it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import asyncio
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 from tqdm import tqdm
@@ -36,6 +38,17 @@ class LoadRequest:
     prompt: str
     max_new_tokens: int
     prompt_len: int  # intended prompt tokens (for the records)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A request of a session: ``request`` as the workload wrote it; ``parent``: the index of the earlier turn
+    of its session whose prompt and answer it extends, then ``suffix`` (a user message, a tool's result), or
+    None for a session's first turn, whose prompt is the request's."""
+
+    request: LoadRequest
+    parent: int | None = None
+    suffix: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,17 @@ def parse_event(api: str, line: str) -> tuple[int, bool, str | None]:
     return (1 if event.get("choices") else 0), False, None
 
 
+def event_text(api: str, line: str) -> str:
+    """The generated text one SSE line carries ("" for none)."""
+    if not line.startswith("data:") or line.endswith("[DONE]"):
+        return ""
+    event = json.loads(line[len("data:") :])
+    if api == "generate_stream":
+        return "" if (event.get("token") or {}).get("special") else (event.get("token") or {}).get("text", "")
+    choices = event.get("choices") or [{}]
+    return choices[0].get("text") or ""
+
+
 def parse_usage(line: str) -> int | None:
     """``usage.completion_tokens`` of a completions chunk that carries it, else None."""
     if '"completion_tokens"' not in line or not line.startswith("data:"):
@@ -126,8 +150,10 @@ def hit_rate_between(before: dict[str, float], after: dict[str, float]) -> float
 
 
 async def _stream(
-    session: aiohttp.ClientSession, endpoint: Endpoint, req: LoadRequest, sent: float
+    session: aiohttp.ClientSession, endpoint: Endpoint, req: LoadRequest, sent: float,
+    answer: list[str] | None = None,
 ) -> RequestRecord:
+    """One streamed request; ``answer``, if given, gets the generated text's pieces."""
     loop = asyncio.get_running_loop()
     path, body = request_body(endpoint, req)
     times: list[float] = []
@@ -141,6 +167,8 @@ async def _stream(
                     line = raw.decode("utf-8", "replace").strip()
                     n, done, error = parse_event(endpoint.api, line)
                     times.extend([loop.time()] * n)
+                    if answer is not None and n:
+                        answer.append(event_text(endpoint.api, line))
                     usage = parse_usage(line) if endpoint.api == "completions" and not n else None
                     reported = usage if usage is not None else reported
                     if done:
@@ -205,6 +233,44 @@ async def run_closed(
         t0 = asyncio.get_running_loop().time()
         with tqdm(total=len(requests), desc=desc, unit="req", leave=False) as bar:
             await asyncio.gather(*(client(session, bar) for _ in range(clients)))
+        duration = asyncio.get_running_loop().time() - t0
+        after = await _metrics(session, endpoint.url)
+    return LoadResult(sorted(records, key=lambda r: r.arrival), hit_rate_between(before, after), duration)
+
+
+async def run_sessions(
+    endpoint: Endpoint, sessions: Sequence[Sequence[Turn]], desc: str = "load", answers_back: bool = True
+) -> LoadResult:
+    """Sessions (a chat's turns, an agent task's steps), each closed-loop: its first request is sent at its
+    arrival, every next one the gap between their arrivals after the previous one ends (failed or not), as a
+    user reads and types or a tool runs only once the answer is there. ``answers_back``: a turn's prompt is
+    its parent's prompt as sent, the parent's answer as streamed and its ``suffix``, as a chat client or an
+    agent sends the model's own words back; else the request's prompt as written. Records are in the order
+    sent."""
+    records: list[RequestRecord] = []
+
+    async def replay(session: aiohttp.ClientSession, turns: Sequence[Turn], t0: float, bar: tqdm) -> None:
+        loop, due, last = asyncio.get_running_loop(), t0, None
+        sent: list[str] = []
+        answers: list[list[str]] = []
+        for turn in turns:
+            req = turn.request
+            if answers_back and turn.parent is not None:
+                parent = turn.parent
+                req = replace(req, prompt=sent[parent] + "".join(answers[parent]) + turn.suffix)
+            due += req.arrival - (last.arrival if last is not None else 0.0)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            answers.append([])
+            sent.append(req.prompt)
+            records.append(await _stream(session, endpoint, req, loop.time(), answers[-1]))
+            due, last = loop.time(), req
+            bar.update(1)
+
+    async with _session() as session:
+        before = await _metrics(session, endpoint.url)
+        t0 = asyncio.get_running_loop().time()
+        with tqdm(total=sum(len(s) for s in sessions), desc=desc, unit="req", leave=False) as bar:
+            await asyncio.gather(*(replay(session, turns, t0, bar) for turns in sessions))
         duration = asyncio.get_running_loop().time() - t0
         after = await _metrics(session, endpoint.url)
     return LoadResult(sorted(records, key=lambda r: r.arrival), hit_rate_between(before, after), duration)

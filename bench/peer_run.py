@@ -28,13 +28,13 @@ from functools import partial
 from pathlib import Path
 
 from bench import peer_table
-from bench.loadgen import Endpoint, LoadRequest, LoadResult, run_closed, run_load
+from bench.loadgen import Endpoint, LoadRequest, LoadResult, Turn, run_closed, run_load, run_sessions
 from bench.metrics import RequestRecord, summarize
 from bench.peer_loads import QUICK, PeerLoads, PeerParams, describe, with_clients
 from bench.quiet import wait_quiet
 
 Row = dict[str, object]
-LOADS = ("cold", "clients", "shared", "rag")  # in the order PeerRun.points lists them
+LOADS = ("cold", "clients", "shared", "rag", "chat", "agent")  # in the order PeerRun.points lists them
 
 
 def _row(
@@ -65,6 +65,11 @@ class PeerRun:
 
     def _closed(self, requests: Sequence[LoadRequest], clients: int, desc: str) -> LoadResult:
         result = asyncio.run(run_closed(self.endpoint, requests, clients, desc))
+        self.errors += [f"{desc}: {r.error}" for r in result.records if r.error is not None]
+        return result
+
+    def _sessions(self, sessions: Sequence[Sequence[Turn]], desc: str) -> LoadResult:
+        result = asyncio.run(run_sessions(self.endpoint, sessions, desc))
         self.errors += [f"{desc}: {r.error}" for r in result.records if r.error is not None]
         return result
 
@@ -110,8 +115,16 @@ class PeerRun:
         p99_target: float | None,
     ) -> None:
         result = self._open(build(qps), f"{name}@{qps:g}")
+        self._percentiles(f"{name}@{qps:g}", f"{label} @ {qps:g} req/s", result, p99_target)
+
+    def _session_sweep(
+        self, name: str, unit: str, rate: float, build: Callable[[float], Sequence[Sequence[Turn]]]
+    ) -> None:
+        result = self._sessions(build(rate), f"{name}@{rate:g}")
+        self._percentiles(f"{name}@{rate:g}", f"{name} @ {rate:g} {unit}", result, None)
+
+    def _percentiles(self, key: str, at: str, result: LoadResult, p99_target: float | None) -> None:
         s = summarize(result.records, result.hit_rate)
-        key, at = f"{name}@{qps:g}", f"{label} @ {qps:g} req/s"
         p50, p99 = _ms(float(s["ttft_p50"])), _ms(float(s["ttft_p99"]))
         self.rows.append(_row(f"{key}_p50_ms", f"{at}: TTFT P50 (ms)", "ms", p50))
         self.rows.append(_row(f"{key}_p99_ms", f"{at}: TTFT P99 (ms)", "ms", p99, target=p99_target))
@@ -125,8 +138,16 @@ class PeerRun:
             "shared": ("shared prefix", p.shared_qps, self.loads.shared, 0.8),
             "rag": ("RAG", p.rag_qps, self.loads.rag, None),
         }
+        sessions = {  # name: (unit of the rate, rates, the sessions at a rate)
+            "chat": ("sessions/s", p.chat_rates, self.loads.chat),
+            "agent": ("tasks/s", p.agent_rates, self.loads.agent),
+        }
         for name in LOADS:
             if name not in loads:
+                continue
+            if name in sessions:
+                unit, rates, starts = sessions[name]
+                out += [(f"{name}@{r:g}", partial(self._session_sweep, name, unit, r, starts)) for r in rates]
                 continue
             if name not in sweeps:
                 out.append((name, getattr(self, name)))

@@ -8,7 +8,7 @@
 #     --quick       fewer requests and QPS points (about 2 minutes instead of about 5, start-up included)
 #     --prism-only  measure prism only and reuse OUT/vllm.json from an earlier run
 #   env: OUT (default bench-out/vs-vllm), VLLM_SETUP (default /work/shared/peer/setup-vllm-cpu.sh), SEED (0),
-#        LOADS (default all: cold,clients,shared,rag; e.g. LOADS=clients for the throughput load alone),
+#        LOADS (default all: cold,clients,shared,rag,chat,agent; e.g. LOADS=clients for throughput alone),
 #        PEER_ARGS (more `prism-bench peer` options, e.g. "--clients 16 --client-prompt-len 1000 --client-output 512")
 # Run from the repository root with the project's venv active (prism-launcher on PATH, bench importable).
 # Only one server is driven at a time (the idle one takes about 1% of a core or less); both are stopped (their whole
@@ -25,7 +25,7 @@ for a in "$@"; do
   esac
 done
 OUT=${OUT:-bench-out/vs-vllm}; SETUP=${VLLM_SETUP:-/work/shared/peer/setup-vllm-cpu.sh}; SEED=${SEED:-0}
-LOADS=${LOADS:-cold,clients,shared,rag}
+LOADS=${LOADS:-cold,clients,shared,rag,chat,agent}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 port() { python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PGIDS=()

@@ -14,11 +14,15 @@ import pytest
 from aiohttp import web
 
 from bench import peer_table
-from bench.loadgen import Endpoint, LoadRequest, hit_rate_between, parse_counters, parse_usage, run_closed
+from bench.loadgen import (
+    Endpoint, LoadRequest, Turn, hit_rate_between, parse_counters, parse_usage, run_closed, run_sessions,
+)
 from bench.peer_loads import QUICK, PeerLoads, PeerParams
 from bench.peer_run import PeerRun, main, run_paired, write_result
 from bench.quiet import cpu_times, wait_quiet
 from bench.tests.test_workloads import _train_tokenizer
+from bench.workloads.agent import AgentParams
+from bench.workloads.conversation import ConversationParams
 from bench.workloads.prompts import PromptBuilder
 from bench.workloads.zipf_rag import ZipfRagParams
 
@@ -79,6 +83,79 @@ def test_loads_are_deterministic_sized_and_cold_per_point() -> None:
     assert at8[-1].arrival < at2[-1].arrival
     other = PeerLoads(replace(params, seed=1), builder)
     assert not {r.prompt for r in other.cold_and_hit()} & {r.prompt for r in cold}
+
+
+def test_session_loads_are_deterministic_extend_their_turns_and_start_cold_per_point() -> None:
+    builder = PromptBuilder(_train_tokenizer("bytelevel"))
+    chat = ConversationParams(sessions=6, continue_first=1.0, system_len=40, user_len=(8, 16), answer_len=(4, 8))
+    params = PeerParams(chat=chat,
+                        agent=AgentParams(tasks=4, system_len=60, task_len=(8, 16), action_len=(4, 8),
+                                          tool_len=(8, 32), max_context=400))
+    a, b = PeerLoads(params, builder), PeerLoads(params, builder)
+    for build in ("chat", "agent"):
+        one, two = getattr(a, build)(1.0), getattr(b, build)(1.0)
+        assert one == two
+        assert len(one) == (6 if build == "chat" else 4) and any(len(s) > 1 for s in one)
+        reqs = [t.request for s in one for t in s]
+        assert all(len(builder.token_ids(r.prompt)) + 1 == r.prompt_len for r in reqs)  # + BOS
+        for turns in one:
+            assert turns[0].parent is None  # a later one without a parent: an agent's retry of its first step
+            assert all(t.parent is not None or t.request.prompt == turns[0].request.prompt for t in turns)
+            for t in (t for t in turns if t.parent is not None):  # the parent's prompt, its answer, the suffix
+                parent = turns[t.parent].request
+                answer = t.request.prompt[len(parent.prompt):-len(t.suffix)]
+                assert t.parent < turns.index(t) and t.request.prompt.startswith(parent.prompt)
+                assert t.request.prompt.endswith(t.suffix) and len(builder.token_ids(answer)) == parent.max_new_tokens
+        fast = getattr(a, build)(4.0)
+        assert not {r.prompt[:100] for r in reqs} & {t.request.prompt[:100] for s in fast for t in s}
+        assert fast[-1][0].request.arrival == pytest.approx(one[-1][0].request.arrival / 4)
+
+
+async def _sessions_run(answers_back: bool) -> tuple[list, list[str]]:
+    prompts: list[str] = []
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        prompt = (await request.json())["prompt"]
+        prompts.append(prompt)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await asyncio.sleep(0.05)
+        for piece in (f" <{len(prompt)}", ">"):  # an answer the workload could not know
+            await resp.write(f'data: {{"choices": [{{"text": "{piece}", "finish_reason": null}}]}}\n\n'.encode())
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    # two sessions: turns 0.1 s apart in the workload, the second session starting 0.02 s after the first;
+    # each turn extends the one before with its answer and " u{i}"
+    sessions = [
+        [Turn(LoadRequest(t0 + 0.1 * i, f"s{t0} written{i}", 2, 1), i - 1 if i else None, f" u{i}") for i in range(3)]
+        for t0 in (0.0, 0.02)
+    ]
+    try:
+        endpoint = Endpoint(url, "completions", "tiny")
+        return (await run_sessions(endpoint, sessions, answers_back=answers_back)).records, prompts
+    finally:
+        await runner.cleanup()
+
+
+def test_sessions_send_each_turn_its_gap_after_the_previous_turn_ends_and_answers_back() -> None:
+    records, prompts = asyncio.run(_sessions_run(True))
+    first = [p for p in prompts if p.startswith("s0.0 ")]
+    assert first == ["s0.0 written0", "s0.0 written0 <13> u1", "s0.0 written0 <13> u1 <21> u2"]
+    assert sorted(asyncio.run(_sessions_run(False))[1]) == sorted(f"s{t} written{i}" for t in (0.0, 0.02)
+                                                                   for i in range(3))
+    assert len(records) == 6 and all(r.error is None and r.finished is not None for r in records)
+    first, second = records[0::2], records[1::2]  # the sessions interleave: sent in the order they start
+    assert second[0].arrival - first[0].arrival == pytest.approx(0.02, abs=0.015)  # side by side
+    for turns in (first, second):
+        for prev, nxt in zip(turns, turns[1:]):
+            assert nxt.arrival - prev.finished == pytest.approx(0.1, abs=0.03)  # closed loop: after the answer
 
 
 def test_table_command_reads_both_results_and_flags_different_loads(tmp_path, capsys) -> None:
@@ -161,6 +238,12 @@ def test_peer_run_against_our_server_on_the_demo_model(tmp_path) -> None:
         shared_requests=8, shared_qps=(20.0,), rag_requests=6, rag_qps=(20.0,),
         rag=ZipfRagParams(corpus=10, system_len=40, passage_len=20, top_k=2, question_len=8,
                           output_len=(2, 4)),
+        chat=ConversationParams(sessions=4, continue_first=1.0, max_turns=3, gap_median_s=0.05, system_len=64,
+                                user_len=(8, 16), answer_len=(2, 4)),
+        chat_rates=(20.0,),
+        agent=AgentParams(tasks=3, tool_latency_s=0.05, system_len=96, task_len=(8, 16), action_len=(2, 4),
+                          tool_len=(8, 32), max_context=400),
+        agent_rates=(20.0,),
     )
     loads = PeerLoads(params, PromptBuilder(load_tokenizer(model)))
     extra = ("--num-blocks", "1024", "--hostname", "127.0.0.1", "--shard-uds-path", str(tmp_path / "shard"))
@@ -174,12 +257,14 @@ def test_peer_run_against_our_server_on_the_demo_model(tmp_path) -> None:
     assert rows["clients_ttft_p99_ms"] >= rows["clients_ttft_p50_ms"] > 0
     assert 0.3 < rows["shared@20_hit"] < 1 and rows["shared@20_p99_ms"] >= rows["shared@20_p50_ms"] > 0
     assert 0 <= rows["rag@20_hit"] < 1 and rows["rag@20_p99_ms"] > 0
+    assert 0.3 < rows["chat@20_hit"] < 1 and rows["chat@20_p99_ms"] >= rows["chat@20_p50_ms"] > 0
+    assert 0.3 < rows["agent@20_hit"] < 1 and rows["agent@20_p99_ms"] >= rows["agent@20_p50_ms"] > 0
 
 
 def _scripted_run(tag: str, ran: list[str], monkeypatch) -> PeerRun:
     """A PeerRun whose points only note ``tag point`` in ``ran`` and add a row."""
-    params = SimpleNamespace(shared_qps=(1.0,), rag_qps=(2.0, 3.0))
-    loads = SimpleNamespace(warmup=list, shared=list, rag=list, params=params)
+    params = SimpleNamespace(shared_qps=(1.0,), rag_qps=(2.0, 3.0), chat_rates=(1.0,), agent_rates=(0.5,))
+    loads = SimpleNamespace(warmup=list, shared=list, rag=list, chat=list, agent=list, params=params)
     run = PeerRun(Endpoint(f"http://{tag}"), loads, log=lambda *a, **k: None,  # type: ignore[arg-type]
                   quiet=lambda: ran.append(f"{tag} quiet") or 0.0)
 
@@ -191,15 +276,17 @@ def _scripted_run(tag: str, ran: list[str], monkeypatch) -> PeerRun:
     for name in ("cold", "clients"):
         monkeypatch.setattr(run, name, lambda n=name: point(n))
     monkeypatch.setattr(run, "_sweep", lambda name, label, qps, build, target: point(f"{name}@{qps:g}"))
+    monkeypatch.setattr(run, "_session_sweep", lambda name, unit, rate, build: point(f"{name}@{rate:g}"))
     return run
 
 
 def test_measure_runs_only_the_named_loads_and_refuses_unknown_names(monkeypatch, capsys) -> None:
     ran: list[str] = []
-    rows = _scripted_run("a", ran, monkeypatch).run_all(["rag", "clients"])
-    assert [r for r in ran if not r.endswith("quiet")] == ["a warmup", "a clients", "a rag@2", "a rag@3"]
-    assert ran.count("a quiet") == 3 and ran.index("a quiet") == 1  # before every point
-    assert [r["key"] for r in rows] == ["clients", "rag@2", "rag@3", "errors"]
+    rows = _scripted_run("a", ran, monkeypatch).run_all(["agent", "rag", "clients"])
+    assert [r for r in ran if not r.endswith("quiet")] == ["a warmup", "a clients", "a rag@2", "a rag@3",
+                                                           "a agent@0.5"]
+    assert ran.count("a quiet") == 4 and ran.index("a quiet") == 1  # before every point
+    assert [r["key"] for r in rows] == ["clients", "rag@2", "rag@3", "agent@0.5", "errors"]
     args = ["measure", "--model-id", "m", "--url", "u", "--name", "n", "--out", "o", "--loads", "clients,x"]
     assert main(args) == 2 and "--loads takes a subset" in capsys.readouterr().err
 

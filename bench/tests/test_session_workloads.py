@@ -8,8 +8,8 @@ import pytest
 from bench.replay_workload import replay_point, replay_requests, working_set_tokens
 from bench.sweep import summarize
 from bench.workloads import WorkloadSpec, build, timed
-from bench.workloads.agent import AgentParams, agent
-from bench.workloads.conversation import ConversationParams, conversation
+from bench.workloads.agent import AgentParams, agent, agent_tasks
+from bench.workloads.conversation import ConversationParams, conversation, conversation_sessions
 from bench.workloads.request import offered_qps
 
 
@@ -60,6 +60,21 @@ def test_agent_steps_append_action_and_tool_output_and_some_branch() -> None:
         for steps in _sessions(agent(AgentParams(tasks=10, branch=0.0)), "s").values()
         for b, a in zip(steps, steps[1:])
     )
+
+
+def test_sessions_are_the_same_requests_one_list_per_session_and_tasks_stay_under_max_context() -> None:
+    c, a = ConversationParams(sessions=40, seed=2), AgentParams(tasks=20, seed=2)
+    chats, tasks = conversation_sessions(c), agent_tasks(a)
+    assert len(chats) == 40 and len(tasks) == 20
+    assert sorted((r for s in chats for r in s), key=lambda r: r.arrival) == conversation(c)
+    assert sorted((r for t in tasks for r in t), key=lambda r: r.arrival) == agent(a)
+    for turns in chats:  # one session each: its turns extend each other, in order
+        assert all(n.segments[: len(p.segments)] == p.segments and n.arrival > p.arrival
+                   for p, n in zip(turns, turns[1:]))
+    capped = AgentParams(tasks=20, seed=2, max_context=2500)
+    longest = max(r.prompt_len for r in agent(a))
+    assert longest + a.action_len[1] > 2500  # so the cap has something to cut
+    assert all(r.prompt_len + capped.action_len[1] <= 2500 for r in agent(capped))
 
 
 def test_self_timed_workloads_scale_to_an_offered_load_keeping_their_shape() -> None:

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from functools import partial
 
-from bench.workloads.request import Segment, WorkloadRequest, poisson_started
+from bench.workloads.request import Segment, WorkloadRequest, poisson_started, poisson_units
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class AgentParams:
     task_len: tuple[int, int] = (64, 256)
     action_len: tuple[int, int] = (32, 160)  # also each step's output length
     tool_len: tuple[int, int] = (64, 2048)  # log-uniform
+    max_context: int | None = None  # a task ends once its latest prompt and a longest action would not fit
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -43,6 +44,10 @@ def _tool_len(p: AgentParams, rng: random.Random) -> int:
     return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
 
 
+def _over(p: AgentParams, prompt: tuple[Segment, ...]) -> bool:
+    return p.max_context is not None and sum(n for _, n in prompt) + p.action_len[1] > p.max_context
+
+
 def _task(p: AgentParams, tid: int, start: float, rng: random.Random) -> list[WorkloadRequest]:
     first: tuple[Segment, ...] = (
         (f"agsys{rng.randrange(p.system_prompts)}", p.system_len), (f"t{tid}", rng.randint(*p.task_len)),
@@ -51,10 +56,10 @@ def _task(p: AgentParams, tid: int, start: float, rng: random.Random) -> list[Wo
     while True:
         base = prompts[-1] if len(prompts) == 1 or rng.random() >= p.branch else rng.choice(prompts[:-1])
         action = rng.randint(*p.action_len)
-        out.append(WorkloadRequest(t, base, action))
+        out.append(WorkloadRequest(t, base, action, f"t{tid}s{step}a"))
         prompts.append(base + ((f"t{tid}s{step}a", action), (f"t{tid}s{step}r", _tool_len(p, rng))))
         step += 1
-        if rng.random() < 1 / p.mean_steps:
+        if rng.random() < 1 / p.mean_steps or _over(p, prompts[-1]):
             return out
         t += rng.expovariate(1 / p.tool_latency_s)
 
@@ -62,3 +67,8 @@ def _task(p: AgentParams, tid: int, start: float, rng: random.Random) -> list[Wo
 def agent(params: AgentParams) -> list[WorkloadRequest]:
     """Timed requests in arrival order (deterministic for a seed)."""
     return poisson_started(params.tasks, params.task_rate, params.seed, partial(_task, params))
+
+
+def agent_tasks(params: AgentParams) -> list[list[WorkloadRequest]]:
+    """The same requests as :func:`agent`, one list per task (its steps in order)."""
+    return poisson_units(params.tasks, params.task_rate, params.seed, partial(_task, params))

@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 from functools import partial
 
-from bench.workloads.request import Segment, WorkloadRequest, poisson_started
+from bench.workloads.request import Segment, WorkloadRequest, poisson_started, poisson_units
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def _session(p: ConversationParams, sid: int, start: float, rng: random.Random) 
     for turn in range(p.max_turns):
         prompt.append((f"c{sid}u{turn}", rng.randint(*p.user_len)))
         answer = rng.randint(*p.answer_len)
-        out.append(WorkloadRequest(t, tuple(prompt), answer))
+        out.append(WorkloadRequest(t, tuple(prompt), answer, f"c{sid}a{turn}"))
         prompt.append((f"c{sid}a{turn}", answer))
         if rng.random() >= (p.continue_first if turn == 0 else p.continue_later):
             break
@@ -59,3 +59,8 @@ def _session(p: ConversationParams, sid: int, start: float, rng: random.Random) 
 def conversation(params: ConversationParams) -> list[WorkloadRequest]:
     """Timed requests in arrival order (deterministic for a seed)."""
     return poisson_started(params.sessions, params.session_rate, params.seed, partial(_session, params))
+
+
+def conversation_sessions(params: ConversationParams) -> list[list[WorkloadRequest]]:
+    """The same requests as :func:`conversation`, one list per session (its turns in order)."""
+    return poisson_units(params.sessions, params.session_rate, params.seed, partial(_session, params))

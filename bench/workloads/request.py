@@ -19,6 +19,7 @@ class WorkloadRequest:
     arrival: float  # seconds from the start of the run
     segments: tuple[Segment, ...]
     output_len: int
+    output_segment: str | None = None  # the id later prompts give its output (a chat's answer, an agent's action)
 
     @property
     def prompt_len(self) -> int:
@@ -37,19 +38,25 @@ def poisson_arrivals(n: int, qps: float, seed: int) -> list[float]:
     return times
 
 
-def poisson_started(
+def poisson_units(
     count: int, rate: float, seed: int, expand: Callable[[int, float, random.Random], list[WorkloadRequest]]
-) -> list[WorkloadRequest]:
+) -> list[list[WorkloadRequest]]:
     """``count`` units (sessions, agent tasks) starting as a Poisson process at ``rate``;
     ``expand(index, start, rng)`` gives a unit's timed requests (one rng shared: deterministic for a seed).
-    All of them in arrival order."""
+    One list per unit, in the order they start."""
     rng = random.Random(seed)
     start, out = 0.0, []
     for i in range(count):
         start += rng.expovariate(rate)
-        out.extend(expand(i, start, rng))
-    out.sort(key=lambda r: r.arrival)
+        out.append(expand(i, start, rng))
     return out
+
+
+def poisson_started(
+    count: int, rate: float, seed: int, expand: Callable[[int, float, random.Random], list[WorkloadRequest]]
+) -> list[WorkloadRequest]:
+    """:func:`poisson_units`' requests, all of them in arrival order."""
+    return sorted((r for unit in poisson_units(count, rate, seed, expand) for r in unit), key=lambda r: r.arrival)
 
 
 def with_arrivals(requests: Sequence[WorkloadRequest], times: Sequence[float]) -> list[WorkloadRequest]:
