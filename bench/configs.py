@@ -37,8 +37,10 @@ def make(
     block_size: int,
     params: dict[str, float] | None = None,
     tiers: TierConfig | None = None,
+    cache_generated: bool = True,
 ) -> Scheduler:
-    """The router's scheduler for ``config`` over ``num_blocks`` KV blocks (and ``tiers`` below them)."""
+    """The router's scheduler for ``config`` over ``num_blocks`` KV blocks (and ``tiers`` below them);
+    ``cache_generated``: see ``SchedulerConfig`` (the simulator releases without generated tokens either way)."""
     # NOTE: lazy, the PRISM package may land after bench
     from router_py.scheduling.registry import make_scheduler
 
@@ -51,5 +53,6 @@ def make(
             block_size=block_size,
             params=dict(params or {}),
             tiers=tiers,
+            cache_generated=cache_generated,
         )
     )

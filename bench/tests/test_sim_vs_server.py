@@ -156,7 +156,8 @@ async def _served(config: str, workload: list[WorkloadRequest]) -> list[list[tup
         shard,  # type: ignore[arg-type]
         info,
         BackendConfig(max_batch_prefill_tokens=PREFILL_BUDGET),
-        configs.make(config, CAPACITY // BLOCK, BLOCK),
+        # NOTE: the simulator models prompt caching only (it releases without generated tokens)
+        configs.make(config, CAPACITY // BLOCK, BLOCK, cache_generated=False),
         Metrics(4000, 4096),
         lambda text, special: [int(x) for x in text.split()],
         on_plan=plans.append,

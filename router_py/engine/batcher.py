@@ -196,6 +196,7 @@ class Batcher:
             return
         state.round_id, self._next_request_id = self._next_request_id, self._next_request_id + 1
         state.round_inputs = inputs
+        state.round_generated = []
         state.round_max_new = round_max_new
         state.running = False
         self._states[state.round_id] = state
@@ -520,6 +521,7 @@ class Batcher:
         if last >= 0:
             self._observe_skipped(last)
         for i, token in enumerate(gen.tokens):
+            state.round_generated.append(token.id)
             top = list(gen.top_tokens[i]) if i < len(gen.top_tokens) else []
             if i == last and gen.generated_text is not None:
                 self._round_end(state, gen, TokenEvent(token=token, top_tokens=top))
@@ -580,10 +582,14 @@ class Batcher:
     def _end(self, state: ActiveRequest, computed: bool = True, computed_prefix: int = 0) -> None:
         """The current round left its batch: release its blocks and forget its id. ``computed=False``: it
         failed in a step or left mid-prompt, so of a prompt not yet published only ``computed_prefix`` tokens
-        are cached (``Scheduler.release``)."""
+        are cached; otherwise its generated tokens are cached after the prompt (``Scheduler.release``)."""
         self._states.pop(state.round_id, None)
         state.running = False
-        self._scheduler.release(state.round_id, computed, computed_prefix)
+        generated = state.round_generated if computed else ()
+        try:
+            self._scheduler.release(state.round_id, computed, computed_prefix, generated)
+        except Exception:  # NOTE: a bug here must not leave the request's client waiting (its blocks stay held)
+            log.exception("releasing request %d failed", state.round_id)
 
     # ---- batches ---------------------------------------------------------------------------------------
 

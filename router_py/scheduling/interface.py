@@ -82,6 +82,7 @@ class SchedulerConfig:
     params: dict[str, float] = field(default_factory=dict)  # scheduler/policy knobs, documented by each
     cache_observer: CacheObserver | None = None  # told of blocks stored/evicted (KV cache events; None: off)
     tiers: TierConfig | None = None  # host/disk KV tiers below the device pool (None: off)
+    cache_generated: bool = True  # release caches generated tokens after the prompt (False: the prompt only)
 
 
 class Scheduler(Protocol):
@@ -110,8 +111,13 @@ class Scheduler(Protocol):
         blocks may be shared with waiting requests from now on. Unknown ids are ignored."""
         ...
 
-    def release(self, request_id: int, computed: bool = True, computed_prefix: int = 0) -> None:
+    def release(
+        self, request_id: int, computed: bool = True, computed_prefix: int = 0, generated: Sequence[int] = ()
+    ) -> None:
         """An admitted request ended: insert its prompt's full blocks into the tree, free the rest, unlock.
+        ``generated``: the token ids it generated, in order (with ``computed``): every one but the last was fed
+        back, so its KV is in the allocation, and the full blocks of the prompt and those tokens are cached
+        (vLLM and SGLang cache them too: a chat's next turn or an agent's next step sends them back).
         ``computed=False``: it ended in a failed or cancelled step, so its prompt's KV is not known to be
         computed: unless :meth:`prefill_done` published the prompt, nothing is cached and the allocation is
         rolled back (its tier copies count as sent; the batcher reported them failed). ``computed_prefix``

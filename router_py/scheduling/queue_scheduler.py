@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from prism_cache import Allocation, CacheStats, PolicyConfig, RadixAllocator
+from prism_cache import Allocation, CacheStats, PolicyConfig, RadixAllocator, block_hashes
 from prism_cache.tiers import TIER_NAMES, BlockCopy, Tier
 from router_py.scheduling.batch_builder import BatchBuilder, Built, Limits
 from router_py.scheduling.lookahead import LookaheadWindow
@@ -41,6 +41,8 @@ class QueueScheduler:
             self.allocator, config.block_size, config.speculate, config.support_chunking
         )
         self.lookahead = LookaheadWindow.for_config(config, self.allocator)
+        # NOTE: speculation writes rejected guesses' KV in the table: only the prompt is cached then
+        self._caches_generated = config.cache_generated and not config.speculate
 
     # ---------------------------------------------------------------- queue
     def enqueue(self, request: SchedRequest, now: float) -> None:
@@ -160,7 +162,9 @@ class QueueScheduler:
             self.allocator.cache_prompt(alloc, entry.tokens, entry.hashes)
         self._on_prefilled(entry)
 
-    def release(self, request_id: int, computed: bool = True, computed_prefix: int = 0) -> None:
+    def release(
+        self, request_id: int, computed: bool = True, computed_prefix: int = 0, generated: Sequence[int] = ()
+    ) -> None:
         """See ``Scheduler.release``. Idempotent: an id that is not running is ignored."""
         item = self.running.pop(request_id, None)
         if item is None:
@@ -168,7 +172,11 @@ class QueueScheduler:
         entry, alloc = item
         if alloc is not None and self.allocator is not None:
             bs = self.allocator.block_size
-            if computed or alloc.published:
+            if computed and entry.uses_cache and len(generated) > 1 and self._caches_generated:
+                tokens = entry.tokens + tuple(generated[:-1])
+                hashes = block_hashes(alloc.namespace, tokens, bs, entry.hashes)
+                self.allocator.release(alloc, tokens if hashes else None, hashes)
+            elif computed or alloc.published:
                 self.allocator.release(alloc, entry.tokens if entry.hashes else None, entry.hashes)
             elif computed_prefix >= bs and entry.hashes:
                 n = min(computed_prefix // bs, len(entry.hashes))

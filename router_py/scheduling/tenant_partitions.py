@@ -138,10 +138,12 @@ class TenantPartitionedScheduler:
         if part is not None:
             part.scheduler.prefill_done(request_id)
 
-    def release(self, request_id: int, computed: bool = True, computed_prefix: int = 0) -> None:
+    def release(
+        self, request_id: int, computed: bool = True, computed_prefix: int = 0, generated: Sequence[int] = ()
+    ) -> None:
         part = self._where.pop(request_id, None)
         if part is not None:
-            part.scheduler.release(request_id, computed, computed_prefix)
+            part.scheduler.release(request_id, computed, computed_prefix, generated)
 
     def peek_prefix(self, namespace: str, hashes: Sequence[int]) -> int:
         return self.partition_of(namespace).scheduler.peek_prefix(namespace, hashes)

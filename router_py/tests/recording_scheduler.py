@@ -44,11 +44,13 @@ class RecordingScheduler:
         assert request_id in self.live, f"prefill_done of {request_id}, which is not admitted"
         self.inner.prefill_done(request_id)
 
-    def release(self, request_id: int, computed: bool = True, computed_prefix: int = 0) -> None:
+    def release(
+        self, request_id: int, computed: bool = True, computed_prefix: int = 0, generated: Sequence[int] = ()
+    ) -> None:
         assert request_id in self.live, f"release of {request_id}, which is not admitted (or released twice)"
         del self.live[request_id]
         self.released.append(request_id)
-        self.inner.release(request_id, computed, computed_prefix)
+        self.inner.release(request_id, computed, computed_prefix, generated)
 
     def waiting_count(self) -> int:
         return self.inner.waiting_count()

@@ -251,6 +251,24 @@ async def test_health_tells_when_the_queue_is_stalled_or_the_loop_died(stack: St
     assert not await stack.batcher.health()
 
 
+async def test_a_release_that_raises_ends_its_request_and_the_loop_goes_on(stack: Stack) -> None:
+    """Before, a scheduler bug in ``release`` left the request's client waiting forever: the state was already
+    forgotten when the loop's error handler looked for the requests to fail."""
+    real, calls = stack.scheduler.release, []
+
+    def broken(*args, **kwargs) -> None:
+        calls.append(args[0])
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        real(*args, **kwargs)
+
+    stack.scheduler.release = broken  # type: ignore[method-assign]
+    first = await asyncio.wait_for(collect(stack.batcher, request("a b", max_new_tokens=2)), 10)
+    assert isinstance(first[-1], EndEvent) and len(calls) == 1
+    second = await asyncio.wait_for(collect(stack.batcher, request("a b c", max_new_tokens=3)), 10)
+    assert isinstance(second[-1], EndEvent) and second[-1].generated_tokens == 3 and len(calls) == 2
+
+
 async def test_client_gone_mid_stream_is_dropped_and_released(tmp_path: Path) -> None:
     s = await make_stack(tmp_path, FakeOptions(step_delay_s=0.005))
     try:

@@ -58,8 +58,9 @@ def test_churn_keeps_block_accounting(scheduler: str, policy: str, block_size: i
             rid, roll = rng.choice(list(s.running)), rng.random()
             if roll < 0.4:
                 s.prefill_done(rid)
-            elif roll < 0.8:
-                s.release(rid)
+            elif roll < 0.8:  # ended: what it generated (at most its max_new) is cached after the prompt
+                max_new = s.running[rid][0].request.max_new_tokens
+                s.release(rid, generated=[rng.randint(0, 1) for _ in range(rng.randint(0, max_new))])
             else:  # left mid-prompt (or failed): some leading tokens computed, as a shard would say
                 s.release(rid, computed=False, computed_prefix=rng.randint(0, 12))
         elif op < 0.65:

@@ -60,6 +60,35 @@ def test_prefix_hit_and_whole_prompt_cached_recomputes_its_last_block() -> None:
     assert (stats["prompt_tokens_queried"], stats["prompt_tokens_hit"]) == (8 + 8 + 8 + 9, 12)
 
 
+def _hit_after(s: Scheduler, rid: int, prompt: list[int]) -> int:
+    s.enqueue(_req(rid, prompt), 0.0)
+    plan = s.next_batch(0.0, 100, 100)
+    assert plan is not None
+    s.release(rid)
+    return plan.admissions[0].cache_len
+
+
+def test_generated_tokens_are_cached_after_the_prompt_all_but_the_last() -> None:
+    """The last generated token was never fed back (no KV): 6 prompt tokens + [7, 8] cache 7 tokens, one full
+    block of 4; + [7, 8, 9, 10, 11] cache 10, two blocks; a follow-up that sends them back reuses them."""
+    s = _sched()
+    s.enqueue(_req(1, [1, 2, 3, 4, 5, 6], max_new=8), 0.0)
+    assert s.next_batch(0.0, 100, 100) is not None
+    s.release(1, generated=[7, 8])
+    assert _hit_after(s, 2, list(range(1, 14))) == 4
+    s.enqueue(_req(3, [1, 2, 3, 4, 5, 6], max_new=8), 0.0)
+    assert s.next_batch(0.0, 100, 100) is not None
+    s.release(3, generated=[7, 8, 9, 10, 11])
+    assert _hit_after(s, 4, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 21]) == 8
+    for sched, computed in ((_sched(speculate=2), True), (_sched(), False)):  # only the prompt's blocks
+        sched.enqueue(_req(1, [1, 2, 3, 4, 5, 6], max_new=8), 0.0)
+        plan = sched.next_batch(0.0, 100, 100)
+        assert plan is not None
+        sched.prefill_done(1)
+        sched.release(1, computed=computed, generated=[7, 8, 9, 10, 11])
+        assert _hit_after(sched, 2, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 21]) == 4
+
+
 def test_prompts_shorter_than_a_block_count_as_queried_with_no_hit() -> None:
     s = _sched(block_size=4)
     s.enqueue(_req(1, [5, 6, 7]), 0.0)  # no full block: nothing to match or insert, still queried
