@@ -6,7 +6,8 @@ driven in turn by one load of :mod:`bench.peer_loads`, so both meet the machine 
     python -m bench.live_ab --model-id /work/peer/model --a-tree OLD --points clients@16 --prompt-len 1000
         --output-len 512
 
-A point is an open load at a rate (``shared@8``, ``rag@6``: requests/s) or ``clients@N``: N closed-loop
+A point is an open load at a rate (``shared@8``, ``rag@6``: requests/s), a session load (``chat@8``: sessions
+started per second, ``agent@4``: tasks per second; the answers sent back) or ``clients@N``: N closed-loop
 clients, 2N requests of ``--prompt-len`` prompt and ``--output-len`` output tokens (ignore_eos). For each point,
 each round runs the load once on each server (A first in even rounds, B first in odd ones), with fresh prompts
 (a new tag), after the machine went quiet. Per server it prints the medians over rounds of TTFT P50 / P99 /
@@ -28,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.live_threads import descendants, thread_cpu
-from bench.loadgen import Endpoint, LoadRequest, run_closed, run_load
+from bench.loadgen import Endpoint, LoadRequest, run_closed, run_load, run_sessions
 from bench.metrics import RequestRecord, summarize
 from bench.peer_loads import PeerLoads, PeerParams, with_clients
 from bench.quiet import wait_quiet
@@ -70,6 +71,9 @@ def one_run(url: str, server_pid: int, loads: PeerLoads, load: str, qps: float, 
     if load == "clients":
         requests = loads.clients()
         result = asyncio.run(run_closed(endpoint, requests, loads.params.clients, load))
+    elif load in ("chat", "agent"):
+        requests = []  # NOTE: a session's prompts depend on the answers: no slowest-request lines
+        result = asyncio.run(run_sessions(endpoint, getattr(loads, load)(qps), load))
     else:
         requests = getattr(loads, load)(qps)
         result = asyncio.run(run_load(endpoint, requests, load))
@@ -115,9 +119,13 @@ def report(rows: dict[str, list[tuple[float, ...]]]) -> None:
 
 
 def _spec(model: str, tree: str, env: list[str], log_dir: Path) -> LaunchSpec:
-    pairs = [("PYTHONPATH", str(Path(tree).resolve()))] + [(k, v) for k, _, v in (kv.partition("=") for kv in env)]
-    return LaunchSpec(model, extra_args=("--hostname", "127.0.0.1", "--master-port", str(free_port())),
-                      log_dir=log_dir, env=tuple(pairs))
+    """The server of ``tree``: on PYTHONPATH, and its working folder too, since the launcher starts the router
+    with ``python -m``, which puts the working folder first on the path (before, the router of the folder the
+    benchmark ran from served both sides)."""
+    root = str(Path(tree).resolve())
+    pairs = [("PYTHONPATH", root)] + [(k, v) for k, _, v in (kv.partition("=") for kv in env)]
+    return LaunchSpec(str(Path(model).resolve()), extra_args=("--hostname", "127.0.0.1", "--master-port",
+                      str(free_port())), log_dir=log_dir.resolve(), env=tuple(pairs), cwd=root)
 
 
 def main(argv: list[str] | None = None) -> int:

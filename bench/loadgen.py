@@ -101,9 +101,9 @@ def event_text(api: str, line: str) -> str:
         return ""
     event = json.loads(line[len("data:") :])
     if api == "generate_stream":
-        return "" if (event.get("token") or {}).get("special") else (event.get("token") or {}).get("text", "")
-    choices = event.get("choices") or [{}]
-    return choices[0].get("text") or ""
+        token = event.get("token") or {}
+        return "" if token.get("special") else token.get("text", "")
+    return (event.get("choices") or [{}])[0].get("text") or ""
 
 
 def parse_usage(line: str) -> int | None:
@@ -254,9 +254,8 @@ async def run_sessions(
         sent: list[str] = []
         answers: list[list[str]] = []
         for turn in turns:
-            req = turn.request
-            if answers_back and turn.parent is not None:
-                parent = turn.parent
+            req, parent = turn.request, turn.parent
+            if answers_back and parent is not None:
                 req = replace(req, prompt=sent[parent] + "".join(answers[parent]) + turn.suffix)
             due += req.arrival - (last.arrival if last is not None else 0.0)
             await asyncio.sleep(max(0.0, due - loop.time()))

@@ -27,6 +27,7 @@ class LaunchSpec:
     startup_timeout_s: float = 600.0
     log_dir: Path = Path(".")
     env: tuple[tuple[str, str], ...] = ()  # set for the server over this process's environment
+    cwd: str | None = None  # the server's working folder (None: this process's)
 
 
 def free_port() -> int:
@@ -70,7 +71,7 @@ class LiveServer:
         argv = self.argv()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env=dict(os.environ, **dict(self.spec.env)))
+                                         env=dict(os.environ, **dict(self.spec.env)), cwd=self.spec.cwd)
         deadline = time.monotonic() + self.spec.startup_timeout_s
         while not healthy(self.url):
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from bench import live_ab
@@ -101,3 +106,19 @@ def test_the_slowest_requests_name_their_opening_and_whether_they_were_its_first
     assert lines == ["arrival   200.0 ms  TTFT   60.0 ms  opening 1 (its first request)",
                      "arrival     0.0 ms  TTFT   30.0 ms  opening 0 (its first request)"]
     assert live_ab.slowest(requests, records, 0) == []
+
+
+def test_each_server_runs_its_own_trees_router(tmp_path: Path) -> None:
+    """The launcher starts the router with ``python -m``, which puts the working folder first on the path: run
+    from this checkout, a server of another tree served this checkout's router (PYTHONPATH alone lost)."""
+    tree = tmp_path / "tree"
+    (tree / "router_py").mkdir(parents=True)
+    (tree / "router_py" / "__init__.py").write_text("")
+    spec = live_ab._spec("model", str(tree), ["X=1"], tmp_path / "logs")
+    probe = [sys.executable, "-c", "import router_py, os; print(router_py.__file__, os.environ['X'])"]
+
+    def where(cwd: str | None) -> str:
+        env = dict(os.environ, **dict(spec.env))
+        return subprocess.run(probe, env=env, cwd=cwd, capture_output=True, text=True, check=True).stdout
+    assert where(spec.cwd) == f"{tree / 'router_py' / '__init__.py'} 1\n"
+    assert str(tree) not in where(str(Path(__file__).resolve().parents[2]))  # the checkout's own router_py

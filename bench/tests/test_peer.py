@@ -111,6 +111,16 @@ def test_session_loads_are_deterministic_extend_their_turns_and_start_cold_per_p
         assert fast[-1][0].request.arrival == pytest.approx(one[-1][0].request.arrival / 4)
 
 
+async def _completions_server(handler) -> tuple[web.AppRunner, str]:
+    """A local server of ``/v1/completions`` answered by ``handler``: its runner (to clean up) and URL."""
+    app = web.Application()
+    app.router.add_post("/v1/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
 async def _sessions_run(answers_back: bool) -> tuple[list, list[str]]:
     prompts: list[str] = []
 
@@ -125,12 +135,7 @@ async def _sessions_run(answers_back: bool) -> tuple[list, list[str]]:
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/completions", completions)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, url = await _completions_server(completions)
     # two sessions: turns 0.1 s apart in the workload, the second session starting 0.02 s after the first;
     # each turn extends the one before with its answer and " u{i}"
     sessions = [
@@ -190,12 +195,7 @@ async def _closed_run() -> tuple:
         in_flight[0] -= 1
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/completions", completions)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, url = await _completions_server(completions)
     try:
         reqs = [LoadRequest(0.0, f"p{i}", 2, 1) for i in range(10)]
         return await run_closed(Endpoint(url, "completions", "tiny"), reqs, 3), peak[0]
