@@ -210,9 +210,9 @@ def describe(params: PeerParams) -> list[str]:
         f"agent: {a.tasks} tasks per point, one of {a.system_prompts} {a.system_len:,}-token system prompts + "
         f"a {a.task_len[0]}-{a.task_len[1]}-token task; each step appends a {a.action_len[0]}-{a.action_len[1]}"
         f"-token action (its output, sent back as streamed) and a {a.tool_len[0]}-{a.tool_len[1]}-token tool "
-        "result (log-uniform) "
-        f"sent an exponential {a.tool_latency_s:g} s (mean) after the step ends; {a.mean_steps:g} steps on "
-        f"average, P {a.branch:g} of forking from an earlier step, under {a.max_context:,} tokens",
+        f"result (log-uniform) sent an exponential {a.tool_latency_s:g} s (mean) after the step ends; "
+        f"{a.mean_steps:g} steps on average, P {a.branch:g} of forking from an earlier step, under "
+        f"{a.max_context:,} tokens",
         "TTFT P50/P99 over every request of a point; hit rate = the server's prefix-cache hit / queried "
         "token counters over the point (vLLM counts whole blocks, 128 tokens on CPU)",
     ]
