@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 import aiohttp
@@ -195,17 +195,29 @@ def _session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout)
 
 
-async def run_load(endpoint: Endpoint, requests: Sequence[LoadRequest], desc: str = "load") -> LoadResult:
-    """Send every request at its arrival time and wait for all; record times are the event loop's clock."""
+Drive = Callable[[aiohttp.ClientSession, float, tqdm], Awaitable[list[RequestRecord]]]
+
+
+async def _measured(endpoint: Endpoint, total: int, desc: str, drive: Drive) -> LoadResult:
+    """``drive(session, t0, bar)``'s records (``total`` of them, ``bar`` counting them), the server's hit rate
+    over the run (its /metrics before and after) and the run's duration from ``t0``."""
     async with _session() as session:
         before = await _metrics(session, endpoint.url)
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        with tqdm(total=len(requests), desc=desc, unit="req", leave=False) as bar:
-            records = await asyncio.gather(*(_timed(session, endpoint, r, t0, bar) for r in requests))
-        duration = loop.time() - t0
+        t0 = asyncio.get_running_loop().time()
+        with tqdm(total=total, desc=desc, unit="req", leave=False) as bar:
+            records = await drive(session, t0, bar)
+        duration = asyncio.get_running_loop().time() - t0
         after = await _metrics(session, endpoint.url)
-    return LoadResult(list(records), hit_rate_between(before, after), duration)
+    return LoadResult(records, hit_rate_between(before, after), duration)
+
+
+async def run_load(endpoint: Endpoint, requests: Sequence[LoadRequest], desc: str = "load") -> LoadResult:
+    """Send every request at its arrival time and wait for all; record times are the event loop's clock."""
+
+    async def drive(session: aiohttp.ClientSession, t0: float, bar: tqdm) -> list[RequestRecord]:
+        return list(await asyncio.gather(*(_timed(session, endpoint, r, t0, bar) for r in requests)))
+
+    return await _measured(endpoint, len(requests), desc, drive)
 
 
 async def run_closed(
@@ -228,14 +240,11 @@ async def run_closed(
             records.append(await _stream(session, endpoint, req, asyncio.get_running_loop().time()))
             bar.update(1)
 
-    async with _session() as session:
-        before = await _metrics(session, endpoint.url)
-        t0 = asyncio.get_running_loop().time()
-        with tqdm(total=len(requests), desc=desc, unit="req", leave=False) as bar:
-            await asyncio.gather(*(client(session, bar) for _ in range(clients)))
-        duration = asyncio.get_running_loop().time() - t0
-        after = await _metrics(session, endpoint.url)
-    return LoadResult(sorted(records, key=lambda r: r.arrival), hit_rate_between(before, after), duration)
+    async def drive(session: aiohttp.ClientSession, t0: float, bar: tqdm) -> list[RequestRecord]:
+        await asyncio.gather(*(client(session, bar) for _ in range(clients)))
+        return sorted(records, key=lambda r: r.arrival)
+
+    return await _measured(endpoint, len(requests), desc, drive)
 
 
 async def run_sessions(
@@ -265,11 +274,8 @@ async def run_sessions(
             due, last = loop.time(), req
             bar.update(1)
 
-    async with _session() as session:
-        before = await _metrics(session, endpoint.url)
-        t0 = asyncio.get_running_loop().time()
-        with tqdm(total=sum(len(s) for s in sessions), desc=desc, unit="req", leave=False) as bar:
-            await asyncio.gather(*(replay(session, turns, t0, bar) for turns in sessions))
-        duration = asyncio.get_running_loop().time() - t0
-        after = await _metrics(session, endpoint.url)
-    return LoadResult(sorted(records, key=lambda r: r.arrival), hit_rate_between(before, after), duration)
+    async def drive(session: aiohttp.ClientSession, t0: float, bar: tqdm) -> list[RequestRecord]:
+        await asyncio.gather(*(replay(session, turns, t0, bar) for turns in sessions))
+        return sorted(records, key=lambda r: r.arrival)
+
+    return await _measured(endpoint, sum(len(s) for s in sessions), desc, drive)

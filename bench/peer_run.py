@@ -22,10 +22,11 @@ import json
 import math
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from bench import peer_table
 from bench.loadgen import Endpoint, LoadRequest, LoadResult, Turn, run_closed, run_load, run_sessions
@@ -64,17 +65,17 @@ class PeerRun:
         self.errors: list[str] = []
 
     def _closed(self, requests: Sequence[LoadRequest], clients: int, desc: str) -> LoadResult:
-        result = asyncio.run(run_closed(self.endpoint, requests, clients, desc))
-        self.errors += [f"{desc}: {r.error}" for r in result.records if r.error is not None]
-        return result
+        return self._noted(run_closed(self.endpoint, requests, clients, desc), desc)
 
     def _sessions(self, sessions: Sequence[Sequence[Turn]], desc: str) -> LoadResult:
-        result = asyncio.run(run_sessions(self.endpoint, sessions, desc))
-        self.errors += [f"{desc}: {r.error}" for r in result.records if r.error is not None]
-        return result
+        return self._noted(run_sessions(self.endpoint, sessions, desc), desc)
 
     def _open(self, requests: Sequence[LoadRequest], desc: str) -> LoadResult:
-        result = asyncio.run(run_load(self.endpoint, requests, desc))
+        return self._noted(run_load(self.endpoint, requests, desc), desc)
+
+    def _noted(self, load: Coroutine[Any, Any, LoadResult], desc: str) -> LoadResult:
+        """Runs ``load``; its failed requests join the errors seen."""
+        result = asyncio.run(load)
         self.errors += [f"{desc}: {r.error}" for r in result.records if r.error is not None]
         return result
 
