@@ -14,6 +14,8 @@ from shard.layers import packed_linear
 from shard.layers.packed_linear import PackedLinear, TiledLinear, pack_cpu_linears
 
 needs_tiles = pytest.mark.skipif(not cpu_linear.usable(), reason="needs a CPU with AMX tiles")
+needs_onednn_bf16 = pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                                       reason="oneDNN's bf16 path needs avx512bw/vl/dq or avx_ne_convert")
 
 
 @pytest.fixture
@@ -31,6 +33,7 @@ def _plain(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.linear(F.linear(x, model[0].weight), model[1].weight, model[1].bias)
 
 
+@needs_onednn_bf16
 def test_bf16_linears_are_packed_and_give_f_linear_results(onednn) -> None:
     model = _model(torch.bfloat16)
     keys = set(model.state_dict())
@@ -59,6 +62,18 @@ def test_tiles_on_amx_within_one_bf16_step_and_f_linear_above_the_rows() -> None
     assert torch.equal(got[1, 4], layer(x[1, 4:5])[0])  # a row's result does not depend on the batch
 
 
+def test_nothing_is_packed_where_onednn_refuses_bf16(onednn, monkeypatch) -> None:
+    def refuse(w: torch.Tensor) -> torch.Tensor:  # what torch raises on AVX2-only CPUs
+        raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx_ne_convert")
+
+    monkeypatch.setattr(packed_linear, "_pack", refuse)
+    model = _model(torch.bfloat16)
+    assert pack_cpu_linears(model) == 0 and all(type(m) is nn.Linear for m in model)
+    assert packed_linear.warm_packed_linears(model) == 0
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    assert torch.equal(model(x), _plain(model, x))
+
+
 def test_fp32_and_switched_off_stay_plain(monkeypatch) -> None:
     model = _model(torch.float32)
     assert pack_cpu_linears(model) == 0 and all(type(m) is nn.Linear for m in model)
@@ -67,6 +82,7 @@ def test_fp32_and_switched_off_stay_plain(monkeypatch) -> None:
     assert pack_cpu_linears(bf16) == 0 and all(type(m) is nn.Linear for m in bf16)
 
 
+@needs_onednn_bf16
 def test_not_packed_when_the_copies_would_crowd_memory() -> None:
     bf16 = _model(torch.bfloat16)
     weight_bytes = sum(m.weight.numel() * 2 for m in bf16)
@@ -74,6 +90,7 @@ def test_not_packed_when_the_copies_would_crowd_memory() -> None:
     assert pack_cpu_linears(bf16, available_bytes=4 * weight_bytes) == 2
 
 
+@needs_onednn_bf16
 def test_warming_covers_each_row_count_within_the_budget(onednn) -> None:
     model = _model(torch.bfloat16)
     assert packed_linear.warm_packed_linears(model) == 0  # nothing packed: nothing to warm
@@ -97,6 +114,7 @@ def test_tiles_warm_only_the_prompt_buckets() -> None:
     assert packed_linear.warm_prefill_linears(model, 1024) == 4  # 832, 896, 960, 1,024
 
 
+@needs_onednn_bf16
 @pytest.mark.parametrize("rows", [63, 65, 100, 256, 257, 300, 1650])
 def test_rows_padded_to_their_bucket_change_no_row(onednn, rows: int) -> None:
     model = _model(torch.bfloat16)
@@ -105,6 +123,7 @@ def test_rows_padded_to_their_bucket_change_no_row(onednn, rows: int) -> None:
     assert torch.equal(model(x), _plain(model, x))
 
 
+@needs_onednn_bf16
 def test_leading_dims_are_rows(onednn) -> None:
     model = _model(torch.bfloat16)
     assert pack_cpu_linears(model) == 2
