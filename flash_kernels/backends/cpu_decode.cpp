@@ -8,7 +8,8 @@
 // One task per (request, KV head), split over torch's intra-op threads: scores of the group's query rows
 // against every key, softmax, then the weighted sum of values. bf16 with head dim 64 / 128 and a group of
 // 1 to 8 query heads per KV head takes an AVX512-BF16 path where the compiler targets it (16 keys at a
-// time, see task_bf16); everything else the generic loop.
+// time, see task_bf16); fp32 (and bf16 without AVX512-BF16) of those shapes an AVX2 path
+// (cpu_decode_avx2.h, 8 keys at a time); everything else the generic loop.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -23,6 +24,11 @@
 #define PRISM_AVX512_BF16 1
 #include "cpu_shapes.h"
 #include "cpu_simd.h"
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+#define PRISM_AVX2 1
+#include "cpu_shapes.h"
+#include "cpu_decode_avx2.h"
 #endif
 
 namespace {
@@ -359,6 +365,31 @@ bool try_bf16(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, c
 }
 #endif
 
+#ifdef PRISM_AVX2
+// True when the AVX2 path took the call: fp32, or bf16 where the AVX512-BF16 path is not compiled in.
+bool try_avx2(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& t,
+              const at::Tensor& l, double scale, at::Tensor& out) {
+  const int64_t g = q.size(1) / kc.size(2), d = q.size(2);
+  const auto dtype = q.scalar_type();
+#ifdef PRISM_AVX512_BF16
+  const bool bf16 = false;
+#else
+  const bool bf16 = dtype == at::kBFloat16;
+#endif
+  if (!prism_shape::compiled(g, d) || !(dtype == at::kFloat || bf16)) return false;
+  const int64_t max_len = max_length(l.data_ptr<int32_t>(), t.data_ptr<int32_t>(), q.size(0), t.size(1),
+                                     kc.size(1), kc.size(0));
+  prism_shape::dispatch(g, d, [&](auto G, auto D) {
+    constexpr int g_ = decltype(G)::value, d_ = decltype(D)::value;
+    if (dtype == at::kFloat)
+      prism_avx2::decode<float, g_, d_>(q, kc, vc, t, l, scale, out, max_len);
+    else
+      prism_avx2::decode<c10::BFloat16, g_, d_>(q, kc, vc, t, l, scale, out, max_len);
+  });
+  return true;
+}
+#endif
+
 template <typename T>
 void dispatch_dim(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& t,
                   const at::Tensor& l, double scale, at::Tensor& out) {
@@ -382,6 +413,9 @@ void paged_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& v
               "paged_decode: block_tables and seqlens_k must be int32");
   auto t = tables.contiguous();
   auto l = seqlens.contiguous();
+#ifdef PRISM_AVX2
+  if (try_avx2(q, kc, vc, t, l, scale, out)) return;
+#endif
   switch (q.scalar_type()) {
     case at::kBFloat16:
 #ifdef PRISM_AVX512_BF16

@@ -1,7 +1,7 @@
 """The compiled CPU decode kernel (flash_kernels/backends/cpu_decode.cpp) against the reference and the SDPA
-path it replaces: block sizes, grouped-query attention, head dims (64 / 128 specialised, 80 generic), dtypes,
-tables wider than the context, contexts of every length around the kernel's 16-key chunks, blocks smaller
-than a chunk, long contexts and scores spread wide; that it builds wherever a compiler is present, and the
+path it replaces: block sizes, grouped-query attention, head dims (64 / 128 specialised: AVX512-BF16 for bf16,
+AVX2 for fp32 and for bf16 elsewhere; 80 generic), dtypes, tables wider than the context, contexts of every
+length around the kernel's 16- and 8-key chunks, blocks smaller than a chunk, long contexts and scores spread wide; that it builds wherever a compiler is present, and the
 switches.
 """
 
@@ -71,16 +71,20 @@ def test_every_context_length_around_the_chunks(block_size: int, dtype: torch.dt
 @needs_tools
 @pytest.mark.parametrize("group", [1, 2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_long_contexts_and_wide_scores_stay_finite(group: int, head_dim: int) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_long_contexts_and_wide_scores_stay_finite(group: int, head_dim: int, dtype: torch.dtype) -> None:
     """2,000 and 1,500 keys with q scaled so that scores span thousands (softmax near one-hot, most weights
     below exp(-87)): finite, and equal to an fp64 softmax."""
     case = make_case([(1999, 1), (1499, 1), (0, 1)], 16, kv_heads=2, group=group, head_dim=head_dim,
-                     dtype=torch.bfloat16, seed=7)
-    case.q = (case.q.float() * 300).to(torch.bfloat16)
+                     dtype=dtype, seed=7)
+    case.q = (case.q.float() * 300).to(dtype)
     args = case.decode_args()
     out = cpu_decode.decode(*args)
     assert torch.isfinite(out.float()).all()
-    assert_close(out, brute_force(case).to(torch.bfloat16))
+    if dtype == torch.bfloat16:
+        assert_close(out, brute_force(case).to(dtype))
+    else:  # scores in the thousands: fp32 rounds one by ~1e-4, which moves its weight as much (the reference: 2e-5)
+        torch.testing.assert_close(out, brute_force(case).float(), atol=1e-4, rtol=1e-4)
 
 
 @needs_tools
