@@ -83,3 +83,18 @@ def test_include_stop_str_in_output_keeps_the_stop_string(stack: Stack, oa: open
     assert (r.choices[0].text, r.choices[0].finish_reason, r.usage.completion_tokens) == (before + stop, "stop", tokens)
     streamed = "".join(c.choices[0].text for c in oa.completions.create(**kw, stream=True) if c.choices)
     assert streamed == before + stop
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tokens_as_ids_are_the_generated_ids(stack: Stack, oa: openai.OpenAI, stream: bool) -> None:
+    """vLLM's ``return_tokens_as_token_ids``: the completion's logprobs name the ids /generate's details give."""
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 6, "details": True}}
+    details = httpx.post(f"{stack.url}/generate", json=body, timeout=120).json()["details"]
+    kw = dict(model="tgi", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=1,
+              extra_body={"return_tokens_as_token_ids": True})
+    if stream:
+        chunks = [c for c in oa.completions.create(**kw, stream=True) if c.choices]
+        names = [n for c in chunks for n in c.choices[0].logprobs.tokens]
+    else:
+        names = oa.completions.create(**kw).choices[0].logprobs.tokens
+    assert names == [f"token_id:{t['id']}" for t in details["tokens"]]

@@ -41,6 +41,7 @@ _CHAT_FIELDS: dict[str, tuple[str, bool]] = {
     "ignore_eos": ("bool", True),  # vLLM's extension: generate past EOS up to max_tokens
     "include_stop_str_in_output": ("bool", True),  # vLLM's (openai_stop.include_stop)
     "top_k": ("i32", True),  # vLLM's extension; 0 or -1: off, as there
+    "return_tokens_as_token_ids": ("bool", True),  # vLLM's: logprobs name tokens "token_id:N" (token_label)
     **VLLM_SAMPLING_FIELDS,
 }
 # NOTE: the body of PyPI text-generation 0.7.0's ``chat()``: every field of its ChatRequest, nulls included
@@ -74,6 +75,10 @@ class ChatRequest:
     @property
     def logprobs(self) -> bool:
         return bool(self.fields.get("logprobs"))
+
+    @property
+    def tokens_as_ids(self) -> bool:
+        return bool(self.fields.get("return_tokens_as_token_ids"))
 
 
 @dataclass(frozen=True)
@@ -266,17 +271,23 @@ def openai_finish_reason(reason: str) -> str:
     return "stop" if reason in ("eos_token", "stop_sequence") else reason
 
 
-def _logprob_entry(token: Token, top: list[Token]) -> dict[str, Any]:
+def token_label(token: Token, as_ids: bool) -> str:
+    """How logprobs name ``token``: its text, or ``token_id:N`` with vLLM's ``return_tokens_as_token_ids``
+    (exact ids for clients that send tokens back, whatever their text decodes to)."""
+    return f"token_id:{token.id}" if as_ids else token.text
+
+
+def _logprob_entry(token: Token, top: list[Token], as_ids: bool) -> dict[str, Any]:
     return {
-        "token": token.text,
+        "token": token_label(token, as_ids),
         "logprob": token.logprob,
-        "top_logprobs": [{"token": t.text, "logprob": t.logprob} for t in top],
+        "top_logprobs": [{"token": token_label(t, as_ids), "logprob": t.logprob} for t in top],
     }
 
 
-def chat_logprobs(tokens: list[Token], tops: list[list[Token]]) -> dict[str, Any]:
+def chat_logprobs(tokens: list[Token], tops: list[list[Token]], as_ids: bool = False) -> dict[str, Any]:
     padded = tops if tops else [[] for _ in tokens]
-    return {"content": [_logprob_entry(t, top) for t, top in zip(tokens, padded)]}
+    return {"content": [_logprob_entry(t, top, as_ids) for t, top in zip(tokens, padded)]}
 
 
 def chat_choice(
@@ -346,9 +357,11 @@ def chat_chunk(
     delta: dict[str, Any] | None = None,
     finish_reason: str | None = None,
     index: int = 0,
+    as_ids: bool = False,
 ) -> dict[str, Any]:
     """One ``chat.completion.chunk`` of choice ``index``; ``event`` None makes the usage-only chunk
-    (``choices: []``); ``delta`` / ``finish_reason`` replace the token's text delta (tool calls)."""
+    (``choices: []``); ``delta`` / ``finish_reason`` replace the token's text delta (tool calls); ``as_ids``:
+    logprobs name tokens by id (:func:`token_label`)."""
     choices = []
     if event is not None:
         finish = openai_finish_reason(event.finish_reason) if isinstance(event, EndEvent) else None
@@ -357,7 +370,7 @@ def chat_chunk(
                 "index": index,
                 # NOTE: TGI streams special tokens (EOS) as empty content
                 "delta": _with_tool_calls(delta or {"role": "assistant", "content": _content(event)}),
-                "logprobs": chat_logprobs([event.token], [list(event.top_tokens)]) if logprobs else None,
+                "logprobs": chat_logprobs([event.token], [list(event.top_tokens)], as_ids) if logprobs else None,
                 "finish_reason": finish_reason or finish,
             }
         )

@@ -10,7 +10,7 @@ from router_py.router_config import RouterConfig
 from router_py.http.errors import HttpError, deserialize_error, validation_error
 from router_py.backend_api import EndEvent, Token
 from router_py.http.openai_chat import (
-    openai_finish_reason, openai_stops, openai_top_p, system_fingerprint, vllm_top_k
+    openai_finish_reason, openai_stops, openai_top_p, system_fingerprint, token_label, vllm_top_k
 )
 from router_py.http.openai_prompt import Prompt, parse_prompts
 from router_py.http.openai_sampling import VLLM_SAMPLING_FIELDS, vllm_sampling
@@ -40,6 +40,7 @@ _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
     "best_of": ("u32", True),
     "response_format": ("map", True),  # as on the chat route (vLLM serves it here too)
     "structured_outputs": ("map", True),  # vLLM's (router_py.http.structured_outputs)
+    "return_tokens_as_token_ids": ("bool", True),  # vLLM's: logprobs name tokens "token_id:N"
     **VLLM_SAMPLING_FIELDS,
 }
 MAX_LOGPROBS = 5  # OpenAI's limit, and TGI's default max_top_n_tokens
@@ -66,6 +67,10 @@ class CompletionRequest:
     def logprobs(self) -> int | None:
         """OpenAI's ``logprobs``: None (none), else alternatives per token (0 to :data:`MAX_LOGPROBS`)."""
         return self.fields.get("logprobs")
+
+    @property
+    def tokens_as_ids(self) -> bool:
+        return bool(self.fields.get("return_tokens_as_token_ids"))
 
 
 def parse_completion_request(
@@ -139,17 +144,25 @@ def _check_unserved(req: CompletionRequest) -> None:
         raise validation_error("`echo` with `logprobs` is not supported: the prompt's logprobs are not served")
 
 
-def completion_logprobs(tokens: list[Token], tops: list[list[Token]], offset: int = 0) -> dict[str, Any]:
+def shown_text(token: Token) -> str:
+    """A token's part of the choice's text (special tokens none)."""
+    return "" if token.special else token.text
+
+
+def completion_logprobs(
+    tokens: list[Token], tops: list[list[Token]], offset: int = 0, as_ids: bool = False
+) -> dict[str, Any]:
     """OpenAI's legacy logprobs object of some tokens: their texts (special tokens empty, as in the text),
     logprobs, ``{text: logprob}`` of their alternatives, and where each starts in the choice's text
-    (``offset``: where the first one does)."""
-    texts = ["" if t.special else t.text for t in tokens]
+    (``offset``: where the first one does). ``as_ids``: tokens and alternatives named ``token_id:N``
+    (:func:`~router_py.http.openai_chat.token_label`); the offsets stay those of the text."""
+    texts = [shown_text(t) for t in tokens]
     starts = [offset + sum(len(x) for x in texts[:i]) for i in range(len(texts))]
     padded = tops if tops else [[] for _ in tokens]
     return {
-        "tokens": texts,
+        "tokens": [token_label(t, True) for t in tokens] if as_ids else texts,
         "token_logprobs": [t.logprob for t in tokens],
-        "top_logprobs": [{t.text: t.logprob for t in top} for top in padded],
+        "top_logprobs": [{token_label(t, as_ids): t.logprob for t in top} for top in padded],
         "text_offset": starts,
     }
 

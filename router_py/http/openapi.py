@@ -43,6 +43,7 @@ _STREAM_OPTIONS = _nullable(
     properties={"include_usage": {"type": "boolean"}, "continuous_usage_stats": {"type": "boolean"}},
 )
 _OPENAI_STOP = {"nullable": True, "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+_TOKENS_AS_IDS = _nullable("boolean", description="vLLM's: logprobs name each token token_id:N")
 _VLLM_SAMPLING = {
     "min_tokens": _nullable("integer", minimum=0),
     "stop_token_ids": _nullable("array", items={"type": "integer", "minimum": 0}),
@@ -279,6 +280,7 @@ _SCHEMAS: dict[str, Any] = {
             "tool_choice": {},
             "response_format": {},
             "structured_outputs": _nullable("object", description="vLLM's: one of json, regex, choice, json_object"),
+            "return_tokens_as_token_ids": _TOKENS_AS_IDS,
             **_VLLM_SAMPLING,
         },
     },
@@ -315,6 +317,7 @@ _SCHEMAS: dict[str, Any] = {
             "best_of": _nullable("integer", minimum=1, maximum=1, description="only 1 is supported"),
             "response_format": {},
             "structured_outputs": _nullable("object", description="vLLM's: one of json, regex, choice, json_object"),
+            "return_tokens_as_token_ids": _TOKENS_AS_IDS,
             **_VLLM_SAMPLING,
         },
     },

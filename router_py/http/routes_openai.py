@@ -33,6 +33,7 @@ from router_py.http.openai_completions import (
     completion_logprobs,
     completion_parameters,
     parse_completion_request,
+    shown_text,
     usage_chunk,
 )
 from router_py.http.openai_chat import openai_finish_reason
@@ -107,7 +108,7 @@ async def chat_completions_route(request: Request) -> Response:
     gens = [gen for gen, _, _ in results]
     choices = []
     for index, gen in enumerate(gens):
-        logprobs = chat_logprobs(gen.tokens, gen.top_tokens) if req.logprobs else None
+        logprobs = chat_logprobs(gen.tokens, gen.top_tokens, req.tokens_as_ids) if req.logprobs else None
         message, finish = _tool_message(plan, gen.end.generated_text)
         choices.append(chat_choice(index, gen.end, logprobs, message, finish))
     completion_tokens = sum(gen.end.generated_tokens for gen in gens)
@@ -200,7 +201,8 @@ async def _one_chat_stream(
         now_usage = running.step(event) if running is not None else None
         if calls is None:
             delta = {"role": "assistant", "content": text}
-            chunks = [chat_chunk(state.config, created, event, req.logprobs, now_usage, delta, index=index)]
+            chunks = [chat_chunk(state.config, created, event, req.logprobs, now_usage, delta, index=index,
+                                 as_ids=req.tokens_as_ids)]
         else:
             chunks = _tool_chunks(state, created, calls, event, now_usage, index)
         for chunk in chunks:
@@ -259,7 +261,8 @@ async def completions_route(request: Request) -> Response:
     # NOTE: the echoed prompt is the validated one: a token-id prompt's is its ids decoded
     texts = [gen.request.inputs + gen.end.generated_text for gen in gens] if req.echo else None
     logprobs = [
-        completion_logprobs(gen.tokens, gen.top_tokens, len(gen.request.inputs) if req.echo else 0)
+        completion_logprobs(gen.tokens, gen.top_tokens, len(gen.request.inputs) if req.echo else 0,
+                            req.tokens_as_ids)
         for gen in gens
     ] if req.logprobs is not None else None
     body = completion(state.config, int(time.time()), [gen.end for gen in gens], prompt_tokens, texts, logprobs)
@@ -322,8 +325,8 @@ async def _one_completion_stream(
             running = RunningUsage(run.valid.input_length) if req.stream_usage.continuous else None
         logprobs = None
         if req.logprobs is not None:
-            logprobs = completion_logprobs([event.token], [list(event.top_tokens)], offset)
-            offset += len(logprobs["tokens"][0])
+            logprobs = completion_logprobs([event.token], [list(event.top_tokens)], offset, req.tokens_as_ids)
+            offset += len(shown_text(event.token))
         now_usage = running.step(event) if running is not None else None
         ended = isinstance(event, EndEvent)
         if not ended and logprobs is None and now_usage is None:

@@ -20,7 +20,6 @@ _BOTH: dict[str, tuple[Any, ...]] = {
     "bad_words": ([],),
     "skip_special_tokens": (True,),
     "spaces_between_special_tokens": (True,),
-    "return_tokens_as_token_ids": (False,),
     "logits_processors": ([],),
     "priority": (0,),
     "mm_processor_kwargs": ({},),
