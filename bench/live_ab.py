@@ -9,8 +9,8 @@ driven in turn by one load of :mod:`bench.peer_loads`, so both meet the machine 
 A point is an open load at a rate (``shared@8``, ``rag@6``: requests/s), a session load (``chat@8``: sessions
 started per second, ``agent@4``: tasks per second; the answers sent back) or ``clients@N``: N closed-loop
 clients, 2N requests of ``--prompt-len`` prompt and ``--output-len`` output tokens (ignore_eos). For each point,
-each round runs the load once on each server (A first in even rounds, B first in odd ones), with fresh prompts
-(a new tag), after the machine went quiet. Per server it prints the medians over rounds of TTFT P50 / P99 /
+each round runs the load once on each server (A first in even rounds, B first in odd ones), with the same fresh
+prompts (a new tag per round), after the machine went quiet. Per server it prints the medians over rounds of TTFT P50 / P99 /
 mean, the token hit rate, the router's CPU per request (``/proc``) and output tokens/s (from the first arrival
 to the last finish), then B / A for each; ``--worst N`` prints each run's N slowest requests (arrival, TTFT,
 which shared opening, whether it is that opening's first request). The servers are the launcher's defaults on
@@ -101,7 +101,7 @@ def compare(servers: dict[str, tuple[str, int]], model: str, load: str, qps: flo
     names = list(servers)
     for k in range(rounds):
         for name in names if k % 2 == 0 else names[::-1]:
-            loads.tag = f"ab{seed}/{k}/{name}"
+            loads.tag = f"ab{seed}/{k}"  # the same prompts for both servers in a round, uncached on each
             rows[name].append(one_run(*servers[name], loads, load, qps, worst))
             print(f"round {k + 1}/{rounds} {name}: " + ", ".join(f"{c} {v:.3g}" for c, v in
                                                                    zip(COLUMNS, rows[name][-1])), flush=True)
