@@ -9,7 +9,8 @@
 #     --prism-only  measure prism only and reuse OUT/vllm.json from an earlier run
 #   env: OUT (default bench-out/vs-vllm), VLLM_SETUP (default /work/shared/peer/setup-vllm-cpu.sh), SEED (0),
 #        LOADS (default all: cold,clients,shared,rag,chat,agent; e.g. LOADS=clients for throughput alone),
-#        PEER_ARGS (more `prism-bench peer` options, e.g. "--clients 16 --client-prompt-len 1000 --client-output 512")
+#        PEER_ARGS (more `prism-bench peer` options, e.g. "--clients 16 --client-prompt-len 1000 --client-output 512"),
+#        VLLM_ARGS (more `vllm serve` flags, e.g. "--dtype float32" on a CPU without bf16 arithmetic)
 # Run from the repository root with the project's venv active (prism-launcher on PATH, bench importable).
 # Only one server is driven at a time (the idle one takes about 1% of a core or less); both are stopped (their whole
 # process groups) on exit, error or Ctrl-C.
@@ -45,6 +46,11 @@ echo "start $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)" |
 
 if [ "$PRISM_ONLY" = 0 ]; then
   V=$(port)
+  if [ -n "${VLLM_ARGS:-}" ]; then  # the setup script takes no flags: install with it, serve with a copy given them
+    bash "$SETUP" "$D"
+    sed "s|--enable-prefix-caching|--enable-prefix-caching $VLLM_ARGS|" "$SETUP" > "$OUT/setup-vllm-args.sh"
+    SETUP="$OUT/setup-vllm-args.sh"
+  fi
   bash "$SETUP" "$D" serve "$V"  # installs if needed; returns when /health answers
   PGIDS+=("$(cat "$D/vllm.pid")")  # started with setsid: its PID is its process group
 fi
