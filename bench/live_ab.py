@@ -10,9 +10,9 @@ A point is an open load at a rate (``shared@8``, ``rag@6``: requests/s), a sessi
 started per second, ``agent@4``: tasks per second; the answers sent back) or ``clients@N``: N closed-loop
 clients, 2N requests of ``--prompt-len`` prompt and ``--output-len`` output tokens (ignore_eos). For each point,
 each round runs the load once on each server (A first in even rounds, B first in odd ones), with the same fresh
-prompts (a new tag per round), after the machine went quiet. Per server it prints the medians over rounds of TTFT P50 / P99 /
-mean, the token hit rate, the router's CPU per request (``/proc``) and output tokens/s (from the first arrival
-to the last finish), then B / A for each; ``--worst N`` prints each run's N slowest requests (arrival, TTFT,
+prompts (a new tag per round), after the machine went quiet. Per server it prints the medians over rounds of TTFT
+P50 / P99 / mean, the token hit rate, the router's CPU per request (``/proc``) and output tokens/s (from the first
+arrival to the last finish), then B / A for each; ``--worst N`` prints each run's N slowest requests (arrival, TTFT,
 which shared opening, whether it is that opening's first request). The servers are the launcher's defaults on
 loopback, each with its own port and socket folder; both are stopped on exit.
 """

@@ -22,6 +22,7 @@
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
 #include <immintrin.h>
 #define PRISM_AVX512_BF16 1
+#include "cpu_rows.h"
 #include "cpu_shapes.h"
 #include "cpu_simd.h"
 #endif
@@ -167,25 +168,6 @@ inline __m512 sum16(__m512 z0, __m512 z1, __m512 z2, __m512 z3) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, even), _mm512_shuffle_f32x4(a, b, odd));
 }
 
-// off[t] = element offset of the row of position p0 + t, p0 <= p < p1 (a range of one request's context), plus
-// shift.
-inline int64_t range_offsets(const int32_t* table, int64_t p0, int64_t p1, int64_t bs, int64_t row,
-                             int64_t shift, int64_t* off) {
-  int64_t b = p0 / bs, t = p0 % bs;  // one division, not one per position
-  for (int64_t p = p0; p < p1; ++p) {
-    off[p - p0] = (int64_t(table[b]) * bs + t) * row + shift;
-    if (++t == bs) t = 0, ++b;
-  }
-  return p1 - p0;
-}
-
-// off[p] = element offset of position p's row in the cache, p < len (>= 1); then, up to a whole chunk, the
-// last row again (its scores are masked).
-inline void row_offsets(const int32_t* table, int64_t len, int64_t bs, int64_t row, int64_t* off) {
-  int64_t p = range_offsets(table, 0, len, bs, row, 0, off);
-  for (; p % KC != 0; ++p) off[p] = off[len - 1];
-}
-
 // Cache lines of head-dim elements [d0, d0 + n) of rows off[0..count), into L1 (T0) or L2 (T1).
 template <int HINT = _MM_HINT_T0>
 inline void prefetch_rows(const c10::BFloat16* base, const int64_t* off, int64_t count, int d0, int n) {
@@ -321,7 +303,7 @@ void task_bf16(const c10::BFloat16* q, const c10::BFloat16* k, const c10::BFloat
   }
   const int64_t L = (len + KC - 1) / KC * KC;
   float mx[G], inv[G];
-  row_offsets(table, len, bs, row, off);
+  prism_rows::row_offsets(table, len, bs, row, KC, off);
   scores_bf16<G, D>(q, k, v, off, len, scale, s, L, mx, next, next_rows, row * 2);
   softmax_bf16<G>(s, L, mx, inv);
   values_bf16<G, D>(s, L, v, off, len, inv, out);
@@ -345,8 +327,8 @@ void decode_bf16(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc
       const int64_t i = idx / hk, kh = idx % hk, first = (i * h + kh * G) * D;
       // this task's share (kh of hk) of the next request's rows; none past this thread's tasks
       const int64_t n = i + 1, nlen = n * hk < end ? lp[n] : 0;
-      const int64_t rows = range_offsets(tp + n * mb, nlen * kh / hk, nlen * (kh + 1) / hk, bs, hk * D,
-                                         -kh * D, next.data());
+      const int64_t rows = prism_rows::range_offsets(tp + n * mb, nlen * kh / hk, nlen * (kh + 1) / hk, bs,
+                                                     hk * D, -kh * D, next.data());
       task_bf16<G, D>(qp + first, kp + kh * D, vp + kh * D, tp + i * mb, lp[i], bs, hk * D,
                       static_cast<float>(scale), s.data(), off.data(), next.data(), rows, op + first);
     }

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <limits>
 #include <vector>
+#include "cpu_rows.h"
 
 namespace prism_avx2 {
 
@@ -193,17 +194,10 @@ void decode(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, con
         continue;
       }
       for (int64_t x = 0; x < G * D; ++x) qf[x] = static_cast<float>(qp[first + x]) * static_cast<float>(scale);
-      const int32_t* table = tp + i * mb;
-      int64_t blk = 0, t = 0;  // one division for the whole context, not one per position
-      for (int64_t p = 0; p < len; ++p) {
-        off[p] = (int64_t(table[blk]) * bs + t) * row + kh * D;
-        if (++t == bs) t = 0, ++blk;
-      }
-      const int64_t n = (len + KC - 1) / KC * KC;
-      for (int64_t p = len; p < n; ++p) off[p] = off[len - 1];
-      scores<T, G, D>(qf.data(), kp, off.data(), len, s.data(), L, mx);
-      softmax<G>(s.data(), L, n, mx, inv);
-      values<T, G, D>(s.data(), L, vp, off.data(), len, inv, op + first);
+      prism_rows::row_offsets(tp + i * mb, len, bs, row, KC, off.data());
+      scores<T, G, D>(qf.data(), kp + kh * D, off.data(), len, s.data(), L, mx);
+      softmax<G>(s.data(), L, (len + KC - 1) / KC * KC, mx, inv);
+      values<T, G, D>(s.data(), L, vp + kh * D, off.data(), len, inv, op + first);
     }
   });
 }

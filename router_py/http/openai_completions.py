@@ -144,11 +144,6 @@ def _check_unserved(req: CompletionRequest) -> None:
         raise validation_error("`echo` with `logprobs` is not supported: the prompt's logprobs are not served")
 
 
-def shown_text(token: Token) -> str:
-    """A token's part of the choice's text (special tokens none)."""
-    return "" if token.special else token.text
-
-
 def completion_logprobs(
     tokens: list[Token], tops: list[list[Token]], offset: int = 0, as_ids: bool = False
 ) -> dict[str, Any]:
@@ -156,7 +151,7 @@ def completion_logprobs(
     logprobs, ``{text: logprob}`` of their alternatives, and where each starts in the choice's text
     (``offset``: where the first one does). ``as_ids``: tokens and alternatives named ``token_id:N``
     (:func:`~router_py.http.openai_chat.token_label`); the offsets stay those of the text."""
-    texts = [shown_text(t) for t in tokens]
+    texts = ["" if t.special else t.text for t in tokens]
     starts = [offset + sum(len(x) for x in texts[:i]) for i in range(len(texts))]
     padded = tops if tops else [[] for _ in tokens]
     return {

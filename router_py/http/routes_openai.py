@@ -33,13 +33,12 @@ from router_py.http.openai_completions import (
     completion_logprobs,
     completion_parameters,
     parse_completion_request,
-    shown_text,
     usage_chunk,
 )
 from router_py.http.openai_chat import openai_finish_reason
 from router_py.http.openai_choices import choice_count, choice_requests
 from router_py.http.openai_prompt import Prompt
-from router_py.http.openai_stop import cut_at_stops, include_stop
+from router_py.http.openai_stop import cut_at_stops, include_stop, token_text
 from router_py.http.openai_usage import RunningUsage, usage
 from router_py.http.routes_common import (
     AppState, now, read_json, request_namespace, request_session, state_of,
@@ -326,7 +325,7 @@ async def _one_completion_stream(
         logprobs = None
         if req.logprobs is not None:
             logprobs = completion_logprobs([event.token], [list(event.top_tokens)], offset, req.tokens_as_ids)
-            offset += len(shown_text(event.token))
+            offset += len(token_text(event))
         now_usage = running.step(event) if running is not None else None
         ended = isinstance(event, EndEvent)
         if not ended and logprobs is None and now_usage is None:
