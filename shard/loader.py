@@ -178,7 +178,7 @@ def load_model(
     fuse_projections(model)
     if pack_cpu_linears(model):
         warm_packed_linears(model)
-        cpu_direct.attach(model)
+    cpu_direct.attach(model)
     positions = cfg.get("max_position_embeddings")
     if positions and model.config.max_positions < positions:
         log.warning(

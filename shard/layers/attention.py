@@ -1,5 +1,5 @@
 """Paged self-attention: projections, optional per-head q/k RMSNorm (Qwen3), RoPE, then ONLY the
-``flash_kernels`` backend's ``store_kv`` / ``prefill`` / ``decode`` (for bf16 on a CPU the KV store is fused
+``flash_kernels`` backend's ``store_kv`` / ``prefill`` / ``decode`` (on a CPU the KV store is fused
 into the RoPE pass: :func:`flash_kernels.backends.cpu_pointwise.rope_store_kv`, the same pool writes)."""
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class PagedAttention(nn.Module):
         if self.qkv_proj is not None and s.qk_norm_eps is None:
             qkv = self.qkv_proj(hidden).view(n, h + 2 * hk, d)
             if cpu_pointwise.store_usable(qkv, key_cache, value_cache):
-                # bf16 on a CPU: RoPE and the store in one pass; the pool's layout is every backend's
+                # on a CPU: RoPE and the store in one pass; the pool's layout is every backend's
                 # (flash_kernels.api), so writing it here is what the backend's store_kv writes
                 cos, sin = self.rotary.tables()
                 return cpu_pointwise.rope_store_kv(

@@ -1,20 +1,22 @@
-"""A bf16 decoder layer on a CPU as direct kernel calls: the modules' own path, minus its per-call Python.
+"""A decoder layer on a CPU as direct kernel calls: the modules' own path, minus its per-call Python.
 
 The modules decide their kernels on every call (dtype, device and switch checks, row-count branches, nested
 module calls); on a small model that costs a large share of a decode step beside its kernels
 (docs/performance.md). :func:`attach` decides once, after loading, whether every layer takes the kernels the
-modules would pick (fused q/k/v and gate/up on AMX tiles, the fused RoPE + KV store, the one-pass norms, the
-``sdpa`` backend); :func:`step_attention` decides once per step whether this step does (rows, switches) and
-how it attends. Then :class:`DirectLayer` makes the same calls in the same order on the same tensors, so
+modules would pick (fused q/k/v and gate/up, on AMX tiles for bf16 or torch's linear for fp32, the fused RoPE +
+KV store, the one-pass norms, the ``sdpa`` backend); :func:`step_attention` decides once per step whether this
+step does (rows, switches) and how it attends. Then :class:`DirectLayer` makes the same calls in the same order on the same tensors, so
 results are bit-identical to the modules' path (shard/tests/test_cpu_direct.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from flash_kernels.backends import cpu_decode, cpu_linear, cpu_pointwise, cpu_prefill
 from shard.layers.packed_linear import TILED_MAX_ROWS, TiledLinear
@@ -44,7 +46,10 @@ class DirectLayer:
         a = layer.self_attn
         self.eps = layer.input_layernorm.eps
         self.norms = _norms(layer)
-        self.qkv, self.o, self.gate_up, self.down = map(_Tiles.of, _projections(layer))
+        projections = _projections(layer)
+        self.qkv, self.o, self.gate_up, self.down = map(_linear_of, projections)
+        # the tile kernels take up to TILED_MAX_ROWS rows; beyond, the modules pad or fall back
+        self.max_rows = TILED_MAX_ROWS if type(projections[0]) is TiledLinear else None
         self.cos, self.sin = a.rotary.tables()
         self.heads, self.kv_heads, self.head_dim, self.scale = a.heads, a.kv_heads, a.shape.head_dim, a.scale
 
@@ -56,41 +61,33 @@ class DirectLayer:
         kv: tuple[torch.Tensor, torch.Tensor],
         attend: Attend,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As ``DecoderLayer.forward``: x, residual (n, hidden) bf16 (residual None for the first layer, x
-        then the embeddings) -> (MLP output, residual); ``residual`` is updated in place."""
+        """As ``DecoderLayer.forward``: x, residual (n, hidden) bf16 or fp32 (residual None for the first layer,
+        x then the embeddings) -> (MLP output, residual); ``residual`` is updated in place."""
         n = x.shape[0]
         if residual is None:
             h, residual = cpu_pointwise.rms_norm(x, self.norms[0], self.eps), x
         else:
             h = cpu_pointwise.add_rms_norm(x, residual, self.norms[0], self.eps)
-        qkv = _linear(h, self.qkv).view(n, self.heads + 2 * self.kv_heads, self.head_dim)
+        qkv = self.qkv(h).view(n, self.heads + 2 * self.kv_heads, self.head_dim)
         q = cpu_pointwise.rope_store_kv(qkv, meta.positions, self.cos, self.sin, kv[0], kv[1], meta.slots)
         out = attend(q, kv[0], kv[1], meta, self.scale)
-        h = cpu_pointwise.add_rms_norm(_linear(out.reshape(n, -1), self.o), residual, self.norms[1], self.eps)
-        return _linear(cpu_pointwise.gated_silu(_linear(h, self.gate_up)), self.down), residual
+        h = cpu_pointwise.add_rms_norm(self.o(out.reshape(n, -1)), residual, self.norms[1], self.eps)
+        return self.down(cpu_pointwise.gated_silu(self.gate_up(h))), residual
 
 
-class _Tiles(NamedTuple):
-    """A :class:`TiledLinear`'s packed weight, output width and bias, read from the module once."""
-
-    tiles: torch.Tensor
-    out_features: int
-    bias: torch.Tensor | None
-
-    @classmethod
-    def of(cls, m: TiledLinear) -> _Tiles:
-        return cls(m.tiles, m.out_features, m.bias)
-
-
-def _linear(x: torch.Tensor, m: _Tiles) -> torch.Tensor:
-    return cpu_linear.linear(x, m.tiles, m.out_features, m.bias)
+def _linear_of(m: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x (n, in) -> (n, out), the kernel ``m.forward`` calls, with the module's tensors read once: a
+    :class:`TiledLinear`'s tiles, or a plain ``nn.Linear``'s weight for torch's linear."""
+    if type(m) is TiledLinear:
+        return partial(cpu_linear.linear, packed=m.tiles, out_features=m.out_features, bias=m.bias)
+    return partial(F.linear, weight=m.weight, bias=m.bias)
 
 
 def attach(model: nn.Module) -> int:
     """Give ``model`` (a ``shard.models.llama.LlamaForCausalLM``) its :class:`DirectLayer` list
-    (``model.direct_layers``) when every layer runs the kernels it mirrors: bf16 on a CPU, one process (no
-    tensor parallelism), no q/k norm, q/k/v and gate/up fused, every projection on AMX tiles, the ``sdpa``
-    attention backend (whose CPU kernels it calls), the fused pointwise ops. Returns how many layers got one
+    (``model.direct_layers``) when every layer runs the kernels it mirrors: on a CPU, one process (no tensor
+    parallelism), no q/k norm, q/k/v and gate/up fused, every projection on AMX tiles (bf16) or a plain fp32
+    ``nn.Linear``, the ``sdpa`` attention backend (whose CPU kernels it calls), the fused pointwise ops. Returns how many layers got one
     (0: none, ``direct_layers`` stays None)."""
     layers = list(model.model.layers)
     if not layers or model.tp.enabled or not all(_mirrorable(layer) for layer in layers):
@@ -110,26 +107,29 @@ def _norms(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _mirrorable(layer: nn.Module) -> bool:
-    a = layer.self_attn
-    return (a.shape.qk_norm_eps is None and getattr(a.backend, "name", None) == "sdpa"
-            and all(type(p) is TiledLinear for p in _projections(layer))
+    a, projections = layer.self_attn, _projections(layer)
+    tiled = all(type(p) is TiledLinear for p in projections)
+    plain_fp32 = all(type(p) is nn.Linear and p.weight.dtype == torch.float32 for p in projections)
+    return (a.shape.qk_norm_eps is None and getattr(a.backend, "name", None) == "sdpa" and (tiled or plain_fp32)
             and all(cpu_pointwise.usable(w) for w in _norms(layer) + (a.qkv_proj.weight,)))
 
 
 def step_attention(model: nn.Module, x: torch.Tensor, meta: AttentionMetadata) -> Attend | None:
     """The attention of this step when the direct path takes it (None: the modules' path): x (n, hidden) the
-    embeddings. It does when the rows are within the tile linears' range and the switches are on (this
-    module's, the pointwise ops', the compiled kernels'). Decode steps call the decode kernel; prompt steps
-    whose every piece has several rows call the compiled prefill kernel where it has a form for the model's
-    head shape; other prompt steps (one-token pieces among longer ones, which the backend runs apart) call
-    the backend's ``prefill``, as the modules do."""
-    if (model.direct_layers is None or not _switch["on"] or x.shape[0] > TILED_MAX_ROWS
-            or not cpu_pointwise.usable(x) or not cpu_decode.load()):
+    embeddings. It does when the rows are within the tile linears' range (if tiled) and the switches are on
+    (this module's, the pointwise ops', the compiled kernels'). Decode steps call the decode kernel; bf16
+    prompt steps whose every piece has several rows call the compiled prefill kernel where it has a form for
+    the model's head shape; other prompt steps (fp32, or one-token pieces among longer ones, which the backend
+    runs apart) call the backend's ``prefill``, as the modules do."""
+    layers = model.direct_layers
+    if (layers is None or not _switch["on"] or not cpu_pointwise.usable(x) or not cpu_decode.load()
+            or (layers[0].max_rows is not None and x.shape[0] > layers[0].max_rows)):
         return None
     if meta.is_decode:
         return _decode
     c = model.config
-    if meta.min_seqlen_q > 1 and cpu_prefill.form(c.heads // c.kv_heads, c.head_dim) is not None:
+    if (x.dtype == torch.bfloat16 and meta.min_seqlen_q > 1
+            and cpu_prefill.form(c.heads // c.kv_heads, c.head_dim) is not None):
         return _prefill
     backend = model.model.layers[0].self_attn.backend
     return lambda q, kc, vc, m, scale: backend.prefill(

@@ -46,11 +46,11 @@ class GatedMLP(nn.Module):
         """silu(gate(x)) * up(x): x (n, hidden) -> (n, intermediate / world)."""
         if self.gate_up_proj is not None:
             gate_up = self.gate_up_proj(x)
-            if cpu_pointwise.usable(gate_up):  # bf16 on a CPU: one pass over the fused output, no views
+            if cpu_pointwise.usable(gate_up):  # on a CPU: one pass over the fused output, no views
                 return cpu_pointwise.gated_silu(gate_up)
             gate, up = gate_up.chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        if cpu_pointwise.usable(gate):  # bf16 on a CPU: silu(gate) * up in one pass
+        if cpu_pointwise.usable(gate):  # on a CPU: silu(gate) * up in one pass
             return cpu_pointwise.silu_mul(gate, up)
         return F.silu(gate) * up

@@ -25,7 +25,7 @@ class RMSNorm(nn.Module):
 
     def add_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A decoder layer's residual add and this norm: x, residual (n, dim) -> (norm(residual + x),
-        residual + x). bf16 on a CPU: one pass that writes the sum INTO ``residual`` (so it must be the caller's
+        residual + x). bf16 / fp32 on a CPU: one pass that writes the sum INTO ``residual`` (so it must be the caller's
         own running sum, read by nothing else) and returns it; otherwise the add makes a new tensor."""
         if (self._one_pass(x) and residual.dtype == x.dtype and x.is_contiguous()
                 and residual.is_contiguous()):
@@ -34,5 +34,5 @@ class RMSNorm(nn.Module):
         return self(total), total
 
     def _one_pass(self, x: torch.Tensor) -> bool:
-        """bf16 rows (n, dim) on a CPU with bf16 weights: the fused kernels take them."""
+        """bf16 / fp32 rows (n, dim) on a CPU with weights of their dtype: the fused kernels take them."""
         return x.dim() == 2 and self.weight.dtype == x.dtype and cpu_pointwise.usable(x)

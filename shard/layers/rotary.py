@@ -110,8 +110,8 @@ class Rotary(nn.Module):
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
     def rotate(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """RoPE of x (n, heads, d) at ``positions`` (n,), e.g. q and k heads side by side in one call (bf16 on
-        a CPU: one fused pass, :mod:`flash_kernels.backends.cpu_pointwise`, the same values per element whichever
+        """RoPE of x (n, heads, d) at ``positions`` (n,), e.g. q and k heads side by side in one call (on a
+        CPU: one fused pass, :mod:`flash_kernels.backends.cpu_pointwise`, the same values per element whichever
         heads are passed together)."""
         if cpu_pointwise.usable(x):
             return cpu_pointwise.rope(x, positions, *self.tables())

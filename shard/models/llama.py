@@ -203,7 +203,7 @@ class LlamaForCausalLM(nn.Module):
         # NOTE: the embeddings become the residual stream, which the layers update in place (a new tensor here)
         x, residual = self.model.embed_tokens(input_ids), None
         attend = cpu_direct.step_attention(self, x, meta)
-        if attend is not None:  # bf16 on a CPU: the same kernels without the modules' per-call checks
+        if attend is not None:  # on a CPU: the same kernels without the modules' per-call checks
             for direct, kv in zip(self.direct_layers, kv_caches):
                 x, residual = direct(x, residual, meta, kv, attend)
         else:

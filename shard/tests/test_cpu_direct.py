@@ -1,6 +1,7 @@
-"""The direct bf16 CPU layer path (shard/layers/cpu_direct.py): hidden states and KV pool bit-identical to the
-modules' path for cold and cached prompt pieces, decode steps and mixed steps, with the compiled kernels and
-through the backend; the attention each step takes; attached only to models whose every layer it mirrors."""
+"""The direct CPU layer path (shard/layers/cpu_direct.py), bf16 on AMX tiles and fp32 on torch's linear: hidden
+states and KV pool bit-identical to the modules' path for cold and cached prompt pieces, decode steps and mixed
+steps, with the compiled kernels and through the backend; the attention each step takes; attached only to models
+whose every layer it mirrors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from flash_kernels.api import get_backend
-from flash_kernels.backends import cpu_linear
+from flash_kernels.backends import cpu_decode, cpu_linear
 from shard.layers import cpu_direct
 from shard.layers.attention import AttentionMetadata
 from shard.layers.fusion import fuse_projections
@@ -16,6 +17,10 @@ from shard.layers.packed_linear import TILED_MAX_ROWS, pack_cpu_linears
 from shard.models.llama import DecoderConfig, LlamaForCausalLM
 
 needs_tiles = pytest.mark.skipif(not cpu_linear.usable(), reason="needs a CPU with AMX tiles")
+needs_kernels = pytest.mark.skipif(not cpu_decode.load(), reason="no c++ / ninja: the modules' torch ops run")
+# bf16 runs on AMX tiles only; fp32 wherever the kernels build
+DTYPES = pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, marks=needs_tiles),
+                                           pytest.param(torch.float32, marks=needs_kernels)])
 BLOCK, BLOCKS = 16, 128
 
 
@@ -70,13 +75,13 @@ def _run_both(model: LlamaForCausalLM, ids: torch.Tensor, meta: AttentionMetadat
     kv[:] = pools[1]
 
 
-@needs_tiles
+@DTYPES
 @pytest.mark.parametrize("head_dim", [64, 16])  # 16: no compiled prefill form (torch's flash kernel)
-def test_direct_layers_equal_the_modules_bit_for_bit(head_dim: int) -> None:
-    model = _model(head_dim=head_dim)
+def test_direct_layers_equal_the_modules_bit_for_bit(head_dim: int, dtype: torch.dtype) -> None:
+    model = _model(dtype, head_dim=head_dim)
     assert cpu_direct.attach(model) == 2
-    kv = [(torch.zeros(BLOCKS, BLOCK, 2, head_dim, dtype=torch.bfloat16),
-           torch.zeros(BLOCKS, BLOCK, 2, head_dim, dtype=torch.bfloat16)) for _ in range(2)]
+    kv = [(torch.zeros(BLOCKS, BLOCK, 2, head_dim, dtype=dtype),
+           torch.zeros(BLOCKS, BLOCK, 2, head_dim, dtype=dtype)) for _ in range(2)]
     a, b, c, long = (list(range(first, first + 20)) for first in (1, 21, 41, 61))  # block tables
     long += list(range(81, 101))
     steps = [
@@ -120,9 +125,22 @@ def test_the_kernel_each_step_attends_with_and_the_steps_left_to_the_modules() -
         cpu_direct.set_enabled(True)
 
 
+@needs_kernels
+def test_fp32_steps_attend_with_the_decode_kernel_or_the_backend_at_any_row_count() -> None:
+    model = _model(torch.float32)
+    cpu_direct.attach(model)
+    assert cpu_direct.step_attention(model, torch.zeros(1, 256), _meta([(5, 1)], [[1]])[1]) is cpu_direct._decode
+    rows = torch.zeros(TILED_MAX_ROWS + 1, 256)
+    _, large = _meta([(0, TILED_MAX_ROWS + 1)], [list(range(1, 50))])
+    attend = cpu_direct.step_attention(model, rows, large)  # the compiled prefill kernels are bf16 only
+    assert attend not in (None, cpu_direct._prefill, cpu_direct._decode)
+
+
 def test_attached_only_where_every_layer_is_mirrored() -> None:
-    fp32 = _model(torch.float32)
-    assert cpu_direct.attach(fp32) == 0 and fp32.direct_layers is None
-    assert cpu_direct.step_attention(fp32, torch.zeros(1, 256), _meta([(0, 1)], [[1]])[1]) is None
-    qk_norm = _model(qk_norm=True)  # Qwen3's per-head norms: not mirrored
+    half = _model(torch.float16)  # no fused pointwise ops for fp16
+    assert cpu_direct.attach(half) == 0 and half.direct_layers is None
+    assert cpu_direct.step_attention(half, torch.zeros(1, 256).half(), _meta([(0, 1)], [[1]])[1]) is None
+    qk_norm = _model(torch.float32, qk_norm=True)  # Qwen3's per-head norms: not mirrored
     assert cpu_direct.attach(qk_norm) == 0 and qk_norm.direct_layers is None
+    bf16 = _model()  # bf16 projections only on AMX tiles (oneDNN's packed ones are not mirrored)
+    assert cpu_direct.attach(bf16) == (2 if cpu_linear.usable() else 0)
