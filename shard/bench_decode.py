@@ -7,7 +7,8 @@ Variants (switched on one loaded runner, nothing rebuilt):
     before        SDPA decode over a gathered copy of K/V; separate q/k/v and gate/up matmuls; F.linear
     +kernel       the compiled decode kernel (flash_kernels/backends/cpu_decode.cpp)
     +fused        and the fused q/k/v and gate/up projections (shard/layers/fusion.py)
-    +packed       and the prepacked bf16 weights (shard/layers/packed_linear.py, AMX tiles or oneDNN)
+    +packed       and the prepacked weights (bf16: shard/layers/packed_linear.py, AMX tiles or oneDNN; fp32:
+                  shard/layers/panel_linear.py, AVX2 panels)
     +direct       and the layers' kernels called directly (shard/layers/cpu_direct.py, where it applies): the
                   default
 Loads: 32 requests with 100-token prompts (the 32-client throughput load) and 12 with 1,040-token prompts (the
@@ -33,6 +34,7 @@ from shard.config import ShardConfig
 from shard.factory import build_runner
 from shard.layers import cpu_direct
 from shard.layers.packed_linear import PackedLinear, TiledLinear
+from shard.layers.panel_linear import PanelLinear
 from shard.model_runner import ModelRunner
 
 LOADS = {"32 x 100-token prompts": (32, 100), "12 x 1,040-token prompts": (12, 1040)}
@@ -40,7 +42,7 @@ LOADS = {"32 x 100-token prompts": (32, 100), "12 x 1,040-token prompts": (12, 1
 
 def switches(runner: ModelRunner) -> dict[str, Callable[[], None]]:
     """name -> a function that puts the runner in that variant."""
-    packed = [(m, type(m)) for m in runner.model.modules() if isinstance(m, (PackedLinear, TiledLinear))]
+    packed = [(m, type(m)) for m in runner.model.modules() if isinstance(m, (PackedLinear, TiledLinear, PanelLinear))]
     fused = [(m, name, getattr(m, name)) for m in runner.model.modules()
              for name in ("qkv_proj", "gate_up_proj") if getattr(m, name, None) is not None]
 

@@ -16,6 +16,7 @@ from flash_kernels.api import AttentionBackend
 from shard.layers import cpu_direct
 from shard.layers.fusion import fuse_projections
 from shard.layers.packed_linear import pack_cpu_linears, warm_packed_linears
+from shard.layers.panel_linear import pack_panel_linears
 from shard.layers.rotary import Rotary, rope_type
 from shard.models import model_class
 from shard.models.llama import DecoderConfig, LlamaForCausalLM
@@ -178,6 +179,7 @@ def load_model(
     fuse_projections(model)
     if pack_cpu_linears(model):
         warm_packed_linears(model)
+    pack_panel_linears(model)
     cpu_direct.attach(model)
     positions = cfg.get("max_position_embeddings")
     if positions and model.config.max_positions < positions:

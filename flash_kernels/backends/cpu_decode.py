@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-_PARTS = ("prefill", "prefill_amx", "pointwise", "threads", "linear")
+_PARTS = ("prefill", "prefill_amx", "pointwise", "threads", "linear", "panels")
 SOURCES = [Path(__file__).with_suffix(".cpp")] + [Path(__file__).with_name(f"cpu_{part}.cpp") for part in _PARTS]
 # included by SOURCES: part of the build's name
 HEADERS = [Path(__file__).with_name(f"cpu_{part}.h")

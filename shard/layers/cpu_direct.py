@@ -3,11 +3,11 @@
 The modules decide their kernels on every call (dtype, device and switch checks, row-count branches, nested
 module calls); on a small model that costs a large share of a decode step beside its kernels
 (docs/performance.md). :func:`attach` decides once, after loading, whether every layer takes the kernels the
-modules would pick (fused q/k/v and gate/up, on AMX tiles for bf16 or torch's linear for fp32, the fused RoPE +
-KV store, the one-pass norms, the ``sdpa`` backend); :func:`step_attention` decides once per step whether this
-step does (rows, switches) and how it attends. Then :class:`DirectLayer` makes the same calls in the same order on the same tensors, so
-results are bit-identical to the modules' path (shard/tests/test_cpu_direct.py)."""
-
+modules would pick (fused q/k/v and gate/up, on AMX tiles for bf16, fp32 panels or torch's linear for fp32, the
+fused RoPE + KV store, the one-pass norms, the ``sdpa`` backend); :func:`step_attention` decides once per step
+whether this step does (rows, switches) and how it attends. Then :class:`DirectLayer` makes the same calls in
+the same order on the same tensors, so results are bit-identical to the modules' path
+(shard/tests/test_cpu_direct.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from flash_kernels.backends import cpu_decode, cpu_linear, cpu_pointwise, cpu_prefill
+from flash_kernels.backends import cpu_decode, cpu_linear, cpu_panels, cpu_pointwise, cpu_prefill
 from shard.layers.packed_linear import TILED_MAX_ROWS, TiledLinear
+from shard.layers.panel_linear import PANEL_MAX_ROWS, PanelLinear
 
 if TYPE_CHECKING:
     from shard.layers.attention import AttentionMetadata
@@ -48,8 +49,8 @@ class DirectLayer:
         self.norms = _norms(layer)
         projections = _projections(layer)
         self.qkv, self.o, self.gate_up, self.down = map(_linear_of, projections)
-        # the tile kernels take up to TILED_MAX_ROWS rows; beyond, the modules pad or fall back
-        self.max_rows = TILED_MAX_ROWS if type(projections[0]) is TiledLinear else None
+        # the packed kernels take up to their row limit; beyond, the modules pad or fall back to F.linear
+        self.max_rows = _MAX_ROWS.get(type(projections[0]))
         self.cos, self.sin = a.rotary.tables()
         self.heads, self.kv_heads, self.head_dim, self.scale = a.heads, a.kv_heads, a.shape.head_dim, a.scale
 
@@ -75,20 +76,26 @@ class DirectLayer:
         return self.down(cpu_pointwise.gated_silu(self.gate_up(h))), residual
 
 
+_MAX_ROWS = {TiledLinear: TILED_MAX_ROWS, PanelLinear: PANEL_MAX_ROWS}
+
+
 def _linear_of(m: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """x (n, in) -> (n, out), the kernel ``m.forward`` calls, with the module's tensors read once: a
-    :class:`TiledLinear`'s tiles, or a plain ``nn.Linear``'s weight for torch's linear."""
+    """x (n, in) -> (n, out), the kernel ``m.forward`` calls (within :attr:`DirectLayer.max_rows`), with the
+    module's tensors read once: a :class:`TiledLinear`'s tiles, a :class:`PanelLinear`'s panels, or a plain
+    ``nn.Linear``'s weight for torch's linear."""
     if type(m) is TiledLinear:
         return partial(cpu_linear.linear, packed=m.tiles, out_features=m.out_features, bias=m.bias)
+    if type(m) is PanelLinear:
+        return partial(cpu_panels.linear, panels=m.panels, out_features=m.out_features, bias=m.panel_bias)
     return partial(F.linear, weight=m.weight, bias=m.bias)
 
 
 def attach(model: nn.Module) -> int:
     """Give ``model`` (a ``shard.models.llama.LlamaForCausalLM``) its :class:`DirectLayer` list
     (``model.direct_layers``) when every layer runs the kernels it mirrors: on a CPU, one process (no tensor
-    parallelism), no q/k norm, q/k/v and gate/up fused, every projection on AMX tiles (bf16) or a plain fp32
-    ``nn.Linear``, the ``sdpa`` attention backend (whose CPU kernels it calls), the fused pointwise ops. Returns how many layers got one
-    (0: none, ``direct_layers`` stays None)."""
+    parallelism), no q/k norm, q/k/v and gate/up fused, every projection on AMX tiles (bf16), in fp32 panels or
+    a plain fp32 ``nn.Linear``, the ``sdpa`` attention backend (whose CPU kernels it calls), the fused pointwise
+    ops. Returns how many layers got one (0: none, ``direct_layers`` stays None)."""
     layers = list(model.model.layers)
     if not layers or model.tp.enabled or not all(_mirrorable(layer) for layer in layers):
         return 0
@@ -108,15 +115,16 @@ def _norms(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _mirrorable(layer: nn.Module) -> bool:
     a, projections = layer.self_attn, _projections(layer)
-    tiled = all(type(p) is TiledLinear for p in projections)
-    plain_fp32 = all(type(p) is nn.Linear and p.weight.dtype == torch.float32 for p in projections)
-    return (a.shape.qk_norm_eps is None and getattr(a.backend, "name", None) == "sdpa" and (tiled or plain_fp32)
+    kinds = {type(p) for p in projections}
+    fp32 = all(p.weight.dtype == torch.float32 for p in projections)
+    one_kind = kinds == {TiledLinear} or (fp32 and kinds in ({PanelLinear}, {nn.Linear}))
+    return (a.shape.qk_norm_eps is None and getattr(a.backend, "name", None) == "sdpa" and one_kind
             and all(cpu_pointwise.usable(w) for w in _norms(layer) + (a.qkv_proj.weight,)))
 
 
 def step_attention(model: nn.Module, x: torch.Tensor, meta: AttentionMetadata) -> Attend | None:
     """The attention of this step when the direct path takes it (None: the modules' path): x (n, hidden) the
-    embeddings. It does when the rows are within the tile linears' range (if tiled) and the switches are on
+    embeddings. It does when the rows are within the packed linears' range (if packed) and the switches are on
     (this module's, the pointwise ops', the compiled kernels'). Decode steps call the decode kernel; bf16
     prompt steps whose every piece has several rows call the compiled prefill kernel where it has a form for
     the model's head shape; other prompt steps (fp32, or one-token pieces among longer ones, which the backend

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from flash_kernels.api import get_backend
-from flash_kernels.backends import cpu_decode, cpu_linear
+from flash_kernels.backends import cpu_decode, cpu_linear, cpu_panels
 from shard.layers import cpu_direct
 from shard.layers.attention import AttentionMetadata
 from shard.layers.fusion import fuse_projections
 from shard.layers.packed_linear import TILED_MAX_ROWS, pack_cpu_linears
+from shard.layers.panel_linear import PANEL_MAX_ROWS, pack_panel_linears
 from shard.models.llama import DecoderConfig, LlamaForCausalLM
 
 needs_tiles = pytest.mark.skipif(not cpu_linear.usable(), reason="needs a CPU with AMX tiles")
@@ -39,6 +40,7 @@ def _model(dtype: torch.dtype = torch.bfloat16, qk_norm: bool = False, head_dim:
     model.requires_grad_(False)
     fuse_projections(model)
     pack_cpu_linears(model)
+    pack_panel_linears(model)
     return model
 
 
@@ -96,7 +98,9 @@ def test_direct_layers_equal_the_modules_bit_for_bit(head_dim: int, dtype: torch
     ]
     for pieces, tables in steps:
         ids, meta = _meta(pieces, tables)
-        assert cpu_direct.step_attention(model, model.model.embed_tokens(ids), meta) is not None
+        limit = model.direct_layers[0].max_rows  # fp32 panels: 530 rows take the modules' path (F.linear)
+        taken = cpu_direct.step_attention(model, model.model.embed_tokens(ids), meta) is not None
+        assert taken == (limit is None or len(ids) <= limit)
         _run_both(model, ids, meta, kv)
 
 
@@ -126,14 +130,23 @@ def test_the_kernel_each_step_attends_with_and_the_steps_left_to_the_modules() -
 
 
 @needs_kernels
-def test_fp32_steps_attend_with_the_decode_kernel_or_the_backend_at_any_row_count() -> None:
+@pytest.mark.parametrize("panels", [True, False])
+def test_fp32_steps_attend_with_the_decode_kernel_or_the_backend_within_the_panels_rows(
+    panels: bool, monkeypatch
+) -> None:
+    """fp32 prompt steps attend through the backend (the compiled prefill kernels are bf16 only); with panel
+    linears, steps above their rows take the modules' path (F.linear there); plain linears take any rows."""
+    if not panels:
+        monkeypatch.setenv(cpu_panels.ENV, "0")
     model = _model(torch.float32)
-    cpu_direct.attach(model)
+    assert cpu_direct.attach(model) == 2
     assert cpu_direct.step_attention(model, torch.zeros(1, 256), _meta([(5, 1)], [[1]])[1]) is cpu_direct._decode
-    rows = torch.zeros(TILED_MAX_ROWS + 1, 256)
-    _, large = _meta([(0, TILED_MAX_ROWS + 1)], [list(range(1, 50))])
-    attend = cpu_direct.step_attention(model, rows, large)  # the compiled prefill kernels are bf16 only
+    _, prompt = _meta([(0, PANEL_MAX_ROWS)], [list(range(1, 50))])
+    attend = cpu_direct.step_attention(model, torch.zeros(PANEL_MAX_ROWS, 256), prompt)
     assert attend not in (None, cpu_direct._prefill, cpu_direct._decode)
+    _, large = _meta([(0, PANEL_MAX_ROWS + 1)], [list(range(1, 50))])
+    attend = cpu_direct.step_attention(model, torch.zeros(PANEL_MAX_ROWS + 1, 256), large)
+    assert (attend is None) == (panels and cpu_panels.usable())
 
 
 def test_attached_only_where_every_layer_is_mirrored() -> None:
