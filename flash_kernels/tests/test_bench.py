@@ -74,18 +74,20 @@ def test_prefill_cpu_bench_times_every_shape_and_form(capsys: pytest.CaptureFixt
         assert name in row and "torch flash" in row and all(f"{f} " in row for f in forms), row
 
 
-def test_linear_cpu_bench_times_both_paths_per_row_count(capsys: pytest.CaptureFixture[str]) -> None:
-    from flash_kernels.backends import cpu_linear
+@pytest.mark.parametrize(("dtype", "ours", "library"), [("bf16", "tiles", "oneDNN"), ("fp32", "panels", "MKL")])
+def test_linear_cpu_bench_times_both_paths_per_row_count(
+    capsys: pytest.CaptureFixture[str], dtype: str, ours: str, library: str
+) -> None:
     from flash_kernels.bench import linear_cpu
 
     shapes = linear_cpu.layer_shapes(hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=96)
     assert shapes == [(128, 64), (64, 64), (192, 64), (64, 96)]
     args = ["--rows", "3", "40", "--threads", "1", "--layers", "2", "--rounds", "1", "--hidden", "64",
-            "--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--intermediate", "96"]
-    if not cpu_linear.usable():
+            "--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--intermediate", "96", "--dtype", dtype]
+    if not linear_cpu.USABLE[dtype]():
         assert linear_cpu.main(args) == 2
         return
     assert linear_cpu.main(args) == 0
     rows = capsys.readouterr().out.splitlines()
     assert [r.split(" rows:")[0].split()[-1] for r in rows] == ["3", "40"]
-    assert all("tiles" in r and "oneDNN" in r and "TFLOP/s" in r for r in rows), rows
+    assert all(ours in r and library in r and "TFLOP/s" in r for r in rows), rows

@@ -12,10 +12,10 @@ the weight is packed once at load, in one of two forms:
   torch's own compiler uses when it freezes CPU weights), each call ``_linear_pointwise`` on it: the same
   oneDNN kernel's result, checked equal to ``F.linear`` at pack time.
 
-fp32 is left alone (there ``F.linear`` runs a different library whose results differ in the last bits, and the
-exact oracles are fp32). Cost: the packed copy is held beside the original weight (kept for ``state_dict`` and
-tied embeddings), so the linears' memory doubles; packing is skipped (logged) when that copy would take more
-than a quarter of the host's available memory, and ``PRISM_PACK_LINEARS=0`` turns it off.
+fp32 linears are :mod:`shard.layers.panel_linear`'s (``F.linear`` runs MKL there, not oneDNN). Cost: the
+packed copy is held beside the original weight (kept for ``state_dict`` and tied embeddings), so the linears'
+memory doubles; packing is skipped (logged) when that copy would take more than a quarter of the host's
+available memory, and ``PRISM_PACK_LINEARS=0`` turns it off.
 """
 
 from __future__ import annotations
