@@ -8,6 +8,7 @@ fused RoPE + KV store, the one-pass norms, the ``sdpa`` backend); :func:`step_at
 whether this step does (rows, switches) and how it attends. Then :class:`DirectLayer` makes the same calls in
 the same order on the same tensors, so results are bit-identical to the modules' path
 (shard/tests/test_cpu_direct.py)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -108,20 +108,8 @@ def pack_cpu_linears(model: nn.Module, available_bytes: int | None = None) -> in
     """Turn every bf16 CPU ``nn.Linear`` of ``model`` into a :class:`PackedLinear`, in place; how many were
     packed (0 when off, when torch lacks the ops, when a packed result differs from ``F.linear``, or when the
     copies would exceed a quarter of ``available_bytes``, default the host's available memory)."""
-    if os.environ.get(ENV, "1") == "0":
-        return 0
-    linears = [
-        m for m in model.modules()
-        # NOTE: a fused part is not called any more (shard.layers.fusion)
-        if type(m) is nn.Linear and _eligible(m.weight) and not getattr(m, "fused", False)
-    ]
+    linears = packable(model, torch.bfloat16, available_bytes) if torch.backends.mkldnn.is_available() else []
     if not linears:
-        return 0
-    extra = sum(m.weight.numel() * m.weight.element_size() for m in linears)
-    available = _available_memory() if available_bytes is None else available_bytes
-    if extra > available // 4:
-        log.info("not prepacking bf16 linears: the copies (%d MiB) would take over a quarter of the %d MiB "
-                 "available", extra >> 20, available >> 20)
         return 0
     first = cpu_linear.pack(linears[0].weight) if cpu_linear.usable() else None
     if first is not None and _tiles_are_close(linears[0], first):
@@ -181,14 +169,32 @@ def _warm(model: nn.Module, counts: list[int], budget_macs: int, kinds: tuple[ty
     return len(counts)
 
 
-def _available_memory() -> int:
+def available_memory() -> int:
+    """The host's available memory in bytes (the budget a packed copy of the weights is held against)."""
     from shard.kv_cache import free_memory
 
     return free_memory(torch.device("cpu"))
 
 
-def _eligible(w: torch.Tensor) -> bool:
-    return w.device.type == "cpu" and w.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+def packable(model: nn.Module, dtype: torch.dtype, available_bytes: int | None) -> list[nn.Linear]:
+    """The CPU ``nn.Linear`` modules of ``model`` with ``dtype`` weights (fused parts left out), or none when
+    ``PRISM_PACK_LINEARS=0`` or when a packed copy of their weights would take over a quarter of
+    ``available_bytes`` (default the host's available memory; logged)."""
+    if os.environ.get(ENV, "1") == "0":
+        return []
+    linears = [
+        m for m in model.modules()
+        # NOTE: a fused part is not called any more (shard.layers.fusion)
+        if type(m) is nn.Linear and m.weight.device.type == "cpu" and m.weight.dtype == dtype
+        and not getattr(m, "fused", False)
+    ]
+    extra = sum(m.weight.numel() * m.weight.element_size() for m in linears)
+    available = available_memory() if available_bytes is None else available_bytes
+    if extra > available // 4:
+        log.info("not packing %s linears: the copies (%d MiB) would take over a quarter of the %d MiB available",
+                 dtype, extra >> 20, available >> 20)
+        return []
+    return linears
 
 
 @functools.cache

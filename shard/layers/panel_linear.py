@@ -16,14 +16,13 @@ within fp32 rounding of the product). Cost: the packed copy is held beside the o
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from flash_kernels.backends import cpu_panels
-from shard.layers.packed_linear import ENV, _available_memory
+from shard.layers.packed_linear import packable
 
 log = logging.getLogger(__name__)
 # NOTE: up to here the panels beat or match F.linear (MKL) on the peer model's shapes, on 1 and 2 threads
@@ -51,22 +50,7 @@ def pack_panel_linears(model: nn.Module, available_bytes: int | None = None) -> 
     packed (0 when off, when the kernel is not built here, when its result is not within fp32 rounding of the
     product, or when the copies would exceed a quarter of ``available_bytes``, default the host's available
     memory)."""
-    if os.environ.get(ENV, "1") == "0":
-        return 0
-    linears = [
-        m for m in model.modules()
-        # NOTE: a fused part is not called any more (shard.layers.fusion)
-        if type(m) is nn.Linear and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32
-        and not getattr(m, "fused", False)
-    ]
-    if not linears or not cpu_panels.usable():
-        return 0
-    extra = sum(m.weight.numel() * m.weight.element_size() for m in linears)
-    available = _available_memory() if available_bytes is None else available_bytes
-    if extra > available // 4:
-        log.info("not packing fp32 linears: the copies (%d MiB) would take over a quarter of the %d MiB "
-                 "available", extra >> 20, available >> 20)
-        return 0
+    linears = packable(model, torch.float32, available_bytes) if cpu_panels.usable() else []
     for m in linears:
         panels, bias = cpu_panels.pack(m.weight, m.bias)
         if m is linears[0] and not _panels_are_close(m, panels, bias):
@@ -74,7 +58,8 @@ def pack_panel_linears(model: nn.Module, available_bytes: int | None = None) -> 
         m.register_buffer("panels", panels, persistent=False)
         m.register_buffer("panel_bias", bias, persistent=False)
         m.__class__ = PanelLinear
-    log.info("%d fp32 linears packed into panels (%s=0 turns it off)", len(linears), cpu_panels.ENV)
+    if linears:
+        log.info("%d fp32 linears packed into panels (%s=0 turns it off)", len(linears), cpu_panels.ENV)
     return len(linears)
 
 

@@ -55,3 +55,9 @@ def test_not_packed_when_the_copies_would_crowd_memory() -> None:
     weight_bytes = sum(m.weight.numel() * 4 for m in _model())
     assert pack_panel_linears(_model(), available_bytes=4 * weight_bytes - 4) == 0
     assert pack_panel_linears(_model(), available_bytes=4 * weight_bytes) == 2
+
+
+def test_nothing_is_packed_where_the_kernel_is_off_the_product(monkeypatch) -> None:
+    monkeypatch.setattr(cpu_panels, "linear", lambda x, panels, n, bias: torch.zeros(x.shape[0], n))
+    model = _model()
+    assert pack_panel_linears(model) == 0 and all(type(m) is nn.Linear for m in model)
