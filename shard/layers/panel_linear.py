@@ -2,7 +2,7 @@
 AVX2 + FMA).
 
 ``F.linear`` on fp32 CPU tensors calls MKL's sgemm, which copies a block of the weight into its own order on
-every call: at a decode step's 32 rows a third of the call's time, and its second thread gains little there
+every call: at a decode step's 32 rows a fifth of the sgemm time, and its second thread gains less there
 (docs/performance.md). :class:`PanelLinear` runs up to ``PANEL_MAX_ROWS`` rows on a copy packed at load; more
 rows (prompts) run ``F.linear``, where the copy is a small share. Each output element is summed over the
 input features in order, whatever the row count, so a row's result does not depend on the rows beside it; the
