@@ -135,7 +135,7 @@ async def generate(
             tokens.append(event.token)
             tops.append(list(event.top_tokens))
             if stop is not None:
-                stop.push(token_text(event))
+                stop.push(token_text(event.token))
                 if stop.hit:  # NOTE: returning below closes the stream, which drops the request
                     event = stop.ended(event)
             if isinstance(event, EndEvent):

@@ -10,6 +10,7 @@ from router_py.router_config import VERSION, RouterConfig
 from router_py.http.errors import deserialize_error, validation_error
 from router_py.backend_api import EndEvent, Token, TokenEvent
 from router_py.http.openai_sampling import VLLM_SAMPLING_FIELDS, vllm_sampling
+from router_py.http.openai_stop import token_text
 from router_py.http.openai_usage import StreamUsage, parse_stream_options, usage
 from router_py.http.structured_outputs import with_guided
 from router_py.http.validation import GenerateParameters, check_value, unexpected
@@ -261,10 +262,6 @@ def _first_given(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
 
-def _content(event: TokenEvent) -> str:
-    return "" if event.token.special else event.token.text
-
-
 def openai_finish_reason(reason: str) -> str:
     """OpenAI's finish reasons are ``stop`` (EOS or a stop string), ``length`` and ``tool_calls``; TGI's
     ``stop_sequence`` is not one of them (vLLM says ``stop``)."""
@@ -369,7 +366,7 @@ def chat_chunk(
             {
                 "index": index,
                 # NOTE: TGI streams special tokens (EOS) as empty content
-                "delta": _with_tool_calls(delta or {"role": "assistant", "content": _content(event)}),
+                "delta": _with_tool_calls(delta or {"role": "assistant", "content": token_text(event.token)}),
                 "logprobs": chat_logprobs([event.token], [list(event.top_tokens)], as_ids) if logprobs else None,
                 "finish_reason": finish_reason or finish,
             }

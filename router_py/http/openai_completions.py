@@ -14,6 +14,7 @@ from router_py.http.openai_chat import (
 )
 from router_py.http.openai_prompt import Prompt, parse_prompts
 from router_py.http.openai_sampling import VLLM_SAMPLING_FIELDS, vllm_sampling
+from router_py.http.openai_stop import token_text
 from router_py.http.openai_usage import StreamUsage, parse_stream_options, usage
 from router_py.http.structured_outputs import output_grammar, with_guided
 from router_py.http.tools import response_format_grammar
@@ -151,7 +152,7 @@ def completion_logprobs(
     logprobs, ``{text: logprob}`` of their alternatives, and where each starts in the choice's text
     (``offset``: where the first one does). ``as_ids``: tokens and alternatives named ``token_id:N``
     (:func:`~router_py.http.openai_chat.token_label`); the offsets stay those of the text."""
-    texts = ["" if t.special else t.text for t in tokens]
+    texts = [token_text(t) for t in tokens]
     starts = [offset + sum(len(x) for x in texts[:i]) for i in range(len(texts))]
     padded = tops if tops else [[] for _ in tokens]
     return {

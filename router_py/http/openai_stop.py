@@ -19,7 +19,7 @@ from contextlib import aclosing
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from router_py.backend_api import EndEvent, TokenEvent
+from router_py.backend_api import EndEvent, Token, TokenEvent
 from router_py.http.errors import validation_error
 
 R = TypeVar("R")
@@ -95,10 +95,10 @@ def include_stop(get: Callable[[str], Any]) -> bool:
     return include
 
 
-def token_text(event: TokenEvent) -> str:
+def token_text(token: Token) -> str:
     """A token's text as the OpenAI routes send it: special tokens (EOS, padding) are empty, as in the
     non-streamed text (vLLM's ``skip_special_tokens``)."""
-    return "" if event.token.special else event.token.text
+    return "" if token.special else token.text
 
 
 async def cut_at_stops(
@@ -110,7 +110,7 @@ async def cut_at_stops(
     cut = StopText(stops, min_tokens, include)
     async with aclosing(events) as pairs:  # type: ignore[type-var]
         async for run, event in pairs:
-            text = cut.push(token_text(event))
+            text = cut.push(token_text(event.token))
             if cut.hit:
                 yield run, cut.ended(event), text
                 return

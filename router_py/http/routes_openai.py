@@ -217,7 +217,7 @@ def _tool_chunks(
     """The chunks of one token of choice ``index``'s tool-calling stream: tool_calls deltas (none while the
     name is not known yet); the last token's chunk carries finish_reason ``tool_calls`` (``stop``/``length``
     for a text answer). Each carries ``usage_body`` (the running usage, or None)."""
-    deltas = calls.push("" if event.token.special else event.token.text)
+    deltas = calls.push(token_text(event.token))
     if not isinstance(event, EndEvent):
         return [chat_chunk(state.config, created, event, False, usage_body, d, index=index) for d in deltas]
     deltas += calls.finish()
@@ -325,7 +325,7 @@ async def _one_completion_stream(
         logprobs = None
         if req.logprobs is not None:
             logprobs = completion_logprobs([event.token], [list(event.top_tokens)], offset, req.tokens_as_ids)
-            offset += len(token_text(event))
+            offset += len(token_text(event.token))
         now_usage = running.step(event) if running is not None else None
         ended = isinstance(event, EndEvent)
         if not ended and logprobs is None and now_usage is None:
