@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-_PARTS = ("prefill", "prefill_amx", "pointwise", "threads", "linear", "panels")
+_PARTS = ("prefill", "prefill_amx", "prefill_avx2", "pointwise", "threads", "linear", "panels")
 SOURCES = [Path(__file__).with_suffix(".cpp")] + [Path(__file__).with_name(f"cpu_{part}.cpp") for part in _PARTS]
 # included by SOURCES: part of the build's name
 HEADERS = [Path(__file__).with_name(f"cpu_{part}.h")
-           for part in ("simd", "amx", "prefill_args", "shapes", "rows", "decode_avx2")]
+           for part in ("simd", "simd_avx2", "amx", "prefill_args", "shapes", "rows", "decode_avx2")]
 ENV = "PRISM_CPU_DECODE_KERNEL"
 CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 _state: dict[str, bool] = {}  # "built": the build's outcome (once per process); "off": set_enabled(False)

@@ -1,6 +1,6 @@
-// The argument checks of the paged prefill ops (cpu_prefill.cpp, cpu_prefill_amx.cpp): their shared contract,
-// AttentionBackend.prefill's (see cpu_prefill.cpp's header), enforced once per call before any pointer is read;
-// and a tile's row layout.
+// The argument checks of the paged prefill ops (cpu_prefill.cpp, cpu_prefill_amx.cpp, cpu_prefill_avx2.cpp):
+// their shared contract, AttentionBackend.prefill's (see cpu_prefill.cpp's header), enforced once per call before
+// any pointer is read; and a tile's row layout.
 #pragma once
 #include <ATen/ATen.h>
 #include <cstdint>
@@ -27,11 +27,12 @@ struct Args {
 };
 
 inline Args check(const char* op, const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
-                  const at::Tensor& tables, const at::Tensor& cu, const at::Tensor& seqlens, const at::Tensor& out) {
+                  const at::Tensor& tables, const at::Tensor& cu, const at::Tensor& seqlens, const at::Tensor& out,
+                  at::ScalarType dtype = at::kBFloat16) {
   TORCH_CHECK(q.is_contiguous() && kc.is_contiguous() && vc.is_contiguous() && out.is_contiguous(), op,
               ": q, caches and out must be contiguous");
-  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && kc.scalar_type() == at::kBFloat16 &&
-              vc.scalar_type() == at::kBFloat16 && out.scalar_type() == at::kBFloat16, op, ": bf16 only");
+  TORCH_CHECK(q.scalar_type() == dtype && kc.scalar_type() == dtype && vc.scalar_type() == dtype &&
+              out.scalar_type() == dtype, op, ": ", c10::toString(dtype), " only");
   TORCH_CHECK(q.dim() == 3 && kc.dim() == 4 && vc.sizes() == kc.sizes() && q.size(2) == kc.size(3) &&
               q.size(1) % kc.size(2) == 0 && out.sizes() == q.sizes() && tables.size(0) == seqlens.size(0) &&
               cu.size(0) == seqlens.size(0) + 1, op, ": shapes do not match the contract");

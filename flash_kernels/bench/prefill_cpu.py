@@ -1,8 +1,8 @@
-"""``python -m flash_kernels.bench.prefill_cpu``: bf16 paged prefill attention on this CPU, per call, for the
-compiled kernel's forms built here (``amx``: cpu_prefill_amx.cpp, ``avx512``: cpu_prefill.cpp) and torch's flash
-kernel (the SDPA backend's path with the compiled kernel off), one layer of the peer model's shape by default (4
-query heads, 2 KV heads, head dim 64; ``--heads 32 --kv-heads 8 --head-dim 128`` for an 8B-class layer), 16-token
-blocks in a shuffled pool.
+"""``python -m flash_kernels.bench.prefill_cpu [--dtype fp32]``: paged prefill attention on this CPU, per call, for
+the compiled kernel's forms built here (bf16: ``amx``, cpu_prefill_amx.cpp, and ``avx512``, cpu_prefill.cpp; fp32:
+``avx2``, cpu_prefill_avx2.cpp) and torch's flash kernel (the SDPA backend's path with the compiled kernel off),
+one layer of the peer model's shape by default (4 query heads, 2 KV heads, head dim 64; ``--heads 32 --kv-heads 8
+--head-dim 128`` for an 8B-class layer), 16-token blocks in a shuffled pool.
 
 Shapes (new tokens over cached ones): cold prompts of 2,048 and 1,551 tokens, 208 over 1,840 (the 90%-cached
 prompt of ``prism-shard bench``), 50 over 1,500 (a shared-prefix hit), 8 pieces of 64 over 1,100 (a RAG step).
@@ -26,15 +26,16 @@ SHAPES = (("cold 2,048", [(0, 2048)]), ("cold 1,551", [(0, 1551)]), ("208 over 1
 BLOCK = 16
 
 
-def _case(pieces: list[tuple[int, int]], heads: int, kv_heads: int, dim: int, gen: torch.Generator) -> tuple:
+def _case(pieces: list[tuple[int, int]], heads: int, kv_heads: int, dim: int, gen: torch.Generator,
+          dtype: torch.dtype = torch.bfloat16) -> tuple:
     """(q, key_cache, value_cache, block_tables, cu_seqlens_q, seqlens_k) for (cached, new) pieces."""
     lengths = [c + n for c, n in pieces]
     width = max(-(-n // BLOCK) for n in lengths)
     pool = len(pieces) * width + 8
-    caches = [torch.randn(pool, BLOCK, kv_heads, dim, generator=gen).bfloat16() for _ in range(2)]
+    caches = [torch.randn(pool, BLOCK, kv_heads, dim, generator=gen).to(dtype) for _ in range(2)]
     tables = torch.randperm(pool, generator=gen)[: len(pieces) * width].view(len(pieces), width).int()
     cu = torch.tensor([0] + [n for _, n in pieces], dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    q = torch.randn(int(cu[-1]), heads, dim, generator=gen).bfloat16()
+    q = torch.randn(int(cu[-1]), heads, dim, generator=gen).to(dtype)
     return q, caches[0], caches[1], tables, cu, torch.tensor(lengths, dtype=torch.int32)
 
 
@@ -55,6 +56,10 @@ def _paths(case: tuple) -> dict[str, Callable[[], object]]:
 
     paths["torch flash"] = flash
     out = torch.empty_like(q)
+    if q.dtype == torch.float32:
+        if ops.paged_prefill_fp32_supported(group, dim):
+            paths["avx2"] = lambda: ops.paged_prefill_fp32(q, kc, vc, tables, cu, seqlens, scale, out)
+        return paths
     if ops.paged_prefill_amx_supported(group, dim):
         paths["amx"] = lambda: ops.paged_prefill_amx(q, kc, vc, tables, cu, seqlens, scale, out)
     if ops.paged_prefill_supported(group, dim):
@@ -70,12 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     args = p.parse_args(argv)
+    dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     if not cpu_decode.load():
         print("the compiled CPU kernels are unavailable here: nothing to compare")
         return 2
     gen = torch.Generator().manual_seed(0)
-    cases = [(name, _paths(_case(pieces, args.heads, args.kv_heads, args.head_dim, gen))) for name, pieces in SHAPES]
+    cases = [(name, _paths(_case(pieces, args.heads, args.kv_heads, args.head_dim, gen, dtype)))
+             for name, pieces in SHAPES]
     before = torch.get_num_threads()
     try:
         for threads in args.threads:

@@ -64,14 +64,16 @@ def test_prefill_cpu_bench_times_every_shape_and_form(capsys: pytest.CaptureFixt
     assert lengths.tolist() == [49, 20] and len(set(tables.flatten().tolist())) == tables.numel()
     if not cpu_decode.load():
         pytest.skip("the compiled CPU kernels did not build here")
-    assert prefill_cpu.main(["--threads", "1", "--calls", "1"]) == 0
-    rows = capsys.readouterr().out.splitlines()
-    assert len(rows) == len(prefill_cpu.SHAPES)
     ops = torch.ops.prism_kernels
-    forms = [f for f, ok in (("amx", ops.paged_prefill_amx_supported(2, 64)),
-                             ("avx512", ops.paged_prefill_supported(2, 64))) if ok]
-    for (name, _), row in zip(prefill_cpu.SHAPES, rows):
-        assert name in row and "torch flash" in row and all(f"{f} " in row for f in forms), row
+    for dtype, forms in (("bf16", [f for f, ok in (("amx", ops.paged_prefill_amx_supported(2, 64)),
+                                                   ("avx512", ops.paged_prefill_supported(2, 64))) if ok]),
+                         ("fp32", ["avx2"] if ops.paged_prefill_fp32_supported(2, 64) else [])):
+        assert prefill_cpu.main(["--threads", "1", "--calls", "1", "--dtype", dtype]) == 0
+        rows = capsys.readouterr().out.splitlines()
+        assert len(rows) == len(prefill_cpu.SHAPES)
+        for (name, _), row in zip(prefill_cpu.SHAPES, rows):
+            assert name in row and "torch flash" in row and all(f"{f} " in row for f in forms), row
+            assert "avx2" not in row if dtype == "bf16" else "avx512" not in row and "amx" not in row, row
 
 
 @pytest.mark.parametrize(("dtype", "ours", "library"), [("bf16", "tiles", "oneDNN"), ("fp32", "panels", "MKL")])

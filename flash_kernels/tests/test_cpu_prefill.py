@@ -1,8 +1,9 @@
-"""The compiled bf16 prefill kernels, both forms (AVX512-BF16: flash_kernels/backends/cpu_prefill.cpp; AMX tiles:
-cpu_prefill_amx.cpp), against the reference: cold prompts, pieces after cached prefixes ending inside a block,
-several pieces of far-apart lengths in one call, requests with no new tokens, block sizes, grouped-query
-attention (1 to 8 query heads per KV head), head dims; that the SDPA backend routes bf16 prefill to the CPU's form
-(and fp32 not), the switches, and the checks on bad tables."""
+"""The compiled prefill kernels, all three forms (bf16 on AVX512-BF16: flash_kernels/backends/cpu_prefill.cpp; bf16
+on AMX tiles: cpu_prefill_amx.cpp; fp32 on AVX2: cpu_prefill_avx2.cpp), against the reference: cold prompts,
+pieces after cached prefixes ending inside a block, several pieces of far-apart lengths in one call, requests
+with no new tokens, block sizes, grouped-query attention (1 to 8 query heads per KV head), head dims; that the
+fp32 form gives a query the same bits however its prompt is split or cached; that the SDPA backend routes each
+dtype to the CPU's form, the switches, and the checks on bad tables."""
 
 from __future__ import annotations
 
@@ -17,21 +18,29 @@ from flash_kernels.tests.paged_cases import assert_close, brute_force, make_case
 
 KERNEL = "prism_kernels::paged_prefill"
 AMX_KERNEL = "prism_kernels::paged_prefill_amx"
+FP32_KERNEL = "prism_kernels::paged_prefill_fp32"
 FLASH = "aten::_scaled_dot_product_flash_attention_for_cpu"
-# NOTE: the kernels exist only where the compiler targets AVX512-BF16 / AMX (-march=native on such a CPU);
-# elsewhere bf16 prefill stays on torch's flash kernel (test_sdpa covers that path).
-USABLE = cpu_decode.load() and bool(torch.ops.prism_kernels.paged_prefill_supported(2, 64))
+# NOTE: the kernels exist only where the compiler targets AVX512-BF16 / AMX / AVX2 (-march=native on such a
+# CPU); elsewhere prefill stays on torch's flash kernel (test_sdpa covers that path).
+BUILT = cpu_decode.load()
+USABLE = BUILT and bool(torch.ops.prism_kernels.paged_prefill_supported(2, 64))
 AMX = USABLE and bool(torch.ops.prism_kernels.paged_prefill_amx_supported(2, 64))
+AVX2 = BUILT and bool(torch.ops.prism_kernels.paged_prefill_fp32_supported(2, 64))
 needs_kernel = pytest.mark.skipif(not USABLE, reason="no AVX512-BF16 build: bf16 prefill runs on SDPA")
+needs_avx2 = pytest.mark.skipif(not AVX2, reason="no AVX2 build: fp32 prefill runs on SDPA")
+DTYPE = {"avx512": torch.bfloat16, "amx": torch.bfloat16, "avx2": torch.float32}
+CPU_FORM = AMX_KERNEL if AMX else KERNEL  # the bf16 op the default picks on this machine
 FORMS = [pytest.param("avx512", marks=needs_kernel),
-         pytest.param("amx", marks=pytest.mark.skipif(not AMX, reason="no AMX tiles: the AVX512 form serves"))]
+         pytest.param("amx", marks=pytest.mark.skipif(not AMX, reason="no AMX tiles: the AVX512 form serves")),
+         pytest.param("avx2", marks=needs_avx2)]
 
 
 def _run(form: str, *args) -> torch.Tensor:
     """One form's op on prefill_args()[:6] + scale (what cpu_prefill.prefill passes it)."""
     q = args[0]
     out = torch.empty_like(q)
-    op = torch.ops.prism_kernels.paged_prefill_amx if form == "amx" else torch.ops.prism_kernels.paged_prefill
+    ops = torch.ops.prism_kernels
+    op = {"amx": ops.paged_prefill_amx, "avx2": ops.paged_prefill_fp32}.get(form, ops.paged_prefill)
     op(q, args[1], args[2], *(t.to(torch.int32) for t in args[3:6]), args[6], out)
     return out
 
@@ -56,7 +65,7 @@ def _ops(call) -> set[str]:
 @pytest.mark.parametrize("block_size", [1, 16, 256])
 @pytest.mark.parametrize("group", [1, 2, 3, 4, 5, 6, 7, 8])  # 3, 5, 6, 7 leave a tile's last rows as padding
 def test_kernel_matches_reference(form: str, requests: list[tuple[int, int]], block_size: int, group: int) -> None:
-    case = make_case(requests, block_size, kv_heads=2, group=group, head_dim=64, dtype=torch.bfloat16, seed=group)
+    case = make_case(requests, block_size, kv_heads=2, group=group, head_dim=64, dtype=DTYPE[form], seed=group)
     args = case.prefill_args()
     assert_close(_run(form, *args[:6], case.scale), reference.prefill(*args))
 
@@ -65,12 +74,9 @@ def test_kernel_matches_reference(form: str, requests: list[tuple[int, int]], bl
 def test_head_dim_128_and_one_kv_head_match_brute_force(form: str) -> None:
     for kv_heads, head_dim in ((1, 128), (4, 64)):
         case = make_case([(100, 40), (0, 65)], 16, kv_heads=kv_heads, group=2, head_dim=head_dim,
-                         dtype=torch.bfloat16, seed=kv_heads)
+                         dtype=DTYPE[form], seed=kv_heads)
         out = _run(form, *case.prefill_args()[:6], case.scale)
-        assert_close(out, brute_force(case).to(torch.bfloat16))
-
-
-CPU_FORM = AMX_KERNEL if AMX else KERNEL  # the op the default picks on this machine
+        assert_close(out, brute_force(case).to(DTYPE[form]))
 
 
 @pytest.fixture
@@ -82,31 +88,47 @@ def fresh(monkeypatch):
     cpu_prefill.set_enabled(None)
 
 
-@needs_kernel
-def test_backend_prefill_runs_the_cpus_form_for_bf16_only(fresh) -> None:
-    """bf16 prompt pieces (beside a one-token row, which takes the decode kernel) run the CPU's form and no flash
-    kernel; fp32 keeps torch's."""
-    bf16 = make_case([(50, 30), (9, 1), (0, 12)], 16, kv_heads=2, group=2, head_dim=64, dtype=torch.bfloat16)
-    names = _ops(lambda: SdpaBackend().prefill(*bf16.prefill_args()))
-    assert CPU_FORM in names and FLASH not in names
-    assert_close(SdpaBackend().prefill(*bf16.prefill_args()), reference.prefill(*bf16.prefill_args()))
-    fp32 = make_case([(50, 30)], 16, kv_heads=2, group=2, head_dim=64)
-    names = _ops(lambda: SdpaBackend().prefill(*fp32.prefill_args()))
-    assert KERNEL not in names and AMX_KERNEL not in names and FLASH in names
+@pytest.mark.parametrize(("dtype", "op"), [pytest.param(torch.bfloat16, CPU_FORM, marks=needs_kernel),
+                                         pytest.param(torch.float32, FP32_KERNEL, marks=needs_avx2)])
+def test_backend_prefill_runs_the_cpus_form_of_the_dtype(fresh, dtype: torch.dtype, op: str) -> None:
+    """Prompt pieces (beside a one-token row, which takes the decode kernel) run the CPU's form of their dtype
+    and no flash kernel."""
+    case = make_case([(50, 30), (9, 1), (0, 12)], 16, kv_heads=2, group=2, head_dim=64, dtype=dtype)
+    names = _ops(lambda: SdpaBackend().prefill(*case.prefill_args()))
+    assert op in names and len(names & {FLASH, KERNEL, AMX_KERNEL, FP32_KERNEL}) == 1
+    assert_close(SdpaBackend().prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
 
 
-@needs_kernel
-def test_set_enabled_and_env_switch_it(fresh) -> None:
-    case = make_case([(50, 30)], 16, kv_heads=2, group=2, head_dim=64, dtype=torch.bfloat16)
+@needs_avx2
+def test_fp32_query_gets_the_same_bits_however_its_prompt_is_split() -> None:
+    """A 300-token prompt cold in one piece; its last 100 queries after the 200 cached; the prompt as two
+    requests of one call (0-150, then 150-300 over the first); its last query alone: equal bit for bit."""
+    case = make_case([(0, 300)], 16, kv_heads=2, group=2, head_dim=64, seed=3)
+    q, kc, vc, table = case.q, case.key_cache, case.value_cache, case.block_tables
+    int32 = lambda *xs: torch.tensor(xs, dtype=torch.int32)  # noqa: E731
+    cold = _run("avx2", q, kc, vc, table, int32(0, 300), int32(300), case.scale)
+    tail = _run("avx2", q[200:], kc, vc, table, int32(0, 100), int32(300), case.scale)
+    halves = _run("avx2", q, kc, vc, table.repeat(2, 1), int32(0, 150, 300), int32(150, 300), case.scale)
+    last = _run("avx2", q[299:], kc, vc, table, int32(0, 1), int32(300), case.scale)
+    assert torch.equal(tail, cold[200:]) and torch.equal(halves, cold) and torch.equal(last, cold[299:])
+    assert_close(cold, reference.prefill(*case.prefill_args()))
+
+
+@pytest.mark.parametrize(("dtype", "op", "avx512_op"),
+                         [pytest.param(torch.bfloat16, CPU_FORM, KERNEL, marks=needs_kernel),
+                          pytest.param(torch.float32, FP32_KERNEL, FP32_KERNEL, marks=needs_avx2)])
+def test_set_enabled_and_env_switch_it(fresh, dtype: torch.dtype, op: str, avx512_op: str) -> None:
+    """``avx512`` names the bf16 form for A/B runs on AMX CPUs; fp32 keeps its one form under it."""
+    case = make_case([(50, 30)], 16, kv_heads=2, group=2, head_dim=64, dtype=dtype)
     for on in (False, True):
         cpu_prefill.set_enabled(on)
         names = _ops(lambda: SdpaBackend().prefill(*case.prefill_args()))
-        assert (CPU_FORM in names) == on and (FLASH in names) == (not on)
+        assert (op in names) == on and (FLASH in names) == (not on)
     cpu_prefill.set_enabled(None)
-    for setting, op in (("0", FLASH), ("auto", CPU_FORM), ("avx512", KERNEL)):
+    for setting, expected in (("0", FLASH), ("auto", op), ("avx512", avx512_op)):
         fresh.setenv(cpu_prefill.ENV, setting)
         names = _ops(lambda: SdpaBackend().prefill(*case.prefill_args()))
-        assert op in names and len(names & {FLASH, KERNEL, AMX_KERNEL}) == 1, setting
+        assert expected in names and len(names & {FLASH, KERNEL, AMX_KERNEL, FP32_KERNEL}) == 1, setting
 
 
 @needs_kernel
@@ -124,7 +146,7 @@ def test_the_default_form_follows_the_cpu(fresh, amx: bool) -> None:
 
 @pytest.mark.parametrize("form", FORMS)
 def test_bad_tables_are_refused(form: str) -> None:
-    case = make_case([(20, 10), (0, 5)], 16, kv_heads=2, group=2, head_dim=64, dtype=torch.bfloat16)
+    case = make_case([(20, 10), (0, 5)], 16, kv_heads=2, group=2, head_dim=64, dtype=DTYPE[form])
     args = list(case.prefill_args()[:6]) + [case.scale]
     too_long = case.seqlens_k.clone()
     too_long[0] = case.block_tables.shape[1] * 16 + 1
@@ -143,7 +165,7 @@ def test_bad_tables_are_refused(form: str) -> None:
 @pytest.mark.parametrize("form", FORMS)
 def test_threads_split_tiles_without_changing_a_bit(form: str) -> None:
     """Tiles are handed out dynamically over torch's intra-op threads; each is computed by one thread alone."""
-    case = make_case([(512, 300), (3, 40), (0, 77)], 16, kv_heads=2, group=2, head_dim=64, dtype=torch.bfloat16)
+    case = make_case([(512, 300), (3, 40), (0, 77)], 16, kv_heads=2, group=2, head_dim=64, dtype=DTYPE[form])
     args = (*case.prefill_args()[:6], case.scale)
     before = torch.get_num_threads()
     try:

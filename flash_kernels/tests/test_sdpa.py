@@ -1,5 +1,7 @@
 """The SDPA backend (torch's fused CPU kernels) against the reference, across the shapes the shard produces:
-grouped-query attention, block sizes, cached prefixes, mixed prefill/decode batches, fp32 and bf16."""
+grouped-query attention, block sizes, cached prefixes, mixed prefill/decode batches, fp32 and bf16. The compiled
+prefill kernels, which take CPU prefill from this backend where they build, are off here: test_cpu_prefill
+covers them."""
 
 from __future__ import annotations
 
@@ -8,10 +10,18 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from flash_kernels import api, reference
+from flash_kernels.backends import cpu_prefill
 from flash_kernels.backends.sdpa import SdpaBackend, decode_gathered
 from flash_kernels.tests.paged_cases import assert_close, decode_requests, make_case, mixed_requests
 
 BACKEND = SdpaBackend()
+
+
+@pytest.fixture(autouse=True)
+def _torch_prefill():
+    cpu_prefill.set_enabled(False)
+    yield
+    cpu_prefill.set_enabled(None)
 
 
 @pytest.mark.parametrize("block_size", [1, 16, 256])
@@ -99,7 +109,6 @@ def test_long_pieces_run_apart_and_match_reference(
         return real(q, key_cache, value_cache, block_tables, cu_seqlens_q, *args)
 
     monkeypatch.setattr(sdpa, "_prefill_padded", spy)
-    monkeypatch.setattr(sdpa.cpu_prefill, "usable", lambda *args: False)  # else the compiled kernel takes it
     assert_close(BACKEND.prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
     assert all(n < sdpa.EACH_MIN_ROWS for lens in batched for n in lens)
     assert batched == ([] if len(requests) == 2 else [[6, 5]])
@@ -138,7 +147,6 @@ def test_long_cold_bf16_prompt_is_padded_and_matches_reference(n: int, monkeypat
         return real(q, *args, **kwargs)
 
     monkeypatch.setattr(sdpa.F, "scaled_dot_product_attention", spy)
-    monkeypatch.setattr(sdpa.cpu_prefill, "usable", lambda *args: False)  # the compiled kernel takes it otherwise
     padded = BACKEND.prefill(*case.prefill_args())
     assert calls == [-(-n // sdpa.PAD_MULTIPLE) * sdpa.PAD_MULTIPLE]
     assert_close(padded, reference.prefill(*case.prefill_args()))

@@ -126,10 +126,10 @@ def _mirrorable(layer: nn.Module) -> bool:
 def step_attention(model: nn.Module, x: torch.Tensor, meta: AttentionMetadata) -> Attend | None:
     """The attention of this step when the direct path takes it (None: the modules' path): x (n, hidden) the
     embeddings. It does when the rows are within the packed linears' range (if packed) and the switches are on
-    (this module's, the pointwise ops', the compiled kernels'). Decode steps call the decode kernel; bf16
-    prompt steps whose every piece has several rows call the compiled prefill kernel where it has a form for
-    the model's head shape; other prompt steps (fp32, or one-token pieces among longer ones, which the backend
-    runs apart) call the backend's ``prefill``, as the modules do."""
+    (this module's, the pointwise ops', the compiled kernels'). Decode steps call the decode kernel; prompt
+    steps whose every piece has several rows call the compiled prefill kernel where it has a form for the
+    model's head shape and dtype; other prompt steps (one-token pieces among longer ones, which the backend runs
+    apart, or no form) call the backend's ``prefill``, as the modules do."""
     layers = model.direct_layers
     if (layers is None or not _switch["on"] or not cpu_pointwise.usable(x) or not cpu_decode.load()
             or (layers[0].max_rows is not None and x.shape[0] > layers[0].max_rows)):
@@ -137,8 +137,7 @@ def step_attention(model: nn.Module, x: torch.Tensor, meta: AttentionMetadata) -
     if meta.is_decode:
         return _decode
     c = model.config
-    if (x.dtype == torch.bfloat16 and meta.min_seqlen_q > 1
-            and cpu_prefill.form(c.heads // c.kv_heads, c.head_dim) is not None):
+    if meta.min_seqlen_q > 1 and cpu_prefill.form(c.heads // c.kv_heads, c.head_dim, x.dtype) is not None:
         return _prefill
     backend = model.model.layers[0].self_attn.backend
     return lambda q, kc, vc, m, scale: backend.prefill(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flash_kernels.api import get_backend
-from flash_kernels.backends import cpu_decode, cpu_linear, cpu_panels
+from flash_kernels.backends import cpu_decode, cpu_linear, cpu_panels, cpu_prefill
 from shard.layers import cpu_direct
 from shard.layers.attention import AttentionMetadata
 from shard.layers.fusion import fuse_projections
@@ -134,8 +134,9 @@ def test_the_kernel_each_step_attends_with_and_the_steps_left_to_the_modules() -
 def test_fp32_steps_attend_with_the_decode_kernel_or_the_backend_within_the_panels_rows(
     panels: bool, monkeypatch
 ) -> None:
-    """fp32 prompt steps attend through the backend (the compiled prefill kernels are bf16 only); with panel
-    linears, steps above their rows take the modules' path (F.linear there); plain linears take any rows."""
+    """fp32 prompt steps attend with the compiled prefill kernel where its AVX2 form built (else through the
+    backend); with panel linears, steps above their rows take the modules' path (F.linear there); plain linears
+    take any rows."""
     if not panels:
         monkeypatch.setenv(cpu_panels.ENV, "0")
     model = _model(torch.float32)
@@ -143,7 +144,8 @@ def test_fp32_steps_attend_with_the_decode_kernel_or_the_backend_within_the_pane
     assert cpu_direct.step_attention(model, torch.zeros(1, 256), _meta([(5, 1)], [[1]])[1]) is cpu_direct._decode
     _, prompt = _meta([(0, PANEL_MAX_ROWS)], [list(range(1, 50))])
     attend = cpu_direct.step_attention(model, torch.zeros(PANEL_MAX_ROWS, 256), prompt)
-    assert attend not in (None, cpu_direct._prefill, cpu_direct._decode)
+    avx2 = cpu_prefill.form(2, 64, torch.float32) == "avx2"
+    assert attend is cpu_direct._prefill if avx2 else attend not in (None, cpu_direct._prefill, cpu_direct._decode)
     _, large = _meta([(0, PANEL_MAX_ROWS + 1)], [list(range(1, 50))])
     attend = cpu_direct.step_attention(model, torch.zeros(PANEL_MAX_ROWS + 1, 256), large)
     assert (attend is None) == (panels and cpu_panels.usable())
