@@ -9,9 +9,10 @@ dims 64 / 128; 1 to 8 query heads per KV head):
                                      is split into pieces or cached
 
 Each beats torch's flash kernel on its CPU on the shapes measured (docs/performance.md: the peer model's, 1B- and
-8B-class layers); other dtypes and CPUs keep torch's (:mod:`.sdpa`). ``PRISM_CPU_PREFILL_KERNEL``: ``auto``
-(default: the CPU's form), ``avx512`` (that form for bf16 on AMX CPUs too, for A/B runs), ``0`` (torch's flash
-kernel); :func:`set_enabled` switches in-process.
+8B-class layers); other dtypes and CPUs keep torch's (:mod:`.sdpa`), fp32 on AVX512 CPUs too (where torch's
+kernels are twice as wide: unmeasured). ``PRISM_CPU_PREFILL_KERNEL``: ``auto`` (default: the CPU's form),
+``avx512`` (that form for bf16 on AMX CPUs too, for A/B runs), ``avx2`` (the fp32 form on any CPU it builds on),
+``0`` (torch's flash kernel); :func:`set_enabled` switches in-process.
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ def _pick(setting: str, group: int, head_dim: int, dtype: torch.dtype) -> str | 
         return None
     ops = torch.ops.prism_kernels
     if dtype == torch.float32:
-        return "avx2" if ops.paged_prefill_fp32_supported(group, head_dim) else None
+        # NOTE: where torch's own kernels are AVX2 too (measured faster there); on an AVX512 CPU torch's flash
+        # kernel runs twice our vector width and keeps fp32 until the kernel is measured there.
+        avx2 = torch.backends.cpu.get_cpu_capability() == "AVX2" or setting == "avx2"
+        return "avx2" if avx2 and ops.paged_prefill_fp32_supported(group, head_dim) else None
     if dtype != torch.bfloat16:
         return None
     if setting != "avx512" and amx_tiles() and ops.paged_prefill_amx_supported(group, head_dim):

@@ -26,8 +26,10 @@ BUILT = cpu_decode.load()
 USABLE = BUILT and bool(torch.ops.prism_kernels.paged_prefill_supported(2, 64))
 AMX = USABLE and bool(torch.ops.prism_kernels.paged_prefill_amx_supported(2, 64))
 AVX2 = BUILT and bool(torch.ops.prism_kernels.paged_prefill_fp32_supported(2, 64))
+AVX2_PICKED = AVX2 and torch.backends.cpu.get_cpu_capability() == "AVX2"  # the default's pick for fp32
 needs_kernel = pytest.mark.skipif(not USABLE, reason="no AVX512-BF16 build: bf16 prefill runs on SDPA")
 needs_avx2 = pytest.mark.skipif(not AVX2, reason="no AVX2 build: fp32 prefill runs on SDPA")
+avx2_picked = pytest.mark.skipif(not AVX2_PICKED, reason="fp32 prefill stays on torch's kernel on this CPU")
 DTYPE = {"avx512": torch.bfloat16, "amx": torch.bfloat16, "avx2": torch.float32}
 CPU_FORM = AMX_KERNEL if AMX else KERNEL  # the bf16 op the default picks on this machine
 FORMS = [pytest.param("avx512", marks=needs_kernel),
@@ -89,7 +91,7 @@ def fresh(monkeypatch):
 
 
 @pytest.mark.parametrize(("dtype", "op"), [pytest.param(torch.bfloat16, CPU_FORM, marks=needs_kernel),
-                                         pytest.param(torch.float32, FP32_KERNEL, marks=needs_avx2)])
+                                         pytest.param(torch.float32, FP32_KERNEL, marks=avx2_picked)])
 def test_backend_prefill_runs_the_cpus_form_of_the_dtype(fresh, dtype: torch.dtype, op: str) -> None:
     """Prompt pieces (beside a one-token row, which takes the decode kernel) run the CPU's form of their dtype
     and no flash kernel."""
@@ -116,7 +118,7 @@ def test_fp32_query_gets_the_same_bits_however_its_prompt_is_split() -> None:
 
 @pytest.mark.parametrize(("dtype", "op", "avx512_op"),
                          [pytest.param(torch.bfloat16, CPU_FORM, KERNEL, marks=needs_kernel),
-                          pytest.param(torch.float32, FP32_KERNEL, FP32_KERNEL, marks=needs_avx2)])
+                          pytest.param(torch.float32, FP32_KERNEL, FP32_KERNEL, marks=avx2_picked)])
 def test_set_enabled_and_env_switch_it(fresh, dtype: torch.dtype, op: str, avx512_op: str) -> None:
     """``avx512`` names the bf16 form for A/B runs on AMX CPUs; fp32 keeps its one form under it."""
     case = make_case([(50, 30)], 16, kv_heads=2, group=2, head_dim=64, dtype=dtype)
@@ -142,6 +144,18 @@ def test_the_default_form_follows_the_cpu(fresh, amx: bool) -> None:
     names = _ops(lambda: SdpaBackend().prefill(*case.prefill_args()))
     assert (AMX_KERNEL if amx else KERNEL) in names and FLASH not in names
     assert_close(SdpaBackend().prefill(*case.prefill_args()), reference.prefill(*case.prefill_args()))
+
+
+@needs_avx2
+def test_fp32_form_is_picked_where_torchs_kernels_are_avx2(fresh) -> None:
+    """On an AVX512 CPU torch's fp32 flash kernel stays the default (twice our vector width, not measured);
+    ``PRISM_CPU_PREFILL_KERNEL=avx2`` takes the fp32 form there anyway."""
+    for capability, setting, expected in (("AVX2", "auto", "avx2"), ("AVX512", "auto", None),
+                                          ("AVX512", "avx2", "avx2"), ("AVX2", "0", None)):
+        fresh.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        fresh.setattr(cpu_prefill, "_forms", {})
+        fresh.setenv(cpu_prefill.ENV, setting)
+        assert cpu_prefill.form(2, 64, torch.float32) == expected, (capability, setting)
 
 
 @pytest.mark.parametrize("form", FORMS)
