@@ -200,18 +200,11 @@ void prefill_bf16(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& v
       pack_values<D>(vcp, tp + i * mb, lp[i], bs, row, kh, vpack.data() + voff[i] + kh * ((lp[i] + 1) / 2) * D);
     }
   });
-  // NOTE: tiles differ in cost (a causal tile reads every key before its last row), so they are handed out one
-  // at a time (dynamic), last tiles of each piece first; at::parallel_for's even split left one thread ~3x
-  // the other's work on a cold prompt.
-  const int64_t tasks = toff[b];
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
-  for (int64_t task = 0; task < tasks; ++task) {
-    const int64_t i = std::upper_bound(toff.begin(), toff.end(), task) - toff.begin() - 1;
-    const int64_t q_len = cp[i + 1] - cp[i], local = toff[i + 1] - 1 - task;  // last tiles first
-    const int64_t kh = local % hk, t0 = local / hk * T;
+  prism_prefill::each_task(toff, [&](int64_t i, int64_t local) {
+    const int64_t q_len = cp[i + 1] - cp[i], kh = local % hk, t0 = local / hk * T;
     tile<G, D>(qp + cp[i] * h * D, kp, vpack.data() + voff[i] + kh * ((lp[i] + 1) / 2) * D, tp + i * mb, bs,
                row, h, kh, q_len, lp[i] - q_len, t0, float(scale), op + cp[i] * h * D);
-  }
+  });
 }
 #endif
 

@@ -94,8 +94,8 @@ def prefill(
 ) -> torch.Tensor:
     """``AttentionBackend.prefill`` on the compiled kernel (check :func:`usable` first): q (n, h, d) bf16 or fp32
     -> (n, h, d); caches (nb, bs, hk, d) of q's dtype, contiguous; block_tables (b, mb), cu_seqlens_q (b + 1,),
-    seqlens_k (b,) (any int dtype). Query j of request i sits at context position seqlens_k[i] - q_len_i + j (causal,
-    aligned bottom-right)."""
+    seqlens_k (b,) (any int dtype). Query j of request i sits at context position seqlens_k[i] - q_len_i + j
+    (causal, aligned bottom-right)."""
     q = q.contiguous()
     out = torch.empty_like(q)
     ops = torch.ops.prism_kernels

@@ -1,9 +1,12 @@
 // The argument checks of the paged prefill ops (cpu_prefill.cpp, cpu_prefill_amx.cpp, cpu_prefill_avx2.cpp):
 // their shared contract, AttentionBackend.prefill's (see cpu_prefill.cpp's header), enforced once per call before
-// any pointer is read; and a tile's row layout.
+// any pointer is read; a tile's row layout; the hand-out of tasks to threads.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace prism_prefill {
 
@@ -19,6 +22,20 @@ inline TileRow tile_row(int r, int64_t rows) {
   constexpr int T = R / G;
   const int j = r / T, t = r % T;
   return {j, t, j < G && t < rows};
+}
+
+// Calls f(i, local) for every task of a step over torch's intra-op threads: toff (b + 1) counts the tasks of
+// requests before i, local is a task's index in request i counted from its last (0). NOTE: handed out one at a
+// time (dynamic), each piece's last tasks first: a causal tile's cost grows with its position, and
+// at::parallel_for's even split left one thread ~3x the other's work on a cold prompt.
+template <class F>
+void each_task(const std::vector<int64_t>& toff, F&& f) {
+  const int64_t tasks = toff.back();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t i = std::upper_bound(toff.begin(), toff.end(), t) - toff.begin() - 1;
+    f(i, toff[i + 1] - 1 - t);
+  }
 }
 
 struct Args {

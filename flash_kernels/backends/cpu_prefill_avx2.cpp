@@ -15,7 +15,6 @@
 // keys past its position add exact zeros (exp_neg of the lowest float) and rescale by exactly 1. So a query's
 // output does not depend on how its prompt was split into pieces, cached or batched: bit for bit.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <algorithm>
 #include <cstdint>
@@ -236,17 +235,11 @@ void prefill_fp32(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& v
   float* op = out.data_ptr<float>();
   std::vector<int64_t> toff(b + 1, 0);  // tasks per (request, KV head, SUB tiles)
   for (int64_t i = 0; i < b; ++i) toff[i + 1] = toff[i] + (cp[i + 1] - cp[i] + SUB * T - 1) / (SUB * T) * hk;
-  // NOTE: handed out one at a time, last tasks of each piece first, as in cpu_prefill.cpp (a causal tile's cost
-  // grows with its position).
-  const int64_t tasks = toff[b];
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
-  for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t i = std::upper_bound(toff.begin(), toff.end(), t) - toff.begin() - 1;
-    const int64_t q_len = cp[i + 1] - cp[i], local = toff[i + 1] - 1 - t;
-    const int64_t kh = local % hk, t0 = local / hk * SUB * T;
+  prism_prefill::each_task(toff, [&](int64_t i, int64_t local) {
+    const int64_t q_len = cp[i + 1] - cp[i], kh = local % hk, t0 = local / hk * SUB * T;
     task<G, D>(qp + cp[i] * h * D, kp, vp, tp + i * mb, bs, hk * D, h, kh, q_len, lp[i] - q_len, t0, float(scale),
                op + cp[i] * h * D);
-  }
+  });
 }
 #endif
 
