@@ -4,7 +4,7 @@ AVX2 + FMA).
 ``F.linear`` on fp32 CPU tensors calls MKL's sgemm, which copies a block of the weight into its own order on
 every call: at a decode step's 32 rows a fifth of the sgemm time, and its second thread gains less there
 (docs/performance.md). :class:`PanelLinear` runs up to ``PANEL_MAX_ROWS`` rows on a copy packed at load; more
-rows (prompts) run ``F.linear``, where the copy is a small share. Each output element is summed over the
+rows (long prompts) run ``F.linear``, where the copy is a small share. Each output element is summed over the
 input features in order, whatever the row count, so a row's result does not depend on the rows beside it; the
 order differs from MKL's, so results differ from ``F.linear`` in the last bits (checked at pack time to be
 within fp32 rounding of the product). Cost: the packed copy is held beside the original weight (kept for
@@ -25,8 +25,9 @@ from flash_kernels.backends import cpu_panels
 from shard.layers.packed_linear import packable
 
 log = logging.getLogger(__name__)
-# NOTE: up to here the panels beat or match F.linear (MKL) on the peer model's shapes, on 1 and 2 threads
-PANEL_MAX_ROWS = 256
+# NOTE: up to here the panels beat or match F.linear (MKL) on 1 and 2 threads, on the peer model's shapes and a
+# 1B-class layer's (docs/performance.md, sessions 35-36); at 2,048 rows MKL was faster on the peer model's
+PANEL_MAX_ROWS = 1024
 
 
 class PanelLinear(nn.Linear):

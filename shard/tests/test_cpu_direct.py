@@ -142,11 +142,12 @@ def test_fp32_steps_attend_with_the_decode_kernel_or_the_backend_within_the_pane
     model = _model(torch.float32)
     assert cpu_direct.attach(model) == 2
     assert cpu_direct.step_attention(model, torch.zeros(1, 256), _meta([(5, 1)], [[1]])[1]) is cpu_direct._decode
-    _, prompt = _meta([(0, PANEL_MAX_ROWS)], [list(range(1, 50))])
+    blocks = list(range(1, PANEL_MAX_ROWS // BLOCK + 3))
+    _, prompt = _meta([(0, PANEL_MAX_ROWS)], [blocks])
     attend = cpu_direct.step_attention(model, torch.zeros(PANEL_MAX_ROWS, 256), prompt)
     avx2 = cpu_prefill.form(2, 64, torch.float32) == "avx2"
     assert attend is cpu_direct._prefill if avx2 else attend not in (None, cpu_direct._prefill, cpu_direct._decode)
-    _, large = _meta([(0, PANEL_MAX_ROWS + 1)], [list(range(1, 50))])
+    _, large = _meta([(0, PANEL_MAX_ROWS + 1)], [blocks])
     attend = cpu_direct.step_attention(model, torch.zeros(PANEL_MAX_ROWS + 1, 256), large)
     assert (attend is None) == (panels and cpu_panels.usable())
 
