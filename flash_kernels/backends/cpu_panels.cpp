@@ -1,4 +1,4 @@
-// fp32 linears of up to a few hundred rows on AVX2 + FMA, the weight packed once into column panels (built with
+// fp32 linears of up to about a thousand rows on AVX2 + FMA, the weight packed once into column panels (built with
 // the decode kernel by flash_kernels/backends/cpu_decode.py; packing and the contract in cpu_panels.py). A decode
 // step's products through MKL's sgemm copy a block of the weight on every call, a fifth of the sgemm time at 32
 // rows (docs/performance.md); here the weight is already in the order the loop reads it.

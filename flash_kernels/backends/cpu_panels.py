@@ -1,4 +1,4 @@
-"""fp32 linears of up to a few hundred rows on AVX2 + FMA (``cpu_panels.cpp``, built with the decode kernel by
+"""fp32 linears of up to about a thousand rows on AVX2 + FMA (``cpu_panels.cpp``, built with the decode kernel by
 :mod:`.cpu_decode`), the weight packed once into panels of 16 output columns (:func:`pack`): a decode step's
 products without the weight copy MKL's sgemm makes on every call (docs/performance.md). A row's result does
 not depend on the other rows of the call. ``PRISM_CPU_PANEL_LINEAR=0`` turns it off (then fp32 linears run
