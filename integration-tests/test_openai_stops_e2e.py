@@ -1,7 +1,8 @@
 """OpenAI's ``stop``, ``top_p`` 1 and completions ``logprobs`` / ``echo`` through the launched stack with the
 ``openai`` client. Before: ``stop="..."`` (one string) was a 422, a stop string inside a token never ended
 the generation (TGI's shard only matches at the end of the text) and the text kept the stop string, finish
-reason ``stop_sequence``; ``top_p=1`` was a 422; ``logprobs`` and ``echo`` were ignored."""
+reason ``stop_sequence``; ``top_p=1`` was a 422; ``logprobs`` and ``echo`` were ignored; ``echo`` with
+``logprobs`` was a 422."""
 
 from __future__ import annotations
 
@@ -72,6 +73,62 @@ def test_completion_logprobs_and_echo(oa: openai.OpenAI) -> None:
     assert all(len(top) == 2 for top in lp.top_logprobs) and lp.text_offset[0] == 0
     echoed = oa.completions.create(model="tgi", prompt=PROMPT, max_tokens=3, temperature=0, echo=True)
     assert echoed.choices[0].text == PROMPT + r.choices[0].text
+
+
+def _transformers_prompt_logprobs(prompt: str):
+    """transformers' fp32 logprobs at each prompt position but the last (the next token's), and the ids."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from router_py.launch.model_source import demo_model
+
+    tok = AutoTokenizer.from_pretrained(demo_model())
+    model = AutoModelForCausalLM.from_pretrained(demo_model(), dtype=torch.float32, attn_implementation="eager")
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return torch.log_softmax(model(ids).logits[0, :-1].float(), -1), ids[0]
+
+
+def _transformers_prompt_scores(prompt: str) -> tuple[list[float], list[float]]:
+    """transformers' logprob of each prompt token after the first, and the likeliest token's there."""
+    logprobs, ids = _transformers_prompt_logprobs(prompt)
+    return logprobs.gather(1, ids[1:, None])[:, 0].tolist(), logprobs.max(-1).values.tolist()
+
+
+def test_echo_with_logprobs_scores_the_prompt_as_transformers(oa: openai.OpenAI) -> None:
+    """lm-evaluation-harness's loglikelihood call (``echo``, ``logprobs``, ``max_tokens`` 0): the prompt alone,
+    each token's logprob and the likeliest alternative's as transformers' (fp32, within 1e-4)."""
+    r = oa.completions.create(model="tgi", prompt=PROMPT, max_tokens=0, echo=True, logprobs=1, temperature=0)
+    choice, (own, best) = r.choices[0], _transformers_prompt_scores(PROMPT)
+    assert (choice.text, choice.finish_reason, r.usage.completion_tokens) == (PROMPT, "length", 0)
+    lp = choice.logprobs
+    assert len(lp.token_logprobs) == len(own) + 1 == r.usage.prompt_tokens and lp.token_logprobs[0] is None
+    assert all(abs(a - b) <= 1e-4 for a, b in zip(lp.token_logprobs[1:], own))
+    assert all(abs(max(top.values()) - b) <= 1e-4 for top, b in zip(lp.top_logprobs[1:], best))
+
+
+def test_prompt_logprobs_are_transformers(oa: openai.OpenAI) -> None:
+    """vLLM's ``prompt_logprobs``: each prompt token's logprob and rank, and its position's 2 likeliest, as
+    transformers' (fp32; logprobs within 1e-4)."""
+    r = oa.completions.create(model="tgi", prompt=PROMPT, max_tokens=1, extra_body={"prompt_logprobs": 2})
+    got = r.choices[0].model_extra["prompt_logprobs"]
+    logprobs, ids = _transformers_prompt_logprobs(PROMPT)
+    assert got[0] is None and len(got) == len(ids)
+    for entry, row, token in zip(got[1:], logprobs, ids[1:].tolist()):
+        top = row.topk(2)
+        want = {token: float(row[token])} | dict(zip(top.indices.tolist(), top.values.tolist()))
+        assert [int(k) for k in entry] == list(want)  # the prompt's token first
+        assert all(abs(entry[str(k)]["logprob"] - v) <= 1e-4 for k, v in want.items())
+        assert entry[str(token)]["rank"] == int((row > row[token]).sum()) + 1
+
+
+def test_skip_special_tokens_false_keeps_their_text(oa: openai.OpenAI) -> None:
+    """vLLM's ``skip_special_tokens`` false: a special token (BOS, forced by ``logit_bias``) keeps its text."""
+    kw = dict(model="tgi", prompt=PROMPT, max_tokens=3, temperature=0, logit_bias={"0": 100})
+    assert oa.completions.create(**kw).choices[0].text == ""
+    kept = oa.completions.create(**kw, extra_body={"skip_special_tokens": False})
+    streamed = oa.completions.create(**kw, stream=True, extra_body={"skip_special_tokens": False})
+    assert kept.choices[0].text == "".join(c.choices[0].text for c in streamed) == "<s>" * 3
 
 
 def test_include_stop_str_in_output_keeps_the_stop_string(stack: Stack, oa: openai.OpenAI) -> None:

@@ -69,6 +69,8 @@ class ValidRequest:
     # NOTE: the prompt came as token ids (OpenAI completions): input_ids are the client's, never re-tokenized,
     # also not for the rounds past 1,024 new tokens (those tokenize only the generated text)
     ids_given: bool = False
+    # NOTE: vLLM's skip_special_tokens (OpenAI routes; router_py.http.special_text): the router's, not the shard's
+    skip_special_tokens: bool = True
 
     @property
     def input_length(self) -> int:
@@ -86,6 +88,8 @@ class Token:
 @dataclass(frozen=True)
 class PrefillTokens:
     tokens: list[Token]
+    top_tokens: list[list[Token]] = field(default_factory=list)  # per prompt token, with top_n_tokens
+    ranks: list[int] = field(default_factory=list)  # per prompt token, by logprob (0: none, the first)
 
 
 @dataclass(frozen=True)

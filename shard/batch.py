@@ -42,6 +42,9 @@ class RequestState:
     prefill_logprobs: bool = False
     top_n_tokens: int = 0
     prompt_logprobs: list[float] = field(default_factory=list)  # accumulated over prompt chunks
+    prompt_ranks: list[int] = field(default_factory=list)  # each prompt token's rank by logprob (0: none)
+    # with top_n_tokens: prompt position -> its likeliest (ids, logprobs), accumulated as prompt_logprobs
+    prompt_tops: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
     prefill_emitted: bool = False
     prefix_offset: int = 0  # incremental detokenization offsets (see shard.detokenize)
     read_offset: int = 0

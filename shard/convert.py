@@ -91,6 +91,7 @@ def request_state(
         prefill_logprobs=r.prefill_logprobs,
         top_n_tokens=r.top_n_tokens,
         prompt_logprobs=[float("nan")] * len(ids),
+        prompt_ranks=[0] * len(ids),
         prefix_offset=prefix_offset,
         read_offset=read_offset,
         grammar=grammar_state(r, grammars),
@@ -152,6 +153,9 @@ def add_generations(out, generations: list[GenerationOut]) -> None:
             msg.error = g.error
         if g.prefill_tokens is not None:
             _fill_tokens(msg.prefill_tokens, g.prefill_tokens)
+        for t in g.prefill_top_tokens:
+            _fill_tokens(msg.prefill_top_tokens.add(), t)
+        msg.prefill_ranks.extend(g.prefill_ranks)
         if g.finished is not None:
             f = g.finished
             text = msg.generated_text

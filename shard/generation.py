@@ -9,7 +9,7 @@ from shard.sampling import FinishReason
 
 @dataclass
 class TokensOut:
-    """Parallel lists; ``is_special`` stays empty for prefill tokens (TGI)."""
+    """Parallel lists."""
 
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
@@ -33,6 +33,8 @@ class GenerationOut:
     finished: FinishedText | None = None
     top_tokens: list[TokensOut] = field(default_factory=list)
     error: str | None = None  # this request failed alone; the servicer drops it from the batch
+    prefill_top_tokens: list[TokensOut] = field(default_factory=list)  # per prompt position (with top_n)
+    prefill_ranks: list[int] = field(default_factory=list)  # per prompt token, with prefill_tokens
 
 
 def merge_steps(steps: list[list[GenerationOut]]) -> list[GenerationOut]:
@@ -62,4 +64,6 @@ def _join(gens: list[GenerationOut]) -> list[GenerationOut]:
     )
     top = [t for g in ok for t in g.top_tokens]
     first, last = ok[0], ok[-1]
-    return [GenerationOut(first.request_id, tokens, first.prefill_tokens, last.finished, top)] + failed
+    joined = GenerationOut(first.request_id, tokens, first.prefill_tokens, last.finished, top,
+                           prefill_top_tokens=first.prefill_top_tokens, prefill_ranks=first.prefill_ranks)
+    return [joined] + failed

@@ -7,6 +7,7 @@ The decode forward is ONE callable over static-shaped tensors (:meth:`ModelRunne
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -270,15 +271,25 @@ class ModelRunner:
 
     @staticmethod
     def _record_prompt_logprobs(r: RequestState, logits: StepLogits, start: int, end: int) -> None:
-        """Logits at position p score prompt token p + 1; cached positions keep NaN (never computed here)."""
+        """Logits at position p score prompt token p + 1: its logprob and rank; cached positions keep NaN and 0
+        (never computed here). With ``top_n_tokens``, also each scored position's likeliest tokens (finite
+        logprobs only)."""
         first = r.cache_len
         count = min(end - start, r.prompt_len - 1 - first)  # the last prompt row scores a generated token
         if count <= 0:
             return
         rows = torch.tensor([logits.row_index[row] for row in range(start, start + count)])
         targets = torch.tensor(r.token_ids[first + 1 : first + 1 + count])
-        scores = torch.log_softmax(logits.values[rows], -1).gather(1, targets[:, None])[:, 0]
-        r.prompt_logprobs[first + 1 : first + 1 + count] = scores.tolist()
+        logprobs = torch.log_softmax(logits.values[rows], -1)
+        own = logprobs.gather(1, targets[:, None])
+        r.prompt_logprobs[first + 1 : first + 1 + count] = own[:, 0].tolist()
+        r.prompt_ranks[first + 1 : first + 1 + count] = ((logprobs > own).sum(1) + 1).tolist()
+        if r.top_n_tokens <= 0:
+            return
+        values, ids = torch.topk(logprobs, min(r.top_n_tokens, logprobs.shape[1]))
+        for i, (row_values, row_ids) in enumerate(zip(values.tolist(), ids.tolist())):
+            kept = [k for k, v in enumerate(row_values) if math.isfinite(v)]
+            r.prompt_tops[first + 1 + i] = ([row_ids[k] for k in kept], [row_values[k] for k in kept])
 
     def _emit(self, r: RequestState, choice: Choice) -> GenerationOut:
         r.token_ids.append(choice.token_id)
@@ -291,7 +302,10 @@ class ModelRunner:
         )
         g = GenerationOut(r.id, tokens)
         if r.prefill_logprobs and not r.prefill_emitted:
-            g.prefill_tokens = self._prefill_tokens(r)
+            g.prefill_tokens, g.prefill_ranks = self._prefill_tokens(r), list(r.prompt_ranks)
+            if r.top_n_tokens > 0:
+                tops = (r.prompt_tops.get(p, ([], [])) for p in range(r.prompt_len))
+                g.prefill_top_tokens = [self._tokens_out(ids, logprobs) for ids, logprobs in tops]
         r.prefill_emitted = True
         if r.top_n_tokens > 0:
             g.top_tokens = [self._top_tokens(choice.logprobs, r.top_n_tokens)]
@@ -304,8 +318,13 @@ class ModelRunner:
         return g
 
     def _prefill_tokens(self, r: RequestState) -> TokensOut:
-        ids = r.token_ids[: r.prompt_len]
-        return TokensOut(ids, list(r.prompt_logprobs), [self.detok.token_text(i) for i in ids], [])
+        """The prompt's tokens and logprobs (the first NaN); ``is_special`` filled too, which TGI leaves empty,
+        so that an echoed prompt's special tokens read as they do in its text (none)."""
+        return self._tokens_out(r.token_ids[: r.prompt_len], list(r.prompt_logprobs))
+
+    def _tokens_out(self, ids: list[int], logprobs: list[float]) -> TokensOut:
+        texts = [self.detok.token_text(i) for i in ids]
+        return TokensOut(ids, logprobs, texts, [self.detok.is_special(i) for i in ids])
 
     def _top_tokens(self, logprobs: torch.Tensor, n: int) -> TokensOut:
         """The ``n`` likeliest tokens, less those a grammar or a warper ruled out: their logprob is -inf, no
@@ -313,13 +332,7 @@ class ModelRunner:
         values, ids = torch.topk(logprobs, min(n, logprobs.numel()))
         finite = torch.isfinite(values)
         values, ids = values[finite], ids[finite]
-        id_list = ids.tolist()
-        return TokensOut(
-            id_list,
-            values.tolist(),
-            [self.detok.token_text(i) for i in id_list],
-            [self.detok.is_special(i) for i in id_list],
-        )
+        return self._tokens_out(ids.tolist(), values.tolist())
 
     def warm_prefill(self, max_rows: int) -> None:
         """Build oneDNN's primitives for prompt pieces of up to ``max_rows`` rows now, at the prefill steps'

@@ -515,7 +515,8 @@ class Batcher:
             state.prompt_done_round = gen.request_id
             self._scheduler.prefill_done(gen.request_id)
         if gen.prefill_tokens and not state.prefill_sent and state.request.decoder_input_details:
-            state.emit(PrefillTokens(list(gen.prefill_tokens)))
+            tops = [list(t) for t in gen.prefill_top_tokens]
+            state.emit(PrefillTokens(list(gen.prefill_tokens), tops, list(gen.prefill_ranks)))
         state.prefill_sent = True
         last = len(gen.tokens) - 1
         if last >= 0:

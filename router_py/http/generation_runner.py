@@ -21,6 +21,7 @@ from router_py.backend_api import (
     ValidRequest,
 )
 from router_py.http.openai_stop import StopText, token_text
+from router_py.http.special_text import SpecialText
 
 
 T = TypeVar("T")
@@ -68,6 +69,8 @@ class FinishedSequence:
     tokens: list[Token] = field(default_factory=list)
     top_tokens: list[list[Token]] = field(default_factory=list)
     prefill: list[Token] = field(default_factory=list)
+    prefill_top: list[list[Token]] = field(default_factory=list)  # per prompt token, with top_n_tokens
+    prefill_ranks: list[int] = field(default_factory=list)  # per prompt token (0: none, the first)
 
     @property
     def mean_logprob(self) -> float:
@@ -123,14 +126,17 @@ async def generate(
     stop-string-at-the-end."""
     tokens: list[Token] = []
     tops: list[list[Token]] = []
-    prefill: list[Token] = []
+    prefill = PrefillTokens([])
     stopping = request.stopping
     stops, min_tokens = stopping.stop_sequences, stopping.min_tokens
     stop = StopText(stops, min_tokens, include_stop) if cut_stops and stops else None
+    spelled = None if request.skip_special_tokens else SpecialText()
     async with aclosing(stream_events(backend, request)) as events:
         async for event in events:
+            if spelled is not None:
+                event = spelled(event)
             if isinstance(event, PrefillTokens):
-                prefill = list(event.tokens)
+                prefill = event
                 continue
             tokens.append(event.token)
             tops.append(list(event.top_tokens))
@@ -140,7 +146,8 @@ async def generate(
                     event = stop.ended(event)
             if isinstance(event, EndEvent):
                 top_tokens = tops if any(tops) else []
-                return FinishedSequence(request, event, tokens, top_tokens, prefill)
+                return FinishedSequence(request, event, tokens, top_tokens, list(prefill.tokens),
+                                        list(prefill.top_tokens), list(prefill.ranks))
     raise incomplete_generation()
 
 

@@ -10,6 +10,8 @@ from router_py.router_config import VERSION, RouterConfig
 from router_py.http.errors import deserialize_error, validation_error
 from router_py.backend_api import EndEvent, Token, TokenEvent
 from router_py.http.openai_sampling import VLLM_SAMPLING_FIELDS, vllm_sampling
+from router_py.http.prompt_logprobs import FIELD as PROMPT_LOGPROBS_FIELD, alternatives_asked, check_prompt_logprobs
+from router_py.http.special_text import FIELD as SPECIAL_TEXT_FIELD, skip_special_tokens
 from router_py.http.openai_stop import token_text
 from router_py.http.openai_usage import StreamUsage, parse_stream_options, usage
 from router_py.http.structured_outputs import with_guided
@@ -44,6 +46,8 @@ _CHAT_FIELDS: dict[str, tuple[str, bool]] = {
     "top_k": ("i32", True),  # vLLM's extension; 0 or -1: off, as there
     "return_tokens_as_token_ids": ("bool", True),  # vLLM's: logprobs name tokens "token_id:N" (token_label)
     **VLLM_SAMPLING_FIELDS,
+    **SPECIAL_TEXT_FIELD,
+    **PROMPT_LOGPROBS_FIELD,
 }
 # NOTE: the body of PyPI text-generation 0.7.0's ``chat()``: every field of its ChatRequest, nulls included
 # (``request.dict()``). That client json-decodes every ``data:`` line and has no case for ``[DONE]``.
@@ -199,6 +203,7 @@ def chat_parameters(
     plus vLLM's sampling fields (:mod:`router_py.http.openai_sampling`; ``logit_bias`` ids checked against
     ``vocab_size`` when given). Raises HttpError 422 (validation)."""
     check_top_logprobs(req.get("top_logprobs"), req.logprobs, max_top_logprobs)
+    prompt_k = check_prompt_logprobs(req.get("prompt_logprobs"), req.stream, max_top_logprobs)
     temperature = req.get("temperature")
     do_sample = not (temperature is not None and temperature == 0.0)
     presence = req.get("presence_penalty")
@@ -216,9 +221,11 @@ def chat_parameters(
         details=True,
         seed=req.get("seed"),
         ignore_eos=bool(req.get("ignore_eos")),
-        top_n_tokens=req.get("top_logprobs"),
+        top_n_tokens=alternatives_asked(req.get("top_logprobs"), prompt_k),
+        decoder_input_details=prompt_k is not None,
         adapter_id=model if model is not None and model != "tgi" else None,
         grammar=grammar,
+        skip_special_tokens=skip_special_tokens(req.get("skip_special_tokens")),
         **vllm_sampling(req.get, max_new_tokens, vocab_size),
     )
 

@@ -3,7 +3,7 @@ per prompt, and the ``text_completion`` bodies."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from router_py.router_config import RouterConfig
@@ -14,6 +14,8 @@ from router_py.http.openai_chat import (
 )
 from router_py.http.openai_prompt import Prompt, parse_prompts
 from router_py.http.openai_sampling import VLLM_SAMPLING_FIELDS, vllm_sampling
+from router_py.http.prompt_logprobs import FIELD as PROMPT_LOGPROBS_FIELD, alternatives_asked, check_prompt_logprobs
+from router_py.http.special_text import FIELD as SPECIAL_TEXT_FIELD, skip_special_tokens
 from router_py.http.openai_stop import token_text
 from router_py.http.openai_usage import StreamUsage, parse_stream_options, usage
 from router_py.http.structured_outputs import output_grammar, with_guided
@@ -43,6 +45,8 @@ _COMPLETION_FIELDS: dict[str, tuple[str, bool]] = {
     "structured_outputs": ("map", True),  # vLLM's (router_py.http.structured_outputs)
     "return_tokens_as_token_ids": ("bool", True),  # vLLM's: logprobs name tokens "token_id:N"
     **VLLM_SAMPLING_FIELDS,
+    **SPECIAL_TEXT_FIELD,
+    **PROMPT_LOGPROBS_FIELD,
 }
 MAX_LOGPROBS = 5  # OpenAI's limit, and TGI's default max_top_n_tokens
 
@@ -72,6 +76,21 @@ class CompletionRequest:
     @property
     def tokens_as_ids(self) -> bool:
         return bool(self.fields.get("return_tokens_as_token_ids"))
+
+    @property
+    def echo_logprobs(self) -> bool:
+        """``echo`` with ``logprobs``: the echoed prompt's tokens come with their logprobs and alternatives."""
+        return self.echo and self.logprobs is not None
+
+    @property
+    def prompt_logprobs(self) -> int | None:
+        """vLLM's ``prompt_logprobs`` (:mod:`router_py.http.prompt_logprobs`; None: not asked)."""
+        return self.fields.get("prompt_logprobs")
+
+    @property
+    def prompt_only(self) -> bool:
+        """vLLM's ``echo`` with ``max_tokens`` 0: the prompt alone (one token is generated and dropped)."""
+        return self.echo and self.fields.get("max_tokens") == 0
 
 
 def parse_completion_request(
@@ -108,8 +127,11 @@ def parse_completion_request(
 def completion_parameters(req: CompletionRequest, vocab_size: int | None = None) -> GenerateParameters:
     """Temperature 0 → greedy, else sampling; details on so finish reasons and counts come back; vLLM's
     sampling fields and ``response_format`` (a grammar) as on the chat route; ``logprobs`` becomes
-    ``top_n_tokens``. Raises HttpError 422 (validation)."""
+    ``top_n_tokens``; with ``echo`` or vLLM's ``prompt_logprobs`` the prompt's logprobs are asked for too
+    (``decoder_input_details``, which bypasses the prefix cache, as in TGI). Raises HttpError 422
+    (validation)."""
     _check_unserved(req)
+    prompt_k = check_prompt_logprobs(req.prompt_logprobs, req.stream, MAX_LOGPROBS)
     temperature = req.get("temperature")
     do_sample = not (temperature is not None and temperature == 0.0)
     model = req.get("model")
@@ -120,36 +142,36 @@ def completion_parameters(req: CompletionRequest, vocab_size: int | None = None)
         top_p=openai_top_p(req.get("top_p")),
         top_k=vllm_top_k(req.get("top_k")) if do_sample else None,  # NOTE: see vllm_top_k
         do_sample=do_sample,
-        max_new_tokens=req.get("max_tokens"),
+        max_new_tokens=1 if req.prompt_only else req.get("max_tokens"),
         stop=openai_stops(req.get("stop")),
         details=True,
+        decoder_input_details=req.echo_logprobs or prompt_k is not None,
         seed=req.get("seed"),
         ignore_eos=bool(req.get("ignore_eos")),
         adapter_id=model if model is not None and model != "tgi" else None,
-        top_n_tokens=req.logprobs,
+        top_n_tokens=alternatives_asked(req.logprobs, prompt_k),
         grammar=output_grammar(response_format_grammar(req.get("response_format")), req.get("structured_outputs")),
+        skip_special_tokens=skip_special_tokens(req.get("skip_special_tokens")),
         **vllm_sampling(req.get, req.get("max_tokens"), vocab_size),
     )
 
 
 def _check_unserved(req: CompletionRequest) -> None:
     """What would otherwise be silently wrong (TGI accepts and ignores these fields) is a clear 422:
-    ``best_of`` other than 1 (vLLM's V1 engine refuses it too), ``echo`` with ``logprobs`` (the prompt's
-    logprobs are not served here), ``logprobs`` above OpenAI's 5."""
+    ``best_of`` other than 1 (vLLM's V1 engine refuses it too), ``logprobs`` above OpenAI's 5."""
     best_of = req.get("best_of")
     if best_of is not None and best_of != 1:
         raise validation_error(f"`best_of` must be 1: one sequence per choice is generated. Given: {best_of}")
     if req.logprobs is not None and req.logprobs > MAX_LOGPROBS:
         raise validation_error(f"`logprobs` must be >= 0 and <= {MAX_LOGPROBS}. Given: {req.logprobs}")
-    if req.echo and req.logprobs is not None:
-        raise validation_error("`echo` with `logprobs` is not supported: the prompt's logprobs are not served")
 
 
 def completion_logprobs(
-    tokens: list[Token], tops: list[list[Token]], offset: int = 0, as_ids: bool = False
+    tokens: list[Token], tops: list[list[Token] | None], offset: int = 0, as_ids: bool = False
 ) -> dict[str, Any]:
     """OpenAI's legacy logprobs object of some tokens: their texts (special tokens empty, as in the text),
-    logprobs, ``{text: logprob}`` of their alternatives, and where each starts in the choice's text
+    logprobs, ``{text: logprob}`` of their alternatives and themselves (as OpenAI's: the likeliest and the
+    chosen; None where a token has none, the echoed prompt's first), and where each starts in the choice's text
     (``offset``: where the first one does). ``as_ids``: tokens and alternatives named ``token_id:N``
     (:func:`~router_py.http.openai_chat.token_label`); the offsets stay those of the text."""
     texts = [token_text(t) for t in tokens]
@@ -158,9 +180,29 @@ def completion_logprobs(
     return {
         "tokens": [token_label(t, True) for t in tokens] if as_ids else texts,
         "token_logprobs": [t.logprob for t in tokens],
-        "top_logprobs": [{token_label(t, as_ids): t.logprob for t in top} for top in padded],
+        "top_logprobs": [_alternatives(t, top, as_ids) for t, top in zip(tokens, padded)],
         "text_offset": starts,
     }
+
+
+def _alternatives(token: Token, top: list[Token] | None, as_ids: bool) -> dict[str, float | None] | None:
+    if top is None:
+        return None
+    out = {token_label(t, as_ids): t.logprob for t in top}
+    if all(t.id != token.id for t in top):  # NOTE: by id: a chosen token's text is incremental, theirs alone
+        out[token_label(token, as_ids)] = token.logprob
+    return out
+
+
+def echoed_prompt(
+    prefill: list[Token], tops: list[list[Token]], special_text: bool, k: int
+) -> tuple[list[Token], list[list[Token] | None]]:
+    """The prompt's tokens and (up to ``k``) alternatives for an echo with logprobs (the first token has
+    neither: None). ``special_text``: the echoed text keeps special tokens' text (a token-id prompt's), so
+    their tokens do."""
+    tokens = [replace(t, special=False) for t in prefill] if special_text else list(prefill)
+    rest = [top[:k] for top in tops[1:]] if tops else [[] for _ in prefill[1:]]
+    return tokens, [None, *rest][: len(tokens)]
 
 
 def usage_chunk(config: RouterConfig, created: int, totals: dict[str, int]) -> dict[str, Any]:
@@ -185,8 +227,10 @@ def completion(
     prompt_tokens: int,
     texts: list[str] | None = None,
     logprobs: list[dict[str, Any] | None] | None = None,
+    prompt_logprobs: list[list | None] | None = None,
 ) -> dict[str, Any]:
-    """``texts`` replace the generated texts (``echo``); ``logprobs`` are the choices' (None: none)."""
+    """``texts`` replace the generated texts (``echo``); ``logprobs`` are the choices' (None: none);
+    ``prompt_logprobs`` the choices' vLLM ``prompt_logprobs`` (None: the key left out)."""
     choices = [
         {
             "index": i,
@@ -196,6 +240,8 @@ def completion(
         }
         for i, end in enumerate(ends)
     ]
+    for choice, scores in zip(choices, prompt_logprobs or ()):
+        choice["prompt_logprobs"] = scores
     completion_tokens = sum(end.generated_tokens for end in ends)
     return {
         **_envelope(config, created),

@@ -44,6 +44,14 @@ _STREAM_OPTIONS = _nullable(
 )
 _OPENAI_STOP = {"nullable": True, "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
 _TOKENS_AS_IDS = _nullable("boolean", description="vLLM's: logprobs name each token token_id:N")
+# NOTE: vLLM's output fields (router_py.http.special_text, router_py.http.prompt_logprobs)
+_VLLM_OUTPUT = {
+    "skip_special_tokens": _nullable("boolean", description="vLLM's: false keeps special tokens' text"),
+    "prompt_logprobs": _nullable(
+        "integer", minimum=0, maximum=5, description="vLLM's: each prompt token's logprob and rank, and its "
+        "position's likeliest tokens' (not when streaming)",
+    ),
+}
 _VLLM_SAMPLING = {
     "min_tokens": _nullable("integer", minimum=0),
     "stop_token_ids": _nullable("array", items={"type": "integer", "minimum": 0}),
@@ -282,6 +290,7 @@ _SCHEMAS: dict[str, Any] = {
             "structured_outputs": _nullable("object", description="vLLM's: one of json, regex, choice, json_object"),
             "return_tokens_as_token_ids": _TOKENS_AS_IDS,
             **_VLLM_SAMPLING,
+            **_VLLM_OUTPUT,
         },
     },
     "ChatCompletion": {"type": "object", "required": ["id", "created", "model", "choices", "usage"]},
@@ -313,12 +322,13 @@ _SCHEMAS: dict[str, Any] = {
             "repetition_penalty": _nullable("number"),
             "frequency_penalty": _nullable("number"),
             "logprobs": _nullable("integer", minimum=0, maximum=5),
-            "echo": _nullable("boolean", description="not with logprobs"),
+            "echo": _nullable("boolean", description="the prompt first; with logprobs, scored too"),
             "best_of": _nullable("integer", minimum=1, maximum=1, description="only 1 is supported"),
             "response_format": {},
             "structured_outputs": _nullable("object", description="vLLM's: one of json, regex, choice, json_object"),
             "return_tokens_as_token_ids": _TOKENS_AS_IDS,
             **_VLLM_SAMPLING,
+            **_VLLM_OUTPUT,
         },
     },
     "CompletionFinal": {"type": "object", "required": ["id", "created", "model", "choices", "usage"]},

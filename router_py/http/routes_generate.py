@@ -37,6 +37,7 @@ from router_py.http.responses import (
 from router_py.http.routes_common import (
     AppState, now, read_json, request_namespace, request_session, state_of,
 )
+from router_py.http.special_text import SpecialText
 from router_py.http.sse import sse_response, tgi_event
 from router_py.http.validation import (
     GenerateParameters,
@@ -47,12 +48,14 @@ from router_py.http.validation import (
 )
 
 
-@dataclass(frozen=True)
+@dataclass
 class StreamRun:
-    """A validated streaming request and when validation finished."""
+    """A validated streaming request, when validation finished, and its prompt's tokens once they came (only
+    for ``decoder_input_details``, which TGI's own stream route refuses; OpenAI's echo with logprobs asks)."""
 
     valid: ValidRequest
     validated_at: float
+    prefill: PrefillTokens | None = None
 
     def timings(self, start: float, end: EndEvent) -> Timings:
         return Timings.of(start, self.validated_at, end, end.generated_tokens, now())
@@ -149,7 +152,7 @@ async def stream_generate(state: AppState, request: Request, req: GenerateReques
 async def open_stream(
     state: AppState, req: GenerateRequest, namespace: str, add_special_tokens: bool = True
 ) -> AsyncIterator[tuple[StreamRun, TokenEvent]]:
-    """Permit (429), validation (422), then the backend's token events (prefill skipped: never streamed).
+    """Permit (429), validation (422), then the backend's token events (a prefill event kept on the run).
     Raises HttpError, including incomplete_generation_stream when the backend ends without an EndEvent."""
     state.permits.acquire()
     try:
@@ -157,11 +160,15 @@ async def open_stream(
         valid = await with_grammar(valid, req.parameters.grammar, state.config.disable_grammar_support)
         run = StreamRun(valid, now())
         state.record_validated(run.valid.input_length, run.valid.stopping.max_new_tokens)
+        spelled = None if valid.skip_special_tokens else SpecialText()
         # NOTE: the backend's stream read here, not through stream_events: one generator less per token
         async with aclosing(state.backend.generate_stream(run.valid)) as events:
             try:
                 async for event in events:
+                    if spelled is not None:
+                        event = spelled(event)
                     if isinstance(event, PrefillTokens):
+                        run.prefill = event
                         continue
                     yield run, event
                     if isinstance(event, EndEvent):

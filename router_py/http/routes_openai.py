@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
+
 from opentelemetry.context import Context
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -32,6 +34,7 @@ from router_py.http.openai_completions import (
     completion_chunk,
     completion_logprobs,
     completion_parameters,
+    echoed_prompt,
     parse_completion_request,
     usage_chunk,
 )
@@ -44,6 +47,7 @@ from router_py.http.routes_common import (
     AppState, now, read_json, request_namespace, request_session, state_of,
 )
 from router_py.http.generation_runner import FinishedSequence, gather_or_cancel
+from router_py.http.prompt_logprobs import prompt_logprobs_json, trim_alternatives
 from router_py.http.routes_generate import StreamRun, open_stream, run_generate
 from router_py.http.stream_merge import merge_streams
 from router_py.http.structured_outputs import output_grammar
@@ -104,7 +108,8 @@ async def chat_completions_route(request: Request) -> Response:
             run_generate(state, r, namespace, start, add_special_tokens=False, cut_stops=cut, include_stop=include)
             for r in gen_reqs
         ))
-    gens = [gen for gen, _, _ in results]
+    # NOTE: prompt_logprobs may have asked the backend for more alternatives than top_logprobs
+    gens = [trim_alternatives(gen, req.get("top_logprobs")) for gen, _, _ in results]
     choices = []
     for index, gen in enumerate(gens):
         logprobs = chat_logprobs(gen.tokens, gen.top_tokens, req.tokens_as_ids) if req.logprobs else None
@@ -112,6 +117,8 @@ async def chat_completions_route(request: Request) -> Response:
         choices.append(chat_choice(index, gen.end, logprobs, message, finish))
     completion_tokens = sum(gen.end.generated_tokens for gen in gens)
     body = chat_completion(state.config, int(time.time()), choices, gens[0].request.input_length, completion_tokens)
+    if req.get("prompt_logprobs") is not None:  # NOTE: vLLM's place on chat: the response's, the prompt's
+        body["prompt_logprobs"] = prompt_logprobs_json(gens[0], req.get("prompt_logprobs"))
     return JSONResponse(body)
 
 
@@ -255,17 +262,33 @@ async def completions_route(request: Request) -> Response:
         results = await gather_or_cancel(
             *(run_generate(state, r, namespace, start, cut_stops=True, include_stop=include) for r in gen_reqs)
         )
-    gens = [gen for gen, _, _ in results]
+    gens = [gen if not req.prompt_only else _prompt_alone(gen) for gen, _, _ in results]
     prompt_tokens = sum(gen.request.input_length for gen in gens[::n])  # NOTE: each prompt counted once
     # NOTE: the echoed prompt is the validated one: a token-id prompt's is its ids decoded
     texts = [gen.request.inputs + gen.end.generated_text for gen in gens] if req.echo else None
     logprobs = [
-        completion_logprobs(gen.tokens, gen.top_tokens, len(gen.request.inputs) if req.echo else 0,
-                            req.tokens_as_ids)
-        for gen in gens
+        _choice_logprobs(req, gen, req.prompts[i // n].ids is not None) for i, gen in enumerate(gens)
     ] if req.logprobs is not None else None
-    body = completion(state.config, int(time.time()), [gen.end for gen in gens], prompt_tokens, texts, logprobs)
-    return JSONResponse(body)
+    scores = None if req.prompt_logprobs is None else [prompt_logprobs_json(g, req.prompt_logprobs) for g in gens]
+    ends = [gen.end for gen in gens]
+    return JSONResponse(completion(state.config, int(time.time()), ends, prompt_tokens, texts, logprobs, scores))
+
+
+def _prompt_alone(gen: FinishedSequence) -> FinishedSequence:
+    """``gen`` as vLLM answers ``echo`` with ``max_tokens`` 0: nothing generated (the one token dropped)."""
+    end = replace(gen.end, generated_text="", generated_tokens=0, finish_reason="length")
+    return replace(gen, end=end, tokens=[], top_tokens=[])
+
+
+def _choice_logprobs(req: CompletionRequest, gen: FinishedSequence, ids_prompt: bool) -> dict[str, Any]:
+    """A choice's logprobs object: its generated tokens', after its prompt's when echoed with logprobs."""
+    k = req.logprobs or 0  # NOTE: prompt_logprobs may have asked the backend for more alternatives
+    generated_tops = [top[:k] for top in gen.top_tokens] if gen.top_tokens else [[] for _ in gen.tokens]
+    if not req.echo_logprobs:
+        return completion_logprobs(gen.tokens, generated_tops, len(gen.request.inputs) if req.echo else 0,
+                                   req.tokens_as_ids)
+    tokens, tops = echoed_prompt(gen.prefill, gen.prefill_top, ids_prompt, k)
+    return completion_logprobs(tokens + gen.tokens, tops + generated_tops, 0, req.tokens_as_ids)
 
 
 def _generate_request(prompt: Prompt, params: GenerateParameters, session: str | None) -> GenerateRequest:
@@ -309,8 +332,9 @@ async def _one_completion_stream(
     include: bool = False,
 ) -> AsyncIterator[str | tuple[StreamRun, EndEvent]]:
     """One choice's chunks (strings), then its run and EndEvent. With ``echo`` the first chunk starts with the
-    (validated) prompt; with ``logprobs`` each chunk carries its token's, offsets counted in the choice's
-    text; with ``continuous_usage_stats`` each carries this choice's running usage."""
+    (validated) prompt (and is the prompt alone with ``max_tokens`` 0); with ``logprobs`` each chunk carries its
+    token's (the first also the echoed prompt's), offsets counted in the choice's text; with
+    ``continuous_usage_stats`` each carries this choice's running usage."""
     # NOTE: without logprobs and usage a token's chunk is the same but for its text: rendered once
     chunk = TgiEventTemplate(lambda text: completion_chunk(state.config, created, index, text, None))
     offset: int | None = None  # where the next token's text starts in the choice's text (None: no token yet)
@@ -318,14 +342,21 @@ async def _one_completion_stream(
     p = gen_req.parameters
     stream = open_stream(state, gen_req, namespace)
     async for run, event, text in cut_at_stops(stream, p.stop, p.min_tokens, include):
+        tokens, tops = ([], []) if req.prompt_only else ([event.token], [list(event.top_tokens)])
+        if req.prompt_only:
+            event, text = replace(event, generated_text="", generated_tokens=0, finish_reason="length"), ""
         if offset is None:
             prefix = run.valid.inputs if req.echo else ""
             text, offset = prefix + text, len(prefix)
             running = RunningUsage(run.valid.input_length) if req.stream_usage.continuous else None
+            if req.echo_logprobs and run.prefill is not None:
+                echoed, echoed_tops = echoed_prompt(run.prefill.tokens, run.prefill.top_tokens,
+                                                    gen_req.input_ids is not None, req.logprobs or 0)
+                tokens, tops, offset = echoed + tokens, echoed_tops + tops, 0
         logprobs = None
         if req.logprobs is not None:
-            logprobs = completion_logprobs([event.token], [list(event.top_tokens)], offset, req.tokens_as_ids)
-            offset += len(token_text(event.token))
+            logprobs = completion_logprobs(tokens, tops, offset, req.tokens_as_ids)
+            offset += sum(len(token_text(t)) for t in tokens)
         now_usage = running.step(event) if running is not None else None
         ended = isinstance(event, EndEvent)
         if not ended and logprobs is None and now_usage is None:

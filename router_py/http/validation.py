@@ -55,6 +55,7 @@ class GenerateParameters:
     stop_token_ids: tuple[int, ...] = ()
     min_p: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
+    skip_special_tokens: bool = True  # vLLM's (router_py.http.special_text)
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,7 @@ class Validator:
             namespace=namespace,
             session=request.session,
             ids_given=ids_given,
+            skip_special_tokens=p.skip_special_tokens,
         )
 
     def _sampling(self, p: GenerateParameters) -> ChooserParams:

@@ -1,7 +1,7 @@
 """vLLM's request fields that this router does not serve. TGI ignores fields it does not know, so a vLLM
-client that set one of these got an answer that silently did without it (beam search, a token allow-list,
-special tokens kept in the text). A field at vLLM's default (or null) is accepted, as clients such as
-LangChain send the defaults; any other value is a 422 naming the field, before anything is generated.
+client that set one of these got an answer that silently did without it (beam search, a token allow-list). A
+field at vLLM's default (or null) is accepted, as clients such as LangChain send the defaults; any other value
+is a 422 naming the field, before anything is generated.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from router_py.http.errors import validation_error
 _BOTH: dict[str, tuple[Any, ...]] = {
     "use_beam_search": (False,),
     "length_penalty": (1.0,),
-    "prompt_logprobs": (),
     "allowed_token_ids": (),
     "bad_words": ([],),
-    "skip_special_tokens": (True,),
     "spaces_between_special_tokens": (True,),
     "logits_processors": ([],),
     "priority": (0,),

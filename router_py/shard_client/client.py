@@ -357,6 +357,8 @@ def _generation_from_pb(g: pb.Generation) -> Generation:
         generated_text=text,
         top_tokens=tuple(map(_tokens_from_pb, g.top_tokens)) if len(g.top_tokens) else (),
         error=g.error if g.HasField("error") else None,
+        prefill_top_tokens=tuple(map(_tokens_from_pb, g.prefill_top_tokens)),
+        prefill_ranks=tuple(g.prefill_ranks),
     )
 
 

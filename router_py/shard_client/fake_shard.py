@@ -187,6 +187,10 @@ class FakeShard(pb_grpc.TextGenerationServiceServicer):
             ids=[tok], logprobs=[-0.5], texts=[f" w{tok}"], is_special=[False]))
         if len(req.generated) == 1 and req.pb.prefill_logprobs:
             gen.prefill_tokens.CopyFrom(pb.Tokens(ids=[1, 2], logprobs=[float("nan"), -1.0], texts=["a", "b"]))
+            gen.prefill_ranks.extend([0, 1])
+            if req.pb.top_n_tokens:
+                gen.prefill_top_tokens.extend([pb.Tokens(), pb.Tokens(ids=[2, 3], logprobs=[-1.0, -2.0],
+                                                                      texts=["b", "c"], is_special=[False, False])])
         if req.pb.top_n_tokens:
             gen.top_tokens.append(pb.Tokens(ids=[tok], logprobs=[-0.5], texts=[f" w{tok}"], is_special=[False]))
         reason = self._finish_reason(req, tok)

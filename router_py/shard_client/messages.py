@@ -92,6 +92,8 @@ class Generation:
     generated_text: GeneratedText | None = None
     top_tokens: tuple[tuple[Token, ...], ...] = ()
     error: str | None = None  # the request failed alone in the shard, which already dropped it
+    prefill_top_tokens: tuple[tuple[Token, ...], ...] = ()  # per prompt position (prism extension)
+    prefill_ranks: tuple[int, ...] = ()  # per prompt token, its rank by logprob (prism extension)
 
 
 @dataclass(frozen=True)

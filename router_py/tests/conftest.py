@@ -104,7 +104,12 @@ class FakeBackend:
             raise InferError("generation", "Server error: boom")
         ids = request.input_ids
         if request.decoder_input_details:
-            yield PrefillTokens([Token(i, f" t{i}", None if k == 0 else -1.0) for k, i in enumerate(ids)])
+            # as the shard: each position's top_n_tokens alternatives (the first position none), the likeliest
+            # the prompt's next token itself
+            tops = [[] if k == 0 else [Token(i + j, f" t{i + j}", -1.0 - j) for j in range(request.top_n_tokens)]
+                    for k, i in enumerate(ids)]
+            yield PrefillTokens([Token(i, f" t{i}", None if k == 0 else -1.0) for k, i in enumerate(ids)],
+                                tops if request.top_n_tokens else [], [0] + [1] * (len(ids) - 1))
         text = ""
         limit = min(request.stopping.max_new_tokens, self.eos_after)
         for n in range(limit):

@@ -29,8 +29,19 @@ async def test_prefill_and_top_tokens_shape(llama_service) -> None:
     prefill = gens[0].prefill_tokens
     assert prefill.ids[0] == 0 and len(prefill.ids) == len(prefill.logprobs) == len(prefill.texts)
     assert math.isnan(prefill.logprobs[0]) and all(lp <= 0 for lp in prefill.logprobs[1:])
-    assert list(prefill.is_special) == [] and prefill.texts[0] == "<s>"
+    assert list(prefill.is_special) == [True] + [False] * (len(prefill.ids) - 1) and prefill.texts[0] == "<s>"
     assert all(not g.HasField("prefill_tokens") for g in gens[1:])  # only on the first emission
+    ranks = list(gens[0].prefill_ranks)  # each prompt token's rank by logprob (none for the first)
+    assert len(ranks) == len(prefill.ids) and ranks[0] == 0 and all(r >= 1 for r in ranks[1:])
+    tops = gens[0].prefill_top_tokens  # each prompt position's 4 likeliest (none for the first)
+    assert len(tops) == len(prefill.ids) and list(tops[0].ids) == []
+    for top, token, own, rank in zip(tops[1:], prefill.ids[1:], prefill.logprobs[1:], ranks[1:]):
+        assert len(top.ids) == len(top.is_special) == 4 and list(top.logprobs) == sorted(top.logprobs, reverse=True)
+        if token in top.ids:  # the same number as the token's own logprob, at its rank
+            assert top.logprobs[list(top.ids).index(token)] == own and top.ids[rank - 1] == token
+        else:  # less likely than the 4th
+            assert own <= top.logprobs[-1] and rank > 4
+    assert all(len(g.prefill_top_tokens) == 0 for g in gens[1:])
     for g in gens:
         assert len(g.top_tokens) == len(g.tokens.ids)  # one per token (an answer may carry several)
         for top, chosen in zip(g.top_tokens, g.tokens.ids):

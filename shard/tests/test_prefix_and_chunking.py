@@ -110,6 +110,21 @@ async def test_chunked_prefill_equals_unchunked(service, chunk_len: int, cache_l
     assert _close(prompt_lps[cache_len + 1 :], cold_prompt[cache_len + 1 :])
 
 
+async def test_prompt_alternatives_do_not_depend_on_chunking(service) -> None:
+    """With top_n_tokens, each prompt position's alternatives (ids, and logprobs within 1e-5) are the same
+    whether the prompt is computed whole or in pieces."""
+    n, pool = _prompt_len(service), Blocks()
+    tops = []
+    for rid, extra in ((1, {}), (2, {"chunk_len": 7})):
+        req = request(rid, PROMPT, *pool.take(n + NEW), max_new=2, prefill_logprobs=True, top_n_tokens=3, **extra)
+        first = (await run_to_end(service, pb.PrefillRequest(batch=batch(rid, [req]))))[rid][0]
+        tops.append([(list(t.ids), list(t.logprobs)) for t in first.prefill_top_tokens])
+    whole, chunked = tops
+    assert len(whole) == n and whole[0] == ([], []) and all(len(ids) == 3 for ids, _ in whole[1:])
+    assert [ids for ids, _ in chunked] == [ids for ids, _ in whole]
+    assert all(_close(a, b) for (_, a), (_, b) in zip(chunked, whole))
+
+
 async def test_cache_len_really_reads_the_pool(service) -> None:
     """Control: claiming a cached prefix over blocks nobody wrote changes the logprobs (so the tests above
     compare KV read from the pool, not a recomputation)."""
