@@ -38,7 +38,8 @@ PARAMS = ["best_of", "temperature", "repetition_penalty", "frequency_penalty", "
           "decoder_input_details", "seed", "top_n_tokens", "grammar", "adapter_id"]
 OPENAI_FIELDS = ["model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options",
                  "logprobs", "top_logprobs", "frequency_penalty", "presence_penalty", "n", "logit_bias",
-                 "response_format", "tools", "tool_choice", "suffix", "repetition_penalty", "echo"]
+                 "response_format", "tools", "tool_choice", "suffix", "repetition_penalty", "echo",
+                 "prompt_logprobs", "skip_special_tokens"]
 NASTY = [None, True, False, 0, -1, 1, 2, 5, 7, 1e-45, -1e-45, 1e308, -1e308, 0.5, 1.0, 2**31, 2**32, 2**64,
          -(2**63), 3.5, "", "x", "1", "null", "\u0000", "\U0001F600", "é" * 50, "a" * 3000, [], [1], ["a"],
          ["a"] * 10, {}, {"type": "json", "value": {}}, {"type": "regex", "value": "[a-z]+"},
