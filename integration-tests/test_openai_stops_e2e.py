@@ -107,6 +107,33 @@ def test_echo_with_logprobs_scores_the_prompt_as_transformers(oa: openai.OpenAI)
     assert all(abs(max(top.values()) - b) <= 1e-4 for top, b in zip(lp.top_logprobs[1:], best))
 
 
+def test_lm_eval_loglikelihood_requests_are_transformers(stack: Stack) -> None:
+    """lm-evaluation-harness's ``local-completions`` loglikelihood call, as it sends it (token-id prompts, context
+    then continuation, ``echo``, ``logprobs`` 1, ``max_tokens`` 1) and reads it (the continuation's summed
+    logprobs and whether each token is the likeliest): transformers' numbers (fp32, within 1e-4)."""
+    from transformers import AutoTokenizer
+
+    from router_py.launch.model_source import demo_model
+
+    tok = AutoTokenizer.from_pretrained(demo_model())
+    pairs = [("The quick brown fox", " jumps over"), ("A cache that keeps them", " can answer")]
+    prompts = [tok(c + x).input_ids for c, x in pairs]
+    ctxlens = [len(tok(c).input_ids) for c, _ in pairs]
+    body = {"model": "tgi", "prompt": prompts, "temperature": 0, "max_tokens": 1, "logprobs": 1, "seed": 1234,
+            "echo": True}
+    out = httpx.post(f"{stack.url}/v1/completions", json=body, timeout=120).json()
+    for choice, ids, ctxlen, (c, x) in zip(sorted(out["choices"], key=lambda c: c["index"]), prompts, ctxlens, pairs):
+        lp = choice["logprobs"]
+        own = lp["token_logprobs"][ctxlen:-1]
+        greedy = all(t == max(top.values()) for t, top in zip(own, lp["top_logprobs"][ctxlen:-1]))
+        logprobs, want_ids = _transformers_prompt_logprobs(c + x)
+        rows = logprobs[ctxlen - 1 :]
+        want = rows.gather(1, want_ids[ctxlen:, None])[:, 0]
+        assert want_ids.tolist() == ids and len(own) == len(want)
+        assert abs(sum(own) - float(want.sum())) <= 1e-4
+        assert greedy == bool((rows.argmax(-1) == want_ids[ctxlen:]).all())
+
+
 def test_prompt_logprobs_are_transformers(oa: openai.OpenAI) -> None:
     """vLLM's ``prompt_logprobs``: each prompt token's logprob and rank, and its position's 2 likeliest, as
     transformers' (fp32; logprobs within 1e-4)."""
