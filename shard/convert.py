@@ -153,9 +153,9 @@ def add_generations(out, generations: list[GenerationOut]) -> None:
             msg.error = g.error
         if g.prefill_tokens is not None:
             _fill_tokens(msg.prefill_tokens, g.prefill_tokens)
-        for t in g.prefill_top_tokens:
-            _fill_tokens(msg.prefill_top_tokens.add(), t)
-        msg.prefill_ranks.extend(g.prefill_ranks)
+            for t in g.prefill_top_tokens:
+                _fill_tokens(msg.prefill_top_tokens.add(), t)
+            msg.prefill_ranks.extend(g.prefill_ranks)
         if g.finished is not None:
             f = g.finished
             text = msg.generated_text
