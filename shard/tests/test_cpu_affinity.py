@@ -65,7 +65,7 @@ def test_the_step_team_is_pinned_one_thread_per_cpu() -> None:
 
 
 def test_prism_shard_bench_gives_every_model_the_same_threads(tmp_path) -> None:
-    """The bench pins its (main) step thread with each model's runner; the next model's runner must still see
+    """The bench pins its step thread with each model's runner; the next model's runner must still see
     every CPU, not the one the previous pinned it to (it benched 100m with one thread)."""
     cmd = [sys.executable, "-m", "shard.cli", "bench", "--model", "tiny,tiny", "--workdir", str(tmp_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
