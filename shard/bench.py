@@ -261,9 +261,9 @@ def run_bench(
     """Bench demo models of ``sizes`` (built under ``workdir``), or the folder ``model_dir``; with
     ``vs_transformers`` also the 2,001-token forward against transformers' (same dtype, interleaved).
 
-    Everything runs on the shard's step thread, as the server's steps do: there glibc's per-thread arena keeps
-    a step's freed pages for the next (the main thread's heap handed them back, and a cold 2,048-token step
-    took 4,500-7,300 page faults), and the process holds one OpenMP team (shard.step_thread)."""
+    Everything runs on the shard's step thread, as the server's steps do: glibc's arena there keeps a step's
+    freed pages for the next, where the main thread's heap hands them back (docs/performance.md, session 37),
+    and the process holds one OpenMP team (shard.step_thread)."""
     args = (sizes, arch, workdir, cpu_threads, model_dir, dtype, vs_transformers, device, load_format)
     step_thread.EXECUTOR.submit(_run_bench, *args).result()
 
