@@ -276,14 +276,18 @@ async def completions_route(request: Request) -> Response:
 
 def _prompt_alone(gen: FinishedSequence) -> FinishedSequence:
     """``gen`` as vLLM answers ``echo`` with ``max_tokens`` 0: nothing generated (the one token dropped)."""
-    end = replace(gen.end, generated_text="", generated_tokens=0, finish_reason="length")
-    return replace(gen, end=end, tokens=[], top_tokens=[])
+    return replace(gen, end=_nothing_generated(gen.end), tokens=[], top_tokens=[])
+
+
+def _nothing_generated(end: EndEvent) -> EndEvent:
+    return replace(end, generated_text="", generated_tokens=0, finish_reason="length")
 
 
 def _choice_logprobs(req: CompletionRequest, gen: FinishedSequence, ids_prompt: bool) -> dict[str, Any]:
     """A choice's logprobs object: its generated tokens', after its prompt's when echoed with logprobs."""
-    k = req.logprobs or 0  # NOTE: prompt_logprobs may have asked the backend for more alternatives
-    generated_tops = [top[:k] for top in gen.top_tokens] if gen.top_tokens else [[] for _ in gen.tokens]
+    k = req.logprobs or 0
+    gen = trim_alternatives(gen, k)  # NOTE: prompt_logprobs may have asked the backend for more alternatives
+    generated_tops = gen.top_tokens or [[] for _ in gen.tokens]
     if not req.echo_logprobs:
         return completion_logprobs(gen.tokens, generated_tops, len(gen.request.inputs) if req.echo else 0,
                                    req.tokens_as_ids)
@@ -342,9 +346,10 @@ async def _one_completion_stream(
     p = gen_req.parameters
     stream = open_stream(state, gen_req, namespace)
     async for run, event, text in cut_at_stops(stream, p.stop, p.min_tokens, include):
-        tokens, tops = ([], []) if req.prompt_only else ([event.token], [list(event.top_tokens)])
-        if req.prompt_only:
-            event, text = replace(event, generated_text="", generated_tokens=0, finish_reason="length"), ""
+        if req.prompt_only:  # NOTE: max_new_tokens 1, so this is the EndEvent
+            event, text, tokens, tops = _nothing_generated(event), "", [], []
+        else:
+            tokens, tops = [event.token], [list(event.top_tokens)]
         if offset is None:
             prefix = run.valid.inputs if req.echo else ""
             text, offset = prefix + text, len(prefix)
